@@ -1,0 +1,133 @@
+//! The values Floe keeps in the metadata store, as protobuf messages (prost).
+//! Each carries a `format` version so a newer Floe can read an older record.
+//! New fields get new tags; tags are never reused.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+
+/// Current format version written into every record.
+pub const FORMAT: u32 = 1;
+
+/// Cluster identity, written once by the first process of a cluster.
+#[derive(Clone, PartialEq, Message)]
+pub struct ClusterRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(string, tag = "2")]
+    pub cluster_id: String,
+    #[prost(int64, tag = "3")]
+    pub created_ms: i64,
+}
+
+/// A topic: `/floe/topics/{name}`.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopicRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    /// The topic id, 16 bytes (a UUID).
+    #[prost(bytes = "vec", tag = "2")]
+    pub id: Vec<u8>,
+    #[prost(string, tag = "3")]
+    pub name: String,
+    #[prost(int32, tag = "4")]
+    pub partitions: i32,
+    /// Configs set explicitly on the topic; the rest are broker defaults.
+    #[prost(btree_map = "string, string", tag = "5")]
+    pub configs: BTreeMap<String, String>,
+    #[prost(int64, tag = "6")]
+    pub created_ms: i64,
+}
+
+/// Which broker should own a partition, at which epoch:
+/// `/floe/partitions/{topic_id}/{p}/assignment`. Written by the controller.
+#[derive(Clone, PartialEq, Message)]
+pub struct AssignmentRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(int32, tag = "2")]
+    pub broker_id: i32,
+    #[prost(int32, tag = "3")]
+    pub epoch: i32,
+}
+
+/// The write lease of a partition: `/floe/partitions/{topic_id}/{p}/owner`,
+/// bound to the owning broker's metadata lease.
+#[derive(Clone, PartialEq, Message)]
+pub struct OwnerRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(int32, tag = "2")]
+    pub broker_id: i32,
+    #[prost(int32, tag = "3")]
+    pub epoch: i32,
+    #[prost(int64, tag = "4")]
+    pub acquired_ms: i64,
+}
+
+/// The open segment of a partition, as recorded before its first chunk is
+/// written (a writer never writes a chunk to a segment not recorded here).
+#[derive(Clone, PartialEq, Message)]
+pub struct OpenSegmentRecord {
+    #[prost(int64, tag = "1")]
+    pub base_offset: i64,
+    #[prost(int32, tag = "2")]
+    pub epoch: i32,
+    /// Storage target ids holding the segment's chunks.
+    #[prost(string, repeated, tag = "3")]
+    pub replica_set: Vec<String>,
+    #[prost(int64, tag = "4")]
+    pub created_ms: i64,
+}
+
+/// A partition's checkpoint: `/floe/partitions/{topic_id}/{p}/checkpoint`.
+#[derive(Clone, PartialEq, Message)]
+pub struct CheckpointRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    /// Epoch of the writer that saved it.
+    #[prost(int32, tag = "2")]
+    pub epoch: i32,
+    /// Offsets below this are deleted (retention, DeleteRecords).
+    #[prost(int64, tag = "3")]
+    pub log_start_offset: i64,
+    /// The next offset to assign as known at the checkpoint (all offsets below
+    /// are durable). After an unclean end the log may extend past it.
+    #[prost(int64, tag = "4")]
+    pub next_offset: i64,
+    #[prost(message, optional, tag = "5")]
+    pub open_segment: Option<OpenSegmentRecord>,
+    /// True when saved by a clean release: nothing to recover.
+    #[prost(bool, tag = "6")]
+    pub clean: bool,
+    #[prost(int64, tag = "7")]
+    pub saved_ms: i64,
+}
+
+/// A sealed segment: `/floe/partitions/{topic_id}/{p}/segments/{base:020}`.
+#[derive(Clone, PartialEq, Message)]
+pub struct SegmentRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(int64, tag = "2")]
+    pub base_offset: i64,
+    /// One past the last offset in the segment.
+    #[prost(int64, tag = "3")]
+    pub end_offset: i64,
+    #[prost(int32, tag = "4")]
+    pub epoch: i32,
+    #[prost(string, repeated, tag = "5")]
+    pub replica_set: Vec<String>,
+    /// Bytes of record batches (the data part of the segment object).
+    #[prost(uint64, tag = "6")]
+    pub data_bytes: u64,
+    /// Size of the whole segment object (data, indexes, footer).
+    #[prost(uint64, tag = "7")]
+    pub object_bytes: u64,
+    #[prost(int64, tag = "8")]
+    pub max_timestamp: i64,
+    #[prost(int64, tag = "9")]
+    pub sealed_ms: i64,
+    #[prost(int64, tag = "10")]
+    pub batch_count: i64,
+}
