@@ -1,1 +1,10 @@
-//! placeholder
+//! Kafka wire glue without I/O policy: request framing, the table of API
+//! versions Floe implements, and the v2 record batch header (validation,
+//! offset assignment by patching, iteration). Record batches stay bytes.
+
+pub mod batch;
+pub mod frame;
+pub mod versions;
+
+pub use kafka_protocol;
+pub use kafka_protocol::error::ResponseError;

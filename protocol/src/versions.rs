@@ -1,0 +1,49 @@
+//! The Kafka APIs Floe implements and the version range of each: what
+//! ApiVersions advertises, intersected with what the codec supports.
+
+use kafka_protocol::messages::ApiKey;
+
+/// (api, lowest, highest) version implemented. Ranges cover librdkafka 2.x,
+/// the Java client 3.x/4.x and kafka-python 2.x.
+pub const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 10),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+];
+
+/// The advertised range of `api`, if Floe implements it.
+pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    IMPLEMENTED.iter().find(|(k, _, _)| *k == api).map(|&(_, lo, hi)| {
+        let codec = api.valid_versions();
+        (lo.max(codec.min), hi.min(codec.max))
+    })
+}
+
+pub fn is_supported(api: ApiKey, version: i16) -> bool {
+    supported(api).is_some_and(|(lo, hi)| (lo..=hi).contains(&version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_range_is_within_the_codec() {
+        for &(api, lo, hi) in IMPLEMENTED {
+            let codec = api.valid_versions();
+            assert!(lo >= codec.min && hi <= codec.max, "{api:?} {lo}..={hi} outside codec");
+            assert_eq!(supported(api), Some((lo, hi)));
+        }
+        assert!(is_supported(ApiKey::Fetch, 13));
+        assert!(!is_supported(ApiKey::Produce, 2));
+        assert!(!is_supported(ApiKey::JoinGroup, 0));
+    }
+}
