@@ -251,59 +251,61 @@ impl Iterator for Batches<'_> {
     }
 }
 
+use bytes::{BufMut, BytesMut};
+
+/// Build a valid, uncompressed, not yet assigned batch of `n` records with
+/// null keys and `value_len`-byte values (tests and load generators).
+pub fn synthetic_batch(n: i32, value_len: usize, base_ts: i64) -> Vec<u8> {
+    let mut records = BytesMut::new();
+    for i in 0..n {
+        let mut body = BytesMut::new();
+        body.put_i8(0); // attributes
+        put_varint(&mut body, i as i64); // timestamp delta
+        put_varint(&mut body, i as i64); // offset delta
+        put_varint(&mut body, -1); // null key
+        put_varint(&mut body, value_len as i64);
+        body.put_bytes(b'v', value_len);
+        put_varint(&mut body, 0); // headers
+        put_varint(&mut records, body.len() as i64);
+        records.put(body);
+    }
+    let mut b = BytesMut::new();
+    b.put_i64(0);
+    b.put_i32((HEADER_LEN - LOG_OVERHEAD + records.len()) as i32);
+    b.put_i32(-1);
+    b.put_i8(2);
+    b.put_u32(0);
+    b.put_i16(0);
+    b.put_i32(n - 1);
+    b.put_i64(base_ts);
+    b.put_i64(base_ts + n as i64 - 1);
+    b.put_i64(-1);
+    b.put_i16(-1);
+    b.put_i32(-1);
+    b.put_i32(n);
+    b.put(records);
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.to_vec()
+}
+
+fn put_varint(b: &mut BytesMut, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        b.put_u8((z as u8) | 0x80);
+        z >>= 7;
+    }
+    b.put_u8(z as u8);
+}
+
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
-    use bytes::{BufMut, BytesMut};
-
-    /// Build a valid uncompressed batch with `n` records of `value_len` bytes.
-    pub fn make_batch(n: i32, value_len: usize, base_ts: i64) -> Vec<u8> {
-        let mut records = BytesMut::new();
-        for i in 0..n {
-            let mut body = BytesMut::new();
-            body.put_i8(0); // attributes
-            put_varint(&mut body, i as i64); // timestamp delta
-            put_varint(&mut body, i as i64); // offset delta
-            put_varint(&mut body, -1); // null key
-            put_varint(&mut body, value_len as i64);
-            body.put_bytes(b'v', value_len);
-            put_varint(&mut body, 0); // headers
-            put_varint(&mut records, body.len() as i64);
-            records.put(body);
-        }
-        let mut b = BytesMut::new();
-        b.put_i64(0);
-        b.put_i32((HEADER_LEN - LOG_OVERHEAD + records.len()) as i32);
-        b.put_i32(-1);
-        b.put_i8(2);
-        b.put_u32(0);
-        b.put_i16(0);
-        b.put_i32(n - 1);
-        b.put_i64(base_ts);
-        b.put_i64(base_ts + n as i64 - 1);
-        b.put_i64(-1);
-        b.put_i16(-1);
-        b.put_i32(-1);
-        b.put_i32(n);
-        b.put(records);
-        let crc = crc32c::crc32c(&b[CRC_START..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        b.to_vec()
-    }
-
-    fn put_varint(b: &mut BytesMut, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            b.put_u8((z as u8) | 0x80);
-            z >>= 7;
-        }
-        b.put_u8(z as u8);
-    }
 
     #[test]
     fn validates_and_assigns() {
-        let mut two = make_batch(3, 10, 1000);
-        two.extend(make_batch(2, 5, 2000));
+        let mut two = synthetic_batch(3, 10, 1000);
+        two.extend(synthetic_batch(2, 5, 2000));
         let hs = validate_for_produce(&two, 1 << 20).unwrap();
         assert_eq!(hs.len(), 2);
         assert_eq!(hs[0].records_count, 3);
@@ -323,7 +325,7 @@ pub mod tests {
 
     #[test]
     fn rejects_bad_batches_with_kafka_codes() {
-        let good = make_batch(2, 4, 0);
+        let good = synthetic_batch(2, 4, 0);
         let mut bad_crc = good.clone();
         let last = bad_crc.len() - 1;
         bad_crc[last] ^= 0xff;
@@ -357,7 +359,7 @@ pub mod tests {
             let mut buf = Vec::new();
             let mut next = 0i64;
             for (n, len) in &sizes {
-                let mut b = make_batch(*n, *len, 5);
+                let mut b = synthetic_batch(*n, *len, 5);
                 assign(&mut b, next, 1, None);
                 next += *n as i64;
                 buf.extend(b);

@@ -1,1 +1,17 @@
-//! placeholder
+//! Shared storage of partition logs: storage targets (anything `object_store`
+//! opens), replica sets with quorum writes, the chunk and segment object
+//! formats, fencing by conditional create, and reads through a shared cache.
+
+pub mod cache;
+pub mod chunk;
+pub mod error;
+pub mod layout;
+pub mod log;
+pub mod replica;
+pub mod segment;
+pub mod target;
+
+pub use cache::BlockCache;
+pub use error::StorageError;
+pub use replica::{PutOutcome, ReplicaSet};
+pub use target::{StoragePool, StorageTarget};

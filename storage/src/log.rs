@@ -1,0 +1,483 @@
+//! A partition's log as readers see it: sealed segments and the committed
+//! chunks of open segments, bounded by the high watermark. The partition's
+//! single writer publishes every change here; any number of readers plan
+//! their reads under a short lock and do the I/O outside it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::{Bytes, BytesMut};
+use floe_common::{Epoch, Offset, PartitionId};
+use floe_protocol::batch::{BatchHeader, Batches, TimestampType, HEADER_LEN};
+use object_store::path::Path;
+use tokio::sync::watch;
+
+use crate::cache::{BlockCache, BLOCK_SIZE};
+use crate::chunk;
+use crate::error::StorageError;
+use crate::replica::ReplicaSet;
+use crate::segment::SegmentIndex;
+
+/// A committed chunk of an open segment.
+#[derive(Clone, Debug)]
+pub struct ChunkRef {
+    pub base_offset: Offset,
+    pub next_offset: Offset,
+    pub max_timestamp: i64,
+    pub path: Arc<str>,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct SealedSegment {
+    pub base_offset: Offset,
+    pub end_offset: Offset,
+    pub epoch: Epoch,
+    pub path: Arc<str>,
+    pub data_bytes: u64,
+    pub object_bytes: u64,
+    pub max_timestamp: i64,
+    pub sealed_ms: i64,
+    pub replicas: ReplicaSet,
+}
+
+#[derive(Clone, Debug)]
+pub enum SegmentView {
+    Open {
+        base_offset: Offset,
+        epoch: Epoch,
+        replicas: ReplicaSet,
+        chunks: Vec<ChunkRef>,
+    },
+    Sealed(Arc<SealedSegment>),
+}
+
+impl SegmentView {
+    pub fn base_offset(&self) -> Offset {
+        match self {
+            SegmentView::Open { base_offset, .. } => *base_offset,
+            SegmentView::Sealed(s) => s.base_offset,
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        match self {
+            SegmentView::Open { chunks, .. } => chunks.iter().map(|c| c.bytes).sum(),
+            SegmentView::Sealed(s) => s.data_bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LogState {
+    pub log_start_offset: Offset,
+    /// End of the durable, acked prefix: the next offset to be committed.
+    pub high_watermark: Offset,
+    pub leader_epoch: Epoch,
+    pub segments: BTreeMap<Offset, SegmentView>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("offset {offset} is outside [{log_start}, {high_watermark}]")]
+    OffsetOutOfRange {
+        offset: Offset,
+        log_start: Offset,
+        high_watermark: Offset,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Record batches read from the log.
+#[derive(Clone, Debug, Default)]
+pub struct ReadResult {
+    pub records: Bytes,
+    /// The offset after the last batch returned.
+    pub next_offset: Offset,
+}
+
+enum Plan {
+    Empty,
+    Chunks { replicas: ReplicaSet, chunks: Vec<ChunkRef> },
+    Segment(Arc<SealedSegment>),
+}
+
+/// The shared, readable state of one partition's log.
+#[derive(Debug)]
+pub struct PartitionLog {
+    pub id: PartitionId,
+    state: RwLock<LogState>,
+    cache: BlockCache,
+    hw: watch::Sender<Offset>,
+}
+
+impl PartitionLog {
+    pub fn new(id: PartitionId, state: LogState, cache: BlockCache) -> Arc<Self> {
+        let (hw, _) = watch::channel(state.high_watermark);
+        Arc::new(Self {
+            id,
+            state: RwLock::new(state),
+            cache,
+            hw,
+        })
+    }
+
+    pub fn cache(&self) -> &BlockCache {
+        &self.cache
+    }
+
+    /// Wakes whenever the high watermark moves (or the log start does).
+    pub fn subscribe(&self) -> watch::Receiver<Offset> {
+        self.hw.subscribe()
+    }
+
+    /// (log start offset, high watermark, leader epoch).
+    pub fn offsets(&self) -> (Offset, Offset, Epoch) {
+        let s = self.state.read().unwrap();
+        (s.log_start_offset, s.high_watermark, s.leader_epoch)
+    }
+
+    pub fn snapshot(&self) -> LogState {
+        self.state.read().unwrap().clone()
+    }
+
+    /// Change the state (the writer only) and wake waiting readers.
+    pub fn update<R>(&self, f: impl FnOnce(&mut LogState) -> R) -> R {
+        let (r, hw) = {
+            let mut s = self.state.write().unwrap();
+            let r = f(&mut s);
+            (r, s.high_watermark)
+        };
+        self.hw.send_replace(hw);
+        r
+    }
+
+    fn plan(&self, offset: Offset) -> Result<Plan, ReadError> {
+        let s = self.state.read().unwrap();
+        if offset < s.log_start_offset || offset > s.high_watermark {
+            return Err(ReadError::OffsetOutOfRange {
+                offset,
+                log_start: s.log_start_offset,
+                high_watermark: s.high_watermark,
+            });
+        }
+        if offset == s.high_watermark {
+            return Ok(Plan::Empty);
+        }
+        let Some((_, seg)) = s.segments.range(..=offset).next_back() else {
+            return Ok(Plan::Empty);
+        };
+        Ok(match seg {
+            SegmentView::Sealed(seg) if offset < seg.end_offset => Plan::Segment(seg.clone()),
+            SegmentView::Sealed(_) => Plan::Empty,
+            SegmentView::Open { replicas, chunks, .. } => {
+                let first = chunks.partition_point(|c| c.next_offset <= offset);
+                Plan::Chunks {
+                    replicas: replicas.clone(),
+                    chunks: chunks[first..].iter().take(64).cloned().collect(),
+                }
+            }
+        })
+    }
+
+    /// Read whole batches from `offset`, about `max_bytes` of them. The
+    /// batch containing `offset` comes first (a fetch in the middle of a
+    /// batch gets the whole batch). With `min_one`, that first batch is
+    /// returned even when larger than `max_bytes` (KIP-74).
+    pub async fn read(&self, offset: Offset, max_bytes: usize, min_one: bool) -> Result<ReadResult, ReadError> {
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut total = 0usize;
+        let mut next = offset;
+        // A reader that raced with a seal may find a chunk already deleted:
+        // plan again from the fresh state.
+        let mut retries = 0;
+        loop {
+            let plan = self.plan(next)?;
+            let budget = max_bytes.saturating_sub(total);
+            let got = match plan {
+                Plan::Empty => break,
+                Plan::Chunks { replicas, chunks } => self.read_chunks(&replicas, &chunks, next, budget, min_one && pieces.is_empty()).await,
+                Plan::Segment(seg) => self.read_segment(&seg, next, budget, min_one && pieces.is_empty()).await,
+            };
+            let (bytes, after) = match got {
+                Ok(v) => v,
+                Err(StorageError::NotFound(_)) if retries < 3 => {
+                    retries += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if bytes.is_empty() {
+                break;
+            }
+            total += bytes.len();
+            pieces.push(bytes);
+            next = after;
+            if total >= max_bytes {
+                break;
+            }
+        }
+        let records = match pieces.len() {
+            0 => Bytes::new(),
+            1 => pieces.pop().unwrap(),
+            _ => {
+                let mut b = BytesMut::with_capacity(total);
+                for p in pieces {
+                    b.extend_from_slice(&p);
+                }
+                b.freeze()
+            }
+        };
+        Ok(ReadResult { records, next_offset: next })
+    }
+
+    /// Take whole batches from `data` (which starts at a batch boundary):
+    /// skip those before `offset`, stop before exceeding `budget`.
+    fn take(data: &Bytes, offset: Offset, budget: usize, min_one: bool) -> (Bytes, Offset, bool) {
+        let mut start = None;
+        let mut end = 0;
+        let mut next = offset;
+        let mut exhausted = true;
+        for (pos, h) in Batches::new(data) {
+            if h.next_offset() <= offset {
+                continue;
+            }
+            let s = *start.get_or_insert(pos);
+            let len = pos + h.total_len() - s;
+            if len > budget && !(min_one && end == 0) {
+                exhausted = false;
+                break;
+            }
+            end = pos + h.total_len();
+            next = h.next_offset();
+        }
+        match start {
+            Some(s) if end > s => (data.slice(s..end), next, exhausted),
+            _ => (Bytes::new(), offset, exhausted),
+        }
+    }
+
+    async fn chunk_payload(&self, replicas: &ReplicaSet, c: &ChunkRef) -> Result<Bytes, StorageError> {
+        if let Some(b) = self.cache.get_object(&c.path) {
+            return Ok(b);
+        }
+        let raw = replicas.get(&Path::from(c.path.as_ref())).await?;
+        let (_, payload) = chunk::decode(&c.path, &raw)?;
+        self.cache.put_object(c.path.clone(), payload.clone());
+        Ok(payload)
+    }
+
+    async fn read_chunks(&self, replicas: &ReplicaSet, chunks: &[ChunkRef], offset: Offset, budget: usize, min_one: bool) -> Result<(Bytes, Offset), StorageError> {
+        let mut pieces = Vec::new();
+        let mut total = 0;
+        let mut next = offset;
+        for c in chunks {
+            let payload = self.chunk_payload(replicas, c).await?;
+            let (bytes, after, exhausted) = Self::take(&payload, next, budget - total, min_one && pieces.is_empty());
+            total += bytes.len();
+            if !bytes.is_empty() {
+                pieces.push(bytes);
+                next = after;
+            }
+            if !exhausted || total >= budget {
+                break;
+            }
+        }
+        Ok(match pieces.len() {
+            0 => (Bytes::new(), offset),
+            1 => (pieces.pop().unwrap(), next),
+            _ => {
+                let mut b = BytesMut::with_capacity(total);
+                for p in pieces {
+                    b.extend_from_slice(&p);
+                }
+                (b.freeze(), next)
+            }
+        })
+    }
+
+    async fn segment_index(&self, seg: &SealedSegment) -> Result<Arc<SegmentIndex>, StorageError> {
+        if let Some(i) = self.cache.get_index(&seg.path) {
+            return Ok(i);
+        }
+        let tail = seg
+            .replicas
+            .get_range(&Path::from(seg.path.as_ref()), seg.data_bytes..seg.object_bytes)
+            .await?;
+        let idx = Arc::new(SegmentIndex::parse(&seg.path, &tail)?);
+        self.cache.put_index(seg.path.clone(), idx.clone());
+        Ok(idx)
+    }
+
+    /// Bytes [start, end) of a segment's data, through the block cache.
+    async fn segment_span(&self, seg: &SealedSegment, start: u64, end: u64) -> Result<Bytes, StorageError> {
+        let end = end.min(seg.data_bytes);
+        if start >= end {
+            return Ok(Bytes::new());
+        }
+        let path = Path::from(seg.path.as_ref());
+        let first = start / BLOCK_SIZE;
+        let last = (end - 1) / BLOCK_SIZE;
+        let mut blocks = Vec::with_capacity((last - first + 1) as usize);
+        for b in first..=last {
+            let block = match self.cache.get_block(&seg.path, b) {
+                Some(x) => x,
+                None => {
+                    let from = b * BLOCK_SIZE;
+                    let to = ((b + 1) * BLOCK_SIZE).min(seg.data_bytes);
+                    let x = seg.replicas.get_range(&path, from..to).await?;
+                    if x.len() as u64 != to - from {
+                        return Err(StorageError::corrupt(seg.path.as_ref(), "short read"));
+                    }
+                    self.cache.put_block(seg.path.clone(), b, x.clone());
+                    x
+                }
+            };
+            blocks.push(block);
+        }
+        let lo = (start - first * BLOCK_SIZE) as usize;
+        if blocks.len() == 1 {
+            let hi = (end - first * BLOCK_SIZE) as usize;
+            return Ok(blocks[0].slice(lo..hi));
+        }
+        let mut out = BytesMut::with_capacity((end - start) as usize);
+        let n = blocks.len();
+        for (i, b) in blocks.iter().enumerate() {
+            let from = if i == 0 { lo } else { 0 };
+            let to = if i == n - 1 { (end - last * BLOCK_SIZE) as usize } else { b.len() };
+            out.extend_from_slice(&b[from..to]);
+        }
+        Ok(out.freeze())
+    }
+
+    async fn read_segment(&self, seg: &SealedSegment, offset: Offset, budget: usize, min_one: bool) -> Result<(Bytes, Offset), StorageError> {
+        let idx = self.segment_index(seg).await?;
+        let pos = idx.position_for(offset);
+        // Read past the budget by the index interval so the batch holding
+        // `offset` is in the span even when the index entry is before it.
+        let mut want = budget as u64 + 2 * crate::segment::DEFAULT_INDEX_INTERVAL as u64;
+        loop {
+            let span = self.segment_span(seg, pos, pos + want).await?;
+            let mut tail = 0usize;
+            let mut found = None;
+            for (p, h) in Batches::new(&span) {
+                tail = p + h.total_len();
+                if h.next_offset() > offset {
+                    found = Some(h);
+                    break;
+                }
+            }
+            match found {
+                Some(h) => {
+                    if !min_one && h.total_len() > budget {
+                        return Ok((Bytes::new(), offset));
+                    }
+                    let (bytes, next, _) = Self::take(&span, offset, budget, min_one);
+                    return Ok((bytes, next));
+                }
+                None => {
+                    if pos + span.len() as u64 >= seg.data_bytes {
+                        return Ok((Bytes::new(), offset));
+                    }
+                    // The wanted batch starts at `tail` and was cut off.
+                    let len = BatchHeader::parse(&span[tail..]).map_or(HEADER_LEN, |h| h.total_len());
+                    if !min_one && len > budget {
+                        return Ok((Bytes::new(), offset));
+                    }
+                    want = (tail + len).max(want as usize + 1) as u64;
+                }
+            }
+        }
+    }
+
+    /// The first offset whose record timestamp is at or after `ts`, with that
+    /// timestamp; `None` if every record is older.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(Offset, i64)>, ReadError> {
+        let state = self.snapshot();
+        for seg in state.segments.values() {
+            match seg {
+                SegmentView::Sealed(s) => {
+                    if s.max_timestamp < ts || s.end_offset <= state.log_start_offset {
+                        continue;
+                    }
+                    let idx = self.segment_index(s).await?;
+                    let start = idx.scan_start_for_time(ts).max(state.log_start_offset);
+                    let pos = idx.position_for(start);
+                    let data = self.segment_span(s, pos, s.data_bytes).await?;
+                    if let Some(hit) = first_at_or_after(&data, ts, state.log_start_offset) {
+                        return Ok(Some(hit));
+                    }
+                }
+                SegmentView::Open { replicas, chunks, .. } => {
+                    for c in chunks {
+                        if c.max_timestamp < ts || c.next_offset <= state.log_start_offset {
+                            continue;
+                        }
+                        let payload = self.chunk_payload(replicas, c).await?;
+                        if let Some(hit) = first_at_or_after(&payload, ts, state.log_start_offset) {
+                            return Ok(Some(hit));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The offset after the last record whose batch timestamp is the
+    /// greatest in the log, with that timestamp (ListOffsets MAX_TIMESTAMP).
+    pub async fn max_timestamp(&self) -> Result<Option<(Offset, i64)>, ReadError> {
+        let state = self.snapshot();
+        let mut best: Option<(i64, &SegmentView)> = None;
+        for seg in state.segments.values() {
+            let ts = match seg {
+                SegmentView::Sealed(s) => s.max_timestamp,
+                SegmentView::Open { chunks, .. } => chunks.iter().map(|c| c.max_timestamp).max().unwrap_or(-1),
+            };
+            if best.is_none_or(|(b, _)| ts > b) && ts >= 0 {
+                best = Some((ts, seg));
+            }
+        }
+        let Some((ts, _)) = best else { return Ok(None) };
+        Ok(self.offset_for_timestamp(ts).await?.map(|(o, _)| (o, ts)))
+    }
+}
+
+/// Scan batches in `data` for the first record with timestamp ≥ `ts`.
+fn first_at_or_after(data: &Bytes, ts: i64, log_start: Offset) -> Option<(Offset, i64)> {
+    for (pos, h) in Batches::new(data) {
+        if h.max_timestamp < ts || h.next_offset() <= log_start {
+            continue;
+        }
+        if h.timestamp_type() == TimestampType::LogAppendTime {
+            return Some((h.base_offset.max(log_start), h.max_timestamp));
+        }
+        let mut batch = data.slice(pos..pos + h.total_len());
+        match kafka_protocol::records::RecordBatchDecoder::decode(&mut batch) {
+            Ok(set) => {
+                for r in set.records {
+                    if r.offset >= log_start && r.timestamp >= ts {
+                        return Some((r.offset, r.timestamp));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(offset = h.base_offset, error = %e, "undecodable batch in timestamp lookup");
+                return Some((h.base_offset.max(log_start), h.max_timestamp));
+            }
+        }
+    }
+    None
+}
+
+/// Rebuild a chunk reference from its decoded header (recovery).
+pub fn chunk_ref(path: &Path, h: &chunk::ChunkHeader, bytes: u64) -> ChunkRef {
+    ChunkRef {
+        base_offset: h.base_offset,
+        next_offset: h.next_offset,
+        max_timestamp: h.max_timestamp,
+        path: Arc::from(path.as_ref()),
+        bytes,
+    }
+}

@@ -1,0 +1,258 @@
+//! A replica set: the R storage targets one segment is written to. Writes go
+//! to all R in parallel and are durable at W acknowledgements; reads fail
+//! over from replica to replica.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+
+use crate::error::StorageError;
+use crate::target::StorageTarget;
+
+#[derive(Clone, Debug)]
+pub struct ReplicaSet {
+    targets: Vec<StorageTarget>,
+    write_quorum: usize,
+}
+
+/// The outcome of a conditional create on a replica set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Created on at least W targets: durable.
+    Created,
+    /// Another writer holds the key on some target, and W could not be reached.
+    AlreadyExists,
+}
+
+impl ReplicaSet {
+    pub fn new(targets: Vec<StorageTarget>, write_quorum: usize) -> Self {
+        Self {
+            targets,
+            write_quorum,
+        }
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.targets.iter().map(|t| t.id.clone()).collect()
+    }
+
+    pub fn write_quorum(&self) -> usize {
+        self.write_quorum
+    }
+
+    /// How many replicas a listing must cover to meet every W-durable write.
+    pub fn read_quorum(&self) -> usize {
+        self.targets.len() - self.write_quorum + 1
+    }
+
+    /// Conditional create of `path` on every target. Returns once W targets
+    /// created it (the others finish in the background), or once W can no
+    /// longer be reached.
+    pub async fn put_create(&self, path: &Path, data: Bytes) -> Result<PutOutcome, StorageError> {
+        let mut pending: FuturesUnordered<_> = self
+            .targets
+            .iter()
+            .map(|t| {
+                let store = t.store.clone();
+                let path = path.clone();
+                let payload = PutPayload::from_bytes(data.clone());
+                let id = t.id.clone();
+                tokio::spawn(async move {
+                    let opts = PutOptions {
+                        mode: PutMode::Create,
+                        ..Default::default()
+                    };
+                    (id, store.put_opts(&path, payload, opts).await)
+                })
+            })
+            .collect();
+        let total = self.targets.len();
+        let (mut created, mut exists, mut failed) = (0, 0, 0);
+        let mut last_err = None;
+        while let Some(joined) = pending.next().await {
+            let (id, result) = joined.map_err(|e| StorageError::Unavailable(e.to_string()))?;
+            match result {
+                Ok(_) => created += 1,
+                Err(object_store::Error::AlreadyExists { .. }) => exists += 1,
+                Err(e) => {
+                    tracing::warn!(target_id = %id, path = %path, error = %e, "storage put failed");
+                    failed += 1;
+                    last_err = Some(e.to_string());
+                }
+            }
+            if created >= self.write_quorum {
+                return Ok(PutOutcome::Created);
+            }
+            if total - exists - failed < self.write_quorum {
+                break;
+            }
+        }
+        if exists > 0 {
+            Ok(PutOutcome::AlreadyExists)
+        } else {
+            Err(StorageError::Unavailable(format!(
+                "{path}: {created} of {total} targets acknowledged, {} needed: {}",
+                self.write_quorum,
+                last_err.unwrap_or_default()
+            )))
+        }
+    }
+
+    /// Read a whole object from the first replica that has it.
+    pub async fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
+        let mut last = StorageError::NotFound(path.to_string());
+        for t in &self.targets {
+            match t.store.get(path).await {
+                Ok(r) => match r.bytes().await {
+                    Ok(b) => return Ok(b),
+                    Err(e) => last = StorageError::from_object_store(e),
+                },
+                Err(e) => last = StorageError::from_object_store(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Read a byte range from the first replica that answers.
+    pub async fn get_range(&self, path: &Path, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let mut last = StorageError::NotFound(path.to_string());
+        for t in &self.targets {
+            match t.store.get_range(path, range.clone()).await {
+                Ok(b) => return Ok(b),
+                Err(e) => last = StorageError::from_object_store(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Objects under `prefix`, merged over enough replicas (R−W+1) to meet
+    /// every W-durable write. Key → size.
+    pub async fn list(&self, prefix: &Path) -> Result<BTreeMap<Path, u64>, StorageError> {
+        let mut out = BTreeMap::new();
+        let mut answered = 0;
+        let mut last_err = None;
+        for t in &self.targets {
+            let listing: Result<Vec<_>, _> = t.store.list(Some(prefix)).collect::<Vec<_>>().await.into_iter().collect();
+            match listing {
+                Ok(objects) => {
+                    for o in objects {
+                        out.insert(o.location, o.size);
+                    }
+                    answered += 1;
+                    if answered >= self.read_quorum() {
+                        return Ok(out);
+                    }
+                }
+                Err(e) => last_err = Some(e.to_string()),
+            }
+        }
+        Err(StorageError::Unavailable(format!(
+            "listing {prefix}: {answered} replicas answered, {} needed: {}",
+            self.read_quorum(),
+            last_err.unwrap_or_default()
+        )))
+    }
+
+    /// Delete an object from every replica; a missing object is not an error.
+    pub async fn delete(&self, path: &Path) -> Result<(), StorageError> {
+        let mut last = None;
+        for t in &self.targets {
+            match t.store.delete(path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => last = Some(StorageError::from_object_store(e)),
+            }
+        }
+        last.map_or(Ok(()), Err)
+    }
+
+    /// Start a streamed upload of one large object to every replica.
+    pub async fn upload(&self, path: &Path) -> Result<ReplicatedUpload, StorageError> {
+        let mut writers = Vec::with_capacity(self.targets.len());
+        for t in &self.targets {
+            let up = t
+                .store
+                .put_multipart(path)
+                .await
+                .map_err(StorageError::from_object_store)?;
+            writers.push(WriteMultipart::new_with_chunk_size(up, 8 << 20));
+        }
+        Ok(ReplicatedUpload {
+            writers,
+            write_quorum: self.write_quorum,
+            path: path.clone(),
+        })
+    }
+}
+
+/// A large object being written to every replica of a set.
+pub struct ReplicatedUpload {
+    writers: Vec<WriteMultipart>,
+    write_quorum: usize,
+    path: Path,
+}
+
+impl ReplicatedUpload {
+    pub async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
+        for w in &mut self.writers {
+            w.wait_for_capacity(4).await.map_err(StorageError::from_object_store)?;
+            w.put(data.clone());
+        }
+        Ok(())
+    }
+
+    /// Complete the upload; succeeds once W replicas have the object.
+    pub async fn finish(self) -> Result<(), StorageError> {
+        let total = self.writers.len();
+        let results = futures::future::join_all(self.writers.into_iter().map(|w| w.finish())).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        if ok >= self.write_quorum {
+            Ok(())
+        } else {
+            let err = results.into_iter().find_map(|r| r.err()).map(|e| e.to_string()).unwrap_or_default();
+            Err(StorageError::Unavailable(format!(
+                "upload of {}: {ok} of {total} replicas completed: {err}",
+                self.path
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conditional_create_is_exclusive() {
+        let t = StorageTarget::open("m", "memory://").unwrap();
+        let set = ReplicaSet::new(vec![t], 1);
+        let p = Path::from("a/b");
+        assert_eq!(set.put_create(&p, Bytes::from_static(b"1")).await.unwrap(), PutOutcome::Created);
+        assert_eq!(set.put_create(&p, Bytes::from_static(b"2")).await.unwrap(), PutOutcome::AlreadyExists);
+        assert_eq!(set.get(&p).await.unwrap(), Bytes::from_static(b"1"));
+        assert_eq!(set.get_range(&p, 0..1).await.unwrap(), Bytes::from_static(b"1"));
+        let listed = set.list(&Path::from("a")).await.unwrap();
+        assert_eq!(listed.get(&p), Some(&1));
+        set.delete(&p).await.unwrap();
+        set.delete(&p).await.unwrap();
+        assert!(matches!(set.get(&p).await, Err(StorageError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn quorum_write_with_one_replica_holding_the_key() {
+        let ts: Vec<_> = (0..3).map(|i| StorageTarget::open(format!("t{i}"), "memory://").unwrap()).collect();
+        let p = Path::from("x");
+        // A "zombie" got the key onto two of three replicas first: W=2 is out of reach.
+        for t in &ts[..2] {
+            t.store.put(&p, PutPayload::from_static(b"z")).await.unwrap();
+        }
+        let set = ReplicaSet::new(ts.clone(), 2);
+        assert_eq!(set.put_create(&p, Bytes::from_static(b"n")).await.unwrap(), PutOutcome::AlreadyExists);
+        let q = Path::from("y");
+        ts[0].store.put(&q, PutPayload::from_static(b"z")).await.unwrap();
+        assert_eq!(set.put_create(&q, Bytes::from_static(b"n")).await.unwrap(), PutOutcome::Created);
+    }
+}

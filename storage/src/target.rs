@@ -1,0 +1,199 @@
+//! Storage targets (one `object_store` each) and the pool they form, from
+//! which every new segment draws a fresh, random replica set.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::ObjectStore;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::StorageError;
+use crate::replica::ReplicaSet;
+
+/// One place segments can be written to: a bucket, a directory, memory.
+#[derive(Clone, Debug)]
+pub struct StorageTarget {
+    pub id: String,
+    pub url: String,
+    pub zone: Option<String>,
+    pub weight: u32,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+impl StorageTarget {
+    /// Open a target from its URL: `file:///abs/dir` (optionally
+    /// `?fsync=true` to fsync every object before acknowledging it) or
+    /// `memory://`.
+    pub fn open(id: impl Into<String>, url: &str) -> Result<Self, StorageError> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| StorageError::Invalid(format!("storage URL {url:?}: {e}")))?;
+        let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+            "memory" => Arc::new(InMemory::new()),
+            "file" => {
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|_| StorageError::Invalid(format!("{url:?} is not an absolute file path")))?;
+                let fsync = parsed
+                    .query_pairs()
+                    .any(|(k, v)| k == "fsync" && (v == "true" || v == "1"));
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| StorageError::Invalid(format!("cannot create {}: {e}", dir.display())))?;
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(&dir)
+                        .map_err(|e| StorageError::Invalid(format!("{url:?}: {e}")))?
+                        .with_fsync(fsync)
+                        .with_automatic_cleanup(true),
+                )
+            }
+            other => {
+                return Err(StorageError::Invalid(format!(
+                    "storage scheme {other:?} of {url:?} is not supported by this build (file://, memory://)"
+                )))
+            }
+        };
+        Ok(Self {
+            id: id.into(),
+            url: url.to_string(),
+            zone: None,
+            weight: 1,
+            store,
+        })
+    }
+}
+
+/// All storage targets of the cluster, with the replication settings.
+#[derive(Debug)]
+pub struct StoragePool {
+    targets: Vec<StorageTarget>,
+    replicas: usize,
+    write_quorum: usize,
+    rng: Mutex<StdRng>,
+}
+
+impl StoragePool {
+    pub fn new(targets: Vec<StorageTarget>, replicas: usize, write_quorum: usize) -> Result<Self, StorageError> {
+        Self::with_seed(targets, replicas, write_quorum, rand::rng().random())
+    }
+
+    /// A pool whose replica-set choices replay from `seed` (tests).
+    pub fn with_seed(
+        targets: Vec<StorageTarget>,
+        replicas: usize,
+        write_quorum: usize,
+        seed: u64,
+    ) -> Result<Self, StorageError> {
+        if replicas == 0 || write_quorum == 0 {
+            return Err(StorageError::Invalid("replicas and write quorum must be at least 1".into()));
+        }
+        if write_quorum > replicas {
+            return Err(StorageError::Invalid(format!(
+                "write quorum {write_quorum} exceeds replicas {replicas}"
+            )));
+        }
+        if replicas > targets.len() {
+            return Err(StorageError::Invalid(format!(
+                "{replicas} replicas need at least as many targets, the pool has {}",
+                targets.len()
+            )));
+        }
+        let mut ids = HashSet::new();
+        for t in &targets {
+            if !ids.insert(t.id.clone()) {
+                return Err(StorageError::Invalid(format!("duplicate storage target id {:?}", t.id)));
+            }
+        }
+        Ok(Self {
+            targets,
+            replicas,
+            write_quorum,
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+        })
+    }
+
+    pub fn targets(&self) -> &[StorageTarget] {
+        &self.targets
+    }
+
+    /// A fresh replica set for a new segment: `replicas` distinct targets
+    /// drawn at random, weighted by target weight.
+    pub fn choose_replica_set(&self) -> ReplicaSet {
+        let mut rng = self.rng.lock().unwrap();
+        let mut candidates: Vec<&StorageTarget> = self.targets.iter().collect();
+        let mut chosen = Vec::with_capacity(self.replicas);
+        while chosen.len() < self.replicas && !candidates.is_empty() {
+            let total: u64 = candidates.iter().map(|t| t.weight.max(1) as u64).sum();
+            let mut pick = rng.random_range(0..total);
+            let idx = candidates
+                .iter()
+                .position(|t| {
+                    let w = t.weight.max(1) as u64;
+                    if pick < w {
+                        true
+                    } else {
+                        pick -= w;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            chosen.push(candidates.swap_remove(idx).clone());
+        }
+        ReplicaSet::new(chosen, self.write_quorum)
+    }
+
+    /// The replica set recorded for an existing segment.
+    pub fn replica_set(&self, ids: &[String]) -> Result<ReplicaSet, StorageError> {
+        let mut chosen = Vec::with_capacity(ids.len());
+        for id in ids {
+            let t = self
+                .targets
+                .iter()
+                .find(|t| &t.id == id)
+                .ok_or_else(|| StorageError::Invalid(format!("unknown storage target {id:?}")))?;
+            chosen.push(t.clone());
+        }
+        let w = self.write_quorum.min(chosen.len()).max(1);
+        Ok(ReplicaSet::new(chosen, w))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem(id: &str) -> StorageTarget {
+        StorageTarget::open(id, "memory://").unwrap()
+    }
+
+    #[test]
+    fn rejects_invalid_pools() {
+        assert!(StoragePool::new(vec![mem("a")], 2, 1).is_err(), "R > targets");
+        assert!(StoragePool::new(vec![mem("a"), mem("b")], 1, 2).is_err(), "W > R");
+        assert!(StoragePool::new(vec![mem("a"), mem("a")], 1, 1).is_err(), "duplicate ids");
+        assert!(StorageTarget::open("x", "ftp://nope").is_err());
+        assert!(StorageTarget::open("x", "not a url").is_err());
+    }
+
+    #[test]
+    fn replica_sets_are_distinct_and_spread() {
+        let targets: Vec<_> = ["a", "b", "c", "d"].iter().map(|i| mem(i)).collect();
+        let pool = StoragePool::with_seed(targets, 3, 2, 7).unwrap();
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..4000 {
+            let set = pool.choose_replica_set();
+            let ids = set.ids();
+            assert_eq!(ids.len(), 3);
+            let uniq: HashSet<_> = ids.iter().collect();
+            assert_eq!(uniq.len(), 3, "a target never repeats within a set");
+            for id in ids {
+                *counts.entry(id).or_insert(0) += 1;
+            }
+        }
+        // Each target is in 3/4 of the sets: 3000 ± a few percent.
+        for (id, n) in counts {
+            assert!((2850..=3150).contains(&n), "target {id} chosen {n} times");
+        }
+    }
+}
