@@ -1,1 +1,185 @@
-//! placeholder
+//! The controller: keeps every partition of every topic assigned to a live
+//! broker, bumping the partition epoch whenever ownership must change (a new
+//! partition, a dead or restarted broker), and removes deleted topics'
+//! metadata and data. Election among several controllers and the admin API
+//! come with the control-plane issue; `floe standalone` runs one.
+
+pub mod assignment;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use floe_common::{PartitionId, Uuid};
+use floe_meta::schema::{AssignmentRecord, BrokerRecord, TopicRecord, FORMAT};
+use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn};
+use floe_storage::StoragePool;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use assignment::{plan, Current, LiveBroker};
+
+pub struct Controller {
+    meta: Arc<dyn MetadataStore>,
+    pool: Arc<StoragePool>,
+    /// Topics whose partitions' keys were already removed.
+    deleted: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+}
+
+impl Controller {
+    pub fn new(meta: Arc<dyn MetadataStore>, pool: Arc<StoragePool>) -> Arc<Self> {
+        Arc::new(Self {
+            meta,
+            pool,
+            deleted: Default::default(),
+        })
+    }
+
+    /// Reconcile on every change of topics or brokers until cancelled.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<(), MetaError> {
+        loop {
+            let (_, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
+            let mut topics = self.meta.watch_prefix(&keys::topics_prefix(), Some(rev + 1)).await?;
+            let mut brokers = self.meta.watch_prefix(&keys::brokers_prefix(), Some(rev + 1)).await?;
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!(error = %e, "reconcile failed; retrying");
+            }
+            let mut resync = tokio::time::interval(Duration::from_secs(10));
+            resync.tick().await;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    ev = topics.next() => if !matches!(ev, Some(Ok(_))) { break },
+                    ev = brokers.next() => if !matches!(ev, Some(Ok(_))) { break },
+                    _ = resync.tick() => {}
+                }
+                if let Err(e) = self.reconcile().await {
+                    tracing::warn!(error = %e, "reconcile failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One pass: assign what needs an owner, clean up deleted topics.
+    pub async fn reconcile(&self) -> Result<(), MetaError> {
+        let (topic_kvs, _) = self.meta.range(&keys::topics_prefix()).await?;
+        let (broker_kvs, _) = self.meta.range(&keys::brokers_prefix()).await?;
+        let (partition_kvs, _) = self.meta.range(&keys::partitions_prefix()).await?;
+        let mut live = Vec::new();
+        for kv in broker_kvs {
+            let r = BrokerRecord::decode(kv.value).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+            live.push(LiveBroker {
+                id: r.broker_id,
+                session: kv.create_revision,
+            });
+        }
+        let mut topic_ids = std::collections::HashSet::new();
+        let mut partitions = Vec::new();
+        for kv in topic_kvs {
+            let t = TopicRecord::decode(kv.value).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+            let Ok(id) = Uuid::from_slice(&t.id) else { continue };
+            topic_ids.insert(id);
+            partitions.extend((0..t.partitions).map(|p| PartitionId::new(id, p)));
+        }
+        let mut current = HashMap::new();
+        let mut orphan_topics = std::collections::HashSet::new();
+        for kv in &partition_kvs {
+            if let Some(p) = keys::parse_assignment(&kv.key) {
+                let a = AssignmentRecord::decode(kv.value.clone()).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+                current.insert(
+                    p,
+                    Current {
+                        broker: a.broker_id,
+                        epoch: a.epoch,
+                        session: a.broker_session,
+                        revision: kv.mod_revision,
+                    },
+                );
+                if !topic_ids.contains(&p.topic_id) {
+                    orphan_topics.insert(p.topic_id);
+                }
+            }
+        }
+        for change in plan(&partitions, &current, &live) {
+            let record = AssignmentRecord {
+                format: FORMAT,
+                broker_id: change.broker,
+                epoch: change.epoch,
+                broker_session: change.session,
+            };
+            let key = keys::assignment(change.partition);
+            let cond = match current.get(&change.partition) {
+                Some(c) => Condition::ModRevision(key.clone(), c.revision),
+                None => Condition::Missing(key.clone()),
+            };
+            let txn = Txn::new().when(cond).then(Op::put(key, record.encode_to_vec()));
+            if self.meta.txn(txn).await?.committed() {
+                tracing::info!(partition = %change.partition, broker = change.broker, epoch = change.epoch, "assigned");
+            }
+        }
+        for topic in orphan_topics {
+            self.remove_topic_data(topic).await?;
+        }
+        Ok(())
+    }
+
+    /// A deleted topic: drop its partitions' metadata now (owners see their
+    /// assignment vanish and stop), and its objects shortly after.
+    async fn remove_topic_data(&self, topic: Uuid) -> Result<(), MetaError> {
+        self.meta
+            .txn(Txn::new().then(Op::DeletePrefix(keys::topic_partitions_prefix(topic))))
+            .await?;
+        if !self.deleted.lock().unwrap().insert(topic) {
+            return Ok(());
+        }
+        tracing::info!(topic = %topic.simple(), "deleted topic metadata; deleting its objects");
+        let targets = self.pool.targets().to_vec();
+        tokio::spawn(async move {
+            // Let owners finish releasing before the objects go.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let prefix = Path::from(topic.simple().to_string());
+            for t in targets {
+                let listed: Vec<_> = t.store.list(Some(&prefix)).collect().await;
+                for o in listed.into_iter().flatten() {
+                    let _ = t.store.delete(&o.location).await;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Ensure the cluster id exists and return it.
+pub async fn ensure_cluster_id(meta: &dyn MetadataStore, now_ms: i64) -> Result<String, MetaError> {
+    if let Some(kv) = meta.get(&keys::cluster()).await? {
+        let r = floe_meta::schema::ClusterRecord::decode(kv.value).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        return Ok(r.cluster_id);
+    }
+    let id = base64_id(Uuid::new_v4());
+    let r = floe_meta::schema::ClusterRecord {
+        format: FORMAT,
+        cluster_id: id.clone(),
+        created_ms: now_ms,
+    };
+    let txn = Txn::new()
+        .when(Condition::Missing(keys::cluster()))
+        .then(Op::put(keys::cluster(), Bytes::from(r.encode_to_vec())));
+    meta.txn(txn).await?;
+    let kv = meta.get(&keys::cluster()).await?.ok_or_else(|| MetaError::Corrupt("cluster id vanished".into()))?;
+    Ok(floe_meta::schema::ClusterRecord::decode(kv.value)
+        .map_err(|e| MetaError::Corrupt(e.to_string()))?
+        .cluster_id)
+}
+
+/// Kafka-style cluster id: URL-safe base64 of 16 random bytes, 22 chars.
+fn base64_id(id: Uuid) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let v = id.as_u128();
+    (0..22).map(|i| A[((v >> (i * 6)) & 63) as usize] as char).collect()
+}

@@ -47,6 +47,26 @@ pub fn segment(p: PartitionId, base_offset: i64) -> Bytes {
     Bytes::from(format!("{}segments/{base_offset:020}", partition_prefix(p)))
 }
 
+pub fn brokers_prefix() -> Bytes {
+    Bytes::from_static(b"/floe/brokers/")
+}
+
+pub fn broker(id: i32) -> Bytes {
+    Bytes::from(format!("/floe/brokers/{id}"))
+}
+
+pub fn partitions_prefix() -> Bytes {
+    Bytes::from_static(b"/floe/partitions/")
+}
+
+/// The partition an assignment key belongs to, if `key` is one.
+pub fn parse_assignment(key: &[u8]) -> Option<PartitionId> {
+    let s = std::str::from_utf8(key).ok()?;
+    let rest = s.strip_prefix("/floe/partitions/")?.strip_suffix("/assignment")?;
+    let (topic, partition) = rest.split_once('/')?;
+    Some(PartitionId::new(Uuid::parse_str(topic).ok()?, partition.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +80,7 @@ mod tests {
         assert!(a.starts_with(&segments_prefix(p)));
         assert!(segments_prefix(p).starts_with(&topic_partitions_prefix(p.topic_id)));
         assert_ne!(owner(p), assignment(p));
+        assert_eq!(parse_assignment(&assignment(p)), Some(p));
+        assert_eq!(parse_assignment(&owner(p)), None);
     }
 }

@@ -49,6 +49,27 @@ pub struct AssignmentRecord {
     pub broker_id: i32,
     #[prost(int32, tag = "3")]
     pub epoch: i32,
+    /// The broker's registration (its create revision) the assignment was
+    /// made for: a broker that restarts gets a new session, hence a new epoch.
+    #[prost(int64, tag = "4")]
+    pub broker_session: i64,
+}
+
+/// A live broker: `/floe/brokers/{id}`, bound to the broker's lease.
+#[derive(Clone, PartialEq, Message)]
+pub struct BrokerRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(int32, tag = "2")]
+    pub broker_id: i32,
+    #[prost(string, tag = "3")]
+    pub host: String,
+    #[prost(int32, tag = "4")]
+    pub port: i32,
+    #[prost(string, optional, tag = "5")]
+    pub rack: Option<String>,
+    #[prost(int64, tag = "6")]
+    pub started_ms: i64,
 }
 
 /// The write lease of a partition: `/floe/partitions/{topic_id}/{p}/owner`,
@@ -95,8 +116,10 @@ pub struct CheckpointRecord {
     /// are durable). After an unclean end the log may extend past it.
     #[prost(int64, tag = "4")]
     pub next_offset: i64,
-    #[prost(message, optional, tag = "5")]
-    pub open_segment: Option<OpenSegmentRecord>,
+    /// Segments not yet sealed, oldest first: at most the one being sealed
+    /// and the one being written.
+    #[prost(message, repeated, tag = "5")]
+    pub open_segments: Vec<OpenSegmentRecord>,
     /// True when saved by a clean release: nothing to recover.
     #[prost(bool, tag = "6")]
     pub clean: bool,
@@ -130,4 +153,7 @@ pub struct SegmentRecord {
     pub sealed_ms: i64,
     #[prost(int64, tag = "10")]
     pub batch_count: i64,
+    /// Epoch of the writer that sealed it (part of the object key).
+    #[prost(int32, tag = "11")]
+    pub sealed_by_epoch: i32,
 }

@@ -259,13 +259,7 @@ impl PartitionLog {
     }
 
     async fn chunk_payload(&self, replicas: &ReplicaSet, c: &ChunkRef) -> Result<Bytes, StorageError> {
-        if let Some(b) = self.cache.get_object(&c.path) {
-            return Ok(b);
-        }
-        let raw = replicas.get(&Path::from(c.path.as_ref())).await?;
-        let (_, payload) = chunk::decode(&c.path, &raw)?;
-        self.cache.put_object(c.path.clone(), payload.clone());
-        Ok(payload)
+        load_chunk(&self.cache, replicas, c).await
     }
 
     async fn read_chunks(&self, replicas: &ReplicaSet, chunks: &[ChunkRef], offset: Offset, budget: usize, min_one: bool) -> Result<(Bytes, Offset), StorageError> {
@@ -469,6 +463,17 @@ fn first_at_or_after(data: &Bytes, ts: i64, log_start: Offset) -> Option<(Offset
         }
     }
     None
+}
+
+/// A chunk's verified payload, from the cache or from its replicas.
+pub async fn load_chunk(cache: &BlockCache, replicas: &ReplicaSet, c: &ChunkRef) -> Result<Bytes, StorageError> {
+    if let Some(b) = cache.get_object(&c.path) {
+        return Ok(b);
+    }
+    let raw = replicas.get(&Path::from(c.path.as_ref())).await?;
+    let (_, payload) = chunk::decode(&c.path, &raw)?;
+    cache.put_object(c.path.clone(), payload.clone());
+    Ok(payload)
 }
 
 /// Rebuild a chunk reference from its decoded header (recovery).

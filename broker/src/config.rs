@@ -1,0 +1,193 @@
+//! Broker settings and topic configs: Kafka's names, Kafka's defaults where
+//! they apply, validation with Kafka's error codes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of one broker process. Every field has a default, so
+/// `floe standalone` needs no file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    /// Largest request frame accepted (Kafka's socket.request.max.bytes).
+    pub max_request_bytes: usize,
+    /// Connections beyond this are closed at accept (max.connections).
+    pub max_connections: usize,
+    /// Requests of one connection processed concurrently (responses stay in order).
+    pub max_inflight_per_connection: usize,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    /// A chunk is flushed once it holds this many bytes...
+    pub chunk_bytes: usize,
+    /// ...or once its first batch waited this long.
+    pub chunk_linger_ms: u64,
+    /// Chunk flushes of one partition in flight at once.
+    pub max_inflight_flushes: usize,
+    /// Bytes of the shared read cache.
+    pub cache_bytes: u64,
+    /// How often a partition checks retention and segment.ms.
+    pub retention_check_interval_ms: u64,
+    /// How often an unchanged partition's checkpoint is re-saved.
+    pub checkpoint_interval_ms: u64,
+    /// Default configs of new topics (Kafka names: retention.ms, ...).
+    pub topic_defaults: BTreeMap<String, String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 0,
+            max_request_bytes: 100 * 1024 * 1024,
+            max_connections: 10_000,
+            max_inflight_per_connection: 64,
+            auto_create_topics: true,
+            default_partitions: 1,
+            chunk_bytes: 4 << 20,
+            chunk_linger_ms: 2,
+            max_inflight_flushes: 4,
+            cache_bytes: 512 << 20,
+            retention_check_interval_ms: 30_000,
+            checkpoint_interval_ms: 5_000,
+            topic_defaults: BTreeMap::new(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn chunk_linger(&self) -> Duration {
+        Duration::from_millis(self.chunk_linger_ms)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimestampType {
+    CreateTime,
+    LogAppendTime,
+}
+
+/// A topic's effective configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopicConfig {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    pub max_message_bytes: usize,
+    pub timestamp_type: TimestampType,
+    pub cleanup_policy: String,
+}
+
+/// (name, Kafka default, documentation) of every topic config Floe honours.
+pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
+    ("retention.ms", "604800000", "Delete sealed segments whose newest record is older than this (-1: keep forever)."),
+    ("retention.bytes", "-1", "Delete the oldest sealed segments while the partition is larger than this (-1: no limit)."),
+    ("segment.bytes", "1073741824", "Seal the open segment once it holds this many bytes."),
+    ("segment.ms", "604800000", "Seal the open segment once it is this old."),
+    ("max.message.bytes", "1048588", "Largest record batch accepted."),
+    ("message.timestamp.type", "CreateTime", "CreateTime keeps the producer's timestamps; LogAppendTime stamps batches on append."),
+    ("cleanup.policy", "delete", "Only delete is supported."),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value {value:?} for {name}: {reason}")]
+pub struct ConfigError {
+    pub name: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl TopicConfig {
+    /// Resolve `overrides` (topic) over `defaults` (broker) over Kafka's
+    /// defaults. Unknown names and bad values are errors.
+    pub fn resolve(defaults: &BTreeMap<String, String>, overrides: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| -> String {
+            overrides
+                .get(name)
+                .or_else(|| defaults.get(name))
+                .cloned()
+                .unwrap_or_else(|| TOPIC_CONFIGS.iter().find(|c| c.0 == name).map(|c| c.1.to_string()).unwrap_or_default())
+        };
+        for (k, v) in defaults.iter().chain(overrides.iter()) {
+            if !TOPIC_CONFIGS.iter().any(|c| c.0 == k) {
+                return Err(ConfigError {
+                    name: k.clone(),
+                    value: v.clone(),
+                    reason: "unknown topic config".into(),
+                });
+            }
+        }
+        let int = |name: &str, min: i64| -> Result<i64, ConfigError> {
+            let v = get(name);
+            let n: i64 = v.trim().parse().map_err(|_| ConfigError {
+                name: name.into(),
+                value: v.clone(),
+                reason: "not an integer".into(),
+            })?;
+            if n < min {
+                return Err(ConfigError {
+                    name: name.into(),
+                    value: v,
+                    reason: format!("must be at least {min}"),
+                });
+            }
+            Ok(n)
+        };
+        let timestamp_type = match get("message.timestamp.type").as_str() {
+            "CreateTime" => TimestampType::CreateTime,
+            "LogAppendTime" => TimestampType::LogAppendTime,
+            other => {
+                return Err(ConfigError {
+                    name: "message.timestamp.type".into(),
+                    value: other.into(),
+                    reason: "must be CreateTime or LogAppendTime".into(),
+                })
+            }
+        };
+        let cleanup_policy = get("cleanup.policy");
+        if cleanup_policy != "delete" {
+            return Err(ConfigError {
+                name: "cleanup.policy".into(),
+                value: cleanup_policy,
+                reason: "only delete is supported".into(),
+            });
+        }
+        Ok(Self {
+            retention_ms: int("retention.ms", -1)?,
+            retention_bytes: int("retention.bytes", -1)?,
+            segment_bytes: int("segment.bytes", 14)? as u64,
+            segment_ms: int("segment.ms", 1)?,
+            max_message_bytes: int("max.message.bytes", 0)? as usize,
+            timestamp_type,
+            cleanup_policy,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_defaults_and_overrides() {
+        let none = BTreeMap::new();
+        let c = TopicConfig::resolve(&none, &none).unwrap();
+        assert_eq!(c.retention_ms, 604_800_000);
+        assert_eq!(c.segment_bytes, 1 << 30);
+        assert_eq!(c.max_message_bytes, 1_048_588);
+        assert_eq!(c.timestamp_type, TimestampType::CreateTime);
+        let mut o = BTreeMap::new();
+        o.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
+        o.insert("retention.bytes".to_string(), "1000".to_string());
+        let c = TopicConfig::resolve(&none, &o).unwrap();
+        assert_eq!(c.timestamp_type, TimestampType::LogAppendTime);
+        assert_eq!(c.retention_bytes, 1000);
+        o.insert("retention.ms".to_string(), "soon".to_string());
+        assert_eq!(TopicConfig::resolve(&none, &o).unwrap_err().name, "retention.ms");
+        let mut u = BTreeMap::new();
+        u.insert("no.such".to_string(), "1".to_string());
+        assert!(TopicConfig::resolve(&none, &u).is_err());
+    }
+}

@@ -1,0 +1,672 @@
+//! The single writer of a partition: appends batches to the open chunk,
+//! flushes chunks (size or linger bound) with conditional create, acks once
+//! durable, rolls and seals segments, applies retention, saves checkpoints,
+//! and releases the partition cleanly.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use floe_common::{Epoch, Offset, PartitionId};
+use floe_meta::schema::{CheckpointRecord, OpenSegmentRecord, SegmentRecord, FORMAT};
+use floe_meta::{keys, Condition, MetaError, Op, Txn, TxnOutcome};
+use floe_protocol::batch::{self, BatchHeader};
+use floe_storage::chunk;
+use floe_storage::log::{ChunkRef, PartitionLog, SegmentView};
+use floe_storage::{layout, PutOutcome, ReplicaSet, StorageError};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::recovery::{consolidate, delete_chunks, sealed_view, Recovered};
+use super::{AppendError, Appended, Command, PartitionContext, PartitionState};
+use crate::config::{TimestampType, TopicConfig};
+
+type Reply = oneshot::Sender<Result<Appended, AppendError>>;
+
+struct Waiter {
+    reply: Reply,
+    base_offset: Offset,
+    log_append_time: i64,
+}
+
+/// A segment not yet sealed.
+struct OpenSeg {
+    record: OpenSegmentRecord,
+    replicas: ReplicaSet,
+    /// Bytes assigned to it so far (committed or in flight).
+    bytes: u64,
+    /// Offset after its last assigned batch.
+    end: Offset,
+}
+
+/// The chunk being filled.
+struct Buffer {
+    buf: BytesMut,
+    base: Offset,
+    max_timestamp: i64,
+    batches: u32,
+    waiters: Vec<Waiter>,
+    deadline: tokio::time::Instant,
+}
+
+struct Flush {
+    chunk: ChunkRef,
+    segment_base: Offset,
+    payload: Bytes,
+    waiters: Vec<Waiter>,
+    task: JoinHandle<Result<PutOutcome, StorageError>>,
+}
+
+struct Writer {
+    ctx: PartitionContext,
+    id: PartitionId,
+    epoch: Epoch,
+    owner: Bytes,
+    config: TopicConfig,
+    log: Arc<PartitionLog>,
+    checkpoint: CheckpointRecord,
+    checkpoint_saved: Instant,
+    open: OpenSeg,
+    sealing: VecDeque<OpenSeg>,
+    next_offset: Offset,
+    buffer: Option<Buffer>,
+    inflight: VecDeque<Flush>,
+    seal_task: Option<JoinHandle<Result<SegmentRecord, StorageError>>>,
+    state: watch::Sender<PartitionState>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spawn(
+    ctx: PartitionContext,
+    id: PartitionId,
+    epoch: Epoch,
+    owner: Bytes,
+    config: TopicConfig,
+    log: Arc<PartitionLog>,
+    recovered: Recovered,
+    rx: mpsc::Receiver<Command>,
+    state: watch::Sender<PartitionState>,
+) {
+    let replicas = match log.snapshot().segments.get(&recovered.open.base_offset) {
+        Some(SegmentView::Open { replicas, .. }) => replicas.clone(),
+        _ => ctx.pool.replica_set(&recovered.open.replica_set).expect("recovered replica set is in the pool"),
+    };
+    let next = recovered.state.high_watermark;
+    let w = Writer {
+        ctx,
+        id,
+        epoch,
+        owner,
+        config,
+        log,
+        checkpoint: recovered.checkpoint,
+        checkpoint_saved: Instant::now(),
+        open: OpenSeg {
+            record: recovered.open,
+            replicas,
+            bytes: 0,
+            end: next,
+        },
+        sealing: VecDeque::new(),
+        next_offset: next,
+        buffer: None,
+        inflight: VecDeque::new(),
+        seal_task: None,
+        state,
+    };
+    tokio::spawn(w.run(rx));
+}
+
+/// Await the front flush, if any (pending forever otherwise).
+async fn front(inflight: &mut VecDeque<Flush>) -> Result<Result<PutOutcome, StorageError>, tokio::task::JoinError> {
+    match inflight.front_mut() {
+        Some(f) => (&mut f.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sealed(task: &mut Option<JoinHandle<Result<SegmentRecord, StorageError>>>) -> Result<Result<SegmentRecord, StorageError>, tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
+}
+
+#[derive(Debug)]
+enum Stop {
+    Fenced,
+    Failed(String),
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let interval = Duration::from_millis(self.ctx.config.retention_check_interval_ms.clamp(10, 1000));
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_housekeeping = Instant::now();
+        let outcome: Result<Option<oneshot::Sender<()>>, Stop> = loop {
+            let max_inflight = self.ctx.config.max_inflight_flushes.max(1);
+            let linger = self.buffer.as_ref().map(|b| b.deadline);
+            let step: Result<Option<Option<oneshot::Sender<()>>>, Stop> = tokio::select! {
+                biased;
+                done = front(&mut self.inflight) => self.flush_done(done).await.map(|_| None),
+                done = sealed(&mut self.seal_task) => {
+                    self.seal_task = None;
+                    self.seal_done(done).await.map(|_| None)
+                }
+                cmd = rx.recv(), if self.inflight.len() < max_inflight => match cmd {
+                    Some(Command::Append { records, headers, reply }) => self.append(records, headers, reply).await.map(|_| None),
+                    Some(Command::UpdateConfig(c)) => {
+                        self.config = c;
+                        Ok(None)
+                    }
+                    Some(Command::Release(done)) => Ok(Some(Some(done))),
+                    None => Ok(Some(None)),
+                },
+                _ = async { tokio::time::sleep_until(linger.unwrap()).await }, if linger.is_some() => self.start_flush().await.map(|_| None),
+                _ = tick.tick() => {
+                    let every = Duration::from_millis(self.ctx.config.retention_check_interval_ms);
+                    if last_housekeeping.elapsed() >= every {
+                        last_housekeeping = Instant::now();
+                        self.housekeeping().await.map(|_| None)
+                    } else {
+                        self.maybe_checkpoint().await.map(|_| None)
+                    }
+                }
+            };
+            match step {
+                Ok(None) => {}
+                Ok(Some(release)) => break Ok(release),
+                Err(stop) => break Err(stop),
+            }
+        };
+        match outcome {
+            Ok(done) => {
+                self.set_state(PartitionState::Releasing);
+                rx.close();
+                while let Ok(cmd) = rx.try_recv() {
+                    if let Command::Append { reply, .. } = cmd {
+                        let _ = reply.send(Err(AppendError::NotLeader));
+                    }
+                }
+                match self.release().await {
+                    Ok(()) => {
+                        tracing::info!(partition = %self.id, epoch = self.epoch, next_offset = self.next_offset, "released");
+                        self.set_state(PartitionState::Released);
+                    }
+                    Err(e) => {
+                        tracing::error!(partition = %self.id, error = ?e, "release failed; the next owner will recover");
+                        self.set_state(PartitionState::Failed);
+                    }
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                // Keep answering stragglers until every handle is gone.
+                while let Some(cmd) = rx.recv().await {
+                    match cmd {
+                        Command::Append { reply, .. } => {
+                            let _ = reply.send(Err(AppendError::NotLeader));
+                        }
+                        Command::Release(done) => {
+                            let _ = done.send(());
+                        }
+                        Command::UpdateConfig(_) => {}
+                    }
+                }
+            }
+            Err(stop) => {
+                tracing::error!(partition = %self.id, epoch = self.epoch, reason = ?stop, "partition writer stopped");
+                let err = match stop {
+                    Stop::Fenced => AppendError::NotLeader,
+                    Stop::Failed(e) => AppendError::Storage(e),
+                };
+                self.fail_all(&err);
+                self.set_state(PartitionState::Failed);
+                while let Some(cmd) = rx.recv().await {
+                    match cmd {
+                        Command::Append { reply, .. } => {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                        Command::Release(done) => {
+                            let _ = done.send(());
+                        }
+                        Command::UpdateConfig(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_state(&self, s: PartitionState) {
+        let old = *self.state.borrow();
+        self.ctx.metrics.partition_state(self.id, Some(old), s);
+        self.state.send_replace(s);
+    }
+
+    fn fail_all(&mut self, err: &AppendError) {
+        for f in self.inflight.drain(..) {
+            f.task.abort();
+            for w in f.waiters {
+                let _ = w.reply.send(Err(err.clone()));
+            }
+        }
+        if let Some(b) = self.buffer.take() {
+            for w in b.waiters {
+                let _ = w.reply.send(Err(err.clone()));
+            }
+        }
+    }
+
+    async fn append(&mut self, records: Bytes, headers: Vec<BatchHeader>, reply: Reply) -> Result<(), Stop> {
+        if !self.ctx.lease.is_valid() {
+            let _ = reply.send(Err(AppendError::NotLeader));
+            return Ok(());
+        }
+        let now = self.ctx.clock.now_ms();
+        let log_append_time = (self.config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
+        let linger = self.ctx.config.chunk_linger();
+        let buffer = self.buffer.get_or_insert_with(|| Buffer {
+            buf: chunk::new_buffer(records.len()),
+            base: self.next_offset,
+            max_timestamp: -1,
+            batches: 0,
+            waiters: Vec::new(),
+            deadline: tokio::time::Instant::now() + linger,
+        });
+        let base_offset = self.next_offset;
+        let mut pos = 0;
+        for h in &headers {
+            let len = h.total_len();
+            let at = buffer.buf.len();
+            buffer.buf.extend_from_slice(&records[pos..pos + len]);
+            batch::assign(&mut buffer.buf[at..at + len], self.next_offset, self.epoch, log_append_time);
+            self.next_offset += h.records_count as i64;
+            buffer.max_timestamp = buffer.max_timestamp.max(log_append_time.unwrap_or(h.max_timestamp));
+            buffer.batches += 1;
+            pos += len;
+        }
+        buffer.waiters.push(Waiter {
+            reply,
+            base_offset,
+            log_append_time: log_append_time.unwrap_or(-1),
+        });
+        if buffer.buf.len() >= self.ctx.config.chunk_bytes {
+            self.start_flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Flush the filling chunk: to a new segment first if the open one is full.
+    async fn start_flush(&mut self) -> Result<(), Stop> {
+        let Some(buffer) = self.buffer.take() else { return Ok(()) };
+        let payload_len = (buffer.buf.len() - chunk::HEADER_LEN) as u64;
+        if self.open.bytes > 0 && self.open.bytes + payload_len > self.config.segment_bytes {
+            self.roll(buffer.base).await?;
+        }
+        let Buffer {
+            mut buf,
+            base,
+            max_timestamp,
+            batches,
+            waiters,
+            ..
+        } = buffer;
+        chunk::seal_buffer(&mut buf, self.epoch, base, self.next_offset, max_timestamp, batches);
+        let data = buf.freeze();
+        let path = layout::chunk(self.id, self.open.record.base_offset, self.open.record.epoch, base);
+        self.open.bytes += payload_len;
+        self.open.end = self.next_offset;
+        let chunk = ChunkRef {
+            base_offset: base,
+            next_offset: self.next_offset,
+            max_timestamp,
+            path: Arc::from(path.as_ref()),
+            bytes: payload_len,
+        };
+        let replicas = self.open.replicas.clone();
+        let metrics = self.ctx.metrics.clone();
+        let put_data = data.clone();
+        let task = tokio::spawn(async move {
+            let mut attempt = 0;
+            loop {
+                let t = Instant::now();
+                let r = replicas.put_create(&path, put_data.clone()).await;
+                metrics.storage_op("put", t.elapsed(), r.is_ok());
+                match r {
+                    Err(StorageError::Unavailable(e)) if attempt < 3 => {
+                        attempt += 1;
+                        tracing::warn!(%path, attempt, error = %e, "chunk put failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    }
+                    // A retry may find its own earlier attempt's object.
+                    Ok(PutOutcome::AlreadyExists) if attempt > 0 => {
+                        return match replicas.get(&path).await {
+                            Ok(existing) if existing == put_data => Ok(PutOutcome::Created),
+                            Ok(_) => Ok(PutOutcome::AlreadyExists),
+                            Err(e) => Err(e),
+                        };
+                    }
+                    other => return other,
+                }
+            }
+        });
+        self.inflight.push_back(Flush {
+            chunk,
+            segment_base: self.open.record.base_offset,
+            payload: data.slice(chunk::HEADER_LEN..),
+            waiters,
+            task,
+        });
+        Ok(())
+    }
+
+    async fn flush_done(&mut self, done: Result<Result<PutOutcome, StorageError>, tokio::task::JoinError>) -> Result<(), Stop> {
+        let flush = self.inflight.pop_front().expect("a flush completed");
+        match done {
+            Ok(Ok(PutOutcome::Created)) => {}
+            Ok(Ok(PutOutcome::AlreadyExists)) => {
+                for w in flush.waiters {
+                    let _ = w.reply.send(Err(AppendError::NotLeader));
+                }
+                return Err(Stop::Fenced);
+            }
+            Ok(Err(e)) => {
+                let msg = e.to_string();
+                for w in flush.waiters {
+                    let _ = w.reply.send(Err(AppendError::Storage(msg.clone())));
+                }
+                return Err(Stop::Failed(msg));
+            }
+            Err(e) => return Err(Stop::Failed(e.to_string())),
+        }
+        if !self.ctx.lease.is_valid() {
+            for w in flush.waiters {
+                let _ = w.reply.send(Err(AppendError::NotLeader));
+            }
+            return Err(Stop::Fenced);
+        }
+        let chunk = flush.chunk;
+        self.ctx.cache.put_object(chunk.path.clone(), flush.payload);
+        let seg_base = flush.segment_base;
+        let next = chunk.next_offset;
+        let bytes = chunk.bytes;
+        let log_start = self.log.update(move |s| {
+            if let Some(SegmentView::Open { chunks, .. }) = s.segments.get_mut(&seg_base) {
+                chunks.push(chunk);
+            }
+            s.high_watermark = next;
+            s.log_start_offset
+        });
+        self.ctx.metrics.bytes_in(bytes);
+        for w in flush.waiters {
+            let _ = w.reply.send(Ok(Appended {
+                base_offset: w.base_offset,
+                log_append_time: w.log_append_time,
+                log_start_offset: log_start,
+            }));
+        }
+        self.maybe_start_seal();
+        Ok(())
+    }
+
+    /// Start a new segment at `base` on a fresh replica set; the current one
+    /// joins the queue of segments to seal.
+    async fn roll(&mut self, base: Offset) -> Result<(), Stop> {
+        let replicas = self.ctx.pool.choose_replica_set();
+        let record = OpenSegmentRecord {
+            base_offset: base,
+            epoch: self.epoch,
+            replica_set: replicas.ids(),
+            created_ms: self.ctx.clock.now_ms(),
+        };
+        let old = std::mem::replace(
+            &mut self.open,
+            OpenSeg {
+                record: record.clone(),
+                replicas: replicas.clone(),
+                bytes: 0,
+                end: base,
+            },
+        );
+        self.sealing.push_back(old);
+        // Recorded before its first chunk is written.
+        self.save_checkpoint(Vec::new()).await?;
+        self.log.update(|s| {
+            s.segments.insert(
+                base,
+                SegmentView::Open {
+                    base_offset: base,
+                    epoch: record.epoch,
+                    replicas,
+                    chunks: Vec::new(),
+                },
+            );
+        });
+        tracing::debug!(partition = %self.id, base, "rolled to a new segment");
+        Ok(())
+    }
+
+    /// Seal the oldest rolled segment once all its chunks are committed.
+    fn maybe_start_seal(&mut self) {
+        if self.seal_task.is_some() {
+            return;
+        }
+        let Some(seg) = self.sealing.front() else { return };
+        let (_, hw, _) = self.log.offsets();
+        if hw < seg.end {
+            return;
+        }
+        let chunks = match self.log.snapshot().segments.get(&seg.record.base_offset) {
+            Some(SegmentView::Open { chunks, .. }) => chunks.clone(),
+            _ => Vec::new(),
+        };
+        let ctx = self.ctx.clone();
+        let id = self.id;
+        let record = seg.record.clone();
+        let replicas = seg.replicas.clone();
+        let epoch = self.epoch;
+        self.seal_task = Some(tokio::spawn(async move {
+            if chunks.is_empty() {
+                return Ok(SegmentRecord::default());
+            }
+            let cache = ctx.cache.clone();
+            consolidate(&ctx, id, &record, &replicas, &chunks, &cache, epoch).await
+        }));
+    }
+
+    async fn seal_done(&mut self, done: Result<Result<SegmentRecord, StorageError>, tokio::task::JoinError>) -> Result<(), Stop> {
+        let record = match done {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(partition = %self.id, error = %e, "sealing a segment failed; will retry");
+                return Ok(());
+            }
+            Err(e) => return Err(Stop::Failed(e.to_string())),
+        };
+        let seg = self.sealing.pop_front().expect("a segment was being sealed");
+        if record.batch_count == 0 {
+            // Nothing was committed to it: no segment to record.
+            self.save_checkpoint(Vec::new()).await?;
+            self.log.update(|s| {
+                s.segments.remove(&seg.record.base_offset);
+            });
+        } else {
+            let view = sealed_view(&self.ctx, self.id, &record).map_err(|e| Stop::Failed(e.to_string()))?;
+            self.save_checkpoint(vec![Op::put(keys::segment(self.id, record.base_offset), record.encode_to_vec())]).await?;
+            self.log.update(|s| {
+                s.segments.insert(record.base_offset, SegmentView::Sealed(Arc::new(view)));
+            });
+            self.ctx.metrics.segment_sealed();
+            tracing::info!(partition = %self.id, base = record.base_offset, end = record.end_offset, bytes = record.data_bytes, "sealed segment");
+        }
+        delete_chunks(self.id, &seg.record, seg.replicas, self.ctx.cache.clone());
+        self.maybe_start_seal();
+        Ok(())
+    }
+
+    /// Save the checkpoint (and `ops`) only while we still own the partition.
+    async fn save_checkpoint(&mut self, ops: Vec<Op>) -> Result<(), Stop> {
+        let (log_start, hw, _) = self.log.offsets();
+        let mut open_segments: Vec<OpenSegmentRecord> = self.sealing.iter().map(|s| s.record.clone()).collect();
+        // At release the open segment is a placeholder without replicas.
+        if !self.open.record.replica_set.is_empty() {
+            open_segments.push(self.open.record.clone());
+        }
+        let checkpoint = CheckpointRecord {
+            format: FORMAT,
+            epoch: self.epoch,
+            log_start_offset: log_start,
+            next_offset: hw,
+            open_segments,
+            clean: false,
+            saved_ms: self.ctx.clock.now_ms(),
+        };
+        self.commit_meta(ops, &checkpoint).await?;
+        self.checkpoint = checkpoint;
+        self.checkpoint_saved = Instant::now();
+        Ok(())
+    }
+
+    async fn commit_meta(&self, ops: Vec<Op>, checkpoint: &CheckpointRecord) -> Result<(), Stop> {
+        let mut attempt = 0;
+        loop {
+            let mut txn = Txn::new().when(Condition::ValueEquals(keys::owner(self.id), self.owner.clone()));
+            for op in ops.iter().cloned() {
+                txn = txn.then(op);
+            }
+            txn = txn.then(Op::put(keys::checkpoint(self.id), checkpoint.encode_to_vec()));
+            match self.ctx.meta.txn(txn).await {
+                Ok(TxnOutcome::Committed { .. }) => return Ok(()),
+                Ok(TxnOutcome::Mismatch) => return Err(Stop::Fenced),
+                Err(MetaError::Unavailable(e)) | Err(MetaError::Indeterminate(e)) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(partition = %self.id, attempt, error = %e, "metadata write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(e) => return Err(Stop::Failed(e.to_string())),
+            }
+        }
+    }
+
+    async fn maybe_checkpoint(&mut self) -> Result<(), Stop> {
+        let (_, hw, _) = self.log.offsets();
+        let every = Duration::from_millis(self.ctx.config.checkpoint_interval_ms);
+        if hw != self.checkpoint.next_offset && self.checkpoint_saved.elapsed() >= every {
+            self.save_checkpoint(Vec::new()).await?;
+        }
+        Ok(())
+    }
+
+    /// segment.ms rolls, retention, periodic checkpoint.
+    async fn housekeeping(&mut self) -> Result<(), Stop> {
+        let now = self.ctx.clock.now_ms();
+        if self.open.bytes > 0 && now - self.open.record.created_ms >= self.config.segment_ms {
+            self.start_flush().await?;
+            if self.open.bytes > 0 {
+                let base = self.next_offset;
+                self.roll(base).await?;
+                self.maybe_start_seal();
+            }
+        }
+        if self.seal_task.is_none() {
+            self.maybe_start_seal();
+        }
+        self.apply_retention(now).await?;
+        self.maybe_checkpoint().await
+    }
+
+    async fn apply_retention(&mut self, now: i64) -> Result<(), Stop> {
+        let state = self.log.snapshot();
+        let mut total: u64 = state.segments.values().map(|s| s.bytes()).sum();
+        let mut doomed = Vec::new();
+        for seg in state.segments.values() {
+            let SegmentView::Sealed(s) = seg else { break };
+            let by_time = self.config.retention_ms >= 0 && now - s.max_timestamp > self.config.retention_ms;
+            let by_size = self.config.retention_bytes >= 0 && total - s.data_bytes >= self.config.retention_bytes as u64;
+            if !(by_time || by_size) {
+                break;
+            }
+            total -= s.data_bytes;
+            doomed.push(s.clone());
+        }
+        let Some(last) = doomed.last() else { return Ok(()) };
+        let new_start = last.end_offset.max(state.log_start_offset);
+        let ops: Vec<Op> = doomed.iter().map(|s| Op::delete(keys::segment(self.id, s.base_offset))).collect();
+        self.log.update(|s| {
+            for d in &doomed {
+                s.segments.remove(&d.base_offset);
+            }
+            s.log_start_offset = new_start;
+        });
+        self.save_checkpoint(ops).await?;
+        for s in &doomed {
+            tracing::info!(partition = %self.id, base = s.base_offset, end = s.end_offset, bytes = s.data_bytes, "retention deleted segment");
+            self.ctx.metrics.segment_deleted();
+        }
+        tokio::spawn(async move {
+            for s in doomed {
+                let path = object_store::path::Path::from(s.path.as_ref());
+                if let Err(e) = s.replicas.delete(&path).await {
+                    tracing::warn!(%path, error = %e, "deleting a retained-out segment object failed");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Releasing: flush, wait for every chunk, seal, final clean checkpoint,
+    /// give up the write lease.
+    async fn release(&mut self) -> Result<(), Stop> {
+        self.start_flush().await?;
+        while !self.inflight.is_empty() {
+            let done = front(&mut self.inflight).await;
+            self.flush_done(done).await?;
+        }
+        if let Some(t) = self.seal_task.take() {
+            let done = t.await;
+            self.seal_done(done).await?;
+        }
+        if self.open.bytes > 0 {
+            let base = self.next_offset;
+            let old = std::mem::replace(
+                &mut self.open,
+                OpenSeg {
+                    record: OpenSegmentRecord {
+                        base_offset: base,
+                        epoch: self.epoch,
+                        replica_set: Vec::new(),
+                        created_ms: 0,
+                    },
+                    replicas: ReplicaSet::new(Vec::new(), 1),
+                    bytes: 0,
+                    end: base,
+                },
+            );
+            self.sealing.push_back(old);
+        }
+        while !self.sealing.is_empty() {
+            self.maybe_start_seal();
+            let Some(t) = self.seal_task.take() else { break };
+            let done = t.await;
+            let before = self.sealing.len();
+            self.seal_done(done).await?;
+            if self.sealing.len() == before {
+                return Err(Stop::Failed("could not seal a segment at release".into()));
+            }
+        }
+        let (log_start, hw, _) = self.log.offsets();
+        let checkpoint = CheckpointRecord {
+            format: FORMAT,
+            epoch: self.epoch,
+            log_start_offset: log_start,
+            next_offset: hw,
+            open_segments: Vec::new(),
+            clean: true,
+            saved_ms: self.ctx.clock.now_ms(),
+        };
+        self.commit_meta(vec![Op::delete(keys::owner(self.id))], &checkpoint).await
+    }
+}
