@@ -1,1 +1,14 @@
-//! placeholder
+//! The broker: the Kafka protocol server for the partitions it owns, the
+//! Broker-Partition state machine and single writer of each, topic admin,
+//! and its metrics.
+
+pub mod config;
+pub mod handlers;
+pub mod metrics;
+pub mod node;
+pub mod partition;
+pub mod server;
+
+pub use config::{BrokerConfig, TopicConfig};
+pub use metrics::Metrics;
+pub use node::Node;

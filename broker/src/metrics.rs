@@ -162,6 +162,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A partition in state `last` is no longer run here.
+    pub fn partition_removed(&self, last: PartitionState) {
+        self.partitions
+            .get_or_create(&StateLabel {
+                state: last.name().to_string(),
+            })
+            .dec();
+    }
+
     pub fn segment_sealed(&self) {
         self.segments_sealed.inc();
     }

@@ -1,1 +1,199 @@
-fn main() {}
+//! The `floe` binary: `floe standalone` runs the whole system in one process
+//! (embedded metadata store, controller, broker) on local storage.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use floe_broker::{BrokerConfig, Metrics, Node};
+use floe_common::{SharedClock, SystemClock};
+use floe_controller::Controller;
+use floe_meta::{EmbeddedStore, MetadataStore};
+use floe_storage::{StoragePool, StorageTarget};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "floe", version, about = "Floe: a Kafka-compatible broker on shared storage")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run controller, broker and an embedded metadata store in one process.
+    Standalone(StandaloneArgs),
+}
+
+#[derive(clap::Args)]
+struct StandaloneArgs {
+    /// Kafka listener address.
+    #[arg(long, env = "FLOE_LISTEN", default_value = "127.0.0.1:9092")]
+    listen: SocketAddr,
+    /// Address advertised to clients (default: the listen address).
+    #[arg(long, env = "FLOE_ADVERTISE")]
+    advertise: Option<String>,
+    /// Directory for metadata and, by default, segment objects.
+    #[arg(long, env = "FLOE_DATA_DIR", default_value = "./floe-data")]
+    data_dir: PathBuf,
+    /// Storage target URL (file:///abs/dir[?fsync=true] or memory://);
+    /// default: file://<data-dir>/objects.
+    #[arg(long, env = "FLOE_STORAGE")]
+    storage: Option<String>,
+    /// HTTP address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "FLOE_HTTP_LISTEN", default_value = "127.0.0.1:9644")]
+    http_listen: SocketAddr,
+    /// TOML config file ([broker] section: see docs/configuration.md).
+    #[arg(long, env = "FLOE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    broker: BrokerConfig,
+}
+
+fn load_config(path: Option<&Path>) -> Result<BrokerConfig> {
+    let Some(path) = path else { return Ok(BrokerConfig::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: FileConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let none = Default::default();
+    floe_broker::TopicConfig::resolve(&file.broker.topic_defaults, &none).context("broker.topic_defaults")?;
+    Ok(file.broker)
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOE_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Standalone(args) => rt.block_on(standalone(args)),
+    }
+}
+
+async fn standalone(args: StandaloneArgs) -> Result<()> {
+    let config = load_config(args.config.as_deref())?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let meta: Arc<dyn MetadataStore> = Arc::new(
+        EmbeddedStore::open(data_dir.join("meta.redb"))
+            .await
+            .context("opening the metadata store (is another floe running on this data dir?)")?,
+    );
+    let storage_url = match args.storage {
+        Some(u) => u,
+        None => format!("file://{}", data_dir.join("objects").display()),
+    };
+    let target = StorageTarget::open("local", &storage_url)?;
+    let pool = Arc::new(StoragePool::new(vec![target], 1, 1)?);
+    let clock: SharedClock = Arc::new(SystemClock);
+    let cluster_id = floe_controller::ensure_cluster_id(&*meta, clock.now_ms()).await?;
+
+    let advertise = args.advertise.unwrap_or_else(|| args.listen.to_string());
+    let Some((host, port)) = advertise.rsplit_once(':') else {
+        bail!("--advertise must be HOST:PORT, got {advertise:?}");
+    };
+    let port: i32 = port.parse().with_context(|| format!("port of --advertise {advertise:?}"))?;
+
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the Kafka listener {}", args.listen))?;
+    let http = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
+
+    let controller = Controller::new(meta.clone(), pool.clone());
+    let controller_task = tokio::spawn(controller.run(shutdown.child_token()));
+    let node = Node::start(
+        config,
+        cluster_id.clone(),
+        host.to_string(),
+        port,
+        meta.clone(),
+        pool,
+        clock,
+        metrics.clone(),
+        shutdown.child_token(),
+    )
+    .await?;
+    tracing::info!(listen = %args.listen, http = %args.http_listen, data_dir = %data_dir.display(), storage = %storage_url, cluster_id, "floe standalone started");
+
+    let serve_token = shutdown.child_token();
+    let server = tokio::spawn(floe_broker::server::serve(listener, node.clone(), serve_token.clone()));
+    let http_task = tokio::spawn(http_server(http, node.clone(), shutdown.child_token()));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: releasing partitions");
+    serve_token.cancel();
+    let _ = server.await;
+    node.release_all().await;
+    shutdown.cancel();
+    let _ = controller_task.await;
+    let _ = http_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn http_server(listener: tokio::net::TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
+    use axum::routing::get;
+    let metrics_node = node.clone();
+    let ready_node = node.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let node = metrics_node.clone();
+                async move {
+                    let (hits, misses) = node.cache.stats();
+                    node.metrics.set_cache(hits, misses, node.cache.weighted_bytes());
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        node.metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let node = ready_node.clone();
+                async move {
+                    let total = node.partition_handles().len();
+                    let writing = node
+                        .partition_handles()
+                        .iter()
+                        .filter(|h| h.state() == floe_broker::partition::PartitionState::Writing)
+                        .count();
+                    if writing == total {
+                        (axum::http::StatusCode::OK, format!("ready: {writing} partitions writing\n"))
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {writing} of {total} partitions writing\n"))
+                    }
+                }
+            }),
+        );
+    let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+}

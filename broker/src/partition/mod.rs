@@ -95,6 +95,8 @@ impl LeaseGuard {
 #[derive(Clone)]
 pub struct PartitionContext {
     pub broker_id: i32,
+    /// This run of the broker: the revision its registration was created at.
+    pub session: i64,
     pub meta: Arc<dyn MetadataStore>,
     pub pool: Arc<StoragePool>,
     pub cache: BlockCache,
@@ -227,12 +229,16 @@ pub async fn start(ctx: PartitionContext, id: PartitionId, epoch: Epoch, config:
     // Recovering, step 1: the write lease, only if nobody holds it and the
     // assignment still names us at this epoch.
     set_state(PartitionState::Recovering);
-    let assignment = AssignmentRecord {
-        format: FORMAT,
-        broker_id: ctx.broker_id,
-        epoch,
-    }
-    .encode_to_vec();
+    let assigned = ctx.meta.get(&keys::assignment(id)).await?;
+    let current = assigned
+        .as_ref()
+        .and_then(|kv| AssignmentRecord::decode(kv.value.clone()).ok())
+        .filter(|a| a.broker_id == ctx.broker_id && a.epoch == epoch && a.broker_session == ctx.session);
+    let (Some(kv), Some(_)) = (assigned, current) else {
+        set_state(PartitionState::Failed);
+        ctx.metrics.partition_removed(PartitionState::Failed);
+        return Err(StartError::NotAssigned(id));
+    };
     let owner = Bytes::from(
         OwnerRecord {
             format: FORMAT,
@@ -244,10 +250,11 @@ pub async fn start(ctx: PartitionContext, id: PartitionId, epoch: Epoch, config:
     );
     let acquire = Txn::new()
         .when(Condition::Missing(keys::owner(id)))
-        .when(Condition::ValueEquals(keys::assignment(id), assignment.into()))
+        .when(Condition::ModRevision(keys::assignment(id), kv.mod_revision))
         .then(Op::put_with_lease(keys::owner(id), owner.clone(), ctx.lease.lease));
     if ctx.meta.txn(acquire).await? == TxnOutcome::Mismatch {
         set_state(PartitionState::Failed);
+        ctx.metrics.partition_removed(PartitionState::Failed);
         return Err(StartError::NotAssigned(id));
     }
 
@@ -256,6 +263,7 @@ pub async fn start(ctx: PartitionContext, id: PartitionId, epoch: Epoch, config:
         Ok(r) => r,
         Err(e) => {
             set_state(PartitionState::Failed);
+            ctx.metrics.partition_removed(PartitionState::Failed);
             let _ = ctx
                 .meta
                 .txn(Txn::new().when(Condition::ValueEquals(keys::owner(id), owner.clone())).then(Op::delete(keys::owner(id))))

@@ -1,0 +1,639 @@
+//! Kafka API handlers: each turns a decoded request into a response, mapping
+//! every failure to Kafka's per-partition or per-topic error code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use floe_common::{PartitionId, Uuid};
+use floe_protocol::batch::validate_for_produce;
+use floe_protocol::kafka_protocol::messages::api_versions_response::ApiVersion;
+use floe_protocol::kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use floe_protocol::kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use floe_protocol::kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use floe_protocol::kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use floe_protocol::kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use floe_protocol::kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use floe_protocol::kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use floe_protocol::kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use floe_protocol::kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+use floe_protocol::kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use floe_protocol::kafka_protocol::messages::*;
+use floe_protocol::kafka_protocol::protocol::StrBytes;
+use floe_protocol::{versions, ResponseError};
+use floe_storage::log::{ReadError, SegmentView};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::config::TOPIC_CONFIGS;
+use crate::node::{valid_topic_name, Node, TopicInfo};
+use crate::partition::{AppendError, Appended, PartitionHandle};
+
+fn s(v: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(v.into())
+}
+
+pub fn api_versions(version: i16, unsupported: bool) -> ApiVersionsResponse {
+    let mut r = ApiVersionsResponse::default();
+    if unsupported {
+        r.error_code = ResponseError::UnsupportedVersion.code();
+    }
+    for &(api, _, _) in versions::IMPLEMENTED {
+        if let Some((lo, hi)) = versions::supported(api) {
+            r.api_keys.push(ApiVersion::default().with_api_key(api as i16).with_min_version(lo).with_max_version(hi));
+        }
+    }
+    let _ = version;
+    r
+}
+
+/// Find (and, if allowed, auto-create) a topic by name.
+async fn resolve_topic(node: &Node, name: &str, auto_create: bool) -> Result<TopicInfo, ResponseError> {
+    if let Some(t) = node.topic(name) {
+        return Ok(t);
+    }
+    if valid_topic_name(name).is_err() {
+        return Err(ResponseError::InvalidTopicException);
+    }
+    if !(auto_create && node.config.auto_create_topics) {
+        return Err(ResponseError::UnknownTopicOrPartition);
+    }
+    match node.create_topic(name, node.config.default_partitions, BTreeMap::new(), false).await {
+        Ok(_) | Err((ResponseError::TopicAlreadyExists, _)) => {}
+        Err((e, msg)) => {
+            tracing::warn!(topic = name, error = %msg, "auto-creating topic failed");
+            return Err(e);
+        }
+    }
+    if node.wait_topic_ready(name, Duration::from_secs(5)).await {
+        node.topic(name).ok_or(ResponseError::LeaderNotAvailable)
+    } else {
+        Err(ResponseError::LeaderNotAvailable)
+    }
+}
+
+fn broker_list(node: &Node, version: i16) -> Vec<MetadataResponseBroker> {
+    let mut b = MetadataResponseBroker::default()
+        .with_node_id(node.config.node_id.into())
+        .with_host(s(node.advertised_host.clone()))
+        .with_port(node.advertised_port);
+    if version >= 1 {
+        b.rack = None;
+    }
+    vec![b]
+}
+
+pub async fn metadata(node: &Node, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let mut resp = MetadataResponse::default();
+    resp.brokers = broker_list(node, version);
+    if version >= 2 {
+        resp.cluster_id = Some(s(node.cluster_id.clone()));
+    }
+    if version >= 1 {
+        resp.controller_id = node.config.node_id.into();
+    }
+    let auto_create = version < 4 || req.allow_auto_topic_creation;
+    let wanted: Vec<(Option<String>, Uuid)> = match req.topics {
+        None => node.topics().into_iter().map(|t| (Some(t.name), t.id)).collect(),
+        Some(ts) if ts.is_empty() && version == 0 => node.topics().into_iter().map(|t| (Some(t.name), t.id)).collect(),
+        Some(ts) => ts.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect(),
+    };
+    for (name, id) in wanted {
+        let mut topic = MetadataResponseTopic::default();
+        let found = match &name {
+            Some(n) => resolve_topic(node, n, auto_create).await,
+            None => node.topic_by_id(id).ok_or(ResponseError::UnknownTopicId),
+        };
+        topic.name = name.clone().map(|n| TopicName(s(n)));
+        match found {
+            Err(e) => {
+                topic.error_code = e.code();
+                if version >= 10 {
+                    topic.topic_id = id;
+                }
+            }
+            Ok(t) => {
+                topic.name = Some(TopicName(s(t.name.clone())));
+                if version >= 10 {
+                    topic.topic_id = t.id;
+                }
+                for p in 0..t.partitions {
+                    let mut part = MetadataResponsePartition::default().with_partition_index(p);
+                    match node.partition(PartitionId::new(t.id, p)) {
+                        Some(h) => {
+                            part.leader_id = node.config.node_id.into();
+                            if version >= 7 {
+                                part.leader_epoch = h.epoch;
+                            }
+                            part.replica_nodes = vec![node.config.node_id.into()];
+                            part.isr_nodes = vec![node.config.node_id.into()];
+                        }
+                        None => {
+                            part.error_code = ResponseError::LeaderNotAvailable.code();
+                            part.leader_id = (-1).into();
+                        }
+                    }
+                    topic.partitions.push(part);
+                }
+            }
+        }
+        resp.topics.push(topic);
+    }
+    resp
+}
+
+/// Produce, in two phases: validation and queueing happen now, in request
+/// order; the returned future waits for durability.
+pub async fn produce(node: Arc<Node>, req: ProduceRequest, version: i16) -> BoxFuture<'static, Option<ProduceResponse>> {
+    type Pending = (String, i32, Result<tokio::sync::oneshot::Receiver<Result<Appended, AppendError>>, ResponseError>, Option<String>);
+    let acks = req.acks;
+    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let mut pending: Vec<Pending> = Vec::new();
+    for topic in req.topic_data {
+        let name = topic.name.0.to_string();
+        let info = if !matches!(acks, -1..=1) {
+            Err(ResponseError::InvalidRequiredAcks)
+        } else {
+            resolve_topic(&node, &name, true).await
+        };
+        for p in topic.partition_data {
+            let r = match &info {
+                Err(e) => Err((*e, None)),
+                Ok(t) => submit(&node, t, p.index, p.records).await,
+            };
+            let (r, msg) = match r {
+                Ok(rx) => (Ok(rx), None),
+                Err((e, m)) => (Err(e), m),
+            };
+            pending.push((name.clone(), p.index, r, msg));
+        }
+    }
+    async move {
+        let mut resp = ProduceResponse::default();
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (name, index, r, msg) in pending {
+            let mut pr = PartitionProduceResponse::default().with_index(index).with_base_offset(-1);
+            let outcome = match r {
+                Err(e) => Err(e),
+                Ok(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                    Err(_) => Err(ResponseError::RequestTimedOut),
+                    Ok(Err(_)) => Err(ResponseError::NotLeaderOrFollower),
+                    Ok(Ok(Err(e))) => Err(e.code()),
+                    Ok(Ok(Ok(a))) => Ok(a),
+                },
+            };
+            match outcome {
+                Ok(a) => {
+                    pr.base_offset = a.base_offset;
+                    pr.log_append_time_ms = a.log_append_time;
+                    if version >= 5 {
+                        pr.log_start_offset = a.log_start_offset;
+                    }
+                }
+                Err(e) => {
+                    pr.error_code = e.code();
+                    if version >= 8 {
+                        pr.error_message = msg.map(s);
+                    }
+                }
+            }
+            match resp.responses.iter_mut().find(|t| t.name.0.as_str() == name) {
+                Some(t) => t.partition_responses.push(pr),
+                None => resp.responses.push(TopicProduceResponse::default().with_name(TopicName(s(name))).with_partition_responses(vec![pr])),
+            }
+        }
+        (acks != 0).then_some(resp)
+    }
+    .boxed()
+}
+
+type SubmitResult = Result<tokio::sync::oneshot::Receiver<Result<Appended, AppendError>>, (ResponseError, Option<String>)>;
+
+async fn submit(node: &Node, t: &TopicInfo, index: i32, records: Option<Bytes>) -> SubmitResult {
+    if index < 0 || index >= t.partitions {
+        return Err((ResponseError::UnknownTopicOrPartition, None));
+    }
+    let Some(h) = node.partition(PartitionId::new(t.id, index)) else {
+        return Err((ResponseError::NotLeaderOrFollower, None));
+    };
+    let records = records.unwrap_or_default();
+    let headers = validate_for_produce(&records, t.config.max_message_bytes).map_err(|e| {
+        node.metrics.error("Produce", &format!("{:?}", e.code()));
+        (e.code(), Some(e.to_string()))
+    })?;
+    if let Some(h) = headers.iter().find(|h| h.producer_id >= 0) {
+        return Err((
+            ResponseError::UnknownProducerId,
+            Some(format!("producer id {} was not issued by this cluster (idempotent and transactional producers are not supported yet)", h.producer_id)),
+        ));
+    }
+    h.submit(records, headers).await.map_err(|e| (e.code(), Some(e.to_string())))
+}
+
+fn check_epoch(h: &PartitionHandle, requested: i32) -> Option<ResponseError> {
+    if requested < 0 || requested == h.epoch {
+        None
+    } else if requested > h.epoch {
+        Some(ResponseError::UnknownLeaderEpoch)
+    } else {
+        Some(ResponseError::FencedLeaderEpoch)
+    }
+}
+
+pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchResponse {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let max_bytes = if version >= 3 { req.max_bytes.max(0) as usize } else { usize::MAX };
+    let min_bytes = req.min_bytes.max(0) as usize;
+    loop {
+        let mut watchers = Vec::new();
+        let mut resp = FetchResponse::default();
+        if version >= 7 && req.session_id != 0 {
+            resp.error_code = ResponseError::FetchSessionIdNotFound.code();
+            return resp;
+        }
+        let mut total = 0usize;
+        for topic in &req.topics {
+            let t = if version >= 13 { node.topic_by_id(topic.topic_id) } else { node.topic(topic.topic.0.as_str()) };
+            let mut tr = FetchableTopicResponse::default();
+            if version >= 13 {
+                tr.topic_id = topic.topic_id;
+            } else {
+                tr.topic = topic.topic.clone();
+            }
+            for p in &topic.partitions {
+                let mut pr = PartitionData::default().with_partition_index(p.partition).with_high_watermark(-1).with_last_stable_offset(-1).with_log_start_offset(-1);
+                if req.isolation_level == 1 {
+                    pr.aborted_transactions = Some(Vec::new());
+                }
+                let handle = match &t {
+                    None => Err(if version >= 13 { ResponseError::UnknownTopicId } else { ResponseError::UnknownTopicOrPartition }),
+                    Some(t) if p.partition < 0 || p.partition >= t.partitions => Err(ResponseError::UnknownTopicOrPartition),
+                    Some(t) => node.partition(PartitionId::new(t.id, p.partition)).ok_or(ResponseError::NotLeaderOrFollower),
+                };
+                let h = match handle.and_then(|h| match check_epoch(&h, p.current_leader_epoch) {
+                    Some(e) => Err(e),
+                    None => Ok(h),
+                }) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        pr.error_code = e.code();
+                        tr.partitions.push(pr);
+                        continue;
+                    }
+                };
+                let (start, hw, _) = h.log.offsets();
+                pr.high_watermark = hw;
+                pr.last_stable_offset = hw;
+                pr.log_start_offset = start;
+                watchers.push(h.log.subscribe());
+                let budget = (p.partition_max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
+                if budget > 0 || total == 0 {
+                    match h.log.read(p.fetch_offset, budget, total == 0).await {
+                        Ok(r) => {
+                            total += r.records.len();
+                            node.metrics.bytes_out(r.records.len() as u64);
+                            pr.records = Some(r.records);
+                        }
+                        Err(ReadError::OffsetOutOfRange { .. }) => {
+                            pr.error_code = ResponseError::OffsetOutOfRange.code();
+                        }
+                        Err(ReadError::Storage(e)) => {
+                            tracing::warn!(partition = %h.id, error = %e, "fetch read failed");
+                            pr.error_code = ResponseError::KafkaStorageError.code();
+                        }
+                    }
+                }
+                if pr.records.is_none() && pr.error_code == 0 {
+                    pr.records = Some(Bytes::new());
+                }
+                tr.partitions.push(pr);
+            }
+            resp.responses.push(tr);
+        }
+        let errors = resp.responses.iter().flat_map(|t| &t.partitions).any(|p| p.error_code != 0);
+        if total >= min_bytes.max(1) || errors || tokio::time::Instant::now() >= deadline || watchers.is_empty() {
+            return resp;
+        }
+        // Long poll: sleep until a partition's high watermark moves.
+        let changed = futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return resp;
+        }
+    }
+}
+
+pub async fn list_offsets(node: &Node, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let mut resp = ListOffsetsResponse::default();
+    for topic in req.topics {
+        let t = node.topic(topic.name.0.as_str());
+        let mut tr = ListOffsetsTopicResponse::default().with_name(topic.name.clone());
+        for p in topic.partitions {
+            let mut pr = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_timestamp(-1).with_offset(-1);
+            let h = match &t {
+                None => Err(ResponseError::UnknownTopicOrPartition),
+                Some(t) if p.partition_index < 0 || p.partition_index >= t.partitions => Err(ResponseError::UnknownTopicOrPartition),
+                Some(t) => node.partition(PartitionId::new(t.id, p.partition_index)).ok_or(ResponseError::NotLeaderOrFollower),
+            }
+            .and_then(|h| if version >= 4 { check_epoch(&h, p.current_leader_epoch).map_or(Ok(h), Err) } else { Ok(h) });
+            match h {
+                Err(e) => pr.error_code = e.code(),
+                Ok(h) => {
+                    let (start, hw, epoch) = h.log.offsets();
+                    if version >= 4 {
+                        pr.leader_epoch = epoch;
+                    }
+                    let answer = match p.timestamp {
+                        -1 => Ok(Some((hw, -1))),
+                        -2 | -4 => Ok(Some((start, -1))),
+                        -3 => h.log.max_timestamp().await,
+                        ts if ts < 0 => {
+                            pr.error_code = ResponseError::InvalidRequest.code();
+                            Ok(None)
+                        }
+                        ts => h.log.offset_for_timestamp(ts).await,
+                    };
+                    match answer {
+                        Ok(Some((o, ts))) => {
+                            pr.offset = o;
+                            pr.timestamp = ts;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(partition = %h.id, error = %e, "timestamp lookup failed");
+                            pr.error_code = ResponseError::KafkaStorageError.code();
+                        }
+                    }
+                }
+            }
+            tr.partitions.push(pr);
+        }
+        resp.topics.push(tr);
+    }
+    resp
+}
+
+pub async fn offset_for_leader_epoch(node: &Node, req: OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
+    let mut resp = OffsetForLeaderEpochResponse::default();
+    for topic in req.topics {
+        let t = node.topic(topic.topic.0.as_str());
+        let mut tr = OffsetForLeaderTopicResult::default().with_topic(topic.topic.clone());
+        for p in topic.partitions {
+            let mut pr = EpochEndOffset::default().with_partition(p.partition).with_leader_epoch(-1).with_end_offset(-1);
+            let h = match &t {
+                None => Err(ResponseError::UnknownTopicOrPartition),
+                Some(t) => node.partition(PartitionId::new(t.id, p.partition)).ok_or(ResponseError::NotLeaderOrFollower),
+            }
+            .and_then(|h| check_epoch(&h, p.current_leader_epoch).map_or(Ok(h), Err));
+            match h {
+                Err(e) => pr.error_code = e.code(),
+                Ok(h) => {
+                    let state = h.log.snapshot();
+                    // (epoch, first offset) of each epoch present in the log.
+                    let mut epochs: Vec<(i32, i64)> = Vec::new();
+                    for seg in state.segments.values() {
+                        let e = match seg {
+                            SegmentView::Open { epoch, .. } => *epoch,
+                            SegmentView::Sealed(s) => s.epoch,
+                        };
+                        if epochs.last().is_none_or(|(le, _)| *le != e) {
+                            epochs.push((e, seg.base_offset()));
+                        }
+                    }
+                    if p.leader_epoch > state.leader_epoch {
+                        // Unknown future epoch: undefined, as Kafka answers.
+                    } else if let Some(i) = epochs.iter().rposition(|(e, _)| *e <= p.leader_epoch) {
+                        pr.leader_epoch = epochs[i].0;
+                        pr.end_offset = epochs.get(i + 1).map_or(state.high_watermark, |(_, o)| *o);
+                    } else {
+                        pr.leader_epoch = p.leader_epoch;
+                        pr.end_offset = state.log_start_offset;
+                    }
+                }
+            }
+            tr.partitions.push(pr);
+        }
+        resp.topics.push(tr);
+    }
+    resp
+}
+
+pub async fn create_topics(node: &Node, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+    let mut resp = CreateTopicsResponse::default();
+    let timeout = Duration::from_millis(req.timeout_ms.clamp(0, 60_000) as u64);
+    let mut created = Vec::new();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut r = CreatableTopicResult::default().with_name(t.name.clone());
+        let partitions = if t.num_partitions == -1 { node.config.default_partitions } else { t.num_partitions };
+        let configs: BTreeMap<String, String> = t.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string()))).collect();
+        let result = if t.replication_factor == 0 || t.replication_factor < -1 {
+            Err((ResponseError::InvalidReplicationFactor, format!("replication factor {} is invalid", t.replication_factor)))
+        } else if !t.assignments.is_empty() {
+            Err((ResponseError::InvalidRequest, "manual replica assignment is not supported: storage placement is automatic".to_string()))
+        } else {
+            node.create_topic(&name, partitions, configs, req.validate_only).await
+        };
+        match result {
+            Ok(info) => {
+                if version >= 7 {
+                    r.topic_id = info.id;
+                }
+                if version >= 5 {
+                    r.num_partitions = info.partitions;
+                    r.replication_factor = 1;
+                    r.configs = Some(
+                        describe_topic(node, &info, None)
+                            .into_iter()
+                            .map(|c| CreatableTopicConfigs::default().with_name(c.name).with_value(c.value).with_read_only(false).with_config_source(c.config_source))
+                            .collect(),
+                    );
+                }
+                if !req.validate_only {
+                    created.push(name);
+                }
+            }
+            Err((e, msg)) => {
+                r.error_code = e.code();
+                if version >= 1 {
+                    r.error_message = Some(s(msg));
+                }
+            }
+        }
+        resp.topics.push(r);
+    }
+    for name in created {
+        node.wait_topic_ready(&name, timeout).await;
+    }
+    resp
+}
+
+pub async fn delete_topics(node: &Node, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+    let mut resp = DeleteTopicsResponse::default();
+    let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
+        req.topics.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect()
+    } else {
+        req.topic_names.into_iter().map(|n| (Some(n.0.to_string()), Uuid::nil())).collect()
+    };
+    for (name, id) in targets {
+        let mut r = DeletableTopicResult::default();
+        let name = name.or_else(|| node.topic_by_id(id).map(|t| t.name));
+        match &name {
+            None => r.error_code = ResponseError::UnknownTopicId.code(),
+            Some(n) => match node.delete_topic(n).await {
+                Ok(tid) => {
+                    if version >= 6 {
+                        r.topic_id = tid;
+                    }
+                }
+                Err((e, msg)) => {
+                    r.error_code = e.code();
+                    if version >= 5 {
+                        r.error_message = Some(s(msg));
+                    }
+                }
+            },
+        }
+        if version >= 6 && r.topic_id.is_nil() {
+            r.topic_id = id;
+        }
+        r.name = name.map(|n| TopicName(s(n)));
+        resp.responses.push(r);
+    }
+    resp
+}
+
+pub async fn create_partitions(node: &Node, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    let mut resp = CreatePartitionsResponse::default();
+    let timeout = Duration::from_millis(req.timeout_ms.clamp(0, 60_000) as u64);
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        let result = if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+            Err((ResponseError::InvalidRequest, "manual replica assignment is not supported".to_string()))
+        } else {
+            node.create_partitions(&name, t.count, req.validate_only).await
+        };
+        match result {
+            Ok(()) => {
+                if !req.validate_only {
+                    node.wait_topic_ready(&name, timeout).await;
+                }
+            }
+            Err((e, msg)) => {
+                r.error_code = e.code();
+                r.error_message = Some(s(msg));
+            }
+        }
+        resp.results.push(r);
+    }
+    resp
+}
+
+/// The effective configs of a topic, as DescribeConfigs entries.
+fn describe_topic(node: &Node, t: &TopicInfo, keys: Option<&[StrBytes]>) -> Vec<DescribeConfigsResourceResult> {
+    let mut out = Vec::new();
+    for &(name, kafka_default, doc) in TOPIC_CONFIGS {
+        if keys.is_some_and(|k| !k.iter().any(|x| x.as_str() == name)) {
+            continue;
+        }
+        let (value, source) = match t.overrides.get(name) {
+            Some(v) => (v.clone(), 1i8),
+            None => match node.config.topic_defaults.get(name) {
+                Some(v) => (v.clone(), 4i8),
+                None => (kafka_default.to_string(), 5i8),
+            },
+        };
+        let config_type = match name {
+            "message.timestamp.type" | "cleanup.policy" => 2,
+            "max.message.bytes" | "segment.bytes" => 3,
+            _ => 5,
+        };
+        out.push(
+            DescribeConfigsResourceResult::default()
+                .with_name(s(name))
+                .with_value(Some(s(value)))
+                .with_config_source(source)
+                .with_config_type(config_type)
+                .with_documentation(Some(s(doc))),
+        );
+    }
+    out
+}
+
+pub async fn describe_configs(node: &Node, req: DescribeConfigsRequest, version: i16) -> DescribeConfigsResponse {
+    let mut resp = DescribeConfigsResponse::default();
+    for r in req.resources {
+        let mut result = DescribeConfigsResult::default().with_resource_type(r.resource_type).with_resource_name(r.resource_name.clone());
+        let keys = r.configuration_keys.as_deref();
+        match r.resource_type {
+            2 => match node.topic(r.resource_name.as_str()) {
+                Some(t) => result.configs = describe_topic(node, &t, keys),
+                None => {
+                    result.error_code = ResponseError::UnknownTopicOrPartition.code();
+                    result.error_message = Some(s(format!("topic {:?} does not exist", r.resource_name.as_str())));
+                }
+            },
+            4 => {
+                if r.resource_name.as_str() != node.config.node_id.to_string() && !r.resource_name.is_empty() {
+                    result.error_code = ResponseError::InvalidRequest.code();
+                    result.error_message = Some(s(format!("this is broker {}", node.config.node_id)));
+                } else {
+                    let c = &node.config;
+                    let entries = [
+                        ("node.id", c.node_id.to_string(), "This broker's id."),
+                        ("broker.id", c.node_id.to_string(), "This broker's id."),
+                        ("auto.create.topics.enable", c.auto_create_topics.to_string(), "Create unknown topics on Metadata and Produce."),
+                        ("num.partitions", c.default_partitions.to_string(), "Partitions of auto-created topics."),
+                        ("socket.request.max.bytes", c.max_request_bytes.to_string(), "Largest request accepted."),
+                        ("max.connections", c.max_connections.to_string(), "Connections accepted at once."),
+                    ];
+                    for (name, value, doc) in entries {
+                        if keys.is_some_and(|k| !k.iter().any(|x| x.as_str() == name)) {
+                            continue;
+                        }
+                        result.configs.push(
+                            DescribeConfigsResourceResult::default()
+                                .with_name(s(name))
+                                .with_value(Some(s(value)))
+                                .with_read_only(true)
+                                .with_config_source(4)
+                                .with_documentation(Some(s(doc))),
+                        );
+                    }
+                }
+            }
+            other => {
+                result.error_code = ResponseError::InvalidRequest.code();
+                result.error_message = Some(s(format!("resource type {other} is not supported")));
+            }
+        }
+        if version < 3 {
+            for c in &mut result.configs {
+                c.config_type = 0;
+                c.documentation = None;
+            }
+        }
+        if !req.include_synonyms {
+            for c in &mut result.configs {
+                c.synonyms.clear();
+            }
+        }
+        resp.results.push(result);
+    }
+    resp
+}
+
+pub fn describe_cluster(node: &Node, version: i16) -> DescribeClusterResponse {
+    let mut r = DescribeClusterResponse::default()
+        .with_cluster_id(s(node.cluster_id.clone()))
+        .with_controller_id(node.config.node_id.into())
+        .with_brokers(vec![DescribeClusterBroker::default()
+            .with_broker_id(node.config.node_id.into())
+            .with_host(s(node.advertised_host.clone()))
+            .with_port(node.advertised_port)]);
+    if version >= 1 {
+        r.endpoint_type = 1;
+    }
+    r
+}

@@ -1,0 +1,445 @@
+//! This broker as a member of the cluster: its registration and lease, the
+//! topic catalog it follows, the partitions it runs (started and stopped as
+//! the assignments in the metadata store say), and the topic admin
+//! operations that write to the metadata store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use floe_common::{Epoch, PartitionId, SharedClock, Uuid};
+use floe_meta::schema::{AssignmentRecord, BrokerRecord, TopicRecord, FORMAT};
+use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn, TxnOutcome, WatchEventKind};
+use floe_protocol::ResponseError;
+use floe_storage::{BlockCache, StoragePool};
+use futures::StreamExt;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BrokerConfig, TopicConfig};
+use crate::metrics::Metrics;
+use crate::partition::{self, LeaseGuard, PartitionContext, PartitionHandle, PartitionState};
+
+/// A topic as the broker knows it.
+#[derive(Clone, Debug)]
+pub struct TopicInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub partitions: i32,
+    pub overrides: BTreeMap<String, String>,
+    pub config: TopicConfig,
+}
+
+#[derive(Default)]
+struct Catalog {
+    by_name: HashMap<String, TopicInfo>,
+    by_id: HashMap<Uuid, String>,
+}
+
+pub struct Node {
+    pub config: Arc<BrokerConfig>,
+    pub cluster_id: String,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub meta: Arc<dyn MetadataStore>,
+    pub metrics: Arc<Metrics>,
+    pub cache: BlockCache,
+    ctx: PartitionContext,
+    catalog: RwLock<Catalog>,
+    partitions: RwLock<HashMap<PartitionId, PartitionHandle>>,
+    /// Assignment epochs this broker should run, as last seen.
+    wanted: RwLock<HashMap<PartitionId, Epoch>>,
+    shutdown: CancellationToken,
+}
+
+/// A topic name Kafka would accept: 1-249 of [a-zA-Z0-9._-], not "." or "..".
+pub fn valid_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name {name:?} is not allowed"));
+    }
+    if name.len() > 249 {
+        return Err(format!("topic name is {} characters, the limit is 249", name.len()));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-')) {
+        return Err(format!("topic name {name:?} contains {c:?}; only ASCII alphanumerics, '.', '_' and '-' are allowed"));
+    }
+    Ok(())
+}
+
+impl Node {
+    /// Register this broker (bound to a fresh lease kept alive in the
+    /// background) and start following topics and assignments.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        config: BrokerConfig,
+        cluster_id: String,
+        advertised_host: String,
+        advertised_port: i32,
+        meta: Arc<dyn MetadataStore>,
+        pool: Arc<StoragePool>,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, MetaError> {
+        let config = Arc::new(config);
+        let ttl = Duration::from_secs(10);
+        let lease = meta.grant_lease(ttl).await?;
+        let guard = Arc::new(LeaseGuard::new(lease));
+        guard.renewed(Instant::now(), ttl);
+        let cache = BlockCache::new(config.cache_bytes);
+        let record = BrokerRecord {
+            format: FORMAT,
+            broker_id: config.node_id,
+            host: advertised_host.clone(),
+            port: advertised_port,
+            rack: None,
+            started_ms: clock.now_ms(),
+        };
+        let register = Txn::new()
+            .when(Condition::Missing(keys::broker(config.node_id)))
+            .then(Op::put_with_lease(keys::broker(config.node_id), record.encode_to_vec(), lease));
+        let session = match meta.txn(register).await? {
+            TxnOutcome::Committed { revision } => revision,
+            TxnOutcome::Mismatch => {
+                return Err(MetaError::Invalid(format!("broker id {} is already registered by a live broker", config.node_id)));
+            }
+        };
+        let ctx = PartitionContext {
+            broker_id: config.node_id,
+            session,
+            meta: meta.clone(),
+            pool,
+            cache: cache.clone(),
+            clock: clock.clone(),
+            config: config.clone(),
+            lease: guard.clone(),
+            metrics: metrics.clone(),
+        };
+        let node = Arc::new(Self {
+            config: config.clone(),
+            cluster_id,
+            advertised_host: advertised_host.clone(),
+            advertised_port,
+            meta: meta.clone(),
+            metrics,
+            cache,
+            ctx,
+            catalog: RwLock::new(Catalog::default()),
+            partitions: RwLock::new(HashMap::new()),
+            wanted: RwLock::new(HashMap::new()),
+            shutdown,
+        });
+        tokio::spawn(keep_alive(meta.clone(), guard, ttl, node.shutdown.clone()));
+        node.clone().follow().await?;
+        Ok(node)
+    }
+
+    /// Load topics and assignments, then follow their changes.
+    async fn follow(self: Arc<Self>) -> Result<(), MetaError> {
+        let (_, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
+        let (topics, _) = self.meta.range(&keys::topics_prefix()).await?;
+        for kv in topics {
+            self.apply_topic(Some(kv.value));
+        }
+        let (parts, _) = self.meta.range(&keys::partitions_prefix()).await?;
+        for kv in parts {
+            if let Some(p) = keys::parse_assignment(&kv.key) {
+                self.apply_assignment(p, Some(kv.value));
+            }
+        }
+        let node = self.clone();
+        let mut topic_watch = self.meta.watch_prefix(&keys::topics_prefix(), Some(rev + 1)).await?;
+        let mut part_watch = self.meta.watch_prefix(&keys::partitions_prefix(), Some(rev + 1)).await?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = node.shutdown.cancelled() => return,
+                    ev = topic_watch.next() => match ev {
+                        Some(Ok(ev)) => match ev.kind {
+                            WatchEventKind::Put(kv) => node.apply_topic(Some(kv.value)),
+                            WatchEventKind::Delete(key) => node.forget_topic(&key),
+                        },
+                        other => { tracing::error!(?other, "topic watch ended"); return }
+                    },
+                    ev = part_watch.next() => match ev {
+                        Some(Ok(ev)) => {
+                            let key = ev.key().clone();
+                            if let Some(p) = keys::parse_assignment(&key) {
+                                match ev.kind {
+                                    WatchEventKind::Put(kv) => node.apply_assignment(p, Some(kv.value)),
+                                    WatchEventKind::Delete(_) => node.apply_assignment(p, None),
+                                }
+                            }
+                        }
+                        other => { tracing::error!(?other, "assignment watch ended"); return }
+                    },
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn apply_topic(&self, value: Option<Bytes>) {
+        let Some(value) = value else { return };
+        let Ok(t) = TopicRecord::decode(value) else {
+            tracing::error!("undecodable topic record");
+            return;
+        };
+        let Ok(id) = Uuid::from_slice(&t.id) else { return };
+        let config = match TopicConfig::resolve(&self.config.topic_defaults, &t.configs) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(topic = %t.name, error = %e, "topic has an invalid config; using defaults");
+                TopicConfig::resolve(&self.config.topic_defaults, &BTreeMap::new()).expect("defaults are valid")
+            }
+        };
+        let info = TopicInfo {
+            id,
+            name: t.name.clone(),
+            partitions: t.partitions,
+            overrides: t.configs,
+            config: config.clone(),
+        };
+        {
+            let mut c = self.catalog.write().unwrap();
+            c.by_id.insert(id, t.name.clone());
+            c.by_name.insert(t.name, info);
+        }
+        let handles: Vec<_> = self.partitions.read().unwrap().values().filter(|h| h.id.topic_id == id).cloned().collect();
+        for h in handles {
+            let c = config.clone();
+            tokio::spawn(async move { h.update_config(c).await });
+        }
+    }
+
+    fn forget_topic(&self, key: &[u8]) {
+        let Some(name) = std::str::from_utf8(key).ok().and_then(|k| k.strip_prefix("/floe/topics/")) else { return };
+        let mut c = self.catalog.write().unwrap();
+        if let Some(t) = c.by_name.remove(name) {
+            c.by_id.remove(&t.id);
+        }
+    }
+
+    /// Start, restart or stop a partition to match its assignment.
+    fn apply_assignment(self: &Arc<Self>, p: PartitionId, value: Option<Bytes>) {
+        let wanted = value
+            .and_then(|v| AssignmentRecord::decode(v).ok())
+            .filter(|a| a.broker_id == self.config.node_id && a.broker_session == self.ctx.session)
+            .map(|a| a.epoch);
+        {
+            let mut w = self.wanted.write().unwrap();
+            match wanted {
+                Some(e) => w.insert(p, e),
+                None => w.remove(&p),
+            };
+        }
+        let node = self.clone();
+        tokio::spawn(async move { node.converge(p).await });
+    }
+
+    async fn converge(self: Arc<Self>, p: PartitionId) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let wanted = self.wanted.read().unwrap().get(&p).copied();
+            let running = self.partitions.read().unwrap().get(&p).cloned();
+            match (wanted, running) {
+                (None, None) => return,
+                (Some(e), Some(h)) if h.epoch == e && !matches!(h.state(), PartitionState::Failed | PartitionState::Released) => return,
+                (_, Some(h)) => {
+                    h.release().await;
+                    let removed = {
+                        let mut parts = self.partitions.write().unwrap();
+                        let same = parts.get(&p).is_some_and(|x| x.epoch == h.epoch);
+                        if same {
+                            parts.remove(&p);
+                        }
+                        same
+                    };
+                    if removed {
+                        self.metrics.partition_removed(h.state());
+                    }
+                }
+                (Some(e), None) => {
+                    let Some(config) = self.topic_by_id(p.topic_id).map(|t| t.config) else {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                        continue;
+                    };
+                    match partition::start(self.ctx.clone(), p, e, config).await {
+                        Ok((handle, _)) => {
+                            self.partitions.write().unwrap().insert(p, handle);
+                            continue;
+                        }
+                        Err(err) => {
+                            tracing::warn!(partition = %p, epoch = e, error = %err, "could not start partition; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(2));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicInfo> {
+        self.catalog.read().unwrap().by_name.get(name).cloned()
+    }
+
+    pub fn topic_by_id(&self, id: Uuid) -> Option<TopicInfo> {
+        let c = self.catalog.read().unwrap();
+        c.by_id.get(&id).and_then(|n| c.by_name.get(n)).cloned()
+    }
+
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        let mut v: Vec<_> = self.catalog.read().unwrap().by_name.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The running partition, if this broker writes it now.
+    pub fn partition(&self, p: PartitionId) -> Option<PartitionHandle> {
+        self.partitions
+            .read()
+            .unwrap()
+            .get(&p)
+            .filter(|h| h.state() == PartitionState::Writing)
+            .cloned()
+    }
+
+    /// Create a topic record (the controller assigns its partitions).
+    pub async fn create_topic(&self, name: &str, partitions: i32, overrides: BTreeMap<String, String>, validate_only: bool) -> Result<TopicInfo, (ResponseError, String)> {
+        valid_topic_name(name).map_err(|m| (ResponseError::InvalidTopicException, m))?;
+        if partitions <= 0 || partitions > 100_000 {
+            return Err((ResponseError::InvalidPartitions, format!("{partitions} partitions: must be between 1 and 100000")));
+        }
+        let config = TopicConfig::resolve(&self.config.topic_defaults, &overrides).map_err(|e| (ResponseError::InvalidConfig, e.to_string()))?;
+        if self.topic(name).is_some() {
+            return Err((ResponseError::TopicAlreadyExists, format!("topic {name:?} already exists")));
+        }
+        let id = Uuid::new_v4();
+        let info = TopicInfo {
+            id,
+            name: name.to_string(),
+            partitions,
+            overrides: overrides.clone(),
+            config,
+        };
+        if validate_only {
+            return Ok(info);
+        }
+        let record = TopicRecord {
+            format: FORMAT,
+            id: id.as_bytes().to_vec(),
+            name: name.to_string(),
+            partitions,
+            configs: overrides,
+            created_ms: self.ctx.clock.now_ms(),
+        };
+        let txn = Txn::new()
+            .when(Condition::Missing(keys::topic(name)))
+            .then(Op::put(keys::topic(name), record.encode_to_vec()));
+        match self.meta.txn(txn).await {
+            Ok(TxnOutcome::Committed { .. }) => {
+                self.apply_topic(Some(Bytes::from(record.encode_to_vec())));
+                tracing::info!(topic = name, partitions, "created topic");
+                Ok(info)
+            }
+            Ok(TxnOutcome::Mismatch) => Err((ResponseError::TopicAlreadyExists, format!("topic {name:?} already exists"))),
+            Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
+        }
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<Uuid, (ResponseError, String)> {
+        let Some(t) = self.topic(name) else {
+            return Err((ResponseError::UnknownTopicOrPartition, format!("topic {name:?} does not exist")));
+        };
+        match self.meta.txn(Txn::new().when(Condition::Exists(keys::topic(name))).then(Op::delete(keys::topic(name)))).await {
+            Ok(TxnOutcome::Committed { .. }) => {
+                self.forget_topic(&keys::topic(name));
+                tracing::info!(topic = name, "deleted topic");
+                Ok(t.id)
+            }
+            Ok(TxnOutcome::Mismatch) => Err((ResponseError::UnknownTopicOrPartition, format!("topic {name:?} does not exist"))),
+            Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
+        }
+    }
+
+    pub async fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), (ResponseError, String)> {
+        let Some(kv) = self.meta.get(&keys::topic(name)).await.map_err(|e| (ResponseError::UnknownServerError, e.to_string()))? else {
+            return Err((ResponseError::UnknownTopicOrPartition, format!("topic {name:?} does not exist")));
+        };
+        let mut t = TopicRecord::decode(kv.value.clone()).map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?;
+        if count <= t.partitions {
+            return Err((ResponseError::InvalidPartitions, format!("topic {name:?} has {} partitions; the new count {count} must be larger", t.partitions)));
+        }
+        if count > 100_000 {
+            return Err((ResponseError::InvalidPartitions, format!("{count} partitions is over the limit of 100000")));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        t.partitions = count;
+        let txn = Txn::new()
+            .when(Condition::ModRevision(keys::topic(name), kv.mod_revision))
+            .then(Op::put(keys::topic(name), t.encode_to_vec()));
+        match self.meta.txn(txn).await {
+            Ok(TxnOutcome::Committed { .. }) => {
+                self.apply_topic(Some(Bytes::from(t.encode_to_vec())));
+                Ok(())
+            }
+            Ok(TxnOutcome::Mismatch) => Err((ResponseError::ConcurrentTransactions, "topic changed concurrently; retry".into())),
+            Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
+        }
+    }
+
+    /// Wait (up to `timeout`) until every partition of `topic` is writable here.
+    pub async fn wait_topic_ready(&self, topic: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(t) = self.topic(topic) {
+                if (0..t.partitions).all(|p| self.partition(PartitionId::new(t.id, p)).is_some()) {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Graceful shutdown: release every partition (seal, clean checkpoint).
+    pub async fn release_all(&self) {
+        self.shutdown.cancel();
+        let handles: Vec<_> = self.partitions.read().unwrap().values().cloned().collect();
+        futures::future::join_all(handles.iter().map(|h| h.release())).await;
+        let _ = self.meta.revoke_lease(self.ctx.lease.lease).await;
+        tracing::info!(partitions = handles.len(), "released all partitions");
+    }
+
+    pub fn partition_handles(&self) -> Vec<PartitionHandle> {
+        self.partitions.read().unwrap().values().cloned().collect()
+    }
+}
+
+async fn keep_alive(meta: Arc<dyn MetadataStore>, guard: Arc<LeaseGuard>, ttl: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(ttl / 4);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sent = Instant::now();
+        match meta.keep_alive(guard.lease).await {
+            Ok(ttl) => guard.renewed(sent, ttl),
+            Err(e) => tracing::error!(error = %e, "lease keep-alive failed; this broker stops acking when the lease may lapse"),
+        }
+    }
+}

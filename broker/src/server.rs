@@ -1,0 +1,228 @@
+//! The Kafka listener: one task per connection (bounded by max.connections),
+//! frames read in order, requests started in order, responses written in
+//! order while later requests proceed. A malformed frame or an unknown API
+//! closes only its own connection, with a log line saying why.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use floe_protocol::frame::{read_frame, FrameError};
+use floe_protocol::kafka_protocol::messages::*;
+use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable};
+use floe_protocol::versions;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::handlers;
+use crate::node::Node;
+
+type Pending = BoxFuture<'static, Option<Bytes>>;
+
+/// Accept connections until `shutdown`.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(node.config.max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            node.metrics.connections_rejected.inc();
+            tracing::warn!(%peer, limit = node.config.max_connections, "connection refused: max.connections reached");
+            drop(stream);
+            continue;
+        };
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            node.metrics.connections.inc();
+            if let Err(reason) = connection(stream, node.clone(), shutdown).await {
+                tracing::info!(%peer, %reason, "closed connection");
+            }
+            node.metrics.connections.dec();
+            drop(permit);
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Close {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("unknown API key {0}")]
+    UnknownApi(i16),
+    #[error("unsupported version {1} of {0:?}")]
+    UnsupportedVersion(ApiKey, i16),
+    #[error("malformed {0:?} v{1} request: {2}")]
+    Malformed(ApiKey, i16, String),
+    #[error("write failed: {0}")]
+    Write(std::io::Error),
+}
+
+async fn connection(stream: TcpStream, node: Arc<Node>, shutdown: CancellationToken) -> Result<(), Close> {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Pending>(node.config.max_inflight_per_connection.max(1));
+    let writer = tokio::spawn(async move {
+        let mut out = BufWriter::with_capacity(256 << 10, wr);
+        while let Some(pending) = rx.recv().await {
+            if let Some(bytes) = pending.await {
+                out.write_all(&bytes).await?;
+            }
+            if rx.is_empty() {
+                out.flush().await?;
+            }
+        }
+        out.flush().await
+    });
+    let max = node.config.max_request_bytes;
+    let result = loop {
+        let frame = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            f = read_frame(&mut rd, max) => f,
+        };
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(Close::from(e)),
+        };
+        match dispatch(&node, frame).await {
+            Ok(p) => {
+                if tx.send(p).await.is_err() {
+                    break Ok(());
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    drop(tx);
+    // Answer what was accepted before closing.
+    match writer.await {
+        Ok(Err(e)) if result.is_ok() => Err(Close::Write(e)),
+        _ => result,
+    }
+}
+
+fn respond<R: Encodable + Send + 'static>(api: ApiKey, version: i16, correlation_id: i32, body: R) -> Option<Bytes> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    if let Err(e) = header.encode(&mut buf, api.response_header_version(version)).and_then(|_| body.encode(&mut buf, version)) {
+        tracing::error!(?api, version, error = %e, "encoding a response failed");
+        return None;
+    }
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Some(buf.freeze())
+}
+
+fn ready(b: Option<Bytes>) -> Pending {
+    futures::future::ready(b).boxed()
+}
+
+async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> {
+    if frame.len() < 8 {
+        return Err(Close::Malformed(ApiKey::ApiVersions, -1, format!("{}-byte frame", frame.len())));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api = ApiKey::try_from(key).map_err(|_| Close::UnknownApi(key))?;
+    let started = Instant::now();
+    if !versions::is_supported(api, version) {
+        if api == ApiKey::ApiVersions {
+            // Answer with v0 and the supported ranges so the client can retry.
+            node.metrics.error("ApiVersions", "UnsupportedVersion");
+            return Ok(ready(respond(api, 0, correlation_id, handlers::api_versions(0, true))));
+        }
+        return Err(Close::UnsupportedVersion(api, version));
+    }
+    let malformed = |e: anyhow_like::Error| Close::Malformed(api, version, e.to_string());
+    let _header = RequestHeader::decode(&mut frame, api.request_header_version(version)).map_err(|e| malformed(e.into()))?;
+    let request = RequestKind::decode(api, &mut frame, version).map_err(|e| malformed(e.into()))?;
+    let name = api_name(api);
+    let metrics = node.metrics.clone();
+    let done = move |b: Option<Bytes>| {
+        metrics.request(name, started.elapsed());
+        b
+    };
+    let out: Pending = match request {
+        RequestKind::ApiVersions(_) => ready(done(respond(api, version, correlation_id, handlers::api_versions(version, false)))),
+        RequestKind::Metadata(r) => {
+            let resp = handlers::metadata(node, r, version).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::Produce(r) => {
+            let pending = handlers::produce(node.clone(), r, version).await;
+            async move { done(pending.await.and_then(|resp| respond(api, version, correlation_id, resp))) }.boxed()
+        }
+        RequestKind::Fetch(r) => {
+            let node = node.clone();
+            async move {
+                let resp = handlers::fetch(node, r, version).await;
+                done(respond(api, version, correlation_id, resp))
+            }
+            .boxed()
+        }
+        RequestKind::ListOffsets(r) => {
+            let resp = handlers::list_offsets(node, r, version).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            let resp = handlers::offset_for_leader_epoch(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::CreateTopics(r) => {
+            let resp = handlers::create_topics(node, r, version).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::DeleteTopics(r) => {
+            let resp = handlers::delete_topics(node, r, version).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::CreatePartitions(r) => {
+            let resp = handlers::create_partitions(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::DescribeConfigs(r) => {
+            let resp = handlers::describe_configs(node, r, version).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::DescribeCluster(_) => ready(done(respond(api, version, correlation_id, handlers::describe_cluster(node, version)))),
+        _ => return Err(Close::UnsupportedVersion(api, version)),
+    };
+    Ok(out)
+}
+
+mod anyhow_like {
+    pub type Error = Box<dyn std::error::Error + Send + Sync>;
+}
+
+pub fn api_name(api: ApiKey) -> &'static str {
+    match api {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::CreatePartitions => "CreatePartitions",
+        ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
+        _ => "Other",
+    }
+}
