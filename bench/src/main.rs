@@ -1,1 +1,244 @@
-fn main() {}
+//! `floe-bench`: produce and consume load in the spirit of Kafka's
+//! kafka-producer-perf-test and kafka-consumer-perf-test, on librdkafka.
+//! Reports throughput (records/s, MB/s) and latency percentiles.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+#[derive(Parser)]
+#[command(name = "floe-bench", about = "Kafka produce/consume benchmark (librdkafka)")]
+struct Cli {
+    #[arg(long, default_value = "127.0.0.1:9092", global = true)]
+    bootstrap: String,
+    #[arg(long, default_value = "bench", global = true)]
+    topic: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Produce records as fast as possible, or at --rate records/s.
+    Produce {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 1024)]
+        record_size: usize,
+        #[arg(long, default_value = "all")]
+        acks: String,
+        /// librdkafka batch.size (bytes per partition batch).
+        #[arg(long, default_value_t = 1 << 20)]
+        batch_bytes: usize,
+        #[arg(long, default_value_t = 5)]
+        linger_ms: u64,
+        /// Target records per second (0: unthrottled).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long, default_value = "none")]
+        compression: String,
+    },
+    /// Consume --records records from the beginning of every partition.
+    Consume {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+    },
+    /// End-to-end latency: produce at --rate, consume concurrently, measure
+    /// the time from send to receive.
+    EndToEnd {
+        #[arg(long, default_value_t = 20_000)]
+        records: u64,
+        #[arg(long, default_value_t = 1024)]
+        record_size: usize,
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+    },
+}
+
+struct Ctx {
+    latency: Mutex<Histogram<u64>>,
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Shared(Arc<Ctx>);
+
+impl ClientContext for Shared {}
+
+impl ProducerContext for Shared {
+    type DeliveryOpaque = Box<Instant>;
+    fn delivery(&self, r: &DeliveryResult<'_>, sent: Box<Instant>) {
+        match r {
+            Ok(_) => {
+                self.0.latency.lock().unwrap().saturating_record(sent.elapsed().as_micros() as u64);
+                self.0.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                if self.0.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    eprintln!("delivery failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Produce { records, record_size, acks, batch_bytes, linger_ms, rate, compression } => {
+            let ctx = Arc::new(Ctx { latency: Mutex::new(Histogram::new(3)?), acked: AtomicU64::new(0), failed: AtomicU64::new(0) });
+            let producer: ThreadedProducer<Shared> = ClientConfig::new()
+                .set("bootstrap.servers", &cli.bootstrap)
+                .set("acks", &acks)
+                .set("batch.size", batch_bytes.to_string())
+                .set("message.max.bytes", (batch_bytes + 65536).to_string())
+                .set("linger.ms", linger_ms.to_string())
+                .set("compression.codec", &compression)
+                .set("queue.buffering.max.kbytes", "1048576")
+                .set("queue.buffering.max.messages", "1000000")
+                .create_with_context(Shared(ctx.clone()))?;
+            let payload = vec![b'x'; record_size];
+            let start = Instant::now();
+            for i in 0..records {
+                if rate > 0 {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                }
+                let mut rec = BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(&cli.topic, Box::new(Instant::now())).payload(&payload[..]);
+                loop {
+                    match producer.send(rec) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            rec = r;
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                        Err((e, _)) => bail!("send failed: {e}"),
+                    }
+                }
+            }
+            producer.flush(Duration::from_secs(120))?;
+            let secs = start.elapsed().as_secs_f64();
+            let acked = ctx.acked.load(Ordering::Relaxed);
+            let h = ctx.latency.lock().unwrap();
+            println!(
+                "produce: {acked} records acked ({} failed) in {secs:.2} s: {:.0} records/s, {:.1} MB/s; latency ms p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+                ctx.failed.load(Ordering::Relaxed),
+                acked as f64 / secs,
+                acked as f64 * record_size as f64 / secs / 1e6,
+                pct(&h, 0.5),
+                pct(&h, 0.99),
+                pct(&h, 0.999),
+                h.max() as f64 / 1000.0
+            );
+        }
+        Cmd::Consume { records, partitions } => {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &cli.bootstrap)
+                .set("group.id", "floe-bench")
+                .set("enable.auto.commit", "false")
+                .set("fetch.max.bytes", "52428800")
+                .set("max.partition.fetch.bytes", "10485760")
+                .set("queued.max.messages.kbytes", "1048576")
+                .create()?;
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition_offset(&cli.topic, p, Offset::Beginning)?;
+            }
+            c.assign(&tpl)?;
+            let start = Instant::now();
+            let (mut n, mut bytes) = (0u64, 0u64);
+            let deadline = start + Duration::from_secs(600);
+            while n < records && Instant::now() < deadline {
+                if let Some(m) = c.poll(Duration::from_millis(500)) {
+                    let m = m?;
+                    n += 1;
+                    bytes += m.payload_len() as u64;
+                }
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!("consume: {n} records, {:.1} MB in {secs:.2} s: {:.0} records/s, {:.1} MB/s", bytes as f64 / 1e6, n as f64 / secs, bytes as f64 / secs / 1e6);
+        }
+        Cmd::EndToEnd { records, record_size, rate } => {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &cli.bootstrap)
+                .set("group.id", "floe-bench")
+                .set("fetch.wait.max.ms", "500")
+                .set("enable.auto.commit", "false")
+                .create()?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&cli.topic, 0, Offset::End)?;
+            c.assign(&tpl)?;
+            std::thread::sleep(Duration::from_secs(1));
+            let ctx = Arc::new(Ctx { latency: Mutex::new(Histogram::new(3)?), acked: AtomicU64::new(0), failed: AtomicU64::new(0) });
+            let producer: ThreadedProducer<Shared> = ClientConfig::new()
+                .set("bootstrap.servers", &cli.bootstrap)
+                .set("acks", "all")
+                .set("linger.ms", "0")
+                .create_with_context(Shared(ctx.clone()))?;
+            let sender = std::thread::spawn({
+                let topic = cli.topic.clone();
+                move || {
+                    let start = Instant::now();
+                    let mut payload = vec![b'x'; record_size.max(16)];
+                    for i in 0..records {
+                        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        let micros = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+                        payload[..8].copy_from_slice(&micros.to_be_bytes());
+                        let _ = producer.send(BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(&topic, Box::new(Instant::now())).partition(0).payload(&payload[..]));
+                    }
+                    producer.flush(Duration::from_secs(60))
+                }
+            });
+            let mut e2e = Histogram::<u64>::new(3)?;
+            let deadline = Instant::now() + Duration::from_secs(records / rate.max(1) + 60);
+            while e2e.len() < records && Instant::now() < deadline {
+                if let Some(m) = c.poll(Duration::from_millis(200)) {
+                    let m = m?;
+                    let p = m.payload().unwrap_or_default();
+                    if p.len() >= 8 {
+                        let sent = u64::from_be_bytes(p[..8].try_into().unwrap());
+                        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+                        e2e.saturating_record(now.saturating_sub(sent));
+                    }
+                }
+            }
+            sender.join().unwrap()?;
+            let h = ctx.latency.lock().unwrap();
+            println!(
+                "end-to-end at {rate} records/s: {} records; produce ms p50 {:.2} p99 {:.2} p99.9 {:.2}; end-to-end ms p50 {:.2} p99 {:.2} p99.9 {:.2}",
+                e2e.len(),
+                pct(&h, 0.5),
+                pct(&h, 0.99),
+                pct(&h, 0.999),
+                pct(&e2e, 0.5),
+                pct(&e2e, 0.99),
+                pct(&e2e, 0.999)
+            );
+        }
+    }
+    Ok(())
+}
