@@ -17,7 +17,10 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 #[derive(Parser)]
-#[command(name = "floe-bench", about = "Kafka produce/consume benchmark (librdkafka)")]
+#[command(
+    name = "floe-bench",
+    about = "Kafka produce/consume benchmark (librdkafka)"
+)]
 struct Cli {
     #[arg(long, default_value = "127.0.0.1:9092", global = true)]
     bootstrap: String,
@@ -83,7 +86,11 @@ impl ProducerContext for Shared {
     fn delivery(&self, r: &DeliveryResult<'_>, sent: Box<Instant>) {
         match r {
             Ok(_) => {
-                self.0.latency.lock().unwrap().saturating_record(sent.elapsed().as_micros() as u64);
+                self.0
+                    .latency
+                    .lock()
+                    .unwrap()
+                    .saturating_record(sent.elapsed().as_micros() as u64);
                 self.0.acked.fetch_add(1, Ordering::Relaxed);
             }
             Err((e, _)) => {
@@ -102,8 +109,20 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Produce { records, record_size, acks, batch_bytes, linger_ms, rate, compression } => {
-            let ctx = Arc::new(Ctx { latency: Mutex::new(Histogram::new(3)?), acked: AtomicU64::new(0), failed: AtomicU64::new(0) });
+        Cmd::Produce {
+            records,
+            record_size,
+            acks,
+            batch_bytes,
+            linger_ms,
+            rate,
+            compression,
+        } => {
+            let ctx = Arc::new(Ctx {
+                latency: Mutex::new(Histogram::new(3)?),
+                acked: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+            });
             let producer: ThreadedProducer<Shared> = ClientConfig::new()
                 .set("bootstrap.servers", &cli.bootstrap)
                 .set("acks", &acks)
@@ -124,7 +143,11 @@ fn main() -> Result<()> {
                         std::thread::sleep(due - now);
                     }
                 }
-                let mut rec = BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(&cli.topic, Box::new(Instant::now())).payload(&payload[..]);
+                let mut rec = BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(
+                    &cli.topic,
+                    Box::new(Instant::now()),
+                )
+                .payload(&payload[..]);
                 loop {
                     match producer.send(rec) {
                         Ok(()) => break,
@@ -151,7 +174,10 @@ fn main() -> Result<()> {
                 h.max() as f64 / 1000.0
             );
         }
-        Cmd::Consume { records, partitions } => {
+        Cmd::Consume {
+            records,
+            partitions,
+        } => {
             let c: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &cli.bootstrap)
                 .set("group.id", "floe-bench")
@@ -176,9 +202,18 @@ fn main() -> Result<()> {
                 }
             }
             let secs = start.elapsed().as_secs_f64();
-            println!("consume: {n} records, {:.1} MB in {secs:.2} s: {:.0} records/s, {:.1} MB/s", bytes as f64 / 1e6, n as f64 / secs, bytes as f64 / secs / 1e6);
+            println!(
+                "consume: {n} records, {:.1} MB in {secs:.2} s: {:.0} records/s, {:.1} MB/s",
+                bytes as f64 / 1e6,
+                n as f64 / secs,
+                bytes as f64 / secs / 1e6
+            );
         }
-        Cmd::EndToEnd { records, record_size, rate } => {
+        Cmd::EndToEnd {
+            records,
+            record_size,
+            rate,
+        } => {
             let c: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &cli.bootstrap)
                 .set("group.id", "floe-bench")
@@ -189,7 +224,11 @@ fn main() -> Result<()> {
             tpl.add_partition_offset(&cli.topic, 0, Offset::End)?;
             c.assign(&tpl)?;
             std::thread::sleep(Duration::from_secs(1));
-            let ctx = Arc::new(Ctx { latency: Mutex::new(Histogram::new(3)?), acked: AtomicU64::new(0), failed: AtomicU64::new(0) });
+            let ctx = Arc::new(Ctx {
+                latency: Mutex::new(Histogram::new(3)?),
+                acked: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+            });
             let producer: ThreadedProducer<Shared> = ClientConfig::new()
                 .set("bootstrap.servers", &cli.bootstrap)
                 .set("acks", "all")
@@ -206,9 +245,19 @@ fn main() -> Result<()> {
                         if due > now {
                             std::thread::sleep(due - now);
                         }
-                        let micros = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+                        let micros = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap()
+                            .as_micros() as u64;
                         payload[..8].copy_from_slice(&micros.to_be_bytes());
-                        let _ = producer.send(BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(&topic, Box::new(Instant::now())).partition(0).payload(&payload[..]));
+                        let _ = producer.send(
+                            BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(
+                                &topic,
+                                Box::new(Instant::now()),
+                            )
+                            .partition(0)
+                            .payload(&payload[..]),
+                        );
                     }
                     producer.flush(Duration::from_secs(60))
                 }
@@ -221,7 +270,10 @@ fn main() -> Result<()> {
                     let p = m.payload().unwrap_or_default();
                     if p.len() >= 8 {
                         let sent = u64::from_be_bytes(p[..8].try_into().unwrap());
-                        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap()
+                            .as_micros() as u64;
                         e2e.saturating_record(now.saturating_sub(sent));
                     }
                 }

@@ -82,12 +82,36 @@ pub struct TopicConfig {
 
 /// (name, Kafka default, documentation) of every topic config Floe honours.
 pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
-    ("retention.ms", "604800000", "Delete sealed segments whose newest record is older than this (-1: keep forever)."),
-    ("retention.bytes", "-1", "Delete the oldest sealed segments while the partition is larger than this (-1: no limit)."),
-    ("segment.bytes", "1073741824", "Seal the open segment once it holds this many bytes."),
-    ("segment.ms", "604800000", "Seal the open segment once it is this old."),
-    ("max.message.bytes", "1048588", "Largest record batch accepted."),
-    ("message.timestamp.type", "CreateTime", "CreateTime keeps the producer's timestamps; LogAppendTime stamps batches on append."),
+    (
+        "retention.ms",
+        "604800000",
+        "Delete sealed segments whose newest record is older than this (-1: keep forever).",
+    ),
+    (
+        "retention.bytes",
+        "-1",
+        "Delete the oldest sealed segments while the partition is larger than this (-1: no limit).",
+    ),
+    (
+        "segment.bytes",
+        "1073741824",
+        "Seal the open segment once it holds this many bytes.",
+    ),
+    (
+        "segment.ms",
+        "604800000",
+        "Seal the open segment once it is this old.",
+    ),
+    (
+        "max.message.bytes",
+        "1048588",
+        "Largest record batch accepted.",
+    ),
+    (
+        "message.timestamp.type",
+        "CreateTime",
+        "CreateTime keeps the producer's timestamps; LogAppendTime stamps batches on append.",
+    ),
     ("cleanup.policy", "delete", "Only delete is supported."),
 ];
 
@@ -102,13 +126,22 @@ pub struct ConfigError {
 impl TopicConfig {
     /// Resolve `overrides` (topic) over `defaults` (broker) over Kafka's
     /// defaults. Unknown names and bad values are errors.
-    pub fn resolve(defaults: &BTreeMap<String, String>, overrides: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+    pub fn resolve(
+        defaults: &BTreeMap<String, String>,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         let get = |name: &str| -> String {
             overrides
                 .get(name)
                 .or_else(|| defaults.get(name))
                 .cloned()
-                .unwrap_or_else(|| TOPIC_CONFIGS.iter().find(|c| c.0 == name).map(|c| c.1.to_string()).unwrap_or_default())
+                .unwrap_or_else(|| {
+                    TOPIC_CONFIGS
+                        .iter()
+                        .find(|c| c.0 == name)
+                        .map(|c| c.1.to_string())
+                        .unwrap_or_default()
+                })
         };
         for (k, v) in defaults.iter().chain(overrides.iter()) {
             if !TOPIC_CONFIGS.iter().any(|c| c.0 == k) {
@@ -179,13 +212,19 @@ mod tests {
         assert_eq!(c.max_message_bytes, 1_048_588);
         assert_eq!(c.timestamp_type, TimestampType::CreateTime);
         let mut o = BTreeMap::new();
-        o.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
+        o.insert(
+            "message.timestamp.type".to_string(),
+            "LogAppendTime".to_string(),
+        );
         o.insert("retention.bytes".to_string(), "1000".to_string());
         let c = TopicConfig::resolve(&none, &o).unwrap();
         assert_eq!(c.timestamp_type, TimestampType::LogAppendTime);
         assert_eq!(c.retention_bytes, 1000);
         o.insert("retention.ms".to_string(), "soon".to_string());
-        assert_eq!(TopicConfig::resolve(&none, &o).unwrap_err().name, "retention.ms");
+        assert_eq!(
+            TopicConfig::resolve(&none, &o).unwrap_err().name,
+            "retention.ms"
+        );
         let mut u = BTreeMap::new();
         u.insert("no.such".to_string(), "1".to_string());
         assert!(TopicConfig::resolve(&none, &u).is_err());

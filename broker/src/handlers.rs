@@ -10,15 +10,29 @@ use floe_common::{PartitionId, Uuid};
 use floe_protocol::batch::validate_for_produce;
 use floe_protocol::kafka_protocol::messages::api_versions_response::ApiVersion;
 use floe_protocol::kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use floe_protocol::kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use floe_protocol::kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use floe_protocol::kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use floe_protocol::kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
-use floe_protocol::kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
-use floe_protocol::kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use floe_protocol::kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
-use floe_protocol::kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
-use floe_protocol::kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
-use floe_protocol::kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use floe_protocol::kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use floe_protocol::kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, PartitionData,
+};
+use floe_protocol::kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use floe_protocol::kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use floe_protocol::kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use floe_protocol::kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, TopicProduceResponse,
+};
 use floe_protocol::kafka_protocol::messages::*;
 use floe_protocol::kafka_protocol::protocol::StrBytes;
 use floe_protocol::{versions, ResponseError};
@@ -41,7 +55,12 @@ pub fn api_versions(version: i16, unsupported: bool) -> ApiVersionsResponse {
     }
     for &(api, _, _) in versions::IMPLEMENTED {
         if let Some((lo, hi)) = versions::supported(api) {
-            r.api_keys.push(ApiVersion::default().with_api_key(api as i16).with_min_version(lo).with_max_version(hi));
+            r.api_keys.push(
+                ApiVersion::default()
+                    .with_api_key(api as i16)
+                    .with_min_version(lo)
+                    .with_max_version(hi),
+            );
         }
     }
     let _ = version;
@@ -49,7 +68,11 @@ pub fn api_versions(version: i16, unsupported: bool) -> ApiVersionsResponse {
 }
 
 /// Find (and, if allowed, auto-create) a topic by name.
-async fn resolve_topic(node: &Node, name: &str, auto_create: bool) -> Result<TopicInfo, ResponseError> {
+async fn resolve_topic(
+    node: &Node,
+    name: &str,
+    auto_create: bool,
+) -> Result<TopicInfo, ResponseError> {
     if let Some(t) = node.topic(name) {
         return Ok(t);
     }
@@ -59,7 +82,10 @@ async fn resolve_topic(node: &Node, name: &str, auto_create: bool) -> Result<Top
     if !(auto_create && node.config.auto_create_topics) {
         return Err(ResponseError::UnknownTopicOrPartition);
     }
-    match node.create_topic(name, node.config.default_partitions, BTreeMap::new(), false).await {
+    match node
+        .create_topic(name, node.config.default_partitions, BTreeMap::new(), false)
+        .await
+    {
         Ok(_) | Err((ResponseError::TopicAlreadyExists, _)) => {}
         Err((e, msg)) => {
             tracing::warn!(topic = name, error = %msg, "auto-creating topic failed");
@@ -95,9 +121,20 @@ pub async fn metadata(node: &Node, req: MetadataRequest, version: i16) -> Metada
     }
     let auto_create = version < 4 || req.allow_auto_topic_creation;
     let wanted: Vec<(Option<String>, Uuid)> = match req.topics {
-        None => node.topics().into_iter().map(|t| (Some(t.name), t.id)).collect(),
-        Some(ts) if ts.is_empty() && version == 0 => node.topics().into_iter().map(|t| (Some(t.name), t.id)).collect(),
-        Some(ts) => ts.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect(),
+        None => node
+            .topics()
+            .into_iter()
+            .map(|t| (Some(t.name), t.id))
+            .collect(),
+        Some(ts) if ts.is_empty() && version == 0 => node
+            .topics()
+            .into_iter()
+            .map(|t| (Some(t.name), t.id))
+            .collect(),
+        Some(ts) => ts
+            .into_iter()
+            .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+            .collect(),
     };
     for (name, id) in wanted {
         let mut topic = MetadataResponseTopic::default();
@@ -145,8 +182,17 @@ pub async fn metadata(node: &Node, req: MetadataRequest, version: i16) -> Metada
 
 /// Produce, in two phases: validation and queueing happen now, in request
 /// order; the returned future waits for durability.
-pub async fn produce(node: Arc<Node>, req: ProduceRequest, version: i16) -> BoxFuture<'static, Option<ProduceResponse>> {
-    type Pending = (String, i32, Result<tokio::sync::oneshot::Receiver<Result<Appended, AppendError>>, ResponseError>, Option<String>);
+pub async fn produce(
+    node: Arc<Node>,
+    req: ProduceRequest,
+    version: i16,
+) -> BoxFuture<'static, Option<ProduceResponse>> {
+    type Pending = (
+        String,
+        i32,
+        Result<tokio::sync::oneshot::Receiver<Result<Appended, AppendError>>, ResponseError>,
+        Option<String>,
+    );
     let acks = req.acks;
     let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
     let mut pending: Vec<Pending> = Vec::new();
@@ -173,7 +219,9 @@ pub async fn produce(node: Arc<Node>, req: ProduceRequest, version: i16) -> BoxF
         let mut resp = ProduceResponse::default();
         let deadline = tokio::time::Instant::now() + timeout;
         for (name, index, r, msg) in pending {
-            let mut pr = PartitionProduceResponse::default().with_index(index).with_base_offset(-1);
+            let mut pr = PartitionProduceResponse::default()
+                .with_index(index)
+                .with_base_offset(-1);
             let outcome = match r {
                 Err(e) => Err(e),
                 Ok(rx) => match tokio::time::timeout_at(deadline, rx).await {
@@ -198,9 +246,17 @@ pub async fn produce(node: Arc<Node>, req: ProduceRequest, version: i16) -> BoxF
                     }
                 }
             }
-            match resp.responses.iter_mut().find(|t| t.name.0.as_str() == name) {
+            match resp
+                .responses
+                .iter_mut()
+                .find(|t| t.name.0.as_str() == name)
+            {
                 Some(t) => t.partition_responses.push(pr),
-                None => resp.responses.push(TopicProduceResponse::default().with_name(TopicName(s(name))).with_partition_responses(vec![pr])),
+                None => resp.responses.push(
+                    TopicProduceResponse::default()
+                        .with_name(TopicName(s(name)))
+                        .with_partition_responses(vec![pr]),
+                ),
             }
         }
         (acks != 0).then_some(resp)
@@ -208,7 +264,10 @@ pub async fn produce(node: Arc<Node>, req: ProduceRequest, version: i16) -> BoxF
     .boxed()
 }
 
-type SubmitResult = Result<tokio::sync::oneshot::Receiver<Result<Appended, AppendError>>, (ResponseError, Option<String>)>;
+type SubmitResult = Result<
+    tokio::sync::oneshot::Receiver<Result<Appended, AppendError>>,
+    (ResponseError, Option<String>),
+>;
 
 async fn submit(node: &Node, t: &TopicInfo, index: i32, records: Option<Bytes>) -> SubmitResult {
     if index < 0 || index >= t.partitions {
@@ -228,7 +287,9 @@ async fn submit(node: &Node, t: &TopicInfo, index: i32, records: Option<Bytes>) 
             Some(format!("producer id {} was not issued by this cluster (idempotent and transactional producers are not supported yet)", h.producer_id)),
         ));
     }
-    h.submit(records, headers).await.map_err(|e| (e.code(), Some(e.to_string())))
+    h.submit(records, headers)
+        .await
+        .map_err(|e| (e.code(), Some(e.to_string())))
 }
 
 fn check_epoch(h: &PartitionHandle, requested: i32) -> Option<ResponseError> {
@@ -242,8 +303,13 @@ fn check_epoch(h: &PartitionHandle, requested: i32) -> Option<ResponseError> {
 }
 
 pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchResponse {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
-    let max_bytes = if version >= 3 { req.max_bytes.max(0) as usize } else { usize::MAX };
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let max_bytes = if version >= 3 {
+        req.max_bytes.max(0) as usize
+    } else {
+        usize::MAX
+    };
     let min_bytes = req.min_bytes.max(0) as usize;
     loop {
         let mut watchers = Vec::new();
@@ -254,7 +320,11 @@ pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchRes
         }
         let mut total = 0usize;
         for topic in &req.topics {
-            let t = if version >= 13 { node.topic_by_id(topic.topic_id) } else { node.topic(topic.topic.0.as_str()) };
+            let t = if version >= 13 {
+                node.topic_by_id(topic.topic_id)
+            } else {
+                node.topic(topic.topic.0.as_str())
+            };
             let mut tr = FetchableTopicResponse::default();
             if version >= 13 {
                 tr.topic_id = topic.topic_id;
@@ -262,14 +332,26 @@ pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchRes
                 tr.topic = topic.topic.clone();
             }
             for p in &topic.partitions {
-                let mut pr = PartitionData::default().with_partition_index(p.partition).with_high_watermark(-1).with_last_stable_offset(-1).with_log_start_offset(-1);
+                let mut pr = PartitionData::default()
+                    .with_partition_index(p.partition)
+                    .with_high_watermark(-1)
+                    .with_last_stable_offset(-1)
+                    .with_log_start_offset(-1);
                 if req.isolation_level == 1 {
                     pr.aborted_transactions = Some(Vec::new());
                 }
                 let handle = match &t {
-                    None => Err(if version >= 13 { ResponseError::UnknownTopicId } else { ResponseError::UnknownTopicOrPartition }),
-                    Some(t) if p.partition < 0 || p.partition >= t.partitions => Err(ResponseError::UnknownTopicOrPartition),
-                    Some(t) => node.partition(PartitionId::new(t.id, p.partition)).ok_or(ResponseError::NotLeaderOrFollower),
+                    None => Err(if version >= 13 {
+                        ResponseError::UnknownTopicId
+                    } else {
+                        ResponseError::UnknownTopicOrPartition
+                    }),
+                    Some(t) if p.partition < 0 || p.partition >= t.partitions => {
+                        Err(ResponseError::UnknownTopicOrPartition)
+                    }
+                    Some(t) => node
+                        .partition(PartitionId::new(t.id, p.partition))
+                        .ok_or(ResponseError::NotLeaderOrFollower),
                 };
                 let h = match handle.and_then(|h| match check_epoch(&h, p.current_leader_epoch) {
                     Some(e) => Err(e),
@@ -287,7 +369,8 @@ pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchRes
                 pr.last_stable_offset = hw;
                 pr.log_start_offset = start;
                 watchers.push(h.log.subscribe());
-                let budget = (p.partition_max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
+                let budget =
+                    (p.partition_max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
                 if budget > 0 || total == 0 {
                     match h.log.read(p.fetch_offset, budget, total == 0).await {
                         Ok(r) => {
@@ -311,31 +394,57 @@ pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchRes
             }
             resp.responses.push(tr);
         }
-        let errors = resp.responses.iter().flat_map(|t| &t.partitions).any(|p| p.error_code != 0);
-        if total >= min_bytes.max(1) || errors || tokio::time::Instant::now() >= deadline || watchers.is_empty() {
+        let errors = resp
+            .responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .any(|p| p.error_code != 0);
+        if total >= min_bytes.max(1)
+            || errors
+            || tokio::time::Instant::now() >= deadline
+            || watchers.is_empty()
+        {
             return resp;
         }
         // Long poll: sleep until a partition's high watermark moves.
-        let changed = futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+        let changed =
+            futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
             return resp;
         }
     }
 }
 
-pub async fn list_offsets(node: &Node, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub async fn list_offsets(
+    node: &Node,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     let mut resp = ListOffsetsResponse::default();
     for topic in req.topics {
         let t = node.topic(topic.name.0.as_str());
         let mut tr = ListOffsetsTopicResponse::default().with_name(topic.name.clone());
         for p in topic.partitions {
-            let mut pr = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index).with_timestamp(-1).with_offset(-1);
+            let mut pr = ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_timestamp(-1)
+                .with_offset(-1);
             let h = match &t {
                 None => Err(ResponseError::UnknownTopicOrPartition),
-                Some(t) if p.partition_index < 0 || p.partition_index >= t.partitions => Err(ResponseError::UnknownTopicOrPartition),
-                Some(t) => node.partition(PartitionId::new(t.id, p.partition_index)).ok_or(ResponseError::NotLeaderOrFollower),
+                Some(t) if p.partition_index < 0 || p.partition_index >= t.partitions => {
+                    Err(ResponseError::UnknownTopicOrPartition)
+                }
+                Some(t) => node
+                    .partition(PartitionId::new(t.id, p.partition_index))
+                    .ok_or(ResponseError::NotLeaderOrFollower),
             }
-            .and_then(|h| if version >= 4 { check_epoch(&h, p.current_leader_epoch).map_or(Ok(h), Err) } else { Ok(h) });
+            .and_then(|h| {
+                if version >= 4 {
+                    check_epoch(&h, p.current_leader_epoch).map_or(Ok(h), Err)
+                } else {
+                    Ok(h)
+                }
+            });
             match h {
                 Err(e) => pr.error_code = e.code(),
                 Ok(h) => {
@@ -373,16 +482,24 @@ pub async fn list_offsets(node: &Node, req: ListOffsetsRequest, version: i16) ->
     resp
 }
 
-pub async fn offset_for_leader_epoch(node: &Node, req: OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
+pub async fn offset_for_leader_epoch(
+    node: &Node,
+    req: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
     let mut resp = OffsetForLeaderEpochResponse::default();
     for topic in req.topics {
         let t = node.topic(topic.topic.0.as_str());
         let mut tr = OffsetForLeaderTopicResult::default().with_topic(topic.topic.clone());
         for p in topic.partitions {
-            let mut pr = EpochEndOffset::default().with_partition(p.partition).with_leader_epoch(-1).with_end_offset(-1);
+            let mut pr = EpochEndOffset::default()
+                .with_partition(p.partition)
+                .with_leader_epoch(-1)
+                .with_end_offset(-1);
             let h = match &t {
                 None => Err(ResponseError::UnknownTopicOrPartition),
-                Some(t) => node.partition(PartitionId::new(t.id, p.partition)).ok_or(ResponseError::NotLeaderOrFollower),
+                Some(t) => node
+                    .partition(PartitionId::new(t.id, p.partition))
+                    .ok_or(ResponseError::NotLeaderOrFollower),
             }
             .and_then(|h| check_epoch(&h, p.current_leader_epoch).map_or(Ok(h), Err));
             match h {
@@ -418,21 +535,45 @@ pub async fn offset_for_leader_epoch(node: &Node, req: OffsetForLeaderEpochReque
     resp
 }
 
-pub async fn create_topics(node: &Node, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+pub async fn create_topics(
+    node: &Node,
+    req: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
     let mut resp = CreateTopicsResponse::default();
     let timeout = Duration::from_millis(req.timeout_ms.clamp(0, 60_000) as u64);
     let mut created = Vec::new();
     for t in req.topics {
         let name = t.name.0.to_string();
         let mut r = CreatableTopicResult::default().with_name(t.name.clone());
-        let partitions = if t.num_partitions == -1 { node.config.default_partitions } else { t.num_partitions };
-        let configs: BTreeMap<String, String> = t.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string()))).collect();
-        let result = if t.replication_factor == 0 || t.replication_factor < -1 {
-            Err((ResponseError::InvalidReplicationFactor, format!("replication factor {} is invalid", t.replication_factor)))
-        } else if !t.assignments.is_empty() {
-            Err((ResponseError::InvalidRequest, "manual replica assignment is not supported: storage placement is automatic".to_string()))
+        let partitions = if t.num_partitions == -1 {
+            node.config.default_partitions
         } else {
-            node.create_topic(&name, partitions, configs, req.validate_only).await
+            t.num_partitions
+        };
+        let configs: BTreeMap<String, String> = t
+            .configs
+            .iter()
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), v.to_string()))
+            })
+            .collect();
+        let result = if t.replication_factor == 0 || t.replication_factor < -1 {
+            Err((
+                ResponseError::InvalidReplicationFactor,
+                format!("replication factor {} is invalid", t.replication_factor),
+            ))
+        } else if !t.assignments.is_empty() {
+            Err((
+                ResponseError::InvalidRequest,
+                "manual replica assignment is not supported: storage placement is automatic"
+                    .to_string(),
+            ))
+        } else {
+            node.create_topic(&name, partitions, configs, req.validate_only)
+                .await
         };
         match result {
             Ok(info) => {
@@ -445,7 +586,13 @@ pub async fn create_topics(node: &Node, req: CreateTopicsRequest, version: i16) 
                     r.configs = Some(
                         describe_topic(node, &info, None)
                             .into_iter()
-                            .map(|c| CreatableTopicConfigs::default().with_name(c.name).with_value(c.value).with_read_only(false).with_config_source(c.config_source))
+                            .map(|c| {
+                                CreatableTopicConfigs::default()
+                                    .with_name(c.name)
+                                    .with_value(c.value)
+                                    .with_read_only(false)
+                                    .with_config_source(c.config_source)
+                            })
                             .collect(),
                     );
                 }
@@ -468,12 +615,22 @@ pub async fn create_topics(node: &Node, req: CreateTopicsRequest, version: i16) 
     resp
 }
 
-pub async fn delete_topics(node: &Node, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+pub async fn delete_topics(
+    node: &Node,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
     let mut resp = DeleteTopicsResponse::default();
     let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
-        req.topics.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect()
+        req.topics
+            .into_iter()
+            .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+            .collect()
     } else {
-        req.topic_names.into_iter().map(|n| (Some(n.0.to_string()), Uuid::nil())).collect()
+        req.topic_names
+            .into_iter()
+            .map(|n| (Some(n.0.to_string()), Uuid::nil()))
+            .collect()
     };
     for (name, id) in targets {
         let mut r = DeletableTopicResult::default();
@@ -503,16 +660,23 @@ pub async fn delete_topics(node: &Node, req: DeleteTopicsRequest, version: i16) 
     resp
 }
 
-pub async fn create_partitions(node: &Node, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
+pub async fn create_partitions(
+    node: &Node,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let mut resp = CreatePartitionsResponse::default();
     let timeout = Duration::from_millis(req.timeout_ms.clamp(0, 60_000) as u64);
     for t in req.topics {
         let name = t.name.0.to_string();
         let mut r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
         let result = if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
-            Err((ResponseError::InvalidRequest, "manual replica assignment is not supported".to_string()))
+            Err((
+                ResponseError::InvalidRequest,
+                "manual replica assignment is not supported".to_string(),
+            ))
         } else {
-            node.create_partitions(&name, t.count, req.validate_only).await
+            node.create_partitions(&name, t.count, req.validate_only)
+                .await
         };
         match result {
             Ok(()) => {
@@ -531,7 +695,11 @@ pub async fn create_partitions(node: &Node, req: CreatePartitionsRequest) -> Cre
 }
 
 /// The effective configs of a topic, as DescribeConfigs entries.
-fn describe_topic(node: &Node, t: &TopicInfo, keys: Option<&[StrBytes]>) -> Vec<DescribeConfigsResourceResult> {
+fn describe_topic(
+    node: &Node,
+    t: &TopicInfo,
+    keys: Option<&[StrBytes]>,
+) -> Vec<DescribeConfigsResourceResult> {
     let mut out = Vec::new();
     for &(name, kafka_default, doc) in TOPIC_CONFIGS {
         if keys.is_some_and(|k| !k.iter().any(|x| x.as_str() == name)) {
@@ -561,32 +729,60 @@ fn describe_topic(node: &Node, t: &TopicInfo, keys: Option<&[StrBytes]>) -> Vec<
     out
 }
 
-pub async fn describe_configs(node: &Node, req: DescribeConfigsRequest, version: i16) -> DescribeConfigsResponse {
+pub async fn describe_configs(
+    node: &Node,
+    req: DescribeConfigsRequest,
+    version: i16,
+) -> DescribeConfigsResponse {
     let mut resp = DescribeConfigsResponse::default();
     for r in req.resources {
-        let mut result = DescribeConfigsResult::default().with_resource_type(r.resource_type).with_resource_name(r.resource_name.clone());
+        let mut result = DescribeConfigsResult::default()
+            .with_resource_type(r.resource_type)
+            .with_resource_name(r.resource_name.clone());
         let keys = r.configuration_keys.as_deref();
         match r.resource_type {
             2 => match node.topic(r.resource_name.as_str()) {
                 Some(t) => result.configs = describe_topic(node, &t, keys),
                 None => {
                     result.error_code = ResponseError::UnknownTopicOrPartition.code();
-                    result.error_message = Some(s(format!("topic {:?} does not exist", r.resource_name.as_str())));
+                    result.error_message = Some(s(format!(
+                        "topic {:?} does not exist",
+                        r.resource_name.as_str()
+                    )));
                 }
             },
             4 => {
-                if r.resource_name.as_str() != node.config.node_id.to_string() && !r.resource_name.is_empty() {
+                if r.resource_name.as_str() != node.config.node_id.to_string()
+                    && !r.resource_name.is_empty()
+                {
                     result.error_code = ResponseError::InvalidRequest.code();
-                    result.error_message = Some(s(format!("this is broker {}", node.config.node_id)));
+                    result.error_message =
+                        Some(s(format!("this is broker {}", node.config.node_id)));
                 } else {
                     let c = &node.config;
                     let entries = [
                         ("node.id", c.node_id.to_string(), "This broker's id."),
                         ("broker.id", c.node_id.to_string(), "This broker's id."),
-                        ("auto.create.topics.enable", c.auto_create_topics.to_string(), "Create unknown topics on Metadata and Produce."),
-                        ("num.partitions", c.default_partitions.to_string(), "Partitions of auto-created topics."),
-                        ("socket.request.max.bytes", c.max_request_bytes.to_string(), "Largest request accepted."),
-                        ("max.connections", c.max_connections.to_string(), "Connections accepted at once."),
+                        (
+                            "auto.create.topics.enable",
+                            c.auto_create_topics.to_string(),
+                            "Create unknown topics on Metadata and Produce.",
+                        ),
+                        (
+                            "num.partitions",
+                            c.default_partitions.to_string(),
+                            "Partitions of auto-created topics.",
+                        ),
+                        (
+                            "socket.request.max.bytes",
+                            c.max_request_bytes.to_string(),
+                            "Largest request accepted.",
+                        ),
+                        (
+                            "max.connections",
+                            c.max_connections.to_string(),
+                            "Connections accepted at once.",
+                        ),
                     ];
                     for (name, value, doc) in entries {
                         if keys.is_some_and(|k| !k.iter().any(|x| x.as_str() == name)) {

@@ -77,8 +77,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("floe");
         let requests = Family::<ApiLabel, Counter>::default();
         let errors = Family::<ErrorLabel, Counter>::default();
-        let latency = Family::<ApiLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let storage_latency = Family::<OpLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let latency = Family::<ApiLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let storage_latency = Family::<OpLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let m = Self {
             registry: Registry::default(),
             requests,
@@ -97,26 +101,80 @@ impl Metrics {
             cache_misses: Gauge::default(),
             cache_bytes: Gauge::default(),
         };
-        registry.register("kafka_requests", "Kafka requests handled, by API", m.requests.clone());
-        registry.register("kafka_request_errors", "Kafka error codes returned, by API and error", m.errors.clone());
-        registry.register("kafka_request_duration_seconds", "Kafka request latency, by API", m.latency.clone());
-        registry.register("bytes_in", "Record bytes appended (committed)", m.bytes_in.clone());
-        registry.register("bytes_out", "Record bytes returned by fetches", m.bytes_out.clone());
-        registry.register("storage_op_duration_seconds", "Object store operation latency", m.storage_latency.clone());
-        registry.register("storage_op_errors", "Object store operation failures", m.storage_errors.clone());
-        registry.register("partitions", "Partitions of this broker, by state", m.partitions.clone());
-        registry.register("segments_sealed", "Segments sealed", m.segments_sealed.clone());
-        registry.register("segments_deleted", "Segments deleted by retention", m.segments_deleted.clone());
-        registry.register("connections", "Open client connections", m.connections.clone());
-        registry.register("connections_rejected", "Connections closed at accept (max.connections)", m.connections_rejected.clone());
+        registry.register(
+            "kafka_requests",
+            "Kafka requests handled, by API",
+            m.requests.clone(),
+        );
+        registry.register(
+            "kafka_request_errors",
+            "Kafka error codes returned, by API and error",
+            m.errors.clone(),
+        );
+        registry.register(
+            "kafka_request_duration_seconds",
+            "Kafka request latency, by API",
+            m.latency.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Record bytes appended (committed)",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "Record bytes returned by fetches",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "storage_op_duration_seconds",
+            "Object store operation latency",
+            m.storage_latency.clone(),
+        );
+        registry.register(
+            "storage_op_errors",
+            "Object store operation failures",
+            m.storage_errors.clone(),
+        );
+        registry.register(
+            "partitions",
+            "Partitions of this broker, by state",
+            m.partitions.clone(),
+        );
+        registry.register(
+            "segments_sealed",
+            "Segments sealed",
+            m.segments_sealed.clone(),
+        );
+        registry.register(
+            "segments_deleted",
+            "Segments deleted by retention",
+            m.segments_deleted.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Connections closed at accept (max.connections)",
+            m.connections_rejected.clone(),
+        );
         registry.register("cache_hits", "Read cache hits", m.cache_hits.clone());
         registry.register("cache_misses", "Read cache misses", m.cache_misses.clone());
-        registry.register("cache_bytes", "Bytes held by the read cache", m.cache_bytes.clone());
+        registry.register(
+            "cache_bytes",
+            "Bytes held by the read cache",
+            m.cache_bytes.clone(),
+        );
         Self { registry, ..m }
     }
 
     pub fn request(&self, api: &str, took: Duration) {
-        let l = ApiLabel { api: api.to_string() };
+        let l = ApiLabel {
+            api: api.to_string(),
+        };
         self.requests.get_or_create(&l).inc();
         self.latency.get_or_create(&l).observe(took.as_secs_f64());
     }
@@ -140,14 +198,21 @@ impl Metrics {
 
     pub fn storage_op(&self, op: &str, took: Duration, ok: bool) {
         let l = OpLabel { op: op.to_string() };
-        self.storage_latency.get_or_create(&l).observe(took.as_secs_f64());
+        self.storage_latency
+            .get_or_create(&l)
+            .observe(took.as_secs_f64());
         if !ok {
             self.storage_errors.get_or_create(&l).inc();
         }
     }
 
     /// A partition moved from `old` (None: new) to `new`.
-    pub fn partition_state(&self, _id: PartitionId, old: Option<PartitionState>, new: PartitionState) {
+    pub fn partition_state(
+        &self,
+        _id: PartitionId,
+        old: Option<PartitionState>,
+        new: PartitionState,
+    ) {
         if let Some(old) = old {
             self.partitions
                 .get_or_create(&StateLabel {
@@ -187,7 +252,8 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
         out
     }
 }

@@ -62,9 +62,15 @@ pub fn valid_topic_name(name: &str) -> Result<(), String> {
         return Err(format!("topic name {name:?} is not allowed"));
     }
     if name.len() > 249 {
-        return Err(format!("topic name is {} characters, the limit is 249", name.len()));
+        return Err(format!(
+            "topic name is {} characters, the limit is 249",
+            name.len()
+        ));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-')) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-'))
+    {
         return Err(format!("topic name {name:?} contains {c:?}; only ASCII alphanumerics, '.', '_' and '-' are allowed"));
     }
     Ok(())
@@ -101,11 +107,18 @@ impl Node {
         };
         let register = Txn::new()
             .when(Condition::Missing(keys::broker(config.node_id)))
-            .then(Op::put_with_lease(keys::broker(config.node_id), record.encode_to_vec(), lease));
+            .then(Op::put_with_lease(
+                keys::broker(config.node_id),
+                record.encode_to_vec(),
+                lease,
+            ));
         let session = match meta.txn(register).await? {
             TxnOutcome::Committed { revision } => revision,
             TxnOutcome::Mismatch => {
-                return Err(MetaError::Invalid(format!("broker id {} is already registered by a live broker", config.node_id)));
+                return Err(MetaError::Invalid(format!(
+                    "broker id {} is already registered by a live broker",
+                    config.node_id
+                )));
             }
         };
         let ctx = PartitionContext {
@@ -152,8 +165,14 @@ impl Node {
             }
         }
         let node = self.clone();
-        let mut topic_watch = self.meta.watch_prefix(&keys::topics_prefix(), Some(rev + 1)).await?;
-        let mut part_watch = self.meta.watch_prefix(&keys::partitions_prefix(), Some(rev + 1)).await?;
+        let mut topic_watch = self
+            .meta
+            .watch_prefix(&keys::topics_prefix(), Some(rev + 1))
+            .await?;
+        let mut part_watch = self
+            .meta
+            .watch_prefix(&keys::partitions_prefix(), Some(rev + 1))
+            .await?;
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -189,12 +208,15 @@ impl Node {
             tracing::error!("undecodable topic record");
             return;
         };
-        let Ok(id) = Uuid::from_slice(&t.id) else { return };
+        let Ok(id) = Uuid::from_slice(&t.id) else {
+            return;
+        };
         let config = match TopicConfig::resolve(&self.config.topic_defaults, &t.configs) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(topic = %t.name, error = %e, "topic has an invalid config; using defaults");
-                TopicConfig::resolve(&self.config.topic_defaults, &BTreeMap::new()).expect("defaults are valid")
+                TopicConfig::resolve(&self.config.topic_defaults, &BTreeMap::new())
+                    .expect("defaults are valid")
             }
         };
         let info = TopicInfo {
@@ -209,7 +231,14 @@ impl Node {
             c.by_id.insert(id, t.name.clone());
             c.by_name.insert(t.name, info);
         }
-        let handles: Vec<_> = self.partitions.read().unwrap().values().filter(|h| h.id.topic_id == id).cloned().collect();
+        let handles: Vec<_> = self
+            .partitions
+            .read()
+            .unwrap()
+            .values()
+            .filter(|h| h.id.topic_id == id)
+            .cloned()
+            .collect();
         for h in handles {
             let c = config.clone();
             tokio::spawn(async move { h.update_config(c).await });
@@ -217,7 +246,12 @@ impl Node {
     }
 
     fn forget_topic(&self, key: &[u8]) {
-        let Some(name) = std::str::from_utf8(key).ok().and_then(|k| k.strip_prefix("/floe/topics/")) else { return };
+        let Some(name) = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| k.strip_prefix("/floe/topics/"))
+        else {
+            return;
+        };
         let mut c = self.catalog.write().unwrap();
         if let Some(t) = c.by_name.remove(name) {
             c.by_id.remove(&t.id);
@@ -251,7 +285,15 @@ impl Node {
             let running = self.partitions.read().unwrap().get(&p).cloned();
             match (wanted, running) {
                 (None, None) => return,
-                (Some(e), Some(h)) if h.epoch == e && !matches!(h.state(), PartitionState::Failed | PartitionState::Released) => return,
+                (Some(e), Some(h))
+                    if h.epoch == e
+                        && !matches!(
+                            h.state(),
+                            PartitionState::Failed | PartitionState::Released
+                        ) =>
+                {
+                    return
+                }
                 (_, Some(h)) => {
                     h.release().await;
                     let removed = {
@@ -298,7 +340,14 @@ impl Node {
     }
 
     pub fn topics(&self) -> Vec<TopicInfo> {
-        let mut v: Vec<_> = self.catalog.read().unwrap().by_name.values().cloned().collect();
+        let mut v: Vec<_> = self
+            .catalog
+            .read()
+            .unwrap()
+            .by_name
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -314,14 +363,27 @@ impl Node {
     }
 
     /// Create a topic record (the controller assigns its partitions).
-    pub async fn create_topic(&self, name: &str, partitions: i32, overrides: BTreeMap<String, String>, validate_only: bool) -> Result<TopicInfo, (ResponseError, String)> {
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<TopicInfo, (ResponseError, String)> {
         valid_topic_name(name).map_err(|m| (ResponseError::InvalidTopicException, m))?;
         if partitions <= 0 || partitions > 100_000 {
-            return Err((ResponseError::InvalidPartitions, format!("{partitions} partitions: must be between 1 and 100000")));
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!("{partitions} partitions: must be between 1 and 100000"),
+            ));
         }
-        let config = TopicConfig::resolve(&self.config.topic_defaults, &overrides).map_err(|e| (ResponseError::InvalidConfig, e.to_string()))?;
+        let config = TopicConfig::resolve(&self.config.topic_defaults, &overrides)
+            .map_err(|e| (ResponseError::InvalidConfig, e.to_string()))?;
         if self.topic(name).is_some() {
-            return Err((ResponseError::TopicAlreadyExists, format!("topic {name:?} already exists")));
+            return Err((
+                ResponseError::TopicAlreadyExists,
+                format!("topic {name:?} already exists"),
+            ));
         }
         let id = Uuid::new_v4();
         let info = TopicInfo {
@@ -351,36 +413,76 @@ impl Node {
                 tracing::info!(topic = name, partitions, "created topic");
                 Ok(info)
             }
-            Ok(TxnOutcome::Mismatch) => Err((ResponseError::TopicAlreadyExists, format!("topic {name:?} already exists"))),
+            Ok(TxnOutcome::Mismatch) => Err((
+                ResponseError::TopicAlreadyExists,
+                format!("topic {name:?} already exists"),
+            )),
             Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
         }
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<Uuid, (ResponseError, String)> {
         let Some(t) = self.topic(name) else {
-            return Err((ResponseError::UnknownTopicOrPartition, format!("topic {name:?} does not exist")));
+            return Err((
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {name:?} does not exist"),
+            ));
         };
-        match self.meta.txn(Txn::new().when(Condition::Exists(keys::topic(name))).then(Op::delete(keys::topic(name)))).await {
+        match self
+            .meta
+            .txn(
+                Txn::new()
+                    .when(Condition::Exists(keys::topic(name)))
+                    .then(Op::delete(keys::topic(name))),
+            )
+            .await
+        {
             Ok(TxnOutcome::Committed { .. }) => {
                 self.forget_topic(&keys::topic(name));
                 tracing::info!(topic = name, "deleted topic");
                 Ok(t.id)
             }
-            Ok(TxnOutcome::Mismatch) => Err((ResponseError::UnknownTopicOrPartition, format!("topic {name:?} does not exist"))),
+            Ok(TxnOutcome::Mismatch) => Err((
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {name:?} does not exist"),
+            )),
             Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
         }
     }
 
-    pub async fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), (ResponseError, String)> {
-        let Some(kv) = self.meta.get(&keys::topic(name)).await.map_err(|e| (ResponseError::UnknownServerError, e.to_string()))? else {
-            return Err((ResponseError::UnknownTopicOrPartition, format!("topic {name:?} does not exist")));
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), (ResponseError, String)> {
+        let Some(kv) = self
+            .meta
+            .get(&keys::topic(name))
+            .await
+            .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?
+        else {
+            return Err((
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {name:?} does not exist"),
+            ));
         };
-        let mut t = TopicRecord::decode(kv.value.clone()).map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?;
+        let mut t = TopicRecord::decode(kv.value.clone())
+            .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?;
         if count <= t.partitions {
-            return Err((ResponseError::InvalidPartitions, format!("topic {name:?} has {} partitions; the new count {count} must be larger", t.partitions)));
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!(
+                    "topic {name:?} has {} partitions; the new count {count} must be larger",
+                    t.partitions
+                ),
+            ));
         }
         if count > 100_000 {
-            return Err((ResponseError::InvalidPartitions, format!("{count} partitions is over the limit of 100000")));
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!("{count} partitions is over the limit of 100000"),
+            ));
         }
         if validate_only {
             return Ok(());
@@ -394,7 +496,10 @@ impl Node {
                 self.apply_topic(Some(Bytes::from(t.encode_to_vec())));
                 Ok(())
             }
-            Ok(TxnOutcome::Mismatch) => Err((ResponseError::ConcurrentTransactions, "topic changed concurrently; retry".into())),
+            Ok(TxnOutcome::Mismatch) => Err((
+                ResponseError::ConcurrentTransactions,
+                "topic changed concurrently; retry".into(),
+            )),
             Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
         }
     }
@@ -424,12 +529,37 @@ impl Node {
         tracing::info!(partitions = handles.len(), "released all partitions");
     }
 
+    /// (partitions writing here, partitions of all topics): this broker is
+    /// ready when they are equal (a standalone broker owns every partition).
+    pub fn readiness(&self) -> (usize, usize) {
+        let total: usize = self
+            .topics()
+            .iter()
+            .map(|t| t.partitions.max(0) as usize)
+            .sum();
+        let writing = self
+            .partitions
+            .read()
+            .unwrap()
+            .values()
+            .filter(|h| {
+                h.state() == PartitionState::Writing && self.topic_by_id(h.id.topic_id).is_some()
+            })
+            .count();
+        (writing, total)
+    }
+
     pub fn partition_handles(&self) -> Vec<PartitionHandle> {
         self.partitions.read().unwrap().values().cloned().collect()
     }
 }
 
-async fn keep_alive(meta: Arc<dyn MetadataStore>, guard: Arc<LeaseGuard>, ttl: Duration, shutdown: CancellationToken) {
+async fn keep_alive(
+    meta: Arc<dyn MetadataStore>,
+    guard: Arc<LeaseGuard>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(ttl / 4);
     loop {
         tokio::select! {
@@ -439,7 +569,9 @@ async fn keep_alive(meta: Arc<dyn MetadataStore>, guard: Arc<LeaseGuard>, ttl: D
         let sent = Instant::now();
         match meta.keep_alive(guard.lease).await {
             Ok(ttl) => guard.renewed(sent, ttl),
-            Err(e) => tracing::error!(error = %e, "lease keep-alive failed; this broker stops acking when the lease may lapse"),
+            Err(e) => {
+                tracing::error!(error = %e, "lease keep-alive failed; this broker stops acking when the lease may lapse")
+            }
         }
     }
 }

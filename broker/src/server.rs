@@ -71,7 +71,11 @@ enum Close {
     Write(std::io::Error),
 }
 
-async fn connection(stream: TcpStream, node: Arc<Node>, shutdown: CancellationToken) -> Result<(), Close> {
+async fn connection(
+    stream: TcpStream,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+) -> Result<(), Close> {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Pending>(node.config.max_inflight_per_connection.max(1));
@@ -115,11 +119,19 @@ async fn connection(stream: TcpStream, node: Arc<Node>, shutdown: CancellationTo
     }
 }
 
-fn respond<R: Encodable + Send + 'static>(api: ApiKey, version: i16, correlation_id: i32, body: R) -> Option<Bytes> {
+fn respond<R: Encodable + Send + 'static>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: R,
+) -> Option<Bytes> {
     let mut buf = BytesMut::with_capacity(256);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    if let Err(e) = header.encode(&mut buf, api.response_header_version(version)).and_then(|_| body.encode(&mut buf, version)) {
+    if let Err(e) = header
+        .encode(&mut buf, api.response_header_version(version))
+        .and_then(|_| body.encode(&mut buf, version))
+    {
         tracing::error!(?api, version, error = %e, "encoding a response failed");
         return None;
     }
@@ -134,7 +146,11 @@ fn ready(b: Option<Bytes>) -> Pending {
 
 async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> {
     if frame.len() < 8 {
-        return Err(Close::Malformed(ApiKey::ApiVersions, -1, format!("{}-byte frame", frame.len())));
+        return Err(Close::Malformed(
+            ApiKey::ApiVersions,
+            -1,
+            format!("{}-byte frame", frame.len()),
+        ));
     }
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
@@ -145,12 +161,18 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
         if api == ApiKey::ApiVersions {
             // Answer with v0 and the supported ranges so the client can retry.
             node.metrics.error("ApiVersions", "UnsupportedVersion");
-            return Ok(ready(respond(api, 0, correlation_id, handlers::api_versions(0, true))));
+            return Ok(ready(respond(
+                api,
+                0,
+                correlation_id,
+                handlers::api_versions(0, true),
+            )));
         }
         return Err(Close::UnsupportedVersion(api, version));
     }
     let malformed = |e: anyhow_like::Error| Close::Malformed(api, version, e.to_string());
-    let _header = RequestHeader::decode(&mut frame, api.request_header_version(version)).map_err(|e| malformed(e.into()))?;
+    let _header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+        .map_err(|e| malformed(e.into()))?;
     let request = RequestKind::decode(api, &mut frame, version).map_err(|e| malformed(e.into()))?;
     let name = api_name(api);
     let metrics = node.metrics.clone();
@@ -159,14 +181,26 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
         b
     };
     let out: Pending = match request {
-        RequestKind::ApiVersions(_) => ready(done(respond(api, version, correlation_id, handlers::api_versions(version, false)))),
+        RequestKind::ApiVersions(_) => ready(done(respond(
+            api,
+            version,
+            correlation_id,
+            handlers::api_versions(version, false),
+        ))),
         RequestKind::Metadata(r) => {
             let resp = handlers::metadata(node, r, version).await;
             ready(done(respond(api, version, correlation_id, resp)))
         }
         RequestKind::Produce(r) => {
             let pending = handlers::produce(node.clone(), r, version).await;
-            async move { done(pending.await.and_then(|resp| respond(api, version, correlation_id, resp))) }.boxed()
+            async move {
+                done(
+                    pending
+                        .await
+                        .and_then(|resp| respond(api, version, correlation_id, resp)),
+                )
+            }
+            .boxed()
         }
         RequestKind::Fetch(r) => {
             let node = node.clone();
@@ -200,7 +234,12 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
             let resp = handlers::describe_configs(node, r, version).await;
             ready(done(respond(api, version, correlation_id, resp)))
         }
-        RequestKind::DescribeCluster(_) => ready(done(respond(api, version, correlation_id, handlers::describe_cluster(node, version)))),
+        RequestKind::DescribeCluster(_) => ready(done(respond(
+            api,
+            version,
+            correlation_id,
+            handlers::describe_cluster(node, version),
+        ))),
         _ => return Err(Close::UnsupportedVersion(api, version)),
     };
     Ok(out)

@@ -32,7 +32,11 @@ pub struct Change {
 /// current session. A partition keeps its broker while that broker lives;
 /// otherwise it goes to the live broker with the fewest partitions. Each
 /// change bumps the epoch.
-pub fn plan(partitions: &[PartitionId], current: &HashMap<PartitionId, Current>, live: &[LiveBroker]) -> Vec<Change> {
+pub fn plan(
+    partitions: &[PartitionId],
+    current: &HashMap<PartitionId, Current>,
+    live: &[LiveBroker],
+) -> Vec<Change> {
     if live.is_empty() {
         return Vec::new();
     }
@@ -79,7 +83,10 @@ mod tests {
 
     #[test]
     fn new_partitions_spread_and_start_at_epoch_zero() {
-        let live = [LiveBroker { id: 1, session: 10 }, LiveBroker { id: 2, session: 20 }];
+        let live = [
+            LiveBroker { id: 1, session: 10 },
+            LiveBroker { id: 2, session: 20 },
+        ];
         let parts: Vec<_> = (0..4).map(p).collect();
         let changes = plan(&parts, &HashMap::new(), &live);
         assert_eq!(changes.len(), 4);
@@ -91,13 +98,40 @@ mod tests {
     fn restarted_broker_keeps_partition_with_new_epoch_and_dead_broker_loses_it() {
         let live = [LiveBroker { id: 1, session: 11 }];
         let mut cur = HashMap::new();
-        cur.insert(p(0), Current { broker: 1, epoch: 3, session: 10, revision: 5 });
-        cur.insert(p(1), Current { broker: 9, epoch: 7, session: 1, revision: 6 });
-        cur.insert(p(2), Current { broker: 1, epoch: 2, session: 11, revision: 7 });
+        cur.insert(
+            p(0),
+            Current {
+                broker: 1,
+                epoch: 3,
+                session: 10,
+                revision: 5,
+            },
+        );
+        cur.insert(
+            p(1),
+            Current {
+                broker: 9,
+                epoch: 7,
+                session: 1,
+                revision: 6,
+            },
+        );
+        cur.insert(
+            p(2),
+            Current {
+                broker: 1,
+                epoch: 2,
+                session: 11,
+                revision: 7,
+            },
+        );
         let mut changes = plan(&[p(0), p(1), p(2)], &cur, &live);
         changes.sort_by_key(|c| c.partition.partition);
         assert_eq!(changes.len(), 2, "an up-to-date assignment is left alone");
-        assert_eq!((changes[0].broker, changes[0].epoch, changes[0].session), (1, 4, 11));
+        assert_eq!(
+            (changes[0].broker, changes[0].epoch, changes[0].session),
+            (1, 4, 11)
+        );
         assert_eq!((changes[1].broker, changes[1].epoch), (1, 8));
     }
 }

@@ -43,8 +43,14 @@ impl Controller {
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<(), MetaError> {
         loop {
             let (_, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
-            let mut topics = self.meta.watch_prefix(&keys::topics_prefix(), Some(rev + 1)).await?;
-            let mut brokers = self.meta.watch_prefix(&keys::brokers_prefix(), Some(rev + 1)).await?;
+            let mut topics = self
+                .meta
+                .watch_prefix(&keys::topics_prefix(), Some(rev + 1))
+                .await?;
+            let mut brokers = self
+                .meta
+                .watch_prefix(&keys::brokers_prefix(), Some(rev + 1))
+                .await?;
             if let Err(e) = self.reconcile().await {
                 tracing::warn!(error = %e, "reconcile failed; retrying");
             }
@@ -73,7 +79,8 @@ impl Controller {
         let (partition_kvs, _) = self.meta.range(&keys::partitions_prefix()).await?;
         let mut live = Vec::new();
         for kv in broker_kvs {
-            let r = BrokerRecord::decode(kv.value).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+            let r =
+                BrokerRecord::decode(kv.value).map_err(|e| MetaError::Corrupt(e.to_string()))?;
             live.push(LiveBroker {
                 id: r.broker_id,
                 session: kv.create_revision,
@@ -83,7 +90,9 @@ impl Controller {
         let mut partitions = Vec::new();
         for kv in topic_kvs {
             let t = TopicRecord::decode(kv.value).map_err(|e| MetaError::Corrupt(e.to_string()))?;
-            let Ok(id) = Uuid::from_slice(&t.id) else { continue };
+            let Ok(id) = Uuid::from_slice(&t.id) else {
+                continue;
+            };
             topic_ids.insert(id);
             partitions.extend((0..t.partitions).map(|p| PartitionId::new(id, p)));
         }
@@ -91,7 +100,8 @@ impl Controller {
         let mut orphan_topics = std::collections::HashSet::new();
         for kv in &partition_kvs {
             if let Some(p) = keys::parse_assignment(&kv.key) {
-                let a = AssignmentRecord::decode(kv.value.clone()).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+                let a = AssignmentRecord::decode(kv.value.clone())
+                    .map_err(|e| MetaError::Corrupt(e.to_string()))?;
                 current.insert(
                     p,
                     Current {
@@ -118,7 +128,9 @@ impl Controller {
                 Some(c) => Condition::ModRevision(key.clone(), c.revision),
                 None => Condition::Missing(key.clone()),
             };
-            let txn = Txn::new().when(cond).then(Op::put(key, record.encode_to_vec()));
+            let txn = Txn::new()
+                .when(cond)
+                .then(Op::put(key, record.encode_to_vec()));
             if self.meta.txn(txn).await?.committed() {
                 tracing::info!(partition = %change.partition, broker = change.broker, epoch = change.epoch, "assigned");
             }
@@ -158,7 +170,8 @@ impl Controller {
 /// Ensure the cluster id exists and return it.
 pub async fn ensure_cluster_id(meta: &dyn MetadataStore, now_ms: i64) -> Result<String, MetaError> {
     if let Some(kv) = meta.get(&keys::cluster()).await? {
-        let r = floe_meta::schema::ClusterRecord::decode(kv.value).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        let r = floe_meta::schema::ClusterRecord::decode(kv.value)
+            .map_err(|e| MetaError::Corrupt(e.to_string()))?;
         return Ok(r.cluster_id);
     }
     let id = base64_id(Uuid::new_v4());
@@ -171,7 +184,10 @@ pub async fn ensure_cluster_id(meta: &dyn MetadataStore, now_ms: i64) -> Result<
         .when(Condition::Missing(keys::cluster()))
         .then(Op::put(keys::cluster(), Bytes::from(r.encode_to_vec())));
     meta.txn(txn).await?;
-    let kv = meta.get(&keys::cluster()).await?.ok_or_else(|| MetaError::Corrupt("cluster id vanished".into()))?;
+    let kv = meta
+        .get(&keys::cluster())
+        .await?
+        .ok_or_else(|| MetaError::Corrupt("cluster id vanished".into()))?;
     Ok(floe_meta::schema::ClusterRecord::decode(kv.value)
         .map_err(|e| MetaError::Corrupt(e.to_string()))?
         .cluster_id)
@@ -181,5 +197,7 @@ pub async fn ensure_cluster_id(meta: &dyn MetadataStore, now_ms: i64) -> Result<
 fn base64_id(id: Uuid) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let v = id.as_u128();
-    (0..22).map(|i| A[((v >> (i * 6)) & 63) as usize] as char).collect()
+    (0..22)
+        .map(|i| A[((v >> (i * 6)) & 63) as usize] as char)
+        .collect()
 }

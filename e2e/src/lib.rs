@@ -20,12 +20,19 @@ pub fn floe_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
     dir.join("floe")
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One `floe standalone` process.
@@ -74,7 +81,10 @@ impl Standalone {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let mut cmd = Command::new(floe_bin());
         cmd.arg("standalone")
             .arg("--listen")
@@ -90,15 +100,23 @@ impl Standalone {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
-        let child = cmd.spawn().with_context(|| format!("spawning {}", floe_bin().display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", floe_bin().display()))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if TcpStream::connect(self.bootstrap()).is_ok() && http_get(self.http_port, "/healthz").is_ok() {
+            // Ready: listening, and every partition recovered and writing.
+            if TcpStream::connect(self.bootstrap()).is_ok()
+                && http_get(self.http_port, "/readyz").is_ok()
+            {
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
-                bail!("floe exited with {status} during start-up; log:\n{}", self.log_text());
+                bail!(
+                    "floe exited with {status} during start-up; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -110,8 +128,13 @@ impl Standalone {
     }
 
     fn signal(&mut self, sig: &str) -> Result<()> {
-        let Some(child) = self.child.as_mut() else { return Ok(()) };
-        let status = Command::new("kill").arg(sig).arg(child.id().to_string()).status()?;
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status()?;
         if !status.success() {
             bail!("kill {sig} failed");
         }
@@ -141,6 +164,18 @@ impl Standalone {
             self.terminate()?;
         }
         self.spawn()
+    }
+
+    /// Wait (up to 10 s) for `text` to appear in the process log.
+    pub fn wait_log(&self, text: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log_text().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     pub fn metrics(&self) -> Result<String> {
@@ -174,7 +209,10 @@ impl Drop for Standalone {
 pub fn http_get(port: u16, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
@@ -189,7 +227,9 @@ pub fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -212,7 +252,10 @@ impl RawClient {
     pub fn connect(addr: &str) -> Result<Self> {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-        Ok(Self { stream, correlation: 0 })
+        Ok(Self {
+            stream,
+            correlation: 0,
+        })
     }
 
     /// Send raw bytes as they are.
@@ -223,9 +266,12 @@ impl RawClient {
 
     /// True if the server closed the connection (EOF or reset) within 5 s.
     pub fn closed_by_server(&mut self) -> bool {
-        self.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let mut buf = [0u8; 1];
-        matches!(self.stream.read(&mut buf), Ok(0) | Err(_)) && !matches!(self.stream.read(&mut buf), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        matches!(self.stream.read(&mut buf), Ok(0) | Err(_))
+            && !matches!(self.stream.read(&mut buf), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// Encode and send a request; return the response body bytes.
@@ -250,12 +296,21 @@ impl RawClient {
         let mut resp = Bytes::from(resp);
         let h = ResponseHeader::decode(&mut resp, api.response_header_version(version))?;
         if h.correlation_id != self.correlation {
-            bail!("correlation id {} != {}", h.correlation_id, self.correlation);
+            bail!(
+                "correlation id {} != {}",
+                h.correlation_id,
+                self.correlation
+            );
         }
         Ok(resp)
     }
 
-    pub fn call<Req: Encodable, Resp: Decodable>(&mut self, api: ApiKey, version: i16, body: &Req) -> Result<Resp> {
+    pub fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Result<Resp> {
         let mut b = self.request(api, version, body)?;
         let r = Resp::decode(&mut b, version)?;
         if b.has_remaining() {

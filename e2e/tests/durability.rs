@@ -14,12 +14,20 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> HashMap<i32, Vec<(i64, Vec<u8>)>> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "unused").set("enable.auto.commit", "false").create().unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "unused")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     let mut ends = HashMap::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-        let (_, hi) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+        let (_, hi) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
         ends.insert(p, hi);
     }
     c.assign(&tpl).unwrap();
@@ -29,7 +37,9 @@ fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> HashMap<i32, Vec<(
     while (got.values().map(Vec::len).sum::<usize>() as i64) < total && Instant::now() < deadline {
         if let Some(m) = c.poll(Duration::from_millis(200)) {
             let m = m.unwrap();
-            got.entry(m.partition()).or_default().push((m.offset(), m.payload().unwrap_or_default().to_vec()));
+            got.entry(m.partition())
+                .or_default()
+                .push((m.offset(), m.payload().unwrap_or_default().to_vec()));
         }
     }
     got
@@ -49,9 +59,16 @@ async fn kill9_during_acks_all_stream_loses_no_acked_record() {
         .unwrap();
     // Auto-create with the default single partition; make a second topic
     // with more partitions through the admin API.
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .create()
+            .unwrap();
     let t = rdkafka::admin::NewTopic::new("dur", 3, rdkafka::admin::TopicReplication::Fixed(1));
-    admin.create_topics([&t], &rdkafka::admin::AdminOptions::new()).await.unwrap();
+    admin
+        .create_topics([&t], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
 
     let acked = Arc::new(AtomicUsize::new(0));
     let stream = {
@@ -64,7 +81,9 @@ async fn kill9_during_acks_all_stream_loses_no_acked_record() {
                 for j in 0..50 {
                     let i = batch * 50 + j;
                     let payload = format!("m{i}");
-                    let rec = FutureRecord::<[u8], [u8]>::to("dur").partition(i % 3).payload(payload.as_bytes());
+                    let rec = FutureRecord::<[u8], [u8]>::to("dur")
+                        .partition(i % 3)
+                        .payload(payload.as_bytes());
                     match producer.send_result(rec) {
                         Ok(f) => futs.push((payload, f)),
                         Err(_) => break,
@@ -93,7 +112,10 @@ async fn kill9_during_acks_all_stream_loses_no_acked_record() {
     }
     s.kill9().unwrap();
     let acked_records = stream.await.unwrap();
-    assert!(acked_records.len() >= 3000, "the stream ran before the kill");
+    assert!(
+        acked_records.len() >= 3000,
+        "the stream ran before the kill"
+    );
 
     s.restart().unwrap();
     let log = read_all(&b, "dur", 3);
@@ -101,19 +123,38 @@ async fn kill9_during_acks_all_stream_loses_no_acked_record() {
     for (p, entries) in &log {
         for (i, (off, payload)) in entries.iter().enumerate() {
             assert_eq!(*off, i as i64, "partition {p}: offsets dense from 0");
-            assert!(seen.insert(payload.clone()), "partition {p}: {} appears twice", String::from_utf8_lossy(payload));
+            assert!(
+                seen.insert(payload.clone()),
+                "partition {p}: {} appears twice",
+                String::from_utf8_lossy(payload)
+            );
         }
     }
     for (p, off, payload) in &acked_records {
         let entry = log.get(p).and_then(|e| e.get(*off as usize));
-        assert_eq!(entry.map(|(_, v)| v.as_slice()), Some(payload.as_bytes()), "acked {payload} at {p}/{off} is present after kill -9");
+        assert_eq!(
+            entry.map(|(_, v)| v.as_slice()),
+            Some(payload.as_bytes()),
+            "acked {payload} at {p}/{off} is present after kill -9"
+        );
     }
-    assert!(s.log_text().contains("recovered after an unclean end"), "the restart took the recovery path");
+    assert!(
+        s.log_text().contains("recovered after an unclean end"),
+        "the restart took the recovery path"
+    );
 
-    // Producing continues after recovery.
+    // Producing continues after recovery (a new client: the old one is in
+    // its reconnect back-off).
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("acks", "all")
+        .create()
+        .unwrap();
     let before: usize = log.values().map(Vec::len).sum();
     for i in 0..30 {
-        let rec = FutureRecord::<[u8], [u8]>::to("dur").partition(i % 3).payload(b"after");
+        let rec = FutureRecord::<[u8], [u8]>::to("dur")
+            .partition(i % 3)
+            .payload(b"after");
         producer.send(rec, Duration::from_secs(10)).await.unwrap();
     }
     let after = read_all(&b, "dur", 3);
@@ -124,15 +165,31 @@ async fn kill9_during_acks_all_stream_loses_no_acked_record() {
 async fn clean_restart_takes_the_fast_path_and_keeps_everything() {
     let mut s = Standalone::start().unwrap();
     let b = s.bootstrap();
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &b).set("acks", "all").create().unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("acks", "all")
+        .create()
+        .unwrap();
     for i in 0..100 {
         let p = format!("r{i}");
-        producer.send(FutureRecord::<[u8], [u8]>::to("clean").payload(p.as_bytes()), Duration::from_secs(10)).await.unwrap();
+        producer
+            .send(
+                FutureRecord::<[u8], [u8]>::to("clean").payload(p.as_bytes()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
     }
     s.restart().unwrap();
     let log = read_all(&b, "clean", 1);
-    let values: Vec<String> = log[&0].iter().map(|(_, v)| String::from_utf8(v.clone()).unwrap()).collect();
-    assert_eq!(values, (0..100).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    let values: Vec<String> = log[&0]
+        .iter()
+        .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        (0..100).map(|i| format!("r{i}")).collect::<Vec<_>>()
+    );
     assert!(s.log_text().contains("clean release (fast path)"));
     assert!(!s.log_text().contains("recovered after an unclean end"));
 }

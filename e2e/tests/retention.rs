@@ -14,25 +14,43 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 async fn create(b: &str, name: &str, configs: &[(&str, &str)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", b).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", b)
+        .create()
+        .unwrap();
     let mut t = NewTopic::new(name, 1, TopicReplication::Fixed(1));
     for (k, v) in configs {
         t = t.set(k, v);
     }
-    let r = admin.create_topics([&t], &AdminOptions::new()).await.unwrap();
+    let r = admin
+        .create_topics([&t], &AdminOptions::new())
+        .await
+        .unwrap();
     assert!(r[0].is_ok(), "{:?}", r[0]);
 }
 
 fn watermarks(b: &str, topic: &str) -> (i64, i64) {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", b).set("group.id", "unused").create().unwrap();
-    c.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap()
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b)
+        .set("group.id", "unused")
+        .create()
+        .unwrap();
+    c.fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap()
 }
 
 fn fetch_error(b: &str, topic: &str, offset: i64) -> i16 {
     let mut raw = RawClient::connect(b).unwrap();
-    let req = FetchRequest::default().with_max_wait_ms(0).with_min_bytes(1).with_max_bytes(1 << 20).with_topics(vec![FetchTopic::default()
-        .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-        .with_partitions(vec![FetchPartition::default().with_partition(0).with_fetch_offset(offset).with_partition_max_bytes(1 << 20)])]);
+    let req = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])]);
     let resp: FetchResponse = raw.call(ApiKey::Fetch, 11, &req).unwrap();
     resp.responses[0].partitions[0].error_code
 }
@@ -47,23 +65,60 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_rolls_and_byte_retention_delete_old_segments() {
-    let mut s = Standalone::start_with_config("[broker]\nretention_check_interval_ms = 200\nchunk_linger_ms = 1\n").unwrap();
+    let mut s = Standalone::start_with_config(
+        "[broker]\nretention_check_interval_ms = 200\nchunk_linger_ms = 1\n",
+    )
+    .unwrap();
     let b = s.bootstrap();
-    create(&b, "sized", &[("segment.bytes", "20000"), ("retention.bytes", "60000")]).await;
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &b).set("acks", "all").set("linger.ms", "0").create().unwrap();
+    create(
+        &b,
+        "sized",
+        &[("segment.bytes", "20000"), ("retention.bytes", "60000")],
+    )
+    .await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
     let value = vec![b'v'; 1000];
     for _ in 0..300 {
-        producer.send(FutureRecord::<[u8], [u8]>::to("sized").payload(&value), Duration::from_secs(10)).await.unwrap();
+        producer
+            .send(
+                FutureRecord::<[u8], [u8]>::to("sized").payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
     }
     // ~300 KB in 20 KB segments: many rolls; retention keeps about 60 KB.
-    wait_until("retention to delete old segments", Duration::from_secs(20), || watermarks(&b, "sized").0 > 0);
-    wait_until("segment objects to be deleted", Duration::from_secs(20), || files_with_suffix(&s.objects_dir(), ".seg").len() <= 5);
+    wait_until(
+        "retention to delete old segments",
+        Duration::from_secs(20),
+        || watermarks(&b, "sized").0 > 0,
+    );
+    wait_until(
+        "segment objects to be deleted",
+        Duration::from_secs(20),
+        || files_with_suffix(&s.objects_dir(), ".seg").len() <= 5,
+    );
     let (lo, hi) = watermarks(&b, "sized");
     assert_eq!(hi, 300);
-    assert!(lo >= 200, "log start {lo}: about 60 KB of 1 KB records remain");
-    assert!(s.metric("floe_segments_sealed_total").unwrap() >= 10.0, "size bound rolled segments");
+    assert!(
+        lo >= 200,
+        "log start {lo}: about 60 KB of 1 KB records remain"
+    );
+    assert!(
+        s.metric("floe_segments_sealed_total").unwrap() >= 10.0,
+        "size bound rolled segments"
+    );
     assert!(s.metric("floe_segments_deleted_total").unwrap() >= 5.0);
-    assert_eq!(fetch_error(&b, "sized", 0), 1, "OFFSET_OUT_OF_RANGE below the log start");
+    assert_eq!(
+        fetch_error(&b, "sized", 0),
+        1,
+        "OFFSET_OUT_OF_RANGE below the log start"
+    );
     assert_eq!(fetch_error(&b, "sized", lo), 0);
     // The deletion is in the metadata too: a restart does not bring it back.
     s.restart().unwrap();
@@ -75,19 +130,54 @@ async fn size_rolls_and_byte_retention_delete_old_segments() {
 async fn time_rolls_and_time_retention() {
     let s = Standalone::start_with_config("[broker]\nretention_check_interval_ms = 200\n").unwrap();
     let b = s.bootstrap();
-    create(&b, "timed", &[("segment.ms", "500"), ("retention.ms", "60000")]).await;
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &b).set("acks", "all").create().unwrap();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    create(
+        &b,
+        "timed",
+        &[("segment.ms", "500"), ("retention.ms", "60000")],
+    )
+    .await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     // Five records an hour old, then five fresh ones once the first segment rolled.
     for _ in 0..5 {
-        producer.send(FutureRecord::<[u8], [u8]>::to("timed").payload(b"old").timestamp(now - 3_600_000), Duration::from_secs(10)).await.unwrap();
+        producer
+            .send(
+                FutureRecord::<[u8], [u8]>::to("timed")
+                    .payload(b"old")
+                    .timestamp(now - 3_600_000),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
     }
-    wait_until("the old records' segment to roll by time and expire", Duration::from_secs(20), || watermarks(&b, "timed").0 == 5);
+    wait_until(
+        "the old records' segment to roll by time and expire",
+        Duration::from_secs(20),
+        || watermarks(&b, "timed").0 == 5,
+    );
     for _ in 0..5 {
-        producer.send(FutureRecord::<[u8], [u8]>::to("timed").payload(b"new").timestamp(now), Duration::from_secs(10)).await.unwrap();
+        producer
+            .send(
+                FutureRecord::<[u8], [u8]>::to("timed")
+                    .payload(b"new")
+                    .timestamp(now),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
     }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(watermarks(&b, "timed"), (5, 10), "fresh records are kept");
-    assert!(s.metric("floe_segments_sealed_total").unwrap() >= 2.0, "segment.ms rolled the open segment");
+    assert!(
+        s.metric("floe_segments_sealed_total").unwrap() >= 2.0,
+        "segment.ms rolled the open segment"
+    );
     assert_eq!(fetch_error(&b, "timed", 2), 1);
 }

@@ -15,7 +15,11 @@ use floe_storage::{StoragePool, StorageTarget};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "floe", version, about = "Floe: a Kafka-compatible broker on shared storage")]
+#[command(
+    name = "floe",
+    version,
+    about = "Floe: a Kafka-compatible broker on shared storage"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,11 +62,16 @@ struct FileConfig {
 }
 
 fn load_config(path: Option<&Path>) -> Result<BrokerConfig> {
-    let Some(path) = path else { return Ok(BrokerConfig::default()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: FileConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let Some(path) = path else {
+        return Ok(BrokerConfig::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: FileConfig =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let none = Default::default();
-    floe_broker::TopicConfig::resolve(&file.broker.topic_defaults, &none).context("broker.topic_defaults")?;
+    floe_broker::TopicConfig::resolve(&file.broker.topic_defaults, &none)
+        .context("broker.topic_defaults")?;
     Ok(file.broker)
 }
 
@@ -76,7 +85,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Standalone(args) => rt.block_on(standalone(args)),
     }
@@ -84,7 +95,8 @@ fn main() -> Result<()> {
 
 async fn standalone(args: StandaloneArgs) -> Result<()> {
     let config = load_config(args.config.as_deref())?;
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let meta: Arc<dyn MetadataStore> = Arc::new(
         EmbeddedStore::open(data_dir.join("meta.redb"))
@@ -104,7 +116,9 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let Some((host, port)) = advertise.rsplit_once(':') else {
         bail!("--advertise must be HOST:PORT, got {advertise:?}");
     };
-    let port: i32 = port.parse().with_context(|| format!("port of --advertise {advertise:?}"))?;
+    let port: i32 = port
+        .parse()
+        .with_context(|| format!("port of --advertise {advertise:?}"))?;
 
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
@@ -132,7 +146,11 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     tracing::info!(listen = %args.listen, http = %args.http_listen, data_dir = %data_dir.display(), storage = %storage_url, cluster_id, "floe standalone started");
 
     let serve_token = shutdown.child_token();
-    let server = tokio::spawn(floe_broker::server::serve(listener, node.clone(), serve_token.clone()));
+    let server = tokio::spawn(floe_broker::server::serve(
+        listener,
+        node.clone(),
+        serve_token.clone(),
+    ));
     let http_task = tokio::spawn(http_server(http, node.clone(), shutdown.child_token()));
 
     wait_for_signal().await;
@@ -156,7 +174,11 @@ async fn wait_for_signal() {
     }
 }
 
-async fn http_server(listener: tokio::net::TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
+async fn http_server(
+    listener: tokio::net::TcpListener,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+) {
     use axum::routing::get;
     let metrics_node = node.clone();
     let ready_node = node.clone();
@@ -167,9 +189,13 @@ async fn http_server(listener: tokio::net::TcpListener, node: Arc<Node>, shutdow
                 let node = metrics_node.clone();
                 async move {
                     let (hits, misses) = node.cache.stats();
-                    node.metrics.set_cache(hits, misses, node.cache.weighted_bytes());
+                    node.metrics
+                        .set_cache(hits, misses, node.cache.weighted_bytes());
                     (
-                        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         node.metrics.encode(),
                     )
                 }
@@ -181,19 +207,22 @@ async fn http_server(listener: tokio::net::TcpListener, node: Arc<Node>, shutdow
             get(move || {
                 let node = ready_node.clone();
                 async move {
-                    let total = node.partition_handles().len();
-                    let writing = node
-                        .partition_handles()
-                        .iter()
-                        .filter(|h| h.state() == floe_broker::partition::PartitionState::Writing)
-                        .count();
-                    if writing == total {
-                        (axum::http::StatusCode::OK, format!("ready: {writing} partitions writing\n"))
+                    let (writing, total) = node.readiness();
+                    if writing >= total {
+                        (
+                            axum::http::StatusCode::OK,
+                            format!("ready: {writing} partitions writing\n"),
+                        )
                     } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {writing} of {total} partitions writing\n"))
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {writing} of {total} partitions writing\n"),
+                        )
                     }
                 }
             }),
         );
-    let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
 }

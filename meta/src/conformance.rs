@@ -27,7 +27,11 @@ pub async fn run(store: Arc<dyn MetadataStore>) {
 async fn get_put_delete(s: &dyn MetadataStore) {
     assert!(s.get(b"/conf/kv/a").await.unwrap().is_none());
     let r1 = s.put(b"/conf/kv/a", b("1")).await.unwrap();
-    let kv = s.get(b"/conf/kv/a").await.unwrap().expect("put key is readable");
+    let kv = s
+        .get(b"/conf/kv/a")
+        .await
+        .unwrap()
+        .expect("put key is readable");
     assert_eq!(kv.value, b("1"));
     assert_eq!(kv.create_revision, r1);
     assert_eq!(kv.mod_revision, r1);
@@ -36,7 +40,10 @@ async fn get_put_delete(s: &dyn MetadataStore) {
     let r2 = s.put(b"/conf/kv/a", b("2")).await.unwrap();
     assert!(r2 > r1, "revisions increase");
     let kv = s.get(b"/conf/kv/a").await.unwrap().unwrap();
-    assert_eq!((kv.value, kv.create_revision, kv.mod_revision, kv.version), (b("2"), r1, r2, 2));
+    assert_eq!(
+        (kv.value, kv.create_revision, kv.mod_revision, kv.version),
+        (b("2"), r1, r2, 2)
+    );
     s.delete(b"/conf/kv/a").await.unwrap();
     assert!(s.get(b"/conf/kv/a").await.unwrap().is_none());
 }
@@ -47,7 +54,11 @@ async fn range_by_prefix(s: &dyn MetadataStore) {
     }
     let (kvs, rev) = s.range(b"/conf/r/").await.unwrap();
     let keys: Vec<_> = kvs.iter().map(|kv| kv.key.clone()).collect();
-    assert_eq!(keys, vec![b("/conf/r/a"), b("/conf/r/b"), b("/conf/r/c")], "sorted, prefix only");
+    assert_eq!(
+        keys,
+        vec![b("/conf/r/a"), b("/conf/r/b"), b("/conf/r/c")],
+        "sorted, prefix only"
+    );
     assert!(kvs.iter().all(|kv| kv.mod_revision <= rev));
     let outcome = s
         .txn(Txn::new().then(Op::DeletePrefix(b("/conf/r/"))))
@@ -55,7 +66,10 @@ async fn range_by_prefix(s: &dyn MetadataStore) {
         .unwrap();
     assert!(outcome.committed());
     assert!(s.range(b"/conf/r/").await.unwrap().0.is_empty());
-    assert!(s.get(b"/conf/rx").await.unwrap().is_some(), "prefix delete is exact");
+    assert!(
+        s.get(b"/conf/rx").await.unwrap().is_some(),
+        "prefix delete is exact"
+    );
 }
 
 async fn compare_and_swap(s: &dyn MetadataStore) {
@@ -64,8 +78,14 @@ async fn compare_and_swap(s: &dyn MetadataStore) {
         .when(Condition::Missing(k.clone()))
         .then(Op::put(k.clone(), b("broker-1")));
     let first = s.txn(create.clone()).await.unwrap();
-    let TxnOutcome::Committed { revision } = first else { panic!("first create must commit") };
-    assert_eq!(s.txn(create).await.unwrap(), TxnOutcome::Mismatch, "second create loses");
+    let TxnOutcome::Committed { revision } = first else {
+        panic!("first create must commit")
+    };
+    assert_eq!(
+        s.txn(create).await.unwrap(),
+        TxnOutcome::Mismatch,
+        "second create loses"
+    );
     assert_eq!(s.get(&k).await.unwrap().unwrap().value, b("broker-1"));
 
     // A stale revision cannot overwrite; the current one can.
@@ -88,26 +108,44 @@ async fn compare_and_swap(s: &dyn MetadataStore) {
         .when(Condition::Exists(b("/conf/cas/nope")))
         .then(Op::put(b("/conf/cas/other"), b("changed")));
     assert_eq!(s.txn(failing).await.unwrap(), TxnOutcome::Mismatch);
-    assert_eq!(s.get(b"/conf/cas/other").await.unwrap().unwrap().value, b("side"));
+    assert_eq!(
+        s.get(b"/conf/cas/other").await.unwrap().unwrap().value,
+        b("side")
+    );
 }
 
 async fn leases(s: &dyn MetadataStore) {
     let lease = s.grant_lease(Duration::from_millis(600)).await.unwrap();
     let put = Txn::new().then(Op::put_with_lease(b("/conf/lease/a"), b("x"), lease));
     assert!(s.txn(put).await.unwrap().committed());
-    assert_eq!(s.get(b"/conf/lease/a").await.unwrap().unwrap().lease, Some(lease));
+    assert_eq!(
+        s.get(b"/conf/lease/a").await.unwrap().unwrap().lease,
+        Some(lease)
+    );
     // Keep-alives hold the key past the TTL.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         s.keep_alive(lease).await.unwrap();
     }
-    assert!(s.get(b"/conf/lease/a").await.unwrap().is_some(), "kept alive");
+    assert!(
+        s.get(b"/conf/lease/a").await.unwrap().is_some(),
+        "kept alive"
+    );
     // Without them the lease lapses and its keys go.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert!(s.get(b"/conf/lease/a").await.unwrap().is_none(), "expired lease deletes its keys");
-    assert!(matches!(s.keep_alive(lease).await, Err(MetaError::LeaseNotFound(_))));
+    assert!(
+        s.get(b"/conf/lease/a").await.unwrap().is_none(),
+        "expired lease deletes its keys"
+    );
+    assert!(matches!(
+        s.keep_alive(lease).await,
+        Err(MetaError::LeaseNotFound(_))
+    ));
     let put = Txn::new().then(Op::put_with_lease(b("/conf/lease/b"), b("x"), lease));
-    assert!(matches!(s.txn(put).await, Err(MetaError::LeaseNotFound(_))), "no put on a dead lease");
+    assert!(
+        matches!(s.txn(put).await, Err(MetaError::LeaseNotFound(_))),
+        "no put on a dead lease"
+    );
 
     // Revocation deletes at once.
     let lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
@@ -133,7 +171,10 @@ async fn watches(s: &dyn MetadataStore) {
             .expect("no error");
         seen.push(ev);
     }
-    assert_eq!(seen.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![r1, r2, r3]);
+    assert_eq!(
+        seen.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        vec![r1, r2, r3]
+    );
     assert!(matches!(&seen[0].kind, WatchEventKind::Put(kv) if kv.value == b("a")));
     assert!(matches!(&seen[2].kind, WatchEventKind::Delete(k) if k == &b("/conf/w/1")));
 
@@ -149,7 +190,10 @@ async fn watches(s: &dyn MetadataStore) {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(ev.revision, r4, "replay continues into live events without a gap");
+    assert_eq!(
+        ev.revision, r4,
+        "replay continues into live events without a gap"
+    );
 
     // Lease expiry shows up as a delete.
     let lease = s.grant_lease(Duration::from_millis(300)).await.unwrap();

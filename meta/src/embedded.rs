@@ -167,7 +167,8 @@ impl Inner {
             let kv = tx.open_table(KV).map_err(io_err)?;
             for entry in kv.iter().map_err(io_err)? {
                 let (k, v) = entry.map_err(io_err)?;
-                let stored = StoredKv::decode(v.value()).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+                let stored =
+                    StoredKv::decode(v.value()).map_err(|e| MetaError::Corrupt(e.to_string()))?;
                 if stored.lease != 0 {
                     leased.push(k.value().to_vec());
                 }
@@ -200,7 +201,8 @@ impl Inner {
         match v {
             None => Ok(None),
             Some(v) => {
-                let stored = StoredKv::decode(v.value()).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+                let stored =
+                    StoredKv::decode(v.value()).map_err(|e| MetaError::Corrupt(e.to_string()))?;
                 Ok(Some(stored.into_kv(Bytes::copy_from_slice(key))))
             }
         }
@@ -217,7 +219,9 @@ impl Inner {
         let mut lease_removes: Vec<(LeaseId, Bytes)> = Vec::new();
         {
             let mut kv = tx.open_table(KV).map_err(io_err)?;
-            let load = |kv: &redb::Table<&[u8], &[u8]>, key: &[u8]| -> Result<Option<StoredKv>, MetaError> {
+            let load = |kv: &redb::Table<&[u8], &[u8]>,
+                        key: &[u8]|
+             -> Result<Option<StoredKv>, MetaError> {
                 match kv.get(key).map_err(io_err)? {
                     None => Ok(None),
                     Some(v) => StoredKv::decode(v.value())
@@ -384,7 +388,8 @@ impl MetadataStore for EmbeddedStore {
                 if !k.value().starts_with(&prefix) {
                     break;
                 }
-                let stored = StoredKv::decode(v.value()).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+                let stored =
+                    StoredKv::decode(v.value()).map_err(|e| MetaError::Corrupt(e.to_string()))?;
                 out.push(stored.into_kv(Bytes::copy_from_slice(k.value())));
             }
             Ok((out, revision))
@@ -458,29 +463,32 @@ impl MetadataStore for EmbeddedStore {
             };
             (backlog, rx, st.revision)
         };
-        let live = futures::stream::unfold((rx, prefix.clone()), move |(mut rx, prefix)| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(ev) => {
-                        if ev.revision > last && ev.key().starts_with(&prefix) {
-                            return Some((Ok(ev), (rx, prefix)));
+        let live =
+            futures::stream::unfold((rx, prefix.clone()), move |(mut rx, prefix)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(ev) => {
+                            if ev.revision > last && ev.key().starts_with(&prefix) {
+                                return Some((Ok(ev), (rx, prefix)));
+                            }
                         }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            return Some((
+                                Err(MetaError::Compacted {
+                                    requested: last,
+                                    oldest: last + n as i64,
+                                }),
+                                (rx, prefix),
+                            ));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        return Some((
-                            Err(MetaError::Compacted {
-                                requested: last,
-                                oldest: last + n as i64,
-                            }),
-                            (rx, prefix),
-                        ));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
                 }
-            }
-        });
+            });
         use futures::StreamExt;
-        Ok(futures::stream::iter(backlog.into_iter().map(Ok)).chain(live).boxed())
+        Ok(futures::stream::iter(backlog.into_iter().map(Ok))
+            .chain(live)
+            .boxed())
     }
 }
 
@@ -491,7 +499,9 @@ mod tests {
     #[tokio::test]
     async fn embedded_store_passes_conformance() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path().join("meta.redb")).await.unwrap();
+        let store = EmbeddedStore::open(dir.path().join("meta.redb"))
+            .await
+            .unwrap();
         crate::conformance::run(Arc::new(store)).await;
     }
 

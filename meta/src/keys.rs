@@ -62,9 +62,14 @@ pub fn partitions_prefix() -> Bytes {
 /// The partition an assignment key belongs to, if `key` is one.
 pub fn parse_assignment(key: &[u8]) -> Option<PartitionId> {
     let s = std::str::from_utf8(key).ok()?;
-    let rest = s.strip_prefix("/floe/partitions/")?.strip_suffix("/assignment")?;
+    let rest = s
+        .strip_prefix("/floe/partitions/")?
+        .strip_suffix("/assignment")?;
     let (topic, partition) = rest.split_once('/')?;
-    Some(PartitionId::new(Uuid::parse_str(topic).ok()?, partition.parse().ok()?))
+    Some(PartitionId::new(
+        Uuid::parse_str(topic).ok()?,
+        partition.parse().ok()?,
+    ))
 }
 
 #[cfg(test)]

@@ -150,7 +150,10 @@ pub enum MetaError {
     /// A watch asked to resume from a revision the store no longer keeps
     /// history for; re-read the prefix and watch from the returned revision.
     #[error("revision {requested} compacted (oldest kept: {oldest})")]
-    Compacted { requested: Revision, oldest: Revision },
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
     #[error("invalid metadata request: {0}")]
     Invalid(String),
     #[error("corrupt metadata: {0}")]

@@ -148,14 +148,19 @@ pub fn validate_for_produce(
     max_batch_bytes: usize,
 ) -> Result<Vec<BatchHeader>, BatchError> {
     if records.is_empty() {
-        return Err(BatchError::Invalid("produce request carries no record batch".into()));
+        return Err(BatchError::Invalid(
+            "produce request carries no record batch".into(),
+        ));
     }
     let mut out = Vec::with_capacity(1);
     let mut pos = 0;
     while pos < records.len() {
         let rest = &records[pos..];
         if rest.len() < 17 {
-            return Err(BatchError::Corrupt(format!("{} trailing bytes are not a batch", rest.len())));
+            return Err(BatchError::Corrupt(format!(
+                "{} trailing bytes are not a batch",
+                rest.len()
+            )));
         }
         let magic = rest[16] as i8;
         if magic != 2 {
@@ -164,7 +169,10 @@ pub fn validate_for_produce(
         let h = BatchHeader::parse(rest)
             .ok_or_else(|| BatchError::Corrupt("truncated batch header".into()))?;
         if (h.batch_length as i64) < (HEADER_LEN - LOG_OVERHEAD) as i64 {
-            return Err(BatchError::Corrupt(format!("batch length {} too small", h.batch_length)));
+            return Err(BatchError::Corrupt(format!(
+                "batch length {} too small",
+                h.batch_length
+            )));
         }
         let len = h.total_len();
         if len > rest.len() {
@@ -184,7 +192,10 @@ pub fn validate_for_produce(
             return Err(BatchError::Corrupt("CRC32C mismatch".into()));
         }
         if h.records_count <= 0 {
-            return Err(BatchError::Invalid(format!("batch has {} records", h.records_count)));
+            return Err(BatchError::Invalid(format!(
+                "batch has {} records",
+                h.records_count
+            )));
         }
         if h.last_offset_delta != h.records_count - 1 {
             return Err(BatchError::Invalid(format!(
@@ -193,7 +204,9 @@ pub fn validate_for_produce(
             )));
         }
         if h.is_control() {
-            return Err(BatchError::Invalid("clients may not produce control batches".into()));
+            return Err(BatchError::Invalid(
+                "clients may not produce control batches".into(),
+            ));
         }
         out.push(h);
         pos += len;
@@ -312,13 +325,22 @@ mod tests {
         let len0 = hs[0].total_len();
         assign(&mut two[..len0], 100, 7, None);
         let h = BatchHeader::parse(&two).unwrap();
-        assert_eq!((h.base_offset, h.last_offset(), h.partition_leader_epoch), (100, 102, 7));
-        assert!(crc_ok(&two[..len0], &h), "offset and epoch are outside the CRC");
+        assert_eq!(
+            (h.base_offset, h.last_offset(), h.partition_leader_epoch),
+            (100, 102, 7)
+        );
+        assert!(
+            crc_ok(&two[..len0], &h),
+            "offset and epoch are outside the CRC"
+        );
         assign(&mut two[len0..], 103, 7, Some(99_999));
         let h2 = BatchHeader::parse(&two[len0..]).unwrap();
         assert_eq!(h2.timestamp_type(), TimestampType::LogAppendTime);
         assert_eq!(h2.max_timestamp, 99_999);
-        assert!(crc_ok(&two[len0..], &h2), "CRC recomputed after LogAppendTime");
+        assert!(
+            crc_ok(&two[len0..], &h2),
+            "CRC recomputed after LogAppendTime"
+        );
         let offsets: Vec<_> = Batches::new(&two).map(|(_, h)| h.base_offset).collect();
         assert_eq!(offsets, vec![100, 103]);
     }
@@ -329,8 +351,14 @@ mod tests {
         let mut bad_crc = good.clone();
         let last = bad_crc.len() - 1;
         bad_crc[last] ^= 0xff;
-        assert_eq!(validate_for_produce(&bad_crc, 1 << 20).unwrap_err().code(), ResponseError::CorruptMessage);
-        assert_eq!(validate_for_produce(&good, 10).unwrap_err().code(), ResponseError::MessageTooLarge);
+        assert_eq!(
+            validate_for_produce(&bad_crc, 1 << 20).unwrap_err().code(),
+            ResponseError::CorruptMessage
+        );
+        assert_eq!(
+            validate_for_produce(&good, 10).unwrap_err().code(),
+            ResponseError::MessageTooLarge
+        );
         let mut magic1 = good.clone();
         magic1[16] = 1;
         assert_eq!(
@@ -341,10 +369,28 @@ mod tests {
         bad_count[57..61].copy_from_slice(&5i32.to_be_bytes());
         let crc = crc32c::crc32c(&bad_count[CRC_START..]);
         bad_count[17..21].copy_from_slice(&crc.to_be_bytes());
-        assert_eq!(validate_for_produce(&bad_count, 1 << 20).unwrap_err().code(), ResponseError::InvalidRecord);
-        assert_eq!(validate_for_produce(&good[..40], 1 << 20).unwrap_err().code(), ResponseError::CorruptMessage);
-        assert_eq!(validate_for_produce(&good[..good.len() - 1], 1 << 20).unwrap_err().code(), ResponseError::CorruptMessage);
-        assert_eq!(validate_for_produce(&[], 1 << 20).unwrap_err().code(), ResponseError::InvalidRecord);
+        assert_eq!(
+            validate_for_produce(&bad_count, 1 << 20)
+                .unwrap_err()
+                .code(),
+            ResponseError::InvalidRecord
+        );
+        assert_eq!(
+            validate_for_produce(&good[..40], 1 << 20)
+                .unwrap_err()
+                .code(),
+            ResponseError::CorruptMessage
+        );
+        assert_eq!(
+            validate_for_produce(&good[..good.len() - 1], 1 << 20)
+                .unwrap_err()
+                .code(),
+            ResponseError::CorruptMessage
+        );
+        assert_eq!(
+            validate_for_produce(&[], 1 << 20).unwrap_err().code(),
+            ResponseError::InvalidRecord
+        );
     }
 
     proptest::proptest! {

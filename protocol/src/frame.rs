@@ -51,13 +51,25 @@ mod tests {
     #[tokio::test]
     async fn reads_frames_and_rejects_oversized_or_negative() {
         let mut data: &[u8] = &[0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 1];
-        assert_eq!(read_frame(&mut data, 10).await.unwrap().unwrap(), Bytes::from_static(b"abc"));
-        assert!(matches!(read_frame(&mut data, 10).await, Err(FrameError::Truncated)));
+        assert_eq!(
+            read_frame(&mut data, 10).await.unwrap().unwrap(),
+            Bytes::from_static(b"abc")
+        );
+        assert!(matches!(
+            read_frame(&mut data, 10).await,
+            Err(FrameError::Truncated)
+        ));
         let mut empty: &[u8] = &[];
         assert!(read_frame(&mut empty, 10).await.unwrap().is_none());
         let mut big: &[u8] = &[0, 0, 1, 0];
-        assert!(matches!(read_frame(&mut big, 10).await, Err(FrameError::TooLarge { size: 256, .. })));
+        assert!(matches!(
+            read_frame(&mut big, 10).await,
+            Err(FrameError::TooLarge { size: 256, .. })
+        ));
         let mut neg: &[u8] = &[0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(read_frame(&mut neg, 10).await, Err(FrameError::Negative(-1))));
+        assert!(matches!(
+            read_frame(&mut neg, 10).await,
+            Err(FrameError::Negative(-1))
+        ));
     }
 }

@@ -21,10 +21,13 @@ pub const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
 
 /// The advertised range of `api`, if Floe implements it.
 pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
-    IMPLEMENTED.iter().find(|(k, _, _)| *k == api).map(|&(_, lo, hi)| {
-        let codec = api.valid_versions();
-        (lo.max(codec.min), hi.min(codec.max))
-    })
+    IMPLEMENTED
+        .iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|&(_, lo, hi)| {
+            let codec = api.valid_versions();
+            (lo.max(codec.min), hi.min(codec.max))
+        })
 }
 
 pub fn is_supported(api: ApiKey, version: i16) -> bool {
@@ -39,7 +42,10 @@ mod tests {
     fn every_range_is_within_the_codec() {
         for &(api, lo, hi) in IMPLEMENTED {
             let codec = api.valid_versions();
-            assert!(lo >= codec.min && hi <= codec.max, "{api:?} {lo}..={hi} outside codec");
+            assert!(
+                lo >= codec.min && hi <= codec.max,
+                "{api:?} {lo}..={hi} outside codec"
+            );
             assert_eq!(supported(api), Some((lo, hi)));
         }
         assert!(is_supported(ApiKey::Fetch, 13));

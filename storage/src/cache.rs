@@ -87,7 +87,10 @@ impl BlockCache {
 
     /// (hits, misses) since start.
     pub fn stats(&self) -> (u64, u64) {
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     pub fn weighted_bytes(&self) -> u64 {

@@ -38,7 +38,14 @@ pub struct ChunkHeader {
 }
 
 /// Encode a data chunk around `payload` (whole batches, offsets assigned).
-pub fn encode_data(epoch: Epoch, base_offset: Offset, next_offset: Offset, max_timestamp: i64, batch_count: u32, payload: &[u8]) -> Bytes {
+pub fn encode_data(
+    epoch: Epoch,
+    base_offset: Offset,
+    next_offset: Offset,
+    max_timestamp: i64,
+    batch_count: u32,
+    payload: &[u8],
+) -> Bytes {
     let h = ChunkHeader {
         kind: ChunkKind::Data,
         epoch,
@@ -63,7 +70,14 @@ pub fn new_buffer(capacity: usize) -> BytesMut {
 }
 
 /// Fill in the header of a buffer made by [`new_buffer`].
-pub fn seal_buffer(buf: &mut BytesMut, epoch: Epoch, base_offset: Offset, next_offset: Offset, max_timestamp: i64, batch_count: u32) {
+pub fn seal_buffer(
+    buf: &mut BytesMut,
+    epoch: Epoch,
+    base_offset: Offset,
+    next_offset: Offset,
+    max_timestamp: i64,
+    batch_count: u32,
+) {
     let payload_crc = crc32c::crc32c(&buf[HEADER_LEN..]);
     let h = ChunkHeader {
         kind: ChunkKind::Data,
@@ -118,14 +132,20 @@ fn put_header(out: &mut BytesMut, h: &ChunkHeader, payload_crc: u32) {
 /// zero-copy slice of `data`).
 pub fn decode(key: &str, data: &Bytes) -> Result<(ChunkHeader, Bytes), StorageError> {
     if data.len() < HEADER_LEN {
-        return Err(StorageError::corrupt(key, format!("{} bytes is shorter than a chunk header", data.len())));
+        return Err(StorageError::corrupt(
+            key,
+            format!("{} bytes is shorter than a chunk header", data.len()),
+        ));
     }
     let hb = &data[..HEADER_LEN];
     if &hb[0..4] != MAGIC {
         return Err(StorageError::corrupt(key, "bad chunk magic"));
     }
     if hb[4] != FORMAT {
-        return Err(StorageError::corrupt(key, format!("unknown chunk format {}", hb[4])));
+        return Err(StorageError::corrupt(
+            key,
+            format!("unknown chunk format {}", hb[4]),
+        ));
     }
     let stored_crc = u32::from_be_bytes(hb[48..52].try_into().unwrap());
     if crc32c::crc32c(&hb[..48]) != stored_crc {
@@ -134,7 +154,12 @@ pub fn decode(key: &str, data: &Bytes) -> Result<(ChunkHeader, Bytes), StorageEr
     let kind = match hb[5] {
         0 => ChunkKind::Data,
         1 => ChunkKind::Fence,
-        k => return Err(StorageError::corrupt(key, format!("unknown chunk kind {k}"))),
+        k => {
+            return Err(StorageError::corrupt(
+                key,
+                format!("unknown chunk kind {k}"),
+            ))
+        }
     };
     let i32_at = |at: usize| i32::from_be_bytes(hb[at..at + 4].try_into().unwrap());
     let i64_at = |at: usize| i64::from_be_bytes(hb[at..at + 8].try_into().unwrap());
@@ -150,7 +175,14 @@ pub fn decode(key: &str, data: &Bytes) -> Result<(ChunkHeader, Bytes), StorageEr
     };
     let payload_crc = u32_at(44);
     if data.len() != HEADER_LEN + h.payload_len as usize {
-        return Err(StorageError::corrupt(key, format!("payload is {} bytes, header says {}", data.len() - HEADER_LEN, h.payload_len)));
+        return Err(StorageError::corrupt(
+            key,
+            format!(
+                "payload is {} bytes, header says {}",
+                data.len() - HEADER_LEN,
+                h.payload_len
+            ),
+        ));
     }
     let payload = data.slice(HEADER_LEN..);
     if crc32c::crc32c(&payload) != payload_crc {
@@ -162,13 +194,22 @@ pub fn decode(key: &str, data: &Bytes) -> Result<(ChunkHeader, Bytes), StorageEr
         let mut expect = h.base_offset;
         for (_, b) in it.by_ref() {
             if b.base_offset != expect {
-                return Err(StorageError::corrupt(key, format!("batch at offset {} where {expect} was expected", b.base_offset)));
+                return Err(StorageError::corrupt(
+                    key,
+                    format!(
+                        "batch at offset {} where {expect} was expected",
+                        b.base_offset
+                    ),
+                ));
             }
             expect = b.next_offset();
             count += 1;
         }
         if it.position() != payload.len() || count != h.batch_count || expect != h.next_offset {
-            return Err(StorageError::corrupt(key, "chunk batches disagree with its header"));
+            return Err(StorageError::corrupt(
+                key,
+                "chunk batches disagree with its header",
+            ));
         }
     }
     Ok((h, payload))
@@ -192,7 +233,10 @@ mod tests {
         payload.extend(batch(2, 13));
         let c = encode_data(4, 10, 15, 1_002, 2, &payload);
         let (h, p) = decode("k", &c).unwrap();
-        assert_eq!((h.kind, h.epoch, h.base_offset, h.next_offset, h.batch_count), (ChunkKind::Data, 4, 10, 15, 2));
+        assert_eq!(
+            (h.kind, h.epoch, h.base_offset, h.next_offset, h.batch_count),
+            (ChunkKind::Data, 4, 10, 15, 2)
+        );
         assert_eq!(&p[..], &payload[..]);
 
         let mut buf = new_buffer(payload.len());
@@ -206,7 +250,10 @@ mod tests {
         assert!(decode("k", &Bytes::from(bad)).is_err());
         assert!(decode("k", &c.slice(..c.len() - 1)).is_err());
         let wrong_next = encode_data(4, 10, 16, 1_002, 2, &payload);
-        assert!(decode("k", &wrong_next).is_err(), "header must agree with batches");
+        assert!(
+            decode("k", &wrong_next).is_err(),
+            "header must agree with batches"
+        );
 
         let f = encode_fence(9, 15);
         let (h, p) = decode("f", &f).unwrap();

@@ -21,7 +21,12 @@ pub fn chunk_prefix(p: PartitionId, segment_base: Offset, segment_epoch: Epoch) 
     ))
 }
 
-pub fn chunk(p: PartitionId, segment_base: Offset, segment_epoch: Epoch, chunk_base: Offset) -> Path {
+pub fn chunk(
+    p: PartitionId,
+    segment_base: Offset,
+    segment_epoch: Epoch,
+    chunk_base: Offset,
+) -> Path {
     Path::from(format!(
         "{}/{}/{segment_base:020}-{segment_epoch}/{chunk_base:020}.chunk",
         p.topic_id.simple(),
@@ -35,7 +40,12 @@ pub fn chunk_base(path: &Path) -> Option<Offset> {
     name.strip_suffix(".chunk")?.parse().ok()
 }
 
-pub fn segment(p: PartitionId, segment_base: Offset, segment_epoch: Epoch, sealer_epoch: Epoch) -> Path {
+pub fn segment(
+    p: PartitionId,
+    segment_base: Offset,
+    segment_epoch: Epoch,
+    sealer_epoch: Epoch,
+) -> Path {
     Path::from(format!(
         "{}/{}/{segment_base:020}-{segment_epoch}.{sealer_epoch}.seg",
         p.topic_id.simple(),

@@ -99,7 +99,10 @@ pub struct ReadResult {
 
 enum Plan {
     Empty,
-    Chunks { replicas: ReplicaSet, chunks: Vec<ChunkRef> },
+    Chunks {
+        replicas: ReplicaSet,
+        chunks: Vec<ChunkRef>,
+    },
     Segment(Arc<SealedSegment>),
 }
 
@@ -171,7 +174,9 @@ impl PartitionLog {
         Ok(match seg {
             SegmentView::Sealed(seg) if offset < seg.end_offset => Plan::Segment(seg.clone()),
             SegmentView::Sealed(_) => Plan::Empty,
-            SegmentView::Open { replicas, chunks, .. } => {
+            SegmentView::Open {
+                replicas, chunks, ..
+            } => {
                 let first = chunks.partition_point(|c| c.next_offset <= offset);
                 Plan::Chunks {
                     replicas: replicas.clone(),
@@ -185,7 +190,12 @@ impl PartitionLog {
     /// batch containing `offset` comes first (a fetch in the middle of a
     /// batch gets the whole batch). With `min_one`, that first batch is
     /// returned even when larger than `max_bytes` (KIP-74).
-    pub async fn read(&self, offset: Offset, max_bytes: usize, min_one: bool) -> Result<ReadResult, ReadError> {
+    pub async fn read(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<ReadResult, ReadError> {
         let mut pieces: Vec<Bytes> = Vec::new();
         let mut total = 0usize;
         let mut next = offset;
@@ -197,8 +207,20 @@ impl PartitionLog {
             let budget = max_bytes.saturating_sub(total);
             let got = match plan {
                 Plan::Empty => break,
-                Plan::Chunks { replicas, chunks } => self.read_chunks(&replicas, &chunks, next, budget, min_one && pieces.is_empty()).await,
-                Plan::Segment(seg) => self.read_segment(&seg, next, budget, min_one && pieces.is_empty()).await,
+                Plan::Chunks { replicas, chunks } => {
+                    self.read_chunks(
+                        &replicas,
+                        &chunks,
+                        next,
+                        budget,
+                        min_one && pieces.is_empty(),
+                    )
+                    .await
+                }
+                Plan::Segment(seg) => {
+                    self.read_segment(&seg, next, budget, min_one && pieces.is_empty())
+                        .await
+                }
             };
             let (bytes, after) = match got {
                 Ok(v) => v,
@@ -229,7 +251,10 @@ impl PartitionLog {
                 b.freeze()
             }
         };
-        Ok(ReadResult { records, next_offset: next })
+        Ok(ReadResult {
+            records,
+            next_offset: next,
+        })
     }
 
     /// Take whole batches from `data` (which starts at a batch boundary):
@@ -258,17 +283,29 @@ impl PartitionLog {
         }
     }
 
-    async fn chunk_payload(&self, replicas: &ReplicaSet, c: &ChunkRef) -> Result<Bytes, StorageError> {
+    async fn chunk_payload(
+        &self,
+        replicas: &ReplicaSet,
+        c: &ChunkRef,
+    ) -> Result<Bytes, StorageError> {
         load_chunk(&self.cache, replicas, c).await
     }
 
-    async fn read_chunks(&self, replicas: &ReplicaSet, chunks: &[ChunkRef], offset: Offset, budget: usize, min_one: bool) -> Result<(Bytes, Offset), StorageError> {
+    async fn read_chunks(
+        &self,
+        replicas: &ReplicaSet,
+        chunks: &[ChunkRef],
+        offset: Offset,
+        budget: usize,
+        min_one: bool,
+    ) -> Result<(Bytes, Offset), StorageError> {
         let mut pieces = Vec::new();
         let mut total = 0;
         let mut next = offset;
         for c in chunks {
             let payload = self.chunk_payload(replicas, c).await?;
-            let (bytes, after, exhausted) = Self::take(&payload, next, budget - total, min_one && pieces.is_empty());
+            let (bytes, after, exhausted) =
+                Self::take(&payload, next, budget - total, min_one && pieces.is_empty());
             total += bytes.len();
             if !bytes.is_empty() {
                 pieces.push(bytes);
@@ -297,7 +334,10 @@ impl PartitionLog {
         }
         let tail = seg
             .replicas
-            .get_range(&Path::from(seg.path.as_ref()), seg.data_bytes..seg.object_bytes)
+            .get_range(
+                &Path::from(seg.path.as_ref()),
+                seg.data_bytes..seg.object_bytes,
+            )
             .await?;
         let idx = Arc::new(SegmentIndex::parse(&seg.path, &tail)?);
         self.cache.put_index(seg.path.clone(), idx.clone());
@@ -305,7 +345,12 @@ impl PartitionLog {
     }
 
     /// Bytes [start, end) of a segment's data, through the block cache.
-    async fn segment_span(&self, seg: &SealedSegment, start: u64, end: u64) -> Result<Bytes, StorageError> {
+    async fn segment_span(
+        &self,
+        seg: &SealedSegment,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, StorageError> {
         let end = end.min(seg.data_bytes);
         if start >= end {
             return Ok(Bytes::new());
@@ -339,13 +384,23 @@ impl PartitionLog {
         let n = blocks.len();
         for (i, b) in blocks.iter().enumerate() {
             let from = if i == 0 { lo } else { 0 };
-            let to = if i == n - 1 { (end - last * BLOCK_SIZE) as usize } else { b.len() };
+            let to = if i == n - 1 {
+                (end - last * BLOCK_SIZE) as usize
+            } else {
+                b.len()
+            };
             out.extend_from_slice(&b[from..to]);
         }
         Ok(out.freeze())
     }
 
-    async fn read_segment(&self, seg: &SealedSegment, offset: Offset, budget: usize, min_one: bool) -> Result<(Bytes, Offset), StorageError> {
+    async fn read_segment(
+        &self,
+        seg: &SealedSegment,
+        offset: Offset,
+        budget: usize,
+        min_one: bool,
+    ) -> Result<(Bytes, Offset), StorageError> {
         let idx = self.segment_index(seg).await?;
         let pos = idx.position_for(offset);
         // Read past the budget by the index interval so the batch holding
@@ -375,7 +430,8 @@ impl PartitionLog {
                         return Ok((Bytes::new(), offset));
                     }
                     // The wanted batch starts at `tail` and was cut off.
-                    let len = BatchHeader::parse(&span[tail..]).map_or(HEADER_LEN, |h| h.total_len());
+                    let len =
+                        BatchHeader::parse(&span[tail..]).map_or(HEADER_LEN, |h| h.total_len());
                     if !min_one && len > budget {
                         return Ok((Bytes::new(), offset));
                     }
@@ -403,7 +459,9 @@ impl PartitionLog {
                         return Ok(Some(hit));
                     }
                 }
-                SegmentView::Open { replicas, chunks, .. } => {
+                SegmentView::Open {
+                    replicas, chunks, ..
+                } => {
                     for c in chunks {
                         if c.max_timestamp < ts || c.next_offset <= state.log_start_offset {
                             continue;
@@ -427,7 +485,9 @@ impl PartitionLog {
         for seg in state.segments.values() {
             let ts = match seg {
                 SegmentView::Sealed(s) => s.max_timestamp,
-                SegmentView::Open { chunks, .. } => chunks.iter().map(|c| c.max_timestamp).max().unwrap_or(-1),
+                SegmentView::Open { chunks, .. } => {
+                    chunks.iter().map(|c| c.max_timestamp).max().unwrap_or(-1)
+                }
             };
             if best.is_none_or(|(b, _)| ts > b) && ts >= 0 {
                 best = Some((ts, seg));
@@ -466,7 +526,11 @@ fn first_at_or_after(data: &Bytes, ts: i64, log_start: Offset) -> Option<(Offset
 }
 
 /// A chunk's verified payload, from the cache or from its replicas.
-pub async fn load_chunk(cache: &BlockCache, replicas: &ReplicaSet, c: &ChunkRef) -> Result<Bytes, StorageError> {
+pub async fn load_chunk(
+    cache: &BlockCache,
+    replicas: &ReplicaSet,
+    c: &ChunkRef,
+) -> Result<Bytes, StorageError> {
     if let Some(b) = cache.get_object(&c.path) {
         return Ok(b);
     }

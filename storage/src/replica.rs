@@ -136,7 +136,13 @@ impl ReplicaSet {
         let mut answered = 0;
         let mut last_err = None;
         for t in &self.targets {
-            let listing: Result<Vec<_>, _> = t.store.list(Some(prefix)).collect::<Vec<_>>().await.into_iter().collect();
+            let listing: Result<Vec<_>, _> = t
+                .store
+                .list(Some(prefix))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect();
             match listing {
                 Ok(objects) => {
                     for o in objects {
@@ -198,7 +204,9 @@ pub struct ReplicatedUpload {
 impl ReplicatedUpload {
     pub async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
         for w in &mut self.writers {
-            w.wait_for_capacity(4).await.map_err(StorageError::from_object_store)?;
+            w.wait_for_capacity(4)
+                .await
+                .map_err(StorageError::from_object_store)?;
             w.put(data.clone());
         }
         Ok(())
@@ -212,7 +220,11 @@ impl ReplicatedUpload {
         if ok >= self.write_quorum {
             Ok(())
         } else {
-            let err = results.into_iter().find_map(|r| r.err()).map(|e| e.to_string()).unwrap_or_default();
+            let err = results
+                .into_iter()
+                .find_map(|r| r.err())
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             Err(StorageError::Unavailable(format!(
                 "upload of {}: {ok} of {total} replicas completed: {err}",
                 self.path
@@ -230,10 +242,19 @@ mod tests {
         let t = StorageTarget::open("m", "memory://").unwrap();
         let set = ReplicaSet::new(vec![t], 1);
         let p = Path::from("a/b");
-        assert_eq!(set.put_create(&p, Bytes::from_static(b"1")).await.unwrap(), PutOutcome::Created);
-        assert_eq!(set.put_create(&p, Bytes::from_static(b"2")).await.unwrap(), PutOutcome::AlreadyExists);
+        assert_eq!(
+            set.put_create(&p, Bytes::from_static(b"1")).await.unwrap(),
+            PutOutcome::Created
+        );
+        assert_eq!(
+            set.put_create(&p, Bytes::from_static(b"2")).await.unwrap(),
+            PutOutcome::AlreadyExists
+        );
         assert_eq!(set.get(&p).await.unwrap(), Bytes::from_static(b"1"));
-        assert_eq!(set.get_range(&p, 0..1).await.unwrap(), Bytes::from_static(b"1"));
+        assert_eq!(
+            set.get_range(&p, 0..1).await.unwrap(),
+            Bytes::from_static(b"1")
+        );
         let listed = set.list(&Path::from("a")).await.unwrap();
         assert_eq!(listed.get(&p), Some(&1));
         set.delete(&p).await.unwrap();
@@ -243,16 +264,31 @@ mod tests {
 
     #[tokio::test]
     async fn quorum_write_with_one_replica_holding_the_key() {
-        let ts: Vec<_> = (0..3).map(|i| StorageTarget::open(format!("t{i}"), "memory://").unwrap()).collect();
+        let ts: Vec<_> = (0..3)
+            .map(|i| StorageTarget::open(format!("t{i}"), "memory://").unwrap())
+            .collect();
         let p = Path::from("x");
         // A "zombie" got the key onto two of three replicas first: W=2 is out of reach.
         for t in &ts[..2] {
-            t.store.put(&p, PutPayload::from_static(b"z")).await.unwrap();
+            t.store
+                .put(&p, PutPayload::from_static(b"z"))
+                .await
+                .unwrap();
         }
         let set = ReplicaSet::new(ts.clone(), 2);
-        assert_eq!(set.put_create(&p, Bytes::from_static(b"n")).await.unwrap(), PutOutcome::AlreadyExists);
+        assert_eq!(
+            set.put_create(&p, Bytes::from_static(b"n")).await.unwrap(),
+            PutOutcome::AlreadyExists
+        );
         let q = Path::from("y");
-        ts[0].store.put(&q, PutPayload::from_static(b"z")).await.unwrap();
-        assert_eq!(set.put_create(&q, Bytes::from_static(b"n")).await.unwrap(), PutOutcome::Created);
+        ts[0]
+            .store
+            .put(&q, PutPayload::from_static(b"z"))
+            .await
+            .unwrap();
+        assert_eq!(
+            set.put_create(&q, Bytes::from_static(b"n")).await.unwrap(),
+            PutOutcome::Created
+        );
     }
 }

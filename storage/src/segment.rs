@@ -75,14 +75,18 @@ impl SegmentBuilder {
             if h.base_offset != self.next_offset {
                 return Err(StorageError::corrupt(
                     "segment",
-                    format!("batch at offset {} where {} was expected", h.base_offset, self.next_offset),
+                    format!(
+                        "batch at offset {} where {} was expected",
+                        h.base_offset, self.next_offset
+                    ),
                 ));
             }
             let at = self.data_len + pos as u64;
             if self.since_index >= self.index_interval {
                 self.offset_index.push((h.base_offset, at));
                 if h.max_timestamp > self.time_index.last().map_or(i64::MIN, |e| e.0) {
-                    self.time_index.push((h.max_timestamp.max(self.max_timestamp), h.base_offset));
+                    self.time_index
+                        .push((h.max_timestamp.max(self.max_timestamp), h.base_offset));
                 }
                 self.since_index = 0;
             }
@@ -92,7 +96,10 @@ impl SegmentBuilder {
             self.batch_count += 1;
         }
         if it.position() != payload.len() {
-            return Err(StorageError::corrupt("segment", "partial batch in segment data"));
+            return Err(StorageError::corrupt(
+                "segment",
+                "partial batch in segment data",
+            ));
         }
         self.data_len += payload.len() as u64;
         Ok(())
@@ -100,7 +107,9 @@ impl SegmentBuilder {
 
     /// The bytes following the data (indexes and footer), and the summary.
     pub fn finish(self) -> (Bytes, SegmentSummary) {
-        let mut out = BytesMut::with_capacity(self.offset_index.len() * 16 + self.time_index.len() * 16 + FOOTER_LEN);
+        let mut out = BytesMut::with_capacity(
+            self.offset_index.len() * 16 + self.time_index.len() * 16 + FOOTER_LEN,
+        );
         for (o, p) in &self.offset_index {
             out.put_i64(*o);
             out.put_u64(*p);
@@ -152,11 +161,17 @@ impl SegmentIndex {
     /// the end.
     pub fn parse(key: &str, tail: &[u8]) -> Result<Self, StorageError> {
         if tail.len() < FOOTER_LEN {
-            return Err(StorageError::corrupt(key, "segment tail shorter than its footer"));
+            return Err(StorageError::corrupt(
+                key,
+                "segment tail shorter than its footer",
+            ));
         }
         let f = &tail[tail.len() - FOOTER_LEN..];
         if &f[0..4] != MAGIC || f[4] != FORMAT {
-            return Err(StorageError::corrupt(key, "bad segment footer magic or format"));
+            return Err(StorageError::corrupt(
+                key,
+                "bad segment footer magic or format",
+            ));
         }
         if crc32c::crc32c(&f[..60]) != u32::from_be_bytes(f[60..64].try_into().unwrap()) {
             return Err(StorageError::corrupt(key, "segment footer CRC mismatch"));
@@ -174,7 +189,10 @@ impl SegmentIndex {
         let index_crc = u32_at(56);
         let index = &tail[..tail.len() - FOOTER_LEN];
         if index.len() != (n_off + n_time) * 16 {
-            return Err(StorageError::corrupt(key, "segment index length disagrees with footer"));
+            return Err(StorageError::corrupt(
+                key,
+                "segment index length disagrees with footer",
+            ));
         }
         if crc32c::crc32c(index) != index_crc {
             return Err(StorageError::corrupt(key, "segment index CRC mismatch"));
@@ -185,7 +203,10 @@ impl SegmentIndex {
                 i64::from_be_bytes(index[at + 8..at + 16].try_into().unwrap()),
             )
         };
-        let offsets = (0..n_off).map(|i| pair(i * 16)).map(|(o, p)| (o, p as u64)).collect();
+        let offsets = (0..n_off)
+            .map(|i| pair(i * 16))
+            .map(|(o, p)| (o, p as u64))
+            .collect();
         let times = (0..n_time).map(|i| pair((n_off + i) * 16)).collect();
         Ok(Self {
             summary: SegmentSummary {
@@ -244,7 +265,8 @@ pub(crate) mod tests {
     fn index_finds_positions_and_times() {
         let d = data(500, 200);
         let mut b = SegmentBuilder::new(500, 3, 4096);
-        let (a, c) = d.split_at(d.len() / 3 - d.len() / 3 % Batches::new(&d).next().unwrap().1.total_len());
+        let (a, c) =
+            d.split_at(d.len() / 3 - d.len() / 3 % Batches::new(&d).next().unwrap().1.total_len());
         b.add(a).unwrap();
         b.add(c).unwrap();
         let (tail, summary) = b.finish();

@@ -74,7 +74,11 @@ pub struct StoragePool {
 }
 
 impl StoragePool {
-    pub fn new(targets: Vec<StorageTarget>, replicas: usize, write_quorum: usize) -> Result<Self, StorageError> {
+    pub fn new(
+        targets: Vec<StorageTarget>,
+        replicas: usize,
+        write_quorum: usize,
+    ) -> Result<Self, StorageError> {
         Self::with_seed(targets, replicas, write_quorum, rand::rng().random())
     }
 
@@ -86,7 +90,9 @@ impl StoragePool {
         seed: u64,
     ) -> Result<Self, StorageError> {
         if replicas == 0 || write_quorum == 0 {
-            return Err(StorageError::Invalid("replicas and write quorum must be at least 1".into()));
+            return Err(StorageError::Invalid(
+                "replicas and write quorum must be at least 1".into(),
+            ));
         }
         if write_quorum > replicas {
             return Err(StorageError::Invalid(format!(
@@ -102,7 +108,10 @@ impl StoragePool {
         let mut ids = HashSet::new();
         for t in &targets {
             if !ids.insert(t.id.clone()) {
-                return Err(StorageError::Invalid(format!("duplicate storage target id {:?}", t.id)));
+                return Err(StorageError::Invalid(format!(
+                    "duplicate storage target id {:?}",
+                    t.id
+                )));
             }
         }
         Ok(Self {
@@ -147,11 +156,10 @@ impl StoragePool {
     pub fn replica_set(&self, ids: &[String]) -> Result<ReplicaSet, StorageError> {
         let mut chosen = Vec::with_capacity(ids.len());
         for id in ids {
-            let t = self
-                .targets
-                .iter()
-                .find(|t| &t.id == id)
-                .ok_or_else(|| StorageError::Invalid(format!("unknown storage target {id:?}")))?;
+            let t =
+                self.targets.iter().find(|t| &t.id == id).ok_or_else(|| {
+                    StorageError::Invalid(format!("unknown storage target {id:?}"))
+                })?;
             chosen.push(t.clone());
         }
         let w = self.write_quorum.min(chosen.len()).max(1);
@@ -169,9 +177,18 @@ mod tests {
 
     #[test]
     fn rejects_invalid_pools() {
-        assert!(StoragePool::new(vec![mem("a")], 2, 1).is_err(), "R > targets");
-        assert!(StoragePool::new(vec![mem("a"), mem("b")], 1, 2).is_err(), "W > R");
-        assert!(StoragePool::new(vec![mem("a"), mem("a")], 1, 1).is_err(), "duplicate ids");
+        assert!(
+            StoragePool::new(vec![mem("a")], 2, 1).is_err(),
+            "R > targets"
+        );
+        assert!(
+            StoragePool::new(vec![mem("a"), mem("b")], 1, 2).is_err(),
+            "W > R"
+        );
+        assert!(
+            StoragePool::new(vec![mem("a"), mem("a")], 1, 1).is_err(),
+            "duplicate ids"
+        );
         assert!(StorageTarget::open("x", "ftp://nope").is_err());
         assert!(StorageTarget::open("x", "not a url").is_err());
     }

@@ -83,7 +83,8 @@ impl LeaseGuard {
     pub fn renewed(&self, sent: Instant, ttl: std::time::Duration) {
         let margin = ttl / 3;
         let until = sent.duration_since(self.started) + ttl - margin;
-        self.valid_until_ms.store(until.as_millis() as i64, Ordering::SeqCst);
+        self.valid_until_ms
+            .store(until.as_millis() as i64, Ordering::SeqCst);
     }
 
     pub fn is_valid(&self) -> bool {
@@ -181,7 +182,11 @@ impl PartitionHandle {
     ) -> Result<oneshot::Receiver<Result<Appended, AppendError>>, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Append { records, headers, reply })
+            .send(Command::Append {
+                records,
+                headers,
+                reply,
+            })
             .await
             .map_err(|_| AppendError::NotLeader)?;
         Ok(rx)
@@ -217,9 +222,15 @@ impl PartitionHandle {
 
 /// Start owning partition `id` at assignment epoch `epoch`: take the write
 /// lease, recover from the checkpoint, then hand the log to its writer.
-pub async fn start(ctx: PartitionContext, id: PartitionId, epoch: Epoch, config: TopicConfig) -> Result<(PartitionHandle, RecoveryReport), StartError> {
+pub async fn start(
+    ctx: PartitionContext,
+    id: PartitionId,
+    epoch: Epoch,
+    config: TopicConfig,
+) -> Result<(PartitionHandle, RecoveryReport), StartError> {
     let (state_tx, state_rx) = watch::channel(PartitionState::Starting);
-    ctx.metrics.partition_state(id, None, PartitionState::Starting);
+    ctx.metrics
+        .partition_state(id, None, PartitionState::Starting);
     let set_state = |s: PartitionState| {
         let old = *state_tx.borrow();
         ctx.metrics.partition_state(id, Some(old), s);
@@ -233,7 +244,9 @@ pub async fn start(ctx: PartitionContext, id: PartitionId, epoch: Epoch, config:
     let current = assigned
         .as_ref()
         .and_then(|kv| AssignmentRecord::decode(kv.value.clone()).ok())
-        .filter(|a| a.broker_id == ctx.broker_id && a.epoch == epoch && a.broker_session == ctx.session);
+        .filter(|a| {
+            a.broker_id == ctx.broker_id && a.epoch == epoch && a.broker_session == ctx.session
+        });
     let (Some(kv), Some(_)) = (assigned, current) else {
         set_state(PartitionState::Failed);
         ctx.metrics.partition_removed(PartitionState::Failed);
@@ -250,8 +263,15 @@ pub async fn start(ctx: PartitionContext, id: PartitionId, epoch: Epoch, config:
     );
     let acquire = Txn::new()
         .when(Condition::Missing(keys::owner(id)))
-        .when(Condition::ModRevision(keys::assignment(id), kv.mod_revision))
-        .then(Op::put_with_lease(keys::owner(id), owner.clone(), ctx.lease.lease));
+        .when(Condition::ModRevision(
+            keys::assignment(id),
+            kv.mod_revision,
+        ))
+        .then(Op::put_with_lease(
+            keys::owner(id),
+            owner.clone(),
+            ctx.lease.lease,
+        ));
     if ctx.meta.txn(acquire).await? == TxnOutcome::Mismatch {
         set_state(PartitionState::Failed);
         ctx.metrics.partition_removed(PartitionState::Failed);
@@ -266,7 +286,11 @@ pub async fn start(ctx: PartitionContext, id: PartitionId, epoch: Epoch, config:
             ctx.metrics.partition_removed(PartitionState::Failed);
             let _ = ctx
                 .meta
-                .txn(Txn::new().when(Condition::ValueEquals(keys::owner(id), owner.clone())).then(Op::delete(keys::owner(id))))
+                .txn(
+                    Txn::new()
+                        .when(Condition::ValueEquals(keys::owner(id), owner.clone()))
+                        .then(Op::delete(keys::owner(id))),
+                )
                 .await;
             return Err(e);
         }

@@ -41,7 +41,11 @@ pub(crate) struct Recovered {
     pub report: RecoveryReport,
 }
 
-pub(crate) fn sealed_view(ctx: &PartitionContext, id: PartitionId, r: &SegmentRecord) -> Result<SealedSegment, StorageError> {
+pub(crate) fn sealed_view(
+    ctx: &PartitionContext,
+    id: PartitionId,
+    r: &SegmentRecord,
+) -> Result<SealedSegment, StorageError> {
     Ok(SealedSegment {
         base_offset: r.base_offset,
         end_offset: r.end_offset,
@@ -92,7 +96,12 @@ pub(crate) async fn consolidate(
 }
 
 /// Delete every chunk object (and fence) of a segment, in the background.
-pub(crate) fn delete_chunks(id: PartitionId, seg: &OpenSegmentRecord, replicas: ReplicaSet, cache: BlockCache) {
+pub(crate) fn delete_chunks(
+    id: PartitionId,
+    seg: &OpenSegmentRecord,
+    replicas: ReplicaSet,
+    cache: BlockCache,
+) {
     let prefix = layout::chunk_prefix(id, seg.base_offset, seg.epoch);
     tokio::spawn(async move {
         match replicas.list(&prefix).await {
@@ -125,7 +134,9 @@ async fn chain_and_fence(
     loop {
         let mut fenced = false;
         for path in listing.keys() {
-            let Some(base) = layout::chunk_base(path) else { continue };
+            let Some(base) = layout::chunk_base(path) else {
+                continue;
+            };
             if base < expected {
                 continue;
             }
@@ -151,7 +162,10 @@ async fn chain_and_fence(
             return Ok(kept);
         }
         let fence_key = layout::chunk(id, seg.base_offset, seg.epoch, expected);
-        match replicas.put_create(&fence_key, chunk::encode_fence(epoch, expected)).await? {
+        match replicas
+            .put_create(&fence_key, chunk::encode_fence(epoch, expected))
+            .await?
+        {
             PutOutcome::Created => return Ok(kept),
             // An old writer's chunk landed first: it may have been acked,
             // so the chain extends over it; then fence again.
@@ -160,10 +174,17 @@ async fn chain_and_fence(
     }
 }
 
-pub(crate) async fn recover(ctx: &PartitionContext, id: PartitionId, epoch: Epoch, owner: &Bytes) -> Result<Recovered, StartError> {
+pub(crate) async fn recover(
+    ctx: &PartitionContext,
+    id: PartitionId,
+    epoch: Epoch,
+    owner: &Bytes,
+) -> Result<Recovered, StartError> {
     let started = Instant::now();
     let checkpoint = match ctx.meta.get(&keys::checkpoint(id)).await? {
-        Some(kv) => CheckpointRecord::decode(kv.value).map_err(|e| StartError::Corrupt(e.to_string()))?,
+        Some(kv) => {
+            CheckpointRecord::decode(kv.value).map_err(|e| StartError::Corrupt(e.to_string()))?
+        }
         None => CheckpointRecord {
             format: FORMAT,
             clean: true,
@@ -176,7 +197,12 @@ pub(crate) async fn recover(ctx: &PartitionContext, id: PartitionId, epoch: Epoc
         let r = SegmentRecord::decode(kv.value).map_err(|e| StartError::Corrupt(e.to_string()))?;
         sealed.insert(r.base_offset, r);
     }
-    let mut next = sealed.values().next_back().map_or(checkpoint.next_offset, |s| s.end_offset.max(checkpoint.next_offset));
+    let mut next = sealed
+        .values()
+        .next_back()
+        .map_or(checkpoint.next_offset, |s| {
+            s.end_offset.max(checkpoint.next_offset)
+        });
     let mut report = RecoveryReport {
         clean: checkpoint.clean && checkpoint.open_segments.is_empty(),
         ..Default::default()
@@ -193,11 +219,17 @@ pub(crate) async fn recover(ctx: &PartitionContext, id: PartitionId, epoch: Epoc
         report.chunks_recovered += chunks.len();
         if let Some(first) = chunks.first() {
             if first.base_offset != seg.base_offset {
-                return Err(StartError::Corrupt(format!("segment {} starts at {}", seg.base_offset, first.base_offset)));
+                return Err(StartError::Corrupt(format!(
+                    "segment {} starts at {}",
+                    seg.base_offset, first.base_offset
+                )));
             }
             let record = consolidate(ctx, id, seg, &replicas, &chunks, &ctx.cache, epoch).await?;
             next = next.max(record.end_offset);
-            ops.push(Op::put(keys::segment(id, record.base_offset), record.encode_to_vec()));
+            ops.push(Op::put(
+                keys::segment(id, record.base_offset),
+                record.encode_to_vec(),
+            ));
             sealed.insert(record.base_offset, record);
         }
         consolidated.push((seg.clone(), replicas));
@@ -226,7 +258,10 @@ pub(crate) async fn recover(ctx: &PartitionContext, id: PartitionId, epoch: Epoc
     for op in ops {
         txn = txn.then(op);
     }
-    txn = txn.then(Op::put(keys::checkpoint(id), new_checkpoint.encode_to_vec()));
+    txn = txn.then(Op::put(
+        keys::checkpoint(id),
+        new_checkpoint.encode_to_vec(),
+    ));
     if ctx.meta.txn(txn).await? == TxnOutcome::Mismatch {
         return Err(StartError::NotAssigned(id));
     }
@@ -241,7 +276,10 @@ pub(crate) async fn recover(ctx: &PartitionContext, id: PartitionId, epoch: Epoc
         segments: BTreeMap::new(),
     };
     for r in sealed.values() {
-        state.segments.insert(r.base_offset, SegmentView::Sealed(Arc::new(sealed_view(ctx, id, r)?)));
+        state.segments.insert(
+            r.base_offset,
+            SegmentView::Sealed(Arc::new(sealed_view(ctx, id, r)?)),
+        );
     }
     state.segments.insert(
         next,

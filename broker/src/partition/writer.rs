@@ -91,7 +91,10 @@ pub(crate) fn spawn(
 ) {
     let replicas = match log.snapshot().segments.get(&recovered.open.base_offset) {
         Some(SegmentView::Open { replicas, .. }) => replicas.clone(),
-        _ => ctx.pool.replica_set(&recovered.open.replica_set).expect("recovered replica set is in the pool"),
+        _ => ctx
+            .pool
+            .replica_set(&recovered.open.replica_set)
+            .expect("recovered replica set is in the pool"),
     };
     let next = recovered.state.high_watermark;
     let w = Writer {
@@ -120,14 +123,18 @@ pub(crate) fn spawn(
 }
 
 /// Await the front flush, if any (pending forever otherwise).
-async fn front(inflight: &mut VecDeque<Flush>) -> Result<Result<PutOutcome, StorageError>, tokio::task::JoinError> {
+async fn front(
+    inflight: &mut VecDeque<Flush>,
+) -> Result<Result<PutOutcome, StorageError>, tokio::task::JoinError> {
     match inflight.front_mut() {
         Some(f) => (&mut f.task).await,
         None => std::future::pending().await,
     }
 }
 
-async fn sealed(task: &mut Option<JoinHandle<Result<SegmentRecord, StorageError>>>) -> Result<Result<SegmentRecord, StorageError>, tokio::task::JoinError> {
+async fn sealed(
+    task: &mut Option<JoinHandle<Result<SegmentRecord, StorageError>>>,
+) -> Result<Result<SegmentRecord, StorageError>, tokio::task::JoinError> {
     match task {
         Some(t) => t.await,
         None => std::future::pending().await,
@@ -142,7 +149,8 @@ enum Stop {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let interval = Duration::from_millis(self.ctx.config.retention_check_interval_ms.clamp(10, 1000));
+        let interval =
+            Duration::from_millis(self.ctx.config.retention_check_interval_ms.clamp(10, 1000));
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_housekeeping = Instant::now();
@@ -260,13 +268,19 @@ impl Writer {
         }
     }
 
-    async fn append(&mut self, records: Bytes, headers: Vec<BatchHeader>, reply: Reply) -> Result<(), Stop> {
+    async fn append(
+        &mut self,
+        records: Bytes,
+        headers: Vec<BatchHeader>,
+        reply: Reply,
+    ) -> Result<(), Stop> {
         if !self.ctx.lease.is_valid() {
             let _ = reply.send(Err(AppendError::NotLeader));
             return Ok(());
         }
         let now = self.ctx.clock.now_ms();
-        let log_append_time = (self.config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
+        let log_append_time =
+            (self.config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
         let linger = self.ctx.config.chunk_linger();
         let buffer = self.buffer.get_or_insert_with(|| Buffer {
             buf: chunk::new_buffer(records.len()),
@@ -282,9 +296,16 @@ impl Writer {
             let len = h.total_len();
             let at = buffer.buf.len();
             buffer.buf.extend_from_slice(&records[pos..pos + len]);
-            batch::assign(&mut buffer.buf[at..at + len], self.next_offset, self.epoch, log_append_time);
+            batch::assign(
+                &mut buffer.buf[at..at + len],
+                self.next_offset,
+                self.epoch,
+                log_append_time,
+            );
             self.next_offset += h.records_count as i64;
-            buffer.max_timestamp = buffer.max_timestamp.max(log_append_time.unwrap_or(h.max_timestamp));
+            buffer.max_timestamp = buffer
+                .max_timestamp
+                .max(log_append_time.unwrap_or(h.max_timestamp));
             buffer.batches += 1;
             pos += len;
         }
@@ -301,7 +322,9 @@ impl Writer {
 
     /// Flush the filling chunk: to a new segment first if the open one is full.
     async fn start_flush(&mut self) -> Result<(), Stop> {
-        let Some(buffer) = self.buffer.take() else { return Ok(()) };
+        let Some(buffer) = self.buffer.take() else {
+            return Ok(());
+        };
         let payload_len = (buffer.buf.len() - chunk::HEADER_LEN) as u64;
         if self.open.bytes > 0 && self.open.bytes + payload_len > self.config.segment_bytes {
             self.roll(buffer.base).await?;
@@ -314,9 +337,21 @@ impl Writer {
             waiters,
             ..
         } = buffer;
-        chunk::seal_buffer(&mut buf, self.epoch, base, self.next_offset, max_timestamp, batches);
+        chunk::seal_buffer(
+            &mut buf,
+            self.epoch,
+            base,
+            self.next_offset,
+            max_timestamp,
+            batches,
+        );
         let data = buf.freeze();
-        let path = layout::chunk(self.id, self.open.record.base_offset, self.open.record.epoch, base);
+        let path = layout::chunk(
+            self.id,
+            self.open.record.base_offset,
+            self.open.record.epoch,
+            base,
+        );
         self.open.bytes += payload_len;
         self.open.end = self.next_offset;
         let chunk = ChunkRef {
@@ -363,7 +398,10 @@ impl Writer {
         Ok(())
     }
 
-    async fn flush_done(&mut self, done: Result<Result<PutOutcome, StorageError>, tokio::task::JoinError>) -> Result<(), Stop> {
+    async fn flush_done(
+        &mut self,
+        done: Result<Result<PutOutcome, StorageError>, tokio::task::JoinError>,
+    ) -> Result<(), Stop> {
         let flush = self.inflight.pop_front().expect("a flush completed");
         match done {
             Ok(Ok(PutOutcome::Created)) => {}
@@ -454,7 +492,9 @@ impl Writer {
         if self.seal_task.is_some() {
             return;
         }
-        let Some(seg) = self.sealing.front() else { return };
+        let Some(seg) = self.sealing.front() else {
+            return;
+        };
         let (_, hw, _) = self.log.offsets();
         if hw < seg.end {
             return;
@@ -477,7 +517,10 @@ impl Writer {
         }));
     }
 
-    async fn seal_done(&mut self, done: Result<Result<SegmentRecord, StorageError>, tokio::task::JoinError>) -> Result<(), Stop> {
+    async fn seal_done(
+        &mut self,
+        done: Result<Result<SegmentRecord, StorageError>, tokio::task::JoinError>,
+    ) -> Result<(), Stop> {
         let record = match done {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -486,7 +529,10 @@ impl Writer {
             }
             Err(e) => return Err(Stop::Failed(e.to_string())),
         };
-        let seg = self.sealing.pop_front().expect("a segment was being sealed");
+        let seg = self
+            .sealing
+            .pop_front()
+            .expect("a segment was being sealed");
         if record.batch_count == 0 {
             // Nothing was committed to it: no segment to record.
             self.save_checkpoint(Vec::new()).await?;
@@ -494,10 +540,16 @@ impl Writer {
                 s.segments.remove(&seg.record.base_offset);
             });
         } else {
-            let view = sealed_view(&self.ctx, self.id, &record).map_err(|e| Stop::Failed(e.to_string()))?;
-            self.save_checkpoint(vec![Op::put(keys::segment(self.id, record.base_offset), record.encode_to_vec())]).await?;
+            let view = sealed_view(&self.ctx, self.id, &record)
+                .map_err(|e| Stop::Failed(e.to_string()))?;
+            self.save_checkpoint(vec![Op::put(
+                keys::segment(self.id, record.base_offset),
+                record.encode_to_vec(),
+            )])
+            .await?;
             self.log.update(|s| {
-                s.segments.insert(record.base_offset, SegmentView::Sealed(Arc::new(view)));
+                s.segments
+                    .insert(record.base_offset, SegmentView::Sealed(Arc::new(view)));
             });
             self.ctx.metrics.segment_sealed();
             tracing::info!(partition = %self.id, base = record.base_offset, end = record.end_offset, bytes = record.data_bytes, "sealed segment");
@@ -510,7 +562,8 @@ impl Writer {
     /// Save the checkpoint (and `ops`) only while we still own the partition.
     async fn save_checkpoint(&mut self, ops: Vec<Op>) -> Result<(), Stop> {
         let (log_start, hw, _) = self.log.offsets();
-        let mut open_segments: Vec<OpenSegmentRecord> = self.sealing.iter().map(|s| s.record.clone()).collect();
+        let mut open_segments: Vec<OpenSegmentRecord> =
+            self.sealing.iter().map(|s| s.record.clone()).collect();
         // At release the open segment is a placeholder without replicas.
         if !self.open.record.replica_set.is_empty() {
             open_segments.push(self.open.record.clone());
@@ -533,15 +586,23 @@ impl Writer {
     async fn commit_meta(&self, ops: Vec<Op>, checkpoint: &CheckpointRecord) -> Result<(), Stop> {
         let mut attempt = 0;
         loop {
-            let mut txn = Txn::new().when(Condition::ValueEquals(keys::owner(self.id), self.owner.clone()));
+            let mut txn = Txn::new().when(Condition::ValueEquals(
+                keys::owner(self.id),
+                self.owner.clone(),
+            ));
             for op in ops.iter().cloned() {
                 txn = txn.then(op);
             }
-            txn = txn.then(Op::put(keys::checkpoint(self.id), checkpoint.encode_to_vec()));
+            txn = txn.then(Op::put(
+                keys::checkpoint(self.id),
+                checkpoint.encode_to_vec(),
+            ));
             match self.ctx.meta.txn(txn).await {
                 Ok(TxnOutcome::Committed { .. }) => return Ok(()),
                 Ok(TxnOutcome::Mismatch) => return Err(Stop::Fenced),
-                Err(MetaError::Unavailable(e)) | Err(MetaError::Indeterminate(e)) if attempt < 5 => {
+                Err(MetaError::Unavailable(e)) | Err(MetaError::Indeterminate(e))
+                    if attempt < 5 =>
+                {
                     attempt += 1;
                     tracing::warn!(partition = %self.id, attempt, error = %e, "metadata write failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
@@ -584,17 +645,24 @@ impl Writer {
         let mut doomed = Vec::new();
         for seg in state.segments.values() {
             let SegmentView::Sealed(s) = seg else { break };
-            let by_time = self.config.retention_ms >= 0 && now - s.max_timestamp > self.config.retention_ms;
-            let by_size = self.config.retention_bytes >= 0 && total - s.data_bytes >= self.config.retention_bytes as u64;
+            let by_time =
+                self.config.retention_ms >= 0 && now - s.max_timestamp > self.config.retention_ms;
+            let by_size = self.config.retention_bytes >= 0
+                && total - s.data_bytes >= self.config.retention_bytes as u64;
             if !(by_time || by_size) {
                 break;
             }
             total -= s.data_bytes;
             doomed.push(s.clone());
         }
-        let Some(last) = doomed.last() else { return Ok(()) };
+        let Some(last) = doomed.last() else {
+            return Ok(());
+        };
         let new_start = last.end_offset.max(state.log_start_offset);
-        let ops: Vec<Op> = doomed.iter().map(|s| Op::delete(keys::segment(self.id, s.base_offset))).collect();
+        let ops: Vec<Op> = doomed
+            .iter()
+            .map(|s| Op::delete(keys::segment(self.id, s.base_offset)))
+            .collect();
         self.log.update(|s| {
             for d in &doomed {
                 s.segments.remove(&d.base_offset);
@@ -649,7 +717,9 @@ impl Writer {
         }
         while !self.sealing.is_empty() {
             self.maybe_start_seal();
-            let Some(t) = self.seal_task.take() else { break };
+            let Some(t) = self.seal_task.take() else {
+                break;
+            };
             let done = t.await;
             let before = self.sealing.len();
             self.seal_done(done).await?;
@@ -667,6 +737,7 @@ impl Writer {
             clean: true,
             saved_ms: self.ctx.clock.now_ms(),
         };
-        self.commit_meta(vec![Op::delete(keys::owner(self.id))], &checkpoint).await
+        self.commit_meta(vec![Op::delete(keys::owner(self.id))], &checkpoint)
+            .await
     }
 }
