@@ -399,7 +399,7 @@ pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchRes
             .iter()
             .flat_map(|t| &t.partitions)
             .any(|p| p.error_code != 0);
-        if total >= min_bytes.max(1)
+        if total >= min_bytes
             || errors
             || tokio::time::Instant::now() >= deadline
             || watchers.is_empty()

@@ -550,3 +550,160 @@ pub fn chunk_ref(path: &Path, h: &chunk::ChunkHeader, bytes: u64) -> ChunkRef {
         bytes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::SegmentBuilder;
+    use crate::target::StorageTarget;
+    use floe_common::Uuid;
+    use floe_protocol::batch::{assign, synthetic_batch};
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    /// `n` batches of 5 records of 200 bytes from `base`.
+    fn batches(base: i64, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let mut b = synthetic_batch(5, 200, 1_000 + (base + i as i64 * 5) * 10);
+            assign(&mut b, base + i as i64 * 5, 1, None);
+            out.extend(b);
+        }
+        out
+    }
+
+    fn offsets(b: &Bytes) -> Vec<i64> {
+        Batches::new(b).map(|(_, h)| h.base_offset).collect()
+    }
+
+    /// A log with a sealed segment [0, 500) and an open one [500, 600) in two chunks.
+    async fn log() -> Arc<PartitionLog> {
+        let t = StorageTarget::open("m", "memory://").unwrap();
+        let replicas = ReplicaSet::new(vec![t.clone()], 1);
+        let id = PartitionId::new(Uuid::from_u128(9), 0);
+        let data = batches(0, 100);
+        let mut b = SegmentBuilder::new(0, 1, 4096);
+        b.add(&data).unwrap();
+        let (tail, sum) = b.finish();
+        let mut obj = data.clone();
+        obj.extend_from_slice(&tail);
+        let seg_path = crate::layout::segment(id, 0, 1, 1);
+        t.store.put(&seg_path, PutPayload::from(obj)).await.unwrap();
+        let mut chunks = Vec::new();
+        for (base, n) in [(500, 10), (550, 10)] {
+            let payload = batches(base, n);
+            let path = crate::layout::chunk(id, 500, 1, base);
+            let enc = chunk::encode_data(1, base, base + n as i64 * 5, 0, n as u32, &payload);
+            t.store.put(&path, PutPayload::from(enc)).await.unwrap();
+            chunks.push(ChunkRef {
+                base_offset: base,
+                next_offset: base + n as i64 * 5,
+                max_timestamp: 1_000 + (base + 49) * 10,
+                path: Arc::from(path.as_ref()),
+                bytes: payload.len() as u64,
+            });
+        }
+        let mut state = LogState {
+            log_start_offset: 0,
+            high_watermark: 600,
+            leader_epoch: 1,
+            segments: BTreeMap::new(),
+        };
+        state.segments.insert(
+            0,
+            SegmentView::Sealed(Arc::new(SealedSegment {
+                base_offset: 0,
+                end_offset: 500,
+                epoch: 1,
+                path: Arc::from(seg_path.as_ref()),
+                data_bytes: sum.data_bytes,
+                object_bytes: sum.object_bytes,
+                max_timestamp: sum.max_timestamp,
+                sealed_ms: 0,
+                replicas: replicas.clone(),
+            })),
+        );
+        state.segments.insert(
+            500,
+            SegmentView::Open {
+                base_offset: 500,
+                epoch: 1,
+                replicas,
+                chunks,
+            },
+        );
+        PartitionLog::new(id, state, BlockCache::new(64 << 20))
+    }
+
+    #[tokio::test]
+    async fn reads_whole_batches_across_segments_and_chunks() {
+        let log = log().await;
+        let batch_len = batches(0, 1).len();
+        // Middle of a batch: the whole batch comes back, from its base.
+        let r = log.read(7, batch_len, true).await.unwrap();
+        assert_eq!(offsets(&r.records), vec![5]);
+        assert_eq!(r.next_offset, 10);
+        // Across the sealed/open boundary and into the second chunk.
+        let r = log.read(490, 5 * batch_len, true).await.unwrap();
+        assert_eq!(offsets(&r.records), vec![490, 495, 500, 505, 510]);
+        let r = log.read(545, 3 * batch_len, true).await.unwrap();
+        assert_eq!(offsets(&r.records), vec![545, 550, 555]);
+        // A budget below one batch: nothing unless min_one (KIP-74).
+        assert!(log.read(100, 10, false).await.unwrap().records.is_empty());
+        assert_eq!(
+            offsets(&log.read(100, 10, true).await.unwrap().records),
+            vec![100]
+        );
+        // At the high watermark: empty; beyond it: out of range.
+        assert!(log
+            .read(600, 1 << 20, true)
+            .await
+            .unwrap()
+            .records
+            .is_empty());
+        assert!(matches!(
+            log.read(601, 1, true).await,
+            Err(ReadError::OffsetOutOfRange { .. })
+        ));
+        // Everything, in order, dense.
+        let mut next = 0;
+        let mut all = Vec::new();
+        while next < 600 {
+            let r = log.read(next, 7_000, true).await.unwrap();
+            all.extend(offsets(&r.records));
+            next = r.next_offset;
+        }
+        assert_eq!(all, (0..120).map(|i| i * 5).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn timestamp_lookup_finds_the_first_record_at_or_after() {
+        let log = log().await;
+        // Record at offset o has timestamp 1000 + base*10 + (o - base).
+        assert_eq!(
+            log.offset_for_timestamp(1_000 + 250 * 10)
+                .await
+                .unwrap()
+                .map(|x| x.0),
+            Some(250)
+        );
+        assert_eq!(
+            log.offset_for_timestamp(1_000 + 250 * 10 + 2)
+                .await
+                .unwrap()
+                .map(|x| x.0),
+            Some(252)
+        );
+        assert_eq!(
+            log.offset_for_timestamp(1_000 + 520 * 10)
+                .await
+                .unwrap()
+                .map(|x| x.0),
+            Some(520)
+        );
+        assert_eq!(
+            log.offset_for_timestamp(0).await.unwrap().map(|x| x.0),
+            Some(0)
+        );
+        assert_eq!(log.offset_for_timestamp(i64::MAX).await.unwrap(), None);
+    }
+}
