@@ -119,7 +119,7 @@ fn main() -> Result<()> {
             compression,
         } => {
             let ctx = Arc::new(Ctx {
-                latency: Mutex::new(Histogram::new(3)?),
+                latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
                 acked: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
             });
@@ -225,7 +225,7 @@ fn main() -> Result<()> {
             c.assign(&tpl)?;
             std::thread::sleep(Duration::from_secs(1));
             let ctx = Arc::new(Ctx {
-                latency: Mutex::new(Histogram::new(3)?),
+                latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
                 acked: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
             });
@@ -262,7 +262,7 @@ fn main() -> Result<()> {
                     producer.flush(Duration::from_secs(60))
                 }
             });
-            let mut e2e = Histogram::<u64>::new(3)?;
+            let mut e2e = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
             let deadline = Instant::now() + Duration::from_secs(records / rate.max(1) + 60);
             while e2e.len() < records && Instant::now() < deadline {
                 if let Some(m) = c.poll(Duration::from_millis(200)) {
