@@ -152,7 +152,7 @@ fn bad_batches_get_kafka_error_codes_and_nothing_is_stored() {
     );
     let mut wrong_count = good.clone();
     wrong_count[57..61].copy_from_slice(&9i32.to_be_bytes());
-    let crc = crc32c_of(&wrong_count[21..]);
+    let crc = crc32c::crc32c(&wrong_count[21..]);
     wrong_count[17..21].copy_from_slice(&crc.to_be_bytes());
     assert_eq!(
         produce(&mut raw, "bad", wrong_count),
@@ -211,22 +211,6 @@ fn bad_batches_get_kafka_error_codes_and_nothing_is_stored() {
     let recs = r.responses[0].partitions[0].records.clone().unwrap();
     assert_eq!(recs.len(), good.len());
     assert_eq!(&recs[..8], &0i64.to_be_bytes(), "batch starts at offset 0");
-}
-
-fn crc32c_of(b: &[u8]) -> u32 {
-    // CRC-32C (Castagnoli), bitwise; test-only.
-    let mut crc = !0u32;
-    for &x in b {
-        crc ^= x as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[test]

@@ -46,18 +46,16 @@ pub fn encode_data(
     batch_count: u32,
     payload: &[u8],
 ) -> Bytes {
-    let h = ChunkHeader {
-        kind: ChunkKind::Data,
+    let mut out = new_buffer(payload.len());
+    out.extend_from_slice(payload);
+    seal_buffer(
+        &mut out,
         epoch,
         base_offset,
         next_offset,
         max_timestamp,
         batch_count,
-        payload_len: payload.len() as u32,
-    };
-    let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len());
-    put_header(&mut out, &h, crc32c::crc32c(payload));
-    out.extend_from_slice(payload);
+    );
     out.freeze()
 }
 

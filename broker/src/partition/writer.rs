@@ -173,7 +173,8 @@ impl Writer {
                     Some(Command::Release(done)) => Ok(Some(Some(done))),
                     None => Ok(Some(None)),
                 },
-                _ = async { tokio::time::sleep_until(linger.unwrap()).await }, if linger.is_some() => self.start_flush().await.map(|_| None),
+                // A lingering chunk waits for a free flush slot like any other.
+                _ = async { tokio::time::sleep_until(linger.unwrap()).await }, if linger.is_some() && self.inflight.len() < max_inflight => self.start_flush().await.map(|_| None),
                 _ = tick.tick() => {
                     let every = Duration::from_millis(self.ctx.config.retention_check_interval_ms);
                     if last_housekeeping.elapsed() >= every {
