@@ -125,6 +125,7 @@ fn main() -> Result<()> {
             });
             let producer: ThreadedProducer<Shared> = ClientConfig::new()
                 .set("bootstrap.servers", &cli.bootstrap)
+                .set("socket.nagle.disable", "true")
                 .set("acks", &acks)
                 .set("batch.size", batch_bytes.to_string())
                 .set("message.max.bytes", (batch_bytes + 65536).to_string())
@@ -180,6 +181,7 @@ fn main() -> Result<()> {
         } => {
             let c: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &cli.bootstrap)
+                .set("socket.nagle.disable", "true")
                 .set("group.id", "floe-bench")
                 .set("enable.auto.commit", "false")
                 .set("fetch.max.bytes", "52428800")
@@ -216,6 +218,7 @@ fn main() -> Result<()> {
         } => {
             let c: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &cli.bootstrap)
+                .set("socket.nagle.disable", "true")
                 .set("group.id", "floe-bench")
                 .set("fetch.wait.max.ms", "500")
                 .set("enable.auto.commit", "false")
@@ -231,6 +234,7 @@ fn main() -> Result<()> {
             });
             let producer: ThreadedProducer<Shared> = ClientConfig::new()
                 .set("bootstrap.servers", &cli.bootstrap)
+                .set("socket.nagle.disable", "true")
                 .set("acks", "all")
                 .set("linger.ms", "0")
                 .create_with_context(Shared(ctx.clone()))?;

@@ -22,8 +22,12 @@ pub struct BrokerConfig {
     pub default_partitions: i32,
     /// A chunk is flushed once it holds this many bytes...
     pub chunk_bytes: usize,
-    /// ...or once its first batch waited this long.
+    /// ...or once its first batch waited this long...
     pub chunk_linger_ms: u64,
+    /// ...or at once when no other chunk of the partition is being written
+    /// (group commit: low latency when idle, batching under load). Turn off
+    /// on a pay-per-request object store to batch by `chunk_linger_ms` only.
+    pub flush_when_idle: bool,
     /// Chunk flushes of one partition in flight at once.
     pub max_inflight_flushes: usize,
     /// Bytes of the shared read cache.
@@ -47,6 +51,7 @@ impl Default for BrokerConfig {
             default_partitions: 1,
             chunk_bytes: 4 << 20,
             chunk_linger_ms: 2,
+            flush_when_idle: true,
             max_inflight_flushes: 4,
             cache_bytes: 512 << 20,
             retention_check_interval_ms: 30_000,

@@ -81,8 +81,17 @@ async fn connection(
     let (tx, mut rx) = mpsc::channel::<Pending>(node.config.max_inflight_per_connection.max(1));
     let writer = tokio::spawn(async move {
         let mut out = BufWriter::with_capacity(256 << 10, wr);
-        while let Some(pending) = rx.recv().await {
-            if let Some(bytes) = pending.await {
+        while let Some(mut pending) = rx.recv().await {
+            // Responses go out in request order; what is written stays in the
+            // buffer only while the next response is already there to join it.
+            let bytes = match (&mut pending).now_or_never() {
+                Some(b) => b,
+                None => {
+                    out.flush().await?;
+                    pending.await
+                }
+            };
+            if let Some(bytes) = bytes {
                 out.write_all(&bytes).await?;
             }
             if rx.is_empty() {

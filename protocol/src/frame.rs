@@ -36,12 +36,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             limit: max_size,
         });
     }
-    let mut buf = BytesMut::zeroed(size as usize);
-    match r.read_exact(&mut buf).await {
-        Ok(_) => Ok(Some(buf.freeze())),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
-        Err(e) => Err(e.into()),
+    // Read straight into spare capacity: no zeroing of a buffer that the
+    // socket is about to overwrite.
+    let size = size as usize;
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        let want = (size - buf.len()) as u64;
+        if (&mut *r).take(want).read_buf(&mut buf).await? == 0 {
+            return Err(FrameError::Truncated);
+        }
     }
+    Ok(Some(buf.freeze()))
 }
 
 #[cfg(test)]

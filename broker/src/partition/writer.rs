@@ -156,6 +156,17 @@ impl Writer {
         let mut last_housekeeping = Instant::now();
         let outcome: Result<Option<oneshot::Sender<()>>, Stop> = loop {
             let max_inflight = self.ctx.config.max_inflight_flushes.max(1);
+            // Group commit: with nothing being written and nothing queued,
+            // the filling chunk goes now rather than at its linger deadline.
+            if self.ctx.config.flush_when_idle
+                && self.inflight.is_empty()
+                && self.buffer.is_some()
+                && rx.is_empty()
+            {
+                if let Err(stop) = self.start_flush().await {
+                    break Err(stop);
+                }
+            }
             let linger = self.buffer.as_ref().map(|b| b.deadline);
             let step: Result<Option<Option<oneshot::Sender<()>>>, Stop> = tokio::select! {
                 biased;
