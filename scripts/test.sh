@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine: installs what the tests
-# need (kcat, build tools for librdkafka), then runs formatting, lints and
-# every test (unit, conformance, property and end-to-end).
+# need (kcat, etcd, protoc for the etcd client, build tools for librdkafka),
+# then runs formatting, lints and every test (unit, conformance, property and
+# end-to-end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
-PACKAGES=(kcat cmake make gcc g++ pkg-config zlib1g-dev libssl-dev curl)
+PACKAGES=(kcat etcd-server protobuf-compiler libprotobuf-dev cmake make gcc g++ pkg-config zlib1g-dev libssl-dev curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

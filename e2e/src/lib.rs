@@ -206,6 +206,89 @@ impl Drop for Standalone {
     }
 }
 
+/// A real etcd server (Debian's etcd-server) on free loopback ports with a
+/// temporary data directory; killed when dropped.
+pub struct Etcd {
+    pub client_port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let client_port = free_port();
+        let peer_port = free_port();
+        let log = tmp.path().join("etcd.log");
+        let out = std::fs::File::create(&log)?;
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let child = Command::new("etcd")
+            .arg("--name")
+            .arg("floe-test")
+            .arg("--data-dir")
+            .arg(tmp.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("floe-test={peer}"))
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("spawning etcd (apt-get install etcd-server)")?;
+        let mut e = Self {
+            client_port,
+            child: Some(child),
+            log,
+            _tmp: tmp,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if http_get(client_port, "/health")
+                .map(|b| b.contains("\"health\":\"true\""))
+                .unwrap_or(false)
+            {
+                return Ok(e);
+            }
+            if let Some(status) = e.child.as_mut().unwrap().try_wait()? {
+                bail!(
+                    "etcd exited with {status}; log:\n{}",
+                    std::fs::read_to_string(&e.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "etcd did not become healthy; log:\n{}",
+            std::fs::read_to_string(&e.log).unwrap_or_default()
+        )
+    }
+
+    /// The client URL, as given to `--etcd`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 pub fn http_get(port: u16, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;

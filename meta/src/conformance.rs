@@ -22,6 +22,7 @@ pub async fn run(store: Arc<dyn MetadataStore>) {
     compare_and_swap(&*store).await;
     leases(&*store).await;
     watches(&*store).await;
+    election(&*store).await;
 }
 
 async fn get_put_delete(s: &dyn MetadataStore) {
@@ -115,7 +116,8 @@ async fn compare_and_swap(s: &dyn MetadataStore) {
 }
 
 async fn leases(s: &dyn MetadataStore) {
-    let lease = s.grant_lease(Duration::from_millis(600)).await.unwrap();
+    // Whole seconds: etcd's granularity (and its minimum TTL is about 2 s).
+    let lease = s.grant_lease(Duration::from_secs(2)).await.unwrap();
     let put = Txn::new().then(Op::put_with_lease(b("/conf/lease/a"), b("x"), lease));
     assert!(s.txn(put).await.unwrap().committed());
     assert_eq!(
@@ -123,24 +125,26 @@ async fn leases(s: &dyn MetadataStore) {
         Some(lease)
     );
     // Keep-alives hold the key past the TTL.
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        s.keep_alive(lease).await.unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let ttl = s.keep_alive(lease).await.unwrap();
+        assert!(ttl >= Duration::from_secs(1), "granted TTL {ttl:?}");
     }
     assert!(
         s.get(b"/conf/lease/a").await.unwrap().is_some(),
         "kept alive"
     );
     // Without them the lease lapses and its keys go.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert!(
-        s.get(b"/conf/lease/a").await.unwrap().is_none(),
-        "expired lease deletes its keys"
-    );
-    assert!(matches!(
-        s.keep_alive(lease).await,
-        Err(MetaError::LeaseNotFound(_))
-    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while s.get(b"/conf/lease/a").await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired lease deletes its keys"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = s.keep_alive(lease).await;
+    assert!(matches!(r, Err(MetaError::LeaseNotFound(_))), "{r:?}");
     let put = Txn::new().then(Op::put_with_lease(b("/conf/lease/b"), b("x"), lease));
     assert!(
         matches!(s.txn(put).await, Err(MetaError::LeaseNotFound(_))),
@@ -196,16 +200,46 @@ async fn watches(s: &dyn MetadataStore) {
     );
 
     // Lease expiry shows up as a delete.
-    let lease = s.grant_lease(Duration::from_millis(300)).await.unwrap();
+    let lease = s.grant_lease(Duration::from_secs(1)).await.unwrap();
     let mut w = s.watch_prefix(b"/conf/wl/", None).await.unwrap();
     let put = Txn::new().then(Op::put_with_lease(b("/conf/wl/k"), b("x"), lease));
     s.txn(put).await.unwrap();
     let ev = w.next().await.unwrap().unwrap();
     assert!(matches!(ev.kind, WatchEventKind::Put(_)));
-    let ev = tokio::time::timeout(Duration::from_secs(5), w.next())
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.next())
         .await
         .expect("lease expiry is seen")
         .unwrap()
         .unwrap();
     assert!(matches!(ev.kind, WatchEventKind::Delete(ref k) if k == &b("/conf/wl/k")));
+}
+
+async fn election(s: &dyn MetadataStore) {
+    use crate::election::{campaign, leader};
+    let key = b("/conf/election/leader");
+    let a = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let b_lease = s.grant_lease(Duration::from_secs(30)).await.unwrap();
+    assert!(leader(s, &key).await.unwrap().is_none());
+    campaign(s, key.clone(), b("a"), a).await.unwrap();
+    assert_eq!(leader(s, &key).await.unwrap().unwrap().value, b("a"));
+    // Campaigning again with the same lease is a no-op, not a deadlock.
+    campaign(s, key.clone(), b("a"), a).await.unwrap();
+    // The second candidate waits while the first leads...
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(500),
+        campaign(s, key.clone(), b("b"), b_lease),
+    )
+    .await;
+    assert!(waiting.is_err(), "a second leader while the first lives");
+    // ...and leads once the first's lease is gone.
+    s.revoke_lease(a).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        campaign(s, key.clone(), b("b"), b_lease),
+    )
+    .await
+    .expect("the standby takes over")
+    .unwrap();
+    assert_eq!(leader(s, &key).await.unwrap().unwrap().value, b("b"));
+    s.revoke_lease(b_lease).await.unwrap();
 }

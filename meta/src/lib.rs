@@ -4,12 +4,15 @@
 //! implementation passes, and the typed keys and values Floe stores in it.
 
 pub mod conformance;
+pub mod election;
 pub mod embedded;
+pub mod etcd;
 pub mod keys;
 pub mod schema;
 pub mod store;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
 pub use store::{
     Condition, KeyValue, LeaseId, MetaError, MetadataStore, Op, Revision, Txn, TxnOutcome,
     WatchEvent, WatchEventKind, WatchStream,

@@ -1,0 +1,63 @@
+//! Leader election on any `MetadataStore`: the leader is whoever created the
+//! election key, bound to its lease; the others wait for that key to go.
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::store::*;
+
+/// Wait until this candidate leads, i.e. its key `key` holding `value` is
+/// bound to `lease`. Returns the revision at which it took the lead. Losing
+/// the lease loses the lead; the leader should make its writes conditional
+/// on [`Condition::ValueEquals`]`(key, value)` so a deposed leader's writes
+/// fail.
+pub async fn campaign(
+    store: &dyn MetadataStore,
+    key: Bytes,
+    value: Bytes,
+    lease: LeaseId,
+) -> Result<Revision, MetaError> {
+    loop {
+        let txn = Txn::new()
+            .when(Condition::Missing(key.clone()))
+            .then(Op::put_with_lease(key.clone(), value.clone(), lease));
+        if let TxnOutcome::Committed { revision } = store.txn(txn).await? {
+            return Ok(revision);
+        }
+        let Some(current) = store.get(&key).await? else {
+            continue;
+        };
+        if current.lease == Some(lease) && current.value == value {
+            return Ok(current.create_revision);
+        }
+        // Someone else leads: wait for its key to be deleted (revoked,
+        // expired or resigned), then try again.
+        let mut watch = store
+            .watch_prefix(&key, Some(current.mod_revision + 1))
+            .await?;
+        while let Some(ev) = watch.next().await {
+            if let WatchEventKind::Delete(k) = ev?.kind {
+                if k == key {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The current leader's key, if anyone leads.
+pub async fn leader(store: &dyn MetadataStore, key: &[u8]) -> Result<Option<KeyValue>, MetaError> {
+    store.get(key).await
+}
+
+/// Step down: delete the key if it is still ours.
+pub async fn resign(store: &dyn MetadataStore, key: Bytes, value: Bytes) -> Result<(), MetaError> {
+    store
+        .txn(
+            Txn::new()
+                .when(Condition::ValueEquals(key.clone(), value))
+                .then(Op::delete(key)),
+        )
+        .await
+        .map(|_| ())
+}
