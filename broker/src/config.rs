@@ -36,6 +36,9 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// How often an unchanged partition's checkpoint is re-saved.
     pub checkpoint_interval_ms: u64,
+    /// TTL of the broker's metadata lease: a broker silent this long loses
+    /// its partitions (and stops acking a third of it earlier).
+    pub lease_ttl_ms: u64,
     /// Default configs of new topics (Kafka names: retention.ms, ...).
     pub topic_defaults: BTreeMap<String, String>,
 }
@@ -56,6 +59,7 @@ impl Default for BrokerConfig {
             cache_bytes: 512 << 20,
             retention_check_interval_ms: 30_000,
             checkpoint_interval_ms: 5_000,
+            lease_ttl_ms: 10_000,
             topic_defaults: BTreeMap::new(),
         }
     }

@@ -100,14 +100,27 @@ async fn resolve_topic(
 }
 
 fn broker_list(node: &Node, version: i16) -> Vec<MetadataResponseBroker> {
-    let mut b = MetadataResponseBroker::default()
-        .with_node_id(node.config.node_id.into())
-        .with_host(s(node.advertised_host.clone()))
-        .with_port(node.advertised_port);
-    if version >= 1 {
-        b.rack = None;
+    let mut brokers: Vec<MetadataResponseBroker> = node
+        .brokers()
+        .into_iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(b.broker_id.into())
+                .with_host(s(b.host))
+                .with_port(b.port)
+                .with_rack(if version >= 1 { b.rack.map(s) } else { None })
+        })
+        .collect();
+    if !brokers.iter().any(|b| b.node_id.0 == node.config.node_id) {
+        // Our own registration may not have been seen yet.
+        brokers.push(
+            MetadataResponseBroker::default()
+                .with_node_id(node.config.node_id.into())
+                .with_host(s(node.advertised_host.clone()))
+                .with_port(node.advertised_port),
+        );
     }
-    vec![b]
+    brokers
 }
 
 pub async fn metadata(node: &Node, req: MetadataRequest, version: i16) -> MetadataResponse {
@@ -157,14 +170,14 @@ pub async fn metadata(node: &Node, req: MetadataRequest, version: i16) -> Metada
                 }
                 for p in 0..t.partitions {
                     let mut part = MetadataResponsePartition::default().with_partition_index(p);
-                    match node.partition(PartitionId::new(t.id, p)) {
-                        Some(h) => {
-                            part.leader_id = node.config.node_id.into();
+                    match node.leader_of(PartitionId::new(t.id, p)) {
+                        Some((leader, epoch)) => {
+                            part.leader_id = leader.into();
                             if version >= 7 {
-                                part.leader_epoch = h.epoch;
+                                part.leader_epoch = epoch;
                             }
-                            part.replica_nodes = vec![node.config.node_id.into()];
-                            part.isr_nodes = vec![node.config.node_id.into()];
+                            part.replica_nodes = vec![leader.into()];
+                            part.isr_nodes = vec![leader.into()];
                         }
                         None => {
                             part.error_code = ResponseError::LeaderNotAvailable.code();
@@ -824,10 +837,18 @@ pub fn describe_cluster(node: &Node, version: i16) -> DescribeClusterResponse {
     let mut r = DescribeClusterResponse::default()
         .with_cluster_id(s(node.cluster_id.clone()))
         .with_controller_id(node.config.node_id.into())
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(node.config.node_id.into())
-            .with_host(s(node.advertised_host.clone()))
-            .with_port(node.advertised_port)]);
+        .with_brokers(
+            node.brokers()
+                .into_iter()
+                .map(|b| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(b.broker_id.into())
+                        .with_host(s(b.host))
+                        .with_port(b.port)
+                        .with_rack(b.rack.map(s))
+                })
+                .collect(),
+        );
     if version >= 1 {
         r.endpoint_type = 1;
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use floe_common::{Epoch, PartitionId, SharedClock, Uuid};
-use floe_meta::schema::{AssignmentRecord, BrokerRecord, TopicRecord, FORMAT};
+use floe_meta::schema::{AssignmentRecord, BrokerRecord, OwnerRecord, TopicRecord, FORMAT};
 use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn, TxnOutcome, WatchEventKind};
 use floe_protocol::ResponseError;
 use floe_storage::{BlockCache, StoragePool};
@@ -37,6 +37,14 @@ struct Catalog {
     by_id: HashMap<Uuid, String>,
 }
 
+/// Who is where in the cluster, as last seen in the metadata store.
+#[derive(Default)]
+struct ClusterView {
+    brokers: BTreeMap<i32, BrokerRecord>,
+    /// The broker writing each partition now (its owner key).
+    owners: HashMap<PartitionId, OwnerRecord>,
+}
+
 pub struct Node {
     pub config: Arc<BrokerConfig>,
     pub cluster_id: String,
@@ -47,10 +55,13 @@ pub struct Node {
     pub cache: BlockCache,
     ctx: PartitionContext,
     catalog: RwLock<Catalog>,
+    view: RwLock<ClusterView>,
     partitions: RwLock<HashMap<PartitionId, PartitionHandle>>,
     /// Assignment epochs this broker should run, as last seen.
     wanted: RwLock<HashMap<PartitionId, Epoch>>,
     shutdown: CancellationToken,
+    /// Cancelled when the broker's lease is found expired.
+    pub lease_lapsed: CancellationToken,
 }
 
 /// A topic name Kafka would accept: 1-249 of [a-zA-Z0-9._-], not "." or "..".
@@ -92,7 +103,7 @@ impl Node {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, MetaError> {
         let config = Arc::new(config);
-        let ttl = Duration::from_secs(10);
+        let ttl = Duration::from_millis(config.lease_ttl_ms.max(1_000));
         let lease = meta.grant_lease(ttl).await?;
         let guard = Arc::new(LeaseGuard::new(lease));
         guard.renewed(Instant::now(), ttl);
@@ -142,64 +153,206 @@ impl Node {
             cache,
             ctx,
             catalog: RwLock::new(Catalog::default()),
+            view: RwLock::new(ClusterView::default()),
             partitions: RwLock::new(HashMap::new()),
             wanted: RwLock::new(HashMap::new()),
             shutdown,
+            lease_lapsed: CancellationToken::new(),
         });
-        tokio::spawn(keep_alive(meta.clone(), guard, ttl, node.shutdown.clone()));
+        tokio::spawn(keep_alive(
+            meta.clone(),
+            guard,
+            ttl,
+            node.shutdown.clone(),
+            node.lease_lapsed.clone(),
+        ));
         node.clone().follow().await?;
         Ok(node)
     }
 
-    /// Load topics and assignments, then follow their changes.
+    /// Load topics, brokers and partition ownership, then follow their
+    /// changes; on any watch failure, load everything again and resume.
     async fn follow(self: Arc<Self>) -> Result<(), MetaError> {
-        let (_, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
-        let (topics, _) = self.meta.range(&keys::topics_prefix()).await?;
-        for kv in topics {
-            self.apply_topic(Some(kv.value));
-        }
-        let (parts, _) = self.meta.range(&keys::partitions_prefix()).await?;
-        for kv in parts {
-            if let Some(p) = keys::parse_assignment(&kv.key) {
-                self.apply_assignment(p, Some(kv.value));
-            }
-        }
+        let rev = self.load().await?;
         let node = self.clone();
-        let mut topic_watch = self
-            .meta
-            .watch_prefix(&keys::topics_prefix(), Some(rev + 1))
-            .await?;
-        let mut part_watch = self
-            .meta
-            .watch_prefix(&keys::partitions_prefix(), Some(rev + 1))
-            .await?;
         tokio::spawn(async move {
+            let mut rev = rev;
             loop {
-                tokio::select! {
-                    _ = node.shutdown.cancelled() => return,
-                    ev = topic_watch.next() => match ev {
-                        Some(Ok(ev)) => match ev.kind {
-                            WatchEventKind::Put(kv) => node.apply_topic(Some(kv.value)),
-                            WatchEventKind::Delete(key) => node.forget_topic(&key),
-                        },
-                        other => { tracing::error!(?other, "topic watch ended"); return }
-                    },
-                    ev = part_watch.next() => match ev {
-                        Some(Ok(ev)) => {
-                            let key = ev.key().clone();
-                            if let Some(p) = keys::parse_assignment(&key) {
-                                match ev.kind {
-                                    WatchEventKind::Put(kv) => node.apply_assignment(p, Some(kv.value)),
-                                    WatchEventKind::Delete(_) => node.apply_assignment(p, None),
-                                }
-                            }
+                match node.clone().watch_from(rev + 1).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, "metadata watch failed; reloading"),
+                }
+                loop {
+                    tokio::select! {
+                        _ = node.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    match node.load().await {
+                        Ok(r) => {
+                            rev = r;
+                            break;
                         }
-                        other => { tracing::error!(?other, "assignment watch ended"); return }
-                    },
+                        Err(e) => tracing::warn!(error = %e, "metadata reload failed; retrying"),
+                    }
                 }
             }
         });
         Ok(())
+    }
+
+    /// Read the whole picture at one revision and apply it.
+    async fn load(self: &Arc<Self>) -> Result<i64, MetaError> {
+        let (_, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
+        let (topics, _) = self.meta.range(&keys::topics_prefix()).await?;
+        let names: std::collections::HashSet<String> = topics
+            .iter()
+            .filter_map(|kv| TopicRecord::decode(kv.value.clone()).ok())
+            .map(|t| t.name)
+            .collect();
+        let stale: Vec<String> = self
+            .catalog
+            .read()
+            .unwrap()
+            .by_name
+            .keys()
+            .filter(|n| !names.contains(*n))
+            .cloned()
+            .collect();
+        for n in stale {
+            self.forget_topic(&keys::topic(&n));
+        }
+        for kv in topics {
+            self.apply_topic(Some(kv.value));
+        }
+        let (brokers, _) = self.meta.range(&keys::brokers_prefix()).await?;
+        {
+            let mut v = self.view.write().unwrap();
+            v.brokers = brokers
+                .iter()
+                .filter_map(|kv| BrokerRecord::decode(kv.value.clone()).ok())
+                .map(|b| (b.broker_id, b))
+                .collect();
+        }
+        let (parts, _) = self.meta.range(&keys::partitions_prefix()).await?;
+        let mut assigned = std::collections::HashSet::new();
+        let mut owners = HashMap::new();
+        for kv in parts {
+            if let Some(p) = keys::parse_assignment(&kv.key) {
+                assigned.insert(p);
+                self.apply_assignment(p, Some(kv.value));
+            } else if let Some(p) = keys::parse_owner(&kv.key) {
+                if let Ok(o) = OwnerRecord::decode(kv.value) {
+                    owners.insert(p, o);
+                }
+            }
+        }
+        self.view.write().unwrap().owners = owners;
+        let gone: Vec<PartitionId> = self
+            .wanted
+            .read()
+            .unwrap()
+            .keys()
+            .filter(|p| !assigned.contains(p))
+            .copied()
+            .collect();
+        for p in gone {
+            self.apply_assignment(p, None);
+        }
+        Ok(rev)
+    }
+
+    /// Apply changes from `rev` on until shutdown (`Ok`) or a watch fails.
+    async fn watch_from(self: Arc<Self>, rev: i64) -> Result<(), MetaError> {
+        let mut topic_watch = self
+            .meta
+            .watch_prefix(&keys::topics_prefix(), Some(rev))
+            .await?;
+        let mut part_watch = self
+            .meta
+            .watch_prefix(&keys::partitions_prefix(), Some(rev))
+            .await?;
+        let mut broker_watch = self
+            .meta
+            .watch_prefix(&keys::brokers_prefix(), Some(rev))
+            .await?;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                ev = topic_watch.next() => match ev {
+                    Some(Ok(ev)) => match ev.kind {
+                        WatchEventKind::Put(kv) => self.apply_topic(Some(kv.value)),
+                        WatchEventKind::Delete(key) => self.forget_topic(&key),
+                    },
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(MetaError::Unavailable("topic watch ended".into())),
+                },
+                ev = part_watch.next() => match ev {
+                    Some(Ok(ev)) => {
+                        let key = ev.key().clone();
+                        if let Some(p) = keys::parse_assignment(&key) {
+                            match ev.kind {
+                                WatchEventKind::Put(kv) => self.apply_assignment(p, Some(kv.value)),
+                                WatchEventKind::Delete(_) => self.apply_assignment(p, None),
+                            }
+                        } else if let Some(p) = keys::parse_owner(&key) {
+                            let mut v = self.view.write().unwrap();
+                            match ev.kind {
+                                WatchEventKind::Put(kv) => {
+                                    if let Ok(o) = OwnerRecord::decode(kv.value) {
+                                        v.owners.insert(p, o);
+                                    }
+                                }
+                                WatchEventKind::Delete(_) => {
+                                    v.owners.remove(&p);
+                                }
+                            }
+                        }
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(MetaError::Unavailable("partition watch ended".into())),
+                },
+                ev = broker_watch.next() => match ev {
+                    Some(Ok(ev)) => {
+                        let mut v = self.view.write().unwrap();
+                        match ev.kind {
+                            WatchEventKind::Put(kv) => {
+                                if let Ok(b) = BrokerRecord::decode(kv.value) {
+                                    v.brokers.insert(b.broker_id, b);
+                                }
+                            }
+                            WatchEventKind::Delete(key) => {
+                                if let Some(id) = keys::parse_broker(&key) {
+                                    v.brokers.remove(&id);
+                                }
+                            }
+                        }
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(MetaError::Unavailable("broker watch ended".into())),
+                },
+            }
+        }
+    }
+
+    /// Live brokers, by id.
+    pub fn brokers(&self) -> Vec<BrokerRecord> {
+        self.view
+            .read()
+            .unwrap()
+            .brokers
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The broker writing `p` now and its epoch, if any broker does (and is
+    /// alive).
+    pub fn leader_of(&self, p: PartitionId) -> Option<(i32, Epoch)> {
+        let v = self.view.read().unwrap();
+        let o = v.owners.get(&p)?;
+        v.brokers
+            .contains_key(&o.broker_id)
+            .then_some((o.broker_id, o.epoch))
     }
 
     fn apply_topic(&self, value: Option<Bytes>) {
@@ -318,6 +471,10 @@ impl Node {
                         Ok((handle, _)) => {
                             self.partitions.write().unwrap().insert(p, handle);
                             continue;
+                        }
+                        Err(partition::StartError::NotAssigned(_)) => {
+                            // A newer assignment is on its way through the watch.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                         Err(err) => {
                             tracing::warn!(partition = %p, epoch = e, error = %err, "could not start partition; retrying");
@@ -504,12 +661,20 @@ impl Node {
         }
     }
 
-    /// Wait (up to `timeout`) until every partition of `topic` is writable here.
+    /// Wait (up to `timeout`) until every partition of `topic` is being
+    /// written by a live broker (this one or another).
     pub async fn wait_topic_ready(&self, topic: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(t) = self.topic(topic) {
-                if (0..t.partitions).all(|p| self.partition(PartitionId::new(t.id, p)).is_some()) {
+                if (0..t.partitions).all(|p| {
+                    let id = PartitionId::new(t.id, p);
+                    match self.leader_of(id) {
+                        Some((b, _)) if b == self.config.node_id => self.partition(id).is_some(),
+                        Some(_) => true,
+                        None => false,
+                    }
+                }) {
                     return true;
                 }
             }
@@ -529,14 +694,23 @@ impl Node {
         tracing::info!(partitions = handles.len(), "released all partitions");
     }
 
-    /// (partitions writing here, partitions of all topics): this broker is
-    /// ready when they are equal (a standalone broker owns every partition).
-    pub fn readiness(&self) -> (usize, usize) {
-        let total: usize = self
-            .topics()
-            .iter()
-            .map(|t| t.partitions.max(0) as usize)
-            .sum();
+    /// (partitions writing here, partitions that should be): this broker is
+    /// ready when they are equal. Standalone (`all_partitions`), that is
+    /// every partition of every topic; in a cluster, those assigned here.
+    pub fn readiness(&self, all_partitions: bool) -> (usize, usize) {
+        let total: usize = if all_partitions {
+            self.topics()
+                .iter()
+                .map(|t| t.partitions.max(0) as usize)
+                .sum()
+        } else {
+            self.wanted
+                .read()
+                .unwrap()
+                .keys()
+                .filter(|p| self.topic_by_id(p.topic_id).is_some())
+                .count()
+        };
         let writing = self
             .partitions
             .read()
@@ -559,6 +733,7 @@ async fn keep_alive(
     guard: Arc<LeaseGuard>,
     ttl: Duration,
     shutdown: CancellationToken,
+    lapsed: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(ttl / 4);
     loop {
@@ -569,6 +744,11 @@ async fn keep_alive(
         let sent = Instant::now();
         match meta.keep_alive(guard.lease).await {
             Ok(ttl) => guard.renewed(sent, ttl),
+            Err(MetaError::LeaseNotFound(_)) => {
+                tracing::error!("this broker's lease expired: its partitions belong to others now; stopping so it can rejoin as a new session");
+                lapsed.cancel();
+                return;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "lease keep-alive failed; this broker stops acking when the lease may lapse")
             }

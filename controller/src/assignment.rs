@@ -72,6 +72,64 @@ pub fn plan(
     out
 }
 
+/// Moves that even out partition counts after brokers joined: partitions
+/// leave brokers above the ceiling of the mean for brokers below its floor,
+/// one at a time, so as few partitions move as possible. Only partitions
+/// owned by live brokers in their current session move.
+pub fn balance(
+    partitions: &[PartitionId],
+    current: &HashMap<PartitionId, Current>,
+    live: &[LiveBroker],
+) -> Vec<Change> {
+    if live.is_empty() {
+        return Vec::new();
+    }
+    let session: HashMap<i32, i64> = live.iter().map(|b| (b.id, b.session)).collect();
+    let mut owned: std::collections::BTreeMap<i32, Vec<(PartitionId, Epoch)>> =
+        live.iter().map(|b| (b.id, Vec::new())).collect();
+    for p in partitions {
+        if let Some(c) = current.get(p) {
+            if session.get(&c.broker) == Some(&c.session) {
+                owned.get_mut(&c.broker).unwrap().push((*p, c.epoch));
+            }
+        }
+    }
+    for v in owned.values_mut() {
+        v.sort_by_key(|(p, _)| (p.topic_id, p.partition));
+    }
+    let total: usize = owned.values().map(Vec::len).sum();
+    let n = live.len();
+    let floor = total / n;
+    let ceil = total.div_ceil(n);
+    let mut out = Vec::new();
+    loop {
+        let (&max_b, max_n) = owned
+            .iter()
+            .map(|(b, v)| (b, v.len()))
+            .max_by_key(|(b, n)| (*n, std::cmp::Reverse(**b)))
+            .unwrap();
+        let (&min_b, min_n) = owned
+            .iter()
+            .map(|(b, v)| (b, v.len()))
+            .min_by_key(|(b, n)| (*n, **b))
+            .unwrap();
+        // Done when nobody is over the ceiling with someone under the floor
+        // (or, with an exact mean, when everyone is at it).
+        if max_n <= min_n + 1 || (max_n <= ceil && min_n >= floor) {
+            break;
+        }
+        let (p, epoch) = owned.get_mut(&max_b).unwrap().pop().unwrap();
+        owned.get_mut(&min_b).unwrap().push((p, epoch));
+        out.push(Change {
+            partition: p,
+            broker: min_b,
+            epoch: epoch + 1,
+            session: session[&min_b],
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +137,61 @@ mod tests {
 
     fn p(i: i32) -> PartitionId {
         PartitionId::new(Uuid::from_u128(1), i)
+    }
+
+    fn owned_by(
+        broker: i32,
+        session: i64,
+        parts: std::ops::Range<i32>,
+    ) -> HashMap<PartitionId, Current> {
+        parts
+            .map(|i| {
+                (
+                    p(i),
+                    Current {
+                        broker,
+                        epoch: 2,
+                        session,
+                        revision: 1,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_joining_broker_takes_its_share_and_nothing_else_moves() {
+        let mut cur = owned_by(1, 10, 0..4);
+        cur.extend(owned_by(2, 20, 4..8));
+        cur.extend(owned_by(3, 30, 8..12));
+        let parts: Vec<_> = (0..12).map(p).collect();
+        let live = [
+            LiveBroker { id: 1, session: 10 },
+            LiveBroker { id: 2, session: 20 },
+            LiveBroker { id: 3, session: 30 },
+        ];
+        assert!(balance(&parts, &cur, &live).is_empty(), "already balanced");
+        let live4 = [live[0], live[1], live[2], LiveBroker { id: 4, session: 40 }];
+        let moves = balance(&parts, &cur, &live4);
+        assert_eq!(moves.len(), 3, "{moves:?}");
+        assert!(moves
+            .iter()
+            .all(|m| m.broker == 4 && m.session == 40 && m.epoch == 3));
+        let from: std::collections::HashSet<i32> =
+            moves.iter().map(|m| cur[&m.partition].broker).collect();
+        assert_eq!(from.len(), 3, "one from each old broker: {moves:?}");
+    }
+
+    #[test]
+    fn balance_leaves_an_off_by_one_alone() {
+        let mut cur = owned_by(1, 10, 0..3);
+        cur.extend(owned_by(2, 20, 3..5));
+        let parts: Vec<_> = (0..5).map(p).collect();
+        let live = [
+            LiveBroker { id: 1, session: 10 },
+            LiveBroker { id: 2, session: 20 },
+        ];
+        assert!(balance(&parts, &cur, &live).is_empty());
     }
 
     #[test]

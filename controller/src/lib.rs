@@ -1,8 +1,10 @@
 //! The controller: keeps every partition of every topic assigned to a live
 //! broker, bumping the partition epoch whenever ownership must change (a new
 //! partition, a dead or restarted broker), and removes deleted topics'
-//! metadata and data. Election among several controllers and the admin API
-//! come with the control-plane issue; `floe standalone` runs one.
+//! metadata and data. Several controllers may run; the one holding the
+//! election key acts, and every write it makes is conditional on still
+//! holding it. Moves: on a broker joining, counts are evened out; a single
+//! partition can be moved on request (`move_partition`).
 
 pub mod assignment;
 
@@ -26,17 +28,104 @@ use assignment::{plan, Current, LiveBroker};
 pub struct Controller {
     meta: Arc<dyn MetadataStore>,
     pool: Arc<StoragePool>,
+    /// (election key, our value): every write requires it to be unchanged.
+    leadership: Option<(Bytes, Bytes)>,
     /// Topics whose partitions' keys were already removed.
     deleted: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+    /// Broker sessions seen live at the last reconcile (None before the first).
+    seen: std::sync::Mutex<Option<std::collections::HashSet<(i32, i64)>>>,
+    /// A broker joined; balance once nothing else needs assigning.
+    balance_due: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("no such partition")]
+    UnknownPartition,
+    #[error("broker {0} is not alive")]
+    UnknownBroker(i32),
+    #[error("the assignment changed concurrently or this controller no longer leads; retry")]
+    Conflict,
+    #[error(transparent)]
+    Meta(#[from] MetaError),
 }
 
 impl Controller {
+    /// A controller that acts unconditionally (the only one: standalone).
     pub fn new(meta: Arc<dyn MetadataStore>, pool: Arc<StoragePool>) -> Arc<Self> {
+        Self::build(meta, pool, None)
+    }
+
+    /// A controller that leads while `key` holds `value` (see
+    /// `floe_meta::election`): a deposed leader's writes fail.
+    pub fn leading(
+        meta: Arc<dyn MetadataStore>,
+        pool: Arc<StoragePool>,
+        key: Bytes,
+        value: Bytes,
+    ) -> Arc<Self> {
+        Self::build(meta, pool, Some((key, value)))
+    }
+
+    fn build(
+        meta: Arc<dyn MetadataStore>,
+        pool: Arc<StoragePool>,
+        leadership: Option<(Bytes, Bytes)>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             meta,
             pool,
+            leadership,
             deleted: Default::default(),
+            seen: Default::default(),
+            balance_due: Default::default(),
         })
+    }
+
+    fn guarded(&self, txn: Txn) -> Txn {
+        match &self.leadership {
+            Some((k, v)) => txn.when(Condition::ValueEquals(k.clone(), v.clone())),
+            None => txn,
+        }
+    }
+
+    /// Move partition `p` to broker `broker` (a planned move: the old owner
+    /// releases, the new one acquires; no data is copied). Returns the new
+    /// epoch.
+    pub async fn move_partition(&self, p: PartitionId, broker: i32) -> Result<i32, MoveError> {
+        let Some(bkv) = self.meta.get(&keys::broker(broker)).await? else {
+            return Err(MoveError::UnknownBroker(broker));
+        };
+        let key = keys::assignment(p);
+        let Some(kv) = self.meta.get(&key).await? else {
+            return Err(MoveError::UnknownPartition);
+        };
+        let a =
+            AssignmentRecord::decode(kv.value).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        if a.broker_id == broker && a.broker_session == bkv.create_revision {
+            return Ok(a.epoch);
+        }
+        let record = AssignmentRecord {
+            format: FORMAT,
+            broker_id: broker,
+            epoch: a.epoch + 1,
+            broker_session: bkv.create_revision,
+        };
+        let txn = self.guarded(
+            Txn::new()
+                .when(Condition::ModRevision(key.clone(), kv.mod_revision))
+                .when(Condition::ModRevision(
+                    keys::broker(broker),
+                    bkv.mod_revision,
+                ))
+                .then(Op::put(key, record.encode_to_vec())),
+        );
+        if self.meta.txn(txn).await?.committed() {
+            tracing::info!(partition = %p, from = a.broker_id, to = broker, epoch = record.epoch, "moved partition");
+            Ok(record.epoch)
+        } else {
+            Err(MoveError::Conflict)
+        }
     }
 
     /// Reconcile on every change of topics or brokers until cancelled.
@@ -116,7 +205,29 @@ impl Controller {
                 }
             }
         }
-        for change in plan(&partitions, &current, &live) {
+        let mut changes = plan(&partitions, &current, &live);
+        // Brokers that joined since the last pass take their share.
+        let now: std::collections::HashSet<(i32, i64)> =
+            live.iter().map(|b| (b.id, b.session)).collect();
+        let balance_due = {
+            let mut seen = self.seen.lock().unwrap();
+            if seen
+                .as_ref()
+                .is_some_and(|s| now.iter().any(|b| !s.contains(b)))
+            {
+                self.balance_due
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            *seen = Some(now);
+            self.balance_due.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        // Once everything has an owner, even out the counts.
+        if changes.is_empty() && balance_due {
+            self.balance_due
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            changes = assignment::balance(&partitions, &current, &live);
+        }
+        for change in changes {
             let record = AssignmentRecord {
                 format: FORMAT,
                 broker_id: change.broker,
@@ -128,9 +239,11 @@ impl Controller {
                 Some(c) => Condition::ModRevision(key.clone(), c.revision),
                 None => Condition::Missing(key.clone()),
             };
-            let txn = Txn::new()
-                .when(cond)
-                .then(Op::put(key, record.encode_to_vec()));
+            let txn = self.guarded(
+                Txn::new()
+                    .when(cond)
+                    .then(Op::put(key, record.encode_to_vec())),
+            );
             if self.meta.txn(txn).await?.committed() {
                 tracing::info!(partition = %change.partition, broker = change.broker, epoch = change.epoch, "assigned");
             }
@@ -145,7 +258,11 @@ impl Controller {
     /// assignment vanish and stop), and its objects shortly after.
     async fn remove_topic_data(&self, topic: Uuid) -> Result<(), MetaError> {
         self.meta
-            .txn(Txn::new().then(Op::DeletePrefix(keys::topic_partitions_prefix(topic))))
+            .txn(
+                self.guarded(
+                    Txn::new().then(Op::DeletePrefix(keys::topic_partitions_prefix(topic))),
+                ),
+            )
             .await?;
         if !self.deleted.lock().unwrap().insert(topic) {
             return Ok(());

@@ -289,6 +289,292 @@ impl Drop for Etcd {
     }
 }
 
+/// One `floe broker` or `floe controller` process of a test cluster.
+pub struct Proc {
+    pub name: String,
+    args: Vec<String>,
+    pub http_port: u16,
+    /// The Kafka port of a broker.
+    pub port: Option<u16>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(floe_bin())
+            .args(&self.args)
+            .env("FLOE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", floe_bin().display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http_get(self.http_port, "/healthz").is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
+                bail!(
+                    "{} exited with {status}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("{} did not start; log:\n{}", self.name, self.log_text())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    /// Send a signal (e.g. "-KILL", "-STOP", "-CONT") without waiting.
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let Some(pid) = self.pid() else {
+            bail!("{} is not running", self.name)
+        };
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill {sig} {} failed", self.name);
+        }
+        Ok(())
+    }
+
+    /// Signal and wait for the process to exit.
+    pub fn stop_with(&mut self, sig: &str) -> Result<()> {
+        self.signal(sig)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait()?.is_some() {
+                    self.child = None;
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{} did not exit after {sig}", self.name)
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            self.stop_with("-TERM")?;
+        }
+        self.spawn()
+    }
+
+    pub fn http(&self, path: &str) -> Result<String> {
+        http_get(self.http_port, path)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A cluster on a real etcd: controllers and brokers as real processes,
+/// storage in a shared temporary directory. Everything is killed on drop,
+/// also when a test fails.
+pub struct Cluster {
+    pub controllers: Vec<Proc>,
+    pub brokers: Vec<Proc>,
+    /// Broker config (TOML) every broker starts with.
+    broker_toml: PathBuf,
+    storage: PathBuf,
+    // Dropped last: processes first, then etcd, then the files.
+    pub etcd: Etcd,
+    tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Start etcd, `controllers` controllers and `brokers` brokers (ids
+    /// 1..=brokers) with a short lease TTL (`lease_ttl_ms`).
+    pub fn start(brokers: usize, controllers: usize, lease_ttl_ms: u64) -> Result<Self> {
+        let etcd = Etcd::start()?;
+        let tmp = tempfile::tempdir()?;
+        let storage = tmp.path().join("objects");
+        std::fs::create_dir_all(&storage)?;
+        let broker_toml = tmp.path().join("broker.toml");
+        std::fs::write(
+            &broker_toml,
+            format!(
+                "[broker]\nlease_ttl_ms = {lease_ttl_ms}\nretention_check_interval_ms = 1000\n"
+            ),
+        )?;
+        let mut c = Self {
+            controllers: Vec::new(),
+            brokers: Vec::new(),
+            broker_toml,
+            storage,
+            etcd,
+            tmp,
+        };
+        for i in 0..controllers {
+            c.add_controller(i, lease_ttl_ms)?;
+        }
+        for _ in 0..brokers {
+            c.add_broker()?;
+        }
+        Ok(c)
+    }
+
+    fn add_controller(&mut self, i: usize, lease_ttl_ms: u64) -> Result<()> {
+        let http_port = free_port();
+        let name = format!("controller-{i}");
+        let mut p = Proc {
+            args: vec![
+                "controller".into(),
+                "--etcd".into(),
+                self.etcd.url(),
+                "--id".into(),
+                name.clone(),
+                "--storage".into(),
+                format!("file://{}", self.storage.display()),
+                "--http-listen".into(),
+                format!("127.0.0.1:{http_port}"),
+                "--lease-ttl-ms".into(),
+                lease_ttl_ms.to_string(),
+            ],
+            log: self.tmp.path().join(format!("{name}.log")),
+            name,
+            http_port,
+            port: None,
+            child: None,
+        };
+        p.spawn()?;
+        self.controllers.push(p);
+        Ok(())
+    }
+
+    /// Start one more broker (id = its index + 1); returns its index.
+    pub fn add_broker(&mut self) -> Result<usize> {
+        let id = self.brokers.len() + 1;
+        let http_port = free_port();
+        let port = free_port();
+        let name = format!("broker-{id}");
+        let mut p = Proc {
+            args: vec![
+                "broker".into(),
+                "--etcd".into(),
+                self.etcd.url(),
+                "--id".into(),
+                id.to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--http-listen".into(),
+                format!("127.0.0.1:{http_port}"),
+                "--config".into(),
+                self.broker_toml.display().to_string(),
+            ],
+            log: self.tmp.path().join(format!("{name}.log")),
+            name,
+            http_port,
+            port: Some(port),
+            child: None,
+        };
+        p.spawn()?;
+        self.brokers.push(p);
+        Ok(id - 1)
+    }
+
+    /// Every broker's Kafka address, comma-separated.
+    pub fn bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .filter_map(|b| b.port)
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the controller that leads now, if one does.
+    pub fn leading_controller(&self) -> Option<usize> {
+        self.controllers
+            .iter()
+            .position(|c| c.http("/v1/leader").is_ok())
+    }
+
+    /// Wait (up to `timeout`) until a controller leads.
+    pub fn wait_leader(&self, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.leading_controller() {
+                return Ok(i);
+            }
+            if Instant::now() >= deadline {
+                bail!("no controller leads after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Ask the leading controller to move a partition; returns the new epoch.
+    pub fn move_partition(&self, topic: &str, partition: i32, broker: i32) -> Result<i32> {
+        let leader = self.wait_leader(Duration::from_secs(30))?;
+        let body = http_post(
+            self.controllers[leader].http_port,
+            &format!("/v1/move?topic={topic}&partition={partition}&broker={broker}"),
+        )?;
+        Ok(body.trim().parse()?)
+    }
+
+    /// Log of every process, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in self.controllers.iter().chain(&self.brokers) {
+            out += &format!("===== {}\n{}\n", p.name, p.log_text());
+        }
+        out
+    }
+}
+
+pub fn http_post(port: u16, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("POST {path}: {head}: {body}");
+    }
+    Ok(body.to_string())
+}
+
 pub fn http_get(port: u16, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;

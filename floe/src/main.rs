@@ -1,5 +1,6 @@
 //! The `floe` binary: `floe standalone` runs the whole system in one process
-//! (embedded metadata store, controller, broker) on local storage.
+//! (embedded metadata store, controller, broker) on local storage; `floe
+//! controller` and `floe broker` are the roles of a cluster on etcd.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,61 @@ struct Cli {
 enum Command {
     /// Run controller, broker and an embedded metadata store in one process.
     Standalone(StandaloneArgs),
+    /// Run a broker of a cluster whose metadata is in etcd.
+    Broker(BrokerArgs),
+    /// Run a controller of a cluster whose metadata is in etcd (several may
+    /// run: one leads, the others stand by).
+    Controller(ControllerArgs),
+}
+
+#[derive(clap::Args)]
+struct BrokerArgs {
+    /// etcd endpoints, comma-separated (http://host:port,...).
+    #[arg(long, env = "FLOE_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// This broker's id (Kafka's node.id), unique in the cluster.
+    #[arg(long, env = "FLOE_BROKER_ID")]
+    id: i32,
+    /// Kafka listener address.
+    #[arg(long, env = "FLOE_LISTEN", default_value = "127.0.0.1:9092")]
+    listen: SocketAddr,
+    /// Address advertised to clients (default: the listen address).
+    #[arg(long, env = "FLOE_ADVERTISE")]
+    advertise: Option<String>,
+    /// HTTP address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "FLOE_HTTP_LISTEN", default_value = "127.0.0.1:9644")]
+    http_listen: SocketAddr,
+    /// TOML config file ([broker] section: see docs/operations.md).
+    #[arg(long, env = "FLOE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// etcd endpoints, comma-separated (http://host:port,...).
+    #[arg(long, env = "FLOE_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// This controller's id (default: a random one).
+    #[arg(long, env = "FLOE_CONTROLLER_ID")]
+    id: Option<String>,
+    /// Storage targets that seed the cluster's pool if it has none yet
+    /// (repeat the flag; ids t0, t1, ...). Later changes go through the
+    /// admin API; every process reads the pool from etcd.
+    #[arg(long = "storage", env = "FLOE_STORAGE", value_delimiter = ',')]
+    storage: Vec<String>,
+    /// Replicas of every object (R), when seeding the pool.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// Acknowledgements that make a write durable (W), when seeding.
+    #[arg(long, default_value_t = 1)]
+    write_quorum: u32,
+    /// HTTP address of /healthz, /readyz and the internal API.
+    #[arg(long, env = "FLOE_HTTP_LISTEN", default_value = "127.0.0.1:9645")]
+    http_listen: SocketAddr,
+    /// TTL of the controller's lease: a standby takes over this long after
+    /// the leader stops.
+    #[arg(long, default_value_t = 10_000)]
+    lease_ttl_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -61,7 +117,7 @@ struct FileConfig {
     broker: BrokerConfig,
 }
 
-fn load_config(path: Option<&Path>) -> Result<BrokerConfig> {
+pub(crate) fn load_config(path: Option<&Path>) -> Result<BrokerConfig> {
     let Some(path) = path else {
         return Ok(BrokerConfig::default());
     };
@@ -90,8 +146,12 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Standalone(args) => rt.block_on(standalone(args)),
+        Command::Broker(args) => rt.block_on(cluster::broker(args)),
+        Command::Controller(args) => rt.block_on(cluster::controller(args)),
     }
 }
+
+mod cluster;
 
 async fn standalone(args: StandaloneArgs) -> Result<()> {
     let config = load_config(args.config.as_deref())?;
@@ -112,13 +172,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
     let cluster_id = floe_controller::ensure_cluster_id(&*meta, clock.now_ms()).await?;
 
-    let advertise = args.advertise.unwrap_or_else(|| args.listen.to_string());
-    let Some((host, port)) = advertise.rsplit_once(':') else {
-        bail!("--advertise must be HOST:PORT, got {advertise:?}");
-    };
-    let port: i32 = port
-        .parse()
-        .with_context(|| format!("port of --advertise {advertise:?}"))?;
+    let (host, port) = advertised(args.advertise.as_deref(), args.listen)?;
 
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
@@ -134,7 +188,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let node = Node::start(
         config,
         cluster_id.clone(),
-        host.to_string(),
+        host,
         port,
         meta.clone(),
         pool,
@@ -151,7 +205,12 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
         node.clone(),
         serve_token.clone(),
     ));
-    let http_task = tokio::spawn(http_server(http, node.clone(), shutdown.child_token()));
+    let http_task = tokio::spawn(http_server(
+        http,
+        node.clone(),
+        true,
+        shutdown.child_token(),
+    ));
 
     wait_for_signal().await;
     tracing::info!("shutting down: releasing partitions");
@@ -165,7 +224,21 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// HOST:PORT advertised to clients: `--advertise`, else the listen address.
+pub(crate) fn advertised(advertise: Option<&str>, listen: SocketAddr) -> Result<(String, i32)> {
+    let advertise = advertise
+        .map(str::to_string)
+        .unwrap_or_else(|| listen.to_string());
+    let Some((host, port)) = advertise.rsplit_once(':') else {
+        bail!("--advertise must be HOST:PORT, got {advertise:?}");
+    };
+    let port: i32 = port
+        .parse()
+        .with_context(|| format!("port of --advertise {advertise:?}"))?;
+    Ok((host.to_string(), port))
+}
+
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
     tokio::select! {
@@ -177,6 +250,7 @@ async fn wait_for_signal() {
 async fn http_server(
     listener: tokio::net::TcpListener,
     node: Arc<Node>,
+    all_partitions: bool,
     shutdown: CancellationToken,
 ) {
     use axum::routing::get;
@@ -207,7 +281,7 @@ async fn http_server(
             get(move || {
                 let node = ready_node.clone();
                 async move {
-                    let (writing, total) = node.readiness();
+                    let (writing, total) = node.readiness(all_partitions);
                     if writing >= total {
                         (
                             axum::http::StatusCode::OK,

@@ -55,16 +55,64 @@ pub fn broker(id: i32) -> Bytes {
     Bytes::from(format!("/floe/brokers/{id}"))
 }
 
+/// A partition's published state (`PartitionStateRecord`), bound to the
+/// owning broker's lease.
+pub fn partition_state(p: PartitionId) -> Bytes {
+    Bytes::from(partition_prefix(p) + "state")
+}
+
+/// The storage pool (`StoragePoolRecord`), seeded by the first controller.
+pub fn storage_pool() -> Bytes {
+    Bytes::from_static(b"/floe/storage")
+}
+
+/// The controller election key (value: the leader's `ControllerRecord`).
+pub fn controller_leader() -> Bytes {
+    Bytes::from_static(b"/floe/controller/leader")
+}
+
+pub fn controllers_prefix() -> Bytes {
+    Bytes::from_static(b"/floe/controllers/")
+}
+
+pub fn controller(id: &str) -> Bytes {
+    Bytes::from(format!("/floe/controllers/{id}"))
+}
+
 pub fn partitions_prefix() -> Bytes {
     Bytes::from_static(b"/floe/partitions/")
 }
 
 /// The partition an assignment key belongs to, if `key` is one.
 pub fn parse_assignment(key: &[u8]) -> Option<PartitionId> {
+    parse_partition_key(key, "assignment")
+}
+
+/// The partition an owner key belongs to, if `key` is one.
+pub fn parse_owner(key: &[u8]) -> Option<PartitionId> {
+    parse_partition_key(key, "owner")
+}
+
+/// The partition a state key belongs to, if `key` is one.
+pub fn parse_partition_state(key: &[u8]) -> Option<PartitionId> {
+    parse_partition_key(key, "state")
+}
+
+/// The broker id of a broker registration key.
+pub fn parse_broker(key: &[u8]) -> Option<i32> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix("/floe/brokers/")?
+        .parse()
+        .ok()
+}
+
+fn parse_partition_key(key: &[u8], leaf: &str) -> Option<PartitionId> {
     let s = std::str::from_utf8(key).ok()?;
     let rest = s
         .strip_prefix("/floe/partitions/")?
-        .strip_suffix("/assignment")?;
+        .strip_suffix(leaf)?
+        .strip_suffix('/')?;
     let (topic, partition) = rest.split_once('/')?;
     Some(PartitionId::new(
         Uuid::parse_str(topic).ok()?,

@@ -157,3 +157,65 @@ pub struct SegmentRecord {
     #[prost(int32, tag = "11")]
     pub sealed_by_epoch: i32,
 }
+
+/// A partition's state as its owner last published it:
+/// `/floe/partitions/{topic}/{p}/state`, bound to the owner's lease.
+#[derive(Clone, PartialEq, Message)]
+pub struct PartitionStateRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(int32, tag = "2")]
+    pub broker_id: i32,
+    #[prost(int32, tag = "3")]
+    pub epoch: i32,
+    /// starting, recovering, writing, releasing, released or failed.
+    #[prost(string, tag = "4")]
+    pub state: String,
+    #[prost(int64, tag = "5")]
+    pub updated_ms: i64,
+}
+
+/// One storage target of the pool.
+#[derive(Clone, PartialEq, Message)]
+pub struct StorageTargetRecord {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// `file:///dir`, `memory://`, ...; credentials come from each process's
+    /// environment, never from here.
+    #[prost(string, tag = "2")]
+    pub url: String,
+    #[prost(string, optional, tag = "3")]
+    pub zone: Option<String>,
+    #[prost(uint32, tag = "4")]
+    pub weight: u32,
+}
+
+/// The storage pool: `/floe/storage`.
+#[derive(Clone, PartialEq, Message)]
+pub struct StoragePoolRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(message, repeated, tag = "2")]
+    pub targets: Vec<StorageTargetRecord>,
+    /// R: replicas of every object.
+    #[prost(uint32, tag = "3")]
+    pub replicas: u32,
+    /// W: acknowledgements that make a write durable.
+    #[prost(uint32, tag = "4")]
+    pub write_quorum: u32,
+}
+
+/// A controller process: `/floe/controllers/{id}` (leased), and the value of
+/// the election key while it leads.
+#[derive(Clone, PartialEq, Message)]
+pub struct ControllerRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(string, tag = "2")]
+    pub id: String,
+    /// Its HTTP address (internal API, metrics).
+    #[prost(string, tag = "3")]
+    pub http: String,
+    #[prost(int64, tag = "4")]
+    pub started_ms: i64,
+}

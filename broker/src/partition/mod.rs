@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use floe_common::{Epoch, Offset, PartitionId, SharedClock};
-use floe_meta::schema::{AssignmentRecord, OwnerRecord, FORMAT};
+use floe_meta::schema::{AssignmentRecord, OwnerRecord, PartitionStateRecord, FORMAT};
 use floe_meta::{keys, Condition, LeaseId, MetaError, MetadataStore, Op, Txn, TxnOutcome};
 use floe_protocol::batch::BatchHeader;
 use floe_protocol::ResponseError;
@@ -138,8 +138,10 @@ impl AppendError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("partition {0} is owned by another writer or its assignment changed")]
+    #[error("partition {0} is no longer assigned to this broker at this epoch")]
     NotAssigned(PartitionId),
+    #[error("partition {0} is still held by broker {1}")]
+    OwnerBusy(PartitionId, i32),
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error(transparent)]
@@ -247,12 +249,15 @@ pub async fn start(
         .filter(|a| {
             a.broker_id == ctx.broker_id && a.epoch == epoch && a.broker_session == ctx.session
         });
-    let (Some(kv), Some(_)) = (assigned, current) else {
+    let fail = |e: StartError| {
         set_state(PartitionState::Failed);
         ctx.metrics.partition_removed(PartitionState::Failed);
-        return Err(StartError::NotAssigned(id));
+        e
     };
-    let owner = Bytes::from(
+    let (Some(kv), Some(_)) = (assigned, current) else {
+        return Err(fail(StartError::NotAssigned(id)));
+    };
+    let mut owner = Bytes::from(
         OwnerRecord {
             format: FORMAT,
             broker_id: ctx.broker_id,
@@ -261,29 +266,86 @@ pub async fn start(
         }
         .encode_to_vec(),
     );
-    let acquire = Txn::new()
-        .when(Condition::Missing(keys::owner(id)))
-        .when(Condition::ModRevision(
-            keys::assignment(id),
-            kv.mod_revision,
-        ))
-        .then(Op::put_with_lease(
-            keys::owner(id),
-            owner.clone(),
-            ctx.lease.lease,
-        ));
-    if ctx.meta.txn(acquire).await? == TxnOutcome::Mismatch {
-        set_state(PartitionState::Failed);
-        ctx.metrics.partition_removed(PartitionState::Failed);
-        return Err(StartError::NotAssigned(id));
+    // A planned move: the previous owner is still releasing (flush, seal,
+    // checkpoint) and deletes its owner key when done. A failed owner's key
+    // goes with its lease. Wait for either, as long as we stay assigned.
+    let wait_limit = std::time::Duration::from_millis(ctx.config.lease_ttl_ms.saturating_mul(3));
+    let waiting_since = Instant::now();
+    loop {
+        let acquire = Txn::new()
+            .when(Condition::Missing(keys::owner(id)))
+            .when(Condition::ModRevision(
+                keys::assignment(id),
+                kv.mod_revision,
+            ))
+            .then(Op::put_with_lease(
+                keys::owner(id),
+                owner.clone(),
+                ctx.lease.lease,
+            ));
+        let outcome = match ctx.meta.txn(acquire).await {
+            Ok(o) => o,
+            // Maybe applied: the re-read below tells.
+            Err(MetaError::Indeterminate(_)) => TxnOutcome::Mismatch,
+            Err(e) => return Err(fail(e.into())),
+        };
+        if outcome.committed() {
+            break;
+        }
+        let still = ctx
+            .meta
+            .get(&keys::assignment(id))
+            .await
+            .map_err(|e| fail(e.into()))?;
+        if still.map(|a| a.mod_revision) != Some(kv.mod_revision) {
+            return Err(fail(StartError::NotAssigned(id)));
+        }
+        let Some(held) = ctx
+            .meta
+            .get(&keys::owner(id))
+            .await
+            .map_err(|e| fail(e.into()))?
+        else {
+            continue;
+        };
+        let holder = OwnerRecord::decode(held.value.clone()).ok();
+        if held.lease == Some(ctx.lease.lease)
+            && holder
+                .as_ref()
+                .is_some_and(|o| o.broker_id == ctx.broker_id && o.epoch == epoch)
+        {
+            // Our own earlier attempt landed.
+            owner = held.value;
+            break;
+        }
+        if waiting_since.elapsed() > wait_limit {
+            return Err(fail(StartError::OwnerBusy(
+                id,
+                holder.map(|o| o.broker_id).unwrap_or(-1),
+            )));
+        }
+        let mut watch = ctx
+            .meta
+            .watch_prefix(&keys::owner(id), Some(held.mod_revision + 1))
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            use futures::StreamExt;
+            while let Some(Ok(ev)) = watch.next().await {
+                if matches!(ev.kind, floe_meta::WatchEventKind::Delete(ref k) if *k == keys::owner(id)) {
+                    return;
+                }
+            }
+        })
+        .await;
     }
+    publish_state(ctx.clone(), id, epoch, owner.clone(), state_rx.clone());
 
     // Step 2: checkpoint and recovery.
     let recovered = match recovery::recover(&ctx, id, epoch, &owner).await {
         Ok(r) => r,
         Err(e) => {
-            set_state(PartitionState::Failed);
-            ctx.metrics.partition_removed(PartitionState::Failed);
+            let e = fail(e);
             let _ = ctx
                 .meta
                 .txn(
@@ -308,4 +370,44 @@ pub async fn start(
     };
     writer::spawn(ctx, id, epoch, owner, config, log, recovered, rx, state_tx);
     Ok((handle, report))
+}
+
+/// Publish the partition's state at `/floe/partitions/{topic}/{p}/state`
+/// (bound to the broker's lease) on every change while we own it, so
+/// operators and tests can see where each partition is.
+fn publish_state(
+    ctx: PartitionContext,
+    id: PartitionId,
+    epoch: Epoch,
+    owner: Bytes,
+    mut state: watch::Receiver<PartitionState>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let s = *state.borrow_and_update();
+            let record = PartitionStateRecord {
+                format: FORMAT,
+                broker_id: ctx.broker_id,
+                epoch,
+                state: s.name().to_string(),
+                updated_ms: ctx.clock.now_ms(),
+            };
+            let txn = Txn::new()
+                .when(Condition::ValueEquals(keys::owner(id), owner.clone()))
+                .then(Op::put_with_lease(
+                    keys::partition_state(id),
+                    record.encode_to_vec(),
+                    ctx.lease.lease,
+                ));
+            if let Err(e) = ctx.meta.txn(txn).await {
+                tracing::debug!(partition = %id, error = %e, "publishing partition state failed");
+            }
+            if matches!(s, PartitionState::Released | PartitionState::Failed) {
+                return;
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }

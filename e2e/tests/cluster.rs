@@ -1,0 +1,317 @@
+//! A cluster on a real etcd: controllers elect a leader, partitions spread
+//! over brokers and follow brokers that join, fail or get moves; clients
+//! see the real owner in Metadata and keep producing and consuming.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use floe_e2e::Cluster;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+const LEASE_TTL_MS: u64 = 3_000;
+
+async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let r = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "{r:?}");
+}
+
+/// Partition → leader broker, as Metadata tells a client (None: no leader).
+fn leaders(bootstrap: &str, topic: &str) -> BTreeMap<i32, Option<i32>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| (p.id(), (p.leader() >= 0).then_some(p.leader())))
+        .collect()
+}
+
+fn counts(l: &BTreeMap<i32, Option<i32>>) -> BTreeMap<i32, usize> {
+    let mut c = BTreeMap::new();
+    for b in l.values().flatten() {
+        *c.entry(*b).or_default() += 1;
+    }
+    c
+}
+
+/// Wait until `pred` holds for the topic's leaders.
+fn wait_leaders(
+    cluster: &Cluster,
+    topic: &str,
+    timeout: Duration,
+    pred: impl Fn(&BTreeMap<i32, Option<i32>>) -> bool,
+) -> BTreeMap<i32, Option<i32>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let l = leaders(&cluster.bootstrap(), topic);
+        if pred(&l) {
+            return l;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "leaders never matched; last {l:?}\n{}",
+                cluster
+                    .logs()
+                    .chars()
+                    .rev()
+                    .take(20_000)
+                    .collect::<String>()
+                    .chars()
+                    .rev()
+                    .collect::<String>()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Everything in the topic, per partition: (offset, payload).
+fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> HashMap<i32, Vec<(i64, Vec<u8>)>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "unused")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut total = 0;
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+        let (_, hi) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        total += hi;
+    }
+    c.assign(&tpl).unwrap();
+    let mut got: HashMap<i32, Vec<(i64, Vec<u8>)>> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (got.values().map(Vec::len).sum::<usize>() as i64) < total && Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            got.entry(m.partition())
+                .or_default()
+                .push((m.offset(), m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    got
+}
+
+/// A producer task sending keyed records round-robin over partitions,
+/// recording every acked (partition, offset, payload).
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(i32, i64, Vec<u8>)>>>,
+    failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start_load(bootstrap: &str, topic: &str, partitions: i32) -> Load {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "30000")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .create()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(AtomicU64::new(0));
+    let topic = topic.to_string();
+    let (s, a, f) = (stop.clone(), acked.clone(), failed.clone());
+    let task = tokio::spawn(async move {
+        let mut i = 0u64;
+        let mut inflight = futures_like::Inflight::default();
+        while !s.load(Ordering::SeqCst) {
+            let payload = format!("record-{i}").into_bytes();
+            let p = (i % partitions as u64) as i32;
+            let fut = producer.send_result(
+                FutureRecord::<(), [u8]>::to(&topic)
+                    .partition(p)
+                    .payload(&payload),
+            );
+            match fut {
+                Ok(fut) => inflight.push(payload, fut),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+            }
+            i += 1;
+            if inflight.len() >= 200 {
+                inflight.drain_some(&a, &f).await;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        inflight.drain_all(&a, &f).await;
+    });
+    Load {
+        stop,
+        acked,
+        failed,
+        task,
+    }
+}
+
+mod futures_like {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    use rdkafka::producer::DeliveryFuture;
+
+    #[derive(Default)]
+    pub struct Inflight(VecDeque<(Vec<u8>, DeliveryFuture)>);
+
+    impl Inflight {
+        pub fn push(&mut self, payload: Vec<u8>, f: DeliveryFuture) {
+            self.0.push_back((payload, f));
+        }
+        pub fn len(&self) -> usize {
+            self.0.len()
+        }
+        async fn one(&mut self, acked: &Mutex<Vec<(i32, i64, Vec<u8>)>>, failed: &AtomicU64) {
+            let Some((payload, f)) = self.0.pop_front() else {
+                return;
+            };
+            match f.await {
+                Ok(Ok(d)) => acked.lock().unwrap().push((d.partition, d.offset, payload)),
+                _ => {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        pub async fn drain_some(
+            &mut self,
+            acked: &Mutex<Vec<(i32, i64, Vec<u8>)>>,
+            failed: &AtomicU64,
+        ) {
+            for _ in 0..100 {
+                self.one(acked, failed).await;
+            }
+        }
+        pub async fn drain_all(
+            &mut self,
+            acked: &Mutex<Vec<(i32, i64, Vec<u8>)>>,
+            failed: &AtomicU64,
+        ) {
+            while !self.0.is_empty() {
+                self.one(acked, failed).await;
+            }
+        }
+    }
+}
+
+impl Load {
+    fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn finish(self) -> (Vec<(i32, i64, Vec<u8>)>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        (acked, self.failed.load(Ordering::SeqCst))
+    }
+}
+
+/// Every acked record is in the log at its acked offset, and offsets are
+/// dense from 0.
+fn check_log(log: &HashMap<i32, Vec<(i64, Vec<u8>)>>, acked: &[(i32, i64, Vec<u8>)]) {
+    for (p, recs) in log {
+        for (i, (o, _)) in recs.iter().enumerate() {
+            assert_eq!(*o, i as i64, "partition {p}: offsets dense from 0");
+        }
+    }
+    for (p, o, payload) in acked {
+        let recs = log.get(p).map(Vec::as_slice).unwrap_or_default();
+        let got = recs.get(*o as usize).map(|(_, v)| v);
+        assert_eq!(
+            got,
+            Some(payload),
+            "acked record at partition {p} offset {o} is in the log"
+        );
+    }
+}
+
+async fn wait_acked_growth(load: &Load, by: usize, timeout: Duration) {
+    let start = load.acked_count();
+    let deadline = Instant::now() + timeout;
+    while load.acked_count() < start + by {
+        assert!(
+            Instant::now() < deadline,
+            "producing stalled: {} acked",
+            load.acked_count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_spread_evenly_and_a_joining_broker_takes_its_share() {
+    let mut cluster = Cluster::start(3, 2, LEASE_TTL_MS).unwrap();
+    cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = cluster.bootstrap();
+    create_topic(&b, "spread", 12).await;
+    let l = wait_leaders(&cluster, "spread", Duration::from_secs(30), |l| {
+        l.values().all(Option::is_some)
+    });
+    assert_eq!(
+        counts(&l).values().copied().collect::<Vec<_>>(),
+        vec![4, 4, 4],
+        "{l:?}"
+    );
+
+    let load = start_load(&b, "spread", 12);
+    wait_acked_growth(&load, 500, Duration::from_secs(30)).await;
+
+    cluster.add_broker().unwrap();
+    let after = wait_leaders(&cluster, "spread", Duration::from_secs(30), |l| {
+        let c = counts(l);
+        l.values().all(Option::is_some) && c.get(&4).copied().unwrap_or(0) == 3
+    });
+    let c = counts(&after);
+    assert_eq!(
+        c.values().copied().collect::<Vec<_>>(),
+        vec![3, 3, 3, 3],
+        "{after:?}"
+    );
+    let moved = l.iter().filter(|(p, b)| after[p] != **b).count();
+    assert_eq!(
+        moved, 3,
+        "only the new broker's share moved: {l:?} -> {after:?}"
+    );
+
+    // Producing continues on the new layout.
+    wait_acked_growth(&load, 500, Duration::from_secs(30)).await;
+    let (acked, failed) = load.finish().await;
+    assert_eq!(failed, 0, "no produce failed for good");
+    let log = read_all(&cluster.bootstrap(), "spread", 12);
+    check_log(&log, &acked);
+    // (Retries may add duplicates until the idempotent producer exists.)
+    assert!(log.values().map(Vec::len).sum::<usize>() >= acked.len());
+}

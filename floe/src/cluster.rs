@@ -1,0 +1,391 @@
+//! The cluster roles: `floe broker` and `floe controller`, with their
+//! metadata in etcd and the storage pool read from there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use floe_broker::{Metrics, Node};
+use floe_common::{PartitionId, SharedClock, SystemClock, Uuid};
+use floe_controller::{Controller, MoveError};
+use floe_meta::schema::{
+    ControllerRecord, StoragePoolRecord, StorageTargetRecord, TopicRecord, FORMAT,
+};
+use floe_meta::{keys, Condition, EtcdStore, MetaError, MetadataStore, Op, Txn};
+use floe_storage::{StoragePool, StorageTarget};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::{advertised, http_server, load_config, wait_for_signal, BrokerArgs, ControllerArgs};
+
+async fn connect(endpoints: &[String]) -> Result<Arc<dyn MetadataStore>> {
+    let store = EtcdStore::connect(endpoints)
+        .await
+        .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+    Ok(Arc::new(store))
+}
+
+/// The pool as recorded in etcd, opened with this process's credentials.
+fn open_pool(record: &StoragePoolRecord) -> Result<StoragePool> {
+    let mut targets = Vec::new();
+    for t in &record.targets {
+        let mut target = StorageTarget::open(t.id.clone(), &t.url)
+            .with_context(|| format!("opening storage target {} ({})", t.id, t.url))?;
+        target.zone = t.zone.clone();
+        target.weight = t.weight.max(1);
+        targets.push(target);
+    }
+    Ok(StoragePool::new(
+        targets,
+        record.replicas as usize,
+        record.write_quorum as usize,
+    )?)
+}
+
+async fn read_pool(meta: &dyn MetadataStore) -> Result<Option<StoragePoolRecord>> {
+    match meta.get(&keys::storage_pool()).await? {
+        Some(kv) => Ok(Some(
+            StoragePoolRecord::decode(kv.value).context("decoding the storage pool record")?,
+        )),
+        None => Ok(None),
+    }
+}
+
+pub async fn broker(args: BrokerArgs) -> Result<()> {
+    let mut config = load_config(args.config.as_deref())?;
+    config.node_id = args.id;
+    let meta = connect(&args.etcd).await?;
+    // The first controller initialises the cluster; wait for it.
+    let mut waited = false;
+    let (cluster_id, pool) = loop {
+        let cluster = meta.get(&keys::cluster()).await?;
+        let pool = read_pool(&*meta).await?;
+        if let (Some(c), Some(p)) = (cluster, pool) {
+            let c = floe_meta::schema::ClusterRecord::decode(c.value)?;
+            break (c.cluster_id, p);
+        }
+        if !waited {
+            tracing::info!(
+                "waiting for a controller to initialise the cluster (id and storage pool)"
+            );
+            waited = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let pool = Arc::new(open_pool(&pool)?);
+    let (host, port) = advertised(args.advertise.as_deref(), args.listen)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the Kafka listener {}", args.listen))?;
+    let http = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let clock: SharedClock = Arc::new(SystemClock);
+    let node = Node::start(
+        config,
+        cluster_id.clone(),
+        host,
+        port,
+        meta,
+        pool,
+        clock,
+        metrics,
+        shutdown.child_token(),
+    )
+    .await
+    .context("registering the broker")?;
+    tracing::info!(id = args.id, listen = %args.listen, http = %args.http_listen, cluster_id, "floe broker started");
+    let serve_token = shutdown.child_token();
+    let server = tokio::spawn(floe_broker::server::serve(
+        listener,
+        node.clone(),
+        serve_token.clone(),
+    ));
+    let http_task = tokio::spawn(http_server(
+        http,
+        node.clone(),
+        false,
+        shutdown.child_token(),
+    ));
+    let lapsed = tokio::select! {
+        _ = wait_for_signal() => false,
+        _ = node.lease_lapsed.cancelled() => true,
+    };
+    tracing::info!("shutting down: releasing partitions");
+    serve_token.cancel();
+    let _ = server.await;
+    node.release_all().await;
+    shutdown.cancel();
+    let _ = http_task.await;
+    if lapsed {
+        bail!("the broker's lease expired; restart it to rejoin the cluster");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct ControllerState {
+    meta: Arc<dyn MetadataStore>,
+    /// Set while this process leads.
+    leader: std::sync::RwLock<Option<Arc<Controller>>>,
+    id: String,
+}
+
+pub async fn controller(args: ControllerArgs) -> Result<()> {
+    let meta = connect(&args.etcd).await?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let cluster_id = floe_controller::ensure_cluster_id(&*meta, clock.now_ms()).await?;
+    if read_pool(&*meta).await?.is_none() {
+        if args.storage.is_empty() {
+            tracing::info!("the cluster has no storage pool yet and no --storage was given; waiting for another controller to seed it");
+        } else {
+            let record = StoragePoolRecord {
+                format: FORMAT,
+                targets: args
+                    .storage
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| StorageTargetRecord {
+                        id: format!("t{i}"),
+                        url: url.clone(),
+                        zone: None,
+                        weight: 1,
+                    })
+                    .collect(),
+                replicas: args.replicas,
+                write_quorum: args.write_quorum,
+            };
+            // Validate before anyone else reads it.
+            open_pool(&record).context("the --storage pool")?;
+            let seeded = meta
+                .txn(
+                    Txn::new()
+                        .when(Condition::Missing(keys::storage_pool()))
+                        .then(Op::put(keys::storage_pool(), record.encode_to_vec())),
+                )
+                .await?;
+            if seeded.committed() {
+                tracing::info!(
+                    targets = args.storage.len(),
+                    replicas = args.replicas,
+                    write_quorum = args.write_quorum,
+                    "seeded the storage pool"
+                );
+            }
+        }
+    }
+    let pool = loop {
+        if let Some(p) = read_pool(&*meta).await? {
+            break Arc::new(open_pool(&p)?);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| Uuid::new_v4().simple().to_string()[..12].to_string());
+    let ttl = Duration::from_millis(args.lease_ttl_ms.max(1_000));
+    let lease = meta.grant_lease(ttl).await?;
+    let record = ControllerRecord {
+        format: FORMAT,
+        id: id.clone(),
+        http: args.http_listen.to_string(),
+        started_ms: clock.now_ms(),
+    };
+    let value = Bytes::from(record.encode_to_vec());
+    let registered = meta
+        .txn(
+            Txn::new()
+                .when(Condition::Missing(keys::controller(&id)))
+                .then(Op::put_with_lease(
+                    keys::controller(&id),
+                    value.clone(),
+                    lease,
+                )),
+        )
+        .await?;
+    if !registered.committed() {
+        bail!("controller id {id:?} is already registered by a live controller");
+    }
+    let http = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
+    let state = Arc::new(ControllerState {
+        meta: meta.clone(),
+        leader: Default::default(),
+        id: id.clone(),
+    });
+    let shutdown = CancellationToken::new();
+    let lapsed = CancellationToken::new();
+    tokio::spawn(controller_keep_alive(
+        meta.clone(),
+        lease,
+        ttl,
+        shutdown.clone(),
+        lapsed.clone(),
+    ));
+    let http_task = tokio::spawn(controller_http(http, state.clone(), shutdown.clone()));
+    tracing::info!(id, http = %args.http_listen, cluster_id, "floe controller started; campaigning");
+
+    let campaign = {
+        let meta = meta.clone();
+        let state = state.clone();
+        let token = shutdown.child_token();
+        let value = value.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let revision = floe_meta::election::campaign(
+                &*meta,
+                keys::controller_leader(),
+                value.clone(),
+                lease,
+            )
+            .await?;
+            tracing::info!(id, revision, "this controller leads");
+            let c = Controller::leading(meta.clone(), pool, keys::controller_leader(), value);
+            *state.leader.write().unwrap() = Some(c.clone());
+            c.run(token).await
+        })
+    };
+    let outcome = tokio::select! {
+        _ = wait_for_signal() => Ok(()),
+        _ = lapsed.cancelled() => Err(anyhow::anyhow!("the controller's lease expired; restart it to rejoin")),
+        r = campaign => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!("controller failed: {e}")),
+            Err(e) => Err(anyhow::anyhow!("controller task failed: {e}")),
+        },
+    };
+    shutdown.cancel();
+    // Step down at once so a standby need not wait for the lease to lapse.
+    let _ = floe_meta::election::resign(&*meta, keys::controller_leader(), value).await;
+    let _ = meta.revoke_lease(lease).await;
+    let _ = http_task.await;
+    tracing::info!("stopped");
+    outcome
+}
+
+async fn controller_keep_alive(
+    meta: Arc<dyn MetadataStore>,
+    lease: floe_meta::LeaseId,
+    ttl: Duration,
+    shutdown: CancellationToken,
+    lapsed: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(ttl / 4);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match meta.keep_alive(lease).await {
+            Ok(_) => {}
+            Err(MetaError::LeaseNotFound(_)) => {
+                tracing::error!("this controller's lease expired");
+                lapsed.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "controller keep-alive failed"),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MoveRequest {
+    topic: String,
+    partition: i32,
+    broker: i32,
+}
+
+/// The controller's HTTP endpoint: health, whether it leads, and the
+/// internal move call (the operator-facing API is gRPC, in its own issue).
+async fn controller_http(
+    listener: tokio::net::TcpListener,
+    state: Arc<ControllerState>,
+    shutdown: CancellationToken,
+) {
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    let leader_state = state.clone();
+    let move_state = state.clone();
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/v1/leader",
+            get(move || {
+                let state = leader_state.clone();
+                async move {
+                    if state.leader.read().unwrap().is_some() {
+                        (StatusCode::OK, format!("{} leads\n", state.id))
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{} stands by\n", state.id),
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/move",
+            post(
+                move |axum::extract::Query(q): axum::extract::Query<MoveRequest>| {
+                    let state = move_state.clone();
+                    async move { move_partition(&state, q).await }
+                },
+            ),
+        );
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+}
+
+async fn move_partition(
+    state: &ControllerState,
+    q: MoveRequest,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let Some(c) = state.leader.read().unwrap().clone() else {
+        return (
+            StatusCode::CONFLICT,
+            format!("controller {} does not lead; ask the leader\n", state.id),
+        );
+    };
+    let topic = match state.meta.get(&keys::topic(&q.topic)).await {
+        Ok(Some(kv)) => match TopicRecord::decode(kv.value) {
+            Ok(t) => t,
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("unknown topic {:?}\n", q.topic),
+            )
+        }
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    };
+    let Ok(topic_id) = Uuid::from_slice(&topic.id) else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "bad topic id\n".into());
+    };
+    if q.partition < 0 || q.partition >= topic.partitions {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("topic {:?} has no partition {}\n", q.topic, q.partition),
+        );
+    }
+    match c
+        .move_partition(PartitionId::new(topic_id, q.partition), q.broker)
+        .await
+    {
+        Ok(epoch) => (StatusCode::OK, format!("{epoch}\n")),
+        Err(e @ MoveError::UnknownBroker(_)) | Err(e @ MoveError::UnknownPartition) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n"))
+        }
+        Err(e @ MoveError::Conflict) => (StatusCode::CONFLICT, format!("{e}\n")),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
