@@ -59,6 +59,8 @@ pub struct Node {
     partitions: RwLock<HashMap<PartitionId, PartitionHandle>>,
     /// Assignment epochs this broker should run, as last seen.
     wanted: RwLock<HashMap<PartitionId, Epoch>>,
+    /// Partitions with a converging task, and whether it must look again.
+    converging: std::sync::Mutex<HashMap<PartitionId, bool>>,
     shutdown: CancellationToken,
     /// Cancelled when the broker's lease is found expired.
     pub lease_lapsed: CancellationToken,
@@ -156,6 +158,7 @@ impl Node {
             view: RwLock::new(ClusterView::default()),
             partitions: RwLock::new(HashMap::new()),
             wanted: RwLock::new(HashMap::new()),
+            converging: Default::default(),
             shutdown,
             lease_lapsed: CancellationToken::new(),
         });
@@ -424,8 +427,30 @@ impl Node {
                 None => w.remove(&p),
             };
         }
+        // One converging task per partition: a running one is told to look
+        // again instead of a second one racing it.
+        {
+            let mut c = self.converging.lock().unwrap();
+            if let Some(dirty) = c.get_mut(&p) {
+                *dirty = true;
+                return;
+            }
+            c.insert(p, false);
+        }
         let node = self.clone();
-        tokio::spawn(async move { node.converge(p).await });
+        tokio::spawn(async move {
+            loop {
+                node.clone().converge(p).await;
+                let mut c = node.converging.lock().unwrap();
+                match c.get_mut(&p) {
+                    Some(dirty) if *dirty && !node.shutdown.is_cancelled() => *dirty = false,
+                    _ => {
+                        c.remove(&p);
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     async fn converge(self: Arc<Self>, p: PartitionId) {

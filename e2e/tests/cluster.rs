@@ -18,6 +18,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 const LEASE_TTL_MS: u64 = 3_000;
 
+/// Acked records: (partition, offset, payload).
+type Acked = Vec<(i32, i64, Vec<u8>)>;
+
 async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -111,7 +114,8 @@ fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> HashMap<i32, Vec<(
     let deadline = Instant::now() + Duration::from_secs(60);
     while (got.values().map(Vec::len).sum::<usize>() as i64) < total && Instant::now() < deadline {
         if let Some(m) = c.poll(Duration::from_millis(200)) {
-            let m = m.unwrap();
+            // Transport errors from a dead bootstrap broker are transient.
+            let Ok(m) = m else { continue };
             got.entry(m.partition())
                 .or_default()
                 .push((m.offset(), m.payload().unwrap_or_default().to_vec()));
@@ -124,7 +128,7 @@ fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> HashMap<i32, Vec<(
 /// recording every acked (partition, offset, payload).
 struct Load {
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(i32, i64, Vec<u8>)>>>,
+    acked: Arc<Mutex<Acked>>,
     failed: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -231,7 +235,7 @@ impl Load {
         self.acked.lock().unwrap().len()
     }
 
-    async fn finish(self) -> (Vec<(i32, i64, Vec<u8>)>, u64) {
+    async fn finish(self) -> (Acked, u64) {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.unwrap();
         let acked = std::mem::take(&mut *self.acked.lock().unwrap());
@@ -314,4 +318,82 @@ async fn partitions_spread_evenly_and_a_joining_broker_takes_its_share() {
     check_log(&log, &acked);
     // (Retries may add duplicates until the idempotent producer exists.)
     assert!(log.values().map(Vec::len).sum::<usize>() >= acked.len());
+}
+
+/// Produce one record to every partition; the time until all are acked.
+async fn all_writable(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Duration {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("message.timeout.ms", timeout.as_millis().to_string())
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .set("retry.backoff.ms", "50")
+        .create()
+        .unwrap();
+    let start = Instant::now();
+    let sends = (0..partitions).map(|p| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::<(), [u8]>::to(topic)
+                        .partition(p)
+                        .payload(b"probe".as_slice()),
+                    timeout,
+                )
+                .await
+                .map_err(|(e, _)| format!("partition {p}: {e}"))
+        }
+    });
+    for r in futures::future::join_all(sends).await {
+        r.unwrap();
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_a_broker_loses_no_acked_record_and_its_partitions_move_within_the_lease() {
+    let cluster = Cluster::start(3, 1, LEASE_TTL_MS).unwrap();
+    cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = cluster.bootstrap();
+    create_topic(&b, "failover", 6).await;
+    let before = wait_leaders(&cluster, "failover", Duration::from_secs(30), |l| {
+        l.values().all(Option::is_some)
+    });
+    let load = start_load(&b, "failover", 6);
+    wait_acked_growth(&load, 1000, Duration::from_secs(30)).await;
+
+    let victim = 1;
+    cluster.brokers[victim - 1].signal("-KILL").unwrap();
+    let killed = Instant::now();
+    let writable = all_writable(&b, "failover", 6, Duration::from_secs(30)).await;
+    let recovered = killed.elapsed();
+    println!(
+        "broker {victim} killed: every partition writable again after {:.2} s (lease TTL {:.1} s; probe itself {:.2} s)",
+        recovered.as_secs_f64(),
+        LEASE_TTL_MS as f64 / 1000.0,
+        writable.as_secs_f64()
+    );
+    assert!(
+        recovered <= Duration::from_millis(LEASE_TTL_MS + 2_000),
+        "writable after {recovered:?}, over lease TTL + 2 s"
+    );
+    let after = leaders(&b, "failover");
+    assert!(
+        after
+            .values()
+            .all(|l| l.is_some() && *l != Some(victim as i32)),
+        "{before:?} -> {after:?}"
+    );
+
+    wait_acked_growth(&load, 500, Duration::from_secs(30)).await;
+    let (acked, _failed) = load.finish().await;
+    let log = read_all(&b, "failover", 6);
+    // The probes are in the log too; check the acked load records and density.
+    check_log(&log, &acked);
 }
