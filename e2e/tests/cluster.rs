@@ -397,3 +397,45 @@ async fn kill9_of_a_broker_loses_no_acked_record_and_its_partitions_move_within_
     // The probes are in the log too; check the acked load records and density.
     check_log(&log, &acked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_controller_takes_over_and_still_handles_a_broker_failure() {
+    let mut cluster = Cluster::start(2, 2, LEASE_TTL_MS).unwrap();
+    let first = cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = cluster.bootstrap();
+    create_topic(&b, "ha", 4).await;
+    wait_leaders(&cluster, "ha", Duration::from_secs(30), |l| {
+        l.values().all(Option::is_some)
+    });
+
+    cluster.controllers[first].stop_with("-KILL").unwrap();
+    let killed = Instant::now();
+    let second = cluster.wait_leader(Duration::from_secs(30)).unwrap();
+    let took = killed.elapsed();
+    println!(
+        "leading controller killed: standby leads after {:.2} s (lease TTL {:.1} s)",
+        took.as_secs_f64(),
+        LEASE_TTL_MS as f64 / 1000.0
+    );
+    assert_ne!(first, second);
+    assert!(
+        took <= Duration::from_millis(LEASE_TTL_MS + 2_000),
+        "{took:?}"
+    );
+
+    // The new leader handles a broker failure right away.
+    cluster.brokers[0].signal("-KILL").unwrap();
+    let killed = Instant::now();
+    all_writable(&b, "ha", 4, Duration::from_secs(30)).await;
+    let recovered = killed.elapsed();
+    println!(
+        "then broker 1 killed: every partition writable after {:.2} s",
+        recovered.as_secs_f64()
+    );
+    assert!(
+        recovered <= Duration::from_millis(LEASE_TTL_MS + 2_000),
+        "{recovered:?}"
+    );
+    let l = leaders(&b, "ha");
+    assert!(l.values().all(|x| *x == Some(2)), "{l:?}");
+}
