@@ -760,23 +760,17 @@ async fn keep_alive(
     shutdown: CancellationToken,
     lapsed: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(ttl / 4);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let sent = Instant::now();
-        match meta.keep_alive(guard.lease).await {
-            Ok(ttl) => guard.renewed(sent, ttl),
-            Err(MetaError::LeaseNotFound(_)) => {
-                tracing::error!("this broker's lease expired: its partitions belong to others now; stopping so it can rejoin as a new session");
-                lapsed.cancel();
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "lease keep-alive failed; this broker stops acking when the lease may lapse")
-            }
-        }
+    // Failures are logged by the loop; the guard stops acks in time.
+    let expired = floe_meta::election::keep_lease_alive(
+        &*meta,
+        guard.lease,
+        ttl,
+        shutdown.cancelled(),
+        |sent, granted| guard.renewed(sent, granted),
+    )
+    .await;
+    if expired {
+        tracing::error!("this broker's lease expired: its partitions belong to others now; stopping so it can rejoin as a new session");
+        lapsed.cancel();
     }
 }

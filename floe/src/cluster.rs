@@ -12,7 +12,7 @@ use floe_controller::{Controller, MoveError};
 use floe_meta::schema::{
     ControllerRecord, StoragePoolRecord, StorageTargetRecord, TopicRecord, FORMAT,
 };
-use floe_meta::{keys, Condition, EtcdStore, MetaError, MetadataStore, Op, Txn};
+use floe_meta::{keys, Condition, EtcdStore, MetadataStore, Op, Txn};
 use floe_storage::{StoragePool, StorageTarget};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -276,21 +276,12 @@ async fn controller_keep_alive(
     shutdown: CancellationToken,
     lapsed: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(ttl / 4);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match meta.keep_alive(lease).await {
-            Ok(_) => {}
-            Err(MetaError::LeaseNotFound(_)) => {
-                tracing::error!("this controller's lease expired");
-                lapsed.cancel();
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "controller keep-alive failed"),
-        }
+    let expired =
+        floe_meta::election::keep_lease_alive(&*meta, lease, ttl, shutdown.cancelled(), |_, _| {})
+            .await;
+    if expired {
+        tracing::error!("this controller's lease expired");
+        lapsed.cancel();
     }
 }
 

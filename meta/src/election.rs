@@ -61,3 +61,30 @@ pub async fn resign(store: &dyn MetadataStore, key: Bytes, value: Bytes) -> Resu
         .await
         .map(|_| ())
 }
+
+/// Keep `lease` alive every `ttl / 4` until `stop` resolves. `renewed(sent,
+/// ttl)` is told of each success (with the instant the request was sent);
+/// returns `true` if the lease was found expired (its keys are gone), `false`
+/// when stopped.
+pub async fn keep_lease_alive(
+    store: &dyn MetadataStore,
+    lease: LeaseId,
+    ttl: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
+    mut renewed: impl FnMut(std::time::Instant, std::time::Duration),
+) -> bool {
+    let mut tick = tokio::time::interval(ttl / 4);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return false,
+            _ = tick.tick() => {}
+        }
+        let sent = std::time::Instant::now();
+        match store.keep_alive(lease).await {
+            Ok(granted) => renewed(sent, granted),
+            Err(MetaError::LeaseNotFound(_)) => return true,
+            Err(e) => tracing::warn!(lease, error = %e, "lease keep-alive failed; retrying"),
+        }
+    }
+}
