@@ -129,49 +129,7 @@ fn put_header(out: &mut BytesMut, h: &ChunkHeader, payload_crc: u32) {
 /// Decode and verify a chunk object; returns its header and payload (a
 /// zero-copy slice of `data`).
 pub fn decode(key: &str, data: &Bytes) -> Result<(ChunkHeader, Bytes), StorageError> {
-    if data.len() < HEADER_LEN {
-        return Err(StorageError::corrupt(
-            key,
-            format!("{} bytes is shorter than a chunk header", data.len()),
-        ));
-    }
-    let hb = &data[..HEADER_LEN];
-    if &hb[0..4] != MAGIC {
-        return Err(StorageError::corrupt(key, "bad chunk magic"));
-    }
-    if hb[4] != FORMAT {
-        return Err(StorageError::corrupt(
-            key,
-            format!("unknown chunk format {}", hb[4]),
-        ));
-    }
-    let stored_crc = u32::from_be_bytes(hb[48..52].try_into().unwrap());
-    if crc32c::crc32c(&hb[..48]) != stored_crc {
-        return Err(StorageError::corrupt(key, "chunk header CRC mismatch"));
-    }
-    let kind = match hb[5] {
-        0 => ChunkKind::Data,
-        1 => ChunkKind::Fence,
-        k => {
-            return Err(StorageError::corrupt(
-                key,
-                format!("unknown chunk kind {k}"),
-            ))
-        }
-    };
-    let i32_at = |at: usize| i32::from_be_bytes(hb[at..at + 4].try_into().unwrap());
-    let i64_at = |at: usize| i64::from_be_bytes(hb[at..at + 8].try_into().unwrap());
-    let u32_at = |at: usize| u32::from_be_bytes(hb[at..at + 4].try_into().unwrap());
-    let h = ChunkHeader {
-        kind,
-        epoch: i32_at(8),
-        base_offset: i64_at(12),
-        next_offset: i64_at(20),
-        max_timestamp: i64_at(28),
-        batch_count: u32_at(36),
-        payload_len: u32_at(40),
-    };
-    let payload_crc = u32_at(44);
+    let (h, payload_crc) = decode_header(key, data)?;
     if data.len() != HEADER_LEN + h.payload_len as usize {
         return Err(StorageError::corrupt(
             key,
@@ -211,6 +169,54 @@ pub fn decode(key: &str, data: &Bytes) -> Result<(ChunkHeader, Bytes), StorageEr
         }
     }
     Ok((h, payload))
+}
+
+/// Decode and verify only a chunk's header (its first [`HEADER_LEN`]
+/// bytes, e.g. from a ranged read); returns it with the payload's CRC.
+pub fn decode_header(key: &str, hb: &[u8]) -> Result<(ChunkHeader, u32), StorageError> {
+    if hb.len() < HEADER_LEN {
+        return Err(StorageError::corrupt(
+            key,
+            format!("{} bytes is shorter than a chunk header", hb.len()),
+        ));
+    }
+    let hb = &hb[..HEADER_LEN];
+    if &hb[0..4] != MAGIC {
+        return Err(StorageError::corrupt(key, "bad chunk magic"));
+    }
+    if hb[4] != FORMAT {
+        return Err(StorageError::corrupt(
+            key,
+            format!("unknown chunk format {}", hb[4]),
+        ));
+    }
+    let stored_crc = u32::from_be_bytes(hb[48..52].try_into().unwrap());
+    if crc32c::crc32c(&hb[..48]) != stored_crc {
+        return Err(StorageError::corrupt(key, "chunk header CRC mismatch"));
+    }
+    let kind = match hb[5] {
+        0 => ChunkKind::Data,
+        1 => ChunkKind::Fence,
+        k => {
+            return Err(StorageError::corrupt(
+                key,
+                format!("unknown chunk kind {k}"),
+            ))
+        }
+    };
+    let i32_at = |at: usize| i32::from_be_bytes(hb[at..at + 4].try_into().unwrap());
+    let i64_at = |at: usize| i64::from_be_bytes(hb[at..at + 8].try_into().unwrap());
+    let u32_at = |at: usize| u32::from_be_bytes(hb[at..at + 4].try_into().unwrap());
+    let h = ChunkHeader {
+        kind,
+        epoch: i32_at(8),
+        base_offset: i64_at(12),
+        next_offset: i64_at(20),
+        max_timestamp: i64_at(28),
+        batch_count: u32_at(36),
+        payload_len: u32_at(40),
+    };
+    Ok((h, u32_at(44)))
 }
 
 #[cfg(test)]

@@ -97,7 +97,21 @@ pub(crate) fn spawn(
             .expect("recovered replica set is in the pool"),
     };
     let next = recovered.state.high_watermark;
-    let w = Writer {
+    // The previous owner's unsealed segments: sealed here, in the background.
+    let sealing: VecDeque<OpenSeg> = recovered
+        .pending
+        .into_iter()
+        .map(|p| OpenSeg {
+            bytes: p.chunks.iter().map(|c| c.bytes).sum(),
+            end: p
+                .chunks
+                .last()
+                .map_or(p.record.base_offset, |c| c.next_offset),
+            record: p.record,
+            replicas: p.replicas,
+        })
+        .collect();
+    let mut w = Writer {
         ctx,
         id,
         epoch,
@@ -112,13 +126,14 @@ pub(crate) fn spawn(
             bytes: 0,
             end: next,
         },
-        sealing: VecDeque::new(),
+        sealing,
         next_offset: next,
         buffer: None,
         inflight: VecDeque::new(),
         seal_task: None,
         state,
     };
+    w.maybe_start_seal();
     tokio::spawn(w.run(rx));
 }
 
@@ -576,10 +591,7 @@ impl Writer {
         let (log_start, hw, _) = self.log.offsets();
         let mut open_segments: Vec<OpenSegmentRecord> =
             self.sealing.iter().map(|s| s.record.clone()).collect();
-        // At release the open segment is a placeholder without replicas.
-        if !self.open.record.replica_set.is_empty() {
-            open_segments.push(self.open.record.clone());
-        }
+        open_segments.push(self.open.record.clone());
         let checkpoint = CheckpointRecord {
             format: FORMAT,
             epoch: self.epoch,
@@ -697,8 +709,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Releasing: flush, wait for every chunk, seal, final clean checkpoint,
-    /// give up the write lease.
+    /// Releasing: flush, wait for every chunk, fix the end of every unsealed
+    /// segment in a final clean checkpoint, give up the write lease.
+    /// Consolidation is not part of a move: a running one is abandoned and
+    /// the next owner consolidates in the background, so releasing costs a
+    /// flush and one metadata write however large the open segment is.
     async fn release(&mut self) -> Result<(), Stop> {
         self.start_flush().await?;
         while !self.inflight.is_empty() {
@@ -706,38 +721,13 @@ impl Writer {
             self.flush_done(done).await?;
         }
         if let Some(t) = self.seal_task.take() {
-            let done = t.await;
-            self.seal_done(done).await?;
+            // Its partial object (named with our epoch) is never referenced.
+            t.abort();
         }
+        let mut open_segments: Vec<OpenSegmentRecord> =
+            self.sealing.iter().map(|s| s.record.clone()).collect();
         if self.open.bytes > 0 {
-            let base = self.next_offset;
-            let old = std::mem::replace(
-                &mut self.open,
-                OpenSeg {
-                    record: OpenSegmentRecord {
-                        base_offset: base,
-                        epoch: self.epoch,
-                        replica_set: Vec::new(),
-                        created_ms: 0,
-                    },
-                    replicas: ReplicaSet::new(Vec::new(), 1),
-                    bytes: 0,
-                    end: base,
-                },
-            );
-            self.sealing.push_back(old);
-        }
-        while !self.sealing.is_empty() {
-            self.maybe_start_seal();
-            let Some(t) = self.seal_task.take() else {
-                break;
-            };
-            let done = t.await;
-            let before = self.sealing.len();
-            self.seal_done(done).await?;
-            if self.sealing.len() == before {
-                return Err(Stop::Failed("could not seal a segment at release".into()));
-            }
+            open_segments.push(self.open.record.clone());
         }
         let (log_start, hw, _) = self.log.offsets();
         let checkpoint = CheckpointRecord {
@@ -745,7 +735,7 @@ impl Writer {
             epoch: self.epoch,
             log_start_offset: log_start,
             next_offset: hw,
-            open_segments: Vec::new(),
+            open_segments,
             clean: true,
             saved_ms: self.ctx.clock.now_ms(),
         };
