@@ -47,6 +47,8 @@ pub struct Metrics {
     storage_errors: Family<OpLabel, Counter>,
     partitions: Family<StateLabel, Gauge>,
     segments_sealed: Counter,
+    /// Times this broker found its metadata lease expired and rejoined.
+    pub lease_expirations: Counter,
     segments_deleted: Counter,
     pub connections: Gauge,
     pub connections_rejected: Counter,
@@ -94,6 +96,7 @@ impl Metrics {
             storage_errors: Family::default(),
             partitions: Family::default(),
             segments_sealed: Counter::default(),
+            lease_expirations: Counter::default(),
             segments_deleted: Counter::default(),
             connections: Gauge::default(),
             connections_rejected: Counter::default(),
@@ -140,6 +143,11 @@ impl Metrics {
             "partitions",
             "Partitions of this broker, by state",
             m.partitions.clone(),
+        );
+        registry.register(
+            "broker_lease_expirations",
+            "Times the broker's metadata lease expired (it then rejoined as a new session)",
+            m.lease_expirations.clone(),
         );
         registry.register(
             "segments_sealed",

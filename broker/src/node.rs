@@ -53,7 +53,9 @@ pub struct Node {
     pub meta: Arc<dyn MetadataStore>,
     pub metrics: Arc<Metrics>,
     pub cache: BlockCache,
-    ctx: PartitionContext,
+    /// What partitions are started with; its session and lease change when
+    /// the broker rejoins after its lease expired.
+    ctx: RwLock<PartitionContext>,
     catalog: RwLock<Catalog>,
     view: RwLock<ClusterView>,
     partitions: RwLock<HashMap<PartitionId, PartitionHandle>>,
@@ -62,8 +64,47 @@ pub struct Node {
     /// Partitions with a converging task, and whether it must look again.
     converging: std::sync::Mutex<HashMap<PartitionId, bool>>,
     shutdown: CancellationToken,
-    /// Cancelled when the broker's lease is found expired.
+    /// Cancelled when the broker's lease expired and it could not rejoin.
     pub lease_lapsed: CancellationToken,
+    /// This broker's registration (bound to its lease).
+    record: BrokerRecord,
+}
+
+fn lease_ttl(config: &BrokerConfig) -> Duration {
+    Duration::from_millis(config.lease_ttl_ms.max(1_000))
+}
+
+/// Grant a lease and register `record` under it: a new session of this
+/// broker, identified by the registration's create revision.
+async fn register(
+    meta: &dyn MetadataStore,
+    record: &BrokerRecord,
+    ttl: Duration,
+) -> Result<(Arc<LeaseGuard>, i64), MetaError> {
+    let lease = meta.grant_lease(ttl).await?;
+    let guard = Arc::new(LeaseGuard::new(lease));
+    guard.renewed(Instant::now(), ttl);
+    let register = Txn::new()
+        .when(Condition::Missing(keys::broker(record.broker_id)))
+        .then(Op::put_with_lease(
+            keys::broker(record.broker_id),
+            record.encode_to_vec(),
+            lease,
+        ));
+    match meta.txn(register).await {
+        Ok(TxnOutcome::Committed { revision }) => Ok((guard, revision)),
+        Ok(TxnOutcome::Mismatch) => {
+            let _ = meta.revoke_lease(lease).await;
+            Err(MetaError::Invalid(format!(
+                "broker id {} is already registered by a live broker",
+                record.broker_id
+            )))
+        }
+        Err(e) => {
+            let _ = meta.revoke_lease(lease).await;
+            Err(e)
+        }
+    }
 }
 
 /// A topic name Kafka would accept: 1-249 of [a-zA-Z0-9._-], not "." or "..".
@@ -105,10 +146,6 @@ impl Node {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, MetaError> {
         let config = Arc::new(config);
-        let ttl = Duration::from_millis(config.lease_ttl_ms.max(1_000));
-        let lease = meta.grant_lease(ttl).await?;
-        let guard = Arc::new(LeaseGuard::new(lease));
-        guard.renewed(Instant::now(), ttl);
         let cache = BlockCache::new(config.cache_bytes);
         let record = BrokerRecord {
             format: FORMAT,
@@ -118,22 +155,7 @@ impl Node {
             rack: None,
             started_ms: clock.now_ms(),
         };
-        let register = Txn::new()
-            .when(Condition::Missing(keys::broker(config.node_id)))
-            .then(Op::put_with_lease(
-                keys::broker(config.node_id),
-                record.encode_to_vec(),
-                lease,
-            ));
-        let session = match meta.txn(register).await? {
-            TxnOutcome::Committed { revision } => revision,
-            TxnOutcome::Mismatch => {
-                return Err(MetaError::Invalid(format!(
-                    "broker id {} is already registered by a live broker",
-                    config.node_id
-                )));
-            }
-        };
+        let (guard, session) = register(&*meta, &record, lease_ttl(&config)).await?;
         let ctx = PartitionContext {
             broker_id: config.node_id,
             session,
@@ -142,7 +164,7 @@ impl Node {
             cache: cache.clone(),
             clock: clock.clone(),
             config: config.clone(),
-            lease: guard.clone(),
+            lease: guard,
             metrics: metrics.clone(),
         };
         let node = Arc::new(Self {
@@ -153,7 +175,8 @@ impl Node {
             meta: meta.clone(),
             metrics,
             cache,
-            ctx,
+            ctx: RwLock::new(ctx),
+            record,
             catalog: RwLock::new(Catalog::default()),
             view: RwLock::new(ClusterView::default()),
             partitions: RwLock::new(HashMap::new()),
@@ -162,13 +185,7 @@ impl Node {
             shutdown,
             lease_lapsed: CancellationToken::new(),
         });
-        tokio::spawn(keep_alive(
-            meta.clone(),
-            guard,
-            ttl,
-            node.shutdown.clone(),
-            node.lease_lapsed.clone(),
-        ));
+        tokio::spawn(keep_alive(node.clone()));
         node.clone().follow().await?;
         Ok(node)
     }
@@ -337,6 +354,61 @@ impl Node {
         }
     }
 
+    /// The context partitions start with (this session's lease).
+    fn ctx(&self) -> PartitionContext {
+        self.ctx.read().unwrap().clone()
+    }
+
+    /// After the lease expired: stop every partition of the old session
+    /// without touching storage or metadata (they belong to others now),
+    /// register again under a new lease as a new session, and take whatever
+    /// the controller assigns to that session.
+    async fn rejoin(self: &Arc<Self>) -> Result<(), MetaError> {
+        self.metrics.lease_expirations.inc();
+        self.wanted.write().unwrap().clear();
+        let handles: Vec<PartitionHandle> = self
+            .partitions
+            .write()
+            .unwrap()
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for h in &handles {
+            h.abandon().await;
+            self.metrics.partition_removed(h.state());
+        }
+        tracing::warn!(
+            partitions = handles.len(),
+            "stopped every partition of the expired session"
+        );
+        let mut delay = Duration::from_millis(200);
+        let (guard, session) = loop {
+            if self.shutdown.is_cancelled() {
+                return Err(MetaError::Unavailable("shutting down".into()));
+            }
+            match register(&*self.meta, &self.record, lease_ttl(&self.config)).await {
+                Ok(r) => break r,
+                Err(MetaError::Invalid(m)) => return Err(MetaError::Invalid(m)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "registering again failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        {
+            let mut ctx = self.ctx.write().unwrap();
+            ctx.session = session;
+            ctx.lease = guard;
+        }
+        // Assignments are per session: none of the old ones apply any more.
+        if let Err(e) = self.load().await {
+            tracing::warn!(error = %e, "reloading metadata after rejoining failed; the watch will catch up");
+        }
+        tracing::info!(session, "rejoined the cluster as a new session");
+        Ok(())
+    }
+
     /// Live brokers, by id.
     pub fn brokers(&self) -> Vec<BrokerRecord> {
         self.view
@@ -418,7 +490,9 @@ impl Node {
     fn apply_assignment(self: &Arc<Self>, p: PartitionId, value: Option<Bytes>) {
         let wanted = value
             .and_then(|v| AssignmentRecord::decode(v).ok())
-            .filter(|a| a.broker_id == self.config.node_id && a.broker_session == self.ctx.session)
+            .filter(|a| {
+                a.broker_id == self.config.node_id && a.broker_session == self.ctx().session
+            })
             .map(|a| a.epoch);
         {
             let mut w = self.wanted.write().unwrap();
@@ -492,7 +566,7 @@ impl Node {
                         delay = (delay * 2).min(Duration::from_secs(2));
                         continue;
                     };
-                    match partition::start(self.ctx.clone(), p, e, config).await {
+                    match partition::start(self.ctx(), p, e, config).await {
                         Ok((handle, _)) => {
                             self.partitions.write().unwrap().insert(p, handle);
                             continue;
@@ -584,7 +658,7 @@ impl Node {
             name: name.to_string(),
             partitions,
             configs: overrides,
-            created_ms: self.ctx.clock.now_ms(),
+            created_ms: self.ctx().clock.now_ms(),
         };
         let txn = Txn::new()
             .when(Condition::Missing(keys::topic(name)))
@@ -715,7 +789,7 @@ impl Node {
         self.shutdown.cancel();
         let handles: Vec<_> = self.partitions.read().unwrap().values().cloned().collect();
         futures::future::join_all(handles.iter().map(|h| h.release())).await;
-        let _ = self.meta.revoke_lease(self.ctx.lease.lease).await;
+        let _ = self.meta.revoke_lease(self.ctx().lease.lease).await;
         tracing::info!(partitions = handles.len(), "released all partitions");
     }
 
@@ -753,24 +827,30 @@ impl Node {
     }
 }
 
-async fn keep_alive(
-    meta: Arc<dyn MetadataStore>,
-    guard: Arc<LeaseGuard>,
-    ttl: Duration,
-    shutdown: CancellationToken,
-    lapsed: CancellationToken,
-) {
-    // Failures are logged by the loop; the guard stops acks in time.
-    let expired = floe_meta::election::keep_lease_alive(
-        &*meta,
-        guard.lease,
-        ttl,
-        shutdown.cancelled(),
-        |sent, granted| guard.renewed(sent, granted),
-    )
-    .await;
-    if expired {
-        tracing::error!("this broker's lease expired: its partitions belong to others now; stopping so it can rejoin as a new session");
-        lapsed.cancel();
+/// Keep this broker's lease alive; when it is found expired, rejoin as a
+/// new session (the partitions' own checks have stopped acks long before).
+async fn keep_alive(node: Arc<Node>) {
+    let ttl = lease_ttl(&node.config);
+    loop {
+        let guard = node.ctx().lease;
+        let expired = floe_meta::election::keep_lease_alive(
+            &*node.meta,
+            guard.lease,
+            ttl,
+            node.shutdown.cancelled(),
+            |sent, granted| guard.renewed(sent, granted),
+        )
+        .await;
+        if !expired {
+            return;
+        }
+        tracing::error!("this broker's lease expired: its partitions belong to others now; rejoining as a new session");
+        if let Err(e) = node.rejoin().await {
+            if !node.shutdown.is_cancelled() {
+                tracing::error!(error = %e, "could not rejoin the cluster; stopping");
+                node.lease_lapsed.cancel();
+            }
+            return;
+        }
     }
 }

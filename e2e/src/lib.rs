@@ -308,7 +308,10 @@ impl Proc {
             .open(&self.log)?;
         let child = Command::new(floe_bin())
             .args(&self.args)
-            .env("FLOE_LOG", "info")
+            .env(
+                "FLOE_LOG",
+                std::env::var("FLOE_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -513,6 +516,18 @@ impl Cluster {
         self.brokers
             .iter()
             .filter_map(|b| b.port)
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The Kafka addresses of every broker but the one at `index`.
+    pub fn bootstrap_except(&self, index: usize) -> String {
+        self.brokers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .filter_map(|(_, b)| b.port)
             .map(|p| format!("127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")

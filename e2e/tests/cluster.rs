@@ -67,9 +67,20 @@ fn wait_leaders(
     timeout: Duration,
     pred: impl Fn(&BTreeMap<i32, Option<i32>>) -> bool,
 ) -> BTreeMap<i32, Option<i32>> {
+    wait_leaders_via(cluster, &cluster.bootstrap(), topic, timeout, pred)
+}
+
+/// [`wait_leaders`], asking the brokers at `bootstrap` only.
+fn wait_leaders_via(
+    cluster: &Cluster,
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    pred: impl Fn(&BTreeMap<i32, Option<i32>>) -> bool,
+) -> BTreeMap<i32, Option<i32>> {
     let deadline = Instant::now() + timeout;
     loop {
-        let l = leaders(&cluster.bootstrap(), topic);
+        let l = leaders(bootstrap, topic);
         if pred(&l) {
             return l;
         }
@@ -204,8 +215,10 @@ mod futures_like {
             };
             match f.await {
                 Ok(Ok(d)) => acked.lock().unwrap().push((d.partition, d.offset, payload)),
-                _ => {
-                    failed.fetch_add(1, Ordering::SeqCst);
+                other => {
+                    if failed.fetch_add(1, Ordering::SeqCst) < 5 {
+                        eprintln!("produce failed: {other:?}");
+                    }
                 }
             }
         }
@@ -438,4 +451,127 @@ async fn a_standby_controller_takes_over_and_still_handles_a_broker_failure() {
     );
     let l = leaders(&b, "ha");
     assert!(l.values().all(|x| *x == Some(2)), "{l:?}");
+}
+
+/// Send one produce request (v9, acks=all) with a small batch for each of
+/// `partitions` over an already open connection; wait as long as it takes
+/// for the answer; return (partition, error code) pairs.
+fn raw_produce(raw: &mut floe_e2e::RawClient, topic: &str, partitions: &[i32]) -> Vec<(i32, i16)> {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(
+                partitions
+                    .iter()
+                    .map(|p| {
+                        PartitionProduceData::default()
+                            .with_index(*p)
+                            .with_records(Some(bytes::Bytes::from(
+                                floe_protocol::batch::synthetic_batch(3, 16, 1_000),
+                            )))
+                    })
+                    .collect(),
+            )]);
+    raw.stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let resp: ProduceResponse = raw.call(ApiKey::Produce, 9, &req).unwrap();
+    resp.responses[0]
+        .partition_responses
+        .iter()
+        .map(|r| (r.index, r.error_code))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_past_its_lease_acks_nothing_after_waking_and_rejoins() {
+    let cluster = Cluster::start(3, 1, LEASE_TTL_MS).unwrap();
+    cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = cluster.bootstrap();
+    create_topic(&b, "paused", 6).await;
+    let before = wait_leaders(&cluster, "paused", Duration::from_secs(30), |l| {
+        l.values().all(Option::is_some)
+    });
+    let load = start_load(&b, "paused", 6);
+    wait_acked_growth(&load, 500, Duration::from_secs(30)).await;
+
+    let victim = 0usize;
+    let victim_id = victim as i32 + 1;
+    let others = cluster.bootstrap_except(victim);
+    let owned: Vec<i32> = before
+        .iter()
+        .filter(|(_, l)| **l == Some(victim_id))
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(owned.len(), 2, "{before:?}");
+    // A connection to the victim, opened while it runs.
+    let mut raw = floe_e2e::RawClient::connect(&format!(
+        "127.0.0.1:{}",
+        cluster.brokers[victim].port.unwrap()
+    ))
+    .unwrap();
+
+    cluster.brokers[victim].signal("-STOP").unwrap();
+    let stopped = Instant::now();
+    // Requests reach the frozen broker's socket; it reads them on waking.
+    let topic_owned = owned.clone();
+    let zombie = std::thread::spawn(move || raw_produce(&mut raw, "paused", &topic_owned));
+
+    // Its lease lapses and its partitions move to the live brokers.
+    let moved = wait_leaders_via(&cluster, &others, "paused", Duration::from_secs(30), |l| {
+        l.values().all(|x| x.is_some() && *x != Some(victim_id))
+    });
+    println!(
+        "broker {victim_id} stopped: its partitions moved after {:.2} s: {before:?} -> {moved:?}",
+        stopped.elapsed().as_secs_f64()
+    );
+    // (The load's requests already sent to the victim wait for it: they get
+    // NOT_LEADER when it wakes and are retried on the new owners.)
+    all_writable(&others, "paused", 6, Duration::from_secs(30)).await;
+
+    cluster.brokers[victim].signal("-CONT").unwrap();
+    let answers = zombie.join().unwrap();
+    assert_eq!(answers.len(), owned.len());
+    for (p, code) in &answers {
+        assert_eq!(
+            *code, 6,
+            "partition {p}: a broker whose lease lapsed answers NOT_LEADER_OR_FOLLOWER, got {code}"
+        );
+    }
+
+    // It rejoins as a new session and the controller gives it a share again.
+    let rejoined = wait_leaders_via(&cluster, &others, "paused", Duration::from_secs(30), |l| {
+        l.values().all(Option::is_some) && counts(l).get(&victim_id).copied().unwrap_or(0) == 2
+    });
+    assert!(cluster.brokers[victim]
+        .log_text()
+        .contains("rejoined the cluster as a new session"));
+    let metrics = cluster.brokers[victim].http("/metrics").unwrap();
+    assert!(
+        metrics.contains("floe_broker_lease_expirations_total 1"),
+        "{metrics}"
+    );
+    println!("broker {victim_id} rejoined: {rejoined:?}");
+
+    wait_acked_growth(&load, 500, Duration::from_secs(30)).await;
+    let (acked, failed) = load.finish().await;
+    assert_eq!(failed, 0, "no produce failed for good");
+    let log = read_all(&b, "paused", 6);
+    check_log(&log, &acked);
+    // Only the load's records and the probes are in the log: the batches
+    // sent to the stopped broker are not.
+    for (p, recs) in &log {
+        for (o, v) in recs {
+            assert!(
+                v.starts_with(b"record-") || v == b"probe",
+                "partition {p} offset {o}: {:?} is not a load record",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
 }

@@ -121,7 +121,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     shutdown.cancel();
     let _ = http_task.await;
     if lapsed {
-        bail!("the broker's lease expired; restart it to rejoin the cluster");
+        bail!("the broker's lease expired and it could not rejoin the cluster");
     }
     tracing::info!("stopped");
     Ok(())

@@ -158,6 +158,9 @@ pub(crate) enum Command {
     },
     UpdateConfig(TopicConfig),
     Release(oneshot::Sender<()>),
+    /// Stop at once, touching neither storage nor metadata: the broker's
+    /// lease is gone and the partition belongs to someone else.
+    Abandon(oneshot::Sender<()>),
 }
 
 /// What request handlers hold for a partition this broker writes.
@@ -203,6 +206,15 @@ impl PartitionHandle {
     pub async fn release(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::Release(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Stop writing at once without releasing (the lease that made this
+    /// broker the owner has lapsed); pending appends fail NOT_LEADER.
+    pub async fn abandon(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Abandon(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }

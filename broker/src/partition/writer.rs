@@ -75,6 +75,8 @@ struct Writer {
     inflight: VecDeque<Flush>,
     seal_task: Option<JoinHandle<Result<SegmentRecord, StorageError>>>,
     state: watch::Sender<PartitionState>,
+    /// Told to stop without releasing; answered once stopped.
+    abandoned: Option<oneshot::Sender<()>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -132,6 +134,7 @@ pub(crate) fn spawn(
         inflight: VecDeque::new(),
         seal_task: None,
         state,
+        abandoned: None,
     };
     w.maybe_start_seal();
     tokio::spawn(w.run(rx));
@@ -197,6 +200,10 @@ impl Writer {
                         Ok(None)
                     }
                     Some(Command::Release(done)) => Ok(Some(Some(done))),
+                    Some(Command::Abandon(done)) => {
+                        self.abandoned = Some(done);
+                        Err(Stop::Fenced)
+                    }
                     None => Ok(Some(None)),
                 },
                 // A lingering chunk waits for a free flush slot like any other.
@@ -245,7 +252,7 @@ impl Writer {
                         Command::Append { reply, .. } => {
                             let _ = reply.send(Err(AppendError::NotLeader));
                         }
-                        Command::Release(done) => {
+                        Command::Release(done) | Command::Abandon(done) => {
                             let _ = done.send(());
                         }
                         Command::UpdateConfig(_) => {}
@@ -260,12 +267,18 @@ impl Writer {
                 };
                 self.fail_all(&err);
                 self.set_state(PartitionState::Failed);
+                if let Some(t) = self.seal_task.take() {
+                    t.abort();
+                }
+                if let Some(done) = self.abandoned.take() {
+                    let _ = done.send(());
+                }
                 while let Some(cmd) = rx.recv().await {
                     match cmd {
                         Command::Append { reply, .. } => {
                             let _ = reply.send(Err(err.clone()));
                         }
-                        Command::Release(done) => {
+                        Command::Release(done) | Command::Abandon(done) => {
                             let _ = done.send(());
                         }
                         Command::UpdateConfig(_) => {}
