@@ -564,6 +564,31 @@ impl Cluster {
         Ok(body.trim().parse()?)
     }
 
+    /// A client of the cluster's etcd (through Floe's own metadata layer).
+    pub async fn meta(&self) -> Result<floe_meta::EtcdStore> {
+        Ok(floe_meta::EtcdStore::connect(&[self.etcd.url()]).await?)
+    }
+
+    /// The state a partition's owner publishes in etcd, if it has one.
+    pub async fn partition_state(
+        meta: &dyn floe_meta::MetadataStore,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<floe_meta::schema::PartitionStateRecord>> {
+        use prost::Message;
+        let Some(t) = meta.get(&floe_meta::keys::topic(topic)).await? else {
+            bail!("no topic {topic}");
+        };
+        let t = floe_meta::schema::TopicRecord::decode(t.value)?;
+        let id = floe_common::PartitionId::new(floe_common::Uuid::from_slice(&t.id)?, partition);
+        match meta.get(&floe_meta::keys::partition_state(id)).await? {
+            Some(kv) => Ok(Some(floe_meta::schema::PartitionStateRecord::decode(
+                kv.value,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
     /// Log of every process, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

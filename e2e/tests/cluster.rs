@@ -575,3 +575,76 @@ async fn a_broker_stopped_past_its_lease_acks_nothing_after_waking_and_rejoins()
         }
     }
 }
+
+/// Wait until `partition`'s published state is `writing` on `broker` at
+/// `epoch`; returns how long that took.
+async fn wait_writing(
+    meta: &dyn floe_meta::MetadataStore,
+    topic: &str,
+    partition: i32,
+    broker: i32,
+    epoch: i32,
+    timeout: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let s = Cluster::partition_state(meta, topic, partition)
+            .await
+            .unwrap();
+        if s.as_ref()
+            .is_some_and(|s| s.broker_id == broker && s.epoch == epoch && s.state == "writing")
+        {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "partition {partition} not writing on broker {broker} at epoch {epoch}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_moves_hand_a_partition_over_under_load_without_copying() {
+    let cluster = Cluster::start(2, 1, LEASE_TTL_MS).unwrap();
+    cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = cluster.bootstrap();
+    create_topic(&b, "moving", 2).await;
+    let l = wait_leaders(&cluster, "moving", Duration::from_secs(30), |l| {
+        l.values().all(Option::is_some)
+    });
+    let meta = cluster.meta().await.unwrap();
+    let load = start_load(&b, "moving", 2);
+    wait_acked_growth(&load, 300, Duration::from_secs(30)).await;
+
+    let mut owner = l[&0].unwrap();
+    let mut took = Vec::new();
+    for _ in 0..6 {
+        let target = 3 - owner;
+        let epoch = cluster.move_partition("moving", 0, target).unwrap();
+        took.push(wait_writing(&meta, "moving", 0, target, epoch, Duration::from_secs(20)).await);
+        owner = target;
+        // Producing goes on, on the new owner too.
+        wait_acked_growth(&load, 200, Duration::from_secs(30)).await;
+    }
+    took.sort();
+    println!("6 planned moves under load: to writing on the new owner in {took:?}");
+
+    let (acked, failed) = load.finish().await;
+    assert_eq!(failed, 0, "no produce failed for good");
+    let log = read_all(&b, "moving", 2);
+    check_log(&log, &acked);
+    // Every hand-over was a clean release followed by the fast path: no
+    // fencing, no recovery of data, nothing copied.
+    let logs = cluster.logs();
+    assert_eq!(
+        logs.matches("recovered after a clean release").count(),
+        2 + 6
+    );
+    assert!(!logs.contains("recovered after an unclean end"), "{logs}");
+    assert_eq!(
+        logs.matches("released (flushed, end fixed in a clean checkpoint")
+            .count(),
+        6
+    );
+}

@@ -235,7 +235,7 @@ impl Writer {
                 }
                 match self.release().await {
                     Ok(()) => {
-                        tracing::info!(partition = %self.id, epoch = self.epoch, next_offset = self.next_offset, "released");
+                        tracing::info!(partition = %self.id, epoch = self.epoch, next_offset = self.next_offset, "released (flushed, end fixed in a clean checkpoint, owner key deleted)");
                         self.set_state(PartitionState::Released);
                     }
                     Err(e) => {
