@@ -145,52 +145,70 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-async fn measure(cluster: &Cluster, topic: &str, moves: u64) -> (Vec<f64>, Vec<f64>) {
-    let meta = cluster.meta().await.unwrap();
-    let t = trickle(&cluster.bootstrap(), topic);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut handover = Vec::new();
-    let mut pause = Vec::new();
-    for _ in 0..moves {
-        let state = Cluster::partition_state(&meta, topic, 0)
-            .await
-            .unwrap()
-            .expect("the partition has an owner");
-        let target = 3 - state.broker_id;
-        let t0 = Instant::now();
-        let epoch = cluster.move_partition(topic, 0, target).unwrap();
-        loop {
-            let s = Cluster::partition_state(&meta, topic, 0).await.unwrap();
-            if s.is_some_and(|s| s.broker_id == target && s.epoch == epoch && s.state == "writing")
-            {
-                break;
+/// The value of `field=` in a log line (colour codes stripped).
+fn log_field(line: &str, field: &str) -> Option<u64> {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
             }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "move never completed"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        } else {
+            plain.push(c);
         }
-        let writing = t0.elapsed();
-        // Let the producer settle on the new owner, then look at its gaps.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let acks = t.acks.lock().unwrap().clone();
-        let window: Vec<Instant> = acks
-            .into_iter()
-            .filter(|a| *a + Duration::from_millis(200) >= t0)
-            .collect();
-        let gap = window
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or_default();
-        handover.push(writing.as_secs_f64() * 1000.0);
-        pause.push(gap.as_secs_f64() * 1000.0);
     }
-    t.stop.store(true, Ordering::SeqCst);
-    let failed = t.task.await.unwrap();
-    assert_eq!(failed, 0, "the trickle producer saw failures");
-    (handover, pause)
+    let at = plain.find(&format!("{field}="))? + field.len() + 1;
+    plain[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+/// Move `topic`'s partition 0 to the other broker; (hand-over, write pause)
+/// in milliseconds.
+async fn move_once(
+    cluster: &Cluster,
+    meta: &dyn floe_meta::MetadataStore,
+    topic: &str,
+    trickle: &Trickle,
+) -> (f64, f64) {
+    let state = Cluster::partition_state(meta, topic, 0)
+        .await
+        .unwrap()
+        .expect("the partition has an owner");
+    let target = 3 - state.broker_id;
+    let t0 = Instant::now();
+    let epoch = cluster.move_partition(topic, 0, target).unwrap();
+    loop {
+        let s = Cluster::partition_state(meta, topic, 0).await.unwrap();
+        if s.is_some_and(|s| s.broker_id == target && s.epoch == epoch && s.state == "writing") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "move never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let writing = t0.elapsed();
+    // Let the producer settle on the new owner, then look at its gaps.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acks = trickle.acks.lock().unwrap().clone();
+    let window: Vec<Instant> = acks
+        .into_iter()
+        .filter(|a| *a + Duration::from_millis(200) >= t0)
+        .collect();
+    let gap = window
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    (writing.as_secs_f64() * 1000.0, gap.as_secs_f64() * 1000.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,25 +222,47 @@ async fn planned_move_time_does_not_depend_on_partition_size() {
     let cluster = Cluster::start(2, 1, 10_000).unwrap();
     cluster.wait_leader(Duration::from_secs(20)).unwrap();
     let b = cluster.bootstrap();
-    let mut rows = Vec::new();
+    let meta = cluster.meta().await.unwrap();
     for (topic, bytes) in sizes {
         create_topic(&b, topic).await;
         fill(&b, topic, bytes).await;
-        let hw = high_watermark(&b, topic);
-        let (mut h, mut p) = measure(&cluster, topic, moves).await;
-        h.sort_by(f64::total_cmp);
-        p.sort_by(f64::total_cmp);
-        println!("{topic}: hand-over ms {h:.1?}");
-        println!("{topic}: write pause ms {p:.1?}");
-        rows.push((bytes, hw, h, p));
     }
+    let trickles: Vec<Trickle> = sizes.iter().map(|(t, _)| trickle(&b, t)).collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Interleaved, so that both sizes see the same machine.
+    let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); sizes.len()];
+    for _ in 0..moves {
+        for (i, (topic, _)) in sizes.iter().enumerate() {
+            let (h, p) = move_once(&cluster, &meta, topic, &trickles[i]).await;
+            results[i].0.push(h);
+            results[i].1.push(p);
+        }
+    }
+    for t in trickles {
+        t.stop.store(true, Ordering::SeqCst);
+        assert_eq!(t.task.await.unwrap(), 0, "a trickle producer saw failures");
+    }
+    // The new owners' own account of recovery (listing, chunk headers,
+    // fence, checkpoint), from their logs, in order.
+    let logs = cluster.logs();
+    let recoveries: Vec<(u64, u64)> = logs
+        .lines()
+        .filter(|l| l.contains("recovered after a clean release"))
+        .filter_map(|l| Some((log_field(l, "took_ms")?, log_field(l, "unsealed_segments")?)))
+        .collect();
     println!();
     println!("| partition | records | moves | hand-over p50 | hand-over p99 | write pause p50 | write pause p99 |");
     println!("|---|---|---|---|---|---|---|");
-    for (bytes, hw, h, p) in &rows {
+    for (i, (topic, bytes)) in sizes.iter().enumerate() {
+        let (h, p) = &mut results[i];
+        println!("{topic}: hand-over ms {h:.1?}");
+        println!("{topic}: write pause ms {p:.1?}");
+        h.sort_by(f64::total_cmp);
+        p.sort_by(f64::total_cmp);
         println!(
-            "| {} MB | {hw} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
+            "| {} MB | {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
             bytes / 1_000_000,
+            high_watermark(&b, topic),
             h.len(),
             percentile(h, 50.0),
             percentile(h, 99.0),
@@ -230,7 +270,12 @@ async fn planned_move_time_does_not_depend_on_partition_size() {
             percentile(p, 99.0)
         );
     }
-    let logs = cluster.logs();
+    let mut took: Vec<u64> = recoveries.iter().map(|r| r.0).collect();
+    took.sort();
+    println!(
+        "recovery on the new owner (all moves): took_ms {took:?}; moves that handed over an unsealed segment: {}",
+        recoveries.iter().filter(|r| r.1 > 0).count()
+    );
     assert!(
         !logs.contains("recovered after an unclean end"),
         "every move was a clean hand-over"

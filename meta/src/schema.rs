@@ -99,6 +99,27 @@ pub struct OpenSegmentRecord {
     pub replica_set: Vec<String>,
     #[prost(int64, tag = "4")]
     pub created_ms: i64,
+    /// Set by a clean release: `chunks` is the segment's whole committed
+    /// chain, so the next owner needs neither a listing nor a fence.
+    #[prost(bool, tag = "5")]
+    pub chunks_listed: bool,
+    #[prost(message, repeated, tag = "6")]
+    pub chunks: Vec<ChunkRecord>,
+}
+
+/// One committed chunk of an unsealed segment (its key is derived from the
+/// segment and `base_offset`).
+#[derive(Clone, PartialEq, Message)]
+pub struct ChunkRecord {
+    #[prost(int64, tag = "1")]
+    pub base_offset: i64,
+    #[prost(int64, tag = "2")]
+    pub next_offset: i64,
+    #[prost(int64, tag = "3")]
+    pub max_timestamp: i64,
+    /// Payload bytes (the object minus its header).
+    #[prost(uint64, tag = "4")]
+    pub bytes: u64,
 }
 
 /// A partition's checkpoint: `/floe/partitions/{topic_id}/{p}/checkpoint`.

@@ -1,13 +1,14 @@
 //! Recovering, step 2: from the checkpoint to a log ready for writing.
 //! Every segment the checkpoint lists as not yet sealed (after a clean
 //! release: the previous owner's unsealed tail; after an unclean end: also
-//! whatever it wrote since its last checkpoint) is recovered from its chunk
-//! headers alone: listed on R−W+1 replicas, the contiguous chain from the
-//! segment base kept, a fence created at the next chunk key (so an old
-//! writer's next chunk can never be created), its end thereby fixed. No data
-//! is read or copied here, so a move costs the same for 10 MB or 1 TB; the
-//! writer consolidates those segments in the background. Then a new
-//! checkpoint and a fresh open segment.
+//! whatever it wrote since its last checkpoint) becomes a segment to seal in
+//! the background. A clean release lists each segment's chunks in the
+//! checkpoint, so nothing is read from storage. Otherwise the chunks are
+//! recovered from their headers alone: listed on R−W+1 replicas, the
+//! contiguous chain from the segment base kept, a fence created at the next
+//! chunk key (so an old writer's next chunk can never be created), the end
+//! thereby fixed. No data is read or copied here, so a move costs the same
+//! for 10 MB or 1 TB. Then a new checkpoint and a fresh open segment.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -199,6 +200,30 @@ async fn chain_and_fence(
     }
 }
 
+/// The chunk chain a clean release recorded for `seg`, checked contiguous.
+fn listed_chain(id: PartitionId, seg: &OpenSegmentRecord) -> Result<Vec<ChunkRef>, StartError> {
+    let mut expected = seg.base_offset;
+    let mut out = Vec::with_capacity(seg.chunks.len());
+    for c in &seg.chunks {
+        if c.base_offset != expected || c.next_offset <= c.base_offset {
+            return Err(StartError::Corrupt(format!(
+                "segment {}: listed chunk {}..{} where {expected} was expected",
+                seg.base_offset, c.base_offset, c.next_offset
+            )));
+        }
+        let path = layout::chunk(id, seg.base_offset, seg.epoch, c.base_offset);
+        out.push(ChunkRef {
+            base_offset: c.base_offset,
+            next_offset: c.next_offset,
+            max_timestamp: c.max_timestamp,
+            path: Arc::from(path.as_ref()),
+            bytes: c.bytes,
+        });
+        expected = c.next_offset;
+    }
+    Ok(out)
+}
+
 /// Chunk headers read at once during recovery.
 const HEADER_READS_IN_FLIGHT: usize = 32;
 
@@ -250,7 +275,12 @@ pub(crate) async fn recover(
             continue;
         }
         let replicas = ctx.pool.replica_set(&seg.replica_set)?;
-        let chunks = chain_and_fence(id, seg, &replicas, epoch).await?;
+        let chunks = if checkpoint.clean && seg.chunks_listed {
+            // A clean release listed the whole chain and wrote nothing after.
+            listed_chain(id, seg)?
+        } else {
+            chain_and_fence(id, seg, &replicas, epoch).await?
+        };
         report.segments_recovered += 1;
         report.chunks_recovered += chunks.len();
         match (chunks.first(), chunks.last()) {
@@ -263,7 +293,12 @@ pub(crate) async fn recover(
                 }
                 next = next.max(last.next_offset);
                 pending.push(PendingSeal {
-                    record: seg.clone(),
+                    // The list served its purpose; checkpoints stay small.
+                    record: OpenSegmentRecord {
+                        chunks_listed: false,
+                        chunks: Vec::new(),
+                        ..seg.clone()
+                    },
                     replicas,
                     chunks,
                 });
@@ -281,6 +316,7 @@ pub(crate) async fn recover(
         epoch,
         replica_set: replicas.ids(),
         created_ms: now,
+        ..Default::default()
     };
     // Still-unsealed segments stay listed until the writer seals them.
     let mut open_segments: Vec<OpenSegmentRecord> =

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use floe_common::{Epoch, Offset, PartitionId};
-use floe_meta::schema::{CheckpointRecord, OpenSegmentRecord, SegmentRecord, FORMAT};
+use floe_meta::schema::{CheckpointRecord, ChunkRecord, OpenSegmentRecord, SegmentRecord, FORMAT};
 use floe_meta::{keys, Condition, MetaError, Op, Txn, TxnOutcome};
 use floe_protocol::batch::{self, BatchHeader};
 use floe_storage::chunk;
@@ -24,6 +24,10 @@ use super::{AppendError, Appended, Command, PartitionContext, PartitionState};
 use crate::config::{TimestampType, TopicConfig};
 
 type Reply = oneshot::Sender<Result<Appended, AppendError>>;
+
+/// Chunks a clean release lists in its checkpoint (about 25 bytes each in
+/// etcd); beyond this the next owner lists them from storage instead.
+const MAX_HANDED_OVER_CHUNKS: usize = 20_000;
 
 struct Waiter {
     reply: Reply,
@@ -499,6 +503,7 @@ impl Writer {
             epoch: self.epoch,
             replica_set: replicas.ids(),
             created_ms: self.ctx.clock.now_ms(),
+            ..Default::default()
         };
         let old = std::mem::replace(
             &mut self.open,
@@ -741,6 +746,30 @@ impl Writer {
             self.sealing.iter().map(|s| s.record.clone()).collect();
         if self.open.bytes > 0 {
             open_segments.push(self.open.record.clone());
+        }
+        // Every chunk is committed now: hand their list over, so that the
+        // next owner needs no listing (within a bound on the record size).
+        let snapshot = self.log.snapshot();
+        let listed: Vec<Vec<ChunkRecord>> = open_segments
+            .iter()
+            .map(|seg| match snapshot.segments.get(&seg.base_offset) {
+                Some(SegmentView::Open { chunks, .. }) => chunks
+                    .iter()
+                    .map(|c| ChunkRecord {
+                        base_offset: c.base_offset,
+                        next_offset: c.next_offset,
+                        max_timestamp: c.max_timestamp,
+                        bytes: c.bytes,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if listed.iter().map(Vec::len).sum::<usize>() <= MAX_HANDED_OVER_CHUNKS {
+            for (seg, chunks) in open_segments.iter_mut().zip(listed) {
+                seg.chunks_listed = true;
+                seg.chunks = chunks;
+            }
         }
         let (log_start, hw, _) = self.log.offsets();
         let checkpoint = CheckpointRecord {
