@@ -15,9 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_e2e::Cluster;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use floe_e2e::{create_topic, Cluster};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -27,21 +25,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-async fn create_topic(bootstrap: &str, name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let r = admin
-        .create_topics(
-            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        )
-        .await
-        .unwrap();
-    assert!(r[0].is_ok(), "{r:?}");
 }
 
 /// Write `bytes` of 16 KiB records to partition 0 of `topic`.
@@ -224,7 +207,7 @@ async fn planned_move_time_does_not_depend_on_partition_size() {
     let b = cluster.bootstrap();
     let meta = cluster.meta().await.unwrap();
     for (topic, bytes) in sizes {
-        create_topic(&b, topic).await;
+        create_topic(&b, topic, 1).await;
         fill(&b, topic, bytes).await;
     }
     let trickles: Vec<Trickle> = sizes.iter().map(|(t, _)| trickle(&b, t)).collect();
