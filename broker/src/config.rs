@@ -41,6 +41,17 @@ pub struct BrokerConfig {
     pub lease_ttl_ms: u64,
     /// Default configs of new topics (Kafka names: retention.ms, ...).
     pub topic_defaults: BTreeMap<String, String>,
+    /// Partitions of the internal `__consumer_offsets` topic, made when the
+    /// first group looks for its coordinator (offsets.topic.num.partitions).
+    /// A group's coordinator is the owner of one of them; do not change it
+    /// once groups exist.
+    pub offsets_topic_partitions: i32,
+    /// A new group waits this long for more members before its first
+    /// rebalance completes (group.initial.rebalance.delay.ms).
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Accepted session timeouts (group.min/max.session.timeout.ms).
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
 }
 
 impl Default for BrokerConfig {
@@ -61,6 +72,10 @@ impl Default for BrokerConfig {
             checkpoint_interval_ms: 5_000,
             lease_ttl_ms: 10_000,
             topic_defaults: BTreeMap::new(),
+            offsets_topic_partitions: 16,
+            group_initial_rebalance_delay_ms: 3_000,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
         }
     }
 }

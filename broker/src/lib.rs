@@ -3,6 +3,8 @@
 //! and its metrics.
 
 pub mod config;
+pub mod group;
+pub mod group_api;
 pub mod handlers;
 pub mod metrics;
 pub mod node;

@@ -68,6 +68,8 @@ pub struct Node {
     pub lease_lapsed: CancellationToken,
     /// This broker's registration (bound to its lease).
     record: BrokerRecord,
+    /// The consumer groups this broker coordinates.
+    pub groups: crate::group::Groups,
 }
 
 fn lease_ttl(config: &BrokerConfig) -> Duration {
@@ -184,6 +186,7 @@ impl Node {
             converging: Default::default(),
             shutdown,
             lease_lapsed: CancellationToken::new(),
+            groups: Default::default(),
         });
         tokio::spawn(keep_alive(node.clone()));
         node.clone().follow().await?;

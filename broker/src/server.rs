@@ -18,8 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::handlers;
 use crate::node::Node;
+use crate::{group_api, handlers};
 
 type Pending = BoxFuture<'static, Option<Bytes>>;
 
@@ -180,7 +180,7 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
         return Err(Close::UnsupportedVersion(api, version));
     }
     let malformed = |e: anyhow_like::Error| Close::Malformed(api, version, e.to_string());
-    let _header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(|e| malformed(e.into()))?;
     let request = RequestKind::decode(api, &mut frame, version).map_err(|e| malformed(e.into()))?;
     let name = api_name(api);
@@ -249,6 +249,64 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
             correlation_id,
             handlers::describe_cluster(node, version),
         ))),
+        RequestKind::FindCoordinator(r) => {
+            let resp = group_api::find_coordinator(node, r, version).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::JoinGroup(r) => {
+            // Parks until the rebalance's join phase ends: off the ordered path.
+            let node = node.clone();
+            let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
+            async move {
+                let resp = group_api::join_group(&node, r, version, client_id).await;
+                done(respond(api, version, correlation_id, resp))
+            }
+            .boxed()
+        }
+        RequestKind::SyncGroup(r) => {
+            let node = node.clone();
+            async move {
+                let resp = group_api::sync_group(&node, r).await;
+                done(respond(api, version, correlation_id, resp))
+            }
+            .boxed()
+        }
+        RequestKind::Heartbeat(r) => {
+            let resp = group_api::heartbeat(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::LeaveGroup(r) => {
+            let resp = group_api::leave_group(node, r, version).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::OffsetCommit(r) => {
+            let node = node.clone();
+            async move {
+                let resp = group_api::offset_commit(&node, r, version).await;
+                done(respond(api, version, correlation_id, resp))
+            }
+            .boxed()
+        }
+        RequestKind::OffsetFetch(r) => {
+            let resp = group_api::offset_fetch(node, r, version).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::ListGroups(r) => {
+            let resp = group_api::list_groups(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::DescribeGroups(r) => {
+            let resp = group_api::describe_groups(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::DeleteGroups(r) => {
+            let resp = group_api::delete_groups(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::OffsetDelete(r) => {
+            let resp = group_api::offset_delete(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
         _ => return Err(Close::UnsupportedVersion(api, version)),
     };
     Ok(out)
@@ -271,6 +329,17 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::DescribeCluster => "DescribeCluster",
         ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::OffsetDelete => "OffsetDelete",
         _ => "Other",
     }
 }

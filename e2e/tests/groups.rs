@@ -1,0 +1,248 @@
+//! Consumer groups with real librdkafka consumers: partitions split across
+//! members, rebalances as members leave and join (eager and cooperative
+//! assignors), every record consumed once with committed offsets, and a
+//! restarted group resuming where it committed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use floe_e2e::{create_topic, Standalone};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+const CONFIG: &str = "[broker]\ngroup_initial_rebalance_delay_ms = 500\n";
+
+/// What every member consumed: (partition, offset) → times seen, and the
+/// records whose commit failed (those may be seen again by the next owner).
+#[derive(Default)]
+struct Seen {
+    count: HashMap<(i32, i64), usize>,
+    uncommitted: HashSet<(i32, i64)>,
+}
+
+struct Member {
+    stop: Arc<AtomicBool>,
+    assigned: Arc<Mutex<Vec<i32>>>,
+    thread: JoinHandle<()>,
+}
+
+fn member(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    strategy: &str,
+    seen: Arc<Mutex<Seen>>,
+) -> Member {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("partition.assignment.strategy", strategy)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let assigned = Arc::new(Mutex::new(Vec::new()));
+    let (s, a) = (stop.clone(), assigned.clone());
+    let thread = std::thread::spawn(move || {
+        while !s.load(Ordering::SeqCst) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let key = (m.partition(), m.offset());
+                let committed = consumer.commit_message(&m, CommitMode::Sync).is_ok();
+                let mut seen = seen.lock().unwrap();
+                *seen.count.entry(key).or_default() += 1;
+                if !committed {
+                    seen.uncommitted.insert(key);
+                }
+            }
+            let mut now: Vec<i32> = consumer
+                .assignment()
+                .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+                .unwrap_or_default();
+            now.sort();
+            *a.lock().unwrap() = now;
+        }
+        // Dropping the consumer leaves the group (LeaveGroup).
+        consumer.unsubscribe();
+        drop(consumer);
+    });
+    Member {
+        stop,
+        assigned,
+        thread,
+    }
+}
+
+impl Member {
+    fn assigned(&self) -> Vec<i32> {
+        self.assigned.lock().unwrap().clone()
+    }
+
+    fn leave(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+    }
+}
+
+/// Wait until the members' assignments have these sizes and cover every
+/// partition once.
+fn wait_split(members: &[&Member], sizes: &[usize], partitions: i32) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let a: Vec<Vec<i32>> = members.iter().map(|m| m.assigned()).collect();
+        let mut got: Vec<usize> = a.iter().map(Vec::len).collect();
+        got.sort();
+        let mut all: Vec<i32> = a.iter().flatten().copied().collect();
+        all.sort();
+        if got == sizes && all == (0..partitions).collect::<Vec<_>>() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "assignments never became {sizes:?}: {a:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn produce(bootstrap: &str, topic: &str, from: usize, n: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create()
+        .unwrap();
+    let sends: Vec<_> = (from..from + n)
+        .map(|i| {
+            let p = producer.clone();
+            let topic = topic.to_string();
+            async move {
+                let v = format!("v{i}");
+                p.send(
+                    FutureRecord::<(), [u8]>::to(&topic)
+                        .partition((i % 6) as i32)
+                        .payload(v.as_bytes()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap()
+            }
+        })
+        .collect();
+    futures::future::join_all(sends).await;
+}
+
+fn wait_consumed(seen: &Mutex<Seen>, total: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().count.len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "consumed {} of {total}",
+            seen.lock().unwrap().count.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn group_rebalances_consume_everything_once(strategy: &str) {
+    let s = Standalone::start_with_config(CONFIG).unwrap();
+    let b = s.bootstrap();
+    create_topic(&b, "orders", 6).await;
+    produce(&b, "orders", 0, 300).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let m1 = member(&b, "g", "orders", strategy, seen.clone());
+    let m2 = member(&b, "g", "orders", strategy, seen.clone());
+    let m3 = member(&b, "g", "orders", strategy, seen.clone());
+    wait_split(&[&m1, &m2, &m3], &[2, 2, 2], 6);
+    wait_consumed(&seen, 300);
+
+    // One member leaves: the other two take its partitions.
+    m3.leave();
+    produce(&b, "orders", 300, 300).await;
+    wait_split(&[&m1, &m2], &[3, 3], 6);
+    // One joins: back to 2/2/2, while records keep coming.
+    let m4 = member(&b, "g", "orders", strategy, seen.clone());
+    produce(&b, "orders", 600, 300).await;
+    wait_split(&[&m1, &m2, &m4], &[2, 2, 2], 6);
+    wait_consumed(&seen, 900);
+    for m in [m1, m2, m4] {
+        m.leave();
+    }
+
+    let seen = seen.lock().unwrap();
+    let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for ((p, o), n) in &seen.count {
+        per_partition.entry(*p).or_default().push(*o);
+        if *n > 1 {
+            assert!(
+                seen.uncommitted.contains(&(*p, *o)),
+                "partition {p} offset {o} consumed {n} times though its commit succeeded"
+            );
+        }
+    }
+    for (p, mut offsets) in per_partition {
+        offsets.sort();
+        assert_eq!(
+            offsets,
+            (0..150).collect::<Vec<i64>>(),
+            "partition {p}: no gap"
+        );
+    }
+    println!(
+        "{strategy}: 900 records consumed by a changing group; {} seen twice after a failed commit",
+        seen.count.values().filter(|n| **n > 1).count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_splits_partitions_and_rebalances_with_the_range_assignor() {
+    group_rebalances_consume_everything_once("range").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_splits_partitions_and_rebalances_with_cooperative_sticky() {
+    group_rebalances_consume_everything_once("cooperative-sticky").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_group_resumes_from_its_committed_offsets() {
+    let mut s = Standalone::start_with_config(CONFIG).unwrap();
+    let b = s.bootstrap();
+    create_topic(&b, "resume", 6).await;
+    produce(&b, "resume", 0, 120).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let members: Vec<Member> = (0..2)
+        .map(|_| member(&b, "rg", "resume", "range", seen.clone()))
+        .collect();
+    wait_consumed(&seen, 120);
+    for m in members {
+        m.leave();
+    }
+    // The committed offsets survive a broker restart too (they are records
+    // of the offsets topic, replayed by its next owner).
+    s.restart().unwrap();
+    produce(&b, "resume", 120, 60).await;
+    let again = Arc::new(Mutex::new(Seen::default()));
+    let members: Vec<Member> = (0..2)
+        .map(|_| member(&b, "rg", "resume", "range", again.clone()))
+        .collect();
+    wait_consumed(&again, 60);
+    std::thread::sleep(Duration::from_millis(500));
+    for m in members {
+        m.leave();
+    }
+    let again = again.lock().unwrap();
+    let mut got: Vec<(i32, i64)> = again.count.keys().copied().collect();
+    got.sort();
+    let expected: Vec<(i32, i64)> = (0..6).flat_map(|p| (20..30).map(move |o| (p, o))).collect();
+    assert_eq!(got, expected, "only what was produced after the commits");
+}
