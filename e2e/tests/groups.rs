@@ -246,3 +246,73 @@ async fn a_restarted_group_resumes_from_its_committed_offsets() {
     let expected: Vec<(i32, i64)> = (0..6).flat_map(|p| (20..30).map(move |o| (p, o))).collect();
     assert_eq!(got, expected, "only what was produced after the commits");
 }
+
+/// The broker id FindCoordinator names for `group`.
+fn find_coordinator(bootstrap: &str, group: &str) -> i32 {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    use kafka_protocol::protocol::StrBytes;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let addr = bootstrap.split(',').next().unwrap();
+        let mut raw = floe_e2e::RawClient::connect(addr).unwrap();
+        let req = FindCoordinatorRequest::default()
+            .with_key_type(0)
+            .with_coordinator_keys(vec![StrBytes::from_string(group.to_string())]);
+        let resp: FindCoordinatorResponse = raw.call(ApiKey::FindCoordinator, 4, &req).unwrap();
+        let c = &resp.coordinators[0];
+        if c.error_code == 0 {
+            return c.node_id.0;
+        }
+        assert!(Instant::now() < deadline, "no coordinator: {c:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_survives_kill9_of_its_coordinator_with_its_committed_offsets() {
+    let cluster = floe_e2e::Cluster::start(3, 1, 3_000).unwrap();
+    cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = cluster.bootstrap();
+    create_topic(&b, "events", 6).await;
+    produce(&b, "events", 0, 300).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let m1 = member(&b, "cg", "events", "range", seen.clone());
+    let m2 = member(&b, "cg", "events", "range", seen.clone());
+    wait_split(&[&m1, &m2], &[3, 3], 6);
+    wait_consumed(&seen, 300);
+
+    let coordinator = find_coordinator(&b, "cg");
+    cluster.brokers[coordinator as usize - 1]
+        .signal("-KILL")
+        .unwrap();
+    let others = cluster.bootstrap_except(coordinator as usize - 1);
+    produce(&others, "events", 300, 300).await;
+    let moved = find_coordinator(&others, "cg");
+    assert_ne!(moved, coordinator, "the group moved to a live broker");
+    wait_consumed(&seen, 600);
+    wait_split(&[&m1, &m2], &[3, 3], 6);
+    for m in [m1, m2] {
+        m.leave();
+    }
+    let seen = seen.lock().unwrap();
+    let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for ((p, o), n) in &seen.count {
+        per_partition.entry(*p).or_default().push(*o);
+        assert!(
+            *n == 1 || seen.uncommitted.contains(&(*p, *o)),
+            "partition {p} offset {o} consumed {n} times though its commit succeeded"
+        );
+    }
+    for (p, mut offsets) in per_partition {
+        offsets.sort();
+        assert_eq!(
+            offsets,
+            (0..100).collect::<Vec<i64>>(),
+            "partition {p}: no gap"
+        );
+    }
+    println!(
+        "coordinator {coordinator} killed, group moved to {moved}: 600 records, {} seen twice after a failed commit",
+        seen.count.values().filter(|n| **n > 1).count()
+    );
+}
