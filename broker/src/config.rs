@@ -52,6 +52,10 @@ pub struct BrokerConfig {
     /// Accepted session timeouts (group.min/max.session.timeout.ms).
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
+    /// Fault injection for tests, off (0) by default: after every Nth
+    /// produce request has been appended, close the connection instead of
+    /// answering, as if the response were lost, so clients must retry.
+    pub fault_drop_produce_response_every: u64,
 }
 
 impl Default for BrokerConfig {
@@ -76,6 +80,7 @@ impl Default for BrokerConfig {
             group_initial_rebalance_delay_ms: 3_000,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
+            fault_drop_produce_response_every: 0,
         }
     }
 }

@@ -294,12 +294,6 @@ async fn submit(node: &Node, t: &TopicInfo, index: i32, records: Option<Bytes>) 
         node.metrics.error("Produce", &format!("{:?}", e.code()));
         (e.code(), Some(e.to_string()))
     })?;
-    if let Some(h) = headers.iter().find(|h| h.producer_id >= 0) {
-        return Err((
-            ResponseError::UnknownProducerId,
-            Some(format!("producer id {} was not issued by this cluster (idempotent and transactional producers are not supported yet)", h.producer_id)),
-        ));
-    }
     h.submit(records, headers)
         .await
         .map_err(|e| (e.code(), Some(e.to_string())))
@@ -853,4 +847,28 @@ pub fn describe_cluster(node: &Node, version: i16) -> DescribeClusterResponse {
         r.endpoint_type = 1;
     }
     r
+}
+
+/// InitProducerId: a new producer id (epoch 0), or, for a producer that
+/// gives its id and epoch (KIP-360), the same id with the epoch bumped.
+/// Transactional ids are not supported.
+pub async fn init_producer_id(node: &Node, req: InitProducerIdRequest) -> InitProducerIdResponse {
+    let resp = InitProducerIdResponse::default()
+        .with_producer_id((-1).into())
+        .with_producer_epoch(-1);
+    if req.transactional_id.as_ref().is_some_and(|t| !t.is_empty()) {
+        return resp.with_error_code(ResponseError::CoordinatorNotAvailable.code());
+    }
+    if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
+        return resp
+            .with_producer_id(req.producer_id)
+            .with_producer_epoch(req.producer_epoch + 1);
+    }
+    match node.next_producer_id().await {
+        Ok(id) => resp.with_producer_id(id.into()).with_producer_epoch(0),
+        Err(e) => {
+            tracing::warn!(error = %e, "allocating a producer id failed");
+            resp.with_error_code(ResponseError::CoordinatorNotAvailable.code())
+        }
+    }
 }

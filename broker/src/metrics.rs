@@ -49,6 +49,8 @@ pub struct Metrics {
     segments_sealed: Counter,
     /// Times this broker found its metadata lease expired and rejoined.
     pub lease_expirations: Counter,
+    /// Retried idempotent batches answered with their original offsets.
+    pub producer_duplicates: Counter,
     segments_deleted: Counter,
     pub connections: Gauge,
     pub connections_rejected: Counter,
@@ -97,6 +99,7 @@ impl Metrics {
             partitions: Family::default(),
             segments_sealed: Counter::default(),
             lease_expirations: Counter::default(),
+            producer_duplicates: Counter::default(),
             segments_deleted: Counter::default(),
             connections: Gauge::default(),
             connections_rejected: Counter::default(),
@@ -143,6 +146,11 @@ impl Metrics {
             "partitions",
             "Partitions of this broker, by state",
             m.partitions.clone(),
+        );
+        registry.register(
+            "producer_duplicates",
+            "Retried idempotent batches answered with their original offsets (nothing appended)",
+            m.producer_duplicates.clone(),
         );
         registry.register(
             "broker_lease_expirations",

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use floe_common::{Epoch, PartitionId, SharedClock, Uuid};
-use floe_meta::schema::{AssignmentRecord, BrokerRecord, OwnerRecord, TopicRecord, FORMAT};
+use floe_meta::schema::{
+    AssignmentRecord, BrokerRecord, OwnerRecord, ProducerIdBlockRecord, TopicRecord, FORMAT,
+};
 use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn, TxnOutcome, WatchEventKind};
 use floe_protocol::ResponseError;
 use floe_storage::{BlockCache, StoragePool};
@@ -70,6 +72,10 @@ pub struct Node {
     record: BrokerRecord,
     /// The consumer groups this broker coordinates.
     pub groups: crate::group::Groups,
+    /// Producer ids claimed from the metadata store: [next, end).
+    producer_ids: tokio::sync::Mutex<(i64, i64)>,
+    /// Produce requests answered (for fault injection).
+    pub produce_count: std::sync::atomic::AtomicU64,
 }
 
 fn lease_ttl(config: &BrokerConfig) -> Duration {
@@ -187,6 +193,8 @@ impl Node {
             shutdown,
             lease_lapsed: CancellationToken::new(),
             groups: Default::default(),
+            producer_ids: tokio::sync::Mutex::new((0, 0)),
+            produce_count: Default::default(),
         });
         tokio::spawn(keep_alive(node.clone()));
         node.clone().follow().await?;
@@ -355,6 +363,38 @@ impl Node {
                 },
             }
         }
+    }
+
+    /// A producer id no other producer of the cluster has, from blocks of
+    /// 1000 claimed with a compare-and-swap on the metadata store.
+    pub async fn next_producer_id(&self) -> Result<i64, MetaError> {
+        const BLOCK: i64 = 1000;
+        let mut ids = self.producer_ids.lock().await;
+        while ids.0 >= ids.1 {
+            let key = keys::producer_id_block();
+            let current = self.meta.get(&key).await?;
+            let (start, condition) = match &current {
+                Some(kv) => (
+                    ProducerIdBlockRecord::decode(kv.value.clone())
+                        .map_err(|e| MetaError::Invalid(e.to_string()))?
+                        .next,
+                    Condition::ModRevision(key.clone(), kv.mod_revision),
+                ),
+                None => (0, Condition::Missing(key.clone())),
+            };
+            let next = ProducerIdBlockRecord {
+                next: start + BLOCK,
+            };
+            let txn = Txn::new()
+                .when(condition)
+                .then(Op::put(key, next.encode_to_vec()));
+            if self.meta.txn(txn).await?.committed() {
+                *ids = (start, start + BLOCK);
+            }
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
     }
 
     /// The context partitions start with (this session's lease).

@@ -92,6 +92,11 @@ async fn connection(
                 }
             };
             if let Some(bytes) = bytes {
+                if bytes.is_empty() {
+                    // A dropped response (fault injection): close.
+                    out.flush().await?;
+                    return Err(std::io::Error::other("response dropped by fault injection"));
+                }
                 out.write_all(&bytes).await?;
             }
             if rx.is_empty() {
@@ -202,14 +207,25 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
         }
         RequestKind::Produce(r) => {
             let pending = handlers::produce(node.clone(), r, version).await;
+            let every = node.config.fault_drop_produce_response_every;
+            let n = node
+                .produce_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            let drop_response = every > 0 && n.is_multiple_of(every);
             async move {
-                done(
-                    pending
-                        .await
-                        .and_then(|resp| respond(api, version, correlation_id, resp)),
-                )
+                let resp = pending.await;
+                if drop_response {
+                    // Fault injection: the append happened, the answer is lost.
+                    return done(Some(Bytes::new()));
+                }
+                done(resp.and_then(|resp| respond(api, version, correlation_id, resp)))
             }
             .boxed()
+        }
+        RequestKind::InitProducerId(r) => {
+            let resp = handlers::init_producer_id(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
         }
         RequestKind::Fetch(r) => {
             let node = node.clone();
@@ -340,6 +356,7 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeGroups => "DescribeGroups",
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::OffsetDelete => "OffsetDelete",
+        ApiKey::InitProducerId => "InitProducerId",
         _ => "Other",
     }
 }

@@ -424,6 +424,16 @@ impl Cluster {
     /// Start etcd, `controllers` controllers and `brokers` brokers (ids
     /// 1..=brokers) with a short lease TTL (`lease_ttl_ms`).
     pub fn start(brokers: usize, controllers: usize, lease_ttl_ms: u64) -> Result<Self> {
+        Self::start_with(brokers, controllers, lease_ttl_ms, "")
+    }
+
+    /// [`Cluster::start`] with more `[broker]` settings (TOML lines).
+    pub fn start_with(
+        brokers: usize,
+        controllers: usize,
+        lease_ttl_ms: u64,
+        extra_broker_toml: &str,
+    ) -> Result<Self> {
         let etcd = Etcd::start()?;
         let tmp = tempfile::tempdir()?;
         let storage = tmp.path().join("objects");
@@ -432,7 +442,7 @@ impl Cluster {
         std::fs::write(
             &broker_toml,
             format!(
-                "[broker]\nlease_ttl_ms = {lease_ttl_ms}\nretention_check_interval_ms = 1000\n"
+                "[broker]\nlease_ttl_ms = {lease_ttl_ms}\nretention_check_interval_ms = 1000\n{extra_broker_toml}"
             ),
         )?;
         let mut c = Self {
@@ -746,4 +756,44 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
         .await
         .unwrap();
     assert!(r[0].is_ok(), "creating topic {name}: {r:?}");
+}
+
+/// Everything in the topic, per partition: (offset, payload).
+pub fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> std::collections::HashMap<i32, Vec<(i64, Vec<u8>)>> {
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "unused")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut total = 0;
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+        let (_, hi) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        total += hi;
+    }
+    use rdkafka::consumer::Consumer;
+    use rdkafka::message::Message;
+    c.assign(&tpl).unwrap();
+    let mut got: std::collections::HashMap<i32, Vec<(i64, Vec<u8>)>> =
+        std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (got.values().map(Vec::len).sum::<usize>() as i64) < total && Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            // Transport errors from a dead bootstrap broker are transient.
+            let Ok(m) = m else { continue };
+            got.entry(m.partition())
+                .or_default()
+                .push((m.offset(), m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    got
 }

@@ -7,12 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_e2e::{create_topic, Cluster};
+use floe_e2e::{create_topic, read_all, Cluster};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 const LEASE_TTL_MS: u64 = 3_000;
 
@@ -83,39 +81,6 @@ fn wait_leaders_via(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Everything in the topic, per partition: (offset, payload).
-fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> HashMap<i32, Vec<(i64, Vec<u8>)>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "unused")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut total = 0;
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-        let (_, hi) = c
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap();
-        total += hi;
-    }
-    c.assign(&tpl).unwrap();
-    let mut got: HashMap<i32, Vec<(i64, Vec<u8>)>> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (got.values().map(Vec::len).sum::<usize>() as i64) < total && Instant::now() < deadline {
-        if let Some(m) = c.poll(Duration::from_millis(200)) {
-            // Transport errors from a dead bootstrap broker are transient.
-            let Ok(m) = m else { continue };
-            got.entry(m.partition())
-                .or_default()
-                .push((m.offset(), m.payload().unwrap_or_default().to_vec()));
-        }
-    }
-    got
 }
 
 /// A producer task sending keyed records round-robin over partitions,

@@ -39,6 +39,16 @@ pub fn checkpoint(p: PartitionId) -> Bytes {
     Bytes::from(partition_prefix(p) + "checkpoint")
 }
 
+/// The partition's idempotent-producer state as of a checkpoint.
+pub fn producers(p: PartitionId) -> Bytes {
+    Bytes::from(partition_prefix(p) + "producers")
+}
+
+/// The next unallocated producer id (brokers claim blocks from it).
+pub fn producer_id_block() -> Bytes {
+    Bytes::from(format!("{ROOT}producer-ids"))
+}
+
 pub fn segments_prefix(p: PartitionId) -> Bytes {
     Bytes::from(partition_prefix(p) + "segments/")
 }

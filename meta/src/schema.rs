@@ -122,6 +122,51 @@ pub struct ChunkRecord {
     pub bytes: u64,
 }
 
+/// One batch of an idempotent producer, as deduplication needs it.
+#[derive(Clone, PartialEq, Message)]
+pub struct ProducerBatchRecord {
+    #[prost(int32, tag = "1")]
+    pub first_sequence: i32,
+    #[prost(int32, tag = "2")]
+    pub last_sequence: i32,
+    #[prost(int64, tag = "3")]
+    pub base_offset: i64,
+    #[prost(int64, tag = "4")]
+    pub last_offset: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ProducerStateRecord {
+    #[prost(int64, tag = "1")]
+    pub producer_id: i64,
+    #[prost(int32, tag = "2")]
+    pub epoch: i32,
+    /// The last batches (at most five), oldest first.
+    #[prost(message, repeated, tag = "3")]
+    pub batches: Vec<ProducerBatchRecord>,
+    #[prost(int64, tag = "4")]
+    pub last_ms: i64,
+}
+
+/// `/floe/partitions/{topic_id}/{p}/producers`: idempotent-producer state
+/// covering every batch below `as_of_offset`, saved with the checkpoint.
+#[derive(Clone, PartialEq, Message)]
+pub struct ProducerSnapshotRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(int64, tag = "2")]
+    pub as_of_offset: i64,
+    #[prost(message, repeated, tag = "3")]
+    pub producers: Vec<ProducerStateRecord>,
+}
+
+/// `/floe/producer-ids`: producer ids below `next` are handed out.
+#[derive(Clone, PartialEq, Message)]
+pub struct ProducerIdBlockRecord {
+    #[prost(int64, tag = "1")]
+    pub next: i64,
+}
+
 /// A partition's checkpoint: `/floe/partitions/{topic_id}/{p}/checkpoint`.
 #[derive(Clone, PartialEq, Message)]
 pub struct CheckpointRecord {

@@ -28,6 +28,7 @@ pub const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// The advertised range of `api`, if Floe implements it.
@@ -61,6 +62,6 @@ mod tests {
         }
         assert!(is_supported(ApiKey::Fetch, 13));
         assert!(!is_supported(ApiKey::Produce, 2));
-        assert!(!is_supported(ApiKey::InitProducerId, 0));
+        assert!(!is_supported(ApiKey::AddPartitionsToTxn, 0));
     }
 }

@@ -2,6 +2,7 @@
 //! (Starting → Recovering → Writing → Releasing → Released, or Failed), the
 //! handle request handlers use, and the single writer task behind it.
 
+mod producers;
 mod recovery;
 mod writer;
 
@@ -124,6 +125,8 @@ pub enum AppendError {
     Storage(String),
     #[error("metadata store failed: {0}")]
     Metadata(String),
+    #[error("idempotent producer check failed: {0:?}")]
+    Producer(ResponseError),
 }
 
 impl AppendError {
@@ -132,6 +135,7 @@ impl AppendError {
             AppendError::NotLeader => ResponseError::NotLeaderOrFollower,
             AppendError::Storage(_) => ResponseError::KafkaStorageError,
             AppendError::Metadata(_) => ResponseError::KafkaStorageError,
+            AppendError::Producer(code) => *code,
         }
     }
 }

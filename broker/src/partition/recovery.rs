@@ -16,9 +16,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use floe_common::{Epoch, Offset, PartitionId};
-use floe_meta::schema::{CheckpointRecord, OpenSegmentRecord, SegmentRecord, FORMAT};
+use floe_meta::schema::{
+    CheckpointRecord, OpenSegmentRecord, ProducerSnapshotRecord, SegmentRecord, FORMAT,
+};
 use floe_meta::{keys, Condition, Op, Txn, TxnOutcome};
+use floe_protocol::batch::Batches;
 use floe_storage::chunk::{self, ChunkKind};
+use floe_storage::log::load_chunk;
 use floe_storage::log::{ChunkRef, LogState, SealedSegment, SegmentView};
 use floe_storage::segment::{SegmentBuilder, DEFAULT_INDEX_INTERVAL};
 use floe_storage::{layout, BlockCache, PutOutcome, ReplicaSet, StorageError};
@@ -26,6 +30,7 @@ use futures::StreamExt;
 use object_store::path::Path;
 use prost::Message;
 
+use super::producers::Producers;
 use super::{PartitionContext, StartError};
 
 /// What recovery found and did, for logs and tests.
@@ -47,6 +52,9 @@ pub(crate) struct Recovered {
     pub open: OpenSegmentRecord,
     /// Recovered segments for the writer to seal in the background.
     pub pending: Vec<PendingSeal>,
+    /// Idempotent producers: the checkpoint's snapshot plus every batch
+    /// written after it.
+    pub producers: Producers,
     pub report: RecoveryReport,
 }
 
@@ -306,6 +314,29 @@ pub(crate) async fn recover(
             _ => empty.push((seg.clone(), replicas)),
         }
     }
+    // Producer state: the snapshot saved with the checkpoint, then the
+    // batches written after it (none after a clean release).
+    let snapshot = match ctx.meta.get(&keys::producers(id)).await? {
+        Some(kv) => ProducerSnapshotRecord::decode(kv.value)
+            .map_err(|e| StartError::Corrupt(e.to_string()))?,
+        None => ProducerSnapshotRecord::default(),
+    };
+    let mut producers = Producers::from_snapshot(&snapshot);
+    let now_ms = ctx.clock.now_ms();
+    for p in &pending {
+        for c in p
+            .chunks
+            .iter()
+            .filter(|c| c.next_offset > snapshot.as_of_offset)
+        {
+            let payload = load_chunk(&ctx.cache, &p.replicas, c).await?;
+            for (_, h) in Batches::new(&payload) {
+                if h.base_offset >= snapshot.as_of_offset {
+                    producers.record(&h, h.base_offset, now_ms);
+                }
+            }
+        }
+    }
     report.offsets_past_checkpoint = next - checkpoint.next_offset;
     report.next_offset = next;
 
@@ -391,6 +422,7 @@ pub(crate) async fn recover(
         checkpoint: new_checkpoint,
         open,
         pending,
+        producers,
         report,
     })
 }

@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::recovery::{consolidate, delete_chunks, sealed_view, Recovered};
+use floe_protocol::ResponseError;
+
+use super::producers::{Producers, Verdict};
 use super::{AppendError, Appended, Command, PartitionContext, PartitionState};
 use crate::config::{TimestampType, TopicConfig};
 
@@ -81,6 +84,10 @@ struct Writer {
     state: watch::Sender<PartitionState>,
     /// Told to stop without releasing; answered once stopped.
     abandoned: Option<oneshot::Sender<()>>,
+    producers: Producers,
+    /// Retried idempotent batches answered once their original commits:
+    /// (last offset of the original, waiter).
+    duplicates: Vec<(Offset, Waiter)>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -139,6 +146,8 @@ pub(crate) fn spawn(
         seal_task: None,
         state,
         abandoned: None,
+        producers: recovered.producers,
+        duplicates: Vec::new(),
     };
     w.maybe_start_seal();
     tokio::spawn(w.run(rx));
@@ -310,6 +319,9 @@ impl Writer {
                 let _ = w.reply.send(Err(err.clone()));
             }
         }
+        for (_, w) in self.duplicates.drain(..) {
+            let _ = w.reply.send(Err(err.clone()));
+        }
     }
 
     async fn append(
@@ -323,6 +335,51 @@ impl Writer {
             return Ok(());
         }
         let now = self.ctx.clock.now_ms();
+        // Idempotent producers: a retried batch is answered with its
+        // original offsets, a gap or an old epoch with Kafka's error.
+        let mut duplicate = None;
+        for h in headers.iter().filter(|h| h.producer_id >= 0) {
+            if h.is_transactional() {
+                let _ = reply.send(Err(AppendError::Producer(ResponseError::InvalidTxnState)));
+                return Ok(());
+            }
+            match self.producers.check(h) {
+                Ok(Verdict::Append) => {}
+                Ok(Verdict::Duplicate {
+                    base_offset,
+                    last_offset,
+                }) if headers.len() == 1 => duplicate = Some((base_offset, last_offset)),
+                Ok(Verdict::Duplicate { .. }) => {
+                    let _ = reply.send(Err(AppendError::Producer(
+                        ResponseError::OutOfOrderSequenceNumber,
+                    )));
+                    return Ok(());
+                }
+                Err(code) => {
+                    let _ = reply.send(Err(AppendError::Producer(code)));
+                    return Ok(());
+                }
+            }
+        }
+        if let Some((base_offset, last_offset)) = duplicate {
+            self.ctx.metrics.producer_duplicates.inc();
+            let w = Waiter {
+                reply,
+                base_offset,
+                log_append_time: -1,
+            };
+            let (log_start, hw, _) = self.log.offsets();
+            if last_offset < hw {
+                let _ = w.reply.send(Ok(Appended {
+                    base_offset,
+                    log_append_time: -1,
+                    log_start_offset: log_start,
+                }));
+            } else {
+                self.duplicates.push((last_offset, w));
+            }
+            return Ok(());
+        }
         let log_append_time =
             (self.config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
         let linger = self.ctx.config.chunk_linger();
@@ -346,6 +403,7 @@ impl Writer {
                 self.epoch,
                 log_append_time,
             );
+            self.producers.record(h, self.next_offset, now);
             self.next_offset += h.records_count as i64;
             buffer.max_timestamp = buffer
                 .max_timestamp
@@ -483,6 +541,19 @@ impl Writer {
             s.log_start_offset
         });
         self.ctx.metrics.bytes_in(bytes);
+        if !self.duplicates.is_empty() {
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.duplicates)
+                .into_iter()
+                .partition(|(last, _)| *last < next);
+            self.duplicates = waiting;
+            for (_, w) in ready {
+                let _ = w.reply.send(Ok(Appended {
+                    base_offset: w.base_offset,
+                    log_append_time: -1,
+                    log_start_offset: log_start,
+                }));
+            }
+        }
         for w in flush.waiters {
             let _ = w.reply.send(Ok(Appended {
                 base_offset: w.base_offset,
@@ -625,13 +696,21 @@ impl Writer {
         Ok(())
     }
 
-    async fn commit_meta(&self, ops: Vec<Op>, checkpoint: &CheckpointRecord) -> Result<(), Stop> {
+    async fn commit_meta(
+        &mut self,
+        ops: Vec<Op>,
+        checkpoint: &CheckpointRecord,
+    ) -> Result<(), Stop> {
+        // The producer state as of the checkpoint travels with it.
+        let producers = self.producers.snapshot(checkpoint.next_offset);
+        let was_dirty = std::mem::take(&mut self.producers.dirty);
         let mut attempt = 0;
         loop {
             let mut txn = Txn::new().when(Condition::ValueEquals(
                 keys::owner(self.id),
                 self.owner.clone(),
             ));
+            txn = txn.then(Op::put(keys::producers(self.id), producers.encode_to_vec()));
             for op in ops.iter().cloned() {
                 txn = txn.then(op);
             }
@@ -641,7 +720,10 @@ impl Writer {
             ));
             match self.ctx.meta.txn(txn).await {
                 Ok(TxnOutcome::Committed { .. }) => return Ok(()),
-                Ok(TxnOutcome::Mismatch) => return Err(Stop::Fenced),
+                Ok(TxnOutcome::Mismatch) => {
+                    self.producers.dirty |= was_dirty;
+                    return Err(Stop::Fenced);
+                }
                 Err(MetaError::Unavailable(e)) | Err(MetaError::Indeterminate(e))
                     if attempt < 5 =>
                 {
@@ -666,6 +748,7 @@ impl Writer {
     /// segment.ms rolls, retention, periodic checkpoint.
     async fn housekeeping(&mut self) -> Result<(), Stop> {
         let now = self.ctx.clock.now_ms();
+        self.producers.expire(now);
         if self.open.bytes > 0 && now - self.open.record.created_ms >= self.config.segment_ms {
             self.start_flush().await?;
             if self.open.bytes > 0 {

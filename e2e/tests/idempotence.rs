@@ -1,0 +1,322 @@
+//! The idempotent producer against a cluster: librdkafka with
+//! enable.idempotence retries requests whose responses are lost (fault
+//! injection on the brokers), across a planned move and a kill -9 of a
+//! broker; every record lands exactly once, in order.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use floe_e2e::{create_topic, read_all, Cluster};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+const N: usize = 3_000;
+
+fn leaders(bootstrap: &str, topic: &str) -> HashMap<i32, i32> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| (p.id(), p.leader()))
+        .collect()
+}
+
+fn metric(cluster: &Cluster, index: usize, name: &str) -> f64 {
+    cluster.brokers[index]
+        .http("/metrics")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_producer_retried_across_a_move_and_a_kill9_writes_each_record_once() {
+    let cluster =
+        Cluster::start_with(3, 1, 3_000, "fault_drop_produce_response_every = 10\n").unwrap();
+    cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = cluster.bootstrap();
+    create_topic(&b, "idem", 2).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leaders(&b, "idem").values().any(|l| *l < 0) {
+        assert!(Instant::now() < deadline, "no leaders");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "60000")
+        .set("retry.backoff.ms", "50")
+        .set("reconnect.backoff.ms", "10")
+        .set("reconnect.backoff.max.ms", "200")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .create()
+        .unwrap();
+
+    let mut delivered = Vec::new();
+    let mut failed = Vec::new();
+    let mut window = Vec::new();
+    let mut killed = None;
+    for i in 0..N {
+        let payload = format!("r{i:05}");
+        let fut = producer.send_result(
+            FutureRecord::<(), [u8]>::to("idem")
+                .partition((i % 2) as i32)
+                .payload(payload.as_bytes()),
+        );
+        window.push((i, fut.map_err(|(e, _)| e).unwrap()));
+        if window.len() == 50 {
+            for (i, f) in window.drain(..) {
+                match f.await.unwrap() {
+                    Ok(d) => delivered.push((d.partition, d.offset, i)),
+                    Err((e, _)) => failed.push((i, e.to_string())),
+                }
+            }
+        }
+        if i == N / 3 {
+            let owner = leaders(&b, "idem")[&0];
+            let target = if owner == 1 { 2 } else { 1 };
+            let epoch = cluster.move_partition("idem", 0, target).unwrap();
+            println!("moved partition 0 from broker {owner} to {target} (epoch {epoch})");
+        }
+        if i == 2 * N / 3 {
+            let victim = leaders(&b, "idem")[&1];
+            cluster.brokers[victim as usize - 1]
+                .signal("-KILL")
+                .unwrap();
+            killed = Some(victim as usize - 1);
+            println!("killed broker {victim}, the owner of partition 1");
+        }
+    }
+    for (i, f) in window.drain(..) {
+        match f.await.unwrap() {
+            Ok(d) => delivered.push((d.partition, d.offset, i)),
+            Err((e, _)) => failed.push((i, e.to_string())),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "deliveries failed: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(delivered.len(), N);
+
+    let killed = killed.unwrap();
+    let log = read_all(&cluster.bootstrap_except(killed), "idem", 2);
+    let mut seen = vec![0usize; N];
+    for (p, recs) in &log {
+        let mut last = None;
+        for (i, (o, v)) in recs.iter().enumerate() {
+            assert_eq!(*o, i as i64, "partition {p}: offsets dense");
+            let n: usize = std::str::from_utf8(&v[1..]).unwrap().parse().unwrap();
+            assert_eq!(n % 2, *p as usize, "record {n} in partition {p}");
+            assert!(
+                last < Some(n),
+                "partition {p}: record {n} after {last:?}: out of order or repeated"
+            );
+            last = Some(n);
+            seen[n] += 1;
+        }
+    }
+    assert!(
+        seen.iter().all(|c| *c == 1),
+        "every record exactly once: {} missing, {} repeated",
+        seen.iter().filter(|c| **c == 0).count(),
+        seen.iter().filter(|c| **c > 1).count()
+    );
+    for (p, o, i) in &delivered {
+        assert_eq!(
+            log[p][*o as usize].1,
+            format!("r{i:05}").into_bytes(),
+            "acked offset holds the record"
+        );
+    }
+    let dups: f64 = (0..3)
+        .filter(|i| *i != killed)
+        .map(|i| metric(&cluster, i, "floe_producer_duplicates_total"))
+        .sum();
+    println!(
+        "{N} records exactly once; the live brokers answered {dups} retried batches as duplicates"
+    );
+    let logs = cluster.logs();
+    assert!(
+        dups > 0.0,
+        "the lost responses made the producer retry; {} responses dropped",
+        logs.matches("fault injection").count()
+    );
+}
+
+/// One idempotent batch of `n` records: (producer id, epoch, first sequence).
+fn idempotent_batch(pid: i64, epoch: i16, seq: i32, n: i32) -> bytes::Bytes {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: pid,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: seq + i,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(bytes::Bytes::from(format!("s{}", seq + i))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// Produce `batch` to partition 0 of `topic` through whichever broker owns
+/// it now (retrying NOT_LEADER while it moves); (error code, base offset).
+fn produce_raw(
+    cluster: &Cluster,
+    bootstrap: &str,
+    topic: &str,
+    batch: &bytes::Bytes,
+) -> (i16, i64) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "partition 0 never got a writable owner"
+        );
+        let leader = leaders(bootstrap, topic)[&0];
+        if leader > 0 {
+            let port = cluster.brokers[leader as usize - 1].port.unwrap();
+            // The owner named may have just died (until its lease lapses).
+            let Ok(mut raw) = floe_e2e::RawClient::connect(&format!("127.0.0.1:{port}")) else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let req = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(10_000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch.clone()))])]);
+            let resp: ProduceResponse = raw.call(ApiKey::Produce, 9, &req).unwrap();
+            let r = &resp.responses[0].partition_responses[0];
+            if r.error_code != 6 {
+                return (r.error_code, r.base_offset);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition 0 never got a writable owner"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_state_survives_a_move_and_a_kill9_and_sequences_are_checked() {
+    use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
+    let cluster = Cluster::start(3, 1, 3_000).unwrap();
+    cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = cluster.bootstrap();
+    create_topic(&b, "seq", 1).await;
+    let mut raw = floe_e2e::RawClient::connect(b.split(',').next().unwrap()).unwrap();
+    let init: InitProducerIdResponse = raw
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id((-1).into())
+                .with_producer_epoch(-1),
+        )
+        .unwrap();
+    assert_eq!(init.error_code, 0);
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    assert!(pid >= 0);
+
+    let first = idempotent_batch(pid, epoch, 0, 3);
+    assert_eq!(produce_raw(&cluster, &b, "seq", &first), (0, 0));
+    // A retry is answered with the original offset and appends nothing.
+    assert_eq!(produce_raw(&cluster, &b, "seq", &first), (0, 0));
+    // A gap and an old epoch get Kafka's errors.
+    assert_eq!(
+        produce_raw(&cluster, &b, "seq", &idempotent_batch(pid, epoch, 5, 1)).0,
+        45
+    );
+    assert_eq!(
+        produce_raw(&cluster, &b, "seq", &idempotent_batch(pid, epoch - 1, 3, 1)).0,
+        47
+    );
+
+    // After a planned move, the new owner knows the producer (clean hand-over).
+    let owner = leaders(&b, "seq")[&0];
+    let target = owner % 3 + 1;
+    cluster.move_partition("seq", 0, target).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leaders(&b, "seq")[&0] != target {
+        assert!(Instant::now() < deadline, "the move never completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        produce_raw(&cluster, &b, "seq", &first),
+        (0, 0),
+        "deduplicated after the move"
+    );
+    let second = idempotent_batch(pid, epoch, 3, 2);
+    assert_eq!(produce_raw(&cluster, &b, "seq", &second), (0, 3));
+
+    // After kill -9 of that owner, the next one rebuilds the state from the
+    // last snapshot and the batches written since.
+    cluster.brokers[target as usize - 1]
+        .signal("-KILL")
+        .unwrap();
+    let others = cluster.bootstrap_except(target as usize - 1);
+    assert_eq!(
+        produce_raw(&cluster, &others, "seq", &second),
+        (0, 3),
+        "deduplicated after kill -9"
+    );
+    assert_eq!(produce_raw(&cluster, &others, "seq", &first), (0, 0));
+    assert_eq!(
+        produce_raw(
+            &cluster,
+            &others,
+            "seq",
+            &idempotent_batch(pid, epoch, 5, 1)
+        ),
+        (0, 5)
+    );
+    let log = read_all(&others, "seq", 1);
+    let values: Vec<String> = log[&0]
+        .iter()
+        .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        .collect();
+    assert_eq!(values, ["s0", "s1", "s2", "s3", "s4", "s5"]);
+}
