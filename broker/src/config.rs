@@ -52,6 +52,14 @@ pub struct BrokerConfig {
     /// Accepted session timeouts (group.min/max.session.timeout.ms).
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
+    /// Committed offsets of a group without members expire this long after
+    /// their commit (offsets.retention.minutes, in ms).
+    pub offsets_retention_ms: i64,
+    /// An offsets partition is compacted (live offsets written again, the
+    /// log start moved past the older records) once this many records have
+    /// been written since the last compaction and they outnumber the live
+    /// offsets twice; a new coordinator's replay is bounded by it.
+    pub offsets_compact_after_records: u64,
     /// Fault injection for tests, off (0) by default: after every Nth
     /// produce request has been appended, close the connection instead of
     /// answering, as if the response were lost, so clients must retry.
@@ -80,6 +88,8 @@ impl Default for BrokerConfig {
             group_initial_rebalance_delay_ms: 3_000,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
+            offsets_retention_ms: 7 * 24 * 3_600_000,
+            offsets_compact_after_records: 10_000,
             fault_drop_produce_response_every: 0,
         }
     }

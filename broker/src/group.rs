@@ -325,6 +325,93 @@ struct ShardState {
     groups: HashMap<String, Group>,
     /// group → (topic, partition) → committed.
     offsets: HashMap<String, BTreeMap<(String, i32), Committed>>,
+    /// Records in the partition from its log start (what a replay reads).
+    records: u64,
+}
+
+impl ShardState {
+    fn live_offsets(&self) -> u64 {
+        self.offsets.values().map(|m| m.len() as u64).sum()
+    }
+}
+
+/// Write every live offset again and move the log start past the older
+/// records, so that a new coordinator's replay stays short.
+async fn compact(handle: &PartitionHandle, st: &mut ShardState, after: u64) {
+    if st.records < after.max(2 * st.live_offsets()) {
+        return;
+    }
+    let records: Vec<(Bytes, Option<Bytes>)> = st
+        .offsets
+        .iter()
+        .flat_map(|(g, m)| {
+            m.iter()
+                .map(move |((t, p), c)| (offset_key(g, t, *p), Some(offset_value(c))))
+        })
+        .collect();
+    let start = if records.is_empty() {
+        handle.log.offsets().1
+    } else {
+        match append(handle, &records).await {
+            Ok(base) => base,
+            Err(e) => {
+                tracing::warn!(partition = %handle.id, error = ?e, "compacting the offsets partition failed");
+                return;
+            }
+        }
+    };
+    match handle.delete_records(start).await {
+        Ok(_) => {
+            tracing::info!(partition = %handle.id, live = records.len(), replaced = st.records, "compacted the offsets partition");
+            st.records = records.len() as u64;
+        }
+        Err(e) => {
+            tracing::warn!(partition = %handle.id, error = ?e, "moving the offsets log start failed")
+        }
+    }
+}
+
+/// Tombstones for the offsets of member-less groups older than `retention_ms`.
+async fn expire_offsets(
+    handle: &PartitionHandle,
+    st: &mut ShardState,
+    retention_ms: i64,
+    now_ms: i64,
+) {
+    let mut expired: Vec<(String, String, i32)> = Vec::new();
+    for (g, m) in &st.offsets {
+        if st.groups.get(g).is_some_and(|grp| !grp.members.is_empty()) {
+            continue;
+        }
+        for ((t, p), c) in m {
+            if now_ms - c.commit_ms > retention_ms {
+                expired.push((g.clone(), t.clone(), *p));
+            }
+        }
+    }
+    if expired.is_empty() {
+        return;
+    }
+    let tombstones: Vec<(Bytes, Option<Bytes>)> = expired
+        .iter()
+        .map(|(g, t, p)| (offset_key(g, t, *p), None))
+        .collect();
+    if append(handle, &tombstones).await.is_err() {
+        return;
+    }
+    st.records += tombstones.len() as u64;
+    for (g, t, p) in expired {
+        if let Some(m) = st.offsets.get_mut(&g) {
+            m.remove(&(t, p));
+            if m.is_empty() {
+                st.offsets.remove(&g);
+                if st.groups.get(&g).is_some_and(|grp| grp.members.is_empty()) {
+                    st.groups.remove(&g);
+                }
+            }
+        }
+    }
+    tracing::info!(partition = %handle.id, offsets = tombstones.len(), "expired committed offsets");
 }
 
 /// The groups of one partition of the offsets topic, while this broker
@@ -368,7 +455,7 @@ impl Groups {
                     shards.insert(p, s.clone());
                     let ticker = Arc::downgrade(&s);
                     let delay = Duration::from_millis(node.config.group_initial_rebalance_delay_ms);
-                    tokio::spawn(tick(ticker, delay));
+                    tokio::spawn(tick(ticker, delay, node.config.offsets_retention_ms));
                     s
                 }
             }
@@ -722,12 +809,14 @@ impl Groups {
         if let Err(e) = append(&shard.handle, &records).await {
             return all(e);
         }
+        st.records += records.len() as u64;
         let map = st.offsets.entry(group.to_string()).or_default();
         for ((topic, partition, c), r) in offsets.into_iter().zip(&results) {
             if r.is_none() {
                 map.insert((topic, partition), c);
             }
         }
+        compact(&shard.handle, st, node.config.offsets_compact_after_records).await;
         results
     }
 
@@ -862,6 +951,7 @@ impl Groups {
             if let Err(e) = append(&shard.handle, &tombstones).await {
                 return Some(e);
             }
+            st.records += tombstones.len() as u64;
         }
         st.offsets.remove(group);
         st.groups.remove(group);
@@ -892,6 +982,7 @@ impl Groups {
             .collect();
         if !tombstones.is_empty() {
             append(&shard.handle, &tombstones).await?;
+            st.records += tombstones.len() as u64;
         }
         if let Some(m) = st.offsets.get_mut(group) {
             for (t, p) in &partitions {
@@ -921,8 +1012,10 @@ pub struct MemberView {
 
 /// Session expiry and rebalance deadlines of a shard's groups, until the
 /// shard is dropped or its partition stops being written here.
-async fn tick(shard: std::sync::Weak<Shard>, initial_delay: Duration) {
+async fn tick(shard: std::sync::Weak<Shard>, initial_delay: Duration, retention_ms: i64) {
     let mut every = tokio::time::interval(Duration::from_millis(100));
+    let retention_every = Duration::from_millis((retention_ms / 4).clamp(100, 60_000) as u64);
+    let mut last_retention = Instant::now();
     loop {
         every.tick().await;
         let Some(shard) = shard.upgrade() else { return };
@@ -981,6 +1074,13 @@ async fn tick(shard: std::sync::Weak<Shard>, initial_delay: Duration) {
                 }
             }
             g.maybe_complete_join(now);
+        }
+        if last_retention.elapsed() >= retention_every {
+            last_retention = Instant::now();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            expire_offsets(&shard.handle, st, retention_ms, now_ms).await;
         }
     }
 }
@@ -1065,7 +1165,7 @@ fn parse_value(mut v: Bytes) -> Option<Committed> {
 async fn append(
     handle: &PartitionHandle,
     records: &[(Bytes, Option<Bytes>)],
-) -> Result<(), ResponseError> {
+) -> Result<i64, ResponseError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -1106,7 +1206,7 @@ async fn append(
         .await
         .map_err(|_| ResponseError::NotCoordinator)?;
     match rx.await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(a)) => Ok(a.base_offset),
         Ok(Err(e)) => Err(match e.code() {
             ResponseError::NotLeaderOrFollower => ResponseError::NotCoordinator,
             _ => ResponseError::CoordinatorNotAvailable,
@@ -1119,6 +1219,7 @@ async fn append(
 async fn load(handle: &PartitionHandle) -> Result<ShardState, ResponseError> {
     let mut st = ShardState::default();
     let (start, hw, _) = handle.log.offsets();
+    st.records = (hw - start).max(0) as u64;
     let mut next = start;
     while next < hw {
         let read = handle

@@ -872,3 +872,37 @@ pub async fn init_producer_id(node: &Node, req: InitProducerIdRequest) -> InitPr
         }
     }
 }
+
+/// DeleteRecords: move each partition's log start offset up.
+pub async fn delete_records(node: &Node, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    use kafka_protocol::messages::delete_records_response::{
+        DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+    };
+    let mut resp = DeleteRecordsResponse::default();
+    for t in req.topics {
+        let mut rt = DeleteRecordsTopicResult::default().with_name(t.name.clone());
+        let info = node.topic(&t.name.0);
+        for p in t.partitions {
+            let mut r = DeleteRecordsPartitionResult::default()
+                .with_partition_index(p.partition_index)
+                .with_low_watermark(-1);
+            let outcome = match &info {
+                None => Err(ResponseError::UnknownTopicOrPartition),
+                Some(t) if p.partition_index < 0 || p.partition_index >= t.partitions => {
+                    Err(ResponseError::UnknownTopicOrPartition)
+                }
+                Some(t) => match node.partition(PartitionId::new(t.id, p.partition_index)) {
+                    None => Err(ResponseError::NotLeaderOrFollower),
+                    Some(h) => h.delete_records(p.offset).await,
+                },
+            };
+            match outcome {
+                Ok(low) => r.low_watermark = low,
+                Err(e) => r.error_code = e.code(),
+            }
+            rt.partitions.push(r);
+        }
+        resp.topics.push(rt);
+    }
+    resp
+}

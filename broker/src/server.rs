@@ -223,6 +223,10 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
             }
             .boxed()
         }
+        RequestKind::DeleteRecords(r) => {
+            let resp = handlers::delete_records(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
         RequestKind::InitProducerId(r) => {
             let resp = handlers::init_producer_id(node, r).await;
             ready(done(respond(api, version, correlation_id, resp)))
@@ -357,6 +361,7 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::OffsetDelete => "OffsetDelete",
         ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::DeleteRecords => "DeleteRecords",
         _ => "Other",
     }
 }

@@ -316,3 +316,207 @@ async fn a_group_survives_kill9_of_its_coordinator_with_its_committed_offsets() 
         seen.count.values().filter(|n| **n > 1).count()
     );
 }
+
+mod raw {
+    use floe_e2e::RawClient;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::{
+        OffsetFetchRequestGroup, OffsetFetchRequestTopics,
+    };
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    fn s(v: &str) -> StrBytes {
+        StrBytes::from_string(v.to_string())
+    }
+
+    pub fn find_coordinator(raw: &mut RawClient, group: &str) -> i16 {
+        let req = FindCoordinatorRequest::default()
+            .with_key_type(0)
+            .with_coordinator_keys(vec![s(group)]);
+        let r: FindCoordinatorResponse = raw.call(ApiKey::FindCoordinator, 4, &req).unwrap();
+        r.coordinators[0].error_code
+    }
+
+    pub fn commit(
+        raw: &mut RawClient,
+        group: &str,
+        generation: i32,
+        member: &str,
+        topic: &str,
+        offset: i64,
+        metadata: &str,
+    ) -> i16 {
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(s(member))
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(s(topic)))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(offset)
+                    .with_committed_leader_epoch(-1)
+                    .with_committed_metadata(Some(s(metadata)))])]);
+        let r: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 8, &req).unwrap();
+        r.topics[0].partitions[0].error_code
+    }
+
+    pub fn fetch(raw: &mut RawClient, group: &str, topic: &str) -> i64 {
+        let req =
+            OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(s(group)))
+                .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                    .with_name(TopicName(s(topic)))
+                    .with_partition_indexes(vec![0])]))]);
+        let r: OffsetFetchResponse = raw.call(ApiKey::OffsetFetch, 8, &req).unwrap();
+        assert_eq!(r.groups[0].error_code, 0);
+        r.groups[0].topics[0].partitions[0].committed_offset
+    }
+
+    pub fn join(raw: &mut RawClient, group: &str, session_ms: i32) -> i16 {
+        let req = JoinGroupRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_session_timeout_ms(session_ms)
+            .with_rebalance_timeout_ms(session_ms)
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+            )
+            .with_name(s("range"))
+            .with_metadata(bytes::Bytes::from_static(b"x"))]);
+        let r: JoinGroupResponse = raw.call(ApiKey::JoinGroup, 5, &req).unwrap();
+        r.error_code
+    }
+
+    pub fn heartbeat(raw: &mut RawClient, group: &str) -> i16 {
+        let req = HeartbeatRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_generation_id(1)
+            .with_member_id(s("nobody"));
+        let r: HeartbeatResponse = raw.call(ApiKey::Heartbeat, 4, &req).unwrap();
+        r.error_code
+    }
+
+    pub fn delete_records(raw: &mut RawClient, topic: &str, offset: i64) -> (i16, i64) {
+        use kafka_protocol::messages::delete_records_request::{
+            DeleteRecordsPartition, DeleteRecordsTopic,
+        };
+        let req = DeleteRecordsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(TopicName(s(topic)))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(offset)])]);
+        let r: DeleteRecordsResponse = raw.call(ApiKey::DeleteRecords, 2, &req).unwrap();
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.low_watermark)
+    }
+}
+
+fn low_watermark(bootstrap: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    c.fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap()
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_compact_and_expire_and_bad_group_requests_get_kafka_errors() {
+    let mut s = Standalone::start_with_config(
+        "[broker]\noffsets_topic_partitions = 1\noffsets_compact_after_records = 50\n\
+         offsets_retention_ms = 8000\ngroup_initial_rebalance_delay_ms = 0\n",
+    )
+    .unwrap();
+    let b = s.bootstrap();
+    create_topic(&b, "t", 1).await;
+    let mut raw = floe_e2e::RawClient::connect(&b).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while raw::find_coordinator(&mut raw, "simple") != 0 {
+        assert!(Instant::now() < deadline, "no coordinator");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Simple (member-less) commits, many of them: the offsets partition is
+    // compacted, so its log start moves up and a replay stays short.
+    for i in 0..200 {
+        assert_eq!(raw::commit(&mut raw, "simple", -1, "", "t", i, "m"), 0);
+    }
+    assert_eq!(raw::fetch(&mut raw, "simple", "t"), 199);
+    let low = low_watermark(&b, "__consumer_offsets");
+    assert!(low >= 100, "compaction moved the offsets log start: {low}");
+    s.restart().unwrap();
+    let mut raw = floe_e2e::RawClient::connect(&b).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while raw::find_coordinator(&mut raw, "simple") != 0 {
+        assert!(Instant::now() < deadline, "no coordinator after restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        raw::fetch(&mut raw, "simple", "t"),
+        199,
+        "replayed from the compacted log"
+    );
+
+    // Bad input gets Kafka's error codes.
+    assert_eq!(raw::join(&mut raw, "g", 10), 26, "INVALID_SESSION_TIMEOUT");
+    assert_eq!(raw::join(&mut raw, "", 10_000), 24, "INVALID_GROUP_ID");
+    assert_eq!(raw::heartbeat(&mut raw, "nogroup"), 25, "UNKNOWN_MEMBER_ID");
+    assert_eq!(
+        raw::commit(&mut raw, "nogroup", 3, "x", "t", 1, ""),
+        22,
+        "ILLEGAL_GENERATION"
+    );
+    let big = "m".repeat(5000);
+    assert_eq!(
+        raw::commit(&mut raw, "simple", -1, "", "t", 1, &big),
+        12,
+        "OFFSET_METADATA_TOO_LARGE"
+    );
+    assert_eq!(
+        raw::commit(&mut raw, "simple", -1, "", "missing", 1, ""),
+        3,
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
+    // A new member of a v4+ JoinGroup is first given an id to come back with.
+    assert_eq!(raw::join(&mut raw, "g", 10_000), 79, "MEMBER_ID_REQUIRED");
+
+    // DeleteRecords moves a topic's log start.
+    produce_to(&b, "t", 10).await;
+    assert_eq!(raw::delete_records(&mut raw, "t", 5), (0, 5));
+    assert_eq!(low_watermark(&b, "t"), 5);
+    assert_eq!(
+        raw::delete_records(&mut raw, "t", 50).0,
+        1,
+        "OFFSET_OUT_OF_RANGE"
+    );
+
+    // Offsets of a group without members expire (offsets_retention_ms).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while raw::fetch(&mut raw, "simple", "t") != -1 {
+        assert!(Instant::now() < deadline, "offsets never expired");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+async fn produce_to(bootstrap: &str, topic: &str, n: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for i in 0..n {
+        producer
+            .send(
+                FutureRecord::<(), [u8]>::to(topic)
+                    .partition(0)
+                    .payload(format!("p{i}").as_bytes()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+}

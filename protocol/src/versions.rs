@@ -29,6 +29,7 @@ pub const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 /// The advertised range of `api`, if Floe implements it.

@@ -161,6 +161,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Appended, AppendError>>,
     },
     UpdateConfig(TopicConfig),
+    /// Move the log start offset up to `offset` (-1: the high watermark).
+    DeleteRecords(Offset, oneshot::Sender<Result<Offset, ResponseError>>),
     Release(oneshot::Sender<()>),
     /// Stop at once, touching neither storage nor metadata: the broker's
     /// lease is gone and the partition belongs to someone else.
@@ -212,6 +214,18 @@ impl PartitionHandle {
         if self.tx.send(Command::Release(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// DeleteRecords: records below `offset` (-1: the high watermark) are
+    /// gone for readers; whole segments below it are deleted. Returns the
+    /// new log start offset.
+    pub async fn delete_records(&self, offset: Offset) -> Result<Offset, ResponseError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::DeleteRecords(offset, tx))
+            .await
+            .map_err(|_| ResponseError::NotLeaderOrFollower)?;
+        rx.await.unwrap_or(Err(ResponseError::NotLeaderOrFollower))
     }
 
     /// Stop writing at once without releasing (the lease that made this

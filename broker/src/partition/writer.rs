@@ -212,6 +212,7 @@ impl Writer {
                         self.config = c;
                         Ok(None)
                     }
+                    Some(Command::DeleteRecords(offset, reply)) => self.delete_records(offset, reply).await.map(|_| None),
                     Some(Command::Release(done)) => Ok(Some(Some(done))),
                     Some(Command::Abandon(done)) => {
                         self.abandoned = Some(done);
@@ -269,6 +270,9 @@ impl Writer {
                             let _ = done.send(());
                         }
                         Command::UpdateConfig(_) => {}
+                        Command::DeleteRecords(_, reply) => {
+                            let _ = reply.send(Err(ResponseError::NotLeaderOrFollower));
+                        }
                     }
                 }
             }
@@ -295,6 +299,9 @@ impl Writer {
                             let _ = done.send(());
                         }
                         Command::UpdateConfig(_) => {}
+                        Command::DeleteRecords(_, reply) => {
+                            let _ = reply.send(Err(ResponseError::NotLeaderOrFollower));
+                        }
                     }
                 }
             }
@@ -762,6 +769,54 @@ impl Writer {
         }
         self.apply_retention(now).await?;
         self.maybe_checkpoint().await
+    }
+
+    async fn delete_records(
+        &mut self,
+        offset: Offset,
+        reply: oneshot::Sender<Result<Offset, ResponseError>>,
+    ) -> Result<(), Stop> {
+        let (log_start, hw, _) = self.log.offsets();
+        let target = if offset == -1 { hw } else { offset };
+        if target < 0 || target > hw {
+            let _ = reply.send(Err(ResponseError::OffsetOutOfRange));
+            return Ok(());
+        }
+        if target <= log_start {
+            let _ = reply.send(Ok(log_start));
+            return Ok(());
+        }
+        let state = self.log.snapshot();
+        let doomed: Vec<Arc<floe_storage::log::SealedSegment>> = state
+            .segments
+            .values()
+            .map_while(|seg| match seg {
+                SegmentView::Sealed(s) if s.end_offset <= target => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        let ops: Vec<Op> = doomed
+            .iter()
+            .map(|s| Op::delete(keys::segment(self.id, s.base_offset)))
+            .collect();
+        self.log.update(|s| {
+            for d in &doomed {
+                s.segments.remove(&d.base_offset);
+            }
+            s.log_start_offset = target;
+        });
+        self.save_checkpoint(ops).await?;
+        tracing::info!(partition = %self.id, log_start_offset = target, segments_deleted = doomed.len(), "deleted records");
+        let _ = reply.send(Ok(target));
+        tokio::spawn(async move {
+            for s in doomed {
+                let path = object_store::path::Path::from(s.path.as_ref());
+                if let Err(e) = s.replicas.delete(&path).await {
+                    tracing::warn!(%path, error = %e, "deleting a segment object below the log start failed");
+                }
+            }
+        });
+        Ok(())
     }
 
     async fn apply_retention(&mut self, now: i64) -> Result<(), Stop> {
