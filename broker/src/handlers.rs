@@ -906,3 +906,206 @@ pub async fn delete_records(node: &Node, req: DeleteRecordsRequest) -> DeleteRec
     }
     resp
 }
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+fn known_topic_config(name: &str) -> Result<(), (ResponseError, String)> {
+    if crate::config::TOPIC_CONFIGS
+        .iter()
+        .any(|(n, _, _)| *n == name)
+    {
+        Ok(())
+    } else {
+        Err((
+            ResponseError::InvalidConfig,
+            format!("unknown or unsupported topic config {name:?}"),
+        ))
+    }
+}
+
+/// (error code, message) for one resource of an Alter request.
+async fn alter_resource(
+    node: &Node,
+    resource_type: i8,
+    name: &str,
+    edit: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), (ResponseError, String)>,
+    validate_only: bool,
+) -> (i16, Option<StrBytes>) {
+    let r = match resource_type {
+        RESOURCE_TOPIC => node
+            .alter_topic_configs(name, edit, validate_only)
+            .await
+            .map(|_| ()),
+        RESOURCE_BROKER => Err((
+            ResponseError::InvalidRequest,
+            "broker configs are static: set them in the broker's config file".to_string(),
+        )),
+        _ => Err((
+            ResponseError::InvalidRequest,
+            format!("resource type {resource_type} has no configs"),
+        )),
+    };
+    match r {
+        Ok(()) => (0, None),
+        Err((e, m)) => (e.code(), Some(s(m))),
+    }
+}
+
+/// IncrementalAlterConfigs: SET/DELETE of topic configs (APPEND and
+/// SUBTRACT apply to list configs, which Floe's topic configs are not).
+pub async fn incremental_alter_configs(
+    node: &Node,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+    let mut resp = IncrementalAlterConfigsResponse::default();
+    for r in req.resources {
+        let ops: Vec<(String, i8, Option<String>)> = r
+            .configs
+            .iter()
+            .map(|c| {
+                (
+                    c.name.to_string(),
+                    c.config_operation,
+                    c.value.as_ref().map(|v| v.to_string()),
+                )
+            })
+            .collect();
+        let edit = move |m: &mut BTreeMap<String, String>| {
+            for (name, op, value) in ops {
+                known_topic_config(&name)?;
+                match (op, value) {
+                    (0, Some(v)) => {
+                        m.insert(name, v);
+                    }
+                    (0, None) => {
+                        return Err((
+                            ResponseError::InvalidConfig,
+                            format!("SET of {name} needs a value"),
+                        ))
+                    }
+                    (1, _) => {
+                        m.remove(&name);
+                    }
+                    (2 | 3, _) => {
+                        return Err((
+                            ResponseError::InvalidConfig,
+                            format!("{name} is not a list config: APPEND/SUBTRACT do not apply"),
+                        ))
+                    }
+                    (op, _) => {
+                        return Err((
+                            ResponseError::InvalidRequest,
+                            format!("unknown config operation {op}"),
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        };
+        let (code, msg) = alter_resource(
+            node,
+            r.resource_type,
+            &r.resource_name,
+            edit,
+            req.validate_only,
+        )
+        .await;
+        resp.responses.push(
+            AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(msg)
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name),
+        );
+    }
+    resp
+}
+
+/// AlterConfigs: the resource's overrides become exactly those given.
+pub async fn alter_configs(node: &Node, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+    let mut resp = AlterConfigsResponse::default();
+    for r in req.resources {
+        let set: Vec<(String, Option<String>)> = r
+            .configs
+            .iter()
+            .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
+            .collect();
+        let edit = move |m: &mut BTreeMap<String, String>| {
+            let mut next = BTreeMap::new();
+            for (name, value) in set {
+                known_topic_config(&name)?;
+                if let Some(v) = value {
+                    next.insert(name, v);
+                }
+            }
+            *m = next;
+            Ok(())
+        };
+        let (code, msg) = alter_resource(
+            node,
+            r.resource_type,
+            &r.resource_name,
+            edit,
+            req.validate_only,
+        )
+        .await;
+        resp.responses.push(
+            AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(msg)
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name),
+        );
+    }
+    resp
+}
+
+/// DescribeProducers: the idempotent producers each partition knows.
+pub async fn describe_producers(
+    node: &Node,
+    req: DescribeProducersRequest,
+) -> DescribeProducersResponse {
+    use kafka_protocol::messages::describe_producers_response::{
+        PartitionResponse, ProducerState, TopicResponse,
+    };
+    let mut resp = DescribeProducersResponse::default();
+    for t in req.topics {
+        let info = node.topic(&t.name.0);
+        let mut rt = TopicResponse::default().with_name(t.name.clone());
+        for p in t.partition_indexes {
+            let mut pr = PartitionResponse::default().with_partition_index(p);
+            let handle = match &info {
+                Some(i) if p >= 0 && p < i.partitions => node
+                    .partition(PartitionId::new(i.id, p))
+                    .ok_or(ResponseError::NotLeaderOrFollower),
+                _ => Err(ResponseError::UnknownTopicOrPartition),
+            };
+            match handle {
+                Err(e) => pr.error_code = e.code(),
+                Ok(h) => match h.describe_producers().await {
+                    Err(e) => pr.error_code = e.code(),
+                    Ok(list) => {
+                        pr.active_producers = list
+                            .into_iter()
+                            .map(|(pid, epoch, last_seq, last_ms)| {
+                                ProducerState::default()
+                                    .with_producer_id(pid.into())
+                                    .with_producer_epoch(epoch as i32)
+                                    .with_last_sequence(last_seq)
+                                    .with_last_timestamp(last_ms)
+                                    .with_coordinator_epoch(-1)
+                                    .with_current_txn_start_offset(-1)
+                            })
+                            .collect()
+                    }
+                },
+            }
+            rt.partitions.push(pr);
+        }
+        resp.topics.push(rt);
+    }
+    resp
+}

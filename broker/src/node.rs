@@ -749,6 +749,54 @@ impl Node {
         }
     }
 
+    /// Change a topic's config overrides with `edit` (validated as a whole;
+    /// written with a compare-and-swap); partitions pick it up through the
+    /// watch. Returns the new overrides.
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), (ResponseError, String)>,
+        validate_only: bool,
+    ) -> Result<BTreeMap<String, String>, (ResponseError, String)> {
+        let unknown = || {
+            (
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {name:?} does not exist"),
+            )
+        };
+        let Some(kv) = self
+            .meta
+            .get(&keys::topic(name))
+            .await
+            .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?
+        else {
+            return Err(unknown());
+        };
+        let mut t = TopicRecord::decode(kv.value.clone())
+            .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?;
+        edit(&mut t.configs)?;
+        TopicConfig::resolve(&self.config.topic_defaults, &t.configs)
+            .map_err(|e| (ResponseError::InvalidConfig, e.to_string()))?;
+        if validate_only {
+            return Ok(t.configs);
+        }
+        let txn = Txn::new()
+            .when(Condition::ModRevision(keys::topic(name), kv.mod_revision))
+            .then(Op::put(keys::topic(name), t.encode_to_vec()));
+        match self.meta.txn(txn).await {
+            Ok(TxnOutcome::Committed { .. }) => {
+                self.apply_topic(Some(Bytes::from(t.encode_to_vec())));
+                tracing::info!(topic = name, configs = ?t.configs, "altered topic configs");
+                Ok(t.configs)
+            }
+            Ok(TxnOutcome::Mismatch) => Err((
+                ResponseError::ConcurrentTransactions,
+                "topic changed concurrently; retry".into(),
+            )),
+            Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
+        }
+    }
+
     pub async fn create_partitions(
         &self,
         name: &str,

@@ -223,6 +223,18 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
             }
             .boxed()
         }
+        RequestKind::IncrementalAlterConfigs(r) => {
+            let resp = handlers::incremental_alter_configs(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::AlterConfigs(r) => {
+            let resp = handlers::alter_configs(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
+        RequestKind::DescribeProducers(r) => {
+            let resp = handlers::describe_producers(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
         RequestKind::DeleteRecords(r) => {
             let resp = handlers::delete_records(node, r).await;
             ready(done(respond(api, version, correlation_id, resp)))
@@ -362,6 +374,9 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::OffsetDelete => "OffsetDelete",
         ApiKey::InitProducerId => "InitProducerId",
         ApiKey::DeleteRecords => "DeleteRecords",
+        ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
+        ApiKey::AlterConfigs => "AlterConfigs",
+        ApiKey::DescribeProducers => "DescribeProducers",
         _ => "Other",
     }
 }

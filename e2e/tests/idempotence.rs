@@ -265,6 +265,26 @@ async fn producer_state_survives_a_move_and_a_kill9_and_sequences_are_checked() 
     assert_eq!(produce_raw(&cluster, &b, "seq", &first), (0, 0));
     // A retry is answered with the original offset and appends nothing.
     assert_eq!(produce_raw(&cluster, &b, "seq", &first), (0, 0));
+    // DescribeProducers shows the producer and its last sequence.
+    {
+        use kafka_protocol::messages::describe_producers_request::TopicRequest;
+        use kafka_protocol::messages::{
+            DescribeProducersRequest, DescribeProducersResponse, TopicName,
+        };
+        use kafka_protocol::protocol::StrBytes;
+        let owner = leaders(&b, "seq")[&0];
+        let port = cluster.brokers[owner as usize - 1].port.unwrap();
+        let mut raw = floe_e2e::RawClient::connect(&format!("127.0.0.1:{port}")).unwrap();
+        let req = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
+            .with_name(TopicName(StrBytes::from_static_str("seq")))
+            .with_partition_indexes(vec![0])]);
+        let r: DescribeProducersResponse = raw.call(ApiKey::DescribeProducers, 0, &req).unwrap();
+        let p = &r.topics[0].partitions[0];
+        assert_eq!(p.error_code, 0);
+        assert_eq!(p.active_producers.len(), 1);
+        assert_eq!(p.active_producers[0].producer_id.0, pid);
+        assert_eq!(p.active_producers[0].last_sequence, 2);
+    }
     // A gap and an old epoch get Kafka's errors.
     assert_eq!(
         produce_raw(&cluster, &b, "seq", &idempotent_batch(pid, epoch, 5, 1)).0,

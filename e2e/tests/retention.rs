@@ -190,3 +190,101 @@ async fn time_rolls_and_time_retention() {
     );
     assert_eq!(fetch_error(&b, "timed", 2), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_topic_configs_take_effect() {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    let s = Standalone::start_with_config("[broker]\nretention_check_interval_ms = 200\n").unwrap();
+    let b = s.bootstrap();
+    create(&b, "altered", &[]).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let value = vec![b'v'; 1000];
+    let produce = |n: usize| {
+        let producer = producer.clone();
+        let value = value.clone();
+        async move {
+            for _ in 0..n {
+                producer
+                    .send(
+                        FutureRecord::<[u8], [u8]>::to("altered").payload(&value),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    produce(50).await;
+    assert_eq!(
+        watermarks(&b, "altered"),
+        (0, 50),
+        "defaults: one segment, nothing deleted"
+    );
+
+    // AlterConfigs through librdkafka: small segments and a byte limit.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .create()
+        .unwrap();
+    let r = admin
+        .alter_configs(
+            &[AlterConfig::new(ResourceSpecifier::Topic("altered"))
+                .set("segment.bytes", "10000")
+                .set("retention.bytes", "30000")],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "{r:?}");
+    // IncrementalAlterConfigs with an invalid value: INVALID_CONFIG, and
+    // the topic keeps its configs.
+    {
+        use kafka_protocol::messages::incremental_alter_configs_request::{
+            AlterConfigsResource, AlterableConfig,
+        };
+        use kafka_protocol::messages::{
+            IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+        };
+        let mut raw = RawClient::connect(&b).unwrap();
+        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("altered"))
+                .with_configs(vec![AlterableConfig::default()
+                    .with_name(StrBytes::from_static_str("segment.bytes"))
+                    .with_config_operation(0)
+                    .with_value(Some(StrBytes::from_static_str("-5")))]),
+        ]);
+        let r: IncrementalAlterConfigsResponse =
+            raw.call(ApiKey::IncrementalAlterConfigs, 1, &req).unwrap();
+        assert_eq!(
+            r.responses[0].error_code, 40,
+            "{:?}",
+            r.responses[0].error_message
+        );
+    }
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic("altered")], &AdminOptions::new())
+        .await
+        .unwrap();
+    let cfg = described[0].as_ref().unwrap();
+    assert_eq!(
+        cfg.get("segment.bytes")
+            .and_then(|e| e.value.clone())
+            .as_deref(),
+        Some("10000")
+    );
+
+    produce(100).await;
+    // New segments roll at 10 KB and retention keeps about 30 KB.
+    wait_until(
+        "retention by the altered limit",
+        Duration::from_secs(20),
+        || watermarks(&b, "altered").0 >= 80,
+    );
+    assert!(s.metric("floe_segments_sealed_total").unwrap() >= 5.0);
+}

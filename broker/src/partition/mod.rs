@@ -161,6 +161,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Appended, AppendError>>,
     },
     UpdateConfig(TopicConfig),
+    /// (producer id, epoch, last sequence, last write ms) of each producer.
+    DescribeProducers(oneshot::Sender<Vec<(i64, i16, i32, i64)>>),
     /// Move the log start offset up to `offset` (-1: the high watermark).
     DeleteRecords(Offset, oneshot::Sender<Result<Offset, ResponseError>>),
     Release(oneshot::Sender<()>),
@@ -226,6 +228,16 @@ impl PartitionHandle {
             .await
             .map_err(|_| ResponseError::NotLeaderOrFollower)?;
         rx.await.unwrap_or(Err(ResponseError::NotLeaderOrFollower))
+    }
+
+    /// The idempotent producers this partition knows.
+    pub async fn describe_producers(&self) -> Result<Vec<(i64, i16, i32, i64)>, ResponseError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::DescribeProducers(tx))
+            .await
+            .map_err(|_| ResponseError::NotLeaderOrFollower)?;
+        rx.await.map_err(|_| ResponseError::NotLeaderOrFollower)
     }
 
     /// Stop writing at once without releasing (the lease that made this

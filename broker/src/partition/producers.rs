@@ -171,6 +171,20 @@ impl Producers {
         }
     }
 
+    /// (producer id, epoch, last sequence, last write ms), by id.
+    pub fn describe(&self) -> Vec<(i64, i16, i32, i64)> {
+        let mut v: Vec<_> = self
+            .map
+            .iter()
+            .map(|(id, e)| {
+                let last = e.batches.back().map_or(-1, |b| b.last_seq);
+                (*id, e.epoch, last, e.last_ms)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     pub fn from_snapshot(s: &ProducerSnapshotRecord) -> Self {
         let map = s
             .producers

@@ -213,6 +213,10 @@ impl Writer {
                         Ok(None)
                     }
                     Some(Command::DeleteRecords(offset, reply)) => self.delete_records(offset, reply).await.map(|_| None),
+                    Some(Command::DescribeProducers(reply)) => {
+                        let _ = reply.send(self.producers.describe());
+                        Ok(None)
+                    }
                     Some(Command::Release(done)) => Ok(Some(Some(done))),
                     Some(Command::Abandon(done)) => {
                         self.abandoned = Some(done);
@@ -273,6 +277,7 @@ impl Writer {
                         Command::DeleteRecords(_, reply) => {
                             let _ = reply.send(Err(ResponseError::NotLeaderOrFollower));
                         }
+                        Command::DescribeProducers(_) => {}
                     }
                 }
             }
@@ -302,6 +307,7 @@ impl Writer {
                         Command::DeleteRecords(_, reply) => {
                             let _ = reply.send(Err(ResponseError::NotLeaderOrFollower));
                         }
+                        Command::DescribeProducers(_) => {}
                     }
                 }
             }
