@@ -72,6 +72,8 @@ pub struct Node {
     record: BrokerRecord,
     /// The consumer groups this broker coordinates.
     pub groups: crate::group::Groups,
+    /// The revision the last full load read at.
+    loaded_rev: std::sync::atomic::AtomicI64,
     /// Producer ids claimed from the metadata store: [next, end).
     producer_ids: tokio::sync::Mutex<(i64, i64)>,
     /// Produce requests answered (for fault injection).
@@ -193,6 +195,7 @@ impl Node {
             shutdown,
             lease_lapsed: CancellationToken::new(),
             groups: Default::default(),
+            loaded_rev: Default::default(),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             produce_count: Default::default(),
         });
@@ -233,8 +236,16 @@ impl Node {
 
     /// Read the whole picture at one revision and apply it.
     async fn load(self: &Arc<Self>) -> Result<i64, MetaError> {
-        let (_, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
-        let (topics, _) = self.meta.range(&keys::topics_prefix()).await?;
+        // One read of everything, so that the picture is of one revision;
+        // the watch then skips what this already covers.
+        let (all, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
+        let under = |prefix: Bytes| -> Vec<floe_meta::KeyValue> {
+            all.iter()
+                .filter(|kv| kv.key.starts_with(&prefix))
+                .cloned()
+                .collect()
+        };
+        let topics = under(keys::topics_prefix());
         let names: std::collections::HashSet<String> = topics
             .iter()
             .filter_map(|kv| TopicRecord::decode(kv.value.clone()).ok())
@@ -255,7 +266,7 @@ impl Node {
         for kv in topics {
             self.apply_topic(Some(kv.value));
         }
-        let (brokers, _) = self.meta.range(&keys::brokers_prefix()).await?;
+        let brokers = under(keys::brokers_prefix());
         {
             let mut v = self.view.write().unwrap();
             v.brokers = brokers
@@ -264,7 +275,7 @@ impl Node {
                 .map(|b| (b.broker_id, b))
                 .collect();
         }
-        let (parts, _) = self.meta.range(&keys::partitions_prefix()).await?;
+        let parts = under(keys::partitions_prefix());
         let mut assigned = std::collections::HashSet::new();
         let mut owners = HashMap::new();
         for kv in parts {
@@ -289,6 +300,7 @@ impl Node {
         for p in gone {
             self.apply_assignment(p, None);
         }
+        self.loaded_rev.fetch_max(rev, std::sync::atomic::Ordering::SeqCst);
         Ok(rev)
     }
 
@@ -306,10 +318,15 @@ impl Node {
             .meta
             .watch_prefix(&keys::brokers_prefix(), Some(rev))
             .await?;
+        // Events a later load already covers must not roll the view back.
+        let stale = |ev: &floe_meta::WatchEvent| {
+            ev.revision <= self.loaded_rev.load(std::sync::atomic::Ordering::SeqCst)
+        };
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 ev = topic_watch.next() => match ev {
+                    Some(Ok(ev)) if stale(&ev) => {}
                     Some(Ok(ev)) => match ev.kind {
                         WatchEventKind::Put(kv) => self.apply_topic(Some(kv.value)),
                         WatchEventKind::Delete(key) => self.forget_topic(&key),
@@ -318,6 +335,7 @@ impl Node {
                     None => return Err(MetaError::Unavailable("topic watch ended".into())),
                 },
                 ev = part_watch.next() => match ev {
+                    Some(Ok(ev)) if stale(&ev) => {}
                     Some(Ok(ev)) => {
                         let key = ev.key().clone();
                         if let Some(p) = keys::parse_assignment(&key) {
@@ -343,6 +361,7 @@ impl Node {
                     None => return Err(MetaError::Unavailable("partition watch ended".into())),
                 },
                 ev = broker_watch.next() => match ev {
+                    Some(Ok(ev)) if stale(&ev) => {}
                     Some(Ok(ev)) => {
                         let mut v = self.view.write().unwrap();
                         match ev.kind {
