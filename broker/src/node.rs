@@ -300,7 +300,8 @@ impl Node {
         for p in gone {
             self.apply_assignment(p, None);
         }
-        self.loaded_rev.fetch_max(rev, std::sync::atomic::Ordering::SeqCst);
+        self.loaded_rev
+            .fetch_max(rev, std::sync::atomic::Ordering::SeqCst);
         Ok(rev)
     }
 

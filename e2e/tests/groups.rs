@@ -164,6 +164,20 @@ async fn group_rebalances_consume_everything_once(strategy: &str) {
     let m3 = member(&b, "g", "orders", strategy, seen.clone());
     wait_split(&[&m1, &m2, &m3], &[2, 2, 2], 6);
     wait_consumed(&seen, 300);
+    // ListGroups + DescribeGroups, as librdkafka sees them.
+    let admin_consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .create()
+        .unwrap();
+    let list = admin_consumer
+        .fetch_group_list(Some("g"), Duration::from_secs(10))
+        .unwrap();
+    let g = &list.groups()[0];
+    assert_eq!(g.name(), "g");
+    assert_eq!(g.state(), "Stable");
+    assert_eq!(g.protocol_type(), "consumer");
+    assert_eq!(g.protocol(), strategy);
+    assert_eq!(g.members().len(), 3);
 
     // One member leaves: the other two take its partitions.
     m3.leave();
@@ -177,6 +191,24 @@ async fn group_rebalances_consume_everything_once(strategy: &str) {
     for m in [m1, m2, m4] {
         m.leave();
     }
+    // The group is empty now: DeleteGroups removes it and its offsets.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .create()
+            .unwrap();
+    let deleted = admin
+        .delete_groups(&["g"], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(deleted[0].is_ok(), "{deleted:?}");
+    let list = admin_consumer
+        .fetch_group_list(Some("g"), Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        list.groups().is_empty() || list.groups()[0].state() == "Dead",
+        "deleted"
+    );
 
     let seen = seen.lock().unwrap();
     let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
