@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use floe_common::{Epoch, PartitionId, Uuid};
+use floe_common::{PartitionId, Uuid};
 use floe_protocol::batch::validate_for_produce;
 use floe_protocol::ResponseError;
 use kafka_protocol::records::{
@@ -341,7 +341,7 @@ async fn compact(handle: &PartitionHandle, st: &mut ShardState, after: u64) {
     if st.records < after.max(2 * st.live_offsets()) {
         return;
     }
-    let records: Vec<(Bytes, Option<Bytes>)> = st
+    let mut records: Vec<(Bytes, Option<Bytes>)> = st
         .offsets
         .iter()
         .flat_map(|(g, m)| {
@@ -349,6 +349,12 @@ async fn compact(handle: &PartitionHandle, st: &mut ShardState, after: u64) {
                 .map(move |((t, p), c)| (offset_key(g, t, *p), Some(offset_value(c))))
         })
         .collect();
+    records.extend(
+        st.groups
+            .iter()
+            .filter(|(_, g)| g.state == GroupState::Stable)
+            .map(|(name, g)| (group_key(name), Some(group_value(g)))),
+    );
     let start = if records.is_empty() {
         handle.log.offsets().1
     } else {
@@ -638,6 +644,22 @@ impl Groups {
                 for (id, m) in g.members.iter_mut() {
                     m.assignment = given.remove(id).unwrap_or_default();
                 }
+                // The group is written down before anyone learns its
+                // assignment, so a new coordinator continues this generation.
+                let record = [(group_key(group), Some(group_value(g)))];
+                if let Err(e) = append(&shard.handle, &record).await {
+                    for m in g.members.values_mut() {
+                        if let Some(w) = m.sync_waiter.take() {
+                            let _ = w.send(SyncOutcome {
+                                error: Some(e),
+                                ..Default::default()
+                            });
+                        }
+                    }
+                    g.prepare_rebalance(Instant::now(), Duration::ZERO);
+                    return rx.await.unwrap_or_else(|_| fail(e));
+                }
+                st.records += 1;
                 g.state = GroupState::Stable;
                 tracing::info!(
                     group,
@@ -740,6 +762,13 @@ impl Groups {
             if g.members.is_empty() {
                 g.state = GroupState::PreparingRebalance;
                 g.complete_join();
+                // Nobody left: the next coordinator must not restore members.
+                if append(&shard.handle, &[(group_key(group), None)])
+                    .await
+                    .is_ok()
+                {
+                    st.records += 1;
+                }
             } else {
                 g.maybe_complete_join(now);
             }
@@ -1127,6 +1156,123 @@ fn offset_value(c: &Committed) -> Bytes {
     b.freeze()
 }
 
+/// Record key of a group's membership: version 2, group.
+fn group_key(group: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u16(2);
+    put_str(&mut b, group);
+    b.freeze()
+}
+
+fn put_bytes(b: &mut BytesMut, v: &[u8]) {
+    b.put_u32(v.len() as u32);
+    b.put_slice(v);
+}
+
+fn get_bytes(b: &mut Bytes) -> Option<Bytes> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = b.get_u32() as usize;
+    (b.remaining() >= n).then(|| b.split_to(n))
+}
+
+/// A stable group as a record: generation, protocol, leader, and each
+/// member with its timeouts, metadata and assignment.
+fn group_value(g: &Group) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u16(1);
+    put_str(&mut b, g.protocol_type.as_deref().unwrap_or(""));
+    put_str(&mut b, g.protocol.as_deref().unwrap_or(""));
+    b.put_i32(g.generation);
+    put_str(&mut b, g.leader.as_deref().unwrap_or(""));
+    b.put_u32(g.members.len() as u32);
+    for (id, m) in &g.members {
+        put_str(&mut b, id);
+        put_str(&mut b, m.instance_id.as_deref().unwrap_or(""));
+        put_str(&mut b, &m.client_id);
+        b.put_u32(m.session_timeout.as_millis() as u32);
+        b.put_u32(m.rebalance_timeout.as_millis() as u32);
+        let meta = m
+            .protocols
+            .iter()
+            .find(|(n, _)| Some(n) == g.protocol.as_ref())
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        put_bytes(&mut b, &meta);
+        put_bytes(&mut b, &m.assignment);
+    }
+    b.freeze()
+}
+
+/// A group rebuilt from its record: Stable at its generation; members must
+/// heartbeat within their session timeout from now.
+fn parse_group(mut v: Bytes) -> Option<Group> {
+    if v.remaining() < 2 || v.get_u16() != 1 {
+        return None;
+    }
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    let protocol_type = non_empty(get_str(&mut v)?);
+    let protocol = non_empty(get_str(&mut v)?);
+    if v.remaining() < 4 {
+        return None;
+    }
+    let generation = v.get_i32();
+    let leader = non_empty(get_str(&mut v)?);
+    if v.remaining() < 4 {
+        return None;
+    }
+    let n = v.get_u32();
+    let mut g = Group::new();
+    g.protocol_type = protocol_type;
+    g.protocol = protocol.clone();
+    g.generation = generation;
+    g.leader = leader;
+    let now = Instant::now();
+    for _ in 0..n {
+        let id = get_str(&mut v)?;
+        let instance_id = non_empty(get_str(&mut v)?);
+        let client_id = get_str(&mut v)?;
+        if v.remaining() < 8 {
+            return None;
+        }
+        let session_timeout = Duration::from_millis(v.get_u32() as u64);
+        let rebalance_timeout = Duration::from_millis(v.get_u32() as u64);
+        let meta = get_bytes(&mut v)?;
+        let assignment = get_bytes(&mut v)?;
+        if let Some(i) = &instance_id {
+            g.statics.insert(i.clone(), id.clone());
+        }
+        g.members.insert(
+            id,
+            Member {
+                instance_id,
+                client_id,
+                session_timeout,
+                rebalance_timeout,
+                protocols: vec![(protocol.clone().unwrap_or_default(), meta)],
+                assignment,
+                last_seen: now,
+                join_waiter: None,
+                sync_waiter: None,
+            },
+        );
+    }
+    g.state = if g.members.is_empty() {
+        GroupState::Empty
+    } else {
+        GroupState::Stable
+    };
+    Some(g)
+}
+
+fn parse_group_key(mut k: Bytes) -> Option<String> {
+    if k.remaining() < 2 || k.get_u16() != 2 {
+        return None;
+    }
+    get_str(&mut k)
+}
+
 fn parse_key(mut k: Bytes) -> Option<(String, String, i32)> {
     if k.remaining() < 2 || k.get_u16() != 1 {
         return None;
@@ -1237,6 +1383,13 @@ async fn load(handle: &PartitionHandle) -> Result<ShardState, ResponseError> {
         next = next.max(read.next_offset);
         for set in sets {
             for r in set.records {
+                if let Some(g) = r.key.clone().and_then(parse_group_key) {
+                    match r.value.clone().and_then(parse_group) {
+                        Some(group) => st.groups.insert(g, group),
+                        None => st.groups.remove(&g),
+                    };
+                    continue;
+                }
                 let Some((g, t, p)) = r.key.clone().and_then(parse_key) else {
                     continue;
                 };
@@ -1264,13 +1417,6 @@ async fn load(handle: &PartitionHandle) -> Result<ShardState, ResponseError> {
     Ok(st)
 }
 
-/// Partition ids of the offsets topic, for the coordinator lookup.
-pub fn coordinator_partition(node: &Node, group: &str) -> Option<(PartitionId, Epoch)> {
-    let t = node.topic(OFFSETS_TOPIC)?;
-    let id = PartitionId::new(t.id, partition_for(group, t.partitions));
-    node.leader_of(id).map(|(_, e)| (id, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1284,6 +1430,48 @@ mod tests {
             let p = partition_for(g, 16);
             assert!((0..16).contains(&p));
         }
+    }
+
+    #[test]
+    fn group_records_round_trip() {
+        let mut g = Group::new();
+        g.protocol_type = Some("consumer".into());
+        g.protocol = Some("range".into());
+        g.generation = 7;
+        g.leader = Some("m1".into());
+        for (id, inst) in [("m1", None), ("m2", Some("i2".to_string()))] {
+            g.members.insert(
+                id.into(),
+                Member {
+                    instance_id: inst,
+                    client_id: "c".into(),
+                    session_timeout: Duration::from_secs(10),
+                    rebalance_timeout: Duration::from_secs(30),
+                    protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
+                    assignment: Bytes::from(id.as_bytes().to_vec()),
+                    last_seen: Instant::now(),
+                    join_waiter: None,
+                    sync_waiter: None,
+                },
+            );
+        }
+        let back = parse_group(group_value(&g)).unwrap();
+        assert_eq!(back.state, GroupState::Stable);
+        assert_eq!(back.generation, 7);
+        assert_eq!(back.leader.as_deref(), Some("m1"));
+        assert_eq!(back.protocol.as_deref(), Some("range"));
+        assert_eq!(back.statics.get("i2").map(String::as_str), Some("m2"));
+        let m2 = &back.members["m2"];
+        assert_eq!(m2.assignment, Bytes::from_static(b"m2"));
+        assert_eq!(m2.session_timeout, Duration::from_secs(10));
+        assert_eq!(m2.protocols[0].1, Bytes::from_static(b"meta"));
+        assert_eq!(parse_group_key(group_key("cg")), Some("cg".into()));
+        assert_eq!(
+            parse_key(group_key("cg")),
+            None,
+            "offset and group keys differ"
+        );
+        assert!(parse_group(Bytes::from_static(b"\x00\x01")).is_none());
     }
 
     #[test]

@@ -323,6 +323,14 @@ async fn a_group_survives_kill9_of_its_coordinator_with_its_committed_offsets() 
     assert_ne!(moved, coordinator, "the group moved to a live broker");
     wait_consumed(&seen, 600);
     wait_split(&[&m1, &m2], &[3, 3], 6);
+    // The new coordinator rebuilt the group from its records: the members
+    // went on heartbeating in their generation, with no rebalance.
+    let new_log = cluster.brokers[moved as usize - 1].log_text();
+    assert!(new_log.contains("loaded group offsets"), "{new_log}");
+    assert!(
+        !new_log.contains("group stable"),
+        "no rebalance on the new coordinator"
+    );
     for m in [m1, m2] {
         m.leave();
     }
