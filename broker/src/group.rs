@@ -526,8 +526,35 @@ impl Groups {
             if member_id.is_empty() {
                 member_id = format!("{}-{}", req.client_id, Uuid::new_v4());
                 if let Some(i) = &req.instance_id {
-                    // A static member coming back: it replaces its old self.
+                    // A static member coming back replaces its old self. In
+                    // a stable group, with the same protocols and not as the
+                    // leader, it takes over its assignment without a
+                    // rebalance (KIP-345); the old member id is fenced.
                     if let Some(old) = g.statics.get(i).cloned() {
+                        let same = g
+                            .members
+                            .get(&old)
+                            .is_some_and(|m| m.protocols == req.protocols);
+                        let leader = g.leader.as_deref() == Some(old.as_str());
+                        if g.state == GroupState::Stable && same && !leader {
+                            let mut m = g.members.remove(&old).expect("known static member");
+                            m.last_seen = now;
+                            m.session_timeout =
+                                Duration::from_millis(req.session_timeout_ms.max(0) as u64);
+                            g.members.insert(member_id.clone(), m);
+                            g.statics.insert(i.clone(), member_id.clone());
+                            tracing::info!(group = %req.group, instance = %i, member = %member_id,
+                                "static member rejoined without a rebalance");
+                            return JoinOutcome {
+                                error: None,
+                                generation: g.generation,
+                                protocol_type: g.protocol_type.clone(),
+                                protocol: g.protocol.clone(),
+                                leader: g.leader.clone().unwrap_or_default(),
+                                member_id,
+                                members: Vec::new(),
+                            };
+                        }
                         g.remove_member(&old);
                     }
                     g.statics.insert(i.clone(), member_id.clone());

@@ -38,16 +38,31 @@ fn member(
     strategy: &str,
     seen: Arc<Mutex<Seen>>,
 ) -> Member {
-    let consumer: BaseConsumer = ClientConfig::new()
+    member_with(bootstrap, group, topic, strategy, None, seen)
+}
+
+/// A member, static (group.instance.id) when `instance` is given.
+fn member_with(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    strategy: &str,
+    instance: Option<&str>,
+    seen: Arc<Mutex<Seen>>,
+) -> Member {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("partition.assignment.strategy", strategy)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "500")
-        .create()
-        .unwrap();
+        .set("heartbeat.interval.ms", "500");
+    if let Some(i) = instance {
+        config.set("group.instance.id", i);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let assigned = Arc::new(Mutex::new(Vec::new()));
@@ -558,5 +573,40 @@ async fn produce_to(bootstrap: &str, topic: &str, n: usize) {
             )
             .await
             .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_restarting_within_its_session_gets_its_partitions_back_without_a_rebalance(
+) {
+    let s = Standalone::start_with_config(CONFIG).unwrap();
+    let b = s.bootstrap();
+    create_topic(&b, "static", 6).await;
+    produce(&b, "static", 0, 120).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let m1 = member_with(&b, "sg", "static", "range", Some("a"), seen.clone());
+    let m2 = member_with(&b, "sg", "static", "range", Some("b"), seen.clone());
+    wait_split(&[&m1, &m2], &[3, 3], 6);
+    wait_consumed(&seen, 120);
+    let (a1, b1) = (m1.assigned(), m2.assigned());
+    let rebalances = s.log_text().matches("group stable").count();
+
+    // A static member closes without leaving the group and comes back.
+    m2.leave();
+    let m2 = member_with(&b, "sg", "static", "range", Some("b"), seen.clone());
+    wait_split(&[&m1, &m2], &[3, 3], 6);
+    assert_eq!((m1.assigned(), m2.assigned()), (a1, b1), "same partitions");
+    produce(&b, "static", 120, 60).await;
+    wait_consumed(&seen, 180);
+    assert_eq!(
+        s.log_text().matches("group stable").count(),
+        rebalances,
+        "no rebalance"
+    );
+    assert!(s
+        .log_text()
+        .contains("static member rejoined without a rebalance"));
+    for m in [m1, m2] {
+        m.leave();
     }
 }
