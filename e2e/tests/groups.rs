@@ -60,7 +60,11 @@ fn member_with(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "500");
     if let Some(i) = instance {
-        config.set("group.instance.id", i);
+        // client.id names the member id, which orders members (the first
+        // is the leader): instance "a" leads.
+        config
+            .set("group.instance.id", i)
+            .set("client.id", format!("{i}-client"));
     }
     let consumer: BaseConsumer = config.create().unwrap();
     consumer.subscribe(&[topic]).unwrap();
@@ -591,7 +595,8 @@ async fn a_static_member_restarting_within_its_session_gets_its_partitions_back_
     let (a1, b1) = (m1.assigned(), m2.assigned());
     let rebalances = s.log_text().matches("group stable").count();
 
-    // A static member closes without leaving the group and comes back.
+    // A static member (not the leader) closes without leaving the group
+    // and comes back.
     m2.leave();
     let m2 = member_with(&b, "sg", "static", "range", Some("b"), seen.clone());
     wait_split(&[&m1, &m2], &[3, 3], 6);
