@@ -458,6 +458,22 @@ mod raw {
         r.error_code
     }
 
+    pub fn offset_delete(raw: &mut RawClient, group: &str, topic: &str) -> (i16, i16) {
+        use kafka_protocol::messages::offset_delete_request::{
+            OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+        };
+        let req = OffsetDeleteRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(s(topic)))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0)
+                ])]);
+        let r: OffsetDeleteResponse = raw.call(ApiKey::OffsetDelete, 0, &req).unwrap();
+        let p = r.topics.first().map_or(0, |t| t.partitions[0].error_code);
+        (r.error_code, p)
+    }
+
     pub fn delete_records(raw: &mut RawClient, topic: &str, offset: i64) -> (i16, i64) {
         use kafka_protocol::messages::delete_records_request::{
             DeleteRecordsPartition, DeleteRecordsTopic,
@@ -543,6 +559,18 @@ async fn offsets_compact_and_expire_and_bad_group_requests_get_kafka_errors() {
     );
     // A new member of a v4+ JoinGroup is first given an id to come back with.
     assert_eq!(raw::join(&mut raw, "g", 10_000), 79, "MEMBER_ID_REQUIRED");
+
+    // OffsetDelete removes one partition's committed offset of a group
+    // without members; an unknown group gets GROUP_ID_NOT_FOUND.
+    assert_eq!(raw::commit(&mut raw, "od", -1, "", "t", 7, ""), 0);
+    assert_eq!(raw::fetch(&mut raw, "od", "t"), 7);
+    assert_eq!(raw::offset_delete(&mut raw, "od", "t"), (0, 0));
+    assert_eq!(raw::fetch(&mut raw, "od", "t"), -1);
+    assert_eq!(
+        raw::offset_delete(&mut raw, "never", "t").0,
+        69,
+        "GROUP_ID_NOT_FOUND"
+    );
 
     // DeleteRecords moves a topic's log start.
     produce_to(&b, "t", 10).await;
