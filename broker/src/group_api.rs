@@ -319,6 +319,16 @@ pub async fn offset_commit(
     resp
 }
 
+/// What OffsetFetch says for a partition without a committed offset.
+fn no_commit() -> Committed {
+    Committed {
+        offset: -1,
+        leader_epoch: -1,
+        metadata: Some(String::new()),
+        commit_ms: -1,
+    }
+}
+
 type Fetched = Result<Vec<(String, Vec<(i32, Option<Committed>)>)>, ResponseError>;
 
 async fn fetch_group(
@@ -354,12 +364,7 @@ pub async fn offset_fetch(
                                     parts
                                         .into_iter()
                                         .map(|(p, c)| {
-                                            let c = c.unwrap_or(Committed {
-                                                offset: -1,
-                                                leader_epoch: -1,
-                                                metadata: Some(String::new()),
-                                                commit_ms: -1,
-                                            });
+                                            let c = c.unwrap_or_else(no_commit);
                                             OffsetFetchResponsePartitions::default()
                                                 .with_partition_index(p)
                                                 .with_committed_offset(c.offset)
@@ -394,12 +399,7 @@ pub async fn offset_fetch(
                             parts
                                 .into_iter()
                                 .map(|(p, c)| {
-                                    let c = c.unwrap_or(Committed {
-                                        offset: -1,
-                                        leader_epoch: -1,
-                                        metadata: Some(String::new()),
-                                        commit_ms: -1,
-                                    });
+                                    let c = c.unwrap_or_else(no_commit);
                                     OffsetFetchResponsePartition::default()
                                         .with_partition_index(p)
                                         .with_committed_offset(c.offset)

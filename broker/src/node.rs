@@ -769,6 +769,27 @@ impl Node {
         }
     }
 
+    /// A topic's record as stored, with its key-value (for its revision).
+    async fn topic_record(
+        &self,
+        name: &str,
+    ) -> Result<(TopicRecord, floe_meta::KeyValue), (ResponseError, String)> {
+        let Some(kv) = self
+            .meta
+            .get(&keys::topic(name))
+            .await
+            .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?
+        else {
+            return Err((
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {name:?} does not exist"),
+            ));
+        };
+        let t = TopicRecord::decode(kv.value.clone())
+            .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?;
+        Ok((t, kv))
+    }
+
     /// Change a topic's config overrides with `edit` (validated as a whole;
     /// written with a compare-and-swap); partitions pick it up through the
     /// watch. Returns the new overrides.
@@ -778,22 +799,7 @@ impl Node {
         edit: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), (ResponseError, String)>,
         validate_only: bool,
     ) -> Result<BTreeMap<String, String>, (ResponseError, String)> {
-        let unknown = || {
-            (
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {name:?} does not exist"),
-            )
-        };
-        let Some(kv) = self
-            .meta
-            .get(&keys::topic(name))
-            .await
-            .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?
-        else {
-            return Err(unknown());
-        };
-        let mut t = TopicRecord::decode(kv.value.clone())
-            .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?;
+        let (mut t, kv) = self.topic_record(name).await?;
         edit(&mut t.configs)?;
         TopicConfig::resolve(&self.config.topic_defaults, &t.configs)
             .map_err(|e| (ResponseError::InvalidConfig, e.to_string()))?;
@@ -823,19 +829,7 @@ impl Node {
         count: i32,
         validate_only: bool,
     ) -> Result<(), (ResponseError, String)> {
-        let Some(kv) = self
-            .meta
-            .get(&keys::topic(name))
-            .await
-            .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?
-        else {
-            return Err((
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {name:?} does not exist"),
-            ));
-        };
-        let mut t = TopicRecord::decode(kv.value.clone())
-            .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?;
+        let (mut t, kv) = self.topic_record(name).await?;
         if count <= t.partitions {
             return Err((
                 ResponseError::InvalidPartitions,

@@ -797,3 +797,20 @@ pub fn read_all(
     }
     got
 }
+
+/// Partition → leader broker, as Metadata tells a client (None: no leader).
+pub fn leaders(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<i32, Option<i32>> {
+    use rdkafka::consumer::Consumer;
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| (p.id(), (p.leader() >= 0).then_some(p.leader())))
+        .collect()
+}

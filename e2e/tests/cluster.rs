@@ -7,31 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_e2e::{create_topic, read_all, Cluster};
+use floe_e2e::{create_topic, leaders, read_all, Cluster};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const LEASE_TTL_MS: u64 = 3_000;
 
 /// Acked records: (partition, offset, payload).
 type Acked = Vec<(i32, i64, Vec<u8>)>;
-
-/// Partition → leader broker, as Metadata tells a client (None: no leader).
-fn leaders(bootstrap: &str, topic: &str) -> BTreeMap<i32, Option<i32>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    md.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| (p.id(), (p.leader() >= 0).then_some(p.leader())))
-        .collect()
-}
 
 fn counts(l: &BTreeMap<i32, Option<i32>>) -> BTreeMap<i32, usize> {
     let mut c = BTreeMap::new();

@@ -8,23 +8,15 @@ use std::time::{Duration, Instant};
 
 use floe_e2e::{create_topic, read_all, Cluster};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const N: usize = 3_000;
 
+/// Partition → leader broker id (-1: none), as Metadata tells a client.
 fn leaders(bootstrap: &str, topic: &str) -> HashMap<i32, i32> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    md.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| (p.id(), p.leader()))
+    floe_e2e::leaders(bootstrap, topic)
+        .into_iter()
+        .map(|(p, l)| (p, l.unwrap_or(-1)))
         .collect()
 }
 

@@ -801,6 +801,20 @@ impl Writer {
                 _ => None,
             })
             .collect();
+        let deleted = doomed.len();
+        self.drop_segments(doomed, target).await?;
+        tracing::info!(partition = %self.id, log_start_offset = target, segments_deleted = deleted, "deleted records");
+        let _ = reply.send(Ok(target));
+        Ok(())
+    }
+
+    /// Move the log start to `new_start` and delete the sealed segments
+    /// wholly below it: their records, the checkpoint, then their objects.
+    async fn drop_segments(
+        &mut self,
+        doomed: Vec<Arc<floe_storage::log::SealedSegment>>,
+        new_start: Offset,
+    ) -> Result<(), Stop> {
         let ops: Vec<Op> = doomed
             .iter()
             .map(|s| Op::delete(keys::segment(self.id, s.base_offset)))
@@ -809,11 +823,13 @@ impl Writer {
             for d in &doomed {
                 s.segments.remove(&d.base_offset);
             }
-            s.log_start_offset = target;
+            s.log_start_offset = new_start;
         });
         self.save_checkpoint(ops).await?;
-        tracing::info!(partition = %self.id, log_start_offset = target, segments_deleted = doomed.len(), "deleted records");
-        let _ = reply.send(Ok(target));
+        for s in &doomed {
+            tracing::info!(partition = %self.id, base = s.base_offset, end = s.end_offset, bytes = s.data_bytes, "deleted segment");
+            self.ctx.metrics.segment_deleted();
+        }
         tokio::spawn(async move {
             for s in doomed {
                 let path = object_store::path::Path::from(s.path.as_ref());
@@ -845,30 +861,7 @@ impl Writer {
             return Ok(());
         };
         let new_start = last.end_offset.max(state.log_start_offset);
-        let ops: Vec<Op> = doomed
-            .iter()
-            .map(|s| Op::delete(keys::segment(self.id, s.base_offset)))
-            .collect();
-        self.log.update(|s| {
-            for d in &doomed {
-                s.segments.remove(&d.base_offset);
-            }
-            s.log_start_offset = new_start;
-        });
-        self.save_checkpoint(ops).await?;
-        for s in &doomed {
-            tracing::info!(partition = %self.id, base = s.base_offset, end = s.end_offset, bytes = s.data_bytes, "retention deleted segment");
-            self.ctx.metrics.segment_deleted();
-        }
-        tokio::spawn(async move {
-            for s in doomed {
-                let path = object_store::path::Path::from(s.path.as_ref());
-                if let Err(e) = s.replicas.delete(&path).await {
-                    tracing::warn!(%path, error = %e, "deleting a retained-out segment object failed");
-                }
-            }
-        });
-        Ok(())
+        self.drop_segments(doomed, new_start).await
     }
 
     /// Releasing: flush, wait for every chunk, fix the end of every unsealed
