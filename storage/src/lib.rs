@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod chunk;
 pub mod error;
+pub mod faulty;
 pub mod layout;
 pub mod log;
 pub mod replica;

@@ -21,6 +21,8 @@ pub struct StorageTarget {
     pub zone: Option<String>,
     pub weight: u32,
     pub store: Arc<dyn ObjectStore>,
+    /// Healthy as last probed; shared by every clone of the target.
+    pub up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StorageTarget {
@@ -60,7 +62,25 @@ impl StorageTarget {
             zone: None,
             weight: 1,
             store,
+            up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
+    }
+
+    /// A target around an already opened store (tests, fault injection).
+    pub fn from_store(id: impl Into<String>, store: Arc<dyn ObjectStore>) -> Self {
+        let id = id.into();
+        Self {
+            url: format!("store://{id}"),
+            id,
+            zone: None,
+            weight: 1,
+            store,
+            up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -126,30 +146,61 @@ impl StoragePool {
         &self.targets
     }
 
-    /// A fresh replica set for a new segment: `replicas` distinct targets
-    /// drawn at random, weighted by target weight.
+    /// A fresh replica set for a new segment: `replicas` distinct healthy
+    /// targets drawn at random, weighted by target weight, spread over as
+    /// many zones as the pool has. Falls back to unhealthy targets only if
+    /// too few healthy ones remain (the write then fails over as usual).
     pub fn choose_replica_set(&self) -> ReplicaSet {
+        self.choose_replica_set_avoiding(&[])
+    }
+
+    /// [`Self::choose_replica_set`] without the targets in `avoid` (those
+    /// that just failed), unless the pool cannot do without them.
+    pub fn choose_replica_set_avoiding(&self, avoid: &[String]) -> ReplicaSet {
         let mut rng = self.rng.lock().unwrap();
-        let mut candidates: Vec<&StorageTarget> = self.targets.iter().collect();
-        let mut chosen = Vec::with_capacity(self.replicas);
+        let usable = |t: &&StorageTarget| t.is_up() && !avoid.contains(&t.id);
+        let mut candidates: Vec<&StorageTarget> = self.targets.iter().filter(usable).collect();
+        if candidates.len() < self.replicas {
+            // Not enough healthy targets: take the others too, healthy first.
+            let rest = self.targets.iter().filter(|t| !usable(t));
+            candidates.extend(rest);
+        }
+        let mut chosen: Vec<StorageTarget> = Vec::with_capacity(self.replicas);
         while chosen.len() < self.replicas && !candidates.is_empty() {
-            let total: u64 = candidates.iter().map(|t| t.weight.max(1) as u64).sum();
-            let mut pick = rng.random_range(0..total);
-            let idx = candidates
+            // Prefer a zone the set does not have yet.
+            let fresh_zone =
+                |t: &&StorageTarget| t.zone.is_none() || !chosen.iter().any(|c| c.zone == t.zone);
+            let pool: Vec<usize> = if candidates.iter().any(fresh_zone) {
+                (0..candidates.len())
+                    .filter(|i| fresh_zone(&candidates[*i]))
+                    .collect()
+            } else {
+                (0..candidates.len()).collect()
+            };
+            let total: u64 = pool
                 .iter()
-                .position(|t| {
-                    let w = t.weight.max(1) as u64;
-                    if pick < w {
-                        true
-                    } else {
-                        pick -= w;
-                        false
-                    }
-                })
-                .unwrap_or(0);
+                .map(|i| candidates[*i].weight.max(1) as u64)
+                .sum();
+            let mut pick = rng.random_range(0..total);
+            let mut idx = pool[0];
+            for i in &pool {
+                let w = candidates[*i].weight.max(1) as u64;
+                if pick < w {
+                    idx = *i;
+                    break;
+                }
+                pick -= w;
+            }
             chosen.push(candidates.swap_remove(idx).clone());
         }
         ReplicaSet::new(chosen, self.write_quorum)
+    }
+
+    /// Mark a target down (probe failures, operator) or up again.
+    pub fn set_up(&self, id: &str, up: bool) {
+        if let Some(t) = self.targets.iter().find(|t| t.id == id) {
+            t.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// The replica set recorded for an existing segment.
@@ -211,6 +262,77 @@ mod tests {
         // Each target is in 3/4 of the sets: 3000 ± a few percent.
         for (id, n) in counts {
             assert!((2850..=3150).contains(&n), "target {id} chosen {n} times");
+        }
+    }
+
+    fn target(id: &str, zone: Option<&str>, weight: u32) -> StorageTarget {
+        let mut t = mem(id);
+        t.zone = zone.map(String::from);
+        t.weight = weight;
+        t
+    }
+
+    /// Over many seeds: a set never repeats a target, spans distinct zones
+    /// when it can, and each target's share matches its weight.
+    #[test]
+    fn placement_is_weighted_zone_spread_and_never_repeats() {
+        for seed in 0..20u64 {
+            let targets = vec![
+                target("a1", Some("a"), 1),
+                target("a2", Some("a"), 3),
+                target("b1", Some("b"), 2),
+                target("b2", Some("b"), 2),
+                target("c1", Some("c"), 4),
+            ];
+            let pool = StoragePool::with_seed(targets, 1, 1, seed).unwrap();
+            let mut counts = std::collections::HashMap::new();
+            let n = 6000;
+            for _ in 0..n {
+                *counts
+                    .entry(pool.choose_replica_set().ids()[0].clone())
+                    .or_insert(0) += 1;
+            }
+            // R=1: the share is the weight's share (of 12), within 2.5 points.
+            for (id, w) in [
+                ("a1", 1.0),
+                ("a2", 3.0),
+                ("b1", 2.0),
+                ("b2", 2.0),
+                ("c1", 4.0),
+            ] {
+                let share = counts[id] as f64 / n as f64;
+                assert!(
+                    (share - w / 12.0).abs() < 0.025,
+                    "seed {seed}: {id} share {share:.3}, weight share {:.3}",
+                    w / 12.0
+                );
+            }
+            let targets = vec![
+                target("a1", Some("a"), 1),
+                target("a2", Some("a"), 3),
+                target("b1", Some("b"), 2),
+                target("b2", Some("b"), 2),
+                target("c1", Some("c"), 4),
+            ];
+            let pool = StoragePool::with_seed(targets.clone(), 3, 2, seed).unwrap();
+            for _ in 0..500 {
+                let set = pool.choose_replica_set();
+                let ids = set.ids();
+                let zones: HashSet<_> = ids.iter().map(|i| &i[..1]).collect();
+                assert_eq!(zones.len(), 3, "seed {seed}: {ids:?} spans every zone");
+            }
+            // A failed target is avoided; a down one too.
+            let pool = StoragePool::with_seed(targets, 2, 2, seed).unwrap();
+            pool.set_up("c1", false);
+            for _ in 0..200 {
+                let ids = pool.choose_replica_set_avoiding(&["a2".to_string()]).ids();
+                assert!(
+                    !ids.contains(&"c1".to_string()) && !ids.contains(&"a2".to_string()),
+                    "{ids:?}"
+                );
+                let uniq: HashSet<_> = ids.iter().collect();
+                assert_eq!(uniq.len(), 2);
+            }
         }
     }
 }
