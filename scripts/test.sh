@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine: installs what the tests
-# need (kcat, etcd, protoc for the etcd client, build tools for librdkafka),
+# need (kcat, etcd, protoc for the etcd client, build tools for librdkafka,
+# moto's S3-compatible server from PyPI in a virtualenv),
 # then runs formatting, lints and every test (unit, conformance, property and
 # end-to-end).
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
-PACKAGES=(kcat etcd-server protobuf-compiler libprotobuf-dev cmake make gcc g++ pkg-config zlib1g-dev libssl-dev curl)
+PACKAGES=(kcat etcd-server protobuf-compiler libprotobuf-dev cmake make gcc g++ pkg-config zlib1g-dev libssl-dev curl python3 python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -19,6 +20,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# A real S3-compatible server for the storage tests (conditional PUT).
+if [ -z "${FLOE_MOTO_SERVER:-}" ]; then
+  if command -v moto_server >/dev/null 2>&1; then
+    FLOE_MOTO_SERVER="$(command -v moto_server)"
+  else
+    VENV="$PWD/target/moto-venv"
+    if [ ! -x "$VENV/bin/moto_server" ]; then
+      python3 -m venv "$VENV"
+      "$VENV/bin/pip" install -q 'moto[server]'
+    fi
+    FLOE_MOTO_SERVER="$VENV/bin/moto_server"
+  fi
+fi
+export FLOE_MOTO_SERVER
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi

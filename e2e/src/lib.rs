@@ -289,6 +289,82 @@ impl Drop for Etcd {
     }
 }
 
+/// A real S3-compatible server (moto's `moto_server`, from PyPI
+/// `moto[server]`) on a free loopback port, with one bucket; killed when
+/// dropped. `FLOE_MOTO_SERVER` names the binary if it is not on PATH.
+pub struct Moto {
+    pub port: u16,
+    pub bucket: String,
+    child: Option<Child>,
+}
+
+impl Moto {
+    pub fn start(bucket: &str) -> Result<Self> {
+        let bin = std::env::var("FLOE_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning {bin} (pip install 'moto[server]')"))?;
+        let mut m = Self {
+            port,
+            bucket: bucket.to_string(),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(status) = m.http("PUT", &format!("/{bucket}")) {
+                if status == 200 {
+                    return Ok(m);
+                }
+                bail!("creating bucket {bucket}: HTTP {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("moto_server did not start on port {port}");
+            }
+            if let Some(status) = m.child.as_mut().unwrap().try_wait()? {
+                bail!("moto_server exited with {status}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A bodiless request; the status code.
+    fn http(&self, method: &str, path: &str) -> Result<u16> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(std::str::from_utf8(&head[9..12])?.parse()?)
+    }
+
+    /// A storage URL for this server (credentials in the query: moto takes
+    /// any; real deployments take them from the environment).
+    pub fn url(&self, prefix: &str) -> String {
+        format!(
+            "s3://{}/{prefix}?endpoint=http://127.0.0.1:{}&region=us-east-1&allow_http=true&access_key_id=testing&secret_access_key=testing",
+            self.bucket, self.port
+        )
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// One `floe broker` or `floe controller` process of a test cluster.
 pub struct Proc {
     pub name: String,

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod chunk;
+pub mod conformance;
 pub mod error;
 pub mod faulty;
 pub mod layout;

@@ -50,9 +50,10 @@ impl StorageTarget {
                         .with_automatic_cleanup(true),
                 )
             }
+            "s3" => open_s3(&parsed, url)?,
             other => {
                 return Err(StorageError::Invalid(format!(
-                    "storage scheme {other:?} of {url:?} is not supported by this build (file://, memory://)"
+                    "storage scheme {other:?} of {url:?} is not supported by this build (file://, memory://, s3://)"
                 )))
             }
         };
@@ -82,6 +83,41 @@ impl StorageTarget {
     pub fn is_up(&self) -> bool {
         self.up.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// `s3://bucket[/prefix][?option=value...]`: credentials and region come
+/// from the environment as the AWS SDKs read them (AWS_ACCESS_KEY_ID,
+/// AWS_SECRET_ACCESS_KEY, AWS_REGION, ...); the query may set any
+/// object_store S3 option (`endpoint`, `region`, `allow_http`, ...), e.g. for
+/// an S3-compatible server. Conditional creates use `If-None-Match: *`.
+fn open_s3(parsed: &url::Url, url: &str) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+    let bucket = parsed
+        .host_str()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| StorageError::Invalid(format!("{url:?} names no bucket")))?;
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_conditional_put(S3ConditionalPut::ETagMatch);
+    for (k, v) in parsed.query_pairs() {
+        let key = match k.as_ref() {
+            "allow_http" => "aws_allow_http",
+            other => other,
+        };
+        let key: AmazonS3ConfigKey = key
+            .parse()
+            .map_err(|e| StorageError::Invalid(format!("{url:?}: unknown S3 option {k:?}: {e}")))?;
+        builder = builder.with_config(key, v.to_string());
+    }
+    let store = builder
+        .build()
+        .map_err(|e| StorageError::Invalid(format!("{url:?}: {e}")))?;
+    let prefix = parsed.path().trim_matches('/');
+    Ok(if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+    })
 }
 
 /// All storage targets of the cluster, with the replication settings.
