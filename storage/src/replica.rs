@@ -36,6 +36,10 @@ impl ReplicaSet {
         }
     }
 
+    pub fn targets(&self) -> &[StorageTarget] {
+        &self.targets
+    }
+
     pub fn ids(&self) -> Vec<String> {
         self.targets.iter().map(|t| t.id.clone()).collect()
     }
@@ -161,6 +165,76 @@ impl ReplicaSet {
             self.read_quorum(),
             last_err.unwrap_or_default()
         )))
+    }
+
+    /// Make `paths` (objects under `prefix`) exist on at least W replicas:
+    /// each replica is listed once, and an object held by fewer than W is
+    /// copied from a holder to the others with a conditional create.
+    /// Returns how many copies were made.
+    pub async fn ensure_write_quorum(
+        &self,
+        prefix: &Path,
+        paths: &[Path],
+    ) -> Result<usize, StorageError> {
+        let mut held: Vec<Option<std::collections::HashSet<Path>>> = Vec::new();
+        for t in &self.targets {
+            let listing: Result<Vec<_>, _> = t
+                .store
+                .list(Some(prefix))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect();
+            held.push(
+                listing
+                    .ok()
+                    .map(|v| v.into_iter().map(|o| o.location).collect()),
+            );
+        }
+        let mut copies = 0;
+        for path in paths {
+            let holders: Vec<usize> = (0..self.targets.len())
+                .filter(|i| held[*i].as_ref().is_some_and(|h| h.contains(path)))
+                .collect();
+            let mut have = holders.len();
+            if have >= self.write_quorum {
+                continue;
+            }
+            let data = self.get(path).await?;
+            for (i, t) in self.targets.iter().enumerate() {
+                if have >= self.write_quorum {
+                    break;
+                }
+                if holders.contains(&i) || held[i].is_none() {
+                    continue;
+                }
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                match t
+                    .store
+                    .put_opts(path, PutPayload::from_bytes(data.clone()), opts)
+                    .await
+                {
+                    Ok(_) => {
+                        have += 1;
+                        copies += 1;
+                    }
+                    Err(object_store::Error::AlreadyExists { .. }) => have += 1,
+                    Err(e) => {
+                        tracing::warn!(target_id = %t.id, %path, error = %e, "re-replicating failed")
+                    }
+                }
+            }
+            if have < self.write_quorum {
+                return Err(StorageError::Unavailable(format!(
+                    "{path}: on {have} replicas, {} needed",
+                    self.write_quorum
+                )));
+            }
+        }
+        Ok(copies)
     }
 
     /// Delete an object from every replica; a missing object is not an error.

@@ -25,9 +25,10 @@ use floe_storage::chunk::{self, ChunkKind};
 use floe_storage::log::load_chunk;
 use floe_storage::log::{ChunkRef, LogState, SealedSegment, SegmentView};
 use floe_storage::segment::{SegmentBuilder, DEFAULT_INDEX_INTERVAL};
-use floe_storage::{layout, BlockCache, PutOutcome, ReplicaSet, StorageError};
+use floe_storage::{layout, BlockCache, ReplicaSet, StorageError};
 use futures::StreamExt;
 use object_store::path::Path;
+use object_store::ObjectStoreExt;
 use prost::Message;
 
 use super::producers::Producers;
@@ -135,76 +136,171 @@ pub(crate) fn delete_chunks(
     });
 }
 
+/// What one replica holds at a chunk key.
+#[derive(Clone, Copy, Debug)]
+enum Held {
+    Data(chunk::ChunkHeader),
+    Fence,
+    Absent,
+    Unavailable,
+}
+
+async fn held(target: &floe_storage::StorageTarget, key: &Path) -> Held {
+    match target
+        .store
+        .get_range(key, 0..chunk::HEADER_LEN as u64)
+        .await
+    {
+        Ok(raw) => match chunk::decode_header(key.as_ref(), &raw) {
+            Ok((h, _)) if h.kind == ChunkKind::Data => Held::Data(h),
+            Ok(_) => Held::Fence,
+            Err(e) => {
+                tracing::warn!(%key, target_id = %target.id, error = %e, "unreadable chunk header");
+                Held::Unavailable
+            }
+        },
+        Err(object_store::Error::NotFound { .. }) => Held::Absent,
+        Err(e) => {
+            tracing::warn!(%key, target_id = %target.id, error = %e, "chunk probe failed");
+            Held::Unavailable
+        }
+    }
+}
+
 /// The contiguous chain of committed chunks of an open segment, ended by a
-/// fence of ours (or an earlier one) at the next chunk key. Only chunk
-/// headers are read (ranged reads, many at once), so this costs a listing
-/// and a few dozen bytes per chunk however much data the segment holds.
+/// fence at the next chunk key (so an old writer can never complete a chunk
+/// there). Offsets below `committed_below` (the checkpoint's next offset)
+/// were acked, so those chunks are found from a listing and one header read
+/// each (ranged, many at once). Past it, each key is examined on every
+/// replica: data on W replicas may have been acked and is kept; otherwise
+/// the empty replicas get our fence, and once data can no longer reach W
+/// there (data + unreachable replicas < W) the chain ends. Kept chunks are
+/// re-replicated to W. No payload is read.
 async fn chain_and_fence(
     id: PartitionId,
     seg: &OpenSegmentRecord,
     replicas: &ReplicaSet,
     epoch: Epoch,
+    committed_below: Offset,
 ) -> Result<Vec<ChunkRef>, StartError> {
     let prefix = layout::chunk_prefix(id, seg.base_offset, seg.epoch);
+    let w = replicas.write_quorum();
     let mut expected = seg.base_offset;
     let mut kept = Vec::new();
+    let chunk_ref = |path: &Path, h: &chunk::ChunkHeader| ChunkRef {
+        base_offset: h.base_offset,
+        next_offset: h.next_offset,
+        max_timestamp: h.max_timestamp,
+        path: Arc::from(path.as_ref()),
+        bytes: h.payload_len as u64,
+    };
+
+    // The acked part: a listing, then headers many at a time.
+    let listing = replicas.list(&prefix).await?;
+    let candidates: Vec<Path> = listing
+        .into_keys()
+        .filter(|p| layout::chunk_base(p).is_some_and(|b| b >= expected && b < committed_below))
+        .collect();
+    let mut headers = futures::stream::iter(candidates.into_iter().map(|path| async move {
+        let raw = replicas
+            .get_range(&path, 0..chunk::HEADER_LEN as u64)
+            .await?;
+        let (h, _) = chunk::decode_header(path.as_ref(), &raw)?;
+        Ok::<_, StorageError>((path, h))
+    }))
+    .buffered(HEADER_READS_IN_FLIGHT);
+    while let Some(next) = headers.next().await {
+        let (path, h) = next?;
+        if layout::chunk_base(&path) != Some(expected) || h.kind != ChunkKind::Data {
+            break;
+        }
+        if h.base_offset != expected {
+            return Err(StartError::Corrupt(format!(
+                "chunk {path} says it starts at {}",
+                h.base_offset
+            )));
+        }
+        kept.push(chunk_ref(&path, &h));
+        expected = h.next_offset;
+    }
+    drop(headers);
+    let paths: Vec<Path> = kept.iter().map(|c| Path::from(c.path.as_ref())).collect();
+    let copies = replicas.ensure_write_quorum(&prefix, &paths).await?;
+    if copies > 0 {
+        tracing::info!(partition = %id, segment = seg.base_offset, copies, "re-replicated recovered chunks to the write quorum");
+    }
+
+    // The uncertain tail, key by key, on every replica.
     loop {
-        let listing = replicas.list(&prefix).await?;
-        let candidates: Vec<Path> = listing
-            .into_keys()
-            .filter(|p| layout::chunk_base(p).is_some_and(|b| b >= expected))
-            .collect();
-        let mut headers = futures::stream::iter(candidates.into_iter().map(|path| async move {
-            let raw = replicas
-                .get_range(&path, 0..chunk::HEADER_LEN as u64)
-                .await?;
-            let (h, _) = chunk::decode_header(path.as_ref(), &raw)?;
-            Ok::<_, StorageError>((path, h))
-        }))
-        .buffered(HEADER_READS_IN_FLIGHT);
-        let mut fenced = false;
-        while let Some(next) = headers.next().await {
-            let (path, h) = next?;
-            let base = layout::chunk_base(&path).expect("filtered to chunk keys");
-            if base > expected {
-                break;
+        let key = layout::chunk(id, seg.base_offset, seg.epoch, expected);
+        let mut states: Vec<Held> =
+            futures::future::join_all(replicas.targets().iter().map(|t| held(t, &key))).await;
+        let data = |states: &[Held]| {
+            let hs: Vec<chunk::ChunkHeader> = states
+                .iter()
+                .filter_map(|s| match s {
+                    Held::Data(h) => Some(*h),
+                    _ => None,
+                })
+                .collect();
+            hs
+        };
+        if data(&states).len() < w {
+            // Claim every empty replica with our fence.
+            let fence = chunk::encode_fence(epoch, expected);
+            for (i, t) in replicas.targets().iter().enumerate() {
+                if !matches!(states[i], Held::Absent) {
+                    continue;
+                }
+                let opts = object_store::PutOptions {
+                    mode: object_store::PutMode::Create,
+                    ..Default::default()
+                };
+                states[i] = match t
+                    .store
+                    .put_opts(
+                        &key,
+                        object_store::PutPayload::from_bytes(fence.clone()),
+                        opts,
+                    )
+                    .await
+                {
+                    Ok(_) => Held::Fence,
+                    // Someone else got there first: look at what it is.
+                    Err(object_store::Error::AlreadyExists { .. }) => held(t, &key).await,
+                    Err(e) => {
+                        tracing::warn!(%key, target_id = %t.id, error = %e, "writing the fence failed");
+                        Held::Unavailable
+                    }
+                };
             }
-            if h.base_offset != base {
+        }
+        let found = data(&states);
+        let unavailable = states
+            .iter()
+            .filter(|s| matches!(s, Held::Unavailable))
+            .count();
+        if found.len() >= w {
+            // On W replicas: it may have been acked, so it is part of the log.
+            let h = found[0];
+            if h.base_offset != expected || h.next_offset <= expected {
                 return Err(StartError::Corrupt(format!(
-                    "chunk {path} says it starts at {}",
-                    h.base_offset
+                    "chunk {key} says {}..{}",
+                    h.base_offset, h.next_offset
                 )));
             }
-            match h.kind {
-                ChunkKind::Fence => {
-                    fenced = true;
-                    break;
-                }
-                ChunkKind::Data => {
-                    kept.push(ChunkRef {
-                        base_offset: h.base_offset,
-                        next_offset: h.next_offset,
-                        max_timestamp: h.max_timestamp,
-                        path: Arc::from(path.as_ref()),
-                        bytes: h.payload_len as u64,
-                    });
-                    expected = h.next_offset;
-                }
-            }
+            kept.push(chunk_ref(&key, &h));
+            expected = h.next_offset;
+            continue;
         }
-        if fenced {
+        if found.len() + unavailable < w {
+            // No writer can ever complete this key: the segment ends here.
             return Ok(kept);
         }
-        let fence_key = layout::chunk(id, seg.base_offset, seg.epoch, expected);
-        match replicas
-            .put_create(&fence_key, chunk::encode_fence(epoch, expected))
-            .await?
-        {
-            PutOutcome::Created => return Ok(kept),
-            // An old writer's chunk landed first: it may have been acked,
-            // so the chain extends over it; then fence again.
-            PutOutcome::AlreadyExists => {}
-        }
+        return Err(StartError::Storage(StorageError::Unavailable(format!(
+            "cannot fence {key}: data on {} replicas, {unavailable} unreachable, write quorum {w}",
+            found.len()
+        ))));
     }
 }
 
@@ -287,7 +383,7 @@ pub(crate) async fn recover(
             // A clean release listed the whole chain and wrote nothing after.
             listed_chain(id, seg)?
         } else {
-            chain_and_fence(id, seg, &replicas, epoch).await?
+            chain_and_fence(id, seg, &replicas, epoch, checkpoint.next_offset).await?
         };
         report.segments_recovered += 1;
         report.chunks_recovered += chunks.len();
@@ -425,4 +521,128 @@ pub(crate) async fn recover(
         producers,
         report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floe_common::Uuid;
+    use floe_storage::faulty::{Faults, FaultyStore};
+    use floe_storage::{PutOutcome, StorageTarget};
+    use object_store::memory::InMemory;
+    use rand::{Rng, SeedableRng};
+    use std::time::Duration;
+
+    fn data_chunk(epoch: Epoch, base: Offset, n: i32) -> Bytes {
+        let mut payload = floe_protocol::batch::synthetic_batch(n, 8, 1_000);
+        floe_protocol::batch::assign(&mut payload, base, epoch, None);
+        chunk::encode_data(epoch, base, base + n as i64, 1_000, 1, &payload)
+    }
+
+    /// An old writer keeps writing chunks (two in flight, acked in order, as
+    /// the partition writer does) while a new owner recovers the segment.
+    /// Whatever the interleaving, every chunk the old writer acked is in the
+    /// recovered chain, and after the fence it can never ack again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_zombie_writer_can_never_ack_after_the_fence() {
+        for seed in 0..60u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let stores: Vec<Arc<FaultyStore>> = (0..3)
+                .map(|i| FaultyStore::new(format!("t{i}"), Arc::new(InMemory::new()), seed * 7 + i))
+                .collect();
+            for s in &stores {
+                s.set_faults(Faults {
+                    p50: Duration::from_micros(rng.random_range(200..2_000)),
+                    p99: Duration::from_millis(rng.random_range(3..8)),
+                    ..Default::default()
+                });
+            }
+            // Sometimes one replica is down during recovery (R=3, W=2 still
+            // lets the fence hold).
+            let down = (seed % 4 == 0).then(|| rng.random_range(0..3usize));
+            let targets: Vec<StorageTarget> = stores
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StorageTarget::from_store(format!("t{i}"), s.clone()))
+                .collect();
+            let set = ReplicaSet::new(targets, 2);
+            let id = PartitionId::new(Uuid::from_u128(seed as u128 + 1), 0);
+            let seg = OpenSegmentRecord {
+                base_offset: 0,
+                epoch: 1,
+                replica_set: set.ids(),
+                ..Default::default()
+            };
+            let zset = set.clone();
+            let zombie = tokio::spawn(async move {
+                let mut acked: Vec<Offset> = Vec::new();
+                let mut base = 0;
+                loop {
+                    let (ka, kb) = (
+                        layout::chunk(id, 0, 1, base),
+                        layout::chunk(id, 0, 1, base + 2),
+                    );
+                    let a = zset.put_create(&ka, data_chunk(1, base, 2));
+                    let b = zset.put_create(&kb, data_chunk(1, base + 2, 2));
+                    let (a, b) = tokio::join!(a, b);
+                    if !matches!(a, Ok(PutOutcome::Created)) {
+                        return acked;
+                    }
+                    acked.push(base);
+                    if !matches!(b, Ok(PutOutcome::Created)) {
+                        return acked;
+                    }
+                    acked.push(base + 2);
+                    base += 4;
+                    if base > 120 {
+                        return acked;
+                    }
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
+            if let Some(d) = down {
+                stores[d].set_down(true);
+            }
+            let kept = match chain_and_fence(id, &seg, &set, 2, 0).await {
+                Ok(kept) => kept,
+                // With a replica unreachable the end may be undecidable (the
+                // old writer may have completed a chunk there): recovery
+                // refuses rather than guess, and succeeds once it is back.
+                Err(StartError::Storage(StorageError::Unavailable(_))) if down.is_some() => {
+                    stores[down.unwrap()].set_down(false);
+                    chain_and_fence(id, &seg, &set, 2, 0).await.unwrap()
+                }
+                Err(e) => panic!("seed {seed}: {e}"),
+            };
+            if let Some(d) = down {
+                stores[d].set_down(false);
+            }
+            let end = kept.last().map_or(0, |c| c.next_offset);
+            let acked = tokio::time::timeout(Duration::from_secs(30), zombie)
+                .await
+                .expect("the zombie stops")
+                .unwrap();
+            for b in &acked {
+                assert!(
+                    kept.iter().any(|c| c.base_offset == *b),
+                    "seed {seed}: acked chunk {b} lost (chain ends at {end})"
+                );
+            }
+            // Offsets are dense and the chain is contiguous.
+            for (i, c) in kept.iter().enumerate() {
+                assert_eq!(c.base_offset, 2 * i as i64, "seed {seed}");
+            }
+            // The old writer's next chunk, at the fence, cannot be acked.
+            let late = set
+                .put_create(&layout::chunk(id, 0, 1, end), data_chunk(1, end, 2))
+                .await;
+            assert!(
+                !matches!(late, Ok(PutOutcome::Created)),
+                "seed {seed}: a write at the fence {end} was acked"
+            );
+            // A second recovery finds the same end.
+            let again = chain_and_fence(id, &seg, &set, 3, 0).await.unwrap();
+            assert_eq!(again.len(), kept.len(), "seed {seed}");
+        }
+    }
 }
