@@ -30,6 +30,14 @@ pub struct BrokerConfig {
     pub flush_when_idle: bool,
     /// Chunk flushes of one partition in flight at once.
     pub max_inflight_flushes: usize,
+    /// A chunk write that has not reached its write quorum after this long
+    /// fails over to a new segment on other targets.
+    pub chunk_put_timeout_ms: u64,
+    /// How often each storage target is probed (down after two failures).
+    pub storage_probe_interval_ms: u64,
+    /// How often a partition checks that its sealed segments still have
+    /// every replica (and repairs them).
+    pub repair_interval_ms: u64,
     /// Bytes of the shared read cache.
     pub cache_bytes: u64,
     /// How often a partition checks retention and segment.ms.
@@ -79,6 +87,9 @@ impl Default for BrokerConfig {
             chunk_linger_ms: 2,
             flush_when_idle: true,
             max_inflight_flushes: 4,
+            chunk_put_timeout_ms: 10_000,
+            storage_probe_interval_ms: 2_000,
+            repair_interval_ms: 60_000,
             cache_bytes: 512 << 20,
             retention_check_interval_ms: 30_000,
             checkpoint_interval_ms: 5_000,

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub lease_expirations: Counter,
     /// Retried idempotent batches answered with their original offsets.
     pub producer_duplicates: Counter,
+    /// Segments sealed early because a chunk could not reach W.
+    pub segment_switches: Counter,
+    /// Segment replicas copied to restore R.
+    pub replicas_repaired: Counter,
     segments_deleted: Counter,
     pub connections: Gauge,
     pub connections_rejected: Counter,
@@ -100,6 +104,8 @@ impl Metrics {
             segments_sealed: Counter::default(),
             lease_expirations: Counter::default(),
             producer_duplicates: Counter::default(),
+            segment_switches: Counter::default(),
+            replicas_repaired: Counter::default(),
             segments_deleted: Counter::default(),
             connections: Gauge::default(),
             connections_rejected: Counter::default(),
@@ -146,6 +152,16 @@ impl Metrics {
             "partitions",
             "Partitions of this broker, by state",
             m.partitions.clone(),
+        );
+        registry.register(
+            "segment_switches",
+            "Segments sealed early because a chunk could not reach its write quorum (the chunk went to a fresh replica set)",
+            m.segment_switches.clone(),
+        );
+        registry.register(
+            "replicas_repaired",
+            "Segment replicas copied to a fresh target to restore the replication factor",
+            m.replicas_repaired.clone(),
         );
         registry.register(
             "producer_duplicates",

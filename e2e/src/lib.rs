@@ -300,8 +300,11 @@ pub struct Moto {
 
 impl Moto {
     pub fn start(bucket: &str) -> Result<Self> {
+        Self::start_on(bucket, free_port())
+    }
+
+    fn start_on(bucket: &str, port: u16) -> Result<Self> {
         let bin = std::env::var("FLOE_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-        let port = free_port();
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -330,6 +333,22 @@ impl Moto {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Kill the server (the target goes away, with its data).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start an empty server on the same port (a replaced target).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let fresh = Self::start_on(&self.bucket, self.port)?;
+        *self = fresh;
+        Ok(())
     }
 
     /// A bodiless request; the status code.
@@ -490,7 +509,8 @@ pub struct Cluster {
     pub brokers: Vec<Proc>,
     /// Broker config (TOML) every broker starts with.
     broker_toml: PathBuf,
-    storage: PathBuf,
+    /// The controllers' `--storage`/`--replicas`/`--write-quorum` flags.
+    storage_args: Vec<String>,
     // Dropped last: processes first, then etcd, then the files.
     pub etcd: Etcd,
     tmp: tempfile::TempDir,
@@ -510,10 +530,48 @@ impl Cluster {
         lease_ttl_ms: u64,
         extra_broker_toml: &str,
     ) -> Result<Self> {
+        Self::start_with_pool(
+            brokers,
+            controllers,
+            lease_ttl_ms,
+            extra_broker_toml,
+            &[],
+            1,
+            1,
+        )
+    }
+
+    /// [`Cluster::start_with`] over a storage pool of `storage` URLs with R
+    /// replicas and write quorum W (empty: one local directory, R = W = 1).
+    pub fn start_with_pool(
+        brokers: usize,
+        controllers: usize,
+        lease_ttl_ms: u64,
+        extra_broker_toml: &str,
+        storage_urls: &[String],
+        replicas: usize,
+        write_quorum: usize,
+    ) -> Result<Self> {
         let etcd = Etcd::start()?;
         let tmp = tempfile::tempdir()?;
         let storage = tmp.path().join("objects");
         std::fs::create_dir_all(&storage)?;
+        let mut storage_args = Vec::new();
+        let urls: Vec<String> = if storage_urls.is_empty() {
+            vec![format!("file://{}", storage.display())]
+        } else {
+            storage_urls.to_vec()
+        };
+        for u in urls {
+            storage_args.push("--storage".to_string());
+            storage_args.push(u);
+        }
+        storage_args.extend([
+            "--replicas".to_string(),
+            replicas.to_string(),
+            "--write-quorum".to_string(),
+            write_quorum.to_string(),
+        ]);
         let broker_toml = tmp.path().join("broker.toml");
         std::fs::write(
             &broker_toml,
@@ -525,7 +583,7 @@ impl Cluster {
             controllers: Vec::new(),
             brokers: Vec::new(),
             broker_toml,
-            storage,
+            storage_args,
             etcd,
             tmp,
         };
@@ -548,8 +606,6 @@ impl Cluster {
                 self.etcd.url(),
                 "--id".into(),
                 name.clone(),
-                "--storage".into(),
-                format!("file://{}", self.storage.display()),
                 "--http-listen".into(),
                 format!("127.0.0.1:{http_port}"),
                 "--lease-ttl-ms".into(),
@@ -561,6 +617,7 @@ impl Cluster {
             port: None,
             child: None,
         };
+        p.args.extend(self.storage_args.iter().cloned());
         p.spawn()?;
         self.controllers.push(p);
         Ok(())
@@ -813,6 +870,33 @@ impl RawClient {
         }
         Ok(r)
     }
+}
+
+/// Create a topic with configs through the Kafka admin API.
+pub async fn create_topic_with(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
+    let r = admin
+        .create_topics(
+            &[t],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "creating topic {name}: {r:?}");
 }
 
 /// Create a topic through the Kafka admin API (librdkafka) and assert it

@@ -82,6 +82,10 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
     let shutdown = CancellationToken::new();
+    pool.spawn_probes(
+        Duration::from_millis(config.storage_probe_interval_ms.max(100)),
+        shutdown.child_token(),
+    );
     let metrics = Arc::new(Metrics::new());
     let clock: SharedClock = Arc::new(SystemClock);
     let node = Node::start(

@@ -175,6 +175,10 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let (host, port) = advertised(args.advertise.as_deref(), args.listen)?;
 
     let shutdown = CancellationToken::new();
+    pool.spawn_probes(
+        std::time::Duration::from_millis(config.storage_probe_interval_ms.max(100)),
+        shutdown.child_token(),
+    );
     let metrics = Arc::new(Metrics::new());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

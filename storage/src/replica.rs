@@ -65,12 +65,18 @@ impl ReplicaSet {
                 let path = path.clone();
                 let payload = PutPayload::from_bytes(data.clone());
                 let id = t.id.clone();
+                let up = t.up.clone();
                 tokio::spawn(async move {
                     let opts = PutOptions {
                         mode: PutMode::Create,
                         ..Default::default()
                     };
-                    (id, store.put_opts(&path, payload, opts).await)
+                    let r = store.put_opts(&path, payload, opts).await;
+                    if matches!(r, Err(ref e) if !matches!(e, object_store::Error::AlreadyExists { .. })) {
+                        // New segments avoid it until a probe sees it answer.
+                        up.store(false, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    (id, r)
                 })
             })
             .collect();
@@ -106,10 +112,18 @@ impl ReplicaSet {
         }
     }
 
+    /// Replicas to read from: those up first (then the others, in case).
+    fn read_order(&self) -> impl Iterator<Item = &StorageTarget> {
+        self.targets
+            .iter()
+            .filter(|t| t.is_up())
+            .chain(self.targets.iter().filter(|t| !t.is_up()))
+    }
+
     /// Read a whole object from the first replica that has it.
     pub async fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
         let mut last = StorageError::NotFound(path.to_string());
-        for t in &self.targets {
+        for t in self.read_order() {
             match t.store.get(path).await {
                 Ok(r) => match r.bytes().await {
                     Ok(b) => return Ok(b),
@@ -124,7 +138,7 @@ impl ReplicaSet {
     /// Read a byte range from the first replica that answers.
     pub async fn get_range(&self, path: &Path, range: Range<u64>) -> Result<Bytes, StorageError> {
         let mut last = StorageError::NotFound(path.to_string());
-        for t in &self.targets {
+        for t in self.read_order() {
             match t.store.get_range(path, range.clone()).await {
                 Ok(b) => return Ok(b),
                 Err(e) => last = StorageError::from_object_store(e),
@@ -139,7 +153,7 @@ impl ReplicaSet {
         let mut out = BTreeMap::new();
         let mut answered = 0;
         let mut last_err = None;
-        for t in &self.targets {
+        for t in self.read_order() {
             let listing: Result<Vec<_>, _> = t
                 .store
                 .list(Some(prefix))
@@ -237,6 +251,37 @@ impl ReplicaSet {
         Ok(copies)
     }
 
+    /// Copy `path` from a replica that has it to `to`, streaming (segment
+    /// objects can be large). Returns the bytes copied.
+    pub async fn copy_to(&self, path: &Path, to: &StorageTarget) -> Result<u64, StorageError> {
+        let mut last = StorageError::NotFound(path.to_string());
+        for from in self.targets.iter().filter(|t| t.id != to.id && t.is_up()) {
+            let got = match from.store.get(path).await {
+                Ok(g) => g,
+                Err(e) => {
+                    last = StorageError::from_object_store(e);
+                    continue;
+                }
+            };
+            let up = to
+                .store
+                .put_multipart(path)
+                .await
+                .map_err(StorageError::from_object_store)?;
+            let mut w = WriteMultipart::new_with_chunk_size(up, 8 << 20);
+            let mut stream = got.into_stream();
+            let mut n = 0u64;
+            while let Some(part) = stream.next().await {
+                let part = part.map_err(StorageError::from_object_store)?;
+                n += part.len() as u64;
+                w.put(part);
+            }
+            w.finish().await.map_err(StorageError::from_object_store)?;
+            return Ok(n);
+        }
+        Err(last)
+    }
+
     /// Delete an object from every replica; a missing object is not an error.
     pub async fn delete(&self, path: &Path) -> Result<(), StorageError> {
         let mut last = None;
@@ -249,16 +294,33 @@ impl ReplicaSet {
         last.map_or(Ok(()), Err)
     }
 
-    /// Start a streamed upload of one large object to every replica.
+    /// Start a streamed upload of one large object to every replica that
+    /// is up and answers (at least W of them).
     pub async fn upload(&self, path: &Path) -> Result<ReplicatedUpload, StorageError> {
         let mut writers = Vec::with_capacity(self.targets.len());
-        for t in &self.targets {
-            let up = t
-                .store
-                .put_multipart(path)
-                .await
-                .map_err(StorageError::from_object_store)?;
-            writers.push(WriteMultipart::new_with_chunk_size(up, 8 << 20));
+        let mut last = None;
+        let up: Vec<&StorageTarget> = self.targets.iter().filter(|t| t.is_up()).collect();
+        let candidates = if up.len() >= self.write_quorum {
+            up
+        } else {
+            self.targets.iter().collect()
+        };
+        for t in candidates {
+            match t.store.put_multipart(path).await {
+                Ok(u) => writers.push(WriteMultipart::new_with_chunk_size(u, 8 << 20)),
+                Err(e) => {
+                    tracing::warn!(target_id = %t.id, %path, error = %e, "starting an upload failed");
+                    last = Some(e.to_string());
+                }
+            }
+        }
+        if writers.len() < self.write_quorum {
+            return Err(StorageError::Unavailable(format!(
+                "upload of {path}: {} replicas started, {} needed: {}",
+                writers.len(),
+                self.write_quorum,
+                last.unwrap_or_default()
+            )));
         }
         Ok(ReplicatedUpload {
             writers,
@@ -276,12 +338,30 @@ pub struct ReplicatedUpload {
 }
 
 impl ReplicatedUpload {
+    /// Add bytes on every replica; a replica that fails drops out, as long
+    /// as W remain.
     pub async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
-        for w in &mut self.writers {
-            w.wait_for_capacity(4)
-                .await
-                .map_err(StorageError::from_object_store)?;
-            w.put(data.clone());
+        let mut failed = Vec::new();
+        for (i, w) in self.writers.iter_mut().enumerate() {
+            match w.wait_for_capacity(4).await {
+                Ok(()) => w.put(data.clone()),
+                Err(e) => {
+                    tracing::warn!(path = %self.path, error = %e, "a replica of an upload failed");
+                    failed.push(i);
+                }
+            }
+        }
+        for i in failed.into_iter().rev() {
+            let w = self.writers.remove(i);
+            drop(w.abort().await);
+        }
+        if self.writers.len() < self.write_quorum {
+            return Err(StorageError::Unavailable(format!(
+                "upload of {}: {} replicas left, {} needed",
+                self.path,
+                self.writers.len(),
+                self.write_quorum
+            )));
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -96,9 +96,21 @@ fn open_s3(parsed: &url::Url, url: &str) -> Result<Arc<dyn ObjectStore>, Storage
         .host_str()
         .filter(|b| !b.is_empty())
         .ok_or_else(|| StorageError::Invalid(format!("{url:?} names no bucket")))?;
+    // Fail fast: a replica set works around a slow or dead target, so a
+    // request should not spend minutes retrying one.
+    let retry = object_store::RetryConfig {
+        max_retries: 2,
+        retry_timeout: std::time::Duration::from_secs(5),
+        ..Default::default()
+    };
+    let client = object_store::ClientOptions::new()
+        .with_connect_timeout(std::time::Duration::from_secs(2))
+        .with_timeout(std::time::Duration::from_secs(30));
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
-        .with_conditional_put(S3ConditionalPut::ETagMatch);
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_retry(retry)
+        .with_client_options(client);
     for (k, v) in parsed.query_pairs() {
         let key = match k.as_ref() {
             "allow_http" => "aws_allow_http",
@@ -230,6 +242,79 @@ impl StoragePool {
             chosen.push(candidates.swap_remove(idx).clone());
         }
         ReplicaSet::new(chosen, self.write_quorum)
+    }
+
+    /// Probe every target every `interval` (a metadata read of a probe key;
+    /// "not found" is an answer): two failures in a row mark it down, one
+    /// answer marks it up. New replica sets avoid targets that are down.
+    pub fn spawn_probes(
+        self: &Arc<Self>,
+        interval: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        for t in self.targets.clone() {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let probe = object_store::path::Path::from("_floe/probe");
+                let mut failures = 0u32;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                    let answered = match tokio::time::timeout(
+                        interval.max(std::time::Duration::from_secs(1)),
+                        t.store.head(&probe),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => true,
+                        Ok(Err(e)) => {
+                            tracing::debug!(target_id = %t.id, error = %e, "storage probe failed");
+                            false
+                        }
+                        Err(_) => false,
+                    };
+                    if answered {
+                        failures = 0;
+                        if !t.is_up() {
+                            tracing::info!(target_id = %t.id, "storage target is up again");
+                        }
+                        t.up.store(true, std::sync::atomic::Ordering::SeqCst);
+                    } else {
+                        failures += 1;
+                        if failures >= 2 && t.is_up() {
+                            tracing::warn!(target_id = %t.id, "storage target is down; new segments avoid it");
+                            t.up.store(false, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// A healthy target for a segment held by `set`, not already in it,
+    /// preferring a zone the set lacks.
+    pub fn replacement_for(&self, set: &[String]) -> Option<StorageTarget> {
+        let zones: Vec<Option<String>> = self
+            .targets
+            .iter()
+            .filter(|t| set.contains(&t.id) && t.is_up())
+            .map(|t| t.zone.clone())
+            .collect();
+        let mut free: Vec<&StorageTarget> = self
+            .targets
+            .iter()
+            .filter(|t| t.is_up() && !set.contains(&t.id))
+            .collect();
+        free.sort_by_key(|t| {
+            (
+                t.zone.is_some() && zones.contains(&t.zone),
+                std::cmp::Reverse(t.weight),
+            )
+        });
+        let best = (*free.first()?).clone();
+        Some(best)
     }
 
     /// Mark a target down (probe failures, operator) or up again.

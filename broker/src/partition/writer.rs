@@ -32,6 +32,9 @@ type Reply = oneshot::Sender<Result<Appended, AppendError>>;
 /// etcd); beyond this the next owner lists them from storage instead.
 const MAX_HANDED_OVER_CHUNKS: usize = 20_000;
 
+/// Fresh replica sets tried for one chunk before the partition gives up.
+const MAX_SWITCHES_IN_A_ROW: u32 = 3;
+
 struct Waiter {
     reply: Reply,
     base_offset: Offset,
@@ -61,6 +64,8 @@ struct Buffer {
 struct Flush {
     chunk: ChunkRef,
     segment_base: Offset,
+    /// The whole chunk object (header and payload), for a re-issue.
+    data: Bytes,
     payload: Bytes,
     waiters: Vec<Waiter>,
     task: JoinHandle<Result<PutOutcome, StorageError>>,
@@ -85,6 +90,11 @@ struct Writer {
     /// Told to stop without releasing; answered once stopped.
     abandoned: Option<oneshot::Sender<()>>,
     producers: Producers,
+    /// Segment switches since the last committed chunk.
+    switches_in_a_row: u32,
+    /// Checking and restoring the replicas of sealed segments.
+    repair_task: Option<JoinHandle<Vec<Repaired>>>,
+    last_repair: Instant,
     /// Retried idempotent batches answered once their original commits:
     /// (last offset of the original, waiter).
     duplicates: Vec<(Offset, Waiter)>,
@@ -147,6 +157,9 @@ pub(crate) fn spawn(
         state,
         abandoned: None,
         producers: recovered.producers,
+        switches_in_a_row: 0,
+        repair_task: None,
+        last_repair: Instant::now(),
         duplicates: Vec::new(),
     };
     w.maybe_start_seal();
@@ -161,6 +174,84 @@ async fn front(
         Some(f) => (&mut f.task).await,
         None => std::future::pending().await,
     }
+}
+
+/// A sealed segment whose replica set changed in a repair.
+#[derive(Debug)]
+pub(crate) struct Repaired {
+    base_offset: Offset,
+    replica_set: Vec<String>,
+}
+
+async fn repaired(task: &mut Option<JoinHandle<Vec<Repaired>>>) -> Vec<Repaired> {
+    match task {
+        Some(t) => t.await.unwrap_or_default(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Give every sealed segment R live replicas again: a replica on a target
+/// that is down moves to a fresh healthy target (the segment's recorded
+/// set changes); a replica missing from a live target (replaced, emptied)
+/// is copied back to it.
+async fn repair_segments(
+    pool: Arc<floe_storage::StoragePool>,
+    segments: Vec<Arc<floe_storage::log::SealedSegment>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    id: PartitionId,
+) -> Vec<Repaired> {
+    let mut out = Vec::new();
+    for s in segments {
+        let path = object_store::path::Path::from(s.path.as_ref());
+        let mut ids = s.replicas.ids();
+        let mut changed = false;
+        for t in s.replicas.targets() {
+            if !t.is_up() {
+                let Some(to) = pool.replacement_for(&ids) else {
+                    tracing::warn!(partition = %id, segment = s.base_offset, target_id = %t.id, "a replica is on a down target and no other target is free");
+                    continue;
+                };
+                match s.replicas.copy_to(&path, &to).await {
+                    Ok(bytes) => {
+                        tracing::info!(partition = %id, segment = s.base_offset, from = %t.id, to = %to.id, bytes, "moved a segment replica off a down target");
+                        metrics.replicas_repaired.inc();
+                        if let Some(slot) = ids.iter_mut().find(|i| **i == t.id) {
+                            *slot = to.id.clone();
+                        }
+                        changed = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = %id, segment = s.base_offset, error = %e, "repair copy failed; will retry")
+                    }
+                }
+                continue;
+            }
+            match object_store::ObjectStoreExt::head(&t.store, &path).await {
+                Err(object_store::Error::NotFound { .. }) => {
+                    match s.replicas.copy_to(&path, t).await {
+                        Ok(bytes) => {
+                            tracing::info!(partition = %id, segment = s.base_offset, to = %t.id, bytes, "restored a missing segment replica");
+                            metrics.replicas_repaired.inc();
+                        }
+                        Err(e) => {
+                            tracing::warn!(partition = %id, segment = s.base_offset, error = %e, "repair copy failed; will retry")
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(partition = %id, target_id = %t.id, error = %e, "repair check failed")
+                }
+            }
+        }
+        if changed {
+            out.push(Repaired {
+                base_offset: s.base_offset,
+                replica_set: ids,
+            });
+        }
+    }
+    out
 }
 
 async fn sealed(
@@ -205,6 +296,10 @@ impl Writer {
                 done = sealed(&mut self.seal_task) => {
                     self.seal_task = None;
                     self.seal_done(done).await.map(|_| None)
+                }
+                done = repaired(&mut self.repair_task) => {
+                    self.repair_task = None;
+                    self.repair_done(done).await.map(|_| None)
                 }
                 cmd = rx.recv(), if self.inflight.len() < max_inflight => match cmd {
                     Some(Command::Append { records, headers, reply }) => self.append(records, headers, reply).await.map(|_| None),
@@ -476,17 +571,46 @@ impl Writer {
             path: Arc::from(path.as_ref()),
             bytes: payload_len,
         };
+        let task = self.spawn_put(path, data.clone());
+        self.inflight.push_back(Flush {
+            chunk,
+            segment_base: self.open.record.base_offset,
+            payload: data.slice(chunk::HEADER_LEN..),
+            data,
+            waiters,
+            task,
+        });
+        Ok(())
+    }
+
+    /// Write one chunk object to the open segment's replicas (retrying a
+    /// few times, each attempt bounded by the put timeout).
+    fn spawn_put(
+        &self,
+        path: object_store::path::Path,
+        put_data: Bytes,
+    ) -> JoinHandle<Result<PutOutcome, StorageError>> {
         let replicas = self.open.replicas.clone();
         let metrics = self.ctx.metrics.clone();
-        let put_data = data.clone();
-        let task = tokio::spawn(async move {
+        let timeout = Duration::from_millis(self.ctx.config.chunk_put_timeout_ms.max(1));
+        tokio::spawn(async move {
             let mut attempt = 0;
             loop {
                 let t = Instant::now();
-                let r = replicas.put_create(&path, put_data.clone()).await;
+                let r = match tokio::time::timeout(
+                    timeout,
+                    replicas.put_create(&path, put_data.clone()),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(StorageError::Unavailable(format!(
+                        "{path}: no write quorum within {timeout:?}"
+                    ))),
+                };
                 metrics.storage_op("put", t.elapsed(), r.is_ok());
                 match r {
-                    Err(StorageError::Unavailable(e)) if attempt < 3 => {
+                    Err(StorageError::Unavailable(e)) if attempt < 2 => {
                         attempt += 1;
                         tracing::warn!(%path, attempt, error = %e, "chunk put failed; retrying");
                         tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
@@ -502,14 +626,88 @@ impl Writer {
                     other => return other,
                 }
             }
+        })
+    }
+
+    /// A chunk of the open segment could not reach its write quorum: seal
+    /// the segment where the failed chunk starts and write that chunk and
+    /// every later one again, unchanged, into a new segment on a fresh
+    /// replica set that avoids the failing targets (BMQ's switch to new
+    /// nodes). Producers wait a little longer and see no error.
+    async fn switch_segment(&mut self, failed: Flush, error: &str) -> Result<(), Stop> {
+        let base = failed.chunk.base_offset;
+        let avoid: Vec<String> = self
+            .open
+            .replicas
+            .targets()
+            .iter()
+            .filter(|t| !t.is_up())
+            .map(|t| t.id.clone())
+            .collect();
+        let mut redo = vec![failed];
+        for f in self.inflight.drain(..) {
+            f.task.abort();
+            redo.push(f);
+        }
+        let replicas = self.ctx.pool.choose_replica_set_avoiding(&avoid);
+        tracing::warn!(partition = %self.id, segment = self.open.record.base_offset, at = base,
+            avoid = ?avoid, new_replicas = ?replicas.ids(), error,
+            "a chunk could not reach its write quorum: sealing the segment early and writing on a fresh replica set");
+        self.ctx.metrics.segment_switches.inc();
+        let record = OpenSegmentRecord {
+            base_offset: base,
+            epoch: self.epoch,
+            replica_set: replicas.ids(),
+            created_ms: self.ctx.clock.now_ms(),
+            ..Default::default()
+        };
+        let mut old = std::mem::replace(
+            &mut self.open,
+            OpenSeg {
+                record: record.clone(),
+                replicas: replicas.clone(),
+                bytes: redo.iter().map(|f| f.chunk.bytes).sum(),
+                end: self.next_offset,
+            },
+        );
+        old.end = base;
+        if old.end > old.record.base_offset {
+            self.sealing.push_back(old);
+        } else {
+            // Nothing of it was committed: it simply never existed.
+            let (id, cache) = (self.id, self.ctx.cache.clone());
+            delete_chunks(id, &old.record, old.replicas, cache);
+            self.log.update(|s| {
+                s.segments.remove(&old.record.base_offset);
+            });
+        }
+        self.save_checkpoint(Vec::new()).await?;
+        self.log.update(|s| {
+            s.segments.insert(
+                base,
+                SegmentView::Open {
+                    base_offset: base,
+                    epoch: record.epoch,
+                    replicas,
+                    chunks: Vec::new(),
+                },
+            );
         });
-        self.inflight.push_back(Flush {
-            chunk,
-            segment_base: self.open.record.base_offset,
-            payload: data.slice(chunk::HEADER_LEN..),
-            waiters,
-            task,
-        });
+        for f in redo {
+            let path = layout::chunk(self.id, base, self.epoch, f.chunk.base_offset);
+            let task = self.spawn_put(path.clone(), f.data.clone());
+            self.inflight.push_back(Flush {
+                chunk: ChunkRef {
+                    path: Arc::from(path.as_ref()),
+                    ..f.chunk
+                },
+                segment_base: base,
+                data: f.data,
+                payload: f.payload,
+                waiters: f.waiters,
+                task,
+            });
+        }
         Ok(())
     }
 
@@ -526,6 +724,13 @@ impl Writer {
                 }
                 return Err(Stop::Fenced);
             }
+            Ok(Err(StorageError::Unavailable(e)))
+                if flush.segment_base == self.open.record.base_offset
+                    && self.switches_in_a_row < MAX_SWITCHES_IN_A_ROW =>
+            {
+                self.switches_in_a_row += 1;
+                return self.switch_segment(flush, &e).await;
+            }
             Ok(Err(e)) => {
                 let msg = e.to_string();
                 for w in flush.waiters {
@@ -541,6 +746,7 @@ impl Writer {
             }
             return Err(Stop::Fenced);
         }
+        self.switches_in_a_row = 0;
         let chunk = flush.chunk;
         self.ctx.cache.put_object(chunk.path.clone(), flush.payload);
         let seg_base = flush.segment_base;
@@ -759,9 +965,60 @@ impl Writer {
     }
 
     /// segment.ms rolls, retention, periodic checkpoint.
+    async fn repair_done(&mut self, repaired: Vec<Repaired>) -> Result<(), Stop> {
+        for r in repaired {
+            let Some(kv) = self
+                .ctx
+                .meta
+                .get(&keys::segment(self.id, r.base_offset))
+                .await
+                .map_err(|e| Stop::Failed(e.to_string()))?
+            else {
+                continue; // deleted by retention meanwhile
+            };
+            let mut record =
+                SegmentRecord::decode(kv.value).map_err(|e| Stop::Failed(e.to_string()))?;
+            record.replica_set = r.replica_set;
+            let view = sealed_view(&self.ctx, self.id, &record)
+                .map_err(|e| Stop::Failed(e.to_string()))?;
+            self.save_checkpoint(vec![Op::put(
+                keys::segment(self.id, record.base_offset),
+                record.encode_to_vec(),
+            )])
+            .await?;
+            self.log.update(|s| {
+                if s.segments.contains_key(&record.base_offset) {
+                    s.segments
+                        .insert(record.base_offset, SegmentView::Sealed(Arc::new(view)));
+                }
+            });
+        }
+        Ok(())
+    }
+
     async fn housekeeping(&mut self) -> Result<(), Stop> {
         let now = self.ctx.clock.now_ms();
         self.producers.expire(now);
+        let every = Duration::from_millis(self.ctx.config.repair_interval_ms.max(100));
+        if self.repair_task.is_none() && self.last_repair.elapsed() >= every {
+            self.last_repair = Instant::now();
+            let segments: Vec<_> = self
+                .log
+                .snapshot()
+                .segments
+                .values()
+                .filter_map(|s| match s {
+                    SegmentView::Sealed(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect();
+            self.repair_task = Some(tokio::spawn(repair_segments(
+                self.ctx.pool.clone(),
+                segments,
+                self.ctx.metrics.clone(),
+                self.id,
+            )));
+        }
         if self.open.bytes > 0 && now - self.open.record.created_ms >= self.config.segment_ms {
             self.start_flush().await?;
             if self.open.bytes > 0 {
