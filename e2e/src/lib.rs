@@ -924,6 +924,16 @@ pub fn read_all(
     topic: &str,
     partitions: i32,
 ) -> std::collections::HashMap<i32, Vec<(i64, Vec<u8>)>> {
+    read_all_within(bootstrap, topic, partitions, Duration::from_secs(60))
+}
+
+/// [`read_all`], giving up after `timeout`.
+pub fn read_all_within(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> std::collections::HashMap<i32, Vec<(i64, Vec<u8>)>> {
     let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "unused")
@@ -945,7 +955,7 @@ pub fn read_all(
     c.assign(&tpl).unwrap();
     let mut got: std::collections::HashMap<i32, Vec<(i64, Vec<u8>)>> =
         std::collections::HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + timeout;
     while (got.values().map(Vec::len).sum::<usize>() as i64) < total && Instant::now() < deadline {
         if let Some(m) = c.poll(Duration::from_millis(200)) {
             // Transport errors from a dead bootstrap broker are transient.

@@ -30,8 +30,41 @@ impl StorageTarget {
     /// `?fsync=true` to fsync every object before acknowledging it) or
     /// `memory://`.
     pub fn open(id: impl Into<String>, url: &str) -> Result<Self, StorageError> {
-        let parsed = url::Url::parse(url)
+        let mut parsed = url::Url::parse(url)
             .map_err(|e| StorageError::Invalid(format!("storage URL {url:?}: {e}")))?;
+        // Fault injection for benchmarks and tests: `floe_latency_p50_ms`,
+        // `floe_latency_p99_ms`, `floe_error_rate` on any target.
+        let mut faults = crate::faulty::Faults::default();
+        let mut inject = false;
+        let mut rest = Vec::new();
+        for (k, v) in parsed.query_pairs() {
+            let num = |v: &str| {
+                v.parse::<f64>()
+                    .map_err(|_| StorageError::Invalid(format!("{url:?}: {k}={v} is not a number")))
+            };
+            match k.as_ref() {
+                "floe_latency_p50_ms" => {
+                    faults.p50 = std::time::Duration::from_secs_f64(num(&v)? / 1000.0);
+                    inject = true;
+                }
+                "floe_latency_p99_ms" => {
+                    faults.p99 = std::time::Duration::from_secs_f64(num(&v)? / 1000.0);
+                    inject = true;
+                }
+                "floe_error_rate" => {
+                    faults.error_rate = num(&v)?;
+                    inject = true;
+                }
+                _ => rest.push((k.to_string(), v.to_string())),
+            }
+        }
+        if inject {
+            if rest.is_empty() {
+                parsed.set_query(None);
+            } else {
+                parsed.query_pairs_mut().clear().extend_pairs(rest);
+            }
+        }
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "memory" => Arc::new(InMemory::new()),
             "file" => {
@@ -57,8 +90,16 @@ impl StorageTarget {
                 )))
             }
         };
+        let id = id.into();
+        let store: Arc<dyn ObjectStore> = if inject {
+            let f = crate::faulty::FaultyStore::new(id.clone(), store, rand::rng().random());
+            f.set_faults(faults);
+            f
+        } else {
+            store
+        };
         Ok(Self {
-            id: id.into(),
+            id,
             url: url.to_string(),
             zone: None,
             weight: 1,

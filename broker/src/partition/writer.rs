@@ -200,58 +200,70 @@ async fn repair_segments(
     metrics: Arc<crate::metrics::Metrics>,
     id: PartitionId,
 ) -> Vec<Repaired> {
-    let mut out = Vec::new();
-    for s in segments {
-        let path = object_store::path::Path::from(s.path.as_ref());
-        let mut ids = s.replicas.ids();
-        let mut changed = false;
-        for t in s.replicas.targets() {
-            if !t.is_up() {
-                let Some(to) = pool.replacement_for(&ids) else {
-                    tracing::warn!(partition = %id, segment = s.base_offset, target_id = %t.id, "a replica is on a down target and no other target is free");
-                    continue;
-                };
-                match s.replicas.copy_to(&path, &to).await {
-                    Ok(bytes) => {
-                        tracing::info!(partition = %id, segment = s.base_offset, from = %t.id, to = %to.id, bytes, "moved a segment replica off a down target");
-                        metrics.replicas_repaired.inc();
-                        if let Some(slot) = ids.iter_mut().find(|i| **i == t.id) {
-                            *slot = to.id.clone();
-                        }
-                        changed = true;
-                    }
-                    Err(e) => {
-                        tracing::warn!(partition = %id, segment = s.base_offset, error = %e, "repair copy failed; will retry")
-                    }
-                }
+    use futures::StreamExt;
+    futures::stream::iter(segments.into_iter().map(|s| {
+        let (pool, metrics) = (pool.clone(), metrics.clone());
+        async move { repair_segment(&pool, &s, &metrics, id).await }
+    }))
+    .buffer_unordered(REPAIRS_IN_FLIGHT)
+    .filter_map(|r| async move { r })
+    .collect()
+    .await
+}
+
+/// Segments of one partition repaired at once.
+const REPAIRS_IN_FLIGHT: usize = 8;
+
+async fn repair_segment(
+    pool: &floe_storage::StoragePool,
+    s: &floe_storage::log::SealedSegment,
+    metrics: &crate::metrics::Metrics,
+    id: PartitionId,
+) -> Option<Repaired> {
+    let path = object_store::path::Path::from(s.path.as_ref());
+    let mut ids = s.replicas.ids();
+    let mut changed = false;
+    for t in s.replicas.targets() {
+        if !t.is_up() {
+            let Some(to) = pool.replacement_for(&ids) else {
+                tracing::warn!(partition = %id, segment = s.base_offset, target_id = %t.id, "a replica is on a down target and no other target is free");
                 continue;
-            }
-            match object_store::ObjectStoreExt::head(&t.store, &path).await {
-                Err(object_store::Error::NotFound { .. }) => {
-                    match s.replicas.copy_to(&path, t).await {
-                        Ok(bytes) => {
-                            tracing::info!(partition = %id, segment = s.base_offset, to = %t.id, bytes, "restored a missing segment replica");
-                            metrics.replicas_repaired.inc();
-                        }
-                        Err(e) => {
-                            tracing::warn!(partition = %id, segment = s.base_offset, error = %e, "repair copy failed; will retry")
-                        }
+            };
+            match s.replicas.copy_to(&path, &to).await {
+                Ok(bytes) => {
+                    tracing::info!(partition = %id, segment = s.base_offset, from = %t.id, to = %to.id, bytes, "moved a segment replica off a down target");
+                    metrics.replicas_repaired.inc();
+                    if let Some(slot) = ids.iter_mut().find(|i| **i == t.id) {
+                        *slot = to.id.clone();
                     }
+                    changed = true;
                 }
-                Ok(_) => {}
                 Err(e) => {
-                    tracing::debug!(partition = %id, target_id = %t.id, error = %e, "repair check failed")
+                    tracing::warn!(partition = %id, segment = s.base_offset, error = %e, "repair copy failed; will retry")
                 }
             }
+            continue;
         }
-        if changed {
-            out.push(Repaired {
-                base_offset: s.base_offset,
-                replica_set: ids,
-            });
+        match object_store::ObjectStoreExt::head(&t.store, &path).await {
+            Err(object_store::Error::NotFound { .. }) => match s.replicas.copy_to(&path, t).await {
+                Ok(bytes) => {
+                    tracing::info!(partition = %id, segment = s.base_offset, to = %t.id, bytes, "restored a missing segment replica");
+                    metrics.replicas_repaired.inc();
+                }
+                Err(e) => {
+                    tracing::warn!(partition = %id, segment = s.base_offset, error = %e, "repair copy failed; will retry")
+                }
+            },
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(partition = %id, target_id = %t.id, error = %e, "repair check failed")
+            }
         }
     }
-    out
+    changed.then_some(Repaired {
+        base_offset: s.base_offset,
+        replica_set: ids,
+    })
 }
 
 async fn sealed(
