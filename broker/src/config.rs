@@ -38,6 +38,9 @@ pub struct BrokerConfig {
     /// How often a partition checks that its sealed segments still have
     /// every replica (and repairs them).
     pub repair_interval_ms: u64,
+    /// A read that has not answered after this long also asks the next
+    /// replica (hedged reads); the first answer wins.
+    pub read_hedge_ms: u64,
     /// Bytes of the shared read cache.
     pub cache_bytes: u64,
     /// How often a partition checks retention and segment.ms.
@@ -90,6 +93,7 @@ impl Default for BrokerConfig {
             chunk_put_timeout_ms: 10_000,
             storage_probe_interval_ms: 2_000,
             repair_interval_ms: 60_000,
+            read_hedge_ms: 100,
             cache_bytes: 512 << 20,
             retention_check_interval_ms: 30_000,
             checkpoint_interval_ms: 5_000,

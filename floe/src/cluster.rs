@@ -82,6 +82,10 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
     let shutdown = CancellationToken::new();
+    floe_storage::replica::HEDGE_AFTER_MS.store(
+        config.read_hedge_ms.max(1),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     pool.spawn_probes(
         Duration::from_millis(config.storage_probe_interval_ms.max(100)),
         shutdown.child_token(),
@@ -162,8 +166,13 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
                 replicas: args.replicas,
                 write_quorum: args.write_quorum,
             };
-            // Validate before anyone else reads it.
-            open_pool(&record).context("the --storage pool")?;
+            // Validate before anyone else reads it: a valid pool whose
+            // targets all answer.
+            open_pool(&record)
+                .context("the --storage pool")?
+                .check_reachable(Duration::from_secs(10))
+                .await
+                .context("the --storage pool")?;
             let seeded = meta
                 .txn(
                     Txn::new()

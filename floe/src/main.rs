@@ -175,6 +175,10 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let (host, port) = advertised(args.advertise.as_deref(), args.listen)?;
 
     let shutdown = CancellationToken::new();
+    floe_storage::replica::HEDGE_AFTER_MS.store(
+        config.read_hedge_ms.max(1),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     pool.spawn_probes(
         std::time::Duration::from_millis(config.storage_probe_interval_ms.max(100)),
         shutdown.child_token(),

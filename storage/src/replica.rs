@@ -13,6 +13,10 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipa
 use crate::error::StorageError;
 use crate::target::StorageTarget;
 
+/// After this many milliseconds without an answer, a read also asks the
+/// next replica (set from the broker's `read_hedge_ms`).
+pub static HEDGE_AFTER_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(100);
+
 #[derive(Clone, Debug)]
 pub struct ReplicaSet {
     targets: Vec<StorageTarget>,
@@ -120,31 +124,66 @@ impl ReplicaSet {
             .chain(self.targets.iter().filter(|t| !t.is_up()))
     }
 
-    /// Read a whole object from the first replica that has it.
-    pub async fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
+    /// Read from the replicas (up ones first), failing over on errors; a
+    /// replica that has not answered after the hedge delay gets company:
+    /// the next replica is asked too, and the first answer wins.
+    async fn hedged<F, Fut>(&self, path: &Path, read: F) -> Result<Bytes, StorageError>
+    where
+        F: Fn(StorageTarget) -> Fut,
+        Fut: std::future::Future<Output = Result<Bytes, object_store::Error>>,
+    {
+        let order: Vec<StorageTarget> = self.read_order().cloned().collect();
+        let hedge = std::time::Duration::from_millis(
+            HEDGE_AFTER_MS.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let mut pending = FuturesUnordered::new();
+        let mut next = 0;
         let mut last = StorageError::NotFound(path.to_string());
-        for t in self.read_order() {
-            match t.store.get(path).await {
-                Ok(r) => match r.bytes().await {
-                    Ok(b) => return Ok(b),
-                    Err(e) => last = StorageError::from_object_store(e),
+        if let Some(t) = order.first() {
+            pending.push(read(t.clone()));
+            next = 1;
+        }
+        loop {
+            let more = next < order.len();
+            tokio::select! {
+                r = pending.next(), if !pending.is_empty() => match r {
+                    Some(Ok(b)) => return Ok(b),
+                    Some(Err(e)) => {
+                        last = StorageError::from_object_store(e);
+                        if more {
+                            pending.push(read(order[next].clone()));
+                            next += 1;
+                        } else if pending.is_empty() {
+                            return Err(last);
+                        }
+                    }
+                    None => return Err(last),
                 },
-                Err(e) => last = StorageError::from_object_store(e),
+                _ = tokio::time::sleep(hedge), if more => {
+                    pending.push(read(order[next].clone()));
+                    next += 1;
+                }
+                else => return Err(last),
             }
         }
-        Err(last)
     }
 
-    /// Read a byte range from the first replica that answers.
+    /// Read a whole object from a replica that has it (hedged).
+    pub async fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
+        self.hedged(path, |t| {
+            let path = path.clone();
+            async move { t.store.get(&path).await?.bytes().await }
+        })
+        .await
+    }
+
+    /// Read a byte range from a replica that has it (hedged).
     pub async fn get_range(&self, path: &Path, range: Range<u64>) -> Result<Bytes, StorageError> {
-        let mut last = StorageError::NotFound(path.to_string());
-        for t in self.read_order() {
-            match t.store.get_range(path, range.clone()).await {
-                Ok(b) => return Ok(b),
-                Err(e) => last = StorageError::from_object_store(e),
-            }
-        }
-        Err(last)
+        self.hedged(path, |t| {
+            let (path, range) = (path.clone(), range.clone());
+            async move { t.store.get_range(&path, range).await }
+        })
+        .await
     }
 
     /// Objects under `prefix`, merged over enough replicas (R−W+1) to meet
@@ -444,5 +483,45 @@ mod tests {
             set.put_create(&q, Bytes::from_static(b"n")).await.unwrap(),
             PutOutcome::Created
         );
+    }
+
+    #[tokio::test]
+    async fn a_hung_replica_is_hedged_and_a_failed_one_failed_over() {
+        use crate::faulty::{Faults, FaultyStore};
+        use object_store::memory::InMemory;
+        let stores: Vec<_> = (0..2)
+            .map(|i| FaultyStore::new(format!("f{i}"), std::sync::Arc::new(InMemory::new()), i))
+            .collect();
+        let targets: Vec<StorageTarget> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StorageTarget::from_store(format!("f{i}"), s.clone()))
+            .collect();
+        let set = ReplicaSet::new(targets, 2);
+        let p = Path::from("seg");
+        set.put_create(&p, Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        // The first replica hangs: the read is answered by the second after
+        // the hedge delay instead of never.
+        stores[0].set_faults(Faults {
+            hang_rate: 1.0,
+            ..Default::default()
+        });
+        let t = std::time::Instant::now();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), set.get_range(&p, 0..5))
+            .await
+            .expect("a hung replica does not hang the read")
+            .unwrap();
+        assert_eq!(got, "hello");
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(90),
+            "{:?}",
+            t.elapsed()
+        );
+        // The first replica fails: the second answers at once.
+        stores[0].set_faults(Faults::default());
+        stores[0].set_down(true);
+        assert_eq!(set.get(&p).await.unwrap(), "hello");
     }
 }

@@ -358,6 +358,30 @@ impl StoragePool {
         Some(best)
     }
 
+    /// Check that every target answers (a metadata read of a probe key);
+    /// a clear error naming the first one that does not.
+    pub async fn check_reachable(&self, timeout: std::time::Duration) -> Result<(), StorageError> {
+        for t in &self.targets {
+            let probe = object_store::path::Path::from("_floe/probe");
+            match tokio::time::timeout(timeout, t.store.head(&probe)).await {
+                Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => {}
+                Ok(Err(e)) => {
+                    return Err(StorageError::Invalid(format!(
+                        "storage target {} ({}) is unreachable: {e}",
+                        t.id, t.url
+                    )))
+                }
+                Err(_) => {
+                    return Err(StorageError::Invalid(format!(
+                        "storage target {} ({}) did not answer within {timeout:?}",
+                        t.id, t.url
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Mark a target down (probe failures, operator) or up again.
     pub fn set_up(&self, id: &str, up: bool) {
         if let Some(t) = self.targets.iter().find(|t| t.id == id) {
