@@ -132,6 +132,9 @@ pub struct TopicConfig {
     pub max_message_bytes: usize,
     pub timestamp_type: TimestampType,
     pub cleanup_policy: String,
+    /// Per-topic R and W (0: the pool's).
+    pub replicas: usize,
+    pub write_quorum: usize,
 }
 
 /// (name, Kafka default, documentation) of every topic config Floe honours.
@@ -167,6 +170,16 @@ pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
         "CreateTime keeps the producer's timestamps; LogAppendTime stamps batches on append.",
     ),
     ("cleanup.policy", "delete", "Only delete is supported."),
+    (
+        "floe.replicas",
+        "0",
+        "Storage targets each new segment of the topic is written to (R); 0: the pool's.",
+    ),
+    (
+        "floe.write.quorum",
+        "0",
+        "Targets that must acknowledge a chunk (W); 0: the pool's (capped by R).",
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -241,7 +254,18 @@ impl TopicConfig {
                 reason: "only delete is supported".into(),
             });
         }
+        let replicas = int("floe.replicas", 0)? as usize;
+        let write_quorum = int("floe.write.quorum", 0)? as usize;
+        if replicas > 0 && write_quorum > replicas {
+            return Err(ConfigError {
+                name: "floe.write.quorum".into(),
+                value: write_quorum.to_string(),
+                reason: format!("exceeds floe.replicas {replicas}"),
+            });
+        }
         Ok(Self {
+            replicas,
+            write_quorum,
             retention_ms: int("retention.ms", -1)?,
             retention_bytes: int("retention.bytes", -1)?,
             segment_bytes: int("segment.bytes", 14)? as u64,
@@ -282,5 +306,22 @@ mod tests {
         let mut u = BTreeMap::new();
         u.insert("no.such".to_string(), "1".to_string());
         assert!(TopicConfig::resolve(&none, &u).is_err());
+    }
+
+    #[test]
+    fn per_topic_replication_is_validated() {
+        let d = BTreeMap::new();
+        let o = |r: &str, w: &str| {
+            BTreeMap::from([
+                ("floe.replicas".to_string(), r.to_string()),
+                ("floe.write.quorum".to_string(), w.to_string()),
+            ])
+        };
+        let c = TopicConfig::resolve(&d, &o("3", "2")).unwrap();
+        assert_eq!((c.replicas, c.write_quorum), (3, 2));
+        assert!(TopicConfig::resolve(&d, &o("1", "2")).is_err(), "W > R");
+        assert!(TopicConfig::resolve(&d, &o("-1", "0")).is_err());
+        let c = TopicConfig::resolve(&d, &BTreeMap::new()).unwrap();
+        assert_eq!((c.replicas, c.write_quorum), (0, 0), "the pool's");
     }
 }

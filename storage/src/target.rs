@@ -246,16 +246,42 @@ impl StoragePool {
     /// [`Self::choose_replica_set`] without the targets in `avoid` (those
     /// that just failed), unless the pool cannot do without them.
     pub fn choose_replica_set_avoiding(&self, avoid: &[String]) -> ReplicaSet {
+        self.choose(avoid, None)
+    }
+
+    /// A fresh replica set with a topic's own R and W (0: the pool's),
+    /// capped by the pool's size.
+    pub fn choose_replica_set_for(
+        &self,
+        avoid: &[String],
+        replicas: usize,
+        write_quorum: usize,
+    ) -> ReplicaSet {
+        let r = if replicas == 0 {
+            self.replicas
+        } else {
+            replicas.min(self.targets.len())
+        };
+        let w = if write_quorum == 0 {
+            self.write_quorum.min(r)
+        } else {
+            write_quorum.min(r)
+        };
+        self.choose(avoid, Some((r, w.max(1))))
+    }
+
+    fn choose(&self, avoid: &[String], rw: Option<(usize, usize)>) -> ReplicaSet {
+        let (replicas, write_quorum) = rw.unwrap_or((self.replicas, self.write_quorum));
         let mut rng = self.rng.lock().unwrap();
         let usable = |t: &&StorageTarget| t.is_up() && !avoid.contains(&t.id);
         let mut candidates: Vec<&StorageTarget> = self.targets.iter().filter(usable).collect();
-        if candidates.len() < self.replicas {
+        if candidates.len() < replicas {
             // Not enough healthy targets: take the others too, healthy first.
             let rest = self.targets.iter().filter(|t| !usable(t));
             candidates.extend(rest);
         }
-        let mut chosen: Vec<StorageTarget> = Vec::with_capacity(self.replicas);
-        while chosen.len() < self.replicas && !candidates.is_empty() {
+        let mut chosen: Vec<StorageTarget> = Vec::with_capacity(replicas);
+        while chosen.len() < replicas && !candidates.is_empty() {
             // Prefer a zone the set does not have yet.
             let fresh_zone =
                 |t: &&StorageTarget| t.zone.is_none() || !chosen.iter().any(|c| c.zone == t.zone);
@@ -282,7 +308,7 @@ impl StoragePool {
             }
             chosen.push(candidates.swap_remove(idx).clone());
         }
-        ReplicaSet::new(chosen, self.write_quorum)
+        ReplicaSet::new(chosen, write_quorum)
     }
 
     /// Probe every target every `interval` (a metadata read of a probe key;
@@ -520,5 +546,23 @@ mod tests {
                 assert_eq!(uniq.len(), 2);
             }
         }
+    }
+
+    #[test]
+    fn a_topic_may_choose_its_own_r_and_w() {
+        let targets: Vec<_> = ["a", "b", "c", "d"].iter().map(|i| mem(i)).collect();
+        let pool = StoragePool::with_seed(targets, 3, 2, 1).unwrap();
+        let set = pool.choose_replica_set_for(&[], 1, 1);
+        assert_eq!((set.ids().len(), set.write_quorum()), (1, 1));
+        let set = pool.choose_replica_set_for(&[], 4, 3);
+        assert_eq!((set.ids().len(), set.write_quorum()), (4, 3));
+        let set = pool.choose_replica_set_for(&[], 0, 0);
+        assert_eq!(
+            (set.ids().len(), set.write_quorum()),
+            (3, 2),
+            "0: the pool's"
+        );
+        let set = pool.choose_replica_set_for(&[], 9, 0);
+        assert_eq!(set.ids().len(), 4, "capped by the pool");
     }
 }

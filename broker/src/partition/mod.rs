@@ -384,7 +384,7 @@ pub async fn start(
     publish_state(ctx.clone(), id, epoch, owner.clone(), state_rx.clone());
 
     // Step 2: checkpoint and recovery.
-    let recovered = match recovery::recover(&ctx, id, epoch, &owner).await {
+    let recovered = match recovery::recover(&ctx, id, epoch, &owner, &config).await {
         Ok(r) => r,
         Err(e) => {
             let e = fail(e);

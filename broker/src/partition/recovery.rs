@@ -344,6 +344,7 @@ pub(crate) async fn recover(
     id: PartitionId,
     epoch: Epoch,
     owner: &Bytes,
+    config: &crate::config::TopicConfig,
 ) -> Result<Recovered, StartError> {
     let started = Instant::now();
     let checkpoint = match ctx.meta.get(&keys::checkpoint(id)).await? {
@@ -436,7 +437,9 @@ pub(crate) async fn recover(
     report.offsets_past_checkpoint = next - checkpoint.next_offset;
     report.next_offset = next;
 
-    let replicas = ctx.pool.choose_replica_set();
+    let replicas = ctx
+        .pool
+        .choose_replica_set_for(&[], config.replicas, config.write_quorum);
     let now = ctx.clock.now_ms();
     let open = OpenSegmentRecord {
         base_offset: next,

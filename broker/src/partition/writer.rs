@@ -661,7 +661,11 @@ impl Writer {
             f.task.abort();
             redo.push(f);
         }
-        let replicas = self.ctx.pool.choose_replica_set_avoiding(&avoid);
+        let replicas = self.ctx.pool.choose_replica_set_for(
+            &avoid,
+            self.config.replicas,
+            self.config.write_quorum,
+        );
         tracing::warn!(partition = %self.id, segment = self.open.record.base_offset, at = base,
             avoid = ?avoid, new_replicas = ?replicas.ids(), error,
             "a chunk could not reach its write quorum: sealing the segment early and writing on a fresh replica set");
@@ -799,7 +803,11 @@ impl Writer {
     /// Start a new segment at `base` on a fresh replica set; the current one
     /// joins the queue of segments to seal.
     async fn roll(&mut self, base: Offset) -> Result<(), Stop> {
-        let replicas = self.ctx.pool.choose_replica_set();
+        let replicas = self.ctx.pool.choose_replica_set_for(
+            &[],
+            self.config.replicas,
+            self.config.write_quorum,
+        );
         let record = OpenSegmentRecord {
             base_offset: base,
             epoch: self.epoch,
