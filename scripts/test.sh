@@ -25,6 +25,7 @@ if [ -z "${FLOE_MOTO_SERVER:-}" ]; then
   if command -v moto_server >/dev/null 2>&1; then
     FLOE_MOTO_SERVER="$(command -v moto_server)"
   else
+    mkdir -p "$PWD/target"
     VENV="$PWD/target/moto-venv"
     if [ ! -x "$VENV/bin/moto_server" ]; then
       python3 -m venv "$VENV"
