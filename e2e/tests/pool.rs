@@ -142,7 +142,7 @@ async fn pool_cluster() -> (Vec<Moto>, Cluster, floe_meta::EtcdStore, Load, Stri
         1,
         1,
         3_000,
-        "storage_probe_interval_ms = 300\nrepair_interval_ms = 1000\nchunk_put_timeout_ms = 3000\n",
+        "storage_probe_interval_ms = 300\nrepair_interval_ms = 1000\n",
         &urls,
         3,
         2,
