@@ -82,14 +82,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
     let shutdown = CancellationToken::new();
-    floe_storage::replica::HEDGE_AFTER_MS.store(
-        config.read_hedge_ms.max(1),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    pool.spawn_probes(
-        Duration::from_millis(config.storage_probe_interval_ms.max(100)),
-        shutdown.child_token(),
-    );
+    crate::start_storage(&pool, &config, &shutdown);
     let metrics = Arc::new(Metrics::new());
     let clock: SharedClock = Arc::new(SystemClock);
     let node = Node::start(

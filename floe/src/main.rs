@@ -175,14 +175,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let (host, port) = advertised(args.advertise.as_deref(), args.listen)?;
 
     let shutdown = CancellationToken::new();
-    floe_storage::replica::HEDGE_AFTER_MS.store(
-        config.read_hedge_ms.max(1),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    pool.spawn_probes(
-        std::time::Duration::from_millis(config.storage_probe_interval_ms.max(100)),
-        shutdown.child_token(),
-    );
+    start_storage(&pool, &config, &shutdown);
     let metrics = Arc::new(Metrics::new());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -307,4 +300,21 @@ async fn http_server(
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
+}
+
+/// The broker's storage settings applied to its pool: hedged reads and
+/// target probes (until `shutdown`).
+pub(crate) fn start_storage(
+    pool: &Arc<StoragePool>,
+    config: &floe_broker::config::BrokerConfig,
+    shutdown: &CancellationToken,
+) {
+    floe_storage::replica::HEDGE_AFTER_MS.store(
+        config.read_hedge_ms.max(1),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    pool.spawn_probes(
+        std::time::Duration::from_millis(config.storage_probe_interval_ms.max(100)),
+        shutdown.child_token(),
+    );
 }

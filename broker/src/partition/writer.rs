@@ -698,17 +698,7 @@ impl Writer {
             });
         }
         self.save_checkpoint(Vec::new()).await?;
-        self.log.update(|s| {
-            s.segments.insert(
-                base,
-                SegmentView::Open {
-                    base_offset: base,
-                    epoch: record.epoch,
-                    replicas,
-                    chunks: Vec::new(),
-                },
-            );
-        });
+        self.show_open_segment();
         for f in redo {
             let path = layout::chunk(self.id, base, self.epoch, f.chunk.base_offset);
             let task = self.spawn_put(path.clone(), f.data.clone());
@@ -827,19 +817,22 @@ impl Writer {
         self.sealing.push_back(old);
         // Recorded before its first chunk is written.
         self.save_checkpoint(Vec::new()).await?;
-        self.log.update(|s| {
-            s.segments.insert(
-                base,
-                SegmentView::Open {
-                    base_offset: base,
-                    epoch: record.epoch,
-                    replicas,
-                    chunks: Vec::new(),
-                },
-            );
-        });
+        self.show_open_segment();
         tracing::debug!(partition = %self.id, base, "rolled to a new segment");
         Ok(())
+    }
+
+    /// Make the (new, empty) open segment visible to readers.
+    fn show_open_segment(&self) {
+        let view = SegmentView::Open {
+            base_offset: self.open.record.base_offset,
+            epoch: self.open.record.epoch,
+            replicas: self.open.replicas.clone(),
+            chunks: Vec::new(),
+        };
+        self.log.update(|s| {
+            s.segments.insert(self.open.record.base_offset, view);
+        });
     }
 
     /// Seal the oldest rolled segment once all its chunks are committed.
