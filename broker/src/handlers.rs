@@ -489,6 +489,33 @@ pub async fn list_offsets(
     resp
 }
 
+/// OffsetForLeaderEpoch for one partition: the largest epoch at or below
+/// `leader_epoch` present in the log and the offset where it ended; `None`
+/// for a future epoch (undefined, as Kafka answers).
+pub fn epoch_end(state: &floe_storage::log::LogState, leader_epoch: i32) -> Option<(i32, i64)> {
+    // (epoch, first offset) of each epoch present in the log.
+    let mut epochs: Vec<(i32, i64)> = Vec::new();
+    for seg in state.segments.values() {
+        let e = match seg {
+            SegmentView::Open { epoch, .. } => *epoch,
+            SegmentView::Sealed(s) => s.epoch,
+        };
+        if epochs.last().is_none_or(|(le, _)| *le != e) {
+            epochs.push((e, seg.base_offset()));
+        }
+    }
+    if leader_epoch > state.leader_epoch {
+        None
+    } else if let Some(i) = epochs.iter().rposition(|(e, _)| *e <= leader_epoch) {
+        Some((
+            epochs[i].0,
+            epochs.get(i + 1).map_or(state.high_watermark, |(_, o)| *o),
+        ))
+    } else {
+        Some((leader_epoch, state.log_start_offset))
+    }
+}
+
 pub async fn offset_for_leader_epoch(
     node: &Node,
     req: OffsetForLeaderEpochRequest,
@@ -512,26 +539,9 @@ pub async fn offset_for_leader_epoch(
             match h {
                 Err(e) => pr.error_code = e.code(),
                 Ok(h) => {
-                    let state = h.log.snapshot();
-                    // (epoch, first offset) of each epoch present in the log.
-                    let mut epochs: Vec<(i32, i64)> = Vec::new();
-                    for seg in state.segments.values() {
-                        let e = match seg {
-                            SegmentView::Open { epoch, .. } => *epoch,
-                            SegmentView::Sealed(s) => s.epoch,
-                        };
-                        if epochs.last().is_none_or(|(le, _)| *le != e) {
-                            epochs.push((e, seg.base_offset()));
-                        }
-                    }
-                    if p.leader_epoch > state.leader_epoch {
-                        // Unknown future epoch: undefined, as Kafka answers.
-                    } else if let Some(i) = epochs.iter().rposition(|(e, _)| *e <= p.leader_epoch) {
-                        pr.leader_epoch = epochs[i].0;
-                        pr.end_offset = epochs.get(i + 1).map_or(state.high_watermark, |(_, o)| *o);
-                    } else {
-                        pr.leader_epoch = p.leader_epoch;
-                        pr.end_offset = state.log_start_offset;
+                    if let Some((epoch, end)) = epoch_end(&h.log.snapshot(), p.leader_epoch) {
+                        pr.leader_epoch = epoch;
+                        pr.end_offset = end;
                     }
                 }
             }

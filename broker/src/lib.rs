@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod server;
+pub mod tail;
 
 pub use config::{BrokerConfig, TopicConfig};
 pub use metrics::Metrics;

@@ -58,6 +58,10 @@ pub struct Metrics {
     segments_deleted: Counter,
     pub connections: Gauge,
     pub connections_rejected: Counter,
+    /// Proxies following partitions of this broker (tail push streams).
+    pub tail_followers: Gauge,
+    /// Log updates pushed to following proxies.
+    pub tail_updates: Counter,
     cache_hits: Gauge<u64, AtomicU64>,
     cache_misses: Gauge<u64, AtomicU64>,
     cache_bytes: Gauge<u64, AtomicU64>,
@@ -82,7 +86,12 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("floe");
+        Self::with_prefix("floe")
+    }
+
+    /// Metrics named `{prefix}_...` (a proxy's are `floe_proxy_...`).
+    pub fn with_prefix(prefix: &str) -> Self {
+        let mut registry = Registry::with_prefix(prefix);
         let requests = Family::<ApiLabel, Counter>::default();
         let errors = Family::<ErrorLabel, Counter>::default();
         let latency = Family::<ApiLabel, Histogram>::new_with_constructor(
@@ -109,6 +118,8 @@ impl Metrics {
             segments_deleted: Counter::default(),
             connections: Gauge::default(),
             connections_rejected: Counter::default(),
+            tail_followers: Gauge::default(),
+            tail_updates: Counter::default(),
             cache_hits: Gauge::default(),
             cache_misses: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -192,6 +203,16 @@ impl Metrics {
             "connections_rejected",
             "Connections closed at accept (max.connections)",
             m.connections_rejected.clone(),
+        );
+        registry.register(
+            "tail_followers",
+            "Tail push streams open to proxies (one per proxy and partition)",
+            m.tail_followers.clone(),
+        );
+        registry.register(
+            "tail_updates",
+            "Log updates (appends with payloads, snapshots) pushed to proxies",
+            m.tail_updates.clone(),
         );
         registry.register("cache_hits", "Read cache hits", m.cache_hits.clone());
         registry.register("cache_misses", "Read cache misses", m.cache_misses.clone());

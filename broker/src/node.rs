@@ -153,6 +153,7 @@ impl Node {
         pool: Arc<StoragePool>,
         clock: SharedClock,
         metrics: Arc<Metrics>,
+        tail: String,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, MetaError> {
         let config = Arc::new(config);
@@ -164,6 +165,7 @@ impl Node {
             port: advertised_port,
             rack: None,
             started_ms: clock.now_ms(),
+            tail,
         };
         let (guard, session) = register(&*meta, &record, lease_ttl(&config)).await?;
         let ctx = PartitionContext {

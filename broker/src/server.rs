@@ -18,14 +18,74 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::{group_api, handlers};
 
-type Pending = BoxFuture<'static, Option<Bytes>>;
+/// A response on its way: `None` for no response (acks=0), an empty frame
+/// to close the connection (fault injection).
+pub type Pending = BoxFuture<'static, Option<Bytes>>;
+
+/// Limits of a Kafka listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_request_bytes: usize,
+    pub max_inflight_per_connection: usize,
+}
+
+/// What serves Kafka requests on a listener: the broker's `Node`, or a proxy.
+pub trait KafkaService: Send + Sync + 'static {
+    /// What the service keeps per client connection.
+    type Session: Send + Sync + 'static;
+    fn limits(&self) -> Limits;
+    fn metrics(&self) -> &Metrics;
+    fn session(&self) -> Arc<Self::Session>;
+    /// Decode one request frame and start it; the connection's responses go
+    /// out in the order their requests were dispatched.
+    fn dispatch(
+        self: &Arc<Self>,
+        session: &Arc<Self::Session>,
+        frame: Bytes,
+    ) -> impl std::future::Future<Output = Result<Pending, Close>> + Send;
+}
+
+impl KafkaService for Node {
+    type Session = ();
+
+    fn session(&self) -> Arc<()> {
+        Arc::new(())
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.config.max_connections,
+            max_request_bytes: self.config.max_request_bytes,
+            max_inflight_per_connection: self.config.max_inflight_per_connection,
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn dispatch(
+        self: &Arc<Self>,
+        _session: &Arc<()>,
+        frame: Bytes,
+    ) -> impl std::future::Future<Output = Result<Pending, Close>> + Send {
+        dispatch(self, frame)
+    }
+}
 
 /// Accept connections until `shutdown`.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(node.config.max_connections));
+pub async fn serve<S: KafkaService>(
+    listener: TcpListener,
+    node: Arc<S>,
+    shutdown: CancellationToken,
+) {
+    let limits = node.limits();
+    let limit = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -39,26 +99,27 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: Cancellatio
             },
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            node.metrics.connections_rejected.inc();
-            tracing::warn!(%peer, limit = node.config.max_connections, "connection refused: max.connections reached");
+            node.metrics().connections_rejected.inc();
+            tracing::warn!(%peer, limit = limits.max_connections, "connection refused: max.connections reached");
             drop(stream);
             continue;
         };
         let node = node.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            node.metrics.connections.inc();
+            node.metrics().connections.inc();
             if let Err(reason) = connection(stream, node.clone(), shutdown).await {
                 tracing::info!(%peer, %reason, "closed connection");
             }
-            node.metrics.connections.dec();
+            node.metrics().connections.dec();
             drop(permit);
         });
     }
 }
 
+/// Why a connection was closed.
 #[derive(Debug, thiserror::Error)]
-enum Close {
+pub enum Close {
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error("unknown API key {0}")]
@@ -71,14 +132,15 @@ enum Close {
     Write(std::io::Error),
 }
 
-async fn connection(
+async fn connection<S: KafkaService>(
     stream: TcpStream,
-    node: Arc<Node>,
+    node: Arc<S>,
     shutdown: CancellationToken,
 ) -> Result<(), Close> {
     let _ = stream.set_nodelay(true);
+    let limits = node.limits();
     let (mut rd, wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Pending>(node.config.max_inflight_per_connection.max(1));
+    let (tx, mut rx) = mpsc::channel::<Pending>(limits.max_inflight_per_connection.max(1));
     let writer = tokio::spawn(async move {
         let mut out = BufWriter::with_capacity(256 << 10, wr);
         while let Some(mut pending) = rx.recv().await {
@@ -105,7 +167,8 @@ async fn connection(
         }
         out.flush().await
     });
-    let max = node.config.max_request_bytes;
+    let max = limits.max_request_bytes;
+    let session = node.session();
     let result = loop {
         let frame = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -116,7 +179,7 @@ async fn connection(
             Ok(None) => break Ok(()),
             Err(e) => break Err(Close::from(e)),
         };
-        match dispatch(&node, frame).await {
+        match node.dispatch(&session, frame).await {
             Ok(p) => {
                 if tx.send(p).await.is_err() {
                     break Ok(());
@@ -133,7 +196,8 @@ async fn connection(
     }
 }
 
-fn respond<R: Encodable + Send + 'static>(
+/// Encode a response frame (length, header, body).
+pub fn respond<R: Encodable + Send + 'static>(
     api: ApiKey,
     version: i16,
     correlation_id: i32,
@@ -154,7 +218,7 @@ fn respond<R: Encodable + Send + 'static>(
     Some(buf.freeze())
 }
 
-fn ready(b: Option<Bytes>) -> Pending {
+pub fn ready(b: Option<Bytes>) -> Pending {
     futures::future::ready(b).boxed()
 }
 
@@ -344,7 +408,7 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
     Ok(out)
 }
 
-mod anyhow_like {
+pub mod anyhow_like {
     pub type Error = Box<dyn std::error::Error + Send + Sync>;
 }
 

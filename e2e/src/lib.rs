@@ -507,6 +507,8 @@ impl Drop for Proc {
 pub struct Cluster {
     pub controllers: Vec<Proc>,
     pub brokers: Vec<Proc>,
+    /// Proxies (`add_proxy`): the client endpoints.
+    pub proxies: Vec<Proc>,
     /// Broker config (TOML) every broker starts with.
     broker_toml: PathBuf,
     /// The controllers' `--storage`/`--replicas`/`--write-quorum` flags.
@@ -582,6 +584,7 @@ impl Cluster {
         let mut c = Self {
             controllers: Vec::new(),
             brokers: Vec::new(),
+            proxies: Vec::new(),
             broker_toml,
             storage_args,
             etcd,
@@ -652,6 +655,46 @@ impl Cluster {
         p.spawn()?;
         self.brokers.push(p);
         Ok(id - 1)
+    }
+
+    /// Start one more proxy; returns its index.
+    pub fn add_proxy(&mut self) -> Result<usize> {
+        let i = self.proxies.len();
+        let http_port = free_port();
+        let port = free_port();
+        let name = format!("proxy-{i}");
+        let mut p = Proc {
+            args: vec![
+                "proxy".into(),
+                "--etcd".into(),
+                self.etcd.url(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--http-listen".into(),
+                format!("127.0.0.1:{http_port}"),
+                "--config".into(),
+                self.broker_toml.display().to_string(),
+            ],
+            log: self.tmp.path().join(format!("{name}.log")),
+            name,
+            http_port,
+            port: Some(port),
+            child: None,
+        };
+        p.spawn()?;
+        self.proxies.push(p);
+        Ok(i)
+    }
+
+    /// Every proxy's Kafka address, comma-separated: what clients bootstrap
+    /// with when they go through the proxy tier.
+    pub fn proxy_bootstrap(&self) -> String {
+        self.proxies
+            .iter()
+            .filter_map(|b| b.port)
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Every broker's Kafka address, comma-separated.
@@ -735,7 +778,12 @@ impl Cluster {
     /// Log of every process, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for p in self.controllers.iter().chain(&self.brokers) {
+        for p in self
+            .controllers
+            .iter()
+            .chain(&self.brokers)
+            .chain(&self.proxies)
+        {
             out += &format!("===== {}\n{}\n", p.name, p.log_text());
         }
         out

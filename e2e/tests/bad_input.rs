@@ -114,7 +114,7 @@ fn oversized_requests_and_too_many_connections_are_refused() {
         c.closed_by_server(),
         "the third connection is over max_connections"
     );
-    assert!(s.metric("floe_connections_rejected_total").unwrap() >= 1.0);
+    assert!(s.metric("floe_proxy_connections_rejected_total").unwrap() >= 1.0);
     drop(a);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let mut d = RawClient::connect(&s.bootstrap()).unwrap();

@@ -291,11 +291,11 @@ async fn list_offsets_by_time_and_long_poll_wakeup() {
     c.assign(&tpl).unwrap();
     assert!(c.poll(Duration::from_millis(1500)).is_none());
     let fetches_before = s
-        .metric("floe_kafka_requests_total{api=\"Fetch\"}")
+        .metric("floe_proxy_kafka_requests_total{api=\"Fetch\"}")
         .unwrap();
     assert!(c.poll(Duration::from_millis(2000)).is_none());
     let fetches_idle = s
-        .metric("floe_kafka_requests_total{api=\"Fetch\"}")
+        .metric("floe_proxy_kafka_requests_total{api=\"Fetch\"}")
         .unwrap()
         - fetches_before;
     assert!(

@@ -17,7 +17,9 @@ use floe_storage::{StoragePool, StorageTarget};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::{advertised, http_server, load_config, wait_for_signal, BrokerArgs, ControllerArgs};
+use crate::{
+    advertised, http_server, load_config, wait_for_signal, BrokerArgs, ControllerArgs, ProxyArgs,
+};
 
 async fn connect(endpoints: &[String]) -> Result<Arc<dyn MetadataStore>> {
     let store = EtcdStore::connect(endpoints)
@@ -57,22 +59,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     config.node_id = args.id;
     let meta = connect(&args.etcd).await?;
     // The first controller initialises the cluster; wait for it.
-    let mut waited = false;
-    let (cluster_id, pool) = loop {
-        let cluster = meta.get(&keys::cluster()).await?;
-        let pool = read_pool(&*meta).await?;
-        if let (Some(c), Some(p)) = (cluster, pool) {
-            let c = floe_meta::schema::ClusterRecord::decode(c.value)?;
-            break (c.cluster_id, p);
-        }
-        if !waited {
-            tracing::info!(
-                "waiting for a controller to initialise the cluster (id and storage pool)"
-            );
-            waited = true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (cluster_id, pool) = cluster_identity(&*meta).await?;
     let pool = Arc::new(open_pool(&pool)?);
     let (host, port) = advertised(args.advertise.as_deref(), args.listen)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -81,6 +68,10 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
+    let tail = tokio::net::TcpListener::bind(args.tail_listen)
+        .await
+        .with_context(|| format!("binding the tail push listener {}", args.tail_listen))?;
+    let tail_addr = format!("{host}:{}", tail.local_addr()?.port());
     let shutdown = CancellationToken::new();
     crate::start_storage(&pool, &config, &shutdown);
     let metrics = Arc::new(Metrics::new());
@@ -94,21 +85,28 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
         pool,
         clock,
         metrics,
+        tail_addr.clone(),
         shutdown.child_token(),
     )
     .await
     .context("registering the broker")?;
-    tracing::info!(id = args.id, listen = %args.listen, http = %args.http_listen, cluster_id, "floe broker started");
+    tracing::info!(id = args.id, listen = %args.listen, http = %args.http_listen, tail = %tail_addr, cluster_id, "floe broker started");
     let serve_token = shutdown.child_token();
     let server = tokio::spawn(floe_broker::server::serve(
         listener,
         node.clone(),
         serve_token.clone(),
     ));
+    let tail_task = tokio::spawn(floe_broker::tail::serve(
+        tail,
+        node.clone(),
+        serve_token.clone(),
+    ));
+    let (mn, rn) = (node.clone(), node.clone());
     let http_task = tokio::spawn(http_server(
         http,
-        node.clone(),
-        false,
+        Arc::new(move || crate::broker_metrics(&mn)),
+        Arc::new(move || crate::broker_ready(&rn, false)),
         shutdown.child_token(),
     ));
     let lapsed = tokio::select! {
@@ -120,9 +118,96 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     let _ = server.await;
     node.release_all().await;
     shutdown.cancel();
+    let _ = tail_task.await;
     let _ = http_task.await;
     if lapsed {
         bail!("the broker's lease expired and it could not rejoin the cluster");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Wait for the first controller to initialise the cluster: its id and
+/// storage pool.
+async fn cluster_identity(meta: &dyn MetadataStore) -> Result<(String, StoragePoolRecord)> {
+    let mut waited = false;
+    loop {
+        let cluster = meta.get(&keys::cluster()).await?;
+        let pool = read_pool(meta).await?;
+        if let (Some(c), Some(p)) = (cluster, pool) {
+            let c = floe_meta::schema::ClusterRecord::decode(c.value)?;
+            return Ok((c.cluster_id, p));
+        }
+        if !waited {
+            tracing::info!(
+                "waiting for a controller to initialise the cluster (id and storage pool)"
+            );
+            waited = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn proxy(args: ProxyArgs) -> Result<()> {
+    let config = crate::load_proxy_config(args.config.as_deref())?;
+    let meta = connect(&args.etcd).await?;
+    let (cluster_id, pool) = cluster_identity(&*meta).await?;
+    let pool = Arc::new(open_pool(&pool)?);
+    let (host, port) = advertised(args.advertise.as_deref(), args.listen)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the Kafka listener {}", args.listen))?;
+    let http = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
+    let shutdown = CancellationToken::new();
+    pool.spawn_probes(Duration::from_secs(2), shutdown.child_token());
+    let clock: SharedClock = Arc::new(SystemClock);
+    let proxy = floe_proxy::Proxy::start(
+        config,
+        cluster_id.clone(),
+        host,
+        port,
+        meta,
+        pool,
+        clock.now_ms(),
+        shutdown.child_token(),
+    )
+    .await
+    .context("registering the proxy")?;
+    tracing::info!(id = proxy.record.proxy_id, listen = %args.listen, http = %args.http_listen, cluster_id, "floe proxy started");
+    let serve_token = shutdown.child_token();
+    let server = tokio::spawn(floe_broker::server::serve(
+        listener,
+        proxy.clone(),
+        serve_token.clone(),
+    ));
+    let (mp, rp) = (proxy.clone(), proxy.clone());
+    let http_task = tokio::spawn(http_server(
+        http,
+        Arc::new(move || mp.encode_metrics()),
+        Arc::new(move || {
+            let brokers = rp.view.brokers().len();
+            if brokers > 0 {
+                Ok(format!("ready: {brokers} brokers known\n"))
+            } else {
+                Err("not ready: no live broker known\n".to_string())
+            }
+        }),
+        shutdown.child_token(),
+    ));
+    let lapsed = tokio::select! {
+        _ = wait_for_signal() => false,
+        _ = proxy.shutdown.cancelled() => true,
+    };
+    tracing::info!("shutting down");
+    serve_token.cancel();
+    let _ = server.await;
+    proxy.stop().await;
+    shutdown.cancel();
+    let _ = http_task.await;
+    if lapsed {
+        bail!("the proxy's registration lease expired");
     }
     tracing::info!("stopped");
     Ok(())

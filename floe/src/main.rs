@@ -1,6 +1,7 @@
 //! The `floe` binary: `floe standalone` runs the whole system in one process
-//! (embedded metadata store, controller, broker) on local storage; `floe
-//! controller` and `floe broker` are the roles of a cluster on etcd.
+//! (embedded metadata store, controller, broker, and the proxy clients talk
+//! to) on local storage; `floe controller`, `floe broker` and `floe proxy`
+//! are the roles of a cluster on etcd.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,28 @@ enum Command {
     /// Run a controller of a cluster whose metadata is in etcd (several may
     /// run: one leads, the others stand by).
     Controller(ControllerArgs),
+    /// Run a proxy of a cluster: the endpoint clients connect to (any
+    /// number may run; each serves every partition).
+    Proxy(ProxyArgs),
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// etcd endpoints, comma-separated (http://host:port,...).
+    #[arg(long, env = "FLOE_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// Kafka listener address.
+    #[arg(long, env = "FLOE_LISTEN", default_value = "127.0.0.1:9092")]
+    listen: SocketAddr,
+    /// Address advertised to clients (default: the listen address).
+    #[arg(long, env = "FLOE_ADVERTISE")]
+    advertise: Option<String>,
+    /// HTTP address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "FLOE_HTTP_LISTEN", default_value = "127.0.0.1:9646")]
+    http_listen: SocketAddr,
+    /// TOML config file ([proxy] section: see docs/operations.md).
+    #[arg(long, env = "FLOE_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -54,6 +77,10 @@ struct BrokerArgs {
     /// HTTP address of /metrics, /healthz and /readyz.
     #[arg(long, env = "FLOE_HTTP_LISTEN", default_value = "127.0.0.1:9644")]
     http_listen: SocketAddr,
+    /// Address of the tail push (gRPC) listener proxies follow partitions
+    /// on; port 0 picks a free one. Advertised with the --advertise host.
+    #[arg(long, env = "FLOE_TAIL_LISTEN", default_value = "127.0.0.1:0")]
+    tail_listen: SocketAddr,
     /// TOML config file ([broker] section: see docs/operations.md).
     #[arg(long, env = "FLOE_CONFIG")]
     config: Option<PathBuf>,
@@ -115,11 +142,13 @@ struct StandaloneArgs {
 struct FileConfig {
     #[serde(default)]
     broker: BrokerConfig,
+    #[serde(default)]
+    proxy: floe_proxy::ProxyConfig,
 }
 
-pub(crate) fn load_config(path: Option<&Path>) -> Result<BrokerConfig> {
+fn load_file(path: Option<&Path>) -> Result<FileConfig> {
     let Some(path) = path else {
-        return Ok(BrokerConfig::default());
+        return Ok(FileConfig::default());
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -128,7 +157,15 @@ pub(crate) fn load_config(path: Option<&Path>) -> Result<BrokerConfig> {
     let none = Default::default();
     floe_broker::TopicConfig::resolve(&file.broker.topic_defaults, &none)
         .context("broker.topic_defaults")?;
-    Ok(file.broker)
+    Ok(file)
+}
+
+pub(crate) fn load_config(path: Option<&Path>) -> Result<BrokerConfig> {
+    Ok(load_file(path)?.broker)
+}
+
+pub(crate) fn load_proxy_config(path: Option<&Path>) -> Result<floe_proxy::ProxyConfig> {
+    Ok(load_file(path)?.proxy)
 }
 
 fn main() -> Result<()> {
@@ -148,6 +185,7 @@ fn main() -> Result<()> {
         Command::Standalone(args) => rt.block_on(standalone(args)),
         Command::Broker(args) => rt.block_on(cluster::broker(args)),
         Command::Controller(args) => rt.block_on(cluster::controller(args)),
+        Command::Proxy(args) => rt.block_on(cluster::proxy(args)),
     }
 }
 
@@ -183,33 +221,83 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
+    // The broker behind the proxy listens on loopback only.
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the internal broker listener")?;
+    let internal_port = internal.local_addr()?.port() as i32;
+    let tail = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the tail push listener")?;
+    let tail_addr = format!("127.0.0.1:{}", tail.local_addr()?.port());
 
     let controller = Controller::new(meta.clone(), pool.clone());
     let controller_task = tokio::spawn(controller.run(shutdown.child_token()));
+    // The client-facing limits are the proxy's: one config for both.
+    let proxy_config = floe_proxy::ProxyConfig {
+        // Clients see the one node of a standalone as node 0, as before.
+        proxy_id: Some(config.node_id),
+        max_request_bytes: config.max_request_bytes,
+        max_connections: config.max_connections,
+        max_inflight_per_connection: config.max_inflight_per_connection,
+        ..load_proxy_config(args.config.as_deref())?
+    };
+    // Only the proxy connects to the broker (a handful of connections per
+    // client connection at most): the client limit is the proxy's.
+    let mut config = config;
+    config.max_connections = config.max_connections.saturating_mul(4).max(1024);
     let node = Node::start(
         config,
+        cluster_id.clone(),
+        "127.0.0.1".into(),
+        internal_port,
+        meta.clone(),
+        pool.clone(),
+        clock.clone(),
+        metrics.clone(),
+        tail_addr,
+        shutdown.child_token(),
+    )
+    .await?;
+    let proxy = floe_proxy::Proxy::start(
+        proxy_config,
         cluster_id.clone(),
         host,
         port,
         meta.clone(),
         pool,
-        clock,
-        metrics.clone(),
+        clock.now_ms(),
         shutdown.child_token(),
     )
     .await?;
     tracing::info!(listen = %args.listen, http = %args.http_listen, data_dir = %data_dir.display(), storage = %storage_url, cluster_id, "floe standalone started");
 
     let serve_token = shutdown.child_token();
-    let server = tokio::spawn(floe_broker::server::serve(
-        listener,
+    let broker_server = tokio::spawn(floe_broker::server::serve(
+        internal,
         node.clone(),
         serve_token.clone(),
     ));
+    let tail_task = tokio::spawn(floe_broker::tail::serve(
+        tail,
+        node.clone(),
+        serve_token.clone(),
+    ));
+    let server = tokio::spawn(floe_broker::server::serve(
+        listener,
+        proxy.clone(),
+        serve_token.clone(),
+    ));
+    let (mn, rn, mp) = (node.clone(), node.clone(), proxy.clone());
     let http_task = tokio::spawn(http_server(
         http,
-        node.clone(),
-        true,
+        // Both registries, one exposition (their names do not overlap).
+        Arc::new(move || {
+            let broker = broker_metrics(&mn);
+            let broker = broker.strip_suffix("# EOF\n").unwrap_or(&broker);
+            format!("{broker}{}", mp.encode_metrics())
+        }),
+        Arc::new(move || broker_ready(&rn, true)),
         shutdown.child_token(),
     ));
 
@@ -217,8 +305,11 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     tracing::info!("shutting down: releasing partitions");
     serve_token.cancel();
     let _ = server.await;
+    let _ = broker_server.await;
     node.release_all().await;
+    proxy.stop().await;
     shutdown.cancel();
+    let _ = tail_task.await;
     let _ = controller_task.await;
     let _ = http_task.await;
     tracing::info!("stopped");
@@ -248,30 +339,49 @@ pub(crate) async fn wait_for_signal() {
     }
 }
 
+/// The broker's metrics text, with the cache figures of now.
+fn broker_metrics(node: &Node) -> String {
+    let (hits, misses) = node.cache.stats();
+    node.metrics
+        .set_cache(hits, misses, node.cache.weighted_bytes());
+    node.metrics.encode()
+}
+
+/// The broker's readiness: every partition it should write is writing.
+fn broker_ready(node: &Node, all_partitions: bool) -> Result<String, String> {
+    let (writing, total) = node.readiness(all_partitions);
+    if writing >= total {
+        Ok(format!("ready: {writing} partitions writing\n"))
+    } else {
+        Err(format!(
+            "not ready: {writing} of {total} partitions writing\n"
+        ))
+    }
+}
+
+type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
+type Readiness = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// /metrics, /healthz and /readyz of a process.
 async fn http_server(
     listener: tokio::net::TcpListener,
-    node: Arc<Node>,
-    all_partitions: bool,
+    metrics: MetricsText,
+    ready: Readiness,
     shutdown: CancellationToken,
 ) {
     use axum::routing::get;
-    let metrics_node = node.clone();
-    let ready_node = node.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
-                let node = metrics_node.clone();
+                let text = metrics();
                 async move {
-                    let (hits, misses) = node.cache.stats();
-                    node.metrics
-                        .set_cache(hits, misses, node.cache.weighted_bytes());
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        node.metrics.encode(),
+                        text,
                     )
                 }
             }),
@@ -280,19 +390,11 @@ async fn http_server(
         .route(
             "/readyz",
             get(move || {
-                let node = ready_node.clone();
+                let r = ready();
                 async move {
-                    let (writing, total) = node.readiness(all_partitions);
-                    if writing >= total {
-                        (
-                            axum::http::StatusCode::OK,
-                            format!("ready: {writing} partitions writing\n"),
-                        )
-                    } else {
-                        (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready: {writing} of {total} partitions writing\n"),
-                        )
+                    match r {
+                        Ok(m) => (axum::http::StatusCode::OK, m),
+                        Err(m) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, m),
                     }
                 }
             }),

@@ -65,6 +65,23 @@ pub fn broker(id: i32) -> Bytes {
     Bytes::from(format!("/floe/brokers/{id}"))
 }
 
+pub fn proxies_prefix() -> Bytes {
+    Bytes::from_static(b"/floe/proxies/")
+}
+
+pub fn proxy(id: i32) -> Bytes {
+    Bytes::from(format!("/floe/proxies/{id}"))
+}
+
+/// The proxy id of a proxy registration key.
+pub fn parse_proxy(key: &[u8]) -> Option<i32> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix("/floe/proxies/")?
+        .parse()
+        .ok()
+}
+
 /// A partition's published state (`PartitionStateRecord`), bound to the
 /// owning broker's lease.
 pub fn partition_state(p: PartitionId) -> Bytes {

@@ -70,6 +70,26 @@ pub struct BrokerRecord {
     pub rack: Option<String>,
     #[prost(int64, tag = "6")]
     pub started_ms: i64,
+    /// HOST:PORT of its tail push (gRPC) listener, which proxies follow
+    /// partitions on.
+    #[prost(string, tag = "7")]
+    pub tail: String,
+}
+
+/// A live proxy: `/floe/proxies/{id}`, bound to the proxy's lease. Clients
+/// see proxies as Kafka's brokers, under this id.
+#[derive(Clone, PartialEq, Message)]
+pub struct ProxyRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(int32, tag = "2")]
+    pub proxy_id: i32,
+    #[prost(string, tag = "3")]
+    pub host: String,
+    #[prost(int32, tag = "4")]
+    pub port: i32,
+    #[prost(int64, tag = "5")]
+    pub started_ms: i64,
 }
 
 /// The write lease of a partition: `/floe/partitions/{topic_id}/{p}/owner`,

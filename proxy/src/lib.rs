@@ -1,4 +1,214 @@
-//! The client-facing proxy tier (metadata virtualization, produce
-//! forwarding, fetch from shared storage). Not built yet: it is the subject
-//! of the "Proxy tier" issue, and this crate deliberately holds no code until
-//! then, so nothing here can be mistaken for a working proxy.
+//! The client-facing proxy tier: proxies register in the metadata store and
+//! are the only "brokers" clients see. Produce is forwarded to partition
+//! owners (held across moves), reads are served from the proxy's cache and
+//! the storage pool with the tail pushed by owners, group and admin requests
+//! go to the broker that must answer them.
+
+pub mod fetch;
+pub mod metrics;
+pub mod produce;
+pub mod service;
+pub mod tail;
+pub mod upstream;
+pub mod view;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe_broker::Metrics;
+use floe_meta::schema::{ProxyRecord, FORMAT};
+use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn, TxnOutcome};
+use floe_storage::{BlockCache, StoragePool};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::ProxyMetrics;
+use crate::tail::Tails;
+use crate::view::View;
+
+/// Settings of one proxy process (`[proxy]` in the config file).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The id clients see as this proxy's node id (default: derived from
+    /// the advertised address, stable across restarts).
+    pub proxy_id: Option<i32>,
+    pub max_request_bytes: usize,
+    pub max_connections: usize,
+    pub max_inflight_per_connection: usize,
+    /// Bytes of the read cache (pushed chunks, segment blocks).
+    pub cache_bytes: u64,
+    /// A forwarded group or admin request whose broker cannot be reached
+    /// (or whose coordinator is moving) is retried this long.
+    pub forward_timeout_ms: u64,
+    /// TTL of the proxy's registration: a dead proxy leaves the metadata
+    /// answers this long after it stopped.
+    pub lease_ttl_ms: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            proxy_id: None,
+            max_request_bytes: 100 << 20,
+            max_connections: 10_000,
+            max_inflight_per_connection: 32,
+            cache_bytes: 512 << 20,
+            forward_timeout_ms: 30_000,
+            lease_ttl_ms: 5_000,
+        }
+    }
+}
+
+pub struct Proxy {
+    pub config: ProxyConfig,
+    pub cluster_id: String,
+    pub record: ProxyRecord,
+    pub view: Arc<View>,
+    pub tails: Arc<Tails>,
+    /// Shared request metrics (per-API counts and latency, connections).
+    pub requests: Arc<Metrics>,
+    pub metrics: Arc<ProxyMetrics>,
+    lanes: produce::Lanes,
+    produce_pool: upstream::Pool,
+    admin_pool: upstream::Pool,
+    round_robin: AtomicUsize,
+    lease: floe_meta::LeaseId,
+    meta: Arc<dyn MetadataStore>,
+    pub shutdown: CancellationToken,
+}
+
+/// A node id from an address: stable for a proxy that restarts at the
+/// same address, in a range apart from broker ids.
+pub fn derived_id(host: &str, port: i32) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in format!("{host}:{port}").bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    1_000_000 + (h % 1_000_000_000) as i32
+}
+
+impl Proxy {
+    /// Register (under a lease kept alive until `shutdown`) and start
+    /// following the cluster.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        config: ProxyConfig,
+        cluster_id: String,
+        host: String,
+        port: i32,
+        meta: Arc<dyn MetadataStore>,
+        pool: Arc<StoragePool>,
+        now_ms: i64,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, MetaError> {
+        let id = config.proxy_id.unwrap_or_else(|| derived_id(&host, port));
+        let record = ProxyRecord {
+            format: FORMAT,
+            proxy_id: id,
+            host,
+            port,
+            started_ms: now_ms,
+        };
+        let ttl = Duration::from_millis(config.lease_ttl_ms.max(1_000));
+        let lease = meta.grant_lease(ttl).await?;
+        // A registration of the same id at another address is another live
+        // proxy; at this address it is this proxy's previous life.
+        let existing = meta.get(&keys::proxy(id)).await?;
+        let condition = match existing {
+            Some(kv) => {
+                let other = ProxyRecord::decode(kv.value.clone())
+                    .map_err(|e| MetaError::Invalid(e.to_string()))?;
+                if (other.host.as_str(), other.port) != (record.host.as_str(), record.port) {
+                    let _ = meta.revoke_lease(lease).await;
+                    return Err(MetaError::Invalid(format!(
+                        "proxy id {id} is registered by a live proxy at {}:{}; set proxy_id",
+                        other.host, other.port
+                    )));
+                }
+                Condition::ModRevision(keys::proxy(id), kv.mod_revision)
+            }
+            None => Condition::Missing(keys::proxy(id)),
+        };
+        let txn = Txn::new().when(condition).then(Op::put_with_lease(
+            keys::proxy(id),
+            record.encode_to_vec(),
+            lease,
+        ));
+        if !matches!(meta.txn(txn).await?, TxnOutcome::Committed { .. }) {
+            let _ = meta.revoke_lease(lease).await;
+            return Err(MetaError::Invalid(format!(
+                "proxy id {id} was registered concurrently"
+            )));
+        }
+        let view = View::follow(meta.clone(), shutdown.child_token()).await?;
+        let mut requests = Metrics::with_prefix("floe_proxy");
+        let metrics = Arc::new(ProxyMetrics::default());
+        metrics.register(&mut requests.registry);
+        let cache = BlockCache::new(config.cache_bytes);
+        let tails = Tails::new(
+            view.clone(),
+            pool,
+            cache,
+            metrics.clone(),
+            shutdown.child_token(),
+        );
+        let proxy = Arc::new(Self {
+            config,
+            cluster_id,
+            record,
+            view,
+            tails,
+            requests: Arc::new(requests),
+            metrics,
+            lanes: Default::default(),
+            produce_pool: Default::default(),
+            admin_pool: Default::default(),
+            round_robin: AtomicUsize::new(0),
+            lease,
+            meta: meta.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let keep = proxy.clone();
+        tokio::spawn(async move {
+            let expired = floe_meta::election::keep_lease_alive(
+                &*keep.meta,
+                keep.lease,
+                ttl,
+                keep.shutdown.cancelled(),
+                |_, _| {},
+            )
+            .await;
+            if expired {
+                tracing::error!("the proxy's registration lease expired; stopping");
+                keep.shutdown.cancel();
+            }
+        });
+        tracing::info!(id, "proxy registered");
+        Ok(proxy)
+    }
+
+    /// Metrics text, with the cache figures of now.
+    pub fn encode_metrics(&self) -> String {
+        let (hits, misses) = self.tails.cache.stats();
+        self.requests
+            .set_cache(hits, misses, self.tails.cache.weighted_bytes());
+        self.metrics.storage_reads.set(misses);
+        let total = hits + misses;
+        self.metrics.cache_hit_ratio.set(if total == 0 {
+            0.0
+        } else {
+            hits as f64 / total as f64
+        });
+        self.requests.encode()
+    }
+
+    /// Leave the cluster: registration removed at once.
+    pub async fn stop(&self) {
+        let _ = self.meta.revoke_lease(self.lease).await;
+        self.shutdown.cancel();
+    }
+}

@@ -498,6 +498,132 @@ impl PartitionLog {
     }
 }
 
+/// What a follower of a partition's log (a proxy) has been shown: enough of
+/// the log's shape to tell appends to the open segments from any other
+/// change (a seal, a roll, retention), which needs a full snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TailCursor {
+    shown: bool,
+    segments: usize,
+    first_base: Offset,
+    /// The last few segments: (base, sealed, chunks shown).
+    tail: Vec<(Offset, bool, usize)>,
+    log_start: Offset,
+    high_watermark: Offset,
+    leader_epoch: Epoch,
+}
+
+/// The change since a follower's cursor.
+#[derive(Clone, Debug)]
+pub enum TailDelta {
+    Unchanged,
+    /// New committed chunks of open segments (segment base, chunk), and the
+    /// offsets after them.
+    Append {
+        chunks: Vec<(Offset, ChunkRef)>,
+        log_start: Offset,
+        high_watermark: Offset,
+    },
+    Snapshot(LogState),
+}
+
+/// Segments whose shape a cursor follows closely (an open segment being
+/// consolidated, the one being written, and a margin).
+const TAIL_SEGMENTS: usize = 3;
+
+impl TailCursor {
+    fn shape(s: &LogState) -> Self {
+        let n = s.segments.len();
+        TailCursor {
+            shown: true,
+            segments: n,
+            first_base: s.segments.keys().next().copied().unwrap_or(-1),
+            tail: s
+                .segments
+                .iter()
+                .skip(n.saturating_sub(TAIL_SEGMENTS))
+                .map(|(base, seg)| match seg {
+                    SegmentView::Sealed(_) => (*base, true, 0),
+                    SegmentView::Open { chunks, .. } => (*base, false, chunks.len()),
+                })
+                .collect(),
+            log_start: s.log_start_offset,
+            high_watermark: s.high_watermark,
+            leader_epoch: s.leader_epoch,
+        }
+    }
+}
+
+impl PartitionLog {
+    /// What changed since `cursor` (which is moved to now): usually the
+    /// chunks committed since, otherwise the whole state.
+    pub fn changes(&self, cursor: &mut TailCursor) -> TailDelta {
+        let s = self.state.read().unwrap();
+        let now = TailCursor::shape(&s);
+        if *cursor == now {
+            return TailDelta::Unchanged;
+        }
+        let appends_only = cursor.shown
+            && cursor.segments == now.segments
+            && cursor.first_base == now.first_base
+            && cursor.leader_epoch == now.leader_epoch
+            && cursor.tail.len() == now.tail.len()
+            && cursor
+                .tail
+                .iter()
+                .zip(&now.tail)
+                .all(|(a, b)| a.0 == b.0 && a.1 == b.1 && a.2 <= b.2);
+        let delta = if appends_only {
+            let mut chunks = Vec::new();
+            for ((base, _, seen), (_, _, n)) in cursor.tail.iter().zip(&now.tail) {
+                if n > seen {
+                    if let Some(SegmentView::Open { chunks: c, .. }) = s.segments.get(base) {
+                        chunks.extend(c[*seen..*n].iter().map(|c| (*base, c.clone())));
+                    }
+                }
+            }
+            TailDelta::Append {
+                chunks,
+                log_start: s.log_start_offset,
+                high_watermark: s.high_watermark,
+            }
+        } else {
+            TailDelta::Snapshot(s.clone())
+        };
+        *cursor = now;
+        delta
+    }
+
+    /// Apply what a followed writer showed (the follower's side of
+    /// [`PartitionLog::changes`]); payloads shown with chunks go to the cache.
+    pub fn apply_append(
+        &self,
+        chunks: Vec<(Offset, ChunkRef, Option<Bytes>)>,
+        log_start: Offset,
+        high_watermark: Offset,
+    ) {
+        self.update(|s| {
+            for (base, c, payload) in chunks {
+                if let Some(p) = payload {
+                    self.cache.put_object(c.path.clone(), p);
+                }
+                if let Some(SegmentView::Open { chunks, .. }) = s.segments.get_mut(&base) {
+                    if chunks.last().is_none_or(|l| l.next_offset <= c.base_offset) {
+                        chunks.push(c);
+                    }
+                }
+            }
+            s.log_start_offset = s.log_start_offset.max(log_start);
+            s.high_watermark = s.high_watermark.max(high_watermark);
+        });
+    }
+
+    /// Replace the whole state (a follower's snapshot).
+    pub fn replace(&self, state: LogState) {
+        self.update(|s| *s = state);
+    }
+}
+
 /// Scan batches in `data` for the first record with timestamp ≥ `ts`.
 fn first_at_or_after(data: &Bytes, ts: i64, log_start: Offset) -> Option<(Offset, i64)> {
     for (pos, h) in Batches::new(data) {

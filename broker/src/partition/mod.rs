@@ -186,6 +186,11 @@ impl PartitionHandle {
         *self.state.borrow()
     }
 
+    /// Follow the state machine's moves.
+    pub fn state_watch(&self) -> watch::Receiver<PartitionState> {
+        self.state.clone()
+    }
+
     /// Queue validated batches for append, in the order of calls; the
     /// returned receiver resolves once they are durable (or failed).
     pub async fn submit(

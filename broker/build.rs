@@ -1,0 +1,7 @@
+fn main() {
+    println!("cargo:rerun-if-changed=../proto/tail.proto");
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_protos(&["../proto/tail.proto"], &["../proto"])
+        .expect("compiling proto/tail.proto (is protoc installed? scripts/test.sh installs protobuf-compiler)");
+}

@@ -1,0 +1,562 @@
+//! The proxy tier on a real cluster (etcd, controller, brokers and proxies
+//! as processes) with librdkafka clients that know only the proxies: moves
+//! and a rolling restart of every broker are invisible to them, catch-up
+//! reads never reach a broker, and a proxy killed with -9 leaves the clients
+//! to carry on through the other.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use floe_e2e::{read_all, Cluster};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+const PARTITIONS: i32 = 6;
+
+/// Records every error and every log line at warning or worse that a
+/// librdkafka client reports.
+#[derive(Clone, Default)]
+struct Watch {
+    problems: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClientContext for Watch {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+            self.problems
+                .lock()
+                .unwrap()
+                .push(format!("log {level:?} {fac}: {msg}"));
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.problems
+            .lock()
+            .unwrap()
+            .push(format!("error {error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for Watch {}
+
+impl Watch {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.problems.lock().unwrap())
+    }
+}
+
+fn cluster(brokers: usize, proxies: usize) -> Cluster {
+    let mut c = Cluster::start_with(
+        brokers,
+        1,
+        3_000,
+        "[proxy]\nlease_ttl_ms = 2000\nforward_timeout_ms = 20000\n",
+    )
+    .unwrap();
+    for _ in 0..proxies {
+        c.add_proxy().unwrap();
+    }
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    c
+}
+
+fn producer(bootstrap: &str, watch: &Watch) -> FutureProducer<Watch> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "120000")
+        .set("request.timeout.ms", "30000")
+        .create_with_context(watch.clone())
+        .unwrap()
+}
+
+fn consumer(bootstrap: &str, group: &str, watch: &Watch) -> BaseConsumer<Watch> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        .set("session.timeout.ms", "10000")
+        .create_with_context(watch.clone())
+        .unwrap()
+}
+
+/// Create a topic through the proxies and wait until every partition has a
+/// writing owner.
+async fn create(c: &Cluster, topic: &str, partitions: i32) {
+    floe_e2e::create_topic(&c.proxy_bootstrap(), topic, partitions).await;
+    let meta = c.meta().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = true;
+        for p in 0..partitions {
+            let s = Cluster::partition_state(&meta, topic, p).await.unwrap();
+            all &= s.is_some_and(|s| s.state == "writing");
+        }
+        if all {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions of {topic} not writing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_know_only_the_proxies_produce_and_consume() {
+    let c = cluster(3, 2);
+    let b = c.proxy_bootstrap();
+    create(&c, "through", PARTITIONS).await;
+
+    // Metadata shows the proxies as the brokers, and leads every partition
+    // with one of them.
+    let watch = Watch::default();
+    let probe = consumer(&b, "meta", &watch);
+    let md = probe
+        .fetch_metadata(Some("through"), Duration::from_secs(10))
+        .unwrap();
+    let mut ports: Vec<i32> = md.brokers().iter().map(|x| x.port()).collect();
+    ports.sort();
+    let mut want: Vec<i32> = c.proxies.iter().map(|p| p.port.unwrap() as i32).collect();
+    want.sort();
+    assert_eq!(ports, want, "the brokers clients see are the proxies");
+    let ids: Vec<i32> = md.brokers().iter().map(|x| x.id()).collect();
+    for p in md.topics()[0].partitions() {
+        assert!(
+            ids.contains(&p.leader()),
+            "partition {} led by a proxy",
+            p.id()
+        );
+    }
+
+    let producer = producer(&b, &watch);
+    let n = 3_000;
+    let mut futures = Vec::new();
+    for i in 0..n {
+        let key = format!("k{}", i % 60);
+        let payload = format!("v{i:05}");
+        futures.push(
+            producer
+                .send_result(
+                    FutureRecord::to("through")
+                        .key(key.as_bytes())
+                        .payload(payload.as_bytes()),
+                )
+                .unwrap(),
+        );
+    }
+    let mut delivered = HashMap::new();
+    for (i, f) in futures.into_iter().enumerate() {
+        let d = f.await.unwrap().expect("delivered");
+        delivered.insert((d.partition, d.offset), i);
+    }
+    assert_eq!(delivered.len(), n);
+
+    let consumer = consumer(&b, "through-group", &watch);
+    consumer.subscribe(&["through"]).unwrap();
+    let mut got: BTreeMap<i32, Vec<(i64, String, String)>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.values().map(Vec::len).sum::<usize>() < n && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            got.entry(m.partition()).or_default().push((
+                m.offset(),
+                String::from_utf8_lossy(m.key().unwrap()).to_string(),
+                String::from_utf8_lossy(m.payload().unwrap()).to_string(),
+            ));
+        }
+    }
+    assert_eq!(got.values().map(Vec::len).sum::<usize>(), n);
+    for (p, records) in &got {
+        // Dense offsets from 0, and each record where its ack said.
+        for (k, (o, key, v)) in records.iter().enumerate() {
+            assert_eq!(*o, k as i64, "partition {p}");
+            let i = delivered[&(*p, *o)];
+            assert_eq!(v, &format!("v{i:05}"));
+            assert_eq!(key, &format!("k{}", i % 60));
+        }
+        // A key's records in the order they were sent.
+        let mut last: HashMap<&str, &str> = HashMap::new();
+        for (_, key, v) in records {
+            if let Some(prev) = last.insert(key, v) {
+                assert!(prev < v.as_str(), "order of {key} in partition {p}");
+            }
+        }
+    }
+    // Every client request went to a proxy; none reached a broker directly.
+    for p in &c.proxies {
+        let m = p.http("/metrics").unwrap();
+        assert!(metric(&m, "floe_proxy_kafka_requests_total{api=\"Produce\"}") > 0.0);
+    }
+    for (i, br) in c.brokers.iter().enumerate() {
+        let m = br.http("/metrics").unwrap();
+        assert_eq!(
+            metric(&m, "floe_kafka_requests_total{api=\"Fetch\"}"),
+            0.0,
+            "broker {i} served a fetch"
+        );
+    }
+    let problems = watch.take();
+    assert!(problems.is_empty(), "clients reported: {problems:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_moves_and_a_rolling_restart_are_invisible_to_clients() {
+    let mut c = cluster(3, 2);
+    let b = c.proxy_bootstrap();
+    create(&c, "moving", PARTITIONS).await;
+    let watch = Watch::default();
+    let producer = Arc::new(producer(&b, &watch));
+    let consumer = consumer(&b, "moving-group", &watch);
+    consumer.subscribe(&["moving"]).unwrap();
+
+    // Produce at a steady pace in the background; each record's delivery
+    // latency is kept with the phase it was sent in.
+    let phase = Arc::new(Mutex::new("steady"));
+    let results: Arc<Mutex<Vec<(usize, &'static str, f64, Result<(i32, i64), String>)>>> =
+        Default::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (producer, phase, results, stop) = (
+            producer.clone(),
+            phase.clone(),
+            results.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            let mut tasks = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let p = (i % PARTITIONS as usize) as i32;
+                let payload = format!("{p}-{i:07}");
+                let sent = Instant::now();
+                let ph = *phase.lock().unwrap();
+                let f = producer
+                    .send_result(
+                        FutureRecord::<(), _>::to("moving")
+                            .partition(p)
+                            .payload(payload.as_bytes()),
+                    )
+                    .unwrap();
+                let results = results.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = match f.await.unwrap() {
+                        Ok(d) => Ok((d.partition, d.offset)),
+                        Err((e, _)) => Err(e.to_string()),
+                    };
+                    let ms = sent.elapsed().as_secs_f64() * 1000.0;
+                    results.lock().unwrap().push((i, ph, ms, r));
+                }));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            i
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // 20 moves, each to a broker other than the partition's owner.
+    *phase.lock().unwrap() = "moves";
+    let meta = c.meta().await.unwrap();
+    for k in 0..20 {
+        let p = (k * 5 % PARTITIONS as usize) as i32;
+        let owner = Cluster::partition_state(&meta, "moving", p)
+            .await
+            .unwrap()
+            .map_or(0, |s| s.broker_id);
+        let target = owner % 3 + 1;
+        c.move_partition("moving", p, target).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A rolling restart of every broker.
+    *phase.lock().unwrap() = "restarts";
+    for i in 0..c.brokers.len() {
+        c.brokers[i].restart().unwrap();
+        // Let the cluster take the broker back before the next one goes.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut writing = 0;
+            for p in 0..PARTITIONS {
+                if Cluster::partition_state(&meta, "moving", p)
+                    .await
+                    .unwrap()
+                    .is_some_and(|s| s.state == "writing")
+                {
+                    writing += 1;
+                }
+            }
+            if writing == PARTITIONS && c.brokers[i].http("/readyz").is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster did not settle");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    *phase.lock().unwrap() = "after";
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.await.unwrap();
+
+    let results = std::mem::take(&mut *results.lock().unwrap());
+    assert_eq!(results.len(), sent);
+    let failed: Vec<_> = results.iter().filter(|r| r.3.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} sends failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let mut by_phase: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for (_, ph, ms, _) in &results {
+        by_phase.entry(ph).or_default().push(*ms);
+    }
+    for (ph, v) in by_phase.iter_mut() {
+        let n = v.len();
+        let (p50, p99, max) = (percentile(v, 0.5), percentile(v, 0.99), percentile(v, 1.0));
+        println!("produce latency {ph}: n={n} p50={p50:.1}ms p99={p99:.1}ms max={max:.1}ms");
+    }
+
+    // The consumer sees every record once, in order per partition.
+    let mut got: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.values().map(Vec::len).sum::<usize>() < sent && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            got.entry(m.partition()).or_default().push((
+                m.offset(),
+                String::from_utf8_lossy(m.payload().unwrap()).to_string(),
+            ));
+        }
+    }
+    let acked: HashMap<(i32, i64), usize> = results
+        .iter()
+        .map(|(i, _, _, r)| (*r.as_ref().unwrap(), *i))
+        .collect();
+    assert_eq!(
+        got.values().map(Vec::len).sum::<usize>(),
+        sent,
+        "records consumed"
+    );
+    for (p, records) in &got {
+        let mut last_i = None;
+        for (k, (o, v)) in records.iter().enumerate() {
+            assert_eq!(
+                *o, k as i64,
+                "partition {p}: offsets dense, no record twice"
+            );
+            let i = acked[&(*p, *o)];
+            assert_eq!(v, &format!("{p}-{i:07}"), "partition {p} offset {o}");
+            assert!(last_i < Some(i), "partition {p}: order kept");
+            last_i = Some(i);
+        }
+    }
+    let problems = watch.take();
+    assert!(problems.is_empty(), "clients reported: {problems:#?}");
+    // The proxies held produce requests across the moves, and nothing read
+    // through a broker.
+    let held: f64 = c
+        .proxies
+        .iter()
+        .map(|p| {
+            metric(
+                &p.http("/metrics").unwrap(),
+                "floe_proxy_produce_held_total",
+            )
+        })
+        .sum();
+    println!("produce requests held by the proxies: {held}");
+    assert!(
+        held > 0.0,
+        "moves under load made the proxies hold produce requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_read_through_a_proxy_reaches_no_broker() {
+    let mut c = cluster(2, 1);
+    let b = c.proxy_bootstrap();
+    // Small segments: the old data is in sealed segments and chunks.
+    floe_e2e::create_topic_with(&b, "history", 2, &[("segment.bytes", "262144")]).await;
+    let watch = Watch::default();
+    let producer = producer(&b, &watch);
+    let n = 20_000;
+    let mut futures = Vec::new();
+    for i in 0..n {
+        let payload = format!("{i:06}-{}", "h".repeat(100));
+        futures.push(
+            producer
+                .send_result(
+                    FutureRecord::<(), _>::to("history")
+                        .partition((i % 2) as i32)
+                        .payload(payload.as_bytes()),
+                )
+                .unwrap(),
+        );
+    }
+    for f in futures {
+        f.await.unwrap().expect("delivered");
+    }
+    // A fresh proxy (empty cache): everything comes from storage.
+    c.proxies[0].restart().unwrap();
+    let broker_before: Vec<(f64, f64)> = c
+        .brokers
+        .iter()
+        .map(|br| {
+            let m = br.http("/metrics").unwrap();
+            (
+                metric(&m, "floe_kafka_requests_total{api=\"Fetch\"}"),
+                metric(&m, "floe_cache_misses"),
+            )
+        })
+        .collect();
+    let got = read_all(&b, "history", 2);
+    assert_eq!(got.values().map(Vec::len).sum::<usize>(), n);
+    for (p, records) in &got {
+        for (k, (o, v)) in records.iter().enumerate() {
+            assert_eq!(*o, k as i64);
+            let i = k * 2 + *p as usize;
+            assert!(
+                v.starts_with(format!("{i:06}-").as_bytes()),
+                "partition {p} offset {o}"
+            );
+        }
+    }
+    for (i, br) in c.brokers.iter().enumerate() {
+        let m = br.http("/metrics").unwrap();
+        let fetches = metric(&m, "floe_kafka_requests_total{api=\"Fetch\"}");
+        let misses = metric(&m, "floe_cache_misses");
+        assert_eq!(fetches, 0.0, "broker {i} got fetch requests");
+        assert_eq!(fetches, broker_before[i].0);
+        assert_eq!(
+            misses, broker_before[i].1,
+            "broker {i} read storage for the catch-up"
+        );
+    }
+    let m = c.proxies[0].http("/metrics").unwrap();
+    let reads = metric(&m, "floe_proxy_storage_reads");
+    let ratio = metric(&m, "floe_proxy_cache_hit_ratio");
+    println!("catch-up through a fresh proxy: {reads} storage reads, cache hit ratio {ratio:.3}");
+    assert!(reads > 0.0, "the proxy read the history from storage");
+    assert!(m.contains("floe_proxy_cache_hit_ratio"));
+    assert!(watch.take().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_carry_on_through_the_other_proxy_after_a_kill9() {
+    let mut c = cluster(2, 2);
+    let b = c.proxy_bootstrap();
+    create(&c, "survive", 4).await;
+    let watch = Watch::default();
+    let producer = producer(&b, &watch);
+    let consumer = consumer(&b, "survive-group", &watch);
+    consumer.subscribe(&["survive"]).unwrap();
+    let n = 4_000;
+    let mut acked = HashMap::new();
+    let mut window = Vec::new();
+    let mut got: HashMap<i32, Vec<(i64, String)>> = HashMap::new();
+    for i in 0..n {
+        let payload = format!("{i:05}");
+        window.push((
+            i,
+            producer
+                .send_result(
+                    FutureRecord::<(), _>::to("survive")
+                        .partition((i % 4) as i32)
+                        .payload(payload.as_bytes()),
+                )
+                .unwrap(),
+        ));
+        if i == n / 2 {
+            c.proxies[0].stop_with("-KILL").unwrap();
+        }
+        if window.len() == 100 {
+            for (i, f) in window.drain(..) {
+                let d = f
+                    .await
+                    .unwrap()
+                    .expect("delivered through the surviving proxy");
+                acked.insert((d.partition, d.offset), i);
+            }
+            while let Some(Ok(m)) = consumer.poll(Duration::from_millis(1)) {
+                got.entry(m.partition()).or_default().push((
+                    m.offset(),
+                    String::from_utf8_lossy(m.payload().unwrap()).to_string(),
+                ));
+            }
+        }
+    }
+    for (i, f) in window.drain(..) {
+        let d = f.await.unwrap().expect("delivered");
+        acked.insert((d.partition, d.offset), i);
+    }
+    assert_eq!(acked.len(), n);
+    // The consumer reaches the end through the other proxy.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let distinct = |got: &HashMap<i32, Vec<(i64, String)>>| {
+        got.values().flat_map(|v| v.iter().map(|x| x.0)).count()
+    };
+    while Instant::now() < deadline {
+        let have: std::collections::HashSet<(i32, i64)> = got
+            .iter()
+            .flat_map(|(p, v)| v.iter().map(move |x| (*p, x.0)))
+            .collect();
+        if have.len() >= n {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => got.entry(m.partition()).or_default().push((
+                m.offset(),
+                String::from_utf8_lossy(m.payload().unwrap()).to_string(),
+            )),
+            // Errors about the dead proxy's connection are expected.
+            _ => {}
+        }
+    }
+    assert!(distinct(&got) >= n);
+    for (p, v) in &got {
+        for (o, payload) in v {
+            assert_eq!(payload, &format!("{:05}", acked[&(*p, *o)]));
+        }
+    }
+    // The log itself has each record once, in order.
+    let log = read_all(&c.proxy_bootstrap(), "survive", 4);
+    for (p, records) in &log {
+        let is: Vec<usize> = records.iter().map(|(o, _)| acked[&(*p, *o)]).collect();
+        let mut sorted = is.clone();
+        sorted.sort();
+        assert_eq!(is, sorted, "partition {p} in order");
+    }
+    assert_eq!(log.values().map(Vec::len).sum::<usize>(), n);
+}

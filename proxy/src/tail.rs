@@ -1,0 +1,208 @@
+//! The partitions this proxy follows: for each, a readable copy of the
+//! log's state (sealed segments, committed chunks, high watermark) kept by
+//! the owning broker's tail push, and followed again on the next owner after
+//! a move. Fetches read through it from the cache and from storage, never
+//! from a broker.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use floe_broker::tail::{append_chunks, pb, snapshot_state, TailClient, MAX_MESSAGE_BYTES};
+use floe_common::PartitionId;
+use floe_storage::log::{LogState, PartitionLog};
+use floe_storage::{BlockCache, StoragePool};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::metrics::ProxyMetrics;
+use crate::view::View;
+
+/// A partition stops being followed after this long without a fetch.
+const IDLE: Duration = Duration::from_secs(600);
+
+pub struct Follower {
+    pub id: PartitionId,
+    pub log: Arc<PartitionLog>,
+    /// True once a snapshot arrived (the log's state is meaningful).
+    ready: watch::Sender<bool>,
+    /// True while a push stream from the current owner is open.
+    live: AtomicBool,
+    last_used: AtomicI64,
+}
+
+impl Follower {
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Wait until the first snapshot arrived or `deadline`.
+    pub async fn wait_ready(&self, deadline: tokio::time::Instant) -> bool {
+        let mut rx = self.ready.subscribe();
+        tokio::time::timeout_at(deadline, rx.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+pub struct Tails {
+    view: Arc<View>,
+    pool: Arc<StoragePool>,
+    pub cache: BlockCache,
+    metrics: Arc<ProxyMetrics>,
+    followers: Mutex<HashMap<PartitionId, Arc<Follower>>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    started: Instant,
+    shutdown: CancellationToken,
+}
+
+impl Tails {
+    pub fn new(
+        view: Arc<View>,
+        pool: Arc<StoragePool>,
+        cache: BlockCache,
+        metrics: Arc<ProxyMetrics>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            view,
+            pool,
+            cache,
+            metrics,
+            followers: Default::default(),
+            channels: Default::default(),
+            started: Instant::now(),
+            shutdown,
+        })
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.started.elapsed().as_millis() as i64
+    }
+
+    /// The follower of `p`, started on first use.
+    pub fn get(self: &Arc<Self>, p: PartitionId) -> Arc<Follower> {
+        let mut f = self.followers.lock().unwrap();
+        if let Some(x) = f.get(&p) {
+            x.last_used.store(self.now_ms(), Ordering::Relaxed);
+            return x.clone();
+        }
+        let follower = Arc::new(Follower {
+            id: p,
+            log: PartitionLog::new(p, LogState::default(), self.cache.clone()),
+            ready: watch::channel(false).0,
+            live: AtomicBool::new(false),
+            last_used: AtomicI64::new(self.now_ms()),
+        });
+        f.insert(p, follower.clone());
+        self.metrics.followed.set(f.len() as i64);
+        tokio::spawn(self.clone().follow(follower.clone()));
+        follower
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut c = self.channels.lock().unwrap();
+        if let Some(ch) = c.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect_lazy();
+        c.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn idle(&self, f: &Follower) -> bool {
+        self.now_ms() - f.last_used.load(Ordering::Relaxed) > IDLE.as_millis() as i64
+    }
+
+    /// Follow `f` on whichever broker owns it, until it idles or shutdown.
+    async fn follow(self: Arc<Self>, f: Arc<Follower>) {
+        let mut changes = self.view.changes();
+        let mut delay = Duration::from_millis(20);
+        loop {
+            if self.shutdown.is_cancelled() || self.idle(&f) {
+                break;
+            }
+            changes.borrow_and_update();
+            match self.view.owner(f.id) {
+                Some((broker, _)) if !broker.tail.is_empty() => {
+                    match self.stream(&f, &broker.tail).await {
+                        Ok(()) => delay = Duration::from_millis(20),
+                        Err(e) => {
+                            tracing::debug!(partition = %f.id, broker = broker.broker_id, error = %e, "tail push stream ended");
+                        }
+                    }
+                    f.live.store(false, Ordering::Release);
+                }
+                _ => {}
+            }
+            // Wait for the next owner (or retry the same one shortly).
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+        let mut all = self.followers.lock().unwrap();
+        if all.get(&f.id).is_some_and(|x| Arc::ptr_eq(x, &f)) {
+            all.remove(&f.id);
+        }
+        self.metrics.followed.set(all.len() as i64);
+    }
+
+    /// One push stream: a snapshot, then appends, until it ends.
+    async fn stream(&self, f: &Follower, addr: &str) -> Result<(), String> {
+        let mut client =
+            TailClient::new(self.channel(addr)?).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut stream = client
+            .follow(pb::FollowRequest {
+                topic_id: bytes::Bytes::copy_from_slice(f.id.topic_id.as_bytes()),
+                partition: f.id.partition,
+            })
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        loop {
+            let msg = tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                m = stream.message() => m,
+            };
+            let update = match msg {
+                Ok(Some(u)) => u,
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(s.message().to_string()),
+            };
+            match update.kind {
+                Some(pb::log_update::Kind::Snapshot(s)) => {
+                    let state = snapshot_state(&s, &self.pool).map_err(|e| e.to_string())?;
+                    f.log.replace(state);
+                    f.live.store(true, Ordering::Release);
+                    f.ready.send_replace(true);
+                    self.metrics.snapshots.inc();
+                }
+                Some(pb::log_update::Kind::Append(a)) => {
+                    let (log_start, hw) = (a.log_start_offset, a.high_watermark);
+                    let chunks = append_chunks(a);
+                    self.metrics.pushed_chunks.inc_by(chunks.len() as u64);
+                    f.log.apply_append(chunks, log_start, hw);
+                }
+                None => {}
+            }
+            if self.idle(f) {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Kafka connections from the proxy to brokers: requests written in the
+//! order they are given, responses matched by correlation id, reconnected on
+//! the next request after a failure. A shared pool carries produce traffic;
+//! each client connection gets its own connections for group traffic (a
+//! parked JoinGroup must not hold anyone else's responses).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use floe_protocol::frame::read_frame;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// Why an upstream request got no answer.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Nothing was sent: the broker could not be reached.
+    #[error("cannot connect to broker {0}: {1}")]
+    Connect(i32, String),
+    /// The request may or may not have been processed.
+    #[error("connection to broker {0} failed: {1}")]
+    Lost(i32, String),
+}
+
+impl UpstreamError {
+    /// Whether the broker surely did not see the request.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, UpstreamError::Connect(..))
+    }
+}
+
+type Reply = oneshot::Sender<Result<Bytes, UpstreamError>>;
+
+struct Outgoing {
+    /// A request frame without its length prefix; bytes 4..8 are the
+    /// correlation id, set by the connection.
+    frame: BytesMut,
+    reply: Reply,
+}
+
+/// One connection (re-established on demand) to one broker address.
+pub struct Conn {
+    broker: i32,
+    addr: String,
+    tx: Mutex<Option<mpsc::Sender<Outgoing>>>,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Conn {
+    pub fn new(broker: i32, addr: String) -> Self {
+        Self {
+            broker,
+            addr,
+            tx: Mutex::new(None),
+        }
+    }
+
+    /// Send a request frame (api key, version, any correlation id, client
+    /// id, body). Requests given in order are written in that order.
+    pub fn send(&self, frame: BytesMut) -> oneshot::Receiver<Result<Bytes, UpstreamError>> {
+        let (reply, rx) = oneshot::channel();
+        let mut out = Outgoing { frame, reply };
+        let mut tx = self.tx.lock().unwrap();
+        for _ in 0..2 {
+            let sender = tx.get_or_insert_with(|| self.spawn());
+            match sender.try_send(out) {
+                Ok(()) => return rx,
+                Err(mpsc::error::TrySendError::Full(o)) => {
+                    // Keep the order: wait for room from a helper task.
+                    let sender = sender.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = sender.send(o).await {
+                            let _ =
+                                e.0.reply
+                                    .send(Err(UpstreamError::Lost(-1, "connection closed".into())));
+                        }
+                    });
+                    return rx;
+                }
+                Err(mpsc::error::TrySendError::Closed(o)) => {
+                    out = o;
+                    *tx = None;
+                }
+            }
+        }
+        let _ = out.reply.send(Err(UpstreamError::Connect(
+            self.broker,
+            "connection task ended".into(),
+        )));
+        rx
+    }
+
+    fn spawn(&self) -> mpsc::Sender<Outgoing> {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(run(self.broker, self.addr.clone(), rx));
+        tx
+    }
+}
+
+async fn run(broker: i32, addr: String, mut rx: mpsc::Receiver<Outgoing>) {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return fail_all(&mut rx, UpstreamError::Connect(broker, e.to_string())),
+        Err(_) => {
+            return fail_all(
+                &mut rx,
+                UpstreamError::Connect(broker, format!("connecting to {addr} timed out")),
+            )
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let pending: Arc<Mutex<HashMap<i32, Reply>>> = Default::default();
+    let reader_pending = pending.clone();
+    let mut reader = tokio::spawn(async move {
+        loop {
+            match read_frame(&mut rd, usize::MAX >> 1).await {
+                Ok(Some(frame)) if frame.len() >= 4 => {
+                    let id = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+                    if let Some(reply) = reader_pending.lock().unwrap().remove(&id) {
+                        let _ = reply.send(Ok(frame));
+                    }
+                }
+                Ok(Some(_)) => return "short response frame".to_string(),
+                Ok(None) => return "closed by the broker".to_string(),
+                Err(e) => return e.to_string(),
+            }
+        }
+    });
+    let mut out = BufWriter::with_capacity(256 << 10, wr);
+    let next_id = AtomicI32::new(1);
+    let reason = loop {
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            r = &mut reader => break r.unwrap_or_else(|e| e.to_string()),
+        };
+        let Some(mut msg) = msg else {
+            break "idle".to_string();
+        };
+        let id = next_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+        msg.frame[4..8].copy_from_slice(&id.to_be_bytes());
+        pending.lock().unwrap().insert(id, msg.reply);
+        let mut len = [0u8; 4];
+        (&mut len[..]).put_i32(msg.frame.len() as i32);
+        let written = async {
+            out.write_all(&len).await?;
+            out.write_all(&msg.frame).await?;
+            if rx.is_empty() {
+                out.flush().await?;
+            }
+            std::io::Result::Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            break e.to_string();
+        }
+    };
+    reader.abort();
+    let err = UpstreamError::Lost(broker, reason);
+    for (_, reply) in pending.lock().unwrap().drain() {
+        let _ = reply.send(Err(err.clone()));
+    }
+    // What was queued behind the failure was never written.
+    fail_all(
+        &mut rx,
+        UpstreamError::Connect(broker, "connection lost".into()),
+    );
+}
+
+fn fail_all(rx: &mut mpsc::Receiver<Outgoing>, err: UpstreamError) {
+    rx.close();
+    while let Ok(m) = rx.try_recv() {
+        let _ = m.reply.send(Err(err.clone()));
+    }
+}
+
+/// Connections by broker, for one user (the shared produce path, or one
+/// client connection).
+#[derive(Default)]
+pub struct Pool {
+    conns: Mutex<HashMap<(i32, String), Arc<Conn>>>,
+}
+
+impl Pool {
+    pub fn get(&self, broker: i32, addr: &str) -> Arc<Conn> {
+        let mut c = self.conns.lock().unwrap();
+        if c.len() > 64 {
+            c.retain(|(b, _), _| *b == broker);
+        }
+        c.entry((broker, addr.to_string()))
+            .or_insert_with(|| Arc::new(Conn::new(broker, addr.to_string())))
+            .clone()
+    }
+}
+
+/// A request frame (without length) for `body` at `version`.
+pub fn encode_request<R: floe_protocol::kafka_protocol::protocol::Encodable>(
+    api: floe_protocol::kafka_protocol::messages::ApiKey,
+    version: i16,
+    client_id: &str,
+    body: &R,
+) -> Result<BytesMut, String> {
+    use floe_protocol::kafka_protocol::messages::RequestHeader;
+    use floe_protocol::kafka_protocol::protocol::{Encodable, StrBytes};
+    let mut buf = BytesMut::with_capacity(512);
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(0)
+        .with_client_id(Some(StrBytes::from_string(client_id.to_string())));
+    header
+        .encode(&mut buf, api.request_header_version(version))
+        .map_err(|e| e.to_string())?;
+    body.encode(&mut buf, version).map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
+/// Decode a response frame (correlation id first) of `api` at `version`.
+pub fn decode_response<R: floe_protocol::kafka_protocol::protocol::Decodable>(
+    api: floe_protocol::kafka_protocol::messages::ApiKey,
+    version: i16,
+    mut frame: Bytes,
+) -> Result<R, String> {
+    use floe_protocol::kafka_protocol::messages::ResponseHeader;
+    use floe_protocol::kafka_protocol::protocol::Decodable;
+    ResponseHeader::decode(&mut frame, api.response_header_version(version))
+        .map_err(|e| e.to_string())?;
+    R::decode(&mut frame, version).map_err(|e| e.to_string())
+}

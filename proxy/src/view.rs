@@ -1,0 +1,333 @@
+//! The cluster as a proxy sees it, followed in the metadata store: topics,
+//! live brokers, live proxies and each partition's owner. Every change bumps
+//! a version that requests held across a move wait on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use floe_common::{PartitionId, Uuid};
+use floe_meta::schema::{BrokerRecord, OwnerRecord, ProxyRecord, TopicRecord};
+use floe_meta::{keys, KeyValue, MetaError, MetadataStore, WatchEventKind};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A topic as clients see it.
+#[derive(Clone, Debug)]
+pub struct Topic {
+    pub id: Uuid,
+    pub name: String,
+    pub partitions: i32,
+}
+
+#[derive(Default)]
+struct State {
+    topics: HashMap<String, Topic>,
+    names: HashMap<Uuid, String>,
+    brokers: BTreeMap<i32, BrokerRecord>,
+    proxies: BTreeMap<i32, ProxyRecord>,
+    owners: HashMap<PartitionId, OwnerRecord>,
+}
+
+pub struct View {
+    meta: Arc<dyn MetadataStore>,
+    state: RwLock<State>,
+    version: watch::Sender<u64>,
+    loaded_rev: std::sync::atomic::AtomicI64,
+}
+
+impl View {
+    /// Load the picture and follow it until `shutdown`.
+    pub async fn follow(
+        meta: Arc<dyn MetadataStore>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, MetaError> {
+        let view = Arc::new(Self {
+            meta,
+            state: RwLock::new(State::default()),
+            version: watch::channel(0).0,
+            loaded_rev: Default::default(),
+        });
+        let rev = view.load().await?;
+        let v = view.clone();
+        tokio::spawn(async move {
+            let mut rev = rev;
+            loop {
+                match v.watch_from(rev + 1, &shutdown).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, "metadata watch failed; reloading"),
+                }
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    match v.load().await {
+                        Ok(r) => {
+                            rev = r;
+                            break;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "metadata reload failed; retrying"),
+                    }
+                }
+            }
+        });
+        Ok(view)
+    }
+
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Wakes on every change of the view.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    async fn load(&self) -> Result<i64, MetaError> {
+        let mut state = State::default();
+        let mut rev = 0;
+        for prefix in [
+            keys::topics_prefix(),
+            keys::brokers_prefix(),
+            keys::proxies_prefix(),
+        ] {
+            let (kvs, r) = self.meta.range(&prefix).await?;
+            rev = rev.max(r);
+            for kv in kvs {
+                apply(&mut state, &kv.key, Some(kv.value));
+            }
+        }
+        let (kvs, r) = self.meta.range(&keys::partitions_prefix()).await?;
+        rev = rev.max(r);
+        for kv in kvs.into_iter().filter(|kv| kv.key.ends_with(b"/owner")) {
+            apply(&mut state, &kv.key, Some(kv.value));
+        }
+        *self.state.write().unwrap() = state;
+        self.loaded_rev
+            .fetch_max(rev, std::sync::atomic::Ordering::SeqCst);
+        self.bump();
+        Ok(rev)
+    }
+
+    async fn watch_from(&self, rev: i64, shutdown: &CancellationToken) -> Result<(), MetaError> {
+        let mut watches = futures::stream::select_all([
+            self.meta
+                .watch_prefix(&keys::topics_prefix(), Some(rev))
+                .await?,
+            self.meta
+                .watch_prefix(&keys::brokers_prefix(), Some(rev))
+                .await?,
+            self.meta
+                .watch_prefix(&keys::proxies_prefix(), Some(rev))
+                .await?,
+            self.meta
+                .watch_prefix(&keys::partitions_prefix(), Some(rev))
+                .await?,
+        ]);
+        loop {
+            let ev = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                ev = watches.next() => ev,
+            };
+            let ev = match ev {
+                Some(Ok(ev)) => ev,
+                Some(Err(e)) => return Err(e),
+                None => return Err(MetaError::Unavailable("metadata watch ended".into())),
+            };
+            // Events a later load already covers must not roll the view back.
+            if ev.revision <= self.loaded_rev.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            let (key, value) = match ev.kind {
+                WatchEventKind::Put(KeyValue { key, value, .. }) => (key, Some(value)),
+                WatchEventKind::Delete(key) => (key, None),
+            };
+            if key.starts_with(&keys::partitions_prefix()) && !key.ends_with(b"/owner") {
+                continue;
+            }
+            apply(&mut self.state.write().unwrap(), &key, value);
+            self.bump();
+        }
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Topic> {
+        self.state.read().unwrap().topics.get(name).cloned()
+    }
+
+    pub fn topic_by_id(&self, id: Uuid) -> Option<Topic> {
+        let s = self.state.read().unwrap();
+        s.names.get(&id).and_then(|n| s.topics.get(n)).cloned()
+    }
+
+    pub fn topics(&self) -> Vec<Topic> {
+        let mut v: Vec<Topic> = self
+            .state
+            .read()
+            .unwrap()
+            .topics
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn brokers(&self) -> Vec<BrokerRecord> {
+        self.state
+            .read()
+            .unwrap()
+            .brokers
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn broker(&self, id: i32) -> Option<BrokerRecord> {
+        self.state.read().unwrap().brokers.get(&id).cloned()
+    }
+
+    pub fn proxies(&self) -> Vec<ProxyRecord> {
+        self.state
+            .read()
+            .unwrap()
+            .proxies
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The live broker writing `p` now, with its epoch.
+    pub fn owner(&self, p: PartitionId) -> Option<(BrokerRecord, i32)> {
+        let s = self.state.read().unwrap();
+        let o = s.owners.get(&p)?;
+        s.brokers.get(&o.broker_id).map(|b| (b.clone(), o.epoch))
+    }
+}
+
+fn apply(state: &mut State, key: &Bytes, value: Option<Bytes>) {
+    use prost::Message;
+    if let Some(name) = std::str::from_utf8(key)
+        .ok()
+        .and_then(|k| k.strip_prefix("/floe/topics/"))
+    {
+        match value.and_then(|v| TopicRecord::decode(v).ok()) {
+            Some(t) => {
+                let Ok(id) = Uuid::from_slice(&t.id) else {
+                    return;
+                };
+                state.names.insert(id, t.name.clone());
+                state.topics.insert(
+                    t.name.clone(),
+                    Topic {
+                        id,
+                        name: t.name,
+                        partitions: t.partitions,
+                    },
+                );
+            }
+            None => {
+                if let Some(t) = state.topics.remove(name) {
+                    state.names.remove(&t.id);
+                }
+            }
+        }
+    } else if let Some(id) = keys::parse_broker(key) {
+        match value.and_then(|v| BrokerRecord::decode(v).ok()) {
+            Some(b) => state.brokers.insert(id, b),
+            None => state.brokers.remove(&id),
+        };
+    } else if let Some(id) = keys::parse_proxy(key) {
+        match value.and_then(|v| ProxyRecord::decode(v).ok()) {
+            Some(p) => state.proxies.insert(id, p),
+            None => state.proxies.remove(&id),
+        };
+    } else if let Some(p) = keys::parse_owner(key) {
+        match value.and_then(|v| OwnerRecord::decode(v).ok()) {
+            Some(o) => state.owners.insert(p, o),
+            None => state.owners.remove(&p),
+        };
+    }
+}
+
+/// Rendezvous (highest random weight) choice among `candidates` for `key`:
+/// each key keeps its choice while other candidates come and go.
+pub fn rendezvous<'a>(candidates: &'a [ProxyRecord], key: &[u8]) -> Option<&'a ProxyRecord> {
+    candidates.iter().max_by_key(|c| {
+        let mut h = Fnv::default();
+        h.write(&c.proxy_id.to_be_bytes());
+        h.write(key);
+        (mix(h.0), c.proxy_id)
+    })
+}
+
+/// 64-bit FNV-1a.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, b: &[u8]) {
+        for x in b {
+            self.0 ^= *x as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// A finalizer so that near-identical inputs spread (splitmix64).
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The key partitions are spread over proxies by.
+pub fn partition_key(p: PartitionId) -> Vec<u8> {
+    let mut k = p.topic_id.as_bytes().to_vec();
+    k.extend_from_slice(&p.partition.to_be_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxies(ids: &[i32]) -> Vec<ProxyRecord> {
+        ids.iter()
+            .map(|&id| ProxyRecord {
+                proxy_id: id,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rendezvous_spreads_and_moves_only_the_leaving_proxys_keys() {
+        let three = proxies(&[11, 22, 33]);
+        let two = proxies(&[11, 33]);
+        let keys: Vec<Vec<u8>> = (0..3000)
+            .map(|i| partition_key(PartitionId::new(Uuid::from_u128(5), i)))
+            .collect();
+        let mut counts = HashMap::new();
+        for k in &keys {
+            let a = rendezvous(&three, k).unwrap().proxy_id;
+            *counts.entry(a).or_insert(0) += 1;
+            let b = rendezvous(&two, k).unwrap().proxy_id;
+            if a != 22 {
+                assert_eq!(a, b, "a key not on the leaving proxy moved");
+            }
+        }
+        for id in [11, 22, 33] {
+            let n = counts[&id];
+            assert!((800..1200).contains(&n), "proxy {id} got {n} of 3000");
+        }
+        assert!(rendezvous(&[], b"x").is_none());
+    }
+}
