@@ -428,6 +428,9 @@ async fn a_catch_up_read_through_a_proxy_reaches_no_broker() {
     for f in futures {
         f.await.unwrap().expect("delivered");
     }
+    let problems = watch.take();
+    assert!(problems.is_empty(), "clients reported: {problems:#?}");
+    drop(producer);
     // A fresh proxy (empty cache): everything comes from storage.
     c.proxies[0].restart().unwrap();
     let broker_before: Vec<(f64, f64)> = c
@@ -470,7 +473,6 @@ async fn a_catch_up_read_through_a_proxy_reaches_no_broker() {
     println!("catch-up through a fresh proxy: {reads} storage reads, cache hit ratio {ratio:.3}");
     assert!(reads > 0.0, "the proxy read the history from storage");
     assert!(m.contains("floe_proxy_cache_hit_ratio"));
-    assert!(watch.take().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
