@@ -562,3 +562,74 @@ async fn clients_carry_on_through_the_other_proxy_after_a_kill9() {
     }
     assert_eq!(log.values().map(Vec::len).sum::<usize>(), n);
 }
+
+/// Produce through a proxy to partitions on `broker_down`'s broker, with a
+/// 1.5 s request timeout: (error code per partition, seconds taken).
+fn raw_produce(proxy: &str, topic: &str, partitions: i32, timeout_ms: i32) -> (Vec<i16>, f64) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let mut raw = floe_e2e::RawClient::connect(proxy).unwrap();
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(timeout_ms)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(
+                (0..partitions)
+                    .map(|p| {
+                        PartitionProduceData::default()
+                            .with_index(p)
+                            .with_records(Some(bytes::Bytes::from(
+                                floe_protocol::batch::synthetic_batch(3, 16, 1_000),
+                            )))
+                    })
+                    .collect(),
+            )]);
+    let started = Instant::now();
+    let resp: ProduceResponse = raw.call(ApiKey::Produce, 9, &req).unwrap();
+    let codes = resp.responses[0]
+        .partition_responses
+        .iter()
+        .map(|r| r.error_code)
+        .collect();
+    (codes, started.elapsed().as_secs_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_gets_retriable_errors_after_the_timeout_not_a_hang() {
+    // The stopped broker keeps its partitions (a 1.5 s stop, a 5 s lease).
+    let mut c = Cluster::start_with(1, 1, 5_000, "").unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let proxy = c.proxy_bootstrap();
+    create(&c, "stuck", 2).await;
+    let (codes, _) = raw_produce(&proxy, "stuck", 2, 5_000);
+    assert_eq!(codes, vec![0, 0], "the broker answers while it runs");
+
+    // Frozen: requests reach its socket and are never answered.
+    c.brokers[0].signal("-STOP").unwrap();
+    let (codes, took) = raw_produce(&proxy, "stuck", 2, 1_500);
+    assert_eq!(codes, vec![7, 7], "REQUEST_TIMED_OUT, which clients retry");
+    assert!(
+        took < 5.0,
+        "answered after the request timeout, took {took:.1} s"
+    );
+    c.brokers[0].signal("-CONT").unwrap();
+
+    // Gone: connections are refused; the proxy holds and retries, then
+    // answers with the same retriable error.
+    c.brokers[0].stop_with("-KILL").unwrap();
+    let (codes, took) = raw_produce(&proxy, "stuck", 2, 1_500);
+    assert_eq!(codes, vec![7, 7], "REQUEST_TIMED_OUT");
+    assert!(took < 5.0, "took {took:.1} s");
+    // Back (once its old registration expired): the same partitions take
+    // writes again through the same proxy.
+    std::thread::sleep(Duration::from_secs(6));
+    c.brokers[0].restart().unwrap();
+    let (codes, _) = raw_produce(&proxy, "stuck", 2, 30_000);
+    assert_eq!(codes, vec![0, 0], "writable after the broker came back");
+    let log = read_all(&proxy, "stuck", 2);
+    // The batches of the timed-out requests may have landed; the others did.
+    assert!(log.values().map(Vec::len).sum::<usize>() >= 12);
+}

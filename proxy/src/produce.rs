@@ -51,6 +51,34 @@ pub struct Lanes {
     lanes: Mutex<HashMap<PartitionId, Lane>>,
 }
 
+/// A batch's place in its lane: given back (and the batches behind it
+/// released) when the batch is answered, or when its request is dropped.
+struct Ticket {
+    proxy: Arc<Proxy>,
+    id: PartitionId,
+    troubled: bool,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Ticket {
+    fn trouble(&mut self) {
+        if !self.troubled {
+            self.troubled = true;
+            self.proxy.lanes.trouble(self.id);
+            self.proxy.metrics.produce_held.inc();
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.proxy.lanes.finish(self.id, self.troubled);
+        if let Some(d) = self.done.take() {
+            let _ = d.send(());
+        }
+    }
+}
+
 impl Lanes {
     fn finish(&self, p: PartitionId, troubled: bool) {
         let mut l = self.lanes.lock().unwrap();
@@ -181,7 +209,19 @@ impl Proxy {
                         .push(i);
                 }
                 lane.inflight += 1;
-                lane_info.push(Some((prev, tx, prev_pending, hold)));
+                let mut ticket = Ticket {
+                    proxy: self.clone(),
+                    id,
+                    troubled: false,
+                    done: Some(tx),
+                };
+                if hold {
+                    // Counted now, so that batches arriving next wait too.
+                    lane.troubled += 1;
+                    ticket.troubled = true;
+                    self.metrics.produce_held.inc();
+                }
+                lane_info.push(Some((prev, ticket, prev_pending)));
             }
         }
         let mut first: Vec<Option<SharedAnswer>> = vec![None; parts.len()];
@@ -217,7 +257,7 @@ impl Proxy {
             let client_id = client_id.to_string();
             futures.push(
                 async move {
-                    let Some((prev, done, prev_pending, hold)) = info else {
+                    let Some((prev, ticket, prev_pending)) = info else {
                         let r = PartitionProduceResponse::default()
                             .with_index(part.index)
                             .with_base_offset(-1)
@@ -232,13 +272,12 @@ impl Proxy {
                             first,
                             prev,
                             prev_pending,
-                            hold,
+                            ticket,
                             version,
                             &client_id,
                             deadline,
                         )
                         .await;
-                    let _ = done.send(());
                     (part.topic, r)
                 }
                 .boxed(),
@@ -303,27 +342,23 @@ impl Proxy {
         first: Option<SharedAnswer>,
         prev: Option<Done>,
         mut prev_pending: bool,
-        held: bool,
+        mut ticket: Ticket,
         version: i16,
         client_id: &str,
         deadline: Instant,
     ) -> PartitionProduceResponse {
         let idem = idempotent(&part.records);
-        let mut troubled = false;
-        if held {
-            troubled = true;
-            self.lanes.trouble(id);
-            self.metrics.produce_held.inc();
-        }
         let mut attempt = first;
         let mut changes = self.view.changes();
         let mut backoff = Duration::from_millis(10);
         let outcome = loop {
             let outcome: Result<PartitionProduceResponse, (ResponseError, bool)> =
                 match attempt.take() {
-                    Some(answer) => match answer.await {
-                        Ok(resp) => Ok(pick(&resp, &part.topic, part.index)),
-                        Err(e) => Err((
+                    Some(answer) => match tokio::time::timeout_at(deadline, answer).await {
+                        // No answer within the client's time: it may still land.
+                        Err(_) => Err((ResponseError::RequestTimedOut, false)),
+                        Ok(Ok(resp)) => Ok(pick(&resp, &part.topic, part.index)),
+                        Ok(Err(e)) => Err((
                             if e.not_sent() {
                                 ResponseError::RequestTimedOut
                             } else {
@@ -346,11 +381,7 @@ impl Proxy {
             if !retry || Instant::now() >= deadline {
                 break outcome;
             }
-            if !troubled {
-                troubled = true;
-                self.lanes.trouble(id);
-                self.metrics.produce_held.inc();
-            }
+            ticket.trouble();
             // Batches ahead in the lane first; then wait for an owner.
             if let Some(p) = &prev {
                 if tokio::time::timeout_at(deadline, p.clone()).await.is_err() {
@@ -394,7 +425,7 @@ impl Proxy {
             let addr = format!("{}:{}", owner.host, owner.port);
             attempt = Some(self.send_produce(owner.broker_id, &addr, &one, version, client_id));
         };
-        self.lanes.finish(id, troubled);
+        drop(ticket);
         match outcome {
             Ok(r) => r,
             Err((e, _)) => PartitionProduceResponse::default()

@@ -186,6 +186,14 @@ async fn dispatch(
             }
             .boxed()
         }
+        RequestKind::DescribeProducers(r) => {
+            let proxy = proxy.clone();
+            async move {
+                let resp = proxy.describe_producers(r, version, &client_id).await;
+                done(respond(api, version, correlation_id, resp))
+            }
+            .boxed()
+        }
         RequestKind::DescribeGroups(r) => {
             let proxy = proxy.clone();
             async move {
@@ -307,8 +315,7 @@ async fn dispatch(
                 | RequestKind::CreatePartitions(_)
                 | RequestKind::DescribeConfigs(_)
                 | RequestKind::AlterConfigs(_)
-                | RequestKind::IncrementalAlterConfigs(_)
-                | RequestKind::DescribeProducers(_) => Route::Any,
+                | RequestKind::IncrementalAlterConfigs(_) => Route::Any,
                 _ => return Err(Close::UnsupportedVersion(api, version)),
             };
             let proxy = proxy.clone();
@@ -440,7 +447,13 @@ impl Proxy {
                         .pool
                         .get(b.broker_id, &format!("{}:{}", b.host, b.port));
                     let rx = conn.send(bytes::BytesMut::from(&frame[..]));
-                    match rx.await {
+                    let Ok(answer) = tokio::time::timeout_at(deadline, rx).await else {
+                        return Err(format!(
+                            "broker {} did not answer within {} ms",
+                            b.broker_id, self.config.forward_timeout_ms
+                        ));
+                    };
+                    match answer {
                         Ok(Ok(resp)) => {
                             if tokio::time::Instant::now() >= moved_deadline
                                 || !coordinator_moved(api, version, &resp)
@@ -511,9 +524,10 @@ impl Proxy {
         let conn = self
             .admin_pool
             .get(b.broker_id, &format!("{}:{}", b.host, b.port));
-        let resp = conn
-            .send(frame)
+        let timeout = Duration::from_millis(self.config.forward_timeout_ms);
+        let resp = tokio::time::timeout(timeout, conn.send(frame))
             .await
+            .map_err(|_| UpstreamError::Lost(b.broker_id, "no answer in time".into()))?
             .map_err(|_| UpstreamError::Lost(b.broker_id, "connection dropped".into()))??;
         decode_response(api, version, resp).map_err(|e| UpstreamError::Lost(b.broker_id, e))
     }
@@ -797,20 +811,12 @@ impl Proxy {
     ) -> DeleteRecordsResponse {
         let mut resp = DeleteRecordsResponse::default();
         for t in req.topics {
-            let topic = self.view.topic(t.name.0.as_str());
             let mut tr = DeleteRecordsTopicResult::default().with_name(t.name.clone());
             for p in t.partitions {
                 let mut pr = DeleteRecordsPartitionResult::default()
                     .with_partition_index(p.partition_index)
                     .with_low_watermark(-1);
-                let owner = match &topic {
-                    Some(x) if p.partition_index >= 0 && p.partition_index < x.partitions => self
-                        .view
-                        .owner(PartitionId::new(x.id, p.partition_index))
-                        .map(|(b, _)| b)
-                        .ok_or(ResponseError::NotLeaderOrFollower),
-                    _ => Err(ResponseError::UnknownTopicOrPartition),
-                };
+                let owner = self.owner_of(t.name.0.as_str(), p.partition_index);
                 let one = DeleteRecordsRequest::default()
                     .with_timeout_ms(req.timeout_ms)
                     .with_topics(vec![delete_records_request::DeleteRecordsTopic::default()
@@ -821,6 +827,66 @@ impl Proxy {
                         .call_broker::<_, DeleteRecordsResponse>(
                             &b,
                             ApiKey::DeleteRecords,
+                            version,
+                            client_id,
+                            &one,
+                        )
+                        .await
+                    {
+                        Ok(r) => {
+                            if let Some(x) = r.topics.into_iter().flat_map(|t| t.partitions).next()
+                            {
+                                pr = x;
+                            }
+                        }
+                        Err(_) => pr.error_code = ResponseError::NotLeaderOrFollower.code(),
+                    },
+                    Err(e) => pr.error_code = e.code(),
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+}
+
+impl Proxy {
+    /// The broker writing partition `index` of `topic` now.
+    fn owner_of(&self, topic: &str, index: i32) -> Result<BrokerRecord, ResponseError> {
+        match self.view.topic(topic) {
+            Some(t) if index >= 0 && index < t.partitions => self
+                .view
+                .owner(PartitionId::new(t.id, index))
+                .map(|(b, _)| b)
+                .ok_or(ResponseError::NotLeaderOrFollower),
+            _ => Err(ResponseError::UnknownTopicOrPartition),
+        }
+    }
+
+    /// DescribeProducers, asked of each partition's owner.
+    async fn describe_producers(
+        self: &Arc<Self>,
+        req: DescribeProducersRequest,
+        version: i16,
+        client_id: &str,
+    ) -> DescribeProducersResponse {
+        use describe_producers_response::{PartitionResponse, TopicResponse};
+        let mut resp = DescribeProducersResponse::default();
+        for t in req.topics {
+            let mut tr = TopicResponse::default().with_name(t.name.clone());
+            for index in t.partition_indexes {
+                let mut pr = PartitionResponse::default().with_partition_index(index);
+                let one = DescribeProducersRequest::default().with_topics(vec![
+                    describe_producers_request::TopicRequest::default()
+                        .with_name(t.name.clone())
+                        .with_partition_indexes(vec![index]),
+                ]);
+                match self.owner_of(t.name.0.as_str(), index) {
+                    Ok(b) => match self
+                        .call_broker::<_, DescribeProducersResponse>(
+                            &b,
+                            ApiKey::DescribeProducers,
                             version,
                             client_id,
                             &one,

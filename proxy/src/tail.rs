@@ -153,7 +153,7 @@ impl Tails {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_millis(500));
+            delay = (delay * 2).min(Duration::from_millis(100));
         }
         let mut all = self.followers.lock().unwrap();
         if all.get(&f.id).is_some_and(|x| Arc::ptr_eq(x, &f)) {
