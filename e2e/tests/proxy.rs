@@ -226,6 +226,10 @@ async fn clients_that_know_only_the_proxies_produce_and_consume() {
     assert!(problems.is_empty(), "clients reported: {problems:#?}");
 }
 
+/// A record sent: (its number, the phase it was sent in, ack latency in ms,
+/// (partition, offset) or the error).
+type Sent = (usize, &'static str, f64, Result<(i32, i64), String>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_moves_and_a_rolling_restart_are_invisible_to_clients() {
     let mut c = cluster(3, 2);
@@ -239,8 +243,7 @@ async fn twenty_moves_and_a_rolling_restart_are_invisible_to_clients() {
     // Produce at a steady pace in the background; each record's delivery
     // latency is kept with the phase it was sent in.
     let phase = Arc::new(Mutex::new("steady"));
-    let results: Arc<Mutex<Vec<(usize, &'static str, f64, Result<(i32, i64), String>)>>> =
-        Default::default();
+    let results: Arc<Mutex<Vec<Sent>>> = Default::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
         let (producer, phase, results, stop) = (
@@ -537,13 +540,12 @@ async fn clients_carry_on_through_the_other_proxy_after_a_kill9() {
         if have.len() >= n {
             break;
         }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => got.entry(m.partition()).or_default().push((
+        // Errors about the dead proxy's connection are expected.
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            got.entry(m.partition()).or_default().push((
                 m.offset(),
                 String::from_utf8_lossy(m.payload().unwrap()).to_string(),
-            )),
-            // Errors about the dead proxy's connection are expected.
-            _ => {}
+            ));
         }
     }
     assert!(distinct(&got) >= n);

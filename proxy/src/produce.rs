@@ -402,7 +402,7 @@ impl Proxy {
             };
             let Some(owner) = owner else { break outcome };
             // Give a move a moment to finish before asking again.
-            if matches!(&outcome, Ok(_)) {
+            if outcome.is_ok() {
                 tokio::select! {
                     _ = changes.changed() => {}
                     _ = tokio::time::sleep(backoff) => {}
