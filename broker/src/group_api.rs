@@ -126,14 +126,19 @@ pub async fn find_coordinator(
         resp.coordinators.push(c);
     }
     if version < 4 {
-        let c = resp.coordinators.pop().unwrap_or_default();
-        resp.error_code = c.error_code;
-        resp.error_message = c.error_message;
-        resp.node_id = c.node_id;
-        resp.host = c.host;
-        resp.port = c.port;
+        single_coordinator(&mut resp);
     }
     resp
+}
+
+/// FindCoordinator before v4 answers one key in top-level fields.
+pub fn single_coordinator(resp: &mut FindCoordinatorResponse) {
+    let c = resp.coordinators.pop().unwrap_or_default();
+    resp.error_code = c.error_code;
+    resp.error_message = c.error_message;
+    resp.node_id = c.node_id;
+    resp.host = c.host;
+    resp.port = c.port;
 }
 
 pub async fn join_group(

@@ -455,31 +455,10 @@ pub async fn list_offsets(
             match h {
                 Err(e) => pr.error_code = e.code(),
                 Ok(h) => {
-                    let (start, hw, epoch) = h.log.offsets();
                     if version >= 4 {
-                        pr.leader_epoch = epoch;
+                        pr.leader_epoch = h.log.offsets().2;
                     }
-                    let answer = match p.timestamp {
-                        -1 => Ok(Some((hw, -1))),
-                        -2 | -4 => Ok(Some((start, -1))),
-                        -3 => h.log.max_timestamp().await,
-                        ts if ts < 0 => {
-                            pr.error_code = ResponseError::InvalidRequest.code();
-                            Ok(None)
-                        }
-                        ts => h.log.offset_for_timestamp(ts).await,
-                    };
-                    match answer {
-                        Ok(Some((o, ts))) => {
-                            pr.offset = o;
-                            pr.timestamp = ts;
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(partition = %h.id, error = %e, "timestamp lookup failed");
-                            pr.error_code = ResponseError::KafkaStorageError.code();
-                        }
-                    }
+                    list_offset(&h.log, p.timestamp, &mut pr).await;
                 }
             }
             tr.partitions.push(pr);
@@ -487,6 +466,37 @@ pub async fn list_offsets(
         resp.topics.push(tr);
     }
     resp
+}
+
+/// ListOffsets for one partition of `log`: the latest (-1), earliest (-2,
+/// -4), max-timestamp (-3) or first-at-or-after-timestamp offset, into `pr`.
+pub async fn list_offset(
+    log: &floe_storage::log::PartitionLog,
+    timestamp: i64,
+    pr: &mut ListOffsetsPartitionResponse,
+) {
+    let (start, hw, _) = log.offsets();
+    let answer = match timestamp {
+        -1 => Ok(Some((hw, -1))),
+        -2 | -4 => Ok(Some((start, -1))),
+        -3 => log.max_timestamp().await,
+        ts if ts < 0 => {
+            pr.error_code = ResponseError::InvalidRequest.code();
+            Ok(None)
+        }
+        ts => log.offset_for_timestamp(ts).await,
+    };
+    match answer {
+        Ok(Some((o, ts))) => {
+            pr.offset = o;
+            pr.timestamp = ts;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(partition = %log.id, error = %e, "timestamp lookup failed");
+            pr.error_code = ResponseError::KafkaStorageError.code();
+        }
+    }
 }
 
 /// OffsetForLeaderEpoch for one partition: the largest epoch at or below

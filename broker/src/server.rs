@@ -222,32 +222,45 @@ pub fn ready(b: Option<Bytes>) -> Pending {
     futures::future::ready(b).boxed()
 }
 
-async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> {
+/// The API, version and correlation id at the head of a request frame; an
+/// unsupported version of ApiVersions is answered (`Err(Ok(pending))`)
+/// with v0 and the supported ranges so the client can retry.
+pub fn request_head(
+    frame: &Bytes,
+    metrics: &Metrics,
+) -> Result<(ApiKey, i16, i32), Result<Pending, Close>> {
     if frame.len() < 8 {
-        return Err(Close::Malformed(
+        return Err(Err(Close::Malformed(
             ApiKey::ApiVersions,
             -1,
             format!("{}-byte frame", frame.len()),
-        ));
+        )));
     }
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    let api = ApiKey::try_from(key).map_err(|_| Close::UnknownApi(key))?;
-    let started = Instant::now();
+    let api = ApiKey::try_from(key).map_err(|_| Err(Close::UnknownApi(key)))?;
     if !versions::is_supported(api, version) {
         if api == ApiKey::ApiVersions {
-            // Answer with v0 and the supported ranges so the client can retry.
-            node.metrics.error("ApiVersions", "UnsupportedVersion");
-            return Ok(ready(respond(
+            metrics.error("ApiVersions", "UnsupportedVersion");
+            return Err(Ok(ready(respond(
                 api,
                 0,
                 correlation_id,
                 handlers::api_versions(0, true),
-            )));
+            ))));
         }
-        return Err(Close::UnsupportedVersion(api, version));
+        return Err(Err(Close::UnsupportedVersion(api, version)));
     }
+    Ok((api, version, correlation_id))
+}
+
+async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> {
+    let (api, version, correlation_id) = match request_head(&frame, &node.metrics) {
+        Ok(head) => head,
+        Err(answer) => return answer,
+    };
+    let started = Instant::now();
     let malformed = |e: anyhow_like::Error| Close::Malformed(api, version, e.to_string());
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(|e| malformed(e.into()))?;

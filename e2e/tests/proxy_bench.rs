@@ -6,7 +6,8 @@
 //!    proxy (fetch served from the pushed tail) and, for reference, straight
 //!    to the broker; with each record's produce-ack latency beside it.
 //! 2. The produce latency bump of moves: a producer writing one record
-//!    every 2 ms through a proxy while a partition is moved `MOVES` times.
+//!    every 2 ms through a proxy while a partition is moved `MOVES` times,
+//!    then while every broker is restarted in turn.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -187,9 +188,31 @@ async fn bench_proxy_latency() {
         let l = lat.lock().unwrap();
         pauses.push(l[before..].iter().map(|x| x.1).fold(0.0, f64::max));
     }
+    // A rolling restart of every broker (SIGTERM: partitions released and
+    // taken over, then given back when the broker rejoins).
+    phase.store(3, Ordering::Relaxed);
+    let restart_started = Instant::now();
+    for i in 0..c.brokers.len() {
+        c.brokers[i].restart().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let writing = Cluster::partition_state(&meta, "bump", 0)
+                .await
+                .unwrap()
+                .is_some_and(|s| s.state == "writing");
+            if writing && c.brokers[i].http("/readyz").is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster did not settle");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let restart_secs = restart_started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     let l = lat.lock().unwrap();
+    let mut restarting: Vec<f64> = l.iter().filter(|x| x.0 == 3).map(|x| x.1).collect();
     let mut base: Vec<f64> = l.iter().filter(|x| x.0 == 1).map(|x| x.1).collect();
     let mut during: Vec<f64> = l.iter().filter(|x| x.0 == 2).map(|x| x.1).collect();
     println!();
@@ -208,6 +231,13 @@ async fn bench_proxy_latency() {
         pct(&mut during, 0.5),
         pct(&mut during, 0.99),
         pct(&mut during, 1.0)
+    );
+    println!(
+        "| rolling restart of 3 brokers ({restart_secs:.0} s) | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+        restarting.len(),
+        pct(&mut restarting, 0.5),
+        pct(&mut restarting, 0.99),
+        pct(&mut restarting, 1.0)
     );
     println!(
         "| slowest ack per move (the bump) | {moves} | {:.1} ms | {:.1} ms | {:.1} ms |",

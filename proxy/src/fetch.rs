@@ -206,31 +206,10 @@ impl Proxy {
                         continue;
                     }
                 };
-                let (start, hw, _) = f.log.offsets();
                 if version >= 4 {
                     pr.leader_epoch = -1;
                 }
-                let answer = match p.timestamp {
-                    -1 => Ok(Some((hw, -1))),
-                    -2 | -4 => Ok(Some((start, -1))),
-                    -3 => f.log.max_timestamp().await,
-                    ts if ts < 0 => {
-                        pr.error_code = ResponseError::InvalidRequest.code();
-                        Ok(None)
-                    }
-                    ts => f.log.offset_for_timestamp(ts).await,
-                };
-                match answer {
-                    Ok(Some((o, ts))) => {
-                        pr.offset = o;
-                        pr.timestamp = ts;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(partition = %f.id, error = %e, "timestamp lookup failed");
-                        pr.error_code = ResponseError::KafkaStorageError.code();
-                    }
-                }
+                floe_broker::handlers::list_offset(&f.log, p.timestamp, &mut pr).await;
                 tr.partitions.push(pr);
             }
             resp.topics.push(tr);

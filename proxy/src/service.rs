@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use floe_broker::group::{partition_for, OFFSETS_TOPIC};
 use floe_broker::handlers::api_versions;
-use floe_broker::server::{api_name, ready, respond, Close, KafkaService, Limits, Pending};
+use floe_broker::server::{
+    api_name, ready, request_head, respond, Close, KafkaService, Limits, Pending,
+};
 use floe_broker::Metrics;
 use floe_common::PartitionId;
 use floe_meta::schema::BrokerRecord;
@@ -24,7 +26,7 @@ use floe_protocol::kafka_protocol::messages::metadata_response::{
 };
 use floe_protocol::kafka_protocol::messages::*;
 use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use floe_protocol::{versions, ResponseError};
+use floe_protocol::ResponseError;
 use futures::FutureExt;
 
 use crate::upstream::{decode_response, encode_request, Pool, UpstreamError};
@@ -82,30 +84,11 @@ async fn dispatch(
     session: Arc<Session>,
     frame: Bytes,
 ) -> Result<Pending, Close> {
-    if frame.len() < 8 {
-        return Err(Close::Malformed(
-            ApiKey::ApiVersions,
-            -1,
-            format!("{}-byte frame", frame.len()),
-        ));
-    }
-    let key = i16::from_be_bytes([frame[0], frame[1]]);
-    let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    let api = ApiKey::try_from(key).map_err(|_| Close::UnknownApi(key))?;
+    let (api, version, correlation_id) = match request_head(&frame, &proxy.requests) {
+        Ok(head) => head,
+        Err(answer) => return answer,
+    };
     let started = Instant::now();
-    if !versions::is_supported(api, version) {
-        if api == ApiKey::ApiVersions {
-            proxy.requests.error("ApiVersions", "UnsupportedVersion");
-            return Ok(ready(respond(
-                api,
-                0,
-                correlation_id,
-                api_versions(0, true),
-            )));
-        }
-        return Err(Close::UnsupportedVersion(api, version));
-    }
     let raw = frame.clone();
     let mut body = frame;
     let malformed =
@@ -792,12 +775,7 @@ impl Proxy {
             resp.coordinators.push(c);
         }
         if version < 4 {
-            let c = resp.coordinators.pop().unwrap_or_default();
-            resp.error_code = c.error_code;
-            resp.error_message = c.error_message;
-            resp.node_id = c.node_id;
-            resp.host = c.host;
-            resp.port = c.port;
+            floe_broker::group_api::single_coordinator(&mut resp);
         }
         resp
     }
