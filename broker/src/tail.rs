@@ -232,9 +232,16 @@ pub async fn serve(
     node: Arc<Node>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    use tokio_stream::StreamExt;
+    // Pushes are small and latency-bound: no Nagle on accepted streams
+    // (tonic's own nodelay setting covers only listeners it binds itself).
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        if let Ok(s) = &s {
+            let _ = s.set_nodelay(true);
+        }
+        s
+    });
     if let Err(e) = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(TailService::server(node))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
