@@ -802,6 +802,78 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_follower_sees_appends_as_appends_and_other_changes_as_snapshots() {
+        let log = log().await;
+        let mut cursor = TailCursor::default();
+        // First: the whole state.
+        let TailDelta::Snapshot(first) = log.changes(&mut cursor) else {
+            panic!("a new follower gets a snapshot");
+        };
+        assert!(matches!(log.changes(&mut cursor), TailDelta::Unchanged));
+        let follower = PartitionLog::new(log.id, first, BlockCache::new(1 << 20));
+        // A committed chunk: an append of just that chunk.
+        let chunk = ChunkRef {
+            base_offset: 600,
+            next_offset: 650,
+            max_timestamp: 0,
+            path: Arc::from("x/chunk-600"),
+            bytes: 10,
+        };
+        log.update(|s| {
+            if let Some(SegmentView::Open { chunks, .. }) = s.segments.get_mut(&500) {
+                chunks.push(chunk.clone());
+            }
+            s.high_watermark = 650;
+        });
+        match log.changes(&mut cursor) {
+            TailDelta::Append {
+                chunks,
+                high_watermark,
+                ..
+            } => {
+                assert_eq!(high_watermark, 650);
+                assert_eq!(chunks.len(), 1);
+                assert_eq!(chunks[0].0, 500);
+                assert_eq!(chunks[0].1.base_offset, 600);
+                follower.apply_append(
+                    chunks.into_iter().map(|(b, c)| (b, c, None)).collect(),
+                    0,
+                    650,
+                );
+            }
+            other => panic!("expected an append, got {other:?}"),
+        }
+        assert_eq!(follower.offsets().1, 650);
+        let SegmentView::Open { chunks, .. } = &follower.snapshot().segments[&500] else {
+            panic!("open segment");
+        };
+        assert_eq!(chunks.len(), 3);
+        // The same append shown twice is applied once.
+        follower.apply_append(vec![(500, chunk, None)], 0, 650);
+        let SegmentView::Open { chunks, .. } = &follower.snapshot().segments[&500] else {
+            panic!("open segment");
+        };
+        assert_eq!(chunks.len(), 3);
+        // Retention moving the log start: still an append (no chunk).
+        log.update(|s| s.log_start_offset = 100);
+        assert!(matches!(
+            log.changes(&mut cursor),
+            TailDelta::Append { ref chunks, log_start: 100, .. } if chunks.is_empty()
+        ));
+        // A segment gone (or sealed): a snapshot.
+        log.update(|s| {
+            s.segments.remove(&0);
+            s.log_start_offset = 500;
+        });
+        let TailDelta::Snapshot(now) = log.changes(&mut cursor) else {
+            panic!("a removed segment needs a snapshot");
+        };
+        follower.replace(now);
+        assert_eq!(follower.offsets(), (500, 650, 1));
+        assert_eq!(follower.snapshot().segments.len(), 1);
+    }
+
+    #[tokio::test]
     async fn timestamp_lookup_finds_the_first_record_at_or_after() {
         let log = log().await;
         // Record at offset o has timestamp 1000 + base*10 + (o - base).
