@@ -36,19 +36,38 @@ type Done = Shared<BoxFuture<'static, ()>>;
 /// One partition's order of produce batches through this proxy.
 #[derive(Default)]
 struct Lane {
-    /// Resolves when the last batch given to the lane is answered.
-    last: Option<Done>,
+    /// Resolves when every batch given to the lane so far is answered.
+    last_done: Option<Done>,
+    /// Resolves when every batch given to the lane so far has been written
+    /// to a broker (or answered).
+    last_sent: Option<Done>,
     /// Batches given and not yet answered.
     inflight: usize,
-    /// The broker the lane's in-flight first attempts went to.
+    /// The broker the lane's batches were last written to.
     target: i32,
-    /// Batches of the lane being held or sent again.
+    /// Batches that failed and wait to be sent again.
     troubled: usize,
+    /// Held batches not yet written to a broker.
+    waiting: usize,
 }
 
 #[derive(Default)]
 pub struct Lanes {
     lanes: Mutex<HashMap<PartitionId, Lane>>,
+}
+
+/// `own` after everything `prev` waits for: a batch that gives up early
+/// does not let the batches behind it overtake the ones ahead of it.
+fn chain(prev: Option<Done>, own: oneshot::Receiver<()>) -> Done {
+    match prev {
+        None => own.map(|_| ()).boxed().shared(),
+        Some(p) => async move {
+            p.await;
+            let _ = own.await;
+        }
+        .boxed()
+        .shared(),
+    }
 }
 
 /// A batch's place in its lane: given back (and the batches behind it
@@ -57,22 +76,69 @@ struct Ticket {
     proxy: Arc<Proxy>,
     id: PartitionId,
     troubled: bool,
+    waiting: bool,
+    sent: Option<oneshot::Sender<()>>,
     done: Option<oneshot::Sender<()>>,
 }
 
 impl Ticket {
+    /// The batch failed in a way that means "not appended": batches
+    /// arriving from now on wait for it.
     fn trouble(&mut self) {
         if !self.troubled {
             self.troubled = true;
-            self.proxy.lanes.trouble(self.id);
-            self.proxy.metrics.produce_held.inc();
+            self.proxy.lanes.with(self.id, |l| l.troubled += 1);
         }
+    }
+
+    /// The batch was written to `broker`'s connection.
+    fn sent_to(&mut self, broker: i32) {
+        let waiting = std::mem::take(&mut self.waiting);
+        self.proxy.lanes.with(self.id, |l| {
+            l.target = broker;
+            if waiting {
+                l.waiting -= 1;
+            }
+        });
+        if let Some(s) = self.sent.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// The broker the lane's batches were last written to.
+    fn target(&self) -> i32 {
+        let mut t = -1;
+        self.proxy.lanes.with(self.id, |l| t = l.target);
+        t
+    }
+
+    fn troubled_ahead(&self) -> bool {
+        let mut n = 0;
+        self.proxy.lanes.with(self.id, |l| n = l.troubled);
+        n > usize::from(self.troubled)
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.proxy.lanes.finish(self.id, self.troubled);
+        let (troubled, waiting) = (self.troubled, self.waiting);
+        let mut l = self.proxy.lanes.lanes.lock().unwrap();
+        let remove = match l.get_mut(&self.id) {
+            Some(lane) => {
+                lane.inflight -= 1;
+                lane.troubled -= usize::from(troubled);
+                lane.waiting -= usize::from(waiting);
+                lane.inflight == 0
+            }
+            None => false,
+        };
+        if remove {
+            l.remove(&self.id);
+        }
+        drop(l);
+        if let Some(s) = self.sent.take() {
+            let _ = s.send(());
+        }
         if let Some(d) = self.done.take() {
             let _ = d.send(());
         }
@@ -80,26 +146,9 @@ impl Drop for Ticket {
 }
 
 impl Lanes {
-    fn finish(&self, p: PartitionId, troubled: bool) {
-        let mut l = self.lanes.lock().unwrap();
-        let remove = match l.get_mut(&p) {
-            Some(lane) => {
-                lane.inflight -= 1;
-                if troubled {
-                    lane.troubled -= 1;
-                }
-                lane.inflight == 0
-            }
-            None => false,
-        };
-        if remove {
-            l.remove(&p);
-        }
-    }
-
-    fn trouble(&self, p: PartitionId) {
+    fn with(&self, p: PartitionId, f: impl FnOnce(&mut Lane)) {
         if let Some(lane) = self.lanes.lock().unwrap().get_mut(&p) {
-            lane.troubled += 1;
+            f(lane);
         }
     }
 }
@@ -188,39 +237,50 @@ impl Proxy {
                     continue;
                 };
                 let lane = lanes.entry(id).or_default();
-                let (tx, rx) = oneshot::channel::<()>();
-                let done: Done = rx.map(|_| ()).boxed().shared();
-                let prev = lane.last.replace(done);
+                let (done_tx, done_rx) = oneshot::channel::<()>();
+                let (sent_tx, sent_rx) = oneshot::channel::<()>();
+                let prev_done = lane.last_done.clone();
+                let prev_sent = lane.last_sent.clone();
+                lane.last_done = Some(chain(prev_done.clone(), done_rx));
+                lane.last_sent = Some(chain(prev_sent.clone(), sent_rx));
                 let owner = self.view.owner(id);
+                // Held: no owner now, or a batch ahead failed or is itself
+                // held, or batches ahead went to another broker.
                 let hold = match &owner {
                     None => true,
                     Some((b, _)) => {
-                        lane.troubled > 0 || (lane.inflight > 0 && lane.target != b.broker_id)
+                        lane.troubled > 0
+                            || lane.waiting > 0
+                            || (lane.inflight > 0 && lane.target != b.broker_id)
                     }
                 };
-                let prev_pending = prev.as_ref().is_some_and(|p| p.peek().is_none());
-                if !hold {
+                let prev_pending = prev_done.as_ref().is_some_and(|p| p.peek().is_none());
+                lane.inflight += 1;
+                let mut ticket = Ticket {
+                    proxy: self.clone(),
+                    id,
+                    troubled: false,
+                    waiting: hold,
+                    sent: Some(sent_tx),
+                    done: Some(done_tx),
+                };
+                if hold {
+                    lane.waiting += 1;
+                    self.metrics.produce_held.inc();
+                } else {
+                    // Written below, before this function returns.
                     let (b, _) = owner.unwrap();
                     lane.target = b.broker_id;
+                    if let Some(s) = ticket.sent.take() {
+                        let _ = s.send(());
+                    }
                     by_owner
                         .entry(b.broker_id)
                         .or_insert_with(|| (format!("{}:{}", b.host, b.port), Vec::new()))
                         .1
                         .push(i);
                 }
-                lane.inflight += 1;
-                let mut ticket = Ticket {
-                    proxy: self.clone(),
-                    id,
-                    troubled: false,
-                    done: Some(tx),
-                };
-                if hold {
-                    // Counted now, so that batches arriving next wait too.
-                    lane.troubled += 1;
-                    ticket.troubled = true;
-                    self.metrics.produce_held.inc();
-                }
+                let prev = (prev_sent, prev_done);
                 lane_info.push(Some((prev, ticket, prev_pending)));
             }
         }
@@ -340,7 +400,7 @@ impl Proxy {
         part: &Part,
         id: PartitionId,
         first: Option<SharedAnswer>,
-        prev: Option<Done>,
+        (prev_sent, prev_done): (Option<Done>, Option<Done>),
         mut prev_pending: bool,
         mut ticket: Ticket,
         version: i16,
@@ -348,10 +408,46 @@ impl Proxy {
         deadline: Instant,
     ) -> PartitionProduceResponse {
         let idem = idempotent(&part.records);
-        let mut attempt = first;
+        let timed_out = || {
+            PartitionProduceResponse::default()
+                .with_index(part.index)
+                .with_base_offset(-1)
+                .with_error_code(ResponseError::RequestTimedOut.code())
+        };
         let mut changes = self.view.changes();
         let mut backoff = Duration::from_millis(10);
-        let outcome = loop {
+        let mut attempt = first;
+        if attempt.is_none() {
+            // Held: once every batch ahead is written (and answered, while
+            // one of them failed and waits to be sent again), to the owner
+            // of now.
+            if let Some(p) = &prev_sent {
+                if tokio::time::timeout_at(deadline, p.clone()).await.is_err() {
+                    return timed_out();
+                }
+            }
+            let Some(mut owner) = self.wait_owner(id, &mut changes, backoff, deadline).await else {
+                return timed_out();
+            };
+            // Batches ahead that went to another broker (or failed) may still
+            // land after this one: wait for their answers.
+            if let Some(p) = &prev_done {
+                if ticket.troubled_ahead() || ticket.target() != owner.broker_id {
+                    if tokio::time::timeout_at(deadline, p.clone()).await.is_err() {
+                        return timed_out();
+                    }
+                    prev_pending = false;
+                    let Some(now) = self.wait_owner(id, &mut changes, backoff, deadline).await
+                    else {
+                        return timed_out();
+                    };
+                    owner = now;
+                }
+            }
+            attempt = Some(self.resend(part, &owner, version, client_id, deadline));
+            ticket.sent_to(owner.broker_id);
+        }
+        loop {
             let outcome: Result<PartitionProduceResponse, (ResponseError, bool)> =
                 match attempt.take() {
                     Some(answer) => match tokio::time::timeout_at(deadline, answer).await {
@@ -379,28 +475,23 @@ impl Proxy {
                 Err((_, retry)) => *retry,
             };
             if !retry || Instant::now() >= deadline {
-                break outcome;
+                drop(ticket);
+                return match outcome {
+                    Ok(r) => r,
+                    Err((e, _)) => PartitionProduceResponse::default()
+                        .with_index(part.index)
+                        .with_base_offset(-1)
+                        .with_error_code(e.code()),
+                };
             }
             ticket.trouble();
-            // Batches ahead in the lane first; then wait for an owner.
-            if let Some(p) = &prev {
+            // Batches ahead in the lane first; then the next owner.
+            if let Some(p) = &prev_done {
                 if tokio::time::timeout_at(deadline, p.clone()).await.is_err() {
-                    break outcome;
+                    return timed_out();
                 }
                 prev_pending = false;
             }
-            let owner = loop {
-                changes.borrow_and_update();
-                if let Some((b, _)) = self.view.owner(id) {
-                    break Some(b);
-                }
-                tokio::select! {
-                    _ = changes.changed() => {}
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = tokio::time::sleep_until(deadline) => break None,
-                }
-            };
-            let Some(owner) = owner else { break outcome };
             // Give a move a moment to finish before asking again.
             if outcome.is_ok() {
                 tokio::select! {
@@ -409,30 +500,59 @@ impl Proxy {
                 }
                 backoff = (backoff * 2).min(Duration::from_millis(200));
             }
+            let Some(owner) = self.wait_owner(id, &mut changes, backoff, deadline).await else {
+                return timed_out();
+            };
             self.metrics.produce_retries.inc();
-            let one = ProduceRequest::default()
-                .with_acks(part.acks)
-                .with_timeout_ms(
-                    (deadline - Instant::now())
-                        .as_millis()
-                        .clamp(1, i32::MAX as u128) as i32,
-                )
-                .with_topic_data(vec![TopicProduceData::default()
-                    .with_name(TopicName(part.topic.clone().into()))
-                    .with_partition_data(vec![PartitionProduceData::default()
-                        .with_index(part.index)
-                        .with_records(part.records.clone())])]);
-            let addr = format!("{}:{}", owner.host, owner.port);
-            attempt = Some(self.send_produce(owner.broker_id, &addr, &one, version, client_id));
-        };
-        drop(ticket);
-        match outcome {
-            Ok(r) => r,
-            Err((e, _)) => PartitionProduceResponse::default()
-                .with_index(part.index)
-                .with_base_offset(-1)
-                .with_error_code(e.code()),
+            attempt = Some(self.resend(part, &owner, version, client_id, deadline));
+            ticket.sent_to(owner.broker_id);
         }
+    }
+
+    /// The partition's owner, once there is one (or `None` at `deadline`).
+    async fn wait_owner(
+        &self,
+        id: PartitionId,
+        changes: &mut tokio::sync::watch::Receiver<u64>,
+        backoff: Duration,
+        deadline: Instant,
+    ) -> Option<floe_meta::schema::BrokerRecord> {
+        loop {
+            changes.borrow_and_update();
+            if let Some((b, _)) = self.view.owner(id) {
+                return Some(b);
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep_until(deadline) => return None,
+            }
+        }
+    }
+
+    /// One partition's batch, alone, to `owner`.
+    fn resend(
+        &self,
+        part: &Part,
+        owner: &floe_meta::schema::BrokerRecord,
+        version: i16,
+        client_id: &str,
+        deadline: Instant,
+    ) -> SharedAnswer {
+        let one = ProduceRequest::default()
+            .with_acks(part.acks)
+            .with_timeout_ms(
+                (deadline - Instant::now())
+                    .as_millis()
+                    .clamp(1, i32::MAX as u128) as i32,
+            )
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(part.topic.clone().into()))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(part.index)
+                    .with_records(part.records.clone())])]);
+        let addr = format!("{}:{}", owner.host, owner.port);
+        self.send_produce(owner.broker_id, &addr, &one, version, client_id)
     }
 }
 

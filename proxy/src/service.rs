@@ -134,9 +134,11 @@ async fn dispatch(
             if !unknown.is_empty() {
                 proxy.auto_create(&unknown, &client_id).await;
             }
-            let pending = proxy.produce(r, version, &client_id);
+            // Driven on its own task: a batch's lane moves on even while
+            // this client's earlier responses are still being waited for.
+            let pending = tokio::spawn(proxy.produce(r, version, &client_id));
             async move {
-                let resp = pending.await;
+                let resp = pending.await.ok().flatten();
                 done(resp.and_then(|resp| respond(api, version, correlation_id, resp)))
             }
             .boxed()
@@ -301,9 +303,23 @@ async fn dispatch(
                 | RequestKind::IncrementalAlterConfigs(_) => Route::Any,
                 _ => return Err(Close::UnsupportedVersion(api, version)),
             };
+            // A JoinGroup is parked by the coordinator up to its rebalance
+            // timeout: wait at least that long for the answer.
+            let wait = match &other {
+                RequestKind::JoinGroup(r) => Some(r.rebalance_timeout_ms.max(r.session_timeout_ms)),
+                _ => None,
+            }
+            .map_or(proxy.config.forward_timeout_ms, |ms| {
+                proxy
+                    .config
+                    .forward_timeout_ms
+                    .max(ms.max(0) as u64 + 5_000)
+            });
             let proxy = proxy.clone();
             async move {
-                let answer = proxy.forward(&session, route, api, version, raw).await;
+                let answer = proxy
+                    .forward(&session, route, api, version, raw, wait)
+                    .await;
                 match answer {
                     Ok(frame) => {
                         let mut out = bytes::BytesMut::with_capacity(frame.len() + 4);
@@ -325,6 +341,14 @@ async fn dispatch(
         }
     };
     Ok(out)
+}
+
+/// Requests that must not be applied twice (a lost answer is not retried).
+fn creates(api: ApiKey) -> bool {
+    matches!(
+        api,
+        ApiKey::CreateTopics | ApiKey::DeleteTopics | ApiKey::CreatePartitions
+    )
 }
 
 /// Requests whose response the coordinator answered with "not me (yet)":
@@ -406,9 +430,10 @@ impl Proxy {
         api: ApiKey,
         version: i16,
         frame: Bytes,
+        timeout_ms: u64,
     ) -> Result<Bytes, String> {
         let started = tokio::time::Instant::now();
-        let deadline = started + Duration::from_millis(self.config.forward_timeout_ms);
+        let deadline = started + Duration::from_millis(timeout_ms);
         let moved_deadline = started + Duration::from_secs(5).min(deadline - started);
         let mut changes = self.view.changes();
         let mut last;
@@ -432,8 +457,8 @@ impl Proxy {
                     let rx = conn.send(bytes::BytesMut::from(&frame[..]));
                     let Ok(answer) = tokio::time::timeout_at(deadline, rx).await else {
                         return Err(format!(
-                            "broker {} did not answer within {} ms",
-                            b.broker_id, self.config.forward_timeout_ms
+                            "broker {} did not answer within {timeout_ms} ms",
+                            b.broker_id
                         ));
                     };
                     match answer {
@@ -445,9 +470,9 @@ impl Proxy {
                             }
                             last = "the coordinator moved".to_string();
                         }
-                        Ok(Err(e)) if e.not_sent() || api != ApiKey::OffsetCommit => {
-                            last = e.to_string()
-                        }
+                        // Sent again only if it surely was not processed,
+                        // or doing it twice is harmless.
+                        Ok(Err(e)) if e.not_sent() || !creates(api) => last = e.to_string(),
                         Ok(Err(e)) => return Err(e.to_string()),
                         Err(_) => last = "connection dropped".into(),
                     }
@@ -720,8 +745,13 @@ impl Proxy {
                     let conn = self
                         .admin_pool
                         .get(b.broker_id, &format!("{}:{}", b.host, b.port));
-                    match conn.send(bytes::BytesMut::from(&raw[..])).await {
-                        Ok(Ok(f)) => decode_response(ApiKey::FindCoordinator, version, f),
+                    let answer = tokio::time::timeout(
+                        Duration::from_millis(self.config.forward_timeout_ms),
+                        conn.send(bytes::BytesMut::from(&raw[..])),
+                    )
+                    .await;
+                    match answer {
+                        Ok(Ok(Ok(f))) => decode_response(ApiKey::FindCoordinator, version, f),
                         _ => Err("no answer".into()),
                     }
                 }

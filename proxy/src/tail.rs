@@ -136,8 +136,11 @@ impl Tails {
             }
             changes.borrow_and_update();
             match self.view.owner(f.id) {
-                Some((broker, _)) if !broker.tail.is_empty() => {
-                    match self.stream(&f, &broker.tail).await {
+                Some((broker, epoch)) if !broker.tail.is_empty() => {
+                    match self
+                        .stream(&f, &broker.tail, (broker.broker_id, epoch))
+                        .await
+                    {
                         Ok(()) => delay = Duration::from_millis(20),
                         Err(e) => {
                             tracing::debug!(partition = %f.id, broker = broker.broker_id, error = %e, "tail push stream ended");
@@ -162,8 +165,9 @@ impl Tails {
         self.metrics.followed.set(all.len() as i64);
     }
 
-    /// One push stream: a snapshot, then appends, until it ends.
-    async fn stream(&self, f: &Follower, addr: &str) -> Result<(), String> {
+    /// One push stream: a snapshot, then appends, until it ends, the
+    /// partition gets another owner (or epoch), or nobody reads it.
+    async fn stream(&self, f: &Follower, addr: &str, owner: (i32, i32)) -> Result<(), String> {
         let mut client =
             TailClient::new(self.channel(addr)?).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut stream = client
@@ -174,10 +178,27 @@ impl Tails {
             .await
             .map_err(|s| s.message().to_string())?
             .into_inner();
+        let mut changes = self.view.changes();
+        let mut idle_check = tokio::time::interval(Duration::from_secs(30));
         loop {
             let msg = tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 m = stream.message() => m,
+                _ = changes.changed() => {
+                    // A failover: the old owner may be frozen, its stream
+                    // silent rather than ended.
+                    let now = self.view.owner(f.id).map(|(b, e)| (b.broker_id, e));
+                    if now != Some(owner) {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                _ = idle_check.tick() => {
+                    if self.idle(f) {
+                        return Ok(());
+                    }
+                    continue;
+                }
             };
             let update = match msg {
                 Ok(Some(u)) => u,

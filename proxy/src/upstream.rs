@@ -46,7 +46,7 @@ struct Outgoing {
 pub struct Conn {
     broker: i32,
     addr: String,
-    tx: Mutex<Option<mpsc::Sender<Outgoing>>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Outgoing>>>,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -66,23 +66,13 @@ impl Conn {
         let (reply, rx) = oneshot::channel();
         let mut out = Outgoing { frame, reply };
         let mut tx = self.tx.lock().unwrap();
+        // Unbounded: the order of calls is the order on the wire. What is
+        // queued is bounded by the clients' own in-flight limits.
         for _ in 0..2 {
             let sender = tx.get_or_insert_with(|| self.spawn());
-            match sender.try_send(out) {
+            match sender.send(out) {
                 Ok(()) => return rx,
-                Err(mpsc::error::TrySendError::Full(o)) => {
-                    // Keep the order: wait for room from a helper task.
-                    let sender = sender.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = sender.send(o).await {
-                            let _ =
-                                e.0.reply
-                                    .send(Err(UpstreamError::Lost(-1, "connection closed".into())));
-                        }
-                    });
-                    return rx;
-                }
-                Err(mpsc::error::TrySendError::Closed(o)) => {
+                Err(mpsc::error::SendError(o)) => {
                     out = o;
                     *tx = None;
                 }
@@ -95,14 +85,14 @@ impl Conn {
         rx
     }
 
-    fn spawn(&self) -> mpsc::Sender<Outgoing> {
-        let (tx, rx) = mpsc::channel(4096);
+    fn spawn(&self) -> mpsc::UnboundedSender<Outgoing> {
+        let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(self.broker, self.addr.clone(), rx));
         tx
     }
 }
 
-async fn run(broker: i32, addr: String, mut rx: mpsc::Receiver<Outgoing>) {
+async fn run(broker: i32, addr: String, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return fail_all(&mut rx, UpstreamError::Connect(broker, e.to_string())),
@@ -140,6 +130,14 @@ async fn run(broker: i32, addr: String, mut rx: mpsc::Receiver<Outgoing>) {
             r = &mut reader => break r.unwrap_or_else(|e| e.to_string()),
         };
         let Some(mut msg) = msg else {
+            // Nobody sends any more: let the answers in flight arrive.
+            let until = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !pending.lock().unwrap().is_empty()
+                && !reader.is_finished()
+                && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             break "idle".to_string();
         };
         let id = next_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
@@ -172,7 +170,7 @@ async fn run(broker: i32, addr: String, mut rx: mpsc::Receiver<Outgoing>) {
     );
 }
 
-fn fail_all(rx: &mut mpsc::Receiver<Outgoing>, err: UpstreamError) {
+fn fail_all(rx: &mut mpsc::UnboundedReceiver<Outgoing>, err: UpstreamError) {
     rx.close();
     while let Ok(m) = rx.try_recv() {
         let _ = m.reply.send(Err(err.clone()));
@@ -189,9 +187,6 @@ pub struct Pool {
 impl Pool {
     pub fn get(&self, broker: i32, addr: &str) -> Arc<Conn> {
         let mut c = self.conns.lock().unwrap();
-        if c.len() > 64 {
-            c.retain(|(b, _), _| *b == broker);
-        }
         c.entry((broker, addr.to_string()))
             .or_insert_with(|| Arc::new(Conn::new(broker, addr.to_string())))
             .clone()

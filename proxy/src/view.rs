@@ -86,23 +86,14 @@ impl View {
         self.version.subscribe()
     }
 
+    /// Read the picture at one revision (the watch goes on from there).
     async fn load(&self) -> Result<i64, MetaError> {
         let mut state = State::default();
-        let mut rev = 0;
-        for prefix in [
-            keys::topics_prefix(),
-            keys::brokers_prefix(),
-            keys::proxies_prefix(),
-        ] {
-            let (kvs, r) = self.meta.range(&prefix).await?;
-            rev = rev.max(r);
-            for kv in kvs {
-                apply(&mut state, &kv.key, Some(kv.value));
+        let (kvs, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
+        for kv in kvs {
+            if kv.key.starts_with(&keys::partitions_prefix()) && !kv.key.ends_with(b"/owner") {
+                continue;
             }
-        }
-        let (kvs, r) = self.meta.range(&keys::partitions_prefix()).await?;
-        rev = rev.max(r);
-        for kv in kvs.into_iter().filter(|kv| kv.key.ends_with(b"/owner")) {
             apply(&mut state, &kv.key, Some(kv.value));
         }
         *self.state.write().unwrap() = state;
@@ -159,7 +150,11 @@ impl View {
 
     pub fn topic_by_id(&self, id: Uuid) -> Option<Topic> {
         let s = self.state.read().unwrap();
-        s.names.get(&id).and_then(|n| s.topics.get(n)).cloned()
+        s.names
+            .get(&id)
+            .and_then(|n| s.topics.get(n))
+            .filter(|t| t.id == id)
+            .cloned()
     }
 
     pub fn topics(&self) -> Vec<Topic> {
@@ -218,6 +213,13 @@ fn apply(state: &mut State, key: &Bytes, value: Option<Bytes>) {
                 let Ok(id) = Uuid::from_slice(&t.id) else {
                     return;
                 };
+                // A recreated topic: its old id names nothing any more.
+                if let Some(old) = state.topics.get(&t.name) {
+                    if old.id != id {
+                        let old = old.id;
+                        state.names.remove(&old);
+                    }
+                }
                 state.names.insert(id, t.name.clone());
                 state.topics.insert(
                     t.name.clone(),

@@ -113,6 +113,9 @@ pub struct PartitionLog {
     state: RwLock<LogState>,
     cache: BlockCache,
     hw: watch::Sender<Offset>,
+    /// Bumped (under the state's write lock) by every change that is not
+    /// an append of committed chunks: followers then need a snapshot.
+    shape: std::sync::atomic::AtomicU64,
 }
 
 impl PartitionLog {
@@ -123,6 +126,7 @@ impl PartitionLog {
             state: RwLock::new(state),
             cache,
             hw,
+            shape: Default::default(),
         })
     }
 
@@ -147,9 +151,24 @@ impl PartitionLog {
 
     /// Change the state (the writer only) and wake waiting readers.
     pub fn update<R>(&self, f: impl FnOnce(&mut LogState) -> R) -> R {
+        self.change(true, f)
+    }
+
+    /// [`PartitionLog::update`] for a change that only appends committed
+    /// chunks to open segments and moves the high watermark (followers are
+    /// shown just the new chunks).
+    pub fn append_update<R>(&self, f: impl FnOnce(&mut LogState) -> R) -> R {
+        self.change(false, f)
+    }
+
+    fn change<R>(&self, reshaped: bool, f: impl FnOnce(&mut LogState) -> R) -> R {
         let (r, hw) = {
             let mut s = self.state.write().unwrap();
             let r = f(&mut s);
+            if reshaped {
+                self.shape
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             (r, s.high_watermark)
         };
         self.hw.send_replace(hw);
@@ -504,6 +523,8 @@ impl PartitionLog {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TailCursor {
     shown: bool,
+    /// The log's shape counter when last shown.
+    shape: u64,
     segments: usize,
     first_base: Offset,
     /// The last few segments: (base, sealed, chunks shown).
@@ -532,10 +553,11 @@ pub enum TailDelta {
 const TAIL_SEGMENTS: usize = 3;
 
 impl TailCursor {
-    fn shape(s: &LogState) -> Self {
+    fn shape(s: &LogState, shape: u64) -> Self {
         let n = s.segments.len();
         TailCursor {
             shown: true,
+            shape,
             segments: n,
             first_base: s.segments.keys().next().copied().unwrap_or(-1),
             tail: s
@@ -559,11 +581,12 @@ impl PartitionLog {
     /// chunks committed since, otherwise the whole state.
     pub fn changes(&self, cursor: &mut TailCursor) -> TailDelta {
         let s = self.state.read().unwrap();
-        let now = TailCursor::shape(&s);
+        let now = TailCursor::shape(&s, self.shape.load(std::sync::atomic::Ordering::Relaxed));
         if *cursor == now {
             return TailDelta::Unchanged;
         }
         let appends_only = cursor.shown
+            && cursor.shape == now.shape
             && cursor.segments == now.segments
             && cursor.first_base == now.first_base
             && cursor.leader_epoch == now.leader_epoch
@@ -819,7 +842,7 @@ mod tests {
             path: Arc::from("x/chunk-600"),
             bytes: 10,
         };
-        log.update(|s| {
+        log.append_update(|s| {
             if let Some(SegmentView::Open { chunks, .. }) = s.segments.get_mut(&500) {
                 chunks.push(chunk.clone());
             }
@@ -854,11 +877,12 @@ mod tests {
             panic!("open segment");
         };
         assert_eq!(chunks.len(), 3);
-        // Retention moving the log start: still an append (no chunk).
+        // Any other change, even one outside the last segments (a repair
+        // moving a sealed segment's replicas, retention): a snapshot.
         log.update(|s| s.log_start_offset = 100);
         assert!(matches!(
             log.changes(&mut cursor),
-            TailDelta::Append { ref chunks, log_start: 100, .. } if chunks.is_empty()
+            TailDelta::Snapshot(ref x) if x.log_start_offset == 100
         ));
         // A segment gone (or sealed): a snapshot.
         log.update(|s| {

@@ -758,7 +758,7 @@ impl Writer {
         let seg_base = flush.segment_base;
         let next = chunk.next_offset;
         let bytes = chunk.bytes;
-        let log_start = self.log.update(move |s| {
+        let log_start = self.log.append_update(move |s| {
             if let Some(SegmentView::Open { chunks, .. }) = s.segments.get_mut(&seg_base) {
                 chunks.push(chunk);
             }
