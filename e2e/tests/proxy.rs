@@ -209,6 +209,35 @@ async fn clients_that_know_only_the_proxies_produce_and_consume() {
             }
         }
     }
+    // DescribeProducers through a proxy is asked of each partition's owner:
+    // every partition knows the one idempotent producer.
+    {
+        use kafka_protocol::messages::describe_producers_request::TopicRequest;
+        use kafka_protocol::messages::{
+            ApiKey, DescribeProducersRequest, DescribeProducersResponse, TopicName,
+        };
+        let first = format!("127.0.0.1:{}", c.proxies[0].port.unwrap());
+        let mut raw = floe_e2e::RawClient::connect(&first).unwrap();
+        let req = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
+            .with_name(TopicName(
+                kafka_protocol::protocol::StrBytes::from_static_str("through"),
+            ))
+            .with_partition_indexes((0..PARTITIONS).collect())]);
+        let r: DescribeProducersResponse = raw.call(ApiKey::DescribeProducers, 0, &req).unwrap();
+        let parts = &r.topics[0].partitions;
+        assert_eq!(parts.len(), PARTITIONS as usize);
+        for p in parts {
+            assert_eq!(p.error_code, 0, "partition {}", p.partition_index);
+            if got.contains_key(&p.partition_index) {
+                assert_eq!(
+                    p.active_producers.len(),
+                    1,
+                    "partition {}",
+                    p.partition_index
+                );
+            }
+        }
+    }
     // Every client request went to a proxy; none reached a broker directly.
     for p in &c.proxies {
         let m = p.http("/metrics").unwrap();

@@ -824,31 +824,25 @@ impl Proxy {
                 let mut pr = DeleteRecordsPartitionResult::default()
                     .with_partition_index(p.partition_index)
                     .with_low_watermark(-1);
-                let owner = self.owner_of(t.name.0.as_str(), p.partition_index);
                 let one = DeleteRecordsRequest::default()
                     .with_timeout_ms(req.timeout_ms)
                     .with_topics(vec![delete_records_request::DeleteRecordsTopic::default()
                         .with_name(t.name.clone())
                         .with_partitions(vec![p.clone()])]);
-                match owner {
-                    Ok(b) => match self
-                        .call_broker::<_, DeleteRecordsResponse>(
-                            &b,
-                            ApiKey::DeleteRecords,
-                            version,
-                            client_id,
-                            &one,
-                        )
-                        .await
-                    {
-                        Ok(r) => {
-                            if let Some(x) = r.topics.into_iter().flat_map(|t| t.partitions).next()
-                            {
-                                pr = x;
-                            }
-                        }
-                        Err(_) => pr.error_code = ResponseError::NotLeaderOrFollower.code(),
-                    },
+                let answer = self
+                    .ask_owner(
+                        (t.name.0.as_str(), p.partition_index),
+                        ApiKey::DeleteRecords,
+                        version,
+                        client_id,
+                        &one,
+                        |r: DeleteRecordsResponse| {
+                            r.topics.into_iter().flat_map(|t| t.partitions).next()
+                        },
+                    )
+                    .await;
+                match answer {
+                    Ok(x) => pr = x,
                     Err(e) => pr.error_code = e.code(),
                 }
                 tr.partitions.push(pr);
@@ -872,6 +866,26 @@ impl Proxy {
         }
     }
 
+    /// Ask a partition's owner `one` (a request for that partition alone)
+    /// and take the partition's answer out of its response.
+    #[allow(clippy::too_many_arguments)]
+    async fn ask_owner<Req: Encodable, Resp: Decodable, Part>(
+        &self,
+        (topic, index): (&str, i32),
+        api: ApiKey,
+        version: i16,
+        client_id: &str,
+        one: &Req,
+        take: impl FnOnce(Resp) -> Option<Part>,
+    ) -> Result<Part, ResponseError> {
+        let b = self.owner_of(topic, index)?;
+        let r = self
+            .call_broker::<_, Resp>(&b, api, version, client_id, one)
+            .await
+            .map_err(|_| ResponseError::NotLeaderOrFollower)?;
+        take(r).ok_or(ResponseError::UnknownServerError)
+    }
+
     /// DescribeProducers, asked of each partition's owner.
     async fn describe_producers(
         self: &Arc<Self>,
@@ -890,25 +904,20 @@ impl Proxy {
                         .with_name(t.name.clone())
                         .with_partition_indexes(vec![index]),
                 ]);
-                match self.owner_of(t.name.0.as_str(), index) {
-                    Ok(b) => match self
-                        .call_broker::<_, DescribeProducersResponse>(
-                            &b,
-                            ApiKey::DescribeProducers,
-                            version,
-                            client_id,
-                            &one,
-                        )
-                        .await
-                    {
-                        Ok(r) => {
-                            if let Some(x) = r.topics.into_iter().flat_map(|t| t.partitions).next()
-                            {
-                                pr = x;
-                            }
-                        }
-                        Err(_) => pr.error_code = ResponseError::NotLeaderOrFollower.code(),
-                    },
+                let answer = self
+                    .ask_owner(
+                        (t.name.0.as_str(), index),
+                        ApiKey::DescribeProducers,
+                        version,
+                        client_id,
+                        &one,
+                        |r: DescribeProducersResponse| {
+                            r.topics.into_iter().flat_map(|t| t.partitions).next()
+                        },
+                    )
+                    .await;
+                match answer {
+                    Ok(x) => pr = x,
                     Err(e) => pr.error_code = e.code(),
                 }
                 tr.partitions.push(pr);
