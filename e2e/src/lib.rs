@@ -27,6 +27,11 @@ pub fn floe_bin() -> PathBuf {
     dir.join("floe")
 }
 
+/// The `floectl` binary beside `floe`.
+pub fn floectl_bin() -> PathBuf {
+    floe_bin().with_file_name("floectl")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -501,6 +506,9 @@ impl Drop for Proc {
     }
 }
 
+/// The admin API token every test cluster's controllers use.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+
 /// A cluster on a real etcd: controllers and brokers as real processes,
 /// storage in a shared temporary directory. Everything is killed on drop,
 /// also when a test fails.
@@ -601,7 +609,10 @@ impl Cluster {
 
     fn add_controller(&mut self, i: usize, lease_ttl_ms: u64) -> Result<()> {
         let http_port = free_port();
+        let admin_port = free_port();
         let name = format!("controller-{i}");
+        let token_file = self.tmp.path().join("admin.token");
+        std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n"))?;
         let mut p = Proc {
             args: vec![
                 "controller".into(),
@@ -613,6 +624,10 @@ impl Cluster {
                 format!("127.0.0.1:{http_port}"),
                 "--lease-ttl-ms".into(),
                 lease_ttl_ms.to_string(),
+                "--admin-listen".into(),
+                format!("127.0.0.1:{admin_port}"),
+                "--admin-token-file".into(),
+                token_file.display().to_string(),
             ],
             log: self.tmp.path().join(format!("{name}.log")),
             name,
@@ -655,6 +670,31 @@ impl Cluster {
         p.spawn()?;
         self.brokers.push(p);
         Ok(id - 1)
+    }
+
+    /// The admin API URL of controller `i` (floectl's --controller).
+    pub fn admin_url(&self, i: usize) -> String {
+        let args = &self.controllers[i].args;
+        let at = args.iter().position(|a| a == "--admin-listen").unwrap();
+        format!("http://{}", args[at + 1])
+    }
+
+    /// Run floectl against controller `i` with the cluster's token plus
+    /// `args`: (exit code, stdout, stderr).
+    pub fn floectl(&self, i: usize, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(floectl_bin())
+            .arg("--controller")
+            .arg(self.admin_url(i))
+            .args(args)
+            .env("FLOE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("FLOE_ADMIN_TOKEN_FILE")
+            .output()
+            .expect("running floectl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     }
 
     /// Start one more proxy; returns its index.

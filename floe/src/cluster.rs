@@ -213,11 +213,84 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
     Ok(())
 }
 
-struct ControllerState {
-    meta: Arc<dyn MetadataStore>,
+pub(crate) struct ControllerState {
+    pub(crate) meta: Arc<dyn MetadataStore>,
     /// Set while this process leads.
     leader: std::sync::RwLock<Option<Arc<Controller>>>,
     id: String,
+}
+
+/// Why a move could not be made.
+pub(crate) enum MoveFailure {
+    NotFound(String),
+    Retry(String),
+}
+
+/// Move `p` to `broker` through the leading controller: this one if it
+/// leads, else the leader named by the election key (its internal HTTP
+/// call). Returns the new epoch.
+pub(crate) async fn move_on_leader(
+    state: &ControllerState,
+    p: PartitionId,
+    topic: &str,
+    broker: i32,
+) -> Result<i32, MoveFailure> {
+    let leader = state.leader.read().unwrap().clone();
+    if let Some(c) = leader {
+        return match c.move_partition(p, broker).await {
+            Ok(epoch) => Ok(epoch),
+            Err(e @ MoveError::UnknownBroker(_)) | Err(e @ MoveError::UnknownPartition) => {
+                Err(MoveFailure::NotFound(e.to_string()))
+            }
+            Err(e) => Err(MoveFailure::Retry(e.to_string())),
+        };
+    }
+    let record = floe_meta::election::leader(&*state.meta, &keys::controller_leader())
+        .await
+        .map_err(|e| MoveFailure::Retry(e.to_string()))?
+        .and_then(|kv| ControllerRecord::decode(kv.value).ok())
+        .ok_or_else(|| MoveFailure::Retry("no controller leads now; retry".into()))?;
+    let path = format!(
+        "/v1/move?topic={topic}&partition={}&broker={broker}",
+        p.partition
+    );
+    match http_post(&record.http, &path).await {
+        Ok((200, body)) => body
+            .trim()
+            .parse()
+            .map_err(|_| MoveFailure::Retry(format!("leader answered {body:?}"))),
+        Ok((404, body)) => Err(MoveFailure::NotFound(body.trim().to_string())),
+        Ok((_, body)) => Err(MoveFailure::Retry(body.trim().to_string())),
+        Err(e) => Err(MoveFailure::Retry(format!(
+            "leader {} at {}: {e}",
+            record.id, record.http
+        ))),
+    }
+}
+
+/// A minimal HTTP/1.1 POST (status, body) to a controller's internal API.
+async fn http_post(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::other("connect timed out"))??;
+    s.write_all(
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("no answer"))??;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
 }
 
 pub async fn controller(args: ControllerArgs) -> Result<()> {
@@ -320,6 +393,36 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
         lapsed.clone(),
     ));
     let http_task = tokio::spawn(controller_http(http, state.clone(), shutdown.clone()));
+    let admin_token = match (&args.admin_token_file, std::env::var("FLOE_ADMIN_TOKEN")) {
+        (Some(f), _) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the admin token {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, Ok(t)) => Some(t.trim().to_string()),
+        (None, Err(_)) => None,
+    };
+    let admin_task = match admin_token.filter(|t| !t.is_empty()) {
+        Some(token) => {
+            let listener = tokio::net::TcpListener::bind(args.admin_listen)
+                .await
+                .with_context(|| format!("binding the admin listener {}", args.admin_listen))?;
+            tracing::info!(admin = %args.admin_listen, "admin API listening");
+            Some(tokio::spawn(crate::admin::serve(
+                listener,
+                state.clone(),
+                token,
+                shutdown.clone(),
+            )))
+        }
+        None => {
+            tracing::warn!(
+                "admin API disabled: no token (set --admin-token-file or FLOE_ADMIN_TOKEN)"
+            );
+            None
+        }
+    };
     tracing::info!(id, http = %args.http_listen, cluster_id, "floe controller started; campaigning");
 
     let campaign = {
@@ -356,6 +459,9 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     let _ = floe_meta::election::resign(&*meta, keys::controller_leader(), value).await;
     let _ = meta.revoke_lease(lease).await;
     let _ = http_task.await;
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
     tracing::info!("stopped");
     outcome
 }

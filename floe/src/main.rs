@@ -112,6 +112,13 @@ struct ControllerArgs {
     /// the leader stops.
     #[arg(long, default_value_t = 10_000)]
     lease_ttl_ms: u64,
+    /// Address of the admin API (gRPC, what floectl talks to).
+    #[arg(long, env = "FLOE_ADMIN_LISTEN", default_value = "127.0.0.1:9647")]
+    admin_listen: SocketAddr,
+    /// File holding the admin API's bearer token (or set FLOE_ADMIN_TOKEN);
+    /// without a token the admin API is off.
+    #[arg(long, env = "FLOE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -189,6 +196,8 @@ fn main() -> Result<()> {
     }
 }
 
+mod admin;
+mod admin_pb;
 mod cluster;
 
 async fn standalone(args: StandaloneArgs) -> Result<()> {

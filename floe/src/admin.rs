@@ -1,0 +1,369 @@
+//! The controller's admin API (proto/admin.proto, served over gRPC with a
+//! bearer token): cluster status, topics and their partitions read from
+//! etcd at one revision, and partition moves carried out by the leading
+//! controller (a standby forwards them).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use floe_common::{PartitionId, Uuid};
+use floe_meta::schema::{
+    AssignmentRecord, BrokerRecord, CheckpointRecord, ClusterRecord, ControllerRecord, OwnerRecord,
+    PartitionStateRecord, ProxyRecord, StoragePoolRecord, TopicRecord,
+};
+use floe_meta::{keys, KeyValue, MetadataStore};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::admin_pb as pb;
+use crate::cluster::ControllerState;
+
+pub struct AdminService {
+    state: Arc<ControllerState>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("metadata store: {e}"))
+}
+
+/// Everything under /floe/ at one revision.
+async fn snapshot(meta: &dyn MetadataStore) -> Result<Vec<KeyValue>, Status> {
+    Ok(meta
+        .range(keys::ROOT.as_bytes())
+        .await
+        .map_err(unavailable)?
+        .0)
+}
+
+fn decode<M: Message + Default>(kv: &KeyValue) -> Option<M> {
+    M::decode(kv.value.clone()).ok()
+}
+
+/// The last path element of a partition key: (topic id, partition, leaf).
+fn partition_key(key: &[u8]) -> Option<(Uuid, i32, &str)> {
+    let s = std::str::from_utf8(key).ok()?;
+    let mut it = s.strip_prefix("/floe/partitions/")?.splitn(3, '/');
+    let topic = Uuid::parse_str(it.next()?).ok()?;
+    let partition = it.next()?.parse().ok()?;
+    Some((topic, partition, it.next()?))
+}
+
+/// Per partition, what etcd holds about it.
+#[derive(Default)]
+struct PartitionFacts {
+    owner: Option<OwnerRecord>,
+    state: Option<PartitionStateRecord>,
+    assignment: Option<AssignmentRecord>,
+    checkpoint: Option<CheckpointRecord>,
+    sealed: u32,
+}
+
+fn partition_facts(kvs: &[KeyValue]) -> HashMap<PartitionId, PartitionFacts> {
+    let mut out: HashMap<PartitionId, PartitionFacts> = HashMap::new();
+    for kv in kvs {
+        let Some((topic, partition, leaf)) = partition_key(&kv.key) else {
+            continue;
+        };
+        let f = out.entry(PartitionId::new(topic, partition)).or_default();
+        match leaf {
+            "owner" => f.owner = decode(kv),
+            "state" => f.state = decode(kv),
+            "assignment" => f.assignment = decode(kv),
+            "checkpoint" => f.checkpoint = decode(kv),
+            l if l.starts_with("segments/") => f.sealed += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+fn topic_summary(t: &TopicRecord) -> pb::TopicSummary {
+    pb::TopicSummary {
+        name: t.name.clone(),
+        id: Uuid::from_slice(&t.id)
+            .map(|u| u.simple().to_string())
+            .unwrap_or_default(),
+        partitions: t.partitions,
+        configs: t.configs.clone().into_iter().collect(),
+    }
+}
+
+/// The state a client of the admin API sees: the owner's published state
+/// while that owner is alive, "unowned" otherwise.
+fn visible_state(f: Option<&PartitionFacts>, live: &BTreeMap<i32, BrokerRecord>) -> String {
+    match f.and_then(|f| f.state.as_ref()) {
+        Some(s) if live.contains_key(&s.broker_id) => s.state.clone(),
+        _ => "unowned".to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn get_cluster_status(
+        &self,
+        _: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let kvs = snapshot(&*self.state.meta).await?;
+        let mut out = pb::ClusterStatus::default();
+        let mut brokers = BTreeMap::new();
+        let mut topics = Vec::new();
+        let mut leader_id = None;
+        for kv in &kvs {
+            let k = kv.key.as_ref();
+            if k == keys::cluster().as_ref() {
+                if let Some(c) = decode::<ClusterRecord>(kv) {
+                    out.cluster_id = c.cluster_id;
+                }
+            } else if k == keys::storage_pool().as_ref() {
+                if let Some(p) = decode::<StoragePoolRecord>(kv) {
+                    out.replicas = p.replicas;
+                    out.write_quorum = p.write_quorum;
+                    out.storage_targets = p
+                        .targets
+                        .into_iter()
+                        .map(|t| pb::StorageTarget {
+                            id: t.id,
+                            url: t.url,
+                            zone: t.zone.unwrap_or_default(),
+                            weight: t.weight,
+                        })
+                        .collect();
+                }
+            } else if k == keys::controller_leader().as_ref() {
+                leader_id = decode::<ControllerRecord>(kv).map(|c| c.id);
+            } else if keys::parse_broker(k).is_some() {
+                if let Some(b) = decode::<BrokerRecord>(kv) {
+                    brokers.insert(b.broker_id, b);
+                }
+            } else if keys::parse_proxy(k).is_some() {
+                if let Some(p) = decode::<ProxyRecord>(kv) {
+                    out.proxies.push(pb::Proxy {
+                        id: p.proxy_id,
+                        address: format!("{}:{}", p.host, p.port),
+                        started_ms: p.started_ms,
+                    });
+                }
+            } else if k.starts_with(&keys::controllers_prefix()) {
+                if let Some(c) = decode::<ControllerRecord>(kv) {
+                    out.controllers.push(pb::Controller {
+                        id: c.id,
+                        http: c.http,
+                        leader: false,
+                    });
+                }
+            } else if k.starts_with(&keys::topics_prefix()) {
+                if let Some(t) = decode::<TopicRecord>(kv) {
+                    topics.push(t);
+                }
+            }
+        }
+        for c in &mut out.controllers {
+            c.leader = leader_id.as_deref() == Some(c.id.as_str());
+        }
+        let facts = partition_facts(&kvs);
+        let mut owned: HashMap<i32, u32> = HashMap::new();
+        let mut states: BTreeMap<String, u32> = BTreeMap::new();
+        for t in &topics {
+            let Ok(id) = Uuid::from_slice(&t.id) else {
+                continue;
+            };
+            for p in 0..t.partitions {
+                let f = facts.get(&PartitionId::new(id, p));
+                let state = visible_state(f, &brokers);
+                if let Some(o) = f.and_then(|f| f.owner.as_ref()) {
+                    if brokers.contains_key(&o.broker_id) {
+                        *owned.entry(o.broker_id).or_default() += 1;
+                    }
+                }
+                *states.entry(state).or_default() += 1;
+                out.partitions += 1;
+            }
+        }
+        out.topics = topics.len() as u32;
+        out.brokers = brokers
+            .values()
+            .map(|b| pb::Broker {
+                id: b.broker_id,
+                address: format!("{}:{}", b.host, b.port),
+                tail: b.tail.clone(),
+                started_ms: b.started_ms,
+                partitions: owned.get(&b.broker_id).copied().unwrap_or(0),
+            })
+            .collect();
+        out.partition_states = states
+            .into_iter()
+            .map(|(state, partitions)| pb::StateCount { state, partitions })
+            .collect();
+        Ok(Response::new(out))
+    }
+
+    async fn list_topics(
+        &self,
+        _: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::TopicList>, Status> {
+        let (kvs, _) = self
+            .state
+            .meta
+            .range(&keys::topics_prefix())
+            .await
+            .map_err(unavailable)?;
+        let mut topics: Vec<pb::TopicSummary> = kvs
+            .iter()
+            .filter_map(decode::<TopicRecord>)
+            .map(|t| topic_summary(&t))
+            .collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(pb::TopicList { topics }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::TopicDetail>, Status> {
+        let name = request.into_inner().name;
+        let kvs = snapshot(&*self.state.meta).await?;
+        let topic_key = keys::topic(&name);
+        let Some(t) = kvs
+            .iter()
+            .find(|kv| kv.key == topic_key)
+            .and_then(decode::<TopicRecord>)
+        else {
+            return Err(Status::not_found(format!("unknown topic {name:?}")));
+        };
+        let id = Uuid::from_slice(&t.id).map_err(|_| Status::internal("bad topic id"))?;
+        let brokers: BTreeMap<i32, BrokerRecord> = kvs
+            .iter()
+            .filter(|kv| keys::parse_broker(&kv.key).is_some())
+            .filter_map(decode::<BrokerRecord>)
+            .map(|b| (b.broker_id, b))
+            .collect();
+        let facts = partition_facts(&kvs);
+        let partitions = (0..t.partitions)
+            .map(|p| {
+                let f = facts.get(&PartitionId::new(id, p));
+                let owner = f
+                    .and_then(|f| f.owner.as_ref())
+                    .filter(|o| brokers.contains_key(&o.broker_id));
+                let cp = f.and_then(|f| f.checkpoint.as_ref());
+                pb::PartitionDetail {
+                    partition: p,
+                    owner: owner.map_or(-1, |o| o.broker_id),
+                    epoch: owner.map_or(-1, |o| o.epoch),
+                    state: visible_state(f, &brokers),
+                    assigned: f
+                        .and_then(|f| f.assignment.as_ref())
+                        .map_or(-1, |a| a.broker_id),
+                    log_start_offset: cp.map_or(0, |c| c.log_start_offset),
+                    checkpoint_next_offset: cp.map_or(0, |c| c.next_offset),
+                    sealed_segments: f.map_or(0, |f| f.sealed),
+                    open_segments: cp.map_or(0, |c| c.open_segments.len() as u32),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::TopicDetail {
+            topic: Some(topic_summary(&t)),
+            partitions,
+        }))
+    }
+
+    async fn move_partition(
+        &self,
+        request: Request<pb::MovePartitionRequest>,
+    ) -> Result<Response<pb::MovePartitionResponse>, Status> {
+        let r = request.into_inner();
+        let started = Instant::now();
+        let timeout = Duration::from_millis(if r.timeout_ms == 0 {
+            30_000
+        } else {
+            r.timeout_ms as u64
+        });
+        let meta = self.state.meta.clone();
+        let Some(t) = meta
+            .get(&keys::topic(&r.topic))
+            .await
+            .map_err(unavailable)?
+            .and_then(|kv| decode::<TopicRecord>(&kv))
+        else {
+            return Err(Status::not_found(format!("unknown topic {:?}", r.topic)));
+        };
+        if r.partition < 0 || r.partition >= t.partitions {
+            return Err(Status::not_found(format!(
+                "topic {:?} has no partition {}",
+                r.topic, r.partition
+            )));
+        }
+        let id = PartitionId::new(
+            Uuid::from_slice(&t.id).map_err(|_| Status::internal("bad topic id"))?,
+            r.partition,
+        );
+        let epoch = match crate::cluster::move_on_leader(&self.state, id, &r.topic, r.broker).await
+        {
+            Ok(e) => e,
+            Err(crate::cluster::MoveFailure::NotFound(m)) => return Err(Status::not_found(m)),
+            Err(crate::cluster::MoveFailure::Retry(m)) => return Err(Status::unavailable(m)),
+        };
+        // Answer once the new owner writes.
+        loop {
+            let writing = meta
+                .get(&keys::partition_state(id))
+                .await
+                .map_err(unavailable)?
+                .and_then(|kv| decode::<PartitionStateRecord>(&kv))
+                .is_some_and(|s| {
+                    s.broker_id == r.broker && s.epoch >= epoch && s.state == "writing"
+                });
+            if writing {
+                break;
+            }
+            if started.elapsed() > timeout {
+                return Err(Status::deadline_exceeded(format!(
+                    "partition {} of {:?} was assigned to broker {} at epoch {epoch} but is not written there after {timeout:?}",
+                    r.partition, r.topic, r.broker
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Response::new(pb::MovePartitionResponse {
+            epoch,
+            took_ms: started.elapsed().as_millis() as u64,
+        }))
+    }
+}
+
+/// Serve the admin API on `listener` until `shutdown`; requests without
+/// `authorization: Bearer <token>` are refused (and logged).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ControllerState>,
+    token: String,
+    shutdown: CancellationToken,
+) {
+    let expected = format!("Bearer {token}");
+    let check = move |req: Request<()>| -> Result<Request<()>, Status> {
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if given == Some(expected.as_str()) {
+            return Ok(req);
+        }
+        let peer = req
+            .remote_addr()
+            .map_or("unknown".to_string(), |a| a.to_string());
+        tracing::warn!(%peer, token_given = given.is_some(), "admin request rejected: missing or wrong bearer token");
+        Err(Status::unauthenticated(
+            "missing or wrong bearer token (floectl: --token, --token-file or FLOE_ADMIN_TOKEN)",
+        ))
+    };
+    let service = pb::admin_server::AdminServer::with_interceptor(AdminService { state }, check);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    if let Err(e) = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "admin API listener failed");
+    }
+}
