@@ -4,7 +4,8 @@
 //! metadata and data. Several controllers may run; the one holding the
 //! election key acts, and every write it makes is conditional on still
 //! holding it. Moves: on a broker joining, counts are evened out; a single
-//! partition can be moved on request (`move_partition`).
+//! partition can be moved on request (`move_partition`); a drained broker
+//! (`/floe/drained/{id}`) is given no partition and its own move off.
 
 pub mod assignment;
 
@@ -140,6 +141,10 @@ impl Controller {
                 .meta
                 .watch_prefix(&keys::brokers_prefix(), Some(rev + 1))
                 .await?;
+            let mut drained = self
+                .meta
+                .watch_prefix(&keys::drained_prefix(), Some(rev + 1))
+                .await?;
             if let Err(e) = self.reconcile().await {
                 tracing::warn!(error = %e, "reconcile failed; retrying");
             }
@@ -150,6 +155,7 @@ impl Controller {
                     _ = cancel.cancelled() => return Ok(()),
                     ev = topics.next() => if !matches!(ev, Some(Ok(_))) { break },
                     ev = brokers.next() => if !matches!(ev, Some(Ok(_))) { break },
+                    ev = drained.next() => if !matches!(ev, Some(Ok(_))) { break },
                     _ = resync.tick() => {}
                 }
                 if let Err(e) = self.reconcile().await {
@@ -166,10 +172,19 @@ impl Controller {
         let (topic_kvs, _) = self.meta.range(&keys::topics_prefix()).await?;
         let (broker_kvs, _) = self.meta.range(&keys::brokers_prefix()).await?;
         let (partition_kvs, _) = self.meta.range(&keys::partitions_prefix()).await?;
+        let (drained_kvs, _) = self.meta.range(&keys::drained_prefix()).await?;
+        // Drained brokers take no partitions: theirs move to the others.
+        let drained: std::collections::HashSet<i32> = drained_kvs
+            .iter()
+            .filter_map(|kv| keys::parse_drained(&kv.key))
+            .collect();
         let mut live = Vec::new();
         for kv in broker_kvs {
             let r =
                 BrokerRecord::decode(kv.value).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+            if drained.contains(&r.broker_id) {
+                continue;
+            }
             live.push(LiveBroker {
                 id: r.broker_id,
                 session: kv.create_revision,

@@ -168,3 +168,130 @@ async fn floectl_reports_the_cluster_as_etcd_has_it_and_moves_partitions() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the controller"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_broker_is_emptied_under_load_and_stopped_with_nothing_lost() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut c = Cluster::start(3, 1, 3_000).unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = c.proxy_bootstrap();
+    floe_e2e::create_topic(&b, "drain", 6).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owners(&c, "drain", 6).await.len() < 6 {
+        assert!(Instant::now() < deadline, "partitions not writing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let on_2 = owners(&c, "drain", 6)
+        .await
+        .values()
+        .filter(|b| **b == 2)
+        .count();
+    assert!(on_2 > 0, "broker 2 writes some partitions before the drain");
+
+    // A producer through the proxy for the whole drain.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(i32, i64, String)>>> = Default::default();
+    let failed = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = format!("d{i:06}");
+                match producer
+                    .send(
+                        FutureRecord::<(), _>::to("drain")
+                            .partition((i % 6) as i32)
+                            .payload(&payload),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                {
+                    Ok(d) => acked.lock().unwrap().push((d.partition, d.offset, payload)),
+                    Err((e, _)) => failed.lock().unwrap().push(e.to_string()),
+                }
+                i += 1;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let started = Instant::now();
+    let (code, out, err) = c.floectl(0, &["broker", "drain", "2", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("drained"), "{out}");
+    println!(
+        "drained broker 2 ({on_2} partitions) in {:?}",
+        started.elapsed()
+    );
+    assert!(!owners(&c, "drain", 6).await.values().any(|b| *b == 2));
+    let (_, out, _) = c.floectl(0, &["status", "-o", "json"]);
+    let s = parse(&out);
+    let b2 = s["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == 2)
+        .unwrap()
+        .clone();
+    assert_eq!(b2["partitions"], 0);
+    assert_eq!(b2["drained"], true);
+    // Nothing left on it: kill -9 costs nothing.
+    c.brokers[1].stop_with("-KILL").unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let failed = failed.lock().unwrap().clone();
+    assert!(failed.is_empty(), "sends failed: {failed:?}");
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "the load ran ({} records)", acked.len());
+    let log = floe_e2e::read_all(&b, "drain", 6);
+    assert_eq!(log.values().map(Vec::len).sum::<usize>(), acked.len());
+    for (p, o, payload) in &acked {
+        let rec = log[p].iter().find(|(off, _)| off == o);
+        assert_eq!(
+            rec.map(|r| String::from_utf8_lossy(&r.1).to_string()),
+            Some(payload.clone()),
+            "partition {p} offset {o}"
+        );
+    }
+    // Undrained (after it is back), it takes partitions again. Its old
+    // registration lapses with its lease (3 s) first.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    c.brokers[1].restart().unwrap();
+    let (code, _, err) = c.floectl(0, &["broker", "undrain", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = c.floectl(0, &["status", "-o", "json"]);
+        let s = parse(&out);
+        let b2 = s["brokers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == 2)
+            .cloned();
+        if b2.is_some_and(|b| b["drained"] == false && b["partitions"].as_i64().unwrap() > 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker 2 got nothing back; controller log:\n{}",
+            c.controllers[0].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

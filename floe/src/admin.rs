@@ -110,6 +110,10 @@ impl pb::admin_server::Admin for AdminService {
         let mut brokers = BTreeMap::new();
         let mut topics = Vec::new();
         let mut leader_id = None;
+        let drained: std::collections::HashSet<i32> = kvs
+            .iter()
+            .filter_map(|kv| keys::parse_drained(&kv.key))
+            .collect();
         for kv in &kvs {
             let k = kv.key.as_ref();
             if k == keys::cluster().as_ref() {
@@ -190,6 +194,7 @@ impl pb::admin_server::Admin for AdminService {
                 tail: b.tail.clone(),
                 started_ms: b.started_ms,
                 partitions: owned.get(&b.broker_id).copied().unwrap_or(0),
+                drained: drained.contains(&b.broker_id),
             })
             .collect();
         out.partition_states = states
@@ -268,6 +273,24 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn drain_broker(
+        &self,
+        request: Request<pb::BrokerRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        Ok(Response::new(
+            self.set_drained(request.into_inner().broker, true).await?,
+        ))
+    }
+
+    async fn undrain_broker(
+        &self,
+        request: Request<pb::BrokerRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        Ok(Response::new(
+            self.set_drained(request.into_inner().broker, false).await?,
+        ))
+    }
+
     async fn move_partition(
         &self,
         request: Request<pb::MovePartitionRequest>,
@@ -329,6 +352,57 @@ impl pb::admin_server::Admin for AdminService {
             epoch,
             took_ms: started.elapsed().as_millis() as u64,
         }))
+    }
+}
+
+impl AdminService {
+    /// Partitions `broker` writes now (live owner records).
+    async fn owned_by(&self, broker: i32) -> Result<u32, Status> {
+        let (kvs, _) = self
+            .state
+            .meta
+            .range(&keys::partitions_prefix())
+            .await
+            .map_err(unavailable)?;
+        Ok(kvs
+            .iter()
+            .filter(|kv| keys::parse_owner(&kv.key).is_some())
+            .filter_map(decode::<OwnerRecord>)
+            .filter(|o| o.broker_id == broker)
+            .count() as u32)
+    }
+
+    async fn set_drained(&self, broker: i32, drained: bool) -> Result<pb::DrainResponse, Status> {
+        let meta = &self.state.meta;
+        if meta
+            .get(&keys::broker(broker))
+            .await
+            .map_err(unavailable)?
+            .is_none()
+            && drained
+        {
+            return Err(Status::not_found(format!("broker {broker} is not alive")));
+        }
+        let key = keys::drained(broker);
+        let txn = if drained {
+            let record = floe_meta::schema::DrainRecord {
+                format: floe_meta::schema::FORMAT,
+                broker_id: broker,
+                since_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            };
+            floe_meta::Txn::new().then(floe_meta::Op::put(key, record.encode_to_vec()))
+        } else {
+            floe_meta::Txn::new().then(floe_meta::Op::delete(key))
+        };
+        meta.txn(txn).await.map_err(unavailable)?;
+        tracing::info!(broker, drained, "broker drain state changed");
+        Ok(pb::DrainResponse {
+            broker,
+            drained,
+            partitions: self.owned_by(broker).await?,
+        })
     }
 }
 

@@ -55,6 +55,11 @@ enum Command {
     Topics,
     /// One topic's partitions: owner, epoch, state, segments.
     Topic { name: String },
+    /// Broker operations.
+    Broker {
+        #[command(subcommand)]
+        op: BrokerOp,
+    },
     /// Move a partition to a broker (no data is copied); waits until the
     /// new owner writes it.
     Move {
@@ -67,6 +72,23 @@ enum Command {
         #[arg(long, default_value_t = 30_000)]
         timeout_ms: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum BrokerOp {
+    /// Move every partition off a broker and give it none (each move a
+    /// release and an acquire, nothing copied); it can then be stopped.
+    Drain {
+        broker: i32,
+        /// Wait until the broker writes no partition.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (ms).
+        #[arg(long, default_value_t = 300_000)]
+        timeout_ms: u64,
+    },
+    /// Make a drained broker take partitions again.
+    Undrain { broker: i32 },
 }
 
 struct Failure {
@@ -168,7 +190,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 s.cluster_id, s.topics, s.partitions, s.replicas, s.write_quorum
             );
             out += &table(
-                &["BROKER", "ADDRESS", "PARTITIONS", "TAIL"],
+                &["BROKER", "ADDRESS", "PARTITIONS", "DRAINED", "TAIL"],
                 s.brokers
                     .iter()
                     .map(|b| {
@@ -176,6 +198,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                             b.id.to_string(),
                             b.address.clone(),
                             b.partitions.to_string(),
+                            b.drained.to_string(),
                             b.tail.clone(),
                         ]
                     })
@@ -288,6 +311,79 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     })
                     .collect(),
             ))
+        }
+        Command::Broker {
+            op: BrokerOp::Undrain { broker },
+        } => {
+            let r = client
+                .undrain_broker(admin_pb::BrokerRequest { broker })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&r);
+            }
+            Ok(format!(
+                "broker {broker} undrained: it takes its share of partitions again\n"
+            ))
+        }
+        Command::Broker {
+            op:
+                BrokerOp::Drain {
+                    broker,
+                    wait,
+                    timeout_ms,
+                },
+        } => {
+            let started = std::time::Instant::now();
+            let mut r = client
+                .drain_broker(admin_pb::BrokerRequest { broker })
+                .await?
+                .into_inner();
+            let total = r.partitions;
+            while wait && r.partitions > 0 {
+                if started.elapsed().as_millis() as u64 > timeout_ms {
+                    return Err(fail(
+                        1,
+                        format!(
+                            "broker {broker} still writes {} partitions after {timeout_ms} ms",
+                            r.partitions
+                        ),
+                    ));
+                }
+                if !json_out {
+                    eprint!(
+                        "\rdraining broker {broker}: {}/{total} partitions moved",
+                        total - r.partitions.min(total)
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let s = client
+                    .get_cluster_status(admin_pb::ClusterStatusRequest {})
+                    .await?
+                    .into_inner();
+                r.partitions = s
+                    .brokers
+                    .iter()
+                    .find(|b| b.id == broker)
+                    .map_or(0, |b| b.partitions);
+            }
+            if wait && !json_out {
+                eprintln!("\rdraining broker {broker}: {total}/{total} partitions moved");
+            }
+            if json_out {
+                return json(&r);
+            }
+            Ok(if wait {
+                format!(
+                    "broker {broker} drained in {:.1} s: it writes no partition and can be stopped\n",
+                    started.elapsed().as_secs_f64()
+                )
+            } else {
+                format!(
+                    "broker {broker} draining: {} partitions to move (floectl status shows progress)\n",
+                    r.partitions
+                )
+            })
         }
         Command::Move {
             topic,

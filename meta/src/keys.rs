@@ -65,6 +65,25 @@ pub fn broker(id: i32) -> Bytes {
     Bytes::from(format!("/floe/brokers/{id}"))
 }
 
+/// Brokers an operator drained: no partition is assigned to them (their
+/// partitions move off) until undrained. Value: a `DrainRecord`.
+pub fn drained_prefix() -> Bytes {
+    Bytes::from_static(b"/floe/drained/")
+}
+
+pub fn drained(broker: i32) -> Bytes {
+    Bytes::from(format!("/floe/drained/{broker}"))
+}
+
+/// The broker id of a drained key.
+pub fn parse_drained(key: &[u8]) -> Option<i32> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix("/floe/drained/")?
+        .parse()
+        .ok()
+}
+
 pub fn proxies_prefix() -> Bytes {
     Bytes::from_static(b"/floe/proxies/")
 }

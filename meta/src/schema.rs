@@ -76,6 +76,18 @@ pub struct BrokerRecord {
     pub tail: String,
 }
 
+/// A drained broker: `/floe/drained/{id}` (not leased: it outlives restarts
+/// until the broker is undrained).
+#[derive(Clone, PartialEq, Message)]
+pub struct DrainRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(int32, tag = "2")]
+    pub broker_id: i32,
+    #[prost(int64, tag = "3")]
+    pub since_ms: i64,
+}
+
 /// A live proxy: `/floe/proxies/{id}`, bound to the proxy's lease. Clients
 /// see proxies as Kafka's brokers, under this id.
 #[derive(Clone, PartialEq, Message)]
