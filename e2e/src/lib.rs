@@ -781,13 +781,24 @@ impl Cluster {
     }
 
     /// Ask the leading controller to move a partition; returns the new epoch.
+    /// (The controller answers 409 when the assignment changed under the
+    /// move, e.g. while it reassigns after a restart; that is retried.)
     pub fn move_partition(&self, topic: &str, partition: i32, broker: i32) -> Result<i32> {
-        let leader = self.wait_leader(Duration::from_secs(30))?;
-        let body = http_post(
-            self.controllers[leader].http_port,
-            &format!("/v1/move?topic={topic}&partition={partition}&broker={broker}"),
-        )?;
-        Ok(body.trim().parse()?)
+        let mut attempt = 0;
+        loop {
+            let leader = self.wait_leader(Duration::from_secs(30))?;
+            match http_post(
+                self.controllers[leader].http_port,
+                &format!("/v1/move?topic={topic}&partition={partition}&broker={broker}"),
+            ) {
+                Ok(body) => return Ok(body.trim().parse()?),
+                Err(e) if attempt < 5 && e.to_string().contains(" 409 ") => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A client of the cluster's etcd (through Floe's own metadata layer).

@@ -13,6 +13,18 @@ fn parse(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
+/// A broker's entry in `floectl status -o json`.
+fn broker_status(c: &Cluster, id: i64) -> Option<serde_json::Value> {
+    let (code, out, err) = c.floectl(0, &["status", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    parse(&out)["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id)
+        .cloned()
+}
+
 /// Partition → owning broker, from the states owners publish in etcd.
 async fn owners(c: &Cluster, topic: &str, partitions: i32) -> BTreeMap<i32, i32> {
     let meta = c.meta().await.unwrap();
@@ -238,15 +250,7 @@ async fn a_drained_broker_is_emptied_under_load_and_stopped_with_nothing_lost() 
         started.elapsed()
     );
     assert!(!owners(&c, "drain", 6).await.values().any(|b| *b == 2));
-    let (_, out, _) = c.floectl(0, &["status", "-o", "json"]);
-    let s = parse(&out);
-    let b2 = s["brokers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == 2)
-        .unwrap()
-        .clone();
+    let b2 = broker_status(&c, 2).expect("broker 2 in status");
     assert_eq!(b2["partitions"], 0);
     assert_eq!(b2["drained"], true);
     // Nothing left on it: kill -9 costs nothing.
@@ -276,15 +280,9 @@ async fn a_drained_broker_is_emptied_under_load_and_stopped_with_nothing_lost() 
     assert_eq!(code, 0, "{err}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, out, _) = c.floectl(0, &["status", "-o", "json"]);
-        let s = parse(&out);
-        let b2 = s["brokers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["id"] == 2)
-            .cloned();
-        if b2.is_some_and(|b| b["drained"] == false && b["partitions"].as_i64().unwrap() > 0) {
+        if broker_status(&c, 2)
+            .is_some_and(|b| b["drained"] == false && b["partitions"].as_i64().unwrap() > 0)
+        {
             break;
         }
         assert!(

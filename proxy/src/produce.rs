@@ -227,7 +227,8 @@ impl Proxy {
             }
         }
         // Lane bookkeeping and first attempts, grouped by owner.
-        let mut by_owner: HashMap<i32, (String, Vec<usize>)> = HashMap::new();
+        let mut by_owner: HashMap<i32, (floe_meta::schema::BrokerRecord, Vec<usize>)> =
+            HashMap::new();
         let mut lane_info = Vec::with_capacity(parts.len());
         {
             let mut lanes = self.lanes.lanes.lock().unwrap();
@@ -276,7 +277,7 @@ impl Proxy {
                     }
                     by_owner
                         .entry(b.broker_id)
-                        .or_insert_with(|| (format!("{}:{}", b.host, b.port), Vec::new()))
+                        .or_insert_with(|| (b.clone(), Vec::new()))
                         .1
                         .push(i);
                 }
@@ -285,7 +286,7 @@ impl Proxy {
             }
         }
         let mut first: Vec<Option<SharedAnswer>> = vec![None; parts.len()];
-        for (broker, (addr, idx)) in by_owner {
+        for (_, (broker, idx)) in by_owner {
             let mut topics: Vec<TopicProduceData> = Vec::new();
             for &i in &idx {
                 let p = &parts[i];
@@ -305,7 +306,7 @@ impl Proxy {
                 .with_acks(if acks == 0 { 1 } else { acks })
                 .with_timeout_ms(req.timeout_ms)
                 .with_topic_data(topics);
-            let answer = self.send_produce(broker, &addr, &up, version, client_id);
+            let answer = self.send_produce(&broker, &up, version, client_id);
             self.metrics.produce_forwarded.inc_by(idx.len() as u64);
             for i in idx {
                 first[i] = Some(answer.clone());
@@ -369,14 +370,14 @@ impl Proxy {
 
     fn send_produce(
         &self,
-        broker: i32,
-        addr: &str,
+        owner: &floe_meta::schema::BrokerRecord,
         req: &ProduceRequest,
         version: i16,
         client_id: &str,
     ) -> SharedAnswer {
+        let broker = owner.broker_id;
         let frame = encode_request(ApiKey::Produce, version, client_id, req);
-        let rx = frame.map(|f| self.produce_pool.get(broker, addr).send(f));
+        let rx = frame.map(|f| self.produce_pool.get(owner).send(f));
         async move {
             let rx = rx.map_err(|e| UpstreamError::Connect(broker, e))?;
             let frame = rx
@@ -551,8 +552,7 @@ impl Proxy {
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(part.index)
                     .with_records(part.records.clone())])]);
-        let addr = format!("{}:{}", owner.host, owner.port);
-        self.send_produce(owner.broker_id, &addr, &one, version, client_id)
+        self.send_produce(owner, &one, version, client_id)
     }
 }
 

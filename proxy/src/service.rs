@@ -182,27 +182,25 @@ async fn dispatch(
         RequestKind::DescribeGroups(r) => {
             let proxy = proxy.clone();
             async move {
-                let mut resp = DescribeGroupsResponse::default();
-                for g in r.groups.clone() {
-                    let one = r.clone_with(g.clone());
-                    match proxy
-                        .call::<_, DescribeGroupsResponse>(
-                            Route::Group(g.0.to_string()),
-                            api,
-                            version,
-                            &client_id,
-                            &one,
-                        )
-                        .await
-                    {
-                        Ok(x) => resp.groups.extend(x.groups),
-                        Err(e) => resp.groups.push(
+                let names: Vec<GroupId> = r.groups.clone();
+                let groups = proxy
+                    .per_group(
+                        names,
+                        (api, version, &client_id),
+                        |g| {
+                            let mut one = r.clone();
+                            one.groups = vec![g.clone()];
+                            one
+                        },
+                        |x: DescribeGroupsResponse| x.groups,
+                        |g, code| {
                             describe_groups_response::DescribedGroup::default()
                                 .with_group_id(g)
-                                .with_error_code(e.code()),
-                        ),
-                    }
-                }
+                                .with_error_code(code)
+                        },
+                    )
+                    .await;
+                let resp = DescribeGroupsResponse::default().with_groups(groups);
                 done(respond(api, version, correlation_id, resp))
             }
             .boxed()
@@ -210,27 +208,20 @@ async fn dispatch(
         RequestKind::DeleteGroups(r) => {
             let proxy = proxy.clone();
             async move {
-                let mut resp = DeleteGroupsResponse::default();
-                for g in r.groups_names {
-                    let one = DeleteGroupsRequest::default().with_groups_names(vec![g.clone()]);
-                    match proxy
-                        .call::<_, DeleteGroupsResponse>(
-                            Route::Group(g.0.to_string()),
-                            api,
-                            version,
-                            &client_id,
-                            &one,
-                        )
-                        .await
-                    {
-                        Ok(x) => resp.results.extend(x.results),
-                        Err(e) => resp.results.push(
+                let results = proxy
+                    .per_group(
+                        r.groups_names,
+                        (api, version, &client_id),
+                        |g| DeleteGroupsRequest::default().with_groups_names(vec![g.clone()]),
+                        |x: DeleteGroupsResponse| x.results,
+                        |g, code| {
                             delete_groups_response::DeletableGroupResult::default()
                                 .with_group_id(g)
-                                .with_error_code(e.code()),
-                        ),
-                    }
-                }
+                                .with_error_code(code)
+                        },
+                    )
+                    .await;
+                let resp = DeleteGroupsResponse::default().with_results(results);
                 done(respond(api, version, correlation_id, resp))
             }
             .boxed()
@@ -258,29 +249,27 @@ async fn dispatch(
         RequestKind::OffsetFetch(r) if version >= 8 => {
             let proxy = proxy.clone();
             async move {
-                let mut resp = OffsetFetchResponse::default();
-                for g in r.groups.clone() {
-                    let one = OffsetFetchRequest::default()
-                        .with_require_stable(r.require_stable)
-                        .with_groups(vec![g.clone()]);
-                    match proxy
-                        .call::<_, OffsetFetchResponse>(
-                            Route::Group(g.group_id.0.to_string()),
-                            api,
-                            version,
-                            &client_id,
-                            &one,
-                        )
-                        .await
-                    {
-                        Ok(x) => resp.groups.extend(x.groups),
-                        Err(e) => resp.groups.push(
+                let by_id: Vec<_> = r.groups.clone();
+                let names = by_id.iter().map(|g| g.group_id.clone()).collect();
+                let groups = proxy
+                    .per_group(
+                        names,
+                        (api, version, &client_id),
+                        |g| {
+                            let asked = by_id.iter().find(|x| &x.group_id == g).cloned();
+                            OffsetFetchRequest::default()
+                                .with_require_stable(r.require_stable)
+                                .with_groups(asked.into_iter().collect())
+                        },
+                        |x: OffsetFetchResponse| x.groups,
+                        |g, code| {
                             offset_fetch_response::OffsetFetchResponseGroup::default()
-                                .with_group_id(g.group_id)
-                                .with_error_code(e.code()),
-                        ),
-                    }
-                }
+                                .with_group_id(g)
+                                .with_error_code(code)
+                        },
+                    )
+                    .await;
+                let resp = OffsetFetchResponse::default().with_groups(groups);
                 done(respond(api, version, correlation_id, resp))
             }
             .boxed()
@@ -451,9 +440,7 @@ impl Proxy {
             };
             match target {
                 Ok(b) => {
-                    let conn = session
-                        .pool
-                        .get(b.broker_id, &format!("{}:{}", b.host, b.port));
+                    let conn = session.pool.get(&b);
                     let rx = conn.send(bytes::BytesMut::from(&frame[..]));
                     let Ok(answer) = tokio::time::timeout_at(deadline, rx).await else {
                         return Err(format!(
@@ -529,9 +516,7 @@ impl Proxy {
     ) -> Result<Resp, UpstreamError> {
         let frame = encode_request(api, version, client_id, req)
             .map_err(|e| UpstreamError::Connect(b.broker_id, e))?;
-        let conn = self
-            .admin_pool
-            .get(b.broker_id, &format!("{}:{}", b.host, b.port));
+        let conn = self.admin_pool.get(b);
         let timeout = Duration::from_millis(self.config.forward_timeout_ms);
         let resp = tokio::time::timeout(timeout, conn.send(frame))
             .await
@@ -742,9 +727,7 @@ impl Proxy {
             // A broker makes the offsets topic on its first FindCoordinator.
             let r: Result<FindCoordinatorResponse, _> = match self.target(&Route::Any) {
                 Ok(b) => {
-                    let conn = self
-                        .admin_pool
-                        .get(b.broker_id, &format!("{}:{}", b.host, b.port));
+                    let conn = self.admin_pool.get(&b);
                     let answer = tokio::time::timeout(
                         Duration::from_millis(self.config.forward_timeout_ms),
                         conn.send(bytes::BytesMut::from(&raw[..])),
@@ -854,6 +837,31 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// Ask each group's coordinator about that group alone (`one` builds
+    /// the request); the entries of the answers in the groups' order, or
+    /// `failed` for a group whose coordinator could not be asked.
+    async fn per_group<Req: Encodable, Resp: Decodable, Entry>(
+        &self,
+        groups: Vec<GroupId>,
+        (api, version, client_id): (ApiKey, i16, &str),
+        one: impl Fn(&GroupId) -> Req,
+        entries: impl Fn(Resp) -> Vec<Entry>,
+        failed: impl Fn(GroupId, i16) -> Entry,
+    ) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for g in groups {
+            let route = Route::Group(g.0.to_string());
+            match self
+                .call::<_, Resp>(route, api, version, client_id, &one(&g))
+                .await
+            {
+                Ok(x) => out.extend(entries(x)),
+                Err(e) => out.push(failed(g, e.code())),
+            }
+        }
+        out
+    }
+
     /// The broker writing partition `index` of `topic` now.
     fn owner_of(&self, topic: &str, index: i32) -> Result<BrokerRecord, ResponseError> {
         match self.view.topic(topic) {
@@ -925,17 +933,5 @@ impl Proxy {
             resp.topics.push(tr);
         }
         resp
-    }
-}
-
-trait OneGroup {
-    fn clone_with(&self, group: GroupId) -> Self;
-}
-
-impl OneGroup for DescribeGroupsRequest {
-    fn clone_with(&self, group: GroupId) -> Self {
-        let mut r = self.clone();
-        r.groups = vec![group];
-        r
     }
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use floe_meta::schema::BrokerRecord;
 use floe_protocol::frame::read_frame;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
@@ -45,17 +46,19 @@ struct Outgoing {
 /// One connection (re-established on demand) to one broker address.
 pub struct Conn {
     broker: i32,
-    addr: String,
+    host: String,
+    port: i32,
     tx: Mutex<Option<mpsc::UnboundedSender<Outgoing>>>,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Conn {
-    pub fn new(broker: i32, addr: String) -> Self {
+    pub fn new(b: &BrokerRecord) -> Self {
         Self {
-            broker,
-            addr,
+            broker: b.broker_id,
+            host: b.host.clone(),
+            port: b.port,
             tx: Mutex::new(None),
         }
     }
@@ -87,7 +90,7 @@ impl Conn {
 
     fn spawn(&self) -> mpsc::UnboundedSender<Outgoing> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(self.broker, self.addr.clone(), rx));
+        tokio::spawn(run(self.broker, format!("{}:{}", self.host, self.port), rx));
         tx
     }
 }
@@ -181,15 +184,22 @@ fn fail_all(rx: &mut mpsc::UnboundedReceiver<Outgoing>, err: UpstreamError) {
 /// client connection).
 #[derive(Default)]
 pub struct Pool {
-    conns: Mutex<HashMap<(i32, String), Arc<Conn>>>,
+    conns: Mutex<HashMap<i32, Arc<Conn>>>,
 }
 
 impl Pool {
-    pub fn get(&self, broker: i32, addr: &str) -> Arc<Conn> {
+    /// The connection to broker `b` (a new one when the broker came back at
+    /// another address; the old one drains what it has in flight).
+    pub fn get(&self, b: &BrokerRecord) -> Arc<Conn> {
         let mut c = self.conns.lock().unwrap();
-        c.entry((broker, addr.to_string()))
-            .or_insert_with(|| Arc::new(Conn::new(broker, addr.to_string())))
-            .clone()
+        match c.get(&b.broker_id) {
+            Some(conn) if conn.host == b.host && conn.port == b.port => conn.clone(),
+            _ => {
+                let conn = Arc::new(Conn::new(b));
+                c.insert(b.broker_id, conn.clone());
+                conn
+            }
+        }
     }
 }
 
