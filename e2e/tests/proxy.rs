@@ -640,6 +640,21 @@ async fn an_unreachable_broker_gets_retriable_errors_after_the_timeout_not_a_han
 
     // Frozen: requests reach its socket and are never answered.
     c.brokers[0].signal("-STOP").unwrap();
+    // The stop has taken effect (state T) before anything is sent.
+    let pid = c.brokers[0].pid().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('T'))
+        })
+        != Some(true)
+    {
+        assert!(Instant::now() < deadline, "broker did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (codes, took) = raw_produce(&proxy, "stuck", 2, 1_500);
     assert_eq!(codes, vec![7, 7], "REQUEST_TIMED_OUT, which clients retry");
     assert!(
