@@ -38,6 +38,9 @@ pub struct BrokerConfig {
     /// How often a partition checks that its sealed segments still have
     /// every replica (and repairs them).
     pub repair_interval_ms: u64,
+    /// How often the broker publishes its measured load (bytes in and out
+    /// per partition) for the controller's rebalance planner.
+    pub load_report_interval_ms: u64,
     /// A read that has not answered after this long also asks the next
     /// replica (hedged reads); the first answer wins.
     pub read_hedge_ms: u64,
@@ -93,6 +96,7 @@ impl Default for BrokerConfig {
             chunk_put_timeout_ms: 10_000,
             storage_probe_interval_ms: 2_000,
             repair_interval_ms: 60_000,
+            load_report_interval_ms: 5_000,
             read_hedge_ms: 100,
             cache_bytes: 512 << 20,
             retention_check_interval_ms: 30_000,

@@ -383,6 +383,7 @@ pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchRes
                         Ok(r) => {
                             total += r.records.len();
                             node.metrics.bytes_out(r.records.len() as u64);
+                            node.metrics.load.add_out(h.id, r.records.len() as u64);
                             pr.records = Some(r.records);
                         }
                         Err(ReadError::OffsetOutOfRange { .. }) => {

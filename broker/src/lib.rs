@@ -6,6 +6,7 @@ pub mod config;
 pub mod group;
 pub mod group_api;
 pub mod handlers;
+pub mod load;
 pub mod metrics;
 pub mod node;
 pub mod partition;

@@ -38,6 +38,8 @@ pub struct StateLabel {
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Bytes per partition since the last load report.
+    pub load: crate::load::LoadMeter,
     requests: Family<ApiLabel, Counter>,
     errors: Family<ErrorLabel, Counter>,
     latency: Family<ApiLabel, Histogram>,
@@ -102,6 +104,7 @@ impl Metrics {
         );
         let m = Self {
             registry: Registry::default(),
+            load: Default::default(),
             requests,
             errors,
             latency,

@@ -203,6 +203,10 @@ impl Node {
         });
         tokio::spawn(keep_alive(node.clone()));
         node.clone().follow().await?;
+        tokio::spawn(crate::load::run(
+            node.clone(),
+            Duration::from_millis(config.load_report_interval_ms.max(100)),
+        ));
         Ok(node)
     }
 
@@ -420,7 +424,7 @@ impl Node {
     }
 
     /// The context partitions start with (this session's lease).
-    fn ctx(&self) -> PartitionContext {
+    pub(crate) fn ctx(&self) -> PartitionContext {
         self.ctx.read().unwrap().clone()
     }
 
@@ -671,6 +675,22 @@ impl Node {
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// The partitions this broker writes now.
+    pub fn writing_partitions(&self) -> Vec<PartitionId> {
+        self.partitions
+            .read()
+            .unwrap()
+            .values()
+            .filter(|h| h.state() == PartitionState::Writing)
+            .map(|h| h.id)
+            .collect()
+    }
+
+    /// Cancelled when the broker shuts down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
     }
 
     /// The running partition, if this broker writes it now.

@@ -75,6 +75,14 @@ impl pb::tail_server::Tail for TailService {
                 let delta = handle.log.changes(&mut cursor);
                 if let Some(update) = to_update(delta, &node.cache) {
                     node.metrics.tail_updates.inc();
+                    if let Some(pb::log_update::Kind::Append(a)) = &update.kind {
+                        let pushed: usize = a
+                            .chunks
+                            .iter()
+                            .filter_map(|c| c.payload.as_ref().map(|b| b.len()))
+                            .sum();
+                        node.metrics.load.add_out(p, pushed as u64);
+                    }
                     if tx.send(Ok(update)).await.is_err() {
                         break;
                     }

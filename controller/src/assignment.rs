@@ -73,61 +73,38 @@ pub fn plan(
 }
 
 /// Moves that even out partition counts after brokers joined: partitions
-/// leave brokers above the ceiling of the mean for brokers below its floor,
-/// one at a time, so as few partitions move as possible. Only partitions
-/// owned by live brokers in their current session move.
+/// leave the fullest brokers for the emptiest, one at a time, until every
+/// broker is within one of the mean, so as few partitions move as
+/// possible (the rebalance planner without load). Only partitions owned by
+/// live brokers in their current session move.
 pub fn balance(
     partitions: &[PartitionId],
     current: &HashMap<PartitionId, Current>,
     live: &[LiveBroker],
 ) -> Vec<Change> {
-    if live.is_empty() {
-        return Vec::new();
-    }
     let session: HashMap<i32, i64> = live.iter().map(|b| (b.id, b.session)).collect();
-    let mut owned: std::collections::BTreeMap<i32, Vec<(PartitionId, Epoch)>> =
-        live.iter().map(|b| (b.id, Vec::new())).collect();
-    for p in partitions {
-        if let Some(c) = current.get(p) {
-            if session.get(&c.broker) == Some(&c.session) {
-                owned.get_mut(&c.broker).unwrap().push((*p, c.epoch));
-            }
-        }
-    }
-    for v in owned.values_mut() {
-        v.sort_by_key(|(p, _)| (p.topic_id, p.partition));
-    }
-    let total: usize = owned.values().map(Vec::len).sum();
-    let n = live.len();
-    let floor = total / n;
-    let ceil = total.div_ceil(n);
-    let mut out = Vec::new();
-    loop {
-        let (&max_b, max_n) = owned
-            .iter()
-            .map(|(b, v)| (b, v.len()))
-            .max_by_key(|(b, n)| (*n, std::cmp::Reverse(**b)))
-            .unwrap();
-        let (&min_b, min_n) = owned
-            .iter()
-            .map(|(b, v)| (b, v.len()))
-            .min_by_key(|(b, n)| (*n, **b))
-            .unwrap();
-        // Done when nobody is over the ceiling with someone under the floor
-        // (or, with an exact mean, when everyone is at it).
-        if max_n <= min_n + 1 || (max_n <= ceil && min_n >= floor) {
-            break;
-        }
-        let (p, epoch) = owned.get_mut(&max_b).unwrap().pop().unwrap();
-        owned.get_mut(&min_b).unwrap().push((p, epoch));
-        out.push(Change {
-            partition: p,
-            broker: min_b,
-            epoch: epoch + 1,
-            session: session[&min_b],
-        });
-    }
-    out
+    let placements: Vec<crate::rebalance::Placement> = partitions
+        .iter()
+        .filter_map(|p| {
+            let c = current.get(p)?;
+            (session.get(&c.broker) == Some(&c.session)).then_some(crate::rebalance::Placement {
+                partition: *p,
+                broker: c.broker,
+                load: 0,
+            })
+        })
+        .collect();
+    let ids: Vec<i32> = live.iter().map(|b| b.id).collect();
+    let plan = crate::rebalance::plan(&ids, &placements, crate::rebalance::Settings::default());
+    plan.moves
+        .into_iter()
+        .map(|m| Change {
+            partition: m.partition,
+            broker: m.to,
+            epoch: current[&m.partition].epoch + 1,
+            session: session[&m.to],
+        })
+        .collect()
 }
 
 #[cfg(test)]

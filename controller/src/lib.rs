@@ -8,6 +8,8 @@
 //! (`/floe/drained/{id}`) is given no partition and its own move off.
 
 pub mod assignment;
+pub mod operations;
+pub mod rebalance;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +39,9 @@ pub struct Controller {
     seen: std::sync::Mutex<Option<std::collections::HashSet<(i32, i64)>>>,
     /// A broker joined; balance once nothing else needs assigning.
     balance_due: std::sync::atomic::AtomicBool,
+    /// Whether a joining broker triggers balancing (else: `floectl
+    /// rebalance`).
+    balance_on_join: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +85,15 @@ impl Controller {
             deleted: Default::default(),
             seen: Default::default(),
             balance_due: Default::default(),
+            balance_on_join: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Whether brokers that join take their share at once (default) or
+    /// wait for an operator's rebalance.
+    pub fn set_balance_on_join(&self, on: bool) {
+        self.balance_on_join
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn guarded(&self, txn: Txn) -> Txn {
@@ -237,6 +250,10 @@ impl Controller {
             self.balance_due.load(std::sync::atomic::Ordering::SeqCst)
         };
         // Once everything has an owner, even out the counts.
+        let balance_due = balance_due
+            && self
+                .balance_on_join
+                .load(std::sync::atomic::Ordering::SeqCst);
         if changes.is_empty() && balance_due {
             self.balance_due
                 .store(false, std::sync::atomic::Ordering::SeqCst);

@@ -672,6 +672,17 @@ impl Cluster {
         Ok(id - 1)
     }
 
+    /// Restart every controller with `extra` flags added (e.g.
+    /// `--balance-on-join false`).
+    pub fn restart_controllers_with(&mut self, extra: &[&str]) -> Result<()> {
+        for c in &mut self.controllers {
+            c.stop_with("-TERM")?;
+            c.args.extend(extra.iter().map(|a| a.to_string()));
+            c.restart()?;
+        }
+        Ok(())
+    }
+
     /// The admin API URL of controller `i` (floectl's --controller).
     pub fn admin_url(&self, i: usize) -> String {
         let args = &self.controllers[i].args;
@@ -1001,20 +1012,7 @@ pub async fn create_topic_with(
 /// Create a topic through the Kafka admin API (librdkafka) and assert it
 /// was created.
 pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let r = admin
-        .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        )
-        .await
-        .unwrap();
-    assert!(r[0].is_ok(), "creating topic {name}: {r:?}");
+    create_topic_with(bootstrap, name, partitions, &[]).await
 }
 
 /// Everything in the topic, per partition: (offset, payload).

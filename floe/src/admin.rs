@@ -114,6 +114,12 @@ impl pb::admin_server::Admin for AdminService {
             .iter()
             .filter_map(|kv| keys::parse_drained(&kv.key))
             .collect();
+        let loads: HashMap<i32, floe_meta::schema::LoadRecord> = kvs
+            .iter()
+            .filter(|kv| kv.key.starts_with(&keys::load_prefix()))
+            .filter_map(decode::<floe_meta::schema::LoadRecord>)
+            .map(|l| (l.broker_id, l))
+            .collect();
         for kv in &kvs {
             let k = kv.key.as_ref();
             if k == keys::cluster().as_ref() {
@@ -132,6 +138,7 @@ impl pb::admin_server::Admin for AdminService {
                             url: t.url,
                             zone: t.zone.unwrap_or_default(),
                             weight: t.weight,
+                            draining: t.draining,
                         })
                         .collect();
                 }
@@ -195,6 +202,9 @@ impl pb::admin_server::Admin for AdminService {
                 started_ms: b.started_ms,
                 partitions: owned.get(&b.broker_id).copied().unwrap_or(0),
                 drained: drained.contains(&b.broker_id),
+                bytes_in_per_sec: loads.get(&b.broker_id).map_or(0, |l| l.bytes_in_per_sec),
+                bytes_out_per_sec: loads.get(&b.broker_id).map_or(0, |l| l.bytes_out_per_sec),
+                load_reported_ms: loads.get(&b.broker_id).map_or(0, |l| l.reported_ms),
             })
             .collect();
         out.partition_states = states
@@ -353,7 +363,107 @@ impl pb::admin_server::Admin for AdminService {
             took_ms: started.elapsed().as_millis() as u64,
         }))
     }
+
+    async fn plan_rebalance(&self, r: Request<pb::RebalanceRequest>) -> Reply<pb::RebalancePlan> {
+        Ok(Response::new(
+            crate::admin_ops::plan(&*self.state.meta, &r.into_inner())
+                .await?
+                .1,
+        ))
+    }
+
+    async fn start_rebalance(
+        &self,
+        r: Request<pb::RebalanceRequest>,
+    ) -> Reply<pb::RebalanceStarted> {
+        Ok(Response::new(
+            crate::admin_ops::start(&*self.state.meta, &r.into_inner()).await?,
+        ))
+    }
+
+    async fn list_operations(
+        &self,
+        r: Request<pb::ListOperationsRequest>,
+    ) -> Reply<pb::OperationList> {
+        let _ = r;
+        Ok(Response::new(
+            crate::admin_ops::list(&*self.state.meta).await?,
+        ))
+    }
+
+    async fn get_operation(&self, r: Request<pb::OperationRequest>) -> Reply<pb::Operation> {
+        Ok(Response::new(
+            crate::admin_ops::get(&*self.state.meta, &r.into_inner().id).await?,
+        ))
+    }
+
+    type WatchOperationStream = crate::admin_ops::OperationStream;
+
+    async fn watch_operation(
+        &self,
+        r: Request<pb::OperationRequest>,
+    ) -> Reply<Self::WatchOperationStream> {
+        let id = r.into_inner().id;
+        Ok(Response::new(
+            crate::admin_ops::watch(self.state.meta.clone(), id).await?,
+        ))
+    }
+
+    async fn cancel_operation(&self, r: Request<pb::OperationRequest>) -> Reply<pb::Operation> {
+        Ok(Response::new(
+            crate::admin_ops::cancel(&*self.state.meta, &r.into_inner().id).await?,
+        ))
+    }
+
+    async fn list_storage_targets(
+        &self,
+        r: Request<pb::ListStorageTargetsRequest>,
+    ) -> Reply<pb::StorageTargetList> {
+        let _ = r;
+        Ok(Response::new(
+            crate::admin_storage::list(&*self.state.meta).await?,
+        ))
+    }
+
+    async fn add_storage_target(
+        &self,
+        r: Request<pb::AddStorageTargetRequest>,
+    ) -> Reply<pb::StorageTargetStatus> {
+        Ok(Response::new(
+            crate::admin_storage::add(&*self.state.meta, r.into_inner()).await?,
+        ))
+    }
+
+    async fn drain_storage_target(
+        &self,
+        r: Request<pb::StorageTargetRequest>,
+    ) -> Reply<pb::StorageTargetStatus> {
+        Ok(Response::new(
+            crate::admin_storage::set_draining(&*self.state.meta, &r.into_inner().id, true).await?,
+        ))
+    }
+
+    async fn undrain_storage_target(
+        &self,
+        r: Request<pb::StorageTargetRequest>,
+    ) -> Reply<pb::StorageTargetStatus> {
+        Ok(Response::new(
+            crate::admin_storage::set_draining(&*self.state.meta, &r.into_inner().id, false)
+                .await?,
+        ))
+    }
+
+    async fn remove_storage_target(
+        &self,
+        r: Request<pb::StorageTargetRequest>,
+    ) -> Reply<pb::StorageTargetStatus> {
+        Ok(Response::new(
+            crate::admin_storage::remove(&*self.state.meta, &r.into_inner().id).await?,
+        ))
+    }
 }
+
+type Reply<T> = Result<Response<T>, Status>;
 
 impl AdminService {
     /// Partitions `broker` writes now (live owner records).

@@ -14,6 +14,7 @@ use floe_meta::schema::{
 };
 use floe_meta::{keys, Condition, EtcdStore, MetadataStore, Op, Txn};
 use floe_storage::{StoragePool, StorageTarget};
+use futures::StreamExt;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -29,20 +30,105 @@ async fn connect(endpoints: &[String]) -> Result<Arc<dyn MetadataStore>> {
 }
 
 /// The pool as recorded in etcd, opened with this process's credentials.
-fn open_pool(record: &StoragePoolRecord) -> Result<StoragePool> {
-    let mut targets = Vec::new();
-    for t in &record.targets {
-        let mut target = StorageTarget::open(t.id.clone(), &t.url)
-            .with_context(|| format!("opening storage target {} ({})", t.id, t.url))?;
-        target.zone = t.zone.clone();
-        target.weight = t.weight.max(1);
-        targets.push(target);
-    }
+pub(crate) fn open_pool(record: &StoragePoolRecord) -> Result<StoragePool> {
+    let targets = record
+        .targets
+        .iter()
+        .map(open_target)
+        .collect::<Result<Vec<_>>>()?;
     Ok(StoragePool::new(
         targets,
         record.replicas as usize,
         record.write_quorum as usize,
     )?)
+}
+
+pub(crate) fn open_target(t: &StorageTargetRecord) -> Result<StorageTarget> {
+    let mut target = StorageTarget::open(t.id.clone(), &t.url)
+        .with_context(|| format!("opening storage target {} ({})", t.id, t.url))?;
+    target.zone = t.zone.clone();
+    target.weight = t.weight.max(1);
+    target
+        .draining
+        .store(t.draining, std::sync::atomic::Ordering::SeqCst);
+    Ok(target)
+}
+
+/// Follow `/floe/storage`: targets an operator adds, drains or removes
+/// take effect in this process's pool without a restart.
+pub(crate) fn spawn_pool_watch(
+    meta: Arc<dyn MetadataStore>,
+    pool: Arc<StoragePool>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            let rev = match meta.get(&keys::storage_pool()).await {
+                Ok(Some(kv)) => {
+                    apply_pool(&pool, kv.value);
+                    kv.mod_revision
+                }
+                Ok(None) => 0,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the storage pool failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            let mut watch = match meta
+                .watch_prefix(&keys::storage_pool(), Some(rev + 1))
+                .await
+            {
+                Ok(w) => w,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    ev = watch.next() => match ev {
+                        Some(Ok(floe_meta::WatchEvent { kind: floe_meta::WatchEventKind::Put(kv), .. })) => {
+                            apply_pool(&pool, kv.value);
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                }
+            }
+        }
+    });
+}
+
+fn apply_pool(pool: &Arc<StoragePool>, value: Bytes) {
+    let record = match StoragePoolRecord::decode(value) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable storage pool record; ignored");
+            return;
+        }
+    };
+    let have = pool.targets();
+    let mut wanted = Vec::new();
+    for t in &record.targets {
+        match have.iter().find(|h| h.id == t.id) {
+            Some(h) => {
+                let mut kept = h.clone();
+                kept.draining = Arc::new(std::sync::atomic::AtomicBool::new(t.draining));
+                wanted.push(kept);
+            }
+            None => match open_target(t) {
+                Ok(n) => wanted.push(n),
+                Err(e) => {
+                    tracing::error!(target_id = %t.id, error = %format!("{e:#}"), "cannot open a new storage target; it is left out of this process's pool");
+                }
+            },
+        }
+    }
+    pool.update(wanted);
 }
 
 async fn read_pool(meta: &dyn MetadataStore) -> Result<Option<StoragePoolRecord>> {
@@ -74,6 +160,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     let tail_addr = format!("{host}:{}", tail.local_addr()?.port());
     let shutdown = CancellationToken::new();
     crate::start_storage(&pool, &config, &shutdown);
+    spawn_pool_watch(meta.clone(), pool.clone(), shutdown.child_token());
     let metrics = Arc::new(Metrics::new());
     let clock: SharedClock = Arc::new(SystemClock);
     let node = Node::start(
@@ -162,6 +249,7 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
     let shutdown = CancellationToken::new();
     pool.spawn_probes(Duration::from_secs(2), shutdown.child_token());
+    spawn_pool_watch(meta.clone(), pool.clone(), shutdown.child_token());
     let clock: SharedClock = Arc::new(SystemClock);
     let proxy = floe_proxy::Proxy::start(
         config,
@@ -312,6 +400,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
                         url: url.clone(),
                         zone: None,
                         weight: 1,
+                        draining: false,
                     })
                     .collect(),
                 replicas: args.replicas,
@@ -384,6 +473,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
         id: id.clone(),
     });
     let shutdown = CancellationToken::new();
+    spawn_pool_watch(meta.clone(), pool.clone(), shutdown.child_token());
     let lapsed = CancellationToken::new();
     tokio::spawn(controller_keep_alive(
         meta.clone(),
@@ -425,6 +515,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     };
     tracing::info!(id, http = %args.http_listen, cluster_id, "floe controller started; campaigning");
 
+    let balance_on_join = args.balance_on_join;
     let campaign = {
         let meta = meta.clone();
         let state = state.clone();
@@ -441,7 +532,9 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
             .await?;
             tracing::info!(id, revision, "this controller leads");
             let c = Controller::leading(meta.clone(), pool, keys::controller_leader(), value);
+            c.set_balance_on_join(balance_on_join);
             *state.leader.write().unwrap() = Some(c.clone());
+            tokio::spawn(c.clone().run_operations(id.clone(), token.clone()));
             c.run(token).await
         })
     };

@@ -60,6 +60,39 @@ enum Command {
         #[command(subcommand)]
         op: BrokerOp,
     },
+    /// Even out partitions and measured load over the brokers: shows the
+    /// plan with --dry-run, else starts it as an operation (--wait follows
+    /// it to the end).
+    Rebalance {
+        /// Show the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Follow the operation until it finishes.
+        #[arg(long)]
+        wait: bool,
+        /// Moves carried out at once.
+        #[arg(long, default_value_t = 4)]
+        max_in_flight: u32,
+        /// Every broker should end within this fraction of the mean load.
+        #[arg(long, default_value_t = 0.10)]
+        tolerance: f64,
+        /// Below this mean load per broker (bytes/s) only counts are balanced.
+        #[arg(long, default_value_t = 65_536)]
+        min_load: u64,
+        /// Give up waiting after this long (ms); the operation goes on.
+        #[arg(long, default_value_t = 600_000)]
+        timeout_ms: u64,
+    },
+    /// Long-running operations (rebalances).
+    Op {
+        #[command(subcommand)]
+        op: OpCmd,
+    },
+    /// Storage targets: list, add, drain, undrain, remove.
+    Storage {
+        #[command(subcommand)]
+        op: StorageCmd,
+    },
     /// Move a partition to a broker (no data is copied); waits until the
     /// new owner writes it.
     Move {
@@ -89,6 +122,288 @@ enum BrokerOp {
     },
     /// Make a drained broker take partitions again.
     Undrain { broker: i32 },
+}
+
+#[derive(Subcommand)]
+enum OpCmd {
+    /// Operations, newest last.
+    List,
+    /// One operation with every move.
+    Show { id: String },
+    /// Follow an operation until it finishes.
+    Watch { id: String },
+    /// Stop an operation after the moves in flight.
+    Cancel { id: String },
+}
+
+#[derive(Subcommand)]
+enum StorageCmd {
+    /// Targets with health, replicas held and repair progress.
+    List,
+    /// Add a target (it must answer from the controller).
+    Add {
+        id: String,
+        /// file:///dir, s3://bucket/prefix?endpoint=..., memory:// (tests).
+        url: String,
+        #[arg(long)]
+        zone: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// New segments avoid the target and brokers move its replicas away.
+    Drain {
+        id: String,
+        /// Wait until it holds no segment replica.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 600_000)]
+        timeout_ms: u64,
+    },
+    /// Let a drained target take new segments again.
+    Undrain { id: String },
+    /// Remove a drained target that holds nothing.
+    Remove { id: String },
+}
+
+/// Progress of a long operation on stderr: a bar on a terminal, one line
+/// per change otherwise (logs, scripts); nothing with `-o json`.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    label: String,
+    quiet: bool,
+    last: Option<(u64, u64, String)>,
+}
+
+impl Progress {
+    fn new(label: &str, quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_prefix(label.to_string());
+            b
+        });
+        Self {
+            bar,
+            label: label.to_string(),
+            quiet,
+            last: None,
+        }
+    }
+
+    fn set(&mut self, done: u64, total: u64, msg: String) {
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+            b.set_position(done);
+            b.set_message(msg);
+            return;
+        }
+        let now = (done, total, msg);
+        if !self.quiet && self.last.as_ref() != Some(&now) {
+            eprintln!("{}: {}/{} {}", self.label, now.0, now.1, now.2);
+            self.last = Some(now);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish();
+        }
+    }
+}
+
+fn bytes_rate(b: u64) -> String {
+    match b {
+        b if b >= 1 << 20 => format!("{:.1} MiB/s", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB/s", b as f64 / 1024.0),
+        b => format!("{b} B/s"),
+    }
+}
+
+fn plan_text(p: &admin_pb::RebalancePlan) -> String {
+    let mut out = format!(
+        "{} moves; mean load {} per broker, band {}..{} (±{:.0}%){}\n",
+        p.moves.len(),
+        bytes_rate(p.mean_load_bytes_per_sec),
+        bytes_rate(p.load_band_low),
+        bytes_rate(p.load_band_high),
+        p.load_tolerance * 100.0,
+        if p.load_balanced {
+            ""
+        } else {
+            "; below the load threshold: counts only"
+        }
+    );
+    if !p.unreported_brokers.is_empty() {
+        out += &format!(
+            "no load report yet from brokers {:?} (their partitions count as idle)\n",
+            p.unreported_brokers
+        );
+    }
+    out += "\n";
+    out += &table(
+        &["BROKER", "PARTITIONS", "LOAD", "AFTER", "LOAD AFTER"],
+        p.before
+            .iter()
+            .zip(&p.after)
+            .map(|(b, a)| {
+                vec![
+                    b.broker.to_string(),
+                    b.partitions.to_string(),
+                    bytes_rate(b.load_bytes_per_sec),
+                    a.partitions.to_string(),
+                    bytes_rate(a.load_bytes_per_sec),
+                ]
+            })
+            .collect(),
+    );
+    if !p.moves.is_empty() {
+        out += "\n";
+        out += &moves_table(&p.moves);
+    }
+    out
+}
+
+fn moves_table(moves: &[admin_pb::Move]) -> String {
+    table(
+        &[
+            "TOPIC",
+            "PARTITION",
+            "FROM",
+            "TO",
+            "LOAD",
+            "STATUS",
+            "TOOK",
+            "DETAIL",
+        ],
+        moves
+            .iter()
+            .map(|m| {
+                vec![
+                    m.topic.clone(),
+                    m.partition.to_string(),
+                    m.from.to_string(),
+                    m.to.to_string(),
+                    bytes_rate(m.load_bytes_per_sec),
+                    m.status.clone(),
+                    if m.took_ms > 0 {
+                        format!("{} ms", m.took_ms)
+                    } else {
+                        String::new()
+                    },
+                    m.detail.clone(),
+                ]
+            })
+            .collect(),
+    )
+}
+
+fn op_summary(o: &admin_pb::Operation) -> String {
+    format!(
+        "operation {} ({}): {}; {}/{} moved, {} moving, {} failed, {} skipped{}\n",
+        o.id,
+        o.kind,
+        o.state,
+        o.done,
+        o.total,
+        o.moving,
+        o.failed,
+        o.skipped,
+        if o.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", o.detail)
+        }
+    )
+}
+
+fn storage_text(l: &admin_pb::StorageTargetList) -> String {
+    let mut out = format!(
+        "R={} W={}; {} segments still to repair (replicas on draining or unhealthy targets)\n\n",
+        l.replicas, l.write_quorum, l.segments_to_repair
+    );
+    out += &table(
+        &[
+            "TARGET", "URL", "ZONE", "WEIGHT", "DRAINING", "HEALTH", "SEGMENTS", "BYTES",
+        ],
+        l.targets
+            .iter()
+            .map(|t| {
+                vec![
+                    t.id.clone(),
+                    t.url.clone(),
+                    t.zone.clone(),
+                    t.weight.to_string(),
+                    t.draining.to_string(),
+                    t.health.clone(),
+                    t.segments.to_string(),
+                    t.bytes.to_string(),
+                ]
+            })
+            .collect(),
+    );
+    out
+}
+
+/// Adds the bearer token to every call.
+type Auth = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+
+type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+
+/// Follow operation `id` to its end with progress on stderr.
+async fn follow(
+    client: &mut Client,
+    id: &str,
+    quiet: bool,
+    timeout_ms: u64,
+) -> Result<admin_pb::Operation, Failure> {
+    let mut progress = Progress::new(&format!("operation {id}"), quiet);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    let last = 'outer: loop {
+        let mut stream = client
+            .watch_operation(admin_pb::OperationRequest { id: id.to_string() })
+            .await?
+            .into_inner();
+        loop {
+            let next = tokio::time::timeout_at(deadline.into(), stream.message()).await;
+            match next {
+                Err(_) => {
+                    progress.finish();
+                    return Err(fail(
+                        1,
+                        format!("operation {id} not finished after {timeout_ms} ms; it goes on (floectl op watch {id})"),
+                    ));
+                }
+                Ok(Ok(Some(o))) => {
+                    progress.set(
+                        (o.done + o.failed + o.skipped) as u64,
+                        o.total as u64,
+                        format!(
+                            "moves done ({} moving, {} failed) {}",
+                            o.moving, o.failed, o.state
+                        ),
+                    );
+                    if matches!(o.state.as_str(), "done" | "failed" | "cancelled") {
+                        break 'outer o;
+                    }
+                }
+                // The controller went away or the watch ended: watch again
+                // (any controller answers).
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue 'outer;
+                }
+            }
+        }
+    };
+    progress.finish();
+    Ok(last)
 }
 
 struct Failure {
@@ -171,10 +486,11 @@ async fn run(cli: Cli) -> Result<String, Failure> {
     let bearer: MetadataValue<_> = format!("Bearer {token}")
         .parse()
         .map_err(|_| fail(1, "the token has characters a header cannot carry"))?;
-    let mut client = AdminClient::with_interceptor(channel, move |mut r: Request<()>| {
+    let auth: Auth = Box::new(move |mut r: Request<()>| {
         r.metadata_mut().insert("authorization", bearer.clone());
         Ok(r)
     });
+    let mut client: Client = AdminClient::with_interceptor(channel, auth);
     let json_out = cli.output == Output::Json;
     match cli.command {
         Command::Status => {
@@ -190,7 +506,15 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 s.cluster_id, s.topics, s.partitions, s.replicas, s.write_quorum
             );
             out += &table(
-                &["BROKER", "ADDRESS", "PARTITIONS", "DRAINED", "TAIL"],
+                &[
+                    "BROKER",
+                    "ADDRESS",
+                    "PARTITIONS",
+                    "DRAINED",
+                    "IN",
+                    "OUT",
+                    "TAIL",
+                ],
                 s.brokers
                     .iter()
                     .map(|b| {
@@ -199,6 +523,8 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                             b.address.clone(),
                             b.partitions.to_string(),
                             b.drained.to_string(),
+                            bytes_rate(b.bytes_in_per_sec),
+                            bytes_rate(b.bytes_out_per_sec),
                             b.tail.clone(),
                         ]
                     })
@@ -222,7 +548,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             );
             out += "\n";
             out += &table(
-                &["TARGET", "URL", "ZONE", "WEIGHT"],
+                &["TARGET", "URL", "ZONE", "WEIGHT", "DRAINING"],
                 s.storage_targets
                     .iter()
                     .map(|t| {
@@ -231,6 +557,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                             t.url.clone(),
                             t.zone.clone(),
                             t.weight.to_string(),
+                            t.draining.to_string(),
                         ]
                     })
                     .collect(),
@@ -340,6 +667,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .await?
                 .into_inner();
             let total = r.partitions;
+            let mut progress = Progress::new(&format!("draining broker {broker}"), json_out);
             while wait && r.partitions > 0 {
                 if started.elapsed().as_millis() as u64 > timeout_ms {
                     return Err(fail(
@@ -350,12 +678,11 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                         ),
                     ));
                 }
-                if !json_out {
-                    eprint!(
-                        "\rdraining broker {broker}: {}/{total} partitions moved",
-                        total - r.partitions.min(total)
-                    );
-                }
+                progress.set(
+                    (total - r.partitions.min(total)) as u64,
+                    total as u64,
+                    "partitions moved".into(),
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 let s = client
                     .get_cluster_status(admin_pb::ClusterStatusRequest {})
@@ -367,8 +694,9 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     .find(|b| b.id == broker)
                     .map_or(0, |b| b.partitions);
             }
-            if wait && !json_out {
-                eprintln!("\rdraining broker {broker}: {total}/{total} partitions moved");
+            if wait {
+                progress.set(total as u64, total as u64, "partitions moved".into());
+                progress.finish();
             }
             if json_out {
                 return json(&r);
@@ -382,6 +710,260 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 format!(
                     "broker {broker} draining: {} partitions to move (floectl status shows progress)\n",
                     r.partitions
+                )
+            })
+        }
+        Command::Rebalance {
+            dry_run,
+            wait,
+            max_in_flight,
+            tolerance,
+            min_load,
+            timeout_ms,
+        } => {
+            let req = admin_pb::RebalanceRequest {
+                load_tolerance: tolerance,
+                min_load_bytes_per_sec: min_load,
+                max_in_flight,
+            };
+            if dry_run {
+                let p = client.plan_rebalance(req).await?.into_inner();
+                return if json_out {
+                    json(&p)
+                } else {
+                    Ok(plan_text(&p))
+                };
+            }
+            let started = std::time::Instant::now();
+            let r = client.start_rebalance(req).await?.into_inner();
+            let op = r.operation.clone().unwrap_or_default();
+            if !json_out {
+                if let Some(p) = &r.plan {
+                    eprint!("{}", plan_text(p));
+                }
+                eprintln!("\nstarted operation {} ({} moves)", op.id, op.total);
+            }
+            if !wait {
+                return if json_out {
+                    json(&r)
+                } else {
+                    Ok(op_summary(&op))
+                };
+            }
+            let end = follow(&mut client, &op.id, json_out, timeout_ms).await?;
+            let ok = end.state == "done";
+            let text = if json_out {
+                json(&end)?
+            } else {
+                format!(
+                    "{}rebalance took {:.2} s wall time\n",
+                    op_summary(&end),
+                    started.elapsed().as_secs_f64()
+                )
+            };
+            if ok {
+                Ok(text)
+            } else {
+                print!("{text}");
+                Err(fail(1, format!("operation {} ended {}", end.id, end.state)))
+            }
+        }
+        Command::Op { op: OpCmd::List } => {
+            let l = client
+                .list_operations(admin_pb::ListOperationsRequest {})
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&l);
+            }
+            Ok(table(
+                &[
+                    "ID", "KIND", "STATE", "MOVES", "DONE", "FAILED", "SKIPPED", "DETAIL",
+                ],
+                l.operations
+                    .iter()
+                    .map(|o| {
+                        vec![
+                            o.id.clone(),
+                            o.kind.clone(),
+                            o.state.clone(),
+                            o.total.to_string(),
+                            o.done.to_string(),
+                            o.failed.to_string(),
+                            o.skipped.to_string(),
+                            o.detail.clone(),
+                        ]
+                    })
+                    .collect(),
+            ))
+        }
+        Command::Op {
+            op: OpCmd::Show { id },
+        } => {
+            let o = client
+                .get_operation(admin_pb::OperationRequest { id })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&o);
+            }
+            Ok(op_summary(&o) + "\n" + &moves_table(&o.moves))
+        }
+        Command::Op {
+            op: OpCmd::Watch { id },
+        } => {
+            let o = follow(&mut client, &id, json_out, u64::MAX / 4).await?;
+            if json_out {
+                json(&o)
+            } else {
+                Ok(op_summary(&o))
+            }
+        }
+        Command::Op {
+            op: OpCmd::Cancel { id },
+        } => {
+            let o = client
+                .cancel_operation(admin_pb::OperationRequest { id })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&o);
+            }
+            Ok(format!(
+                "cancelling operation {}: the moves in flight finish, the rest are skipped\n",
+                o.id
+            ))
+        }
+        Command::Storage {
+            op: StorageCmd::List,
+        } => {
+            let l = client
+                .list_storage_targets(admin_pb::ListStorageTargetsRequest {})
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&l);
+            }
+            Ok(storage_text(&l))
+        }
+        Command::Storage {
+            op:
+                StorageCmd::Add {
+                    id,
+                    url,
+                    zone,
+                    weight,
+                },
+        } => {
+            let t = client
+                .add_storage_target(admin_pb::AddStorageTargetRequest {
+                    id,
+                    url,
+                    zone: zone.unwrap_or_default(),
+                    weight,
+                })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&t);
+            }
+            Ok(format!(
+                "storage target {} ({}) added: {}; new segments may use it now\n",
+                t.id, t.url, t.health
+            ))
+        }
+        Command::Storage {
+            op: StorageCmd::Undrain { id },
+        } => {
+            let t = client
+                .undrain_storage_target(admin_pb::StorageTargetRequest { id })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&t);
+            }
+            Ok(format!(
+                "storage target {} takes new segments again\n",
+                t.id
+            ))
+        }
+        Command::Storage {
+            op: StorageCmd::Remove { id },
+        } => {
+            let t = client
+                .remove_storage_target(admin_pb::StorageTargetRequest { id })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&t);
+            }
+            Ok(format!(
+                "storage target {} removed from the pool (its bucket or directory is left as it is)\n",
+                t.id
+            ))
+        }
+        Command::Storage {
+            op:
+                StorageCmd::Drain {
+                    id,
+                    wait,
+                    timeout_ms,
+                },
+        } => {
+            let started = std::time::Instant::now();
+            let mut t = client
+                .drain_storage_target(admin_pb::StorageTargetRequest { id: id.clone() })
+                .await?
+                .into_inner();
+            let total = t.segments;
+            let mut progress = Progress::new(&format!("draining storage target {id}"), json_out);
+            while wait && t.segments > 0 {
+                if started.elapsed().as_millis() as u64 > timeout_ms {
+                    progress.finish();
+                    return Err(fail(
+                        1,
+                        format!(
+                            "storage target {id} still holds {} segment replicas after {timeout_ms} ms",
+                            t.segments
+                        ),
+                    ));
+                }
+                progress.set(
+                    (total.saturating_sub(t.segments)) as u64,
+                    total.max(t.segments) as u64,
+                    "segment replicas moved off (repair)".into(),
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let l = client
+                    .list_storage_targets(admin_pb::ListStorageTargetsRequest {})
+                    .await?
+                    .into_inner();
+                t = l
+                    .targets
+                    .into_iter()
+                    .find(|x| x.id == id)
+                    .ok_or_else(|| fail(4, format!("storage target {id} vanished")))?;
+            }
+            if wait {
+                progress.set(
+                    total as u64,
+                    total as u64,
+                    "segment replicas moved off (repair)".into(),
+                );
+                progress.finish();
+            }
+            if json_out {
+                return json(&t);
+            }
+            Ok(if wait {
+                format!(
+                    "storage target {id} drained in {:.1} s: it holds no segment; floectl storage remove {id}\n",
+                    started.elapsed().as_secs_f64()
+                )
+            } else {
+                format!(
+                    "storage target {id} draining: {} segment replicas to move (floectl storage list shows progress)\n",
+                    t.segments
                 )
             })
         }

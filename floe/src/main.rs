@@ -119,6 +119,11 @@ struct ControllerArgs {
     /// without a token the admin API is off.
     #[arg(long, env = "FLOE_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Even out partition counts as soon as a broker joins (false: brokers
+    /// that join take only new and orphaned partitions until an operator
+    /// runs `floectl rebalance`).
+    #[arg(long, env = "FLOE_BALANCE_ON_JOIN", default_value_t = true, action = clap::ArgAction::Set)]
+    balance_on_join: bool,
 }
 
 #[derive(clap::Args)]
@@ -197,7 +202,9 @@ fn main() -> Result<()> {
 }
 
 mod admin;
+mod admin_ops;
 mod admin_pb;
+mod admin_storage;
 mod cluster;
 
 async fn standalone(args: StandaloneArgs) -> Result<()> {

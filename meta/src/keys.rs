@@ -125,6 +125,39 @@ pub fn controller(id: &str) -> Bytes {
     Bytes::from(format!("/floe/controllers/{id}"))
 }
 
+/// Load reports: `/floe/load/{broker}` (`LoadRecord`), bound to the
+/// reporting broker's lease.
+pub fn load_prefix() -> Bytes {
+    Bytes::from_static(b"/floe/load/")
+}
+
+pub fn load(broker: i32) -> Bytes {
+    Bytes::from(format!("/floe/load/{broker}"))
+}
+
+/// Long-running admin operations (`OperationRecord`), by id.
+pub fn operations_prefix() -> Bytes {
+    Bytes::from_static(b"/floe/operations/")
+}
+
+pub fn operation(id: &str) -> Bytes {
+    Bytes::from(format!("/floe/operations/{id}"))
+}
+
+/// The id of an operation key.
+pub fn parse_operation(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix("/floe/operations/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// A request to cancel operation `id` (kept apart from the record, which
+/// only the executing controller writes).
+pub fn operation_cancel(id: &str) -> Bytes {
+    Bytes::from(format!("/floe/operation-cancels/{id}"))
+}
+
 pub fn partitions_prefix() -> Bytes {
     Bytes::from_static(b"/floe/partitions/")
 }

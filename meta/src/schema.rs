@@ -286,6 +286,10 @@ pub struct StorageTargetRecord {
     pub zone: Option<String>,
     #[prost(uint32, tag = "4")]
     pub weight: u32,
+    /// Drained by an operator: new segments avoid it and brokers move the
+    /// replicas it holds to other targets; removable once it holds none.
+    #[prost(bool, tag = "5")]
+    pub draining: bool,
 }
 
 /// The storage pool: `/floe/storage`.
@@ -316,4 +320,96 @@ pub struct ControllerRecord {
     pub http: String,
     #[prost(int64, tag = "4")]
     pub started_ms: i64,
+}
+
+/// One partition's measured traffic.
+#[derive(Clone, PartialEq, Message)]
+pub struct PartitionLoad {
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    /// Record bytes appended per second.
+    #[prost(uint64, tag = "3")]
+    pub bytes_in_per_sec: u64,
+    /// Record bytes served per second (fetches and tail pushes to proxies).
+    #[prost(uint64, tag = "4")]
+    pub bytes_out_per_sec: u64,
+}
+
+/// A broker's load report: `/floe/load/{id}`, bound to its lease, rewritten
+/// every report interval with the rates over that interval.
+#[derive(Clone, PartialEq, Message)]
+pub struct LoadRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(int32, tag = "2")]
+    pub broker_id: i32,
+    #[prost(int64, tag = "3")]
+    pub reported_ms: i64,
+    #[prost(uint64, tag = "4")]
+    pub interval_ms: u64,
+    #[prost(uint64, tag = "5")]
+    pub bytes_in_per_sec: u64,
+    #[prost(uint64, tag = "6")]
+    pub bytes_out_per_sec: u64,
+    /// The partitions it writes.
+    #[prost(message, repeated, tag = "7")]
+    pub partitions: Vec<PartitionLoad>,
+}
+
+/// One partition move of an operation.
+#[derive(Clone, PartialEq, Message)]
+pub struct PlannedMove {
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    #[prost(int32, tag = "3")]
+    pub from: i32,
+    #[prost(int32, tag = "4")]
+    pub to: i32,
+    /// Its measured load (bytes in + out per second) when planned.
+    #[prost(uint64, tag = "5")]
+    pub load: u64,
+    /// pending, moving, done, skipped, failed.
+    #[prost(string, tag = "6")]
+    pub status: String,
+    #[prost(string, tag = "7")]
+    pub detail: String,
+    #[prost(uint64, tag = "8")]
+    pub took_ms: u64,
+}
+
+/// A long-running admin operation: `/floe/operations/{id}`. Created by any
+/// controller (state "pending"), executed and updated only by the leading
+/// one.
+#[derive(Clone, PartialEq, Message)]
+pub struct OperationRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(string, tag = "2")]
+    pub id: String,
+    /// "rebalance".
+    #[prost(string, tag = "3")]
+    pub kind: String,
+    /// pending, running, done, cancelled, failed.
+    #[prost(string, tag = "4")]
+    pub state: String,
+    #[prost(int64, tag = "5")]
+    pub created_ms: i64,
+    #[prost(int64, tag = "6")]
+    pub started_ms: i64,
+    #[prost(int64, tag = "7")]
+    pub finished_ms: i64,
+    /// Moves carried out at once.
+    #[prost(uint32, tag = "8")]
+    pub max_in_flight: u32,
+    #[prost(message, repeated, tag = "9")]
+    pub moves: Vec<PlannedMove>,
+    #[prost(string, tag = "10")]
+    pub detail: String,
+    /// The controller executing it.
+    #[prost(string, tag = "11")]
+    pub executor: String,
 }

@@ -23,6 +23,9 @@ pub struct StorageTarget {
     pub store: Arc<dyn ObjectStore>,
     /// Healthy as last probed; shared by every clone of the target.
     pub up: Arc<std::sync::atomic::AtomicBool>,
+    /// Drained by an operator: new segments avoid it and repairs move its
+    /// replicas elsewhere. Shared by every clone of the target.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StorageTarget {
@@ -105,6 +108,7 @@ impl StorageTarget {
             weight: 1,
             store,
             up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            draining: Default::default(),
         })
     }
 
@@ -118,11 +122,32 @@ impl StorageTarget {
             weight: 1,
             store,
             up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            draining: Default::default(),
         }
     }
 
     pub fn is_up(&self) -> bool {
         self.up.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A metadata read of a probe key within `timeout` ("not found" is an
+    /// answer): Ok if the target answers, else why not.
+    pub async fn probe(&self, timeout: std::time::Duration) -> Result<(), String> {
+        let key = object_store::path::Path::from("_floe/probe");
+        match tokio::time::timeout(timeout, self.store.head(&key)).await {
+            Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
+            Ok(Err(e)) => Err(format!("unreachable: {e}")),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    /// Whether new replicas may go here: up and not draining.
+    pub fn takes_new_replicas(&self) -> bool {
+        self.is_up() && !self.is_draining()
     }
 }
 
@@ -176,10 +201,14 @@ fn open_s3(parsed: &url::Url, url: &str) -> Result<Arc<dyn ObjectStore>, Storage
 /// All storage targets of the cluster, with the replication settings.
 #[derive(Debug)]
 pub struct StoragePool {
-    targets: Vec<StorageTarget>,
+    /// Replaced whole when the pool record changes (targets added,
+    /// drained, removed); a target kept across changes keeps its instance.
+    targets: std::sync::RwLock<Arc<Vec<StorageTarget>>>,
     replicas: usize,
     write_quorum: usize,
     rng: Mutex<StdRng>,
+    /// Probe interval and stop token once probes run (new targets get one).
+    probes: Mutex<Option<(std::time::Duration, tokio_util::sync::CancellationToken)>>,
 }
 
 impl StoragePool {
@@ -224,15 +253,52 @@ impl StoragePool {
             }
         }
         Ok(Self {
-            targets,
+            targets: std::sync::RwLock::new(Arc::new(targets)),
             replicas,
             write_quorum,
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            probes: Mutex::new(None),
         })
     }
 
-    pub fn targets(&self) -> &[StorageTarget] {
-        &self.targets
+    /// The targets now.
+    pub fn targets(&self) -> Arc<Vec<StorageTarget>> {
+        self.targets.read().unwrap().clone()
+    }
+
+    /// Apply a changed pool record: `wanted` lists every target with its
+    /// draining flag. Targets already known keep their instance (and health)
+    /// and take the new flag; new ones join (and are probed); the others
+    /// leave (segments that still name them can no longer be opened, so
+    /// the admin API removes only targets that hold nothing).
+    pub fn update(self: &Arc<Self>, wanted: Vec<StorageTarget>) {
+        let old = self.targets();
+        let mut next = Vec::with_capacity(wanted.len());
+        let mut added = Vec::new();
+        for w in wanted {
+            match old.iter().find(|t| t.id == w.id) {
+                Some(t) => {
+                    t.draining
+                        .store(w.is_draining(), std::sync::atomic::Ordering::SeqCst);
+                    next.push(t.clone());
+                }
+                None => {
+                    tracing::info!(target_id = %w.id, url = %w.url, "storage target joined the pool");
+                    added.push(w.clone());
+                    next.push(w);
+                }
+            }
+        }
+        for t in old.iter().filter(|t| !next.iter().any(|n| n.id == t.id)) {
+            tracing::info!(target_id = %t.id, "storage target left the pool");
+        }
+        *self.targets.write().unwrap() = Arc::new(next);
+        let probes = self.probes.lock().unwrap().clone();
+        if let Some((interval, stop)) = probes {
+            for t in added {
+                self.spawn_probe(t, interval, stop.clone());
+            }
+        }
     }
 
     /// A fresh replica set for a new segment: `replicas` distinct healthy
@@ -260,7 +326,7 @@ impl StoragePool {
         let r = if replicas == 0 {
             self.replicas
         } else {
-            replicas.min(self.targets.len())
+            replicas.min(self.targets().len())
         };
         let w = if write_quorum == 0 {
             self.write_quorum.min(r)
@@ -273,11 +339,14 @@ impl StoragePool {
     fn choose(&self, avoid: &[String], rw: Option<(usize, usize)>) -> ReplicaSet {
         let (replicas, write_quorum) = rw.unwrap_or((self.replicas, self.write_quorum));
         let mut rng = self.rng.lock().unwrap();
-        let usable = |t: &&StorageTarget| t.is_up() && !avoid.contains(&t.id);
-        let mut candidates: Vec<&StorageTarget> = self.targets.iter().filter(usable).collect();
+        let targets = self.targets();
+        let usable = |t: &&StorageTarget| t.takes_new_replicas() && !avoid.contains(&t.id);
+        let mut candidates: Vec<&StorageTarget> = targets.iter().filter(usable).collect();
         if candidates.len() < replicas {
-            // Not enough healthy targets: take the others too, healthy first.
-            let rest = self.targets.iter().filter(|t| !usable(t));
+            // Not enough healthy targets: take the others too, healthy
+            // (then draining) first.
+            let mut rest: Vec<&StorageTarget> = targets.iter().filter(|t| !usable(t)).collect();
+            rest.sort_by_key(|t| (!t.is_up(), t.is_draining()));
             candidates.extend(rest);
         }
         let mut chosen: Vec<StorageTarget> = Vec::with_capacity(replicas);
@@ -319,60 +388,70 @@ impl StoragePool {
         interval: std::time::Duration,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        for t in self.targets.clone() {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let probe = object_store::path::Path::from("_floe/probe");
-                let mut failures = 0u32;
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(interval) => {}
-                    }
-                    let answered = match tokio::time::timeout(
-                        interval.max(std::time::Duration::from_secs(1)),
-                        t.store.head(&probe),
-                    )
+        *self.probes.lock().unwrap() = Some((interval, stop.clone()));
+        for t in self.targets().iter() {
+            self.spawn_probe(t.clone(), interval, stop.clone());
+        }
+    }
+
+    fn spawn_probe(
+        self: &Arc<Self>,
+        t: StorageTarget,
+        interval: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                // A target that left the pool is no longer probed.
+                match pool.upgrade() {
+                    Some(p) if p.targets().iter().any(|x| Arc::ptr_eq(&x.up, &t.up)) => {}
+                    _ => return,
+                }
+                let answered = match t
+                    .probe(interval.max(std::time::Duration::from_secs(1)))
                     .await
-                    {
-                        Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => true,
-                        Ok(Err(e)) => {
-                            tracing::debug!(target_id = %t.id, error = %e, "storage probe failed");
-                            false
-                        }
-                        Err(_) => false,
-                    };
-                    if answered {
-                        failures = 0;
-                        if !t.is_up() {
-                            tracing::info!(target_id = %t.id, "storage target is up again");
-                        }
-                        t.up.store(true, std::sync::atomic::Ordering::SeqCst);
-                    } else {
-                        failures += 1;
-                        if failures >= 2 && t.is_up() {
-                            tracing::warn!(target_id = %t.id, "storage target is down; new segments avoid it");
-                            t.up.store(false, std::sync::atomic::Ordering::SeqCst);
-                        }
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(target_id = %t.id, error = %e, "storage probe failed");
+                        false
+                    }
+                };
+                if answered {
+                    failures = 0;
+                    if !t.is_up() {
+                        tracing::info!(target_id = %t.id, "storage target is up again");
+                    }
+                    t.up.store(true, std::sync::atomic::Ordering::SeqCst);
+                } else {
+                    failures += 1;
+                    if failures >= 2 && t.is_up() {
+                        tracing::warn!(target_id = %t.id, "storage target is down; new segments avoid it");
+                        t.up.store(false, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
-            });
-        }
+            }
+        });
     }
 
     /// A healthy target for a segment held by `set`, not already in it,
     /// preferring a zone the set lacks.
     pub fn replacement_for(&self, set: &[String]) -> Option<StorageTarget> {
-        let zones: Vec<Option<String>> = self
-            .targets
+        let targets = self.targets();
+        let zones: Vec<Option<String>> = targets
             .iter()
-            .filter(|t| set.contains(&t.id) && t.is_up())
+            .filter(|t| set.contains(&t.id) && t.takes_new_replicas())
             .map(|t| t.zone.clone())
             .collect();
-        let mut free: Vec<&StorageTarget> = self
-            .targets
+        let mut free: Vec<&StorageTarget> = targets
             .iter()
-            .filter(|t| t.is_up() && !set.contains(&t.id))
+            .filter(|t| t.takes_new_replicas() && !set.contains(&t.id))
             .collect();
         free.sort_by_key(|t| {
             (
@@ -387,30 +466,17 @@ impl StoragePool {
     /// Check that every target answers (a metadata read of a probe key);
     /// a clear error naming the first one that does not.
     pub async fn check_reachable(&self, timeout: std::time::Duration) -> Result<(), StorageError> {
-        for t in &self.targets {
-            let probe = object_store::path::Path::from("_floe/probe");
-            match tokio::time::timeout(timeout, t.store.head(&probe)).await {
-                Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => {}
-                Ok(Err(e)) => {
-                    return Err(StorageError::Invalid(format!(
-                        "storage target {} ({}) is unreachable: {e}",
-                        t.id, t.url
-                    )))
-                }
-                Err(_) => {
-                    return Err(StorageError::Invalid(format!(
-                        "storage target {} ({}) did not answer within {timeout:?}",
-                        t.id, t.url
-                    )))
-                }
-            }
+        for t in self.targets().iter() {
+            t.probe(timeout).await.map_err(|e| {
+                StorageError::Invalid(format!("storage target {} ({}): {e}", t.id, t.url))
+            })?;
         }
         Ok(())
     }
 
     /// Mark a target down (probe failures, operator) or up again.
     pub fn set_up(&self, id: &str, up: bool) {
-        if let Some(t) = self.targets.iter().find(|t| t.id == id) {
+        if let Some(t) = self.targets().iter().find(|t| t.id == id) {
             t.up.store(up, std::sync::atomic::Ordering::SeqCst);
         }
     }
@@ -418,11 +484,12 @@ impl StoragePool {
     /// The replica set recorded for an existing segment.
     pub fn replica_set(&self, ids: &[String]) -> Result<ReplicaSet, StorageError> {
         let mut chosen = Vec::with_capacity(ids.len());
+        let targets = self.targets();
         for id in ids {
-            let t =
-                self.targets.iter().find(|t| &t.id == id).ok_or_else(|| {
-                    StorageError::Invalid(format!("unknown storage target {id:?}"))
-                })?;
+            let t = targets
+                .iter()
+                .find(|t| &t.id == id)
+                .ok_or_else(|| StorageError::Invalid(format!("unknown storage target {id:?}")))?;
             chosen.push(t.clone());
         }
         let w = self.write_quorum.min(chosen.len()).max(1);

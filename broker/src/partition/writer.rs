@@ -224,14 +224,14 @@ async fn repair_segment(
     let mut ids = s.replicas.ids();
     let mut changed = false;
     for t in s.replicas.targets() {
-        if !t.is_up() {
+        if !t.is_up() || t.is_draining() {
             let Some(to) = pool.replacement_for(&ids) else {
-                tracing::warn!(partition = %id, segment = s.base_offset, target_id = %t.id, "a replica is on a down target and no other target is free");
+                tracing::warn!(partition = %id, segment = s.base_offset, target_id = %t.id, "a replica is on a down or draining target and no other target is free");
                 continue;
             };
             match s.replicas.copy_to(&path, &to).await {
                 Ok(bytes) => {
-                    tracing::info!(partition = %id, segment = s.base_offset, from = %t.id, to = %to.id, bytes, "moved a segment replica off a down target");
+                    tracing::info!(partition = %id, segment = s.base_offset, from = %t.id, to = %to.id, bytes, "moved a segment replica off a down or draining target");
                     metrics.replicas_repaired.inc();
                     if let Some(slot) = ids.iter_mut().find(|i| **i == t.id) {
                         *slot = to.id.clone();
@@ -339,7 +339,10 @@ impl Writer {
                         last_housekeeping = Instant::now();
                         self.housekeeping().await.map(|_| None)
                     } else {
-                        self.maybe_checkpoint().await.map(|_| None)
+                        match self.leave_draining_targets().await {
+                            Ok(()) => self.maybe_checkpoint().await.map(|_| None),
+                            Err(e) => Err(e),
+                        }
                     }
                 }
             };
@@ -766,6 +769,7 @@ impl Writer {
             s.log_start_offset
         });
         self.ctx.metrics.bytes_in(bytes);
+        self.ctx.metrics.load.add_in(self.id, bytes);
         if !self.duplicates.is_empty() {
             let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.duplicates)
                 .into_iter()
@@ -1005,6 +1009,72 @@ impl Writer {
                         .insert(record.base_offset, SegmentView::Sealed(Arc::new(view)));
                 }
             });
+        }
+        Ok(())
+    }
+
+    /// Move off storage targets an operator drains: sealed segments with a
+    /// replica there are repaired at once (not at the next periodic
+    /// repair), and an open segment there rolls to a fresh replica set.
+    async fn leave_draining_targets(&mut self) -> Result<(), Stop> {
+        if self.repair_task.is_none() && self.last_repair.elapsed() >= Duration::from_secs(1) {
+            let on_draining: Vec<_> = self
+                .log
+                .snapshot()
+                .segments
+                .values()
+                .filter_map(|s| match s {
+                    SegmentView::Sealed(s)
+                        if s.replicas.targets().iter().any(|t| t.is_draining()) =>
+                    {
+                        Some(s.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !on_draining.is_empty() {
+                self.last_repair = Instant::now();
+                self.repair_task = Some(tokio::spawn(repair_segments(
+                    self.ctx.pool.clone(),
+                    on_draining,
+                    self.ctx.metrics.clone(),
+                    self.id,
+                )));
+            }
+        }
+        let open = self.open.replicas.targets();
+        if !open.iter().any(|t| t.is_draining()) {
+            return Ok(());
+        }
+        // Only if the pool can do without the draining targets.
+        let usable = self
+            .ctx
+            .pool
+            .targets()
+            .iter()
+            .filter(|t| t.takes_new_replicas())
+            .count();
+        if usable < open.len() {
+            return Ok(());
+        }
+        if self.open.bytes > 0 {
+            self.start_flush().await?;
+            if self.open.bytes > 0 {
+                let base = self.next_offset;
+                self.roll(base).await?;
+                self.maybe_start_seal();
+            }
+        } else if self.inflight.is_empty() && self.buffer.is_none() {
+            // Nothing written there yet: just pick another set.
+            let replicas = self.ctx.pool.choose_replica_set_for(
+                &[],
+                self.config.replicas,
+                self.config.write_quorum,
+            );
+            self.open.record.replica_set = replicas.ids();
+            self.open.replicas = replicas;
+            self.save_checkpoint(Vec::new()).await?;
+            self.show_open_segment();
         }
         Ok(())
     }

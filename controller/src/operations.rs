@@ -1,0 +1,469 @@
+//! Long-running admin operations (rebalances): an `OperationRecord` under
+//! `/floe/operations/{id}` that any controller creates (state "pending"),
+//! the leading controller executes with a bounded number of concurrent
+//! partition moves, updating the record after every step (so any
+//! controller can stream progress), and an operator cancels through a
+//! separate key. A new leader resumes what a former one left running.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use floe_common::{PartitionId, Uuid};
+use floe_meta::schema::{
+    AssignmentRecord, BrokerRecord, LoadRecord, OperationRecord, PartitionStateRecord, PlannedMove,
+    FORMAT,
+};
+use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn};
+use futures::StreamExt;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::rebalance::{self, Placement, Plan, Settings};
+use crate::{Controller, MoveError};
+
+pub const REBALANCE: &str = "rebalance";
+
+/// Finished operations kept for `floectl op list`.
+const KEEP_FINISHED: usize = 20;
+
+/// How long one move may take to be written by its new owner.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn is_finished(state: &str) -> bool {
+    matches!(state, "done" | "cancelled" | "failed")
+}
+
+fn corrupt(e: impl std::fmt::Display) -> MetaError {
+    MetaError::Corrupt(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where partitions are, their measured load and the brokers that may take
+/// partitions (live, not drained), read at one revision.
+pub struct Placements {
+    pub eligible: Vec<i32>,
+    pub placements: Vec<Placement>,
+    /// Brokers whose load report is missing (their partitions count as 0).
+    pub unreported: Vec<i32>,
+}
+
+pub async fn read_placements(meta: &dyn MetadataStore) -> Result<Placements, MetaError> {
+    let (kvs, _) = meta.range(keys::ROOT.as_bytes()).await?;
+    let mut live = Vec::new();
+    let mut drained = HashSet::new();
+    let mut loads: HashMap<PartitionId, u64> = HashMap::new();
+    let mut reported = HashSet::new();
+    let mut assigned = Vec::new();
+    for kv in &kvs {
+        if keys::parse_broker(&kv.key).is_some() {
+            live.push(
+                BrokerRecord::decode(kv.value.clone())
+                    .map_err(corrupt)?
+                    .broker_id,
+            );
+        } else if let Some(b) = keys::parse_drained(&kv.key) {
+            drained.insert(b);
+        } else if kv.key.starts_with(&keys::load_prefix()) {
+            let r = LoadRecord::decode(kv.value.clone()).map_err(corrupt)?;
+            reported.insert(r.broker_id);
+            for p in r.partitions {
+                if let Ok(t) = Uuid::from_slice(&p.topic_id) {
+                    loads.insert(
+                        PartitionId::new(t, p.partition),
+                        p.bytes_in_per_sec + p.bytes_out_per_sec,
+                    );
+                }
+            }
+        } else if let Some(p) = keys::parse_assignment(&kv.key) {
+            let a = AssignmentRecord::decode(kv.value.clone()).map_err(corrupt)?;
+            assigned.push((p, a.broker_id));
+        }
+    }
+    let eligible: Vec<i32> = live
+        .iter()
+        .copied()
+        .filter(|b| !drained.contains(b))
+        .collect();
+    let placements = assigned
+        .into_iter()
+        .map(|(partition, broker)| Placement {
+            partition,
+            broker,
+            load: loads.get(&partition).copied().unwrap_or(0),
+        })
+        .collect();
+    let unreported = eligible
+        .iter()
+        .copied()
+        .filter(|b| !reported.contains(b))
+        .collect();
+    Ok(Placements {
+        eligible,
+        placements,
+        unreported,
+    })
+}
+
+/// A rebalance plan for the cluster as it is now.
+pub async fn plan_rebalance(
+    meta: &dyn MetadataStore,
+    settings: Settings,
+) -> Result<(Plan, Placements), MetaError> {
+    let p = read_placements(meta).await?;
+    Ok((rebalance::plan(&p.eligible, &p.placements, settings), p))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("operation {0} is already {1}; wait for it or cancel it")]
+    Busy(String, String),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+/// Record a rebalance operation carrying `plan` (the leader picks it up).
+pub async fn start_rebalance(
+    meta: &dyn MetadataStore,
+    plan: &Plan,
+    max_in_flight: u32,
+) -> Result<OperationRecord, StartError> {
+    let (kvs, _) = meta.range(&keys::operations_prefix()).await?;
+    let mut finished = Vec::new();
+    for kv in &kvs {
+        let op = OperationRecord::decode(kv.value.clone()).map_err(corrupt)?;
+        if !is_finished(&op.state) {
+            return Err(StartError::Busy(op.id, op.state));
+        }
+        finished.push((op.created_ms, kv.key.clone()));
+    }
+    finished.sort();
+    let now = now_ms();
+    let id = format!("rb-{}-{}", now, &Uuid::new_v4().simple().to_string()[..6]);
+    let state = if plan.moves.is_empty() {
+        "done"
+    } else {
+        "pending"
+    };
+    let record = OperationRecord {
+        format: FORMAT,
+        id: id.clone(),
+        kind: REBALANCE.into(),
+        state: state.into(),
+        created_ms: now,
+        started_ms: 0,
+        finished_ms: if plan.moves.is_empty() { now } else { 0 },
+        max_in_flight: max_in_flight.max(1),
+        moves: plan
+            .moves
+            .iter()
+            .map(|m| PlannedMove {
+                topic_id: m.partition.topic_id.as_bytes().to_vec(),
+                partition: m.partition.partition,
+                from: m.from,
+                to: m.to,
+                load: m.load,
+                status: "pending".into(),
+                detail: String::new(),
+                took_ms: 0,
+            })
+            .collect(),
+        detail: if plan.moves.is_empty() {
+            "already balanced: nothing to move".into()
+        } else {
+            String::new()
+        },
+        executor: String::new(),
+    };
+    let mut txn = Txn::new()
+        .when(Condition::Missing(keys::operation(&id)))
+        .then(Op::put(keys::operation(&id), record.encode_to_vec()));
+    // Keep the newest finished ones.
+    let excess = (finished.len() + 1).saturating_sub(KEEP_FINISHED);
+    for (_, key) in finished.into_iter().take(excess) {
+        txn = txn.then(Op::delete(key));
+    }
+    meta.txn(txn).await?;
+    tracing::info!(operation = %id, moves = plan.moves.len(), max_in_flight, "rebalance requested");
+    Ok(record)
+}
+
+/// Ask the executing controller to stop operation `id` after the moves in
+/// flight. Returns the record, or None if there is no such operation.
+pub async fn cancel(
+    meta: &dyn MetadataStore,
+    id: &str,
+) -> Result<Option<OperationRecord>, MetaError> {
+    let Some(kv) = meta.get(&keys::operation(id)).await? else {
+        return Ok(None);
+    };
+    let op = OperationRecord::decode(kv.value).map_err(corrupt)?;
+    if !is_finished(&op.state) {
+        meta.txn(Txn::new().then(Op::put(keys::operation_cancel(id), "cancel")))
+            .await?;
+        tracing::info!(operation = %id, "cancel requested");
+    }
+    Ok(Some(op))
+}
+
+/// Wait until broker `broker` writes `p` at `epoch` or later; false on
+/// timeout.
+pub async fn wait_writing(
+    meta: &dyn MetadataStore,
+    p: PartitionId,
+    broker: i32,
+    epoch: i32,
+    timeout: Duration,
+) -> Result<bool, MetaError> {
+    let started = Instant::now();
+    loop {
+        let writing = meta
+            .get(&keys::partition_state(p))
+            .await?
+            .and_then(|kv| PartitionStateRecord::decode(kv.value).ok())
+            .is_some_and(|s| s.broker_id == broker && s.epoch >= epoch && s.state == "writing");
+        if writing {
+            return Ok(true);
+        }
+        if started.elapsed() > timeout {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What one move came to.
+struct Outcome {
+    status: &'static str,
+    detail: String,
+    took_ms: u64,
+}
+
+impl Controller {
+    /// Execute pending operations (and resume running ones) while leading.
+    pub async fn run_operations(self: Arc<Self>, me: String, stop: CancellationToken) {
+        loop {
+            let rev = match self.execute_pending(&me, &stop).await {
+                Ok(rev) => rev,
+                Err(e) => {
+                    tracing::warn!(error = %e, "operations: could not read or save; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            let mut watch = match self
+                .meta
+                .watch_prefix(&keys::operations_prefix(), Some(rev + 1))
+                .await
+            {
+                Ok(w) => w,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = watch.next() => {}
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+        }
+    }
+
+    /// Run every unfinished operation, oldest first; the revision read at.
+    async fn execute_pending(
+        self: &Arc<Self>,
+        me: &str,
+        stop: &CancellationToken,
+    ) -> Result<i64, MetaError> {
+        let (kvs, rev) = self.meta.range(&keys::operations_prefix()).await?;
+        let mut ops: Vec<OperationRecord> = kvs
+            .iter()
+            .filter(|kv| keys::parse_operation(&kv.key).is_some())
+            .filter_map(|kv| OperationRecord::decode(kv.value.clone()).ok())
+            .filter(|op| !is_finished(&op.state))
+            .collect();
+        ops.sort_by_key(|op| op.created_ms);
+        for op in ops {
+            if stop.is_cancelled() {
+                break;
+            }
+            self.execute(op, me).await?;
+        }
+        Ok(rev)
+    }
+
+    async fn save_operation(&self, op: &OperationRecord) -> Result<(), MetaError> {
+        let txn =
+            self.guarded(Txn::new().then(Op::put(keys::operation(&op.id), op.encode_to_vec())));
+        if self.meta.txn(txn).await?.committed() {
+            Ok(())
+        } else {
+            Err(MetaError::Unavailable(
+                "this controller no longer leads; the new leader resumes the operation".into(),
+            ))
+        }
+    }
+
+    async fn execute(self: &Arc<Self>, mut op: OperationRecord, me: &str) -> Result<(), MetaError> {
+        if op.state == "running" && !op.executor.is_empty() && op.executor != me {
+            tracing::info!(operation = %op.id, former = %op.executor, "resuming an operation a former leader ran");
+        }
+        op.state = "running".into();
+        op.executor = me.to_string();
+        if op.started_ms == 0 {
+            op.started_ms = now_ms();
+        }
+        self.save_operation(&op).await?;
+        tracing::info!(operation = %op.id, kind = %op.kind, moves = op.moves.len(), max_in_flight = op.max_in_flight, "executing");
+        let todo: Vec<usize> = (0..op.moves.len())
+            .filter(|i| matches!(op.moves[*i].status.as_str(), "pending" | "moving"))
+            .collect();
+        let in_flight = op.max_in_flight.max(1) as usize;
+        let id = op.id.clone();
+        let shared = Arc::new(tokio::sync::Mutex::new(op));
+        let results: Vec<Result<(), MetaError>> =
+            futures::stream::iter(todo.into_iter().map(|i| {
+                let (this, shared, id) = (self.clone(), shared.clone(), id.clone());
+                async move { this.step(&shared, &id, i).await }
+            }))
+            .buffer_unordered(in_flight)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let mut op = shared.lock().await.clone();
+        let count = |s: &str| op.moves.iter().filter(|m| m.status == s).count();
+        let (done, failed, skipped) = (count("done"), count("failed"), count("skipped"));
+        let cancelled = self
+            .meta
+            .get(&keys::operation_cancel(&op.id))
+            .await?
+            .is_some();
+        op.state = if cancelled {
+            "cancelled"
+        } else if failed > 0 {
+            "failed"
+        } else {
+            "done"
+        }
+        .into();
+        op.finished_ms = now_ms();
+        op.detail = format!(
+            "{done} moved, {failed} failed, {skipped} skipped in {} ms",
+            op.finished_ms - op.started_ms
+        );
+        self.save_operation(&op).await?;
+        let _ = self
+            .meta
+            .txn(Txn::new().then(Op::delete(keys::operation_cancel(&op.id))))
+            .await;
+        tracing::info!(operation = %op.id, state = %op.state, detail = %op.detail, "operation finished");
+        Ok(())
+    }
+
+    /// Carry out move `i` of the shared record, saving its progress.
+    async fn step(
+        &self,
+        shared: &tokio::sync::Mutex<OperationRecord>,
+        id: &str,
+        i: usize,
+    ) -> Result<(), MetaError> {
+        let m = {
+            let mut op = shared.lock().await;
+            if self.meta.get(&keys::operation_cancel(id)).await?.is_some() {
+                op.moves[i].status = "skipped".into();
+                op.moves[i].detail = "cancelled".into();
+                return self.save_operation(&op).await;
+            }
+            op.moves[i].status = "moving".into();
+            self.save_operation(&op).await?;
+            op.moves[i].clone()
+        };
+        let started = Instant::now();
+        let outcome = self.carry_out(&m).await?;
+        let mut op = shared.lock().await;
+        let slot = &mut op.moves[i];
+        slot.status = outcome.status.into();
+        slot.detail = outcome.detail;
+        slot.took_ms = if outcome.took_ms > 0 {
+            outcome.took_ms
+        } else {
+            started.elapsed().as_millis() as u64
+        };
+        self.save_operation(&op).await
+    }
+
+    async fn carry_out(&self, m: &PlannedMove) -> Result<Outcome, MetaError> {
+        let skipped = |detail: String| Outcome {
+            status: "skipped",
+            detail,
+            took_ms: 0,
+        };
+        let Ok(topic) = Uuid::from_slice(&m.topic_id) else {
+            return Ok(skipped("bad topic id".into()));
+        };
+        let p = PartitionId::new(topic, m.partition);
+        let started = Instant::now();
+        let Some(kv) = self.meta.get(&keys::assignment(p)).await? else {
+            return Ok(skipped("the partition no longer exists".into()));
+        };
+        let a = AssignmentRecord::decode(kv.value).map_err(corrupt)?;
+        if a.broker_id != m.from && a.broker_id != m.to {
+            return Ok(skipped(format!(
+                "moved meanwhile: now on broker {}",
+                a.broker_id
+            )));
+        }
+        if self.meta.get(&keys::drained(m.to)).await?.is_some() {
+            return Ok(skipped(format!("broker {} was drained", m.to)));
+        }
+        let mut attempts = 0;
+        let epoch = loop {
+            match self.move_partition(p, m.to).await {
+                Ok(e) => break e,
+                Err(MoveError::UnknownBroker(b)) => {
+                    return Ok(skipped(format!("broker {b} is not alive")))
+                }
+                Err(MoveError::UnknownPartition) => {
+                    return Ok(skipped("the partition no longer exists".into()))
+                }
+                Err(MoveError::Conflict) if attempts < 5 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * attempts)).await;
+                }
+                Err(e) => {
+                    return Ok(Outcome {
+                        status: "failed",
+                        detail: e.to_string(),
+                        took_ms: started.elapsed().as_millis() as u64,
+                    })
+                }
+            }
+        };
+        let written = wait_writing(&*self.meta, p, m.to, epoch, MOVE_TIMEOUT).await?;
+        let took_ms = started.elapsed().as_millis() as u64;
+        Ok(if written {
+            Outcome {
+                status: "done",
+                detail: format!("epoch {epoch}"),
+                took_ms,
+            }
+        } else {
+            Outcome {
+                status: "failed",
+                detail: format!(
+                    "assigned at epoch {epoch} but broker {} did not write it within {MOVE_TIMEOUT:?}",
+                    m.to
+                ),
+                took_ms,
+            }
+        })
+    }
+}

@@ -1,0 +1,526 @@
+//! Scaling through `floectl` on a real cluster: scale-out with a measured
+//! rebalance under produce load through proxies, and storage targets added,
+//! drained (with repair progress) and removed while data stays readable.
+//! Every JSON answer is checked against what etcd holds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use floe_e2e::Cluster;
+use floe_meta::schema::{CheckpointRecord, LoadRecord, SegmentRecord, StoragePoolRecord};
+use floe_meta::{keys, MetadataStore};
+use prost::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+fn parse(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Broker → partitions it writes, from the owners' published states.
+async fn written_by(meta: &dyn MetadataStore) -> BTreeMap<i32, usize> {
+    let (kvs, _) = meta.range(&keys::partitions_prefix()).await.unwrap();
+    let mut out = BTreeMap::new();
+    for kv in kvs {
+        if keys::parse_partition_state(&kv.key).is_some() {
+            let s = floe_meta::schema::PartitionStateRecord::decode(kv.value).unwrap();
+            if s.state == "writing" {
+                *out.entry(s.broker_id).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+async fn loads(meta: &dyn MetadataStore) -> BTreeMap<i32, LoadRecord> {
+    let (kvs, _) = meta.range(&keys::load_prefix()).await.unwrap();
+    kvs.into_iter()
+        .map(|kv| LoadRecord::decode(kv.value).unwrap())
+        .map(|l| (l.broker_id, l))
+        .collect()
+}
+
+/// (partition, offset, payload) of an acknowledged record.
+type Acked = (i32, i64, Vec<u8>);
+
+/// A pipelined idempotent producer through the proxies writing `size`-byte
+/// records round-robin over `partitions` at about `per_sec` records a
+/// second until stopped; acked (partition, offset, payload) and failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    failed: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(bootstrap: &str, topic: &str, partitions: i32, size: usize, per_sec: u64) -> Self {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "120000")
+            .create()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<Vec<Acked>>> = Default::default();
+        let failed: Arc<Mutex<Vec<String>>> = Default::default();
+        let topic = topic.to_string();
+        let task = {
+            let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut pending = futures::stream::FuturesUnordered::new();
+                let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_sec));
+                let mut i = 0u64;
+                use futures::StreamExt;
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            let mut payload = format!("r{i:09}-").into_bytes();
+                            payload.resize(size, b'x');
+                            let p = (i % partitions as u64) as i32;
+                            let producer = producer.clone();
+                            let topic = topic.clone();
+                            pending.push(async move {
+                                let r = producer
+                                    .send(
+                                        FutureRecord::<(), _>::to(&topic).partition(p).payload(&payload),
+                                        Duration::from_secs(120),
+                                    )
+                                    .await;
+                                (r.map(|d| (d.partition, d.offset)).map_err(|(e, _)| e.to_string()), payload)
+                            });
+                            i += 1;
+                        }
+                        Some((r, payload)) = pending.next(), if !pending.is_empty() => match r {
+                            Ok((p, o)) => acked.lock().unwrap().push((p, o, payload)),
+                            Err(e) => failed.lock().unwrap().push(e),
+                        },
+                    }
+                }
+                while let Some((r, payload)) = pending.next().await {
+                    match r {
+                        Ok((p, o)) => acked.lock().unwrap().push((p, o, payload)),
+                        Err(e) => failed.lock().unwrap().push(e),
+                    }
+                }
+            })
+        };
+        Self {
+            stop,
+            acked,
+            failed,
+            task,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn finish(self) -> (Vec<Acked>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        let acked = self.acked.lock().unwrap().clone();
+        let failed = self.failed.lock().unwrap().clone();
+        (acked, failed)
+    }
+}
+
+/// Every acked record is in the log at the offset its ack named.
+fn assert_all_readable(bootstrap: &str, topic: &str, partitions: i32, acked: &[Acked]) {
+    let log = floe_e2e::read_all(bootstrap, topic, partitions);
+    let total: usize = log.values().map(Vec::len).sum();
+    assert_eq!(total, acked.len(), "records in the log vs acked");
+    let by_offset: HashMap<(i32, i64), &Vec<u8>> = log
+        .iter()
+        .flat_map(|(p, recs)| recs.iter().map(move |(o, v)| ((*p, *o), v)))
+        .collect();
+    for (p, o, payload) in acked {
+        assert_eq!(
+            by_offset.get(&(*p, *o)).map(|v| v.as_slice()),
+            Some(payload.as_slice()),
+            "partition {p} offset {o}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
+    const PARTITIONS: i32 = 60;
+    let mut c = Cluster::start_with(3, 1, 3_000, "load_report_interval_ms = 1000\n").unwrap();
+    // Joining brokers wait for the operator's rebalance.
+    c.restart_controllers_with(&["--balance-on-join", "false"])
+        .unwrap();
+    c.add_proxy().unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = c.proxy_bootstrap();
+    floe_e2e::create_topic(&b, "scale", PARTITIONS).await;
+    let meta = c.meta().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written_by(&meta).await.values().sum::<usize>() < PARTITIONS as usize {
+        assert!(Instant::now() < deadline, "partitions not all writing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // ~1 MB/s of 4 KiB records over all 60 partitions through both proxies.
+    let load = Load::start(&b, "scale", PARTITIONS, 4096, 250);
+    // Every broker reports traffic.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = loads(&meta).await;
+        if (1..=3).all(|b| l.get(&b).is_some_and(|r| r.bytes_in_per_sec > 64 << 10)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no load reports: {l:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, out, err) = c.floectl(0, &["status", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let status = parse(&out);
+    let reported = loads(&meta).await;
+    for b in status["brokers"].as_array().unwrap() {
+        let id = b["id"].as_i64().unwrap() as i32;
+        assert_eq!(
+            b["bytes_in_per_sec"].as_u64().unwrap(),
+            reported[&id].bytes_in_per_sec,
+            "status shows broker {id}'s load report"
+        );
+    }
+
+    // Scale out: three more brokers; they take nothing until the rebalance.
+    for _ in 0..3 {
+        c.add_broker().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = c.floectl(0, &["status", "-o", "json"]);
+        let s = parse(&out);
+        let l = loads(&meta).await;
+        if s["brokers"].as_array().unwrap().len() == 6 && (4..=6).all(|b| l.contains_key(&b)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new brokers not registered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = written_by(&meta).await;
+    assert_eq!(
+        (4..=6)
+            .map(|b| before.get(&b).copied().unwrap_or(0))
+            .sum::<usize>(),
+        0,
+        "with --balance-on-join false the new brokers wait: {before:?}"
+    );
+
+    // The plan (a dry run changes nothing): 30 moves, all to the new ones.
+    let (code, out, err) = c.floectl(0, &["rebalance", "--dry-run", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let plan = parse(&out);
+    assert_eq!(plan["moves"].as_array().unwrap().len(), 30, "{plan}");
+    assert_eq!(plan["counts_within_one"], true);
+    assert_eq!(
+        plan["load_balanced"], true,
+        "the traffic is above the threshold: {plan}"
+    );
+    assert_eq!(plan["load_within_band"], true, "{plan}");
+    assert_eq!(written_by(&meta).await, before, "a dry run moves nothing");
+    let (code, table, err) = c.floectl(0, &["rebalance", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.contains("30 moves") && table.contains("LOAD AFTER"),
+        "{table}"
+    );
+
+    // Execute and wait.
+    let acked_before = load.acked();
+    let started = Instant::now();
+    let (code, out, err) = c.floectl(
+        0,
+        &["rebalance", "--wait", "--max-in-flight", "6", "-o", "json"],
+    );
+    let wall = started.elapsed();
+    assert_eq!(
+        code,
+        0,
+        "{out}{err}\ncontroller:\n{}",
+        c.controllers[0].log_text()
+    );
+    let op = parse(&out);
+    assert_eq!(op["state"], "done", "{op}");
+    assert_eq!(op["done"], 30, "{op}");
+    assert_eq!(op["failed"], 0);
+    let took: Vec<u64> = op["moves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["took_ms"].as_u64().unwrap())
+        .collect();
+    let mut sorted = took.clone();
+    sorted.sort();
+    println!(
+        "scale-out rebalance: 30 moves of 60 partitions in {:.2} s wall time (floectl rebalance --wait, 6 in flight); per move p50 {} ms, max {} ms; {} records acked meanwhile",
+        wall.as_secs_f64(),
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1],
+        load.acked() - acked_before
+    );
+    // The operation's record in etcd is what floectl showed.
+    let id = op["id"].as_str().unwrap();
+    let rec = floe_meta::schema::OperationRecord::decode(
+        meta.get(&keys::operation(id)).await.unwrap().unwrap().value,
+    )
+    .unwrap();
+    assert_eq!(rec.state, "done");
+    assert_eq!(rec.moves.iter().filter(|m| m.status == "done").count(), 30);
+    let (code, out, _) = c.floectl(0, &["op", "list", "-o", "json"]);
+    assert_eq!(code, 0);
+    assert!(parse(&out)["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["id"] == id && o["state"] == "done"));
+
+    // Every broker within ±1 of 10 partitions, per etcd.
+    let after = written_by(&meta).await;
+    assert_eq!(after.values().sum::<usize>(), 60, "{after:?}");
+    for b in 1..=6 {
+        let n = after.get(&b).copied().unwrap_or(0);
+        assert!((9..=11).contains(&n), "broker {b} writes {n}: {after:?}");
+    }
+    // Measured load after two fresh reports: every broker within ±25% of
+    // the mean (the planner aims at ±10%; one-second windows are noisy).
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    // A report whose whole one-second window is after the rebalance.
+    let settled_ms = now_ms() + 1_500;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let l = loads(&meta).await;
+        if !(1..=6).all(|b| l.get(&b).is_some_and(|r| r.reported_ms > settled_ms)) {
+            assert!(Instant::now() < deadline, "no fresh load reports");
+            continue;
+        }
+        let rates: Vec<u64> = (1..=6).map(|b| l[&b].bytes_in_per_sec).collect();
+        let mean = rates.iter().sum::<u64>() / 6;
+        let within = rates
+            .iter()
+            .all(|r| (*r as f64 - mean as f64).abs() <= mean as f64 * 0.25);
+        println!("measured bytes in per broker after the rebalance: {rates:?} (mean {mean})");
+        if within {
+            break;
+        }
+        assert!(Instant::now() < deadline, "load not within ±25%: {rates:?}");
+    }
+    // A second rebalance finds nothing to move by count.
+    let (code, out, err) = c.floectl(
+        0,
+        &[
+            "rebalance",
+            "--dry-run",
+            "-o",
+            "json",
+            "--min-load",
+            "1000000000",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        parse(&out)["moves"].as_array().map_or(0, Vec::len),
+        0,
+        "{out}"
+    );
+
+    // Clients going through the proxies saw no error, and nothing is lost.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (acked, failed) = load.finish().await;
+    assert!(failed.is_empty(), "sends failed: {failed:?}");
+    assert!(
+        acked.len() > 1_000,
+        "the load ran ({} records)",
+        acked.len()
+    );
+    assert_all_readable(&b, "scale", PARTITIONS, &acked);
+}
+
+/// Per target: segment replicas held, from the segment records and the
+/// checkpoints' open segments.
+async fn held_per_target(meta: &dyn MetadataStore) -> BTreeMap<String, u32> {
+    let (kvs, _) = meta.range(&keys::partitions_prefix()).await.unwrap();
+    let mut out = BTreeMap::new();
+    for kv in kvs {
+        let key = String::from_utf8_lossy(&kv.key).to_string();
+        let sets: Vec<Vec<String>> = if key.contains("/segments/") {
+            vec![SegmentRecord::decode(kv.value).unwrap().replica_set]
+        } else if key.ends_with("/checkpoint") {
+            CheckpointRecord::decode(kv.value)
+                .unwrap()
+                .open_segments
+                .into_iter()
+                .map(|o| o.replica_set)
+                .collect()
+        } else {
+            continue;
+        };
+        for set in sets {
+            for t in set {
+                *out.entry(t).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+fn targets_json(c: &Cluster) -> BTreeMap<String, serde_json::Value> {
+    let (code, out, err) = c.floectl(0, &["storage", "list", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    parse(&out)["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap().to_string(), t.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_targets_are_added_drained_with_progress_and_removed_without_losing_data() {
+    let dirs = tempfile::tempdir().unwrap();
+    let url = |t: &str| format!("file://{}", dirs.path().join(t).display());
+    let urls: Vec<String> = ["t0", "t1", "t2"].iter().map(|t| url(t)).collect();
+    let mut c = Cluster::start_with_pool(2, 1, 3_000, "", &urls, 2, 2).unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = c.proxy_bootstrap();
+    // Small segments: many sealed ones to move.
+    floe_e2e::create_topic_with(&b, "st", 4, &[("segment.bytes", "65536")]).await;
+    let meta = c.meta().await.unwrap();
+
+    let load = Load::start(&b, "st", 4, 1024, 400);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while load.acked() < 1_500 {
+        assert!(Instant::now() < deadline, "producing stalled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The list matches etcd: ids, URLs, health, replicas held.
+    let t = targets_json(&c);
+    assert_eq!(t.keys().cloned().collect::<Vec<_>>(), ["t0", "t1", "t2"]);
+    for (id, v) in &t {
+        assert_eq!(v["health"], "up", "{id}: {v}");
+        assert_eq!(v["url"], url(id));
+    }
+    let held = held_per_target(&meta).await;
+    // Segments roll meanwhile; the counts must agree within the records
+    // written between the two reads, and every target holds some.
+    for id in ["t0", "t1", "t2"] {
+        let listed = t[id]["segments"].as_u64().unwrap() as i64;
+        let now = held.get(id).copied().unwrap_or(0) as i64;
+        assert!(listed > 0, "{id} holds segments");
+        assert!(
+            (listed - now).abs() <= 4,
+            "{id}: floectl {listed}, etcd {now}"
+        );
+    }
+
+    // Add a fourth target; new segments use it.
+    let (code, out, err) = c.floectl(0, &["storage", "add", "t3", &url("t3"), "-o", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(parse(&out)["health"], "up");
+    let pool = StoragePoolRecord::decode(
+        meta.get(&keys::storage_pool())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+    )
+    .unwrap();
+    assert_eq!(
+        pool.targets
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect::<Vec<_>>(),
+        ["t0", "t1", "t2", "t3"]
+    );
+    let (code, _, err) = c.floectl(0, &["storage", "add", "t3", &url("t9")]);
+    assert_eq!(code, 1, "a duplicate id is refused: {err}");
+    assert!(err.contains("exists"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held_per_target(&meta).await.get("t3").copied().unwrap_or(0) < 3 {
+        assert!(Instant::now() < deadline, "no new segment went to t3");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Removing a target that is not drained is refused.
+    let (code, _, err) = c.floectl(0, &["storage", "remove", "t1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("drain it first"), "{err}");
+    let (code, _, err) = c.floectl(0, &["storage", "drain", "nope"]);
+    assert_eq!(code, 4, "{err}");
+
+    // Drain t1 under load, with progress.
+    let on_t1 = held_per_target(&meta).await.get("t1").copied().unwrap_or(0);
+    assert!(on_t1 > 0);
+    let started = Instant::now();
+    let (code, out, err) = c.floectl(0, &["storage", "drain", "t1", "--wait"]);
+    assert_eq!(
+        code,
+        0,
+        "{out}{err}\nbroker logs:\n{}",
+        c.brokers.iter().map(|b| b.log_text()).collect::<String>()
+    );
+    println!(
+        "drained storage target t1 ({on_t1} segment replicas) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let progress: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("draining storage target t1: "))
+        .collect();
+    assert!(progress.len() >= 2, "repair progress shown: {err}");
+    assert!(
+        progress
+            .last()
+            .unwrap()
+            .contains("segment replicas moved off"),
+        "{err}"
+    );
+    assert!(out.contains("holds no segment"), "{out}");
+    assert_eq!(
+        held_per_target(&meta).await.get("t1"),
+        None,
+        "etcd: nothing names t1"
+    );
+    let t = targets_json(&c);
+    assert_eq!(t["t1"]["draining"], true);
+    assert_eq!(t["t1"]["segments"], 0);
+
+    // Remove it, then delete its directory: every record is still there.
+    let (code, out, err) = c.floectl(0, &["storage", "remove", "t1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let pool = StoragePoolRecord::decode(
+        meta.get(&keys::storage_pool())
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+    )
+    .unwrap();
+    assert!(!pool.targets.iter().any(|t| t.id == "t1"));
+    assert!(!targets_json(&c).contains_key("t1"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (acked, failed) = load.finish().await;
+    assert!(failed.is_empty(), "sends failed: {failed:?}");
+    std::fs::remove_dir_all(dirs.path().join("t1")).unwrap();
+    // A fresh proxy (empty cache) reads everything from the remaining
+    // targets.
+    c.proxies[0].restart().unwrap();
+    assert_all_readable(&b, "st", 4, &acked);
+}

@@ -1,0 +1,248 @@
+//! The admin API's storage target calls: list (health probed now, replicas
+//! held per the segment records), add, drain, undrain and remove, each a
+//! compare-and-swap of the pool record `/floe/storage` that every broker,
+//! proxy and controller follows.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use floe_meta::schema::{CheckpointRecord, SegmentRecord, StoragePoolRecord, StorageTargetRecord};
+use floe_meta::{keys, Condition, MetadataStore, Op, Txn};
+use prost::Message;
+use tonic::Status;
+
+use crate::admin_pb as pb;
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("metadata store: {e}"))
+}
+
+/// The pool record and its revision.
+async fn read(meta: &dyn MetadataStore) -> Result<(StoragePoolRecord, i64), Status> {
+    let kv = meta
+        .get(&keys::storage_pool())
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Status::failed_precondition("the cluster has no storage pool yet"))?;
+    let r = StoragePoolRecord::decode(kv.value)
+        .map_err(|e| Status::internal(format!("storage pool record: {e}")))?;
+    Ok((r, kv.mod_revision))
+}
+
+async fn write(
+    meta: &dyn MetadataStore,
+    record: &StoragePoolRecord,
+    rev: i64,
+) -> Result<(), Status> {
+    let txn = Txn::new()
+        .when(Condition::ModRevision(keys::storage_pool(), rev))
+        .then(Op::put(keys::storage_pool(), record.encode_to_vec()));
+    if meta.txn(txn).await.map_err(unavailable)?.committed() {
+        Ok(())
+    } else {
+        Err(Status::aborted(
+            "the storage pool changed concurrently; retry",
+        ))
+    }
+}
+
+/// Per target: segment replicas held and bytes of the sealed ones; and the
+/// segments with a replica on a target in `leaving`.
+async fn usage(
+    meta: &dyn MetadataStore,
+    leaving: &[String],
+) -> Result<(HashMap<String, (u32, u64)>, u32), Status> {
+    let (kvs, _) = meta
+        .range(&keys::partitions_prefix())
+        .await
+        .map_err(unavailable)?;
+    let mut held: HashMap<String, (u32, u64)> = HashMap::new();
+    let mut to_repair = 0;
+    let mut count = |set: &[String], bytes: u64| {
+        for t in set {
+            let e = held.entry(t.clone()).or_default();
+            e.0 += 1;
+            e.1 += bytes;
+        }
+        if set.iter().any(|t| leaving.contains(t)) {
+            to_repair += 1;
+        }
+    };
+    for kv in &kvs {
+        let key = std::str::from_utf8(&kv.key).unwrap_or("");
+        if key.contains("/segments/") {
+            if let Ok(s) = SegmentRecord::decode(kv.value.clone()) {
+                count(&s.replica_set, s.object_bytes);
+            }
+        } else if key.ends_with("/checkpoint") {
+            if let Ok(c) = CheckpointRecord::decode(kv.value.clone()) {
+                for o in &c.open_segments {
+                    count(&o.replica_set, 0);
+                }
+            }
+        }
+    }
+    Ok((held, to_repair))
+}
+
+/// "up", or why a metadata read of the probe key failed now.
+async fn probe(t: &StorageTargetRecord) -> String {
+    let target = match crate::cluster::open_target(t) {
+        Ok(t) => t,
+        Err(e) => return format!("cannot open: {e:#}"),
+    };
+    match target.probe(Duration::from_secs(2)).await {
+        Ok(()) => "up".into(),
+        Err(e) => e,
+    }
+}
+
+fn status(
+    t: &StorageTargetRecord,
+    health: String,
+    held: Option<&(u32, u64)>,
+) -> pb::StorageTargetStatus {
+    let (segments, bytes) = held.copied().unwrap_or_default();
+    pb::StorageTargetStatus {
+        id: t.id.clone(),
+        url: t.url.clone(),
+        zone: t.zone.clone().unwrap_or_default(),
+        weight: t.weight,
+        draining: t.draining,
+        health,
+        segments,
+        bytes,
+    }
+}
+
+pub async fn list(meta: &dyn MetadataStore) -> Result<pb::StorageTargetList, Status> {
+    let (pool, _) = read(meta).await?;
+    let health = futures::future::join_all(pool.targets.iter().map(probe)).await;
+    let leaving: Vec<String> = pool
+        .targets
+        .iter()
+        .zip(&health)
+        .filter(|(t, h)| t.draining || h.as_str() != "up")
+        .map(|(t, _)| t.id.clone())
+        .collect();
+    let (held, to_repair) = usage(meta, &leaving).await?;
+    Ok(pb::StorageTargetList {
+        targets: pool
+            .targets
+            .iter()
+            .zip(health)
+            .map(|(t, h)| status(t, h, held.get(&t.id)))
+            .collect(),
+        replicas: pool.replicas,
+        write_quorum: pool.write_quorum,
+        segments_to_repair: to_repair,
+    })
+}
+
+async fn one(meta: &dyn MetadataStore, id: &str) -> Result<pb::StorageTargetStatus, Status> {
+    let list = list(meta).await?;
+    list.targets
+        .into_iter()
+        .find(|t| t.id == id)
+        .ok_or_else(|| Status::not_found(format!("no storage target {id:?}")))
+}
+
+pub async fn add(
+    meta: &dyn MetadataStore,
+    r: pb::AddStorageTargetRequest,
+) -> Result<pb::StorageTargetStatus, Status> {
+    let valid_id = !r.id.is_empty()
+        && r.id.len() <= 64
+        && r.id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid_id {
+        return Err(Status::invalid_argument(format!(
+            "target id {:?}: 1-64 letters, digits, '-' or '_'",
+            r.id
+        )));
+    }
+    let (mut pool, rev) = read(meta).await?;
+    if pool.targets.iter().any(|t| t.id == r.id) {
+        return Err(Status::already_exists(format!(
+            "storage target {:?} exists",
+            r.id
+        )));
+    }
+    if let Some(t) = pool.targets.iter().find(|t| t.url == r.url) {
+        return Err(Status::already_exists(format!(
+            "{} is already target {:?}",
+            r.url, t.id
+        )));
+    }
+    let record = StorageTargetRecord {
+        id: r.id.clone(),
+        url: r.url.clone(),
+        zone: (!r.zone.is_empty()).then_some(r.zone),
+        weight: r.weight.max(1),
+        draining: false,
+    };
+    let health = probe(&record).await;
+    if health != "up" {
+        return Err(Status::failed_precondition(format!(
+            "storage target {} ({}) does not answer from the controller: {health}",
+            record.id, record.url
+        )));
+    }
+    pool.targets.push(record);
+    write(meta, &pool, rev).await?;
+    tracing::info!(target_id = %r.id, url = %r.url, "storage target added");
+    one(meta, &r.id).await
+}
+
+pub async fn set_draining(
+    meta: &dyn MetadataStore,
+    id: &str,
+    draining: bool,
+) -> Result<pb::StorageTargetStatus, Status> {
+    let (mut pool, rev) = read(meta).await?;
+    if !pool.targets.iter().any(|t| t.id == id) {
+        return Err(Status::not_found(format!("no storage target {id:?}")));
+    }
+    if draining {
+        let staying = pool
+            .targets
+            .iter()
+            .filter(|t| !t.draining && t.id != id)
+            .count();
+        if staying < pool.replicas as usize {
+            return Err(Status::failed_precondition(format!(
+                "draining {id} would leave {staying} targets for {} replicas; add a target first",
+                pool.replicas
+            )));
+        }
+    }
+    for t in pool.targets.iter_mut().filter(|t| t.id == id) {
+        t.draining = draining;
+    }
+    write(meta, &pool, rev).await?;
+    tracing::info!(target_id = %id, draining, "storage target drain state changed");
+    one(meta, id).await
+}
+
+pub async fn remove(meta: &dyn MetadataStore, id: &str) -> Result<pb::StorageTargetStatus, Status> {
+    let (mut pool, rev) = read(meta).await?;
+    let Some(t) = pool.targets.iter().find(|t| t.id == id).cloned() else {
+        return Err(Status::not_found(format!("no storage target {id:?}")));
+    };
+    if !t.draining {
+        return Err(Status::failed_precondition(format!(
+            "storage target {id} is not drained; drain it first (floectl storage drain {id} --wait)"
+        )));
+    }
+    let (held, _) = usage(meta, &[]).await?;
+    if let Some((n, _)) = held.get(id).filter(|(n, _)| *n > 0) {
+        return Err(Status::failed_precondition(format!(
+            "storage target {id} still holds {n} segment replicas; wait for the drain to finish"
+        )));
+    }
+    pool.targets.retain(|t| t.id != id);
+    write(meta, &pool, rev).await?;
+    tracing::info!(target_id = %id, "storage target removed");
+    Ok(status(&t, "removed".into(), None))
+}
