@@ -677,6 +677,23 @@ impl Node {
         v
     }
 
+    /// Resolves once an operator decommissioned this broker (its drain
+    /// record says so) and it writes no partition any more.
+    pub async fn decommissioned(&self) {
+        loop {
+            let flagged = match self.meta.get(&keys::drained(self.config.node_id)).await {
+                Ok(Some(kv)) => {
+                    floe_meta::schema::DrainRecord::decode(kv.value).is_ok_and(|d| d.decommission)
+                }
+                _ => false,
+            };
+            if flagged && self.writing_partitions().is_empty() && self.readiness(false).1 == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// The partitions this broker writes now.
     pub fn writing_partitions(&self) -> Vec<PartitionId> {
         self.partitions

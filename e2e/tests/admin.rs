@@ -114,7 +114,7 @@ async fn floectl_reports_the_cluster_as_etcd_has_it_and_moves_partitions() {
     let t = parse(&out);
     assert_eq!(t["topics"][0]["name"], "ops");
     assert_eq!(t["topics"][0]["partitions"], 6);
-    let (code, out, err) = c.floectl(0, &["topic", "ops", "-o", "json"]);
+    let (code, out, err) = c.floectl(0, &["topic", "describe", "ops", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let d = parse(&out);
     let now = owners(&c, "ops", 6).await;
@@ -129,7 +129,7 @@ async fn floectl_reports_the_cluster_as_etcd_has_it_and_moves_partitions() {
         assert_eq!(p["assigned"], p["owner"]);
     }
     // The human table names every partition.
-    let (code, out, _) = c.floectl(0, &["topic", "ops"]);
+    let (code, out, _) = c.floectl(0, &["topic", "describe", "ops"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("PARTITION"), "{out}");
     assert_eq!(out.lines().count(), 7, "{out}");
@@ -149,11 +149,11 @@ async fn floectl_reports_the_cluster_as_etcd_has_it_and_moves_partitions() {
         to,
         "etcd shows the new owner"
     );
-    let (_, out, _) = c.floectl(0, &["topic", "ops", "-o", "json"]);
+    let (_, out, _) = c.floectl(0, &["topic", "describe", "ops", "-o", "json"]);
     assert_eq!(parse(&out)["partitions"][0]["owner"], to);
 
     // Errors: unknown topic, unknown broker, bad token, no token, no controller.
-    let (code, _, err) = c.floectl(0, &["topic", "nope"]);
+    let (code, _, err) = c.floectl(0, &["topic", "describe", "nope"]);
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("unknown topic"), "{err}");
     let (code, _, err) = c.floectl(0, &["move", "ops", "1", "--to", "99"]);
@@ -292,4 +292,229 @@ async fn a_drained_broker_is_emptied_under_load_and_stopped_with_nothing_lost() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floectl_creates_alters_and_deletes_topics_and_shows_segments_as_etcd_has_them() {
+    use floe_meta::schema::{SegmentRecord, TopicRecord};
+    use floe_meta::{keys, MetadataStore};
+    let mut c = Cluster::start(2, 1, 3_000).unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let meta = c.meta().await.unwrap();
+
+    let (code, out, err) = c.floectl(
+        0,
+        &[
+            "topic",
+            "create",
+            "made",
+            "--partitions",
+            "3",
+            "--config",
+            "segment.bytes=65536",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let t = parse(&out);
+    let rec =
+        TopicRecord::decode(meta.get(&keys::topic("made")).await.unwrap().unwrap().value).unwrap();
+    assert_eq!(t["partitions"], 3);
+    assert_eq!(rec.partitions, 3);
+    assert_eq!(
+        rec.configs.get("segment.bytes").map(String::as_str),
+        Some("65536")
+    );
+    assert_eq!(
+        t["id"].as_str().unwrap(),
+        floe_common::Uuid::from_slice(&rec.id)
+            .unwrap()
+            .simple()
+            .to_string()
+    );
+    // Kafka's validation: bad names, counts and configs; duplicates.
+    for (args, code_wanted, text) in [
+        (vec!["topic", "create", "made"], 1, "already exists"),
+        (vec!["topic", "create", "bad/name"], 1, "InvalidArgument"),
+        (
+            vec!["topic", "create", "z", "--partitions", "0"],
+            1,
+            "partitions",
+        ),
+        (
+            vec!["topic", "create", "z", "--config", "retention.ms=soon"],
+            1,
+            "retention.ms",
+        ),
+        (
+            vec!["topic", "create", "z", "--config", "no.such=1"],
+            1,
+            "no.such",
+        ),
+        (vec!["topic", "delete", "__consumer_offsets"], 1, "internal"),
+        (vec!["topic", "delete", "nope"], 4, "unknown topic"),
+    ] {
+        let (code, _, err) = c.floectl(0, &args);
+        assert_eq!(code, code_wanted, "{args:?}: {err}");
+        assert!(err.contains(text), "{args:?}: {err}");
+    }
+
+    // The partitions get owners; produce enough to seal segments.
+    let b = c.proxy_bootstrap();
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let payload = vec![b'x'; 4096];
+    for i in 0..100 {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<(), _>::to("made")
+                    .partition(0)
+                    .payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("record {i}: {e}"));
+    }
+    let (code, out, err) = c.floectl(0, &["partition", "made", "0", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let d = parse(&out);
+    let (kvs, _) = meta
+        .range(&keys::segments_prefix(floe_common::PartitionId::new(
+            floe_common::Uuid::from_slice(&rec.id).unwrap(),
+            0,
+        )))
+        .await
+        .unwrap();
+    let sealed: Vec<SegmentRecord> = kvs
+        .into_iter()
+        .map(|kv| SegmentRecord::decode(kv.value).unwrap())
+        .collect();
+    assert!(
+        sealed.len() >= 3,
+        "400 KB in 64 KiB segments: {}",
+        sealed.len()
+    );
+    let shown: Vec<&serde_json::Value> = d["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["sealed"] == true)
+        .collect();
+    // Sealed segments shown are those in etcd (more may seal in between).
+    assert!(shown.len() <= sealed.len() && shown.len() + 2 >= sealed.len());
+    for s in &shown {
+        let base = s["base_offset"].as_i64().unwrap();
+        let r = sealed
+            .iter()
+            .find(|r| r.base_offset == base)
+            .expect("in etcd");
+        assert_eq!(s["end_offset"].as_i64().unwrap(), r.end_offset);
+        assert_eq!(
+            s["replica_set"].as_array().unwrap().len(),
+            r.replica_set.len()
+        );
+        assert_eq!(s["replica_set"][0], r.replica_set[0].as_str());
+    }
+    assert_eq!(d["partition"]["state"], "writing");
+    let (code, table, _) = c.floectl(0, &["partition", "made", "0"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("REPLICAS") && table.contains("t0"),
+        "{table}"
+    );
+
+    // Alter: set one, remove another; invalid values refused.
+    let (code, out, err) = c.floectl(
+        0,
+        &[
+            "topic",
+            "alter",
+            "made",
+            "--set",
+            "retention.ms=60000",
+            "--delete",
+            "segment.bytes",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(parse(&out)["configs"]["retention.ms"], "60000");
+    let rec =
+        TopicRecord::decode(meta.get(&keys::topic("made")).await.unwrap().unwrap().value).unwrap();
+    assert_eq!(
+        rec.configs.get("retention.ms").map(String::as_str),
+        Some("60000")
+    );
+    assert!(!rec.configs.contains_key("segment.bytes"));
+    let (code, _, err) = c.floectl(0, &["topic", "alter", "made", "--set", "segment.ms=-5"]);
+    assert_eq!(code, 1, "{err}");
+
+    // Delete: gone from etcd, partitions' metadata removed by the controller.
+    let (code, _, err) = c.floectl(0, &["topic", "delete", "made"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(meta.get(&keys::topic("made")).await.unwrap().is_none());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (left, _) = meta
+            .range(&keys::topic_partitions_prefix(
+                floe_common::Uuid::from_slice(&rec.id).unwrap(),
+            ))
+            .await
+            .unwrap();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} partition keys left",
+            left.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, out, _) = c.floectl(0, &["topics", "-o", "json"]);
+    assert!(!out.contains("\"made\""), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommissioned_broker_hands_off_its_partitions_exits_and_frees_its_id() {
+    use floe_meta::{keys, MetadataStore};
+    let mut c = Cluster::start(3, 1, 3_000).unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    floe_e2e::create_topic(&c.proxy_bootstrap(), "dec", 6).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owners(&c, "dec", 6).await.len() < 6 {
+        assert!(Instant::now() < deadline, "partitions not writing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(owners(&c, "dec", 6).await.values().any(|b| *b == 3));
+    let (code, out, err) = c.floectl(0, &["broker", "decommission", "3", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("decommissioned"), "{out}");
+    // The process exited by itself, cleanly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.brokers[2].is_running() {
+        assert!(Instant::now() < deadline, "broker 3 still running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.brokers[2]
+        .log_text()
+        .contains("decommissioned: no partition left here; exiting"));
+    let meta = c.meta().await.unwrap();
+    assert!(meta.get(&keys::broker(3)).await.unwrap().is_none());
+    assert!(
+        meta.get(&keys::drained(3)).await.unwrap().is_none(),
+        "the id is free again"
+    );
+    let now = owners(&c, "dec", 6).await;
+    assert_eq!(now.len(), 6);
+    assert!(now.values().all(|b| *b == 1 || *b == 2), "{now:?}");
+    let (code, _, err) = c.floectl(0, &["broker", "decommission", "9"]);
+    assert_eq!(code, 4, "{err}");
 }

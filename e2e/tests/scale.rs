@@ -167,6 +167,26 @@ async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // For the benchmark (scripts/bench-scale.sh): data written before the
+    // scale-out, to show the rebalance does not depend on it.
+    let prefill_mb: usize = std::env::var("FLOE_SCALE_PREFILL_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if prefill_mb > 0 {
+        let started = Instant::now();
+        let fill = Load::start(&b, "scale", PARTITIONS, 16 << 10, 2_000);
+        while fill.acked() * (16 << 10) < prefill_mb << 20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (acked, failed) = fill.finish().await;
+        assert!(failed.is_empty(), "{failed:?}");
+        println!(
+            "prefilled {} MiB in {:.1} s",
+            acked.len() * 16 / 1024,
+            started.elapsed().as_secs_f64()
+        );
+    }
     // ~1 MB/s of 4 KiB records over all 60 partitions through both proxies.
     let load = Load::start(&b, "scale", PARTITIONS, 4096, 250);
     // Every broker reports traffic.
@@ -348,7 +368,9 @@ async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
         "the load ran ({} records)",
         acked.len()
     );
-    assert_all_readable(&b, "scale", PARTITIONS, &acked);
+    if prefill_mb == 0 {
+        assert_all_readable(&b, "scale", PARTITIONS, &acked);
+    }
 }
 
 /// Per target: segment replicas held, from the segment records and the
@@ -523,4 +545,74 @@ async fn storage_targets_are_added_drained_with_progress_and_removed_without_los
     // targets.
     c.proxies[0].restart().unwrap();
     assert_all_readable(&b, "st", 4, &acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_rebalance_stops_after_the_moves_in_flight() {
+    let mut c = Cluster::start_with(2, 1, 3_000, "load_report_interval_ms = 1000\n").unwrap();
+    c.restart_controllers_with(&["--balance-on-join", "false"])
+        .unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    floe_e2e::create_topic(&c.proxy_bootstrap(), "cx", 40).await;
+    let meta = c.meta().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written_by(&meta).await.values().sum::<usize>() < 40 {
+        assert!(Instant::now() < deadline, "partitions not all writing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.add_broker().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !loads(&meta).await.contains_key(&3) {
+        assert!(Instant::now() < deadline, "broker 3 did not report");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, out, err) = c.floectl(0, &["rebalance", "--max-in-flight", "1", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let started = parse(&out);
+    let id = started["operation"]["id"].as_str().unwrap().to_string();
+    let total = started["operation"]["total"].as_u64().unwrap();
+    assert_eq!(
+        total, 13,
+        "40 partitions over 3 brokers: 13 move to broker 3"
+    );
+    // A second rebalance is refused while this one runs.
+    let (code, _, err) = c.floectl(0, &["rebalance"]);
+    assert!(
+        code == 1 && err.contains("already"),
+        "a concurrent rebalance: {code} {err}"
+    );
+    let (code, _, err) = c.floectl(0, &["op", "cancel", &id]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = c.floectl(0, &["op", "watch", &id, "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let op = parse(&out);
+    assert_eq!(op["state"], "cancelled", "{op}");
+    let done = op["done"].as_u64().unwrap();
+    let skipped = op["skipped"].as_u64().unwrap();
+    assert!(skipped > 0 && done < total, "{op}");
+    assert_eq!(done + skipped + op["failed"].as_u64().unwrap(), total);
+    // etcd: the record says cancelled, and broker 3 writes what was moved.
+    let rec = floe_meta::schema::OperationRecord::decode(
+        meta.get(&keys::operation(&id))
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+    )
+    .unwrap();
+    assert_eq!(rec.state, "cancelled");
+    assert!(meta
+        .get(&keys::operation_cancel(&id))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        written_by(&meta).await.get(&3).copied().unwrap_or(0) as u64,
+        done
+    );
+    let (code, _, err) = c.floectl(0, &["op", "cancel", &id]);
+    assert_eq!(code, 1, "cancelling a finished operation: {err}");
+    let (code, _, _) = c.floectl(0, &["op", "show", "nope"]);
+    assert_eq!(code, 4);
 }

@@ -57,7 +57,8 @@ struct PartitionFacts {
     state: Option<PartitionStateRecord>,
     assignment: Option<AssignmentRecord>,
     checkpoint: Option<CheckpointRecord>,
-    sealed: u32,
+    /// Sealed segments, by base offset.
+    segments: Vec<floe_meta::schema::SegmentRecord>,
 }
 
 fn partition_facts(kvs: &[KeyValue]) -> HashMap<PartitionId, PartitionFacts> {
@@ -72,7 +73,11 @@ fn partition_facts(kvs: &[KeyValue]) -> HashMap<PartitionId, PartitionFacts> {
             "state" => f.state = decode(kv),
             "assignment" => f.assignment = decode(kv),
             "checkpoint" => f.checkpoint = decode(kv),
-            l if l.starts_with("segments/") => f.sealed += 1,
+            l if l.starts_with("segments/") => {
+                if let Some(seg) = decode(kv) {
+                    f.segments.push(seg);
+                }
+            }
             _ => {}
         }
     }
@@ -97,6 +102,51 @@ fn visible_state(f: Option<&PartitionFacts>, live: &BTreeMap<i32, BrokerRecord>)
         Some(s) if live.contains_key(&s.broker_id) => s.state.clone(),
         _ => "unowned".to_string(),
     }
+}
+
+fn partition_detail(
+    p: i32,
+    f: Option<&PartitionFacts>,
+    brokers: &BTreeMap<i32, BrokerRecord>,
+) -> pb::PartitionDetail {
+    let owner = f
+        .and_then(|f| f.owner.as_ref())
+        .filter(|o| brokers.contains_key(&o.broker_id));
+    let cp = f.and_then(|f| f.checkpoint.as_ref());
+    pb::PartitionDetail {
+        partition: p,
+        owner: owner.map_or(-1, |o| o.broker_id),
+        epoch: owner.map_or(-1, |o| o.epoch),
+        state: visible_state(f, brokers),
+        assigned: f
+            .and_then(|f| f.assignment.as_ref())
+            .map_or(-1, |a| a.broker_id),
+        log_start_offset: cp.map_or(0, |c| c.log_start_offset),
+        checkpoint_next_offset: cp.map_or(0, |c| c.next_offset),
+        sealed_segments: f.map_or(0, |f| f.segments.len() as u32),
+        open_segments: cp.map_or(0, |c| c.open_segments.len() as u32),
+    }
+}
+
+/// Live brokers by id.
+fn live_brokers(kvs: &[KeyValue]) -> BTreeMap<i32, BrokerRecord> {
+    kvs.iter()
+        .filter(|kv| keys::parse_broker(&kv.key).is_some())
+        .filter_map(decode::<BrokerRecord>)
+        .map(|b| (b.broker_id, b))
+        .collect()
+}
+
+/// The topic record named `name` in a snapshot.
+fn find_topic(kvs: &[KeyValue], name: &str) -> Result<(TopicRecord, Uuid), Status> {
+    let topic_key = keys::topic(name);
+    let t = kvs
+        .iter()
+        .find(|kv| kv.key == topic_key)
+        .and_then(decode::<TopicRecord>)
+        .ok_or_else(|| Status::not_found(format!("unknown topic {name:?}")))?;
+    let id = Uuid::from_slice(&t.id).map_err(|_| Status::internal("bad topic id"))?;
+    Ok((t, id))
 }
 
 #[tonic::async_trait]
@@ -239,43 +289,11 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::TopicDetail>, Status> {
         let name = request.into_inner().name;
         let kvs = snapshot(&*self.state.meta).await?;
-        let topic_key = keys::topic(&name);
-        let Some(t) = kvs
-            .iter()
-            .find(|kv| kv.key == topic_key)
-            .and_then(decode::<TopicRecord>)
-        else {
-            return Err(Status::not_found(format!("unknown topic {name:?}")));
-        };
-        let id = Uuid::from_slice(&t.id).map_err(|_| Status::internal("bad topic id"))?;
-        let brokers: BTreeMap<i32, BrokerRecord> = kvs
-            .iter()
-            .filter(|kv| keys::parse_broker(&kv.key).is_some())
-            .filter_map(decode::<BrokerRecord>)
-            .map(|b| (b.broker_id, b))
-            .collect();
+        let (t, id) = find_topic(&kvs, &name)?;
+        let brokers = live_brokers(&kvs);
         let facts = partition_facts(&kvs);
         let partitions = (0..t.partitions)
-            .map(|p| {
-                let f = facts.get(&PartitionId::new(id, p));
-                let owner = f
-                    .and_then(|f| f.owner.as_ref())
-                    .filter(|o| brokers.contains_key(&o.broker_id));
-                let cp = f.and_then(|f| f.checkpoint.as_ref());
-                pb::PartitionDetail {
-                    partition: p,
-                    owner: owner.map_or(-1, |o| o.broker_id),
-                    epoch: owner.map_or(-1, |o| o.epoch),
-                    state: visible_state(f, &brokers),
-                    assigned: f
-                        .and_then(|f| f.assignment.as_ref())
-                        .map_or(-1, |a| a.broker_id),
-                    log_start_offset: cp.map_or(0, |c| c.log_start_offset),
-                    checkpoint_next_offset: cp.map_or(0, |c| c.next_offset),
-                    sealed_segments: f.map_or(0, |f| f.sealed),
-                    open_segments: cp.map_or(0, |c| c.open_segments.len() as u32),
-                }
-            })
+            .map(|p| partition_detail(p, facts.get(&PartitionId::new(id, p)), &brokers))
             .collect();
         Ok(Response::new(pb::TopicDetail {
             topic: Some(topic_summary(&t)),
@@ -283,12 +301,91 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn describe_partition(
+        &self,
+        r: Request<pb::DescribePartitionRequest>,
+    ) -> Reply<pb::PartitionSegments> {
+        let r = r.into_inner();
+        let kvs = snapshot(&*self.state.meta).await?;
+        let (t, id) = find_topic(&kvs, &r.topic)?;
+        if r.partition < 0 || r.partition >= t.partitions {
+            return Err(Status::not_found(format!(
+                "topic {:?} has no partition {}",
+                r.topic, r.partition
+            )));
+        }
+        let facts = partition_facts(&kvs);
+        let f = facts.get(&PartitionId::new(id, r.partition));
+        let mut segments: Vec<pb::SegmentDetail> = f
+            .map(|f| {
+                f.segments
+                    .iter()
+                    .map(|s| pb::SegmentDetail {
+                        base_offset: s.base_offset,
+                        end_offset: s.end_offset,
+                        sealed: true,
+                        replica_set: s.replica_set.clone(),
+                        bytes: s.object_bytes,
+                        epoch: s.epoch,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(cp) = f.and_then(|f| f.checkpoint.as_ref()) {
+            let open = &cp.open_segments;
+            for (i, o) in open.iter().enumerate() {
+                // An open segment ends where the next begins; the last at
+                // the checkpoint's end.
+                let end = open.get(i + 1).map_or(cp.next_offset, |n| n.base_offset);
+                segments.push(pb::SegmentDetail {
+                    base_offset: o.base_offset,
+                    end_offset: end,
+                    sealed: false,
+                    replica_set: o.replica_set.clone(),
+                    bytes: o.chunks.iter().map(|c| c.bytes).sum(),
+                    epoch: o.epoch,
+                });
+            }
+        }
+        segments.sort_by_key(|s| s.base_offset);
+        Ok(Response::new(pb::PartitionSegments {
+            topic: r.topic,
+            partition: Some(partition_detail(r.partition, f, &live_brokers(&kvs))),
+            segments,
+        }))
+    }
+
+    async fn create_topic(&self, r: Request<pb::CreateTopicRequest>) -> Reply<pb::TopicSummary> {
+        let t = crate::admin_topics::create(&*self.state.meta, r.into_inner()).await?;
+        Ok(Response::new(topic_summary(&t)))
+    }
+
+    async fn delete_topic(&self, r: Request<pb::DeleteTopicRequest>) -> Reply<pb::TopicSummary> {
+        let t = crate::admin_topics::delete(&*self.state.meta, &r.into_inner().name).await?;
+        Ok(Response::new(topic_summary(&t)))
+    }
+
+    async fn alter_topic_configs(
+        &self,
+        r: Request<pb::AlterTopicConfigsRequest>,
+    ) -> Reply<pb::TopicSummary> {
+        let t = crate::admin_topics::alter(&*self.state.meta, r.into_inner()).await?;
+        Ok(Response::new(topic_summary(&t)))
+    }
+
     async fn drain_broker(
         &self,
         request: Request<pb::BrokerRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
         Ok(Response::new(
-            self.set_drained(request.into_inner().broker, true).await?,
+            self.set_drained(request.into_inner().broker, true, false)
+                .await?,
+        ))
+    }
+
+    async fn decommission_broker(&self, r: Request<pb::BrokerRequest>) -> Reply<pb::DrainResponse> {
+        Ok(Response::new(
+            self.set_drained(r.into_inner().broker, true, true).await?,
         ))
     }
 
@@ -297,7 +394,8 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::BrokerRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
         Ok(Response::new(
-            self.set_drained(request.into_inner().broker, false).await?,
+            self.set_drained(request.into_inner().broker, false, false)
+                .await?,
         ))
     }
 
@@ -482,7 +580,12 @@ impl AdminService {
             .count() as u32)
     }
 
-    async fn set_drained(&self, broker: i32, drained: bool) -> Result<pb::DrainResponse, Status> {
+    async fn set_drained(
+        &self,
+        broker: i32,
+        drained: bool,
+        decommission: bool,
+    ) -> Result<pb::DrainResponse, Status> {
         let meta = &self.state.meta;
         if meta
             .get(&keys::broker(broker))
@@ -501,13 +604,14 @@ impl AdminService {
                 since_ms: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64),
+                decommission,
             };
             floe_meta::Txn::new().then(floe_meta::Op::put(key, record.encode_to_vec()))
         } else {
             floe_meta::Txn::new().then(floe_meta::Op::delete(key))
         };
         meta.txn(txn).await.map_err(unavailable)?;
-        tracing::info!(broker, drained, "broker drain state changed");
+        tracing::info!(broker, drained, decommission, "broker drain state changed");
         Ok(pb::DrainResponse {
             broker,
             drained,

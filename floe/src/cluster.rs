@@ -196,14 +196,25 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
         Arc::new(move || crate::broker_ready(&rn, false)),
         shutdown.child_token(),
     ));
-    let lapsed = tokio::select! {
-        _ = wait_for_signal() => false,
-        _ = node.lease_lapsed.cancelled() => true,
+    let (lapsed, decommissioned) = tokio::select! {
+        _ = wait_for_signal() => (false, false),
+        _ = node.lease_lapsed.cancelled() => (true, false),
+        _ = node.decommissioned() => (false, true),
     };
+    if decommissioned {
+        tracing::info!("decommissioned: no partition left here; exiting");
+    }
     tracing::info!("shutting down: releasing partitions");
     serve_token.cancel();
     let _ = server.await;
     node.release_all().await;
+    if decommissioned {
+        // Deregistered (lease revoked): the id is free for a new broker.
+        let _ = node
+            .meta
+            .txn(Txn::new().then(Op::delete(keys::drained(args.id))))
+            .await;
+    }
     shutdown.cancel();
     let _ = tail_task.await;
     let _ = http_task.await;

@@ -53,8 +53,14 @@ enum Command {
     Status,
     /// Topics and their configs.
     Topics,
-    /// One topic's partitions: owner, epoch, state, segments.
-    Topic { name: String },
+    /// Topic admin: describe, create, delete, alter configs.
+    Topic {
+        #[command(subcommand)]
+        op: TopicCmd,
+    },
+    /// One partition: owner, epoch, state and every segment with its
+    /// replica set.
+    Partition { topic: String, partition: i32 },
     /// Broker operations.
     Broker {
         #[command(subcommand)]
@@ -122,6 +128,47 @@ enum BrokerOp {
     },
     /// Make a drained broker take partitions again.
     Undrain { broker: i32 },
+    /// Retire a broker: drain it; once it writes nothing its process exits
+    /// by itself and the id is free.
+    Decommission {
+        broker: i32,
+        /// Wait until the broker has exited.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 300_000)]
+        timeout_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicCmd {
+    /// Partitions: owner, epoch, state, assigned broker, offsets, segments.
+    Describe { name: String },
+    /// Create a topic (the controller assigns its partitions).
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+        /// A topic config, NAME=VALUE (repeatable): retention.ms=..., ...
+        #[arg(long = "config", value_parser = key_value)]
+        configs: Vec<(String, String)>,
+    },
+    /// Delete a topic: its metadata at once, its objects shortly after.
+    Delete { name: String },
+    /// Set (--set NAME=VALUE) or remove (--delete NAME) topic configs.
+    Alter {
+        name: String,
+        #[arg(long, value_parser = key_value)]
+        set: Vec<(String, String)>,
+        #[arg(long)]
+        delete: Vec<String>,
+    },
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
 }
 
 #[derive(Subcommand)]
@@ -601,7 +648,112 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     .collect(),
             ))
         }
-        Command::Topic { name } => {
+        Command::Topic {
+            op:
+                TopicCmd::Create {
+                    name,
+                    partitions,
+                    configs,
+                },
+        } => {
+            let t = client
+                .create_topic(admin_pb::CreateTopicRequest {
+                    name,
+                    partitions,
+                    configs: configs.into_iter().collect(),
+                })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&t);
+            }
+            Ok(format!(
+                "created topic {} ({} partitions, id {})\n",
+                t.name, t.partitions, t.id
+            ))
+        }
+        Command::Topic {
+            op: TopicCmd::Delete { name },
+        } => {
+            let t = client
+                .delete_topic(admin_pb::DeleteTopicRequest { name })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&t);
+            }
+            Ok(format!(
+                "deleted topic {} (id {}); its objects are removed shortly\n",
+                t.name, t.id
+            ))
+        }
+        Command::Topic {
+            op: TopicCmd::Alter { name, set, delete },
+        } => {
+            let t = client
+                .alter_topic_configs(admin_pb::AlterTopicConfigsRequest {
+                    name,
+                    set: set.into_iter().collect(),
+                    delete,
+                })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&t);
+            }
+            let mut configs: Vec<_> = t.configs.iter().collect();
+            configs.sort();
+            Ok(format!(
+                "topic {} configs: {}\n",
+                t.name,
+                configs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ))
+        }
+        Command::Partition { topic, partition } => {
+            let d = client
+                .describe_partition(admin_pb::DescribePartitionRequest { topic, partition })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&d);
+            }
+            let p = d.partition.clone().unwrap_or_default();
+            let mut out = format!(
+                "{}/{}: owner {} epoch {} {}; assigned to {}; log start {}, checkpoint end {}\n\n",
+                d.topic,
+                p.partition,
+                p.owner,
+                p.epoch,
+                p.state,
+                p.assigned,
+                p.log_start_offset,
+                p.checkpoint_next_offset
+            );
+            out += &table(
+                &["BASE", "END", "SEALED", "EPOCH", "BYTES", "REPLICAS"],
+                d.segments
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.base_offset.to_string(),
+                            s.end_offset.to_string(),
+                            s.sealed.to_string(),
+                            s.epoch.to_string(),
+                            s.bytes.to_string(),
+                            s.replica_set.join(","),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(out)
+        }
+        Command::Topic {
+            op: TopicCmd::Describe { name },
+        } => {
             let d = client
                 .describe_topic(admin_pb::DescribeTopicRequest { name })
                 .await?
@@ -638,6 +790,64 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     })
                     .collect(),
             ))
+        }
+        Command::Broker {
+            op:
+                BrokerOp::Decommission {
+                    broker,
+                    wait,
+                    timeout_ms,
+                },
+        } => {
+            let started = std::time::Instant::now();
+            let r = client
+                .decommission_broker(admin_pb::BrokerRequest { broker })
+                .await?
+                .into_inner();
+            let total = r.partitions;
+            let mut progress = Progress::new(&format!("decommissioning broker {broker}"), json_out);
+            if wait {
+                loop {
+                    let s = client
+                        .get_cluster_status(admin_pb::ClusterStatusRequest {})
+                        .await?
+                        .into_inner();
+                    let Some(b) = s.brokers.iter().find(|b| b.id == broker) else {
+                        break;
+                    };
+                    if started.elapsed().as_millis() as u64 > timeout_ms {
+                        progress.finish();
+                        return Err(fail(
+                            1,
+                            format!(
+                                "broker {broker} still registered after {timeout_ms} ms ({} partitions)",
+                                b.partitions
+                            ),
+                        ));
+                    }
+                    progress.set(
+                        (total - b.partitions.min(total)) as u64,
+                        total as u64,
+                        "partitions moved".into(),
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+            progress.finish();
+            if json_out {
+                return json(&r);
+            }
+            Ok(if wait {
+                format!(
+                    "broker {broker} decommissioned in {:.1} s: it moved its partitions off and exited\n",
+                    started.elapsed().as_secs_f64()
+                )
+            } else {
+                format!(
+                    "broker {broker} decommissioning: {} partitions to move; it exits once they are gone\n",
+                    r.partitions
+                )
+            })
         }
         Command::Broker {
             op: BrokerOp::Undrain { broker },

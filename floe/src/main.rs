@@ -205,6 +205,7 @@ mod admin;
 mod admin_ops;
 mod admin_pb;
 mod admin_storage;
+mod admin_topics;
 mod cluster;
 
 async fn standalone(args: StandaloneArgs) -> Result<()> {

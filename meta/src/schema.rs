@@ -86,6 +86,10 @@ pub struct DrainRecord {
     pub broker_id: i32,
     #[prost(int64, tag = "3")]
     pub since_ms: i64,
+    /// Decommissioned: once it writes no partition the broker exits and
+    /// removes this record (its id is then free for a new broker).
+    #[prost(bool, tag = "4")]
+    pub decommission: bool,
 }
 
 /// A live proxy: `/floe/proxies/{id}`, bound to the proxy's lease. Clients

@@ -1017,6 +1017,9 @@ impl Writer {
     /// replica there are repaired at once (not at the next periodic
     /// repair), and an open segment there rolls to a fresh replica set.
     async fn leave_draining_targets(&mut self) -> Result<(), Stop> {
+        if !self.ctx.pool.targets().iter().any(|t| t.is_draining()) {
+            return Ok(());
+        }
         if self.repair_task.is_none() && self.last_repair.elapsed() >= Duration::from_secs(1) {
             let on_draining: Vec<_> = self
                 .log
