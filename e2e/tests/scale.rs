@@ -151,7 +151,7 @@ fn assert_all_readable(bootstrap: &str, topic: &str, partitions: i32, acked: &[A
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
     const PARTITIONS: i32 = 60;
-    let mut c = Cluster::start_with(3, 1, 3_000, "load_report_interval_ms = 1000\n").unwrap();
+    let mut c = Cluster::start_with(3, 1, 3_000, "load_report_interval_ms = 2000\n").unwrap();
     // Joining brokers wait for the operator's rebalance.
     c.restart_controllers_with(&["--balance-on-join", "false"])
         .unwrap();
@@ -187,8 +187,10 @@ async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
             started.elapsed().as_secs_f64()
         );
     }
-    // ~1 MB/s of 4 KiB records over all 60 partitions through both proxies.
-    let load = Load::start(&b, "scale", PARTITIONS, 4096, 250);
+    // ~1 MB/s of 1 KiB records over all 60 partitions through both proxies
+    // (~33 records per partition per report window: little quantization
+    // noise in the measured per-partition load).
+    let load = Load::start(&b, "scale", PARTITIONS, 1024, 1_000);
     // Every broker reports traffic.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -236,11 +238,22 @@ async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
         "with --balance-on-join false the new brokers wait: {before:?}"
     );
 
-    // The plan (a dry run changes nothing): 30 moves, all to the new ones.
+    // The plan (a dry run changes nothing): 30 moves to the new brokers; a
+    // swap between old ones may follow when measurement noise leaves a
+    // broker just outside the ±10% band.
     let (code, out, err) = c.floectl(0, &["rebalance", "--dry-run", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let plan = parse(&out);
-    assert_eq!(plan["moves"].as_array().unwrap().len(), 30, "{plan}");
+    let planned = plan["moves"].as_array().unwrap();
+    assert!((30..=32).contains(&planned.len()), "{plan}");
+    assert_eq!(
+        planned
+            .iter()
+            .filter(|m| m["to"].as_i64().unwrap() >= 4)
+            .count(),
+        30,
+        "{plan}"
+    );
     assert_eq!(plan["counts_within_one"], true);
     assert_eq!(
         plan["load_balanced"], true,
@@ -271,7 +284,9 @@ async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
     );
     let op = parse(&out);
     assert_eq!(op["state"], "done", "{op}");
-    assert_eq!(op["done"], 30, "{op}");
+    let total = op["total"].as_u64().unwrap() as usize;
+    assert!((30..=32).contains(&total), "{op}");
+    assert_eq!(op["done"].as_u64().unwrap() as usize, total, "{op}");
     assert_eq!(op["failed"], 0);
     let took: Vec<u64> = op["moves"]
         .as_array()
@@ -282,7 +297,7 @@ async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
     let mut sorted = took.clone();
     sorted.sort();
     println!(
-        "scale-out rebalance: 30 moves of 60 partitions in {:.2} s wall time (floectl rebalance --wait, 6 in flight); per move p50 {} ms, max {} ms; {} records acked meanwhile",
+        "scale-out rebalance: {total} moves of 60 partitions in {:.2} s wall time (floectl rebalance --wait, 6 in flight); per move p50 {} ms, max {} ms; {} records acked meanwhile",
         wall.as_secs_f64(),
         sorted[sorted.len() / 2],
         sorted[sorted.len() - 1],
@@ -295,7 +310,10 @@ async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
     )
     .unwrap();
     assert_eq!(rec.state, "done");
-    assert_eq!(rec.moves.iter().filter(|m| m.status == "done").count(), 30);
+    assert_eq!(
+        rec.moves.iter().filter(|m| m.status == "done").count(),
+        total
+    );
     let (code, out, _) = c.floectl(0, &["op", "list", "-o", "json"]);
     assert_eq!(code, 0);
     assert!(parse(&out)["operations"]
@@ -312,15 +330,15 @@ async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
         assert!((9..=11).contains(&n), "broker {b} writes {n}: {after:?}");
     }
     // Measured load after two fresh reports: every broker within ±25% of
-    // the mean (the planner aims at ±10%; one-second windows are noisy).
+    // the mean (the planner aims at ±10%; two-second windows are noisy).
     let now_ms = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64
     };
-    // A report whose whole one-second window is after the rebalance.
-    let settled_ms = now_ms() + 1_500;
+    // A report whose whole two-second window is after the rebalance.
+    let settled_ms = now_ms() + 2_500;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
