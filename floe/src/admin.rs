@@ -24,7 +24,8 @@ pub struct AdminService {
     state: Arc<ControllerState>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Status {
+/// A metadata store failure as the admin API answers it.
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("metadata store: {e}"))
 }
 

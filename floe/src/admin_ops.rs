@@ -14,11 +14,8 @@ use futures::{Stream, StreamExt};
 use prost::Message;
 use tonic::Status;
 
+use crate::admin::unavailable;
 use crate::admin_pb as pb;
-
-fn unavailable(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("metadata store: {e}"))
-}
 
 /// Topic names by id, for showing moves.
 async fn topic_names(meta: &dyn MetadataStore) -> Result<HashMap<Uuid, String>, Status> {

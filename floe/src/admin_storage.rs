@@ -11,11 +11,8 @@ use floe_meta::{keys, Condition, MetadataStore, Op, Txn};
 use prost::Message;
 use tonic::Status;
 
+use crate::admin::unavailable;
 use crate::admin_pb as pb;
-
-fn unavailable(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("metadata store: {e}"))
-}
 
 /// The pool record and its revision.
 async fn read(meta: &dyn MetadataStore) -> Result<(StoragePoolRecord, i64), Status> {

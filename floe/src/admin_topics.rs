@@ -13,11 +13,8 @@ use floe_meta::{keys, Condition, MetadataStore, Op, Txn};
 use prost::Message;
 use tonic::Status;
 
+use crate::admin::unavailable;
 use crate::admin_pb as pb;
-
-fn unavailable(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("metadata store: {e}"))
-}
 
 /// Topics clients rely on that an operator must not delete.
 const INTERNAL: &[&str] = &["__consumer_offsets"];
