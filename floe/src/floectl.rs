@@ -403,6 +403,78 @@ type Auth = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
 
 type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
 
+/// What a `--wait` waits for: a broker writing nothing, a broker gone
+/// (decommissioned), a storage target holding nothing.
+enum Emptying {
+    BrokerPartitions(i32),
+    BrokerGone(i32),
+    TargetSegments(String),
+}
+
+impl Emptying {
+    /// How much is left; None once done.
+    async fn left(&self, client: &mut Client) -> Result<Option<u32>, Failure> {
+        match self {
+            Self::BrokerPartitions(b) | Self::BrokerGone(b) => {
+                let s = client
+                    .get_cluster_status(admin_pb::ClusterStatusRequest {})
+                    .await?
+                    .into_inner();
+                let found = s.brokers.iter().find(|x| x.id == *b).map(|x| x.partitions);
+                Ok(match (self, found) {
+                    (Self::BrokerPartitions(_), Some(0)) | (_, None) => None,
+                    (_, Some(n)) => Some(n),
+                })
+            }
+            Self::TargetSegments(id) => {
+                let l = client
+                    .list_storage_targets(admin_pb::ListStorageTargetsRequest {})
+                    .await?
+                    .into_inner();
+                let t = l
+                    .targets
+                    .iter()
+                    .find(|x| &x.id == id)
+                    .ok_or_else(|| fail(4, format!("storage target {id} vanished")))?;
+                Ok((t.segments > 0).then_some(t.segments))
+            }
+        }
+    }
+}
+
+/// Poll `what` every `every` until it is done, showing how much of `total`
+/// went (`moved`: what the count is of); an error after `timeout_ms`.
+async fn wait_emptied(
+    client: &mut Client,
+    what: Emptying,
+    mut progress: Progress,
+    total: u32,
+    moved: &str,
+    timeout_ms: u64,
+    every: std::time::Duration,
+) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let mut total = total;
+    while let Some(left) = what.left(client).await? {
+        if started.elapsed().as_millis() as u64 > timeout_ms {
+            progress.finish();
+            return Err(fail(
+                1,
+                format!(
+                    "{}: {left} still to go after {timeout_ms} ms ({moved})",
+                    progress.label
+                ),
+            ));
+        }
+        total = total.max(left);
+        progress.set((total - left) as u64, total as u64, moved.to_string());
+        tokio::time::sleep(every).await;
+    }
+    progress.set(total as u64, total as u64, moved.to_string());
+    progress.finish();
+    Ok(())
+}
+
 /// Follow operation `id` to its end with progress on stderr.
 async fn follow(
     client: &mut Client,
@@ -804,36 +876,18 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .decommission_broker(admin_pb::BrokerRequest { broker })
                 .await?
                 .into_inner();
-            let total = r.partitions;
-            let mut progress = Progress::new(&format!("decommissioning broker {broker}"), json_out);
             if wait {
-                loop {
-                    let s = client
-                        .get_cluster_status(admin_pb::ClusterStatusRequest {})
-                        .await?
-                        .into_inner();
-                    let Some(b) = s.brokers.iter().find(|b| b.id == broker) else {
-                        break;
-                    };
-                    if started.elapsed().as_millis() as u64 > timeout_ms {
-                        progress.finish();
-                        return Err(fail(
-                            1,
-                            format!(
-                                "broker {broker} still registered after {timeout_ms} ms ({} partitions)",
-                                b.partitions
-                            ),
-                        ));
-                    }
-                    progress.set(
-                        (total - b.partitions.min(total)) as u64,
-                        total as u64,
-                        "partitions moved".into(),
-                    );
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
+                wait_emptied(
+                    &mut client,
+                    Emptying::BrokerGone(broker),
+                    Progress::new(&format!("decommissioning broker {broker}"), json_out),
+                    r.partitions,
+                    "partitions moved",
+                    timeout_ms,
+                    std::time::Duration::from_millis(200),
+                )
+                .await?;
             }
-            progress.finish();
             if json_out {
                 return json(&r);
             }
@@ -876,37 +930,18 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .drain_broker(admin_pb::BrokerRequest { broker })
                 .await?
                 .into_inner();
-            let total = r.partitions;
-            let mut progress = Progress::new(&format!("draining broker {broker}"), json_out);
-            while wait && r.partitions > 0 {
-                if started.elapsed().as_millis() as u64 > timeout_ms {
-                    return Err(fail(
-                        1,
-                        format!(
-                            "broker {broker} still writes {} partitions after {timeout_ms} ms",
-                            r.partitions
-                        ),
-                    ));
-                }
-                progress.set(
-                    (total - r.partitions.min(total)) as u64,
-                    total as u64,
-                    "partitions moved".into(),
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                let s = client
-                    .get_cluster_status(admin_pb::ClusterStatusRequest {})
-                    .await?
-                    .into_inner();
-                r.partitions = s
-                    .brokers
-                    .iter()
-                    .find(|b| b.id == broker)
-                    .map_or(0, |b| b.partitions);
-            }
             if wait {
-                progress.set(total as u64, total as u64, "partitions moved".into());
-                progress.finish();
+                wait_emptied(
+                    &mut client,
+                    Emptying::BrokerPartitions(broker),
+                    Progress::new(&format!("draining broker {broker}"), json_out),
+                    r.partitions,
+                    "partitions moved",
+                    timeout_ms,
+                    std::time::Duration::from_millis(100),
+                )
+                .await?;
+                r.partitions = 0;
             }
             if json_out {
                 return json(&r);
@@ -1125,42 +1160,19 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .drain_storage_target(admin_pb::StorageTargetRequest { id: id.clone() })
                 .await?
                 .into_inner();
-            let total = t.segments;
-            let mut progress = Progress::new(&format!("draining storage target {id}"), json_out);
-            while wait && t.segments > 0 {
-                if started.elapsed().as_millis() as u64 > timeout_ms {
-                    progress.finish();
-                    return Err(fail(
-                        1,
-                        format!(
-                            "storage target {id} still holds {} segment replicas after {timeout_ms} ms",
-                            t.segments
-                        ),
-                    ));
-                }
-                progress.set(
-                    (total.saturating_sub(t.segments)) as u64,
-                    total.max(t.segments) as u64,
-                    "segment replicas moved off (repair)".into(),
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                let l = client
-                    .list_storage_targets(admin_pb::ListStorageTargetsRequest {})
-                    .await?
-                    .into_inner();
-                t = l
-                    .targets
-                    .into_iter()
-                    .find(|x| x.id == id)
-                    .ok_or_else(|| fail(4, format!("storage target {id} vanished")))?;
-            }
             if wait {
-                progress.set(
-                    total as u64,
-                    total as u64,
-                    "segment replicas moved off (repair)".into(),
-                );
-                progress.finish();
+                wait_emptied(
+                    &mut client,
+                    Emptying::TargetSegments(id.clone()),
+                    Progress::new(&format!("draining storage target {id}"), json_out),
+                    t.segments,
+                    "segment replicas moved off (repair)",
+                    timeout_ms,
+                    std::time::Duration::from_millis(250),
+                )
+                .await?;
+                t.segments = 0;
+                t.bytes = 0;
             }
             if json_out {
                 return json(&t);
