@@ -301,9 +301,21 @@ impl Controller {
     }
 
     async fn save_operation(&self, op: &OperationRecord) -> Result<(), MetaError> {
-        let txn =
-            self.guarded(Txn::new().then(Op::put(keys::operation(&op.id), op.encode_to_vec())));
-        if self.meta.txn(txn).await?.committed() {
+        self.save_operation_and(op, None).await
+    }
+
+    /// Save `op`, and in the same transaction carry out `also`, if this
+    /// controller still leads.
+    async fn save_operation_and(
+        &self,
+        op: &OperationRecord,
+        also: Option<Op>,
+    ) -> Result<(), MetaError> {
+        let mut txn = Txn::new().then(Op::put(keys::operation(&op.id), op.encode_to_vec()));
+        if let Some(also) = also {
+            txn = txn.then(also);
+        }
+        if self.meta.txn(self.guarded(txn)).await?.committed() {
             Ok(())
         } else {
             Err(MetaError::Unavailable(
@@ -359,11 +371,10 @@ impl Controller {
             "{done} moved, {failed} failed, {skipped} skipped in {} ms",
             op.finished_ms - op.started_ms
         );
-        self.save_operation(&op).await?;
-        let _ = self
-            .meta
-            .txn(Txn::new().then(Op::delete(keys::operation_cancel(&op.id))))
-            .await;
+        // The final record and the removal of the cancel request are one
+        // transaction: nobody sees a finished operation still being cancelled.
+        self.save_operation_and(&op, Some(Op::delete(keys::operation_cancel(&op.id))))
+            .await?;
         tracing::info!(operation = %op.id, state = %op.state, detail = %op.detail, "operation finished");
         Ok(())
     }
