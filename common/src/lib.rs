@@ -88,6 +88,23 @@ impl Clock for ManualClock {
 
 pub type SharedClock = Arc<dyn Clock>;
 
+/// An error and its sources on one line (tonic's own message is only the
+/// outermost, e.g. "transport error"), without repeating a message a
+/// wrapper already quoted.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let msg = s.to_string();
+        if !text.contains(&msg) {
+            text.push_str(": ");
+            text.push_str(&msg);
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +122,27 @@ mod tests {
     #[test]
     fn system_clock_is_after_2020() {
         assert!(SystemClock.now_ms() > 1_577_836_800_000);
+    }
+
+    #[test]
+    fn error_chain_names_every_cause_once() {
+        let cause = || std::io::Error::other("certificate unknown");
+        let plain = Wrapped("transport error", cause());
+        assert_eq!(error_chain(&plain), "transport error: certificate unknown");
+        let quoting = Wrapped("handshake: certificate unknown", cause());
+        assert_eq!(error_chain(&quoting), "handshake: certificate unknown");
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(&'static str, std::io::Error);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
     }
 }

@@ -687,15 +687,27 @@ impl Cluster {
     pub fn admin_url(&self, i: usize) -> String {
         let args = &self.controllers[i].args;
         let at = args.iter().position(|a| a == "--admin-listen").unwrap();
-        format!("http://{}", args[at + 1])
+        let scheme = if args.iter().any(|a| a == "--admin-tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", args[at + 1])
     }
 
-    /// Run floectl against controller `i` with the cluster's token plus
-    /// `args`: (exit code, stdout, stderr).
+    /// The cluster's scratch directory (logs, token, configs).
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Run floectl against controller `i` (unless `args` name another
+    /// `--controller`) with the cluster's token plus `args`: (exit code, stdout, stderr).
     pub fn floectl(&self, i: usize, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(floectl_bin())
-            .arg("--controller")
-            .arg(self.admin_url(i))
+        let mut cmd = Command::new(floectl_bin());
+        if !args.contains(&"--controller") {
+            cmd.arg("--controller").arg(self.admin_url(i));
+        }
+        let out = cmd
             .args(args)
             .env("FLOE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env_remove("FLOE_ADMIN_TOKEN_FILE")
@@ -1080,4 +1092,115 @@ pub fn leaders(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<i32, 
         .iter()
         .map(|p| (p.id(), (p.leader() >= 0).then_some(p.leader())))
         .collect()
+}
+
+/// A throwaway PKI made with the openssl CLI: a CA, a server certificate
+/// for 127.0.0.1 and a client certificate, all signed by the CA (PEM files).
+pub struct TestPki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    pub fn generate(dir: &Path) -> Result<Self> {
+        let openssl = |args: &[&str]| -> Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .context("running openssl (apt package openssl)")?;
+            if !out.status.success() {
+                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=floe-e2e-ca",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            ]
+            .concat(),
+        )?;
+        for (name, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            let (key, csr, pem, extfile) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+            );
+            std::fs::write(
+                dir.join(&extfile),
+                format!("basicConstraints=CA:FALSE\n{ext}"),
+            )?;
+            openssl(
+                &[
+                    &["req"][..],
+                    &ec,
+                    &[
+                        "-keyout",
+                        &key,
+                        "-out",
+                        &csr,
+                        "-subj",
+                        &format!("/CN=floe-e2e-{name}"),
+                    ],
+                ]
+                .concat(),
+            )?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &pem,
+                "-extfile",
+                &extfile,
+            ])?;
+        }
+        Ok(TestPki {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        })
+    }
 }

@@ -1,7 +1,8 @@
 //! The controller's admin API through `floectl` on a real cluster: JSON
 //! output matches what etcd holds, moves take effect, and requests without
 //! the bearer token, for unknown topics or to an unreachable controller get
-//! clear errors and distinct exit codes.
+//! clear errors and distinct exit codes; over TLS and mutual TLS only the
+//! trusted get through.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -517,4 +518,143 @@ async fn a_decommissioned_broker_hands_off_its_partitions_exits_and_frees_its_id
     assert!(now.values().all(|b| *b == 1 || *b == 2), "{now:?}");
     let (code, _, err) = c.floectl(0, &["broker", "decommission", "9"]);
     assert_eq!(code, 4, "{err}");
+}
+
+/// floectl against controller 0 until it answers (the admin listener comes
+/// up just after the health endpoint a restart waits for).
+fn floectl_when_up(c: &Cluster, args: &[&str]) -> (i32, String, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c.floectl(0, args);
+        if r.0 != 2 || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_speaks_tls_and_mutual_tls_and_refuses_what_it_cannot_trust() {
+    let mut c = Cluster::start(1, 1, 3_000).unwrap();
+    let pki = floe_e2e::TestPki::generate(c.dir()).unwrap();
+    let (ca, cert, key) = (
+        pki.ca.display().to_string(),
+        pki.client_cert.display().to_string(),
+        pki.client_key.display().to_string(),
+    );
+
+    // A key file that is not there stops the controller at startup, clearly.
+    let missing = c.dir().join("missing.key").display().to_string();
+    let out = std::process::Command::new(floe_e2e::floe_bin())
+        .args([
+            "controller",
+            "--etcd",
+            &c.etcd.url(),
+            "--http-listen",
+            &format!("127.0.0.1:{}", floe_e2e::free_port()),
+            "--admin-listen",
+            &format!("127.0.0.1:{}", floe_e2e::free_port()),
+            "--admin-tls-cert",
+            &pki.server_cert.display().to_string(),
+            "--admin-tls-key",
+            &missing,
+        ])
+        .env("FLOE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without its key: {err}");
+    assert!(
+        err.contains("reading the admin TLS key") && err.contains("missing.key"),
+        "{err}"
+    );
+
+    c.restart_controllers_with(&[
+        "--admin-tls-cert",
+        &pki.server_cert.display().to_string(),
+        "--admin-tls-key",
+        &pki.server_key.display().to_string(),
+    ])
+    .unwrap();
+    assert!(c.admin_url(0).starts_with("https://"));
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+
+    // Trusting the CA: the same answers as over plaintext.
+    let (code, out, err) = floectl_when_up(&c, &["--ca-cert", &ca, "status", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<i64> = parse(&out)["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![1]);
+    let log = c.controllers[0].log_text();
+    assert!(log.contains("security=\"token over TLS\""), "{log}");
+    // Not trusting it: refused before any request, and floectl says why.
+    let (code, _, err) = c.floectl(0, &["status"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot reach the controller") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // Plaintext to the TLS port gets nothing.
+    let plain = c.admin_url(0).replace("https://", "http://");
+    let (code, _, err) = c.floectl(0, &["--controller", &plain, "status"]);
+    assert_eq!(code, 2, "plaintext answered by a TLS listener: {err}");
+    assert!(err.contains("use an https:// --controller"), "{err}");
+    // CA flags with a plaintext URL are a usage error.
+    let (code, _, err) = c.floectl(0, &["--controller", &plain, "--ca-cert", &ca, "status"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("need an https:// controller"), "{err}");
+    // TLS does not replace the token.
+    let (code, _, err) = c.floectl(0, &["--ca-cert", &ca, "--token", "wrong", "status"]);
+    assert_eq!(code, 3, "{err}");
+
+    // Mutual TLS: a client certificate signed by the CA is required too.
+    c.restart_controllers_with(&["--admin-tls-client-ca", &ca])
+        .unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let with_cert = [
+        "--ca-cert",
+        &ca,
+        "--client-cert",
+        &cert,
+        "--client-key",
+        &key,
+    ];
+    let (code, out, err) =
+        floectl_when_up(&c, &[&with_cert[..], &["topics", "-o", "json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(parse(&out).is_array() || parse(&out).is_object(), "{out}");
+    let log = c.controllers[0].log_text();
+    assert!(log.contains("security=\"token over mutual TLS\""), "{log}");
+    let (code, _, err) = c.floectl(0, &["--ca-cert", &ca, "status"]);
+    assert_eq!(code, 2, "answered a client without a certificate: {err}");
+    assert!(err.contains("pass --client-cert and --client-key"), "{err}");
+    // The server's own certificate is not a client certificate (serverAuth
+    // only), and a key without its certificate is a usage error.
+    let server_as_client = [
+        "--ca-cert",
+        &ca,
+        "--client-cert",
+        &pki.server_cert.display().to_string(),
+        "--client-key",
+        &pki.server_key.display().to_string(),
+        "status",
+    ];
+    let (code, _, err) = c.floectl(0, &server_as_client);
+    assert_eq!(
+        code, 2,
+        "a serverAuth-only cert accepted as a client: {err}"
+    );
+    assert!(err.contains("made for client authentication"), "{err}");
+    let (code, _, err) = c.floectl(0, &["--ca-cert", &ca, "--client-key", &key, "status"]);
+    assert_eq!(code, 2, "clap usage error: {err}");
+    // With the certificate, the token is still checked.
+    let (code, _, err) = c.floectl(
+        0,
+        &[&with_cert[..], &["--token", "wrong", "status"]].concat(),
+    );
+    assert_eq!(code, 3, "{err}");
 }

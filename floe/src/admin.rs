@@ -1,7 +1,7 @@
 //! The controller's admin API (proto/admin.proto, served over gRPC with a
-//! bearer token): cluster status, topics and their partitions read from
-//! etcd at one revision, and partition moves carried out by the leading
-//! controller (a standby forwards them).
+//! bearer token, optionally over TLS or mutual TLS): cluster status, topics
+//! and their partitions read from etcd at one revision, and partition moves
+//! carried out by the leading controller (a standby forwards them).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -623,7 +623,52 @@ impl AdminService {
 
 /// Serve the admin API on `listener` until `shutdown`; requests without
 /// `authorization: Bearer <token>` are refused (and logged).
+/// The admin API's TLS settings from PEM files: `cert` and `key` make it
+/// TLS-only; `client_ca` also requires a client certificate signed by it.
+pub fn server_tls(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    client_ca: Option<&std::path::Path>,
+) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use anyhow::Context;
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("reading the admin TLS {what} {}", p.display()))
+    };
+    let (cert, key) = match (cert, key) {
+        (Some(c), Some(k)) => (read("certificate", c)?, read("key", k)?),
+        (None, None) if client_ca.is_none() => return Ok(None),
+        _ => anyhow::bail!("the admin API's TLS needs both --admin-tls-cert and --admin-tls-key"),
+    };
+    let mut tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key));
+    if let Some(ca) = client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            "client CA",
+            ca,
+        )?));
+    }
+    Ok(Some(tls))
+}
+
+/// A gRPC server for the admin API, with TLS if configured. Bad
+/// certificates or keys are refused here, at startup.
+pub fn server(
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> anyhow::Result<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder();
+    Ok(match tls {
+        Some(tls) => builder.tls_config(tls).map_err(|e| {
+            anyhow::anyhow!(
+                "the admin TLS certificate or key: {}",
+                floe_common::error_chain(&e)
+            )
+        })?,
+        None => builder,
+    })
+}
+
 pub async fn serve(
+    mut server: tonic::transport::Server,
     listener: tokio::net::TcpListener,
     state: Arc<ControllerState>,
     token: String,
@@ -648,7 +693,7 @@ pub async fn serve(
     };
     let service = pb::admin_server::AdminServer::with_interceptor(AdminService { state }, check);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    if let Err(e) = tonic::transport::Server::builder()
+    if let Err(e) = server
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await

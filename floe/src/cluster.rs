@@ -506,11 +506,23 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     };
     let admin_task = match admin_token.filter(|t| !t.is_empty()) {
         Some(token) => {
+            let tls = crate::admin::server_tls(
+                args.admin_tls_cert.as_deref(),
+                args.admin_tls_key.as_deref(),
+                args.admin_tls_client_ca.as_deref(),
+            )?;
+            let server = crate::admin::server(tls.clone())?;
             let listener = tokio::net::TcpListener::bind(args.admin_listen)
                 .await
                 .with_context(|| format!("binding the admin listener {}", args.admin_listen))?;
-            tracing::info!(admin = %args.admin_listen, "admin API listening");
+            let security = match (&tls, &args.admin_tls_client_ca) {
+                (None, _) => "token over plaintext",
+                (Some(_), None) => "token over TLS",
+                (Some(_), Some(_)) => "token over mutual TLS",
+            };
+            tracing::info!(admin = %args.admin_listen, security, "admin API listening");
             Some(tokio::spawn(crate::admin::serve(
+                server,
                 listener,
                 state.clone(),
                 token,

@@ -1,6 +1,7 @@
 //! `floectl`: the operator's CLI for the controller's admin API. Human
 //! tables by default, `-o json` for scripts; clear errors and distinct exit
-//! codes (2 unreachable controller, 3 refused token, 4 not found, 1 other).
+//! codes (2 unreachable controller or failed TLS, 3 refused token, 4 not
+//! found, 1 other); TLS and mutual TLS for https:// controllers.
 
 mod admin_pb;
 
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 use admin_pb::admin_client::AdminClient;
 use clap::{Parser, Subcommand, ValueEnum};
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
 #[derive(Parser)]
@@ -34,6 +35,26 @@ struct Cli {
     /// File holding the bearer token.
     #[arg(long, env = "FLOE_ADMIN_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to trust for an https:// controller, besides
+    /// the system's roots.
+    #[arg(long, env = "FLOECTL_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for a controller that requires mutual TLS.
+    #[arg(
+        long,
+        env = "FLOECTL_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "FLOECTL_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -525,6 +546,42 @@ async fn follow(
     Ok(last)
 }
 
+/// The controller's endpoint: plaintext for http://, TLS for https://
+/// (system roots plus --ca-cert; --client-cert for mutual TLS).
+fn endpoint(cli: &Cli) -> Result<Endpoint, Failure> {
+    let endpoint = Channel::from_shared(cli.controller.clone())
+        .map_err(|e| fail(1, format!("bad --controller {:?}: {e}", cli.controller)))?;
+    let https = cli.controller.starts_with("https://");
+    if !https {
+        if cli.ca_cert.is_some() || cli.client_cert.is_some() {
+            return Err(fail(
+                1,
+                format!(
+                    "--ca-cert and --client-cert need an https:// controller, not {}",
+                    cli.controller
+                ),
+            ));
+        }
+        return Ok(endpoint);
+    }
+    let read = |what: &str, p: &PathBuf| {
+        std::fs::read(p).map_err(|e| fail(1, format!("reading the {what} {}: {e}", p.display())))
+    };
+    let mut tls = ClientTlsConfig::new().with_native_roots();
+    if let Some(ca) = &cli.ca_cert {
+        tls = tls.ca_certificate(Certificate::from_pem(read("CA certificate", ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) {
+        tls = tls.identity(Identity::from_pem(
+            read("client certificate", cert)?,
+            read("client key", key)?,
+        ));
+    }
+    endpoint
+        .tls_config(tls)
+        .map_err(|e| fail(1, format!("TLS settings: {}", floe_common::error_chain(&e))))
+}
+
 struct Failure {
     code: u8,
     message: String,
@@ -538,10 +595,11 @@ impl From<Status> for Failure {
             Code::Unavailable if s.message().contains("connect") => 2,
             _ => 1,
         };
-        Failure {
-            code,
-            message: format!("{:?}: {}", s.code(), s.message()),
+        let mut message = format!("{:?}: {}", s.code(), s.message());
+        if let Some(cause) = std::error::Error::source(&s) {
+            message = format!("{message}: {}", floe_common::error_chain(cause));
         }
+        Failure { code, message }
     }
 }
 
@@ -591,15 +649,18 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             .to_string(),
         (None, None) => String::new(),
     };
-    let channel = Channel::from_shared(cli.controller.clone())
-        .map_err(|e| fail(1, format!("bad --controller {:?}: {e}", cli.controller)))?
+    let channel = endpoint(&cli)?
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
         .map_err(|e| {
             fail(
                 2,
-                format!("cannot reach the controller at {}: {e}", cli.controller),
+                format!(
+                    "cannot reach the controller at {}: {}",
+                    cli.controller,
+                    floe_common::error_chain(&e)
+                ),
             )
         })?;
     let bearer: MetadataValue<_> = format!("Bearer {token}")
@@ -1227,12 +1288,24 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let https = cli.controller.starts_with("https://");
+    let client_cert = cli.client_cert.is_some();
     match rt.block_on(run(cli)) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Err(f) => {
+        Err(mut f) => {
+            // A connection the controller dropped mid-call is a transport
+            // failure, not an answer: say what usually causes it.
+            if f.code == 1 && f.message.contains("transport error") {
+                f.code = 2;
+                f.message += match (https, client_cert) {
+                    (false, _) => "\n(does the admin API use TLS? then use an https:// --controller)",
+                    (true, false) => "\n(does the controller require mutual TLS? then pass --client-cert and --client-key)",
+                    (true, true) => "\n(is the client certificate signed by the controller's --admin-tls-client-ca and made for client authentication?)",
+                };
+            }
             eprintln!("floectl: {}", f.message);
             ExitCode::from(f.code)
         }

@@ -119,6 +119,17 @@ struct ControllerArgs {
     /// without a token the admin API is off.
     #[arg(long, env = "FLOE_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// PEM certificate chain of the admin API: with --admin-tls-key, the
+    /// admin API speaks TLS only (floectl: https://...).
+    #[arg(long, env = "FLOE_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// PEM private key of --admin-tls-cert.
+    #[arg(long, env = "FLOE_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): with it the admin API also requires a client
+    /// certificate signed by one of them (mutual TLS), besides the token.
+    #[arg(long, env = "FLOE_ADMIN_TLS_CLIENT_CA", requires = "admin_tls_cert")]
+    admin_tls_client_ca: Option<PathBuf>,
     /// Even out partition counts as soon as a broker joins (false: brokers
     /// that join take only new and orphaned partitions until an operator
     /// runs `floectl rebalance`).
@@ -188,6 +199,8 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: files and container logs get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
