@@ -381,9 +381,39 @@ async fn floectl_creates_alters_and_deletes_topics_and_shows_segments_as_etcd_ha
             .await
             .unwrap_or_else(|(e, _)| panic!("record {i}: {e}"));
     }
-    let (code, out, err) = c.floectl(0, &["partition", "made", "0", "-o", "json"]);
+    // The high watermark the owner reports with its load: what Kafka's
+    // ListOffsets says, within a report interval (5 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let d = loop {
+        let (code, out, err) = c.floectl(0, &["partition", "made", "0", "-o", "json"]);
+        assert_eq!(code, 0, "{err}");
+        let d = parse(&out);
+        if d["partition"]["high_watermark"] == 100 {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "high watermark not reported: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(d["partition"]["high_watermark_age_ms"].as_u64().unwrap() < 15_000);
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("group.id", "hw-check")
+        .create()
+        .unwrap();
+    let (_, high) = rdkafka::consumer::Consumer::fetch_watermarks(
+        &consumer,
+        "made",
+        0,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(high, 100);
+    let (code, out, err) = c.floectl(0, &["topic", "describe", "made", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
-    let d = parse(&out);
+    assert_eq!(parse(&out)["partitions"][0]["high_watermark"], 100);
     let (kvs, _) = meta
         .range(&keys::segments_prefix(floe_common::PartitionId::new(
             floe_common::Uuid::from_slice(&rec.id).unwrap(),

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use floe_common::{PartitionId, Uuid};
+use floe_common::{Clock, PartitionId, Uuid};
 use floe_meta::schema::{
     AssignmentRecord, BrokerRecord, CheckpointRecord, ClusterRecord, ControllerRecord, OwnerRecord,
     PartitionStateRecord, ProxyRecord, StoragePoolRecord, TopicRecord,
@@ -105,15 +105,44 @@ fn visible_state(f: Option<&PartitionFacts>, live: &BTreeMap<i32, BrokerRecord>)
     }
 }
 
+/// What the brokers' load reports say of each partition they write:
+/// (reporting broker, high watermark, reported at ms).
+type Reported = HashMap<PartitionId, (i32, i64, i64)>;
+
+fn reported_offsets(kvs: &[KeyValue]) -> Reported {
+    let mut out = Reported::new();
+    let loads = kvs
+        .iter()
+        .filter(|kv| kv.key.starts_with(&keys::load_prefix()))
+        .filter_map(decode::<floe_meta::schema::LoadRecord>);
+    for l in loads {
+        for p in &l.partitions {
+            if let Ok(topic) = Uuid::from_slice(&p.topic_id) {
+                out.insert(
+                    PartitionId::new(topic, p.partition),
+                    (l.broker_id, p.high_watermark, l.reported_ms),
+                );
+            }
+        }
+    }
+    out
+}
+
 fn partition_detail(
-    p: i32,
+    id: PartitionId,
     f: Option<&PartitionFacts>,
     brokers: &BTreeMap<i32, BrokerRecord>,
+    reported: &Reported,
 ) -> pb::PartitionDetail {
     let owner = f
         .and_then(|f| f.owner.as_ref())
         .filter(|o| brokers.contains_key(&o.broker_id));
     let cp = f.and_then(|f| f.checkpoint.as_ref());
+    // Only the current owner's report counts (a former owner's is stale).
+    let hw = reported
+        .get(&id)
+        .filter(|(b, _, _)| owner.is_some_and(|o| o.broker_id == *b));
+    let p = id.partition;
     pb::PartitionDetail {
         partition: p,
         owner: owner.map_or(-1, |o| o.broker_id),
@@ -126,6 +155,10 @@ fn partition_detail(
         checkpoint_next_offset: cp.map_or(0, |c| c.next_offset),
         sealed_segments: f.map_or(0, |f| f.segments.len() as u32),
         open_segments: cp.map_or(0, |c| c.open_segments.len() as u32),
+        high_watermark: hw.map_or(-1, |(_, hw, _)| *hw),
+        high_watermark_age_ms: hw.map_or(0, |(_, _, at)| {
+            floe_common::SystemClock.now_ms().saturating_sub(*at).max(0) as u64
+        }),
     }
 }
 
@@ -293,8 +326,12 @@ impl pb::admin_server::Admin for AdminService {
         let (t, id) = find_topic(&kvs, &name)?;
         let brokers = live_brokers(&kvs);
         let facts = partition_facts(&kvs);
+        let reported = reported_offsets(&kvs);
         let partitions = (0..t.partitions)
-            .map(|p| partition_detail(p, facts.get(&PartitionId::new(id, p)), &brokers))
+            .map(|p| {
+                let pid = PartitionId::new(id, p);
+                partition_detail(pid, facts.get(&pid), &brokers, &reported)
+            })
             .collect();
         Ok(Response::new(pb::TopicDetail {
             topic: Some(topic_summary(&t)),
@@ -351,7 +388,12 @@ impl pb::admin_server::Admin for AdminService {
         segments.sort_by_key(|s| s.base_offset);
         Ok(Response::new(pb::PartitionSegments {
             topic: r.topic,
-            partition: Some(partition_detail(r.partition, f, &live_brokers(&kvs))),
+            partition: Some(partition_detail(
+                PartitionId::new(id, r.partition),
+                f,
+                &live_brokers(&kvs),
+                &reported_offsets(&kvs),
+            )),
             segments,
         }))
     }
@@ -602,9 +644,7 @@ impl AdminService {
             let record = floe_meta::schema::DrainRecord {
                 format: floe_meta::schema::FORMAT,
                 broker_id: broker,
-                since_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64),
+                since_ms: floe_common::SystemClock.now_ms(),
                 decommission,
             };
             floe_meta::Txn::new().then(floe_meta::Op::put(key, record.encode_to_vec()))

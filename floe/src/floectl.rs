@@ -546,6 +546,19 @@ async fn follow(
     Ok(last)
 }
 
+/// A partition's high watermark as its owner last reported it, with the
+/// report's age ("-" before the first report).
+fn high_watermark(p: &admin_pb::PartitionDetail) -> String {
+    if p.high_watermark < 0 {
+        return "-".into();
+    }
+    format!(
+        "{} ({:.0}s ago)",
+        p.high_watermark,
+        p.high_watermark_age_ms as f64 / 1000.0
+    )
+}
+
 /// The controller's endpoint: plaintext for http://, TLS for https://
 /// (system roots plus --ca-cert; --client-cert for mutual TLS).
 fn endpoint(cli: &Cli) -> Result<Endpoint, Failure> {
@@ -856,7 +869,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             }
             let p = d.partition.clone().unwrap_or_default();
             let mut out = format!(
-                "{}/{}: owner {} epoch {} {}; assigned to {}; log start {}, checkpoint end {}\n\n",
+                "{}/{}: owner {} epoch {} {}; assigned to {}; log start {}, high watermark {}, checkpoint end {}\n\n",
                 d.topic,
                 p.partition,
                 p.owner,
@@ -864,6 +877,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 p.state,
                 p.assigned,
                 p.log_start_offset,
+                high_watermark(&p),
                 p.checkpoint_next_offset
             );
             out += &table(
@@ -902,6 +916,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     "STATE",
                     "ASSIGNED",
                     "LOG START",
+                    "HIGH WATERMARK",
                     "CHECKPOINT END",
                     "SEALED",
                     "OPEN",
@@ -916,6 +931,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                             p.state.clone(),
                             p.assigned.to_string(),
                             p.log_start_offset.to_string(),
+                            high_watermark(p),
                             p.checkpoint_next_offset.to_string(),
                             p.sealed_segments.to_string(),
                             p.open_segments.to_string(),

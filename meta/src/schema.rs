@@ -339,10 +339,15 @@ pub struct PartitionLoad {
     /// Record bytes served per second (fetches and tail pushes to proxies).
     #[prost(uint64, tag = "4")]
     pub bytes_out_per_sec: u64,
+    /// Its high watermark when reported.
+    #[prost(int64, tag = "5")]
+    pub high_watermark: i64,
 }
 
 /// A broker's load report: `/floe/load/{id}`, bound to its lease, rewritten
-/// every report interval with the rates over that interval.
+/// every report interval with its rates (each an average of the last
+/// interval and the rate reported before, so one noisy interval moves it by
+/// half).
 #[derive(Clone, PartialEq, Message)]
 pub struct LoadRecord {
     #[prost(uint32, tag = "1")]
