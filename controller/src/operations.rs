@@ -128,11 +128,32 @@ pub enum StartError {
 }
 
 /// Record a rebalance operation carrying `plan` (the leader picks it up).
+/// Only one runs at a time, whichever controllers are asked.
 pub async fn start_rebalance(
     meta: &dyn MetadataStore,
     plan: &Plan,
     max_in_flight: u32,
 ) -> Result<OperationRecord, StartError> {
+    prepare_rebalance(meta, plan, max_in_flight)
+        .await?
+        .commit(meta)
+        .await
+}
+
+/// A rebalance operation read and built, not yet recorded.
+pub struct PreparedStart {
+    record: OperationRecord,
+    txn: Txn,
+}
+
+/// Check nothing runs, and build the record of a new operation and the
+/// transaction that creates it: it commits only if no other operation took
+/// the active slot in between (`/floe/operation-active`).
+pub async fn prepare_rebalance(
+    meta: &dyn MetadataStore,
+    plan: &Plan,
+    max_in_flight: u32,
+) -> Result<PreparedStart, StartError> {
     let (kvs, _) = meta.range(&keys::operations_prefix()).await?;
     let mut finished = Vec::new();
     for kv in &kvs {
@@ -143,6 +164,12 @@ pub async fn start_rebalance(
         finished.push((op.created_ms, kv.key.clone()));
     }
     finished.sort();
+    // Every operation read is finished: an active slot still naming one
+    // (or one since removed) is stale and may be taken, if unchanged.
+    let slot = match meta.get(&keys::operation_active()).await? {
+        Some(kv) => Condition::ValueEquals(keys::operation_active(), kv.value),
+        None => Condition::Missing(keys::operation_active()),
+    };
     let now = now_ms();
     let id = format!("rb-{}-{}", now, &Uuid::new_v4().simple().to_string()[..6]);
     let state = if plan.moves.is_empty() {
@@ -182,15 +209,37 @@ pub async fn start_rebalance(
     };
     let mut txn = Txn::new()
         .when(Condition::Missing(keys::operation(&id)))
+        .when(slot)
         .then(Op::put(keys::operation(&id), record.encode_to_vec()));
+    txn = if is_finished(&record.state) {
+        // Nothing to move: recorded as done, the slot stays free.
+        txn.then(Op::delete(keys::operation_active()))
+    } else {
+        txn.then(Op::put(keys::operation_active(), id.clone()))
+    };
     // Keep the newest finished ones.
     let excess = (finished.len() + 1).saturating_sub(KEEP_FINISHED);
     for (_, key) in finished.into_iter().take(excess) {
         txn = txn.then(Op::delete(key));
     }
-    meta.txn(txn).await?;
-    tracing::info!(operation = %id, moves = plan.moves.len(), max_in_flight, "rebalance requested");
-    Ok(record)
+    Ok(PreparedStart { record, txn })
+}
+
+impl PreparedStart {
+    /// Record it, unless another operation started since it was prepared.
+    pub async fn commit(self, meta: &dyn MetadataStore) -> Result<OperationRecord, StartError> {
+        if !meta.txn(self.txn).await?.committed() {
+            let other = meta
+                .get(&keys::operation_active())
+                .await?
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+                .unwrap_or_else(|| "another operation".into());
+            return Err(StartError::Busy(other, "starting".into()));
+        }
+        let r = self.record;
+        tracing::info!(operation = %r.id, moves = r.moves.len(), max_in_flight = r.max_in_flight, "rebalance requested");
+        Ok(r)
+    }
 }
 
 /// Ask the executing controller to stop operation `id` after the moves in
@@ -301,19 +350,15 @@ impl Controller {
     }
 
     async fn save_operation(&self, op: &OperationRecord) -> Result<(), MetaError> {
-        self.save_operation_and(op, None).await
+        self.save_operation_and(op, &[]).await
     }
 
     /// Save `op`, and in the same transaction carry out `also`, if this
     /// controller still leads.
-    async fn save_operation_and(
-        &self,
-        op: &OperationRecord,
-        also: Option<Op>,
-    ) -> Result<(), MetaError> {
+    async fn save_operation_and(&self, op: &OperationRecord, also: &[Op]) -> Result<(), MetaError> {
         let mut txn = Txn::new().then(Op::put(keys::operation(&op.id), op.encode_to_vec()));
-        if let Some(also) = also {
-            txn = txn.then(also);
+        for o in also {
+            txn = txn.then(o.clone());
         }
         if self.meta.txn(self.guarded(txn)).await?.committed() {
             Ok(())
@@ -373,8 +418,14 @@ impl Controller {
         );
         // The final record and the removal of the cancel request are one
         // transaction: nobody sees a finished operation still being cancelled.
-        self.save_operation_and(&op, Some(Op::delete(keys::operation_cancel(&op.id))))
-            .await?;
+        self.save_operation_and(
+            &op,
+            &[
+                Op::delete(keys::operation_cancel(&op.id)),
+                Op::delete(keys::operation_active()),
+            ],
+        )
+        .await?;
         tracing::info!(operation = %op.id, state = %op.state, detail = %op.detail, "operation finished");
         Ok(())
     }
@@ -476,5 +527,75 @@ impl Controller {
                 took_ms,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rebalance::{Move, Plan};
+    use floe_meta::embedded::EmbeddedStore;
+
+    fn plan(moves: usize) -> Plan {
+        Plan {
+            moves: (0..moves as i32)
+                .map(|i| Move {
+                    partition: PartitionId::new(Uuid::from_u128(7), i),
+                    from: 1,
+                    to: 2,
+                    load: 0,
+                })
+                .collect(),
+            before: vec![],
+            after: vec![],
+            mean_load: 0,
+            load_band: (0, 0),
+            load_balanced: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn of_two_rebalances_started_at_once_only_one_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = EmbeddedStore::open(dir.path().join("meta.redb"))
+            .await
+            .unwrap();
+        // Both controllers read "nothing runs" before either writes.
+        let a = prepare_rebalance(&meta, &plan(3), 2).await.unwrap();
+        let b = prepare_rebalance(&meta, &plan(3), 2).await.unwrap();
+        let first = a.commit(&meta).await.unwrap();
+        match b.commit(&meta).await {
+            Err(StartError::Busy(id, _)) => assert_eq!(id, first.id),
+            other => panic!("the second start was not refused: {other:?}"),
+        }
+        let (kvs, _) = meta.range(&keys::operations_prefix()).await.unwrap();
+        assert_eq!(kvs.len(), 1, "exactly one operation recorded");
+        let active = meta.get(&keys::operation_active()).await.unwrap().unwrap();
+        assert_eq!(&active.value[..], first.id.as_bytes());
+        // And a third, after the fact, sees it running.
+        assert!(matches!(
+            start_rebalance(&meta, &plan(1), 1).await,
+            Err(StartError::Busy(id, state)) if id == first.id && state == "pending"
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_empty_plan_is_done_at_once_and_a_stale_slot_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = EmbeddedStore::open(dir.path().join("meta.redb"))
+            .await
+            .unwrap();
+        let done = start_rebalance(&meta, &plan(0), 1).await.unwrap();
+        assert_eq!(done.state, "done");
+        assert!(meta.get(&keys::operation_active()).await.unwrap().is_none());
+        // A slot naming an operation that is no longer there (pruned, or
+        // left by an older version) does not block anything.
+        meta.txn(Txn::new().then(Op::put(keys::operation_active(), "rb-gone")))
+            .await
+            .unwrap();
+        let next = start_rebalance(&meta, &plan(2), 1).await.unwrap();
+        assert_eq!(next.state, "pending");
+        let active = meta.get(&keys::operation_active()).await.unwrap().unwrap();
+        assert_eq!(&active.value[..], next.id.as_bytes());
     }
 }

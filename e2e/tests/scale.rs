@@ -625,6 +625,10 @@ async fn a_cancelled_rebalance_stops_after_the_moves_in_flight() {
         .await
         .unwrap()
         .is_none());
+    assert!(
+        meta.get(&keys::operation_active()).await.unwrap().is_none(),
+        "a finished operation frees the active slot"
+    );
     assert_eq!(
         written_by(&meta).await.get(&3).copied().unwrap_or(0) as u64,
         done

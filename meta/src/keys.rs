@@ -154,6 +154,12 @@ pub fn parse_operation(key: &[u8]) -> Option<&str> {
 
 /// A request to cancel operation `id` (kept apart from the record, which
 /// only the executing controller writes).
+/// The id of the operation that runs now (one at a time): created with the
+/// operation, deleted with its final record.
+pub fn operation_active() -> Bytes {
+    Bytes::from_static(b"/floe/operation-active")
+}
+
 pub fn operation_cancel(id: &str) -> Bytes {
     Bytes::from(format!("/floe/operation-cancels/{id}"))
 }
