@@ -554,12 +554,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn of_two_rebalances_started_at_once_only_one_is_recorded() {
+    async fn store() -> (tempfile::TempDir, EmbeddedStore) {
         let dir = tempfile::tempdir().unwrap();
         let meta = EmbeddedStore::open(dir.path().join("meta.redb"))
             .await
             .unwrap();
+        (dir, meta)
+    }
+
+    #[tokio::test]
+    async fn of_two_rebalances_started_at_once_only_one_is_recorded() {
+        let (_dir, meta) = store().await;
         // Both controllers read "nothing runs" before either writes.
         let a = prepare_rebalance(&meta, &plan(3), 2).await.unwrap();
         let b = prepare_rebalance(&meta, &plan(3), 2).await.unwrap();
@@ -581,10 +586,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_plan_is_done_at_once_and_a_stale_slot_is_taken() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = EmbeddedStore::open(dir.path().join("meta.redb"))
-            .await
-            .unwrap();
+        let (_dir, meta) = store().await;
         let done = start_rebalance(&meta, &plan(0), 1).await.unwrap();
         assert_eq!(done.state, "done");
         assert!(meta.get(&keys::operation_active()).await.unwrap().is_none());

@@ -32,12 +32,48 @@ pub fn floectl_bin() -> PathBuf {
     floe_bin().with_file_name("floectl")
 }
 
+/// A port for a process a test starts (which binds it later, and again
+/// after a restart). Taken below the kernel's ephemeral range (32768+), so
+/// no outgoing connection can take it before the process binds it, and
+/// reserved for the whole run with a lock file, so tests running at once
+/// in other processes never pick the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    const LOW: u16 = 10_000;
+    const HIGH: u16 = 32_000;
+    // A reservation older than any test run is stale.
+    const STALE: Duration = Duration::from_secs(3600);
+    let dir = std::env::temp_dir().join("floe-e2e-ports");
+    std::fs::create_dir_all(&dir).expect("creating the port reservation directory");
+    for _ in 0..10_000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        let port = LOW + (h.finish() % u64::from(HIGH - LOW)) as u16;
+        let lock = dir.join(port.to_string());
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(_) => {}
+            Err(_) => {
+                let stale = std::fs::metadata(&lock)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE);
+                if stale {
+                    let _ = std::fs::remove_file(&lock);
+                }
+                continue;
+            }
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{HIGH}")
 }
 
 /// One `floe standalone` process.

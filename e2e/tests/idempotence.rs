@@ -216,7 +216,9 @@ fn produce_raw(
                     .with_partition_data(vec![PartitionProduceData::default()
                         .with_index(0)
                         .with_records(Some(batch.clone()))])]);
-            let resp: ProduceResponse = raw.call(ApiKey::Produce, 9, &req).unwrap();
+            let resp: ProduceResponse = raw.call(ApiKey::Produce, 9, &req).unwrap_or_else(|e| {
+                panic!("produce to broker {leader}: {e}; logs:\n{}", cluster.logs())
+            });
             let r = &resp.responses[0].partition_responses[0];
             if r.error_code != 6 {
                 return (r.error_code, r.base_offset);
