@@ -38,6 +38,10 @@ pub struct BrokerConfig {
     /// How often a partition checks that its sealed segments still have
     /// every replica (and repairs them).
     pub repair_interval_ms: u64,
+    /// Bytes per second this broker copies when repairing segment replicas
+    /// (a storage target drained or down), over all its partitions; 0: no
+    /// limit.
+    pub repair_max_bytes_per_sec: u64,
     /// How often the broker publishes its measured load (bytes in and out
     /// per partition) for the controller's rebalance planner.
     pub load_report_interval_ms: u64,
@@ -96,6 +100,7 @@ impl Default for BrokerConfig {
             chunk_put_timeout_ms: 10_000,
             storage_probe_interval_ms: 2_000,
             repair_interval_ms: 60_000,
+            repair_max_bytes_per_sec: 0,
             load_report_interval_ms: 5_000,
             read_hedge_ms: 100,
             cache_bytes: 512 << 20,

@@ -12,6 +12,7 @@ pub mod node;
 pub mod partition;
 pub mod server;
 pub mod tail;
+pub mod throttle;
 
 pub use config::{BrokerConfig, TopicConfig};
 pub use metrics::Metrics;

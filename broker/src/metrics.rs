@@ -57,6 +57,10 @@ pub struct Metrics {
     pub segment_switches: Counter,
     /// Segment replicas copied to restore R.
     pub replicas_repaired: Counter,
+    /// Bytes of those copies.
+    pub repair_bytes: Counter,
+    /// Time repair copies waited for `repair_max_bytes_per_sec`.
+    pub repair_throttled_seconds: Counter<f64, AtomicU64>,
     segments_deleted: Counter,
     pub connections: Gauge,
     pub connections_rejected: Counter,
@@ -118,6 +122,8 @@ impl Metrics {
             producer_duplicates: Counter::default(),
             segment_switches: Counter::default(),
             replicas_repaired: Counter::default(),
+            repair_bytes: Counter::default(),
+            repair_throttled_seconds: Counter::default(),
             segments_deleted: Counter::default(),
             connections: Gauge::default(),
             connections_rejected: Counter::default(),
@@ -176,6 +182,16 @@ impl Metrics {
             "replicas_repaired",
             "Segment replicas copied to a fresh target to restore the replication factor",
             m.replicas_repaired.clone(),
+        );
+        registry.register(
+            "repair_bytes",
+            "Bytes of segment replicas copied by repair (storage targets drained or down)",
+            m.repair_bytes.clone(),
+        );
+        registry.register(
+            "repair_throttled_seconds",
+            "Time repair copies waited for repair_max_bytes_per_sec",
+            m.repair_throttled_seconds.clone(),
         );
         registry.register(
             "producer_duplicates",

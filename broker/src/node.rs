@@ -178,6 +178,7 @@ impl Node {
             config: config.clone(),
             lease: guard,
             metrics: metrics.clone(),
+            repair_pacer: Arc::new(crate::throttle::Pacer::new(config.repair_max_bytes_per_sec)),
         };
         let node = Arc::new(Self {
             config: config.clone(),

@@ -638,3 +638,117 @@ async fn a_cancelled_rebalance_stops_after_the_moves_in_flight() {
     let (code, _, _) = c.floectl(0, &["op", "show", "nope"]);
     assert_eq!(code, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_drain_copies_no_faster_than_repair_max_bytes_per_sec() {
+    const RATE: u64 = 250_000;
+    let dirs = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = ["t0", "t1", "t2"]
+        .iter()
+        .map(|t| format!("file://{}", dirs.path().join(t).display()))
+        .collect();
+    let c = Cluster::start_with_pool(
+        1,
+        1,
+        3_000,
+        &format!("repair_max_bytes_per_sec = {RATE}\n"),
+        &urls,
+        2,
+        2,
+    )
+    .unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = c.bootstrap();
+    floe_e2e::create_topic_with(&b, "pace", 1, &[("segment.bytes", "65536")]).await;
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        // Small batches: segments roll between them.
+        .set("batch.size", "16384")
+        .create()
+        .unwrap();
+    let payload = |i: usize| format!("{i:06}").repeat(170).into_bytes();
+    // In groups of 40 (about one 64 KiB segment each): chunks, and so
+    // segment rolls, come between groups.
+    let mut offsets = Vec::new();
+    for group in 0..30 {
+        let sends: Vec<_> = (group * 40..(group + 1) * 40)
+            .map(|i| {
+                let p = payload(i);
+                let producer = producer.clone();
+                async move {
+                    producer
+                        .send(
+                            rdkafka::producer::FutureRecord::<(), _>::to("pace")
+                                .partition(0)
+                                .payload(&p),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .map(|d| d.offset)
+                        .map_err(|(e, _)| e.to_string())
+                }
+            })
+            .collect();
+        for r in futures::future::join_all(sends).await {
+            offsets.push(r.unwrap());
+        }
+    }
+    assert_eq!(offsets.iter().max(), Some(&1_199));
+
+    // What t0 holds in sealed segments, and the largest one (the burst).
+    let meta = c.meta().await.unwrap();
+    let (kvs, _) = meta.range(&keys::partitions_prefix()).await.unwrap();
+    let on_t0: Vec<u64> = kvs
+        .iter()
+        .filter(|kv| String::from_utf8_lossy(&kv.key).contains("/segments/"))
+        .map(|kv| SegmentRecord::decode(kv.value.clone()).unwrap())
+        .filter(|s| s.replica_set.iter().any(|t| t == "t0"))
+        .map(|s| s.object_bytes)
+        .collect();
+    let bytes: u64 = on_t0.iter().sum();
+    let largest = on_t0.iter().copied().max().unwrap_or(0);
+    assert!(
+        on_t0.len() >= 6,
+        "sealed segments on t0: {} of {:?}",
+        on_t0.len(),
+        kvs.iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).to_string())
+            .collect::<Vec<_>>()
+    );
+
+    let started = Instant::now();
+    let (code, out, err) = c.floectl(0, &["storage", "drain", "t0", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let took = started.elapsed().as_secs_f64();
+    // The first copy may start at once; every later byte waits its turn.
+    let floor = (bytes - largest) as f64 / RATE as f64;
+    println!(
+        "drained {} segment replicas ({bytes} bytes) at {RATE} B/s in {took:.2} s (floor {floor:.2} s)",
+        on_t0.len()
+    );
+    assert!(
+        took >= floor * 0.95,
+        "{bytes} bytes copied in {took:.2} s: faster than {RATE} B/s allows"
+    );
+    let metrics = c.brokers[0].http("/metrics").unwrap();
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(metric("floe_repair_bytes_total") >= bytes as f64);
+    assert!(metric("floe_repair_throttled_seconds_total") > 0.0);
+    assert_eq!(held_per_target(&meta).await.get("t0"), None);
+
+    // Every record, in order, from the two targets left.
+    let read = floe_e2e::read_all(&b, "pace", 1);
+    let got = &read[&0];
+    assert_eq!(got.len(), 1_200);
+    for (i, (offset, value)) in got.iter().enumerate() {
+        assert_eq!((*offset, value), (i as i64, &payload(i)));
+    }
+}

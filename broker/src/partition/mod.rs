@@ -106,6 +106,8 @@ pub struct PartitionContext {
     pub config: Arc<BrokerConfig>,
     pub lease: Arc<LeaseGuard>,
     pub metrics: Arc<Metrics>,
+    /// The broker-wide pace of replica repair copies.
+    pub repair_pacer: Arc<crate::throttle::Pacer>,
 }
 
 /// Result of a successful append.

@@ -195,15 +195,14 @@ async fn repaired(task: &mut Option<JoinHandle<Vec<Repaired>>>) -> Vec<Repaired>
 /// set changes); a replica missing from a live target (replaced, emptied)
 /// is copied back to it.
 async fn repair_segments(
-    pool: Arc<floe_storage::StoragePool>,
+    ctx: PartitionContext,
     segments: Vec<Arc<floe_storage::log::SealedSegment>>,
-    metrics: Arc<crate::metrics::Metrics>,
     id: PartitionId,
 ) -> Vec<Repaired> {
     use futures::StreamExt;
     futures::stream::iter(segments.into_iter().map(|s| {
-        let (pool, metrics) = (pool.clone(), metrics.clone());
-        async move { repair_segment(&pool, &s, &metrics, id).await }
+        let ctx = &ctx;
+        async move { repair_segment(ctx, &s, id).await }
     }))
     .buffer_unordered(REPAIRS_IN_FLIGHT)
     .filter_map(|r| async move { r })
@@ -211,15 +210,35 @@ async fn repair_segments(
     .await
 }
 
+/// Copy segment `s` to target `to` at the broker's repair pace, counted in
+/// the repair metrics (a copy that fails has used its turn).
+async fn paced_copy(
+    ctx: &PartitionContext,
+    s: &floe_storage::log::SealedSegment,
+    path: &object_store::path::Path,
+    to: &floe_storage::StorageTarget,
+) -> Result<u64, floe_storage::StorageError> {
+    let waited = ctx.repair_pacer.acquire(s.object_bytes).await;
+    ctx.metrics
+        .repair_throttled_seconds
+        .inc_by(waited.as_secs_f64());
+    let copied = s.replicas.copy_to(path, to).await;
+    if let Ok(bytes) = copied {
+        ctx.metrics.replicas_repaired.inc();
+        ctx.metrics.repair_bytes.inc_by(bytes);
+    }
+    copied
+}
+
 /// Segments of one partition repaired at once.
 const REPAIRS_IN_FLIGHT: usize = 8;
 
 async fn repair_segment(
-    pool: &floe_storage::StoragePool,
+    ctx: &PartitionContext,
     s: &floe_storage::log::SealedSegment,
-    metrics: &crate::metrics::Metrics,
     id: PartitionId,
 ) -> Option<Repaired> {
+    let pool = &ctx.pool;
     let path = object_store::path::Path::from(s.path.as_ref());
     let mut ids = s.replicas.ids();
     let mut changed = false;
@@ -229,10 +248,9 @@ async fn repair_segment(
                 tracing::warn!(partition = %id, segment = s.base_offset, target_id = %t.id, "a replica is on a down or draining target and no other target is free");
                 continue;
             };
-            match s.replicas.copy_to(&path, &to).await {
+            match paced_copy(ctx, s, &path, &to).await {
                 Ok(bytes) => {
                     tracing::info!(partition = %id, segment = s.base_offset, from = %t.id, to = %to.id, bytes, "moved a segment replica off a down or draining target");
-                    metrics.replicas_repaired.inc();
                     if let Some(slot) = ids.iter_mut().find(|i| **i == t.id) {
                         *slot = to.id.clone();
                     }
@@ -245,10 +263,9 @@ async fn repair_segment(
             continue;
         }
         match object_store::ObjectStoreExt::head(&t.store, &path).await {
-            Err(object_store::Error::NotFound { .. }) => match s.replicas.copy_to(&path, t).await {
+            Err(object_store::Error::NotFound { .. }) => match paced_copy(ctx, s, &path, t).await {
                 Ok(bytes) => {
                     tracing::info!(partition = %id, segment = s.base_offset, to = %t.id, bytes, "restored a missing segment replica");
-                    metrics.replicas_repaired.inc();
                 }
                 Err(e) => {
                     tracing::warn!(partition = %id, segment = s.base_offset, error = %e, "repair copy failed; will retry")
@@ -1038,9 +1055,8 @@ impl Writer {
             if !on_draining.is_empty() {
                 self.last_repair = Instant::now();
                 self.repair_task = Some(tokio::spawn(repair_segments(
-                    self.ctx.pool.clone(),
+                    self.ctx.clone(),
                     on_draining,
-                    self.ctx.metrics.clone(),
                     self.id,
                 )));
             }
@@ -1099,9 +1115,8 @@ impl Writer {
                 })
                 .collect();
             self.repair_task = Some(tokio::spawn(repair_segments(
-                self.ctx.pool.clone(),
+                self.ctx.clone(),
                 segments,
-                self.ctx.metrics.clone(),
                 self.id,
             )));
         }
