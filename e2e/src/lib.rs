@@ -680,23 +680,27 @@ impl Cluster {
     /// Start one more broker (id = its index + 1); returns its index.
     pub fn add_broker(&mut self) -> Result<usize> {
         let id = self.brokers.len() + 1;
-        let http_port = free_port();
-        let port = free_port();
-        let name = format!("broker-{id}");
+        let p = self.kafka_proc("broker", format!("broker-{id}"), &["--id", &id.to_string()])?;
+        self.brokers.push(p);
+        Ok(id - 1)
+    }
+
+    /// Start a broker or proxy process (`role`) on fresh Kafka and HTTP
+    /// ports with the cluster's etcd and config, plus `extra` flags.
+    fn kafka_proc(&self, role: &str, name: String, extra: &[&str]) -> Result<Proc> {
+        let (http_port, port) = (free_port(), free_port());
+        let mut args: Vec<String> = vec![role.into(), "--etcd".into(), self.etcd.url()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend([
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--http-listen".into(),
+            format!("127.0.0.1:{http_port}"),
+            "--config".into(),
+            self.broker_toml.display().to_string(),
+        ]);
         let mut p = Proc {
-            args: vec![
-                "broker".into(),
-                "--etcd".into(),
-                self.etcd.url(),
-                "--id".into(),
-                id.to_string(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--http-listen".into(),
-                format!("127.0.0.1:{http_port}"),
-                "--config".into(),
-                self.broker_toml.display().to_string(),
-            ],
+            args,
             log: self.tmp.path().join(format!("{name}.log")),
             name,
             http_port,
@@ -704,8 +708,7 @@ impl Cluster {
             child: None,
         };
         p.spawn()?;
-        self.brokers.push(p);
-        Ok(id - 1)
+        Ok(p)
     }
 
     /// Restart every controller with `extra` flags added (e.g.
@@ -759,28 +762,7 @@ impl Cluster {
     /// Start one more proxy; returns its index.
     pub fn add_proxy(&mut self) -> Result<usize> {
         let i = self.proxies.len();
-        let http_port = free_port();
-        let port = free_port();
-        let name = format!("proxy-{i}");
-        let mut p = Proc {
-            args: vec![
-                "proxy".into(),
-                "--etcd".into(),
-                self.etcd.url(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--http-listen".into(),
-                format!("127.0.0.1:{http_port}"),
-                "--config".into(),
-                self.broker_toml.display().to_string(),
-            ],
-            log: self.tmp.path().join(format!("{name}.log")),
-            name,
-            http_port,
-            port: Some(port),
-            child: None,
-        };
-        p.spawn()?;
+        let p = self.kafka_proc("proxy", format!("proxy-{i}"), &[])?;
         self.proxies.push(p);
         Ok(i)
     }
