@@ -752,3 +752,104 @@ async fn a_storage_drain_copies_no_faster_than_repair_max_bytes_per_sec() {
         assert_eq!((*offset, value), (i as i64, &payload(i)));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_is_finished_by_the_next_leader_when_the_leading_controller_is_killed() {
+    let mut c = Cluster::start_with(2, 2, 2_000, "load_report_interval_ms = 1000\n").unwrap();
+    c.restart_controllers_with(&["--balance-on-join", "false"])
+        .unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = c.proxy_bootstrap();
+    floe_e2e::create_topic(&b, "fo", 60).await;
+    let meta = c.meta().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written_by(&meta).await.values().sum::<usize>() < 60 {
+        assert!(Instant::now() < deadline, "partitions not all writing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let load = Load::start(&b, "fo", 60, 512, 300);
+    c.add_broker().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !loads(&meta).await.contains_key(&3) {
+        assert!(Instant::now() < deadline, "broker 3 did not report");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Asked of the standby; the leader executes it, one move at a time.
+    // Counts only (a min load above the traffic): exactly 20 moves.
+    let leader = c.leading_controller().unwrap();
+    let standby = 1 - leader;
+    let (code, out, err) = c.floectl(
+        standby,
+        &[
+            "rebalance",
+            "--max-in-flight",
+            "1",
+            "--min-load",
+            "1000000000",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = parse(&out)["operation"]["id"].as_str().unwrap().to_string();
+    let record = || async {
+        floe_meta::schema::OperationRecord::decode(
+            meta.get(&keys::operation(&id))
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+        )
+        .unwrap()
+    };
+    assert_eq!(record().await.moves.len(), 20, "60 over 3: 20 to broker 3");
+    let done = |r: &floe_meta::schema::OperationRecord| {
+        r.moves.iter().filter(|m| m.status == "done").count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = record().await;
+        if done(&r) >= 2 {
+            assert_eq!(r.state, "running");
+            assert_eq!(r.executor, c.controllers[leader].name);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {r:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.controllers[leader].stop_with("-KILL").unwrap();
+    let killed_at = done(&record().await);
+    assert!(killed_at < 20, "the operation ended before the kill");
+
+    // The standby takes over when the lease lapses and resumes it.
+    let (code, out, err) = c.floectl(standby, &["op", "watch", &id, "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let op = parse(&out);
+    assert_eq!(op["state"], "done", "{op}");
+    assert_eq!(op["done"], 20, "{op}");
+    let r = record().await;
+    assert_eq!(r.state, "done");
+    assert_eq!(r.executor, c.controllers[standby].name);
+    assert!(done(&r) == 20 && r.moves.iter().all(|m| m.to == 3));
+    assert!(c.controllers[standby]
+        .log_text()
+        .contains("resuming an operation a former leader ran"));
+    assert!(meta.get(&keys::operation_active()).await.unwrap().is_none());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let w = written_by(&meta).await;
+        if w.get(&3) == Some(&20) && w.values().sum::<usize>() == 60 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "placement: {w:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("killed the leading controller after {killed_at} of 20 moves; the standby finished the rest");
+
+    // Producers through the proxies saw no error; every ack is readable.
+    let (acked, failed) = load.finish().await;
+    assert!(failed.is_empty(), "sends failed: {failed:?}");
+    assert_all_readable(&b, "fo", 60, &acked);
+}
