@@ -722,6 +722,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// Wait until broker `id`'s registration is gone from etcd (its lease
+    /// lapsed after a kill), so that it can start again under its id.
+    pub async fn wait_broker_gone(&self, id: i32, timeout: Duration) -> Result<()> {
+        use floe_meta::MetadataStore;
+        let meta = self.meta().await?;
+        let deadline = Instant::now() + timeout;
+        while meta.get(&floe_meta::keys::broker(id)).await?.is_some() {
+            if Instant::now() > deadline {
+                bail!("broker {id} is still registered after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// The admin API URL of controller `i` (floectl's --controller).
     pub fn admin_url(&self, i: usize) -> String {
         let args = &self.controllers[i].args;

@@ -275,7 +275,9 @@ async fn a_drained_broker_is_emptied_under_load_and_stopped_with_nothing_lost() 
     }
     // Undrained (after it is back), it takes partitions again. Its old
     // registration lapses with its lease (3 s) first.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    c.wait_broker_gone(2, Duration::from_secs(30))
+        .await
+        .unwrap();
     c.brokers[1].restart().unwrap();
     let (code, _, err) = c.floectl(0, &["broker", "undrain", "2"]);
     assert_eq!(code, 0, "{err}");

@@ -318,8 +318,8 @@ async fn list_offsets_by_time_and_long_poll_wakeup() {
     };
     assert_eq!((m.offset(), m.payload()), (10, Some(&b"wake"[..])));
     assert!(
-        sent.elapsed() < Duration::from_secs(5),
-        "woke after {:?}, long before the 10 s max wait",
+        sent.elapsed() < Duration::from_secs(8),
+        "woke after {:?}, before the 10 s max wait",
         sent.elapsed()
     );
 }

@@ -200,9 +200,10 @@ async fn a_target_killed_mid_stream_costs_no_record_and_repair_restores_r() {
     let victim_id = format!("t{victim}");
     motos[victim].kill();
     let killed = Instant::now();
-    // Once the probes have marked it down, every new segment avoids it:
-    // those starting past what was acked two seconds after the kill.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once the probes have marked it down (two failed probes of up to 1 s
+    // each, or at once after a failed write), every new segment avoids it:
+    // those starting past what was acked five seconds after the kill.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let mut marked: HashMap<i32, i64> = HashMap::new();
     for (p, o, _) in load.acked.lock().unwrap().iter() {
         let m = marked.entry(*p).or_insert(-1);

@@ -669,7 +669,7 @@ async fn an_unreachable_broker_gets_retriable_errors_after_the_timeout_not_a_han
     let (codes, took) = raw_produce(&proxy, "stuck", 2, 1_500);
     assert_eq!(codes, vec![7, 7], "REQUEST_TIMED_OUT, which clients retry");
     assert!(
-        took < 5.0,
+        took < 10.0,
         "answered after the request timeout, took {took:.1} s"
     );
     c.brokers[0].signal("-CONT").unwrap();
@@ -679,10 +679,12 @@ async fn an_unreachable_broker_gets_retriable_errors_after_the_timeout_not_a_han
     c.brokers[0].stop_with("-KILL").unwrap();
     let (codes, took) = raw_produce(&proxy, "stuck", 2, 1_500);
     assert_eq!(codes, vec![7, 7], "REQUEST_TIMED_OUT");
-    assert!(took < 5.0, "took {took:.1} s");
+    assert!(took < 10.0, "took {took:.1} s");
     // Back (once its old registration expired): the same partitions take
     // writes again through the same proxy.
-    std::thread::sleep(Duration::from_secs(6));
+    c.wait_broker_gone(1, Duration::from_secs(30))
+        .await
+        .unwrap();
     c.brokers[0].restart().unwrap();
     let (codes, _) = raw_produce(&proxy, "stuck", 2, 30_000);
     assert_eq!(codes, vec![0, 0], "writable after the broker came back");

@@ -201,17 +201,36 @@ async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
         assert!(Instant::now() < deadline, "no load reports: {l:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (code, out, err) = c.floectl(0, &["status", "-o", "json"]);
-    assert_eq!(code, 0, "{err}");
-    let status = parse(&out);
-    let reported = loads(&meta).await;
-    for b in status["brokers"].as_array().unwrap() {
-        let id = b["id"].as_i64().unwrap() as i32;
-        assert_eq!(
-            b["bytes_in_per_sec"].as_u64().unwrap(),
-            reported[&id].bytes_in_per_sec,
-            "status shows broker {id}'s load report"
-        );
+    // status shows each broker's load report (a report may land between
+    // status and the test's own read: it shows the one before or after).
+    let mut tries = 0;
+    loop {
+        let earlier = loads(&meta).await;
+        let (code, out, err) = c.floectl(0, &["status", "-o", "json"]);
+        assert_eq!(code, 0, "{err}");
+        let later = loads(&meta).await;
+        let status = parse(&out);
+        let shown: Vec<(i32, u64)> = status["brokers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["id"].as_i64().unwrap() as i32,
+                    b["bytes_in_per_sec"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let matches = shown.iter().all(|(id, rate)| {
+            [&earlier, &later]
+                .iter()
+                .any(|l| l.get(id).is_some_and(|r| r.bytes_in_per_sec == *rate))
+        });
+        if matches {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 5, "status {shown:?} vs reports {later:?}");
     }
 
     // Scale out: three more brokers; they take nothing until the rebalance.
@@ -246,14 +265,14 @@ async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
     let plan = parse(&out);
     let planned = plan["moves"].as_array().unwrap();
     assert!((30..=32).contains(&planned.len()), "{plan}");
-    assert_eq!(
+    // Net 30 partitions to the new brokers (a noise swap may involve one).
+    let onto_new = |field: &str| {
         planned
             .iter()
-            .filter(|m| m["to"].as_i64().unwrap() >= 4)
-            .count(),
-        30,
-        "{plan}"
-    );
+            .filter(|m| m[field].as_i64().unwrap() >= 4)
+            .count()
+    };
+    assert_eq!(onto_new("to") - onto_new("from"), 30, "{plan}");
     assert_eq!(plan["counts_within_one"], true);
     assert_eq!(
         plan["load_balanced"], true,
@@ -261,10 +280,11 @@ async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
     );
     assert_eq!(plan["load_within_band"], true, "{plan}");
     assert_eq!(written_by(&meta).await, before, "a dry run moves nothing");
+    // The table says the same (each dry run plans afresh: 30 to 32 moves).
     let (code, table, err) = c.floectl(0, &["rebalance", "--dry-run"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        table.contains("30 moves") && table.contains("LOAD AFTER"),
+        (30..=32).any(|n| table.contains(&format!("{n} moves"))) && table.contains("LOAD AFTER"),
         "{table}"
     );
 
@@ -451,22 +471,25 @@ async fn storage_targets_are_added_drained_with_progress_and_removed_without_los
     }
 
     // The list matches etcd: ids, URLs, health, replicas held.
+    let held_before = held_per_target(&meta).await;
     let t = targets_json(&c);
+    let held_after = held_per_target(&meta).await;
     assert_eq!(t.keys().cloned().collect::<Vec<_>>(), ["t0", "t1", "t2"]);
     for (id, v) in &t {
         assert_eq!(v["health"], "up", "{id}: {v}");
         assert_eq!(v["url"], url(id));
     }
-    let held = held_per_target(&meta).await;
-    // Segments roll meanwhile; the counts must agree within the records
-    // written between the two reads, and every target holds some.
+    // Segments roll meanwhile: floectl's count lies between what etcd held
+    // just before and just after it (give or take a roll in flight), and
+    // every target holds some.
     for id in ["t0", "t1", "t2"] {
         let listed = t[id]["segments"].as_u64().unwrap() as i64;
-        let now = held.get(id).copied().unwrap_or(0) as i64;
+        let count = |h: &BTreeMap<String, u32>| h.get(id).copied().unwrap_or(0) as i64;
+        let (lo, hi) = (count(&held_before), count(&held_after));
         assert!(listed > 0, "{id} holds segments");
         assert!(
-            (listed - now).abs() <= 4,
-            "{id}: floectl {listed}, etcd {now}"
+            lo.min(hi) - 2 <= listed && listed <= lo.max(hi) + 2,
+            "{id}: floectl {listed}, etcd {lo} before and {hi} after"
         );
     }
 
@@ -585,6 +608,9 @@ async fn a_cancelled_rebalance_stops_after_the_moves_in_flight() {
         assert!(Instant::now() < deadline, "broker 3 did not report");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Broker 3 paused (well within its lease): the first move cannot
+    // finish before the second request and the cancel below are in.
+    c.brokers[2].signal("-STOP").unwrap();
     let (code, out, err) = c.floectl(0, &["rebalance", "--max-in-flight", "1", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let started = parse(&out);
@@ -602,6 +628,7 @@ async fn a_cancelled_rebalance_stops_after_the_moves_in_flight() {
     );
     let (code, _, err) = c.floectl(0, &["op", "cancel", &id]);
     assert_eq!(code, 0, "{err}");
+    c.brokers[2].signal("-CONT").unwrap();
     let (code, out, err) = c.floectl(0, &["op", "watch", &id, "-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let op = parse(&out);
@@ -710,7 +737,7 @@ async fn a_storage_drain_copies_no_faster_than_repair_max_bytes_per_sec() {
     let bytes: u64 = on_t0.iter().sum();
     let largest = on_t0.iter().copied().max().unwrap_or(0);
     assert!(
-        on_t0.len() >= 6,
+        on_t0.len() >= 4,
         "sealed segments on t0: {} of {:?}",
         on_t0.len(),
         kvs.iter()
