@@ -109,13 +109,16 @@ fn visible_state(f: Option<&PartitionFacts>, live: &BTreeMap<i32, BrokerRecord>)
 /// (reporting broker, high watermark, reported at ms).
 type Reported = HashMap<PartitionId, (i32, i64, i64)>;
 
+/// The brokers' load reports in a snapshot.
+fn load_records(kvs: &[KeyValue]) -> impl Iterator<Item = floe_meta::schema::LoadRecord> + '_ {
+    kvs.iter()
+        .filter(|kv| kv.key.starts_with(&keys::load_prefix()))
+        .filter_map(decode::<floe_meta::schema::LoadRecord>)
+}
+
 fn reported_offsets(kvs: &[KeyValue]) -> Reported {
     let mut out = Reported::new();
-    let loads = kvs
-        .iter()
-        .filter(|kv| kv.key.starts_with(&keys::load_prefix()))
-        .filter_map(decode::<floe_meta::schema::LoadRecord>);
-    for l in loads {
+    for l in load_records(kvs) {
         for p in &l.partitions {
             if let Ok(topic) = Uuid::from_slice(&p.topic_id) {
                 out.insert(
@@ -198,12 +201,8 @@ impl pb::admin_server::Admin for AdminService {
             .iter()
             .filter_map(|kv| keys::parse_drained(&kv.key))
             .collect();
-        let loads: HashMap<i32, floe_meta::schema::LoadRecord> = kvs
-            .iter()
-            .filter(|kv| kv.key.starts_with(&keys::load_prefix()))
-            .filter_map(decode::<floe_meta::schema::LoadRecord>)
-            .map(|l| (l.broker_id, l))
-            .collect();
+        let loads: HashMap<i32, floe_meta::schema::LoadRecord> =
+            load_records(&kvs).map(|l| (l.broker_id, l)).collect();
         for kv in &kvs {
             let k = kv.key.as_ref();
             if k == keys::cluster().as_ref() {
