@@ -28,9 +28,12 @@ if [ -z "${FLOE_MOTO_SERVER:-}" ]; then
   else
     mkdir -p "$PWD/target"
     VENV="$PWD/target/moto-venv"
-    if [ ! -x "$VENV/bin/moto_server" ]; then
+    # Pinned: e2e/moto/sitecustomize.py patches this version's S3 handlers
+    # so a conditional PUT is atomic, as on S3.
+    MOTO_VERSION=5.2.5
+    if ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
       python3 -m venv "$VENV"
-      "$VENV/bin/pip" install -q 'moto[server]'
+      "$VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
     fi
     FLOE_MOTO_SERVER="$VENV/bin/moto_server"
   fi

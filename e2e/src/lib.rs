@@ -346,8 +346,22 @@ impl Moto {
 
     fn start_on(bucket: &str, port: u16) -> Result<Self> {
         let bin = std::env::var("FLOE_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        // moto's conditional PUT is check-then-store without a lock; this
+        // directory's sitecustomize.py serializes key writes so a create of
+        // an existing key fails as on S3 (see the file).
+        let patch = Path::new(env!("CARGO_MANIFEST_DIR")).join("moto");
+        let pythonpath = match std::env::var_os("PYTHONPATH") {
+            Some(p) if !p.is_empty() => {
+                let mut v = patch.into_os_string();
+                v.push(":");
+                v.push(p);
+                v
+            }
+            _ => patch.into_os_string(),
+        };
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("PYTHONPATH", pythonpath)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -370,6 +384,9 @@ impl Moto {
                 bail!("moto_server did not start on port {port}");
             }
             if let Some(status) = m.child.as_mut().unwrap().try_wait()? {
+                if status.code() == Some(70) {
+                    bail!("moto_server refused to start: this moto's S3 handlers are not the ones e2e/moto/sitecustomize.py makes atomic (pin the moto version in scripts/test.sh)");
+                }
                 bail!("moto_server exited with {status}");
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -99,7 +99,7 @@ pub async fn run(store: Arc<dyn ObjectStore>, run: &str) -> Result<(), String> {
     )?;
 
     // Under concurrency, exactly one of many creates of a key wins.
-    for round in 0..5 {
+    for round in 0..10 {
         let key = at(&format!("race/{round}"));
         let tasks: Vec<_> = (0..12)
             .map(|_| {
