@@ -8,6 +8,7 @@
 //! (`/floe/drained/{id}`) is given no partition and its own move off.
 
 pub mod assignment;
+pub mod drain;
 pub mod operations;
 pub mod rebalance;
 

@@ -1,9 +1,10 @@
-//! Long-running admin operations (rebalances): an `OperationRecord` under
-//! `/floe/operations/{id}` that any controller creates (state "pending"),
-//! the leading controller executes with a bounded number of concurrent
-//! partition moves, updating the record after every step (so any
-//! controller can stream progress), and an operator cancels through a
-//! separate key. A new leader resumes what a former one left running.
+//! Long-running admin operations: rebalances here (drains are in
+//! `drain`). An `OperationRecord` under `/floe/operations/{id}` that any
+//! controller creates (state "pending"), the leading controller executes
+//! with a bounded number of concurrent partition moves, updating the record
+//! after every step (so any controller can stream progress), and an
+//! operator cancels through a separate key. A new leader resumes what a
+//! former one left running.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -155,15 +156,16 @@ pub async fn prepare_rebalance(
     max_in_flight: u32,
 ) -> Result<PreparedStart, StartError> {
     let (kvs, _) = meta.range(&keys::operations_prefix()).await?;
-    let mut finished = Vec::new();
     for kv in &kvs {
+        if keys::parse_operation(&kv.key).is_none() {
+            continue;
+        }
         let op = OperationRecord::decode(kv.value.clone()).map_err(corrupt)?;
-        if !is_finished(&op.state) {
+        // Drains run beside a rebalance (its moves skip drained brokers).
+        if op.kind == REBALANCE && !is_finished(&op.state) {
             return Err(StartError::Busy(op.id, op.state));
         }
-        finished.push((op.created_ms, kv.key.clone()));
     }
-    finished.sort();
     // Every operation read is finished: an active slot still naming one
     // (or one since removed) is stale and may be taken, if unchanged.
     let slot = match meta.get(&keys::operation_active()).await? {
@@ -206,6 +208,7 @@ pub async fn prepare_rebalance(
             String::new()
         },
         executor: String::new(),
+        broker: 0,
     };
     let mut txn = Txn::new()
         .when(Condition::Missing(keys::operation(&id)))
@@ -217,12 +220,30 @@ pub async fn prepare_rebalance(
     } else {
         txn.then(Op::put(keys::operation_active(), id.clone()))
     };
-    // Keep the newest finished ones.
-    let excess = (finished.len() + 1).saturating_sub(KEEP_FINISHED);
-    for (_, key) in finished.into_iter().take(excess) {
-        txn = txn.then(Op::delete(key));
+    for op in prune_finished(&kvs) {
+        txn = txn.then(op);
     }
     Ok(PreparedStart { record, txn })
+}
+
+/// Deletions that keep the newest finished operations (room for one more)
+/// among the records `kvs` of the operations prefix.
+pub(crate) fn prune_finished(kvs: &[floe_meta::KeyValue]) -> Vec<Op> {
+    let mut finished: Vec<(i64, bytes::Bytes)> = kvs
+        .iter()
+        .filter(|kv| keys::parse_operation(&kv.key).is_some())
+        .filter_map(|kv| {
+            let op = OperationRecord::decode(kv.value.clone()).ok()?;
+            is_finished(&op.state).then(|| (op.created_ms, kv.key.clone()))
+        })
+        .collect();
+    finished.sort();
+    let excess = (finished.len() + 1).saturating_sub(KEEP_FINISHED);
+    finished
+        .into_iter()
+        .take(excess)
+        .map(|(_, key)| Op::delete(key))
+        .collect()
 }
 
 impl PreparedStart {
@@ -337,7 +358,7 @@ impl Controller {
             .iter()
             .filter(|kv| keys::parse_operation(&kv.key).is_some())
             .filter_map(|kv| OperationRecord::decode(kv.value.clone()).ok())
-            .filter(|op| !is_finished(&op.state))
+            .filter(|op| op.kind == REBALANCE && !is_finished(&op.state))
             .collect();
         ops.sort_by_key(|op| op.created_ms);
         for op in ops {
@@ -355,7 +376,11 @@ impl Controller {
 
     /// Save `op`, and in the same transaction carry out `also`, if this
     /// controller still leads.
-    async fn save_operation_and(&self, op: &OperationRecord, also: &[Op]) -> Result<(), MetaError> {
+    pub(crate) async fn save_operation_and(
+        &self,
+        op: &OperationRecord,
+        also: &[Op],
+    ) -> Result<(), MetaError> {
         let mut txn = Txn::new().then(Op::put(keys::operation(&op.id), op.encode_to_vec()));
         for o in also {
             txn = txn.then(o.clone());

@@ -251,6 +251,48 @@ async fn a_drained_broker_is_emptied_under_load_and_stopped_with_nothing_lost() 
         started.elapsed()
     );
     assert!(!owners(&c, "drain", 6).await.values().any(|b| *b == 2));
+    // The drain is an operation: one move per partition broker 2 wrote,
+    // each done to a broker that writes it now; the record in etcd agrees.
+    let id = err
+        .split("operation ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no operation id in: {err}"))
+        .to_string();
+    assert!(id.starts_with("dr-"), "{id}");
+    let op = drain_op(&c, &id);
+    assert_eq!(op["kind"], "drain-broker");
+    assert_eq!(op["state"], "done");
+    assert_eq!(op["broker"], 2);
+    assert_eq!(op["total"], on_2 as i64, "{op}");
+    assert_eq!(op["done"], on_2 as i64, "{op}");
+    let now = owners(&c, "drain", 6).await;
+    for m in op["moves"].as_array().unwrap() {
+        assert_eq!(m["from"], 2);
+        assert_eq!(m["status"], "done");
+        let p = m["partition"].as_i64().unwrap() as i32;
+        assert_eq!(m["to"].as_i64().unwrap() as i32, now[&p], "{m}");
+    }
+    {
+        use floe_meta::MetadataStore;
+        let meta = c.meta().await.unwrap();
+        let kv = meta
+            .get(&floe_meta::keys::operation(&id))
+            .await
+            .unwrap()
+            .expect("the operation in etcd");
+        let rec = floe_meta::schema::OperationRecord::decode(kv.value).unwrap();
+        assert_eq!((rec.state.as_str(), rec.broker), ("done", 2));
+        assert_eq!(rec.moves.len(), on_2);
+    }
+    let (_, list, _) = c.floectl(0, &["op", "list", "-o", "json"]);
+    assert!(list.contains(&id), "{list}");
+    // Draining it again starts nothing new.
+    let (code, out, err) = c.floectl(0, &["broker", "drain", "2", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["operation"]["state"], "done");
+    assert_eq!(again["operation"]["total"], 0, "{again}");
     let b2 = broker_status(&c, 2).expect("broker 2 in status");
     assert_eq!(b2["partitions"], 0);
     assert_eq!(b2["drained"], true);
@@ -527,9 +569,13 @@ async fn a_decommissioned_broker_hands_off_its_partitions_exits_and_frees_its_id
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(owners(&c, "dec", 6).await.values().any(|b| *b == 3));
-    let (code, out, err) = c.floectl(0, &["broker", "decommission", "3", "--wait"]);
+    let (code, out, err) = c.floectl(0, &["broker", "decommission", "3", "--wait", "-o", "json"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("decommissioned"), "{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["operation"]["kind"], "decommission-broker", "{r}");
+    assert_eq!(r["operation"]["state"], "done", "{r}");
+    assert_eq!(r["operation"]["broker"], 3, "{r}");
+    assert!(r["operation"]["total"].as_i64().unwrap() > 0, "{r}");
     // The process exited by itself, cleanly.
     let deadline = Instant::now() + Duration::from_secs(10);
     while c.brokers[2].is_running() {
@@ -550,6 +596,111 @@ async fn a_decommissioned_broker_hands_off_its_partitions_exits_and_frees_its_id
     assert!(now.values().all(|b| *b == 1 || *b == 2), "{now:?}");
     let (code, _, err) = c.floectl(0, &["broker", "decommission", "9"]);
     assert_eq!(code, 4, "{err}");
+}
+
+/// `floectl op show ID -o json`.
+fn drain_op(c: &Cluster, id: &str) -> serde_json::Value {
+    let (code, out, err) = c.floectl(0, &["op", "show", id, "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_cancelled_midway_undrains_the_broker_and_its_waiter_fails() {
+    use floe_meta::{keys, MetadataStore};
+    // Leases of 10 s: broker 3, frozen, holds its partitions (their new
+    // owners wait for its release or its lease) while the drain is
+    // cancelled.
+    let c = Cluster::start(3, 1, 10_000).unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    floe_e2e::create_topic(&c.bootstrap(), "cx", 6).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owners(&c, "cx", 6).await.len() < 6 {
+        assert!(Instant::now() < deadline, "partitions not writing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let on_3 = owners(&c, "cx", 6)
+        .await
+        .values()
+        .filter(|b| **b == 3)
+        .count();
+    assert!(on_3 > 0);
+    c.brokers[2].signal("-STOP").unwrap();
+    let (code, out, err, op) = std::thread::scope(|s| {
+        let waiter = s.spawn(|| c.floectl(0, &["broker", "drain", "3", "--wait"]));
+        // The running drain, as op list shows it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let id = loop {
+            let (_, out, _) = c.floectl(0, &["op", "list", "-o", "json"]);
+            let l: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let running = l["operations"].as_array().and_then(|ops| {
+                ops.iter()
+                    .find(|o| o["kind"] == "drain-broker" && o["state"] == "running")
+                    .cloned()
+            });
+            if let Some(o) = running {
+                assert_eq!(o["broker"], 3);
+                assert_eq!(o["total"], on_3 as i64, "{o}");
+                break o["id"].as_str().unwrap().to_string();
+            }
+            assert!(Instant::now() < deadline, "no running drain in {out}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (code, _, err) = c.floectl(0, &["op", "cancel", &id]);
+        assert_eq!(code, 0, "{err}");
+        let (code, out, err) = waiter.join().unwrap();
+        (code, out, err, drain_op(&c, &id))
+    });
+    assert_eq!(
+        code, 1,
+        "the waiting drain fails when cancelled: {out}{err}"
+    );
+    assert!(err.contains("ended cancelled"), "{err}");
+    assert_eq!(op["state"], "cancelled", "{op}");
+    assert!(
+        op["detail"]
+            .as_str()
+            .unwrap()
+            .contains("undrained on cancel"),
+        "{op}"
+    );
+    assert_eq!(
+        op["done"].as_i64().unwrap() + op["skipped"].as_i64().unwrap(),
+        on_3 as i64,
+        "every move finished one way or the other: {op}"
+    );
+    let meta = c.meta().await.unwrap();
+    assert!(
+        meta.get(&keys::drained(3)).await.unwrap().is_none(),
+        "cancelling the drain undrained the broker"
+    );
+    assert!(meta
+        .get(&keys::operation_cancel(op["id"].as_str().unwrap()))
+        .await
+        .unwrap()
+        .is_none());
+    c.brokers[2].signal("-CONT").unwrap();
+    let b3 = broker_status(&c, 3).expect("broker 3 still registered");
+    assert_eq!(b3["drained"], false);
+    // Undrain of a broker with a running drain cancels it the same way.
+    let (code, out, err) = c.floectl(0, &["broker", "drain", "1", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let started: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = started["operation"]["id"].as_str().unwrap().to_string();
+    let (code, _, err) = c.floectl(0, &["broker", "undrain", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let op = drain_op(&c, &id);
+        if op["state"] != "running" {
+            // Done if every move landed before the undrain was seen.
+            assert!(op["state"] == "cancelled" || op["state"] == "done", "{op}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the drain still runs: {op}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(meta.get(&keys::drained(1)).await.unwrap().is_none());
 }
 
 /// floectl against controller 0 until it answers (the admin listener comes

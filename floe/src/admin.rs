@@ -415,30 +415,29 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(topic_summary(&t)))
     }
 
-    async fn drain_broker(
-        &self,
-        request: Request<pb::BrokerRequest>,
-    ) -> Result<Response<pb::DrainResponse>, Status> {
+    async fn drain_broker(&self, r: Request<pb::BrokerRequest>) -> Reply<pb::DrainResponse> {
         Ok(Response::new(
-            self.set_drained(request.into_inner().broker, true, false)
-                .await?,
+            self.drain(r.into_inner().broker, false).await?,
         ))
     }
 
     async fn decommission_broker(&self, r: Request<pb::BrokerRequest>) -> Reply<pb::DrainResponse> {
         Ok(Response::new(
-            self.set_drained(r.into_inner().broker, true, true).await?,
+            self.drain(r.into_inner().broker, true).await?,
         ))
     }
 
-    async fn undrain_broker(
-        &self,
-        request: Request<pb::BrokerRequest>,
-    ) -> Result<Response<pb::DrainResponse>, Status> {
-        Ok(Response::new(
-            self.set_drained(request.into_inner().broker, false, false)
-                .await?,
-        ))
+    async fn undrain_broker(&self, r: Request<pb::BrokerRequest>) -> Reply<pb::DrainResponse> {
+        let broker = r.into_inner().broker;
+        floe_controller::drain::undrain(&*self.state.meta, broker)
+            .await
+            .map_err(unavailable)?;
+        Ok(Response::new(pb::DrainResponse {
+            broker,
+            drained: false,
+            partitions: self.owned_by(broker).await?,
+            operation: None,
+        }))
     }
 
     async fn move_partition(
@@ -622,46 +621,30 @@ impl AdminService {
             .count() as u32)
     }
 
-    async fn set_drained(
-        &self,
-        broker: i32,
-        drained: bool,
-        decommission: bool,
-    ) -> Result<pb::DrainResponse, Status> {
-        let meta = &self.state.meta;
+    /// Drain `broker` (retire it with `decommission`): the operation that
+    /// follows its partitions off.
+    async fn drain(&self, broker: i32, decommission: bool) -> Result<pb::DrainResponse, Status> {
+        let meta = &*self.state.meta;
         if meta
             .get(&keys::broker(broker))
             .await
             .map_err(unavailable)?
             .is_none()
-            && drained
         {
             return Err(Status::not_found(format!("broker {broker} is not alive")));
         }
-        let key = keys::drained(broker);
-        let txn = if drained {
-            let record = floe_meta::schema::DrainRecord {
-                format: floe_meta::schema::FORMAT,
-                broker_id: broker,
-                since_ms: floe_common::SystemClock.now_ms(),
-                decommission,
-            };
-            floe_meta::Txn::new().then(floe_meta::Op::put(key, record.encode_to_vec()))
-        } else {
-            floe_meta::Txn::new().then(floe_meta::Op::delete(key))
-        };
-        meta.txn(txn).await.map_err(unavailable)?;
-        tracing::info!(broker, drained, decommission, "broker drain state changed");
+        let op = floe_controller::drain::start(meta, broker, decommission)
+            .await
+            .map_err(unavailable)?;
         Ok(pb::DrainResponse {
             broker,
-            drained,
+            drained: true,
             partitions: self.owned_by(broker).await?,
+            operation: Some(crate::admin_ops::named(meta, &op).await?),
         })
     }
 }
 
-/// Serve the admin API on `listener` until `shutdown`; requests without
-/// `authorization: Bearer <token>` are refused (and logged).
 /// The admin API's TLS settings from PEM files: `cert` and `key` make it
 /// TLS-only; `client_ca` also requires a client certificate signed by it.
 pub fn server_tls(
@@ -706,6 +689,8 @@ pub fn server(
     })
 }
 
+/// Serve the admin API on `listener` until `shutdown`; requests without
+/// `authorization: Bearer <token>` are refused (and logged).
 pub async fn serve(
     mut server: tonic::transport::Server,
     listener: tokio::net::TcpListener,

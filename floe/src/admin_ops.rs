@@ -126,7 +126,16 @@ pub fn operation_pb(op: &OperationRecord, names: &HashMap<Uuid, String>) -> pb::
         failed: count("failed"),
         skipped: count("skipped"),
         moving: count("moving"),
+        broker: op.broker,
     }
+}
+
+/// `op` with its topics named.
+pub async fn named(
+    meta: &dyn MetadataStore,
+    op: &OperationRecord,
+) -> Result<pb::Operation, Status> {
+    Ok(operation_pb(op, &topic_names(meta).await?))
 }
 
 pub async fn plan(

@@ -558,6 +558,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
             c.set_balance_on_join(balance_on_join);
             *state.leader.write().unwrap() = Some(c.clone());
             tokio::spawn(c.clone().run_operations(id.clone(), token.clone()));
+            tokio::spawn(c.clone().run_drain_tracking(id.clone(), token.clone()));
             c.run(token).await
         })
     };

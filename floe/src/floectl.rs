@@ -546,6 +546,41 @@ async fn follow(
     Ok(last)
 }
 
+/// What a drain or decommission request started.
+fn drain_started(r: &admin_pb::DrainResponse) -> String {
+    match &r.operation {
+        Some(o) => format!(
+            "broker {} drained: operation {} ({} partitions to move; floectl op watch {})\n",
+            r.broker, o.id, o.total, o.id
+        ),
+        None => String::new(),
+    }
+}
+
+/// Follow the operation of a drain to its end; an error unless done (a
+/// cancelled drain leaves partitions on the broker).
+async fn follow_drain(
+    client: &mut Client,
+    r: &admin_pb::DrainResponse,
+    quiet: bool,
+    timeout_ms: u64,
+) -> Result<admin_pb::Operation, Failure> {
+    let Some(op) = &r.operation else {
+        return Err(fail(
+            1,
+            "the controller answered without a drain operation (an older controller?)",
+        ));
+    };
+    let end = follow(client, &op.id, quiet, timeout_ms).await?;
+    if end.state != "done" {
+        return Err(fail(
+            1,
+            format!("operation {} ended {}: {}", end.id, end.state, end.detail),
+        ));
+    }
+    Ok(end)
+}
+
 /// A partition's high watermark as its owner last reported it, with the
 /// report's age ("-" before the first report).
 fn high_watermark(p: &admin_pb::PartitionDetail) -> String {
@@ -949,15 +984,19 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 },
         } => {
             let started = std::time::Instant::now();
-            let r = client
+            let mut r = client
                 .decommission_broker(admin_pb::BrokerRequest { broker })
                 .await?
                 .into_inner();
+            if !json_out {
+                eprint!("{}", drain_started(&r));
+            }
             if wait {
+                r.operation = Some(follow_drain(&mut client, &r, json_out, timeout_ms).await?);
                 wait_emptied(
                     &mut client,
                     Emptying::BrokerGone(broker),
-                    Progress::new(&format!("decommissioning broker {broker}"), json_out),
+                    Progress::new(&format!("broker {broker} exiting"), json_out),
                     r.partitions,
                     "partitions moved",
                     timeout_ms,
@@ -1007,11 +1046,16 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .drain_broker(admin_pb::BrokerRequest { broker })
                 .await?
                 .into_inner();
+            if !json_out {
+                eprint!("{}", drain_started(&r));
+            }
             if wait {
+                r.operation = Some(follow_drain(&mut client, &r, json_out, timeout_ms).await?);
+                // Anything assigned to it as the drain began moves off too.
                 wait_emptied(
                     &mut client,
                     Emptying::BrokerPartitions(broker),
-                    Progress::new(&format!("draining broker {broker}"), json_out),
+                    Progress::new(&format!("draining broker {broker}"), true),
                     r.partitions,
                     "partitions moved",
                     timeout_ms,
@@ -1030,8 +1074,9 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 )
             } else {
                 format!(
-                    "broker {broker} draining: {} partitions to move (floectl status shows progress)\n",
-                    r.partitions
+                    "broker {broker} draining: {} partitions to move (floectl op watch {})\n",
+                    r.partitions,
+                    r.operation.as_ref().map_or("", |o| o.id.as_str())
                 )
             })
         }

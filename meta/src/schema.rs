@@ -399,7 +399,9 @@ pub struct OperationRecord {
     pub format: u32,
     #[prost(string, tag = "2")]
     pub id: String,
-    /// "rebalance".
+    /// "rebalance" (the leader carries out its moves), "drain-broker" or
+    /// "decommission-broker" (the controller's reconciliation moves the
+    /// broker's partitions; the record follows them).
     #[prost(string, tag = "3")]
     pub kind: String,
     /// pending, running, done, cancelled, failed.
@@ -421,4 +423,7 @@ pub struct OperationRecord {
     /// The controller executing it.
     #[prost(string, tag = "11")]
     pub executor: String,
+    /// The broker a drain empties (0 for a rebalance).
+    #[prost(int32, tag = "12")]
+    pub broker: i32,
 }
