@@ -19,7 +19,7 @@ use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::operations::{is_finished, prune_finished};
+use crate::operations::{corrupt, is_finished, now_ms, prune_finished};
 use crate::Controller;
 
 pub const DRAIN_BROKER: &str = "drain-broker";
@@ -27,16 +27,6 @@ pub const DECOMMISSION_BROKER: &str = "decommission-broker";
 
 pub fn is_drain(kind: &str) -> bool {
     kind == DRAIN_BROKER || kind == DECOMMISSION_BROKER
-}
-
-fn corrupt(e: impl std::fmt::Display) -> MetaError {
-    MetaError::Corrupt(e.to_string())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Unfinished drains of `broker` among the operation records.
@@ -310,18 +300,11 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operations::tests::{plan, store};
     use floe_meta::embedded::EmbeddedStore;
 
     fn pid(i: i32) -> PartitionId {
         PartitionId::new(Uuid::from_u128(9), i)
-    }
-
-    async fn store() -> (tempfile::TempDir, EmbeddedStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = EmbeddedStore::open(dir.path().join("meta.redb"))
-            .await
-            .unwrap();
-        (dir, meta)
     }
 
     async fn assign(meta: &EmbeddedStore, p: PartitionId, broker: i32) {
@@ -363,17 +346,10 @@ mod tests {
         let (kvs, _) = meta.range(&keys::operations_prefix()).await.unwrap();
         assert_eq!(kvs.len(), 1);
         // A rebalance is not refused because a drain runs.
-        let plan = crate::rebalance::Plan {
-            moves: vec![],
-            before: vec![],
-            after: vec![],
-            mean_load: 0,
-            load_band: (0, 0),
-            load_balanced: false,
-        };
-        crate::operations::start_rebalance(&meta, &plan, 1)
+        let rebalance = crate::operations::start_rebalance(&meta, &plan(2), 1)
             .await
             .unwrap();
+        assert_eq!(rebalance.state, "pending");
         // An empty broker's drain is done at once.
         let empty = start(&meta, 3, false).await.unwrap();
         assert_eq!(empty.state, "done");

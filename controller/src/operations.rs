@@ -35,11 +35,11 @@ pub fn is_finished(state: &str) -> bool {
     matches!(state, "done" | "cancelled" | "failed")
 }
 
-fn corrupt(e: impl std::fmt::Display) -> MetaError {
+pub(crate) fn corrupt(e: impl std::fmt::Display) -> MetaError {
     MetaError::Corrupt(e.to_string())
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -556,12 +556,12 @@ impl Controller {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::rebalance::{Move, Plan};
     use floe_meta::embedded::EmbeddedStore;
 
-    fn plan(moves: usize) -> Plan {
+    pub(crate) fn plan(moves: usize) -> Plan {
         Plan {
             moves: (0..moves as i32)
                 .map(|i| Move {
@@ -579,7 +579,7 @@ mod tests {
         }
     }
 
-    async fn store() -> (tempfile::TempDir, EmbeddedStore) {
+    pub(crate) async fn store() -> (tempfile::TempDir, EmbeddedStore) {
         let dir = tempfile::tempdir().unwrap();
         let meta = EmbeddedStore::open(dir.path().join("meta.redb"))
             .await

@@ -40,17 +40,29 @@ async fn owners(c: &Cluster, topic: &str, partitions: i32) -> BTreeMap<i32, i32>
     out
 }
 
+/// Wait until every partition of `topic` is written by a broker; the owners.
+async fn all_writing(c: &Cluster, topic: &str, partitions: i32) -> BTreeMap<i32, i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = owners(c, topic, partitions).await;
+        if now.len() == partitions as usize {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions of {topic} not writing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floectl_reports_the_cluster_as_etcd_has_it_and_moves_partitions() {
     let mut c = Cluster::start(3, 1, 3_000).unwrap();
     c.add_proxy().unwrap();
     c.wait_leader(Duration::from_secs(20)).unwrap();
     floe_e2e::create_topic(&c.proxy_bootstrap(), "ops", 6).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while owners(&c, "ops", 6).await.len() < 6 {
-        assert!(Instant::now() < deadline, "partitions not writing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    all_writing(&c, "ops", 6).await;
 
     // status -o json against etcd.
     let (code, out, err) = c.floectl(0, &["status", "-o", "json"]);
@@ -194,12 +206,7 @@ async fn a_drained_broker_is_emptied_under_load_and_stopped_with_nothing_lost() 
     c.wait_leader(Duration::from_secs(20)).unwrap();
     let b = c.proxy_bootstrap();
     floe_e2e::create_topic(&b, "drain", 6).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while owners(&c, "drain", 6).await.len() < 6 {
-        assert!(Instant::now() < deadline, "partitions not writing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let on_2 = owners(&c, "drain", 6)
+    let on_2 = all_writing(&c, "drain", 6)
         .await
         .values()
         .filter(|b| **b == 2)
@@ -563,12 +570,7 @@ async fn a_decommissioned_broker_hands_off_its_partitions_exits_and_frees_its_id
     c.add_proxy().unwrap();
     c.wait_leader(Duration::from_secs(20)).unwrap();
     floe_e2e::create_topic(&c.proxy_bootstrap(), "dec", 6).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while owners(&c, "dec", 6).await.len() < 6 {
-        assert!(Instant::now() < deadline, "partitions not writing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(owners(&c, "dec", 6).await.values().any(|b| *b == 3));
+    assert!(all_writing(&c, "dec", 6).await.values().any(|b| *b == 3));
     let (code, out, err) = c.floectl(0, &["broker", "decommission", "3", "--wait", "-o", "json"]);
     assert_eq!(code, 0, "{out}{err}");
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -614,12 +616,7 @@ async fn a_drain_cancelled_midway_undrains_the_broker_and_its_waiter_fails() {
     let c = Cluster::start(3, 1, 10_000).unwrap();
     c.wait_leader(Duration::from_secs(20)).unwrap();
     floe_e2e::create_topic(&c.bootstrap(), "cx", 6).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while owners(&c, "cx", 6).await.len() < 6 {
-        assert!(Instant::now() < deadline, "partitions not writing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let on_3 = owners(&c, "cx", 6)
+    let on_3 = all_writing(&c, "cx", 6)
         .await
         .values()
         .filter(|b| **b == 3)
