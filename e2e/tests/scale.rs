@@ -439,6 +439,12 @@ async fn held_per_target(meta: &dyn MetadataStore) -> BTreeMap<String, u32> {
     out
 }
 
+/// The storage pool as etcd has it.
+async fn pool_record(meta: &dyn MetadataStore) -> StoragePoolRecord {
+    let kv = meta.get(&keys::storage_pool()).await.unwrap().unwrap();
+    StoragePoolRecord::decode(kv.value).unwrap()
+}
+
 fn targets_json(c: &Cluster) -> BTreeMap<String, serde_json::Value> {
     let (code, out, err) = c.floectl(0, &["storage", "list", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
@@ -497,14 +503,7 @@ async fn storage_targets_are_added_drained_with_progress_and_removed_without_los
     let (code, out, err) = c.floectl(0, &["storage", "add", "t3", &url("t3"), "-o", "json"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(parse(&out)["health"], "up");
-    let pool = StoragePoolRecord::decode(
-        meta.get(&keys::storage_pool())
-            .await
-            .unwrap()
-            .unwrap()
-            .value,
-    )
-    .unwrap();
+    let pool = pool_record(&meta).await;
     assert_eq!(
         pool.targets
             .iter()
@@ -568,14 +567,7 @@ async fn storage_targets_are_added_drained_with_progress_and_removed_without_los
     // Remove it, then delete its directory: every record is still there.
     let (code, out, err) = c.floectl(0, &["storage", "remove", "t1"]);
     assert_eq!(code, 0, "{out}{err}");
-    let pool = StoragePoolRecord::decode(
-        meta.get(&keys::storage_pool())
-            .await
-            .unwrap()
-            .unwrap()
-            .value,
-    )
-    .unwrap();
+    let pool = pool_record(&meta).await;
     assert!(!pool.targets.iter().any(|t| t.id == "t1"));
     assert!(!targets_json(&c).contains_key("t1"));
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -581,6 +581,79 @@ async fn follow_drain(
     Ok(end)
 }
 
+/// `broker drain` and `broker decommission`: start it; with `wait`, follow
+/// its operation, then until the broker writes nothing (drain) or has
+/// exited (decommission).
+async fn drain_broker(
+    client: &mut Client,
+    broker: i32,
+    decommission: bool,
+    wait: bool,
+    timeout_ms: u64,
+    json_out: bool,
+) -> Result<String, Failure> {
+    let started = std::time::Instant::now();
+    let request = admin_pb::BrokerRequest { broker };
+    let mut r = if decommission {
+        client.decommission_broker(request).await?
+    } else {
+        client.drain_broker(request).await?
+    }
+    .into_inner();
+    if !json_out {
+        eprint!("{}", drain_started(&r));
+    }
+    if wait {
+        r.operation = Some(follow_drain(client, &r, json_out, timeout_ms).await?);
+        // Anything assigned to it as the drain began moves off too; a
+        // decommissioned broker then exits.
+        let (what, progress) = if decommission {
+            (
+                Emptying::BrokerGone(broker),
+                Progress::new(&format!("broker {broker} exiting"), json_out),
+            )
+        } else {
+            (
+                Emptying::BrokerPartitions(broker),
+                Progress::new(&format!("draining broker {broker}"), true),
+            )
+        };
+        let every = std::time::Duration::from_millis(100);
+        wait_emptied(
+            client,
+            what,
+            progress,
+            r.partitions,
+            "partitions moved",
+            timeout_ms,
+            every,
+        )
+        .await?;
+        r.partitions = 0;
+    }
+    if json_out {
+        return json(&r);
+    }
+    let op = r.operation.as_ref().map_or("", |o| o.id.as_str());
+    let took = started.elapsed().as_secs_f64();
+    Ok(match (decommission, wait) {
+        (true, true) => format!(
+            "broker {broker} decommissioned in {took:.1} s: it moved its partitions off and exited\n"
+        ),
+        (true, false) => format!(
+            "broker {broker} decommissioning: {} partitions to move; it exits once they are gone (floectl op watch {op})\n",
+            r.partitions
+        ),
+        (false, true) => format!(
+            "broker {broker} drained in {took:.1} s: it writes no partition and can be stopped\n"
+        ),
+        (false, false) => format!(
+            "broker {broker} draining: {} partitions to move (floectl op watch {op})\n",
+            r.partitions
+        ),
+    })
+}
+
 /// A partition's high watermark as its owner last reported it, with the
 /// report's age ("-" before the first report).
 fn high_watermark(p: &admin_pb::PartitionDetail) -> String {
@@ -982,43 +1055,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     wait,
                     timeout_ms,
                 },
-        } => {
-            let started = std::time::Instant::now();
-            let mut r = client
-                .decommission_broker(admin_pb::BrokerRequest { broker })
-                .await?
-                .into_inner();
-            if !json_out {
-                eprint!("{}", drain_started(&r));
-            }
-            if wait {
-                r.operation = Some(follow_drain(&mut client, &r, json_out, timeout_ms).await?);
-                wait_emptied(
-                    &mut client,
-                    Emptying::BrokerGone(broker),
-                    Progress::new(&format!("broker {broker} exiting"), json_out),
-                    r.partitions,
-                    "partitions moved",
-                    timeout_ms,
-                    std::time::Duration::from_millis(200),
-                )
-                .await?;
-            }
-            if json_out {
-                return json(&r);
-            }
-            Ok(if wait {
-                format!(
-                    "broker {broker} decommissioned in {:.1} s: it moved its partitions off and exited\n",
-                    started.elapsed().as_secs_f64()
-                )
-            } else {
-                format!(
-                    "broker {broker} decommissioning: {} partitions to move; it exits once they are gone\n",
-                    r.partitions
-                )
-            })
-        }
+        } => drain_broker(&mut client, broker, true, wait, timeout_ms, json_out).await,
         Command::Broker {
             op: BrokerOp::Undrain { broker },
         } => {
@@ -1040,46 +1077,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     wait,
                     timeout_ms,
                 },
-        } => {
-            let started = std::time::Instant::now();
-            let mut r = client
-                .drain_broker(admin_pb::BrokerRequest { broker })
-                .await?
-                .into_inner();
-            if !json_out {
-                eprint!("{}", drain_started(&r));
-            }
-            if wait {
-                r.operation = Some(follow_drain(&mut client, &r, json_out, timeout_ms).await?);
-                // Anything assigned to it as the drain began moves off too.
-                wait_emptied(
-                    &mut client,
-                    Emptying::BrokerPartitions(broker),
-                    Progress::new(&format!("draining broker {broker}"), true),
-                    r.partitions,
-                    "partitions moved",
-                    timeout_ms,
-                    std::time::Duration::from_millis(100),
-                )
-                .await?;
-                r.partitions = 0;
-            }
-            if json_out {
-                return json(&r);
-            }
-            Ok(if wait {
-                format!(
-                    "broker {broker} drained in {:.1} s: it writes no partition and can be stopped\n",
-                    started.elapsed().as_secs_f64()
-                )
-            } else {
-                format!(
-                    "broker {broker} draining: {} partitions to move (floectl op watch {})\n",
-                    r.partitions,
-                    r.operation.as_ref().map_or("", |o| o.id.as_str())
-                )
-            })
-        }
+        } => drain_broker(&mut client, broker, false, wait, timeout_ms, json_out).await,
         Command::Rebalance {
             dry_run,
             wait,
@@ -1196,10 +1194,17 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             if json_out {
                 return json(&o);
             }
-            Ok(format!(
-                "cancelling operation {}: the moves in flight finish, the rest are skipped\n",
-                o.id
-            ))
+            Ok(if o.broker != 0 {
+                format!(
+                    "cancelling operation {}: broker {} is undrained; partitions already moved stay\n",
+                    o.id, o.broker
+                )
+            } else {
+                format!(
+                    "cancelling operation {}: the moves in flight finish, the rest are skipped\n",
+                    o.id
+                )
+            })
         }
         Command::Storage {
             op: StorageCmd::List,
