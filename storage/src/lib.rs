@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod chunk;
+pub mod chunk_replicas;
 pub mod conformance;
 pub mod error;
 pub mod faulty;

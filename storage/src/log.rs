@@ -683,8 +683,9 @@ pub async fn load_chunk(
     if let Some(b) = cache.get_object(&c.path) {
         return Ok(b);
     }
-    let raw = replicas.get(&Path::from(c.path.as_ref())).await?;
-    let (_, payload) = chunk::decode(&c.path, &raw)?;
+    // Never a fence or a missing copy for the data another replica holds.
+    let (_, payload, _) =
+        crate::chunk_replicas::read(replicas, &Path::from(c.path.as_ref()), c.base_offset).await?;
     cache.put_object(c.path.clone(), payload.clone());
     Ok(payload)
 }

@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
@@ -58,29 +59,25 @@ impl ReplicaSet {
     }
 
     /// Conditional create of `path` on every target. Returns once W targets
-    /// created it (the others finish in the background), or once W can no
-    /// longer be reached.
+    /// hold `data` (the others finish in the background), or once W can no
+    /// longer be reached. A target that already holds exactly `data` (an
+    /// earlier attempt of this same write, or a repair copying it) counts as
+    /// created: the create is idempotent for identical content.
     pub async fn put_create(&self, path: &Path, data: Bytes) -> Result<PutOutcome, StorageError> {
         let mut pending: FuturesUnordered<_> = self
             .targets
             .iter()
             .map(|t| {
-                let store = t.store.clone();
+                let t = t.clone();
                 let path = path.clone();
-                let payload = PutPayload::from_bytes(data.clone());
-                let id = t.id.clone();
-                let up = t.up.clone();
+                let data = data.clone();
                 tokio::spawn(async move {
-                    let opts = PutOptions {
-                        mode: PutMode::Create,
-                        ..Default::default()
-                    };
-                    let r = store.put_opts(&path, payload, opts).await;
+                    let r = create_or_match(&t, &path, data).await;
                     if matches!(r, Err(ref e) if !matches!(e, object_store::Error::AlreadyExists { .. })) {
                         // New segments avoid it until a probe sees it answer.
-                        up.store(false, std::sync::atomic::Ordering::SeqCst);
+                        t.up.store(false, std::sync::atomic::Ordering::SeqCst);
                     }
-                    (id, r)
+                    (t.id, r)
                 })
             })
             .collect();
@@ -90,7 +87,7 @@ impl ReplicaSet {
         while let Some(joined) = pending.next().await {
             let (id, result) = joined.map_err(|e| StorageError::Unavailable(e.to_string()))?;
             match result {
-                Ok(_) => created += 1,
+                Ok(()) => created += 1,
                 Err(object_store::Error::AlreadyExists { .. }) => exists += 1,
                 Err(e) => {
                     tracing::warn!(target_id = %id, path = %path, error = %e, "storage put failed");
@@ -117,7 +114,7 @@ impl ReplicaSet {
     }
 
     /// Replicas to read from: those up first (then the others, in case).
-    fn read_order(&self) -> impl Iterator<Item = &StorageTarget> {
+    pub(crate) fn read_order(&self) -> impl Iterator<Item = &StorageTarget> {
         self.targets
             .iter()
             .filter(|t| t.is_up())
@@ -126,64 +123,84 @@ impl ReplicaSet {
 
     /// Read from the replicas (up ones first), failing over on errors; a
     /// replica that has not answered after the hedge delay gets company:
-    /// the next replica is asked too, and the first answer wins.
-    async fn hedged<F, Fut>(&self, path: &Path, read: F) -> Result<Bytes, StorageError>
+    /// the next replica is asked too, and the first good answer wins.
+    /// Returns that answer (if any) and the replicas that answered
+    /// otherwise before it, with their errors.
+    pub(crate) async fn hedged<T, E, F>(&self, read: F) -> (Option<T>, Vec<(StorageTarget, E)>)
     where
-        F: Fn(StorageTarget) -> Fut,
-        Fut: std::future::Future<Output = Result<Bytes, object_store::Error>>,
+        F: Fn(StorageTarget) -> futures::future::BoxFuture<'static, Result<T, E>>,
     {
         let order: Vec<StorageTarget> = self.read_order().cloned().collect();
         let hedge = std::time::Duration::from_millis(
             HEDGE_AFTER_MS.load(std::sync::atomic::Ordering::Relaxed),
         );
         let mut pending = FuturesUnordered::new();
+        let mut failed = Vec::new();
         let mut next = 0;
-        let mut last = StorageError::NotFound(path.to_string());
+        let ask = |t: StorageTarget| {
+            let fut = read(t.clone());
+            async move { (t, fut.await) }
+        };
         if let Some(t) = order.first() {
-            pending.push(read(t.clone()));
+            pending.push(ask(t.clone()));
             next = 1;
         }
         loop {
             let more = next < order.len();
             tokio::select! {
                 r = pending.next(), if !pending.is_empty() => match r {
-                    Some(Ok(b)) => return Ok(b),
-                    Some(Err(e)) => {
-                        last = StorageError::from_object_store(e);
+                    Some((_, Ok(v))) => return (Some(v), failed),
+                    Some((t, Err(e))) => {
+                        failed.push((t, e));
                         if more {
-                            pending.push(read(order[next].clone()));
+                            pending.push(ask(order[next].clone()));
                             next += 1;
                         } else if pending.is_empty() {
-                            return Err(last);
+                            return (None, failed);
                         }
                     }
-                    None => return Err(last),
+                    None => return (None, failed),
                 },
                 _ = tokio::time::sleep(hedge), if more => {
-                    pending.push(read(order[next].clone()));
+                    pending.push(ask(order[next].clone()));
                     next += 1;
                 }
-                else => return Err(last),
+                else => return (None, failed),
             }
         }
     }
 
-    /// Read a whole object from a replica that has it (hedged).
+    /// A whole object from a replica that has it (hedged).
     pub async fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
-        self.hedged(path, |t| {
-            let path = path.clone();
-            async move { t.store.get(&path).await?.bytes().await }
-        })
-        .await
+        let (got, failed) = self
+            .hedged(|t| {
+                let path = path.clone();
+                async move {
+                    async { t.store.get(&path).await?.bytes().await }
+                        .await
+                        .map_err(StorageError::from_object_store)
+                }
+                .boxed()
+            })
+            .await;
+        got.ok_or_else(|| worst(path, failed.into_iter().map(|(_, e)| e)))
     }
 
-    /// Read a byte range from a replica that has it (hedged).
+    /// A byte range from a replica that has it (hedged).
     pub async fn get_range(&self, path: &Path, range: Range<u64>) -> Result<Bytes, StorageError> {
-        self.hedged(path, |t| {
-            let (path, range) = (path.clone(), range.clone());
-            async move { t.store.get_range(&path, range).await }
-        })
-        .await
+        let (got, failed) = self
+            .hedged(|t| {
+                let (path, range) = (path.clone(), range.clone());
+                async move {
+                    t.store
+                        .get_range(&path, range)
+                        .await
+                        .map_err(StorageError::from_object_store)
+                }
+                .boxed()
+            })
+            .await;
+        got.ok_or_else(|| worst(path, failed.into_iter().map(|(_, e)| e)))
     }
 
     /// Objects under `prefix`, merged over enough replicas (R−W+1) to meet
@@ -220,74 +237,19 @@ impl ReplicaSet {
         )))
     }
 
-    /// Make `paths` (objects under `prefix`) exist on at least W replicas:
-    /// each replica is listed once, and an object held by fewer than W is
-    /// copied from a holder to the others with a conditional create.
-    /// Returns how many copies were made.
-    pub async fn ensure_write_quorum(
-        &self,
-        prefix: &Path,
-        paths: &[Path],
-    ) -> Result<usize, StorageError> {
-        let mut held: Vec<Option<std::collections::HashSet<Path>>> = Vec::new();
-        for t in &self.targets {
-            let listing: Result<Vec<_>, _> = t
-                .store
-                .list(Some(prefix))
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect();
-            held.push(
-                listing
-                    .ok()
-                    .map(|v| v.into_iter().map(|o| o.location).collect()),
-            );
-        }
-        let mut copies = 0;
-        for path in paths {
-            let holders: Vec<usize> = (0..self.targets.len())
-                .filter(|i| held[*i].as_ref().is_some_and(|h| h.contains(path)))
-                .collect();
-            let mut have = holders.len();
-            if have >= self.write_quorum {
-                continue;
+    /// Each replica's own listing of `prefix` (key → size), in replica
+    /// order; a replica that does not answer gives its error.
+    pub async fn list_each(&self, prefix: &Path) -> Vec<Result<BTreeMap<Path, u64>, StorageError>> {
+        futures::future::join_all(self.targets.iter().map(|t| async move {
+            let mut out = BTreeMap::new();
+            let mut stream = t.store.list(Some(prefix));
+            while let Some(o) = stream.next().await {
+                let o = o.map_err(StorageError::from_object_store)?;
+                out.insert(o.location, o.size);
             }
-            let data = self.get(path).await?;
-            for (i, t) in self.targets.iter().enumerate() {
-                if have >= self.write_quorum {
-                    break;
-                }
-                if holders.contains(&i) || held[i].is_none() {
-                    continue;
-                }
-                let opts = PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
-                };
-                match t
-                    .store
-                    .put_opts(path, PutPayload::from_bytes(data.clone()), opts)
-                    .await
-                {
-                    Ok(_) => {
-                        have += 1;
-                        copies += 1;
-                    }
-                    Err(object_store::Error::AlreadyExists { .. }) => have += 1,
-                    Err(e) => {
-                        tracing::warn!(target_id = %t.id, %path, error = %e, "re-replicating failed")
-                    }
-                }
-            }
-            if have < self.write_quorum {
-                return Err(StorageError::Unavailable(format!(
-                    "{path}: on {have} replicas, {} needed",
-                    self.write_quorum
-                )));
-            }
-        }
-        Ok(copies)
+            Ok(out)
+        }))
+        .await
     }
 
     /// Copy `path` from a replica that has it to `to`, streaming (segment
@@ -367,6 +329,49 @@ impl ReplicaSet {
             path: path.clone(),
         })
     }
+}
+
+/// Create `path` holding `data` on one target; a target that already holds
+/// exactly `data` answers as if created.
+async fn create_or_match(
+    t: &StorageTarget,
+    path: &Path,
+    data: Bytes,
+) -> Result<(), object_store::Error> {
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    match t
+        .store
+        .put_opts(path, PutPayload::from_bytes(data.clone()), opts)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e @ object_store::Error::AlreadyExists { .. }) => match t.store.get(path).await {
+            Ok(got) => match got.bytes().await {
+                Ok(existing) if existing == data => Ok(()),
+                _ => Err(e),
+            },
+            Err(_) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// The error that tells most about why no replica answered: one that may
+/// pass (unavailable) over a corrupt copy over a missing object.
+pub(crate) fn worst(path: &Path, errors: impl IntoIterator<Item = StorageError>) -> StorageError {
+    let rank = |e: &StorageError| match e {
+        StorageError::Unavailable(_) | StorageError::Indeterminate(_) => 3,
+        StorageError::Corrupt { .. } => 2,
+        StorageError::NotFound(_) | StorageError::AlreadyExists(_) => 1,
+        StorageError::Invalid(_) => 4,
+    };
+    errors
+        .into_iter()
+        .max_by_key(rank)
+        .unwrap_or_else(|| StorageError::NotFound(path.to_string()))
 }
 
 /// A large object being written to every replica of a set.

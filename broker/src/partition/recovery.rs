@@ -21,14 +21,14 @@ use floe_meta::schema::{
 };
 use floe_meta::{keys, Condition, Op, Txn, TxnOutcome};
 use floe_protocol::batch::Batches;
-use floe_storage::chunk::{self, ChunkKind};
+use floe_storage::chunk;
+use floe_storage::chunk_replicas::{self, Settled};
 use floe_storage::log::load_chunk;
 use floe_storage::log::{ChunkRef, LogState, SealedSegment, SegmentView};
 use floe_storage::segment::{SegmentBuilder, DEFAULT_INDEX_INTERVAL};
 use floe_storage::{layout, BlockCache, ReplicaSet, StorageError};
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::ObjectStoreExt;
 use prost::Message;
 
 use super::producers::Producers;
@@ -136,52 +136,24 @@ pub(crate) fn delete_chunks(
     });
 }
 
-/// What one replica holds at a chunk key.
-#[derive(Clone, Copy, Debug)]
-enum Held {
-    Data(chunk::ChunkHeader),
-    Fence,
-    Absent,
-    Unavailable,
-}
-
-async fn held(target: &floe_storage::StorageTarget, key: &Path) -> Held {
-    match target
-        .store
-        .get_range(key, 0..chunk::HEADER_LEN as u64)
-        .await
-    {
-        Ok(raw) => match chunk::decode_header(key.as_ref(), &raw) {
-            Ok((h, _)) if h.kind == ChunkKind::Data => Held::Data(h),
-            Ok(_) => Held::Fence,
-            Err(e) => {
-                tracing::warn!(%key, target_id = %target.id, error = %e, "unreadable chunk header");
-                Held::Unavailable
-            }
-        },
-        Err(object_store::Error::NotFound { .. }) => Held::Absent,
-        Err(e) => {
-            tracing::warn!(%key, target_id = %target.id, error = %e, "chunk probe failed");
-            Held::Unavailable
-        }
-    }
-}
-
-/// The contiguous chain of committed chunks of an open segment, ended by a
-/// fence at the next chunk key (so an old writer can never complete a chunk
-/// there). Offsets below `committed_below` (the checkpoint's next offset)
-/// were acked, so those chunks are found from a listing and one header read
-/// each (ranged, many at once). Past it, each key is examined on every
-/// replica: data on W replicas may have been acked and is kept; otherwise
-/// the empty replicas get our fence, and once data can no longer reach W
-/// there (data + unreachable replicas < W) the chain ends. Kept chunks are
-/// re-replicated to W. No payload is read.
+/// The contiguous chain of chunks of an open segment, up to `limit` (the
+/// next segment's base: a roll or a switch ended this one there), ended by
+/// fences where no writer can ever complete a chunk. Offsets below
+/// `committed_below` (the checkpoint's next offset) were acked, so those
+/// chunks are found from each replica's listing and one header read each
+/// (ranged, many at once, never taking a fence for the end) and brought back
+/// to W copies. Past it, each key is settled on every replica
+/// ([`chunk_replicas::settle`]): data seen anywhere is copied forward, never
+/// fenced; the chain ends only where R−W+1 replicas hold a fence; if too few
+/// replicas answer to decide, recovery waits (an error the caller retries).
+/// No payload is read except to copy a chunk short of its quorum.
 async fn chain_and_fence(
     id: PartitionId,
     seg: &OpenSegmentRecord,
     replicas: &ReplicaSet,
     epoch: Epoch,
     committed_below: Offset,
+    limit: Offset,
 ) -> Result<Vec<ChunkRef>, StartError> {
     let prefix = layout::chunk_prefix(id, seg.base_offset, seg.epoch);
     let w = replicas.write_quorum();
@@ -195,113 +167,157 @@ async fn chain_and_fence(
         bytes: h.payload_len as u64,
     };
 
-    // The acked part: a listing, then headers many at a time.
-    let listing = replicas.list(&prefix).await?;
-    let candidates: Vec<Path> = listing
-        .into_keys()
-        .filter(|p| layout::chunk_base(p).is_some_and(|b| b >= expected && b < committed_below))
-        .collect();
-    let mut headers = futures::stream::iter(candidates.into_iter().map(|path| async move {
-        let raw = replicas
-            .get_range(&path, 0..chunk::HEADER_LEN as u64)
-            .await?;
-        let (h, _) = chunk::decode_header(path.as_ref(), &raw)?;
-        Ok::<_, StorageError>((path, h))
-    }))
-    .buffered(HEADER_READS_IN_FLIGHT);
-    while let Some(next) = headers.next().await {
-        let (path, h) = next?;
-        if layout::chunk_base(&path) != Some(expected) || h.kind != ChunkKind::Data {
-            break;
-        }
-        if h.base_offset != expected {
-            return Err(StartError::Corrupt(format!(
-                "chunk {path} says it starts at {}",
-                h.base_offset
-            )));
-        }
-        kept.push(chunk_ref(&path, &h));
-        expected = h.next_offset;
-    }
-    drop(headers);
-    let paths: Vec<Path> = kept.iter().map(|c| Path::from(c.path.as_ref())).collect();
-    let copies = replicas.ensure_write_quorum(&prefix, &paths).await?;
-    if copies > 0 {
-        tracing::info!(partition = %id, segment = seg.base_offset, copies, "re-replicated recovered chunks to the write quorum");
-    }
-
-    // The uncertain tail, key by key, on every replica.
-    loop {
-        let key = layout::chunk(id, seg.base_offset, seg.epoch, expected);
-        let mut states: Vec<Held> =
-            futures::future::join_all(replicas.targets().iter().map(|t| held(t, &key))).await;
-        let data = |states: &[Held]| {
-            let hs: Vec<chunk::ChunkHeader> = states
+    // The acked part: every replica's listing, then headers many at a time.
+    let acked_end = committed_below.min(limit);
+    if acked_end > expected {
+        let listings = replicas.list_each(&prefix).await;
+        let answered = listings.iter().filter(|l| l.is_ok()).count();
+        if answered < replicas.read_quorum() {
+            let why = listings
                 .iter()
-                .filter_map(|s| match s {
-                    Held::Data(h) => Some(*h),
-                    _ => None,
-                })
-                .collect();
-            hs
-        };
-        if data(&states).len() < w {
-            // Claim every empty replica with our fence.
-            let fence = chunk::encode_fence(epoch, expected);
+                .find_map(|l| l.as_ref().err())
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            return Err(StartError::Storage(StorageError::Unavailable(format!(
+                "listing {prefix}: {answered} replicas answered, {} needed: {why}",
+                replicas.read_quorum()
+            ))));
+        }
+        // Key → which listed replicas hold data there (a fence is header-only).
+        let mut holders: BTreeMap<Offset, (Path, Vec<bool>)> = BTreeMap::new();
+        for (i, l) in listings.iter().enumerate() {
+            let Ok(objects) = l else { continue };
+            for (path, size) in objects {
+                let Some(b) = layout::chunk_base(path) else {
+                    continue;
+                };
+                if b < expected || b >= acked_end {
+                    continue;
+                }
+                let e = holders
+                    .entry(b)
+                    .or_insert_with(|| (path.clone(), vec![false; listings.len()]));
+                e.1[i] = *size > chunk::HEADER_LEN as u64;
+            }
+        }
+        holders.retain(|_, (_, on)| on.iter().any(|d| *d));
+        let wanted: Vec<(Offset, Path)> = holders
+            .iter()
+            .map(|(b, (path, _))| (*b, path.clone()))
+            .collect();
+        let mut headers = futures::stream::iter(wanted.into_iter().map(|(b, path)| async move {
+            let h = chunk_replicas::read_header(replicas, &path, b).await?;
+            Ok::<_, StorageError>((b, path, h))
+        }))
+        .buffered(HEADER_READS_IN_FLIGHT);
+        while expected < acked_end {
+            let Some(next) = headers.next().await else {
+                break;
+            };
+            let (b, path, h) = next?;
+            if b < expected {
+                continue;
+            }
+            if b > expected {
+                break;
+            }
+            if h.next_offset <= expected {
+                return Err(StartError::Corrupt(format!(
+                    "chunk {path} says {}..{}",
+                    h.base_offset, h.next_offset
+                )));
+            }
+            kept.push(chunk_ref(&path, &h));
+            expected = h.next_offset;
+        }
+        drop(headers);
+        if expected < acked_end {
+            let key = layout::chunk(id, seg.base_offset, seg.epoch, expected);
+            return Err(if answered < replicas.targets().len() {
+                // The replicas that hold it may be the ones not answering.
+                StartError::Storage(StorageError::Unavailable(format!(
+                    "acked chunk {key} not found on the {answered} replicas that answered"
+                )))
+            } else {
+                StartError::Corrupt(format!(
+                    "acked chunk {key} is on no replica (the checkpoint says offsets below {committed_below} were acked)"
+                ))
+            });
+        }
+        // Back to W copies: data over fences and into empty replicas.
+        let mut copies = 0;
+        for c in &kept {
+            let (path, on) = &holders[&c.base_offset];
+            let mut have = on.iter().filter(|d| **d).count();
+            if have >= w {
+                continue;
+            }
+            let (_, _, raw) = chunk_replicas::read(replicas, path, c.base_offset).await?;
             for (i, t) in replicas.targets().iter().enumerate() {
-                if !matches!(states[i], Held::Absent) {
+                if have >= w {
+                    break;
+                }
+                if on[i] || listings[i].is_err() {
                     continue;
                 }
                 let opts = object_store::PutOptions {
-                    mode: object_store::PutMode::Create,
+                    mode: object_store::PutMode::Overwrite,
                     ..Default::default()
                 };
-                states[i] = match t
+                match t
                     .store
                     .put_opts(
-                        &key,
-                        object_store::PutPayload::from_bytes(fence.clone()),
+                        path,
+                        object_store::PutPayload::from_bytes(raw.clone()),
                         opts,
                     )
                     .await
                 {
-                    Ok(_) => Held::Fence,
-                    // Someone else got there first: look at what it is.
-                    Err(object_store::Error::AlreadyExists { .. }) => held(t, &key).await,
-                    Err(e) => {
-                        tracing::warn!(%key, target_id = %t.id, error = %e, "writing the fence failed");
-                        Held::Unavailable
+                    Ok(_) => {
+                        have += 1;
+                        copies += 1;
                     }
-                };
+                    Err(e) => {
+                        tracing::warn!(target_id = %t.id, %path, error = %e, "re-replicating an acked chunk failed")
+                    }
+                }
+            }
+            if have < w {
+                return Err(StartError::Storage(StorageError::Unavailable(format!(
+                    "acked chunk {path} is on {have} replicas and cannot be copied to the write quorum {w} now"
+                ))));
             }
         }
-        let found = data(&states);
-        let unavailable = states
-            .iter()
-            .filter(|s| matches!(s, Held::Unavailable))
-            .count();
-        if found.len() >= w {
-            // On W replicas: it may have been acked, so it is part of the log.
-            let h = found[0];
-            if h.base_offset != expected || h.next_offset <= expected {
-                return Err(StartError::Corrupt(format!(
-                    "chunk {key} says {}..{}",
-                    h.base_offset, h.next_offset
-                )));
-            }
-            kept.push(chunk_ref(&key, &h));
-            expected = h.next_offset;
-            continue;
+        if copies > 0 {
+            tracing::info!(partition = %id, segment = seg.base_offset, copies, "re-replicated recovered chunks to the write quorum");
         }
-        if found.len() + unavailable < w {
-            // No writer can ever complete this key: the segment ends here.
-            return Ok(kept);
-        }
-        return Err(StartError::Storage(StorageError::Unavailable(format!(
-            "cannot fence {key}: data on {} replicas, {unavailable} unreachable, write quorum {w}",
-            found.len()
-        ))));
     }
+
+    // The uncertain tail, key by key, on every replica.
+    while expected < limit {
+        let key = layout::chunk(id, seg.base_offset, seg.epoch, expected);
+        match chunk_replicas::settle(
+            replicas,
+            &key,
+            expected,
+            chunk::encode_fence(epoch, expected),
+        )
+        .await?
+        {
+            Settled::InLog(h) => {
+                kept.push(chunk_ref(&key, &h));
+                expected = h.next_offset;
+            }
+            Settled::End => break,
+            Settled::Undecided(why) => {
+                return Err(StartError::Storage(StorageError::Unavailable(format!(
+                    "cannot decide where segment {} ends: {why}",
+                    seg.base_offset
+                ))))
+            }
+        }
+    }
+    Ok(kept)
 }
 
 /// The chunk chain a clean release recorded for `seg`, checked contiguous.
@@ -375,40 +391,62 @@ pub(crate) async fn recover(
     };
     let mut pending: Vec<PendingSeal> = Vec::new();
     let mut empty = Vec::new();
-    for seg in &checkpoint.open_segments {
-        if sealed.contains_key(&seg.base_offset) {
-            continue;
-        }
+    let mut open_segments: Vec<&OpenSegmentRecord> = checkpoint
+        .open_segments
+        .iter()
+        .filter(|s| !sealed.contains_key(&s.base_offset))
+        .collect();
+    open_segments.sort_by_key(|s| s.base_offset);
+    for (i, seg) in open_segments.iter().enumerate() {
+        // A roll or a switch ended this segment where the next one starts.
+        let limit = open_segments
+            .get(i + 1)
+            .map_or(Offset::MAX, |n| n.base_offset);
         let replicas = ctx.pool.replica_set(&seg.replica_set)?;
         let chunks = if checkpoint.clean && seg.chunks_listed {
             // A clean release listed the whole chain and wrote nothing after.
             listed_chain(id, seg)?
         } else {
-            chain_and_fence(id, seg, &replicas, epoch, checkpoint.next_offset).await?
+            chain_and_fence(id, seg, &replicas, epoch, checkpoint.next_offset, limit).await?
         };
         report.segments_recovered += 1;
         report.chunks_recovered += chunks.len();
-        match (chunks.first(), chunks.last()) {
-            (Some(first), Some(last)) => {
-                if first.base_offset != seg.base_offset {
-                    return Err(StartError::Corrupt(format!(
-                        "segment {} starts at {}",
-                        seg.base_offset, first.base_offset
-                    )));
-                }
-                next = next.max(last.next_offset);
-                pending.push(PendingSeal {
-                    // The list served its purpose; checkpoints stay small.
-                    record: OpenSegmentRecord {
-                        chunks_listed: false,
-                        chunks: Vec::new(),
-                        ..seg.clone()
-                    },
-                    replicas,
-                    chunks,
-                });
+        let end = chunks.last().map_or(seg.base_offset, |c| c.next_offset);
+        let chunks_empty = chunks.is_empty();
+        let replicas_for_delete = replicas.clone();
+        if let Some(first) = chunks.first() {
+            if first.base_offset != seg.base_offset {
+                return Err(StartError::Corrupt(format!(
+                    "segment {} starts at {}",
+                    seg.base_offset, first.base_offset
+                )));
             }
-            _ => empty.push((seg.clone(), replicas)),
+            next = next.max(end);
+            pending.push(PendingSeal {
+                // The list served its purpose; checkpoints stay small.
+                record: OpenSegmentRecord {
+                    chunks_listed: false,
+                    chunks: Vec::new(),
+                    ..(*seg).clone()
+                },
+                replicas,
+                chunks,
+            });
+        }
+        if chunks_empty {
+            // Dropped from the checkpoint; its fence is deleted once the new
+            // checkpoint is saved (an old writer completing a chunk there
+            // later cannot ack it: its own lease lapsed before ours began).
+            empty.push(((*seg).clone(), replicas_for_delete));
+        }
+        if end < limit && limit != Offset::MAX {
+            // The chain ended before the next segment's base: nothing there
+            // was acked (acks go in offset order), so later segments are
+            // abandoned and the log continues at `end`.
+            tracing::warn!(partition = %id, segment = seg.base_offset, end, abandoned = open_segments.len() - i - 1,
+                "a segment ended before the next one's base: later unsealed segments are abandoned");
+            next = end.max(checkpoint.next_offset);
+            break;
         }
     }
     // Producer state: the snapshot saved with the checkpoint, then the
@@ -533,6 +571,7 @@ mod tests {
     use floe_storage::faulty::{Faults, FaultyStore};
     use floe_storage::{PutOutcome, StorageTarget};
     use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
     use rand::{Rng, SeedableRng};
     use std::time::Duration;
 
@@ -606,14 +645,16 @@ mod tests {
             if let Some(d) = down {
                 stores[d].set_down(true);
             }
-            let kept = match chain_and_fence(id, &seg, &set, 2, 0).await {
+            let kept = match chain_and_fence(id, &seg, &set, 2, 0, Offset::MAX).await {
                 Ok(kept) => kept,
                 // With a replica unreachable the end may be undecidable (the
                 // old writer may have completed a chunk there): recovery
                 // refuses rather than guess, and succeeds once it is back.
                 Err(StartError::Storage(StorageError::Unavailable(_))) if down.is_some() => {
                     stores[down.unwrap()].set_down(false);
-                    chain_and_fence(id, &seg, &set, 2, 0).await.unwrap()
+                    chain_and_fence(id, &seg, &set, 2, 0, Offset::MAX)
+                        .await
+                        .unwrap()
                 }
                 Err(e) => panic!("seed {seed}: {e}"),
             };
@@ -644,8 +685,209 @@ mod tests {
                 "seed {seed}: a write at the fence {end} was acked"
             );
             // A second recovery finds the same end.
-            let again = chain_and_fence(id, &seg, &set, 3, 0).await.unwrap();
+            let again = chain_and_fence(id, &seg, &set, 3, 0, Offset::MAX)
+                .await
+                .unwrap();
             assert_eq!(again.len(), kept.len(), "seed {seed}");
+        }
+    }
+
+    fn three_targets(seed: u64) -> (Vec<Arc<FaultyStore>>, ReplicaSet) {
+        let stores: Vec<Arc<FaultyStore>> = (0..3)
+            .map(|i| FaultyStore::new(format!("t{i}"), Arc::new(InMemory::new()), seed + i))
+            .collect();
+        let targets: Vec<StorageTarget> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StorageTarget::from_store(format!("t{i}"), s.clone()))
+            .collect();
+        (stores, ReplicaSet::new(targets, 2))
+    }
+
+    /// Every offset of `chain` read back through the cache-less path, with
+    /// each single replica down in turn: the records are there, dense.
+    async fn read_all(
+        stores: &[Arc<FaultyStore>],
+        set: &ReplicaSet,
+        chain: &[ChunkRef],
+        end: Offset,
+    ) {
+        for down in [None, Some(0), Some(1), Some(2)] {
+            for (i, s) in stores.iter().enumerate() {
+                s.set_down(Some(i) == down);
+            }
+            let mut expect = 0;
+            for c in chain {
+                let payload = load_chunk(&BlockCache::new(0), set, c).await.unwrap();
+                for (_, h) in Batches::new(&payload) {
+                    assert_eq!(h.base_offset, expect, "replica {down:?} down");
+                    expect = h.next_offset();
+                }
+            }
+            assert_eq!(expect, end, "replica {down:?} down");
+        }
+        for s in stores {
+            s.set_down(false);
+        }
+    }
+
+    /// Issue 14's lost record, step by step: chunks 0..4 acked on all
+    /// replicas; chunk 4 acked while t2 refused writes (on t0 and t1 only);
+    /// the owner dies; t1 becomes unreachable; a new owner recovers (the
+    /// checkpoint says only offsets below 4 were acked). An earlier attempt
+    /// left a fence on t2 at key 4, as the old code did. Recovery must wait
+    /// rather than end the chain, and once t1 answers, keep chunk 4, replace
+    /// the fence, and every reader must see offset 4 whichever replica
+    /// answers.
+    #[tokio::test]
+    async fn an_acked_chunk_on_two_of_three_survives_recovery_with_one_unreachable() {
+        let (stores, set) = three_targets(100);
+        let id = PartitionId::new(Uuid::from_u128(14), 10);
+        let seg = OpenSegmentRecord {
+            base_offset: 0,
+            epoch: 2,
+            replica_set: set.ids(),
+            ..Default::default()
+        };
+        for base in [0, 2] {
+            let key = layout::chunk(id, 0, 2, base);
+            assert_eq!(
+                set.put_create(&key, data_chunk(2, base, 2)).await.unwrap(),
+                PutOutcome::Created
+            );
+        }
+        stores[2].set_down(true);
+        let k4 = layout::chunk(id, 0, 2, 4);
+        assert_eq!(
+            set.put_create(&k4, data_chunk(2, 4, 1)).await.unwrap(),
+            PutOutcome::Created,
+            "acked on t0 and t1"
+        );
+        stores[2].set_down(false);
+
+        // Without the stray fence: t1 unreachable, recovery copies chunk 4
+        // to t2 and ends the chain after it.
+        stores[1].set_down(true);
+        let chain = chain_and_fence(id, &seg, &set, 3, 4, Offset::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            chain.iter().map(|c| c.base_offset).collect::<Vec<_>>(),
+            [0, 2, 4]
+        );
+        stores[1].set_down(false);
+        read_all(&stores, &set, &chain, 5).await;
+
+        // The old code's leftover: a fence on t2 at key 4 beside the data.
+        let (stores, set) = three_targets(200);
+        for base in [0, 2] {
+            let key = layout::chunk(id, 0, 2, base);
+            set.put_create(&key, data_chunk(2, base, 2)).await.unwrap();
+        }
+        for t in &set.targets()[..2] {
+            t.store
+                .put(
+                    &k4,
+                    object_store::PutPayload::from_bytes(data_chunk(2, 4, 1)),
+                )
+                .await
+                .unwrap();
+        }
+        set.targets()[2]
+            .store
+            .put(
+                &k4,
+                object_store::PutPayload::from_bytes(chunk::encode_fence(3, 4)),
+            )
+            .await
+            .unwrap();
+        stores[1].set_down(true);
+        match chain_and_fence(id, &seg, &set, 4, 4, Offset::MAX).await {
+            Err(StartError::Storage(StorageError::Unavailable(why))) => {
+                assert!(why.contains("data on 1, fences on 1"), "{why}")
+            }
+            other => panic!("recovery must wait, not decide: {other:?}"),
+        }
+        // Nothing the waiting attempt wrote can end the chain: the next key
+        // is untouched.
+        stores[1].set_down(false);
+        for t in set.targets() {
+            assert_eq!(
+                chunk_replicas::probe(t, &layout::chunk(id, 0, 2, 5)).await,
+                chunk_replicas::Held::Absent
+            );
+        }
+        let chain = chain_and_fence(id, &seg, &set, 4, 4, Offset::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            chain.iter().map(|c| c.base_offset).collect::<Vec<_>>(),
+            [0, 2, 4]
+        );
+        assert!(
+            matches!(
+                chunk_replicas::probe(&set.targets()[2], &k4).await,
+                chunk_replicas::Held::Data(_)
+            ),
+            "the fence beside the data was replaced"
+        );
+        read_all(&stores, &set, &chain, 5).await;
+        // The key after the end is fenced on every replica.
+        for t in set.targets() {
+            assert_eq!(
+                chunk_replicas::probe(t, &layout::chunk(id, 0, 2, 5)).await,
+                chunk_replicas::Held::Fence
+            );
+        }
+    }
+
+    /// Acked chunks (below the checkpoint's next offset) found beside a
+    /// fence on one replica are kept whichever replica's header is read
+    /// first, and a roll's next segment bounds the walk: a chunk the old
+    /// segment got at the next segment's base is not taken twice.
+    #[tokio::test]
+    async fn acked_chunks_beside_fences_are_kept_and_segments_do_not_overlap() {
+        let (stores, set) = three_targets(300);
+        let id = PartitionId::new(Uuid::from_u128(15), 0);
+        let seg = OpenSegmentRecord {
+            base_offset: 0,
+            epoch: 2,
+            replica_set: set.ids(),
+            ..Default::default()
+        };
+        for base in [0, 2, 4] {
+            let key = layout::chunk(id, 0, 2, base);
+            for (i, t) in set.targets().iter().enumerate() {
+                let body = if i == 0 && base == 2 {
+                    chunk::encode_fence(3, 2)
+                } else {
+                    data_chunk(2, base, 2)
+                };
+                t.store
+                    .put(&key, object_store::PutPayload::from_bytes(body))
+                    .await
+                    .unwrap();
+            }
+        }
+        // t0 (with the fence) answers first; all acked (below 6).
+        let chain = chain_and_fence(id, &seg, &set, 3, 6, Offset::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            chain.iter().map(|c| c.base_offset).collect::<Vec<_>>(),
+            [0, 2, 4]
+        );
+        read_all(&stores, &set, &chain, 6).await;
+        // A later segment starts at 4: the walk stops there, acked or not.
+        for committed in [0, 3, 6] {
+            let chain = chain_and_fence(id, &seg, &set, 3, committed, 4)
+                .await
+                .unwrap();
+            assert_eq!(
+                chain.last().map(|c| c.next_offset),
+                Some(4),
+                "committed below {committed}"
+            );
         }
     }
 }

@@ -86,6 +86,10 @@ struct Writer {
     buffer: Option<Buffer>,
     inflight: VecDeque<Flush>,
     seal_task: Option<JoinHandle<Result<SegmentRecord, StorageError>>>,
+    /// Seals failed in a row, and when the next attempt may start: retries
+    /// back off (100 ms doubling to 30 s) instead of spinning.
+    seal_failures: u32,
+    seal_retry_at: Option<Instant>,
     state: watch::Sender<PartitionState>,
     /// Told to stop without releasing; answered once stopped.
     abandoned: Option<oneshot::Sender<()>>,
@@ -154,6 +158,8 @@ pub(crate) fn spawn(
         buffer: None,
         inflight: VecDeque::new(),
         seal_task: None,
+        seal_failures: 0,
+        seal_retry_at: None,
         state,
         abandoned: None,
         producers: recovered.producers,
@@ -174,6 +180,12 @@ async fn front(
         Some(f) => (&mut f.task).await,
         None => std::future::pending().await,
     }
+}
+
+/// How long to wait before the next seal attempt after `failures` in a row.
+fn seal_retry_delay(failures: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1 << failures.saturating_sub(1).min(20));
+    Duration::from_millis(ms.min(30_000))
 }
 
 /// A sealed segment whose replica set changed in a repair.
@@ -647,14 +659,8 @@ impl Writer {
                         tracing::warn!(%path, attempt, error = %e, "chunk put failed; retrying");
                         tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                     }
-                    // A retry may find its own earlier attempt's object.
-                    Ok(PutOutcome::AlreadyExists) if attempt > 0 => {
-                        return match replicas.get(&path).await {
-                            Ok(existing) if existing == put_data => Ok(PutOutcome::Created),
-                            Ok(_) => Ok(PutOutcome::AlreadyExists),
-                            Err(e) => Err(e),
-                        };
-                    }
+                    // (A retry finding its own earlier attempt's object on a
+                    // replica counts that replica: put_create compares.)
                     other => return other,
                 }
             }
@@ -861,6 +867,9 @@ impl Writer {
         if self.seal_task.is_some() {
             return;
         }
+        if self.seal_retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
         let Some(seg) = self.sealing.front() else {
             return;
         };
@@ -893,11 +902,17 @@ impl Writer {
         let record = match done {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                tracing::warn!(partition = %self.id, error = %e, "sealing a segment failed; will retry");
+                self.seal_failures += 1;
+                let delay = seal_retry_delay(self.seal_failures);
+                self.seal_retry_at = Some(Instant::now() + delay);
+                tracing::warn!(partition = %self.id, error = %e, failures = self.seal_failures,
+                    retry_in_ms = delay.as_millis() as u64, "sealing a segment failed; will retry");
                 return Ok(());
             }
             Err(e) => return Err(Stop::Failed(e.to_string())),
         };
+        self.seal_failures = 0;
+        self.seal_retry_at = None;
         let seg = self
             .sealing
             .pop_front()
@@ -1278,5 +1293,22 @@ impl Writer {
         };
         self.commit_meta(vec![Op::delete(keys::owner(self.id))], &checkpoint)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_retries_back_off_to_thirty_seconds() {
+        let ms: Vec<u64> = (1..=12)
+            .map(|n| seal_retry_delay(n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            ms,
+            [100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 30_000, 30_000]
+        );
+        assert_eq!(seal_retry_delay(u32::MAX), Duration::from_secs(30));
     }
 }
