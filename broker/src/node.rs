@@ -91,31 +91,66 @@ async fn register(
     record: &BrokerRecord,
     ttl: Duration,
 ) -> Result<(Arc<LeaseGuard>, i64), MetaError> {
-    let lease = meta.grant_lease(ttl).await?;
-    let guard = Arc::new(LeaseGuard::new(lease));
-    guard.renewed(Instant::now(), ttl);
-    let register = Txn::new()
-        .when(Condition::Missing(keys::broker(record.broker_id)))
-        .then(Op::put_with_lease(
-            keys::broker(record.broker_id),
-            record.encode_to_vec(),
-            lease,
-        ));
-    match meta.txn(register).await {
-        Ok(TxnOutcome::Committed { revision }) => Ok((guard, revision)),
-        Ok(TxnOutcome::Mismatch) => {
-            let _ = meta.revoke_lease(lease).await;
-            Err(MetaError::Invalid(format!(
-                "broker id {} is already registered by a live broker",
-                record.broker_id
-            )))
+    let key = keys::broker(record.broker_id);
+    let mut waiting_since: Option<Instant> = None;
+    let mut last_warning = Instant::now();
+    loop {
+        let lease = meta.grant_lease(ttl).await?;
+        let guard = Arc::new(LeaseGuard::new(lease));
+        guard.renewed(Instant::now(), ttl);
+        let register = Txn::new()
+            .when(Condition::Missing(key.clone()))
+            .then(Op::put_with_lease(
+                key.clone(),
+                record.encode_to_vec(),
+                lease,
+            ));
+        match meta.txn(register).await {
+            Ok(TxnOutcome::Committed { revision }) => {
+                if let Some(since) = waiting_since {
+                    tracing::info!(
+                        broker_id = record.broker_id,
+                        waited_ms = since.elapsed().as_millis() as u64,
+                        "the earlier registration lapsed; registered"
+                    );
+                }
+                return Ok((guard, revision));
+            }
+            Ok(TxnOutcome::Mismatch) => {
+                let _ = meta.revoke_lease(lease).await;
+            }
+            Err(e) => {
+                let _ = meta.revoke_lease(lease).await;
+                return Err(e);
+            }
         }
-        Err(e) => {
-            let _ = meta.revoke_lease(lease).await;
-            Err(e)
+        // Registered by an earlier process of this broker (restarted in
+        // place, as Kubernetes does) whose lease has not lapsed yet, or by
+        // another live broker with the same id: wait for the key to go.
+        let holder = meta
+            .get(&key)
+            .await?
+            .and_then(|kv| BrokerRecord::decode(kv.value).ok());
+        let since = *waiting_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_millis(10) {
+            tracing::warn!(broker_id = record.broker_id,
+                holder = ?holder.as_ref().map(|h| format!("{}:{} started_ms={}", h.host, h.port, h.started_ms)),
+                lease_ttl_ms = ttl.as_millis() as u64,
+                "this broker id is registered by an earlier process whose lease is still alive; waiting for it to lapse");
+        } else if last_warning.elapsed() >= Duration::from_secs(30) {
+            last_warning = Instant::now();
+            tracing::warn!(broker_id = record.broker_id, waited_ms = since.elapsed().as_millis() as u64,
+                holder = ?holder.as_ref().map(|h| format!("{}:{} started_ms={}", h.host, h.port, h.started_ms)),
+                "still waiting for this broker id's registration to lapse: if another broker with this id is running, stop one of them");
+        }
+        if holder.is_some() {
+            tokio::time::sleep(REGISTER_POLL).await;
         }
     }
 }
+
+/// How often a broker waiting for its id's old registration to lapse looks.
+const REGISTER_POLL: Duration = Duration::from_millis(250);
 
 /// A topic name Kafka would accept: 1-249 of [a-zA-Z0-9._-], not "." or "..".
 pub fn valid_topic_name(name: &str) -> Result<(), String> {
@@ -456,7 +491,11 @@ impl Node {
             if self.shutdown.is_cancelled() {
                 return Err(MetaError::Unavailable("shutting down".into()));
             }
-            match register(&*self.meta, &self.record, lease_ttl(&self.config)).await {
+            let attempt = tokio::select! {
+                r = register(&*self.meta, &self.record, lease_ttl(&self.config)) => r,
+                _ = self.shutdown.cancelled() => return Err(MetaError::Unavailable("shutting down".into())),
+            };
+            match attempt {
                 Ok(r) => break r,
                 Err(MetaError::Invalid(m)) => return Err(MetaError::Invalid(m)),
                 Err(e) => {

@@ -582,3 +582,45 @@ async fn planned_moves_hand_a_partition_over_under_load_without_copying() {
         6
     );
 }
+
+/// Kubernetes restarts a pod in place with the same identity: a broker
+/// killed and started again at once finds its id still registered (the old
+/// process's lease has not lapsed). It waits for the lease, saying why, and
+/// comes up without any supervisor retrying it; then serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restarted_in_place_waits_for_its_old_lease_to_lapse() {
+    let mut cluster = Cluster::start(1, 1, LEASE_TTL_MS).unwrap();
+    cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = cluster.bootstrap();
+    create_topic(&b, "in-place", 2).await;
+    wait_leaders(&cluster, "in-place", Duration::from_secs(30), |l| {
+        l.values().all(Option::is_some)
+    });
+    cluster.brokers[0].stop_with("-KILL").unwrap();
+    let killed = Instant::now();
+    // spawn() fails if the process exits before answering /healthz.
+    cluster.brokers[0]
+        .restart()
+        .expect("the restarted broker comes up by itself");
+    let up = killed.elapsed();
+    let log = cluster.brokers[0].log_text();
+    assert!(
+        log.contains(
+            "registered by an earlier process whose lease is still alive; waiting for it to lapse"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("the earlier registration lapsed; registered"),
+        "{log}"
+    );
+    assert!(!log.contains("already registered"), "{log}");
+    println!(
+        "broker restarted in place: registered {:.2} s after the kill (lease TTL {:.1} s)",
+        up.as_secs_f64(),
+        LEASE_TTL_MS as f64 / 1000.0
+    );
+    // And it takes its partitions back and acks writes.
+    let writable = all_writable(&b, "in-place", 2, Duration::from_secs(30)).await;
+    println!("writable again {:.2} s later", writable.as_secs_f64());
+}

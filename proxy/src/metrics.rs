@@ -16,6 +16,8 @@ pub struct ProxyMetrics {
     pub produce_forwarded: Counter,
     pub produce_held: Counter,
     pub produce_retries: Counter,
+    pub produce_cut: Counter,
+    pub produce_owner_moved: Counter,
     pub group_forwarded: Counter,
     pub storage_reads: Gauge<u64, AtomicU64>,
     pub cache_hit_ratio: Gauge<f64, AtomicU64>,
@@ -52,6 +54,16 @@ impl ProxyMetrics {
             "produce_retries",
             "Partition produce requests sent again to a partition's next owner",
             self.produce_retries.clone(),
+        );
+        r.register(
+            "produce_cut",
+            "Partition produce answers given early (a retriable error) because the rest of the request or connection was waiting on them",
+            self.produce_cut.clone(),
+        );
+        r.register(
+            "produce_owner_moved",
+            "Partition produce attempts given up on because the partition got a new owner while its old owner did not answer",
+            self.produce_owner_moved.clone(),
         );
         r.register(
             "group_forwarded",

@@ -7,6 +7,7 @@
 //! order the client sent holds.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use floe_protocol::kafka_protocol::messages::produce_response::{
 use floe_protocol::kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use floe_protocol::ResponseError;
 use futures::future::{BoxFuture, Shared};
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -193,7 +194,9 @@ impl Proxy {
         req: ProduceRequest,
         version: i16,
         client_id: &str,
+        connection_outstanding: Arc<AtomicUsize>,
     ) -> BoxFuture<'static, Option<ProduceResponse>> {
+        let arrived = Instant::now();
         let acks = req.acks;
         let timeout = Duration::from_millis(req.timeout_ms.clamp(0, 300_000) as u64);
         // Answer a little before the client gives up on the request.
@@ -312,11 +315,18 @@ impl Proxy {
                 first[i] = Some(answer.clone());
             }
         }
-        let mut futures = Vec::with_capacity(parts.len());
+        let mut tasks = Vec::with_capacity(parts.len());
         for ((part, info), first) in parts.into_iter().zip(lane_info).zip(first) {
             let proxy = self.clone();
             let client_id = client_id.to_string();
-            futures.push(
+            let flags = Arc::new(PartFlags {
+                idempotent: idempotent(&part.records),
+                sent: AtomicBool::new(first.is_some()),
+                answered: AtomicBool::new(false),
+            });
+            let (topic, index) = (part.topic.clone(), part.index);
+            let task_flags = flags.clone();
+            let handle = tokio::spawn(
                 async move {
                     let Some((prev, ticket, prev_pending)) = info else {
                         let r = PartitionProduceResponse::default()
@@ -337,17 +347,84 @@ impl Proxy {
                             version,
                             &client_id,
                             deadline,
+                            &task_flags,
                         )
                         .await;
                     (part.topic, r)
                 }
                 .boxed(),
             );
+            tasks.push((topic, index, flags, handle));
         }
-        async move {
-            let results = futures::future::join_all(futures).await;
+        let hold = Duration::from_millis(self.config.produce_hold_ms);
+        let metrics = self.metrics.clone();
+        let merged = async move {
+            let n = tasks.len();
+            let mut results: Vec<Option<(String, PartitionProduceResponse)>> = vec![None; n];
+            let mut waiting: futures::stream::FuturesUnordered<_> = tasks
+                .iter_mut()
+                .enumerate()
+                .map(|(i, t)| {
+                    let h = &mut t.3;
+                    async move { (i, h.await) }
+                })
+                .collect();
+            let mut check_at = arrived + hold;
+            let mut cut = Vec::new();
+            loop {
+                tokio::select! {
+                    r = waiting.next() => match r {
+                        Some((i, Ok(v))) => results[i] = Some(v),
+                        Some((i, Err(e))) => {
+                            tracing::error!(error = %e, "a produce part failed");
+                            results[i] = Some((String::new(), PartitionProduceResponse::default()
+                                .with_base_offset(-1)
+                                .with_error_code(ResponseError::UnknownServerError.code())));
+                        }
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(check_at), if !hold.is_zero() => {
+                        // Held back by some partitions while other answers are
+                        // ready or other requests wait behind this one.
+                        let blocking = results.iter().any(Option::is_some)
+                            || connection_outstanding.load(Ordering::SeqCst) > 1;
+                        if blocking {
+                            cut = (0..n).filter(|i| results[*i].is_none()).collect();
+                            break;
+                        }
+                        check_at = Instant::now() + HOLD_RECHECK;
+                    }
+                }
+            }
+            drop(waiting);
+            for i in cut {
+                let (topic, index, flags, _) = &tasks[i];
+                flags.answered.store(true, Ordering::SeqCst);
+                // The batch is either not appended (it will not be sent now)
+                // or idempotent (a retry is answered by its sequence): the
+                // client may retry at once. A plain batch already sent may
+                // still land: a timeout, as Kafka would answer.
+                let code = if flags.idempotent || !flags.sent.load(Ordering::SeqCst) {
+                    ResponseError::NotLeaderOrFollower
+                } else {
+                    ResponseError::RequestTimedOut
+                };
+                metrics.produce_cut.inc();
+                results[i] = Some((
+                    topic.clone(),
+                    PartitionProduceResponse::default()
+                        .with_index(*index)
+                        .with_base_offset(-1)
+                        .with_error_code(code.code()),
+                ));
+            }
             let mut resp = ProduceResponse::default();
-            for (topic, mut r) in results {
+            for (i, slot) in results.into_iter().enumerate() {
+                let (mut topic, mut r) = slot.expect("every part answered or cut");
+                if topic.is_empty() {
+                    topic = tasks[i].0.clone();
+                    r.index = tasks[i].1;
+                }
                 // The client knows proxies only.
                 r.current_leader = LeaderIdAndEpoch::default();
                 match resp
@@ -364,8 +441,14 @@ impl Proxy {
                 }
             }
             (acks != 0).then_some(resp)
+        };
+        if acks == 0 {
+            // No answer is sent: the connection's later answers need not
+            // wait for this one.
+            tokio::spawn(merged);
+            return async { None }.boxed();
         }
-        .boxed()
+        merged.boxed()
     }
 
     fn send_produce(
@@ -407,8 +490,12 @@ impl Proxy {
         version: i16,
         client_id: &str,
         deadline: Instant,
+        flags: &PartFlags,
     ) -> PartitionProduceResponse {
-        let idem = idempotent(&part.records);
+        let idem = flags.idempotent;
+        // The client was answered for this part already (cut): nothing more
+        // may be sent; the lane is kept until the attempt out resolves.
+        let answered = || flags.answered.load(Ordering::SeqCst);
         let timed_out = || {
             PartitionProduceResponse::default()
                 .with_index(part.index)
@@ -445,17 +532,25 @@ impl Proxy {
                     owner = now;
                 }
             }
+            if answered() {
+                return timed_out();
+            }
             attempt = Some(self.resend(part, &owner, version, client_id, deadline));
+            flags.sent.store(true, Ordering::SeqCst);
             ticket.sent_to(owner.broker_id);
         }
         loop {
+            let sent_broker = ticket.target();
             let outcome: Result<PartitionProduceResponse, (ResponseError, bool)> =
                 match attempt.take() {
-                    Some(answer) => match tokio::time::timeout_at(deadline, answer).await {
+                    Some(answer) => match self
+                        .await_answer(id, sent_broker, answer, &mut changes, deadline)
+                        .await
+                    {
                         // No answer within the client's time: it may still land.
-                        Err(_) => Err((ResponseError::RequestTimedOut, false)),
-                        Ok(Ok(resp)) => Ok(pick(&resp, &part.topic, part.index)),
-                        Ok(Err(e)) => Err((
+                        Waited::TimedOut => Err((ResponseError::RequestTimedOut, false)),
+                        Waited::Answer(Ok(resp)) => Ok(pick(&resp, &part.topic, part.index)),
+                        Waited::Answer(Err(e)) => Err((
                             if e.not_sent() {
                                 ResponseError::RequestTimedOut
                             } else {
@@ -463,6 +558,15 @@ impl Proxy {
                             },
                             e.not_sent() || idem,
                         )),
+                        // The partition has a new owner and the old one does
+                        // not answer (frozen, dead): an idempotent batch goes
+                        // to the new owner (its sequence makes a copy that did
+                        // land harmless); a plain one is answered as a lost
+                        // connection would be.
+                        Waited::OwnerMoved => {
+                            self.metrics.produce_owner_moved.inc();
+                            Err((ResponseError::NetworkException, idem))
+                        }
                     },
                     None => Err((ResponseError::RequestTimedOut, true)),
                 };
@@ -475,6 +579,9 @@ impl Proxy {
                 }
                 Err((_, retry)) => *retry,
             };
+            if answered() {
+                return timed_out();
+            }
             if !retry || Instant::now() >= deadline {
                 drop(ticket);
                 return match outcome {
@@ -504,9 +611,52 @@ impl Proxy {
             let Some(owner) = self.wait_owner(id, &mut changes, backoff, deadline).await else {
                 return timed_out();
             };
+            if answered() {
+                return timed_out();
+            }
             self.metrics.produce_retries.inc();
             attempt = Some(self.resend(part, &owner, version, client_id, deadline));
+            flags.sent.store(true, Ordering::SeqCst);
             ticket.sent_to(owner.broker_id);
+        }
+    }
+
+    /// Wait for an upstream answer from `sent_broker`, until the deadline,
+    /// or until the partition has another owner and a grace period passed
+    /// without the answer.
+    async fn await_answer(
+        &self,
+        id: PartitionId,
+        sent_broker: i32,
+        answer: SharedAnswer,
+        changes: &mut tokio::sync::watch::Receiver<u64>,
+        deadline: Instant,
+    ) -> Waited {
+        let moved = async {
+            loop {
+                if let Some((b, _)) = self.view.owner(id) {
+                    if b.broker_id != sent_broker {
+                        return;
+                    }
+                }
+                if changes.changed().await.is_err() {
+                    futures::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, answer.clone()) => match r {
+                Ok(a) => Waited::Answer(a),
+                Err(_) => Waited::TimedOut,
+            },
+            _ = moved => {
+                let grace = (Instant::now() + OWNER_MOVED_GRACE).min(deadline);
+                match tokio::time::timeout_at(grace, answer).await {
+                    Ok(a) => Waited::Answer(a),
+                    Err(_) if Instant::now() >= deadline => Waited::TimedOut,
+                    Err(_) => Waited::OwnerMoved,
+                }
+            }
         }
     }
 
@@ -555,6 +705,29 @@ impl Proxy {
         self.send_produce(owner, &one, version, client_id)
     }
 }
+
+/// How an upstream attempt ended.
+enum Waited {
+    Answer(Answer),
+    TimedOut,
+    OwnerMoved,
+}
+
+/// What the merged answer and a part's task share about the part.
+struct PartFlags {
+    idempotent: bool,
+    /// Written to a broker at least once.
+    sent: AtomicBool,
+    /// The client got an answer for it already (the hold cut it).
+    answered: AtomicBool,
+}
+
+/// After the owner changed, the old owner's answer is awaited this much
+/// longer (a clean move answers in flight batches; a frozen broker never).
+const OWNER_MOVED_GRACE: Duration = Duration::from_millis(250);
+
+/// A held request that blocks nothing is looked at again this often.
+const HOLD_RECHECK: Duration = Duration::from_millis(100);
 
 /// A partition's answer in an upstream response.
 fn pick(resp: &ProduceResponse, topic: &str, index: i32) -> PartitionProduceResponse {

@@ -4,6 +4,7 @@
 //! broker that must answer them (a group's coordinator, any broker for topic
 //! admin and producer ids). Clients only ever see proxies.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,25 @@ fn s(v: impl Into<String>) -> StrBytes {
 #[derive(Default)]
 pub struct Session {
     pool: Pool,
+    /// Requests of this connection not yet answered (answers go in order,
+    /// so an answer held back holds back every one after it).
+    outstanding: Arc<AtomicUsize>,
+}
+
+/// One request counted in its session's `outstanding` until dropped.
+struct Outstanding(Arc<AtomicUsize>);
+
+impl Outstanding {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl KafkaService for Proxy {
@@ -136,9 +156,12 @@ async fn dispatch(
             }
             // Driven on its own task: a batch's lane moves on even while
             // this client's earlier responses are still being waited for.
-            let pending = tokio::spawn(proxy.produce(r, version, &client_id));
+            let counted = Outstanding::new(&session.outstanding);
+            let pending =
+                tokio::spawn(proxy.produce(r, version, &client_id, session.outstanding.clone()));
             async move {
                 let resp = pending.await.ok().flatten();
+                drop(counted);
                 done(resp.and_then(|resp| respond(api, version, correlation_id, resp)))
             }
             .boxed()
