@@ -74,6 +74,11 @@ pub struct Node {
     pub groups: crate::group::Groups,
     /// The revision the last full load read at.
     loaded_rev: std::sync::atomic::AtomicI64,
+    /// Held by a load (its read and what it applies) and by the watch while
+    /// it applies one event: a load's snapshot, older than an event the
+    /// watch applied meanwhile, must not roll that event back (a broker
+    /// rejoining after a pause lost its first assignments that way).
+    applying: tokio::sync::Mutex<()>,
     /// Producer ids claimed from the metadata store: [next, end).
     producer_ids: tokio::sync::Mutex<(i64, i64)>,
     /// Produce requests answered (for fault injection).
@@ -234,6 +239,7 @@ impl Node {
             lease_lapsed: CancellationToken::new(),
             groups: Default::default(),
             loaded_rev: Default::default(),
+            applying: tokio::sync::Mutex::new(()),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             produce_count: Default::default(),
         });
@@ -280,6 +286,7 @@ impl Node {
     async fn load(self: &Arc<Self>) -> Result<i64, MetaError> {
         // One read of everything, so that the picture is of one revision;
         // the watch then skips what this already covers.
+        let _applying = self.applying.lock().await;
         let (all, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
         let under = |prefix: Bytes| -> Vec<floe_meta::KeyValue> {
             all.iter()
@@ -369,17 +376,22 @@ impl Node {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 ev = topic_watch.next() => match ev {
-                    Some(Ok(ev)) if stale(&ev) => {}
-                    Some(Ok(ev)) => match ev.kind {
-                        WatchEventKind::Put(kv) => self.apply_topic(Some(kv.value)),
-                        WatchEventKind::Delete(key) => self.forget_topic(&key),
-                    },
+                    Some(Ok(ev)) => {
+                        let _applying = self.applying.lock().await;
+                        if !stale(&ev) {
+                            match ev.kind {
+                                WatchEventKind::Put(kv) => self.apply_topic(Some(kv.value)),
+                                WatchEventKind::Delete(key) => self.forget_topic(&key),
+                            }
+                        }
+                    }
                     Some(Err(e)) => return Err(e),
                     None => return Err(MetaError::Unavailable("topic watch ended".into())),
                 },
                 ev = part_watch.next() => match ev {
-                    Some(Ok(ev)) if stale(&ev) => {}
                     Some(Ok(ev)) => {
+                        let _applying = self.applying.lock().await;
+                        if stale(&ev) { continue; }
                         let key = ev.key().clone();
                         if let Some(p) = keys::parse_assignment(&key) {
                             match ev.kind {
@@ -404,8 +416,9 @@ impl Node {
                     None => return Err(MetaError::Unavailable("partition watch ended".into())),
                 },
                 ev = broker_watch.next() => match ev {
-                    Some(Ok(ev)) if stale(&ev) => {}
                     Some(Ok(ev)) => {
+                        let _applying = self.applying.lock().await;
+                        if stale(&ev) { continue; }
                         let mut v = self.view.write().unwrap();
                         match ev.kind {
                             WatchEventKind::Put(kv) => {

@@ -451,29 +451,17 @@ pub struct Proc {
     pub port: Option<u16>,
     child: Option<Child>,
     log: PathBuf,
+    /// A command the process runs under (e.g. `setpriv` dropping
+    /// capabilities), empty for none.
+    wrapper: Vec<String>,
 }
 
 impl Proc {
     fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(floe_bin())
-            .args(&self.args)
-            .env(
-                "FLOE_LOG",
-                std::env::var("FLOE_E2E_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawning {}", floe_bin().display()))?;
-        self.child = Some(child);
+        self.spawn_nowait()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if http_get(self.http_port, "/healthz").is_ok() {
+            if self.healthy() {
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
@@ -486,6 +474,48 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("{} did not start; log:\n{}", self.name, self.log_text())
+    }
+
+    /// Whether the process answers /healthz.
+    pub fn healthy(&self) -> bool {
+        http_get_within(self.http_port, "/healthz", Duration::from_millis(200)).is_ok()
+    }
+
+    /// Start the (stopped) process again without waiting for it to answer,
+    /// as a supervisor restarting a pod in place does.
+    pub fn start_nowait(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("{} is still running", self.name);
+        }
+        self.spawn_nowait()
+    }
+
+    fn spawn_nowait(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(floe_bin());
+                c
+            }
+            None => Command::new(floe_bin()),
+        };
+        let child = cmd
+            .args(&self.args)
+            .env(
+                "FLOE_LOG",
+                std::env::var("FLOE_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", floe_bin().display()))?;
+        self.child = Some(child);
+        Ok(())
     }
 
     pub fn log_text(&self) -> String {
@@ -574,6 +604,8 @@ pub struct Cluster {
     broker_toml: PathBuf,
     /// The controllers' `--storage`/`--replicas`/`--write-quorum` flags.
     storage_args: Vec<String>,
+    /// What every Floe process runs under (see [`Proc`]).
+    wrapper: Vec<String>,
     // Dropped last: processes first, then etcd, then the files.
     pub etcd: Etcd,
     tmp: tempfile::TempDir,
@@ -615,6 +647,31 @@ impl Cluster {
         replicas: usize,
         write_quorum: usize,
     ) -> Result<Self> {
+        Self::start_wrapped(
+            brokers,
+            controllers,
+            lease_ttl_ms,
+            extra_broker_toml,
+            storage_urls,
+            replicas,
+            write_quorum,
+            &[],
+        )
+    }
+
+    /// [`Cluster::start_with_pool`] with every Floe process started under
+    /// `wrapper` (a command and its arguments, e.g. `setpriv ... --`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_wrapped(
+        brokers: usize,
+        controllers: usize,
+        lease_ttl_ms: u64,
+        extra_broker_toml: &str,
+        storage_urls: &[String],
+        replicas: usize,
+        write_quorum: usize,
+        wrapper: &[&str],
+    ) -> Result<Self> {
         let etcd = Etcd::start()?;
         let tmp = tempfile::tempdir()?;
         let storage = tmp.path().join("objects");
@@ -648,6 +705,7 @@ impl Cluster {
             proxies: Vec::new(),
             broker_toml,
             storage_args,
+            wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
             etcd,
             tmp,
         };
@@ -687,6 +745,7 @@ impl Cluster {
             http_port,
             port: None,
             child: None,
+            wrapper: self.wrapper.clone(),
         };
         p.args.extend(self.storage_args.iter().cloned());
         p.spawn()?;
@@ -723,6 +782,7 @@ impl Cluster {
             http_port,
             port: Some(port),
             child: None,
+            wrapper: self.wrapper.clone(),
         };
         p.spawn()?;
         Ok(p)
@@ -931,8 +991,15 @@ pub fn http_post(port: u16, path: &str) -> Result<String> {
 }
 
 pub fn http_get(port: u16, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    http_get_within(port, path, Duration::from_secs(5))
+}
+
+/// [`http_get`] that gives up after `timeout` without an answer (a process
+/// whose listener is bound but which does not serve yet).
+pub fn http_get_within(port: u16, path: &str, timeout: Duration) -> Result<String> {
+    let mut s =
+        TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), timeout)?;
+    s.set_read_timeout(Some(timeout))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"

@@ -48,7 +48,7 @@ pub struct ProxyConfig {
     pub lease_ttl_ms: u64,
     /// A produce request whose answer waits on some partitions while other
     /// answers are ready (or while the same connection has requests queued
-    /// behind it) is answered after this long: the partitions still waiting
+    /// behind it) is answered this long after it arrived: the partitions still waiting
     /// get a retriable NOT_LEADER_OR_FOLLOWER (REQUEST_TIMED_OUT for a
     /// non-idempotent batch already sent), so one broker's failure never
     /// stalls the acks of partitions other brokers own. 0: never.
@@ -65,7 +65,7 @@ impl Default for ProxyConfig {
             cache_bytes: 512 << 20,
             forward_timeout_ms: 30_000,
             lease_ttl_ms: 5_000,
-            produce_hold_ms: 500,
+            produce_hold_ms: 250,
         }
     }
 }

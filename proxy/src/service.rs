@@ -108,6 +108,9 @@ async fn dispatch(
         Ok(head) => head,
         Err(answer) => return answer,
     };
+    // Counted until answered: a produce answer held back holds back every
+    // answer after it on this connection.
+    let counted = Outstanding::new(&session.outstanding);
     let started = Instant::now();
     let raw = frame.clone();
     let mut body = frame;
@@ -156,12 +159,10 @@ async fn dispatch(
             }
             // Driven on its own task: a batch's lane moves on even while
             // this client's earlier responses are still being waited for.
-            let counted = Outstanding::new(&session.outstanding);
             let pending =
                 tokio::spawn(proxy.produce(r, version, &client_id, session.outstanding.clone()));
             async move {
                 let resp = pending.await.ok().flatten();
-                drop(counted);
                 done(resp.and_then(|resp| respond(api, version, correlation_id, resp)))
             }
             .boxed()
@@ -352,7 +353,12 @@ async fn dispatch(
             .boxed()
         }
     };
-    Ok(out)
+    Ok(async move {
+        let answer = out.await;
+        drop(counted);
+        answer
+    }
+    .boxed())
 }
 
 /// Requests that must not be applied twice (a lost answer is not retried).

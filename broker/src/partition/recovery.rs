@@ -167,133 +167,145 @@ async fn chain_and_fence(
         bytes: h.payload_len as u64,
     };
 
-    // The acked part: every replica's listing, then headers many at a time.
+    // Every replica's listing, then headers many at a time: the acked part
+    // (below `committed_below`), then on through every key the listings show
+    // with data on W replicas (in the log whatever the others hold).
     let acked_end = committed_below.min(limit);
-    if acked_end > expected {
-        let listings = replicas.list_each(&prefix).await;
-        let answered = listings.iter().filter(|l| l.is_ok()).count();
-        if answered < replicas.read_quorum() {
-            let why = listings
-                .iter()
-                .find_map(|l| l.as_ref().err())
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            return Err(StartError::Storage(StorageError::Unavailable(format!(
-                "listing {prefix}: {answered} replicas answered, {} needed: {why}",
-                replicas.read_quorum()
-            ))));
-        }
-        // Key → which listed replicas hold data there (a fence is header-only).
-        let mut holders: BTreeMap<Offset, (Path, Vec<bool>)> = BTreeMap::new();
-        for (i, l) in listings.iter().enumerate() {
-            let Ok(objects) = l else { continue };
-            for (path, size) in objects {
-                let Some(b) = layout::chunk_base(path) else {
-                    continue;
-                };
-                if b < expected || b >= acked_end {
-                    continue;
-                }
-                let e = holders
-                    .entry(b)
-                    .or_insert_with(|| (path.clone(), vec![false; listings.len()]));
-                e.1[i] = *size > chunk::HEADER_LEN as u64;
-            }
-        }
-        holders.retain(|_, (_, on)| on.iter().any(|d| *d));
-        let wanted: Vec<(Offset, Path)> = holders
+    let listings = replicas.list_each(&prefix).await;
+    let answered = listings.iter().filter(|l| l.is_ok()).count();
+    if answered < replicas.read_quorum() {
+        let why = listings
             .iter()
-            .map(|(b, (path, _))| (*b, path.clone()))
-            .collect();
-        let mut headers = futures::stream::iter(wanted.into_iter().map(|(b, path)| async move {
-            let h = chunk_replicas::read_header(replicas, &path, b).await?;
-            Ok::<_, StorageError>((b, path, h))
-        }))
-        .buffered(HEADER_READS_IN_FLIGHT);
-        while expected < acked_end {
-            let Some(next) = headers.next().await else {
-                break;
+            .find_map(|l| l.as_ref().err())
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        return Err(StartError::Storage(StorageError::Unavailable(format!(
+            "listing {prefix}: {answered} replicas answered, {} needed: {why}",
+            replicas.read_quorum()
+        ))));
+    }
+    // Key → which listed replicas hold data there (a fence is header-only),
+    // and which hold a fence.
+    let mut holders: BTreeMap<Offset, (Path, Vec<bool>)> = BTreeMap::new();
+    let mut fenced: BTreeMap<Offset, Vec<usize>> = BTreeMap::new();
+    for (i, l) in listings.iter().enumerate() {
+        let Ok(objects) = l else { continue };
+        for (path, size) in objects {
+            let Some(b) = layout::chunk_base(path) else {
+                continue;
             };
-            let (b, path, h) = next?;
-            if b < expected {
+            if b < expected || b >= limit {
                 continue;
             }
-            if b > expected {
-                break;
+            let e = holders
+                .entry(b)
+                .or_insert_with(|| (path.clone(), vec![false; listings.len()]));
+            e.1[i] = *size > chunk::HEADER_LEN as u64;
+            if *size == chunk::HEADER_LEN as u64 {
+                fenced.entry(b).or_default().push(i);
             }
-            if h.next_offset <= expected {
-                return Err(StartError::Corrupt(format!(
-                    "chunk {path} says {}..{}",
-                    h.base_offset, h.next_offset
-                )));
-            }
-            kept.push(chunk_ref(&path, &h));
-            expected = h.next_offset;
-        }
-        drop(headers);
-        if expected < acked_end {
-            let key = layout::chunk(id, seg.base_offset, seg.epoch, expected);
-            return Err(if answered < replicas.targets().len() {
-                // The replicas that hold it may be the ones not answering.
-                StartError::Storage(StorageError::Unavailable(format!(
-                    "acked chunk {key} not found on the {answered} replicas that answered"
-                )))
-            } else {
-                StartError::Corrupt(format!(
-                    "acked chunk {key} is on no replica (the checkpoint says offsets below {committed_below} were acked)"
-                ))
-            });
-        }
-        // Back to W copies: data over fences and into empty replicas.
-        let mut copies = 0;
-        for c in &kept {
-            let (path, on) = &holders[&c.base_offset];
-            let mut have = on.iter().filter(|d| **d).count();
-            if have >= w {
-                continue;
-            }
-            let (_, _, raw) = chunk_replicas::read(replicas, path, c.base_offset).await?;
-            for (i, t) in replicas.targets().iter().enumerate() {
-                if have >= w {
-                    break;
-                }
-                if on[i] || listings[i].is_err() {
-                    continue;
-                }
-                let opts = object_store::PutOptions {
-                    mode: object_store::PutMode::Overwrite,
-                    ..Default::default()
-                };
-                match t
-                    .store
-                    .put_opts(
-                        path,
-                        object_store::PutPayload::from_bytes(raw.clone()),
-                        opts,
-                    )
-                    .await
-                {
-                    Ok(_) => {
-                        have += 1;
-                        copies += 1;
-                    }
-                    Err(e) => {
-                        tracing::warn!(target_id = %t.id, %path, error = %e, "re-replicating an acked chunk failed")
-                    }
-                }
-            }
-            if have < w {
-                return Err(StartError::Storage(StorageError::Unavailable(format!(
-                    "acked chunk {path} is on {have} replicas and cannot be copied to the write quorum {w} now"
-                ))));
-            }
-        }
-        if copies > 0 {
-            tracing::info!(partition = %id, segment = seg.base_offset, copies, "re-replicated recovered chunks to the write quorum");
         }
     }
+    holders.retain(|_, (_, on)| on.iter().any(|d| *d));
+    let copies_of = |b: Offset| {
+        holders
+            .get(&b)
+            .map_or(0, |(_, on)| on.iter().filter(|d| **d).count())
+    };
+    let wanted: Vec<(Offset, Path)> = holders
+        .iter()
+        .map(|(b, (path, _))| (*b, path.clone()))
+        .collect();
+    let mut headers = futures::stream::iter(wanted.into_iter().map(|(b, path)| async move {
+        let h = chunk_replicas::read_header(replicas, &path, b).await?;
+        Ok::<_, StorageError>((b, path, h))
+    }))
+    .buffered(HEADER_READS_IN_FLIGHT);
+    while expected < limit && (expected < acked_end || copies_of(expected) >= w) {
+        let Some(next) = headers.next().await else {
+            break;
+        };
+        let (b, path, h) = next?;
+        if b < expected {
+            continue;
+        }
+        if b > expected {
+            break;
+        }
+        if h.next_offset <= expected {
+            return Err(StartError::Corrupt(format!(
+                "chunk {path} says {}..{}",
+                h.base_offset, h.next_offset
+            )));
+        }
+        kept.push(chunk_ref(&path, &h));
+        expected = h.next_offset;
+    }
+    drop(headers);
+    if expected < acked_end {
+        let key = layout::chunk(id, seg.base_offset, seg.epoch, expected);
+        return Err(if answered < replicas.targets().len() {
+            // The replicas that hold it may be the ones not answering.
+            StartError::Storage(StorageError::Unavailable(format!(
+                "acked chunk {key} not found on the {answered} replicas that answered"
+            )))
+        } else {
+            StartError::Corrupt(format!(
+                "acked chunk {key} is on no replica (the checkpoint says offsets below {committed_below} were acked)"
+            ))
+        });
+    }
+    // Back to W copies, and no fence beside data: data over fences and
+    // into empty replicas.
+    let mut copies = 0;
+    for c in &kept {
+        let (path, on) = &holders[&c.base_offset];
+        let mut have = on.iter().filter(|d| **d).count();
+        let fences = fenced.get(&c.base_offset).map_or(&[][..], |f| &f[..]);
+        if have >= w && fences.is_empty() {
+            continue;
+        }
+        let (_, _, raw) = chunk_replicas::read(replicas, path, c.base_offset).await?;
+        for (i, t) in replicas.targets().iter().enumerate() {
+            if have >= w && !fences.contains(&i) {
+                continue;
+            }
+            if on[i] || listings[i].is_err() {
+                continue;
+            }
+            let opts = object_store::PutOptions {
+                mode: object_store::PutMode::Overwrite,
+                ..Default::default()
+            };
+            match t
+                .store
+                .put_opts(
+                    path,
+                    object_store::PutPayload::from_bytes(raw.clone()),
+                    opts,
+                )
+                .await
+            {
+                Ok(_) => {
+                    have += 1;
+                    copies += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(target_id = %t.id, %path, error = %e, "re-replicating an acked chunk failed")
+                }
+            }
+        }
+        if have < w {
+            return Err(StartError::Storage(StorageError::Unavailable(format!(
+                "acked chunk {path} is on {have} replicas and cannot be copied to the write quorum {w} now"
+            ))));
+        }
+    }
+    if copies > 0 {
+        tracing::info!(partition = %id, segment = seg.base_offset, copies, "re-replicated recovered chunks to the write quorum");
+    }
 
-    // The uncertain tail, key by key, on every replica.
+    // The uncertain edge, key by key, on every replica.
     while expected < limit {
         let key = layout::chunk(id, seg.base_offset, seg.epoch, expected);
         match chunk_replicas::settle(

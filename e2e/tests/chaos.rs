@@ -1,0 +1,757 @@
+//! Chaos on a real cluster, seeded: three file storage targets (R=3, W=2),
+//! three brokers (lease TTL 6 s), one controller and two proxies as real
+//! processes on a real etcd; an idempotent acks=all librdkafka producer
+//! writes ~2,000 records/s to 12 partitions through the proxies while one
+//! fault every 3–6 s hits the cluster: kill -9 of a broker restarted at once
+//! under the same id (as Kubernetes restarts a pod in place), SIGSTOP of a
+//! broker for the lease TTL + 3 s, kill -9 of a proxy restarted at once, a
+//! storage target refusing every read and write for 5 s (its directory's
+//! permissions removed while the Floe processes run without the capability
+//! that overrides them), `floectl move` and `floectl rebalance --wait`.
+//!
+//! The checker then reads every partition from the start: every acked
+//! record at its exact offset with its value, no record twice, offsets
+//! dense; and it measures, per partition, the longest time without an ack,
+//! split into partitions of a faulty broker (killed or stopped: allowed
+//! the lease TTL plus a little) and all others (allowed a short hold).
+//!
+//! In CI: two seeds of 40 s each, with loose stall bounds for a loaded
+//! machine. The long run (figures in docs/benchmarks.md):
+//! `FLOE_CHAOS_SEEDS=1-20 FLOE_CHAOS_SECS=150 FLOE_CHAOS_HEALTHY_MAX_MS=1000 FLOE_CHAOS_FAULTY_MAX_MS=7000 cargo nextest run -p floe-e2e --test chaos --run-ignored only`
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use floe_e2e::{create_topic, floectl_bin, Cluster, ADMIN_TOKEN};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+const LEASE_TTL_MS: u64 = 6_000;
+const PARTITIONS: i32 = 12;
+const TOPIC: &str = "chaos";
+const BROKERS: usize = 3;
+const PROXIES: usize = 2;
+
+struct Settings {
+    secs: u64,
+    rate: u64,
+    healthy_max_ms: u64,
+    faulty_max_ms: u64,
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn settings() -> Settings {
+    Settings {
+        secs: env_u64("FLOE_CHAOS_SECS", 40),
+        rate: env_u64("FLOE_CHAOS_RATE", 2_000),
+        // CI machines are shared and small: the bounds asserted there are
+        // loose; the long run sets the real ones (1 s; TTL + 1 s).
+        healthy_max_ms: env_u64("FLOE_CHAOS_HEALTHY_MAX_MS", 5_000),
+        faulty_max_ms: env_u64("FLOE_CHAOS_FAULTY_MAX_MS", LEASE_TTL_MS + 8_000),
+    }
+}
+
+/// `FLOE_CHAOS_SEEDS`: `a-b` or `a,b,c`.
+fn seeds(default: &str) -> Vec<u64> {
+    let spec = std::env::var("FLOE_CHAOS_SEEDS").unwrap_or_else(|_| default.to_string());
+    if let Some((a, b)) = spec.split_once('-') {
+        let (a, b): (u64, u64) = (a.trim().parse().unwrap(), b.trim().parse().unwrap());
+        return (a..=b).collect();
+    }
+    spec.split(',').map(|s| s.trim().parse().unwrap()).collect()
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    KillBroker(i32),
+    StopBroker(i32),
+    KillProxy(usize),
+    TargetDown(usize),
+    Move { partition: i32, to: i32 },
+    Rebalance,
+}
+
+#[derive(Clone, Debug)]
+struct Fault {
+    kind: Kind,
+    start: Instant,
+    end: Option<Instant>,
+    note: String,
+}
+
+impl Fault {
+    /// The broker a broker fault is about.
+    fn broker(&self) -> Option<i32> {
+        match self.kind {
+            Kind::KillBroker(b) | Kind::StopBroker(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// Assignments sampled over time: (when, partition → broker).
+type Owners = Vec<(Instant, BTreeMap<i32, i32>)>;
+
+async fn owners(meta: &floe_meta::EtcdStore, topic_id: floe_common::Uuid) -> BTreeMap<i32, i32> {
+    use floe_meta::MetadataStore;
+    use prost::Message as _;
+    let mut out = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let id = floe_common::PartitionId::new(topic_id, p);
+        if let Ok(Some(kv)) = meta.get(&floe_meta::keys::assignment(id)).await {
+            if let Ok(a) = floe_meta::schema::AssignmentRecord::decode(kv.value) {
+                out.insert(p, a.broker_id);
+            }
+        }
+    }
+    out
+}
+
+fn floectl(admin: &str, args: &[String]) -> std::thread::JoinHandle<std::io::Result<Output>> {
+    let admin = admin.to_string();
+    let args = args.to_vec();
+    std::thread::spawn(move || {
+        Command::new(floectl_bin())
+            .arg("--controller")
+            .arg(admin)
+            .args(args)
+            .env("FLOE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("FLOE_ADMIN_TOKEN_FILE")
+            .output()
+    })
+}
+
+fn set_mode(dir: &PathBuf, mode: u32) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Inject one fault every 3–6 s until `until`, then let every fault end.
+fn run_faults(
+    cluster: &mut Cluster,
+    seed: u64,
+    until: Instant,
+    targets: &[PathBuf],
+    topic_id: floe_common::Uuid,
+) -> (Vec<Fault>, Owners) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let meta = rt.block_on(cluster.meta()).unwrap();
+    let admin = cluster.admin_url(0);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut faults: Vec<Fault> = Vec::new();
+    let mut samples: Owners = Vec::new();
+    let mut next = Instant::now() + Duration::from_millis(rng.random_range(3_000..6_000));
+    let mut last_sample = Instant::now() - Duration::from_secs(1);
+    // (broker index, resume at, fault)
+    let mut stopped: Option<(usize, Instant, usize)> = None;
+    // (broker index, fault): killed, started again, not answering yet.
+    let mut restarting: Option<(usize, usize)> = None;
+    let mut down: Option<(usize, Instant, usize)> = None;
+    let mut proxy_restarting: Option<(usize, usize)> = None;
+    let mut cli: Vec<(usize, std::thread::JoinHandle<std::io::Result<Output>>)> = Vec::new();
+    loop {
+        let now = Instant::now();
+        if now - last_sample >= Duration::from_millis(250) {
+            samples.push((now, rt.block_on(owners(&meta, topic_id))));
+            last_sample = now;
+        }
+        if let Some((b, at, f)) = stopped {
+            if now >= at {
+                cluster.brokers[b].signal("-CONT").unwrap();
+                faults[f].end = Some(now);
+                stopped = None;
+            }
+        }
+        if let Some((b, f)) = restarting {
+            if cluster.brokers[b].healthy() {
+                faults[f].end = Some(now);
+                faults[f].note = format!(
+                    "up again after {:.2} s",
+                    (now - faults[f].start).as_secs_f64()
+                );
+                restarting = None;
+            }
+        }
+        if let Some((t, at, f)) = down {
+            if now >= at {
+                set_mode(&targets[t], 0o755);
+                faults[f].end = Some(now);
+                down = None;
+            }
+        }
+        if let Some((p, f)) = proxy_restarting {
+            if cluster.proxies[p].healthy() {
+                faults[f].end = Some(now);
+                proxy_restarting = None;
+            }
+        }
+        let mut i = 0;
+        while i < cli.len() {
+            if cli[i].1.is_finished() {
+                let (f, h) = cli.swap_remove(i);
+                let out = h.join().unwrap().unwrap();
+                faults[f].end = Some(Instant::now());
+                faults[f].note = format!(
+                    "exit {}: {}{}",
+                    out.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            } else {
+                i += 1;
+            }
+        }
+        let busy = stopped.is_some()
+            || restarting.is_some()
+            || down.is_some()
+            || proxy_restarting.is_some()
+            || !cli.is_empty();
+        if now >= until && !busy {
+            break;
+        }
+        if now < until && now >= next {
+            next = now + Duration::from_millis(rng.random_range(3_000..6_000));
+            let broker_faulty = stopped.is_some() || restarting.is_some();
+            let rebalancing = cli
+                .iter()
+                .any(|(f, _)| matches!(faults[*f].kind, Kind::Rebalance));
+            let healthy: Vec<usize> = (0..BROKERS)
+                .filter(|b| {
+                    stopped.is_none_or(|(s, _, _)| s != *b)
+                        && restarting.is_none_or(|(s, _)| s != *b)
+                })
+                .collect();
+            let kind = loop {
+                match rng.random_range(0..6) {
+                    0 if !broker_faulty => {
+                        break Kind::KillBroker(rng.random_range(0..BROKERS) as i32 + 1)
+                    }
+                    1 if !broker_faulty => {
+                        break Kind::StopBroker(rng.random_range(0..BROKERS) as i32 + 1)
+                    }
+                    2 if proxy_restarting.is_none() => {
+                        break Kind::KillProxy(rng.random_range(0..PROXIES))
+                    }
+                    3 if down.is_none() => {
+                        break Kind::TargetDown(rng.random_range(0..targets.len()))
+                    }
+                    4 => {
+                        let partition = rng.random_range(0..PARTITIONS);
+                        let to = healthy[rng.random_range(0..healthy.len())] as i32 + 1;
+                        break Kind::Move { partition, to };
+                    }
+                    5 if !rebalancing && !broker_faulty => break Kind::Rebalance,
+                    _ => {}
+                }
+            };
+            let f = faults.len();
+            faults.push(Fault {
+                kind: kind.clone(),
+                start: Instant::now(),
+                end: None,
+                note: String::new(),
+            });
+            match kind {
+                Kind::KillBroker(b) => {
+                    let i = b as usize - 1;
+                    cluster.brokers[i].stop_with("-KILL").unwrap();
+                    cluster.brokers[i].start_nowait().unwrap();
+                    restarting = Some((i, f));
+                }
+                Kind::StopBroker(b) => {
+                    let i = b as usize - 1;
+                    cluster.brokers[i].signal("-STOP").unwrap();
+                    stopped = Some((
+                        i,
+                        Instant::now() + Duration::from_millis(LEASE_TTL_MS + 3_000),
+                        f,
+                    ));
+                }
+                Kind::KillProxy(p) => {
+                    cluster.proxies[p].stop_with("-KILL").unwrap();
+                    cluster.proxies[p].start_nowait().unwrap();
+                    proxy_restarting = Some((p, f));
+                }
+                Kind::TargetDown(t) => {
+                    set_mode(&targets[t], 0o000);
+                    down = Some((t, Instant::now() + Duration::from_secs(5), f));
+                }
+                Kind::Move { partition, to } => cli.push((
+                    f,
+                    floectl(
+                        &admin,
+                        &[
+                            "move".into(),
+                            TOPIC.into(),
+                            partition.to_string(),
+                            "--to".into(),
+                            to.to_string(),
+                        ],
+                    ),
+                )),
+                Kind::Rebalance => cli.push((
+                    f,
+                    floectl(
+                        &admin,
+                        &[
+                            "rebalance".into(),
+                            "--wait".into(),
+                            "--timeout-ms".into(),
+                            "60000".into(),
+                        ],
+                    ),
+                )),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (faults, samples)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ack {
+    partition: i32,
+    offset: i64,
+    seq: u64,
+    at: Instant,
+}
+
+/// What happened to a record the producer was given.
+#[derive(Default)]
+struct Produced {
+    acked: Vec<Ack>,
+    failed: Vec<(u64, String)>,
+}
+
+/// Processes run without the capabilities that let root ignore file
+/// permissions, so that a target directory made unreadable refuses them.
+fn wrapper() -> Vec<&'static str> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if root {
+        vec![
+            "setpriv",
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--",
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The longest time a partition went without an ack, per class.
+#[derive(Debug, Default)]
+struct Stalls {
+    /// (ms, partition, gap start relative to the run) of partitions owned
+    /// by a killed or stopped broker during the gap.
+    faulty: Option<(u64, i32, f64)>,
+    /// Every other partition, gaps that overlap a proxy restart excluded.
+    healthy: Option<(u64, i32, f64)>,
+    /// Gaps overlapping a proxy kill (clients reconnect).
+    proxy: Option<(u64, i32, f64)>,
+    /// The longest gaps of the healthy class, for the report.
+    healthy_top: Vec<(u64, i32, f64)>,
+}
+
+fn longer(slot: &mut Option<(u64, i32, f64)>, v: (u64, i32, f64)) {
+    if slot.is_none_or(|s| v.0 > s.0) {
+        *slot = Some(v);
+    }
+}
+
+fn stalls(acked: &[Ack], faults: &[Fault], samples: &Owners, t0: Instant) -> Stalls {
+    let mut by_partition: HashMap<i32, Vec<Instant>> = HashMap::new();
+    for a in acked {
+        by_partition.entry(a.partition).or_default().push(a.at);
+    }
+    let owned_by = |p: i32, b: i32, from: Instant, to: Instant| {
+        samples.iter().any(|(at, m)| {
+            *at + Duration::from_millis(500) >= from && *at <= to && m.get(&p) == Some(&b)
+        })
+    };
+    let mut out = Stalls::default();
+    for (p, mut times) in by_partition {
+        times.sort();
+        for w in times.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let gap = (b - a).as_millis() as u64;
+            if gap < 200 {
+                continue;
+            }
+            let overlaps = |f: &Fault| f.start <= b && f.end.unwrap_or(b) >= a;
+            let entry = (gap, p, (a - t0).as_secs_f64());
+            if faults.iter().any(|f| {
+                overlaps(f)
+                    && f.broker().is_some_and(|broker| {
+                        owned_by(p, broker, a.max(f.start), b.min(f.end.unwrap_or(b)))
+                    })
+            }) {
+                longer(&mut out.faulty, entry);
+            } else if faults
+                .iter()
+                .any(|f| overlaps(f) && matches!(f.kind, Kind::KillProxy(_)))
+            {
+                longer(&mut out.proxy, entry);
+            } else {
+                longer(&mut out.healthy, entry);
+                out.healthy_top.push(entry);
+            }
+        }
+    }
+    out.healthy_top.sort_by_key(|e| std::cmp::Reverse(e.0));
+    out.healthy_top.truncate(5);
+    out
+}
+
+/// Every record of every partition from offset 0, through the proxies.
+fn consume_all(bootstrap: &str, expected: &HashMap<i32, i64>) -> HashMap<i32, Vec<(i64, Vec<u8>)>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "chaos-checker")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut got: HashMap<i32, Vec<(i64, Vec<u8>)>> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let done = |got: &HashMap<i32, Vec<(i64, Vec<u8>)>>| {
+        expected.iter().all(|(p, hw)| {
+            got.get(p)
+                .and_then(|v| v.last())
+                .is_some_and(|(o, _)| o + 1 >= *hw)
+                || *hw == 0
+        })
+    };
+    while !done(&got) && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            got.entry(m.partition())
+                .or_default()
+                .push((m.offset(), m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    got
+}
+
+async fn run(seed: u64) {
+    let s = settings();
+    let tmp = tempfile::tempdir().unwrap();
+    let targets: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("t{i}"))).collect();
+    for t in &targets {
+        std::fs::create_dir_all(t).unwrap();
+    }
+    let urls: Vec<String> = targets
+        .iter()
+        .map(|t| format!("file://{}", t.display()))
+        .collect();
+    let mut cluster = Cluster::start_wrapped(
+        BROKERS,
+        1,
+        LEASE_TTL_MS,
+        &format!(
+            "chunk_put_timeout_ms = 2000\n[proxy]\nlease_ttl_ms = 3000\n{}",
+            std::env::var("FLOE_CHAOS_PROXY_TOML").unwrap_or_default()
+        ),
+        &urls,
+        3,
+        2,
+        &wrapper(),
+    )
+    .unwrap();
+    for _ in 0..PROXIES {
+        cluster.add_proxy().unwrap();
+    }
+    cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let bootstrap = cluster.proxy_bootstrap();
+    create_topic(&bootstrap, TOPIC, PARTITIONS).await;
+    let meta = cluster.meta().await.unwrap();
+    let topic_id = {
+        use floe_meta::MetadataStore;
+        use prost::Message as _;
+        let kv = meta
+            .get(&floe_meta::keys::topic(TOPIC))
+            .await
+            .unwrap()
+            .expect("the topic exists");
+        let t = floe_meta::schema::TopicRecord::decode(kv.value).unwrap();
+        floe_common::Uuid::from_slice(&t.id).unwrap()
+    };
+    // Every partition written once before the faults begin.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let mut states = 0;
+        for p in 0..PARTITIONS {
+            if let Ok(Some(st)) = Cluster::partition_state(&meta, TOPIC, p).await {
+                if st.state == "writing" {
+                    states += 1;
+                }
+            }
+        }
+        if states == PARTITIONS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .unwrap();
+    let produced = Arc::new(Mutex::new(Produced::default()));
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs(s.secs);
+    let fault_thread = {
+        let targets = targets.clone();
+        let mut cluster = cluster;
+        std::thread::spawn(move || {
+            let (faults, samples) = run_faults(&mut cluster, seed, until, &targets, topic_id);
+            (cluster, faults, samples)
+        })
+    };
+    let mut seq = 0u64;
+    let per_tick = (s.rate / 100).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut queue_full = 0u64;
+    while Instant::now() < until {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let partition = (seq % PARTITIONS as u64) as i32;
+            let value = format!("{seed}:{seq}");
+            let key = seq.to_string();
+            match producer.send_result(
+                FutureRecord::to(TOPIC)
+                    .partition(partition)
+                    .key(&key)
+                    .payload(&value),
+            ) {
+                Ok(delivery) => {
+                    let produced = produced.clone();
+                    let outstanding = outstanding.clone();
+                    outstanding.fetch_add(1, Ordering::SeqCst);
+                    let this = seq;
+                    tokio::spawn(async move {
+                        let r = delivery.await;
+                        let at = Instant::now();
+                        let mut g = produced.lock().unwrap();
+                        match r {
+                            Ok(Ok(d)) => g.acked.push(Ack {
+                                partition: d.partition,
+                                offset: d.offset,
+                                seq: this,
+                                at,
+                            }),
+                            Ok(Err((e, _))) => g.failed.push((this, e.to_string())),
+                            Err(_) => g.failed.push((this, "delivery cancelled".into())),
+                        }
+                        drop(g);
+                        outstanding.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    seq += 1;
+                }
+                Err(_) => {
+                    queue_full += 1;
+                    break;
+                }
+            }
+        }
+    }
+    let sent = seq;
+    tokio::task::block_in_place(|| producer.flush(Duration::from_secs(150))).unwrap();
+    let wait = Instant::now() + Duration::from_secs(30);
+    while outstanding.load(Ordering::SeqCst) > 0 && Instant::now() < wait {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (cluster, faults, samples) = tokio::task::block_in_place(|| fault_thread.join().unwrap());
+    for t in &targets {
+        set_mode(t, 0o755);
+    }
+
+    let produced = std::mem::take(&mut *produced.lock().unwrap());
+    let mut report = format!(
+        "seed {seed}: {} s, {sent} records sent, {} acked, {} failed, queue full {queue_full}x\n",
+        s.secs,
+        produced.acked.len(),
+        produced.failed.len()
+    );
+    for f in &faults {
+        report += &format!(
+            "  {:7.2}s {:?} for {:.2} s {}\n",
+            (f.start - t0).as_secs_f64(),
+            f.kind,
+            f.end.map_or(f64::NAN, |e| (e - f.start).as_secs_f64()),
+            f.note
+        );
+    }
+
+    // Read everything back through the proxies.
+    let mut high: HashMap<i32, i64> = HashMap::new();
+    for a in &produced.acked {
+        let h = high.entry(a.partition).or_default();
+        *h = (*h).max(a.offset + 1);
+    }
+    let consumed = tokio::task::block_in_place(|| consume_all(&bootstrap, &high));
+    let mut problems = Vec::new();
+    let mut values: HashMap<Vec<u8>, (i32, i64)> = HashMap::new();
+    let mut total = 0;
+    for (p, records) in &consumed {
+        for (i, (offset, value)) in records.iter().enumerate() {
+            total += 1;
+            if *offset != i as i64 {
+                problems.push(format!(
+                    "partition {p}: offset {offset} at position {i} (not dense)"
+                ));
+                break;
+            }
+            if let Some(first) = values.insert(value.clone(), (*p, *offset)) {
+                problems.push(format!(
+                    "duplicate {:?} at {p}/{offset} and {}/{}",
+                    String::from_utf8_lossy(value),
+                    first.0,
+                    first.1
+                ));
+            }
+        }
+    }
+    let mut lost = 0;
+    for a in &produced.acked {
+        let want = format!("{seed}:{}", a.seq).into_bytes();
+        let got = consumed
+            .get(&a.partition)
+            .and_then(|r| r.get(a.offset as usize));
+        if got.is_none_or(|(o, v)| *o != a.offset || *v != want) {
+            lost += 1;
+            if lost <= 10 {
+                problems.push(format!(
+                    "acked {}/{} ({:?}) reads back as {:?}",
+                    a.partition,
+                    a.offset,
+                    String::from_utf8_lossy(&want),
+                    got.map(|(o, v)| (o, String::from_utf8_lossy(v).to_string()))
+                ));
+            }
+        }
+    }
+    let st = stalls(&produced.acked, &faults, &samples, t0);
+    let fmt = |s: Option<(u64, i32, f64)>| {
+        s.map_or("-".to_string(), |(ms, p, at)| {
+            format!("{ms} ms (partition {p} at {at:.1} s)")
+        })
+    };
+    report += &format!(
+        "  consumed {total}, lost {lost}, problems {}\n  longest without an ack: faulty broker's partitions {}, others {}, around a proxy restart {}\n",
+        problems.len(),
+        fmt(st.faulty),
+        fmt(st.healthy),
+        fmt(st.proxy),
+    );
+    for (ms, p, at) in &st.healthy_top {
+        let when = t0 + Duration::from_secs_f64(*at);
+        let owner = samples
+            .iter()
+            .filter(|(t, _)| *t <= when + Duration::from_millis(*ms))
+            .filter(|(t, _)| *t + Duration::from_millis(500) >= when)
+            .map(|(_, m)| m.get(p).copied().unwrap_or(-1))
+            .collect::<Vec<_>>();
+        report +=
+            &format!("  others' stall {ms} ms: partition {p} at {at:.2} s, owners {owner:?}\n");
+    }
+    println!("{report}");
+    if let Ok(dir) = std::env::var("FLOE_CHAOS_LOGS") {
+        // Every process's log, for a run that passed but looks odd.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            format!("{dir}/seed-{seed}.log"),
+            format!("{report}\n{}", cluster.logs()),
+        )
+        .unwrap();
+    }
+    for (seq, e) in produced.failed.iter().take(5) {
+        println!("  failed delivery {seq}: {e}");
+    }
+    if !problems.is_empty() {
+        panic!(
+            "{report}{}\n{}",
+            problems.join("\n"),
+            cluster
+                .logs()
+                .chars()
+                .rev()
+                .take(40_000)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect::<String>()
+        );
+    }
+    assert!(
+        produced.acked.len() as u64 >= sent / 2,
+        "{report}: too few acks to mean anything"
+    );
+    assert!(
+        produced.failed.is_empty(),
+        "{report}: a client saw delivery failures: {:?}",
+        &produced.failed[..produced.failed.len().min(5)]
+    );
+    if let Some((ms, _, _)) = st.healthy {
+        assert!(
+            ms <= s.healthy_max_ms,
+            "{report}: a healthy broker's partition stalled"
+        );
+    }
+    if let Some((ms, _, _)) = st.faulty {
+        assert!(
+            ms <= s.faulty_max_ms,
+            "{report}: a faulty broker's partition stalled past the bound"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_seed_1() {
+    run(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_seed_2() {
+    run(2).await;
+}
+
+/// The long run: `FLOE_CHAOS_SEEDS` (default 1-20), `FLOE_CHAOS_SECS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn chaos_many_seeds() {
+    for seed in seeds("1-20") {
+        run(seed).await;
+    }
+}
