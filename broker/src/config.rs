@@ -42,6 +42,14 @@ pub struct BrokerConfig {
     /// (a storage target drained or down), over all its partitions; 0: no
     /// limit.
     pub repair_max_bytes_per_sec: u64,
+    /// How often a partition's owner sweeps the partition's storage for
+    /// objects nothing refers to (left by failed deletes, repairs,
+    /// recoveries); 0: never.
+    pub gc_interval_ms: u64,
+    /// Objects younger than this are never collected (writes in flight,
+    /// uploads whose record is not saved yet). Failed deletes schedule a
+    /// sweep this long after them.
+    pub gc_min_age_ms: u64,
     /// How often the broker publishes its measured load (bytes in and out
     /// per partition) for the controller's rebalance planner.
     pub load_report_interval_ms: u64,
@@ -101,6 +109,8 @@ impl Default for BrokerConfig {
             storage_probe_interval_ms: 2_000,
             repair_interval_ms: 60_000,
             repair_max_bytes_per_sec: 0,
+            gc_interval_ms: 6 * 3_600_000,
+            gc_min_age_ms: 600_000,
             load_report_interval_ms: 5_000,
             read_hedge_ms: 100,
             cache_bytes: 512 << 20,

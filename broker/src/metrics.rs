@@ -57,6 +57,7 @@ pub struct Metrics {
     pub segment_switches: Counter,
     /// Segment replicas copied to restore R.
     pub replicas_repaired: Counter,
+    pub gc_deleted: Counter,
     /// Bytes of those copies.
     pub repair_bytes: Counter,
     /// Time repair copies waited for `repair_max_bytes_per_sec`.
@@ -122,6 +123,7 @@ impl Metrics {
             producer_duplicates: Counter::default(),
             segment_switches: Counter::default(),
             replicas_repaired: Counter::default(),
+            gc_deleted: Counter::default(),
             repair_bytes: Counter::default(),
             repair_throttled_seconds: Counter::default(),
             segments_deleted: Counter::default(),
@@ -182,6 +184,11 @@ impl Metrics {
             "replicas_repaired",
             "Segment replicas copied to a fresh target to restore the replication factor",
             m.replicas_repaired.clone(),
+        );
+        registry.register(
+            "gc_deleted_objects",
+            "Storage objects nothing referred to (left by failed deletes, repairs, recoveries) deleted by partition garbage collection",
+            m.gc_deleted.clone(),
         );
         registry.register(
             "repair_bytes",

@@ -281,15 +281,29 @@ pub async fn cancel(
     Ok(Some(op))
 }
 
-/// Wait until broker `broker` writes `p` at `epoch` or later; false on
-/// timeout.
-pub async fn wait_writing(
+/// How waiting for a move's new owner ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Awaited {
+    /// The broker writes the partition at the epoch or later.
+    Writing,
+    TimedOut,
+    /// The assignment went to another broker meanwhile (the target died and
+    /// the controller reassigned it, or another move).
+    Reassigned {
+        broker: i32,
+        epoch: i32,
+    },
+}
+
+/// Wait until broker `broker` writes `p` at `epoch` or later, the
+/// partition is assigned elsewhere, or `timeout`.
+pub async fn await_owner(
     meta: &dyn MetadataStore,
     p: PartitionId,
     broker: i32,
     epoch: i32,
     timeout: Duration,
-) -> Result<bool, MetaError> {
+) -> Result<Awaited, MetaError> {
     let started = Instant::now();
     loop {
         let writing = meta
@@ -298,13 +312,37 @@ pub async fn wait_writing(
             .and_then(|kv| PartitionStateRecord::decode(kv.value).ok())
             .is_some_and(|s| s.broker_id == broker && s.epoch >= epoch && s.state == "writing");
         if writing {
-            return Ok(true);
+            return Ok(Awaited::Writing);
+        }
+        let assigned = meta
+            .get(&keys::assignment(p))
+            .await?
+            .and_then(|kv| AssignmentRecord::decode(kv.value).ok());
+        if let Some(a) = assigned {
+            if a.broker_id != broker && a.epoch > epoch {
+                return Ok(Awaited::Reassigned {
+                    broker: a.broker_id,
+                    epoch: a.epoch,
+                });
+            }
         }
         if started.elapsed() > timeout {
-            return Ok(false);
+            return Ok(Awaited::TimedOut);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Wait until broker `broker` writes `p` at `epoch` or later; false on
+/// timeout or when the partition went elsewhere.
+pub async fn wait_writing(
+    meta: &dyn MetadataStore,
+    p: PartitionId,
+    broker: i32,
+    epoch: i32,
+    timeout: Duration,
+) -> Result<bool, MetaError> {
+    Ok(await_owner(meta, p, broker, epoch, timeout).await? == Awaited::Writing)
 }
 
 /// What one move came to.
@@ -534,23 +572,35 @@ impl Controller {
                 }
             }
         };
-        let written = wait_writing(&*self.meta, p, m.to, epoch, MOVE_TIMEOUT).await?;
+        let awaited = await_owner(&*self.meta, p, m.to, epoch, MOVE_TIMEOUT).await?;
         let took_ms = started.elapsed().as_millis() as u64;
-        Ok(if written {
-            Outcome {
+        Ok(match awaited {
+            Awaited::Writing => Outcome {
                 status: "done",
                 detail: format!("epoch {epoch}"),
                 took_ms,
+            },
+            Awaited::Reassigned { broker, epoch: now } => {
+                // Not a failure of the move: the partition has an owner.
+                let left = self.meta.get(&keys::broker(m.to)).await?.is_none();
+                Outcome {
+                    status: "skipped",
+                    detail: if left {
+                        format!("broker {} left the cluster during the move; the controller reassigned the partition to broker {broker} at epoch {now}", m.to)
+                    } else {
+                        format!("reassigned during the move to broker {broker} at epoch {now}")
+                    },
+                    took_ms,
+                }
             }
-        } else {
-            Outcome {
+            Awaited::TimedOut => Outcome {
                 status: "failed",
                 detail: format!(
                     "assigned at epoch {epoch} but broker {} did not write it within {MOVE_TIMEOUT:?}",
                     m.to
                 ),
                 took_ms,
-            }
+            },
         })
     }
 }
@@ -624,5 +674,67 @@ pub(crate) mod tests {
         assert_eq!(next.state, "pending");
         let active = meta.get(&keys::operation_active()).await.unwrap().unwrap();
         assert_eq!(&active.value[..], next.id.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_move_ends_when_the_partition_is_reassigned() {
+        let (_dir, meta) = store().await;
+        let p = PartitionId::new(Uuid::from_u128(9), 0);
+        let assign = |broker_id: i32, epoch: i32| {
+            Op::put(
+                keys::assignment(p),
+                AssignmentRecord {
+                    format: floe_meta::schema::FORMAT,
+                    broker_id,
+                    epoch,
+                    broker_session: 1,
+                }
+                .encode_to_vec(),
+            )
+        };
+        meta.txn(Txn::new().then(assign(2, 3))).await.unwrap();
+        // Nothing happens: a timeout.
+        assert_eq!(
+            await_owner(&meta, p, 2, 3, Duration::from_millis(50))
+                .await
+                .unwrap(),
+            Awaited::TimedOut
+        );
+        // The target dies; the controller gives the partition to broker 1.
+        let waiting = {
+            let meta = meta.clone();
+            tokio::spawn(async move { await_owner(&meta, p, 2, 3, Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        meta.txn(Txn::new().then(assign(1, 4))).await.unwrap();
+        assert_eq!(
+            waiting.await.unwrap().unwrap(),
+            Awaited::Reassigned {
+                broker: 1,
+                epoch: 4
+            }
+        );
+        // The target writes it (at a later epoch of its own, after a restart).
+        meta.txn(
+            Txn::new().then(assign(2, 5)).then(Op::put(
+                keys::partition_state(p),
+                PartitionStateRecord {
+                    format: floe_meta::schema::FORMAT,
+                    broker_id: 2,
+                    epoch: 5,
+                    state: "writing".into(),
+                    updated_ms: 0,
+                }
+                .encode_to_vec(),
+            )),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            await_owner(&meta, p, 2, 3, Duration::from_secs(1))
+                .await
+                .unwrap(),
+            Awaited::Writing
+        );
     }
 }

@@ -114,24 +114,37 @@ pub(crate) async fn consolidate(
 }
 
 /// Delete every chunk object (and fence) of a segment, in the background.
+/// What cannot be deleted now (a target refusing) sets `gc_soon`: the
+/// partition's garbage collection removes it later.
 pub(crate) fn delete_chunks(
     id: PartitionId,
     seg: &OpenSegmentRecord,
     replicas: ReplicaSet,
     cache: BlockCache,
+    gc_soon: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let prefix = layout::chunk_prefix(id, seg.base_offset, seg.epoch);
     tokio::spawn(async move {
         match replicas.list(&prefix).await {
             Ok(objects) => {
+                let mut failed = 0;
+                let mut last = None;
                 for path in objects.keys() {
                     cache.invalidate_object(&Arc::from(path.as_ref()));
                     if let Err(e) = replicas.delete(path).await {
-                        tracing::warn!(%path, error = %e, "deleting a consolidated chunk failed; it is garbage now");
+                        failed += 1;
+                        last = Some(e);
                     }
                 }
+                if let Some(e) = last {
+                    gc_soon.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::warn!(%prefix, failed, error = %e, "deleting consolidated chunks failed on some replica; garbage collection will remove them");
+                }
             }
-            Err(e) => tracing::warn!(%prefix, error = %e, "listing chunks to delete failed"),
+            Err(e) => {
+                gc_soon.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::warn!(%prefix, error = %e, "listing chunks to delete failed; garbage collection will remove them")
+            }
         }
     });
 }
@@ -154,7 +167,7 @@ async fn chain_and_fence(
     epoch: Epoch,
     committed_below: Offset,
     limit: Offset,
-) -> Result<Vec<ChunkRef>, StartError> {
+) -> Result<(Vec<ChunkRef>, Vec<ChunkRepair>), StartError> {
     let prefix = layout::chunk_prefix(id, seg.base_offset, seg.epoch);
     let w = replicas.write_quorum();
     let mut expected = seg.base_offset;
@@ -255,54 +268,35 @@ async fn chain_and_fence(
             ))
         });
     }
-    // Back to W copies, and no fence beside data: data over fences and
-    // into empty replicas.
-    let mut copies = 0;
+    // Back to W copies, and no fence beside data: after recovery, in the
+    // background (the chunks are durable where they are; copying hundreds
+    // of them must not keep the partition unwritable).
+    let mut repairs = Vec::new();
     for c in &kept {
         let (path, on) = &holders[&c.base_offset];
-        let mut have = on.iter().filter(|d| **d).count();
+        let have = on.iter().filter(|d| **d).count();
         let fences = fenced.get(&c.base_offset).map_or(&[][..], |f| &f[..]);
         if have >= w && fences.is_empty() {
             continue;
         }
-        let (_, _, raw) = chunk_replicas::read(replicas, path, c.base_offset).await?;
-        for (i, t) in replicas.targets().iter().enumerate() {
-            if have >= w && !fences.contains(&i) {
-                continue;
+        let mut to: Vec<usize> = fences.to_vec();
+        let mut would_have = have;
+        for i in 0..on.len() {
+            if would_have >= w {
+                break;
             }
-            if on[i] || listings[i].is_err() {
-                continue;
-            }
-            let opts = object_store::PutOptions {
-                mode: object_store::PutMode::Overwrite,
-                ..Default::default()
-            };
-            match t
-                .store
-                .put_opts(
-                    path,
-                    object_store::PutPayload::from_bytes(raw.clone()),
-                    opts,
-                )
-                .await
-            {
-                Ok(_) => {
-                    have += 1;
-                    copies += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(target_id = %t.id, %path, error = %e, "re-replicating an acked chunk failed")
-                }
+            if !on[i] && listings[i].is_ok() && !to.contains(&i) {
+                to.push(i);
+                would_have += 1;
             }
         }
-        if have < w {
-            return Err(StartError::Storage(StorageError::Unavailable(format!(
-                "acked chunk {path} is on {have} replicas and cannot be copied to the write quorum {w} now"
-            ))));
+        if !to.is_empty() {
+            repairs.push(ChunkRepair {
+                path: path.clone(),
+                base: c.base_offset,
+                to,
+            });
         }
-    }
-    if copies > 0 {
-        tracing::info!(partition = %id, segment = seg.base_offset, copies, "re-replicated recovered chunks to the write quorum");
     }
 
     // The uncertain edge, key by key, on every replica.
@@ -329,7 +323,57 @@ async fn chain_and_fence(
             }
         }
     }
-    Ok(kept)
+    Ok((kept, repairs))
+}
+
+/// A kept chunk some replicas should hold and do not (or hold a fence).
+#[derive(Clone, Debug)]
+pub(crate) struct ChunkRepair {
+    path: Path,
+    base: Offset,
+    /// Replica indexes to write the data to.
+    to: Vec<usize>,
+}
+
+/// Copy recovered chunks to the replicas that lack them (8 at once);
+/// returns the copies made. Failures are logged: the chunk is durable on
+/// the replicas it is on, and the seal rewrites it into a segment on W.
+async fn repair_chunks(replicas: ReplicaSet, repairs: Vec<ChunkRepair>) -> usize {
+    let done = futures::stream::iter(repairs.into_iter().map(|r| {
+        let replicas = replicas.clone();
+        async move {
+            let raw = match chunk_replicas::read(&replicas, &r.path, r.base).await {
+                Ok((_, _, raw)) => raw,
+                Err(e) => {
+                    tracing::warn!(path = %r.path, error = %e, "reading a chunk to re-replicate it failed");
+                    return 0;
+                }
+            };
+            let mut n = 0;
+            for i in r.to {
+                let t = &replicas.targets()[i];
+                let opts = object_store::PutOptions {
+                    mode: object_store::PutMode::Overwrite,
+                    ..Default::default()
+                };
+                match t
+                    .store
+                    .put_opts(&r.path, object_store::PutPayload::from_bytes(raw.clone()), opts)
+                    .await
+                {
+                    Ok(_) => n += 1,
+                    Err(e) => {
+                        tracing::warn!(target_id = %t.id, path = %r.path, error = %e, "re-replicating a recovered chunk failed")
+                    }
+                }
+            }
+            n
+        }
+    }))
+    .buffer_unordered(8)
+    .collect::<Vec<usize>>()
+    .await;
+    done.into_iter().sum()
 }
 
 /// The chunk chain a clean release recorded for `seg`, checked contiguous.
@@ -403,6 +447,7 @@ pub(crate) async fn recover(
     };
     let mut pending: Vec<PendingSeal> = Vec::new();
     let mut empty = Vec::new();
+    let mut to_repair: Vec<(ReplicaSet, Vec<ChunkRepair>)> = Vec::new();
     let mut open_segments: Vec<&OpenSegmentRecord> = checkpoint
         .open_segments
         .iter()
@@ -419,7 +464,12 @@ pub(crate) async fn recover(
             // A clean release listed the whole chain and wrote nothing after.
             listed_chain(id, seg)?
         } else {
-            chain_and_fence(id, seg, &replicas, epoch, checkpoint.next_offset, limit).await?
+            let (chunks, repairs) =
+                chain_and_fence(id, seg, &replicas, epoch, checkpoint.next_offset, limit).await?;
+            if !repairs.is_empty() {
+                to_repair.push((replicas.clone(), repairs));
+            }
+            chunks
         };
         report.segments_recovered += 1;
         report.chunks_recovered += chunks.len();
@@ -520,9 +570,18 @@ pub(crate) async fn recover(
     if ctx.meta.txn(txn).await? == TxnOutcome::Mismatch {
         return Err(StartError::NotAssigned(id));
     }
+    for (replicas, repairs) in to_repair {
+        let wanted = repairs.len();
+        tokio::spawn(async move {
+            let copies = repair_chunks(replicas, repairs).await;
+            tracing::info!(partition = %id, chunks = wanted, copies, "re-replicated recovered chunks to the write quorum (fences beside data replaced)");
+        });
+    }
     // Segments that never got a chunk hold only our fence.
     for (seg, replicas) in empty {
-        delete_chunks(id, &seg, replicas, ctx.cache.clone());
+        // (The new owner's garbage collection runs soon after an unclean
+        // recovery anyway.)
+        delete_chunks(id, &seg, replicas, ctx.cache.clone(), Default::default());
     }
 
     let mut state = LogState {
@@ -658,7 +717,7 @@ mod tests {
                 stores[d].set_down(true);
             }
             let kept = match chain_and_fence(id, &seg, &set, 2, 0, Offset::MAX).await {
-                Ok(kept) => kept,
+                Ok((kept, _)) => kept,
                 // With a replica unreachable the end may be undecidable (the
                 // old writer may have completed a chunk there): recovery
                 // refuses rather than guess, and succeeds once it is back.
@@ -667,6 +726,7 @@ mod tests {
                     chain_and_fence(id, &seg, &set, 2, 0, Offset::MAX)
                         .await
                         .unwrap()
+                        .0
                 }
                 Err(e) => panic!("seed {seed}: {e}"),
             };
@@ -699,7 +759,8 @@ mod tests {
             // A second recovery finds the same end.
             let again = chain_and_fence(id, &seg, &set, 3, 0, Offset::MAX)
                 .await
-                .unwrap();
+                .unwrap()
+                .0;
             assert_eq!(again.len(), kept.len(), "seed {seed}");
         }
     }
@@ -780,7 +841,7 @@ mod tests {
         // Without the stray fence: t1 unreachable, recovery copies chunk 4
         // to t2 and ends the chain after it.
         stores[1].set_down(true);
-        let chain = chain_and_fence(id, &seg, &set, 3, 4, Offset::MAX)
+        let (chain, _repairs) = chain_and_fence(id, &seg, &set, 3, 4, Offset::MAX)
             .await
             .unwrap();
         assert_eq!(
@@ -829,13 +890,15 @@ mod tests {
                 chunk_replicas::Held::Absent
             );
         }
-        let chain = chain_and_fence(id, &seg, &set, 4, 4, Offset::MAX)
+        let (chain, repairs) = chain_and_fence(id, &seg, &set, 4, 4, Offset::MAX)
             .await
             .unwrap();
         assert_eq!(
             chain.iter().map(|c| c.base_offset).collect::<Vec<_>>(),
             [0, 2, 4]
         );
+        // Recovery leaves the repair to the background: here, awaited.
+        assert_eq!(repair_chunks(set.clone(), repairs.clone()).await, 1);
         assert!(
             matches!(
                 chunk_replicas::probe(&set.targets()[2], &k4).await,
@@ -882,7 +945,7 @@ mod tests {
             }
         }
         // t0 (with the fence) answers first; all acked (below 6).
-        let chain = chain_and_fence(id, &seg, &set, 3, 6, Offset::MAX)
+        let (chain, _repairs) = chain_and_fence(id, &seg, &set, 3, 6, Offset::MAX)
             .await
             .unwrap();
         assert_eq!(
@@ -892,7 +955,7 @@ mod tests {
         read_all(&stores, &set, &chain, 6).await;
         // A later segment starts at 4: the walk stops there, acked or not.
         for committed in [0, 3, 6] {
-            let chain = chain_and_fence(id, &seg, &set, 3, committed, 4)
+            let (chain, _repairs) = chain_and_fence(id, &seg, &set, 3, committed, 4)
                 .await
                 .unwrap();
             assert_eq!(

@@ -19,6 +19,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::gc::{sweep, GcRun, References};
 use super::recovery::{consolidate, delete_chunks, sealed_view, Recovered};
 use floe_protocol::ResponseError;
 
@@ -99,6 +100,12 @@ struct Writer {
     /// Checking and restoring the replicas of sealed segments.
     repair_task: Option<JoinHandle<Vec<Repaired>>>,
     last_repair: Instant,
+    /// The garbage collection of the partition's storage (`gc.rs`): the
+    /// sweep running, when the next starts, and whether a failed delete
+    /// asks for one sooner.
+    gc: Option<GcRun>,
+    gc_next: Instant,
+    gc_soon: Arc<std::sync::atomic::AtomicBool>,
     /// Retried idempotent batches answered once their original commits:
     /// (last offset of the original, waiter).
     duplicates: Vec<(Offset, Waiter)>,
@@ -124,6 +131,8 @@ pub(crate) fn spawn(
             .expect("recovered replica set is in the pool"),
     };
     let next = recovered.state.high_watermark;
+    let ctx_config = ctx.config.clone();
+    let unclean_was_clean = recovered.report.clean;
     // The previous owner's unsealed segments: sealed here, in the background.
     let sealing: VecDeque<OpenSeg> = recovered
         .pending
@@ -166,6 +175,10 @@ pub(crate) fn spawn(
         switches_in_a_row: 0,
         repair_task: None,
         last_repair: Instant::now(),
+        gc: None,
+        gc_next: Instant::now() + first_gc(&ctx_config),
+        // An unclean end may leave abandoned or empty segments behind.
+        gc_soon: Arc::new(std::sync::atomic::AtomicBool::new(!unclean_was_clean)),
         duplicates: Vec::new(),
     };
     w.maybe_start_seal();
@@ -180,6 +193,16 @@ async fn front(
         Some(f) => (&mut f.task).await,
         None => std::future::pending().await,
     }
+}
+
+/// When a partition's first sweep starts: spread over the interval, so
+/// that brokers starting together do not sweep every partition at once.
+fn first_gc(config: &crate::config::BrokerConfig) -> Duration {
+    let interval = config.gc_interval_ms.max(1);
+    // RandomState is seeded at random: a jitter without a dependency.
+    use std::hash::BuildHasher;
+    let jitter = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    Duration::from_millis(interval / 2 + jitter % interval.div_ceil(2))
 }
 
 /// How long to wait before the next seal attempt after `failures` in a row.
@@ -718,7 +741,7 @@ impl Writer {
         } else {
             // Nothing of it was committed: it simply never existed.
             let (id, cache) = (self.id, self.ctx.cache.clone());
-            delete_chunks(id, &old.record, old.replicas, cache);
+            delete_chunks(id, &old.record, old.replicas, cache, self.gc_soon.clone());
             self.log.update(|s| {
                 s.segments.remove(&old.record.base_offset);
             });
@@ -938,7 +961,13 @@ impl Writer {
             self.ctx.metrics.segment_sealed();
             tracing::info!(partition = %self.id, base = record.base_offset, end = record.end_offset, bytes = record.data_bytes, "sealed segment");
         }
-        delete_chunks(self.id, &seg.record, seg.replicas, self.ctx.cache.clone());
+        delete_chunks(
+            self.id,
+            &seg.record,
+            seg.replicas,
+            self.ctx.cache.clone(),
+            self.gc_soon.clone(),
+        );
         self.maybe_start_seal();
         Ok(())
     }
@@ -1116,6 +1145,7 @@ impl Writer {
     async fn housekeeping(&mut self) -> Result<(), Stop> {
         let now = self.ctx.clock.now_ms();
         self.producers.expire(now);
+        self.garbage_collection(now).await;
         let every = Duration::from_millis(self.ctx.config.repair_interval_ms.max(100));
         if self.repair_task.is_none() && self.last_repair.elapsed() >= every {
             self.last_repair = Instant::now();
@@ -1148,6 +1178,76 @@ impl Writer {
         }
         self.apply_retention(now).await?;
         self.maybe_checkpoint().await
+    }
+
+    /// Start a sweep when one is due (periodically, sooner after a failed
+    /// delete), and report one that finished.
+    async fn garbage_collection(&mut self, now_ms: i64) {
+        let interval = self.ctx.config.gc_interval_ms;
+        if interval == 0 {
+            return;
+        }
+        let min_age = Duration::from_millis(self.ctx.config.gc_min_age_ms);
+        if let Some(run) = &self.gc {
+            if !run.0.is_finished() {
+                return;
+            }
+            let mut run = self.gc.take().expect("a sweep");
+            if let Ok(r) = (&mut run.0).await {
+                self.ctx.metrics.gc_deleted.inc_by(r.deleted as u64);
+                if r.deleted > 0 || r.failed > 0 {
+                    tracing::info!(partition = %self.id, listed = r.listed, deleted = r.deleted,
+                        young = r.young, failed = r.failed, "garbage collection swept the partition's storage");
+                }
+                if r.young > 0 || r.failed > 0 {
+                    // Left-overs: look again once they are old enough.
+                    self.gc_next = self.gc_next.min(Instant::now() + min_age);
+                }
+            }
+        }
+        if self
+            .gc_soon
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.gc_next = self.gc_next.min(Instant::now() + min_age);
+        }
+        if Instant::now() < self.gc_next || !self.ctx.lease.is_valid() {
+            return;
+        }
+        self.gc_next = Instant::now() + Duration::from_millis(interval);
+        let snapshot = self.log.snapshot();
+        let mut refs = References::default();
+        for seg in self
+            .sealing
+            .iter()
+            .map(|s| &s.record)
+            .chain([&self.open.record])
+        {
+            refs.open_prefixes
+                .push(layout::chunk_prefix(self.id, seg.base_offset, seg.epoch));
+        }
+        for seg in snapshot.segments.values() {
+            match seg {
+                SegmentView::Sealed(s) => {
+                    refs.sealed.insert(
+                        object_store::path::Path::from(s.path.as_ref()),
+                        s.replicas.ids().into_iter().collect(),
+                    );
+                }
+                SegmentView::Open {
+                    base_offset, epoch, ..
+                } => refs
+                    .open_prefixes
+                    .push(layout::chunk_prefix(self.id, *base_offset, *epoch)),
+            }
+        }
+        let targets = self.ctx.pool.targets();
+        let prefix = layout::partition_prefix(self.id);
+        let cutoff = now_ms - min_age.as_millis() as i64;
+        let lease = self.ctx.lease.clone();
+        self.gc = Some(GcRun(tokio::spawn(async move {
+            sweep(&targets, &prefix, &refs, cutoff, Some(lease)).await
+        })));
     }
 
     async fn delete_records(
@@ -1203,11 +1303,13 @@ impl Writer {
             tracing::info!(partition = %self.id, base = s.base_offset, end = s.end_offset, bytes = s.data_bytes, "deleted segment");
             self.ctx.metrics.segment_deleted();
         }
+        let gc_soon = self.gc_soon.clone();
         tokio::spawn(async move {
             for s in doomed {
                 let path = object_store::path::Path::from(s.path.as_ref());
                 if let Err(e) = s.replicas.delete(&path).await {
-                    tracing::warn!(%path, error = %e, "deleting a segment object below the log start failed");
+                    gc_soon.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::warn!(%path, error = %e, "deleting a segment object below the log start failed; garbage collection will remove it");
                 }
             }
         });
