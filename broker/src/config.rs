@@ -46,6 +46,11 @@ pub struct BrokerConfig {
     /// objects nothing refers to (left by failed deletes, repairs,
     /// recoveries); 0: never.
     pub gc_interval_ms: u64,
+    /// Roll the open segment after this many chunks (0: by size and age
+    /// only): bounds what a recovery after an unclean end reads (one header
+    /// per chunk) for partitions with little traffic, whose segments would
+    /// otherwise gather tiny chunks for days.
+    pub segment_max_chunks: u64,
     /// Objects younger than this are never collected (writes in flight,
     /// uploads whose record is not saved yet). Failed deletes schedule a
     /// sweep this long after them.
@@ -110,6 +115,7 @@ impl Default for BrokerConfig {
             repair_interval_ms: 60_000,
             repair_max_bytes_per_sec: 0,
             gc_interval_ms: 6 * 3_600_000,
+            segment_max_chunks: 1_000,
             gc_min_age_ms: 600_000,
             load_report_interval_ms: 5_000,
             read_hedge_ms: 100,

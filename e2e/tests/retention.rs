@@ -288,3 +288,43 @@ async fn altered_topic_configs_take_effect() {
     );
     assert!(s.metric("floe_segments_sealed_total").unwrap() >= 5.0);
 }
+
+/// A partition with little traffic gathers one tiny chunk per flush: its
+/// open segment rolls after `segment_max_chunks` chunks (bounding what a
+/// recovery after kill -9 reads), and every record stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_segment_rolls_after_segment_max_chunks() {
+    let s = Standalone::start_with_config(
+        "[broker]\nretention_check_interval_ms = 200\nchunk_linger_ms = 0\nsegment_max_chunks = 10\n",
+    )
+    .unwrap();
+    let b = s.bootstrap();
+    create(&b, "trickle", &[]).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    // One record per request, one chunk each: 50 chunks.
+    for i in 0..50 {
+        let v = format!("r{i}");
+        producer
+            .send(
+                FutureRecord::<[u8], [u8]>::to("trickle").payload(v.as_bytes()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    wait_until("the rolled segments to be sealed", Duration::from_secs(20), || {
+        s.metric("floe_segments_sealed_total").unwrap_or(0.0) >= 4.0
+    });
+    assert_eq!(watermarks(&b, "trickle"), (0, 50));
+    let got = floe_e2e::read_all(&b, "trickle", 1);
+    let values: Vec<String> = got[&0]
+        .iter()
+        .map(|(_, v)| String::from_utf8_lossy(v).to_string())
+        .collect();
+    assert_eq!(values, (0..50).map(|i| format!("r{i}")).collect::<Vec<_>>());
+}

@@ -48,6 +48,8 @@ struct OpenSeg {
     replicas: ReplicaSet,
     /// Bytes assigned to it so far (committed or in flight).
     bytes: u64,
+    /// Chunks assigned to it so far.
+    chunks: u64,
     /// Offset after its last assigned batch.
     end: Offset,
 }
@@ -139,6 +141,7 @@ pub(crate) fn spawn(
         .into_iter()
         .map(|p| OpenSeg {
             bytes: p.chunks.iter().map(|c| c.bytes).sum(),
+            chunks: p.chunks.len() as u64,
             end: p
                 .chunks
                 .last()
@@ -160,6 +163,7 @@ pub(crate) fn spawn(
             record: recovered.open,
             replicas,
             bytes: 0,
+            chunks: 0,
             end: next,
         },
         sealing,
@@ -603,7 +607,13 @@ impl Writer {
             return Ok(());
         };
         let payload_len = (buffer.buf.len() - chunk::HEADER_LEN) as u64;
-        if self.open.bytes > 0 && self.open.bytes + payload_len > self.config.segment_bytes {
+        // Full: by size, or by chunk count (what a recovery after an unclean
+        // end reads the headers of, and a clean release lists).
+        let max_chunks = self.ctx.config.segment_max_chunks;
+        if self.open.bytes > 0
+            && (self.open.bytes + payload_len > self.config.segment_bytes
+                || (max_chunks > 0 && self.open.chunks >= max_chunks))
+        {
             self.roll(buffer.base).await?;
         }
         let Buffer {
@@ -630,6 +640,7 @@ impl Writer {
             base,
         );
         self.open.bytes += payload_len;
+        self.open.chunks += 1;
         self.open.end = self.next_offset;
         let chunk = ChunkRef {
             base_offset: base,
@@ -732,6 +743,7 @@ impl Writer {
                 record: record.clone(),
                 replicas: replicas.clone(),
                 bytes: redo.iter().map(|f| f.chunk.bytes).sum(),
+                chunks: redo.len() as u64,
                 end: self.next_offset,
             },
         );
@@ -861,6 +873,7 @@ impl Writer {
                 record: record.clone(),
                 replicas: replicas.clone(),
                 bytes: 0,
+                chunks: 0,
                 end: base,
             },
         );
