@@ -380,6 +380,10 @@ struct Stalls {
     /// (ms, partition, gap start relative to the run) of partitions owned
     /// by a killed or stopped broker during the gap.
     faulty: Option<(u64, i32, f64)>,
+    /// Gaps in which the partition went from one failing broker to another
+    /// failing one (the second still held a live lease when the controller
+    /// chose it): up to two lease TTLs, and not bound by one.
+    chained: Option<(u64, i32, f64)>,
     /// Every other partition, gaps that overlap a proxy restart excluded.
     healthy: Option<(u64, i32, f64)>,
     /// Gaps overlapping a proxy kill (clients reconnect).
@@ -415,18 +419,28 @@ fn stalls(acked: &[Ack], faults: &[Fault], samples: &Owners, t0: Instant) -> Sta
             }
             let overlaps = |f: &Fault| f.start <= b && f.end.unwrap_or(b) >= a;
             let entry = (gap, p, (a - t0).as_secs_f64());
-            if faults.iter().any(|f| {
-                overlaps(f)
-                    && f.broker().is_some_and(|broker| {
-                        owned_by(p, broker, a.max(f.start), b.min(f.end.unwrap_or(b)))
-                    })
-            }) {
-                longer(&mut out.faulty, entry);
-            } else if faults
+            let faulty_owners = faults
+                .iter()
+                .filter(|f| {
+                    overlaps(f)
+                        && f.broker().is_some_and(|broker| {
+                            owned_by(p, broker, a.max(f.start), b.min(f.end.unwrap_or(b)))
+                        })
+                })
+                .count();
+            // A proxy restart first: clients reconnect to it on their own
+            // schedule (librdkafka backs off up to reconnect.backoff.max.ms,
+            // 10 s, when one proxy is killed again and again), whatever
+            // else is going on.
+            if faults
                 .iter()
                 .any(|f| overlaps(f) && matches!(f.kind, Kind::KillProxy(_)))
             {
                 longer(&mut out.proxy, entry);
+            } else if faulty_owners >= 2 {
+                longer(&mut out.chained, entry);
+            } else if faulty_owners == 1 {
+                longer(&mut out.faulty, entry);
             } else {
                 longer(&mut out.healthy, entry);
                 out.healthy_top.push(entry);
@@ -712,11 +726,12 @@ async fn run(seed: u64) {
         })
     };
     report += &format!(
-        "  consumed {total}, lost {lost}, problems {}, acked without an offset {implicit}, garbage objects collected {collected}\n  longest without an ack: faulty broker's partitions {}, others {}, around a proxy restart {}\n",
+        "  consumed {total}, lost {lost}, problems {}, acked without an offset {implicit}, garbage objects collected {collected}\n  longest without an ack: faulty broker's partitions {}, others {}, around a proxy restart {}, passed from one failing broker to another {}\n",
         problems.len(),
         fmt(st.faulty),
         fmt(st.healthy),
         fmt(st.proxy),
+        fmt(st.chained),
     );
     for (ms, p, at) in &st.healthy_top {
         let when = t0 + Duration::from_secs_f64(*at);

@@ -317,9 +317,11 @@ async fn the_open_segment_rolls_after_segment_max_chunks() {
             .await
             .unwrap();
     }
-    wait_until("the rolled segments to be sealed", Duration::from_secs(20), || {
-        s.metric("floe_segments_sealed_total").unwrap_or(0.0) >= 4.0
-    });
+    wait_until(
+        "the rolled segments to be sealed",
+        Duration::from_secs(20),
+        || s.metric("floe_segments_sealed_total").unwrap_or(0.0) >= 4.0,
+    );
     assert_eq!(watermarks(&b, "trickle"), (0, 50));
     let got = floe_e2e::read_all(&b, "trickle", 1);
     let values: Vec<String> = got[&0]

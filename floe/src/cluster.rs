@@ -148,12 +148,6 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     let (cluster_id, pool) = cluster_identity(&*meta).await?;
     let pool = Arc::new(open_pool(&pool)?);
     let (host, port) = advertised(args.advertise.as_deref(), args.listen)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding the Kafka listener {}", args.listen))?;
-    let http = tokio::net::TcpListener::bind(args.http_listen)
-        .await
-        .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
     let tail = tokio::net::TcpListener::bind(args.tail_listen)
         .await
         .with_context(|| format!("binding the tail push listener {}", args.tail_listen))?;
@@ -177,6 +171,15 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     )
     .await
     .context("registering the broker")?;
+    // Bound only now: a broker restarted in place waits for its old lease
+    // first, and a port that accepted connections without serving them
+    // would hang proxies and probes instead of refusing them.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the Kafka listener {}", args.listen))?;
+    let http = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
     tracing::info!(id = args.id, listen = %args.listen, http = %args.http_listen, tail = %tail_addr, cluster_id, "floe broker started");
     let serve_token = shutdown.child_token();
     let server = tokio::spawn(floe_broker::server::serve(

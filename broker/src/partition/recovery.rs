@@ -299,7 +299,45 @@ async fn chain_and_fence(
         }
     }
 
-    // The uncertain edge, key by key, on every replica.
+    // The uncertain edge: keys some listing shows data at (a chunk short of
+    // W copies where it can be seen, e.g. written while a target refused
+    // writes and now another is unreachable) are settled many at once, in
+    // order, as long as they continue the chain. Every such key holds data,
+    // so settling one never writes a fence; one past the true end is only
+    // copied forward and stays outside the chain.
+    let listed_edge: Vec<(Offset, Path)> = holders
+        .range(expected..)
+        .map(|(b, (path, _))| (*b, path.clone()))
+        .collect();
+    let mut settled = futures::stream::iter(listed_edge.into_iter().map(|(b, path)| async move {
+        let fence = chunk::encode_fence(epoch, b);
+        (
+            b,
+            path.clone(),
+            chunk_replicas::settle(replicas, &path, b, fence).await,
+        )
+    }))
+    .buffered(SETTLES_IN_FLIGHT);
+    while expected < limit {
+        let Some((b, path, outcome)) = settled.next().await else {
+            break;
+        };
+        if b != expected {
+            break;
+        }
+        match outcome? {
+            Settled::InLog(h) => {
+                kept.push(chunk_ref(&path, &h));
+                expected = h.next_offset;
+            }
+            // Decided otherwise (an end), or undecided: the key-by-key walk
+            // below looks at it again and says why.
+            _ => break,
+        }
+    }
+    drop(settled);
+
+    // Then key by key, on every replica, until the end is fixed.
     while expected < limit {
         let key = layout::chunk(id, seg.base_offset, seg.epoch, expected);
         match chunk_replicas::settle(
@@ -399,6 +437,9 @@ fn listed_chain(id: PartitionId, seg: &OpenSegmentRecord) -> Result<Vec<ChunkRef
     }
     Ok(out)
 }
+
+/// Keys of the uncertain edge settled at once during recovery.
+const SETTLES_IN_FLIGHT: usize = 16;
 
 /// Chunk headers read at once during recovery (ranged GETs of 52 bytes:
 /// cheap for any store, and latency-bound on S3).
