@@ -48,8 +48,9 @@ pub struct ProxyConfig {
     pub lease_ttl_ms: u64,
     /// A produce request whose answer waits on some partitions while other
     /// answers are ready (or while the same connection has requests queued
-    /// behind it) is answered this long after it arrived: the partitions still waiting
-    /// get a retriable NOT_LEADER_OR_FOLLOWER (REQUEST_TIMED_OUT for a
+    /// behind it) is answered this long after it arrived if those wait on a
+    /// broker in trouble (frozen for twice this, or unreachable): they get
+    /// a retriable NOT_LEADER_OR_FOLLOWER (REQUEST_TIMED_OUT for a
     /// non-idempotent batch already sent), so one broker's failure never
     /// stalls the acks of partitions other brokers own. 0: never.
     pub produce_hold_ms: u64,
@@ -81,6 +82,9 @@ pub struct Proxy {
     pub metrics: Arc<ProxyMetrics>,
     lanes: produce::Lanes,
     produce_pool: upstream::Pool,
+    /// How each broker's produce connection is doing (the hold cuts only
+    /// parts waiting on a broker in trouble).
+    broker_health: Arc<produce::BrokerHealth>,
     admin_pool: upstream::Pool,
     round_robin: AtomicUsize,
     lease: floe_meta::LeaseId,
@@ -174,6 +178,7 @@ impl Proxy {
             metrics,
             lanes: Default::default(),
             produce_pool: Default::default(),
+            broker_health: Default::default(),
             admin_pool: Default::default(),
             round_robin: AtomicUsize::new(0),
             lease,

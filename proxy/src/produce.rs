@@ -233,6 +233,7 @@ impl Proxy {
         let mut by_owner: HashMap<i32, (floe_meta::schema::BrokerRecord, Vec<usize>)> =
             HashMap::new();
         let mut lane_info = Vec::with_capacity(parts.len());
+        let mut targets = vec![-1i32; parts.len()];
         {
             let mut lanes = self.lanes.lanes.lock().unwrap();
             for (i, part) in parts.iter().enumerate() {
@@ -259,6 +260,13 @@ impl Proxy {
                     }
                 };
                 let prev_pending = prev_done.as_ref().is_some_and(|p| p.peek().is_none());
+                // What it waits on: its owner if sent now, else the broker
+                // the batches ahead of it went to.
+                targets[i] = match (&owner, hold) {
+                    (Some((b, _)), false) => b.broker_id,
+                    _ if lane.inflight > 0 => lane.target,
+                    _ => -1,
+                };
                 lane.inflight += 1;
                 let mut ticket = Ticket {
                     proxy: self.clone(),
@@ -316,13 +324,16 @@ impl Proxy {
             }
         }
         let mut tasks = Vec::with_capacity(parts.len());
-        for ((part, info), first) in parts.into_iter().zip(lane_info).zip(first) {
+        for (((part, info), first), target) in
+            parts.into_iter().zip(lane_info).zip(first).zip(targets)
+        {
             let proxy = self.clone();
             let client_id = client_id.to_string();
             let flags = Arc::new(PartFlags {
                 idempotent: idempotent(&part.records),
                 sent: AtomicBool::new(first.is_some()),
                 answered: AtomicBool::new(false),
+                target: std::sync::atomic::AtomicI32::new(target),
             });
             let (topic, index) = (part.topic.clone(), part.index);
             let task_flags = flags.clone();
@@ -358,9 +369,11 @@ impl Proxy {
         }
         let hold = Duration::from_millis(self.config.produce_hold_ms);
         let metrics = self.metrics.clone();
+        let health = self.broker_health.clone();
         let merged = async move {
             let n = tasks.len();
             let mut results: Vec<Option<(String, PartitionProduceResponse)>> = vec![None; n];
+            let part_flags: Vec<Arc<PartFlags>> = tasks.iter().map(|t| t.2.clone()).collect();
             let mut waiting: futures::stream::FuturesUnordered<_> = tasks
                 .iter_mut()
                 .enumerate()
@@ -370,7 +383,10 @@ impl Proxy {
                 })
                 .collect();
             let mut check_at = arrived + hold;
-            let mut cut = Vec::new();
+            let mut cut: Vec<usize> = Vec::new();
+            let all_settled = |results: &[Option<_>], cut: &[usize]| {
+                (0..n).all(|i| results[i].is_some() || cut.contains(&i))
+            };
             loop {
                 tokio::select! {
                     r = waiting.next() => match r {
@@ -385,19 +401,38 @@ impl Proxy {
                     },
                     _ = tokio::time::sleep_until(check_at), if !hold.is_zero() => {
                         // Held back by some partitions while other answers are
-                        // ready or other requests wait behind this one.
+                        // ready or other requests wait behind this one. Only
+                        // parts waiting on a broker in trouble (frozen,
+                        // unreachable) are cut: a move in progress answers,
+                        // and stays invisible.
                         let blocking = results.iter().any(Option::is_some)
                             || connection_outstanding.load(Ordering::SeqCst) > 1;
                         if blocking {
-                            cut = (0..n).filter(|i| results[*i].is_none()).collect();
-                            break;
+                            for i in 0..n {
+                                let t = part_flags[i].target.load(Ordering::SeqCst);
+                                if results[i].is_none()
+                                    && !cut.contains(&i)
+                                    && t >= 0
+                                    && health.in_trouble(t, hold)
+                                {
+                                    // Nothing more is sent for it from now.
+                                    part_flags[i].answered.store(true, Ordering::SeqCst);
+                                    cut.push(i);
+                                }
+                            }
                         }
                         check_at = Instant::now() + HOLD_RECHECK;
                     }
                 }
+                if all_settled(&results, &cut) {
+                    break;
+                }
             }
             drop(waiting);
             for i in cut {
+                if results[i].is_some() {
+                    continue;
+                }
                 let (topic, index, flags, _) = &tasks[i];
                 flags.answered.store(true, Ordering::SeqCst);
                 // The batch is either not appended (it will not be sent now)
@@ -461,14 +496,20 @@ impl Proxy {
         let broker = owner.broker_id;
         let frame = encode_request(ApiKey::Produce, version, client_id, req);
         let rx = frame.map(|f| self.produce_pool.get(owner).send(f));
+        let awaiting = self.broker_health.sent(broker);
         async move {
-            let rx = rx.map_err(|e| UpstreamError::Connect(broker, e))?;
-            let frame = rx
-                .await
-                .map_err(|_| UpstreamError::Lost(broker, "connection dropped".into()))??;
-            decode_response::<ProduceResponse>(ApiKey::Produce, version, frame)
-                .map(Arc::new)
-                .map_err(|e| UpstreamError::Lost(broker, format!("undecodable response: {e}")))
+            let answer = async {
+                let rx = rx.map_err(|e| UpstreamError::Connect(broker, e))?;
+                let frame = rx
+                    .await
+                    .map_err(|_| UpstreamError::Lost(broker, "connection dropped".into()))??;
+                decode_response::<ProduceResponse>(ApiKey::Produce, version, frame)
+                    .map(Arc::new)
+                    .map_err(|e| UpstreamError::Lost(broker, format!("undecodable response: {e}")))
+            }
+            .await;
+            awaiting.answered(answer.is_ok());
+            answer
         }
         .boxed()
         .shared()
@@ -537,6 +578,7 @@ impl Proxy {
             }
             attempt = Some(self.resend(part, &owner, version, client_id, deadline));
             flags.sent.store(true, Ordering::SeqCst);
+            flags.target.store(owner.broker_id, Ordering::SeqCst);
             ticket.sent_to(owner.broker_id);
         }
         loop {
@@ -617,6 +659,7 @@ impl Proxy {
             self.metrics.produce_retries.inc();
             attempt = Some(self.resend(part, &owner, version, client_id, deadline));
             flags.sent.store(true, Ordering::SeqCst);
+            flags.target.store(owner.broker_id, Ordering::SeqCst);
             ticket.sent_to(owner.broker_id);
         }
     }
@@ -706,6 +749,78 @@ impl Proxy {
     }
 }
 
+/// Per broker: produce requests awaiting an answer, when the last answer
+/// came (or the first of the awaited ones was sent), and when a connection
+/// to it last failed.
+#[derive(Default)]
+pub struct BrokerHealth {
+    brokers: Mutex<HashMap<i32, Health>>,
+}
+
+#[derive(Clone, Copy)]
+struct Health {
+    outstanding: usize,
+    progress: Instant,
+    failed: Option<Instant>,
+}
+
+impl BrokerHealth {
+    fn sent(self: &Arc<Self>, broker: i32) -> Awaiting {
+        let now = Instant::now();
+        let mut m = self.brokers.lock().unwrap();
+        let h = m.entry(broker).or_insert(Health {
+            outstanding: 0,
+            progress: now,
+            failed: None,
+        });
+        if h.outstanding == 0 {
+            h.progress = now;
+        }
+        h.outstanding += 1;
+        Awaiting {
+            health: self.clone(),
+            broker,
+        }
+    }
+
+    /// The broker is frozen (requests out, nothing back for twice `hold`:
+    /// a slow write to a slow store answers sooner) or its connections
+    /// failed within the last second (dead, restarting).
+    fn in_trouble(&self, broker: i32, hold: Duration) -> bool {
+        let now = Instant::now();
+        self.brokers.lock().unwrap().get(&broker).is_some_and(|h| {
+            (h.outstanding > 0 && now - h.progress >= hold * 2)
+                || h.failed.is_some_and(|f| now - f < Duration::from_secs(1))
+        })
+    }
+}
+
+/// One produce request out to a broker, counted until dropped.
+struct Awaiting {
+    health: Arc<BrokerHealth>,
+    broker: i32,
+}
+
+impl Awaiting {
+    fn answered(&self, ok: bool) {
+        let now = Instant::now();
+        if let Some(h) = self.health.brokers.lock().unwrap().get_mut(&self.broker) {
+            h.progress = now;
+            if !ok {
+                h.failed = Some(now);
+            }
+        }
+    }
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        if let Some(h) = self.health.brokers.lock().unwrap().get_mut(&self.broker) {
+            h.outstanding = h.outstanding.saturating_sub(1);
+        }
+    }
+}
+
 /// How an upstream attempt ended.
 enum Waited {
     Answer(Answer),
@@ -720,6 +835,9 @@ struct PartFlags {
     sent: AtomicBool,
     /// The client got an answer for it already (the hold cut it).
     answered: AtomicBool,
+    /// The broker it waits on (sent to, or the one its lane last wrote to
+    /// while it is held); -1: none.
+    target: std::sync::atomic::AtomicI32,
 }
 
 /// After the owner changed, the old owner's answer is awaited this much
