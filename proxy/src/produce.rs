@@ -583,6 +583,7 @@ impl Proxy {
         }
         loop {
             let sent_broker = ticket.target();
+            let mut owner_moved = false;
             let outcome: Result<PartitionProduceResponse, (ResponseError, bool)> =
                 match attempt.take() {
                     Some(answer) => match self
@@ -607,6 +608,7 @@ impl Proxy {
                         // connection would be.
                         Waited::OwnerMoved => {
                             self.metrics.produce_owner_moved.inc();
+                            owner_moved = true;
                             Err((ResponseError::NetworkException, idem))
                         }
                     },
@@ -642,8 +644,10 @@ impl Proxy {
                 }
                 prev_pending = false;
             }
-            // Give a move a moment to finish before asking again.
-            if outcome.is_ok() {
+            // Give a move a moment to finish before asking again, and a
+            // broker that refuses connections (restarting) a moment too:
+            // only an owner already seen to change is asked again at once.
+            if !owner_moved {
                 tokio::select! {
                     _ = changes.changed() => {}
                     _ = tokio::time::sleep(backoff) => {}
