@@ -765,7 +765,8 @@ pub struct BrokerHealth {
 struct Health {
     outstanding: usize,
     progress: Instant,
-    failed: Option<Instant>,
+    /// Since when every answer has been a failed connection.
+    failing_since: Option<Instant>,
 }
 
 impl BrokerHealth {
@@ -775,7 +776,7 @@ impl BrokerHealth {
         let h = m.entry(broker).or_insert(Health {
             outstanding: 0,
             progress: now,
-            failed: None,
+            failing_since: None,
         });
         if h.outstanding == 0 {
             h.progress = now;
@@ -788,13 +789,14 @@ impl BrokerHealth {
     }
 
     /// The broker is frozen (requests out, nothing back for twice `hold`:
-    /// a slow write to a slow store answers sooner) or its connections
-    /// failed within the last second (dead, restarting).
+    /// a slow write to a slow store answers sooner) or its connections have
+    /// failed for twice `hold` (dead; a clean restart hands its partitions
+    /// over before that).
     fn in_trouble(&self, broker: i32, hold: Duration) -> bool {
         let now = Instant::now();
         self.brokers.lock().unwrap().get(&broker).is_some_and(|h| {
             (h.outstanding > 0 && now - h.progress >= hold * 2)
-                || h.failed.is_some_and(|f| now - f < Duration::from_secs(1))
+                || h.failing_since.is_some_and(|f| now - f >= hold * 2)
         })
     }
 }
@@ -810,8 +812,10 @@ impl Awaiting {
         let now = Instant::now();
         if let Some(h) = self.health.brokers.lock().unwrap().get_mut(&self.broker) {
             h.progress = now;
-            if !ok {
-                h.failed = Some(now);
+            if ok {
+                h.failing_since = None;
+            } else {
+                h.failing_since.get_or_insert(now);
             }
         }
     }
