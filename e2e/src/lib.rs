@@ -1321,3 +1321,16 @@ impl TestPki {
         })
     }
 }
+
+/// An idempotent acks=all librdkafka producer at `bootstrap` (linger 5 ms,
+/// two minutes to deliver), as the load of the failure tests uses.
+pub fn idempotent_producer(bootstrap: &str) -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .unwrap()
+}

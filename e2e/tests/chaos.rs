@@ -549,14 +549,7 @@ async fn run(seed: u64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "120000")
-        .create()
-        .unwrap();
+    let producer: FutureProducer = floe_e2e::idempotent_producer(&bootstrap);
     let produced = Arc::new(Mutex::new(Produced::default()));
     let outstanding = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();

@@ -12,7 +12,6 @@ use floe_e2e::Cluster;
 use floe_meta::schema::{CheckpointRecord, LoadRecord, SegmentRecord, StoragePoolRecord};
 use floe_meta::{keys, MetadataStore};
 use prost::Message;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 fn parse(out: &str) -> serde_json::Value {
@@ -57,14 +56,7 @@ struct Load {
 
 impl Load {
     fn start(bootstrap: &str, topic: &str, partitions: i32, size: usize, per_sec: u64) -> Self {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "120000")
-            .create()
-            .unwrap();
+        let producer: FutureProducer = floe_e2e::idempotent_producer(bootstrap);
         let stop = Arc::new(AtomicBool::new(false));
         let acked: Arc<Mutex<Vec<Acked>>> = Default::default();
         let failed: Arc<Mutex<Vec<String>>> = Default::default();

@@ -167,7 +167,9 @@ pub async fn read_header(
     got.ok_or_else(|| worst(key, failed.into_iter().map(|(_, m)| m.into_error())))
 }
 
-async fn overwrite(t: &StorageTarget, key: &Path, data: Bytes) -> Result<(), StorageError> {
+/// Put `data` at `key` on one replica, replacing what is there (a fence, a
+/// corrupt copy): only for keys already decided to hold this data.
+pub async fn overwrite(t: &StorageTarget, key: &Path, data: Bytes) -> Result<(), StorageError> {
     let opts = PutOptions {
         mode: PutMode::Overwrite,
         ..Default::default()

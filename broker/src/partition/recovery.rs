@@ -390,15 +390,7 @@ async fn repair_chunks(replicas: ReplicaSet, repairs: Vec<ChunkRepair>) -> usize
             let mut n = 0;
             for i in r.to {
                 let t = &replicas.targets()[i];
-                let opts = object_store::PutOptions {
-                    mode: object_store::PutMode::Overwrite,
-                    ..Default::default()
-                };
-                match t
-                    .store
-                    .put_opts(&r.path, object_store::PutPayload::from_bytes(raw.clone()), opts)
-                    .await
-                {
+                match chunk_replicas::overwrite(t, &r.path, raw.clone()).await {
                     Ok(_) => n += 1,
                     Err(e) => {
                         tracing::warn!(target_id = %t.id, path = %r.path, error = %e, "re-replicating a recovered chunk failed")
