@@ -76,12 +76,17 @@ pub fn plan(
 /// leave the fullest brokers for the emptiest, one at a time, until every
 /// broker is within one of the mean, so as few partitions move as
 /// possible (the rebalance planner without load). Only partitions owned by
-/// live brokers in their current session move.
+/// live brokers in their current session move, and only those `writing`
+/// (recovered by their owner): a partition still recovering, e.g. just
+/// taken over from a dead broker, is not moved again before its owner has
+/// fixed its end (that would cost its clients a second recovery). The
+/// second value says whether moves were held back for that reason.
 pub fn balance(
     partitions: &[PartitionId],
     current: &HashMap<PartitionId, Current>,
     live: &[LiveBroker],
-) -> Vec<Change> {
+    writing: &std::collections::HashSet<PartitionId>,
+) -> (Vec<Change>, bool) {
     let session: HashMap<i32, i64> = live.iter().map(|b| (b.id, b.session)).collect();
     let placements: Vec<crate::rebalance::Placement> = partitions
         .iter()
@@ -96,15 +101,20 @@ pub fn balance(
         .collect();
     let ids: Vec<i32> = live.iter().map(|b| b.id).collect();
     let plan = crate::rebalance::plan(&ids, &placements, crate::rebalance::Settings::default());
-    plan.moves
+    let planned = plan.moves.len();
+    let changes: Vec<Change> = plan
+        .moves
         .into_iter()
+        .filter(|m| writing.contains(&m.partition))
         .map(|m| Change {
             partition: m.partition,
             broker: m.to,
             epoch: current[&m.partition].epoch + 1,
             session: session[&m.to],
         })
-        .collect()
+        .collect();
+    let held = changes.len() < planned;
+    (changes, held)
 }
 
 #[cfg(test)]
@@ -147,9 +157,15 @@ mod tests {
             LiveBroker { id: 2, session: 20 },
             LiveBroker { id: 3, session: 30 },
         ];
-        assert!(balance(&parts, &cur, &live).is_empty(), "already balanced");
+        let all: std::collections::HashSet<_> = parts.iter().copied().collect();
+        assert_eq!(
+            balance(&parts, &cur, &live, &all),
+            (Vec::new(), false),
+            "already balanced"
+        );
         let live4 = [live[0], live[1], live[2], LiveBroker { id: 4, session: 40 }];
-        let moves = balance(&parts, &cur, &live4);
+        let (moves, held) = balance(&parts, &cur, &live4, &all);
+        assert!(!held);
         assert_eq!(moves.len(), 3, "{moves:?}");
         assert!(moves
             .iter()
@@ -168,7 +184,38 @@ mod tests {
             LiveBroker { id: 1, session: 10 },
             LiveBroker { id: 2, session: 20 },
         ];
-        assert!(balance(&parts, &cur, &live).is_empty());
+        let all: std::collections::HashSet<_> = parts.iter().copied().collect();
+        assert_eq!(balance(&parts, &cur, &live, &all), (Vec::new(), false));
+    }
+
+    #[test]
+    fn balance_does_not_move_a_partition_its_owner_is_still_recovering() {
+        // Broker 1 just took 0..6 over from a dead broker and is recovering
+        // 2..6; broker 2 (restarted) joins with none.
+        let cur = owned_by(1, 10, 0..6);
+        let parts: Vec<_> = (0..6).map(p).collect();
+        let live = [
+            LiveBroker { id: 1, session: 10 },
+            LiveBroker { id: 2, session: 20 },
+        ];
+        let none = std::collections::HashSet::new();
+        assert_eq!(balance(&parts, &cur, &live, &none), (Vec::new(), true));
+        // Three should move; only two may yet: the third waits.
+        let writing: std::collections::HashSet<_> = (0..2).map(p).collect();
+        let (moves, held) = balance(&parts, &cur, &live, &writing);
+        assert!(held);
+        assert!(
+            moves.len() <= 2
+                && moves
+                    .iter()
+                    .all(|m| writing.contains(&m.partition) && m.broker == 2),
+            "{moves:?}"
+        );
+        // Once all are written again, the full share moves.
+        let all: std::collections::HashSet<_> = parts.iter().copied().collect();
+        let (full, later) = balance(&parts, &cur, &live, &all);
+        assert_eq!(full.len(), 3, "{full:?}");
+        assert!(!later);
     }
 
     #[test]

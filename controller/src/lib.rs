@@ -29,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use assignment::{plan, Current, LiveBroker};
 
+/// How soon a pass that held balancing moves back looks again.
+const RECHECK: Duration = Duration::from_millis(250);
+
 pub struct Controller {
     meta: Arc<dyn MetadataStore>,
     pool: Arc<StoragePool>,
@@ -43,6 +46,8 @@ pub struct Controller {
     /// Whether a joining broker triggers balancing (else: `floectl
     /// rebalance`).
     balance_on_join: std::sync::atomic::AtomicBool,
+    /// The last pass held moves back: reconcile again soon.
+    recheck: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +92,7 @@ impl Controller {
             seen: Default::default(),
             balance_due: Default::default(),
             balance_on_join: std::sync::atomic::AtomicBool::new(true),
+            recheck: Default::default(),
         })
     }
 
@@ -165,8 +171,10 @@ impl Controller {
             let mut resync = tokio::time::interval(Duration::from_secs(10));
             resync.tick().await;
             loop {
+                let recheck = self.recheck.load(std::sync::atomic::Ordering::SeqCst);
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(RECHECK), if recheck => {}
                     ev = topics.next() => if !matches!(ev, Some(Ok(_))) { break },
                     ev = brokers.next() => if !matches!(ev, Some(Ok(_))) { break },
                     ev = drained.next() => if !matches!(ev, Some(Ok(_))) { break },
@@ -216,6 +224,17 @@ impl Controller {
         }
         let mut current = HashMap::new();
         let mut orphan_topics = std::collections::HashSet::new();
+        // The epoch of each partition's last checkpoint: its owner saves one
+        // when recovery ends, so a partition is written again by its current
+        // owner once that epoch reaches the assignment's.
+        let mut checkpointed: HashMap<PartitionId, i32> = HashMap::new();
+        for kv in &partition_kvs {
+            if let Some(p) = keys::parse_checkpoint(&kv.key) {
+                if let Ok(c) = floe_meta::schema::CheckpointRecord::decode(kv.value.clone()) {
+                    checkpointed.insert(p, c.epoch);
+                }
+            }
+        }
         for kv in &partition_kvs {
             if let Some(p) = keys::parse_assignment(&kv.key) {
                 let a = AssignmentRecord::decode(kv.value.clone())
@@ -255,10 +274,22 @@ impl Controller {
             && self
                 .balance_on_join
                 .load(std::sync::atomic::Ordering::SeqCst);
+        self.recheck
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         if changes.is_empty() && balance_due {
+            let writing: std::collections::HashSet<PartitionId> = current
+                .iter()
+                .filter(|(p, c)| checkpointed.get(p).is_some_and(|e| *e >= c.epoch))
+                .map(|(p, _)| *p)
+                .collect();
+            let (balanced, held) = assignment::balance(&partitions, &current, &live, &writing);
+            changes = balanced;
+            // Moves held back for partitions still recovering: look again
+            // shortly (nothing we watch changes when a recovery ends).
             self.balance_due
-                .store(false, std::sync::atomic::Ordering::SeqCst);
-            changes = assignment::balance(&partitions, &current, &live);
+                .store(held, std::sync::atomic::Ordering::SeqCst);
+            self.recheck
+                .store(held, std::sync::atomic::Ordering::SeqCst);
         }
         for change in changes {
             let record = AssignmentRecord {

@@ -173,6 +173,11 @@ pub fn parse_assignment(key: &[u8]) -> Option<PartitionId> {
     parse_partition_key(key, "assignment")
 }
 
+/// The partition a checkpoint key belongs to, if `key` is one.
+pub fn parse_checkpoint(key: &[u8]) -> Option<PartitionId> {
+    parse_partition_key(key, "checkpoint")
+}
+
 /// The partition an owner key belongs to, if `key` is one.
 pub fn parse_owner(key: &[u8]) -> Option<PartitionId> {
     parse_partition_key(key, "owner")

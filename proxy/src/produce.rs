@@ -330,6 +330,7 @@ impl Proxy {
             let proxy = self.clone();
             let client_id = client_id.to_string();
             let flags = Arc::new(PartFlags {
+                id: part.id,
                 idempotent: idempotent(&part.records),
                 sent: AtomicBool::new(first.is_some()),
                 answered: AtomicBool::new(false),
@@ -370,6 +371,7 @@ impl Proxy {
         let hold = Duration::from_millis(self.config.produce_hold_ms);
         let metrics = self.metrics.clone();
         let health = self.broker_health.clone();
+        let view = self.view.clone();
         let merged = async move {
             let n = tasks.len();
             let mut results: Vec<Option<(String, PartitionProduceResponse)>> = vec![None; n];
@@ -403,18 +405,23 @@ impl Proxy {
                         // Held back by some partitions while other answers are
                         // ready or other requests wait behind this one. Only
                         // parts waiting on a broker in trouble (frozen,
-                        // unreachable) are cut: a move in progress answers,
+                        // unreachable), or on a partition its owner is still
+                        // recovering (taken over from a dead broker: fencing
+                        // and settling its end can take a while) are cut: a
+                        // planned move recovers well within the hold, answers,
                         // and stays invisible.
                         let blocking = results.iter().any(Option::is_some)
                             || connection_outstanding.load(Ordering::SeqCst) > 1;
                         if blocking {
                             for i in 0..n {
                                 let t = part_flags[i].target.load(Ordering::SeqCst);
-                                if results[i].is_none()
-                                    && !cut.contains(&i)
-                                    && t >= 0
-                                    && health.in_trouble(t, hold)
-                                {
+                                let stuck = || {
+                                    health.in_trouble(t, hold)
+                                        || part_flags[i]
+                                            .id
+                                            .is_some_and(|id| view.recovering_at(id, t))
+                                };
+                                if results[i].is_none() && !cut.contains(&i) && t >= 0 && stuck() {
                                     // Nothing more is sent for it from now.
                                     part_flags[i].answered.store(true, Ordering::SeqCst);
                                     cut.push(i);
@@ -838,6 +845,7 @@ enum Waited {
 
 /// What the merged answer and a part's task share about the part.
 struct PartFlags {
+    id: Option<PartitionId>,
     idempotent: bool,
     /// Written to a broker at least once.
     sent: AtomicBool,

@@ -52,7 +52,10 @@ pub async fn probe(target: &StorageTarget, key: &Path) -> Held {
         },
         Err(object_store::Error::NotFound { .. }) => Held::Absent,
         Err(e) => {
-            tracing::warn!(%key, target_id = %target.id, error = %e, "chunk probe failed");
+            // Counted as unreachable in the decision, whose outcome says so;
+            // one line per key and target would flood the log during an
+            // outage (the writer's failed puts already report the target).
+            tracing::debug!(%key, target_id = %target.id, error = %e, "chunk probe failed");
             Held::Unavailable
         }
     }
@@ -274,6 +277,36 @@ pub async fn settle(
     base: Offset,
     fence: Bytes,
 ) -> Result<Settled, StorageError> {
+    settle_with(replicas, key, base, fence, true)
+        .await
+        .map(|(s, _)| s)
+}
+
+/// [`settle`], except that data is never copied: a key decided to be in
+/// the log comes back with the replicas that lack its data (empty or a
+/// fence), for the caller to repair later. Deciding does not need the
+/// copies: the decision a later recoverer would take at the key is the
+/// same (data seen and enough replicas empty or holding it put it in the
+/// log; a fence needs no data anywhere), and once the caller's checkpoint
+/// covers the key it is acked for every later reader. A chunk acked by
+/// its writer is on W replicas already, unreachable ones included; the
+/// copies restore W reachable ones, which recovery need not wait for.
+pub async fn settle_deferring_copies(
+    replicas: &ReplicaSet,
+    key: &Path,
+    base: Offset,
+    fence: Bytes,
+) -> Result<(Settled, Vec<usize>), StorageError> {
+    settle_with(replicas, key, base, fence, false).await
+}
+
+async fn settle_with(
+    replicas: &ReplicaSet,
+    key: &Path,
+    base: Offset,
+    fence: Bytes,
+    copy: bool,
+) -> Result<(Settled, Vec<usize>), StorageError> {
     let w = replicas.write_quorum();
     let mut last = Tally::default();
     for _ in 0..SETTLE_ROUNDS {
@@ -296,7 +329,21 @@ pub async fn settle(
                 ));
             }
         }
-        match step(tally, w) {
+        let step = step(tally, w);
+        if !copy && matches!(step, Step::InLog | Step::RollForward) {
+            let h = first_data.expect("data seen");
+            let lacking: Vec<usize> = states
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| matches!(s, Held::Fence | Held::Absent))
+                .map(|(i, _)| i)
+                .collect();
+            if step == Step::RollForward {
+                tracing::info!(%key, ?tally, "a chunk short of its write quorum is kept in the log (it may have been acknowledged); copies follow");
+            }
+            return Ok((Settled::InLog(h), lacking));
+        }
+        match step {
             Step::InLog => {
                 let h = first_data.expect("data seen");
                 if tally.fence > 0 || tally.absent > 0 {
@@ -322,9 +369,9 @@ pub async fn settle(
                         }
                     }
                 }
-                return Ok(Settled::InLog(h));
+                return Ok((Settled::InLog(h), Vec::new()));
             }
-            Step::End => return Ok(Settled::End),
+            Step::End => return Ok((Settled::End, Vec::new())),
             Step::RollForward => {
                 let (_, _, raw) = read(replicas, key, base).await?;
                 for (t, s) in replicas.targets().iter().zip(&states) {
@@ -354,10 +401,13 @@ pub async fn settle(
             Step::Wait => break,
         }
     }
-    Ok(Settled::Undecided(format!(
-        "{key}: data on {}, fences on {}, empty on {}, {} unreachable; write quorum {w}",
-        last.data, last.fence, last.absent, last.unavailable
-    )))
+    Ok((
+        Settled::Undecided(format!(
+            "{key}: data on {}, fences on {}, empty on {}, {} unreachable; write quorum {w}",
+            last.data, last.fence, last.absent, last.unavailable
+        )),
+        Vec::new(),
+    ))
 }
 
 #[cfg(test)]

@@ -156,10 +156,13 @@ pub(crate) fn delete_chunks(
 /// chunks are found from each replica's listing and one header read each
 /// (ranged, many at once, never taking a fence for the end) and brought back
 /// to W copies. Past it, each key is settled on every replica
-/// ([`chunk_replicas::settle`]): data seen anywhere is copied forward, never
-/// fenced; the chain ends only where R−W+1 replicas hold a fence; if too few
-/// replicas answer to decide, recovery waits (an error the caller retries).
-/// No payload is read except to copy a chunk short of its quorum.
+/// ([`chunk_replicas::settle_deferring_copies`]): data seen anywhere is
+/// kept, never fenced; the chain ends only where R−W+1 replicas hold a
+/// fence; if too few replicas answer to decide, recovery waits (an error
+/// the caller retries). No payload is read: chunks short of W copies (or
+/// with a fence beside the data) come back as repairs, which copy them
+/// after recovery, in the background, so that a storage fault during
+/// recovery costs the partition no extra seconds.
 async fn chain_and_fence(
     id: PartitionId,
     seg: &OpenSegmentRecord,
@@ -314,7 +317,7 @@ async fn chain_and_fence(
         (
             b,
             path.clone(),
-            chunk_replicas::settle(replicas, &path, b, fence).await,
+            chunk_replicas::settle_deferring_copies(replicas, &path, b, fence).await,
         )
     }))
     .buffered(SETTLES_IN_FLIGHT);
@@ -325,10 +328,18 @@ async fn chain_and_fence(
         if b != expected {
             break;
         }
-        match outcome? {
+        let (outcome, lacking) = outcome?;
+        match outcome {
             Settled::InLog(h) => {
                 kept.push(chunk_ref(&path, &h));
                 expected = h.next_offset;
+                if !lacking.is_empty() {
+                    repairs.push(ChunkRepair {
+                        path,
+                        base: b,
+                        to: lacking,
+                    });
+                }
             }
             // Decided otherwise (an end), or undecided: the key-by-key walk
             // below looks at it again and says why.
@@ -340,16 +351,23 @@ async fn chain_and_fence(
     // Then key by key, on every replica, until the end is fixed.
     while expected < limit {
         let key = layout::chunk(id, seg.base_offset, seg.epoch, expected);
-        match chunk_replicas::settle(
+        let (outcome, lacking) = chunk_replicas::settle_deferring_copies(
             replicas,
             &key,
             expected,
             chunk::encode_fence(epoch, expected),
         )
-        .await?
-        {
+        .await?;
+        match outcome {
             Settled::InLog(h) => {
                 kept.push(chunk_ref(&key, &h));
+                if !lacking.is_empty() {
+                    repairs.push(ChunkRepair {
+                        path: key,
+                        base: expected,
+                        to: lacking,
+                    });
+                }
                 expected = h.next_offset;
             }
             Settled::End => break,
@@ -872,16 +890,38 @@ mod tests {
         );
         stores[2].set_down(false);
 
-        // Without the stray fence: t1 unreachable, recovery copies chunk 4
-        // to t2 and ends the chain after it.
+        // Without the stray fence: t1 unreachable, recovery keeps chunk 4,
+        // ends the chain after it, and leaves the copy to t2 to the
+        // background repair.
         stores[1].set_down(true);
-        let (chain, _repairs) = chain_and_fence(id, &seg, &set, 3, 4, Offset::MAX)
+        let (chain, repairs) = chain_and_fence(id, &seg, &set, 3, 4, Offset::MAX)
             .await
             .unwrap();
         assert_eq!(
             chain.iter().map(|c| c.base_offset).collect::<Vec<_>>(),
             [0, 2, 4]
         );
+        assert_eq!(
+            repairs
+                .iter()
+                .map(|r| (r.base, r.to.clone()))
+                .collect::<Vec<_>>(),
+            [(4, vec![2])],
+            "chunk 4 is to be copied to t2"
+        );
+        assert_eq!(
+            chunk_replicas::probe(&set.targets()[2], &k4).await,
+            chunk_replicas::Held::Absent,
+            "recovery itself copied nothing"
+        );
+        // Before the repair, with t1 still away, the chunk reads from t0.
+        let (_, _, raw) = chunk_replicas::read(&set, &k4, 4).await.unwrap();
+        assert_eq!(raw, data_chunk(2, 4, 1));
+        assert_eq!(repair_chunks(set.clone(), repairs).await, 1);
+        assert!(matches!(
+            chunk_replicas::probe(&set.targets()[2], &k4).await,
+            chunk_replicas::Held::Data(_)
+        ));
         stores[1].set_down(false);
         read_all(&stores, &set, &chain, 5).await;
 
