@@ -134,7 +134,10 @@ impl Standalone {
             .arg(format!("127.0.0.1:{}", self.http_port))
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .env("FLOE_LOG", "info")
+            .env(
+                "FLOE_LOG",
+                std::env::var("FLOE_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

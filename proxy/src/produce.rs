@@ -436,6 +436,19 @@ impl Proxy {
                 }
             }
             drop(waiting);
+            if !hold.is_zero() && arrived.elapsed() > hold {
+                let waited_on: Vec<i32> = part_flags
+                    .iter()
+                    .map(|f| f.target.load(Ordering::SeqCst))
+                    .collect();
+                tracing::debug!(
+                    took_ms = arrived.elapsed().as_millis() as u64,
+                    parts = n,
+                    cut = cut.len(),
+                    ?waited_on,
+                    "a produce request was answered after the hold"
+                );
+            }
             for i in cut {
                 if results[i].is_some() {
                     continue;
@@ -797,13 +810,15 @@ impl BrokerHealth {
 
     /// The broker is frozen (requests out, nothing back for twice `hold`:
     /// a slow write to a slow store answers sooner) or its connections have
-    /// failed for twice `hold` (dead; a clean restart hands its partitions
-    /// over before that).
+    /// failed for `hold` (dead: a refused or reset connection is no slow
+    /// answer; a clean restart has handed its partitions over before it
+    /// stops listening, and the retries of a hand-over in progress find the
+    /// new owner within the hold).
     fn in_trouble(&self, broker: i32, hold: Duration) -> bool {
         let now = Instant::now();
         self.brokers.lock().unwrap().get(&broker).is_some_and(|h| {
             (h.outstanding > 0 && now - h.progress >= hold * 2)
-                || h.failing_since.is_some_and(|f| now - f >= hold * 2)
+                || h.failing_since.is_some_and(|f| now - f >= hold)
         })
     }
 }
