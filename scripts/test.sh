@@ -2,7 +2,7 @@
 # The whole test suite on a fresh Debian machine: installs what the tests
 # need (kcat, etcd, protoc for the etcd client, build tools for librdkafka,
 # the openssl CLI that makes the admin TLS test's certificates,
-# moto's S3-compatible server from PyPI in a virtualenv),
+# moto's S3-compatible server and kafka-python from PyPI in virtualenvs),
 # then runs formatting, lints and every test (unit, conformance, property and
 # end-to-end).
 set -euo pipefail
@@ -39,6 +39,17 @@ if [ -z "${FLOE_MOTO_SERVER:-}" ]; then
   fi
 fi
 export FLOE_MOTO_SERVER
+# kafka-python, a client the compatibility tests drive (pinned).
+if [ -z "${FLOE_PYTHON:-}" ]; then
+  PYVENV="$PWD/target/py-venv"
+  KAFKA_PYTHON_VERSION=3.0.12
+  if ! "$PYVENV/bin/python" -c "import kafka, sys; sys.exit(kafka.__version__ != '$KAFKA_PYTHON_VERSION')" 2>/dev/null; then
+    python3 -m venv "$PYVENV"
+    "$PYVENV/bin/pip" install -q "kafka-python==$KAFKA_PYTHON_VERSION"
+  fi
+  FLOE_PYTHON="$PYVENV/bin/python"
+fi
+export FLOE_PYTHON
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi

@@ -68,6 +68,9 @@ pub struct JoinOutcome {
     pub member_id: String,
     /// (member id, instance id, metadata): for the leader only.
     pub members: Vec<(String, Option<String>, Bytes)>,
+    /// A static leader rejoined a stable group: it need not assign
+    /// (JoinGroup v9+, KIP-814).
+    pub skip_assignment: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -121,6 +124,23 @@ struct Group {
 }
 
 impl Group {
+    /// Every member with its metadata for the chosen protocol: what the
+    /// leader assigns from.
+    fn member_metadata(&self) -> Vec<(String, Option<String>, Bytes)> {
+        self.members
+            .iter()
+            .map(|(id, m)| {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| Some(n) == self.protocol.as_ref())
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
+                (id.clone(), m.instance_id.clone(), meta)
+            })
+            .collect()
+    }
+
     fn new() -> Self {
         Self {
             state: GroupState::Empty,
@@ -235,19 +255,7 @@ impl Group {
         }
         let leader = self.leader.clone().unwrap_or_default();
         self.state = GroupState::CompletingRebalance;
-        let all: Vec<(String, Option<String>, Bytes)> = self
-            .members
-            .iter()
-            .map(|(id, m)| {
-                let meta = m
-                    .protocols
-                    .iter()
-                    .find(|(n, _)| Some(n) == protocol.as_ref())
-                    .map(|(_, b)| b.clone())
-                    .unwrap_or_default();
-                (id.clone(), m.instance_id.clone(), meta)
-            })
-            .collect();
+        let all = self.member_metadata();
         for (id, m) in self.members.iter_mut() {
             m.assignment = Bytes::new();
             if let Some(w) = m.join_waiter.take() {
@@ -263,6 +271,7 @@ impl Group {
                     } else {
                         Vec::new()
                     },
+                    skip_assignment: false,
                 });
             }
         }
@@ -527,33 +536,62 @@ impl Groups {
                 member_id = format!("{}-{}", req.client_id, Uuid::new_v4());
                 if let Some(i) = &req.instance_id {
                     // A static member coming back replaces its old self. In
-                    // a stable group, with the same protocols and not as the
-                    // leader, it takes over its assignment without a
-                    // rebalance (KIP-345); the old member id is fenced.
+                    // a stable group, with the same protocols, it takes over
+                    // its assignment without a rebalance (KIP-345), the
+                    // leader too: it gets the members to keep assigning from
+                    // and, from JoinGroup v9, `skip_assignment` (KIP-814);
+                    // an older leader's SyncGroup in the stable group gets
+                    // its current assignment back, its new plan ignored, as
+                    // Kafka does. The old member id is fenced.
                     if let Some(old) = g.statics.get(i).cloned() {
                         let same = g
                             .members
                             .get(&old)
                             .is_some_and(|m| m.protocols == req.protocols);
                         let leader = g.leader.as_deref() == Some(old.as_str());
-                        if g.state == GroupState::Stable && same && !leader {
+                        if g.state == GroupState::Stable && same {
                             let mut m = g.members.remove(&old).expect("known static member");
                             m.last_seen = now;
                             m.session_timeout =
                                 Duration::from_millis(req.session_timeout_ms.max(0) as u64);
+                            if let Some(w) = m.join_waiter.take() {
+                                let _ = w.send(JoinOutcome {
+                                    error: Some(ResponseError::FencedInstanceId),
+                                    ..Default::default()
+                                });
+                            }
                             g.members.insert(member_id.clone(), m);
                             g.statics.insert(i.clone(), member_id.clone());
+                            if leader {
+                                g.leader = Some(member_id.clone());
+                            }
+                            // Written down, so that a new coordinator knows
+                            // the member by its new id.
+                            let record = [(group_key(&req.group), Some(group_value(g)))];
+                            let recorded = append(&shard.handle, &record).await;
+                            if let Err(e) = &recorded {
+                                tracing::warn!(group = %req.group, error = %e, "recording a static member's new id failed; a coordinator move will have it rejoin");
+                            }
                             tracing::info!(group = %req.group, instance = %i, member = %member_id,
-                                "static member rejoined without a rebalance");
-                            return JoinOutcome {
+                                leader, "static member rejoined without a rebalance");
+                            let out = JoinOutcome {
                                 error: None,
                                 generation: g.generation,
                                 protocol_type: g.protocol_type.clone(),
                                 protocol: g.protocol.clone(),
                                 leader: g.leader.clone().unwrap_or_default(),
                                 member_id,
-                                members: Vec::new(),
+                                members: if leader {
+                                    g.member_metadata()
+                                } else {
+                                    Vec::new()
+                                },
+                                skip_assignment: leader,
                             };
+                            if recorded.is_ok() {
+                                st.records += 1;
+                            }
+                            return out;
                         }
                         g.remove_member(&old);
                     }

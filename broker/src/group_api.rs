@@ -179,6 +179,7 @@ pub async fn join_group(
         .with_protocol_name(Some(s(out.protocol.unwrap_or_default())))
         .with_leader(s(out.leader))
         .with_member_id(s(out.member_id))
+        .with_skip_assignment(version >= 9 && out.skip_assignment)
         .with_members(
             out.members
                 .into_iter()

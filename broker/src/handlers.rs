@@ -395,9 +395,6 @@ pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchRes
                         }
                     }
                 }
-                if pr.records.is_none() && pr.error_code == 0 {
-                    pr.records = Some(Bytes::new());
-                }
                 tr.partitions.push(pr);
             }
             resp.responses.push(tr);

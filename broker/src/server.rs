@@ -282,6 +282,15 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
             let resp = handlers::metadata(node, r, version).await;
             ready(done(respond(api, version, correlation_id, resp)))
         }
+        RequestKind::DescribeTopicPartitions(r) => {
+            use floe_protocol::responses::{
+                describe_topic_partitions, metadata_for_describe_topic_partitions,
+            };
+            let meta =
+                handlers::metadata(node, metadata_for_describe_topic_partitions(&r), 12).await;
+            let resp = describe_topic_partitions(&r, meta);
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
         RequestKind::Produce(r) => {
             let pending = handlers::produce(node.clone(), r, version).await;
             let every = node.config.fault_drop_produce_response_every;
@@ -323,7 +332,8 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
         RequestKind::Fetch(r) => {
             let node = node.clone();
             async move {
-                let resp = handlers::fetch(node, r, version).await;
+                let mut resp = handlers::fetch(node, r, version).await;
+                floe_protocol::responses::fetch_as_kafka_sends(&mut resp);
                 done(respond(api, version, correlation_id, resp))
             }
             .boxed()
@@ -431,6 +441,7 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::Fetch => "Fetch",
         ApiKey::ListOffsets => "ListOffsets",
         ApiKey::Metadata => "Metadata",
+        ApiKey::DescribeTopicPartitions => "DescribeTopicPartitions",
         ApiKey::ApiVersions => "ApiVersions",
         ApiKey::CreateTopics => "CreateTopics",
         ApiKey::DeleteTopics => "DeleteTopics",

@@ -28,6 +28,8 @@ struct Seen {
 struct Member {
     stop: Arc<AtomicBool>,
     assigned: Arc<Mutex<Vec<i32>>>,
+    /// Errors `poll` returned, as text.
+    errors: Arc<Mutex<Vec<String>>>,
     thread: JoinHandle<()>,
 }
 
@@ -70,17 +72,22 @@ fn member_with(
     consumer.subscribe(&[topic]).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let assigned = Arc::new(Mutex::new(Vec::new()));
-    let (s, a) = (stop.clone(), assigned.clone());
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let (s, a, errs) = (stop.clone(), assigned.clone(), errors.clone());
     let thread = std::thread::spawn(move || {
         while !s.load(Ordering::SeqCst) {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                let key = (m.partition(), m.offset());
-                let committed = consumer.commit_message(&m, CommitMode::Sync).is_ok();
-                let mut seen = seen.lock().unwrap();
-                *seen.count.entry(key).or_default() += 1;
-                if !committed {
-                    seen.uncommitted.insert(key);
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let key = (m.partition(), m.offset());
+                    let committed = consumer.commit_message(&m, CommitMode::Sync).is_ok();
+                    let mut seen = seen.lock().unwrap();
+                    *seen.count.entry(key).or_default() += 1;
+                    if !committed {
+                        seen.uncommitted.insert(key);
+                    }
                 }
+                Some(Err(e)) => errs.lock().unwrap().push(format!("{e:?}: {e}")),
+                None => {}
             }
             let mut now: Vec<i32> = consumer
                 .assignment()
@@ -96,6 +103,7 @@ fn member_with(
     Member {
         stop,
         assigned,
+        errors,
         thread,
     }
 }
@@ -628,7 +636,11 @@ async fn a_static_member_restarting_within_its_session_gets_its_partitions_back_
     m2.leave();
     let m2 = member_with(&b, "sg", "static", "range", Some("b"), seen.clone());
     wait_split(&[&m1, &m2], &[3, 3], 6);
-    assert_eq!((m1.assigned(), m2.assigned()), (a1, b1), "same partitions");
+    assert_eq!(
+        (m1.assigned(), m2.assigned()),
+        (a1.clone(), b1.clone()),
+        "same partitions"
+    );
     produce(&b, "static", 120, 60).await;
     wait_consumed(&seen, 180);
     assert_eq!(
@@ -639,7 +651,55 @@ async fn a_static_member_restarting_within_its_session_gets_its_partitions_back_
     assert!(s
         .log_text()
         .contains("static member rejoined without a rebalance"));
-    for m in [m1, m2] {
+
+    // The leader does the same: it gets its partitions back, the other
+    // member keeps its own, and nobody rebalances (KIP-345, KIP-814).
+    m1.leave();
+    let back = Instant::now();
+    let m1 = member_with(&b, "sg", "static", "range", Some("a"), seen.clone());
+    wait_split(&[&m1, &m2], &[3, 3], 6);
+    let took = back.elapsed();
+    assert_eq!((m1.assigned(), m2.assigned()), (a1.clone(), b1.clone()));
+    assert!(
+        took < Duration::from_secs(5),
+        "the leader's partitions came back after {took:?}"
+    );
+    produce(&b, "static", 180, 60).await;
+    wait_consumed(&seen, 240);
+    assert_eq!(
+        s.log_text().matches("group stable").count(),
+        rebalances,
+        "no rebalance when the leader comes back"
+    );
+    assert!(
+        s.log_text()
+            .lines()
+            .any(|l| l.contains("static member rejoined without a rebalance")
+                && l.contains("leader=true")),
+        "the leader rejoined as a static member"
+    );
+
+    // A second live instance with "b": it takes b's place, and the first
+    // learns it has been fenced (FENCED_INSTANCE_ID, fatal in librdkafka).
+    let m3 = member_with(&b, "sg", "static", "range", Some("b"), seen.clone());
+    let until = Instant::now() + Duration::from_secs(30);
+    while !m2
+        .errors
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.contains("FencedInstanceId"))
+    {
+        assert!(
+            Instant::now() < until,
+            "the replaced instance was not fenced: {:?}",
+            m2.errors.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_split(&[&m1, &m3], &[3, 3], 6);
+    assert_eq!((m1.assigned(), m3.assigned()), (a1, b1));
+    for m in [m1, m2, m3] {
         m.leave();
     }
 }

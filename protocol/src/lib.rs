@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod frame;
+pub mod responses;
 pub mod versions;
 
 pub use kafka_protocol;

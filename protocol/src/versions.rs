@@ -33,6 +33,7 @@ pub const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::DescribeTopicPartitions, 0, 0),
 ];
 
 /// The advertised range of `api`, if Floe implements it.
@@ -67,5 +68,32 @@ mod tests {
         assert!(is_supported(ApiKey::Fetch, 13));
         assert!(!is_supported(ApiKey::Produce, 2));
         assert!(!is_supported(ApiKey::AddPartitionsToTxn, 0));
+    }
+
+    /// docs/compatibility.md lists exactly what ApiVersions advertises.
+    #[test]
+    fn the_compatibility_table_matches_api_versions() {
+        let doc = include_str!("../../docs/compatibility.md");
+        let mut listed = std::collections::BTreeMap::new();
+        for line in doc.lines() {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            let [name, key, versions] = cells[..] else {
+                continue;
+            };
+            let (Ok(key), Some((lo, hi))) = (key.parse::<i16>(), versions.split_once('-')) else {
+                continue;
+            };
+            let api = ApiKey::try_from(key).unwrap_or_else(|_| panic!("{name}: no API key {key}"));
+            assert_eq!(format!("{api:?}"), name, "key {key}");
+            listed.insert(
+                key,
+                (lo.parse::<i16>().unwrap(), hi.parse::<i16>().unwrap()),
+            );
+        }
+        let advertised: std::collections::BTreeMap<i16, (i16, i16)> = IMPLEMENTED
+            .iter()
+            .map(|&(api, _, _)| (api as i16, supported(api).unwrap()))
+            .collect();
+        assert_eq!(listed, advertised);
     }
 }

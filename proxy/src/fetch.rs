@@ -133,7 +133,6 @@ impl Proxy {
                         // whole wait to catch up, from a live owner.
                         if waited_out && f.is_live() {
                             pr.error_code = ResponseError::OffsetOutOfRange.code();
-                            pr.records = None;
                         }
                         tr.partitions.push(pr);
                         continue;
@@ -149,12 +148,10 @@ impl Proxy {
                             }
                             Err(ReadError::OffsetOutOfRange { .. }) => {
                                 pr.error_code = ResponseError::OffsetOutOfRange.code();
-                                pr.records = None;
                             }
                             Err(ReadError::Storage(e)) => {
                                 tracing::warn!(partition = %f.id, error = %e, "fetch read failed");
                                 pr.error_code = ResponseError::KafkaStorageError.code();
-                                pr.records = None;
                             }
                         }
                     }

@@ -330,7 +330,6 @@ impl Proxy {
             let proxy = self.clone();
             let client_id = client_id.to_string();
             let flags = Arc::new(PartFlags {
-                id: part.id,
                 idempotent: idempotent(&part.records),
                 sent: AtomicBool::new(first.is_some()),
                 answered: AtomicBool::new(false),
@@ -371,7 +370,6 @@ impl Proxy {
         let hold = Duration::from_millis(self.config.produce_hold_ms);
         let metrics = self.metrics.clone();
         let health = self.broker_health.clone();
-        let view = self.view.clone();
         let merged = async move {
             let n = tasks.len();
             let mut results: Vec<Option<(String, PartitionProduceResponse)>> = vec![None; n];
@@ -405,23 +403,18 @@ impl Proxy {
                         // Held back by some partitions while other answers are
                         // ready or other requests wait behind this one. Only
                         // parts waiting on a broker in trouble (frozen,
-                        // unreachable), or on a partition its owner is still
-                        // recovering (taken over from a dead broker: fencing
-                        // and settling its end can take a while) are cut: a
-                        // planned move recovers well within the hold, answers,
+                        // unreachable) are cut: a move in progress answers,
                         // and stays invisible.
                         let blocking = results.iter().any(Option::is_some)
                             || connection_outstanding.load(Ordering::SeqCst) > 1;
                         if blocking {
                             for i in 0..n {
                                 let t = part_flags[i].target.load(Ordering::SeqCst);
-                                let stuck = || {
-                                    health.in_trouble(t, hold)
-                                        || part_flags[i]
-                                            .id
-                                            .is_some_and(|id| view.recovering_at(id, t))
-                                };
-                                if results[i].is_none() && !cut.contains(&i) && t >= 0 && stuck() {
+                                if results[i].is_none()
+                                    && !cut.contains(&i)
+                                    && t >= 0
+                                    && health.in_trouble(t, hold)
+                                {
                                     // Nothing more is sent for it from now.
                                     part_flags[i].answered.store(true, Ordering::SeqCst);
                                     cut.push(i);
@@ -810,15 +803,13 @@ impl BrokerHealth {
 
     /// The broker is frozen (requests out, nothing back for twice `hold`:
     /// a slow write to a slow store answers sooner) or its connections have
-    /// failed for `hold` (dead: a refused or reset connection is no slow
-    /// answer; a clean restart has handed its partitions over before it
-    /// stops listening, and the retries of a hand-over in progress find the
-    /// new owner within the hold).
+    /// failed for twice `hold` (dead; a clean restart hands its partitions
+    /// over before that).
     fn in_trouble(&self, broker: i32, hold: Duration) -> bool {
         let now = Instant::now();
         self.brokers.lock().unwrap().get(&broker).is_some_and(|h| {
             (h.outstanding > 0 && now - h.progress >= hold * 2)
-                || h.failing_since.is_some_and(|f| now - f >= hold)
+                || h.failing_since.is_some_and(|f| now - f >= hold * 2)
         })
     }
 }
@@ -860,7 +851,6 @@ enum Waited {
 
 /// What the merged answer and a part's task share about the part.
 struct PartFlags {
-    id: Option<PartitionId>,
     idempotent: bool,
     /// Written to a broker at least once.
     sent: AtomicBool,

@@ -137,6 +137,16 @@ async fn dispatch(
             let resp = proxy.metadata(r, version, &client_id).await;
             ready(done(respond(api, version, correlation_id, resp)))
         }
+        RequestKind::DescribeTopicPartitions(r) => {
+            use floe_protocol::responses::{
+                describe_topic_partitions, metadata_for_describe_topic_partitions,
+            };
+            let meta = proxy
+                .metadata(metadata_for_describe_topic_partitions(&r), 12, &client_id)
+                .await;
+            let resp = describe_topic_partitions(&r, meta);
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
         RequestKind::DescribeCluster(_) => ready(done(respond(
             api,
             version,
@@ -170,7 +180,8 @@ async fn dispatch(
         RequestKind::Fetch(r) => {
             let proxy = proxy.clone();
             async move {
-                let resp = proxy.fetch(r, version).await;
+                let mut resp = proxy.fetch(r, version).await;
+                floe_protocol::responses::fetch_as_kafka_sends(&mut resp);
                 done(respond(api, version, correlation_id, resp))
             }
             .boxed()

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use floe_common::{PartitionId, Uuid};
-use floe_meta::schema::{
-    BrokerRecord, OwnerRecord, PartitionStateRecord, ProxyRecord, TopicRecord,
-};
+use floe_meta::schema::{BrokerRecord, OwnerRecord, ProxyRecord, TopicRecord};
 use floe_meta::{keys, KeyValue, MetaError, MetadataStore, WatchEventKind};
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -31,8 +29,6 @@ struct State {
     brokers: BTreeMap<i32, BrokerRecord>,
     proxies: BTreeMap<i32, ProxyRecord>,
     owners: HashMap<PartitionId, OwnerRecord>,
-    /// Each partition's published state (starting, recovering, writing…).
-    states: HashMap<PartitionId, PartitionStateRecord>,
 }
 
 pub struct View {
@@ -95,7 +91,7 @@ impl View {
         let mut state = State::default();
         let (kvs, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
         for kv in kvs {
-            if !followed(&kv.key) {
+            if kv.key.starts_with(&keys::partitions_prefix()) && !kv.key.ends_with(b"/owner") {
                 continue;
             }
             apply(&mut state, &kv.key, Some(kv.value));
@@ -140,7 +136,7 @@ impl View {
                 WatchEventKind::Put(KeyValue { key, value, .. }) => (key, Some(value)),
                 WatchEventKind::Delete(key) => (key, None),
             };
-            if !followed(&key) {
+            if key.starts_with(&keys::partitions_prefix()) && !key.ends_with(b"/owner") {
                 continue;
             }
             apply(&mut self.state.write().unwrap(), &key, value);
@@ -199,27 +195,11 @@ impl View {
     }
 
     /// The live broker writing `p` now, with its epoch.
-    /// Whether `broker` has published that it is still taking partition
-    /// `p` over (starting or recovering), so it cannot write it yet.
-    pub fn recovering_at(&self, p: PartitionId, broker: i32) -> bool {
-        self.state.read().unwrap().states.get(&p).is_some_and(|r| {
-            r.broker_id == broker && matches!(r.state.as_str(), "starting" | "recovering")
-        })
-    }
-
     pub fn owner(&self, p: PartitionId) -> Option<(BrokerRecord, i32)> {
         let s = self.state.read().unwrap();
         let o = s.owners.get(&p)?;
         s.brokers.get(&o.broker_id).map(|b| (b.clone(), o.epoch))
     }
-}
-
-/// Of a partition's keys, the view follows its owner and its state (not
-/// its checkpoints, segments or assignment).
-fn followed(key: &[u8]) -> bool {
-    !key.starts_with(&keys::partitions_prefix())
-        || key.ends_with(b"/owner")
-        || key.ends_with(b"/state")
 }
 
 fn apply(state: &mut State, key: &Bytes, value: Option<Bytes>) {
@@ -265,11 +245,6 @@ fn apply(state: &mut State, key: &Bytes, value: Option<Bytes>) {
         match value.and_then(|v| ProxyRecord::decode(v).ok()) {
             Some(p) => state.proxies.insert(id, p),
             None => state.proxies.remove(&id),
-        };
-    } else if let Some(p) = keys::parse_partition_state(key) {
-        match value.and_then(|v| PartitionStateRecord::decode(v).ok()) {
-            Some(r) => state.states.insert(p, r),
-            None => state.states.remove(&p),
         };
     } else if let Some(p) = keys::parse_owner(key) {
         match value.and_then(|v| OwnerRecord::decode(v).ok()) {
@@ -356,56 +331,5 @@ mod tests {
             assert!((800..1200).contains(&n), "proxy {id} got {n} of 3000");
         }
         assert!(rendezvous(&[], b"x").is_none());
-    }
-
-    /// The produce hold cuts parts waiting on a partition its owner is still
-    /// recovering: the view follows each partition's published state, for
-    /// its broker only, and forgets it when the key goes (with the lease).
-    #[tokio::test]
-    async fn the_view_follows_which_partitions_are_still_recovering() {
-        use floe_meta::{Op, Txn};
-        use prost::Message;
-        let dir = tempfile::tempdir().unwrap();
-        let meta: Arc<dyn MetadataStore> = Arc::new(
-            floe_meta::EmbeddedStore::open(dir.path().join("meta"))
-                .await
-                .unwrap(),
-        );
-        let p = PartitionId::new(Uuid::from_u128(7), 3);
-        let publish = |state: &str| {
-            let r = PartitionStateRecord {
-                broker_id: 2,
-                epoch: 4,
-                state: state.into(),
-                ..Default::default()
-            };
-            Txn::new().then(Op::put(keys::partition_state(p), r.encode_to_vec()))
-        };
-        meta.txn(publish("recovering")).await.unwrap();
-        let shutdown = CancellationToken::new();
-        let view = View::follow(meta.clone(), shutdown.clone()).await.unwrap();
-        assert!(view.recovering_at(p, 2), "loaded");
-        assert!(!view.recovering_at(p, 1), "another broker's");
-        let until = |want: bool| {
-            let view = view.clone();
-            async move {
-                for _ in 0..500 {
-                    if view.recovering_at(p, 2) == want {
-                        return true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                false
-            }
-        };
-        meta.txn(publish("writing")).await.unwrap();
-        assert!(until(false).await, "writing, from the watch");
-        meta.txn(publish("starting")).await.unwrap();
-        assert!(until(true).await, "starting again");
-        meta.txn(Txn::new().then(Op::delete(keys::partition_state(p))))
-            .await
-            .unwrap();
-        assert!(until(false).await, "gone with the lease");
-        shutdown.cancel();
     }
 }
