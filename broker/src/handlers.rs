@@ -878,6 +878,11 @@ pub async fn init_producer_id(node: &Node, req: InitProducerIdRequest) -> InitPr
         return resp.with_error_code(ResponseError::CoordinatorNotAvailable.code());
     }
     if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
+        tracing::info!(
+            producer_id = req.producer_id.0,
+            epoch = req.producer_epoch,
+            "an idempotent producer bumps its epoch (KIP-360)"
+        );
         return resp
             .with_producer_id(req.producer_id)
             .with_producer_epoch(req.producer_epoch + 1);

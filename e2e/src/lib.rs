@@ -1328,12 +1328,16 @@ impl TestPki {
 /// An idempotent acks=all librdkafka producer at `bootstrap` (linger 5 ms,
 /// two minutes to deliver), as the load of the failure tests uses.
 pub fn idempotent_producer(bootstrap: &str) -> rdkafka::producer::FutureProducer {
-    rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    idempotent_producer_config(bootstrap).create().unwrap()
+}
+
+/// The configuration of [`idempotent_producer`], to add to.
+pub fn idempotent_producer_config(bootstrap: &str) -> rdkafka::ClientConfig {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "120000")
-        .create()
-        .unwrap()
+        .set("message.timeout.ms", "120000");
+    c
 }

@@ -337,6 +337,25 @@ struct Ack {
 }
 
 /// What happened to a record the producer was given.
+/// librdkafka's own log of the load producer, with its idempotence
+/// decisions (debug context "eos": epoch bumps, sequence resets, retries),
+/// to explain a duplicate or a gap when one is found.
+#[derive(Clone)]
+struct ClientLog {
+    t0: Instant,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl rdkafka::ClientContext for ClientLog {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        let line = format!(
+            "{:9.3}s {level:?} {fac} {msg}",
+            self.t0.elapsed().as_secs_f64()
+        );
+        self.lines.lock().unwrap().push(line);
+    }
+}
+
 #[derive(Default)]
 struct Produced {
     acked: Vec<Ack>,
@@ -549,10 +568,17 @@ async fn run(seed: u64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let producer: FutureProducer = floe_e2e::idempotent_producer(&bootstrap);
+    let t0 = Instant::now();
+    let client_log = ClientLog {
+        t0,
+        lines: Arc::default(),
+    };
+    let producer: FutureProducer<ClientLog> = floe_e2e::idempotent_producer_config(&bootstrap)
+        .set("debug", "eos")
+        .create_with_context(client_log.clone())
+        .unwrap();
     let produced = Arc::new(Mutex::new(Produced::default()));
     let outstanding = Arc::new(AtomicUsize::new(0));
-    let t0 = Instant::now();
     let until = t0 + Duration::from_secs(s.secs);
     let fault_thread = {
         let targets = targets.clone();
@@ -667,8 +693,21 @@ async fn run(seed: u64) {
                 break;
             }
             if let Some(first) = values.insert(value.clone(), (*p, *offset)) {
+                let acked = String::from_utf8_lossy(value)
+                    .split(':')
+                    .nth(1)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .and_then(|n| produced.acked.iter().find(|a| a.seq == n))
+                    .map_or("not acked".to_string(), |a| {
+                        format!(
+                            "acked at {}/{} {:.3} s",
+                            a.partition,
+                            a.offset,
+                            (a.at - t0).as_secs_f64()
+                        )
+                    });
                 problems.push(format!(
-                    "duplicate {:?} at {p}/{offset} and {}/{}",
+                    "duplicate {:?} at {p}/{offset} and {}/{} ({acked})",
                     String::from_utf8_lossy(value),
                     first.0,
                     first.1
@@ -737,8 +776,33 @@ async fn run(seed: u64) {
         report +=
             &format!("  others' stall {ms} ms: partition {p} at {at:.2} s, owners {owner:?}\n");
     }
+    // What librdkafka decided about idempotence (epoch bumps re-number
+    // batches: a batch the broker had appended and re-sent under a new
+    // epoch is a duplicate no broker can recognise).
+    let client_lines = std::mem::take(&mut *client_log.lines.lock().unwrap());
+    let notable: Vec<&String> = client_lines
+        .iter()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("bump") || l.contains("drain") || l.contains("fatal") || l.contains("reset")
+        })
+        .collect();
+    report += &format!(
+        "  producer (librdkafka eos log): {} lines, {} about epoch bumps, drains, resets\n",
+        client_lines.len(),
+        notable.len()
+    );
+    for l in notable.iter().take(20) {
+        report += &format!("    {l}\n");
+    }
     println!("{report}");
     if let Ok(dir) = std::env::var("FLOE_CHAOS_LOGS") {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            format!("{dir}/seed-{seed}.client.log"),
+            client_lines.join("\n"),
+        )
+        .unwrap();
         // Every process's log, for a run that passed but looks odd.
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(

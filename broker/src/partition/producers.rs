@@ -171,6 +171,24 @@ impl Producers {
         }
     }
 
+    /// The epoch a producer is known with here.
+    pub fn epoch_of(&self, producer_id: i64) -> Option<i16> {
+        self.map.get(&producer_id).map(|e| e.epoch)
+    }
+
+    /// (epoch, the sequence ranges remembered) of one producer, for logs.
+    pub fn describe_one(&self, producer_id: i64) -> Option<(i16, Vec<(i32, i32)>)> {
+        self.map.get(&producer_id).map(|e| {
+            (
+                e.epoch,
+                e.batches
+                    .iter()
+                    .map(|b| (b.first_seq, b.last_seq))
+                    .collect(),
+            )
+        })
+    }
+
     /// (producer id, epoch, last sequence, last write ms), by id.
     pub fn describe(&self) -> Vec<(i64, i16, i32, i64)> {
         let mut v: Vec<_> = self

@@ -523,7 +523,14 @@ impl Writer {
                 return Ok(());
             }
             match self.producers.check(h) {
-                Ok(Verdict::Append) => {}
+                Ok(Verdict::Append) => {
+                    if let Some(old) = self.producers.epoch_of(h.producer_id) {
+                        if old != h.producer_epoch {
+                            tracing::info!(partition = %self.id, producer_id = h.producer_id, old_epoch = old,
+                                epoch = h.producer_epoch, "an idempotent producer continues with a new epoch (its sequences restart at 0)");
+                        }
+                    }
+                }
                 Ok(Verdict::Duplicate {
                     base_offset,
                     last_offset,
@@ -535,6 +542,9 @@ impl Writer {
                     return Ok(());
                 }
                 Err(code) => {
+                    tracing::info!(partition = %self.id, producer_id = h.producer_id, epoch = h.producer_epoch,
+                        base_sequence = h.base_sequence, records = h.records_count, expected = ?self.producers.describe_one(h.producer_id),
+                        error = ?code, "an idempotent batch is refused");
                     let _ = reply.send(Err(AppendError::Producer(code)));
                     return Ok(());
                 }
