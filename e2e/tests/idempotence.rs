@@ -334,3 +334,162 @@ async fn producer_state_survives_a_move_and_a_kill9_and_sequences_are_checked() 
         .collect();
     assert_eq!(values, ["s0", "s1", "s2", "s3", "s4", "s5"]);
 }
+
+/// One idempotent produce request through `raw`: (partition, batch) pairs of
+/// `topic`; the error code and base offset of each, in order.
+fn produce_parts(
+    raw: &mut floe_e2e::RawClient,
+    topic: &str,
+    parts: &[(i32, &bytes::Bytes)],
+    timeout_ms: i32,
+) -> Vec<(i16, i64)> {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(timeout_ms)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(
+                parts
+                    .iter()
+                    .map(|(p, b)| {
+                        PartitionProduceData::default()
+                            .with_index(*p)
+                            .with_records(Some((*b).clone()))
+                    })
+                    .collect(),
+            )]);
+    let resp: ProduceResponse = raw.call(ApiKey::Produce, 9, &req).unwrap();
+    parts
+        .iter()
+        .map(|(p, _)| {
+            let r = resp.responses[0]
+                .partition_responses
+                .iter()
+                .find(|r| r.index == *p)
+                .expect("an answer for every partition sent");
+            (r.error_code, r.base_offset)
+        })
+        .collect()
+}
+
+/// The proxy answers a batch waiting on a frozen broker early (NOT_LEADER)
+/// so the rest of the request is not held up. The producer's next batch
+/// then reaches the partition's next owner before the client sends the
+/// early-answered one again, and the owner refuses it as out of order.
+/// Passed on as OUT_OF_ORDER_SEQUENCE_NUMBER, that answer makes librdkafka
+/// bump its epoch and renumber every unacked record, writing twice any that
+/// did land (the chaos run's duplicates). The proxy answers it as NOT_LEADER:
+/// the client re-sends both, in order, under the same epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_behind_one_the_proxy_answered_early_is_retried_not_out_of_order() {
+    use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
+    let mut c = Cluster::start_with(
+        2,
+        1,
+        3_000,
+        "[proxy]\nlease_ttl_ms = 2000\nforward_timeout_ms = 20000\n",
+    )
+    .unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = c.bootstrap();
+    let proxy = c.proxy_bootstrap();
+    create_topic(&b, "gap", 2).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leaders(&b, "gap").values().any(|l| *l < 0) {
+        assert!(Instant::now() < deadline, "no leaders");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Partition 0 on one broker, partition 1 on the other.
+    let owner = leaders(&b, "gap")[&0];
+    let other = 3 - owner;
+    if leaders(&b, "gap")[&1] != other {
+        c.move_partition("gap", 1, other).unwrap();
+        while leaders(&b, "gap")[&1] != other {
+            assert!(Instant::now() < deadline, "the move never completed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut raw = floe_e2e::RawClient::connect(&proxy).unwrap();
+    let init: InitProducerIdResponse = raw
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id((-1).into())
+                .with_producer_epoch(-1),
+        )
+        .unwrap();
+    assert_eq!(init.error_code, 0);
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    // The proxy knows both owners before the fault.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s0 = idempotent_batch(pid, epoch, 0, 2);
+    let p1 = idempotent_batch(pid, epoch, 0, 1);
+    loop {
+        let r = produce_parts(&mut raw, "gap", &[(0, &s0), (1, &p1)], 10_000);
+        if r == [(0, 0), (0, 0)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never writable: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Partition 0's owner freezes; its lease lapses and the other broker
+    // takes the partition over.
+    let frozen = &c.brokers[owner as usize - 1];
+    frozen.signal("-STOP").unwrap();
+    let s2 = idempotent_batch(pid, epoch, 2, 2);
+    let s4 = idempotent_batch(pid, epoch, 4, 2);
+    let p1b = idempotent_batch(pid, epoch, 1, 1);
+    // Partition 1 answers; partition 0 waits on the frozen broker and is cut.
+    let r = produce_parts(&mut raw, "gap", &[(0, &s2), (1, &p1b)], 15_000);
+    assert_eq!(
+        r,
+        [(6, -1), (0, 1)],
+        "the part waiting on the frozen broker is answered NOT_LEADER, the other written"
+    );
+    // The next batch reaches the new owner before sequence 2 is sent again.
+    let r = produce_parts(&mut raw, "gap", &[(0, &s4)], 15_000);
+    assert_eq!(
+        r,
+        [(6, -1)],
+        "NOT_LEADER_OR_FOLLOWER (retried in order), not OUT_OF_ORDER_SEQUENCE_NUMBER (45, \
+         which makes librdkafka bump its epoch); logs:\n{}",
+        c.logs()
+    );
+    assert_eq!(leaders(&b, "gap")[&0], other, "partition 0 moved");
+    // The client sends both again, in order: each is written once.
+    assert_eq!(
+        produce_parts(&mut raw, "gap", &[(0, &s2)], 15_000),
+        [(0, 2)]
+    );
+    assert_eq!(
+        produce_parts(&mut raw, "gap", &[(0, &s4)], 15_000),
+        [(0, 4)]
+    );
+    frozen.signal("-CONT").unwrap();
+    let log = read_all(&proxy, "gap", 2);
+    let values: Vec<String> = log[&0]
+        .iter()
+        .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        .collect();
+    assert_eq!(values, ["s0", "s1", "s2", "s3", "s4", "s5"]);
+    let metrics = c.proxies[0].http("/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("floe_proxy_produce_behind_gap_total 1")),
+        "counted: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("behind_gap"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

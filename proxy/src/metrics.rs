@@ -18,6 +18,7 @@ pub struct ProxyMetrics {
     pub produce_retries: Counter,
     pub produce_cut: Counter,
     pub produce_owner_moved: Counter,
+    pub produce_behind_gap: Counter,
     pub group_forwarded: Counter,
     pub storage_reads: Gauge<u64, AtomicU64>,
     pub cache_hit_ratio: Gauge<f64, AtomicU64>,
@@ -59,6 +60,11 @@ impl ProxyMetrics {
             "produce_cut",
             "Partition produce answers given early (a retriable error) because the rest of the request or connection was waiting on them",
             self.produce_cut.clone(),
+        );
+        r.register(
+            "produce_behind_gap",
+            "OUT_OF_ORDER_SEQUENCE_NUMBER answers given to the client as NOT_LEADER_OR_FOLLOWER because an earlier batch of the same producer was answered with an error and not written since",
+            self.produce_behind_gap.clone(),
         );
         r.register(
             "produce_owner_moved",
