@@ -575,6 +575,9 @@ async fn run(seed: u64) {
     };
     let producer: FutureProducer<ClientLog> = floe_e2e::idempotent_producer_config(&bootstrap)
         .set("debug", "eos")
+        // The crate passes on only what the `log` crate would show
+        // (nothing, with no logger): ask for librdkafka's debug lines.
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug)
         .create_with_context(client_log.clone())
         .unwrap();
     let produced = Arc::new(Mutex::new(Produced::default()));
