@@ -692,3 +692,47 @@ async fn an_unreachable_broker_gets_retriable_errors_after_the_timeout_not_a_han
     // The batches of the timed-out requests may have landed; the others did.
     assert!(log.values().map(Vec::len).sum::<usize>() >= 12);
 }
+
+/// A partition with no owner at all (its broker died and no controller
+/// runs to hand it on) holds its batches unsent; a request that also
+/// carries a healthy partition is answered after twice the hold — the
+/// orphan NOT_LEADER_OR_FOLLOWER (never written, so safe to retry), the
+/// healthy one its ack — instead of waiting out the client's timeout
+/// (REQUEST_TIMED_OUT for both, as before this rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_without_an_owner_does_not_hold_up_the_others() {
+    let mut c = cluster(2, 1);
+    create(&c, "orphan", 2).await;
+    let b = c.bootstrap();
+    let owners = floe_e2e::leaders(&b, "orphan");
+    let owner0 = owners[&0].unwrap();
+    let other = 3 - owner0;
+    if owners[&1] != Some(other) {
+        c.move_partition("orphan", 1, other).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while floe_e2e::leaders(&b, "orphan")[&1] != Some(other) {
+            assert!(Instant::now() < deadline, "the move never completed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let proxy = c.proxy_bootstrap();
+    let (codes, _) = raw_produce(&proxy, "orphan", 2, 10_000);
+    assert_eq!(codes, vec![0, 0]);
+
+    // No controller to reassign; partition 0's broker gone for good.
+    c.controllers[0].signal("-STOP").unwrap();
+    c.brokers[owner0 as usize - 1].stop_with("-KILL").unwrap();
+    // Its registration lapses (lease 3 s): the proxy sees no owner.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while floe_e2e::leaders(&c.bootstrap_except(owner0 as usize - 1), "orphan")[&0].is_some() {
+        assert!(Instant::now() < deadline, "partition 0 kept an owner");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (codes, took) = raw_produce(&proxy, "orphan", 2, 10_000);
+    c.controllers[0].signal("-CONT").unwrap();
+    assert_eq!(
+        codes,
+        vec![6, 0],
+        "the orphan NOT_LEADER_OR_FOLLOWER, the healthy partition acked (took {took:.1} s)"
+    );
+}

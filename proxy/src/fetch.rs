@@ -144,7 +144,8 @@ impl Proxy {
                             Ok(records) => {
                                 total += records.len();
                                 self.requests.bytes_out(records.len() as u64);
-                                pr.records = Some(records);
+                                pr.records =
+                                    Some(floe_broker::handlers::legacy_fetch(records, version));
                             }
                             Err(ReadError::OffsetOutOfRange { .. }) => {
                                 pr.error_code = ResponseError::OffsetOutOfRange.code();

@@ -295,6 +295,9 @@ impl Proxy {
     ) -> BoxFuture<'static, Option<ProduceResponse>> {
         let arrived = Instant::now();
         let acks = req.acks;
+        // Batches go upstream as v2 batches, in a version that carries them.
+        let client_version = version;
+        let version = version.max(3);
         let timeout = Duration::from_millis(req.timeout_ms.clamp(0, 300_000) as u64);
         // Answer a little before the client gives up on the request.
         let deadline = Instant::now() + timeout.mul_f64(0.9);
@@ -316,10 +319,21 @@ impl Proxy {
                     }
                     (Some(t), _) => (Some(PartitionId::new(t.id, p.index)), None),
                 };
+                let (mut id, mut error, mut records) = (id, error, p.records);
+                if client_version < 3 && error.is_none() {
+                    // A message set of format v0/v1: one v2 batch upstream.
+                    match floe_protocol::legacy::upconvert(
+                        records.as_deref().unwrap_or_default(),
+                        floe_common::Clock::now_ms(&floe_common::SystemClock),
+                    ) {
+                        Ok(b) => records = Some(b),
+                        Err(e) => (id, error) = (None, Some(e.code())),
+                    }
+                }
                 parts.push(Part {
                     topic: name.clone(),
                     index: p.index,
-                    records: p.records,
+                    records,
                     error,
                     id,
                     acks: if acks == 0 { 1 } else { acks },
@@ -501,20 +515,21 @@ impl Proxy {
                     },
                     _ = tokio::time::sleep_until(check_at), if !hold.is_zero() => {
                         // Held back by some partitions while other answers are
-                        // ready or other requests wait behind this one. Only
+                        // ready or other requests wait behind this one. Cut:
                         // parts waiting on a broker in trouble (frozen,
-                        // unreachable) are cut: a move in progress answers,
-                        // and stays invisible.
+                        // unreachable), and parts not written anywhere for
+                        // twice the hold (no owner yet: the partition's new
+                        // owner froze or died before taking it). A move in
+                        // progress answers within that, and stays invisible.
                         let blocking = results.iter().any(Option::is_some)
                             || connection_outstanding.load(Ordering::SeqCst) > 1;
+                        let unsent_long = arrived.elapsed() >= hold * 2;
                         if blocking {
                             for i in 0..n {
                                 let t = part_flags[i].target.load(Ordering::SeqCst);
-                                if results[i].is_none()
-                                    && !cut.contains(&i)
-                                    && t >= 0
-                                    && health.in_trouble(t, hold)
-                                {
+                                let stuck = (t >= 0 && health.in_trouble(t, hold))
+                                    || (unsent_long && !part_flags[i].sent.load(Ordering::SeqCst));
+                                if results[i].is_none() && !cut.contains(&i) && stuck {
                                     // Nothing more is sent for it from now.
                                     part_flags[i].answered.store(true, Ordering::SeqCst);
                                     cut.push(i);
@@ -695,11 +710,14 @@ impl Proxy {
                     owner = now;
                 }
             }
+            // Marked sent before it is, then checked for a cut: a cut either
+            // sees it sent (and answers as for a batch that may land) or is
+            // seen here (and nothing is sent).
+            flags.sent.store(true, Ordering::SeqCst);
             if answered() {
                 return timed_out();
             }
             attempt = Some(self.resend(part, &owner, version, client_id, deadline));
-            flags.sent.store(true, Ordering::SeqCst);
             flags.target.store(owner.broker_id, Ordering::SeqCst);
             ticket.sent_to(owner.broker_id);
         }
@@ -791,7 +809,6 @@ impl Proxy {
             }
             self.metrics.produce_retries.inc();
             attempt = Some(self.resend(part, &owner, version, client_id, deadline));
-            flags.sent.store(true, Ordering::SeqCst);
             flags.target.store(owner.broker_id, Ordering::SeqCst);
             ticket.sent_to(owner.broker_id);
         }

@@ -119,7 +119,8 @@ async fn dispatch(
     let header = RequestHeader::decode(&mut body, api.request_header_version(version))
         .map_err(|e| malformed(e.into()))?;
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
-    let request = RequestKind::decode(api, &mut body, version).map_err(|e| malformed(e.into()))?;
+    let request = floe_broker::server::decode_body(api, version, &mut body)
+        .map_err(|e| Close::Malformed(api, version, e))?;
     let name = api_name(api);
     let metrics = proxy.requests.clone();
     let done = move |b: Option<Bytes>| {
