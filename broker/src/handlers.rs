@@ -219,7 +219,7 @@ pub async fn produce(
         for p in topic.partition_data {
             let r = match &info {
                 Err(e) => Err((*e, None)),
-                Ok(t) => submit(&node, t, p.index, p.records).await,
+                Ok(t) => submit(&node, t, p.index, p.records, version).await,
             };
             let (r, msg) = match r {
                 Ok(rx) => (Ok(rx), None),
@@ -282,14 +282,31 @@ type SubmitResult = Result<
     (ResponseError, Option<String>),
 >;
 
-async fn submit(node: &Node, t: &TopicInfo, index: i32, records: Option<Bytes>) -> SubmitResult {
+async fn submit(
+    node: &Node,
+    t: &TopicInfo,
+    index: i32,
+    records: Option<Bytes>,
+    version: i16,
+) -> SubmitResult {
     if index < 0 || index >= t.partitions {
         return Err((ResponseError::UnknownTopicOrPartition, None));
     }
     let Some(h) = node.partition(PartitionId::new(t.id, index)) else {
         return Err((ResponseError::NotLeaderOrFollower, None));
     };
-    let records = records.unwrap_or_default();
+    let mut records = records.unwrap_or_default();
+    if version < 3 {
+        // Produce v0–2 carries a message set of format v0 or v1.
+        records = floe_protocol::legacy::upconvert(
+            &records,
+            floe_common::Clock::now_ms(&floe_common::SystemClock),
+        )
+        .map_err(|e| {
+            node.metrics.error("Produce", &format!("{:?}", e.code()));
+            (e.code(), Some(e.to_string()))
+        })?;
+    }
     let headers = validate_for_produce(&records, t.config.max_message_bytes).map_err(|e| {
         node.metrics.error("Produce", &format!("{:?}", e.code()));
         (e.code(), Some(e.to_string()))
@@ -384,7 +401,7 @@ pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchRes
                             total += r.records.len();
                             node.metrics.bytes_out(r.records.len() as u64);
                             node.metrics.load.add_out(h.id, r.records.len() as u64);
-                            pr.records = Some(r.records);
+                            pr.records = Some(legacy_fetch(r.records, version));
                         }
                         Err(ReadError::OffsetOutOfRange { .. }) => {
                             pr.error_code = ResponseError::OffsetOutOfRange.code();
@@ -418,6 +435,19 @@ pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchRes
             return resp;
         }
     }
+}
+
+/// Fetch v0–3 cannot carry v2 batches: the records as a message set of
+/// format v0 (Fetch v0–1) or v1 (v2–3).
+pub fn legacy_fetch(records: Bytes, version: i16) -> Bytes {
+    if version >= 4 || records.is_empty() {
+        return records;
+    }
+    let magic = if version < 2 { 0 } else { 1 };
+    floe_protocol::legacy::downconvert(&records, magic).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a stored batch could not be converted for an old fetch");
+        Bytes::new()
+    })
 }
 
 pub async fn list_offsets(

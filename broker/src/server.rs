@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use floe_protocol::frame::{read_frame, FrameError};
 use floe_protocol::kafka_protocol::messages::*;
 use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable};
-use floe_protocol::versions;
+use floe_protocol::{legacy_api, versions};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -206,16 +206,39 @@ pub fn respond<R: Encodable + Send + 'static>(
     let mut buf = BytesMut::with_capacity(256);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    if let Err(e) = header
+    let encoded = header
         .encode(&mut buf, api.response_header_version(version))
-        .and_then(|_| body.encode(&mut buf, version))
-    {
+        .and_then(|_| {
+            if legacy_api::is_legacy(api, version) {
+                match legacy_api::encode_response(&body, version, &mut buf) {
+                    Some(()) => Ok(()),
+                    None => Err(std::io::Error::other("no layout for this old version").into()),
+                }
+            } else {
+                body.encode(&mut buf, version)
+            }
+        });
+    if let Err(e) = encoded {
         tracing::error!(?api, version, error = %e, "encoding a response failed");
         return None;
     }
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Some(buf.freeze())
+}
+
+/// A request body: through the codec, or, for a version older than the
+/// codec's, through `legacy_api`.
+pub fn decode_body(api: ApiKey, version: i16, frame: &mut Bytes) -> Result<RequestKind, String> {
+    if legacy_api::is_legacy(api, version) {
+        legacy_api::decode_request(api, version, frame)
+    } else {
+        RequestKind::decode(api, frame, version).map_err(|e| e.to_string())
+    }
+}
+
+fn malformed_msg(api: ApiKey, version: i16) -> impl Fn(String) -> Close {
+    move |e| Close::Malformed(api, version, e)
 }
 
 pub fn ready(b: Option<Bytes>) -> Pending {
@@ -264,7 +287,7 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
     let malformed = |e: anyhow_like::Error| Close::Malformed(api, version, e.to_string());
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(|e| malformed(e.into()))?;
-    let request = RequestKind::decode(api, &mut frame, version).map_err(|e| malformed(e.into()))?;
+    let request = decode_body(api, version, &mut frame).map_err(malformed_msg(api, version))?;
     let name = api_name(api);
     let metrics = node.metrics.clone();
     let done = move |b: Option<Bytes>| {

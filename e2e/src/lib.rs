@@ -1070,6 +1070,14 @@ impl RawClient {
 
     /// Encode and send a request; return the response body bytes.
     pub fn request<R: Encodable>(&mut self, api: ApiKey, version: i16, body: &R) -> Result<Bytes> {
+        let mut b = BytesMut::new();
+        body.encode(&mut b, version)?;
+        self.request_bytes(api, version, &b)
+    }
+
+    /// Send a request whose body is already encoded (a version the codec
+    /// does not write); return the response body bytes.
+    pub fn request_bytes(&mut self, api: ApiKey, version: i16, body: &[u8]) -> Result<Bytes> {
         self.correlation += 1;
         let header = RequestHeader::default()
             .with_request_api_key(api as i16)
@@ -1079,7 +1087,7 @@ impl RawClient {
         let mut buf = BytesMut::new();
         buf.put_i32(0);
         header.encode(&mut buf, api.request_header_version(version))?;
-        body.encode(&mut buf, version)?;
+        buf.put_slice(body);
         let len = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&len.to_be_bytes());
         self.stream.write_all(&buf)?;

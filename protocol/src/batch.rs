@@ -13,7 +13,7 @@ use kafka_protocol::error::ResponseError;
 pub const HEADER_LEN: usize = 61;
 /// baseOffset + batchLength: the part of the header outside `batchLength`.
 pub const LOG_OVERHEAD: usize = 12;
-const CRC_START: usize = 21;
+pub(crate) const CRC_START: usize = 21;
 const ATTR_TIMESTAMP_TYPE: i16 = 1 << 3;
 const ATTR_TRANSACTIONAL: i16 = 1 << 4;
 const ATTR_CONTROL: i16 = 1 << 5;

@@ -4,6 +4,8 @@
 
 pub mod batch;
 pub mod frame;
+pub mod legacy;
+pub mod legacy_api;
 pub mod responses;
 pub mod versions;
 

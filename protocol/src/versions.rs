@@ -6,14 +6,14 @@ use kafka_protocol::messages::ApiKey;
 /// (api, lowest, highest) version implemented. Ranges cover librdkafka 2.x,
 /// the Java client 3.x/4.x and kafka-python 2.x.
 pub const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 10),
-    (ApiKey::Fetch, 4, 16),
-    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Produce, 0, 10),
+    (ApiKey::Fetch, 0, 16),
+    (ApiKey::ListOffsets, 0, 8),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
-    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::DescribeConfigs, 0, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
@@ -22,8 +22,8 @@ pub const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::OffsetCommit, 0, 8),
+    (ApiKey::OffsetFetch, 0, 8),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
@@ -43,7 +43,8 @@ pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
         .find(|(k, _, _)| *k == api)
         .map(|&(_, lo, hi)| {
             let codec = api.valid_versions();
-            (lo.max(codec.min), hi.min(codec.max))
+            let min = crate::legacy_api::oldest(api).map_or(codec.min, |o| o.min(codec.min));
+            (lo.max(min), hi.min(codec.max))
         })
 }
 
@@ -59,14 +60,16 @@ mod tests {
     fn every_range_is_within_the_codec() {
         for &(api, lo, hi) in IMPLEMENTED {
             let codec = api.valid_versions();
+            let min = crate::legacy_api::oldest(api).unwrap_or(codec.min);
             assert!(
-                lo >= codec.min && hi <= codec.max,
+                lo >= min && hi <= codec.max,
                 "{api:?} {lo}..={hi} outside codec"
             );
             assert_eq!(supported(api), Some((lo, hi)));
         }
         assert!(is_supported(ApiKey::Fetch, 13));
-        assert!(!is_supported(ApiKey::Produce, 2));
+        assert!(is_supported(ApiKey::Produce, 2), "a legacy version");
+        assert!(!is_supported(ApiKey::JoinGroup, 10));
         assert!(!is_supported(ApiKey::AddPartitionsToTxn, 0));
     }
 
