@@ -57,9 +57,9 @@ fn malformed_unknown_and_unsupported_requests_close_only_their_connection() {
         raw.closed_by_server(),
         "unknown API key closes the connection"
     );
-    // A version of Produce below what we implement.
+    // A version of Produce beyond what we implement.
     let mut raw = RawClient::connect(&s.bootstrap()).unwrap();
-    raw.send_raw(&[0, 0, 0, 10, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0])
+    raw.send_raw(&[0, 0, 0, 10, 0, 0, 0, 99, 0, 0, 0, 1, 0, 0])
         .unwrap();
     assert!(
         raw.closed_by_server(),

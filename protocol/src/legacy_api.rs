@@ -482,7 +482,7 @@ mod tests {
         encode_response(&r, 0, &mut v0).unwrap();
         // topics(1) name(1 + "t") partitions(1) index error offset
         let expect: &[u8] = &[
-            0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 42,
+            0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 42,
         ];
         assert_eq!(&v0[..], expect);
         let mut v2 = BytesMut::new();

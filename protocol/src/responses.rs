@@ -251,6 +251,28 @@ mod tests {
             let mut resp = with_errors();
             fetch_as_kafka_sends(&mut resp);
             let mut buf = bytes::BytesMut::new();
+            if crate::legacy_api::is_legacy(ApiKey::Fetch, version) {
+                // The old layout: every record set's length is >= 0.
+                use bytes::Buf;
+                crate::legacy_api::encode_response(&resp, version, &mut buf).unwrap();
+                let mut b = buf.freeze();
+                if version >= 1 {
+                    b.get_i32();
+                }
+                assert_eq!(b.get_i32(), 1);
+                let name = b.get_i16() as usize;
+                b.advance(name);
+                let n = b.get_i32();
+                assert_eq!(n, 5, "v{version}");
+                for i in 0..n {
+                    b.advance(4 + 2 + 8);
+                    let len = b.get_i32();
+                    assert!(len >= 0, "v{version} partition {i}: a null record set");
+                    b.advance(len as usize);
+                }
+                assert!(!b.has_remaining());
+                continue;
+            }
             resp.encode(&mut buf, version).unwrap();
             let back = FetchResponse::decode(&mut buf.freeze(), version).unwrap();
             let parts = &back.responses[0].partitions;
