@@ -2,6 +2,7 @@
 //! Broker-Partition state machine and single writer of each, topic admin,
 //! and its metrics.
 
+pub mod assignor;
 pub mod config;
 pub mod group;
 pub mod group_api;
