@@ -496,7 +496,11 @@ impl Proxy {
                     async move { (i, h.await) }
                 })
                 .collect();
-            let mut check_at = arrived + hold;
+            // Looked at on arrival: a part waiting on a broker already
+            // in trouble gains nothing from the hold (its partitions move
+            // only when its lease lapses), and each such request held for
+            // the hold holds up the connection's answers behind it.
+            let mut check_at = arrived;
             let mut cut: Vec<usize> = Vec::new();
             let all_settled = |results: &[Option<_>], cut: &[usize]| {
                 (0..n).all(|i| results[i].is_some() || cut.contains(&i))
@@ -954,13 +958,14 @@ impl BrokerHealth {
 
     /// The broker is frozen (requests out, nothing back for twice `hold`:
     /// a slow write to a slow store answers sooner) or its connections have
-    /// failed for twice `hold` (dead; a clean restart hands its partitions
-    /// over before that).
+    /// failed for `hold` (dead: a refused connection is never a slow
+    /// broker; a clean restart hands its partitions over before it stops
+    /// listening).
     fn in_trouble(&self, broker: i32, hold: Duration) -> bool {
         let now = Instant::now();
         self.brokers.lock().unwrap().get(&broker).is_some_and(|h| {
             (h.outstanding > 0 && now - h.progress >= hold * 2)
-                || h.failing_since.is_some_and(|f| now - f >= hold * 2)
+                || h.failing_since.is_some_and(|f| now - f >= hold)
         })
     }
 }
