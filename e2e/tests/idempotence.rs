@@ -148,6 +148,24 @@ async fn an_idempotent_producer_retried_across_a_move_and_a_kill9_writes_each_re
     );
 }
 
+/// A new idempotent producer id through `raw`: (producer id, epoch).
+fn init_producer(raw: &mut floe_e2e::RawClient) -> (i64, i16) {
+    use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
+    let init: InitProducerIdResponse = raw
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id((-1).into())
+                .with_producer_epoch(-1),
+        )
+        .unwrap();
+    assert_eq!(init.error_code, 0);
+    (init.producer_id.0, init.producer_epoch)
+}
+
 /// One idempotent batch of `n` records: (producer id, epoch, first sequence).
 fn idempotent_batch(pid: i64, epoch: i16, seq: i32, n: i32) -> bytes::Bytes {
     use kafka_protocol::records::{
@@ -234,25 +252,13 @@ fn produce_raw(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_state_survives_a_move_and_a_kill9_and_sequences_are_checked() {
-    use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
+    use kafka_protocol::messages::ApiKey;
     let cluster = Cluster::start(3, 1, 3_000).unwrap();
     cluster.wait_leader(Duration::from_secs(20)).unwrap();
     let b = cluster.bootstrap();
     create_topic(&b, "seq", 1).await;
     let mut raw = floe_e2e::RawClient::connect(b.split(',').next().unwrap()).unwrap();
-    let init: InitProducerIdResponse = raw
-        .call(
-            ApiKey::InitProducerId,
-            4,
-            &InitProducerIdRequest::default()
-                .with_transactional_id(None)
-                .with_transaction_timeout_ms(60_000)
-                .with_producer_id((-1).into())
-                .with_producer_epoch(-1),
-        )
-        .unwrap();
-    assert_eq!(init.error_code, 0);
-    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    let (pid, epoch) = init_producer(&mut raw);
     assert!(pid >= 0);
 
     let first = idempotent_batch(pid, epoch, 0, 3);
@@ -385,7 +391,6 @@ fn produce_parts(
 /// the client re-sends both, in order, under the same epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_behind_one_the_proxy_answered_early_is_retried_not_out_of_order() {
-    use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
     let mut c = Cluster::start_with(
         2,
         1,
@@ -414,19 +419,7 @@ async fn a_batch_behind_one_the_proxy_answered_early_is_retried_not_out_of_order
         }
     }
     let mut raw = floe_e2e::RawClient::connect(&proxy).unwrap();
-    let init: InitProducerIdResponse = raw
-        .call(
-            ApiKey::InitProducerId,
-            4,
-            &InitProducerIdRequest::default()
-                .with_transactional_id(None)
-                .with_transaction_timeout_ms(60_000)
-                .with_producer_id((-1).into())
-                .with_producer_epoch(-1),
-        )
-        .unwrap();
-    assert_eq!(init.error_code, 0);
-    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    let (pid, epoch) = init_producer(&mut raw);
     // The proxy knows both owners before the fault.
     let deadline = Instant::now() + Duration::from_secs(30);
     let s0 = idempotent_batch(pid, epoch, 0, 2);

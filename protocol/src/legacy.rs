@@ -186,6 +186,25 @@ fn read_into(
     Ok(())
 }
 
+/// A record of no producer, with a creation time.
+fn plain_record(offset: i64, timestamp: i64, key: Option<Bytes>, value: Option<Bytes>) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        sequence: -1,
+        timestamp,
+        key,
+        value,
+        headers: Default::default(),
+    }
+}
+
 /// Produce v0–2: a message set as one v2 batch of the same keys, values,
 /// timestamps and compression, not idempotent. Magic 0 messages carry no
 /// timestamp: they get `now_ms`, as a log-append time.
@@ -200,26 +219,20 @@ pub fn upconvert(set: &[u8], now_ms: i64) -> Result<Bytes, BatchError> {
     let records: Vec<Record> = messages
         .into_iter()
         .enumerate()
-        .map(|(i, m)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: if m.log_append_time || m.timestamp < 0 {
-                TimestampType::LogAppend
-            } else {
-                TimestampType::Creation
-            },
-            offset: i as i64,
+        .map(|(i, m)| {
+            let mut r = plain_record(
+                i as i64,
+                if m.timestamp < 0 { now_ms } else { m.timestamp },
+                m.key,
+                m.value,
+            );
+            if m.log_append_time || m.timestamp < 0 {
+                r.timestamp_type = TimestampType::LogAppend;
+            }
             // One batch: the encoder splits where offset - sequence changes
             // (the sequence is reset to -1 below).
-            sequence: i as i32,
-            timestamp: if m.timestamp < 0 { now_ms } else { m.timestamp },
-            key: m.key,
-            value: m.value,
-            headers: Default::default(),
+            r.sequence = i as i32;
+            r
         })
         .collect();
     let mut buf = BytesMut::new();
@@ -309,21 +322,12 @@ pub fn encode_message(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) {
-    let r = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
+    let r = plain_record(
         offset,
-        sequence: -1,
         timestamp,
-        key: key.map(Bytes::copy_from_slice),
-        value: value.map(Bytes::copy_from_slice),
-        headers: Default::default(),
-    };
+        key.map(Bytes::copy_from_slice),
+        value.map(Bytes::copy_from_slice),
+    );
     write_message(out, magic, &r);
 }
 
