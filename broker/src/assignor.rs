@@ -5,9 +5,7 @@
 //! ranges in member-id order, so that co-partitioned topics give a member
 //! the same partition numbers. The group coordinator computes a target
 //! assignment with these whenever the group's members, subscriptions or
-//! topics change.
-//!
-//! Not yet wired to a ConsumerGroupHeartbeat handler (issue 15).
+//! topics change (`consumer_group.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -83,6 +83,13 @@ pub struct BrokerConfig {
     /// Accepted session timeouts (group.min/max.session.timeout.ms).
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
+    /// How often members of consumer-protocol groups (KIP-848) heartbeat
+    /// (group.consumer.heartbeat.interval.ms): how soon they learn of a
+    /// new assignment.
+    pub group_consumer_heartbeat_interval_ms: i32,
+    /// A consumer-protocol member silent this long is removed and its
+    /// partitions reassigned (group.consumer.session.timeout.ms).
+    pub group_consumer_session_timeout_ms: u64,
     /// Committed offsets of a group without members expire this long after
     /// their commit (offsets.retention.minutes, in ms).
     pub offsets_retention_ms: i64,
@@ -128,6 +135,8 @@ impl Default for BrokerConfig {
             group_initial_rebalance_delay_ms: 3_000,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
+            group_consumer_heartbeat_interval_ms: 5_000,
+            group_consumer_session_timeout_ms: 45_000,
             offsets_retention_ms: 7 * 24 * 3_600_000,
             offsets_compact_after_records: 10_000,
             fault_drop_produce_response_every: 0,

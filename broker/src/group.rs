@@ -3,7 +3,9 @@
 //! `__consumer_offsets` topic), the group state machine (join, sync,
 //! heartbeat, leave, session and rebalance timeouts, static membership), and
 //! committed offsets, stored as records in that partition and rebuilt from
-//! it when the partition moves to another broker.
+//! it when the partition moves to another broker. Groups of the consumer
+//! group protocol (KIP-848) live beside the classic ones, their state
+//! machine in `consumer_group.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,7 @@ use kafka_protocol::records::{
 };
 use tokio::sync::oneshot;
 
+use crate::consumer_group::{ConsumerGroup, Heartbeat, HeartbeatAnswer, Timing, TopicMeta};
 use crate::node::Node;
 use crate::partition::{PartitionHandle, PartitionState};
 
@@ -332,6 +335,8 @@ pub struct Committed {
 #[derive(Default)]
 struct ShardState {
     groups: HashMap<String, Group>,
+    /// Groups of the consumer group protocol.
+    consumer: HashMap<String, ConsumerGroup>,
     /// group → (topic, partition) → committed.
     offsets: HashMap<String, BTreeMap<(String, i32), Committed>>,
     /// Records in the partition from its log start (what a replay reads).
@@ -364,6 +369,11 @@ async fn compact(handle: &PartitionHandle, st: &mut ShardState, after: u64) {
             .filter(|(_, g)| g.state == GroupState::Stable)
             .map(|(name, g)| (group_key(name), Some(group_value(g)))),
     );
+    records.extend(
+        st.consumer
+            .iter()
+            .map(|(name, g)| (consumer_key(name), Some(g.encode()))),
+    );
     let start = if records.is_empty() {
         handle.log.offsets().1
     } else {
@@ -395,7 +405,9 @@ async fn expire_offsets(
 ) {
     let mut expired: Vec<(String, String, i32)> = Vec::new();
     for (g, m) in &st.offsets {
-        if st.groups.get(g).is_some_and(|grp| !grp.members.is_empty()) {
+        if st.groups.get(g).is_some_and(|grp| !grp.members.is_empty())
+            || st.consumer.get(g).is_some_and(|grp| !grp.is_empty())
+        {
             continue;
         }
         for ((t, p), c) in m {
@@ -407,14 +419,30 @@ async fn expire_offsets(
     if expired.is_empty() {
         return;
     }
-    let tombstones: Vec<(Bytes, Option<Bytes>)> = expired
+    let mut tombstones: Vec<(Bytes, Option<Bytes>)> = expired
         .iter()
         .map(|(g, t, p)| (offset_key(g, t, *p), None))
         .collect();
+    // An empty consumer group goes with its last offset, as in Kafka.
+    let mut gone: HashMap<&str, usize> = HashMap::new();
+    for (g, _, _) in &expired {
+        *gone.entry(g.as_str()).or_default() += 1;
+    }
+    let emptied: Vec<String> = gone
+        .iter()
+        .filter(|&(g, n)| {
+            st.offsets.get(*g).is_some_and(|m| m.len() == *n) && st.consumer.contains_key(*g)
+        })
+        .map(|(g, _)| g.to_string())
+        .collect();
+    tombstones.extend(emptied.iter().map(|g| (consumer_key(g), None)));
     if append(handle, &tombstones).await.is_err() {
         return;
     }
     st.records += tombstones.len() as u64;
+    for g in &emptied {
+        st.consumer.remove(g);
+    }
     for (g, t, p) in expired {
         if let Some(m) = st.offsets.get_mut(&g) {
             m.remove(&(t, p));
@@ -470,7 +498,14 @@ impl Groups {
                     shards.insert(p, s.clone());
                     let ticker = Arc::downgrade(&s);
                     let delay = Duration::from_millis(node.config.group_initial_rebalance_delay_ms);
-                    tokio::spawn(tick(ticker, delay, node.config.offsets_retention_ms));
+                    let session =
+                        Duration::from_millis(node.config.group_consumer_session_timeout_ms);
+                    tokio::spawn(tick(
+                        ticker,
+                        delay,
+                        session,
+                        node.config.offsets_retention_ms,
+                    ));
                     s
                 }
             }
@@ -513,6 +548,21 @@ impl Groups {
         let rx = {
             let mut guard = shard.state.lock().await;
             let st = guard.as_mut().expect("loaded");
+            if let Some(cg) = st.consumer.get(&req.group) {
+                if !cg.is_empty() {
+                    // Members of the consumer protocol are in it: a classic
+                    // member cannot join them (no online downgrade).
+                    return fail(ResponseError::InconsistentGroupProtocol, req.member_id);
+                }
+                // An empty consumer group becomes a classic one again; its
+                // offsets stay.
+                if let Err(e) = append(&shard.handle, &[(consumer_key(&req.group), None)]).await {
+                    return fail(e, req.member_id);
+                }
+                st.records += 1;
+                st.consumer.remove(&req.group);
+                tracing::info!(group = %req.group, "empty consumer group converted to a classic group");
+            }
             let g = st
                 .groups
                 .entry(req.group.clone())
@@ -859,7 +909,20 @@ impl Groups {
         };
         let mut guard = shard.state.lock().await;
         let st = guard.as_mut().expect("loaded");
-        if let Some(g) = st.groups.get_mut(group) {
+        if let Some(cg) = st.consumer.get(group) {
+            // A consumer-protocol group: the member's epoch is the
+            // generation (OffsetCommit v9+).
+            if generation >= 0 || !member_id.is_empty() {
+                let Some(m) = cg.members.get(member_id) else {
+                    return all(ResponseError::UnknownMemberId);
+                };
+                if generation != m.epoch {
+                    return all(ResponseError::StaleMemberEpoch);
+                }
+            } else if !cg.is_empty() {
+                return all(ResponseError::UnknownMemberId);
+            }
+        } else if let Some(g) = st.groups.get_mut(group) {
             if generation >= 0 || !member_id.is_empty() {
                 if let Err(e) = g.check_member(member_id, instance_id) {
                     return all(e);
@@ -949,8 +1012,8 @@ impl Groups {
         })
     }
 
-    /// (group, protocol type, state) of every group this broker coordinates.
-    pub async fn list(&self) -> Vec<(String, String, GroupState)> {
+    /// Every group this broker coordinates.
+    pub async fn list(&self) -> Vec<GroupListing> {
         let shards: Vec<Arc<Shard>> = self.shards.lock().unwrap().values().cloned().collect();
         let mut out = Vec::new();
         for s in shards {
@@ -961,16 +1024,109 @@ impl Groups {
             let Some(st) = guard.as_ref() else { continue };
             let mut names: HashSet<&String> = st.groups.keys().collect();
             names.extend(st.offsets.keys());
+            names.extend(st.consumer.keys());
             for name in names {
-                let (pt, state) = match st.groups.get(name) {
-                    Some(g) => (g.protocol_type.clone().unwrap_or_default(), g.state),
-                    None => ("consumer".to_string(), GroupState::Empty),
+                let listing = if let Some(g) = st.consumer.get(name) {
+                    GroupListing {
+                        name: name.clone(),
+                        protocol_type: "consumer".to_string(),
+                        state: g.state().name(),
+                        group_type: "consumer",
+                    }
+                } else {
+                    let (pt, state) = match st.groups.get(name) {
+                        Some(g) => (g.protocol_type.clone().unwrap_or_default(), g.state),
+                        None => ("consumer".to_string(), GroupState::Empty),
+                    };
+                    GroupListing {
+                        name: name.clone(),
+                        protocol_type: pt,
+                        state: state.name(),
+                        group_type: "classic",
+                    }
                 };
-                out.push((name.clone(), pt, state));
+                out.push(listing);
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// One ConsumerGroupHeartbeat: the group changes (and its record is
+    /// durable) before the member learns anything.
+    pub async fn consumer_heartbeat(
+        &self,
+        node: &Arc<Node>,
+        group: &str,
+        h: Heartbeat,
+    ) -> Result<HeartbeatAnswer, ResponseError> {
+        let (shard, _) = self.shard(node, group).await?;
+        let mut guard = shard.state.lock().await;
+        let st = guard.as_mut().expect("loaded");
+        let mut records = Vec::new();
+        if let Some(classic) = st.groups.get(group) {
+            if !classic.members.is_empty() {
+                // Classic members are in it (no online upgrade yet).
+                return Err(ResponseError::GroupIdNotFound);
+            }
+            // An empty classic group becomes a consumer group; its offsets
+            // stay (the upgrade path of KIP-848).
+            records.push((group_key(group), None));
+        }
+        let topics: Vec<TopicMeta> = node
+            .topics()
+            .into_iter()
+            .map(|t| TopicMeta {
+                id: t.id,
+                name: t.name,
+                partitions: t.partitions,
+            })
+            .collect();
+        let before = st.consumer.get(group);
+        let was = before.map(ConsumerGroup::encode);
+        let mut g = before.cloned().unwrap_or_default();
+        let timing = Timing {
+            now: Instant::now(),
+            session_timeout: Duration::from_millis(node.config.group_consumer_session_timeout_ms),
+        };
+        let answer = g.heartbeat(&h, &topics, timing, || Uuid::new_v4().to_string())?;
+        let now = g.encode();
+        if was.as_ref() != Some(&now) {
+            records.push((consumer_key(group), Some(now)));
+        }
+        if !records.is_empty() {
+            append(&shard.handle, &records).await?;
+            st.records += records.len() as u64;
+            if st.groups.remove(group).is_some() {
+                tracing::info!(group, "empty classic group converted to a consumer group");
+            }
+        }
+        if was.is_none() || g.epoch != st.consumer.get(group).map_or(-1, |o| o.epoch) {
+            tracing::info!(
+                group,
+                epoch = g.epoch,
+                members = g.members.len(),
+                state = g.state().name(),
+                "consumer group epoch"
+            );
+        }
+        st.consumer.insert(group.to_string(), g);
+        Ok(answer)
+    }
+
+    /// A consumer-protocol group as ConsumerGroupDescribe shows it.
+    pub async fn consumer_describe(
+        &self,
+        node: &Arc<Node>,
+        group: &str,
+    ) -> Result<ConsumerGroup, ResponseError> {
+        let (shard, _) = self.shard(node, group).await?;
+        let guard = shard.state.lock().await;
+        let st = guard.as_ref().expect("loaded");
+        st.consumer
+            .get(group)
+            .cloned()
+            .ok_or(ResponseError::GroupIdNotFound)
     }
 
     /// A group as DescribeGroups shows it.
@@ -982,6 +1138,11 @@ impl Groups {
         let (shard, _) = self.shard(node, group).await?;
         let guard = shard.state.lock().await;
         let st = guard.as_ref().expect("loaded");
+        if st.consumer.contains_key(group) {
+            // As in Kafka: DescribeGroups is for classic groups; a
+            // consumer-protocol group is described by ConsumerGroupDescribe.
+            return Err(ResponseError::GroupIdNotFound);
+        }
         let Some(g) = st.groups.get(group) else {
             return Ok(GroupView {
                 state: if st.offsets.contains_key(group) {
@@ -1027,20 +1188,34 @@ impl Groups {
         };
         let mut guard = shard.state.lock().await;
         let st = guard.as_mut().expect("loaded");
-        if st.groups.get(group).is_some_and(|g| !g.members.is_empty()) {
+        if st.groups.get(group).is_some_and(|g| !g.members.is_empty())
+            || st.consumer.get(group).is_some_and(|g| !g.is_empty())
+        {
             return Some(ResponseError::NonEmptyGroup);
         }
+        let consumer = st.consumer.contains_key(group);
         let Some(offsets) = st.offsets.get(group) else {
+            if consumer {
+                if let Err(e) = append(&shard.handle, &[(consumer_key(group), None)]).await {
+                    return Some(e);
+                }
+                st.records += 1;
+                st.consumer.remove(group);
+                return None;
+            }
             return if st.groups.remove(group).is_some() {
                 None
             } else {
                 Some(ResponseError::GroupIdNotFound)
             };
         };
-        let tombstones: Vec<(Bytes, Option<Bytes>)> = offsets
+        let mut tombstones: Vec<(Bytes, Option<Bytes>)> = offsets
             .keys()
             .map(|(t, p)| (offset_key(group, t, *p), None))
             .collect();
+        if consumer {
+            tombstones.push((consumer_key(group), None));
+        }
         if !tombstones.is_empty() {
             if let Err(e) = append(&shard.handle, &tombstones).await {
                 return Some(e);
@@ -1049,6 +1224,7 @@ impl Groups {
         }
         st.offsets.remove(group);
         st.groups.remove(group);
+        st.consumer.remove(group);
         None
     }
 
@@ -1063,10 +1239,14 @@ impl Groups {
         let (shard, _) = self.shard(node, group).await?;
         let mut guard = shard.state.lock().await;
         let st = guard.as_mut().expect("loaded");
-        if !st.offsets.contains_key(group) && !st.groups.contains_key(group) {
+        if !st.offsets.contains_key(group)
+            && !st.groups.contains_key(group)
+            && !st.consumer.contains_key(group)
+        {
             return Err(ResponseError::GroupIdNotFound);
         }
-        let active = st.groups.get(group).is_some_and(|g| !g.members.is_empty());
+        let active = st.groups.get(group).is_some_and(|g| !g.members.is_empty())
+            || st.consumer.get(group).is_some_and(|g| !g.is_empty());
         if active {
             return Err(ResponseError::NonEmptyGroup);
         }
@@ -1085,6 +1265,16 @@ impl Groups {
         }
         Ok(partitions.iter().map(|_| None).collect())
     }
+}
+
+/// A group as ListGroups shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupListing {
+    pub name: String,
+    pub protocol_type: String,
+    pub state: &'static str,
+    /// "classic" or "consumer" (ListGroups v5, KIP-848).
+    pub group_type: &'static str,
 }
 
 #[derive(Default, Debug)]
@@ -1106,7 +1296,12 @@ pub struct MemberView {
 
 /// Session expiry and rebalance deadlines of a shard's groups, until the
 /// shard is dropped or its partition stops being written here.
-async fn tick(shard: std::sync::Weak<Shard>, initial_delay: Duration, retention_ms: i64) {
+async fn tick(
+    shard: std::sync::Weak<Shard>,
+    initial_delay: Duration,
+    consumer_session: Duration,
+    retention_ms: i64,
+) {
     let mut every = tokio::time::interval(Duration::from_millis(100));
     let retention_every = Duration::from_millis((retention_ms / 4).clamp(100, 60_000) as u64);
     let mut last_retention = Instant::now();
@@ -1169,6 +1364,7 @@ async fn tick(shard: std::sync::Weak<Shard>, initial_delay: Duration, retention_
             }
             g.maybe_complete_join(now);
         }
+        expire_consumer_members(&shard.handle, st, now, consumer_session).await;
         if last_retention.elapsed() >= retention_every {
             last_retention = Instant::now();
             let now_ms = std::time::SystemTime::now()
@@ -1177,6 +1373,64 @@ async fn tick(shard: std::sync::Weak<Shard>, initial_delay: Duration, retention_
             expire_offsets(&shard.handle, st, retention_ms, now_ms).await;
         }
     }
+}
+
+/// Consumer-protocol members past their session or rebalance timeout are
+/// removed, and the changed groups written down.
+async fn expire_consumer_members(
+    handle: &PartitionHandle,
+    st: &mut ShardState,
+    now: Instant,
+    session_timeout: Duration,
+) {
+    let t = Timing {
+        now,
+        session_timeout,
+    };
+    let mut changed: Vec<(String, ConsumerGroup)> = Vec::new();
+    for (name, g) in &st.consumer {
+        if !g.has_expired(t) {
+            continue;
+        }
+        let mut next = g.clone();
+        let gone = next.expire(t);
+        if !gone.is_empty() {
+            for id in &gone {
+                tracing::info!(group = %name, member = %id, epoch = next.epoch,
+                    "consumer group member expired");
+            }
+            changed.push((name.clone(), next));
+        }
+    }
+    if changed.is_empty() {
+        return;
+    }
+    let records: Vec<(Bytes, Option<Bytes>)> = changed
+        .iter()
+        .map(|(n, g)| (consumer_key(n), Some(g.encode())))
+        .collect();
+    // Not written: the members stay until the next tick tries again.
+    if append(handle, &records).await.is_ok() {
+        st.records += records.len() as u64;
+        for (n, g) in changed {
+            st.consumer.insert(n, g);
+        }
+    }
+}
+
+/// Record key of a consumer-protocol group: version 3, group.
+fn consumer_key(group: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u16(3);
+    put_str(&mut b, group);
+    b.freeze()
+}
+
+fn parse_consumer_key(mut k: Bytes) -> Option<String> {
+    if k.remaining() < 2 || k.get_u16() != 3 {
+        return None;
+    }
+    get_str(&mut k)
 }
 
 fn put_str(b: &mut BytesMut, s: &str) {
@@ -1448,6 +1702,17 @@ async fn load(handle: &PartitionHandle) -> Result<ShardState, ResponseError> {
         next = next.max(read.next_offset);
         for set in sets {
             for r in set.records {
+                if let Some(g) = r.key.clone().and_then(parse_consumer_key) {
+                    match r
+                        .value
+                        .clone()
+                        .and_then(|v| ConsumerGroup::decode(v, Instant::now()))
+                    {
+                        Some(group) => st.consumer.insert(g, group),
+                        None => st.consumer.remove(&g),
+                    };
+                    continue;
+                }
                 if let Some(g) = r.key.clone().and_then(parse_group_key) {
                     match r.value.clone().and_then(parse_group) {
                         Some(group) => st.groups.insert(g, group),

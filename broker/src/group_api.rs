@@ -1,12 +1,13 @@
 //! The Kafka group APIs (FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
 //! LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups,
-//! DeleteGroups, OffsetDelete): requests mapped onto `group.rs` and back,
+//! DeleteGroups, OffsetDelete, and KIP-848's ConsumerGroupHeartbeat and
+//! ConsumerGroupDescribe): requests mapped onto `group.rs` and back,
 //! version by version.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use floe_common::PartitionId;
+use floe_common::{PartitionId, Uuid};
 use floe_protocol::ResponseError;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
@@ -27,6 +28,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
+use crate::consumer_group::{Heartbeat, Partitions};
 use crate::group::{partition_for, Committed, JoinRequest, OFFSETS_TOPIC};
 use crate::node::Node;
 
@@ -423,20 +425,187 @@ pub async fn offset_fetch(
 
 pub async fn list_groups(node: &Arc<Node>, req: ListGroupsRequest) -> ListGroupsResponse {
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
+    let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
     let groups = node.groups.list().await;
     ListGroupsResponse::default().with_groups(
         groups
             .into_iter()
-            .filter(|(_, _, st)| states.is_empty() || states.contains(&st.name().to_lowercase()))
-            .map(|(g, pt, st)| {
+            .filter(|g| states.is_empty() || states.contains(&g.state.to_lowercase()))
+            .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type))
+            .map(|g| {
                 ListedGroup::default()
-                    .with_group_id(GroupId(s(g)))
-                    .with_protocol_type(s(pt))
-                    .with_group_state(s(st.name()))
-                    .with_group_type(s("classic"))
+                    .with_group_id(GroupId(s(g.name)))
+                    .with_protocol_type(s(g.protocol_type))
+                    .with_group_state(s(g.state))
+                    .with_group_type(s(g.group_type))
             })
             .collect(),
     )
+}
+
+fn to_partitions<'a>(tps: impl Iterator<Item = (Uuid, &'a Vec<i32>)>) -> Partitions {
+    let mut out = Partitions::new();
+    for (t, ps) in tps {
+        out.entry(t).or_default().extend(ps.iter().copied());
+    }
+    out.retain(|_, ps| !ps.is_empty());
+    out
+}
+
+pub async fn consumer_group_heartbeat(
+    node: &Arc<Node>,
+    req: ConsumerGroupHeartbeatRequest,
+    client_id: &str,
+) -> ConsumerGroupHeartbeatResponse {
+    use kafka_protocol::messages::consumer_group_heartbeat_response::{
+        Assignment, TopicPartitions,
+    };
+    let fail = |e: ResponseError, msg: Option<String>| {
+        ConsumerGroupHeartbeatResponse::default()
+            .with_error_code(e.code())
+            .with_error_message(msg.map(s))
+            .with_member_id(None)
+            .with_member_epoch(-1)
+    };
+    if req.group_id.0.is_empty() {
+        return fail(ResponseError::InvalidGroupId, None);
+    }
+    if req.member_epoch == 0
+        && req.subscribed_topic_names.is_none()
+        && req.subscribed_topic_regex.is_none()
+    {
+        return fail(
+            ResponseError::InvalidRequest,
+            Some("a joining member must give its subscription".into()),
+        );
+    }
+    let h = Heartbeat {
+        member_id: req.member_id.to_string(),
+        member_epoch: req.member_epoch,
+        instance_id: req.instance_id.map(|i| i.to_string()),
+        rack_id: req.rack_id.map(|r| r.to_string()),
+        rebalance_timeout_ms: req.rebalance_timeout_ms,
+        subscribed_topic_names: req
+            .subscribed_topic_names
+            .map(|ns| ns.into_iter().map(|n| n.0.to_string()).collect()),
+        subscribed_topic_regex: req.subscribed_topic_regex.map(|r| r.to_string()),
+        server_assignor: req.server_assignor.as_ref().map(|a| a.to_string()),
+        topic_partitions: req
+            .topic_partitions
+            .as_ref()
+            .map(|tps| to_partitions(tps.iter().map(|t| (t.topic_id, &t.partitions)))),
+        client_id: client_id.to_string(),
+        client_host: String::new(),
+    };
+    match node
+        .groups
+        .consumer_heartbeat(node, &req.group_id.0, h)
+        .await
+    {
+        Err(e) => {
+            let msg = match e {
+                ResponseError::GroupIdNotFound => Some(format!(
+                    "group {} has members of the classic protocol",
+                    req.group_id.0
+                )),
+                ResponseError::UnsupportedAssignor => Some(format!(
+                    "unknown server assignor {:?}; this coordinator has uniform and range",
+                    req.server_assignor.as_deref().unwrap_or("")
+                )),
+                _ => None,
+            };
+            fail(e, msg)
+        }
+        Ok(a) => ConsumerGroupHeartbeatResponse::default()
+            .with_member_id(Some(s(a.member_id)))
+            .with_member_epoch(a.member_epoch)
+            .with_heartbeat_interval_ms(node.config.group_consumer_heartbeat_interval_ms)
+            .with_assignment(a.assignment.map(|p| {
+                Assignment::default().with_topic_partitions(
+                    p.into_iter()
+                        .map(|(t, ps)| {
+                            TopicPartitions::default()
+                                .with_topic_id(t)
+                                .with_partitions(ps.into_iter().collect())
+                        })
+                        .collect(),
+                )
+            })),
+    }
+}
+
+pub async fn consumer_group_describe(
+    node: &Arc<Node>,
+    req: ConsumerGroupDescribeRequest,
+) -> ConsumerGroupDescribeResponse {
+    use kafka_protocol::messages::consumer_group_describe_response::{
+        Assignment, DescribedGroup, Member, TopicPartitions,
+    };
+    let view = |p: &Partitions| {
+        Assignment::default().with_topic_partitions(
+            p.iter()
+                .map(|(t, ps)| {
+                    TopicPartitions::default()
+                        .with_topic_id(*t)
+                        .with_topic_name(TopicName(s(node
+                            .topic_by_id(*t)
+                            .map(|i| i.name)
+                            .unwrap_or_default())))
+                        .with_partitions(ps.iter().copied().collect())
+                })
+                .collect(),
+        )
+    };
+    let mut resp = ConsumerGroupDescribeResponse::default();
+    for id in req.group_ids {
+        let mut d = DescribedGroup::default()
+            .with_group_id(id.clone())
+            .with_authorized_operations(i32::MIN);
+        match node.groups.consumer_describe(node, &id.0).await {
+            Err(e) => {
+                d.error_code = e.code();
+                d.group_state = s("Dead");
+                if e == ResponseError::GroupIdNotFound {
+                    d.error_message = Some(s(format!(
+                        "group {} is not a consumer-protocol group",
+                        id.0
+                    )));
+                }
+            }
+            Ok(g) => {
+                d.group_state = s(g.state().name());
+                d.group_epoch = g.epoch;
+                d.assignment_epoch = g.assignment_epoch;
+                d.assignor_name = s(g.assignor.name());
+                let none = Partitions::new();
+                d.members = g
+                    .members
+                    .iter()
+                    .map(|(mid, m)| {
+                        Member::default()
+                            .with_member_id(s(mid.clone()))
+                            .with_instance_id(m.instance_id.clone().map(s))
+                            .with_rack_id(m.rack_id.clone().map(s))
+                            .with_member_epoch(m.epoch)
+                            .with_client_id(s(m.client_id.clone()))
+                            .with_client_host(s(m.client_host.clone()))
+                            .with_subscribed_topic_names(
+                                m.topic_names
+                                    .iter()
+                                    .map(|n| TopicName(s(n.clone())))
+                                    .collect(),
+                            )
+                            .with_subscribed_topic_regex(m.topic_regex.clone().map(s))
+                            .with_assignment(view(&m.assigned))
+                            .with_target_assignment(view(g.target.get(mid).unwrap_or(&none)))
+                            .with_member_type(1)
+                    })
+                    .collect();
+            }
+        }
+        resp.groups.push(d);
+    }
+    resp
 }
 
 pub async fn describe_groups(

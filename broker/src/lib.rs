@@ -4,6 +4,7 @@
 
 pub mod assignor;
 pub mod config;
+pub mod consumer_group;
 pub mod group;
 pub mod group_api;
 pub mod handlers;

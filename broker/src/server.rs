@@ -449,6 +449,19 @@ async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> 
             let resp = group_api::offset_delete(node, r).await;
             ready(done(respond(api, version, correlation_id, resp)))
         }
+        RequestKind::ConsumerGroupHeartbeat(r) => {
+            let node = node.clone();
+            let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
+            async move {
+                let resp = group_api::consumer_group_heartbeat(&node, r, &client_id).await;
+                done(respond(api, version, correlation_id, resp))
+            }
+            .boxed()
+        }
+        RequestKind::ConsumerGroupDescribe(r) => {
+            let resp = group_api::consumer_group_describe(node, r).await;
+            ready(done(respond(api, version, correlation_id, resp)))
+        }
         _ => return Err(Close::UnsupportedVersion(api, version)),
     };
     Ok(out)
@@ -483,6 +496,8 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeGroups => "DescribeGroups",
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::OffsetDelete => "OffsetDelete",
+        ApiKey::ConsumerGroupHeartbeat => "ConsumerGroupHeartbeat",
+        ApiKey::ConsumerGroupDescribe => "ConsumerGroupDescribe",
         ApiKey::InitProducerId => "InitProducerId",
         ApiKey::DeleteRecords => "DeleteRecords",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",

@@ -316,6 +316,15 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::TopicList { topics }))
     }
 
+    async fn list_groups(
+        &self,
+        _: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::GroupList>, Status> {
+        Ok(Response::new(
+            crate::admin_groups::list(&*self.state.meta).await?,
+        ))
+    }
+
     async fn describe_topic(
         &self,
         request: Request<pb::DescribeTopicRequest>,

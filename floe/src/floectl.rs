@@ -74,6 +74,9 @@ enum Command {
     Status,
     /// Topics and their configs.
     Topics,
+    /// Consumer groups on every broker: classic and consumer-protocol
+    /// (KIP-848), with state and coordinator.
+    Groups,
     /// Topic admin: describe, create, delete, alter configs.
     Topic {
         #[command(subcommand)]
@@ -871,6 +874,37 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     .map(|c| vec![c.state.clone(), c.partitions.to_string()])
                     .collect(),
             );
+            Ok(out)
+        }
+        Command::Groups => {
+            let l = client
+                .list_groups(admin_pb::ListGroupsRequest {})
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&l);
+            }
+            let mut out = table(
+                &["GROUP", "TYPE", "PROTOCOL TYPE", "STATE", "COORDINATOR"],
+                l.groups
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.name.clone(),
+                            g.group_type.clone(),
+                            g.protocol_type.clone(),
+                            g.state.clone(),
+                            g.coordinator.to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+            if !l.unreachable.is_empty() {
+                out += &format!(
+                    "\nbrokers that did not answer (their groups are missing): {:?}\n",
+                    l.unreachable
+                );
+            }
             Ok(out)
         }
         Command::Topics => {

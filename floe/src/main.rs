@@ -215,6 +215,7 @@ fn main() -> Result<()> {
 }
 
 mod admin;
+mod admin_groups;
 mod admin_ops;
 mod admin_pb;
 mod admin_storage;

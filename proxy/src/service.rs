@@ -241,6 +241,32 @@ async fn dispatch(
             }
             .boxed()
         }
+        RequestKind::ConsumerGroupDescribe(r) => {
+            let proxy = proxy.clone();
+            async move {
+                let names: Vec<GroupId> = r.group_ids.clone();
+                let groups = proxy
+                    .per_group(
+                        names,
+                        (api, version, &client_id),
+                        |g| {
+                            let mut one = r.clone();
+                            one.group_ids = vec![g.clone()];
+                            one
+                        },
+                        |x: ConsumerGroupDescribeResponse| x.groups,
+                        |g, code| {
+                            consumer_group_describe_response::DescribedGroup::default()
+                                .with_group_id(g)
+                                .with_error_code(code)
+                        },
+                    )
+                    .await;
+                let resp = ConsumerGroupDescribeResponse::default().with_groups(groups);
+                done(respond(api, version, correlation_id, resp))
+            }
+            .boxed()
+        }
         RequestKind::DeleteGroups(r) => {
             let proxy = proxy.clone();
             async move {
@@ -319,6 +345,7 @@ async fn dispatch(
                 RequestKind::OffsetCommit(r) => Route::Group(r.group_id.0.to_string()),
                 RequestKind::OffsetFetch(r) => Route::Group(r.group_id.0.to_string()),
                 RequestKind::OffsetDelete(r) => Route::Group(r.group_id.0.to_string()),
+                RequestKind::ConsumerGroupHeartbeat(r) => Route::Group(r.group_id.0.to_string()),
                 RequestKind::InitProducerId(_)
                 | RequestKind::CreateTopics(_)
                 | RequestKind::DeleteTopics(_)
@@ -404,6 +431,10 @@ fn coordinator_moved(api: ApiKey, version: i16, frame: &Bytes) -> bool {
             .is_ok_and(|r| moved(r.error_code)),
         ApiKey::OffsetFetch => decode_response::<OffsetFetchResponse>(api, version, f)
             .is_ok_and(|r| moved(r.error_code)),
+        ApiKey::ConsumerGroupHeartbeat => {
+            decode_response::<ConsumerGroupHeartbeatResponse>(api, version, f)
+                .is_ok_and(|r| moved(r.error_code))
+        }
         ApiKey::OffsetCommit => {
             decode_response::<OffsetCommitResponse>(api, version, f).is_ok_and(|r| {
                 r.topics
