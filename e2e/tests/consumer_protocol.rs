@@ -574,3 +574,82 @@ fn offsets_partition(group: &str) -> i32 {
     }
     (if h == i32::MIN { 0 } else { h.abs() }) % 16
 }
+
+/// A classic consumer of `group` that reads until it has `n` records, commits
+/// each, and leaves; the (partition, offset)s it read.
+fn classic_consume(bootstrap: &str, group: &str, topic: &str, n: usize) -> Vec<(i32, i64)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut got = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while got.len() < n {
+        assert!(Instant::now() < until, "classic member read {got:?}");
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            c.commit_message(&m, CommitMode::Sync).unwrap();
+            got.push((m.partition(), m.offset()));
+        }
+    }
+    c.unsubscribe();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_group_changes_protocol_and_keeps_its_offsets() {
+    let s = Standalone::start_with_config(&format!(
+        "[broker]\n{CONFIG}group_initial_rebalance_delay_ms = 0\n"
+    ))
+    .unwrap();
+    let b = s.bootstrap();
+    create_topic(&b, "conv", 2).await;
+    produce(&b, "conv", 2, 0, 40).await;
+    let group_type = |name: &str| {
+        list_groups(&b)
+            .into_iter()
+            .find(|g| g.0 == name)
+            .map(|g| g.3)
+    };
+
+    // A classic group reads and commits the first 40, then empties.
+    let first = classic_consume(&b, "cv", "conv", 40);
+    assert_eq!(first.len(), 40);
+    assert_eq!(group_type("cv").as_deref(), Some("classic"));
+
+    // A consumer-protocol member joins the empty group: it becomes a
+    // consumer group and starts from the classic members' commits.
+    produce(&b, "conv", 2, 40, 20).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let m = member(&b, "cv", &["conv"], None, seen.clone());
+    wait_consumed(&seen, 20);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(group_type("cv").as_deref(), Some("consumer"));
+    m.leave();
+    {
+        let seen = seen.lock().unwrap();
+        let mut got: Vec<(i32, i64)> = seen.count.keys().map(|(_, p, o)| (*p, *o)).collect();
+        got.sort();
+        let expected: Vec<(i32, i64)> =
+            (0..2).flat_map(|p| (20..30).map(move |o| (p, o))).collect();
+        assert_eq!(got, expected, "only what came after the classic commits");
+    }
+
+    // And back: a classic member of the now empty consumer group resumes
+    // from the consumer-protocol member's commits.
+    produce(&b, "conv", 2, 60, 10).await;
+    let mut again = classic_consume(&b, "cv", "conv", 10);
+    again.sort();
+    let expected: Vec<(i32, i64)> = (0..2).flat_map(|p| (30..35).map(move |o| (p, o))).collect();
+    assert_eq!(again, expected);
+    assert_eq!(group_type("cv").as_deref(), Some("classic"));
+    assert!(s
+        .log_text()
+        .contains("empty classic group converted to a consumer group"));
+    assert!(s
+        .log_text()
+        .contains("empty consumer group converted to a classic group"));
+}
