@@ -3,5 +3,7 @@ fn main() {
     tonic_prost_build::configure()
         .bytes(".")
         .compile_protos(&["../proto/tail.proto"], &["../proto"])
-        .expect("compiling proto/tail.proto (is protoc installed? scripts/test.sh installs protobuf-compiler)");
+        .expect(
+            "compiling proto/tail.proto (protoc: scripts/protoc, PROTOC in .cargo/config.toml)",
+        );
 }

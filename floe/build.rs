@@ -3,5 +3,7 @@ fn main() {
     tonic_prost_build::configure()
         .type_attribute(".", "#[derive(serde::Serialize)]")
         .compile_protos(&["../proto/admin.proto"], &["../proto"])
-        .expect("compiling proto/admin.proto (is protoc installed? scripts/test.sh installs protobuf-compiler)");
+        .expect(
+            "compiling proto/admin.proto (protoc: scripts/protoc, PROTOC in .cargo/config.toml)",
+        );
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine: installs what the tests
-# need (kcat, etcd, protoc for the etcd client, build tools for librdkafka,
+# need (kcat, etcd, build tools for librdkafka,
 # the openssl CLI that makes the admin TLS test's certificates,
 # moto's S3-compatible server and kafka-python from PyPI in virtualenvs),
 # then runs formatting, lints and every test (unit, conformance, property and
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
-PACKAGES=(kcat etcd-server protobuf-compiler libprotobuf-dev cmake make gcc g++ pkg-config zlib1g-dev libssl-dev openssl curl python3 python3-venv)
+PACKAGES=(kcat etcd-server cmake make gcc g++ pkg-config zlib1g-dev libssl-dev openssl curl python3 python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
