@@ -102,6 +102,10 @@ pub struct BrokerConfig {
     /// produce request has been appended, close the connection instead of
     /// answering, as if the response were lost, so clients must retry.
     pub fault_drop_produce_response_every: u64,
+    /// Fault injection for tests, off (0) by default: a partition this
+    /// broker takes waits this long between taking the write lease and
+    /// recovering, as a slow recovery would (its state shows Recovering).
+    pub fault_recovery_delay_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -140,6 +144,7 @@ impl Default for BrokerConfig {
             offsets_retention_ms: 7 * 24 * 3_600_000,
             offsets_compact_after_records: 10_000,
             fault_drop_produce_response_every: 0,
+            fault_recovery_delay_ms: 0,
         }
     }
 }

@@ -486,3 +486,97 @@ async fn a_batch_behind_one_the_proxy_answered_early_is_retried_not_out_of_order
             .join("\n")
     );
 }
+
+/// A partition handed to a broker that takes long to recover it (the
+/// fault `fault_recovery_delay_ms`: 3 s in Recovering, as after a lease
+/// lapse with a slow storage listing) must not hold up the partitions of
+/// other brokers in the same request: after twice `produce_hold_ms` the
+/// idempotent part still held is answered NOT_LEADER_OR_FOLLOWER (its
+/// sequence makes the retry safe) and the other part gets its ack. Before
+/// this rule both were answered only once the new owner wrote (3 s later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_new_owner_is_slow_to_take_it_does_not_hold_up_the_others() {
+    let mut c = Cluster::start_with(
+        2,
+        1,
+        3_000,
+        "fault_recovery_delay_ms = 3000\n[proxy]\nlease_ttl_ms = 2000\nforward_timeout_ms = 20000\n",
+    )
+    .unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = c.bootstrap();
+    let proxy = c.proxy_bootstrap();
+    create_topic(&b, "slow", 2).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while leaders(&b, "slow").values().any(|l| *l < 0) {
+        assert!(Instant::now() < deadline, "no leaders");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Partition 0 on one broker, partition 1 on the other.
+    let owner = leaders(&b, "slow")[&0];
+    let other = 3 - owner;
+    if leaders(&b, "slow")[&1] != other {
+        c.move_partition("slow", 1, other).unwrap();
+        while leaders(&b, "slow")[&1] != other {
+            assert!(Instant::now() < deadline, "the move never completed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut raw = floe_e2e::RawClient::connect(&proxy).unwrap();
+    let (pid, epoch) = init_producer(&mut raw);
+    let s0 = idempotent_batch(pid, epoch, 0, 2);
+    let p1 = idempotent_batch(pid, epoch, 0, 1);
+    loop {
+        let r = produce_parts(&mut raw, "slow", &[(0, &s0), (1, &p1)], 10_000);
+        if r == [(0, 0), (0, 0)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never writable: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Partition 0 goes to the other broker, which sits 3 s in Recovering.
+    c.move_partition("slow", 0, other).unwrap();
+    let meta = c.meta().await.unwrap();
+    loop {
+        let st = Cluster::partition_state(&meta, "slow", 0).await.unwrap();
+        if st
+            .as_ref()
+            .is_some_and(|s| s.broker_id == other && s.state == "recovering")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recovering on {other}: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s2 = idempotent_batch(pid, epoch, 2, 2);
+    let p1b = idempotent_batch(pid, epoch, 1, 1);
+    let r = produce_parts(&mut raw, "slow", &[(0, &s2), (1, &p1b)], 15_000);
+    assert_eq!(
+        r,
+        [(6, -1), (0, 1)],
+        "the part held by the slow take-over is answered NOT_LEADER, the other written; logs:\n{}",
+        c.logs()
+    );
+    // The client sends it again until the new owner writes it: once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = produce_parts(&mut raw, "slow", &[(0, &s2)], 15_000);
+        if r == [(0, 2)] {
+            break;
+        }
+        assert_eq!(r[0].0, 6, "only NOT_LEADER while it recovers: {r:?}");
+        assert!(Instant::now() < deadline, "never written: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = read_all(&proxy, "slow", 2);
+    let values: Vec<String> = log[&0]
+        .iter()
+        .map(|(_, v)| String::from_utf8_lossy(v).to_string())
+        .collect();
+    assert_eq!(values, ["s0", "s1", "s2", "s3"]);
+}

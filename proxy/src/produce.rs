@@ -521,18 +521,23 @@ impl Proxy {
                         // Held back by some partitions while other answers are
                         // ready or other requests wait behind this one. Cut:
                         // parts waiting on a broker in trouble (frozen,
-                        // unreachable), and parts not written anywhere for
-                        // twice the hold (no owner yet: the partition's new
-                        // owner froze or died before taking it). A move in
-                        // progress answers within that, and stays invisible.
+                        // unreachable), parts not written anywhere for twice
+                        // the hold (no owner yet: the partition's new owner
+                        // froze or died before taking it), and idempotent
+                        // parts held that long by a hand-over (a new owner
+                        // still recovering: their sequence makes the
+                        // client's retry safe, and the gaps keep it in
+                        // order). A planned move answers within that, and
+                        // stays invisible.
                         let blocking = results.iter().any(Option::is_some)
                             || connection_outstanding.load(Ordering::SeqCst) > 1;
-                        let unsent_long = arrived.elapsed() >= hold * 2;
+                        let held_long = arrived.elapsed() >= hold * 2;
                         if blocking {
                             for i in 0..n {
                                 let t = part_flags[i].target.load(Ordering::SeqCst);
                                 let stuck = (t >= 0 && health.in_trouble(t, hold))
-                                    || (unsent_long && !part_flags[i].sent.load(Ordering::SeqCst));
+                                    || (held_long && !part_flags[i].sent.load(Ordering::SeqCst))
+                                    || (held_long && part_flags[i].seq.is_some());
                                 if results[i].is_none() && !cut.contains(&i) && stuck {
                                     // Nothing more is sent for it from now.
                                     part_flags[i].answered.store(true, Ordering::SeqCst);

@@ -390,6 +390,13 @@ pub async fn start(
         .await;
     }
     publish_state(ctx.clone(), id, epoch, owner.clone(), state_rx.clone());
+    if ctx.config.fault_recovery_delay_ms > 0 {
+        // Tests only: a slow take-over.
+        tokio::time::sleep(std::time::Duration::from_millis(
+            ctx.config.fault_recovery_delay_ms,
+        ))
+        .await;
+    }
 
     // Step 2: checkpoint and recovery.
     let recovered = match recovery::recover(&ctx, id, epoch, &owner, &config).await {
