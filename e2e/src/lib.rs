@@ -1205,6 +1205,28 @@ pub fn read_all_within(
     got
 }
 
+/// The broker id FindCoordinator names for `group`, asked of the first
+/// address in `bootstrap` (retried for 30 s while there is none).
+pub fn find_coordinator(bootstrap: &str, group: &str) -> i32 {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    use kafka_protocol::protocol::StrBytes;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let addr = bootstrap.split(',').next().unwrap();
+        let mut raw = RawClient::connect(addr).unwrap();
+        let req = FindCoordinatorRequest::default()
+            .with_key_type(0)
+            .with_coordinator_keys(vec![StrBytes::from_string(group.to_string())]);
+        let resp: FindCoordinatorResponse = raw.call(ApiKey::FindCoordinator, 4, &req).unwrap();
+        let c = &resp.coordinators[0];
+        if c.error_code == 0 {
+            return c.node_id.0;
+        }
+        assert!(Instant::now() < deadline, "no coordinator: {c:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Partition → leader broker, as Metadata tells a client (None: no leader).
 pub fn leaders(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<i32, Option<i32>> {
     use rdkafka::consumer::Consumer;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use floe_e2e::{create_topic, Cluster, RawClient, Standalone};
+use floe_e2e::{create_topic, find_coordinator, Cluster, RawClient, Standalone};
 use kafka_protocol::messages::{ApiKey, ListGroupsRequest, ListGroupsResponse};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -251,6 +251,32 @@ fn assert_once(seen: &Seen, topic: &str, partitions: i32, per_partition: i64) {
     }
 }
 
+/// The only member of a classic group on `topic`, once it has all
+/// `partitions` (the group is then Stable).
+fn classic_member_of_all(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: usize,
+) -> BaseConsumer {
+    let classic: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    classic.subscribe(&[topic]).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while classic.assignment().map(|a| a.count()).unwrap_or(0) < partitions {
+        assert!(
+            Instant::now() < until,
+            "the classic group {group} got no assignment"
+        );
+        classic.poll(Duration::from_millis(100));
+    }
+    classic
+}
+
 /// (group, protocol type, state, group type) from ListGroups v5.
 fn list_groups(bootstrap: &str) -> Vec<(String, String, String, String)> {
     let mut raw = RawClient::connect(bootstrap).unwrap();
@@ -288,21 +314,7 @@ async fn consumer_protocol_members_split_rebalance_and_follow_a_regex() {
     wait_consumed(&seen, 300);
 
     // A classic group beside it; ListGroups shows both with their types.
-    let classic: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &b)
-        .set("group.id", "classic-g")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    classic.subscribe(&["orders"]).unwrap();
-    let until = Instant::now() + Duration::from_secs(30);
-    while classic.assignment().map(|a| a.count()).unwrap_or(0) < 6 {
-        assert!(
-            Instant::now() < until,
-            "the classic group got no assignment"
-        );
-        classic.poll(Duration::from_millis(100));
-    }
+    let classic = classic_member_of_all(&b, "classic-g", "orders", 6);
     let groups = list_groups(&b);
     let kg = groups.iter().find(|g| g.0 == "kg").expect("kg listed");
     assert_eq!((kg.1.as_str(), kg.3.as_str()), ("consumer", "consumer"));
@@ -459,20 +471,7 @@ async fn a_consumer_group_survives_a_move_and_kill9_of_its_coordinator() {
     let (h1, h2) = (m1.history().len(), m2.history().len());
 
     // `floectl groups` shows it beside a classic group, each with its type.
-    let classic: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &b)
-        .set("group.id", "classic-mg")
-        .create()
-        .unwrap();
-    classic.subscribe(&["events"]).unwrap();
-    let until = Instant::now() + Duration::from_secs(30);
-    while classic.assignment().map(|a| a.count()).unwrap_or(0) < 6 {
-        assert!(
-            Instant::now() < until,
-            "the classic group got no assignment"
-        );
-        classic.poll(Duration::from_millis(100));
-    }
+    let classic = classic_member_of_all(&b, "classic-mg", "events", 6);
     let (rc, out, err) = cluster.floectl(0, &["groups"]);
     assert_eq!(rc, 0, "{err}");
     let row = |name: &str| -> Vec<String> {
@@ -542,27 +541,6 @@ async fn a_consumer_group_survives_a_move_and_kill9_of_its_coordinator() {
         m.leave();
     }
     assert_once(&seen.lock().unwrap(), "events", 6, 150);
-}
-
-/// The broker FindCoordinator names for `group`.
-fn find_coordinator(bootstrap: &str, group: &str) -> i32 {
-    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
-    use kafka_protocol::protocol::StrBytes;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let addr = bootstrap.split(',').next().unwrap();
-        let mut raw = RawClient::connect(addr).unwrap();
-        let req = FindCoordinatorRequest::default()
-            .with_key_type(0)
-            .with_coordinator_keys(vec![StrBytes::from_string(group.to_string())]);
-        let resp: FindCoordinatorResponse = raw.call(ApiKey::FindCoordinator, 4, &req).unwrap();
-        let c = &resp.coordinators[0];
-        if c.error_code == 0 {
-            return c.node_id.0;
-        }
-        assert!(Instant::now() < deadline, "no coordinator: {c:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Kafka's partition of the offsets topic for a group (16 partitions, the

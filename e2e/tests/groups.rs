@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use floe_e2e::{create_topic, Standalone};
+use floe_e2e::{create_topic, find_coordinator, Standalone};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -304,27 +304,6 @@ async fn a_restarted_group_resumes_from_its_committed_offsets() {
     got.sort();
     let expected: Vec<(i32, i64)> = (0..6).flat_map(|p| (20..30).map(move |o| (p, o))).collect();
     assert_eq!(got, expected, "only what was produced after the commits");
-}
-
-/// The broker id FindCoordinator names for `group`.
-fn find_coordinator(bootstrap: &str, group: &str) -> i32 {
-    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
-    use kafka_protocol::protocol::StrBytes;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let addr = bootstrap.split(',').next().unwrap();
-        let mut raw = floe_e2e::RawClient::connect(addr).unwrap();
-        let req = FindCoordinatorRequest::default()
-            .with_key_type(0)
-            .with_coordinator_keys(vec![StrBytes::from_string(group.to_string())]);
-        let resp: FindCoordinatorResponse = raw.call(ApiKey::FindCoordinator, 4, &req).unwrap();
-        let c = &resp.coordinators[0];
-        if c.error_code == 0 {
-            return c.node_id.0;
-        }
-        assert!(Instant::now() < deadline, "no coordinator: {c:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
