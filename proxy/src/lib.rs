@@ -54,6 +54,13 @@ pub struct ProxyConfig {
     /// non-idempotent batch already sent), so one broker's failure never
     /// stalls the acks of partitions other brokers own. 0: never.
     pub produce_hold_ms: u64,
+    /// Lead each partition in Metadata by an owner node of its proxy (one
+    /// node id per proxy and broker, at the proxy's address) rather than by
+    /// the proxy itself, so clients keep one owner's partitions on one
+    /// connection: a frozen broker then holds up only the answers of its
+    /// own partitions, which the proxy holds until their next owner writes
+    /// them (no client retry). Off: every partition is led by a proxy node.
+    pub owner_nodes: bool,
 }
 
 impl Default for ProxyConfig {
@@ -67,6 +74,7 @@ impl Default for ProxyConfig {
             forward_timeout_ms: 30_000,
             lease_ttl_ms: 5_000,
             produce_hold_ms: 250,
+            owner_nodes: true,
         }
     }
 }

@@ -291,7 +291,7 @@ impl Proxy {
         req: ProduceRequest,
         version: i16,
         client_id: &str,
-        connection_outstanding: Arc<AtomicUsize>,
+        connection: Arc<Connection>,
     ) -> BoxFuture<'static, Option<ProduceResponse>> {
         let arrived = Instant::now();
         let acks = req.acks;
@@ -340,6 +340,7 @@ impl Proxy {
                 });
             }
         }
+        connection.saw(parts.iter().filter_map(|p| p.id));
         // Lane bookkeeping and first attempts, grouped by owner.
         let mut by_owner: HashMap<i32, (floe_meta::schema::BrokerRecord, Vec<usize>)> =
             HashMap::new();
@@ -445,6 +446,7 @@ impl Proxy {
                 id: part.id,
                 sent: AtomicBool::new(first.is_some()),
                 answered: AtomicBool::new(false),
+                settled: AtomicBool::new(false),
                 target: std::sync::atomic::AtomicI32::new(target),
             });
             let (topic, index) = (part.topic.clone(), part.index);
@@ -502,14 +504,19 @@ impl Proxy {
             // the hold holds up the connection's answers behind it.
             let mut check_at = arrived;
             let mut cut: Vec<usize> = Vec::new();
+            let registered = connection.register(arrived, part_flags.clone());
             let all_settled = |results: &[Option<_>], cut: &[usize]| {
                 (0..n).all(|i| results[i].is_some() || cut.contains(&i))
             };
             loop {
                 tokio::select! {
                     r = waiting.next() => match r {
-                        Some((i, Ok(v))) => results[i] = Some(v),
+                        Some((i, Ok(v))) => {
+                            part_flags[i].settled.store(true, Ordering::SeqCst);
+                            results[i] = Some(v);
+                        }
                         Some((i, Err(e))) => {
+                            part_flags[i].settled.store(true, Ordering::SeqCst);
                             tracing::error!(error = %e, "a produce part failed");
                             results[i] = Some((String::new(), PartitionProduceResponse::default()
                                 .with_base_offset(-1)
@@ -529,8 +536,16 @@ impl Proxy {
                         // client's retry safe, and the gaps keep it in
                         // order). A planned move answers within that, and
                         // stays invisible.
+                        //
+                        // Nothing is blocked, and the parts stay held until
+                        // their partitions' next owners answer (no client
+                        // backoff, no retry), while every other request on
+                        // the connection is itself held by a failure and no
+                        // healthy partition can be queued behind them
+                        // (`Connection::others_wait_on_trouble`).
                         let blocking = results.iter().any(Option::is_some)
-                            || connection_outstanding.load(Ordering::SeqCst) > 1;
+                            || (connection.outstanding.load(Ordering::SeqCst) > 1
+                                && !connection.others_wait_on_trouble(&proxy, registered.id, hold));
                         let held_long = arrived.elapsed() >= hold * 2;
                         if blocking {
                             for i in 0..n {
@@ -541,6 +556,7 @@ impl Proxy {
                                 if results[i].is_none() && !cut.contains(&i) && stuck {
                                     // Nothing more is sent for it from now.
                                     part_flags[i].answered.store(true, Ordering::SeqCst);
+                                    part_flags[i].settled.store(true, Ordering::SeqCst);
                                     cut.push(i);
                                 }
                             }
@@ -636,7 +652,7 @@ impl Proxy {
         let broker = owner.broker_id;
         let frame = encode_request(ApiKey::Produce, version, client_id, req);
         let rx = frame.map(|f| self.produce_pool.get(owner).send(f));
-        let awaiting = self.broker_health.sent(broker);
+        let awaiting = self.broker_health.sent(broker, owner.started_ms);
         async move {
             let answer = async {
                 let rx = rx.map_err(|e| UpstreamError::Connect(broker, e))?;
@@ -936,6 +952,10 @@ pub struct BrokerHealth {
 
 #[derive(Clone, Copy)]
 struct Health {
+    /// The broker process it describes (its registration's start time): a
+    /// broker restarted in place starts with a clean record, not with the
+    /// refused connections of the process before it.
+    started_ms: i64,
     outstanding: usize,
     progress: Instant,
     /// Since when every answer has been a failed connection.
@@ -943,14 +963,22 @@ struct Health {
 }
 
 impl BrokerHealth {
-    fn sent(self: &Arc<Self>, broker: i32) -> Awaiting {
+    fn sent(self: &Arc<Self>, broker: i32, started_ms: i64) -> Awaiting {
         let now = Instant::now();
         let mut m = self.brokers.lock().unwrap();
         let h = m.entry(broker).or_insert(Health {
+            started_ms,
             outstanding: 0,
             progress: now,
             failing_since: None,
         });
+        if h.started_ms != started_ms {
+            // A new process: what the old one did says nothing of it (the
+            // old one's requests still out keep being counted).
+            h.started_ms = started_ms;
+            h.progress = now;
+            h.failing_since = None;
+        }
         if h.outstanding == 0 {
             h.progress = now;
         }
@@ -1019,9 +1047,124 @@ struct PartFlags {
     sent: AtomicBool,
     /// The client got an answer for it already (the hold cut it).
     answered: AtomicBool,
+    /// Its answer is in the merged response (cut or from a broker).
+    settled: AtomicBool,
     /// The broker it waits on (sent to, or the one its lane last wrote to
     /// while it is held); -1: none.
     target: std::sync::atomic::AtomicI32,
+}
+
+/// What the hold knows of one client connection: answers go out in
+/// request order, so a held answer holds up every one after it.
+#[derive(Default)]
+pub struct Connection {
+    /// Requests not yet answered.
+    pub(crate) outstanding: AtomicUsize,
+    /// Produce requests being answered, by a number of their own: their
+    /// parts as the hold sees them.
+    produces: Mutex<HashMap<u64, InFlight>>,
+    next: std::sync::atomic::AtomicU64,
+    /// The partitions produced to on this connection lately, and when.
+    seen: Mutex<HashMap<PartitionId, Instant>>,
+}
+
+/// A produce request being answered: when it arrived, and its parts.
+type InFlight = (Instant, Arc<[Arc<PartFlags>]>);
+
+/// How long a partition produced to on a connection counts as one of its
+/// partitions (a client may have batches of it queued behind the answers
+/// it waits for, which the proxy cannot see).
+const SEEN_FOR: Duration = Duration::from_secs(60);
+
+impl Connection {
+    fn saw(&self, parts: impl Iterator<Item = PartitionId>) {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap();
+        for p in parts {
+            seen.insert(p, now);
+        }
+        if seen.len() > 64 {
+            seen.retain(|_, t| now - *t < SEEN_FOR);
+        }
+    }
+
+    fn register(self: &Arc<Self>, arrived: Instant, parts: Vec<Arc<PartFlags>>) -> Registered {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        self.produces
+            .lock()
+            .unwrap()
+            .insert(id, (arrived, parts.into()));
+        Registered {
+            connection: self.clone(),
+            id,
+        }
+    }
+
+    /// Whether holding request `me` starves nobody: every other request
+    /// on the connection is a produce whose every open part is itself held
+    /// by a failure (it waits on a broker in trouble, or has waited twice
+    /// the hold: a hand-over), none answered and waiting to be sent back;
+    /// and every partition produced to here lately either has a part open
+    /// here or is owned by a broker in trouble or by none (so no batch of
+    /// a healthy partition can be queued in the client behind these
+    /// answers). With owner nodes in Metadata a client keeps one owner's
+    /// partitions on one connection, so this is the usual case for a
+    /// frozen or dead broker: its parts stay held until their next owners
+    /// write them, with no client retry.
+    fn others_wait_on_trouble(&self, proxy: &Proxy, me: u64, hold: Duration) -> bool {
+        let now = Instant::now();
+        let troubled = |b: i32| b < 0 || proxy.broker_health.in_trouble(b, hold);
+        let mut open: std::collections::HashSet<PartitionId> = Default::default();
+        {
+            let produces = self.produces.lock().unwrap();
+            // Requests of other kinds, and produces already answered
+            // (waiting for their turn), are healthy answers held up.
+            if self.outstanding.load(Ordering::SeqCst) > produces.len() {
+                return false;
+            }
+            for (id, (arrived, parts)) in produces.iter() {
+                let mut held = true;
+                for f in parts.iter() {
+                    if f.settled.load(Ordering::SeqCst) {
+                        held = false;
+                        continue;
+                    }
+                    if let Some(p) = f.id {
+                        open.insert(p);
+                    }
+                    if !troubled(f.target.load(Ordering::SeqCst)) && now - *arrived < hold * 2 {
+                        held = false;
+                    }
+                }
+                if *id != me && !held {
+                    return false;
+                }
+            }
+        }
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|(_, t)| now - **t < SEEN_FOR)
+            .all(|(p, _)| {
+                open.contains(p)
+                    || match proxy.view.owner(*p) {
+                        Some((b, _)) => troubled(b.broker_id),
+                        None => true,
+                    }
+            })
+    }
+}
+
+/// A produce request in its connection's register until its answer is
+/// merged.
+struct Registered {
+    connection: Arc<Connection>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.connection.produces.lock().unwrap().remove(&self.id);
+    }
 }
 
 /// After the owner changed, the old owner's answer is awaited this much

@@ -4,7 +4,7 @@
 //! broker that must answer them (a group's coordinator, any broker for topic
 //! admin and producer ids). Clients only ever see proxies.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,9 @@ use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use floe_protocol::ResponseError;
 use futures::FutureExt;
 
+use crate::produce::Connection;
 use crate::upstream::{decode_response, encode_request, Pool, UpstreamError};
-use crate::view::{partition_key, rendezvous};
+use crate::view::{owner_node_id, partition_key, rendezvous};
 use crate::Proxy;
 
 fn s(v: impl Into<String>) -> StrBytes {
@@ -44,22 +45,22 @@ pub struct Session {
     pool: Pool,
     /// Requests of this connection not yet answered (answers go in order,
     /// so an answer held back holds back every one after it).
-    outstanding: Arc<AtomicUsize>,
+    connection: Arc<Connection>,
 }
 
-/// One request counted in its session's `outstanding` until dropped.
-struct Outstanding(Arc<AtomicUsize>);
+/// One request counted in its connection's `outstanding` until dropped.
+struct Outstanding(Arc<Connection>);
 
 impl Outstanding {
-    fn new(n: &Arc<AtomicUsize>) -> Self {
-        n.fetch_add(1, Ordering::SeqCst);
-        Self(n.clone())
+    fn new(c: &Arc<Connection>) -> Self {
+        c.outstanding.fetch_add(1, Ordering::SeqCst);
+        Self(c.clone())
     }
 }
 
 impl Drop for Outstanding {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.outstanding.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -110,7 +111,7 @@ async fn dispatch(
     };
     // Counted until answered: a produce answer held back holds back every
     // answer after it on this connection.
-    let counted = Outstanding::new(&session.outstanding);
+    let counted = Outstanding::new(&session.connection);
     let started = Instant::now();
     let raw = frame.clone();
     let mut body = frame;
@@ -171,7 +172,7 @@ async fn dispatch(
             // Driven on its own task: a batch's lane moves on even while
             // this client's earlier responses are still being waited for.
             let pending =
-                tokio::spawn(proxy.produce(r, version, &client_id, session.outstanding.clone()));
+                tokio::spawn(proxy.produce(r, version, &client_id, session.connection.clone()));
             async move {
                 let resp = pending.await.ok().flatten();
                 done(resp.and_then(|resp| respond(api, version, correlation_id, resp)))
@@ -615,6 +616,42 @@ impl Proxy {
         v
     }
 
+    /// The nodes clients see: every proxy, and with `owner_nodes` every
+    /// proxy once more per live broker, under an id of its own at the same
+    /// address. Clients open a connection per node id, so partitions led by
+    /// `owner_node_id(proxy, broker)` share a connection only with the
+    /// partitions that broker writes, and a broker that freezes holds up
+    /// only its own partitions' answers (Kafka answers a connection's
+    /// requests in order).
+    fn client_nodes(&self) -> Vec<(i32, String, i32)> {
+        let proxies = self.proxy_brokers();
+        let mut nodes = proxies.clone();
+        if self.config.owner_nodes {
+            let mut brokers: Vec<i32> = self.view.brokers().iter().map(|b| b.broker_id).collect();
+            brokers.sort_unstable();
+            for (proxy, host, port) in &proxies {
+                for b in &brokers {
+                    nodes.push((owner_node_id(*proxy, *b), host.clone(), *port));
+                }
+            }
+        }
+        nodes
+    }
+
+    /// The node clients should treat as the leader of partition `id`: the
+    /// proxy its key hashes to, as the owner node of its writer when
+    /// `owner_nodes` is on and the partition has one. A move changes the
+    /// node only in later Metadata answers; until then the old node's
+    /// connection serves the partition as well as any (every proxy
+    /// forwards to the current owner).
+    fn partition_leader(&self, id: PartitionId) -> i32 {
+        let proxy = self.leader_for(&partition_key(id));
+        match self.view.owner(id) {
+            Some((b, _)) if self.config.owner_nodes => owner_node_id(proxy, b.broker_id),
+            _ => proxy,
+        }
+    }
+
     /// The proxy clients should treat as the leader of `key`.
     fn leader_for(&self, key: &[u8]) -> i32 {
         let mut proxies = self.view.proxies();
@@ -632,7 +669,7 @@ impl Proxy {
     ) -> MetadataResponse {
         let mut resp = MetadataResponse::default();
         resp.brokers = self
-            .proxy_brokers()
+            .client_nodes()
             .into_iter()
             .map(|(id, host, port)| {
                 MetadataResponseBroker::default()
@@ -712,7 +749,7 @@ impl Proxy {
                         topic.topic_id = t.id;
                     }
                     for p in 0..t.partitions {
-                        let leader = self.leader_for(&partition_key(PartitionId::new(t.id, p)));
+                        let leader = self.partition_leader(PartitionId::new(t.id, p));
                         let part = MetadataResponsePartition::default()
                             .with_partition_index(p)
                             .with_leader_id(leader.into())
@@ -777,7 +814,7 @@ impl Proxy {
         let mut resp = DescribeClusterResponse::default()
             .with_cluster_id(s(self.cluster_id.clone()))
             .with_controller_id(self.record.proxy_id.into());
-        for (id, host, port) in self.proxy_brokers() {
+        for (id, host, port) in self.client_nodes() {
             resp.brokers.push(
                 DescribeClusterBroker::default()
                     .with_broker_id(id.into())

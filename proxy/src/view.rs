@@ -265,6 +265,18 @@ pub fn rendezvous<'a>(candidates: &'a [ProxyRecord], key: &[u8]) -> Option<&'a P
     })
 }
 
+/// The node id clients see for `proxy` serving the partitions `broker`
+/// writes (an "owner node": the proxy's address under another id). Stable
+/// for a proxy id and a broker id, and apart from proxy ids (which
+/// `derived_id` keeps below 1,001,000,000).
+pub fn owner_node_id(proxy: i32, broker: i32) -> i32 {
+    let mut h = Fnv::default();
+    h.write(b"owner-node");
+    h.write(&proxy.to_be_bytes());
+    h.write(&broker.to_be_bytes());
+    1_001_000_000 + (mix(h.0) % 1_100_000_000) as i32
+}
+
 /// 64-bit FNV-1a.
 struct Fnv(u64);
 
@@ -331,5 +343,25 @@ mod tests {
             assert!((800..1200).contains(&n), "proxy {id} got {n} of 3000");
         }
         assert!(rendezvous(&[], b"x").is_none());
+    }
+
+    #[test]
+    fn owner_node_ids_are_stable_distinct_and_apart_from_proxy_ids() {
+        let proxies: Vec<i32> = (0..20)
+            .map(|i| crate::derived_id("10.0.0.1", 9092 + i))
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for &p in &proxies {
+            assert!((1_000_000..1_001_000_000).contains(&p));
+            assert!(all.insert(p));
+        }
+        for &p in &proxies {
+            for b in 0..50 {
+                let id = owner_node_id(p, b);
+                assert_eq!(id, owner_node_id(p, b), "stable");
+                assert!(id >= 1_001_000_000, "{id} in the proxy ids' range");
+                assert!(all.insert(id), "{id} ({p}, {b}) given twice");
+            }
+        }
     }
 }
