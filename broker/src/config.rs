@@ -48,8 +48,10 @@ pub struct BrokerConfig {
     pub gc_interval_ms: u64,
     /// Roll the open segment after this many chunks (0: by size and age
     /// only): bounds what a recovery after an unclean end reads (one header
-    /// per chunk) for partitions with little traffic, whose segments would
-    /// otherwise gather tiny chunks for days.
+    /// per chunk), which is most of a take-over after a broker dies: under
+    /// the chaos test's load (small chunks, 2 cores shared by the whole
+    /// cluster) 540 chunks took 0.8-1.4 s to recover. Also keeps partitions
+    /// with little traffic from gathering tiny chunks for days.
     pub segment_max_chunks: u64,
     /// Objects younger than this are never collected (writes in flight,
     /// uploads whose record is not saved yet). Failed deletes schedule a
@@ -126,7 +128,7 @@ impl Default for BrokerConfig {
             repair_interval_ms: 60_000,
             repair_max_bytes_per_sec: 0,
             gc_interval_ms: 6 * 3_600_000,
-            segment_max_chunks: 1_000,
+            segment_max_chunks: 256,
             gc_min_age_ms: 600_000,
             load_report_interval_ms: 5_000,
             read_hedge_ms: 100,
