@@ -45,6 +45,14 @@ pub struct RecoveryReport {
     pub offsets_past_checkpoint: i64,
     pub next_offset: Offset,
     pub took_ms: u64,
+    /// Where the time went: reading the metadata store, settling the open
+    /// segments' chains on storage (listings, headers, fences), rebuilding
+    /// producer state from the chunks past its snapshot, saving the new
+    /// checkpoint.
+    pub meta_ms: u64,
+    pub chains_ms: u64,
+    pub producers_ms: u64,
+    pub save_ms: u64,
 }
 
 pub(crate) struct Recovered {
@@ -500,6 +508,7 @@ pub(crate) async fn recover(
         clean: checkpoint.clean,
         ..Default::default()
     };
+    report.meta_ms = started.elapsed().as_millis() as u64;
     let mut pending: Vec<PendingSeal> = Vec::new();
     let mut empty = Vec::new();
     let mut to_repair: Vec<(ReplicaSet, Vec<ChunkRepair>)> = Vec::new();
@@ -566,8 +575,10 @@ pub(crate) async fn recover(
             break;
         }
     }
+    report.chains_ms = started.elapsed().as_millis() as u64 - report.meta_ms;
     // Producer state: the snapshot saved with the checkpoint, then the
     // batches written after it (none after a clean release).
+    let producers_started = Instant::now();
     let snapshot = match ctx.meta.get(&keys::producers(id)).await? {
         Some(kv) => ProducerSnapshotRecord::decode(kv.value)
             .map_err(|e| StartError::Corrupt(e.to_string()))?,
@@ -602,6 +613,8 @@ pub(crate) async fn recover(
         }
     }
     drop(loads);
+    report.producers_ms = producers_started.elapsed().as_millis() as u64;
+    let save_started = Instant::now();
     report.offsets_past_checkpoint = next - checkpoint.next_offset;
     report.next_offset = next;
 
@@ -638,6 +651,7 @@ pub(crate) async fn recover(
     if ctx.meta.txn(txn).await? == TxnOutcome::Mismatch {
         return Err(StartError::NotAssigned(id));
     }
+    report.save_ms = save_started.elapsed().as_millis() as u64;
     for (replicas, repairs) in to_repair {
         let wanted = repairs.len();
         tokio::spawn(async move {
@@ -691,7 +705,9 @@ pub(crate) async fn recover(
     } else {
         tracing::info!(partition = %id, epoch, next_offset = next, segments = report.segments_recovered,
             chunks = report.chunks_recovered, past_checkpoint = report.offsets_past_checkpoint,
-            took_ms = report.took_ms, "recovered after an unclean end: fenced, checkpointed");
+            took_ms = report.took_ms, meta_ms = report.meta_ms, chains_ms = report.chains_ms,
+            producers_ms = report.producers_ms, save_ms = report.save_ms,
+            "recovered after an unclean end: fenced, checkpointed");
     }
     Ok(Recovered {
         state,
