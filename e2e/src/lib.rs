@@ -253,6 +253,7 @@ impl Drop for Standalone {
 /// A real etcd server (Debian's etcd-server) on free loopback ports with a
 /// temporary data directory; killed when dropped.
 pub struct Etcd {
+    host: String,
     pub client_port: u16,
     child: Option<Child>,
     log: PathBuf,
@@ -261,12 +262,18 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Result<Self> {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// An etcd whose client URL is on `host` (an address of this machine,
+    /// e.g. the bridge of network namespaces a test made).
+    pub fn start_on(host: &str) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let client_port = free_port();
         let peer_port = free_port();
         let log = tmp.path().join("etcd.log");
         let out = std::fs::File::create(&log)?;
-        let client = format!("http://127.0.0.1:{client_port}");
+        let client = format!("http://{host}:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let child = Command::new("etcd")
             .arg("--name")
@@ -291,6 +298,7 @@ impl Etcd {
             .spawn()
             .context("spawning etcd (apt-get install etcd-server)")?;
         let mut e = Self {
+            host: host.to_string(),
             client_port,
             child: Some(child),
             log,
@@ -298,7 +306,7 @@ impl Etcd {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if http_get(client_port, "/health")
+            if http_get_from(host, client_port, "/health", Duration::from_secs(2))
                 .map(|b| b.contains("\"health\":\"true\""))
                 .unwrap_or(false)
             {
@@ -320,7 +328,7 @@ impl Etcd {
 
     /// The client URL, as given to `--etcd`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
 }
 
@@ -1000,8 +1008,13 @@ pub fn http_get(port: u16, path: &str) -> Result<String> {
 /// [`http_get`] that gives up after `timeout` without an answer (a process
 /// whose listener is bound but which does not serve yet).
 pub fn http_get_within(port: u16, path: &str, timeout: Duration) -> Result<String> {
-    let mut s =
-        TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), timeout)?;
+    http_get_from("127.0.0.1", port, path, timeout)
+}
+
+/// GET `path` from `host:port` (an IPv4 address); the body of a 200 answer.
+pub fn http_get_from(host: &str, port: u16, path: &str, timeout: Duration) -> Result<String> {
+    let ip: std::net::Ipv4Addr = host.parse().with_context(|| format!("address {host:?}"))?;
+    let mut s = TcpStream::connect_timeout(&std::net::SocketAddr::from((ip, port)), timeout)?;
     s.set_read_timeout(Some(timeout))?;
     write!(
         s,

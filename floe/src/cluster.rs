@@ -131,6 +131,41 @@ fn apply_pool(pool: &Arc<StoragePool>, value: Bytes) {
     pool.update(wanted);
 }
 
+/// Target `t{i}` of a seeded pool from `--storage URL`: `zone` and
+/// `weight` in the URL's query are the target's placement, not options of
+/// the store (`s3://bucket/prefix?region=eu-west-1&zone=eu-west-1a`).
+fn seed_target(i: usize, spec: &str) -> Result<StorageTargetRecord> {
+    let (base, query) = match spec.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (spec, ""),
+    };
+    let (mut zone, mut weight, mut rest) = (None, 1u32, Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("zone", z)) if !z.is_empty() => zone = Some(z.to_string()),
+            Some(("weight", w)) => {
+                weight = w.parse().ok().filter(|w| *w > 0).with_context(|| {
+                    format!("--storage {spec:?}: weight must be a positive integer, got {w:?}")
+                })?;
+            }
+            Some(("zone", _)) => bail!("--storage {spec:?}: empty zone"),
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok(StorageTargetRecord {
+        id: format!("t{i}"),
+        url,
+        zone,
+        weight,
+        draining: false,
+    })
+}
+
 async fn read_pool(meta: &dyn MetadataStore) -> Result<Option<StoragePoolRecord>> {
     match meta.get(&keys::storage_pool()).await? {
         Some(kv) => Ok(Some(
@@ -409,14 +444,8 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
                     .storage
                     .iter()
                     .enumerate()
-                    .map(|(i, url)| StorageTargetRecord {
-                        id: format!("t{i}"),
-                        url: url.clone(),
-                        zone: None,
-                        weight: 1,
-                        draining: false,
-                    })
-                    .collect(),
+                    .map(|(i, url)| seed_target(i, url))
+                    .collect::<Result<_>>()?,
                 replicas: args.replicas,
                 write_quorum: args.write_quorum,
             };
@@ -619,9 +648,26 @@ async fn controller_http(
     use axum::http::StatusCode;
     use axum::routing::{get, post};
     let leader_state = state.clone();
+    let ready_state = state.clone();
     let move_state = state.clone();
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        // Serving once registered: a standby is ready too (it forwards
+        // admin requests to the leader and takes over when it goes).
+        .route(
+            "/readyz",
+            get(move || {
+                let state = ready_state.clone();
+                async move {
+                    let role = if state.leader.read().unwrap().is_some() {
+                        "leads"
+                    } else {
+                        "stands by"
+                    };
+                    format!("ready: {} {role}\n", state.id)
+                }
+            }),
+        )
         .route(
             "/v1/leader",
             get(move || {
@@ -695,5 +741,29 @@ async fn move_partition(
         }
         Err(e @ MoveError::Conflict) => (StatusCode::CONFLICT, format!("{e}\n")),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seed_target;
+
+    #[test]
+    fn a_seeded_target_takes_zone_and_weight_from_the_query_and_keeps_the_rest() {
+        let t = seed_target(2, "s3://b/floe?region=eu-west-1&zone=eu-west-1a&weight=3").unwrap();
+        assert_eq!(t.id, "t2");
+        assert_eq!(t.url, "s3://b/floe?region=eu-west-1");
+        assert_eq!(t.zone.as_deref(), Some("eu-west-1a"));
+        assert_eq!(t.weight, 3);
+        let t = seed_target(0, "file:///data/t0?zone=a").unwrap();
+        assert_eq!(
+            (t.url.as_str(), t.zone.as_deref(), t.weight),
+            ("file:///data/t0", Some("a"), 1)
+        );
+        let t = seed_target(1, "memory://").unwrap();
+        assert_eq!((t.url.as_str(), t.zone, t.weight), ("memory://", None, 1));
+        let e = seed_target(0, "s3://b?weight=0").unwrap_err().to_string();
+        assert!(e.contains("weight must be a positive integer"), "{e}");
+        assert!(seed_target(0, "s3://b?zone=").is_err());
     }
 }

@@ -95,8 +95,10 @@ struct ControllerArgs {
     #[arg(long, env = "FLOE_CONTROLLER_ID")]
     id: Option<String>,
     /// Storage targets that seed the cluster's pool if it has none yet
-    /// (repeat the flag; ids t0, t1, ...). Later changes go through the
-    /// admin API; every process reads the pool from etcd.
+    /// (repeat the flag; ids t0, t1, ...). `zone=` and `weight=` in a URL's
+    /// query place the target (`s3://bucket/floe?region=eu-west-1&zone=eu-west-1a`).
+    /// Later changes go through the admin API; every process reads the pool
+    /// from etcd.
     #[arg(long = "storage", env = "FLOE_STORAGE", value_delimiter = ',')]
     storage: Vec<String>,
     /// Replicas of every object (R), when seeding the pool.
