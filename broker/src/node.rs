@@ -85,8 +85,17 @@ pub struct Node {
     pub produce_count: std::sync::atomic::AtomicU64,
 }
 
-fn lease_ttl(config: &BrokerConfig) -> Duration {
-    Duration::from_millis(config.lease_ttl_ms.max(1_000))
+/// The TTL the broker's lease is granted for: `lease_ttl_ms` bounds how
+/// long a broker that stops (frozen, killed, cut off) keeps its partitions,
+/// and etcd revokes an expired lease only at its next expiry check (every
+/// 500 ms) and counts TTLs in whole seconds. So the lease is asked for in
+/// whole seconds, at most `lease_ttl_ms` less that interval: with the
+/// default 10 s a lease of 9 s, lapsed at most 9.5 s after the last renewal.
+/// (etcd raises TTLs below its own minimum, 2 s by default.)
+pub(crate) fn lease_ttl(config: &BrokerConfig) -> Duration {
+    const STORE_EXPIRY_CHECK_MS: u64 = 500;
+    let whole_secs = config.lease_ttl_ms.saturating_sub(STORE_EXPIRY_CHECK_MS) / 1_000;
+    Duration::from_secs(whole_secs.max(1))
 }
 
 /// Grant a lease and register `record` under it: a new session of this
@@ -1048,6 +1057,30 @@ async fn keep_alive(node: Arc<Node>) {
                 node.lease_lapsed.cancel();
             }
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_with_etcds_expiry_check_fits_in_lease_ttl_ms() {
+        let ttl = |ms| {
+            lease_ttl(&BrokerConfig {
+                lease_ttl_ms: ms,
+                ..Default::default()
+            })
+        };
+        assert_eq!(ttl(10_000), Duration::from_secs(9));
+        assert_eq!(ttl(6_000), Duration::from_secs(5));
+        assert_eq!(ttl(6_499), Duration::from_secs(5));
+        assert_eq!(ttl(6_500), Duration::from_secs(6));
+        assert_eq!(ttl(3_000), Duration::from_secs(2));
+        assert_eq!(ttl(500), Duration::from_secs(1));
+        for ms in (1_500..60_000).step_by(250) {
+            assert!(ttl(ms).as_millis() as u64 + 500 <= ms, "{ms}");
         }
     }
 }
