@@ -98,17 +98,31 @@ struct Hosts {
 
 impl Hosts {
     fn new() -> Hosts {
-        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let id = (std::process::id() * 3 + n) % 200 + 20;
+        // A bridge nobody else has: tests run in parallel processes, each
+        // takes the first free id from its own starting point.
+        let start = std::process::id() % 200;
+        let id = (0..200)
+            .map(|k| (start + k) % 200 + 20)
+            .find(|id| {
+                Command::new("ip")
+                    .args([
+                        "link",
+                        "add",
+                        "name",
+                        &format!("flbr{id}"),
+                        "type",
+                        "bridge",
+                    ])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("a free bridge name");
         let h = Hosts {
             id,
             subnet: format!("10.213.{id}"),
             made: Vec::new(),
         };
         let bridge = h.bridge();
-        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
-        sh(&["ip", "link", "add", "name", &bridge, "type", "bridge"]);
         sh(&[
             "ip",
             "addr",
