@@ -273,6 +273,8 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
         max_request_bytes: config.max_request_bytes,
         max_connections: config.max_connections,
         max_inflight_per_connection: config.max_inflight_per_connection,
+        // One broker behind the proxy: owner nodes would only add a node.
+        owner_nodes: false,
         ..load_proxy_config(args.config.as_deref())?
     };
     // Only the proxy connects to the broker (a handful of connections per
