@@ -933,3 +933,149 @@ async fn with_owner_nodes_a_frozen_brokers_partitions_wait_uncut_and_the_others_
         "one shared connection: the frozen broker's parts are cut"
     );
 }
+
+/// A librdkafka context that keeps the client's own statistics: the node
+/// it takes as each partition's leader right now.
+#[derive(Clone, Default)]
+struct Leaders {
+    seen: Arc<Mutex<BTreeMap<i32, i32>>>,
+}
+
+impl ClientContext for Leaders {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        if let Some(t) = stats.topics.get("told") {
+            let mut seen = self.seen.lock().unwrap();
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.leader >= 0 {
+                    seen.insert(*p, s.leader);
+                }
+            }
+        }
+    }
+}
+
+/// With owner nodes a move changes a partition's node. The client learns
+/// the new node from the next produce answer (KIP-951's current leader
+/// and node endpoints), not at its next Metadata refresh (here 10 minutes
+/// away): the partition leaves the old owner's connection at once, so a
+/// later fault of the old owner cannot hold up its answers. No error, no
+/// record lost or out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_partitions_client_learns_its_new_node_from_the_next_answer() {
+    let c = cluster(3, 1);
+    create(&c, "told", 3).await;
+    let proxy = c.proxy_bootstrap();
+    let leaders = Leaders::default();
+    let producer: FutureProducer<Leaders> = floe_e2e::idempotent_producer_config(&proxy)
+        .set("statistics.interval.ms", "100")
+        .set("topic.metadata.refresh.interval.ms", "600000")
+        .set("metadata.max.age.ms", "900000")
+        .create_with_context(leaders.clone())
+        .unwrap();
+    let fresh_leader = |p: i32| -> i32 {
+        let watch = Watch::default();
+        let md = consumer(&proxy, "told-meta", &watch)
+            .fetch_metadata(Some("told"), Duration::from_secs(10))
+            .unwrap();
+        md.topics()[0]
+            .partitions()
+            .iter()
+            .find(|x| x.id() == p)
+            .unwrap()
+            .leader()
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut sent, mut pending) = (Vec::new(), Vec::new());
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let value = format!("v{i}");
+                let f = producer
+                    .send_result(
+                        FutureRecord::<(), _>::to("told")
+                            .partition(0)
+                            .payload(&value),
+                    )
+                    .unwrap();
+                sent.push(value);
+                pending.push(f);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut offsets = Vec::new();
+            for f in pending {
+                let d = f.await.unwrap().expect("every record acked");
+                assert_eq!(d.partition, 0);
+                offsets.push(d.offset);
+            }
+            (sent, offsets)
+        })
+    };
+    let told = || {
+        metric(
+            &c.proxies[0].http("/metrics").unwrap(),
+            "floe_proxy_produce_leader_told_total",
+        )
+    };
+    let wait_leader = |want: i32, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = leaders.seen.lock().unwrap().get(&0).copied();
+            if now == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the client takes node {now:?} as leader of partition 0, not {want} (the proxy told clients of new nodes {} times)",
+                told()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let before = fresh_leader(0);
+    assert!(before >= 1_001_000_000, "an owner node leads: {before}");
+    wait_leader(before, "before the move");
+    let meta = c.meta().await.unwrap();
+    let told_before = told();
+    for round in 0..2 {
+        let owner = Cluster::partition_state(&meta, "told", 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .broker_id;
+        let to = owner % 3 + 1;
+        c.move_partition("told", 0, to).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Cluster::partition_state(&meta, "told", 0)
+            .await
+            .unwrap()
+            .is_none_or(|s| s.broker_id != to || s.state != "writing")
+        {
+            assert!(Instant::now() < deadline, "the move to {to} did not finish");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after = fresh_leader(0);
+        assert_ne!(after, before, "a move to another broker changes the node");
+        wait_leader(after, &format!("after move {round} to broker {to}"));
+    }
+    assert!(
+        told() - told_before >= 2.0,
+        "the proxy told the client of the new node once a move at least"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sent, offsets) = writer.await.unwrap();
+    let log = read_all(&proxy, "told", 3);
+    let got: Vec<String> = log[&0]
+        .iter()
+        .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        .collect();
+    assert_eq!(got, sent, "every record once, in the order sent");
+    assert_eq!(
+        offsets,
+        (0..sent.len() as i64).collect::<Vec<_>>(),
+        "acked at dense offsets in order"
+    );
+}

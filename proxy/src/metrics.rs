@@ -17,6 +17,7 @@ pub struct ProxyMetrics {
     pub produce_held: Counter,
     pub produce_retries: Counter,
     pub produce_cut: Counter,
+    pub produce_leader_told: Counter,
     pub produce_owner_moved: Counter,
     pub produce_behind_gap: Counter,
     pub group_forwarded: Counter,
@@ -60,6 +61,11 @@ impl ProxyMetrics {
             "produce_cut",
             "Partition produce answers given early (a retriable error) because the rest of the request or connection was waiting on them",
             self.produce_cut.clone(),
+        );
+        r.register(
+            "produce_leader_told",
+            "Produce answers that told the client a partition's new owner node (KIP-951 current leader) because its owner changed since the client sent it on that connection",
+            self.produce_leader_told.clone(),
         );
         r.register(
             "produce_behind_gap",

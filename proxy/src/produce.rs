@@ -18,7 +18,7 @@ use floe_protocol::kafka_protocol::messages::produce_request::{
     PartitionProduceData, TopicProduceData,
 };
 use floe_protocol::kafka_protocol::messages::produce_response::{
-    LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
 use floe_protocol::kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use floe_protocol::ResponseError;
@@ -610,14 +610,37 @@ impl Proxy {
                 ));
             }
             let mut resp = ProduceResponse::default();
+            let mut told: Vec<i32> = Vec::new();
             for (i, slot) in results.into_iter().enumerate() {
                 let (mut topic, mut r) = slot.expect("every part answered or cut");
                 if topic.is_empty() {
                     topic = tasks[i].0.clone();
                     r.index = tasks[i].1;
                 }
-                // The client knows proxies only.
+                // The client knows proxies only. A partition's first answer
+                // on a connection, and its first after its owner changed,
+                // tell the client its owner node (KIP-951's leader
+                // discovery, v10+), so a client with an old node moves the
+                // partition to the new node's connection with this answer
+                // and not at its next Metadata refresh (minutes away): the
+                // old connection carries the old owner's partitions, whose
+                // stalls it must not share.
                 r.current_leader = LeaderIdAndEpoch::default();
+                if client_version >= 10 {
+                    if let Some(id) = tasks[i].2.id {
+                        if let Some(node) = proxy.owner_node(id) {
+                            if connection.news(id, node) {
+                                r.current_leader = LeaderIdAndEpoch::default()
+                                    .with_leader_id(node.into())
+                                    .with_leader_epoch(-1);
+                                metrics.produce_leader_told.inc();
+                                if !told.contains(&node) {
+                                    told.push(node);
+                                }
+                            }
+                        }
+                    }
+                }
                 match resp
                     .responses
                     .iter_mut()
@@ -630,6 +653,25 @@ impl Proxy {
                             .with_partition_responses(vec![r]),
                     ),
                 }
+            }
+            if !told.is_empty() {
+                // Where the told nodes are, for a client that has not met
+                // them (a broker that joined since its last Metadata).
+                resp.node_endpoints = proxy
+                    .client_nodes()
+                    .into_iter()
+                    .filter(|(id, _, _)| told.contains(id))
+                    .map(|(id, host, port)| {
+                        NodeEndpoint::default()
+                            .with_node_id(id.into())
+                            .with_host(
+                                floe_protocol::kafka_protocol::protocol::StrBytes::from_string(
+                                    host,
+                                ),
+                            )
+                            .with_port(port)
+                    })
+                    .collect();
             }
             (acks != 0).then_some(resp)
         };
@@ -1066,6 +1108,13 @@ pub struct Connection {
     next: std::sync::atomic::AtomicU64,
     /// The partitions produced to on this connection lately, and when.
     seen: Mutex<HashMap<PartitionId, Instant>>,
+    /// Of each partition in `seen`, the node its answers here last told
+    /// the client of (-1: none yet). All node ids of a proxy share its
+    /// address, so the proxy cannot tell which node id a client opened a
+    /// connection for: the first answer of a partition on a connection
+    /// tells its node (a no-op for a client that knew), and later answers
+    /// tell again only when it changes.
+    nodes: Mutex<HashMap<PartitionId, i32>>,
 }
 
 /// A produce request being answered: when it arrived, and its parts.
@@ -1080,12 +1129,23 @@ impl Connection {
     fn saw(&self, parts: impl Iterator<Item = PartitionId>) {
         let now = Instant::now();
         let mut seen = self.seen.lock().unwrap();
+        let mut nodes = self.nodes.lock().unwrap();
         for p in parts {
             seen.insert(p, now);
+            nodes.entry(p).or_insert(-1);
         }
         if seen.len() > 64 {
             seen.retain(|_, t| now - *t < SEEN_FOR);
+            nodes.retain(|p, _| seen.contains_key(p));
         }
+    }
+
+    /// Whether the client should be told that partition `p` is led by
+    /// `node` now (not told on this connection yet, or its owner changed
+    /// since): from then on the connection counts `node` as told.
+    fn news(&self, p: PartitionId, node: i32) -> bool {
+        let mut nodes = self.nodes.lock().unwrap();
+        nodes.insert(p, node) != Some(node)
     }
 
     fn register(self: &Arc<Self>, arrived: Instant, parts: Vec<Arc<PartFlags>>) -> Registered {

@@ -623,7 +623,7 @@ impl Proxy {
     /// partitions that broker writes, and a broker that freezes holds up
     /// only its own partitions' answers (Kafka answers a connection's
     /// requests in order).
-    fn client_nodes(&self) -> Vec<(i32, String, i32)> {
+    pub(crate) fn client_nodes(&self) -> Vec<(i32, String, i32)> {
         let proxies = self.proxy_brokers();
         let mut nodes = proxies.clone();
         if self.config.owner_nodes {
@@ -645,11 +645,21 @@ impl Proxy {
     /// connection serves the partition as well as any (every proxy
     /// forwards to the current owner).
     fn partition_leader(&self, id: PartitionId) -> i32 {
-        let proxy = self.leader_for(&partition_key(id));
-        match self.view.owner(id) {
-            Some((b, _)) if self.config.owner_nodes => owner_node_id(proxy, b.broker_id),
-            _ => proxy,
+        self.owner_node(id)
+            .unwrap_or_else(|| self.leader_for(&partition_key(id)))
+    }
+
+    /// The owner node of partition `id` (see `partition_leader`), when
+    /// `owner_nodes` is on and the partition has an owner.
+    pub(crate) fn owner_node(&self, id: PartitionId) -> Option<i32> {
+        if !self.config.owner_nodes {
+            return None;
         }
+        let (b, _) = self.view.owner(id)?;
+        Some(owner_node_id(
+            self.leader_for(&partition_key(id)),
+            b.broker_id,
+        ))
     }
 
     /// The proxy clients should treat as the leader of `key`.
