@@ -48,6 +48,27 @@ pub struct Controller {
     balance_on_join: std::sync::atomic::AtomicBool,
     /// The last pass held moves back: reconcile again soon.
     recheck: std::sync::atomic::AtomicBool,
+    /// When each live broker session was first seen.
+    joined: std::sync::Mutex<HashMap<(i32, i64), std::time::Instant>>,
+    /// How long a broker session must have been live before balancing
+    /// gives it partitions (milliseconds).
+    balance_settle_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The default of `Controller::set_balance_settle`.
+pub const DEFAULT_BALANCE_SETTLE: Duration = Duration::from_secs(3);
+
+/// Whether every broker session in `joined` has been live for `settle` at
+/// `now`: balancing waits until then, so a broker that has just restarted
+/// or woken is not handed partitions while the partitions it lost are
+/// still being taken over and its clients' connections still carry what
+/// was held for it.
+fn settled(
+    joined: &HashMap<(i32, i64), std::time::Instant>,
+    now: std::time::Instant,
+    settle: Duration,
+) -> bool {
+    joined.values().all(|t| now.duration_since(*t) >= settle)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +114,21 @@ impl Controller {
             balance_due: Default::default(),
             balance_on_join: std::sync::atomic::AtomicBool::new(true),
             recheck: Default::default(),
+            joined: Default::default(),
+            balance_settle_ms: std::sync::atomic::AtomicU64::new(
+                DEFAULT_BALANCE_SETTLE.as_millis() as u64,
+            ),
         })
+    }
+
+    /// How long a broker that joined (started, restarted, or rejoined
+    /// after its lease lapsed) must have been live before balancing moves
+    /// partitions to it. Orphaned partitions are given to it at once.
+    pub fn set_balance_settle(&self, settle: Duration) {
+        self.balance_settle_ms.store(
+            settle.as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     /// Whether brokers that join take their share at once (default) or
@@ -266,8 +301,21 @@ impl Controller {
                 self.balance_due
                     .store(true, std::sync::atomic::Ordering::SeqCst);
             }
-            *seen = Some(now);
+            *seen = Some(now.clone());
             self.balance_due.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        let settled = {
+            let at = std::time::Instant::now();
+            let mut joined = self.joined.lock().unwrap();
+            joined.retain(|s, _| now.contains(s));
+            for s in &now {
+                joined.entry(*s).or_insert(at);
+            }
+            let settle = Duration::from_millis(
+                self.balance_settle_ms
+                    .load(std::sync::atomic::Ordering::SeqCst),
+            );
+            settled(&joined, at, settle)
         };
         // Once everything has an owner, even out the counts.
         let balance_due = balance_due
@@ -276,7 +324,11 @@ impl Controller {
                 .load(std::sync::atomic::Ordering::SeqCst);
         self.recheck
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        if changes.is_empty() && balance_due {
+        if changes.is_empty() && balance_due && !settled {
+            // A broker joined moments ago: look again shortly.
+            self.recheck
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        } else if changes.is_empty() && balance_due {
             let writing: std::collections::HashSet<PartitionId> = current
                 .iter()
                 .filter(|(p, c)| checkpointed.get(p).is_some_and(|e| *e >= c.epoch))
@@ -381,4 +433,34 @@ fn base64_id(id: Uuid) -> String {
     (0..22)
         .map(|i| A[((v >> (i * 6)) & 63) as usize] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn balancing_waits_until_every_session_has_been_live_for_the_settle_time() {
+        let t0 = Instant::now();
+        let mut joined = HashMap::new();
+        joined.insert((1, 10), t0);
+        joined.insert((2, 20), t0);
+        let settle = Duration::from_secs(3);
+        assert!(settled(&joined, t0 + settle, settle), "both old enough");
+        // Broker 3 rejoins (a new session) 2 s later.
+        joined.insert((3, 30), t0 + Duration::from_secs(2));
+        assert!(
+            !settled(&joined, t0 + settle, settle),
+            "broker 3 is 1 s old"
+        );
+        assert!(!settled(&joined, t0 + Duration::from_millis(4_999), settle));
+        assert!(settled(&joined, t0 + Duration::from_secs(5), settle));
+        // No settle time: balance at once.
+        assert!(settled(
+            &joined,
+            t0 + Duration::from_secs(2),
+            Duration::ZERO
+        ));
+    }
 }

@@ -571,6 +571,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     tracing::info!(id, http = %args.http_listen, cluster_id, "floe controller started; campaigning");
 
     let balance_on_join = args.balance_on_join;
+    let balance_settle = Duration::from_millis(args.balance_settle_ms);
     let campaign = {
         let meta = meta.clone();
         let state = state.clone();
@@ -588,6 +589,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
             tracing::info!(id, revision, "this controller leads");
             let c = Controller::leading(meta.clone(), pool, keys::controller_leader(), value);
             c.set_balance_on_join(balance_on_join);
+            c.set_balance_settle(balance_settle);
             *state.leader.write().unwrap() = Some(c.clone());
             tokio::spawn(c.clone().run_operations(id.clone(), token.clone()));
             tokio::spawn(c.clone().run_drain_tracking(id.clone(), token.clone()));

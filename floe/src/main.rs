@@ -137,6 +137,12 @@ struct ControllerArgs {
     /// runs `floectl rebalance`).
     #[arg(long, env = "FLOE_BALANCE_ON_JOIN", default_value_t = true, action = clap::ArgAction::Set)]
     balance_on_join: bool,
+    /// How long a broker that joined (started, restarted in place, or
+    /// rejoined after its lease lapsed) must have been live before
+    /// balancing moves partitions to it; orphaned partitions go to it at
+    /// once.
+    #[arg(long, env = "FLOE_BALANCE_SETTLE_MS", default_value_t = 3_000)]
+    balance_settle_ms: u64,
 }
 
 #[derive(clap::Args)]
