@@ -12,10 +12,12 @@ use floe_common::{Epoch, PartitionId, SharedClock, Uuid};
 use floe_meta::schema::{
     AssignmentRecord, BrokerRecord, OwnerRecord, ProducerIdBlockRecord, TopicRecord, FORMAT,
 };
-use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn, TxnOutcome, WatchEventKind};
+use floe_meta::{
+    keys, Condition, Follow, Follower, MetaError, MetadataStore, Op, Txn, TxnOutcome,
+    WatchEventKind,
+};
 use floe_protocol::ResponseError;
 use floe_storage::{BlockCache, StoragePool};
-use futures::StreamExt;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -72,17 +74,30 @@ pub struct Node {
     record: BrokerRecord,
     /// The consumer groups this broker coordinates.
     pub groups: crate::group::Groups,
-    /// The revision the last full load read at.
-    loaded_rev: std::sync::atomic::AtomicI64,
-    /// Held by a load (its read and what it applies) and by the watch while
-    /// it applies one event: a load's snapshot, older than an event the
-    /// watch applied meanwhile, must not roll that event back (a broker
-    /// rejoining after a pause lost its first assignments that way).
-    applying: tokio::sync::Mutex<()>,
+    /// What keeps the picture above up to date (set once it has loaded).
+    follower: std::sync::OnceLock<Arc<Follower<Follows>>>,
     /// Producer ids claimed from the metadata store: [next, end).
     producer_ids: tokio::sync::Mutex<(i64, i64)>,
     /// Produce requests answered (for fault injection).
     pub produce_count: std::sync::atomic::AtomicU64,
+}
+
+/// The broker's picture of the cluster as a `floe_meta::Follow` target
+/// (weak: the follower's task must not keep a stopped node alive).
+struct Follows(std::sync::Weak<Node>);
+
+impl Follow for Follows {
+    fn reset(&self, kvs: Vec<floe_meta::KeyValue>, _revision: i64) {
+        if let Some(node) = self.0.upgrade() {
+            node.load_picture(kvs);
+        }
+    }
+
+    fn apply(&self, event: floe_meta::WatchEvent) {
+        if let Some(node) = self.0.upgrade() {
+            node.apply_change(event);
+        }
+    }
 }
 
 /// The TTL the broker's lease is granted for: `lease_ttl_ms` bounds how
@@ -247,13 +262,12 @@ impl Node {
             shutdown,
             lease_lapsed: CancellationToken::new(),
             groups: Default::default(),
-            loaded_rev: Default::default(),
-            applying: tokio::sync::Mutex::new(()),
+            follower: Default::default(),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             produce_count: Default::default(),
         });
         tokio::spawn(keep_alive(node.clone()));
-        node.clone().follow().await?;
+        node.follow().await?;
         tokio::spawn(crate::load::run(
             node.clone(),
             Duration::from_millis(config.load_report_interval_ms.max(100)),
@@ -262,41 +276,28 @@ impl Node {
     }
 
     /// Load topics, brokers and partition ownership, then follow their
-    /// changes; on any watch failure, load everything again and resume.
-    async fn follow(self: Arc<Self>) -> Result<(), MetaError> {
-        let rev = self.load().await?;
-        let node = self.clone();
-        tokio::spawn(async move {
-            let mut rev = rev;
-            loop {
-                match node.clone().watch_from(rev + 1).await {
-                    Ok(()) => return,
-                    Err(e) => tracing::warn!(error = %e, "metadata watch failed; reloading"),
-                }
-                loop {
-                    tokio::select! {
-                        _ = node.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                    match node.load().await {
-                        Ok(r) => {
-                            rev = r;
-                            break;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "metadata reload failed; retrying"),
-                    }
-                }
-            }
-        });
+    /// changes (`floe_meta::Follower`: on a watch failure it reads
+    /// everything again and resumes; a picture and a change never apply
+    /// at once, so a picture older than a change cannot roll it back — a
+    /// broker rejoining after a pause lost its first assignments that way).
+    async fn follow(self: &Arc<Self>) -> Result<(), MetaError> {
+        let f = Follower::start(
+            self.meta.clone(),
+            vec![
+                keys::topics_prefix(),
+                keys::partitions_prefix(),
+                keys::brokers_prefix(),
+            ],
+            Arc::new(Follows(Arc::downgrade(self))),
+            self.shutdown.clone(),
+        )
+        .await?;
+        let _ = self.follower.set(f);
         Ok(())
     }
 
-    /// Read the whole picture at one revision and apply it.
-    async fn load(self: &Arc<Self>) -> Result<i64, MetaError> {
-        // One read of everything, so that the picture is of one revision;
-        // the watch then skips what this already covers.
-        let _applying = self.applying.lock().await;
-        let (all, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
+    /// The whole picture at one revision.
+    fn load_picture(self: &Arc<Self>, all: Vec<floe_meta::KeyValue>) {
         let under = |prefix: Bytes| -> Vec<floe_meta::KeyValue> {
             all.iter()
                 .filter(|kv| kv.key.starts_with(&prefix))
@@ -358,93 +359,46 @@ impl Node {
         for p in gone {
             self.apply_assignment(p, None);
         }
-        self.loaded_rev
-            .fetch_max(rev, std::sync::atomic::Ordering::SeqCst);
-        Ok(rev)
     }
 
-    /// Apply changes from `rev` on until shutdown (`Ok`) or a watch fails.
-    async fn watch_from(self: Arc<Self>, rev: i64) -> Result<(), MetaError> {
-        let mut topic_watch = self
-            .meta
-            .watch_prefix(&keys::topics_prefix(), Some(rev))
-            .await?;
-        let mut part_watch = self
-            .meta
-            .watch_prefix(&keys::partitions_prefix(), Some(rev))
-            .await?;
-        let mut broker_watch = self
-            .meta
-            .watch_prefix(&keys::brokers_prefix(), Some(rev))
-            .await?;
-        // Events a later load already covers must not roll the view back.
-        let stale = |ev: &floe_meta::WatchEvent| {
-            ev.revision <= self.loaded_rev.load(std::sync::atomic::Ordering::SeqCst)
-        };
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(()),
-                ev = topic_watch.next() => match ev {
-                    Some(Ok(ev)) => {
-                        let _applying = self.applying.lock().await;
-                        if !stale(&ev) {
-                            match ev.kind {
-                                WatchEventKind::Put(kv) => self.apply_topic(Some(kv.value)),
-                                WatchEventKind::Delete(key) => self.forget_topic(&key),
-                            }
-                        }
+    /// One change after the last picture.
+    fn apply_change(self: &Arc<Self>, ev: floe_meta::WatchEvent) {
+        let key = ev.key().clone();
+        if key.starts_with(&keys::topics_prefix()) {
+            match ev.kind {
+                WatchEventKind::Put(kv) => self.apply_topic(Some(kv.value)),
+                WatchEventKind::Delete(key) => self.forget_topic(&key),
+            }
+        } else if let Some(p) = keys::parse_assignment(&key) {
+            match ev.kind {
+                WatchEventKind::Put(kv) => self.apply_assignment(p, Some(kv.value)),
+                WatchEventKind::Delete(_) => self.apply_assignment(p, None),
+            }
+        } else if let Some(p) = keys::parse_owner(&key) {
+            let mut v = self.view.write().unwrap();
+            match ev.kind {
+                WatchEventKind::Put(kv) => {
+                    if let Ok(o) = OwnerRecord::decode(kv.value) {
+                        v.owners.insert(p, o);
                     }
-                    Some(Err(e)) => return Err(e),
-                    None => return Err(MetaError::Unavailable("topic watch ended".into())),
-                },
-                ev = part_watch.next() => match ev {
-                    Some(Ok(ev)) => {
-                        let _applying = self.applying.lock().await;
-                        if stale(&ev) { continue; }
-                        let key = ev.key().clone();
-                        if let Some(p) = keys::parse_assignment(&key) {
-                            match ev.kind {
-                                WatchEventKind::Put(kv) => self.apply_assignment(p, Some(kv.value)),
-                                WatchEventKind::Delete(_) => self.apply_assignment(p, None),
-                            }
-                        } else if let Some(p) = keys::parse_owner(&key) {
-                            let mut v = self.view.write().unwrap();
-                            match ev.kind {
-                                WatchEventKind::Put(kv) => {
-                                    if let Ok(o) = OwnerRecord::decode(kv.value) {
-                                        v.owners.insert(p, o);
-                                    }
-                                }
-                                WatchEventKind::Delete(_) => {
-                                    v.owners.remove(&p);
-                                }
-                            }
-                        }
+                }
+                WatchEventKind::Delete(_) => {
+                    v.owners.remove(&p);
+                }
+            }
+        } else if key.starts_with(&keys::brokers_prefix()) {
+            let mut v = self.view.write().unwrap();
+            match ev.kind {
+                WatchEventKind::Put(kv) => {
+                    if let Ok(b) = BrokerRecord::decode(kv.value) {
+                        v.brokers.insert(b.broker_id, b);
                     }
-                    Some(Err(e)) => return Err(e),
-                    None => return Err(MetaError::Unavailable("partition watch ended".into())),
-                },
-                ev = broker_watch.next() => match ev {
-                    Some(Ok(ev)) => {
-                        let _applying = self.applying.lock().await;
-                        if stale(&ev) { continue; }
-                        let mut v = self.view.write().unwrap();
-                        match ev.kind {
-                            WatchEventKind::Put(kv) => {
-                                if let Ok(b) = BrokerRecord::decode(kv.value) {
-                                    v.brokers.insert(b.broker_id, b);
-                                }
-                            }
-                            WatchEventKind::Delete(key) => {
-                                if let Some(id) = keys::parse_broker(&key) {
-                                    v.brokers.remove(&id);
-                                }
-                            }
-                        }
+                }
+                WatchEventKind::Delete(key) => {
+                    if let Some(id) = keys::parse_broker(&key) {
+                        v.brokers.remove(&id);
                     }
-                    Some(Err(e)) => return Err(e),
-                    None => return Err(MetaError::Unavailable("broker watch ended".into())),
-                },
+                }
             }
         }
     }
@@ -533,7 +487,11 @@ impl Node {
             ctx.lease = guard;
         }
         // Assignments are per session: none of the old ones apply any more.
-        if let Err(e) = self.load().await {
+        let reloaded = match self.follower.get() {
+            Some(f) => f.reload().await.map(|_| ()),
+            None => Ok(()),
+        };
+        if let Err(e) = reloaded {
             tracing::warn!(error = %e, "reloading metadata after rejoining failed; the watch will catch up");
         }
         tracing::info!(session, "rejoined the cluster as a new session");

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use floe_common::{PartitionId, Uuid};
 use floe_meta::schema::{AssignmentRecord, BrokerRecord, TopicRecord, FORMAT};
-use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn};
+use floe_meta::{keys, Condition, Follow, Follower, MetaError, MetadataStore, Op, Txn};
 use floe_storage::StoragePool;
 use futures::StreamExt;
 use object_store::path::Path;
@@ -53,6 +53,21 @@ pub struct Controller {
     /// How long a broker session must have been live before balancing
     /// gives it partitions (milliseconds).
     balance_settle_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Wakes the reconcile loop on any change it follows (a reconcile pass
+/// reads everything it needs itself).
+#[derive(Default)]
+struct Changes(tokio::sync::Notify);
+
+impl Follow for Changes {
+    fn reset(&self, _kvs: Vec<floe_meta::KeyValue>, _revision: i64) {
+        self.0.notify_one();
+    }
+
+    fn apply(&self, _event: floe_meta::WatchEvent) {
+        self.0.notify_one();
+    }
 }
 
 /// The default of `Controller::set_balance_settle`.
@@ -184,43 +199,37 @@ impl Controller {
         }
     }
 
-    /// Reconcile on every change of topics or brokers until cancelled.
+    /// Reconcile on every change of topics, brokers or drains until
+    /// cancelled (and every 10 s, and shortly after a pass that held moves
+    /// back).
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<(), MetaError> {
+        let changes = Arc::new(Changes::default());
+        Follower::start(
+            self.meta.clone(),
+            vec![
+                keys::topics_prefix(),
+                keys::brokers_prefix(),
+                keys::drained_prefix(),
+            ],
+            changes.clone(),
+            cancel.clone(),
+        )
+        .await?;
+        let mut resync = tokio::time::interval(Duration::from_secs(10));
+        resync.tick().await;
         loop {
-            let (_, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
-            let mut topics = self
-                .meta
-                .watch_prefix(&keys::topics_prefix(), Some(rev + 1))
-                .await?;
-            let mut brokers = self
-                .meta
-                .watch_prefix(&keys::brokers_prefix(), Some(rev + 1))
-                .await?;
-            let mut drained = self
-                .meta
-                .watch_prefix(&keys::drained_prefix(), Some(rev + 1))
-                .await?;
+            let recheck = self.recheck.load(std::sync::atomic::Ordering::SeqCst);
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(RECHECK), if recheck => {}
+                // The first picture notifies too: the first pass runs at once.
+                _ = changes.0.notified() => {}
+                _ = resync.tick() => {}
+            }
             if let Err(e) = self.reconcile().await {
                 tracing::warn!(error = %e, "reconcile failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            let mut resync = tokio::time::interval(Duration::from_secs(10));
-            resync.tick().await;
-            loop {
-                let recheck = self.recheck.load(std::sync::atomic::Ordering::SeqCst);
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(RECHECK), if recheck => {}
-                    ev = topics.next() => if !matches!(ev, Some(Ok(_))) { break },
-                    ev = brokers.next() => if !matches!(ev, Some(Ok(_))) { break },
-                    ev = drained.next() => if !matches!(ev, Some(Ok(_))) { break },
-                    _ = resync.tick() => {}
-                }
-                if let Err(e) = self.reconcile().await {
-                    tracing::warn!(error = %e, "reconcile failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

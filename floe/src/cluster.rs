@@ -14,7 +14,6 @@ use floe_meta::schema::{
 };
 use floe_meta::{keys, Condition, EtcdStore, MetadataStore, Op, Txn};
 use floe_storage::{StoragePool, StorageTarget};
-use futures::StreamExt;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -62,45 +61,49 @@ pub(crate) fn spawn_pool_watch(
     stop: CancellationToken,
 ) {
     tokio::spawn(async move {
+        let follows = Arc::new(PoolFollows(pool));
+        // The first read is retried here; the follower retries after that.
+        let mut backoff = Duration::from_millis(100);
         loop {
-            let rev = match meta.get(&keys::storage_pool()).await {
-                Ok(Some(kv)) => {
-                    apply_pool(&pool, kv.value);
-                    kv.mod_revision
-                }
-                Ok(None) => 0,
+            match floe_meta::Follower::start(
+                meta.clone(),
+                vec![keys::storage_pool()],
+                follows.clone(),
+                stop.clone(),
+            )
+            .await
+            {
+                Ok(_) => return,
                 Err(e) => {
                     tracing::debug!(error = %e, "reading the storage pool failed; retrying");
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = tokio::time::sleep(backoff) => {}
                     }
-                }
-            };
-            let mut watch = match meta
-                .watch_prefix(&keys::storage_pool(), Some(rev + 1))
-                .await
-            {
-                Ok(w) => w,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    ev = watch.next() => match ev {
-                        Some(Ok(floe_meta::WatchEvent { kind: floe_meta::WatchEventKind::Put(kv), .. })) => {
-                            apply_pool(&pool, kv.value);
-                        }
-                        Some(Ok(_)) => {}
-                        _ => break,
-                    },
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
     });
+}
+
+/// The storage pool as a `floe_meta::Follow` target: its one record.
+struct PoolFollows(Arc<StoragePool>);
+
+impl floe_meta::Follow for PoolFollows {
+    fn reset(&self, kvs: Vec<floe_meta::KeyValue>, _revision: i64) {
+        if let Some(kv) = kvs.into_iter().find(|kv| kv.key == keys::storage_pool()) {
+            apply_pool(&self.0, kv.value);
+        }
+    }
+
+    fn apply(&self, event: floe_meta::WatchEvent) {
+        if let floe_meta::WatchEventKind::Put(kv) = event.kind {
+            if kv.key == keys::storage_pool() {
+                apply_pool(&self.0, kv.value);
+            }
+        }
+    }
 }
 
 fn apply_pool(pool: &Arc<StoragePool>, value: Bytes) {

@@ -626,7 +626,7 @@ impl Proxy {
                 // old connection carries the old owner's partitions, whose
                 // stalls it must not share.
                 r.current_leader = LeaderIdAndEpoch::default();
-                if client_version >= 10 {
+                if client_version >= 10 && acks != 0 {
                     if let Some(id) = tasks[i].2.id {
                         if let Some(node) = proxy.owner_node(id) {
                             if connection.news(id, node) {

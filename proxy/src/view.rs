@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use floe_common::{PartitionId, Uuid};
 use floe_meta::schema::{BrokerRecord, OwnerRecord, ProxyRecord, TopicRecord};
-use floe_meta::{keys, KeyValue, MetaError, MetadataStore, WatchEventKind};
-use futures::StreamExt;
+use floe_meta::{
+    keys, Follow, Follower, KeyValue, MetaError, MetadataStore, WatchEvent, WatchEventKind,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -32,10 +32,8 @@ struct State {
 }
 
 pub struct View {
-    meta: Arc<dyn MetadataStore>,
     state: RwLock<State>,
     version: watch::Sender<u64>,
-    loaded_rev: std::sync::atomic::AtomicI64,
 }
 
 impl View {
@@ -45,35 +43,21 @@ impl View {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, MetaError> {
         let view = Arc::new(Self {
-            meta,
             state: RwLock::new(State::default()),
             version: watch::channel(0).0,
-            loaded_rev: Default::default(),
         });
-        let rev = view.load().await?;
-        let v = view.clone();
-        tokio::spawn(async move {
-            let mut rev = rev;
-            loop {
-                match v.watch_from(rev + 1, &shutdown).await {
-                    Ok(()) => return,
-                    Err(e) => tracing::warn!(error = %e, "metadata watch failed; reloading"),
-                }
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                    match v.load().await {
-                        Ok(r) => {
-                            rev = r;
-                            break;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "metadata reload failed; retrying"),
-                    }
-                }
-            }
-        });
+        Follower::start(
+            meta,
+            vec![
+                keys::topics_prefix(),
+                keys::brokers_prefix(),
+                keys::proxies_prefix(),
+                keys::partitions_prefix(),
+            ],
+            view.clone(),
+            shutdown,
+        )
+        .await?;
         Ok(view)
     }
 
@@ -84,64 +68,6 @@ impl View {
     /// Wakes on every change of the view.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
-    }
-
-    /// Read the picture at one revision (the watch goes on from there).
-    async fn load(&self) -> Result<i64, MetaError> {
-        let mut state = State::default();
-        let (kvs, rev) = self.meta.range(keys::ROOT.as_bytes()).await?;
-        for kv in kvs {
-            if kv.key.starts_with(&keys::partitions_prefix()) && !kv.key.ends_with(b"/owner") {
-                continue;
-            }
-            apply(&mut state, &kv.key, Some(kv.value));
-        }
-        *self.state.write().unwrap() = state;
-        self.loaded_rev
-            .fetch_max(rev, std::sync::atomic::Ordering::SeqCst);
-        self.bump();
-        Ok(rev)
-    }
-
-    async fn watch_from(&self, rev: i64, shutdown: &CancellationToken) -> Result<(), MetaError> {
-        let mut watches = futures::stream::select_all([
-            self.meta
-                .watch_prefix(&keys::topics_prefix(), Some(rev))
-                .await?,
-            self.meta
-                .watch_prefix(&keys::brokers_prefix(), Some(rev))
-                .await?,
-            self.meta
-                .watch_prefix(&keys::proxies_prefix(), Some(rev))
-                .await?,
-            self.meta
-                .watch_prefix(&keys::partitions_prefix(), Some(rev))
-                .await?,
-        ]);
-        loop {
-            let ev = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                ev = watches.next() => ev,
-            };
-            let ev = match ev {
-                Some(Ok(ev)) => ev,
-                Some(Err(e)) => return Err(e),
-                None => return Err(MetaError::Unavailable("metadata watch ended".into())),
-            };
-            // Events a later load already covers must not roll the view back.
-            if ev.revision <= self.loaded_rev.load(std::sync::atomic::Ordering::SeqCst) {
-                continue;
-            }
-            let (key, value) = match ev.kind {
-                WatchEventKind::Put(KeyValue { key, value, .. }) => (key, Some(value)),
-                WatchEventKind::Delete(key) => (key, None),
-            };
-            if key.starts_with(&keys::partitions_prefix()) && !key.ends_with(b"/owner") {
-                continue;
-            }
-            apply(&mut self.state.write().unwrap(), &key, value);
-            self.bump();
-        }
     }
 
     pub fn topic(&self, name: &str) -> Option<Topic> {
@@ -263,6 +189,35 @@ pub fn rendezvous<'a>(candidates: &'a [ProxyRecord], key: &[u8]) -> Option<&'a P
         h.write(key);
         (mix(h.0), c.proxy_id)
     })
+}
+
+/// Of a partition's keys the proxy follows only its owner.
+fn followed(key: &[u8]) -> bool {
+    !key.starts_with(&keys::partitions_prefix()) || key.ends_with(b"/owner")
+}
+
+impl Follow for View {
+    fn reset(&self, kvs: Vec<KeyValue>, _revision: i64) {
+        let mut state = State::default();
+        for kv in kvs {
+            if followed(&kv.key) {
+                apply(&mut state, &kv.key, Some(kv.value));
+            }
+        }
+        *self.state.write().unwrap() = state;
+        self.bump();
+    }
+
+    fn apply(&self, event: WatchEvent) {
+        let (key, value) = match event.kind {
+            WatchEventKind::Put(KeyValue { key, value, .. }) => (key, Some(value)),
+            WatchEventKind::Delete(key) => (key, None),
+        };
+        if followed(&key) {
+            apply(&mut self.state.write().unwrap(), &key, value);
+            self.bump();
+        }
+    }
 }
 
 /// The node id clients see for `proxy` serving the partitions `broker`
