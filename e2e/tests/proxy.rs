@@ -777,9 +777,24 @@ async fn freeze_under_load(owner_nodes: bool) -> Freeze {
     let proxy_port = c.proxies[0].port.unwrap() as i32;
 
     let watch = Watch::default();
-    let md = consumer(&proxy, "frozen-meta", &watch)
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
+    // A partition is led by its owner node once the proxy has seen its
+    // owner publish `writing` (a moment after `create` saw it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let md = loop {
+        let md = consumer(&proxy, "frozen-meta", &watch)
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let plain = md.brokers().iter().map(|b| b.id()).min().expect("a node");
+        let settled = !owner_nodes
+            || md.topics()[0]
+                .partitions()
+                .iter()
+                .all(|p| p.leader() != plain);
+        if settled || Instant::now() > deadline {
+            break md;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         md.brokers().iter().all(|b| b.port() == proxy_port),
         "every node clients see is the proxy"
@@ -989,6 +1004,7 @@ async fn a_moved_partitions_client_learns_its_new_node_from_the_next_answer() {
         let stop = stop.clone();
         tokio::spawn(async move {
             let (mut sent, mut pending) = (Vec::new(), Vec::new());
+            let acked_at: Arc<Mutex<Vec<Instant>>> = Arc::default();
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let value = format!("v{i}");
@@ -1000,17 +1016,23 @@ async fn a_moved_partitions_client_learns_its_new_node_from_the_next_answer() {
                     )
                     .unwrap();
                 sent.push(value);
-                pending.push(f);
+                let acked = acked_at.clone();
+                pending.push(tokio::spawn(async move {
+                    let r = f.await;
+                    acked.lock().unwrap().push(Instant::now());
+                    r
+                }));
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let mut offsets = Vec::new();
             for f in pending {
-                let d = f.await.unwrap().expect("every record acked");
+                let d = f.await.unwrap().unwrap().expect("every record acked");
                 assert_eq!(d.partition, 0);
                 offsets.push(d.offset);
             }
-            (sent, offsets)
+            let acked_at = acked_at.lock().unwrap().clone();
+            (sent, offsets, acked_at)
         })
     };
     let told = || {
@@ -1034,7 +1056,13 @@ async fn a_moved_partitions_client_learns_its_new_node_from_the_next_answer() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    let before = fresh_leader(0);
+    // Led by its owner node once the proxy has seen the owner write it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut before = fresh_leader(0);
+    while before < 1_001_000_000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        before = fresh_leader(0);
+    }
     assert!(before >= 1_001_000_000, "an owner node leads: {before}");
     wait_leader(before, "before the move");
     let meta = c.meta().await.unwrap();
@@ -1056,8 +1084,17 @@ async fn a_moved_partitions_client_learns_its_new_node_from_the_next_answer() {
             assert!(Instant::now() < deadline, "the move to {to} did not finish");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let after = fresh_leader(0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut after = fresh_leader(0);
+        while (after == before || after < 1_001_000_000) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            after = fresh_leader(0);
+        }
         assert_ne!(after, before, "a move to another broker changes the node");
+        assert!(
+            after >= 1_001_000_000,
+            "the new owner's node leads: {after}"
+        );
         wait_leader(after, &format!("after move {round} to broker {to}"));
     }
     assert!(
@@ -1066,16 +1103,27 @@ async fn a_moved_partitions_client_learns_its_new_node_from_the_next_answer() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (sent, offsets) = writer.await.unwrap();
+    let (sent, offsets, mut acked_at) = writer.await.unwrap();
+    acked_at.sort();
+    let longest = acked_at
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!("longest time without an ack across the moves: {longest:?}");
     let log = read_all(&proxy, "told", 3);
     let got: Vec<String> = log[&0]
         .iter()
         .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
         .collect();
     assert_eq!(got, sent, "every record once, in the order sent");
-    assert_eq!(
-        offsets,
-        (0..sent.len() as i64).collect::<Vec<_>>(),
-        "acked at dense offsets in order"
-    );
+    // librdkafka reports some records of a batch it re-sent after a leader
+    // change without an offset (-1001, RD_KAFKA_OFFSET_INVALID): those are
+    // checked by content above; every other one at its own offset.
+    for (i, o) in offsets.iter().enumerate() {
+        assert!(
+            *o == i as i64 || *o == -1001,
+            "record {i} acked at offset {o}: {offsets:?}"
+        );
+    }
 }

@@ -650,12 +650,16 @@ impl Proxy {
     }
 
     /// The owner node of partition `id` (see `partition_leader`), when
-    /// `owner_nodes` is on and the partition has an owner.
+    /// `owner_nodes` is on and the partition's owner writes it. A partition
+    /// between owners (none yet, or one still recovering it) is led by its
+    /// plain proxy node meanwhile: its held batches must not share a
+    /// connection with the partitions its next owner already writes, whose
+    /// answers would wait behind them.
     pub(crate) fn owner_node(&self, id: PartitionId) -> Option<i32> {
         if !self.config.owner_nodes {
             return None;
         }
-        let (b, _) = self.view.owner(id)?;
+        let b = self.view.writing_owner(id)?;
         Some(owner_node_id(
             self.leader_for(&partition_key(id)),
             b.broker_id,

@@ -7,7 +7,9 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use floe_common::{PartitionId, Uuid};
-use floe_meta::schema::{BrokerRecord, OwnerRecord, ProxyRecord, TopicRecord};
+use floe_meta::schema::{
+    BrokerRecord, OwnerRecord, PartitionStateRecord, ProxyRecord, TopicRecord,
+};
 use floe_meta::{
     keys, Follow, Follower, KeyValue, MetaError, MetadataStore, WatchEvent, WatchEventKind,
 };
@@ -29,6 +31,8 @@ struct State {
     brokers: BTreeMap<i32, BrokerRecord>,
     proxies: BTreeMap<i32, ProxyRecord>,
     owners: HashMap<PartitionId, OwnerRecord>,
+    /// Partitions whose owner published `writing`: (broker, epoch).
+    writing: HashMap<PartitionId, (i32, i32)>,
 }
 
 pub struct View {
@@ -126,6 +130,17 @@ impl View {
         let o = s.owners.get(&p)?;
         s.brokers.get(&o.broker_id).map(|b| (b.clone(), o.epoch))
     }
+
+    /// The partition's owner, once it has published that it writes the
+    /// partition (recovery done) under its current ownership.
+    pub fn writing_owner(&self, p: PartitionId) -> Option<BrokerRecord> {
+        let s = self.state.read().unwrap();
+        let o = s.owners.get(&p)?;
+        if s.writing.get(&p) != Some(&(o.broker_id, o.epoch)) {
+            return None;
+        }
+        s.brokers.get(&o.broker_id).cloned()
+    }
 }
 
 fn apply(state: &mut State, key: &Bytes, value: Option<Bytes>) {
@@ -177,6 +192,15 @@ fn apply(state: &mut State, key: &Bytes, value: Option<Bytes>) {
             Some(o) => state.owners.insert(p, o),
             None => state.owners.remove(&p),
         };
+    } else if let Some(p) = keys::parse_partition_state(key) {
+        match value.and_then(|v| PartitionStateRecord::decode(v).ok()) {
+            Some(r) if r.state == "writing" => {
+                state.writing.insert(p, (r.broker_id, r.epoch));
+            }
+            _ => {
+                state.writing.remove(&p);
+            }
+        }
     }
 }
 
@@ -191,9 +215,11 @@ pub fn rendezvous<'a>(candidates: &'a [ProxyRecord], key: &[u8]) -> Option<&'a P
     })
 }
 
-/// Of a partition's keys the proxy follows only its owner.
+/// Of a partition's keys the proxy follows only its owner and its state.
 fn followed(key: &[u8]) -> bool {
-    !key.starts_with(&keys::partitions_prefix()) || key.ends_with(b"/owner")
+    !key.starts_with(&keys::partitions_prefix())
+        || key.ends_with(b"/owner")
+        || key.ends_with(b"/state")
 }
 
 impl Follow for View {
