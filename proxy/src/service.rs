@@ -32,7 +32,7 @@ use futures::FutureExt;
 
 use crate::produce::Connection;
 use crate::upstream::{decode_response, encode_request, Pool, UpstreamError};
-use crate::view::{owner_node_id, partition_key, rendezvous};
+use crate::view::{broker_key, owner_node_id, partition_key, rendezvous};
 use crate::Proxy;
 
 fn s(v: impl Into<String>) -> StrBytes {
@@ -616,22 +616,28 @@ impl Proxy {
         v
     }
 
-    /// The nodes clients see: every proxy, and with `owner_nodes` every
-    /// proxy once more per live broker, under an id of its own at the same
-    /// address. Clients open a connection per node id, so partitions led by
-    /// `owner_node_id(proxy, broker)` share a connection only with the
-    /// partitions that broker writes, and a broker that freezes holds up
-    /// only its own partitions' answers (Kafka answers a connection's
-    /// requests in order).
+    /// The nodes clients see: every proxy, and with `owner_nodes` one node
+    /// per live broker (its owner node), at the address of the proxy the
+    /// broker hashes to, under an id of its own. Clients open a connection
+    /// per node id, so the partitions a broker writes share a connection
+    /// only with each other, and a broker that freezes holds up only its
+    /// own partitions' answers (Kafka answers a connection's requests in
+    /// order). One node per broker, not per proxy and broker: a client
+    /// opens as many connections as there are brokers and proxies, and
+    /// each owner node's connection is in use whenever its broker writes
+    /// anything the client produces to (librdkafka connects to a node only
+    /// when it needs it, and a partition moved to a node whose connection
+    /// is down waits about a second before that connection is made).
     pub(crate) fn client_nodes(&self) -> Vec<(i32, String, i32)> {
         let proxies = self.proxy_brokers();
         let mut nodes = proxies.clone();
         if self.config.owner_nodes {
             let mut brokers: Vec<i32> = self.view.brokers().iter().map(|b| b.broker_id).collect();
             brokers.sort_unstable();
-            for (proxy, host, port) in &proxies {
-                for b in &brokers {
-                    nodes.push((owner_node_id(*proxy, *b), host.clone(), *port));
+            for b in brokers {
+                let proxy = self.leader_for(&broker_key(b));
+                if let Some((_, host, port)) = proxies.iter().find(|(id, _, _)| *id == proxy) {
+                    nodes.push((owner_node_id(proxy, b), host.clone(), *port));
                 }
             }
         }
@@ -639,17 +645,16 @@ impl Proxy {
     }
 
     /// The node clients should treat as the leader of partition `id`: the
-    /// proxy its key hashes to, as the owner node of its writer when
-    /// `owner_nodes` is on and the partition has one. A move changes the
-    /// node only in later Metadata answers; until then the old node's
-    /// connection serves the partition as well as any (every proxy
-    /// forwards to the current owner).
+    /// owner node of its writer when `owner_nodes` is on and that writer
+    /// writes it, else the proxy the partition's key hashes to. Every
+    /// proxy forwards to the current owner, so a client that still uses
+    /// an older node is served as well.
     fn partition_leader(&self, id: PartitionId) -> i32 {
         self.owner_node(id)
             .unwrap_or_else(|| self.leader_for(&partition_key(id)))
     }
 
-    /// The owner node of partition `id` (see `partition_leader`), when
+    /// The owner node of partition `id` (see `client_nodes`), when
     /// `owner_nodes` is on and the partition's owner writes it. A partition
     /// between owners (none yet, or one still recovering it) is led by its
     /// plain proxy node meanwhile: its held batches must not share a
@@ -661,7 +666,7 @@ impl Proxy {
         }
         let b = self.view.writing_owner(id)?;
         Some(owner_node_id(
-            self.leader_for(&partition_key(id)),
+            self.leader_for(&broker_key(b.broker_id)),
             b.broker_id,
         ))
     }

@@ -284,6 +284,14 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// The key partitions are spread over proxies by.
+/// The rendezvous key of a broker's owner node: all the partitions a
+/// broker writes are led by one node, at the proxy this key hashes to.
+pub fn broker_key(broker: i32) -> Vec<u8> {
+    let mut k = b"broker/".to_vec();
+    k.extend_from_slice(&broker.to_be_bytes());
+    k
+}
+
 pub fn partition_key(p: PartitionId) -> Vec<u8> {
     let mut k = p.topic_id.as_bytes().to_vec();
     k.extend_from_slice(&p.partition.to_be_bytes());
