@@ -123,6 +123,7 @@ async fn register(
     let key = keys::broker(record.broker_id);
     let mut waiting_since: Option<Instant> = None;
     let mut last_warning = Instant::now();
+    let mut last_marked: Option<Instant> = None;
     loop {
         let lease = meta.grant_lease(ttl).await?;
         let guard = Arc::new(LeaseGuard::new(lease));
@@ -142,6 +143,9 @@ async fn register(
                         waited_ms = since.elapsed().as_millis() as u64,
                         "the earlier registration lapsed; registered"
                     );
+                    let _ = meta
+                        .txn(Txn::new().then(Op::Delete(keys::successor(record.broker_id))))
+                        .await;
                 }
                 return Ok((guard, revision));
             }
@@ -171,6 +175,22 @@ async fn register(
             tracing::warn!(broker_id = record.broker_id, waited_ms = since.elapsed().as_millis() as u64,
                 holder = ?holder.as_ref().map(|h| format!("{}:{} started_ms={}", h.host, h.port, h.started_ms)),
                 "still waiting for this broker id's registration to lapse: if another broker with this id is running, stop one of them");
+        }
+        if holder.is_some() && last_marked.is_none_or(|t| t.elapsed() >= ttl / 2) {
+            // Tell the controller that the holder's process is presumably
+            // gone (this one replaces it), so it hands that session no
+            // more partitions while its lease runs out. Bound to a lease
+            // of its own that lapses if this process dies too.
+            last_marked = Some(Instant::now());
+            if let Ok(l) = meta.grant_lease(ttl).await {
+                let _ = meta
+                    .txn(Txn::new().then(Op::put_with_lease(
+                        keys::successor(record.broker_id),
+                        record.encode_to_vec(),
+                        l,
+                    )))
+                    .await;
+            }
         }
         if holder.is_some() {
             tokio::time::sleep(REGISTER_POLL).await;

@@ -210,6 +210,7 @@ impl Controller {
                 keys::topics_prefix(),
                 keys::brokers_prefix(),
                 keys::drained_prefix(),
+                keys::successors_prefix(),
             ],
             changes.clone(),
             cancel.clone(),
@@ -239,6 +240,13 @@ impl Controller {
         let (broker_kvs, _) = self.meta.range(&keys::brokers_prefix()).await?;
         let (partition_kvs, _) = self.meta.range(&keys::partitions_prefix()).await?;
         let (drained_kvs, _) = self.meta.range(&keys::drained_prefix()).await?;
+        let (successor_kvs, _) = self.meta.range(&keys::successors_prefix()).await?;
+        // Brokers restarted in place whose earlier process still holds the
+        // registration: that session gets no more partitions by balancing.
+        let replaced: std::collections::HashSet<i32> = successor_kvs
+            .iter()
+            .filter_map(|kv| keys::parse_successor(&kv.key))
+            .collect();
         // Drained brokers take no partitions: theirs move to the others.
         let drained: std::collections::HashSet<i32> = drained_kvs
             .iter()
@@ -324,7 +332,7 @@ impl Controller {
                 self.balance_settle_ms
                     .load(std::sync::atomic::Ordering::SeqCst),
             );
-            settled(&joined, at, settle)
+            settled(&joined, at, settle) && !live.iter().any(|b| replaced.contains(&b.id))
         };
         // Once everything has an owner, even out the counts.
         let balance_due = balance_due

@@ -629,13 +629,29 @@ async fn a_broker_restarted_in_place_waits_for_its_old_lease_to_lapse() {
     wait_leaders(&cluster, "in-place", Duration::from_secs(30), |l| {
         l.values().all(Option::is_some)
     });
+    use floe_meta::MetadataStore as _;
+    let meta = cluster.meta().await.unwrap();
+    let successor = floe_meta::keys::successor(1);
     cluster.brokers[0].stop_with("-KILL").unwrap();
     let killed = Instant::now();
-    // spawn() fails if the process exits before answering /healthz.
-    cluster.brokers[0]
-        .restart()
-        .expect("the restarted broker comes up by itself");
+    cluster.brokers[0].start_nowait().unwrap();
+    // While it waits it marks its id as replaced, so the controller hands
+    // the dead process's session no partitions meanwhile.
+    let mut marked = false;
+    while !cluster.brokers[0].healthy() {
+        marked |= meta.get(&successor).await.unwrap().is_some();
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the restarted broker did not come up by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let up = killed.elapsed();
+    assert!(marked, "the waiting process marks its id as replaced");
+    assert!(
+        meta.get(&successor).await.unwrap().is_none(),
+        "the mark goes once the new process registered"
+    );
     let log = cluster.brokers[0].log_text();
     assert!(
         log.contains(

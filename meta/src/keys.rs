@@ -84,6 +84,25 @@ pub fn parse_drained(key: &[u8]) -> Option<i32> {
         .ok()
 }
 
+/// Brokers whose id a newer process is waiting to register under (the
+/// registration still held by an earlier process's live lease: a broker
+/// restarted in place). Bound to the waiting process's own lease.
+pub fn successors_prefix() -> Bytes {
+    Bytes::from_static(b"/floe/successors/")
+}
+
+pub fn successor(broker: i32) -> Bytes {
+    Bytes::from(format!("/floe/successors/{broker}"))
+}
+
+pub fn parse_successor(key: &[u8]) -> Option<i32> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix("/floe/successors/")?
+        .parse()
+        .ok()
+}
+
 pub fn proxies_prefix() -> Bytes {
     Bytes::from_static(b"/floe/proxies/")
 }
