@@ -600,6 +600,36 @@ impl Drop for Proc {
     }
 }
 
+impl Drop for Cluster {
+    /// A failing test prints the end of every process's log, so a failure
+    /// seen only in CI can be read from its output. `FLOE_E2E_KEEP_LOGS`
+    /// names a directory to copy the whole logs to.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let keep = std::env::var_os("FLOE_E2E_KEEP_LOGS").map(PathBuf::from);
+        let procs = self
+            .controllers
+            .iter()
+            .chain(&self.brokers)
+            .chain(&self.proxies);
+        for p in procs {
+            let text = p.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(120)..];
+            eprintln!("----- {} (last {} lines) -----", p.name, tail.len());
+            for l in tail {
+                eprintln!("{l}");
+            }
+            if let Some(dir) = &keep {
+                let _ = std::fs::create_dir_all(dir);
+                let _ = std::fs::write(dir.join(format!("{}.log", p.name)), &text);
+            }
+        }
+    }
+}
+
 /// The admin API token every test cluster's controllers use.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 

@@ -466,6 +466,22 @@ async fn a_batch_behind_one_the_proxy_answered_early_is_retried_not_out_of_order
         produce_parts(&mut raw, "gap", &[(0, &s4)], 15_000),
         [(0, 4)]
     );
+    // A gap this proxy knows nothing of (the batch ahead went through
+    // another proxy, or through this one before it restarted): the owner
+    // refuses it as out of order, the client is told to send it again.
+    let s8 = idempotent_batch(pid, epoch, 8, 2);
+    let owner_port = c.brokers[other as usize - 1].port.unwrap();
+    let mut direct = floe_e2e::RawClient::connect(&format!("127.0.0.1:{owner_port}")).unwrap();
+    assert_eq!(
+        produce_parts(&mut direct, "gap", &[(0, &s8)], 15_000),
+        [(45, -1)],
+        "the owner refuses a sequence gap"
+    );
+    assert_eq!(
+        produce_parts(&mut raw, "gap", &[(0, &s8)], 15_000),
+        [(6, -1)],
+        "through the proxy: NOT_LEADER_OR_FOLLOWER, not OUT_OF_ORDER_SEQUENCE_NUMBER"
+    );
     frozen.signal("-CONT").unwrap();
     let log = read_all(&proxy, "gap", 2);
     let values: Vec<String> = log[&0]
@@ -477,7 +493,7 @@ async fn a_batch_behind_one_the_proxy_answered_early_is_retried_not_out_of_order
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("floe_proxy_produce_behind_gap_total 1")),
+            .any(|l| l.starts_with("floe_proxy_produce_behind_gap_total 2")),
         "counted: {}",
         metrics
             .lines()

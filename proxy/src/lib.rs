@@ -89,8 +89,6 @@ pub struct Proxy {
     pub requests: Arc<Metrics>,
     pub metrics: Arc<ProxyMetrics>,
     lanes: produce::Lanes,
-    /// Idempotent batches answered with an error, per partition and producer.
-    gaps: produce::Gaps,
     produce_pool: upstream::Pool,
     /// How each broker's produce connection is doing (the hold cuts only
     /// parts waiting on a broker in trouble).
@@ -187,7 +185,6 @@ impl Proxy {
             requests: Arc::new(requests),
             metrics,
             lanes: Default::default(),
-            gaps: Default::default(),
             produce_pool: Default::default(),
             broker_health: Default::default(),
             admin_pool: Default::default(),

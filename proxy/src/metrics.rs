@@ -69,7 +69,7 @@ impl ProxyMetrics {
         );
         r.register(
             "produce_behind_gap",
-            "OUT_OF_ORDER_SEQUENCE_NUMBER answers given to the client as NOT_LEADER_OR_FOLLOWER because an earlier batch of the same producer was answered with an error and not written since",
+            "OUT_OF_ORDER_SEQUENCE_NUMBER answers (an idempotent batch ahead of an earlier one of its producer still on its way) given to the client as NOT_LEADER_OR_FOLLOWER, so it sends its batches again in order instead of bumping its epoch",
             self.produce_behind_gap.clone(),
         );
         r.register(

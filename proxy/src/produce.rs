@@ -187,87 +187,29 @@ fn seq_of(records: &Option<Bytes>) -> Option<Seq> {
         })
 }
 
-/// Per partition and idempotent producer: the first sequence this proxy
-/// answered with an error (a cut, a timeout, an owner that never came) and
-/// has not seen written since.
+/// An idempotent batch refused with OUT_OF_ORDER_SEQUENCE_NUMBER reached its
+/// owner ahead of an earlier batch of its producer (a sequence gap: the
+/// owner appends in sequence and answers a batch it already has with its
+/// offsets). Behind proxies that happens whenever the earlier batch is still
+/// on its way or being sent again: held by this or another proxy, answered
+/// with an error (a cut, a timeout, a proxy that was restarted) and retried
+/// by the client, or carried by a connection that broke.
 ///
-/// A later batch of that producer reaching the owner first is refused with
-/// OUT_OF_ORDER_SEQUENCE_NUMBER. librdkafka takes that answer, for a batch
-/// behind a failed one, to mean the failed one was not written, bumps the
-/// producer epoch and renumbers every unacked record from sequence 0 — and
-/// any of those records that did land (an error from the proxy does not say
-/// the batch was not appended: it may have reached the old owner's storage
-/// quorum and be recovered) is then written twice, which no broker can
-/// detect. So such an answer is given back as NOT_LEADER_OR_FOLLOWER: the
-/// client sends the failed batch again, then this one, in order, under the
-/// same epoch, and the owner's sequence check makes a copy that did land
-/// harmless. The refusal means the batch was not appended, so the changed
-/// code loses nothing.
-#[derive(Default)]
-pub struct Gaps {
-    gaps: Mutex<HashMap<(PartitionId, i64), Gap>>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Gap {
-    epoch: i16,
-    base: i32,
-    at: Instant,
-}
-
-/// A gap whose producer never came back is forgotten after this long (a
-/// client gives up on a record by `delivery.timeout.ms`, 2 minutes by
-/// default, and then bumps its epoch anyway).
-const GAP_TTL: Duration = Duration::from_secs(600);
-
-/// Gaps kept before the expired ones are swept.
-const GAPS_SWEEP_AT: usize = 4096;
-
-impl Gaps {
-    /// The client was answered with an error for this batch.
-    fn failed(&self, id: PartitionId, s: Seq) {
-        let now = Instant::now();
-        let mut g = self.gaps.lock().unwrap();
-        if g.len() >= GAPS_SWEEP_AT {
-            g.retain(|_, v| now - v.at < GAP_TTL);
-        }
-        match g.get_mut(&(id, s.producer_id)) {
-            Some(v) if v.epoch == s.epoch && now - v.at < GAP_TTL => {
-                v.base = v.base.min(s.base);
-            }
-            // An answer for a batch of an epoch the producer has left.
-            Some(v) if v.epoch > s.epoch && now - v.at < GAP_TTL => {}
-            _ => {
-                g.insert(
-                    (id, s.producer_id),
-                    Gap {
-                        epoch: s.epoch,
-                        base: s.base,
-                        at: now,
-                    },
-                );
-            }
-        }
-    }
-
-    /// The owner appended this batch (or had it already): the batches
-    /// before it are in the log, and the gap, if any, is closed.
-    fn written(&self, id: PartitionId, s: Seq) {
-        let mut g = self.gaps.lock().unwrap();
-        if let Some(v) = g.get(&(id, s.producer_id)) {
-            if s.epoch > v.epoch || (s.epoch == v.epoch && s.base >= v.base) {
-                g.remove(&(id, s.producer_id));
-            }
-        }
-    }
-
-    /// The batch comes after one the client was answered an error for and
-    /// has not been written since.
-    fn behind(&self, id: PartitionId, s: Seq) -> bool {
-        let g = self.gaps.lock().unwrap();
-        g.get(&(id, s.producer_id))
-            .is_some_and(|v| v.epoch == s.epoch && s.base > v.base && v.at.elapsed() < GAP_TTL)
-    }
+/// librdkafka takes that answer, for a batch behind one that failed, to
+/// mean the failed one was not written: it bumps the producer epoch and
+/// renumbers every unacked record from sequence 0, and any of those records
+/// that did land (an error from a proxy never says a batch was not
+/// appended: it may have reached the old owner's storage quorum and be
+/// recovered) is then written twice, which no broker can detect. So the
+/// client is answered NOT_LEADER_OR_FOLLOWER: it sends its unacked batches
+/// again, in order, under the same epoch, and the owner's sequence check
+/// makes a copy that did land harmless. The refusal means the batch was not
+/// appended, so the changed code loses nothing. (The Java client retries an
+/// out-of-order batch behind an unresolved one for the same reason.) Gap
+/// knowledge cannot be kept per proxy: the earlier batch may have gone
+/// through another proxy, or through this one before it restarted.
+fn out_of_order(code: i16, seq: Option<Seq>) -> bool {
+    seq.is_some() && code == ResponseError::OutOfOrderSequenceNumber.code()
 }
 
 /// Errors after which the batch was surely not appended and the next owner
@@ -486,7 +428,6 @@ impl Proxy {
         let health = self.broker_health.clone();
         let proxy = self.clone();
         let merged = async move {
-            let gaps = &proxy.gaps;
             let n = tasks.len();
             let mut results: Vec<Option<(String, PartitionProduceResponse)>> = vec![None; n];
             let part_flags: Vec<Arc<PartFlags>> = tasks.iter().map(|t| t.2.clone()).collect();
@@ -533,8 +474,8 @@ impl Proxy {
                         // froze or died before taking it), and idempotent
                         // parts held that long by a hand-over (a new owner
                         // still recovering: their sequence makes the
-                        // client's retry safe, and the gaps keep it in
-                        // order). A planned move answers within that, and
+                        // client's retry safe, and an owner's refusal of
+                        // the batches behind is answered as retriable). A planned move answers within that, and
                         // stays invisible.
                         //
                         // Nothing is blocked, and the parts stay held until
@@ -597,9 +538,6 @@ impl Proxy {
                 } else {
                     ResponseError::RequestTimedOut
                 };
-                if let (Some(id), Some(s)) = (flags.id, flags.seq) {
-                    gaps.failed(id, s);
-                }
                 metrics.produce_cut.inc();
                 results[i] = Some((
                     topic.clone(),
@@ -737,14 +675,10 @@ impl Proxy {
         // may be sent; the lane is kept until the attempt out resolves.
         let answered = || flags.answered.load(Ordering::SeqCst);
         let error = |e: ResponseError| {
-            self.settled(
-                id,
-                seq,
-                PartitionProduceResponse::default()
-                    .with_index(part.index)
-                    .with_base_offset(-1)
-                    .with_error_code(e.code()),
-            )
+            PartitionProduceResponse::default()
+                .with_index(part.index)
+                .with_base_offset(-1)
+                .with_error_code(e.code())
         };
         let timed_out = || error(ResponseError::RequestTimedOut);
         let mut changes = self.view.changes();
@@ -823,21 +757,17 @@ impl Proxy {
                 };
             let retry = match &outcome {
                 Ok(r) if r.error_code == 0 => false,
-                // Refused because the client was answered an error for an
-                // earlier batch: it sends that one again, then this one.
-                Ok(r)
-                    if r.error_code == ResponseError::OutOfOrderSequenceNumber.code()
-                        && seq.is_some_and(|s| self.gaps.behind(id, s)) =>
-                {
+                // A later batch that overtook one this proxy holds: sent
+                // again once the one ahead is answered.
+                Ok(r) if out_of_order(r.error_code, seq) && prev_pending => true,
+                // Ahead of a batch the client sends again (see
+                // `out_of_order`): it sends that one, then this one.
+                Ok(r) if out_of_order(r.error_code, seq) => {
                     drop(ticket);
                     self.metrics.produce_behind_gap.inc();
                     return error(ResponseError::NotLeaderOrFollower);
                 }
-                Ok(r) if retriable(r.error_code) => true,
-                // A later batch that overtook one being held.
-                Ok(r) => {
-                    r.error_code == ResponseError::OutOfOrderSequenceNumber.code() && prev_pending
-                }
+                Ok(r) => retriable(r.error_code),
                 Err((_, retry)) => *retry,
             };
             if answered() {
@@ -846,7 +776,7 @@ impl Proxy {
             if !retry || Instant::now() >= deadline {
                 drop(ticket);
                 return match outcome {
-                    Ok(r) => self.settled(id, seq, r),
+                    Ok(r) => r,
                     Err((e, _)) => error(e),
                 };
             }
@@ -879,24 +809,6 @@ impl Proxy {
             flags.target.store(owner.broker_id, Ordering::SeqCst);
             ticket.sent_to(owner.broker_id);
         }
-    }
-
-    /// The answer the client gets for an idempotent batch, noted in the
-    /// producer's gaps.
-    fn settled(
-        &self,
-        id: PartitionId,
-        seq: Option<Seq>,
-        r: PartitionProduceResponse,
-    ) -> PartitionProduceResponse {
-        if let Some(s) = seq {
-            if r.error_code == 0 {
-                self.gaps.written(id, s);
-            } else {
-                self.gaps.failed(id, s);
-            }
-        }
-        r
     }
 
     /// Wait for an upstream answer from `sent_broker`, until the deadline,
@@ -1248,77 +1160,4 @@ fn pick(resp: &ProduceResponse, topic: &str, index: i32) -> PartitionProduceResp
                 .with_base_offset(-1)
                 .with_error_code(ResponseError::UnknownServerError.code())
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn seq(epoch: i16, base: i32) -> Seq {
-        Seq {
-            producer_id: 7,
-            epoch,
-            base,
-        }
-    }
-
-    #[test]
-    fn a_gap_holds_later_sequences_until_it_is_written() {
-        let g = Gaps::default();
-        let p = PartitionId::new(floe_common::Uuid::from_u128(1), 0);
-        assert!(!g.behind(p, seq(0, 10)), "no gap yet");
-        g.failed(p, seq(0, 10));
-        g.failed(p, seq(0, 14));
-        assert!(g.behind(p, seq(0, 14)));
-        assert!(
-            !g.behind(p, seq(0, 10)),
-            "the failed batch itself is not behind"
-        );
-        assert!(
-            !g.behind(
-                PartitionId::new(floe_common::Uuid::from_u128(1), 1),
-                seq(0, 14)
-            ),
-            "per partition"
-        );
-        assert!(
-            !g.behind(
-                p,
-                Seq {
-                    producer_id: 8,
-                    ..seq(0, 14)
-                }
-            ),
-            "per producer"
-        );
-        // A later failure does not move the gap forward.
-        g.failed(p, seq(0, 20));
-        assert!(g.behind(p, seq(0, 14)));
-        // The re-sent batch is written: the gap is closed.
-        g.written(p, seq(0, 10));
-        assert!(!g.behind(p, seq(0, 14)));
-    }
-
-    #[test]
-    fn a_later_batch_written_or_a_new_epoch_closes_a_gap() {
-        let g = Gaps::default();
-        let p = PartitionId::new(floe_common::Uuid::from_u128(1), 0);
-        g.failed(p, seq(0, 10));
-        // Written past the gap: the owner had the failed batch after all.
-        g.written(p, seq(0, 12));
-        assert!(!g.behind(p, seq(0, 14)));
-        g.failed(p, seq(0, 16));
-        // An earlier batch written does not close it.
-        g.written(p, seq(0, 12));
-        assert!(g.behind(p, seq(0, 18)));
-        // The producer moved to a new epoch: its numbering starts again.
-        g.written(p, seq(1, 0));
-        assert!(!g.behind(p, seq(0, 18)));
-        assert!(!g.behind(p, seq(1, 4)));
-        // An old epoch's failure does not open a gap over the new one.
-        g.failed(p, seq(1, 4));
-        g.failed(p, seq(0, 2));
-        assert!(g.behind(p, seq(1, 6)));
-        assert!(!g.behind(p, seq(1, 4)));
-    }
 }
