@@ -544,7 +544,12 @@ impl Proc {
         }
     }
 
-    /// Send a signal (e.g. "-KILL", "-STOP", "-CONT") without waiting.
+    /// Send a signal (e.g. "-KILL", "-STOP", "-CONT"). "-STOP" returns only
+    /// once every thread of the process is stopped: `kill` returns when the
+    /// stop is queued, and on a busy machine the process's threads go on
+    /// running (reading requests, writing chunks) until one of them is
+    /// scheduled to carry the stop out, which a test that then sends to the
+    /// "frozen" process must not race with.
     pub fn signal(&self, sig: &str) -> Result<()> {
         let Some(pid) = self.pid() else {
             bail!("{} is not running", self.name)
@@ -555,6 +560,15 @@ impl Proc {
             .status()?;
         if !status.success() {
             bail!("kill {sig} {} failed", self.name);
+        }
+        if sig == "-STOP" {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !all_threads_stopped(pid) {
+                if Instant::now() > deadline {
+                    bail!("{} (pid {pid}) did not stop within 10 s", self.name);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         Ok(())
     }
@@ -585,6 +599,31 @@ impl Proc {
     pub fn http(&self, path: &str) -> Result<String> {
         http_get(self.http_port, path)
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in
+/// /proc/<pid>/task/<tid>/stat; a thread in the middle of a system call
+/// stops as it returns).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue; // a thread that just exited
+        };
+        // "tid (comm) S ...": the state follows the last ')'.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        match state {
+            Some('T') | Some('t') => any = true,
+            Some('Z') | Some('X') => {}
+            _ => return false,
+        }
+    }
+    any
 }
 
 impl Drop for Proc {
