@@ -656,7 +656,7 @@ impl Drop for Cluster {
         for p in procs {
             let text = p.log_text();
             let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(120)..];
+            let tail = &lines[lines.len().saturating_sub(60)..];
             eprintln!("----- {} (last {} lines) -----", p.name, tail.len());
             for l in tail {
                 eprintln!("{l}");
