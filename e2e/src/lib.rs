@@ -1287,6 +1287,17 @@ pub fn read_all_within(
     got
 }
 
+/// The partition of `__consumer_offsets` (16 partitions) that holds
+/// `group`: Java's `String.hashCode` of the name, as Kafka and Floe place
+/// groups.
+pub fn offsets_partition(group: &str) -> i32 {
+    let mut h: i32 = 0;
+    for unit in group.encode_utf16() {
+        h = h.wrapping_mul(31).wrapping_add(unit as i32);
+    }
+    (if h == i32::MIN { 0 } else { h.abs() }) % 16
+}
+
 /// The broker id FindCoordinator names for `group`, asked of the first
 /// address in `bootstrap` (retried for 30 s while there is none).
 pub fn find_coordinator(bootstrap: &str, group: &str) -> i32 {

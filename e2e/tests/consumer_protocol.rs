@@ -493,7 +493,7 @@ async fn a_consumer_group_survives_a_move_and_kill9_of_its_coordinator() {
 
     // A planned move of the group's offsets partition.
     let coordinator = find_coordinator(&direct, "mg");
-    let partition = offsets_partition("mg");
+    let partition = floe_e2e::offsets_partition("mg");
     let target = (1..=3).find(|b| *b != coordinator).unwrap();
     cluster
         .move_partition("__consumer_offsets", partition, target)
@@ -541,16 +541,6 @@ async fn a_consumer_group_survives_a_move_and_kill9_of_its_coordinator() {
         m.leave();
     }
     assert_once(&seen.lock().unwrap(), "events", 6, 150);
-}
-
-/// Kafka's partition of the offsets topic for a group (16 partitions, the
-/// default of `offsets_topic_partitions`).
-fn offsets_partition(group: &str) -> i32 {
-    let mut h: i32 = 0;
-    for unit in group.encode_utf16() {
-        h = h.wrapping_mul(31).wrapping_add(unit as i32);
-    }
-    (if h == i32::MIN { 0 } else { h.abs() }) % 16
 }
 
 /// A classic consumer of `group` that reads until it has `n` records, commits

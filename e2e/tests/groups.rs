@@ -422,6 +422,25 @@ mod raw {
         r.groups[0].topics[0].partitions[0].committed_offset
     }
 
+    /// OffsetFetch v8 of partition 0 of `topic`: the group's error code and
+    /// the committed offset (-1 with an error).
+    pub fn fetch_answer(raw: &mut RawClient, group: &str, topic: &str) -> (i16, i64) {
+        let req =
+            OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(s(group)))
+                .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                    .with_name(TopicName(s(topic)))
+                    .with_partition_indexes(vec![0])]))]);
+        let r: OffsetFetchResponse = raw.call(ApiKey::OffsetFetch, 8, &req).unwrap();
+        let g = &r.groups[0];
+        let offset = g
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .map_or(-1, |p| p.committed_offset);
+        (g.error_code, offset)
+    }
+
     pub fn join(raw: &mut RawClient, group: &str, session_ms: i32) -> i16 {
         let req = JoinGroupRequest::default()
             .with_group_id(GroupId(s(group)))
@@ -681,4 +700,86 @@ async fn a_static_member_restarting_within_its_session_gets_its_partitions_back_
     for m in [m1, m2, m3] {
         m.leave();
     }
+}
+
+/// OffsetFetch v8+ answers per group, and librdkafka hands a group's
+/// NOT_COORDINATOR there to the application as a consumer error (CI saw it
+/// during a rolling restart). Through a proxy, fetches made while the
+/// group's coordinator moves twice all get the committed offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_fetches_through_a_proxy_wait_out_coordinator_moves() {
+    let mut c = floe_e2e::Cluster::start_with(
+        2,
+        1,
+        3_000,
+        "[proxy]\nlease_ttl_ms = 2000\nforward_timeout_ms = 20000\n",
+    )
+    .unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    create_topic(&c.bootstrap(), "fetched", 1).await;
+    let proxy = c.proxy_bootstrap();
+    let mut client = floe_e2e::RawClient::connect(&proxy).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // FindCoordinator creates the offsets topic.
+    loop {
+        let found = raw::find_coordinator(&mut client, "mover");
+        let code = if found == 0 {
+            raw::commit(&mut client, "mover", -1, "", "fetched", 42, "m")
+        } else {
+            found
+        };
+        if code == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never committed: {code}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let fetcher = {
+        let (stop, proxy) = (stop.clone(), proxy.clone());
+        std::thread::spawn(move || {
+            let mut client = floe_e2e::RawClient::connect(&proxy).unwrap();
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                answers.push(raw::fetch_answer(&mut client, "mover", "fetched"));
+            }
+            answers
+        })
+    };
+    let meta = c.meta().await.unwrap();
+    let partition = floe_e2e::offsets_partition("mover");
+    for _ in 0..2 {
+        let owner = floe_e2e::Cluster::partition_state(&meta, "__consumer_offsets", partition)
+            .await
+            .unwrap()
+            .map_or(0, |s| s.broker_id);
+        let target = 3 - owner;
+        c.move_partition("__consumer_offsets", partition, target)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = floe_e2e::Cluster::partition_state(&meta, "__consumer_offsets", partition)
+                .await
+                .unwrap();
+            if s.is_some_and(|s| s.broker_id == target && s.state == "writing") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the move did not complete");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let answers = fetcher.join().unwrap();
+    let wrong: Vec<_> = answers.iter().filter(|a| **a != (0, 42)).collect();
+    println!("{} fetches across two moves", answers.len());
+    assert!(answers.len() > 10, "{answers:?}");
+    assert!(
+        wrong.is_empty(),
+        "{} of {} fetches answered {:?}",
+        wrong.len(),
+        answers.len(),
+        &wrong[..wrong.len().min(5)]
+    );
 }

@@ -93,6 +93,7 @@ impl KafkaService for Proxy {
 }
 
 /// Where a forwarded request goes.
+#[derive(Clone)]
 enum Route {
     /// The coordinator of this group.
     Group(String),
@@ -230,6 +231,7 @@ async fn dispatch(
                             one
                         },
                         |x: DescribeGroupsResponse| x.groups,
+                        |e| e.error_code,
                         |g, code| {
                             describe_groups_response::DescribedGroup::default()
                                 .with_group_id(g)
@@ -256,6 +258,7 @@ async fn dispatch(
                             one
                         },
                         |x: ConsumerGroupDescribeResponse| x.groups,
+                        |e| e.error_code,
                         |g, code| {
                             consumer_group_describe_response::DescribedGroup::default()
                                 .with_group_id(g)
@@ -277,6 +280,7 @@ async fn dispatch(
                         (api, version, &client_id),
                         |g| DeleteGroupsRequest::default().with_groups_names(vec![g.clone()]),
                         |x: DeleteGroupsResponse| x.results,
+                        |e| e.error_code,
                         |g, code| {
                             delete_groups_response::DeletableGroupResult::default()
                                 .with_group_id(g)
@@ -325,6 +329,7 @@ async fn dispatch(
                                 .with_groups(asked.into_iter().collect())
                         },
                         |x: OffsetFetchResponse| x.groups,
+                        |e| e.error_code,
                         |g, code| {
                             offset_fetch_response::OffsetFetchResponseGroup::default()
                                 .with_group_id(g)
@@ -409,14 +414,22 @@ fn creates(api: ApiKey) -> bool {
     )
 }
 
+/// How long a request answered "not me (yet)" by a group's coordinator is
+/// asked again while the coordinator moves, before that answer goes to the
+/// client.
+const COORDINATOR_MOVE_WAIT: Duration = Duration::from_secs(5);
+
+/// A coordinator's "not me (yet)".
+fn coordinator_moving(c: i16) -> bool {
+    c == ResponseError::NotCoordinator.code()
+        || c == ResponseError::CoordinatorNotAvailable.code()
+        || c == ResponseError::CoordinatorLoadInProgress.code()
+}
+
 /// Requests whose response the coordinator answered with "not me (yet)":
 /// sent again once the coordinator moved.
 fn coordinator_moved(api: ApiKey, version: i16, frame: &Bytes) -> bool {
-    let moved = |c: i16| {
-        c == ResponseError::NotCoordinator.code()
-            || c == ResponseError::CoordinatorNotAvailable.code()
-            || c == ResponseError::CoordinatorLoadInProgress.code()
-    };
+    let moved = coordinator_moving;
     let f = frame.clone();
     match api {
         ApiKey::JoinGroup => {
@@ -496,7 +509,7 @@ impl Proxy {
     ) -> Result<Bytes, String> {
         let started = tokio::time::Instant::now();
         let deadline = started + Duration::from_millis(timeout_ms);
-        let moved_deadline = started + Duration::from_secs(5).min(deadline - started);
+        let moved_deadline = started + COORDINATOR_MOVE_WAIT.min(deadline - started);
         let mut changes = self.view.changes();
         let mut last;
         self.metrics.group_forwarded.inc();
@@ -974,17 +987,40 @@ impl Proxy {
         (api, version, client_id): (ApiKey, i16, &str),
         one: impl Fn(&GroupId) -> Req,
         entries: impl Fn(Resp) -> Vec<Entry>,
+        code: impl Fn(&Entry) -> i16,
         failed: impl Fn(GroupId, i16) -> Entry,
     ) -> Vec<Entry> {
         let mut out = Vec::new();
         for g in groups {
             let route = Route::Group(g.0.to_string());
-            match self
-                .call::<_, Resp>(route, api, version, client_id, &one(&g))
-                .await
-            {
-                Ok(x) => out.extend(entries(x)),
-                Err(e) => out.push(failed(g, e.code())),
+            // A group whose coordinator is moving is asked again once it
+            // moved, as `forward` does for single-group requests: an
+            // answer of NOT_COORDINATOR for OffsetFetch v8+ reaches a
+            // librdkafka consumer's application as an error.
+            let moved_deadline = tokio::time::Instant::now() + COORDINATOR_MOVE_WAIT;
+            let mut changes = self.view.changes();
+            loop {
+                changes.borrow_and_update();
+                match self
+                    .call::<_, Resp>(route.clone(), api, version, client_id, &one(&g))
+                    .await
+                {
+                    Ok(x) => {
+                        let e = entries(x);
+                        if tokio::time::Instant::now() < moved_deadline
+                            && e.iter().any(|x| coordinator_moving(code(x)))
+                        {
+                            tokio::select! {
+                                _ = changes.changed() => {}
+                                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            }
+                            continue;
+                        }
+                        out.extend(e);
+                    }
+                    Err(e) => out.push(failed(g, e.code())),
+                }
+                break;
             }
         }
         out
