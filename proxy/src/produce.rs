@@ -562,12 +562,16 @@ impl Proxy {
                 // partition to the new node's connection with this answer
                 // and not at its next Metadata refresh (minutes away): the
                 // old connection carries the old owner's partitions, whose
-                // stalls it must not share.
+                // stalls it must not share. Told in the answer to the
+                // partition's last request in flight here, so the client
+                // has nothing to drain when it moves the partition.
                 r.current_leader = LeaderIdAndEpoch::default();
                 if client_version >= 10 && acks != 0 {
                     if let Some(id) = tasks[i].2.id {
                         if let Some(node) = proxy.owner_node(id) {
-                            if connection.news(id, node) {
+                            if !connection.carried_by_another(registered.id, id)
+                                && connection.news(id, node)
+                            {
                                 r.current_leader = LeaderIdAndEpoch::default()
                                     .with_leader_id(node.into())
                                     .with_leader_epoch(-1);
@@ -1050,6 +1054,22 @@ impl Connection {
             seen.retain(|_, t| now - *t < SEEN_FOR);
             nodes.retain(|p, _| seen.contains_key(p));
         }
+    }
+
+    /// Whether a request other than `me` still being answered on this
+    /// connection carries partition `p`. A partition's new node is told
+    /// only in the answer to its last request in flight: an idempotent
+    /// librdkafka producer that moves a partition to another connection
+    /// first drains the requests in flight on the old one, and the new
+    /// connection's thread is not woken when they finish, but sleeps up to
+    /// a second (`rd_kafka_broker_produce_toppar` returns early without a
+    /// wake-up while `wait_drain` has requests in flight).
+    fn carried_by_another(&self, me: u64, p: PartitionId) -> bool {
+        self.produces
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(id, (_, parts))| *id != me && parts.iter().any(|f| f.id == Some(p)))
     }
 
     /// Whether the client should be told that partition `p` is led by
