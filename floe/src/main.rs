@@ -300,7 +300,10 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
         shutdown.child_token(),
     )
     .await?;
-    let proxy = floe_proxy::Proxy::start(
+    // One read cache for both (its keys are storage paths): the proxy
+    // serves reads of the bytes the broker just wrote and cached, and the
+    // cache is sized by one setting, `[broker] cache_bytes`.
+    let proxy = floe_proxy::Proxy::start_with_cache(
         proxy_config,
         cluster_id.clone(),
         host,
@@ -308,6 +311,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
         meta.clone(),
         pool,
         clock.now_ms(),
+        node.cache.clone(),
         shutdown.child_token(),
     )
     .await?;

@@ -125,6 +125,28 @@ impl Proxy {
         now_ms: i64,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, MetaError> {
+        let cache = BlockCache::new(config.cache_bytes);
+        Self::start_with_cache(
+            config, cluster_id, host, port, meta, pool, now_ms, cache, shutdown,
+        )
+        .await
+    }
+
+    /// [`Proxy::start`] reading through `cache` (`config.cache_bytes` is not
+    /// used): `floe standalone` gives its proxy the broker's cache, whose
+    /// keys (storage paths) are the same, so each byte is cached once.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_with_cache(
+        config: ProxyConfig,
+        cluster_id: String,
+        host: String,
+        port: i32,
+        meta: Arc<dyn MetadataStore>,
+        pool: Arc<StoragePool>,
+        now_ms: i64,
+        cache: BlockCache,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, MetaError> {
         let id = config.proxy_id.unwrap_or_else(|| derived_id(&host, port));
         let record = ProxyRecord {
             format: FORMAT,
@@ -168,7 +190,6 @@ impl Proxy {
         let mut requests = Metrics::with_prefix("floe_proxy");
         let metrics = Arc::new(ProxyMetrics::default());
         metrics.register(&mut requests.registry);
-        let cache = BlockCache::new(config.cache_bytes);
         let tails = Tails::new(
             view.clone(),
             pool,
