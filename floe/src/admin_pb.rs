@@ -1,2 +1,3 @@
-//! The admin API's messages and gRPC stubs, generated from proto/admin.proto.
-tonic::include_proto!("floe.admin.v1");
+//! The admin API's messages and gRPC stubs (proto/admin.proto, generated in
+//! `floe_rpc`).
+pub use floe_rpc::admin::*;

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use floe_broker::tail::{append_chunks, pb, snapshot_state, TailClient, MAX_MESSAGE_BYTES};
 use floe_common::PartitionId;
+use floe_rpc::tail::{append_chunks, pb, snapshot_state, TailClient, MAX_MESSAGE_BYTES};
 use floe_storage::log::{LogState, PartitionLog};
 use floe_storage::{BlockCache, StoragePool};
 use tokio::sync::watch;
