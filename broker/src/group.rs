@@ -24,22 +24,10 @@ use crate::consumer_group::{ConsumerGroup, Heartbeat, HeartbeatAnswer, Timing, T
 use crate::node::Node;
 use crate::partition::{PartitionHandle, PartitionState};
 
-/// The internal topic holding committed offsets.
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+pub use floe_protocol::rules::{partition_for, OFFSETS_TOPIC};
 
 /// Largest metadata string of a committed offset (offset.metadata.max.bytes).
 const MAX_OFFSET_METADATA: usize = 4096;
-
-/// The partition of the offsets topic that holds `group`: Kafka's choice
-/// (Utils.abs of the Java String hash of the id, modulo the count).
-pub fn partition_for(group: &str, partitions: i32) -> i32 {
-    let mut h: i32 = 0;
-    for unit in group.encode_utf16() {
-        h = h.wrapping_mul(31).wrapping_add(unit as i32);
-    }
-    let abs = if h == i32::MIN { 0 } else { h.abs() };
-    abs % partitions.max(1)
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupState {

@@ -133,15 +133,7 @@ pub async fn find_coordinator(
     resp
 }
 
-/// FindCoordinator before v4 answers one key in top-level fields.
-pub fn single_coordinator(resp: &mut FindCoordinatorResponse) {
-    let c = resp.coordinators.pop().unwrap_or_default();
-    resp.error_code = c.error_code;
-    resp.error_message = c.error_message;
-    resp.node_id = c.node_id;
-    resp.host = c.host;
-    resp.port = c.port;
-}
+pub use floe_protocol::rules::single_coordinator;
 
 pub async fn join_group(
     node: &Arc<Node>,

@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use floe_common::{PartitionId, Uuid};
 use floe_protocol::batch::validate_for_produce;
-use floe_protocol::kafka_protocol::messages::api_versions_response::ApiVersion;
 use floe_protocol::kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use floe_protocol::kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
@@ -35,7 +34,7 @@ use floe_protocol::kafka_protocol::messages::produce_response::{
 };
 use floe_protocol::kafka_protocol::messages::*;
 use floe_protocol::kafka_protocol::protocol::StrBytes;
-use floe_protocol::{versions, ResponseError};
+use floe_protocol::ResponseError;
 use floe_storage::log::{ReadError, SegmentView};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -48,24 +47,7 @@ fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
 }
 
-pub fn api_versions(version: i16, unsupported: bool) -> ApiVersionsResponse {
-    let mut r = ApiVersionsResponse::default();
-    if unsupported {
-        r.error_code = ResponseError::UnsupportedVersion.code();
-    }
-    for &(api, _, _) in versions::IMPLEMENTED {
-        if let Some((lo, hi)) = versions::supported(api) {
-            r.api_keys.push(
-                ApiVersion::default()
-                    .with_api_key(api as i16)
-                    .with_min_version(lo)
-                    .with_max_version(hi),
-            );
-        }
-    }
-    let _ = version;
-    r
-}
+pub use floe_protocol::rules::api_versions;
 
 /// Find (and, if allowed, auto-create) a topic by name.
 async fn resolve_topic(

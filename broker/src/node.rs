@@ -201,28 +201,7 @@ async fn register(
 /// How often a broker waiting for its id's old registration to lapse looks.
 const REGISTER_POLL: Duration = Duration::from_millis(250);
 
-/// A topic name Kafka would accept: 1-249 of [a-zA-Z0-9._-], not "." or "..".
-pub fn valid_topic_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("topic name is empty".into());
-    }
-    if name == "." || name == ".." {
-        return Err(format!("topic name {name:?} is not allowed"));
-    }
-    if name.len() > 249 {
-        return Err(format!(
-            "topic name is {} characters, the limit is 249",
-            name.len()
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-'))
-    {
-        return Err(format!("topic name {name:?} contains {c:?}; only ASCII alphanumerics, '.', '_' and '-' are allowed"));
-    }
-    Ok(())
-}
+pub use floe_protocol::rules::valid_topic_name;
 
 impl Node {
     /// Register this broker (bound to a fresh lease kept alive in the

@@ -7,6 +7,7 @@ pub mod frame;
 pub mod legacy;
 pub mod legacy_api;
 pub mod responses;
+pub mod rules;
 pub mod versions;
 
 pub use kafka_protocol;

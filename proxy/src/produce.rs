@@ -252,7 +252,7 @@ impl Proxy {
                     (_, a) if !(-1..=1).contains(&a) => {
                         (None, Some(ResponseError::InvalidRequiredAcks))
                     }
-                    (None, _) if floe_broker::node::valid_topic_name(&name).is_err() => {
+                    (None, _) if floe_protocol::rules::valid_topic_name(&name).is_err() => {
                         (None, Some(ResponseError::InvalidTopicException))
                     }
                     (None, _) => (None, Some(ResponseError::UnknownTopicOrPartition)),

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use floe_broker::group::{partition_for, OFFSETS_TOPIC};
-use floe_broker::handlers::api_versions;
 use floe_broker::server::{
     api_name, ready, request_head, respond, Close, KafkaService, Limits, Pending,
 };
@@ -27,6 +25,8 @@ use floe_protocol::kafka_protocol::messages::metadata_response::{
 };
 use floe_protocol::kafka_protocol::messages::*;
 use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use floe_protocol::rules::api_versions;
+use floe_protocol::rules::{partition_for, OFFSETS_TOPIC};
 use floe_protocol::ResponseError;
 use futures::FutureExt;
 
@@ -164,7 +164,8 @@ async fn dispatch(
                 .iter()
                 .map(|t| t.name.0.to_string())
                 .filter(|n| {
-                    proxy.view.topic(n).is_none() && floe_broker::node::valid_topic_name(n).is_ok()
+                    proxy.view.topic(n).is_none()
+                        && floe_protocol::rules::valid_topic_name(n).is_ok()
                 })
                 .collect();
             if !unknown.is_empty() {
@@ -756,7 +757,7 @@ impl Proxy {
                     .ok_or_else(|| match created_errors.get(n) {
                         Some(&c) if c != 0 => ResponseError::try_from_code(c)
                             .unwrap_or(ResponseError::UnknownTopicOrPartition),
-                        _ if floe_broker::node::valid_topic_name(n).is_err() => {
+                        _ if floe_protocol::rules::valid_topic_name(n).is_err() => {
                             ResponseError::InvalidTopicException
                         }
                         _ if auto_create => ResponseError::LeaderNotAvailable,
@@ -929,7 +930,7 @@ impl Proxy {
             resp.coordinators.push(c);
         }
         if version < 4 {
-            floe_broker::group_api::single_coordinator(&mut resp);
+            floe_protocol::rules::single_coordinator(&mut resp);
         }
         resp
     }
