@@ -411,15 +411,9 @@ mod raw {
     }
 
     pub fn fetch(raw: &mut RawClient, group: &str, topic: &str) -> i64 {
-        let req =
-            OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
-                .with_group_id(GroupId(s(group)))
-                .with_topics(Some(vec![OffsetFetchRequestTopics::default()
-                    .with_name(TopicName(s(topic)))
-                    .with_partition_indexes(vec![0])]))]);
-        let r: OffsetFetchResponse = raw.call(ApiKey::OffsetFetch, 8, &req).unwrap();
-        assert_eq!(r.groups[0].error_code, 0);
-        r.groups[0].topics[0].partitions[0].committed_offset
+        let (code, offset) = fetch_answer(raw, group, topic);
+        assert_eq!(code, 0);
+        offset
     }
 
     /// OffsetFetch v8 of partition 0 of `topic`: the group's error code and
