@@ -35,7 +35,7 @@ use floe_protocol::kafka_protocol::messages::produce_response::{
 use floe_protocol::kafka_protocol::messages::*;
 use floe_protocol::kafka_protocol::protocol::StrBytes;
 use floe_protocol::ResponseError;
-use floe_storage::log::{ReadError, SegmentView};
+use floe_storage::log::ReadError;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
@@ -47,6 +47,7 @@ fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
 }
 
+pub use floe_kafka::read::{epoch_end, legacy_fetch, list_offset};
 pub use floe_protocol::rules::api_versions;
 
 /// Find (and, if allowed, auto-create) a topic by name.
@@ -419,19 +420,6 @@ pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchRes
     }
 }
 
-/// Fetch v0–3 cannot carry v2 batches: the records as a message set of
-/// format v0 (Fetch v0–1) or v1 (v2–3).
-pub fn legacy_fetch(records: Bytes, version: i16) -> Bytes {
-    if version >= 4 || records.is_empty() {
-        return records;
-    }
-    let magic = if version < 2 { 0 } else { 1 };
-    floe_protocol::legacy::downconvert(&records, magic).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "a stored batch could not be converted for an old fetch");
-        Bytes::new()
-    })
-}
-
 pub async fn list_offsets(
     node: &Node,
     req: ListOffsetsRequest,
@@ -476,64 +464,6 @@ pub async fn list_offsets(
         resp.topics.push(tr);
     }
     resp
-}
-
-/// ListOffsets for one partition of `log`: the latest (-1), earliest (-2,
-/// -4), max-timestamp (-3) or first-at-or-after-timestamp offset, into `pr`.
-pub async fn list_offset(
-    log: &floe_storage::log::PartitionLog,
-    timestamp: i64,
-    pr: &mut ListOffsetsPartitionResponse,
-) {
-    let (start, hw, _) = log.offsets();
-    let answer = match timestamp {
-        -1 => Ok(Some((hw, -1))),
-        -2 | -4 => Ok(Some((start, -1))),
-        -3 => log.max_timestamp().await,
-        ts if ts < 0 => {
-            pr.error_code = ResponseError::InvalidRequest.code();
-            Ok(None)
-        }
-        ts => log.offset_for_timestamp(ts).await,
-    };
-    match answer {
-        Ok(Some((o, ts))) => {
-            pr.offset = o;
-            pr.timestamp = ts;
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(partition = %log.id, error = %e, "timestamp lookup failed");
-            pr.error_code = ResponseError::KafkaStorageError.code();
-        }
-    }
-}
-
-/// OffsetForLeaderEpoch for one partition: the largest epoch at or below
-/// `leader_epoch` present in the log and the offset where it ended; `None`
-/// for a future epoch (undefined, as Kafka answers).
-pub fn epoch_end(state: &floe_storage::log::LogState, leader_epoch: i32) -> Option<(i32, i64)> {
-    // (epoch, first offset) of each epoch present in the log.
-    let mut epochs: Vec<(i32, i64)> = Vec::new();
-    for seg in state.segments.values() {
-        let e = match seg {
-            SegmentView::Open { epoch, .. } => *epoch,
-            SegmentView::Sealed(s) => s.epoch,
-        };
-        if epochs.last().is_none_or(|(le, _)| *le != e) {
-            epochs.push((e, seg.base_offset()));
-        }
-    }
-    if leader_epoch > state.leader_epoch {
-        None
-    } else if let Some(i) = epochs.iter().rposition(|(e, _)| *e <= leader_epoch) {
-        Some((
-            epochs[i].0,
-            epochs.get(i + 1).map_or(state.high_watermark, |(_, o)| *o),
-        ))
-    } else {
-        Some((leader_epoch, state.log_start_offset))
-    }
 }
 
 pub async fn offset_for_leader_epoch(

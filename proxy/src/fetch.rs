@@ -144,8 +144,7 @@ impl Proxy {
                             Ok(records) => {
                                 total += records.len();
                                 self.requests.bytes_out(records.len() as u64);
-                                pr.records =
-                                    Some(floe_broker::handlers::legacy_fetch(records, version));
+                                pr.records = Some(floe_kafka::read::legacy_fetch(records, version));
                             }
                             Err(ReadError::OffsetOutOfRange { .. }) => {
                                 pr.error_code = ResponseError::OffsetOutOfRange.code();
@@ -207,7 +206,7 @@ impl Proxy {
                 if version >= 4 {
                     pr.leader_epoch = -1;
                 }
-                floe_broker::handlers::list_offset(&f.log, p.timestamp, &mut pr).await;
+                floe_kafka::read::list_offset(&f.log, p.timestamp, &mut pr).await;
                 tr.partitions.push(pr);
             }
             resp.topics.push(tr);
@@ -232,8 +231,7 @@ impl Proxy {
                 match self.follower(t.as_ref(), p.partition) {
                     Ok(f) if f.wait_ready(deadline).await => {
                         let state = f.log.snapshot();
-                        if let Some((e, end)) =
-                            floe_broker::handlers::epoch_end(&state, p.leader_epoch)
+                        if let Some((e, end)) = floe_kafka::read::epoch_end(&state, p.leader_epoch)
                         {
                             pr.leader_epoch = e;
                             pr.end_offset = end;

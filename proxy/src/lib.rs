@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floe_broker::Metrics;
+use floe_kafka::RequestMetrics as Metrics;
 use floe_meta::schema::{ProxyRecord, FORMAT};
 use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn, TxnOutcome};
 use floe_storage::{BlockCache, StoragePool};

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use floe_broker::server::{
+use floe_common::PartitionId;
+use floe_kafka::listener::{
     api_name, ready, request_head, respond, Close, KafkaService, Limits, Pending,
 };
-use floe_broker::Metrics;
-use floe_common::PartitionId;
+use floe_kafka::RequestMetrics as Metrics;
 use floe_meta::schema::BrokerRecord;
 use floe_protocol::kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
@@ -117,11 +117,11 @@ async fn dispatch(
     let raw = frame.clone();
     let mut body = frame;
     let malformed =
-        |e: floe_broker::server::anyhow_like::Error| Close::Malformed(api, version, e.to_string());
+        |e: floe_kafka::listener::anyhow_like::Error| Close::Malformed(api, version, e.to_string());
     let header = RequestHeader::decode(&mut body, api.request_header_version(version))
         .map_err(|e| malformed(e.into()))?;
     let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
-    let request = floe_broker::server::decode_body(api, version, &mut body)
+    let request = floe_kafka::listener::decode_body(api, version, &mut body)
         .map_err(|e| Close::Malformed(api, version, e))?;
     let name = api_name(api);
     let metrics = proxy.requests.clone();
