@@ -17,9 +17,6 @@ use floe_protocol::kafka_protocol::messages::describe_cluster_response::Describe
 use floe_protocol::kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
-use floe_protocol::kafka_protocol::messages::fetch_response::{
-    FetchableTopicResponse, PartitionData,
-};
 use floe_protocol::kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -309,115 +306,72 @@ fn check_epoch(h: &PartitionHandle, requested: i32) -> Option<ResponseError> {
     }
 }
 
-pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchResponse {
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
-    let max_bytes = if version >= 3 {
-        req.max_bytes.max(0) as usize
-    } else {
-        usize::MAX
-    };
-    let min_bytes = req.min_bytes.max(0) as usize;
-    loop {
-        let mut watchers = Vec::new();
-        let mut resp = FetchResponse::default();
-        if version >= 7 && req.session_id != 0 {
-            resp.error_code = ResponseError::FetchSessionIdNotFound.code();
-            return resp;
-        }
-        let mut total = 0usize;
-        for topic in &req.topics {
-            let t = if version >= 13 {
-                node.topic_by_id(topic.topic_id)
-            } else {
-                node.topic(topic.topic.0.as_str())
-            };
-            let mut tr = FetchableTopicResponse::default();
-            if version >= 13 {
-                tr.topic_id = topic.topic_id;
-            } else {
-                tr.topic = topic.topic.clone();
-            }
-            for p in &topic.partitions {
-                let mut pr = PartitionData::default()
-                    .with_partition_index(p.partition)
-                    .with_high_watermark(-1)
-                    .with_last_stable_offset(-1)
-                    .with_log_start_offset(-1);
-                if req.isolation_level == 1 {
-                    pr.aborted_transactions = Some(Vec::new());
-                }
-                let handle = match &t {
-                    None => Err(if version >= 13 {
-                        ResponseError::UnknownTopicId
-                    } else {
-                        ResponseError::UnknownTopicOrPartition
-                    }),
-                    Some(t) if p.partition < 0 || p.partition >= t.partitions => {
-                        Err(ResponseError::UnknownTopicOrPartition)
-                    }
-                    Some(t) => node
-                        .partition(PartitionId::new(t.id, p.partition))
-                        .ok_or(ResponseError::NotLeaderOrFollower),
-                };
-                let h = match handle.and_then(|h| match check_epoch(&h, p.current_leader_epoch) {
-                    Some(e) => Err(e),
-                    None => Ok(h),
-                }) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        pr.error_code = e.code();
-                        tr.partitions.push(pr);
-                        continue;
-                    }
-                };
-                let (start, hw, _) = h.log.offsets();
-                pr.high_watermark = hw;
-                pr.last_stable_offset = hw;
-                pr.log_start_offset = start;
-                watchers.push(h.log.subscribe());
-                let budget =
-                    (p.partition_max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
-                if budget > 0 || total == 0 {
-                    match h.log.read(p.fetch_offset, budget, total == 0).await {
-                        Ok(r) => {
-                            total += r.records.len();
-                            node.metrics.bytes_out(r.records.len() as u64);
-                            node.metrics.load.add_out(h.id, r.records.len() as u64);
-                            pr.records = Some(legacy_fetch(r.records, version));
-                        }
-                        Err(ReadError::OffsetOutOfRange { .. }) => {
-                            pr.error_code = ResponseError::OffsetOutOfRange.code();
-                        }
-                        Err(ReadError::Storage(e)) => {
-                            tracing::warn!(partition = %h.id, error = %e, "fetch read failed");
-                            pr.error_code = ResponseError::KafkaStorageError.code();
-                        }
-                    }
-                }
-                tr.partitions.push(pr);
-            }
-            resp.responses.push(tr);
-        }
-        let errors = resp
-            .responses
-            .iter()
-            .flat_map(|t| &t.partitions)
-            .any(|p| p.error_code != 0);
-        if total >= min_bytes
-            || errors
-            || tokio::time::Instant::now() >= deadline
-            || watchers.is_empty()
-        {
-            return resp;
-        }
-        // Long poll: sleep until a partition's high watermark moves.
-        let changed =
-            futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            return resp;
-        }
+/// A partition this broker writes, as a Fetch reads it.
+struct Owned {
+    node: Arc<Node>,
+    h: PartitionHandle,
+}
+
+impl floe_kafka::read::Readable for Owned {
+    fn log(&self) -> &floe_storage::log::PartitionLog {
+        &self.h.log
     }
+
+    fn past_end_is_out_of_range(&self, _waited_out: bool) -> bool {
+        true
+    }
+
+    fn read(
+        &self,
+        offset: i64,
+        budget: usize,
+        min_one: bool,
+    ) -> futures::future::BoxFuture<'_, Result<Bytes, ReadError>> {
+        async move {
+            self.h
+                .log
+                .read(offset, budget, min_one)
+                .await
+                .map(|r| r.records)
+        }
+        .boxed()
+    }
+
+    fn served(&self, bytes: u64) {
+        self.node.metrics.bytes_out(bytes);
+        self.node.metrics.load.add_out(self.h.id, bytes);
+    }
+}
+
+pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchResponse {
+    floe_kafka::read::fetch(&req, version, |topic, p| {
+        let t = if version >= 13 {
+            node.topic_by_id(topic.topic_id)
+        } else {
+            node.topic(topic.topic.0.as_str())
+        };
+        let h = match &t {
+            None => Err(if version >= 13 {
+                ResponseError::UnknownTopicId
+            } else {
+                ResponseError::UnknownTopicOrPartition
+            }),
+            Some(t) if p.partition < 0 || p.partition >= t.partitions => {
+                Err(ResponseError::UnknownTopicOrPartition)
+            }
+            Some(t) => node
+                .partition(PartitionId::new(t.id, p.partition))
+                .ok_or(ResponseError::NotLeaderOrFollower),
+        }?;
+        if let Some(e) = check_epoch(&h, p.current_leader_epoch) {
+            return Err(e);
+        }
+        Ok(Owned {
+            node: node.clone(),
+            h,
+        })
+    })
+    .await
 }
 
 pub async fn list_offsets(

@@ -7,9 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use floe_common::PartitionId;
-use floe_protocol::kafka_protocol::messages::fetch_response::{
-    FetchableTopicResponse, PartitionData,
-};
 use floe_protocol::kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -28,6 +25,43 @@ use crate::Proxy;
 /// How long a read that found a chunk gone (consolidated into a segment)
 /// waits for the owner's snapshot before failing.
 const REPLAN_WAIT: Duration = Duration::from_secs(2);
+
+/// A followed partition, as a Fetch through this proxy reads it.
+struct Followed<'a> {
+    proxy: &'a Proxy,
+    f: Arc<Follower>,
+}
+
+impl floe_kafka::read::Readable for Followed<'_> {
+    fn log(&self) -> &floe_storage::log::PartitionLog {
+        &self.f.log
+    }
+
+    /// First use: the owner's snapshot is on its way.
+    fn ready(&self) -> bool {
+        self.f.is_ready()
+    }
+
+    /// The pushed high watermark may trail the owner's by a moment: out of
+    /// range only once it has had the whole wait to catch up, from a live
+    /// owner.
+    fn past_end_is_out_of_range(&self, waited_out: bool) -> bool {
+        waited_out && self.f.is_live()
+    }
+
+    fn read(
+        &self,
+        offset: i64,
+        budget: usize,
+        min_one: bool,
+    ) -> futures::future::BoxFuture<'_, Result<Bytes, ReadError>> {
+        Box::pin(self.proxy.read(&self.f, offset, budget, min_one))
+    }
+
+    fn served(&self, bytes: u64) {
+        self.proxy.requests.bytes_out(bytes);
+    }
+}
 
 impl Proxy {
     fn follower(
@@ -66,113 +100,19 @@ impl Proxy {
     }
 
     pub(crate) async fn fetch(self: Arc<Self>, req: FetchRequest, version: i16) -> FetchResponse {
-        let started = Instant::now();
-        let deadline = started + Duration::from_millis(req.max_wait_ms.max(0) as u64);
-        let max_bytes = if version >= 3 {
-            req.max_bytes.max(0) as usize
-        } else {
-            usize::MAX
-        };
-        let min_bytes = req.min_bytes.max(0) as usize;
-        loop {
-            let mut watchers = Vec::new();
-            let mut resp = FetchResponse::default();
-            if version >= 7 && req.session_id != 0 {
-                resp.error_code = ResponseError::FetchSessionIdNotFound.code();
-                return resp;
+        floe_kafka::read::fetch(&req, version, |topic, p| {
+            let t = if version >= 13 {
+                self.view.topic_by_id(topic.topic_id)
+            } else {
+                self.view.topic(topic.topic.0.as_str())
+            };
+            match self.follower(t.as_ref(), p.partition) {
+                Ok(f) => Ok(Followed { proxy: &self, f }),
+                Err(_) if t.is_none() && version >= 13 => Err(ResponseError::UnknownTopicId),
+                Err(e) => Err(e),
             }
-            let mut total = 0usize;
-            let waited_out = Instant::now() >= deadline;
-            for topic in &req.topics {
-                let t = if version >= 13 {
-                    self.view.topic_by_id(topic.topic_id)
-                } else {
-                    self.view.topic(topic.topic.0.as_str())
-                };
-                let mut tr = FetchableTopicResponse::default();
-                if version >= 13 {
-                    tr.topic_id = topic.topic_id;
-                } else {
-                    tr.topic = topic.topic.clone();
-                }
-                for p in &topic.partitions {
-                    let mut pr = PartitionData::default()
-                        .with_partition_index(p.partition)
-                        .with_high_watermark(-1)
-                        .with_last_stable_offset(-1)
-                        .with_log_start_offset(-1);
-                    if req.isolation_level == 1 {
-                        pr.aborted_transactions = Some(Vec::new());
-                    }
-                    let f = match self.follower(t.as_ref(), p.partition) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            pr.error_code = if t.is_none() && version >= 13 {
-                                ResponseError::UnknownTopicId.code()
-                            } else {
-                                e.code()
-                            };
-                            tr.partitions.push(pr);
-                            continue;
-                        }
-                    };
-                    watchers.push(f.log.subscribe());
-                    pr.records = Some(Bytes::new());
-                    if !f.is_ready() {
-                        // First use: the owner's snapshot is on its way.
-                        tr.partitions.push(pr);
-                        continue;
-                    }
-                    let (start, hw, _) = f.log.offsets();
-                    pr.high_watermark = hw;
-                    pr.last_stable_offset = hw;
-                    pr.log_start_offset = start;
-                    if p.fetch_offset > hw {
-                        // The pushed high watermark may trail the owner's by
-                        // a moment: out of range only once it has had the
-                        // whole wait to catch up, from a live owner.
-                        if waited_out && f.is_live() {
-                            pr.error_code = ResponseError::OffsetOutOfRange.code();
-                        }
-                        tr.partitions.push(pr);
-                        continue;
-                    }
-                    let budget = (p.partition_max_bytes.max(0) as usize)
-                        .min(max_bytes.saturating_sub(total));
-                    if budget > 0 || total == 0 {
-                        match self.read(&f, p.fetch_offset, budget, total == 0).await {
-                            Ok(records) => {
-                                total += records.len();
-                                self.requests.bytes_out(records.len() as u64);
-                                pr.records = Some(floe_kafka::read::legacy_fetch(records, version));
-                            }
-                            Err(ReadError::OffsetOutOfRange { .. }) => {
-                                pr.error_code = ResponseError::OffsetOutOfRange.code();
-                            }
-                            Err(ReadError::Storage(e)) => {
-                                tracing::warn!(partition = %f.id, error = %e, "fetch read failed");
-                                pr.error_code = ResponseError::KafkaStorageError.code();
-                            }
-                        }
-                    }
-                    tr.partitions.push(pr);
-                }
-                resp.responses.push(tr);
-            }
-            let errors = resp
-                .responses
-                .iter()
-                .flat_map(|t| &t.partitions)
-                .any(|p| p.error_code != 0);
-            if total >= min_bytes || errors || waited_out || watchers.is_empty() {
-                return resp;
-            }
-            // Long poll: until a pushed high watermark moves, or the wait ends
-            // (one more pass then decides on out-of-range offsets).
-            let changed =
-                futures::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
-            let _ = tokio::time::timeout_at(deadline, changed).await;
-        }
+        })
+        .await
     }
 
     pub(crate) async fn list_offsets(
