@@ -79,13 +79,12 @@ impl Metrics {
         Self::with_prefix("floe")
     }
 
-    /// Metrics named `{prefix}_...` (a proxy's are `floe_proxy_...`).
+    /// Metrics named `{prefix}_...`.
     pub fn with_prefix(prefix: &str) -> Self {
-        let mut edge = RequestMetrics::with_prefix(prefix);
         let storage_latency = Family::<OpLabel, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
-        let m = Self {
+        let mut m = Self {
             edge: RequestMetrics::with_prefix(prefix),
             load: Default::default(),
             storage_latency,
@@ -103,77 +102,77 @@ impl Metrics {
             tail_followers: Gauge::default(),
             tail_updates: Counter::default(),
         };
-        edge.registry.register(
+        m.edge.registry.register(
             "storage_op_duration_seconds",
             "Object store operation latency",
             m.storage_latency.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "storage_op_errors",
             "Object store operation failures",
             m.storage_errors.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "partitions",
             "Partitions of this broker, by state",
             m.partitions.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "segment_switches",
             "Segments sealed early because a chunk could not reach its write quorum (the chunk went to a fresh replica set)",
             m.segment_switches.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "replicas_repaired",
             "Segment replicas copied to a fresh target to restore the replication factor",
             m.replicas_repaired.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "gc_deleted_objects",
             "Storage objects nothing referred to (left by failed deletes, repairs, recoveries) deleted by partition garbage collection",
             m.gc_deleted.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "repair_bytes",
             "Bytes of segment replicas copied by repair (storage targets drained or down)",
             m.repair_bytes.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "repair_throttled_seconds",
             "Time repair copies waited for repair_max_bytes_per_sec",
             m.repair_throttled_seconds.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "producer_duplicates",
             "Retried idempotent batches answered with their original offsets (nothing appended)",
             m.producer_duplicates.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "broker_lease_expirations",
             "Times the broker's metadata lease expired (it then rejoined as a new session)",
             m.lease_expirations.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "segments_sealed",
             "Segments sealed",
             m.segments_sealed.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "segments_deleted",
             "Segments deleted by retention",
             m.segments_deleted.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "tail_followers",
             "Tail push streams open to proxies (one per proxy and partition)",
             m.tail_followers.clone(),
         );
-        edge.registry.register(
+        m.edge.registry.register(
             "tail_updates",
             "Log updates (appends with payloads, snapshots) pushed to proxies",
             m.tail_updates.clone(),
         );
-        Self { edge, ..m }
+        m
     }
 
     pub fn storage_op(&self, op: &str, took: Duration, ok: bool) {
