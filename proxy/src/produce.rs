@@ -166,25 +166,12 @@ struct Part {
     acks: i16,
 }
 
-/// Where an idempotent batch sits in its producer's sequence.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Seq {
-    producer_id: i64,
-    epoch: i16,
-    base: i32,
-}
-
-/// The sequence of an idempotent batch (`None`: not idempotent).
-fn seq_of(records: &Option<Bytes>) -> Option<Seq> {
+/// Whether a part's batch is an idempotent producer's (it has a sequence).
+fn idempotent(records: &Option<Bytes>) -> bool {
     records
         .as_ref()
         .and_then(|r| BatchHeader::parse(r))
-        .filter(|h| h.producer_id >= 0)
-        .map(|h| Seq {
-            producer_id: h.producer_id,
-            epoch: h.producer_epoch,
-            base: h.base_sequence,
-        })
+        .is_some_and(|h| h.producer_id >= 0)
 }
 
 /// An idempotent batch refused with OUT_OF_ORDER_SEQUENCE_NUMBER reached its
@@ -208,8 +195,8 @@ fn seq_of(records: &Option<Bytes>) -> Option<Seq> {
 /// out-of-order batch behind an unresolved one for the same reason.) Gap
 /// knowledge cannot be kept per proxy: the earlier batch may have gone
 /// through another proxy, or through this one before it restarted.
-fn out_of_order(code: i16, seq: Option<Seq>) -> bool {
-    seq.is_some() && code == ResponseError::OutOfOrderSequenceNumber.code()
+fn out_of_order(code: i16, idempotent: bool) -> bool {
+    idempotent && code == ResponseError::OutOfOrderSequenceNumber.code()
 }
 
 /// Errors after which the batch was surely not appended and the next owner
@@ -384,7 +371,7 @@ impl Proxy {
             let proxy = self.clone();
             let client_id = client_id.to_string();
             let flags = Arc::new(PartFlags {
-                seq: seq_of(&part.records),
+                idempotent: idempotent(&part.records),
                 id: part.id,
                 sent: AtomicBool::new(first.is_some()),
                 answered: AtomicBool::new(false),
@@ -493,7 +480,7 @@ impl Proxy {
                                 let t = part_flags[i].target.load(Ordering::SeqCst);
                                 let stuck = (t >= 0 && health.in_trouble(t, hold))
                                     || (held_long && !part_flags[i].sent.load(Ordering::SeqCst))
-                                    || (held_long && part_flags[i].seq.is_some());
+                                    || (held_long && part_flags[i].idempotent);
                                 if results[i].is_none() && !cut.contains(&i) && stuck {
                                     // Nothing more is sent for it from now.
                                     part_flags[i].answered.store(true, Ordering::SeqCst);
@@ -533,7 +520,7 @@ impl Proxy {
                 // or idempotent (a retry is answered by its sequence): the
                 // client may retry at once. A plain batch already sent may
                 // still land: a timeout, as Kafka would answer.
-                let code = if flags.seq.is_some() || !flags.sent.load(Ordering::SeqCst) {
+                let code = if flags.idempotent || !flags.sent.load(Ordering::SeqCst) {
                     ResponseError::NotLeaderOrFollower
                 } else {
                     ResponseError::RequestTimedOut
@@ -673,8 +660,7 @@ impl Proxy {
         deadline: Instant,
         flags: &PartFlags,
     ) -> PartitionProduceResponse {
-        let seq = flags.seq;
-        let idem = seq.is_some();
+        let idem = flags.idempotent;
         // The client was answered for this part already (cut): nothing more
         // may be sent; the lane is kept until the attempt out resolves.
         let answered = || flags.answered.load(Ordering::SeqCst);
@@ -763,10 +749,10 @@ impl Proxy {
                 Ok(r) if r.error_code == 0 => false,
                 // A later batch that overtook one this proxy holds: sent
                 // again once the one ahead is answered.
-                Ok(r) if out_of_order(r.error_code, seq) && prev_pending => true,
+                Ok(r) if out_of_order(r.error_code, idem) && prev_pending => true,
                 // Ahead of a batch the client sends again (see
                 // `out_of_order`): it sends that one, then this one.
-                Ok(r) if out_of_order(r.error_code, seq) => {
+                Ok(r) if out_of_order(r.error_code, idem) => {
                     drop(ticket);
                     self.metrics.produce_behind_gap.inc();
                     return error(ResponseError::NotLeaderOrFollower);
@@ -998,8 +984,8 @@ enum Waited {
 
 /// What the merged answer and a part's task share about the part.
 struct PartFlags {
-    /// Its place in an idempotent producer's sequence.
-    seq: Option<Seq>,
+    /// An idempotent producer's batch (its retry is answered by sequence).
+    idempotent: bool,
     id: Option<PartitionId>,
     /// Written to a broker at least once.
     sent: AtomicBool,
