@@ -1,5 +1,5 @@
 //! The README's run command on a machine without protoc: the build scripts
-//! that compile .proto files (etcd-client's, floe-broker's, floe's) run
+//! that compile .proto files (etcd-client's and floe-rpc's) run
 //! with protoc hidden — not on PATH, PROTOC unset — and find the binary of
 //! the protoc-bin-vendored crate through `scripts/protoc`
 //! (`.cargo/config.toml`).
@@ -7,7 +7,7 @@
 //! `cargo check` of the `floe` package in its own target directory stands
 //! for `cargo run --release -p floe`: it runs the same build scripts (the
 //! step that needs protoc) for the whole dependency graph, without the
-//! release code generation that would cost CI minutes. The three packages
+//! release code generation that would cost CI minutes. The two packages
 //! with proto build scripts are cleaned first, so their scripts really run
 //! every time.
 
@@ -64,15 +64,7 @@ fn floe_builds_on_a_machine_without_protoc() {
             .output()
             .unwrap()
     };
-    let clean = run(&[
-        "clean",
-        "-p",
-        "etcd-client",
-        "-p",
-        "floe-broker",
-        "-p",
-        "floe",
-    ]);
+    let clean = run(&["clean", "-p", "etcd-client", "-p", "floe-rpc"]);
     assert!(
         clean.status.success(),
         "{}",
@@ -88,8 +80,8 @@ fn floe_builds_on_a_machine_without_protoc() {
     // of each proto file.
     for (package, generated) in [
         ("etcd-client", "etcdserverpb.rs"),
-        ("floe-broker", "floe.tail.v1.rs"),
-        ("floe", "floe.admin.v1.rs"),
+        ("floe-rpc", "floe.tail.v1.rs"),
+        ("floe-rpc", "floe.admin.v1.rs"),
     ] {
         let found = std::fs::read_dir(target.join("debug").join("build"))
             .unwrap()
