@@ -4,14 +4,12 @@
 //! ConsumerGroupDescribe): requests mapped onto `group.rs` and back,
 //! version by version.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use floe_common::{PartitionId, Uuid};
+use floe_common::Uuid;
 use floe_protocol::ResponseError;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
-use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
@@ -29,7 +27,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use crate::consumer_group::{Heartbeat, Partitions};
-use crate::group::{partition_for, Committed, JoinRequest, OFFSETS_TOPIC};
+use crate::group::{Committed, JoinRequest};
 use crate::node::Node;
 
 fn s(v: impl Into<String>) -> StrBytes {
@@ -39,101 +37,6 @@ fn s(v: impl Into<String>) -> StrBytes {
 fn code(e: Option<ResponseError>) -> i16 {
     e.map_or(0, |e| e.code())
 }
-
-/// Make the offsets topic if it does not exist yet (the controller then
-/// assigns its partitions like any topic's).
-async fn ensure_offsets_topic(node: &Node) {
-    if node.topic(OFFSETS_TOPIC).is_some() {
-        return;
-    }
-    let configs = BTreeMap::from([
-        ("retention.ms".to_string(), "-1".to_string()),
-        ("retention.bytes".to_string(), "-1".to_string()),
-    ]);
-    match node
-        .create_topic(
-            OFFSETS_TOPIC,
-            node.config.offsets_topic_partitions.max(1),
-            configs,
-            false,
-        )
-        .await
-    {
-        Ok(_) => tracing::info!(
-            partitions = node.config.offsets_topic_partitions,
-            "created the offsets topic"
-        ),
-        Err((ResponseError::TopicAlreadyExists, _)) => {}
-        Err((e, m)) => {
-            tracing::warn!(error = ?e, message = %m, "creating the offsets topic failed")
-        }
-    }
-}
-
-/// The broker coordinating `group` now: (node id, host, port).
-fn coordinator(node: &Node, group: &str) -> Result<(i32, String, i32), ResponseError> {
-    if group.is_empty() {
-        return Err(ResponseError::InvalidGroupId);
-    }
-    let t = node
-        .topic(OFFSETS_TOPIC)
-        .ok_or(ResponseError::CoordinatorNotAvailable)?;
-    let p = PartitionId::new(t.id, partition_for(group, t.partitions));
-    let (broker, _) = node
-        .leader_of(p)
-        .ok_or(ResponseError::CoordinatorNotAvailable)?;
-    node.brokers()
-        .into_iter()
-        .find(|b| b.broker_id == broker)
-        .map(|b| (b.broker_id, b.host, b.port))
-        .ok_or(ResponseError::CoordinatorNotAvailable)
-}
-
-pub async fn find_coordinator(
-    node: &Arc<Node>,
-    req: FindCoordinatorRequest,
-    version: i16,
-) -> FindCoordinatorResponse {
-    ensure_offsets_topic(node).await;
-    let keys: Vec<StrBytes> = if version >= 4 {
-        req.coordinator_keys
-    } else {
-        vec![req.key]
-    };
-    let mut resp = FindCoordinatorResponse::default();
-    for key in keys {
-        let mut c = Coordinator::default().with_key(key.clone());
-        let found = if req.key_type != 0 {
-            Err((
-                ResponseError::CoordinatorNotAvailable,
-                "transaction coordinators are not supported".to_string(),
-            ))
-        } else {
-            coordinator(node, &key)
-                .map_err(|e| (e, format!("no coordinator for group {key:?} yet")))
-        };
-        match found {
-            Ok((id, host, port)) => {
-                c.node_id = id.into();
-                c.host = s(host);
-                c.port = port;
-            }
-            Err((e, m)) => {
-                c.node_id = (-1).into();
-                c.port = -1;
-                c.error_code = e.code();
-                c.error_message = Some(s(m));
-            }
-        }
-        resp.coordinators.push(c);
-    }
-    if version < 4 {
-        single_coordinator(&mut resp);
-    }
-    resp
-}
-
-pub use floe_protocol::rules::single_coordinator;
 
 pub async fn join_group(
     node: &Arc<Node>,

@@ -13,15 +13,11 @@ use floe_protocol::kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
 use floe_protocol::kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use floe_protocol::kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use floe_protocol::kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use floe_protocol::kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
-};
-use floe_protocol::kafka_protocol::messages::metadata_response::{
-    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use floe_protocol::kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
@@ -37,144 +33,17 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::config::TOPIC_CONFIGS;
-use crate::node::{valid_topic_name, Node, TopicInfo};
+use crate::node::{Node, TopicInfo};
 use crate::partition::{AppendError, Appended, PartitionHandle};
+use floe_kafka::errors::topic_error;
+use floe_meta::topics::TopicError;
 
 fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
 }
 
 pub use floe_kafka::read::{epoch_end, legacy_fetch, list_offset};
-pub use floe_protocol::rules::api_versions;
 
-/// Find (and, if allowed, auto-create) a topic by name.
-async fn resolve_topic(
-    node: &Node,
-    name: &str,
-    auto_create: bool,
-) -> Result<TopicInfo, ResponseError> {
-    if let Some(t) = node.topic(name) {
-        return Ok(t);
-    }
-    if valid_topic_name(name).is_err() {
-        return Err(ResponseError::InvalidTopicException);
-    }
-    if !(auto_create && node.config.auto_create_topics) {
-        return Err(ResponseError::UnknownTopicOrPartition);
-    }
-    match node
-        .create_topic(name, node.config.default_partitions, BTreeMap::new(), false)
-        .await
-    {
-        Ok(_) | Err((ResponseError::TopicAlreadyExists, _)) => {}
-        Err((e, msg)) => {
-            tracing::warn!(topic = name, error = %msg, "auto-creating topic failed");
-            return Err(e);
-        }
-    }
-    if node.wait_topic_ready(name, Duration::from_secs(5)).await {
-        node.topic(name).ok_or(ResponseError::LeaderNotAvailable)
-    } else {
-        Err(ResponseError::LeaderNotAvailable)
-    }
-}
-
-fn broker_list(node: &Node, version: i16) -> Vec<MetadataResponseBroker> {
-    let mut brokers: Vec<MetadataResponseBroker> = node
-        .brokers()
-        .into_iter()
-        .map(|b| {
-            MetadataResponseBroker::default()
-                .with_node_id(b.broker_id.into())
-                .with_host(s(b.host))
-                .with_port(b.port)
-                .with_rack(if version >= 1 { b.rack.map(s) } else { None })
-        })
-        .collect();
-    if !brokers.iter().any(|b| b.node_id.0 == node.config.node_id) {
-        // Our own registration may not have been seen yet.
-        brokers.push(
-            MetadataResponseBroker::default()
-                .with_node_id(node.config.node_id.into())
-                .with_host(s(node.advertised_host.clone()))
-                .with_port(node.advertised_port),
-        );
-    }
-    brokers
-}
-
-pub async fn metadata(node: &Node, req: MetadataRequest, version: i16) -> MetadataResponse {
-    let mut resp = MetadataResponse::default();
-    resp.brokers = broker_list(node, version);
-    if version >= 2 {
-        resp.cluster_id = Some(s(node.cluster_id.clone()));
-    }
-    if version >= 1 {
-        resp.controller_id = node.config.node_id.into();
-    }
-    let auto_create = version < 4 || req.allow_auto_topic_creation;
-    let wanted: Vec<(Option<String>, Uuid)> = match req.topics {
-        None => node
-            .topics()
-            .into_iter()
-            .map(|t| (Some(t.name), t.id))
-            .collect(),
-        Some(ts) if ts.is_empty() && version == 0 => node
-            .topics()
-            .into_iter()
-            .map(|t| (Some(t.name), t.id))
-            .collect(),
-        Some(ts) => ts
-            .into_iter()
-            .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
-            .collect(),
-    };
-    for (name, id) in wanted {
-        let mut topic = MetadataResponseTopic::default();
-        let found = match &name {
-            Some(n) => resolve_topic(node, n, auto_create).await,
-            None => node.topic_by_id(id).ok_or(ResponseError::UnknownTopicId),
-        };
-        topic.name = name.clone().map(|n| TopicName(s(n)));
-        match found {
-            Err(e) => {
-                topic.error_code = e.code();
-                if version >= 10 {
-                    topic.topic_id = id;
-                }
-            }
-            Ok(t) => {
-                topic.name = Some(TopicName(s(t.name.clone())));
-                if version >= 10 {
-                    topic.topic_id = t.id;
-                }
-                for p in 0..t.partitions {
-                    let mut part = MetadataResponsePartition::default().with_partition_index(p);
-                    match node.leader_of(PartitionId::new(t.id, p)) {
-                        Some((leader, epoch)) => {
-                            part.leader_id = leader.into();
-                            if version >= 7 {
-                                part.leader_epoch = epoch;
-                            }
-                            part.replica_nodes = vec![leader.into()];
-                            part.isr_nodes = vec![leader.into()];
-                        }
-                        None => {
-                            part.error_code = ResponseError::LeaderNotAvailable.code();
-                            part.leader_id = (-1).into();
-                        }
-                    }
-                    topic.partitions.push(part);
-                }
-            }
-        }
-        resp.topics.push(topic);
-    }
-    resp
-}
-
-/// Produce, in two phases: validation and queueing happen now, in request
-/// order; the returned future waits for durability.
 pub async fn produce(
     node: Arc<Node>,
     req: ProduceRequest,
@@ -194,7 +63,7 @@ pub async fn produce(
         let info = if !matches!(acks, -1..=1) {
             Err(ResponseError::InvalidRequiredAcks)
         } else {
-            resolve_topic(&node, &name, true).await
+            crate::cluster::topic_or_create(&node, &name).await
         };
         for p in topic.partition_data {
             let r = match &info {
@@ -495,6 +364,7 @@ pub async fn create_topics(
         } else {
             node.create_topic(&name, partitions, configs, req.validate_only)
                 .await
+                .map_err(|e| (topic_error(&e), e.to_string()))
         };
         match result {
             Ok(info) => {
@@ -564,10 +434,10 @@ pub async fn delete_topics(
                         r.topic_id = tid;
                     }
                 }
-                Err((e, msg)) => {
-                    r.error_code = e.code();
+                Err(e) => {
+                    r.error_code = topic_error(&e).code();
                     if version >= 5 {
-                        r.error_message = Some(s(msg));
+                        r.error_message = Some(s(e.to_string()));
                     }
                 }
             },
@@ -598,6 +468,7 @@ pub async fn create_partitions(
         } else {
             node.create_partitions(&name, t.count, req.validate_only)
                 .await
+                .map_err(|e| (topic_error(&e), e.to_string()))
         };
         match result {
             Ok(()) => {
@@ -741,28 +612,6 @@ pub async fn describe_configs(
     resp
 }
 
-pub fn describe_cluster(node: &Node, version: i16) -> DescribeClusterResponse {
-    let mut r = DescribeClusterResponse::default()
-        .with_cluster_id(s(node.cluster_id.clone()))
-        .with_controller_id(node.config.node_id.into())
-        .with_brokers(
-            node.brokers()
-                .into_iter()
-                .map(|b| {
-                    DescribeClusterBroker::default()
-                        .with_broker_id(b.broker_id.into())
-                        .with_host(s(b.host))
-                        .with_port(b.port)
-                        .with_rack(b.rack.map(s))
-                })
-                .collect(),
-        );
-    if version >= 1 {
-        r.endpoint_type = 1;
-    }
-    r
-}
-
 /// InitProducerId: a new producer id (epoch 0), or, for a producer that
 /// gives its id and epoch (KIP-360), the same id with the epoch bumped.
 /// Transactional ids are not supported.
@@ -829,17 +678,16 @@ pub async fn delete_records(node: &Node, req: DeleteRecordsRequest) -> DeleteRec
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
-fn known_topic_config(name: &str) -> Result<(), (ResponseError, String)> {
+fn known_topic_config(name: &str) -> Result<(), TopicError> {
     if crate::config::TOPIC_CONFIGS
         .iter()
         .any(|(n, _, _)| *n == name)
     {
         Ok(())
     } else {
-        Err((
-            ResponseError::InvalidConfig,
-            format!("unknown or unsupported topic config {name:?}"),
-        ))
+        Err(TopicError::InvalidConfig(format!(
+            "unknown or unsupported topic config {name:?}"
+        )))
     }
 }
 
@@ -848,14 +696,15 @@ async fn alter_resource(
     node: &Node,
     resource_type: i8,
     name: &str,
-    edit: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), (ResponseError, String)>,
+    edit: impl Fn(&mut BTreeMap<String, String>) -> Result<(), TopicError>,
     validate_only: bool,
 ) -> (i16, Option<StrBytes>) {
     let r = match resource_type {
         RESOURCE_TOPIC => node
             .alter_topic_configs(name, edit, validate_only)
             .await
-            .map(|_| ()),
+            .map(|_| ())
+            .map_err(|e| (topic_error(&e), e.to_string())),
         RESOURCE_BROKER => Err((
             ResponseError::InvalidRequest,
             "broker configs are static: set them in the broker's config file".to_string(),
@@ -892,32 +741,29 @@ pub async fn incremental_alter_configs(
             })
             .collect();
         let edit = move |m: &mut BTreeMap<String, String>| {
-            for (name, op, value) in ops {
-                known_topic_config(&name)?;
+            for (name, op, value) in &ops {
+                known_topic_config(name)?;
                 match (op, value) {
                     (0, Some(v)) => {
-                        m.insert(name, v);
+                        m.insert(name.clone(), v.clone());
                     }
                     (0, None) => {
-                        return Err((
-                            ResponseError::InvalidConfig,
-                            format!("SET of {name} needs a value"),
-                        ))
+                        return Err(TopicError::InvalidConfig(format!(
+                            "SET of {name} needs a value"
+                        )))
                     }
                     (1, _) => {
-                        m.remove(&name);
+                        m.remove(name);
                     }
                     (2 | 3, _) => {
-                        return Err((
-                            ResponseError::InvalidConfig,
-                            format!("{name} is not a list config: APPEND/SUBTRACT do not apply"),
-                        ))
+                        return Err(TopicError::InvalidConfig(format!(
+                            "{name} is not a list config: APPEND/SUBTRACT do not apply"
+                        )))
                     }
                     (op, _) => {
-                        return Err((
-                            ResponseError::InvalidRequest,
-                            format!("unknown config operation {op}"),
-                        ))
+                        return Err(TopicError::InvalidRequest(format!(
+                            "unknown config operation {op}"
+                        )))
                     }
                 }
             }
@@ -954,10 +800,10 @@ pub async fn alter_configs(node: &Node, req: AlterConfigsRequest) -> AlterConfig
             .collect();
         let edit = move |m: &mut BTreeMap<String, String>| {
             let mut next = BTreeMap::new();
-            for (name, value) in set {
-                known_topic_config(&name)?;
+            for (name, value) in &set {
+                known_topic_config(name)?;
                 if let Some(v) = value {
-                    next.insert(name, v);
+                    next.insert(name.clone(), v.clone());
                 }
             }
             *m = next;

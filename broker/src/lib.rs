@@ -3,6 +3,7 @@
 //! and its metrics.
 
 pub mod assignor;
+pub mod cluster;
 pub mod config;
 pub mod consumer_group;
 pub mod group;

@@ -12,11 +12,11 @@ use floe_common::{Epoch, PartitionId, SharedClock, Uuid};
 use floe_meta::schema::{
     AssignmentRecord, BrokerRecord, OwnerRecord, ProducerIdBlockRecord, TopicRecord, FORMAT,
 };
+use floe_meta::topics::{TopicAdmin, TopicError};
 use floe_meta::{
     keys, Condition, Follow, Follower, MetaError, MetadataStore, Op, Txn, TxnOutcome,
     WatchEventKind,
 };
-use floe_protocol::ResponseError;
 use floe_storage::{BlockCache, StoragePool};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -74,6 +74,9 @@ pub struct Node {
     record: BrokerRecord,
     /// The consumer groups this broker coordinates.
     pub groups: crate::group::Groups,
+    /// Topic admin on the metadata store (configs over this broker's
+    /// `topic_defaults`).
+    pub topic_admin: TopicAdmin,
     /// What keeps the picture above up to date (set once it has loaded).
     follower: std::sync::OnceLock<Arc<Follower<Follows>>>,
     /// Producer ids claimed from the metadata store: [next, end).
@@ -229,6 +232,11 @@ impl Node {
             rack: None,
             started_ms: clock.now_ms(),
             tail,
+            topic_policy: Some(floe_meta::schema::TopicPolicy {
+                auto_create: config.auto_create_topics,
+                default_partitions: config.default_partitions,
+                offsets_partitions: config.offsets_topic_partitions.max(1),
+            }),
         };
         let (guard, session) = register(&*meta, &record, lease_ttl(&config)).await?;
         let ctx = PartitionContext {
@@ -261,6 +269,11 @@ impl Node {
             shutdown,
             lease_lapsed: CancellationToken::new(),
             groups: Default::default(),
+            topic_admin: TopicAdmin::new(
+                meta.clone(),
+                config.topic_defaults.clone(),
+                clock.clone(),
+            ),
             follower: Default::default(),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             produce_count: Default::default(),
@@ -518,34 +531,42 @@ impl Node {
             .then_some((o.broker_id, o.epoch))
     }
 
+    /// A topic record as this broker sees it (its config resolved over the
+    /// broker's defaults; an invalid one falls back to them).
+    fn topic_info(&self, t: TopicRecord) -> Option<TopicInfo> {
+        let id = Uuid::from_slice(&t.id).ok()?;
+        let config = match self.topic_admin.resolve(&t.configs) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(topic = %t.name, error = %e, "topic has an invalid config; using defaults");
+                self.topic_admin
+                    .resolve(&BTreeMap::new())
+                    .expect("defaults are valid")
+            }
+        };
+        Some(TopicInfo {
+            id,
+            name: t.name,
+            partitions: t.partitions,
+            overrides: t.configs,
+            config,
+        })
+    }
+
     fn apply_topic(&self, value: Option<Bytes>) {
         let Some(value) = value else { return };
         let Ok(t) = TopicRecord::decode(value) else {
             tracing::error!("undecodable topic record");
             return;
         };
-        let Ok(id) = Uuid::from_slice(&t.id) else {
+        let Some(info) = self.topic_info(t) else {
             return;
         };
-        let config = match TopicConfig::resolve(&self.config.topic_defaults, &t.configs) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(topic = %t.name, error = %e, "topic has an invalid config; using defaults");
-                TopicConfig::resolve(&self.config.topic_defaults, &BTreeMap::new())
-                    .expect("defaults are valid")
-            }
-        };
-        let info = TopicInfo {
-            id,
-            name: t.name.clone(),
-            partitions: t.partitions,
-            overrides: t.configs,
-            config: config.clone(),
-        };
+        let (id, config) = (info.id, info.config.clone());
         {
             let mut c = self.catalog.write().unwrap();
-            c.by_id.insert(id, t.name.clone());
-            c.by_name.insert(t.name, info);
+            c.by_id.insert(id, info.name.clone());
+            c.by_name.insert(info.name.clone(), info);
         }
         let handles: Vec<_> = self
             .partitions
@@ -739,113 +760,31 @@ impl Node {
             .cloned()
     }
 
-    /// Create a topic record (the controller assigns its partitions).
+    /// Create a topic (the controller assigns its partitions); this
+    /// broker's catalogue shows it at once.
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: i32,
         overrides: BTreeMap<String, String>,
         validate_only: bool,
-    ) -> Result<TopicInfo, (ResponseError, String)> {
-        valid_topic_name(name).map_err(|m| (ResponseError::InvalidTopicException, m))?;
-        if partitions <= 0 || partitions > 100_000 {
-            return Err((
-                ResponseError::InvalidPartitions,
-                format!("{partitions} partitions: must be between 1 and 100000"),
-            ));
+    ) -> Result<TopicInfo, TopicError> {
+        let t = self
+            .topic_admin
+            .create(name, partitions, overrides, validate_only)
+            .await?;
+        if !validate_only {
+            self.apply_topic(Some(Bytes::from(t.record.encode_to_vec())));
         }
-        let config = TopicConfig::resolve(&self.config.topic_defaults, &overrides)
-            .map_err(|e| (ResponseError::InvalidConfig, e.to_string()))?;
-        if self.topic(name).is_some() {
-            return Err((
-                ResponseError::TopicAlreadyExists,
-                format!("topic {name:?} already exists"),
-            ));
-        }
-        let id = Uuid::new_v4();
-        let info = TopicInfo {
-            id,
-            name: name.to_string(),
-            partitions,
-            overrides: overrides.clone(),
-            config,
-        };
-        if validate_only {
-            return Ok(info);
-        }
-        let record = TopicRecord {
-            format: FORMAT,
-            id: id.as_bytes().to_vec(),
-            name: name.to_string(),
-            partitions,
-            configs: overrides,
-            created_ms: self.ctx().clock.now_ms(),
-        };
-        let txn = Txn::new()
-            .when(Condition::Missing(keys::topic(name)))
-            .then(Op::put(keys::topic(name), record.encode_to_vec()));
-        match self.meta.txn(txn).await {
-            Ok(TxnOutcome::Committed { .. }) => {
-                self.apply_topic(Some(Bytes::from(record.encode_to_vec())));
-                tracing::info!(topic = name, partitions, "created topic");
-                Ok(info)
-            }
-            Ok(TxnOutcome::Mismatch) => Err((
-                ResponseError::TopicAlreadyExists,
-                format!("topic {name:?} already exists"),
-            )),
-            Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
-        }
+        Ok(self
+            .topic_info(t.record)
+            .expect("a record just made has an id"))
     }
 
-    pub async fn delete_topic(&self, name: &str) -> Result<Uuid, (ResponseError, String)> {
-        let Some(t) = self.topic(name) else {
-            return Err((
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {name:?} does not exist"),
-            ));
-        };
-        match self
-            .meta
-            .txn(
-                Txn::new()
-                    .when(Condition::Exists(keys::topic(name)))
-                    .then(Op::delete(keys::topic(name))),
-            )
-            .await
-        {
-            Ok(TxnOutcome::Committed { .. }) => {
-                self.forget_topic(&keys::topic(name));
-                tracing::info!(topic = name, "deleted topic");
-                Ok(t.id)
-            }
-            Ok(TxnOutcome::Mismatch) => Err((
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {name:?} does not exist"),
-            )),
-            Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
-        }
-    }
-
-    /// A topic's record as stored, with its key-value (for its revision).
-    async fn topic_record(
-        &self,
-        name: &str,
-    ) -> Result<(TopicRecord, floe_meta::KeyValue), (ResponseError, String)> {
-        let Some(kv) = self
-            .meta
-            .get(&keys::topic(name))
-            .await
-            .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?
-        else {
-            return Err((
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {name:?} does not exist"),
-            ));
-        };
-        let t = TopicRecord::decode(kv.value.clone())
-            .map_err(|e| (ResponseError::UnknownServerError, e.to_string()))?;
-        Ok((t, kv))
+    pub async fn delete_topic(&self, name: &str) -> Result<Uuid, TopicError> {
+        let t = self.topic_admin.delete(name).await?;
+        self.forget_topic(&keys::topic(name));
+        Ok(t.id())
     }
 
     /// Change a topic's config overrides with `edit` (validated as a whole;
@@ -854,31 +793,17 @@ impl Node {
     pub async fn alter_topic_configs(
         &self,
         name: &str,
-        edit: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), (ResponseError, String)>,
+        edit: impl Fn(&mut BTreeMap<String, String>) -> Result<(), TopicError>,
         validate_only: bool,
-    ) -> Result<BTreeMap<String, String>, (ResponseError, String)> {
-        let (mut t, kv) = self.topic_record(name).await?;
-        edit(&mut t.configs)?;
-        TopicConfig::resolve(&self.config.topic_defaults, &t.configs)
-            .map_err(|e| (ResponseError::InvalidConfig, e.to_string()))?;
-        if validate_only {
-            return Ok(t.configs);
+    ) -> Result<BTreeMap<String, String>, TopicError> {
+        let t = self
+            .topic_admin
+            .alter_configs(name, edit, validate_only)
+            .await?;
+        if !validate_only {
+            self.apply_topic(Some(Bytes::from(t.record.encode_to_vec())));
         }
-        let txn = Txn::new()
-            .when(Condition::ModRevision(keys::topic(name), kv.mod_revision))
-            .then(Op::put(keys::topic(name), t.encode_to_vec()));
-        match self.meta.txn(txn).await {
-            Ok(TxnOutcome::Committed { .. }) => {
-                self.apply_topic(Some(Bytes::from(t.encode_to_vec())));
-                tracing::info!(topic = name, configs = ?t.configs, "altered topic configs");
-                Ok(t.configs)
-            }
-            Ok(TxnOutcome::Mismatch) => Err((
-                ResponseError::ConcurrentTransactions,
-                "topic changed concurrently; retry".into(),
-            )),
-            Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
-        }
+        Ok(t.record.configs)
     }
 
     pub async fn create_partitions(
@@ -886,41 +811,15 @@ impl Node {
         name: &str,
         count: i32,
         validate_only: bool,
-    ) -> Result<(), (ResponseError, String)> {
-        let (mut t, kv) = self.topic_record(name).await?;
-        if count <= t.partitions {
-            return Err((
-                ResponseError::InvalidPartitions,
-                format!(
-                    "topic {name:?} has {} partitions; the new count {count} must be larger",
-                    t.partitions
-                ),
-            ));
+    ) -> Result<(), TopicError> {
+        let t = self
+            .topic_admin
+            .create_partitions(name, count, validate_only)
+            .await?;
+        if !validate_only {
+            self.apply_topic(Some(Bytes::from(t.record.encode_to_vec())));
         }
-        if count > 100_000 {
-            return Err((
-                ResponseError::InvalidPartitions,
-                format!("{count} partitions is over the limit of 100000"),
-            ));
-        }
-        if validate_only {
-            return Ok(());
-        }
-        t.partitions = count;
-        let txn = Txn::new()
-            .when(Condition::ModRevision(keys::topic(name), kv.mod_revision))
-            .then(Op::put(keys::topic(name), t.encode_to_vec()));
-        match self.meta.txn(txn).await {
-            Ok(TxnOutcome::Committed { .. }) => {
-                self.apply_topic(Some(Bytes::from(t.encode_to_vec())));
-                Ok(())
-            }
-            Ok(TxnOutcome::Mismatch) => Err((
-                ResponseError::ConcurrentTransactions,
-                "topic changed concurrently; retry".into(),
-            )),
-            Err(e) => Err((ResponseError::UnknownServerError, e.to_string())),
-        }
+        Ok(())
     }
 
     /// Wait (up to `timeout`) until every partition of `topic` is being

@@ -1,12 +1,14 @@
 //! The broker's Kafka requests: the listener (`floe_kafka::listener`)
-//! serving a `Node`, and the dispatch of each request to its handler.
+//! serving a `Node`, and the table of its handlers (`floe_kafka::dispatch`).
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
+use floe_kafka::cluster;
+use floe_kafka::dispatch::{Request, Router};
 use floe_protocol::kafka_protocol::messages::*;
-use floe_protocol::kafka_protocol::protocol::Decodable;
+use floe_protocol::responses::{describe_topic_partitions, metadata_for_describe_topic_partitions};
 use futures::FutureExt;
 
 pub use floe_kafka::listener::*;
@@ -36,199 +38,165 @@ impl KafkaService for Node {
 
     fn dispatch(
         self: &Arc<Self>,
-        _session: &Arc<()>,
+        session: &Arc<()>,
         frame: Bytes,
     ) -> impl std::future::Future<Output = Result<Pending, Close>> + Send {
-        dispatch(self, frame)
+        ROUTER.dispatch(self, session, frame, &self.metrics)
     }
 }
 
-/// Accept connections until `shutdown`.
-async fn dispatch(node: &Arc<Node>, mut frame: Bytes) -> Result<Pending, Close> {
-    let (api, version, correlation_id) = match request_head(&frame, &node.metrics) {
-        Ok(head) => head,
-        Err(answer) => return answer,
-    };
-    let started = Instant::now();
-    let malformed = |e: anyhow_like::Error| Close::Malformed(api, version, e.to_string());
-    let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
-        .map_err(|e| malformed(e.into()))?;
-    let request = decode_body(api, version, &mut frame).map_err(malformed_msg(api, version))?;
-    let name = api_name(api);
-    let metrics = node.metrics.clone();
-    let done = move |b: Option<Bytes>| {
-        metrics.request(name, started.elapsed());
-        b
-    };
-    let out: Pending = match request {
-        RequestKind::ApiVersions(_) => ready(done(respond(
-            api,
-            version,
-            correlation_id,
-            handlers::api_versions(version, false),
-        ))),
-        RequestKind::Metadata(r) => {
-            let resp = handlers::metadata(node, r, version).await;
-            ready(done(respond(api, version, correlation_id, resp)))
+type N = Arc<Node>;
+type S = Arc<()>;
+
+/// A produce request: appended in order, answered when its batches are
+/// committed (or, with fault injection on, its answer lost).
+async fn produce(node: N, _: S, r: Request, q: ProduceRequest) -> Result<Pending, Close> {
+    let pending = handlers::produce(node.clone(), q, r.version).await;
+    let every = node.config.fault_drop_produce_response_every;
+    let n = node.produce_count.fetch_add(1, Ordering::Relaxed) + 1;
+    let drop_response = every > 0 && n.is_multiple_of(every);
+    Ok(async move {
+        let resp = pending.await;
+        if drop_response {
+            // Fault injection: the append happened, the answer is lost.
+            return Some(Bytes::new());
         }
-        RequestKind::DescribeTopicPartitions(r) => {
-            use floe_protocol::responses::{
-                describe_topic_partitions, metadata_for_describe_topic_partitions,
-            };
-            let meta =
-                handlers::metadata(node, metadata_for_describe_topic_partitions(&r), 12).await;
-            let resp = describe_topic_partitions(&r, meta);
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::Produce(r) => {
-            let pending = handlers::produce(node.clone(), r, version).await;
-            let every = node.config.fault_drop_produce_response_every;
-            let n = node
-                .produce_count
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1;
-            let drop_response = every > 0 && n.is_multiple_of(every);
-            async move {
-                let resp = pending.await;
-                if drop_response {
-                    // Fault injection: the append happened, the answer is lost.
-                    return done(Some(Bytes::new()));
-                }
-                done(resp.and_then(|resp| respond(api, version, correlation_id, resp)))
-            }
-            .boxed()
-        }
-        RequestKind::IncrementalAlterConfigs(r) => {
-            let resp = handlers::incremental_alter_configs(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::AlterConfigs(r) => {
-            let resp = handlers::alter_configs(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::DescribeProducers(r) => {
-            let resp = handlers::describe_producers(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::DeleteRecords(r) => {
-            let resp = handlers::delete_records(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::InitProducerId(r) => {
-            let resp = handlers::init_producer_id(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::Fetch(r) => {
-            let node = node.clone();
-            async move {
-                let mut resp = handlers::fetch(node, r, version).await;
-                floe_protocol::responses::fetch_as_kafka_sends(&mut resp);
-                done(respond(api, version, correlation_id, resp))
-            }
-            .boxed()
-        }
-        RequestKind::ListOffsets(r) => {
-            let resp = handlers::list_offsets(node, r, version).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::OffsetForLeaderEpoch(r) => {
-            let resp = handlers::offset_for_leader_epoch(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::CreateTopics(r) => {
-            let resp = handlers::create_topics(node, r, version).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::DeleteTopics(r) => {
-            let resp = handlers::delete_topics(node, r, version).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::CreatePartitions(r) => {
-            let resp = handlers::create_partitions(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::DescribeConfigs(r) => {
-            let resp = handlers::describe_configs(node, r, version).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::DescribeCluster(_) => ready(done(respond(
-            api,
-            version,
-            correlation_id,
-            handlers::describe_cluster(node, version),
-        ))),
-        RequestKind::FindCoordinator(r) => {
-            let resp = group_api::find_coordinator(node, r, version).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::JoinGroup(r) => {
-            // Parks until the rebalance's join phase ends: off the ordered path.
-            let node = node.clone();
-            let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
-            async move {
-                let resp = group_api::join_group(&node, r, version, client_id).await;
-                done(respond(api, version, correlation_id, resp))
-            }
-            .boxed()
-        }
-        RequestKind::SyncGroup(r) => {
-            let node = node.clone();
-            async move {
-                let resp = group_api::sync_group(&node, r).await;
-                done(respond(api, version, correlation_id, resp))
-            }
-            .boxed()
-        }
-        RequestKind::Heartbeat(r) => {
-            let resp = group_api::heartbeat(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::LeaveGroup(r) => {
-            let resp = group_api::leave_group(node, r, version).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::OffsetCommit(r) => {
-            let node = node.clone();
-            async move {
-                let resp = group_api::offset_commit(&node, r, version).await;
-                done(respond(api, version, correlation_id, resp))
-            }
-            .boxed()
-        }
-        RequestKind::OffsetFetch(r) => {
-            let resp = group_api::offset_fetch(node, r, version).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::ListGroups(r) => {
-            let resp = group_api::list_groups(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::DescribeGroups(r) => {
-            let resp = group_api::describe_groups(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::DeleteGroups(r) => {
-            let resp = group_api::delete_groups(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::OffsetDelete(r) => {
-            let resp = group_api::offset_delete(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::ConsumerGroupHeartbeat(r) => {
-            let node = node.clone();
-            let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
-            async move {
-                let resp = group_api::consumer_group_heartbeat(&node, r, &client_id).await;
-                done(respond(api, version, correlation_id, resp))
-            }
-            .boxed()
-        }
-        RequestKind::ConsumerGroupDescribe(r) => {
-            let resp = group_api::consumer_group_describe(node, r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        _ => return Err(Close::UnsupportedVersion(api, version)),
-    };
-    Ok(out)
+        resp.and_then(|resp| r.respond(resp))
+    }
+    .boxed())
+}
+
+static ROUTER: LazyLock<Router<Node, ()>> = LazyLock::new(|| {
+    Router::new()
+        .inline(ApiKey::Metadata, |n: N, _: S, r, q: MetadataRequest| async move {
+            cluster::metadata(&*n, q, r.version).await
+        })
+        .inline(
+            ApiKey::DescribeTopicPartitions,
+            |n: N, _: S, _, q: DescribeTopicPartitionsRequest| async move {
+                let meta =
+                    cluster::metadata(&*n, metadata_for_describe_topic_partitions(&q), 12).await;
+                describe_topic_partitions(&q, meta)
+            },
+        )
+        .inline(ApiKey::DescribeCluster, |n: N, _: S, r, _: DescribeClusterRequest| async move {
+            cluster::describe_cluster(&*n, r.version)
+        })
+        .inline(ApiKey::FindCoordinator, |n: N, _: S, r, q: FindCoordinatorRequest| async move {
+            cluster::find_coordinator(&*n, q, r.version).await
+        })
+        .custom(ApiKey::Produce, produce)
+        .concurrent(ApiKey::Fetch, |n: N, _: S, r, q: FetchRequest| async move {
+            let mut resp = handlers::fetch(n, q, r.version).await;
+            floe_protocol::responses::fetch_as_kafka_sends(&mut resp);
+            resp
+        })
+        .inline(ApiKey::ListOffsets, |n: N, _: S, r, q: ListOffsetsRequest| async move {
+            handlers::list_offsets(&n, q, r.version).await
+        })
+        .inline(
+            ApiKey::OffsetForLeaderEpoch,
+            |n: N, _: S, _, q: OffsetForLeaderEpochRequest| async move {
+                handlers::offset_for_leader_epoch(&n, q).await
+            },
+        )
+        .inline(ApiKey::CreateTopics, |n: N, _: S, r, q: CreateTopicsRequest| async move {
+            handlers::create_topics(&n, q, r.version).await
+        })
+        .inline(ApiKey::DeleteTopics, |n: N, _: S, r, q: DeleteTopicsRequest| async move {
+            handlers::delete_topics(&n, q, r.version).await
+        })
+        .inline(
+            ApiKey::CreatePartitions,
+            |n: N, _: S, _, q: CreatePartitionsRequest| async move {
+                handlers::create_partitions(&n, q).await
+            },
+        )
+        .inline(ApiKey::DescribeConfigs, |n: N, _: S, r, q: DescribeConfigsRequest| async move {
+            handlers::describe_configs(&n, q, r.version).await
+        })
+        .inline(
+            ApiKey::IncrementalAlterConfigs,
+            |n: N, _: S, _, q: IncrementalAlterConfigsRequest| async move {
+                handlers::incremental_alter_configs(&n, q).await
+            },
+        )
+        .inline(ApiKey::AlterConfigs, |n: N, _: S, _, q: AlterConfigsRequest| async move {
+            handlers::alter_configs(&n, q).await
+        })
+        .inline(
+            ApiKey::DescribeProducers,
+            |n: N, _: S, _, q: DescribeProducersRequest| async move {
+                handlers::describe_producers(&n, q).await
+            },
+        )
+        .inline(ApiKey::DeleteRecords, |n: N, _: S, _, q: DeleteRecordsRequest| async move {
+            handlers::delete_records(&n, q).await
+        })
+        .inline(ApiKey::InitProducerId, |n: N, _: S, _, q: InitProducerIdRequest| async move {
+            handlers::init_producer_id(&n, q).await
+        })
+        // Parks until the rebalance's join phase ends: off the ordered path.
+        .concurrent(ApiKey::JoinGroup, |n: N, _: S, r: Request, q: JoinGroupRequest| async move {
+            group_api::join_group(&n, q, r.version, r.client_id).await
+        })
+        .concurrent(ApiKey::SyncGroup, |n: N, _: S, _, q: SyncGroupRequest| async move {
+            group_api::sync_group(&n, q).await
+        })
+        .inline(ApiKey::Heartbeat, |n: N, _: S, _, q: HeartbeatRequest| async move {
+            group_api::heartbeat(&n, q).await
+        })
+        .inline(ApiKey::LeaveGroup, |n: N, _: S, r, q: LeaveGroupRequest| async move {
+            group_api::leave_group(&n, q, r.version).await
+        })
+        .concurrent(ApiKey::OffsetCommit, |n: N, _: S, r, q: OffsetCommitRequest| async move {
+            group_api::offset_commit(&n, q, r.version).await
+        })
+        .inline(ApiKey::OffsetFetch, |n: N, _: S, r, q: OffsetFetchRequest| async move {
+            group_api::offset_fetch(&n, q, r.version).await
+        })
+        .inline(ApiKey::ListGroups, |n: N, _: S, _, q: ListGroupsRequest| async move {
+            group_api::list_groups(&n, q).await
+        })
+        .inline(ApiKey::DescribeGroups, |n: N, _: S, _, q: DescribeGroupsRequest| async move {
+            group_api::describe_groups(&n, q).await
+        })
+        .inline(ApiKey::DeleteGroups, |n: N, _: S, _, q: DeleteGroupsRequest| async move {
+            group_api::delete_groups(&n, q).await
+        })
+        .inline(ApiKey::OffsetDelete, |n: N, _: S, _, q: OffsetDeleteRequest| async move {
+            group_api::offset_delete(&n, q).await
+        })
+        .concurrent(
+            ApiKey::ConsumerGroupHeartbeat,
+            |n: N, _: S, r: Request, q: ConsumerGroupHeartbeatRequest| async move {
+                group_api::consumer_group_heartbeat(&n, q, &r.client_id).await
+            },
+        )
+        .inline(
+            ApiKey::ConsumerGroupDescribe,
+            |n: N, _: S, _, q: ConsumerGroupDescribeRequest| async move {
+                group_api::consumer_group_describe(&n, q).await
+            },
+        )
+});
+
+/// The APIs the broker answers (the compatibility table checks them).
+pub fn apis() -> Vec<ApiKey> {
+    ROUTER.apis().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_advertised_api_has_a_handler_and_no_other() {
+        let mut apis = super::apis();
+        apis.sort_by_key(|a| *a as i16);
+        let mut advertised: Vec<_> = floe_protocol::versions::IMPLEMENTED
+            .iter()
+            .map(|(a, _, _)| *a)
+            .collect();
+        advertised.sort_by_key(|a| *a as i16);
+        assert_eq!(apis, advertised);
+    }
 }

@@ -1,5 +1,6 @@
 //! Shared vocabulary of every Floe crate: partition identities, offsets and
-//! epochs, and the `Clock` seam that leases, lingers and retention read time from.
+//! epochs, Kafka's topic naming rules, and the `Clock` seam that leases,
+//! lingers and retention read time from.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -7,6 +8,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use uuid::Uuid;
+
+pub mod topic;
 
 /// A Kafka offset: dense, assigned by the partition's single writer.
 pub type Offset = i64;

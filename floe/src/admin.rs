@@ -407,12 +407,12 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn create_topic(&self, r: Request<pb::CreateTopicRequest>) -> Reply<pb::TopicSummary> {
-        let t = crate::admin_topics::create(&*self.state.meta, r.into_inner()).await?;
+        let t = crate::admin_topics::create(self.state.meta.clone(), r.into_inner()).await?;
         Ok(Response::new(topic_summary(&t)))
     }
 
     async fn delete_topic(&self, r: Request<pb::DeleteTopicRequest>) -> Reply<pb::TopicSummary> {
-        let t = crate::admin_topics::delete(&*self.state.meta, &r.into_inner().name).await?;
+        let t = crate::admin_topics::delete(self.state.meta.clone(), &r.into_inner().name).await?;
         Ok(Response::new(topic_summary(&t)))
     }
 
@@ -420,7 +420,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         r: Request<pb::AlterTopicConfigsRequest>,
     ) -> Reply<pb::TopicSummary> {
-        let t = crate::admin_topics::alter(&*self.state.meta, r.into_inner()).await?;
+        let t = crate::admin_topics::alter(self.state.meta.clone(), r.into_inner()).await?;
         Ok(Response::new(topic_summary(&t)))
     }
 

@@ -205,10 +205,6 @@ pub fn decode_body(api: ApiKey, version: i16, frame: &mut Bytes) -> Result<Reque
     }
 }
 
-pub fn malformed_msg(api: ApiKey, version: i16) -> impl Fn(String) -> Close {
-    move |e| Close::Malformed(api, version, e)
-}
-
 pub fn ready(b: Option<Bytes>) -> Pending {
     futures::future::ready(b).boxed()
 }
@@ -244,10 +240,6 @@ pub fn request_head(
         return Err(Err(Close::UnsupportedVersion(api, version)));
     }
     Ok((api, version, correlation_id))
-}
-
-pub mod anyhow_like {
-    pub type Error = Box<dyn std::error::Error + Send + Sync>;
 }
 
 pub fn api_name(api: ApiKey) -> &'static str {

@@ -113,6 +113,18 @@ impl RequestMetrics {
         Self { registry, ..m }
     }
 
+    /// Counts a request of `api` and its latency once the timer is dropped
+    /// or finished (a timer outlives the request's handler: it goes with
+    /// the answer).
+    pub fn timer(&self, api: &'static str) -> RequestTimer {
+        RequestTimer {
+            api,
+            started: std::time::Instant::now(),
+            requests: self.requests.clone(),
+            latency: self.latency.clone(),
+        }
+    }
+
     pub fn request(&self, api: &str, took: Duration) {
         let l = ApiLabel {
             api: api.to_string(),
@@ -149,5 +161,25 @@ impl RequestMetrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
         out
+    }
+}
+
+/// One request being timed (see [`RequestMetrics::timer`]).
+pub struct RequestTimer {
+    api: &'static str,
+    started: std::time::Instant,
+    requests: Family<ApiLabel, Counter>,
+    latency: Family<ApiLabel, Histogram>,
+}
+
+impl Drop for RequestTimer {
+    fn drop(&mut self) {
+        let l = ApiLabel {
+            api: self.api.to_string(),
+        };
+        self.requests.get_or_create(&l).inc();
+        self.latency
+            .get_or_create(&l)
+            .observe(self.started.elapsed().as_secs_f64());
     }
 }

@@ -2,7 +2,8 @@
 //! compare-and-swap transactions, leases, prefix watches), its embedded
 //! single-node implementation on redb, the conformance suite every
 //! implementation passes, the follower that keeps a process's picture of it
-//! up to date, and the typed keys and values Floe stores in it.
+//! up to date, the typed keys and values Floe stores in it, and the topic
+//! catalogue (topic configs and the topic admin operations).
 
 pub mod conformance;
 pub mod election;
@@ -12,6 +13,7 @@ pub mod follow;
 pub mod keys;
 pub mod schema;
 pub mod store;
+pub mod topics;
 
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;

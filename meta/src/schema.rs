@@ -74,6 +74,25 @@ pub struct BrokerRecord {
     /// partitions on.
     #[prost(string, tag = "7")]
     pub tail: String,
+    /// How this broker creates topics for clients; a proxy creating one
+    /// applies a live broker's (unset: a broker older than the field).
+    #[prost(message, optional, tag = "8")]
+    pub topic_policy: Option<TopicPolicy>,
+}
+
+/// A broker's topic-creation settings, as Kafka's brokers have them.
+#[derive(Clone, PartialEq, Message)]
+pub struct TopicPolicy {
+    /// auto.create.topics.enable: Metadata and Produce create unknown topics.
+    #[prost(bool, tag = "1")]
+    pub auto_create: bool,
+    /// num.partitions of an auto-created topic.
+    #[prost(int32, tag = "2")]
+    pub default_partitions: i32,
+    /// offsets.topic.num.partitions: the offsets topic's partitions when
+    /// the first FindCoordinator makes it.
+    #[prost(int32, tag = "3")]
+    pub offsets_partitions: i32,
 }
 
 /// A drained broker: `/floe/drained/{id}` (not leased: it outlives restarts

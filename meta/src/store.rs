@@ -135,7 +135,7 @@ impl WatchEvent {
 
 pub type WatchStream = BoxStream<'static, Result<WatchEvent, MetaError>>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetaError {
     /// The store could not be reached or refused the request; nothing was
     /// written. Retry later.

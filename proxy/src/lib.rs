@@ -4,6 +4,7 @@
 //! the storage pool with the tail pushed by owners, group and admin requests
 //! go to the broker that must answer them.
 
+pub mod cluster;
 pub mod fetch;
 pub mod metrics;
 pub mod produce;
@@ -97,6 +98,8 @@ pub struct Proxy {
     round_robin: AtomicUsize,
     lease: floe_meta::LeaseId,
     meta: Arc<dyn MetadataStore>,
+    /// Creates the topics clients name before they exist.
+    topic_admin: floe_meta::topics::TopicAdmin,
     pub shutdown: CancellationToken,
 }
 
@@ -212,6 +215,11 @@ impl Proxy {
             round_robin: AtomicUsize::new(0),
             lease,
             meta: meta.clone(),
+            topic_admin: floe_meta::topics::TopicAdmin::new(
+                meta.clone(),
+                Default::default(),
+                Arc::new(floe_common::SystemClock),
+            ),
             shutdown: shutdown.clone(),
         });
         let keep = proxy.clone();

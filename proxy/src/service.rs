@@ -5,39 +5,30 @@
 //! admin and producer ids). Clients only ever see proxies.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use bytes::Bytes;
+use floe_common::topic::valid_topic_name;
 use floe_common::PartitionId;
-use floe_kafka::listener::{
-    api_name, ready, request_head, respond, Close, KafkaService, Limits, Pending,
-};
+use floe_kafka::cluster;
+use floe_kafka::dispatch::{FromKind, Request, Router};
+use floe_kafka::listener::{api_name, Close, KafkaService, Limits, Pending};
 use floe_kafka::RequestMetrics as Metrics;
 use floe_meta::schema::BrokerRecord;
 use floe_protocol::kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
-use floe_protocol::kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
-use floe_protocol::kafka_protocol::messages::find_coordinator_response::Coordinator;
-use floe_protocol::kafka_protocol::messages::metadata_response::{
-    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
-};
 use floe_protocol::kafka_protocol::messages::*;
-use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use floe_protocol::rules::api_versions;
+use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable};
+use floe_protocol::responses::{describe_topic_partitions, metadata_for_describe_topic_partitions};
 use floe_protocol::rules::{partition_for, OFFSETS_TOPIC};
 use floe_protocol::ResponseError;
 use futures::FutureExt;
 
 use crate::produce::Connection;
 use crate::upstream::{decode_response, encode_request, Pool, UpstreamError};
-use crate::view::{broker_key, owner_node_id, partition_key, rendezvous};
 use crate::Proxy;
-
-fn s(v: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(v.into())
-}
 
 /// Per client connection: its own connections to coordinators.
 #[derive(Default)]
@@ -83,151 +74,172 @@ impl KafkaService for Proxy {
         Arc::new(Session::default())
     }
 
+    /// Each request is counted in its connection's `outstanding` until
+    /// answered: a produce answer held back holds back every answer after
+    /// it on this connection.
     fn dispatch(
         self: &Arc<Self>,
         session: &Arc<Session>,
         frame: Bytes,
     ) -> impl std::future::Future<Output = Result<Pending, Close>> + Send {
-        dispatch(self.clone(), session.clone(), frame)
+        let counted = Outstanding::new(&session.connection);
+        let (proxy, session) = (self.clone(), session.clone());
+        async move {
+            let pending = ROUTER
+                .dispatch(&proxy, &session, frame, &proxy.requests)
+                .await?;
+            Ok(async move {
+                let answer = pending.await;
+                drop(counted);
+                answer
+            }
+            .boxed())
+        }
     }
 }
 
 /// Where a forwarded request goes.
 #[derive(Clone)]
-enum Route {
+pub(crate) enum Route {
     /// The coordinator of this group.
     Group(String),
     /// Any live broker.
     Any,
 }
 
-async fn dispatch(
-    proxy: Arc<Proxy>,
-    session: Arc<Session>,
-    frame: Bytes,
-) -> Result<Pending, Close> {
-    let (api, version, correlation_id) = match request_head(&frame, &proxy.requests) {
-        Ok(head) => head,
-        Err(answer) => return answer,
-    };
-    // Counted until answered: a produce answer held back holds back every
-    // answer after it on this connection.
-    let counted = Outstanding::new(&session.connection);
-    let started = Instant::now();
-    let raw = frame.clone();
-    let mut body = frame;
-    let malformed =
-        |e: floe_kafka::listener::anyhow_like::Error| Close::Malformed(api, version, e.to_string());
-    let header = RequestHeader::decode(&mut body, api.request_header_version(version))
-        .map_err(|e| malformed(e.into()))?;
-    let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
-    let request = floe_kafka::listener::decode_body(api, version, &mut body)
-        .map_err(|e| Close::Malformed(api, version, e))?;
-    let name = api_name(api);
-    let metrics = proxy.requests.clone();
-    let done = move |b: Option<Bytes>| {
-        metrics.request(name, started.elapsed());
-        b
-    };
-    let out: Pending = match request {
-        RequestKind::ApiVersions(_) => ready(done(respond(
-            api,
-            version,
-            correlation_id,
-            api_versions(version, false),
-        ))),
-        RequestKind::Metadata(r) => {
-            let resp = proxy.metadata(r, version, &client_id).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::DescribeTopicPartitions(r) => {
-            use floe_protocol::responses::{
-                describe_topic_partitions, metadata_for_describe_topic_partitions,
-            };
-            let meta = proxy
-                .metadata(metadata_for_describe_topic_partitions(&r), 12, &client_id)
-                .await;
-            let resp = describe_topic_partitions(&r, meta);
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::DescribeCluster(_) => ready(done(respond(
-            api,
-            version,
-            correlation_id,
-            proxy.describe_cluster(),
-        ))),
-        RequestKind::Produce(r) => {
-            // Topics a producer writes before asking for metadata are made
-            // (as a broker would) before anything is forwarded.
-            let unknown: Vec<String> = r
-                .topic_data
-                .iter()
-                .map(|t| t.name.0.to_string())
-                .filter(|n| {
-                    proxy.view.topic(n).is_none()
-                        && floe_protocol::rules::valid_topic_name(n).is_ok()
-                })
-                .collect();
-            if !unknown.is_empty() {
-                proxy.auto_create(&unknown, &client_id).await;
+type P = Arc<Proxy>;
+type S = Arc<Session>;
+
+/// A produce request: topics a producer writes before asking for metadata
+/// are made first (as a broker would), then its batches go to their
+/// owners on a task of its own, so a lane moves on even while this
+/// client's earlier answers are still awaited.
+async fn produce(proxy: P, session: S, r: Request, q: ProduceRequest) -> Result<Pending, Close> {
+    let unknown: Vec<String> = q
+        .topic_data
+        .iter()
+        .map(|t| t.name.0.to_string())
+        .filter(|n| proxy.view.topic(n).is_none() && valid_topic_name(n).is_ok())
+        .collect();
+    if !unknown.is_empty() {
+        proxy.auto_create(&unknown).await;
+    }
+    let pending =
+        tokio::spawn(proxy.produce(q, r.version, &r.client_id, session.connection.clone()));
+    Ok(async move {
+        let resp = pending.await.ok().flatten();
+        resp.and_then(|resp| r.respond(resp))
+    }
+    .boxed())
+}
+
+/// A request forwarded raw to the broker `route` leads to, its answer
+/// returned raw under the client's correlation id; a forward that fails
+/// closes the client connection (the client reconnects and asks again).
+fn forwarded(proxy: P, session: S, r: Request, route: Route, wait_ms: Option<i32>) -> Pending {
+    // A JoinGroup is parked by the coordinator up to its rebalance
+    // timeout: wait at least that long for the answer.
+    let wait = wait_ms.map_or(proxy.config.forward_timeout_ms, |ms| {
+        proxy
+            .config
+            .forward_timeout_ms
+            .max(ms.max(0) as u64 + 5_000)
+    });
+    async move {
+        let name = api_name(r.api);
+        match proxy
+            .forward(&session, route, r.api, r.version, r.frame.clone(), wait)
+            .await
+        {
+            Ok(frame) => {
+                let mut out = bytes::BytesMut::with_capacity(frame.len() + 4);
+                out.extend_from_slice(&(frame.len() as i32).to_be_bytes());
+                out.extend_from_slice(&r.correlation_id.to_be_bytes());
+                out.extend_from_slice(&frame[4..]);
+                Some(out.freeze())
             }
-            // Driven on its own task: a batch's lane moves on even while
-            // this client's earlier responses are still being waited for.
-            let pending =
-                tokio::spawn(proxy.produce(r, version, &client_id, session.connection.clone()));
-            async move {
-                let resp = pending.await.ok().flatten();
-                done(resp.and_then(|resp| respond(api, version, correlation_id, resp)))
+            Err(e) => {
+                tracing::warn!(api = name, error = %e, "forwarding failed; closing the client connection");
+                proxy.requests.error(name, "Forward");
+                Some(Bytes::new())
             }
-            .boxed()
         }
-        RequestKind::Fetch(r) => {
-            let proxy = proxy.clone();
-            async move {
-                let mut resp = proxy.fetch(r, version).await;
-                floe_protocol::responses::fetch_as_kafka_sends(&mut resp);
-                done(respond(api, version, correlation_id, resp))
-            }
-            .boxed()
-        }
-        RequestKind::ListOffsets(r) => {
-            let resp = proxy.list_offsets(r, version).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::OffsetForLeaderEpoch(r) => {
-            let resp = proxy.offset_for_leader_epoch(r).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::FindCoordinator(r) => {
-            let resp = proxy.find_coordinator(r, version, &client_id, raw).await;
-            ready(done(respond(api, version, correlation_id, resp)))
-        }
-        RequestKind::DeleteRecords(r) => {
-            let proxy = proxy.clone();
-            async move {
-                let resp = proxy.delete_records(r, version, &client_id).await;
-                done(respond(api, version, correlation_id, resp))
-            }
-            .boxed()
-        }
-        RequestKind::DescribeProducers(r) => {
-            let proxy = proxy.clone();
-            async move {
-                let resp = proxy.describe_producers(r, version, &client_id).await;
-                done(respond(api, version, correlation_id, resp))
-            }
-            .boxed()
-        }
-        RequestKind::DescribeGroups(r) => {
-            let proxy = proxy.clone();
-            async move {
-                let names: Vec<GroupId> = r.groups.clone();
-                let groups = proxy
+    }
+    .boxed()
+}
+
+/// Register `api` as forwarded to the broker `route` picks for its request.
+fn forward<Q: FromKind + Send + 'static>(
+    router: Router<Proxy, Session>,
+    api: ApiKey,
+    route: fn(&Q) -> (Route, Option<i32>),
+) -> Router<Proxy, Session> {
+    router.custom(api, move |p: P, s: S, r: Request, q: Q| {
+        let (to, wait) = route(&q);
+        futures::future::ready(Ok(forwarded(p, s, r, to, wait)))
+    })
+}
+
+fn group(id: &GroupId) -> (Route, Option<i32>) {
+    (Route::Group(id.0.to_string()), None)
+}
+
+fn any<Q>(_: &Q) -> (Route, Option<i32>) {
+    (Route::Any, None)
+}
+
+static ROUTER: LazyLock<Router<Proxy, Session>> = LazyLock::new(|| {
+    let r = Router::new()
+        .inline(ApiKey::Metadata, |p: P, _: S, r, q: MetadataRequest| async move {
+            cluster::metadata(&*p, q, r.version).await
+        })
+        .inline(
+            ApiKey::DescribeTopicPartitions,
+            |p: P, _: S, _, q: DescribeTopicPartitionsRequest| async move {
+                let meta =
+                    cluster::metadata(&*p, metadata_for_describe_topic_partitions(&q), 12).await;
+                describe_topic_partitions(&q, meta)
+            },
+        )
+        .inline(ApiKey::DescribeCluster, |p: P, _: S, r, _: DescribeClusterRequest| async move {
+            cluster::describe_cluster(&*p, r.version)
+        })
+        .inline(ApiKey::FindCoordinator, |p: P, _: S, r, q: FindCoordinatorRequest| async move {
+            cluster::find_coordinator(&*p, q, r.version).await
+        })
+        .custom(ApiKey::Produce, produce)
+        .concurrent(ApiKey::Fetch, |p: P, _: S, r, q: FetchRequest| async move {
+            let mut resp = p.fetch(q, r.version).await;
+            floe_protocol::responses::fetch_as_kafka_sends(&mut resp);
+            resp
+        })
+        .inline(ApiKey::ListOffsets, |p: P, _: S, r, q: ListOffsetsRequest| async move {
+            p.list_offsets(q, r.version).await
+        })
+        .inline(
+            ApiKey::OffsetForLeaderEpoch,
+            |p: P, _: S, _, q: OffsetForLeaderEpochRequest| async move {
+                p.offset_for_leader_epoch(q).await
+            },
+        )
+        .concurrent(ApiKey::DeleteRecords, |p: P, _: S, r: Request, q: DeleteRecordsRequest| async move {
+            p.delete_records(q, r.version, &r.client_id).await
+        })
+        .concurrent(
+            ApiKey::DescribeProducers,
+            |p: P, _: S, r: Request, q: DescribeProducersRequest| async move {
+                p.describe_producers(q, r.version, &r.client_id).await
+            },
+        )
+        .concurrent(
+            ApiKey::DescribeGroups,
+            |p: P, _: S, r: Request, q: DescribeGroupsRequest| async move {
+                let groups = p
                     .per_group(
-                        names,
-                        (api, version, &client_id),
+                        q.groups.clone(),
+                        (r.api, r.version, &r.client_id),
                         |g| {
-                            let mut one = r.clone();
+                            let mut one = q.clone();
                             one.groups = vec![g.clone()];
                             one
                         },
@@ -240,21 +252,18 @@ async fn dispatch(
                         },
                     )
                     .await;
-                let resp = DescribeGroupsResponse::default().with_groups(groups);
-                done(respond(api, version, correlation_id, resp))
-            }
-            .boxed()
-        }
-        RequestKind::ConsumerGroupDescribe(r) => {
-            let proxy = proxy.clone();
-            async move {
-                let names: Vec<GroupId> = r.group_ids.clone();
-                let groups = proxy
+                DescribeGroupsResponse::default().with_groups(groups)
+            },
+        )
+        .concurrent(
+            ApiKey::ConsumerGroupDescribe,
+            |p: P, _: S, r: Request, q: ConsumerGroupDescribeRequest| async move {
+                let groups = p
                     .per_group(
-                        names,
-                        (api, version, &client_id),
+                        q.group_ids.clone(),
+                        (r.api, r.version, &r.client_id),
                         |g| {
-                            let mut one = r.clone();
+                            let mut one = q.clone();
                             one.group_ids = vec![g.clone()];
                             one
                         },
@@ -267,18 +276,16 @@ async fn dispatch(
                         },
                     )
                     .await;
-                let resp = ConsumerGroupDescribeResponse::default().with_groups(groups);
-                done(respond(api, version, correlation_id, resp))
-            }
-            .boxed()
-        }
-        RequestKind::DeleteGroups(r) => {
-            let proxy = proxy.clone();
-            async move {
-                let results = proxy
+                ConsumerGroupDescribeResponse::default().with_groups(groups)
+            },
+        )
+        .concurrent(
+            ApiKey::DeleteGroups,
+            |p: P, _: S, r: Request, q: DeleteGroupsRequest| async move {
+                let results = p
                     .per_group(
-                        r.groups_names,
-                        (api, version, &client_id),
+                        q.groups_names,
+                        (r.api, r.version, &r.client_id),
                         |g| DeleteGroupsRequest::default().with_groups_names(vec![g.clone()]),
                         |x: DeleteGroupsResponse| x.results,
                         |e| e.error_code,
@@ -289,44 +296,43 @@ async fn dispatch(
                         },
                     )
                     .await;
-                let resp = DeleteGroupsResponse::default().with_results(results);
-                done(respond(api, version, correlation_id, resp))
-            }
-            .boxed()
-        }
-        RequestKind::ListGroups(r) => {
-            let proxy = proxy.clone();
-            async move {
-                let mut resp = ListGroupsResponse::default();
-                for b in proxy.view.brokers() {
-                    match proxy
-                        .call_broker::<_, ListGroupsResponse>(&b, api, version, &client_id, &r)
-                        .await
-                    {
-                        Ok(x) => resp.groups.extend(x.groups),
-                        Err(e) => {
-                            tracing::warn!(broker = b.broker_id, error = %e, "ListGroups: a broker did not answer");
-                            resp.error_code = ResponseError::CoordinatorNotAvailable.code();
-                        }
+                DeleteGroupsResponse::default().with_results(results)
+            },
+        )
+        .concurrent(ApiKey::ListGroups, |p: P, _: S, r: Request, q: ListGroupsRequest| async move {
+            let mut resp = ListGroupsResponse::default();
+            for b in p.view.brokers() {
+                match p
+                    .call_broker::<_, ListGroupsResponse>(&b, r.api, r.version, &r.client_id, &q)
+                    .await
+                {
+                    Ok(x) => resp.groups.extend(x.groups),
+                    Err(e) => {
+                        tracing::warn!(broker = b.broker_id, error = %e, "ListGroups: a broker did not answer");
+                        resp.error_code = ResponseError::CoordinatorNotAvailable.code();
                     }
                 }
-                done(respond(api, version, correlation_id, resp))
             }
-            .boxed()
-        }
-        RequestKind::OffsetFetch(r) if version >= 8 => {
-            let proxy = proxy.clone();
-            async move {
-                let by_id: Vec<_> = r.groups.clone();
+            resp
+        })
+        // OffsetFetch v8+ may name several groups: asked of each group's
+        // coordinator; older versions name one and are forwarded.
+        .custom(ApiKey::OffsetFetch, |p: P, s: S, r: Request, q: OffsetFetchRequest| async move {
+            if r.version < 8 {
+                let route = Route::Group(q.group_id.0.to_string());
+                return Ok(forwarded(p, s, r, route, None));
+            }
+            Ok(async move {
+                let by_id = q.groups.clone();
                 let names = by_id.iter().map(|g| g.group_id.clone()).collect();
-                let groups = proxy
+                let groups = p
                     .per_group(
                         names,
-                        (api, version, &client_id),
+                        (r.api, r.version, &r.client_id),
                         |g| {
                             let asked = by_id.iter().find(|x| &x.group_id == g).cloned();
                             OffsetFetchRequest::default()
-                                .with_require_stable(r.require_stable)
+                                .with_require_stable(q.require_stable)
                                 .with_groups(asked.into_iter().collect())
                         },
                         |x: OffsetFetchResponse| x.groups,
@@ -338,74 +344,49 @@ async fn dispatch(
                         },
                     )
                     .await;
-                let resp = OffsetFetchResponse::default().with_groups(groups);
-                done(respond(api, version, correlation_id, resp))
+                r.respond(OffsetFetchResponse::default().with_groups(groups))
             }
-            .boxed()
-        }
-        other => {
-            let route = match &other {
-                RequestKind::JoinGroup(r) => Route::Group(r.group_id.0.to_string()),
-                RequestKind::SyncGroup(r) => Route::Group(r.group_id.0.to_string()),
-                RequestKind::Heartbeat(r) => Route::Group(r.group_id.0.to_string()),
-                RequestKind::LeaveGroup(r) => Route::Group(r.group_id.0.to_string()),
-                RequestKind::OffsetCommit(r) => Route::Group(r.group_id.0.to_string()),
-                RequestKind::OffsetFetch(r) => Route::Group(r.group_id.0.to_string()),
-                RequestKind::OffsetDelete(r) => Route::Group(r.group_id.0.to_string()),
-                RequestKind::ConsumerGroupHeartbeat(r) => Route::Group(r.group_id.0.to_string()),
-                RequestKind::InitProducerId(_)
-                | RequestKind::CreateTopics(_)
-                | RequestKind::DeleteTopics(_)
-                | RequestKind::CreatePartitions(_)
-                | RequestKind::DescribeConfigs(_)
-                | RequestKind::AlterConfigs(_)
-                | RequestKind::IncrementalAlterConfigs(_) => Route::Any,
-                _ => return Err(Close::UnsupportedVersion(api, version)),
-            };
-            // A JoinGroup is parked by the coordinator up to its rebalance
-            // timeout: wait at least that long for the answer.
-            let wait = match &other {
-                RequestKind::JoinGroup(r) => Some(r.rebalance_timeout_ms.max(r.session_timeout_ms)),
-                _ => None,
-            }
-            .map_or(proxy.config.forward_timeout_ms, |ms| {
-                proxy
-                    .config
-                    .forward_timeout_ms
-                    .max(ms.max(0) as u64 + 5_000)
-            });
-            let proxy = proxy.clone();
-            async move {
-                let answer = proxy
-                    .forward(&session, route, api, version, raw, wait)
-                    .await;
-                match answer {
-                    Ok(frame) => {
-                        let mut out = bytes::BytesMut::with_capacity(frame.len() + 4);
-                        out.extend_from_slice(&(frame.len() as i32).to_be_bytes());
-                        out.extend_from_slice(&correlation_id.to_be_bytes());
-                        out.extend_from_slice(&frame[4..]);
-                        done(Some(out.freeze()))
-                    }
-                    Err(e) => {
-                        tracing::warn!(api = name, error = %e, "forwarding failed; closing the client connection");
-                        proxy.requests.error(name, "Forward");
-                        // An empty frame closes the connection: the client
-                        // reconnects and asks again.
-                        done(Some(Bytes::new()))
-                    }
-                }
-            }
-            .boxed()
-        }
-    };
-    Ok(async move {
-        let answer = out.await;
-        drop(counted);
-        answer
-    }
-    .boxed())
-}
+            .boxed())
+        });
+    let r = forward(r, ApiKey::JoinGroup, |q: &JoinGroupRequest| {
+        let (route, _) = group(&q.group_id);
+        (
+            route,
+            Some(q.rebalance_timeout_ms.max(q.session_timeout_ms)),
+        )
+    });
+    let r = forward(r, ApiKey::SyncGroup, |q: &SyncGroupRequest| {
+        group(&q.group_id)
+    });
+    let r = forward(r, ApiKey::Heartbeat, |q: &HeartbeatRequest| {
+        group(&q.group_id)
+    });
+    let r = forward(r, ApiKey::LeaveGroup, |q: &LeaveGroupRequest| {
+        group(&q.group_id)
+    });
+    let r = forward(r, ApiKey::OffsetCommit, |q: &OffsetCommitRequest| {
+        group(&q.group_id)
+    });
+    let r = forward(r, ApiKey::OffsetDelete, |q: &OffsetDeleteRequest| {
+        group(&q.group_id)
+    });
+    let r = forward(
+        r,
+        ApiKey::ConsumerGroupHeartbeat,
+        |q: &ConsumerGroupHeartbeatRequest| group(&q.group_id),
+    );
+    let r = forward(r, ApiKey::InitProducerId, any::<InitProducerIdRequest>);
+    let r = forward(r, ApiKey::CreateTopics, any::<CreateTopicsRequest>);
+    let r = forward(r, ApiKey::DeleteTopics, any::<DeleteTopicsRequest>);
+    let r = forward(r, ApiKey::CreatePartitions, any::<CreatePartitionsRequest>);
+    let r = forward(r, ApiKey::DescribeConfigs, any::<DescribeConfigsRequest>);
+    let r = forward(r, ApiKey::AlterConfigs, any::<AlterConfigsRequest>);
+    forward(
+        r,
+        ApiKey::IncrementalAlterConfigs,
+        any::<IncrementalAlterConfigsRequest>,
+    )
+});
 
 /// Requests that must not be applied twice (a lost answer is not retried).
 fn creates(api: ApiKey) -> bool {
@@ -476,21 +457,25 @@ impl Proxy {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(brokers[n % brokers.len()].clone())
             }
-            Route::Group(g) => {
-                if g.is_empty() {
-                    return Err(ResponseError::InvalidGroupId);
-                }
-                let t = self
-                    .view
-                    .topic(OFFSETS_TOPIC)
-                    .ok_or(ResponseError::CoordinatorNotAvailable)?;
-                let p = PartitionId::new(t.id, partition_for(g, t.partitions));
-                self.view
-                    .owner(p)
-                    .map(|(b, _)| b)
-                    .ok_or(ResponseError::CoordinatorNotAvailable)
-            }
+            Route::Group(g) => self.group_owner(g),
         }
+    }
+
+    /// The broker coordinating `group` now: the owner of its offsets
+    /// partition.
+    pub(crate) fn group_owner(&self, group: &str) -> Result<BrokerRecord, ResponseError> {
+        if group.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        let t = self
+            .view
+            .topic(OFFSETS_TOPIC)
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let p = PartitionId::new(t.id, partition_for(group, t.partitions));
+        self.view
+            .owner(p)
+            .map(|(b, _)| b)
+            .ok_or(ResponseError::CoordinatorNotAvailable)
     }
 
     /// Forward a raw request frame and return the raw response frame. A
@@ -610,329 +595,6 @@ impl Proxy {
             .map_err(|_| UpstreamError::Lost(b.broker_id, "no answer in time".into()))?
             .map_err(|_| UpstreamError::Lost(b.broker_id, "connection dropped".into()))??;
         decode_response(api, version, resp).map_err(|e| UpstreamError::Lost(b.broker_id, e))
-    }
-
-    fn proxy_brokers(&self) -> Vec<(i32, String, i32)> {
-        let mut v: Vec<(i32, String, i32)> = self
-            .view
-            .proxies()
-            .into_iter()
-            .map(|p| (p.proxy_id, p.host, p.port))
-            .collect();
-        if !v.iter().any(|(id, _, _)| *id == self.record.proxy_id) {
-            // Our own registration may not have been seen yet.
-            v.push((
-                self.record.proxy_id,
-                self.record.host.clone(),
-                self.record.port,
-            ));
-        }
-        v
-    }
-
-    /// The nodes clients see: every proxy, and with `owner_nodes` one node
-    /// per live broker (its owner node), at the address of the proxy the
-    /// broker hashes to, under an id of its own. Clients open a connection
-    /// per node id, so the partitions a broker writes share a connection
-    /// only with each other, and a broker that freezes holds up only its
-    /// own partitions' answers (Kafka answers a connection's requests in
-    /// order). One node per broker, not per proxy and broker: a client
-    /// opens as many connections as there are brokers and proxies, and
-    /// each owner node's connection is in use whenever its broker writes
-    /// anything the client produces to (librdkafka connects to a node only
-    /// when it needs it, and a partition moved to a node whose connection
-    /// is down waits about a second before that connection is made).
-    pub(crate) fn client_nodes(&self) -> Vec<(i32, String, i32)> {
-        let proxies = self.proxy_brokers();
-        let mut nodes = proxies.clone();
-        if self.config.owner_nodes {
-            let mut brokers: Vec<i32> = self.view.brokers().iter().map(|b| b.broker_id).collect();
-            brokers.sort_unstable();
-            for b in brokers {
-                let proxy = self.leader_for(&broker_key(b));
-                if let Some((_, host, port)) = proxies.iter().find(|(id, _, _)| *id == proxy) {
-                    nodes.push((owner_node_id(proxy, b), host.clone(), *port));
-                }
-            }
-        }
-        nodes
-    }
-
-    /// The node clients should treat as the leader of partition `id`: the
-    /// owner node of its writer when `owner_nodes` is on and that writer
-    /// writes it, else the proxy the partition's key hashes to. Every
-    /// proxy forwards to the current owner, so a client that still uses
-    /// an older node is served as well.
-    fn partition_leader(&self, id: PartitionId) -> i32 {
-        self.owner_node(id)
-            .unwrap_or_else(|| self.leader_for(&partition_key(id)))
-    }
-
-    /// The owner node of partition `id` (see `client_nodes`), when
-    /// `owner_nodes` is on and the partition's owner writes it. A partition
-    /// between owners (none yet, or one still recovering it) is led by its
-    /// plain proxy node meanwhile: its held batches must not share a
-    /// connection with the partitions its next owner already writes, whose
-    /// answers would wait behind them.
-    pub(crate) fn owner_node(&self, id: PartitionId) -> Option<i32> {
-        if !self.config.owner_nodes {
-            return None;
-        }
-        let b = self.view.writing_owner(id)?;
-        Some(owner_node_id(
-            self.leader_for(&broker_key(b.broker_id)),
-            b.broker_id,
-        ))
-    }
-
-    /// The proxy clients should treat as the leader of `key`.
-    fn leader_for(&self, key: &[u8]) -> i32 {
-        let mut proxies = self.view.proxies();
-        if !proxies.iter().any(|p| p.proxy_id == self.record.proxy_id) {
-            proxies.push(self.record.clone());
-        }
-        rendezvous(&proxies, key).map_or(self.record.proxy_id, |p| p.proxy_id)
-    }
-
-    async fn metadata(
-        self: &Arc<Self>,
-        req: MetadataRequest,
-        version: i16,
-        client_id: &str,
-    ) -> MetadataResponse {
-        let mut resp = MetadataResponse::default();
-        resp.brokers = self
-            .client_nodes()
-            .into_iter()
-            .map(|(id, host, port)| {
-                MetadataResponseBroker::default()
-                    .with_node_id(id.into())
-                    .with_host(s(host))
-                    .with_port(port)
-            })
-            .collect();
-        if version >= 2 {
-            resp.cluster_id = Some(s(self.cluster_id.clone()));
-        }
-        if version >= 1 {
-            resp.controller_id = self.record.proxy_id.into();
-        }
-        let auto_create = version < 4 || req.allow_auto_topic_creation;
-        let wanted: Vec<(Option<String>, floe_common::Uuid)> = match &req.topics {
-            None => self
-                .view
-                .topics()
-                .into_iter()
-                .map(|t| (Some(t.name), t.id))
-                .collect(),
-            Some(ts) if ts.is_empty() && version == 0 => self
-                .view
-                .topics()
-                .into_iter()
-                .map(|t| (Some(t.name), t.id))
-                .collect(),
-            Some(ts) => ts
-                .iter()
-                .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
-                .collect(),
-        };
-        // Unknown names: a broker creates them (auto-create), and the view
-        // shows them a moment later.
-        let missing: Vec<String> = wanted
-            .iter()
-            .filter_map(|(n, _)| n.clone())
-            .filter(|n| self.view.topic(n).is_none())
-            .collect();
-        let created_errors = if !missing.is_empty() && auto_create {
-            self.auto_create(&missing, client_id).await
-        } else {
-            Default::default()
-        };
-        for (name, id) in wanted {
-            let mut topic = MetadataResponseTopic::default();
-            let found = match &name {
-                Some(n) => self
-                    .view
-                    .topic(n)
-                    .ok_or_else(|| match created_errors.get(n) {
-                        Some(&c) if c != 0 => ResponseError::try_from_code(c)
-                            .unwrap_or(ResponseError::UnknownTopicOrPartition),
-                        _ if floe_protocol::rules::valid_topic_name(n).is_err() => {
-                            ResponseError::InvalidTopicException
-                        }
-                        _ if auto_create => ResponseError::LeaderNotAvailable,
-                        _ => ResponseError::UnknownTopicOrPartition,
-                    }),
-                None => self
-                    .view
-                    .topic_by_id(id)
-                    .ok_or(ResponseError::UnknownTopicId),
-            };
-            topic.name = name.clone().map(|n| TopicName(s(n)));
-            match found {
-                Err(e) => {
-                    topic.error_code = e.code();
-                    if version >= 10 {
-                        topic.topic_id = id;
-                    }
-                }
-                Ok(t) => {
-                    topic.name = Some(TopicName(s(t.name.clone())));
-                    if version >= 10 {
-                        topic.topic_id = t.id;
-                    }
-                    for p in 0..t.partitions {
-                        let leader = self.partition_leader(PartitionId::new(t.id, p));
-                        let part = MetadataResponsePartition::default()
-                            .with_partition_index(p)
-                            .with_leader_id(leader.into())
-                            // Epochs belong to the brokers behind the proxies;
-                            // a proxy stays the leader across moves.
-                            .with_leader_epoch(-1)
-                            .with_replica_nodes(vec![leader.into()])
-                            .with_isr_nodes(vec![leader.into()]);
-                        topic.partitions.push(part);
-                    }
-                }
-            }
-            resp.topics.push(topic);
-        }
-        resp
-    }
-
-    /// Have a broker auto-create `names` (as a Metadata request would) and
-    /// wait until the view shows them; the error code of each.
-    pub(crate) async fn auto_create(
-        &self,
-        names: &[String],
-        client_id: &str,
-    ) -> std::collections::HashMap<String, i16> {
-        let mut errors = std::collections::HashMap::new();
-        let up = MetadataRequest::default()
-            .with_allow_auto_topic_creation(true)
-            .with_topics(Some(
-                names
-                    .iter()
-                    .map(|n| {
-                        metadata_request::MetadataRequestTopic::default()
-                            .with_name(Some(TopicName(s(n.clone()))))
-                    })
-                    .collect(),
-            ));
-        match self
-            .call::<_, MetadataResponse>(Route::Any, ApiKey::Metadata, 9, client_id, &up)
-            .await
-        {
-            Ok(r) => {
-                for t in r.topics {
-                    if let Some(n) = t.name {
-                        errors.insert(n.0.to_string(), t.error_code);
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = ?e, "auto-creating topics through a broker failed"),
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && names
-                .iter()
-                .any(|n| errors.get(n) == Some(&0) && self.view.topic(n).is_none())
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        errors
-    }
-
-    fn describe_cluster(&self) -> DescribeClusterResponse {
-        let mut resp = DescribeClusterResponse::default()
-            .with_cluster_id(s(self.cluster_id.clone()))
-            .with_controller_id(self.record.proxy_id.into());
-        for (id, host, port) in self.client_nodes() {
-            resp.brokers.push(
-                DescribeClusterBroker::default()
-                    .with_broker_id(id.into())
-                    .with_host(s(host))
-                    .with_port(port),
-            );
-        }
-        resp
-    }
-
-    async fn find_coordinator(
-        self: &Arc<Self>,
-        req: FindCoordinatorRequest,
-        version: i16,
-        client_id: &str,
-        raw: Bytes,
-    ) -> FindCoordinatorResponse {
-        if self.view.topic(OFFSETS_TOPIC).is_none() && req.key_type == 0 {
-            // A broker makes the offsets topic on its first FindCoordinator.
-            let r: Result<FindCoordinatorResponse, _> = match self.target(&Route::Any) {
-                Ok(b) => {
-                    let conn = self.admin_pool.get(&b);
-                    let answer = tokio::time::timeout(
-                        Duration::from_millis(self.config.forward_timeout_ms),
-                        conn.send(bytes::BytesMut::from(&raw[..])),
-                    )
-                    .await;
-                    match answer {
-                        Ok(Ok(Ok(f))) => decode_response(ApiKey::FindCoordinator, version, f),
-                        _ => Err("no answer".into()),
-                    }
-                }
-                Err(e) => Err(format!("{e:?}")),
-            };
-            if let Err(e) = r {
-                tracing::warn!(error = %e, client = client_id, "could not have the offsets topic made");
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while self.view.topic(OFFSETS_TOPIC).is_none() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        let keys: Vec<StrBytes> = if version >= 4 {
-            req.coordinator_keys
-        } else {
-            vec![req.key]
-        };
-        let mut resp = FindCoordinatorResponse::default();
-        let proxies = self.proxy_brokers();
-        for key in keys {
-            let mut c = Coordinator::default().with_key(key.clone());
-            let found = if req.key_type != 0 {
-                Err((
-                    ResponseError::CoordinatorNotAvailable,
-                    "transaction coordinators are not supported".to_string(),
-                ))
-            } else {
-                self.target(&Route::Group(key.to_string()))
-                    .map_err(|e| (e, format!("no coordinator for group {key:?} yet")))
-            };
-            match found {
-                Ok(_) => {
-                    let id = self.leader_for(key.as_bytes());
-                    let (_, host, port) = proxies
-                        .iter()
-                        .find(|(p, _, _)| *p == id)
-                        .cloned()
-                        .unwrap_or((id, self.record.host.clone(), self.record.port));
-                    c.node_id = id.into();
-                    c.host = s(host);
-                    c.port = port;
-                }
-                Err((e, m)) => {
-                    c.node_id = (-1).into();
-                    c.port = -1;
-                    c.error_code = e.code();
-                    c.error_message = Some(s(m));
-                }
-            }
-            resp.coordinators.push(c);
-        }
-        if version < 4 {
-            floe_protocol::rules::single_coordinator(&mut resp);
-        }
-        resp
     }
 
     /// DeleteRecords, split by the partitions' owners.
@@ -1098,5 +760,25 @@ impl Proxy {
             resp.topics.push(tr);
         }
         resp
+    }
+}
+
+/// The APIs the proxy answers.
+pub fn apis() -> Vec<ApiKey> {
+    ROUTER.apis().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_advertised_api_has_a_handler_and_no_other() {
+        let mut apis = super::apis();
+        apis.sort_by_key(|a| *a as i16);
+        let mut advertised: Vec<_> = floe_protocol::versions::IMPLEMENTED
+            .iter()
+            .map(|(a, _, _)| *a)
+            .collect();
+        advertised.sort_by_key(|a| *a as i16);
+        assert_eq!(apis, advertised);
     }
 }

@@ -74,6 +74,38 @@ impl View {
         self.version.subscribe()
     }
 
+    /// Wait until `done` holds of the view (checked at once and after each
+    /// change, never on a timer) or `deadline` passes; whether it holds.
+    pub async fn wait_until(
+        &self,
+        deadline: tokio::time::Instant,
+        done: impl Fn(&Self) -> bool,
+    ) -> bool {
+        let mut changes = self.changes();
+        loop {
+            changes.borrow_and_update();
+            if done(self) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                // Past the deadline, or the view is gone.
+                _ => return done(self),
+            }
+        }
+    }
+
+    /// A live broker's topic-creation policy (the brokers' settings rule
+    /// topic creation, as in Kafka): the lowest id's that publishes one.
+    pub fn topic_policy(&self) -> Option<floe_meta::schema::TopicPolicy> {
+        self.state
+            .read()
+            .unwrap()
+            .brokers
+            .values()
+            .find_map(|b| b.topic_policy.clone())
+    }
+
     pub fn topic(&self, name: &str) -> Option<Topic> {
         self.state.read().unwrap().topics.get(name).cloned()
     }

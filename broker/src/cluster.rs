@@ -1,0 +1,165 @@
+//! The broker's side of the shared cluster answers (`floe_kafka::cluster`):
+//! the live brokers as nodes, each partition's leader as the metadata store
+//! names its owner, auto-creation under this broker's settings, and the
+//! coordinator of a group (the owner of its offsets partition).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use floe_common::topic::{valid_topic_name, OFFSETS_TOPIC};
+use floe_common::{PartitionId, Uuid};
+use floe_kafka::cluster::{Cluster, Node as ClientNode, Topic};
+use floe_kafka::errors::topic_error;
+use floe_meta::topics::{offsets_topic_configs, TopicError};
+use floe_protocol::rules::partition_for;
+use floe_protocol::ResponseError;
+
+use crate::node::{Node, TopicInfo};
+
+/// How long a Metadata request that auto-created a topic waits for its
+/// partitions to be written.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+fn topic(t: TopicInfo) -> Topic {
+    Topic {
+        id: t.id,
+        name: t.name,
+        partitions: t.partitions,
+    }
+}
+
+impl Cluster for Node {
+    fn cluster_id(&self) -> String {
+        self.cluster_id.clone()
+    }
+
+    fn controller_id(&self) -> i32 {
+        self.config.node_id
+    }
+
+    fn nodes(&self) -> Vec<ClientNode> {
+        let mut nodes: Vec<ClientNode> = self
+            .brokers()
+            .into_iter()
+            .map(|b| ClientNode {
+                id: b.broker_id,
+                host: b.host,
+                port: b.port,
+                rack: b.rack,
+            })
+            .collect();
+        if !nodes.iter().any(|n| n.id == self.config.node_id) {
+            // Our own registration may not have been seen yet.
+            nodes.push(ClientNode {
+                id: self.config.node_id,
+                host: self.advertised_host.clone(),
+                port: self.advertised_port,
+                rack: None,
+            });
+        }
+        nodes
+    }
+
+    fn topics(&self) -> Vec<Topic> {
+        Node::topics(self).into_iter().map(topic).collect()
+    }
+
+    fn topic(&self, name: &str) -> Option<Topic> {
+        Node::topic(self, name).map(topic)
+    }
+
+    fn topic_by_id(&self, id: Uuid) -> Option<Topic> {
+        Node::topic_by_id(self, id).map(topic)
+    }
+
+    fn leader(&self, p: PartitionId) -> Result<(i32, i32), ResponseError> {
+        self.leader_of(p).ok_or(ResponseError::LeaderNotAvailable)
+    }
+
+    async fn auto_create(&self, names: &[String]) -> HashMap<String, Result<(), ResponseError>> {
+        let mut out = HashMap::new();
+        for name in names {
+            let r = if Node::topic(self, name).is_some() {
+                Ok(())
+            } else if valid_topic_name(name).is_err() {
+                Err(ResponseError::InvalidTopicException)
+            } else if !self.config.auto_create_topics {
+                Err(ResponseError::UnknownTopicOrPartition)
+            } else {
+                match self
+                    .create_topic(
+                        name,
+                        self.config.default_partitions,
+                        Default::default(),
+                        false,
+                    )
+                    .await
+                {
+                    Ok(_) | Err(TopicError::AlreadyExists(_)) => {
+                        if self.wait_topic_ready(name, READY_WAIT).await {
+                            Ok(())
+                        } else {
+                            Err(ResponseError::LeaderNotAvailable)
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %name, error = %e, "auto-creating topic failed");
+                        Err(topic_error(&e))
+                    }
+                }
+            };
+            out.insert(name.clone(), r);
+        }
+        out
+    }
+
+    /// The controller then assigns its partitions like any topic's.
+    async fn ensure_offsets_topic(&self) {
+        if Node::topic(self, OFFSETS_TOPIC).is_some() {
+            return;
+        }
+        let partitions = self.config.offsets_topic_partitions.max(1);
+        match self
+            .create_topic(OFFSETS_TOPIC, partitions, offsets_topic_configs(), false)
+            .await
+        {
+            Ok(_) => tracing::info!(partitions, "created the offsets topic"),
+            Err(TopicError::AlreadyExists(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "creating the offsets topic failed"),
+        }
+    }
+
+    fn coordinator(&self, group: &str) -> Result<ClientNode, ResponseError> {
+        if group.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        let t = Node::topic(self, OFFSETS_TOPIC).ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let p = PartitionId::new(t.id, partition_for(group, t.partitions));
+        let (broker, _) = self
+            .leader_of(p)
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        self.brokers()
+            .into_iter()
+            .find(|b| b.broker_id == broker)
+            .map(|b| ClientNode {
+                id: b.broker_id,
+                host: b.host,
+                port: b.port,
+                rack: b.rack,
+            })
+            .ok_or(ResponseError::CoordinatorNotAvailable)
+    }
+}
+
+/// Topic `name`, created first if it does not exist and auto-creation is
+/// on (a producer may write to a topic before asking for metadata).
+pub(crate) async fn topic_or_create(node: &Node, name: &str) -> Result<TopicInfo, ResponseError> {
+    if let Some(t) = Node::topic(node, name) {
+        return Ok(t);
+    }
+    node.auto_create(&[name.to_string()])
+        .await
+        .remove(name)
+        .unwrap_or(Err(ResponseError::UnknownTopicOrPartition))?;
+    Node::topic(node, name).ok_or(ResponseError::LeaderNotAvailable)
+}

@@ -1,0 +1,244 @@
+//! The answers a tier gives from what it knows of the cluster, written once
+//! for broker and proxy: Metadata (with auto-creation of unknown topics;
+//! DescribeTopicPartitions is built on it), DescribeCluster and
+//! FindCoordinator, over the `Cluster` each tier implements.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use floe_common::topic::valid_topic_name;
+use floe_common::{PartitionId, Uuid};
+use floe_protocol::kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use floe_protocol::kafka_protocol::messages::find_coordinator_response::Coordinator;
+use floe_protocol::kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use floe_protocol::kafka_protocol::messages::{
+    DescribeClusterResponse, FindCoordinatorRequest, FindCoordinatorResponse, MetadataRequest,
+    MetadataResponse, TopicName,
+};
+use floe_protocol::kafka_protocol::protocol::StrBytes;
+use floe_protocol::ResponseError;
+
+fn s(v: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(v.into())
+}
+
+/// A node clients connect to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+}
+
+/// A topic as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topic {
+    pub id: Uuid,
+    pub name: String,
+    pub partitions: i32,
+}
+
+/// What a tier knows of the cluster, as the answers above need it.
+pub trait Cluster: Send + Sync {
+    fn cluster_id(&self) -> String;
+    /// The node named as the controller (clients send it nothing Floe
+    /// needs; Kafka tools print it).
+    fn controller_id(&self) -> i32;
+    /// Every node clients may connect to.
+    fn nodes(&self) -> Vec<Node>;
+    /// Every topic, by name.
+    fn topics(&self) -> Vec<Topic>;
+    fn topic(&self, name: &str) -> Option<Topic>;
+    fn topic_by_id(&self, id: Uuid) -> Option<Topic>;
+    /// The node leading partition `p` and its leader epoch (-1: none told),
+    /// or the error a client gets for it.
+    fn leader(&self, p: PartitionId) -> Result<(i32, i32), ResponseError>;
+    /// Create the topics of `names` that do not exist, as Kafka's
+    /// auto-create does; per name, whether it exists now (an error: the
+    /// one its Metadata entry carries).
+    fn auto_create(
+        &self,
+        names: &[String],
+    ) -> impl Future<Output = HashMap<String, Result<(), ResponseError>>> + Send;
+    /// Make the offsets topic if it does not exist (the first
+    /// FindCoordinator for a group does).
+    fn ensure_offsets_topic(&self) -> impl Future<Output = ()> + Send;
+    /// The node coordinating `group` now.
+    fn coordinator(&self, group: &str) -> Result<Node, ResponseError>;
+}
+
+/// The Metadata answer: nodes, and the topics asked for (all when none
+/// are named), unknown ones created when the request allows it.
+pub async fn metadata<C: Cluster>(c: &C, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let mut resp = MetadataResponse::default();
+    resp.brokers = c
+        .nodes()
+        .into_iter()
+        .map(|n| {
+            MetadataResponseBroker::default()
+                .with_node_id(n.id.into())
+                .with_host(s(n.host))
+                .with_port(n.port)
+                .with_rack(if version >= 1 { n.rack.map(s) } else { None })
+        })
+        .collect();
+    if version >= 2 {
+        resp.cluster_id = Some(s(c.cluster_id()));
+    }
+    if version >= 1 {
+        resp.controller_id = c.controller_id().into();
+    }
+    let auto_create = version < 4 || req.allow_auto_topic_creation;
+    let all = |c: &C| -> Vec<(Option<String>, Uuid)> {
+        c.topics()
+            .into_iter()
+            .map(|t| (Some(t.name), t.id))
+            .collect()
+    };
+    let wanted: Vec<(Option<String>, Uuid)> = match req.topics {
+        None => all(c),
+        // v0: an empty list means all topics.
+        Some(ts) if ts.is_empty() && version == 0 => all(c),
+        Some(ts) => ts
+            .into_iter()
+            .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+            .collect(),
+    };
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter_map(|(n, _)| n.clone())
+        .filter(|n| c.topic(n).is_none() && valid_topic_name(n).is_ok())
+        .collect();
+    let created = if auto_create && !missing.is_empty() {
+        c.auto_create(&missing).await
+    } else {
+        HashMap::new()
+    };
+    for (name, id) in wanted {
+        let mut topic = MetadataResponseTopic::default();
+        let found = match &name {
+            Some(n) => c.topic(n).ok_or_else(|| match created.get(n) {
+                Some(Err(e)) => *e,
+                // Made, not yet seen here: the client asks again.
+                Some(Ok(())) => ResponseError::LeaderNotAvailable,
+                None if valid_topic_name(n).is_err() => ResponseError::InvalidTopicException,
+                None => ResponseError::UnknownTopicOrPartition,
+            }),
+            None => c.topic_by_id(id).ok_or(ResponseError::UnknownTopicId),
+        };
+        topic.name = name.map(|n| TopicName(s(n)));
+        match found {
+            Err(e) => {
+                topic.error_code = e.code();
+                if version >= 10 {
+                    topic.topic_id = id;
+                }
+            }
+            Ok(t) => {
+                topic.name = Some(TopicName(s(t.name.clone())));
+                if version >= 10 {
+                    topic.topic_id = t.id;
+                }
+                for p in 0..t.partitions {
+                    let mut part = MetadataResponsePartition::default().with_partition_index(p);
+                    match c.leader(PartitionId::new(t.id, p)) {
+                        Ok((leader, epoch)) => {
+                            part.leader_id = leader.into();
+                            if version >= 7 {
+                                part.leader_epoch = epoch;
+                            }
+                            part.replica_nodes = vec![leader.into()];
+                            part.isr_nodes = vec![leader.into()];
+                        }
+                        Err(e) => {
+                            part.error_code = e.code();
+                            part.leader_id = (-1).into();
+                        }
+                    }
+                    topic.partitions.push(part);
+                }
+            }
+        }
+        resp.topics.push(topic);
+    }
+    resp
+}
+
+/// The DescribeCluster answer: the nodes clients see.
+pub fn describe_cluster<C: Cluster>(c: &C, version: i16) -> DescribeClusterResponse {
+    let mut resp = DescribeClusterResponse::default()
+        .with_cluster_id(s(c.cluster_id()))
+        .with_controller_id(c.controller_id().into());
+    for n in c.nodes() {
+        resp.brokers.push(
+            DescribeClusterBroker::default()
+                .with_broker_id(n.id.into())
+                .with_host(s(n.host))
+                .with_port(n.port)
+                .with_rack(n.rack.map(s)),
+        );
+    }
+    if version >= 1 {
+        // Brokers (2 would be controllers, KIP-919).
+        resp.endpoint_type = 1;
+    }
+    resp
+}
+
+/// The FindCoordinator answer: a group's coordinator per key (one key in
+/// top-level fields before v4). Transaction coordinators (key type 1) are
+/// not available yet.
+pub async fn find_coordinator<C: Cluster>(
+    c: &C,
+    req: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    if req.key_type == 0 {
+        c.ensure_offsets_topic().await;
+    }
+    let keys: Vec<StrBytes> = if version >= 4 {
+        req.coordinator_keys
+    } else {
+        vec![req.key]
+    };
+    let mut resp = FindCoordinatorResponse::default();
+    for key in keys {
+        let mut coordinator = Coordinator::default().with_key(key.clone());
+        let found = if req.key_type != 0 {
+            Err((
+                ResponseError::CoordinatorNotAvailable,
+                "transaction coordinators are not supported".to_string(),
+            ))
+        } else {
+            c.coordinator(&key)
+                .map_err(|e| (e, format!("no coordinator for group {key:?} yet")))
+        };
+        match found {
+            Ok(n) => {
+                coordinator.node_id = n.id.into();
+                coordinator.host = s(n.host);
+                coordinator.port = n.port;
+            }
+            Err((e, m)) => {
+                coordinator.node_id = (-1).into();
+                coordinator.port = -1;
+                coordinator.error_code = e.code();
+                coordinator.error_message = Some(s(m));
+            }
+        }
+        resp.coordinators.push(coordinator);
+    }
+    if version < 4 {
+        // One key, in top-level fields.
+        let c = resp.coordinators.pop().unwrap_or_default();
+        resp.error_code = c.error_code;
+        resp.error_message = c.error_message;
+        resp.node_id = c.node_id;
+        resp.host = c.host;
+        resp.port = c.port;
+    }
+    resp
+}
