@@ -1142,3 +1142,93 @@ async fn a_moved_partitions_client_learns_its_new_node_from_the_next_answer() {
         );
     }
 }
+
+/// A Metadata request naming topics that do not exist, as librdkafka's
+/// producer sends it.
+fn metadata_creating(
+    raw: &mut floe_e2e::RawClient,
+    topics: &[&str],
+) -> kafka_protocol::messages::MetadataResponse {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{ApiKey, MetadataRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let req = MetadataRequest::default()
+        .with_allow_auto_topic_creation(true)
+        .with_topics(Some(
+            topics
+                .iter()
+                .map(|t| {
+                    MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(t.to_string()))))
+                })
+                .collect(),
+        ));
+    raw.call(ApiKey::Metadata, 12, &req).unwrap()
+}
+
+/// The proxy creates an unknown topic itself (no Metadata request to a
+/// broker, no polling of its view) under the brokers' published policy
+/// (`default_partitions = 3` here), and the Metadata answer that made it
+/// already carries it: no error, three partitions, each led by a node of
+/// that same answer, and produce to it is acked at once, without a sleep.
+/// Produce to an unknown topic creates it too. With auto-creation off on
+/// the brokers, the proxy refuses as they would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_auto_creates_a_topic_usable_in_the_same_metadata_answer() {
+    let mut c = Cluster::start_with(2, 1, 3_000, "default_partitions = 3\n").unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let proxy = c.proxy_bootstrap();
+    let mut raw = floe_e2e::RawClient::connect(&proxy).unwrap();
+    let resp = metadata_creating(&mut raw, &["made-here", "bad name!"]);
+    let nodes: Vec<i32> = resp.brokers.iter().map(|b| b.node_id.0).collect();
+    let t = &resp.topics[0];
+    assert_eq!(t.error_code, 0, "{resp:?}");
+    assert!(!t.topic_id.is_nil());
+    assert_eq!(t.partitions.len(), 3, "the brokers' default_partitions");
+    for p in &t.partitions {
+        assert_eq!(p.error_code, 0);
+        assert!(
+            nodes.contains(&p.leader_id.0),
+            "{p:?} led by one of {nodes:?}"
+        );
+    }
+    assert_eq!(
+        resp.topics[1].error_code,
+        kafka_protocol::ResponseError::InvalidTopicException.code()
+    );
+    // At once: every partition takes a write.
+    let (codes, _) = raw_produce(&proxy, "made-here", 3, 30_000);
+    assert_eq!(codes, vec![0, 0, 0]);
+    // Produce alone creates a topic too.
+    let (codes, _) = raw_produce(&proxy, "made-by-produce", 3, 30_000);
+    assert_eq!(codes, vec![0, 0, 0]);
+    let again = metadata_creating(&mut raw, &["made-by-produce"]);
+    assert_eq!(again.topics[0].partitions.len(), 3);
+    // The proxy made them, not a broker.
+    let made = |log: &str, what: &str| {
+        log.lines()
+            .any(|l| l.contains(what) && l.contains("made-here"))
+    };
+    assert!(made(&c.proxies[0].log_text(), "auto-created topic"));
+    for b in &c.brokers {
+        assert!(!made(&b.log_text(), "created topic"));
+    }
+    drop(c);
+
+    // Auto-creation off on the brokers: unknown topics stay unknown.
+    let mut c = Cluster::start_with(1, 1, 3_000, "auto_create_topics = false\n").unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let mut raw = floe_e2e::RawClient::connect(&c.proxy_bootstrap()).unwrap();
+    let resp = metadata_creating(&mut raw, &["not-made"]);
+    assert_eq!(
+        resp.topics[0].error_code,
+        kafka_protocol::ResponseError::UnknownTopicOrPartition.code()
+    );
+    let (codes, _) = raw_produce(&c.proxy_bootstrap(), "not-made", 1, 5_000);
+    assert_eq!(
+        codes,
+        vec![kafka_protocol::ResponseError::UnknownTopicOrPartition.code()]
+    );
+}

@@ -12,5 +12,6 @@ pub mod errors;
 pub mod listener;
 pub mod metrics;
 pub mod read;
+pub mod read_suite;
 
 pub use metrics::RequestMetrics;

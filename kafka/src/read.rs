@@ -219,34 +219,21 @@ pub fn epoch_end(state: &floe_storage::log::LogState, leader_epoch: i32) -> Opti
 
 #[cfg(test)]
 mod tests {
-    //! The Fetch loop over a log in memory, with the two ways a tier
-    //! resolves a partition: a broker (past the end is out of range at once)
-    //! and a proxy (a follower may not be ready yet, and past the end waits
-    //! the request out first, then is out of range from a live owner).
-    use std::collections::BTreeMap;
+    //! The shared cases over a log in memory, with a test `Readable` that
+    //! follows each tier's rules as the tiers' own implementations must
+    //! (the broker and the proxy run the same cases over theirs).
     use std::sync::Arc;
 
-    use floe_common::{PartitionId, Uuid};
-    use floe_protocol::batch::{assign, synthetic_batch, Batches};
-    use floe_protocol::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-    use floe_protocol::kafka_protocol::messages::TopicName;
-    use floe_storage::log::{ChunkRef, LogState, PartitionLog, SegmentView};
-    use floe_storage::replica::ReplicaSet;
-    use floe_storage::target::StorageTarget;
-    use floe_storage::{chunk, layout, BlockCache};
-    use object_store::{ObjectStoreExt, PutPayload};
+    use floe_storage::log::PartitionLog;
 
     use super::*;
-
-    #[derive(Clone, Copy)]
-    enum Tier {
-        Broker,
-        Proxy { ready: bool, live: bool },
-    }
+    use crate::read_suite::{self, Rules, Subject};
 
     struct Log {
         log: Arc<PartitionLog>,
-        tier: Tier,
+        rules: Rules,
+        ready: bool,
+        live: bool,
     }
 
     impl Readable for Log {
@@ -254,12 +241,12 @@ mod tests {
             &self.log
         }
         fn ready(&self) -> bool {
-            !matches!(self.tier, Tier::Proxy { ready: false, .. })
+            self.ready
         }
         fn past_end_is_out_of_range(&self, waited_out: bool) -> bool {
-            match self.tier {
-                Tier::Broker => true,
-                Tier::Proxy { live, .. } => waited_out && live,
+            match self.rules {
+                Rules::Broker => true,
+                Rules::Proxy => waited_out && self.live,
             }
         }
         fn read(
@@ -278,200 +265,30 @@ mod tests {
         fn served(&self, _bytes: u64) {}
     }
 
-    const BROKER: Tier = Tier::Broker;
-    const PROXY: Tier = Tier::Proxy {
-        ready: true,
-        live: true,
-    };
+    struct TestSubject(Rules);
 
-    /// `n` batches of 5 records from `base`.
-    fn batches(base: i64, n: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        for i in 0..n {
-            let mut b = synthetic_batch(5, 100, 1_000);
-            assign(&mut b, base + i as i64 * 5, 1, None);
-            out.extend(b);
+    impl Subject for TestSubject {
+        type R = Log;
+        fn rules(&self) -> Rules {
+            self.0
         }
-        out
-    }
-
-    /// Write a chunk of `n` batches at `base` of the open segment at 0.
-    async fn add_chunk(log: &PartitionLog, t: &StorageTarget, base: i64, n: usize) {
-        let payload = batches(base, n);
-        let next = base + n as i64 * 5;
-        let path = layout::chunk(log.id, 0, 1, base);
-        let enc = chunk::encode_data(1, base, next, 0, n as u32, &payload);
-        t.store.put(&path, PutPayload::from(enc)).await.unwrap();
-        let c = ChunkRef {
-            base_offset: base,
-            next_offset: next,
-            max_timestamp: 1_000,
-            path: Arc::from(path.as_ref()),
-            bytes: payload.len() as u64,
-        };
-        log.append_update(|s| {
-            if let Some(SegmentView::Open { chunks, .. }) = s.segments.get_mut(&0) {
-                chunks.push(c);
+        fn readable(&self, log: Arc<PartitionLog>, ready: bool, live: bool) -> Log {
+            Log {
+                log,
+                rules: self.0,
+                ready,
+                live,
             }
-            s.high_watermark = next;
-        });
-    }
-
-    /// A log [0, 50) in one open segment on a memory target.
-    async fn log() -> (Arc<PartitionLog>, StorageTarget) {
-        let t = StorageTarget::open("m", "memory://").unwrap();
-        let id = PartitionId::new(Uuid::from_u128(7), 0);
-        let mut segments = BTreeMap::new();
-        segments.insert(
-            0,
-            SegmentView::Open {
-                base_offset: 0,
-                epoch: 1,
-                replicas: ReplicaSet::new(vec![t.clone()], 1),
-                chunks: Vec::new(),
-            },
-        );
-        let state = LogState {
-            log_start_offset: 0,
-            high_watermark: 0,
-            leader_epoch: 1,
-            segments,
-        };
-        let log = PartitionLog::new(id, state, BlockCache::new(16 << 20));
-        add_chunk(&log, &t, 0, 10).await;
-        (log, t)
-    }
-
-    fn request(offset: i64, max_wait_ms: i32, min_bytes: i32, max_bytes: i32) -> FetchRequest {
-        FetchRequest::default()
-            .with_max_wait_ms(max_wait_ms)
-            .with_min_bytes(min_bytes)
-            .with_max_bytes(max_bytes)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName("t".to_string().into()))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(0)
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(1 << 20)])])
-    }
-
-    async fn answer(log: &Arc<PartitionLog>, tier: Tier, req: &FetchRequest) -> PartitionData {
-        let resp = fetch(req, 12, |_, _| {
-            Ok(Log {
-                log: log.clone(),
-                tier,
-            })
-        })
-        .await;
-        resp.responses[0].partitions[0].clone()
-    }
-
-    fn offsets(p: &PartitionData) -> Vec<i64> {
-        Batches::new(p.records.as_deref().unwrap_or_default())
-            .map(|(_, h)| h.base_offset)
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn records_within_max_bytes_from_the_offset() {
-        let (log, _t) = log().await;
-        let one = batches(0, 1).len() as i32;
-        for tier in [BROKER, PROXY] {
-            let p = answer(&log, tier, &request(10, 0, 1, 1 << 20)).await;
-            assert_eq!(p.error_code, 0);
-            assert_eq!((p.high_watermark, p.log_start_offset), (50, 0));
-            assert_eq!(offsets(&p), vec![10, 15, 20, 25, 30, 35, 40, 45]);
-            // max_bytes below two batches: one (the first is always whole).
-            let p = answer(&log, tier, &request(10, 0, 1, one + 1)).await;
-            assert_eq!(offsets(&p), vec![10]);
-            let p = answer(&log, tier, &request(10, 0, 1, 1)).await;
-            assert_eq!(offsets(&p), vec![10], "KIP-74: at least one batch");
         }
     }
 
     #[tokio::test]
-    async fn past_the_end_is_out_of_range_at_once_at_a_broker_and_after_the_wait_through_a_proxy() {
-        let (log, _t) = log().await;
-        let req = request(60, 200, 1, 1 << 20);
-        let p = answer(&log, BROKER, &req).await;
-        assert_eq!(p.error_code, ResponseError::OffsetOutOfRange.code());
-        let p = answer(&log, PROXY, &req).await;
-        assert_eq!(p.error_code, ResponseError::OffsetOutOfRange.code());
-        // A proxy whose owner is gone does not decide it.
-        let gone = Tier::Proxy {
-            ready: true,
-            live: false,
-        };
-        let p = answer(&log, gone, &req).await;
-        assert_eq!(p.error_code, 0);
-        assert_eq!(offsets(&p), Vec::<i64>::new());
-        // Below the log start: out of range for both.
-        log.update(|s| s.log_start_offset = 20);
-        for tier in [BROKER, PROXY] {
-            let p = answer(&log, tier, &request(5, 0, 1, 1 << 20)).await;
-            assert_eq!(p.error_code, ResponseError::OffsetOutOfRange.code());
-        }
+    async fn the_shared_cases_with_a_brokers_rules() {
+        read_suite::run(&TestSubject(Rules::Broker)).await;
     }
 
     #[tokio::test]
-    async fn a_long_poll_wakes_when_records_arrive() {
-        let (log, t) = log().await;
-        for (i, tier) in [BROKER, PROXY].into_iter().enumerate() {
-            let base = 50 + i as i64 * 5;
-            let writer = {
-                let (log, t) = (log.clone(), t.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    add_chunk(&log, &t, base, 1).await;
-                })
-            };
-            // A 60 s wait: only the new records end it.
-            let p = answer(&log, tier, &request(base, 60_000, 1, 1 << 20)).await;
-            writer.await.unwrap();
-            assert_eq!(p.error_code, 0);
-            assert_eq!(offsets(&p), vec![base]);
-        }
-    }
-
-    #[tokio::test]
-    async fn a_follower_not_ready_is_empty_and_errors_come_from_resolving() {
-        let (log, _t) = log().await;
-        let not_ready = Tier::Proxy {
-            ready: false,
-            live: true,
-        };
-        let p = answer(&log, not_ready, &request(0, 0, 1, 1 << 20)).await;
-        assert_eq!((p.error_code, p.high_watermark), (0, -1));
-        assert_eq!(p.records.as_deref(), Some(&[][..]));
-        let resp = fetch(&request(0, 0, 1, 1 << 20), 12, |_, _| -> Result<Log, _> {
-            Err(ResponseError::FencedLeaderEpoch)
-        })
-        .await;
-        let p = &resp.responses[0].partitions[0];
-        assert_eq!(p.error_code, ResponseError::FencedLeaderEpoch.code());
-        assert_eq!(p.high_watermark, -1);
-    }
-
-    #[tokio::test]
-    async fn read_committed_gets_an_empty_aborted_list_and_sessions_are_refused() {
-        let (log, _t) = log().await;
-        let mut req = request(0, 0, 1, 1 << 20);
-        // (No transactions yet: read_committed sees every record.)
-        req.isolation_level = 1;
-        let p = answer(&log, BROKER, &req).await;
-        assert_eq!(p.aborted_transactions, Some(Vec::new()));
-        assert_eq!(offsets(&p).len(), 10);
-        req.session_id = 5;
-        let resp = fetch(&req, 12, |_, _| {
-            Ok(Log {
-                log: log.clone(),
-                tier: BROKER,
-            })
-        })
-        .await;
-        assert_eq!(
-            resp.error_code,
-            ResponseError::FetchSessionIdNotFound.code()
-        );
+    async fn the_shared_cases_with_a_proxys_rules() {
+        read_suite::run(&TestSubject(Rules::Proxy)).await;
     }
 }

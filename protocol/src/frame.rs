@@ -78,3 +78,85 @@ mod tests {
         ));
     }
 }
+
+/// Bytes held in parts, read in order: a frame written with vectored I/O
+/// without first joining its parts.
+#[derive(Debug, Default)]
+pub struct PartsBuf {
+    parts: std::collections::VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl PartsBuf {
+    pub fn new(parts: impl IntoIterator<Item = Bytes>) -> Self {
+        let parts: std::collections::VecDeque<Bytes> =
+            parts.into_iter().filter(|p| !p.is_empty()).collect();
+        let remaining = parts.iter().map(|p| p.len()).sum();
+        Self { parts, remaining }
+    }
+}
+
+impl bytes::Buf for PartsBuf {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.front().map_or(&[], |p| &p[..])
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advance past the end");
+        self.remaining -= cnt;
+        while cnt > 0 {
+            let front = self
+                .parts
+                .front_mut()
+                .expect("remaining bytes are in parts");
+            if cnt < front.len() {
+                bytes::Buf::advance(front, cnt);
+                return;
+            }
+            cnt -= front.len();
+            self.parts.pop_front();
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, p) in dst.iter_mut().zip(self.parts.iter()) {
+            *slot = std::io::IoSlice::new(p);
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod parts_tests {
+    use super::*;
+    use bytes::Buf;
+
+    #[tokio::test]
+    async fn parts_are_written_in_order_and_in_full() {
+        let parts = vec![
+            Bytes::from_static(b"ab"),
+            Bytes::new(),
+            Bytes::from(vec![7u8; 100_000]),
+            Bytes::from_static(b"z"),
+        ];
+        let mut buf = PartsBuf::new(parts.clone());
+        assert_eq!(buf.remaining(), 100_003);
+        let mut out = Vec::new();
+        tokio::io::AsyncWriteExt::write_all_buf(&mut out, &mut buf)
+            .await
+            .unwrap();
+        let want: Vec<u8> = parts.iter().flat_map(|p| p.to_vec()).collect();
+        assert_eq!(out, want);
+        let mut b = PartsBuf::new(parts);
+        b.advance(3);
+        assert_eq!(b.chunk().len(), 99_999);
+        b.advance(99_999);
+        assert_eq!(b.chunk(), b"z");
+    }
+}

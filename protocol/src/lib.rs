@@ -6,6 +6,7 @@ pub mod batch;
 pub mod frame;
 pub mod legacy;
 pub mod legacy_api;
+pub mod produce_frame;
 pub mod responses;
 pub mod rules;
 pub mod versions;

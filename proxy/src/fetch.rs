@@ -26,13 +26,14 @@ use crate::Proxy;
 /// waits for the owner's snapshot before failing.
 const REPLAN_WAIT: Duration = Duration::from_secs(2);
 
-/// A followed partition, as a Fetch through this proxy reads it.
-struct Followed<'a> {
-    proxy: &'a Proxy,
+/// A followed partition, as a Fetch through this proxy reads it: its
+/// follower, and the metrics its reads count in.
+pub(crate) struct Followed {
+    metrics: Arc<floe_kafka::RequestMetrics>,
     f: Arc<Follower>,
 }
 
-impl floe_kafka::read::Readable for Followed<'_> {
+impl floe_kafka::read::Readable for Followed {
     fn log(&self) -> &floe_storage::log::PartitionLog {
         &self.f.log
     }
@@ -55,11 +56,11 @@ impl floe_kafka::read::Readable for Followed<'_> {
         budget: usize,
         min_one: bool,
     ) -> futures::future::BoxFuture<'_, Result<Bytes, ReadError>> {
-        Box::pin(self.proxy.read(&self.f, offset, budget, min_one))
+        Box::pin(read(&self.f, offset, budget, min_one))
     }
 
     fn served(&self, bytes: u64) {
-        self.proxy.requests.bytes_out(bytes);
+        self.metrics.bytes_out(bytes);
     }
 }
 
@@ -77,28 +78,24 @@ impl Proxy {
             Some(t) => Ok(self.tails.get(PartitionId::new(t.id, partition))),
         }
     }
+}
 
-    /// Read from a followed log; a chunk deleted under the read (its segment
-    /// was sealed) is read again once the new state arrived.
-    async fn read(
-        &self,
-        f: &Follower,
-        offset: i64,
-        budget: usize,
-        min_one: bool,
-    ) -> Result<Bytes, ReadError> {
-        let give_up = Instant::now() + REPLAN_WAIT;
-        let mut hw = f.log.subscribe();
-        loop {
-            match f.log.read(offset, budget, min_one).await {
-                Err(ReadError::Storage(StorageError::NotFound(_))) if Instant::now() < give_up => {
-                    let _ = tokio::time::timeout_at(give_up, hw.changed()).await;
-                }
-                other => return other.map(|r| r.records),
+/// Read from a followed log; a chunk deleted under the read (its segment
+/// was sealed) is read again once the new state arrived.
+async fn read(f: &Follower, offset: i64, budget: usize, min_one: bool) -> Result<Bytes, ReadError> {
+    let give_up = Instant::now() + REPLAN_WAIT;
+    let mut hw = f.log.subscribe();
+    loop {
+        match f.log.read(offset, budget, min_one).await {
+            Err(ReadError::Storage(StorageError::NotFound(_))) if Instant::now() < give_up => {
+                let _ = tokio::time::timeout_at(give_up, hw.changed()).await;
             }
+            other => return other.map(|r| r.records),
         }
     }
+}
 
+impl Proxy {
     pub(crate) async fn fetch(self: Arc<Self>, req: FetchRequest, version: i16) -> FetchResponse {
         floe_kafka::read::fetch(&req, version, |topic, p| {
             let t = if version >= 13 {
@@ -107,7 +104,10 @@ impl Proxy {
                 self.view.topic(topic.topic.0.as_str())
             };
             match self.follower(t.as_ref(), p.partition) {
-                Ok(f) => Ok(Followed { proxy: &self, f }),
+                Ok(f) => Ok(Followed {
+                    metrics: self.requests.clone(),
+                    f,
+                }),
                 Err(_) if t.is_none() && version >= 13 => Err(ResponseError::UnknownTopicId),
                 Err(e) => Err(e),
             }
@@ -185,5 +185,38 @@ impl Proxy {
             resp.topics.push(tr);
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floe_kafka::read_suite::{self, Rules, Subject};
+    use floe_storage::log::PartitionLog;
+
+    /// The proxy's followed logs, with its request metrics.
+    struct Proxied(Arc<floe_kafka::RequestMetrics>);
+
+    impl Subject for Proxied {
+        type R = Followed;
+        fn rules(&self) -> Rules {
+            Rules::Proxy
+        }
+        fn readable(&self, log: Arc<PartitionLog>, ready: bool, live: bool) -> Followed {
+            Followed {
+                metrics: self.0.clone(),
+                f: Arc::new(Follower::new(log, ready, live)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_shared_read_cases_over_the_proxys_followed_logs() {
+        let metrics = Arc::new(floe_kafka::RequestMetrics::with_prefix("floe_proxy"));
+        read_suite::run(&Proxied(metrics.clone())).await;
+        // Reads were counted as served.
+        let text = metrics.encode();
+        assert!(text.contains("floe_proxy_bytes_out_total"), "{text}");
+        assert!(!text.contains("floe_proxy_bytes_out_total 0\n"), "{text}");
     }
 }

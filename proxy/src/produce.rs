@@ -27,7 +27,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::upstream::{decode_response, encode_request, UpstreamError};
+use crate::upstream::{decode_response, UpstreamError};
 use crate::Proxy;
 
 type Answer = Result<Arc<ProduceResponse>, UpstreamError>;
@@ -621,8 +621,9 @@ impl Proxy {
         client_id: &str,
     ) -> SharedAnswer {
         let broker = owner.broker_id;
-        let frame = encode_request(ApiKey::Produce, version, client_id, req);
-        let rx = frame.map(|f| self.produce_pool.get(owner).send(f));
+        // The client's record sets go out as the bytes they arrived in.
+        let frame = floe_protocol::produce_frame::produce_parts(version, client_id, req);
+        let rx = frame.map(|f| self.produce_pool.get(owner).send_parts(f));
         let awaiting = self.broker_health.sent(broker, owner.started_ms);
         async move {
             let answer = async {

@@ -513,7 +513,8 @@ impl Proxy {
             match target {
                 Ok(b) => {
                     let conn = session.pool.get(&b);
-                    let rx = conn.send(bytes::BytesMut::from(&frame[..]));
+                    let rx = conn
+                        .send_parts(floe_protocol::produce_frame::FrameParts::one(frame.clone()));
                     let Ok(answer) = tokio::time::timeout_at(deadline, rx).await else {
                         return Err(format!(
                             "broker {} did not answer within {timeout_ms} ms",

@@ -34,6 +34,18 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// A follower of `log`'s partition; `ready` and `live` as a push
+    /// stream would have set them (tests of what reads it).
+    pub fn new(log: Arc<PartitionLog>, ready: bool, live: bool) -> Self {
+        Self {
+            id: log.id,
+            log,
+            ready: watch::channel(ready).0,
+            live: AtomicBool::new(live),
+            last_used: AtomicI64::new(0),
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }

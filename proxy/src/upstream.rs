@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use floe_meta::schema::BrokerRecord;
-use floe_protocol::frame::read_frame;
+use floe_protocol::frame::{read_frame, PartsBuf};
+use floe_protocol::produce_frame::FrameParts;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -37,9 +38,9 @@ impl UpstreamError {
 type Reply = oneshot::Sender<Result<Bytes, UpstreamError>>;
 
 struct Outgoing {
-    /// A request frame without its length prefix; bytes 4..8 are the
-    /// correlation id, set by the connection.
-    frame: BytesMut,
+    /// A request frame without its length prefix, in parts; bytes 4..8 of
+    /// the first part are the correlation id, set by the connection.
+    frame: FrameParts,
     reply: Reply,
 }
 
@@ -66,6 +67,12 @@ impl Conn {
     /// Send a request frame (api key, version, any correlation id, client
     /// id, body). Requests given in order are written in that order.
     pub fn send(&self, frame: BytesMut) -> oneshot::Receiver<Result<Bytes, UpstreamError>> {
+        self.send_parts(FrameParts::one(frame.freeze()))
+    }
+
+    /// [`Conn::send`] of a frame in parts (a produce request carrying its
+    /// client's record sets as they arrived), written with vectored I/O.
+    pub fn send_parts(&self, frame: FrameParts) -> oneshot::Receiver<Result<Bytes, UpstreamError>> {
         let (reply, rx) = oneshot::channel();
         let mut out = Outgoing { frame, reply };
         let mut tx = self.tx.lock().unwrap();
@@ -132,7 +139,7 @@ async fn run(broker: i32, addr: String, mut rx: mpsc::UnboundedReceiver<Outgoing
             m = rx.recv() => m,
             r = &mut reader => break r.unwrap_or_else(|e| e.to_string()),
         };
-        let Some(mut msg) = msg else {
+        let Some(msg) = msg else {
             // Nobody sends any more: let the answers in flight arrive.
             let until = tokio::time::Instant::now() + Duration::from_secs(30);
             while !pending.lock().unwrap().is_empty()
@@ -144,13 +151,16 @@ async fn run(broker: i32, addr: String, mut rx: mpsc::UnboundedReceiver<Outgoing
             break "idle".to_string();
         };
         let id = next_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
-        msg.frame[4..8].copy_from_slice(&id.to_be_bytes());
+        let Some(mut buf) = with_length_and_id(msg.frame, id) else {
+            let _ = msg.reply.send(Err(UpstreamError::Connect(
+                broker,
+                "request frame shorter than its header".into(),
+            )));
+            continue;
+        };
         pending.lock().unwrap().insert(id, msg.reply);
-        let mut len = [0u8; 4];
-        (&mut len[..]).put_i32(msg.frame.len() as i32);
         let written = async {
-            out.write_all(&len).await?;
-            out.write_all(&msg.frame).await?;
+            out.write_all_buf(&mut buf).await?;
             if rx.is_empty() {
                 out.flush().await?;
             }
@@ -171,6 +181,24 @@ async fn run(broker: i32, addr: String, mut rx: mpsc::UnboundedReceiver<Outgoing
         &mut rx,
         UpstreamError::Connect(broker, "connection lost".into()),
     );
+}
+
+/// The frame's parts behind its length prefix, with correlation id `id`:
+/// the first 12 bytes are new, every other byte is the caller's part.
+fn with_length_and_id(frame: FrameParts, id: i32) -> Option<PartsBuf> {
+    let len = frame.len();
+    let mut parts = frame.parts.into_iter();
+    let first = parts.next()?;
+    if first.len() < 8 {
+        return None;
+    }
+    let mut head = BytesMut::with_capacity(12);
+    head.put_i32(len as i32);
+    head.extend_from_slice(&first[..4]);
+    head.put_i32(id);
+    Some(PartsBuf::new(
+        [head.freeze(), first.slice(8..)].into_iter().chain(parts),
+    ))
 }
 
 fn fail_all(rx: &mut mpsc::UnboundedReceiver<Outgoing>, err: UpstreamError) {

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use floe_common::{Epoch, Offset, PartitionId};
-use floe_protocol::batch::{BatchHeader, Batches, TimestampType, HEADER_LEN};
+use floe_protocol::batch::{BatchHeader, TimestampType, HEADER_LEN};
 use object_store::path::Path;
 use tokio::sync::watch;
 
@@ -95,6 +95,141 @@ pub struct ReadResult {
     pub records: Bytes,
     /// The offset after the last batch returned.
     pub next_offset: Offset,
+}
+
+/// Bytes in parts (slices of chunks and cached blocks) read as one run:
+/// batch headers are parsed across the parts' edges and whole batches are
+/// sliced out without joining anything; a read joins its parts once, at
+/// the end.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Pieces {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Pieces {
+    fn one(b: Bytes) -> Self {
+        let mut p = Self::default();
+        p.push(b);
+        p
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.parts.push(b);
+        }
+    }
+
+    fn extend(&mut self, other: Pieces) {
+        self.len += other.len;
+        self.parts.extend(other.parts);
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The part holding byte `pos`, searched from `from` (a part index at
+    /// or before it, with the byte position where that part starts).
+    fn locate(&self, pos: usize, from: (usize, usize)) -> Option<(usize, usize)> {
+        let (mut i, mut start) = from;
+        while i < self.parts.len() {
+            if pos < start + self.parts[i].len() {
+                return Some((i, start));
+            }
+            start += self.parts[i].len();
+            i += 1;
+        }
+        None
+    }
+
+    /// The batch header at `pos` (copied out only when it spans parts).
+    fn header_at(&self, pos: usize) -> Option<BatchHeader> {
+        self.header_from(pos, (0, 0)).map(|(h, _)| h)
+    }
+
+    fn header_from(
+        &self,
+        pos: usize,
+        from: (usize, usize),
+    ) -> Option<(BatchHeader, (usize, usize))> {
+        if pos + HEADER_LEN > self.len {
+            return None;
+        }
+        let at = self.locate(pos, from)?;
+        let (i, start) = at;
+        let first = &self.parts[i][pos - start..];
+        if first.len() >= HEADER_LEN {
+            return BatchHeader::parse(first).map(|h| (h, at));
+        }
+        let mut buf = [0u8; HEADER_LEN];
+        let mut filled = 0;
+        for p in std::iter::once(first).chain(self.parts[i + 1..].iter().map(|b| &b[..])) {
+            let n = p.len().min(HEADER_LEN - filled);
+            buf[filled..filled + n].copy_from_slice(&p[..n]);
+            filled += n;
+            if filled == HEADER_LEN {
+                break;
+            }
+        }
+        BatchHeader::parse(&buf).map(|h| (h, at))
+    }
+
+    /// Whole batches from the start: (position, header), as
+    /// `floe_protocol::batch::Batches` walks one buffer.
+    fn batches(&self) -> impl Iterator<Item = (usize, BatchHeader)> + '_ {
+        let mut pos = 0;
+        let mut at = (0, 0);
+        std::iter::from_fn(move || {
+            let (h, found) = self.header_from(pos, at)?;
+            let len = h.total_len();
+            if h.batch_length < (HEADER_LEN - floe_protocol::batch::LOG_OVERHEAD) as i32
+                || pos + len > self.len
+            {
+                return None;
+            }
+            at = found;
+            let here = pos;
+            pos += len;
+            Some((here, h))
+        })
+    }
+
+    /// Bytes [range) as slices of the parts.
+    fn slice(&self, range: std::ops::Range<usize>) -> Pieces {
+        let mut out = Pieces::default();
+        let mut start = 0;
+        for p in &self.parts {
+            let end = start + p.len();
+            let lo = range.start.max(start);
+            let hi = range.end.min(end);
+            if lo < hi {
+                out.push(p.slice(lo - start..hi - start));
+            }
+            start = end;
+        }
+        out
+    }
+
+    /// The bytes in one buffer: the part itself when there is one.
+    fn join(mut self) -> Bytes {
+        match self.parts.len() {
+            0 => Bytes::new(),
+            1 => self.parts.pop().unwrap(),
+            _ => {
+                let mut b = BytesMut::with_capacity(self.len);
+                for p in self.parts {
+                    b.extend_from_slice(&p);
+                }
+                b.freeze()
+            }
+        }
+    }
 }
 
 enum Plan {
@@ -215,15 +350,14 @@ impl PartitionLog {
         max_bytes: usize,
         min_one: bool,
     ) -> Result<ReadResult, ReadError> {
-        let mut pieces: Vec<Bytes> = Vec::new();
-        let mut total = 0usize;
+        let mut pieces = Pieces::default();
         let mut next = offset;
         // A reader that raced with a seal may find a chunk already deleted:
         // plan again from the fresh state.
         let mut retries = 0;
         loop {
             let plan = self.plan(next)?;
-            let budget = max_bytes.saturating_sub(total);
+            let budget = max_bytes.saturating_sub(pieces.len());
             let got = match plan {
                 Plan::Empty => break,
                 Plan::Chunks { replicas, chunks } => {
@@ -252,38 +386,27 @@ impl PartitionLog {
             if bytes.is_empty() {
                 break;
             }
-            total += bytes.len();
-            pieces.push(bytes);
+            pieces.extend(bytes);
             next = after;
-            if total >= max_bytes {
+            if pieces.len() >= max_bytes {
                 break;
             }
         }
-        let records = match pieces.len() {
-            0 => Bytes::new(),
-            1 => pieces.pop().unwrap(),
-            _ => {
-                let mut b = BytesMut::with_capacity(total);
-                for p in pieces {
-                    b.extend_from_slice(&p);
-                }
-                b.freeze()
-            }
-        };
+        // The one join of the read (none when it is one slice).
         Ok(ReadResult {
-            records,
+            records: pieces.join(),
             next_offset: next,
         })
     }
 
     /// Take whole batches from `data` (which starts at a batch boundary):
     /// skip those before `offset`, stop before exceeding `budget`.
-    fn take(data: &Bytes, offset: Offset, budget: usize, min_one: bool) -> (Bytes, Offset, bool) {
+    fn take(data: &Pieces, offset: Offset, budget: usize, min_one: bool) -> (Pieces, Offset, bool) {
         let mut start = None;
         let mut end = 0;
         let mut next = offset;
         let mut exhausted = true;
-        for (pos, h) in Batches::new(data) {
+        for (pos, h) in data.batches() {
             if h.next_offset() <= offset {
                 continue;
             }
@@ -298,7 +421,7 @@ impl PartitionLog {
         }
         match start {
             Some(s) if end > s => (data.slice(s..end), next, exhausted),
-            _ => (Bytes::new(), offset, exhausted),
+            _ => (Pieces::default(), offset, exhausted),
         }
     }
 
@@ -317,34 +440,26 @@ impl PartitionLog {
         offset: Offset,
         budget: usize,
         min_one: bool,
-    ) -> Result<(Bytes, Offset), StorageError> {
-        let mut pieces = Vec::new();
-        let mut total = 0;
+    ) -> Result<(Pieces, Offset), StorageError> {
+        let mut pieces = Pieces::default();
         let mut next = offset;
         for c in chunks {
-            let payload = self.chunk_payload(replicas, c).await?;
-            let (bytes, after, exhausted) =
-                Self::take(&payload, next, budget - total, min_one && pieces.is_empty());
-            total += bytes.len();
+            let payload = Pieces::one(self.chunk_payload(replicas, c).await?);
+            let (bytes, after, exhausted) = Self::take(
+                &payload,
+                next,
+                budget - pieces.len(),
+                min_one && pieces.is_empty(),
+            );
             if !bytes.is_empty() {
-                pieces.push(bytes);
+                pieces.extend(bytes);
                 next = after;
             }
-            if !exhausted || total >= budget {
+            if !exhausted || pieces.len() >= budget {
                 break;
             }
         }
-        Ok(match pieces.len() {
-            0 => (Bytes::new(), offset),
-            1 => (pieces.pop().unwrap(), next),
-            _ => {
-                let mut b = BytesMut::with_capacity(total);
-                for p in pieces {
-                    b.extend_from_slice(&p);
-                }
-                (b.freeze(), next)
-            }
-        })
+        Ok((pieces, next))
     }
 
     async fn segment_index(&self, seg: &SealedSegment) -> Result<Arc<SegmentIndex>, StorageError> {
@@ -363,16 +478,17 @@ impl PartitionLog {
         Ok(idx)
     }
 
-    /// Bytes [start, end) of a segment's data, through the block cache.
+    /// Bytes [start, end) of a segment's data, through the block cache, as
+    /// slices of the cached blocks.
     async fn segment_span(
         &self,
         seg: &SealedSegment,
         start: u64,
         end: u64,
-    ) -> Result<Bytes, StorageError> {
+    ) -> Result<Pieces, StorageError> {
         let end = end.min(seg.data_bytes);
         if start >= end {
-            return Ok(Bytes::new());
+            return Ok(Pieces::default());
         }
         let path = Path::from(seg.path.as_ref());
         let first = start / BLOCK_SIZE;
@@ -395,11 +511,7 @@ impl PartitionLog {
             blocks.push(block);
         }
         let lo = (start - first * BLOCK_SIZE) as usize;
-        if blocks.len() == 1 {
-            let hi = (end - first * BLOCK_SIZE) as usize;
-            return Ok(blocks[0].slice(lo..hi));
-        }
-        let mut out = BytesMut::with_capacity((end - start) as usize);
+        let mut out = Pieces::default();
         let n = blocks.len();
         for (i, b) in blocks.iter().enumerate() {
             let from = if i == 0 { lo } else { 0 };
@@ -408,9 +520,9 @@ impl PartitionLog {
             } else {
                 b.len()
             };
-            out.extend_from_slice(&b[from..to]);
+            out.push(b.slice(from..to));
         }
-        Ok(out.freeze())
+        Ok(out)
     }
 
     async fn read_segment(
@@ -419,7 +531,7 @@ impl PartitionLog {
         offset: Offset,
         budget: usize,
         min_one: bool,
-    ) -> Result<(Bytes, Offset), StorageError> {
+    ) -> Result<(Pieces, Offset), StorageError> {
         let idx = self.segment_index(seg).await?;
         let pos = idx.position_for(offset);
         // Read past the budget by the index interval so the batch holding
@@ -429,7 +541,7 @@ impl PartitionLog {
             let span = self.segment_span(seg, pos, pos + want).await?;
             let mut tail = 0usize;
             let mut found = None;
-            for (p, h) in Batches::new(&span) {
+            for (p, h) in span.batches() {
                 tail = p + h.total_len();
                 if h.next_offset() > offset {
                     found = Some(h);
@@ -439,20 +551,19 @@ impl PartitionLog {
             match found {
                 Some(h) => {
                     if !min_one && h.total_len() > budget {
-                        return Ok((Bytes::new(), offset));
+                        return Ok((Pieces::default(), offset));
                     }
                     let (bytes, next, _) = Self::take(&span, offset, budget, min_one);
                     return Ok((bytes, next));
                 }
                 None => {
                     if pos + span.len() as u64 >= seg.data_bytes {
-                        return Ok((Bytes::new(), offset));
+                        return Ok((Pieces::default(), offset));
                     }
                     // The wanted batch starts at `tail` and was cut off.
-                    let len =
-                        BatchHeader::parse(&span[tail..]).map_or(HEADER_LEN, |h| h.total_len());
+                    let len = span.header_at(tail).map_or(HEADER_LEN, |h| h.total_len());
                     if !min_one && len > budget {
-                        return Ok((Bytes::new(), offset));
+                        return Ok((Pieces::default(), offset));
                     }
                     want = (tail + len).max(want as usize + 1) as u64;
                 }
@@ -485,7 +596,7 @@ impl PartitionLog {
                         if c.max_timestamp < ts || c.next_offset <= state.log_start_offset {
                             continue;
                         }
-                        let payload = self.chunk_payload(replicas, c).await?;
+                        let payload = Pieces::one(self.chunk_payload(replicas, c).await?);
                         if let Some(hit) = first_at_or_after(&payload, ts, state.log_start_offset) {
                             return Ok(Some(hit));
                         }
@@ -648,15 +759,15 @@ impl PartitionLog {
 }
 
 /// Scan batches in `data` for the first record with timestamp ≥ `ts`.
-fn first_at_or_after(data: &Bytes, ts: i64, log_start: Offset) -> Option<(Offset, i64)> {
-    for (pos, h) in Batches::new(data) {
+fn first_at_or_after(data: &Pieces, ts: i64, log_start: Offset) -> Option<(Offset, i64)> {
+    for (pos, h) in data.batches() {
         if h.max_timestamp < ts || h.next_offset() <= log_start {
             continue;
         }
         if h.timestamp_type() == TimestampType::LogAppendTime {
             return Some((h.base_offset.max(log_start), h.max_timestamp));
         }
-        let mut batch = data.slice(pos..pos + h.total_len());
+        let mut batch = data.slice(pos..pos + h.total_len()).join();
         match kafka_protocol::records::RecordBatchDecoder::decode(&mut batch) {
             Ok(set) => {
                 for r in set.records {
@@ -704,6 +815,40 @@ pub fn chunk_ref(path: &Path, h: &chunk::ChunkHeader, bytes: u64) -> ChunkRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use floe_protocol::batch::Batches;
+
+    #[test]
+    fn pieces_read_batches_across_part_edges_as_one_buffer_would() {
+        use floe_protocol::batch::{assign, synthetic_batch};
+        let mut all = Vec::new();
+        for i in 0..6 {
+            let mut b = synthetic_batch(3 + i, 40 + 13 * i as usize, 1_000);
+            assign(&mut b, i as i64 * 10, 1, None);
+            all.extend(b);
+        }
+        let all = Bytes::from(all);
+        let want: Vec<(usize, i64)> = Batches::new(&all)
+            .map(|(p, h)| (p, h.base_offset))
+            .collect();
+        assert_eq!(want.len(), 6);
+        // Every way to cut the run in three, including cuts inside headers.
+        for a in (0..all.len()).step_by(7) {
+            for b in (a..all.len()).step_by(11) {
+                let mut p = Pieces::default();
+                p.push(all.slice(..a));
+                p.push(all.slice(a..b));
+                p.push(all.slice(b..));
+                let got: Vec<(usize, i64)> = p.batches().map(|(p, h)| (p, h.base_offset)).collect();
+                assert_eq!(got, want, "cut at {a}, {b}");
+                let (s, e) = (want[1].0, want[4].0);
+                assert_eq!(p.slice(s..e).join(), all.slice(s..e));
+                assert_eq!(p.clone().join(), all);
+            }
+        }
+        // One part: the join is the part itself, not a copy.
+        let one = Pieces::one(all.clone());
+        assert_eq!(one.join().as_ptr(), all.as_ptr());
+    }
     use crate::segment::SegmentBuilder;
     use crate::target::StorageTarget;
     use floe_common::Uuid;
