@@ -47,7 +47,7 @@ pub async fn join_group(
     let out = node
         .groups
         .join(
-            node,
+            &**node,
             JoinRequest {
                 group: req.group_id.0.to_string(),
                 member_id: req.member_id.to_string(),
@@ -94,7 +94,7 @@ pub async fn sync_group(node: &Arc<Node>, req: SyncGroupRequest) -> SyncGroupRes
     let out = node
         .groups
         .sync(
-            node,
+            &**node,
             &req.group_id.0,
             &req.member_id,
             req.group_instance_id.as_deref(),
@@ -116,7 +116,7 @@ pub async fn heartbeat(node: &Arc<Node>, req: HeartbeatRequest) -> HeartbeatResp
     let e = node
         .groups
         .heartbeat(
-            node,
+            &**node,
             &req.group_id.0,
             &req.member_id,
             req.group_instance_id.as_deref(),
@@ -146,7 +146,7 @@ pub async fn leave_group(
     };
     match node
         .groups
-        .leave(node, &req.group_id.0, members.clone())
+        .leave(&**node, &req.group_id.0, members.clone())
         .await
     {
         Err(e) => LeaveGroupResponse::default().with_error_code(e.code()),
@@ -198,7 +198,7 @@ pub async fn offset_commit(
     let results = node
         .groups
         .commit(
-            node,
+            &**node,
             &req.group_id.0,
             &req.member_id,
             req.group_instance_id.as_deref(),
@@ -239,7 +239,7 @@ async fn fetch_group(
     group: &str,
     wanted: Option<Vec<(String, Vec<i32>)>>,
 ) -> Fetched {
-    node.groups.fetch_offsets(node, group, wanted).await
+    node.groups.fetch_offsets(&**node, group, wanted).await
 }
 
 pub async fn offset_fetch(
@@ -394,7 +394,7 @@ pub async fn consumer_group_heartbeat(
     };
     match node
         .groups
-        .consumer_heartbeat(node, &req.group_id.0, h)
+        .consumer_heartbeat(&**node, &req.group_id.0, h)
         .await
     {
         Err(e) => {
@@ -456,7 +456,7 @@ pub async fn consumer_group_describe(
         let mut d = DescribedGroup::default()
             .with_group_id(id.clone())
             .with_authorized_operations(i32::MIN);
-        match node.groups.consumer_describe(node, &id.0).await {
+        match node.groups.consumer_describe(&**node, &id.0).await {
             Err(e) => {
                 d.error_code = e.code();
                 d.group_state = s("Dead");
@@ -510,7 +510,7 @@ pub async fn describe_groups(
     let mut resp = DescribeGroupsResponse::default();
     for g in req.groups {
         let mut d = DescribedGroup::default().with_group_id(g.clone());
-        match node.groups.describe(node, &g.0).await {
+        match node.groups.describe(&**node, &g.0).await {
             Err(e) => d.error_code = e.code(),
             Ok(v) => {
                 d.group_state = s(v.state);
@@ -539,7 +539,7 @@ pub async fn describe_groups(
 pub async fn delete_groups(node: &Arc<Node>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let mut resp = DeleteGroupsResponse::default();
     for g in req.groups_names {
-        let e = node.groups.delete(node, &g.0).await;
+        let e = node.groups.delete(&**node, &g.0).await;
         resp.results.push(
             DeletableGroupResult::default()
                 .with_group_id(g)
@@ -561,7 +561,7 @@ pub async fn offset_delete(node: &Arc<Node>, req: OffsetDeleteRequest) -> Offset
         .collect();
     match node
         .groups
-        .delete_offsets(node, &req.group_id.0, parts)
+        .delete_offsets(&**node, &req.group_id.0, parts)
         .await
     {
         Err(e) => OffsetDeleteResponse::default().with_error_code(e.code()),
