@@ -5,8 +5,11 @@
 //! election key acts, and every write it makes is conditional on still
 //! holding it. Moves: on a broker joining, counts are evened out; a single
 //! partition can be moved on request (`move_partition`); a drained broker
-//! (`/floe/drained/{id}`) is given no partition and its own move off.
+//! (`/floe/drained/{id}`) is given no partition and its own move off. The
+//! controller also serves the admin API (`admin`: gRPC, what floectl
+//! speaks) and its HTTP endpoint.
 
+pub mod admin;
 pub mod assignment;
 pub mod drain;
 pub mod operations;

@@ -7,11 +7,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use floe_broker::{Metrics, Node};
-use floe_common::{PartitionId, SharedClock, SystemClock, Uuid};
-use floe_controller::{Controller, MoveError};
-use floe_meta::schema::{
-    ControllerRecord, StoragePoolRecord, StorageTargetRecord, TopicRecord, FORMAT,
-};
+use floe_common::{SharedClock, SystemClock, Uuid};
+use floe_controller::admin::ControllerState;
+use floe_controller::Controller;
+use floe_meta::schema::{ControllerRecord, StoragePoolRecord, StorageTargetRecord, FORMAT};
 use floe_meta::{keys, Condition, EtcdStore, MetadataStore, Op, Txn};
 use floe_storage::{StoragePool, StorageTarget};
 use prost::Message;
@@ -30,27 +29,7 @@ async fn connect(endpoints: &[String]) -> Result<Arc<dyn MetadataStore>> {
 
 /// The pool as recorded in etcd, opened with this process's credentials.
 pub(crate) fn open_pool(record: &StoragePoolRecord) -> Result<StoragePool> {
-    let targets = record
-        .targets
-        .iter()
-        .map(open_target)
-        .collect::<Result<Vec<_>>>()?;
-    Ok(StoragePool::new(
-        targets,
-        record.replicas as usize,
-        record.write_quorum as usize,
-    )?)
-}
-
-pub(crate) fn open_target(t: &StorageTargetRecord) -> Result<StorageTarget> {
-    let mut target = StorageTarget::open(t.id.clone(), &t.url)
-        .with_context(|| format!("opening storage target {} ({})", t.id, t.url))?;
-    target.zone = t.zone.clone();
-    target.weight = t.weight.max(1);
-    target
-        .draining
-        .store(t.draining, std::sync::atomic::Ordering::SeqCst);
-    Ok(target)
+    Ok(StoragePool::from_record(record)?)
 }
 
 /// Follow `/floe/storage`: targets an operator adds, drains or removes
@@ -123,7 +102,7 @@ fn apply_pool(pool: &Arc<StoragePool>, value: Bytes) {
                 kept.draining = Arc::new(std::sync::atomic::AtomicBool::new(t.draining));
                 wanted.push(kept);
             }
-            None => match open_target(t) {
+            None => match StorageTarget::from_record(t) {
                 Ok(n) => wanted.push(n),
                 Err(e) => {
                     tracing::error!(target_id = %t.id, error = %format!("{e:#}"), "cannot open a new storage target; it is left out of this process's pool");
@@ -353,86 +332,6 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) struct ControllerState {
-    pub(crate) meta: Arc<dyn MetadataStore>,
-    /// Set while this process leads.
-    leader: std::sync::RwLock<Option<Arc<Controller>>>,
-    id: String,
-}
-
-/// Why a move could not be made.
-pub(crate) enum MoveFailure {
-    NotFound(String),
-    Retry(String),
-}
-
-/// Move `p` to `broker` through the leading controller: this one if it
-/// leads, else the leader named by the election key (its internal HTTP
-/// call). Returns the new epoch.
-pub(crate) async fn move_on_leader(
-    state: &ControllerState,
-    p: PartitionId,
-    topic: &str,
-    broker: i32,
-) -> Result<i32, MoveFailure> {
-    let leader = state.leader.read().unwrap().clone();
-    if let Some(c) = leader {
-        return match c.move_partition(p, broker).await {
-            Ok(epoch) => Ok(epoch),
-            Err(e @ MoveError::UnknownBroker(_)) | Err(e @ MoveError::UnknownPartition) => {
-                Err(MoveFailure::NotFound(e.to_string()))
-            }
-            Err(e) => Err(MoveFailure::Retry(e.to_string())),
-        };
-    }
-    let record = floe_meta::election::leader(&*state.meta, &keys::controller_leader())
-        .await
-        .map_err(|e| MoveFailure::Retry(e.to_string()))?
-        .and_then(|kv| ControllerRecord::decode(kv.value).ok())
-        .ok_or_else(|| MoveFailure::Retry("no controller leads now; retry".into()))?;
-    let path = format!(
-        "/v1/move?topic={topic}&partition={}&broker={broker}",
-        p.partition
-    );
-    match http_post(&record.http, &path).await {
-        Ok((200, body)) => body
-            .trim()
-            .parse()
-            .map_err(|_| MoveFailure::Retry(format!("leader answered {body:?}"))),
-        Ok((404, body)) => Err(MoveFailure::NotFound(body.trim().to_string())),
-        Ok((_, body)) => Err(MoveFailure::Retry(body.trim().to_string())),
-        Err(e) => Err(MoveFailure::Retry(format!(
-            "leader {} at {}: {e}",
-            record.id, record.http
-        ))),
-    }
-}
-
-/// A minimal HTTP/1.1 POST (status, body) to a controller's internal API.
-async fn http_post(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::other("connect timed out"))??;
-    s.write_all(
-        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut buf))
-        .await
-        .map_err(|_| std::io::Error::other("no answer"))??;
-    let text = String::from_utf8_lossy(&buf);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Ok((status, body))
-}
-
 pub async fn controller(args: ControllerArgs) -> Result<()> {
     let meta = connect(&args.etcd).await?;
     let clock: SharedClock = Arc::new(SystemClock);
@@ -513,11 +412,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
-    let state = Arc::new(ControllerState {
-        meta: meta.clone(),
-        leader: Default::default(),
-        id: id.clone(),
-    });
+    let state = Arc::new(ControllerState::new(meta.clone(), id.clone()));
     let shutdown = CancellationToken::new();
     spawn_pool_watch(meta.clone(), pool.clone(), shutdown.child_token());
     let lapsed = CancellationToken::new();
@@ -528,7 +423,11 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
         shutdown.clone(),
         lapsed.clone(),
     ));
-    let http_task = tokio::spawn(controller_http(http, state.clone(), shutdown.clone()));
+    let http_task = tokio::spawn(floe_controller::admin::http(
+        http,
+        state.clone(),
+        shutdown.clone(),
+    ));
     let admin_token = match (&args.admin_token_file, std::env::var("FLOE_ADMIN_TOKEN")) {
         (Some(f), _) => Some(
             std::fs::read_to_string(f)
@@ -541,12 +440,12 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     };
     let admin_task = match admin_token.filter(|t| !t.is_empty()) {
         Some(token) => {
-            let tls = crate::admin::server_tls(
+            let tls = floe_controller::admin::server_tls(
                 args.admin_tls_cert.as_deref(),
                 args.admin_tls_key.as_deref(),
                 args.admin_tls_client_ca.as_deref(),
             )?;
-            let server = crate::admin::server(tls.clone())?;
+            let server = floe_controller::admin::server(tls.clone())?;
             let listener = tokio::net::TcpListener::bind(args.admin_listen)
                 .await
                 .with_context(|| format!("binding the admin listener {}", args.admin_listen))?;
@@ -556,7 +455,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
                 (Some(_), Some(_)) => "token over mutual TLS",
             };
             tracing::info!(admin = %args.admin_listen, security, "admin API listening");
-            Some(tokio::spawn(crate::admin::serve(
+            Some(tokio::spawn(floe_controller::admin::serve(
                 server,
                 listener,
                 state.clone(),
@@ -593,7 +492,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
             let c = Controller::leading(meta.clone(), pool, keys::controller_leader(), value);
             c.set_balance_on_join(balance_on_join);
             c.set_balance_settle(balance_settle);
-            *state.leader.write().unwrap() = Some(c.clone());
+            state.lead(c.clone());
             tokio::spawn(c.clone().run_operations(id.clone(), token.clone()));
             tokio::spawn(c.clone().run_drain_tracking(id.clone(), token.clone()));
             c.run(token).await
@@ -633,119 +532,6 @@ async fn controller_keep_alive(
     if expired {
         tracing::error!("this controller's lease expired");
         lapsed.cancel();
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct MoveRequest {
-    topic: String,
-    partition: i32,
-    broker: i32,
-}
-
-/// The controller's HTTP endpoint: health, whether it leads, and the
-/// internal move call (the operator-facing API is gRPC, in its own issue).
-async fn controller_http(
-    listener: tokio::net::TcpListener,
-    state: Arc<ControllerState>,
-    shutdown: CancellationToken,
-) {
-    use axum::http::StatusCode;
-    use axum::routing::{get, post};
-    let leader_state = state.clone();
-    let ready_state = state.clone();
-    let move_state = state.clone();
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        // Serving once registered: a standby is ready too (it forwards
-        // admin requests to the leader and takes over when it goes).
-        .route(
-            "/readyz",
-            get(move || {
-                let state = ready_state.clone();
-                async move {
-                    let role = if state.leader.read().unwrap().is_some() {
-                        "leads"
-                    } else {
-                        "stands by"
-                    };
-                    format!("ready: {} {role}\n", state.id)
-                }
-            }),
-        )
-        .route(
-            "/v1/leader",
-            get(move || {
-                let state = leader_state.clone();
-                async move {
-                    if state.leader.read().unwrap().is_some() {
-                        (StatusCode::OK, format!("{} leads\n", state.id))
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("{} stands by\n", state.id),
-                        )
-                    }
-                }
-            }),
-        )
-        .route(
-            "/v1/move",
-            post(
-                move |axum::extract::Query(q): axum::extract::Query<MoveRequest>| {
-                    let state = move_state.clone();
-                    async move { move_partition(&state, q).await }
-                },
-            ),
-        );
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-}
-
-async fn move_partition(
-    state: &ControllerState,
-    q: MoveRequest,
-) -> (axum::http::StatusCode, String) {
-    use axum::http::StatusCode;
-    let Some(c) = state.leader.read().unwrap().clone() else {
-        return (
-            StatusCode::CONFLICT,
-            format!("controller {} does not lead; ask the leader\n", state.id),
-        );
-    };
-    let topic = match state.meta.get(&keys::topic(&q.topic)).await {
-        Ok(Some(kv)) => match TopicRecord::decode(kv.value) {
-            Ok(t) => t,
-            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        },
-        Ok(None) => {
-            return (
-                StatusCode::NOT_FOUND,
-                format!("unknown topic {:?}\n", q.topic),
-            )
-        }
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
-    };
-    let Ok(topic_id) = Uuid::from_slice(&topic.id) else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "bad topic id\n".into());
-    };
-    if q.partition < 0 || q.partition >= topic.partitions {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("topic {:?} has no partition {}\n", q.topic, q.partition),
-        );
-    }
-    match c
-        .move_partition(PartitionId::new(topic_id, q.partition), q.broker)
-        .await
-    {
-        Ok(epoch) => (StatusCode::OK, format!("{epoch}\n")),
-        Err(e @ MoveError::UnknownBroker(_)) | Err(e @ MoveError::UnknownPartition) => {
-            (StatusCode::NOT_FOUND, format!("{e}\n"))
-        }
-        Err(e @ MoveError::Conflict) => (StatusCode::CONFLICT, format!("{e}\n")),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }
 

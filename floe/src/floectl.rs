@@ -3,7 +3,7 @@
 //! codes (2 unreachable controller or failed TLS, 3 refused token, 4 not
 //! found, 1 other); TLS and mutual TLS for https:// controllers.
 
-mod admin_pb;
+use floe_rpc::admin as admin_pb;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -222,12 +222,6 @@ fn main() -> Result<()> {
     }
 }
 
-mod admin;
-mod admin_groups;
-mod admin_ops;
-mod admin_pb;
-mod admin_storage;
-mod admin_topics;
 mod cluster;
 
 async fn standalone(args: StandaloneArgs) -> Result<()> {

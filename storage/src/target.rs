@@ -113,6 +113,20 @@ impl StorageTarget {
     }
 
     /// A target around an already opened store (tests, fault injection).
+    /// A target as the pool's record in the metadata store names it,
+    /// opened with this process's credentials.
+    pub fn from_record(t: &floe_meta::schema::StorageTargetRecord) -> Result<Self, StorageError> {
+        let mut target = Self::open(t.id.clone(), &t.url).map_err(|e| {
+            StorageError::Invalid(format!("opening storage target {} ({}): {e}", t.id, t.url))
+        })?;
+        target.zone = t.zone.clone();
+        target.weight = t.weight.max(1);
+        target
+            .draining
+            .store(t.draining, std::sync::atomic::Ordering::SeqCst);
+        Ok(target)
+    }
+
     pub fn from_store(id: impl Into<String>, store: Arc<dyn ObjectStore>) -> Self {
         let id = id.into();
         Self {
@@ -212,6 +226,23 @@ pub struct StoragePool {
 }
 
 impl StoragePool {
+    /// The pool as recorded in the metadata store, opened with this
+    /// process's credentials.
+    pub fn from_record(
+        record: &floe_meta::schema::StoragePoolRecord,
+    ) -> Result<Self, StorageError> {
+        let targets = record
+            .targets
+            .iter()
+            .map(StorageTarget::from_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(
+            targets,
+            record.replicas as usize,
+            record.write_quorum as usize,
+        )
+    }
+
     pub fn new(
         targets: Vec<StorageTarget>,
         replicas: usize,

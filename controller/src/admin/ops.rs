@@ -5,17 +5,17 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 
+use crate::operations::{self, is_finished, StartError};
+use crate::rebalance::{Plan, Settings};
 use floe_common::Uuid;
-use floe_controller::operations::{self, is_finished, StartError};
-use floe_controller::rebalance::{Plan, Settings};
 use floe_meta::schema::{OperationRecord, PlannedMove, TopicRecord};
 use floe_meta::{keys, MetadataStore, WatchEventKind};
 use futures::{Stream, StreamExt};
 use prost::Message;
 use tonic::Status;
 
-use crate::admin::unavailable;
-use crate::admin_pb as pb;
+use super::unavailable;
+use floe_rpc::admin as pb;
 
 /// Topic names by id, for showing moves.
 async fn topic_names(meta: &dyn MetadataStore) -> Result<HashMap<Uuid, String>, Status> {
@@ -60,7 +60,7 @@ fn plan_pb(
     names: &HashMap<Uuid, String>,
     tolerance: f64,
 ) -> pb::RebalancePlan {
-    let share = |s: &floe_controller::rebalance::Share| pb::BrokerShare {
+    let share = |s: &crate::rebalance::Share| pb::BrokerShare {
         broker: s.broker,
         partitions: s.partitions as u32,
         load_bytes_per_sec: s.load,

@@ -12,7 +12,7 @@ use floe_meta::topics::{TopicAdmin, TopicError};
 use floe_meta::{MetaError, MetadataStore};
 use tonic::Status;
 
-use crate::admin_pb as pb;
+use floe_rpc::admin as pb;
 
 /// A topic admin error as the admin API answers it.
 pub(crate) fn status(e: TopicError) -> Status {

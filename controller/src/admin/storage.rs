@@ -11,8 +11,8 @@ use floe_meta::{keys, Condition, MetadataStore, Op, Txn};
 use prost::Message;
 use tonic::Status;
 
-use crate::admin::unavailable;
-use crate::admin_pb as pb;
+use super::unavailable;
+use floe_rpc::admin as pb;
 
 /// The pool record and its revision.
 async fn read(meta: &dyn MetadataStore) -> Result<(StoragePoolRecord, i64), Status> {
@@ -84,7 +84,7 @@ async fn usage(
 
 /// "up", or why a metadata read of the probe key failed now.
 async fn probe(t: &StorageTargetRecord) -> String {
-    let target = match crate::cluster::open_target(t) {
+    let target = match floe_storage::StorageTarget::from_record(t) {
         Ok(t) => t,
         Err(e) => return format!("cannot open: {e:#}"),
     };

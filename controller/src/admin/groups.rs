@@ -15,8 +15,8 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Status;
 
-use crate::admin::unavailable;
-use crate::admin_pb as pb;
+use super::unavailable;
+use floe_rpc::admin as pb;
 
 const VERSION: i16 = 5;
 

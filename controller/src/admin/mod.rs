@@ -1,7 +1,18 @@
 //! The controller's admin API (proto/admin.proto, served over gRPC with a
 //! bearer token, optionally over TLS or mutual TLS): cluster status, topics
 //! and their partitions read from etcd at one revision, and partition moves
-//! carried out by the leading controller (a standby forwards them).
+//! carried out by the leading controller (a standby forwards them); topic
+//! admin (`topics`), rebalances and operations (`ops`), storage targets
+//! (`storage`), consumer groups (`groups`); the controller's own HTTP
+//! endpoint and its state (`state`). The `floe` binary only starts it.
+
+pub mod groups;
+pub mod ops;
+pub mod state;
+pub mod storage;
+pub mod topics;
+
+pub use state::{http, ControllerState, MoveFailure};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,8 +28,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::admin_pb as pb;
-use crate::cluster::ControllerState;
+use floe_rpc::admin as pb;
 
 pub struct AdminService {
     state: Arc<ControllerState>,
@@ -320,9 +330,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::GroupList>, Status> {
-        Ok(Response::new(
-            crate::admin_groups::list(&*self.state.meta).await?,
-        ))
+        Ok(Response::new(groups::list(&*self.state.meta).await?))
     }
 
     async fn describe_topic(
@@ -407,12 +415,12 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn create_topic(&self, r: Request<pb::CreateTopicRequest>) -> Reply<pb::TopicSummary> {
-        let t = crate::admin_topics::create(self.state.meta.clone(), r.into_inner()).await?;
+        let t = topics::create(self.state.meta.clone(), r.into_inner()).await?;
         Ok(Response::new(topic_summary(&t)))
     }
 
     async fn delete_topic(&self, r: Request<pb::DeleteTopicRequest>) -> Reply<pb::TopicSummary> {
-        let t = crate::admin_topics::delete(self.state.meta.clone(), &r.into_inner().name).await?;
+        let t = topics::delete(self.state.meta.clone(), &r.into_inner().name).await?;
         Ok(Response::new(topic_summary(&t)))
     }
 
@@ -420,7 +428,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         r: Request<pb::AlterTopicConfigsRequest>,
     ) -> Reply<pb::TopicSummary> {
-        let t = crate::admin_topics::alter(self.state.meta.clone(), r.into_inner()).await?;
+        let t = topics::alter(self.state.meta.clone(), r.into_inner()).await?;
         Ok(Response::new(topic_summary(&t)))
     }
 
@@ -438,7 +446,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn undrain_broker(&self, r: Request<pb::BrokerRequest>) -> Reply<pb::DrainResponse> {
         let broker = r.into_inner().broker;
-        floe_controller::drain::undrain(&*self.state.meta, broker)
+        crate::drain::undrain(&*self.state.meta, broker)
             .await
             .map_err(unavailable)?;
         Ok(Response::new(pb::DrainResponse {
@@ -479,11 +487,10 @@ impl pb::admin_server::Admin for AdminService {
             Uuid::from_slice(&t.id).map_err(|_| Status::internal("bad topic id"))?,
             r.partition,
         );
-        let epoch = match crate::cluster::move_on_leader(&self.state, id, &r.topic, r.broker).await
-        {
+        let epoch = match state::move_on_leader(&self.state, id, &r.topic, r.broker).await {
             Ok(e) => e,
-            Err(crate::cluster::MoveFailure::NotFound(m)) => return Err(Status::not_found(m)),
-            Err(crate::cluster::MoveFailure::Retry(m)) => return Err(Status::unavailable(m)),
+            Err(state::MoveFailure::NotFound(m)) => return Err(Status::not_found(m)),
+            Err(state::MoveFailure::Retry(m)) => return Err(Status::unavailable(m)),
         };
         // Answer once the new owner writes.
         loop {
@@ -514,9 +521,7 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn plan_rebalance(&self, r: Request<pb::RebalanceRequest>) -> Reply<pb::RebalancePlan> {
         Ok(Response::new(
-            crate::admin_ops::plan(&*self.state.meta, &r.into_inner())
-                .await?
-                .1,
+            ops::plan(&*self.state.meta, &r.into_inner()).await?.1,
         ))
     }
 
@@ -525,7 +530,7 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::RebalanceRequest>,
     ) -> Reply<pb::RebalanceStarted> {
         Ok(Response::new(
-            crate::admin_ops::start(&*self.state.meta, &r.into_inner()).await?,
+            ops::start(&*self.state.meta, &r.into_inner()).await?,
         ))
     }
 
@@ -534,18 +539,16 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::ListOperationsRequest>,
     ) -> Reply<pb::OperationList> {
         let _ = r;
-        Ok(Response::new(
-            crate::admin_ops::list(&*self.state.meta).await?,
-        ))
+        Ok(Response::new(ops::list(&*self.state.meta).await?))
     }
 
     async fn get_operation(&self, r: Request<pb::OperationRequest>) -> Reply<pb::Operation> {
         Ok(Response::new(
-            crate::admin_ops::get(&*self.state.meta, &r.into_inner().id).await?,
+            ops::get(&*self.state.meta, &r.into_inner().id).await?,
         ))
     }
 
-    type WatchOperationStream = crate::admin_ops::OperationStream;
+    type WatchOperationStream = ops::OperationStream;
 
     async fn watch_operation(
         &self,
@@ -553,13 +556,13 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Reply<Self::WatchOperationStream> {
         let id = r.into_inner().id;
         Ok(Response::new(
-            crate::admin_ops::watch(self.state.meta.clone(), id).await?,
+            ops::watch(self.state.meta.clone(), id).await?,
         ))
     }
 
     async fn cancel_operation(&self, r: Request<pb::OperationRequest>) -> Reply<pb::Operation> {
         Ok(Response::new(
-            crate::admin_ops::cancel(&*self.state.meta, &r.into_inner().id).await?,
+            ops::cancel(&*self.state.meta, &r.into_inner().id).await?,
         ))
     }
 
@@ -568,9 +571,7 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::ListStorageTargetsRequest>,
     ) -> Reply<pb::StorageTargetList> {
         let _ = r;
-        Ok(Response::new(
-            crate::admin_storage::list(&*self.state.meta).await?,
-        ))
+        Ok(Response::new(storage::list(&*self.state.meta).await?))
     }
 
     async fn add_storage_target(
@@ -578,7 +579,7 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::AddStorageTargetRequest>,
     ) -> Reply<pb::StorageTargetStatus> {
         Ok(Response::new(
-            crate::admin_storage::add(&*self.state.meta, r.into_inner()).await?,
+            storage::add(&*self.state.meta, r.into_inner()).await?,
         ))
     }
 
@@ -587,7 +588,7 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::StorageTargetRequest>,
     ) -> Reply<pb::StorageTargetStatus> {
         Ok(Response::new(
-            crate::admin_storage::set_draining(&*self.state.meta, &r.into_inner().id, true).await?,
+            storage::set_draining(&*self.state.meta, &r.into_inner().id, true).await?,
         ))
     }
 
@@ -596,8 +597,7 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::StorageTargetRequest>,
     ) -> Reply<pb::StorageTargetStatus> {
         Ok(Response::new(
-            crate::admin_storage::set_draining(&*self.state.meta, &r.into_inner().id, false)
-                .await?,
+            storage::set_draining(&*self.state.meta, &r.into_inner().id, false).await?,
         ))
     }
 
@@ -606,7 +606,7 @@ impl pb::admin_server::Admin for AdminService {
         r: Request<pb::StorageTargetRequest>,
     ) -> Reply<pb::StorageTargetStatus> {
         Ok(Response::new(
-            crate::admin_storage::remove(&*self.state.meta, &r.into_inner().id).await?,
+            storage::remove(&*self.state.meta, &r.into_inner().id).await?,
         ))
     }
 }
@@ -642,14 +642,14 @@ impl AdminService {
         {
             return Err(Status::not_found(format!("broker {broker} is not alive")));
         }
-        let op = floe_controller::drain::start(meta, broker, decommission)
+        let op = crate::drain::start(meta, broker, decommission)
             .await
             .map_err(unavailable)?;
         Ok(pb::DrainResponse {
             broker,
             drained: true,
             partitions: self.owned_by(broker).await?,
-            operation: Some(crate::admin_ops::named(meta, &op).await?),
+            operation: Some(ops::named(meta, &op).await?),
         })
     }
 }

@@ -1,0 +1,224 @@
+//! The controller process's state as its endpoints see it (its id, and
+//! the leading controller while this process leads), partition moves made
+//! through the leader (a standby forwards them to the leader's internal
+//! HTTP call), and the controller's HTTP endpoint: health, readiness,
+//! leadership and that internal move call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use floe_common::{PartitionId, Uuid};
+use floe_meta::schema::{ControllerRecord, TopicRecord};
+use floe_meta::{keys, MetadataStore};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Controller, MoveError};
+
+pub struct ControllerState {
+    pub meta: Arc<dyn MetadataStore>,
+    /// Set while this process leads.
+    leader: std::sync::RwLock<Option<Arc<Controller>>>,
+    id: String,
+}
+
+impl ControllerState {
+    pub fn new(meta: Arc<dyn MetadataStore>, id: String) -> Self {
+        Self {
+            meta,
+            leader: Default::default(),
+            id,
+        }
+    }
+
+    /// This process leads now, as `c`.
+    pub fn lead(&self, c: Arc<Controller>) {
+        *self.leader.write().unwrap() = Some(c);
+    }
+}
+
+/// Why a move could not be made.
+pub enum MoveFailure {
+    NotFound(String),
+    Retry(String),
+}
+
+/// Move `p` to `broker` through the leading controller: this one if it
+/// leads, else the leader named by the election key (its internal HTTP
+/// call). Returns the new epoch.
+pub async fn move_on_leader(
+    state: &ControllerState,
+    p: PartitionId,
+    topic: &str,
+    broker: i32,
+) -> Result<i32, MoveFailure> {
+    let leader = state.leader.read().unwrap().clone();
+    if let Some(c) = leader {
+        return match c.move_partition(p, broker).await {
+            Ok(epoch) => Ok(epoch),
+            Err(e @ MoveError::UnknownBroker(_)) | Err(e @ MoveError::UnknownPartition) => {
+                Err(MoveFailure::NotFound(e.to_string()))
+            }
+            Err(e) => Err(MoveFailure::Retry(e.to_string())),
+        };
+    }
+    let record = floe_meta::election::leader(&*state.meta, &keys::controller_leader())
+        .await
+        .map_err(|e| MoveFailure::Retry(e.to_string()))?
+        .and_then(|kv| ControllerRecord::decode(kv.value).ok())
+        .ok_or_else(|| MoveFailure::Retry("no controller leads now; retry".into()))?;
+    let path = format!(
+        "/v1/move?topic={topic}&partition={}&broker={broker}",
+        p.partition
+    );
+    match http_post(&record.http, &path).await {
+        Ok((200, body)) => body
+            .trim()
+            .parse()
+            .map_err(|_| MoveFailure::Retry(format!("leader answered {body:?}"))),
+        Ok((404, body)) => Err(MoveFailure::NotFound(body.trim().to_string())),
+        Ok((_, body)) => Err(MoveFailure::Retry(body.trim().to_string())),
+        Err(e) => Err(MoveFailure::Retry(format!(
+            "leader {} at {}: {e}",
+            record.id, record.http
+        ))),
+    }
+}
+
+/// A minimal HTTP/1.1 POST (status, body) to a controller's internal API.
+async fn http_post(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::other("connect timed out"))??;
+    s.write_all(
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("no answer"))??;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+#[derive(serde::Deserialize)]
+struct MoveRequest {
+    topic: String,
+    partition: i32,
+    broker: i32,
+}
+
+/// The controller's HTTP endpoint: health, whether it leads, and the
+/// internal move call (the operator-facing API is gRPC, in its own issue).
+pub async fn http(
+    listener: tokio::net::TcpListener,
+    state: Arc<ControllerState>,
+    shutdown: CancellationToken,
+) {
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    let leader_state = state.clone();
+    let ready_state = state.clone();
+    let move_state = state.clone();
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        // Serving once registered: a standby is ready too (it forwards
+        // admin requests to the leader and takes over when it goes).
+        .route(
+            "/readyz",
+            get(move || {
+                let state = ready_state.clone();
+                async move {
+                    let role = if state.leader.read().unwrap().is_some() {
+                        "leads"
+                    } else {
+                        "stands by"
+                    };
+                    format!("ready: {} {role}\n", state.id)
+                }
+            }),
+        )
+        .route(
+            "/v1/leader",
+            get(move || {
+                let state = leader_state.clone();
+                async move {
+                    if state.leader.read().unwrap().is_some() {
+                        (StatusCode::OK, format!("{} leads\n", state.id))
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{} stands by\n", state.id),
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v1/move",
+            post(
+                move |axum::extract::Query(q): axum::extract::Query<MoveRequest>| {
+                    let state = move_state.clone();
+                    async move { move_partition(&state, q).await }
+                },
+            ),
+        );
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+}
+
+async fn move_partition(
+    state: &ControllerState,
+    q: MoveRequest,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let Some(c) = state.leader.read().unwrap().clone() else {
+        return (
+            StatusCode::CONFLICT,
+            format!("controller {} does not lead; ask the leader\n", state.id),
+        );
+    };
+    let topic = match state.meta.get(&keys::topic(&q.topic)).await {
+        Ok(Some(kv)) => match TopicRecord::decode(kv.value) {
+            Ok(t) => t,
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("unknown topic {:?}\n", q.topic),
+            )
+        }
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    };
+    let Ok(topic_id) = Uuid::from_slice(&topic.id) else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "bad topic id\n".into());
+    };
+    if q.partition < 0 || q.partition >= topic.partitions {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("topic {:?} has no partition {}\n", q.topic, q.partition),
+        );
+    }
+    match c
+        .move_partition(PartitionId::new(topic_id, q.partition), q.broker)
+        .await
+    {
+        Ok(epoch) => (StatusCode::OK, format!("{epoch}\n")),
+        Err(e @ MoveError::UnknownBroker(_)) | Err(e @ MoveError::UnknownPartition) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n"))
+        }
+        Err(e @ MoveError::Conflict) => (StatusCode::CONFLICT, format!("{e}\n")),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
