@@ -102,14 +102,33 @@ pub struct BrokerConfig {
     /// been written since the last compaction and they outnumber the live
     /// offsets twice; a new coordinator's replay is bounded by it.
     pub offsets_compact_after_records: u64,
-    /// Fault injection for tests, off (0) by default: after every Nth
-    /// produce request has been appended, close the connection instead of
-    /// answering, as if the response were lost, so clients must retry.
-    pub fault_drop_produce_response_every: u64,
-    /// Fault injection for tests, off (0) by default: a partition this
-    /// broker takes waits this long between taking the write lease and
-    /// recovering, as a slow recovery would (its state shows Recovering).
-    pub fault_recovery_delay_ms: u64,
+    /// Fault injection for tests (the config file's `[faults]` section,
+    /// accepted only with `FLOE_FAULT_INJECTION=1`): never part of `[broker]`.
+    #[serde(skip)]
+    pub faults: Faults,
+}
+
+/// Failures a test injects into a broker (the config file's `[faults]`
+/// section; `floe` refuses it unless `FLOE_FAULT_INJECTION=1` is set, so a
+/// production config cannot carry it by mistake). All off by default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// After every Nth produce request has been appended, close the
+    /// connection instead of answering, as if the response were lost, so
+    /// clients must retry.
+    pub drop_produce_response_every: u64,
+    /// A partition this broker takes waits this long between taking the
+    /// write lease and recovering, as a slow recovery would (its state
+    /// shows Recovering).
+    pub recovery_delay_ms: u64,
+}
+
+impl Faults {
+    /// Whether any fault is on.
+    pub fn any(&self) -> bool {
+        *self != Self::default()
+    }
 }
 
 impl Default for BrokerConfig {
@@ -147,8 +166,7 @@ impl Default for BrokerConfig {
             group_consumer_session_timeout_ms: 45_000,
             offsets_retention_ms: 7 * 24 * 3_600_000,
             offsets_compact_after_records: 10_000,
-            fault_drop_produce_response_every: 0,
-            fault_recovery_delay_ms: 0,
+            faults: Faults::default(),
         }
     }
 }

@@ -17,6 +17,6 @@ pub mod server;
 pub mod tail;
 pub mod throttle;
 
-pub use config::{BrokerConfig, TopicConfig};
+pub use config::{BrokerConfig, Faults, TopicConfig};
 pub use metrics::Metrics;
 pub use node::Node;

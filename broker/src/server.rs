@@ -52,7 +52,7 @@ type S = Arc<()>;
 /// committed (or, with fault injection on, its answer lost).
 async fn produce(node: N, _: S, r: Request, q: ProduceRequest) -> Result<Pending, Close> {
     let pending = handlers::produce(node.clone(), q, r.version).await;
-    let every = node.config.fault_drop_produce_response_every;
+    let every = node.config.faults.drop_produce_response_every;
     let n = node.produce_count.fetch_add(1, Ordering::Relaxed) + 1;
     let drop_response = every > 0 && n.is_multiple_of(every);
     Ok(async move {

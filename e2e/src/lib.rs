@@ -520,6 +520,8 @@ impl Proc {
                 "FLOE_LOG",
                 std::env::var("FLOE_E2E_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // Tests may give a `[faults]` section (test-only knobs).
+            .env("FLOE_FAULT_INJECTION", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

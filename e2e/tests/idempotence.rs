@@ -33,7 +33,7 @@ fn metric(cluster: &Cluster, index: usize, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_producer_retried_across_a_move_and_a_kill9_writes_each_record_once() {
     let cluster =
-        Cluster::start_with(3, 1, 3_000, "fault_drop_produce_response_every = 10\n").unwrap();
+        Cluster::start_with(3, 1, 3_000, "[faults]\ndrop_produce_response_every = 10\n").unwrap();
     cluster.wait_leader(Duration::from_secs(20)).unwrap();
     let b = cluster.bootstrap();
     create_topic(&b, "idem", 2).await;
@@ -504,7 +504,7 @@ async fn a_batch_behind_one_the_proxy_answered_early_is_retried_not_out_of_order
 }
 
 /// A partition handed to a broker that takes long to recover it (the
-/// fault `fault_recovery_delay_ms`: 3 s in Recovering, as after a lease
+/// fault `recovery_delay_ms`: 3 s in Recovering, as after a lease
 /// lapse with a slow storage listing) must not hold up the partitions of
 /// other brokers in the same request: after twice `produce_hold_ms` the
 /// idempotent part still held is answered NOT_LEADER_OR_FOLLOWER (its
@@ -516,7 +516,7 @@ async fn a_partition_whose_new_owner_is_slow_to_take_it_does_not_hold_up_the_oth
         2,
         1,
         3_000,
-        "fault_recovery_delay_ms = 3000\n[proxy]\nlease_ttl_ms = 2000\nforward_timeout_ms = 20000\n",
+        "[faults]\nrecovery_delay_ms = 3000\n[proxy]\nlease_ttl_ms = 2000\nforward_timeout_ms = 20000\n",
     )
     .unwrap();
     c.add_proxy().unwrap();

@@ -175,7 +175,12 @@ struct FileConfig {
     broker: BrokerConfig,
     #[serde(default)]
     proxy: floe_proxy::ProxyConfig,
+    /// Test-only fault injection (see `floe_broker::Faults`).
+    faults: Option<floe_broker::Faults>,
 }
+
+/// The environment variable that allows a `[faults]` section.
+const FAULTS_ALLOWED: &str = "FLOE_FAULT_INJECTION";
 
 fn load_file(path: Option<&Path>) -> Result<FileConfig> {
     let Some(path) = path else {
@@ -183,11 +188,29 @@ fn load_file(path: Option<&Path>) -> Result<FileConfig> {
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: FileConfig =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    parse_file(&text, std::env::var(FAULTS_ALLOWED).as_deref() == Ok("1"))
+        .with_context(|| format!("parsing {}", path.display()))
+}
+
+fn parse_file(text: &str, faults_allowed: bool) -> Result<FileConfig> {
+    let mut file: FileConfig = toml::from_str(text)?;
     let none = Default::default();
     floe_broker::TopicConfig::resolve(&file.broker.topic_defaults, &none)
         .context("broker.topic_defaults")?;
+    if let Some(faults) = file.faults.take() {
+        if !faults_allowed {
+            anyhow::bail!(
+                "the [faults] section injects failures for tests; set {FAULTS_ALLOWED}=1 to allow it"
+            );
+        }
+        if faults.any() {
+            tracing::warn!(
+                ?faults,
+                "fault injection is on: this process fails on purpose"
+            );
+        }
+        file.broker.faults = faults;
+    }
     Ok(file)
 }
 
@@ -458,4 +481,25 @@ pub(crate) fn start_storage(
         std::time::Duration::from_millis(config.storage_probe_interval_ms.max(100)),
         shutdown.child_token(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_file;
+
+    #[test]
+    fn faults_are_refused_unless_allowed_and_never_part_of_broker() {
+        let text = "[broker]\nnode_id = 3\n[faults]\nrecovery_delay_ms = 3000\n";
+        let e = parse_file(text, false).err().unwrap().to_string();
+        assert!(e.contains("FLOE_FAULT_INJECTION=1"), "{e}");
+        let f = parse_file(text, true).unwrap();
+        assert_eq!(f.broker.node_id, 3);
+        assert_eq!(f.broker.faults.recovery_delay_ms, 3000);
+        // The knobs are not broker settings.
+        let e = parse_file("[broker]\nfault_recovery_delay_ms = 1\n", true)
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+        assert!(!parse_file("[broker]\n", false).unwrap().broker.faults.any());
+    }
 }

@@ -102,14 +102,19 @@ impl ReplicaSet {
                 break;
             }
         }
+        let why = format!(
+            "{path}: {created} of {total} targets acknowledged, {} needed: {}",
+            self.write_quorum,
+            last_err.unwrap_or_default()
+        );
         if exists > 0 {
             Ok(PutOutcome::AlreadyExists)
+        } else if created > 0 {
+            // Short of W, but on some replicas: it may yet be read, so it
+            // may have landed (recovery keeps data found on any replica).
+            Err(StorageError::Indeterminate(why))
         } else {
-            Err(StorageError::Unavailable(format!(
-                "{path}: {created} of {total} targets acknowledged, {} needed: {}",
-                self.write_quorum,
-                last_err.unwrap_or_default()
-            )))
+            Err(StorageError::Unavailable(why))
         }
     }
 
@@ -488,6 +493,37 @@ mod tests {
             set.put_create(&q, Bytes::from_static(b"n")).await.unwrap(),
             PutOutcome::Created
         );
+    }
+
+    #[tokio::test]
+    async fn a_put_short_of_w_is_indeterminate_if_any_replica_took_it_else_unavailable() {
+        use crate::faulty::FaultyStore;
+        use object_store::memory::InMemory;
+        let stores: Vec<_> = (0..3)
+            .map(|i| FaultyStore::new(format!("f{i}"), std::sync::Arc::new(InMemory::new()), i))
+            .collect();
+        let targets: Vec<StorageTarget> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StorageTarget::from_store(format!("f{i}"), s.clone()))
+            .collect();
+        // W = 3: one replica down, two take it — it may be read later.
+        let set = ReplicaSet::new(targets.clone(), 3);
+        stores[2].set_down(true);
+        let e = set
+            .put_create(&Path::from("a"), Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StorageError::Indeterminate(_)), "{e}");
+        // Every replica down: nothing was written anywhere.
+        for s in &stores {
+            s.set_down(true);
+        }
+        let e = ReplicaSet::new(targets, 2)
+            .put_create(&Path::from("b"), Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StorageError::Unavailable(_)), "{e}");
     }
 
     #[tokio::test]

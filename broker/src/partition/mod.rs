@@ -120,24 +120,37 @@ pub struct Appended {
     pub log_start_offset: Offset,
 }
 
+/// Why an append was not acked. Storage and metadata failures keep their
+/// kind: unavailable (nothing written; retry), indeterminate (it may have
+/// landed: a retry of an idempotent batch is deduplicated), invalid.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AppendError {
     #[error("this broker does not own the partition (any more)")]
     NotLeader,
     #[error("storage failed: {0}")]
-    Storage(String),
+    Storage(#[from] StorageError),
     #[error("metadata store failed: {0}")]
-    Metadata(String),
+    Metadata(#[from] MetaError),
+    /// A broken invariant of this broker (a task that died, a record it
+    /// cannot read back).
+    #[error("partition writer failed: {0}")]
+    Internal(String),
     #[error("idempotent producer check failed: {0:?}")]
     Producer(ResponseError),
 }
 
 impl AppendError {
+    /// The Kafka error a producer gets: REQUEST_TIMED_OUT when the batch
+    /// may have been written (as for a replication timeout in Kafka),
+    /// KAFKA_STORAGE_ERROR when it was not; both are retriable.
     pub fn code(&self) -> ResponseError {
         match self {
             AppendError::NotLeader => ResponseError::NotLeaderOrFollower,
-            AppendError::Storage(_) => ResponseError::KafkaStorageError,
-            AppendError::Metadata(_) => ResponseError::KafkaStorageError,
+            AppendError::Storage(StorageError::Indeterminate(_))
+            | AppendError::Metadata(MetaError::Indeterminate(_)) => ResponseError::RequestTimedOut,
+            AppendError::Storage(_) | AppendError::Metadata(_) | AppendError::Internal(_) => {
+                ResponseError::KafkaStorageError
+            }
             AppendError::Producer(code) => *code,
         }
     }
@@ -390,10 +403,10 @@ pub async fn start(
         .await;
     }
     publish_state(ctx.clone(), id, epoch, owner.clone(), state_rx.clone());
-    if ctx.config.fault_recovery_delay_ms > 0 {
+    if ctx.config.faults.recovery_delay_ms > 0 {
         // Tests only: a slow take-over.
         tokio::time::sleep(std::time::Duration::from_millis(
-            ctx.config.fault_recovery_delay_ms,
+            ctx.config.faults.recovery_delay_ms,
         ))
         .await;
     }
@@ -467,4 +480,43 @@ fn publish_state(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod append_error_tests {
+    use super::*;
+
+    #[test]
+    fn an_append_that_may_have_landed_is_a_timeout_and_one_that_did_not_a_storage_error() {
+        let cases = [
+            (AppendError::NotLeader, ResponseError::NotLeaderOrFollower),
+            (
+                AppendError::Storage(StorageError::Indeterminate("late".into())),
+                ResponseError::RequestTimedOut,
+            ),
+            (
+                AppendError::Metadata(MetaError::Indeterminate("late".into())),
+                ResponseError::RequestTimedOut,
+            ),
+            (
+                AppendError::Storage(StorageError::Unavailable("down".into())),
+                ResponseError::KafkaStorageError,
+            ),
+            (
+                AppendError::Metadata(MetaError::Unavailable("down".into())),
+                ResponseError::KafkaStorageError,
+            ),
+            (
+                AppendError::Internal("task died".into()),
+                ResponseError::KafkaStorageError,
+            ),
+            (
+                AppendError::Producer(ResponseError::OutOfOrderSequenceNumber),
+                ResponseError::OutOfOrderSequenceNumber,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.code(), code, "{e}");
+        }
+    }
 }

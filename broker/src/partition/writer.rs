@@ -334,7 +334,18 @@ async fn sealed(
 #[derive(Debug)]
 enum Stop {
     Fenced,
-    Failed(String),
+    Failed(AppendError),
+}
+
+impl<E: Into<AppendError>> From<E> for Stop {
+    fn from(e: E) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+/// A task of the writer that died (panicked or was cancelled).
+fn task_died(e: tokio::task::JoinError) -> Stop {
+    Stop::Failed(AppendError::Internal(e.to_string()))
 }
 
 impl Writer {
@@ -451,7 +462,7 @@ impl Writer {
                 tracing::error!(partition = %self.id, epoch = self.epoch, reason = ?stop, "partition writer stopped");
                 let err = match stop {
                     Stop::Fenced => AppendError::NotLeader,
-                    Stop::Failed(e) => AppendError::Storage(e),
+                    Stop::Failed(e) => e,
                 };
                 self.fail_all(&err);
                 self.set_state(PartitionState::Failed);
@@ -692,13 +703,16 @@ impl Writer {
                 .await
                 {
                     Ok(r) => r,
-                    Err(_) => Err(StorageError::Unavailable(format!(
+                    // Sent and not answered in time: it may have landed.
+                    Err(_) => Err(StorageError::Indeterminate(format!(
                         "{path}: no write quorum within {timeout:?}"
                     ))),
                 };
                 metrics.storage_op("put", t.elapsed(), r.is_ok());
                 match r {
-                    Err(StorageError::Unavailable(e)) if attempt < 2 => {
+                    Err(StorageError::Unavailable(e) | StorageError::Indeterminate(e))
+                        if attempt < 2 =>
+                    {
                         attempt += 1;
                         tracing::warn!(%path, attempt, error = %e, "chunk put failed; retrying");
                         tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
@@ -801,7 +815,7 @@ impl Writer {
                 }
                 return Err(Stop::Fenced);
             }
-            Ok(Err(StorageError::Unavailable(e)))
+            Ok(Err(StorageError::Unavailable(e) | StorageError::Indeterminate(e)))
                 if flush.segment_base == self.open.record.base_offset
                     && self.switches_in_a_row < MAX_SWITCHES_IN_A_ROW =>
             {
@@ -809,13 +823,13 @@ impl Writer {
                 return self.switch_segment(flush, &e).await;
             }
             Ok(Err(e)) => {
-                let msg = e.to_string();
+                let e = AppendError::Storage(e);
                 for w in flush.waiters {
-                    let _ = w.reply.send(Err(AppendError::Storage(msg.clone())));
+                    let _ = w.reply.send(Err(e.clone()));
                 }
-                return Err(Stop::Failed(msg));
+                return Err(Stop::Failed(e));
             }
-            Err(e) => return Err(Stop::Failed(e.to_string())),
+            Err(e) => return Err(task_died(e)),
         }
         if !self.ctx.lease.is_valid() {
             for w in flush.waiters {
@@ -955,7 +969,7 @@ impl Writer {
                     retry_in_ms = delay.as_millis() as u64, "sealing a segment failed; will retry");
                 return Ok(());
             }
-            Err(e) => return Err(Stop::Failed(e.to_string())),
+            Err(e) => return Err(task_died(e)),
         };
         self.seal_failures = 0;
         self.seal_retry_at = None;
@@ -970,8 +984,7 @@ impl Writer {
                 s.segments.remove(&seg.record.base_offset);
             });
         } else {
-            let view = sealed_view(&self.ctx, self.id, &record)
-                .map_err(|e| Stop::Failed(e.to_string()))?;
+            let view = sealed_view(&self.ctx, self.id, &record)?;
             self.save_checkpoint(vec![Op::put(
                 keys::segment(self.id, record.base_offset),
                 record.encode_to_vec(),
@@ -1051,7 +1064,7 @@ impl Writer {
                     tracing::warn!(partition = %self.id, attempt, error = %e, "metadata write failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 }
-                Err(e) => return Err(Stop::Failed(e.to_string())),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -1072,16 +1085,15 @@ impl Writer {
                 .ctx
                 .meta
                 .get(&keys::segment(self.id, r.base_offset))
-                .await
-                .map_err(|e| Stop::Failed(e.to_string()))?
+                .await?
             else {
                 continue; // deleted by retention meanwhile
             };
-            let mut record =
-                SegmentRecord::decode(kv.value).map_err(|e| Stop::Failed(e.to_string()))?;
+            let mut record = SegmentRecord::decode(kv.value).map_err(|e| {
+                AppendError::Metadata(MetaError::Corrupt(format!("segment record: {e}")))
+            })?;
             record.replica_set = r.replica_set;
-            let view = sealed_view(&self.ctx, self.id, &record)
-                .map_err(|e| Stop::Failed(e.to_string()))?;
+            let view = sealed_view(&self.ctx, self.id, &record)?;
             self.save_checkpoint(vec![Op::put(
                 keys::segment(self.id, record.base_offset),
                 record.encode_to_vec(),
