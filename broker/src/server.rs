@@ -8,7 +8,6 @@ use bytes::Bytes;
 use floe_kafka::cluster;
 use floe_kafka::dispatch::{Request, Router};
 use floe_protocol::kafka_protocol::messages::*;
-use floe_protocol::responses::{describe_topic_partitions, metadata_for_describe_topic_partitions};
 use futures::FutureExt;
 
 pub use floe_kafka::listener::*;
@@ -67,24 +66,7 @@ async fn produce(node: N, _: S, r: Request, q: ProduceRequest) -> Result<Pending
 }
 
 static ROUTER: LazyLock<Router<Node, ()>> = LazyLock::new(|| {
-    Router::new()
-        .inline(ApiKey::Metadata, |n: N, _: S, r, q: MetadataRequest| async move {
-            cluster::metadata(&*n, q, r.version).await
-        })
-        .inline(
-            ApiKey::DescribeTopicPartitions,
-            |n: N, _: S, _, q: DescribeTopicPartitionsRequest| async move {
-                let meta =
-                    cluster::metadata(&*n, metadata_for_describe_topic_partitions(&q), 12).await;
-                describe_topic_partitions(&q, meta)
-            },
-        )
-        .inline(ApiKey::DescribeCluster, |n: N, _: S, r, _: DescribeClusterRequest| async move {
-            cluster::describe_cluster(&*n, r.version)
-        })
-        .inline(ApiKey::FindCoordinator, |n: N, _: S, r, q: FindCoordinatorRequest| async move {
-            cluster::find_coordinator(&*n, q, r.version).await
-        })
+    cluster::answers(Router::new())
         .custom(ApiKey::Produce, produce)
         .concurrent(ApiKey::Fetch, |n: N, _: S, r, q: FetchRequest| async move {
             let mut resp = handlers::fetch(n, q, r.version).await;

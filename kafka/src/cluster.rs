@@ -242,3 +242,37 @@ pub async fn find_coordinator<C: Cluster>(
     }
     resp
 }
+
+/// Register the answers written here (Metadata, DescribeTopicPartitions,
+/// DescribeCluster, FindCoordinator) in a tier's handler table, over the
+/// tier's `Cluster`.
+pub fn answers<S, X>(router: crate::dispatch::Router<S, X>) -> crate::dispatch::Router<S, X>
+where
+    S: Cluster + 'static,
+    X: Send + Sync + 'static,
+{
+    use floe_protocol::kafka_protocol::messages::{
+        ApiKey, DescribeClusterRequest, DescribeTopicPartitionsRequest,
+    };
+    use floe_protocol::responses::{
+        describe_topic_partitions, metadata_for_describe_topic_partitions,
+    };
+    use std::sync::Arc;
+    router
+        .inline(ApiKey::Metadata, |c: Arc<S>, _, r, q: MetadataRequest| async move {
+            metadata(&*c, q, r.version).await
+        })
+        .inline(
+            ApiKey::DescribeTopicPartitions,
+            |c: Arc<S>, _, _, q: DescribeTopicPartitionsRequest| async move {
+                let meta = metadata(&*c, metadata_for_describe_topic_partitions(&q), 12).await;
+                describe_topic_partitions(&q, meta)
+            },
+        )
+        .inline(ApiKey::DescribeCluster, |c: Arc<S>, _, r, _: DescribeClusterRequest| async move {
+            describe_cluster(&*c, r.version)
+        })
+        .inline(ApiKey::FindCoordinator, |c: Arc<S>, _, r, q: FindCoordinatorRequest| async move {
+            find_coordinator(&*c, q, r.version).await
+        })
+}

@@ -21,7 +21,6 @@ use floe_protocol::kafka_protocol::messages::delete_records_response::{
 };
 use floe_protocol::kafka_protocol::messages::*;
 use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable};
-use floe_protocol::responses::{describe_topic_partitions, metadata_for_describe_topic_partitions};
 use floe_protocol::rules::{partition_for, OFFSETS_TOPIC};
 use floe_protocol::ResponseError;
 use futures::FutureExt;
@@ -189,24 +188,7 @@ fn any<Q>(_: &Q) -> (Route, Option<i32>) {
 }
 
 static ROUTER: LazyLock<Router<Proxy, Session>> = LazyLock::new(|| {
-    let r = Router::new()
-        .inline(ApiKey::Metadata, |p: P, _: S, r, q: MetadataRequest| async move {
-            cluster::metadata(&*p, q, r.version).await
-        })
-        .inline(
-            ApiKey::DescribeTopicPartitions,
-            |p: P, _: S, _, q: DescribeTopicPartitionsRequest| async move {
-                let meta =
-                    cluster::metadata(&*p, metadata_for_describe_topic_partitions(&q), 12).await;
-                describe_topic_partitions(&q, meta)
-            },
-        )
-        .inline(ApiKey::DescribeCluster, |p: P, _: S, r, _: DescribeClusterRequest| async move {
-            cluster::describe_cluster(&*p, r.version)
-        })
-        .inline(ApiKey::FindCoordinator, |p: P, _: S, r, q: FindCoordinatorRequest| async move {
-            cluster::find_coordinator(&*p, q, r.version).await
-        })
+    let r = cluster::answers(Router::new())
         .custom(ApiKey::Produce, produce)
         .concurrent(ApiKey::Fetch, |p: P, _: S, r, q: FetchRequest| async move {
             let mut resp = p.fetch(q, r.version).await;

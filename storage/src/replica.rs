@@ -495,18 +495,35 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_put_short_of_w_is_indeterminate_if_any_replica_took_it_else_unavailable() {
+    /// `n` fault-injecting stores in memory, and a target on each.
+    fn faulty(
+        n: usize,
+    ) -> (
+        Vec<std::sync::Arc<crate::faulty::FaultyStore>>,
+        Vec<StorageTarget>,
+    ) {
         use crate::faulty::FaultyStore;
         use object_store::memory::InMemory;
-        let stores: Vec<_> = (0..3)
-            .map(|i| FaultyStore::new(format!("f{i}"), std::sync::Arc::new(InMemory::new()), i))
+        let stores: Vec<_> = (0..n)
+            .map(|i| {
+                FaultyStore::new(
+                    format!("f{i}"),
+                    std::sync::Arc::new(InMemory::new()),
+                    i as u64,
+                )
+            })
             .collect();
-        let targets: Vec<StorageTarget> = stores
+        let targets = stores
             .iter()
             .enumerate()
             .map(|(i, s)| StorageTarget::from_store(format!("f{i}"), s.clone()))
             .collect();
+        (stores, targets)
+    }
+
+    #[tokio::test]
+    async fn a_put_short_of_w_is_indeterminate_if_any_replica_took_it_else_unavailable() {
+        let (stores, targets) = faulty(3);
         // W = 3: one replica down, two take it — it may be read later.
         let set = ReplicaSet::new(targets.clone(), 3);
         stores[2].set_down(true);
@@ -528,16 +545,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_hung_replica_is_hedged_and_a_failed_one_failed_over() {
-        use crate::faulty::{Faults, FaultyStore};
-        use object_store::memory::InMemory;
-        let stores: Vec<_> = (0..2)
-            .map(|i| FaultyStore::new(format!("f{i}"), std::sync::Arc::new(InMemory::new()), i))
-            .collect();
-        let targets: Vec<StorageTarget> = stores
-            .iter()
-            .enumerate()
-            .map(|(i, s)| StorageTarget::from_store(format!("f{i}"), s.clone()))
-            .collect();
+        use crate::faulty::Faults;
+        let (stores, targets) = faulty(2);
         let set = ReplicaSet::new(targets, 2);
         let p = Path::from("seg");
         set.put_create(&p, Bytes::from_static(b"hello"))
