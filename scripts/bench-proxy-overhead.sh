@@ -15,7 +15,7 @@ OLD=${OLD:?set OLD to the floe binary to compare with}
 BENCH=${BENCH:-target/release/floe-bench}
 RUNS=${RUNS:-5}
 N=${N:-500000}
-STORAGE=${STORAGE:-memory://}
+STORAGE=${STORAGE:-memory://}   # "default": file storage in the data dir
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -25,7 +25,9 @@ trap cleanup EXIT
 start() {
   local name=$1 bin=$2 port=$3 http=$4
   rm -rf "/tmp/bo-$name"
-  "$bin" standalone --data-dir "/tmp/bo-$name" --storage "$STORAGE" \
+  local storage=(--storage "$STORAGE")
+  [ "$STORAGE" = default ] && storage=()
+  "$bin" standalone --data-dir "/tmp/bo-$name" "${storage[@]}" \
     --listen "127.0.0.1:$port" --http-listen "127.0.0.1:$http" >"/tmp/bo-$name.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
