@@ -20,6 +20,17 @@ use crate::node::{Node, TopicInfo};
 /// partitions to be written.
 const READY_WAIT: Duration = Duration::from_secs(5);
 
+/// Broker `b` as clients of `listener` reach it.
+fn node_at(b: floe_meta::schema::BrokerRecord, listener: &str) -> ClientNode {
+    let (host, port) = b.endpoint(listener);
+    ClientNode {
+        id: b.broker_id,
+        host,
+        port,
+        rack: b.rack,
+    }
+}
+
 fn topic(t: TopicInfo) -> Topic {
     Topic {
         id: t.id,
@@ -37,27 +48,13 @@ impl Cluster for Node {
         self.config.node_id
     }
 
-    fn nodes(&self) -> Vec<ClientNode> {
-        let mut nodes: Vec<ClientNode> = self
-            .brokers()
-            .into_iter()
-            .map(|b| ClientNode {
-                id: b.broker_id,
-                host: b.host,
-                port: b.port,
-                rack: b.rack,
-            })
-            .collect();
-        if !nodes.iter().any(|n| n.id == self.config.node_id) {
+    fn nodes(&self, listener: &str) -> Vec<ClientNode> {
+        let mut brokers = self.brokers();
+        if !brokers.iter().any(|b| b.broker_id == self.config.node_id) {
             // Our own registration may not have been seen yet.
-            nodes.push(ClientNode {
-                id: self.config.node_id,
-                host: self.advertised_host.clone(),
-                port: self.advertised_port,
-                rack: None,
-            });
+            brokers.push(self.registration().clone());
         }
-        nodes
+        brokers.into_iter().map(|b| node_at(b, listener)).collect()
     }
 
     fn topics(&self) -> Vec<Topic> {
@@ -129,7 +126,7 @@ impl Cluster for Node {
         }
     }
 
-    fn coordinator(&self, group: &str) -> Result<ClientNode, ResponseError> {
+    fn coordinator(&self, group: &str, listener: &str) -> Result<ClientNode, ResponseError> {
         if group.is_empty() {
             return Err(ResponseError::InvalidGroupId);
         }
@@ -141,12 +138,7 @@ impl Cluster for Node {
         self.brokers()
             .into_iter()
             .find(|b| b.broker_id == broker)
-            .map(|b| ClientNode {
-                id: b.broker_id,
-                host: b.host,
-                port: b.port,
-                rack: b.rack,
-            })
+            .map(|b| node_at(b, listener))
             .ok_or(ResponseError::CoordinatorNotAvailable)
     }
 }

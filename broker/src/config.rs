@@ -14,6 +14,13 @@ pub use floe_meta::topics::{ConfigError, TimestampType, TopicConfig, TOPIC_CONFI
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     pub node_id: i32,
+    /// Security of the `--listen` listener (named after it).
+    pub protocol: floe_kafka::listener::SecurityProtocol,
+    /// TLS of the SSL and SASL_SSL listeners without settings of their own.
+    pub tls: Option<floe_kafka::tls::TlsSettings>,
+    /// More Kafka listeners (Kafka's `listeners` with
+    /// `listener.security.protocol.map`).
+    pub listeners: Vec<floe_kafka::listener::ListenerConfig>,
     /// Largest request frame accepted (Kafka's socket.request.max.bytes).
     pub max_request_bytes: usize,
     /// Connections beyond this are closed at accept (max.connections).
@@ -135,6 +142,9 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             node_id: 0,
+            protocol: Default::default(),
+            tls: None,
+            listeners: Vec::new(),
             max_request_bytes: 100 * 1024 * 1024,
             max_connections: 10_000,
             max_inflight_per_connection: 64,

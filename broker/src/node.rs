@@ -213,8 +213,7 @@ impl Node {
     pub async fn start(
         config: BrokerConfig,
         cluster_id: String,
-        advertised_host: String,
-        advertised_port: i32,
+        endpoints: Vec<floe_meta::schema::Endpoint>,
         meta: Arc<dyn MetadataStore>,
         pool: Arc<StoragePool>,
         clock: SharedClock,
@@ -224,6 +223,10 @@ impl Node {
     ) -> Result<Arc<Self>, MetaError> {
         let config = Arc::new(config);
         let cache = BlockCache::new(config.cache_bytes);
+        let Some(first) = endpoints.first() else {
+            return Err(MetaError::Invalid("a broker needs a Kafka listener".into()));
+        };
+        let (advertised_host, advertised_port) = (first.host.clone(), first.port);
         let record = BrokerRecord {
             format: FORMAT,
             broker_id: config.node_id,
@@ -237,6 +240,7 @@ impl Node {
                 default_partitions: config.default_partitions,
                 offsets_partitions: config.offsets_topic_partitions.max(1),
             }),
+            listeners: endpoints,
         };
         let (guard, session) = register(&*meta, &record, lease_ttl(&config)).await?;
         let ctx = PartitionContext {
@@ -748,6 +752,11 @@ impl Node {
     /// Cancelled when the broker shuts down.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
+    }
+
+    /// This broker's registration, as it wrote it.
+    pub fn registration(&self) -> &BrokerRecord {
+        &self.record
     }
 
     /// The running partition, if this broker writes it now.

@@ -19,7 +19,7 @@ use crate::{group_api, handlers};
 impl KafkaService for Node {
     type Session = ();
 
-    fn session(&self) -> Arc<()> {
+    fn session(&self, _peer: &Arc<Peer>) -> Arc<()> {
         Arc::new(())
     }
 
@@ -38,9 +38,10 @@ impl KafkaService for Node {
     fn dispatch(
         self: &Arc<Self>,
         session: &Arc<()>,
+        peer: &Arc<Peer>,
         frame: Bytes,
     ) -> impl std::future::Future<Output = Result<Pending, Close>> + Send {
-        ROUTER.dispatch(self, session, frame, &self.metrics)
+        ROUTER.dispatch(self, session, peer, frame, &self.metrics)
     }
 }
 

@@ -1349,30 +1349,81 @@ pub struct TestPki {
     pub client_key: PathBuf,
 }
 
+/// Run the openssl CLI in `dir`.
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl (apt package openssl)")?;
+    if !out.status.success() {
+        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+const EC: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// A key and a certificate `{name}.key`/`{name}.pem` for subject `CN=cn`,
+/// signed by `ca.pem`/`ca.key` in `dir`, with the extensions `ext`.
+fn issue(dir: &Path, name: &str, cn: &str, ext: &str) -> Result<(PathBuf, PathBuf)> {
+    let (key, csr, pem, extfile) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    std::fs::write(
+        dir.join(&extfile),
+        format!("basicConstraints=CA:FALSE\n{ext}"),
+    )?;
+    openssl(
+        dir,
+        &[
+            &["req"][..],
+            &EC,
+            &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={cn}")],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &pem,
+            "-extfile",
+            &extfile,
+        ],
+    )?;
+    Ok((dir.join(pem), dir.join(key)))
+}
+
+const SERVER_EXT: &str = "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n";
+
 impl TestPki {
     pub fn generate(dir: &Path) -> Result<Self> {
-        let openssl = |args: &[&str]| -> Result<()> {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .context("running openssl (apt package openssl)")?;
-            if !out.status.success() {
-                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(())
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
         openssl(
+            dir,
             &[
                 &["req", "-x509"][..],
-                &ec,
+                &EC,
                 &[
                     "-keyout",
                     "ca.key",
@@ -1390,63 +1441,31 @@ impl TestPki {
             ]
             .concat(),
         )?;
-        for (name, ext) in [
-            (
-                "server",
-                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-            ),
-            ("client", "extendedKeyUsage=clientAuth\n"),
-        ] {
-            let (key, csr, pem, extfile) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.pem"),
-                format!("{name}.ext"),
-            );
-            std::fs::write(
-                dir.join(&extfile),
-                format!("basicConstraints=CA:FALSE\n{ext}"),
-            )?;
-            openssl(
-                &[
-                    &["req"][..],
-                    &ec,
-                    &[
-                        "-keyout",
-                        &key,
-                        "-out",
-                        &csr,
-                        "-subj",
-                        &format!("/CN=floe-e2e-{name}"),
-                    ],
-                ]
-                .concat(),
-            )?;
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &pem,
-                "-extfile",
-                &extfile,
-            ])?;
-        }
+        let (server_cert, server_key) = issue(dir, "server", "floe-e2e-server", SERVER_EXT)?;
+        let (client_cert, client_key) = issue(
+            dir,
+            "client",
+            "floe-e2e-client",
+            "extendedKeyUsage=clientAuth\n",
+        )?;
         Ok(TestPki {
             ca: dir.join("ca.pem"),
-            server_cert: dir.join("server.pem"),
-            server_key: dir.join("server.key"),
-            client_cert: dir.join("client.pem"),
-            client_key: dir.join("client.key"),
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
         })
+    }
+
+    /// Another server certificate for 127.0.0.1 with subject `CN=cn`, signed
+    /// by the CA [`TestPki::generate`] made in `dir`: (cert, key).
+    pub fn generate_server_from(dir: &Path, cn: &str) -> Result<(PathBuf, PathBuf)> {
+        issue(dir, cn, cn, SERVER_EXT)
+    }
+
+    /// A client certificate with subject `CN=cn` signed by the CA in `dir`.
+    pub fn generate_client_from(dir: &Path, cn: &str) -> Result<(PathBuf, PathBuf)> {
+        issue(dir, cn, cn, "extendedKeyUsage=clientAuth\n")
     }
 }
 

@@ -16,9 +16,7 @@ use floe_storage::{StoragePool, StorageTarget};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    advertised, http_server, load_config, wait_for_signal, BrokerArgs, ControllerArgs, ProxyArgs,
-};
+use crate::{http_server, load_config, wait_for_signal, BrokerArgs, ControllerArgs, ProxyArgs};
 
 async fn connect(endpoints: &[String]) -> Result<Arc<dyn MetadataStore>> {
     let store = EtcdStore::connect(endpoints)
@@ -164,7 +162,15 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     // The first controller initialises the cluster; wait for it.
     let (cluster_id, pool) = cluster_identity(&*meta).await?;
     let pool = Arc::new(open_pool(&pool)?);
-    let (host, port) = advertised(args.advertise.as_deref(), args.listen)?;
+    let listeners = floe_kafka::listener::plan(
+        args.listen,
+        args.advertise.as_deref(),
+        config.protocol,
+        config.tls.as_ref(),
+        &config.listeners,
+    )?;
+    let endpoints = floe_kafka::listener::endpoints(&listeners)?;
+    let host = endpoints[0].host.clone();
     let tail = tokio::net::TcpListener::bind(args.tail_listen)
         .await
         .with_context(|| format!("binding the tail push listener {}", args.tail_listen))?;
@@ -177,8 +183,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     let node = Node::start(
         config,
         cluster_id.clone(),
-        host,
-        port,
+        endpoints,
         meta,
         pool,
         clock,
@@ -191,19 +196,13 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     // Bound only now: a broker restarted in place waits for its old lease
     // first, and a port that accepted connections without serving them
     // would hang proxies and probes instead of refusing them.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding the Kafka listener {}", args.listen))?;
+    let bound = floe_kafka::listener::bind(&listeners, &shutdown).await?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
     tracing::info!(id = args.id, listen = %args.listen, http = %args.http_listen, tail = %tail_addr, cluster_id, "floe broker started");
     let serve_token = shutdown.child_token();
-    let server = tokio::spawn(floe_broker::server::serve(
-        listener,
-        node.clone(),
-        serve_token.clone(),
-    ));
+    let servers = floe_kafka::listener::spawn_all(bound, node.clone(), serve_token.clone());
     let tail_task = tokio::spawn(floe_broker::tail::serve(
         tail,
         node.clone(),
@@ -226,7 +225,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     }
     tracing::info!("shutting down: releasing partitions");
     serve_token.cancel();
-    let _ = server.await;
+    futures::future::join_all(servers).await;
     node.release_all().await;
     if decommissioned {
         // Deregistered (lease revoked): the id is free for a new broker.
@@ -271,22 +270,26 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
     let meta = connect(&args.etcd).await?;
     let (cluster_id, pool) = cluster_identity(&*meta).await?;
     let pool = Arc::new(open_pool(&pool)?);
-    let (host, port) = advertised(args.advertise.as_deref(), args.listen)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding the Kafka listener {}", args.listen))?;
+    let listeners = floe_kafka::listener::plan(
+        args.listen,
+        args.advertise.as_deref(),
+        config.protocol,
+        config.tls.as_ref(),
+        &config.listeners,
+    )?;
+    let endpoints = floe_kafka::listener::endpoints(&listeners)?;
+    let shutdown = CancellationToken::new();
+    let bound = floe_kafka::listener::bind(&listeners, &shutdown).await?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
-    let shutdown = CancellationToken::new();
     pool.spawn_probes(Duration::from_secs(2), shutdown.child_token());
     spawn_pool_watch(meta.clone(), pool.clone(), shutdown.child_token());
     let clock: SharedClock = Arc::new(SystemClock);
     let proxy = floe_proxy::Proxy::start(
         config,
         cluster_id.clone(),
-        host,
-        port,
+        endpoints,
         meta,
         pool,
         clock.now_ms(),
@@ -296,11 +299,7 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
     .context("registering the proxy")?;
     tracing::info!(id = proxy.record.proxy_id, listen = %args.listen, http = %args.http_listen, cluster_id, "floe proxy started");
     let serve_token = shutdown.child_token();
-    let server = tokio::spawn(floe_broker::server::serve(
-        listener,
-        proxy.clone(),
-        serve_token.clone(),
-    ));
+    let servers = floe_kafka::listener::spawn_all(bound, proxy.clone(), serve_token.clone());
     let (mp, rp) = (proxy.clone(), proxy.clone());
     let http_task = tokio::spawn(http_server(
         http,
@@ -321,7 +320,7 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
     };
     tracing::info!("shutting down");
     serve_token.cancel();
-    let _ = server.await;
+    futures::future::join_all(servers).await;
     proxy.stop().await;
     shutdown.cancel();
     let _ = http_task.await;

@@ -266,14 +266,24 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
     let cluster_id = floe_controller::ensure_cluster_id(&*meta, clock.now_ms()).await?;
 
-    let (host, port) = advertised(args.advertise.as_deref(), args.listen)?;
+    let file_proxy = load_proxy_config(args.config.as_deref())?;
+    if config.protocol != Default::default() || config.tls.is_some() || !config.listeners.is_empty()
+    {
+        bail!("in standalone, clients talk to its proxy: set protocol, tls and listeners under [proxy], not [broker]");
+    }
+    let listeners = floe_kafka::listener::plan(
+        args.listen,
+        args.advertise.as_deref(),
+        file_proxy.protocol,
+        file_proxy.tls.as_ref(),
+        &file_proxy.listeners,
+    )?;
+    let endpoints = floe_kafka::listener::endpoints(&listeners)?;
 
     let shutdown = CancellationToken::new();
     start_storage(&pool, &config, &shutdown);
     let metrics = Arc::new(Metrics::new());
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding the Kafka listener {}", args.listen))?;
+    let bound = floe_kafka::listener::bind(&listeners, &shutdown).await?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
@@ -298,7 +308,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
         max_inflight_per_connection: config.max_inflight_per_connection,
         // One broker behind the proxy: owner nodes would only add a node.
         owner_nodes: false,
-        ..load_proxy_config(args.config.as_deref())?
+        ..file_proxy
     };
     // Only the proxy connects to the broker (a handful of connections per
     // client connection at most): the client limit is the proxy's.
@@ -307,8 +317,11 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let node = Node::start(
         config,
         cluster_id.clone(),
-        "127.0.0.1".into(),
-        internal_port,
+        vec![floe_meta::schema::Endpoint {
+            name: "PLAINTEXT".into(),
+            host: "127.0.0.1".into(),
+            port: internal_port,
+        }],
         meta.clone(),
         pool.clone(),
         clock.clone(),
@@ -323,8 +336,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let proxy = floe_proxy::Proxy::start_with_cache(
         proxy_config,
         cluster_id.clone(),
-        host,
-        port,
+        endpoints,
         meta.clone(),
         pool,
         clock.now_ms(),
@@ -345,11 +357,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
         node.clone(),
         serve_token.clone(),
     ));
-    let server = tokio::spawn(floe_broker::server::serve(
-        listener,
-        proxy.clone(),
-        serve_token.clone(),
-    ));
+    let servers = floe_kafka::listener::spawn_all(bound, proxy.clone(), serve_token.clone());
     let (mn, rn, mp) = (node.clone(), node.clone(), proxy.clone());
     let http_task = tokio::spawn(http_server(
         http,
@@ -366,7 +374,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down: releasing partitions");
     serve_token.cancel();
-    let _ = server.await;
+    futures::future::join_all(servers).await;
     let _ = broker_server.await;
     node.release_all().await;
     proxy.stop().await;
@@ -379,19 +387,6 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
 }
 
 /// HOST:PORT advertised to clients: `--advertise`, else the listen address.
-pub(crate) fn advertised(advertise: Option<&str>, listen: SocketAddr) -> Result<(String, i32)> {
-    let advertise = advertise
-        .map(str::to_string)
-        .unwrap_or_else(|| listen.to_string());
-    let Some((host, port)) = advertise.rsplit_once(':') else {
-        bail!("--advertise must be HOST:PORT, got {advertise:?}");
-    };
-    let port: i32 = port
-        .parse()
-        .with_context(|| format!("port of --advertise {advertise:?}"))?;
-    Ok((host.to_string(), port))
-}
-
 pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");

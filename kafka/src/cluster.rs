@@ -47,8 +47,9 @@ pub trait Cluster: Send + Sync {
     /// The node named as the controller (clients send it nothing Floe
     /// needs; Kafka tools print it).
     fn controller_id(&self) -> i32;
-    /// Every node clients may connect to.
-    fn nodes(&self) -> Vec<Node>;
+    /// Every node clients of listener `listener` may connect to, at that
+    /// listener's addresses.
+    fn nodes(&self, listener: &str) -> Vec<Node>;
     /// Every topic, by name.
     fn topics(&self) -> Vec<Topic>;
     fn topic(&self, name: &str) -> Option<Topic>;
@@ -66,16 +67,21 @@ pub trait Cluster: Send + Sync {
     /// Make the offsets topic if it does not exist (the first
     /// FindCoordinator for a group does).
     fn ensure_offsets_topic(&self) -> impl Future<Output = ()> + Send;
-    /// The node coordinating `group` now.
-    fn coordinator(&self, group: &str) -> Result<Node, ResponseError>;
+    /// The node coordinating `group` now, at listener `listener`'s address.
+    fn coordinator(&self, group: &str, listener: &str) -> Result<Node, ResponseError>;
 }
 
 /// The Metadata answer: nodes, and the topics asked for (all when none
 /// are named), unknown ones created when the request allows it.
-pub async fn metadata<C: Cluster>(c: &C, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn metadata<C: Cluster>(
+    c: &C,
+    req: MetadataRequest,
+    version: i16,
+    listener: &str,
+) -> MetadataResponse {
     let mut resp = MetadataResponse::default();
     resp.brokers = c
-        .nodes()
+        .nodes(listener)
         .into_iter()
         .map(|n| {
             MetadataResponseBroker::default()
@@ -168,11 +174,15 @@ pub async fn metadata<C: Cluster>(c: &C, req: MetadataRequest, version: i16) -> 
 }
 
 /// The DescribeCluster answer: the nodes clients see.
-pub fn describe_cluster<C: Cluster>(c: &C, version: i16) -> DescribeClusterResponse {
+pub fn describe_cluster<C: Cluster>(
+    c: &C,
+    version: i16,
+    listener: &str,
+) -> DescribeClusterResponse {
     let mut resp = DescribeClusterResponse::default()
         .with_cluster_id(s(c.cluster_id()))
         .with_controller_id(c.controller_id().into());
-    for n in c.nodes() {
+    for n in c.nodes(listener) {
         resp.brokers.push(
             DescribeClusterBroker::default()
                 .with_broker_id(n.id.into())
@@ -195,6 +205,7 @@ pub async fn find_coordinator<C: Cluster>(
     c: &C,
     req: FindCoordinatorRequest,
     version: i16,
+    listener: &str,
 ) -> FindCoordinatorResponse {
     if req.key_type == 0 {
         c.ensure_offsets_topic().await;
@@ -213,7 +224,7 @@ pub async fn find_coordinator<C: Cluster>(
                 "transaction coordinators are not supported".to_string(),
             ))
         } else {
-            c.coordinator(&key)
+            c.coordinator(&key, listener)
                 .map_err(|e| (e, format!("no coordinator for group {key:?} yet")))
         };
         match found {
@@ -251,6 +262,7 @@ where
     S: Cluster + 'static,
     X: Send + Sync + 'static,
 {
+    use crate::dispatch::Request;
     use floe_protocol::kafka_protocol::messages::{
         ApiKey, DescribeClusterRequest, DescribeTopicPartitionsRequest,
     };
@@ -259,20 +271,30 @@ where
     };
     use std::sync::Arc;
     router
-        .inline(ApiKey::Metadata, |c: Arc<S>, _, r, q: MetadataRequest| async move {
-            metadata(&*c, q, r.version).await
-        })
+        .inline(
+            ApiKey::Metadata,
+            |c: Arc<S>, _, r: Request, q: MetadataRequest| async move {
+                metadata(&*c, q, r.version, &r.peer.listener).await
+            },
+        )
         .inline(
             ApiKey::DescribeTopicPartitions,
-            |c: Arc<S>, _, _, q: DescribeTopicPartitionsRequest| async move {
-                let meta = metadata(&*c, metadata_for_describe_topic_partitions(&q), 12).await;
+            |c: Arc<S>, _, r: Request, q: DescribeTopicPartitionsRequest| async move {
+                let asked = metadata_for_describe_topic_partitions(&q);
+                let meta = metadata(&*c, asked, 12, &r.peer.listener).await;
                 describe_topic_partitions(&q, meta)
             },
         )
-        .inline(ApiKey::DescribeCluster, |c: Arc<S>, _, r, _: DescribeClusterRequest| async move {
-            describe_cluster(&*c, r.version)
-        })
-        .inline(ApiKey::FindCoordinator, |c: Arc<S>, _, r, q: FindCoordinatorRequest| async move {
-            find_coordinator(&*c, q, r.version).await
-        })
+        .inline(
+            ApiKey::DescribeCluster,
+            |c: Arc<S>, _, r: Request, _: DescribeClusterRequest| async move {
+                describe_cluster(&*c, r.version, &r.peer.listener)
+            },
+        )
+        .inline(
+            ApiKey::FindCoordinator,
+            |c: Arc<S>, _, r: Request, q: FindCoordinatorRequest| async move {
+                find_coordinator(&*c, q, r.version, &r.peer.listener).await
+            },
+        )
 }

@@ -18,7 +18,7 @@ use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::listener::{api_name, decode_body, ready, request_head, respond, Close, Pending};
+use crate::listener::{api_name, decode_body, ready, request_head, respond, Close, Peer, Pending};
 use crate::metrics::RequestMetrics;
 
 /// A request as its handler gets it (the body comes typed, beside it).
@@ -30,6 +30,8 @@ pub struct Request {
     pub client_id: String,
     /// The frame as received, header and body: what a proxy forwards.
     pub frame: Bytes,
+    /// Who sent it, on which listener.
+    pub peer: Arc<Peer>,
 }
 
 impl Request {
@@ -207,6 +209,7 @@ impl<S: Send + Sync + 'static, X: Send + Sync + 'static> Router<S, X> {
         &self,
         s: &Arc<S>,
         x: &Arc<X>,
+        peer: &Arc<Peer>,
         frame: Bytes,
         metrics: &RequestMetrics,
     ) -> Result<Pending, Close> {
@@ -230,6 +233,7 @@ impl<S: Send + Sync + 'static, X: Send + Sync + 'static> Router<S, X> {
             correlation_id,
             client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
             frame,
+            peer: peer.clone(),
         };
         let pending = handler(s.clone(), x.clone(), request, kind).await?;
         Ok(async move {
@@ -295,10 +299,11 @@ mod tests {
             Arc::new(()),
             RequestMetrics::with_prefix("t"),
         );
+        let peer = Arc::new(Peer::local());
         let r = router();
         let req = MetadataRequest::default().with_topics(Some(vec![Default::default(); 3]));
         let answer = r
-            .dispatch(&t, &x, frame(ApiKey::Metadata, 9, 77, &req), &m)
+            .dispatch(&t, &x, &peer, frame(ApiKey::Metadata, 9, 77, &req), &m)
             .await
             .unwrap()
             .await
@@ -314,6 +319,7 @@ mod tests {
             .dispatch(
                 &t,
                 &x,
+                &peer,
                 frame(ApiKey::ApiVersions, 3, 5, &ApiVersionsRequest::default()),
                 &m,
             )
@@ -331,6 +337,7 @@ mod tests {
             .dispatch(
                 &t,
                 &x,
+                &peer,
                 frame(ApiKey::Produce, 9, 6, &ProduceRequest::default()),
                 &m,
             )
@@ -356,11 +363,13 @@ mod tests {
             Arc::new(()),
             RequestMetrics::with_prefix("t"),
         );
+        let peer = Arc::new(Peer::local());
         let r = router();
         let e = r
             .dispatch(
                 &t,
                 &x,
+                &peer,
                 frame(ApiKey::ListGroups, 4, 1, &ListGroupsRequest::default()),
                 &m,
             )
@@ -374,7 +383,11 @@ mod tests {
         let mut f = BytesMut::from(&frame(ApiKey::Metadata, 9, 2, &MetadataRequest::default())[..]);
         f.put_u8(0xff);
         f.truncate(14);
-        let e = r.dispatch(&t, &x, f.freeze(), &m).await.err().unwrap();
+        let e = r
+            .dispatch(&t, &x, &peer, f.freeze(), &m)
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(e, Close::Malformed(ApiKey::Metadata, 9, _)), "{e}");
     }
 }

@@ -13,5 +13,6 @@ pub mod listener;
 pub mod metrics;
 pub mod read;
 pub mod read_suite;
+pub mod tls;
 
 pub use metrics::RequestMetrics;

@@ -78,6 +78,9 @@ pub struct BrokerRecord {
     /// applies a live broker's (unset: a broker older than the field).
     #[prost(message, optional, tag = "8")]
     pub topic_policy: Option<TopicPolicy>,
+    /// Every Kafka listener's advertised address (the first is `host`:`port`).
+    #[prost(message, repeated, tag = "9")]
+    pub listeners: Vec<Endpoint>,
 }
 
 /// A broker's topic-creation settings, as Kafka's brokers have them.
@@ -125,6 +128,47 @@ pub struct ProxyRecord {
     pub port: i32,
     #[prost(int64, tag = "5")]
     pub started_ms: i64,
+    /// Every Kafka listener's advertised address (the first is `host`:`port`).
+    #[prost(message, repeated, tag = "6")]
+    pub listeners: Vec<Endpoint>,
+}
+
+/// A Kafka listener's advertised address.
+#[derive(Clone, PartialEq, Message)]
+pub struct Endpoint {
+    /// The listener's name (clients get the addresses of the listener they
+    /// came in on).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub host: String,
+    #[prost(int32, tag = "3")]
+    pub port: i32,
+}
+
+/// The address of listener `name` among `listeners`, else `default` (a
+/// process without that listener, or older than the field).
+pub fn endpoint_of(listeners: &[Endpoint], name: &str, default: (&str, i32)) -> (String, i32) {
+    listeners
+        .iter()
+        .find(|e| e.name == name)
+        .map_or((default.0.to_string(), default.1), |e| {
+            (e.host.clone(), e.port)
+        })
+}
+
+impl ProxyRecord {
+    /// Where clients of listener `name` reach this proxy.
+    pub fn endpoint(&self, name: &str) -> (String, i32) {
+        endpoint_of(&self.listeners, name, (&self.host, self.port))
+    }
+}
+
+impl BrokerRecord {
+    /// Where clients of listener `name` reach this broker.
+    pub fn endpoint(&self, name: &str) -> (String, i32) {
+        endpoint_of(&self.listeners, name, (&self.host, self.port))
+    }
 }
 
 /// The write lease of a partition: `/floe/partitions/{topic_id}/{p}/owner`,

@@ -38,22 +38,20 @@ fn shown(view: &View, name: &str, id: Option<floe_common::Uuid>) -> bool {
 }
 
 impl Proxy {
-    fn proxy_brokers(&self) -> Vec<(i32, String, i32)> {
-        let mut v: Vec<(i32, String, i32)> = self
-            .view
-            .proxies()
-            .into_iter()
-            .map(|p| (p.proxy_id, p.host, p.port))
-            .collect();
-        if !v.iter().any(|(id, _, _)| *id == self.record.proxy_id) {
+    /// Every live proxy at the address of its listener `listener`.
+    fn proxy_brokers(&self, listener: &str) -> Vec<(i32, String, i32)> {
+        let mut proxies = self.view.proxies();
+        if !proxies.iter().any(|p| p.proxy_id == self.record.proxy_id) {
             // Our own registration may not have been seen yet.
-            v.push((
-                self.record.proxy_id,
-                self.record.host.clone(),
-                self.record.port,
-            ));
+            proxies.push(self.record.clone());
         }
-        v
+        proxies
+            .into_iter()
+            .map(|p| {
+                let (host, port) = p.endpoint(listener);
+                (p.proxy_id, host, port)
+            })
+            .collect()
     }
 
     /// The nodes clients see: every proxy, and with `owner_nodes` one node
@@ -68,8 +66,8 @@ impl Proxy {
     /// anything the client produces to (librdkafka connects to a node only
     /// when it needs it, and a partition moved to a node whose connection
     /// is down waits about a second before that connection is made).
-    pub(crate) fn client_nodes(&self) -> Vec<(i32, String, i32)> {
-        let proxies = self.proxy_brokers();
+    pub(crate) fn client_nodes(&self, listener: &str) -> Vec<(i32, String, i32)> {
+        let proxies = self.proxy_brokers(listener);
         let mut nodes = proxies.clone();
         if self.config.owner_nodes {
             let mut brokers: Vec<i32> = self.view.brokers().iter().map(|b| b.broker_id).collect();
@@ -230,8 +228,8 @@ impl Cluster for Proxy {
         self.record.proxy_id
     }
 
-    fn nodes(&self) -> Vec<Node> {
-        self.client_nodes()
+    fn nodes(&self, listener: &str) -> Vec<Node> {
+        self.client_nodes(listener)
             .into_iter()
             .map(|(id, host, port)| Node {
                 id,
@@ -270,11 +268,11 @@ impl Cluster for Proxy {
 
     /// The proxy a group's key hashes to, once the group's offsets
     /// partition has an owner (every proxy forwards to it).
-    fn coordinator(&self, group: &str) -> Result<Node, ResponseError> {
+    fn coordinator(&self, group: &str, listener: &str) -> Result<Node, ResponseError> {
         self.group_owner(group)?;
         let id = self.leader_for(group.as_bytes());
         let (host, port) = self
-            .proxy_brokers()
+            .proxy_brokers(listener)
             .into_iter()
             .find(|(p, _, _)| *p == id)
             .map_or((self.record.host.clone(), self.record.port), |(_, h, p)| {

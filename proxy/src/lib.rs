@@ -36,6 +36,13 @@ pub struct ProxyConfig {
     /// The id clients see as this proxy's node id (default: derived from
     /// the advertised address, stable across restarts).
     pub proxy_id: Option<i32>,
+    /// Security of the `--listen` listener (named after it).
+    pub protocol: floe_kafka::listener::SecurityProtocol,
+    /// TLS of the SSL and SASL_SSL listeners without settings of their own.
+    pub tls: Option<floe_kafka::tls::TlsSettings>,
+    /// More Kafka listeners (Kafka's `listeners` with
+    /// `listener.security.protocol.map`).
+    pub listeners: Vec<floe_kafka::listener::ListenerConfig>,
     pub max_request_bytes: usize,
     pub max_connections: usize,
     pub max_inflight_per_connection: usize,
@@ -68,6 +75,9 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             proxy_id: None,
+            protocol: Default::default(),
+            tls: None,
+            listeners: Vec::new(),
             max_request_bytes: 100 << 20,
             max_connections: 10_000,
             max_inflight_per_connection: 32,
@@ -121,8 +131,7 @@ impl Proxy {
     pub async fn start(
         config: ProxyConfig,
         cluster_id: String,
-        host: String,
-        port: i32,
+        endpoints: Vec<floe_meta::schema::Endpoint>,
         meta: Arc<dyn MetadataStore>,
         pool: Arc<StoragePool>,
         now_ms: i64,
@@ -130,7 +139,7 @@ impl Proxy {
     ) -> Result<Arc<Self>, MetaError> {
         let cache = BlockCache::new(config.cache_bytes);
         Self::start_with_cache(
-            config, cluster_id, host, port, meta, pool, now_ms, cache, shutdown,
+            config, cluster_id, endpoints, meta, pool, now_ms, cache, shutdown,
         )
         .await
     }
@@ -142,14 +151,17 @@ impl Proxy {
     pub async fn start_with_cache(
         config: ProxyConfig,
         cluster_id: String,
-        host: String,
-        port: i32,
+        endpoints: Vec<floe_meta::schema::Endpoint>,
         meta: Arc<dyn MetadataStore>,
         pool: Arc<StoragePool>,
         now_ms: i64,
         cache: BlockCache,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, MetaError> {
+        let Some(first) = endpoints.first() else {
+            return Err(MetaError::Invalid("a proxy needs a Kafka listener".into()));
+        };
+        let (host, port) = (first.host.clone(), first.port);
         let id = config.proxy_id.unwrap_or_else(|| derived_id(&host, port));
         let record = ProxyRecord {
             format: FORMAT,
@@ -157,6 +169,7 @@ impl Proxy {
             host,
             port,
             started_ms: now_ms,
+            listeners: endpoints,
         };
         let ttl = Duration::from_millis(config.lease_ttl_ms.max(1_000));
         let lease = meta.grant_lease(ttl).await?;

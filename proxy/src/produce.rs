@@ -587,7 +587,7 @@ impl Proxy {
                 // Where the told nodes are, for a client that has not met
                 // them (a broker that joined since its last Metadata).
                 resp.node_endpoints = proxy
-                    .client_nodes()
+                    .client_nodes(&connection.listener)
                     .into_iter()
                     .filter(|(id, _, _)| told.contains(id))
                     .map(|(id, host, port)| {
@@ -1003,6 +1003,8 @@ struct PartFlags {
 /// request order, so a held answer holds up every one after it.
 #[derive(Default)]
 pub struct Connection {
+    /// The listener the client came in on (node addresses are its).
+    pub(crate) listener: Arc<str>,
     /// Requests not yet answered.
     pub(crate) outstanding: AtomicUsize,
     /// Produce requests being answered, by a number of their own: their
@@ -1018,6 +1020,16 @@ pub struct Connection {
     /// tells its node (a no-op for a client that knew), and later answers
     /// tell again only when it changes.
     nodes: Mutex<HashMap<PartitionId, i32>>,
+}
+
+impl Connection {
+    /// The state of a new connection that came in on `listener`.
+    pub(crate) fn on(listener: Arc<str>) -> Self {
+        Self {
+            listener,
+            ..Default::default()
+        }
+    }
 }
 
 /// A produce request being answered: when it arrived, and its parts.

@@ -13,7 +13,7 @@ use floe_common::topic::valid_topic_name;
 use floe_common::PartitionId;
 use floe_kafka::cluster;
 use floe_kafka::dispatch::{FromKind, Request, Router};
-use floe_kafka::listener::{api_name, Close, KafkaService, Limits, Pending};
+use floe_kafka::listener::{api_name, Close, KafkaService, Limits, Peer, Pending};
 use floe_kafka::RequestMetrics as Metrics;
 use floe_meta::schema::BrokerRecord;
 use floe_protocol::kafka_protocol::messages::delete_records_response::{
@@ -32,6 +32,9 @@ use crate::Proxy;
 /// Per client connection: its own connections to coordinators.
 #[derive(Default)]
 pub struct Session {
+    /// The listener the client came in on (Metadata answers with its
+    /// addresses).
+    pub listener: Arc<str>,
     pool: Pool,
     /// Requests of this connection not yet answered (answers go in order,
     /// so an answer held back holds back every one after it).
@@ -69,8 +72,12 @@ impl KafkaService for Proxy {
         &self.requests
     }
 
-    fn session(&self) -> Arc<Session> {
-        Arc::new(Session::default())
+    fn session(&self, peer: &Arc<Peer>) -> Arc<Session> {
+        Arc::new(Session {
+            listener: peer.listener.clone(),
+            connection: Arc::new(Connection::on(peer.listener.clone())),
+            ..Default::default()
+        })
     }
 
     /// Each request is counted in its connection's `outstanding` until
@@ -79,13 +86,14 @@ impl KafkaService for Proxy {
     fn dispatch(
         self: &Arc<Self>,
         session: &Arc<Session>,
+        peer: &Arc<Peer>,
         frame: Bytes,
     ) -> impl std::future::Future<Output = Result<Pending, Close>> + Send {
         let counted = Outstanding::new(&session.connection);
-        let (proxy, session) = (self.clone(), session.clone());
+        let (proxy, session, peer) = (self.clone(), session.clone(), peer.clone());
         async move {
             let pending = ROUTER
-                .dispatch(&proxy, &session, frame, &proxy.requests)
+                .dispatch(&proxy, &session, &peer, frame, &proxy.requests)
                 .await?;
             Ok(async move {
                 let answer = pending.await;
