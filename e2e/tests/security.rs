@@ -213,7 +213,7 @@ listen = "127.0.0.1:{local_port}"
     );
     assert!(refused(&stranger));
     assert!(produce(
-        &stranger.clone().set("message.timeout.ms", "3000"),
+        stranger.clone().set("message.timeout.ms", "3000"),
         "mtls-t",
         1
     )
