@@ -13,6 +13,7 @@ pub mod listener;
 pub mod metrics;
 pub mod read;
 pub mod read_suite;
+pub mod sasl;
 pub mod tls;
 
 pub use metrics::RequestMetrics;

@@ -131,6 +131,24 @@ pub fn storage_pool() -> Bytes {
     Bytes::from_static(b"/floe/storage")
 }
 
+/// SASL users and their SCRAM credentials (`UserRecord`).
+pub fn users_prefix() -> Bytes {
+    Bytes::from_static(b"/floe/users/")
+}
+
+pub fn user(name: &str) -> Bytes {
+    Bytes::from(format!("/floe/users/{name}"))
+}
+
+/// The user name of a user key.
+pub fn parse_user(key: &[u8]) -> Option<String> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix("/floe/users/")
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
+
 /// The controller election key (value: the leader's `ControllerRecord`).
 pub fn controller_leader() -> Bytes {
     Bytes::from_static(b"/floe/controller/leader")

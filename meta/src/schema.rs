@@ -490,3 +490,31 @@ pub struct OperationRecord {
     #[prost(int32, tag = "12")]
     pub broker: i32,
 }
+
+/// A SASL user: `/floe/users/{name}`, with its salted SCRAM credentials
+/// (RFC 5802: never the password). PLAIN logins are checked against them.
+#[derive(Clone, PartialEq, Message)]
+pub struct UserRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(message, repeated, tag = "3")]
+    pub scram: Vec<ScramCredentialRecord>,
+}
+
+/// One SCRAM credential of a user.
+#[derive(Clone, PartialEq, Message)]
+pub struct ScramCredentialRecord {
+    /// Kafka's ScramMechanism: 1 SCRAM-SHA-256, 2 SCRAM-SHA-512.
+    #[prost(int32, tag = "1")]
+    pub mechanism: i32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub salt: Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    pub iterations: u32,
+    #[prost(bytes = "vec", tag = "4")]
+    pub stored_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    pub server_key: Vec<u8>,
+}
