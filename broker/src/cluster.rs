@@ -126,6 +126,10 @@ impl Cluster for Node {
         }
     }
 
+    fn metadata_store(&self) -> std::sync::Arc<dyn floe_meta::MetadataStore> {
+        self.meta.clone()
+    }
+
     fn coordinator(&self, group: &str, listener: &str) -> Result<ClientNode, ResponseError> {
         if group.is_empty() {
             return Err(ResponseError::InvalidGroupId);

@@ -50,11 +50,14 @@ async fn produce(config: &ClientConfig, topic: &str, n: usize) -> Result<(), Str
 fn consume(config: &ClientConfig, topic: &str, n: usize) -> Vec<String> {
     let c: BaseConsumer = config
         .clone()
-        .set("group.id", format!("g-{topic}-{}", free_port()))
-        .set("auto.offset.reset", "earliest")
+        .set("group.id", "security-e2e")
+        .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    c.subscribe(&[topic]).unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while got.len() < n && Instant::now() < deadline {
@@ -389,4 +392,420 @@ async fn proxies_serve_clients_over_tls_in_a_cluster() {
         .set("bootstrap.servers", c.proxy_bootstrap())
         .set("socket.timeout.ms", "3000");
     assert!(refused(&plain));
+}
+
+/// SASL settings for librdkafka on a SASL_SSL listener.
+fn sasl(c: &mut ClientConfig, ca: &Path, mechanism: &str, user: &str, password: &str) {
+    c.set("security.protocol", "sasl_ssl")
+        .set("ssl.ca.location", ca.display().to_string())
+        .set("sasl.mechanisms", mechanism)
+        .set("sasl.username", user)
+        .set("sasl.password", password);
+}
+
+/// The value of a metric line starting with `prefix` in `text` (0 if none).
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A cluster whose proxy serves SASL_SSL on `--listen` (sessions of 2 s,
+/// KIP-368) and plaintext on LOCAL: users set with floectl log in with
+/// PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 from librdkafka, kcat and
+/// kafka-python and round-trip records; a wrong password and an unknown
+/// user get the same failure and no data, each logged and counted; a user
+/// deleted with floectl can no longer log in; a user made with Kafka's
+/// AlterUserScramCredentials logs in; a client re-authenticates on its
+/// open connection when its session ends, and carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_users_log_in_through_proxies_with_real_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::generate(dir.path()).unwrap();
+    let local_port = free_port();
+    let extra = format!(
+        "[proxy]\nlease_ttl_ms = 2000\nprotocol = \"SASL_SSL\"\nreauth_ms = 2000\n\
+         [proxy.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[proxy.listeners]]\nname = \"LOCAL\"\nlisten = \"127.0.0.1:{local_port}\"\n",
+        pki.server_cert.display(),
+        pki.server_key.display()
+    );
+    let mut c = Cluster::start_with(1, 1, 3_000, &extra).unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let (code, out, err) = c.floectl(0, &["user", "set", "alice", "--password", "alice-pw"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("SCRAM-SHA-256") && out.contains("SCRAM-SHA-512"),
+        "{out}"
+    );
+    let (code, out, err) = c.floectl(
+        0,
+        &[
+            "user",
+            "set",
+            "bob",
+            "--password",
+            "bob-pw",
+            "--mechanism",
+            "SCRAM-SHA-256",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = c.floectl(0, &["user", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("alice") && out.contains("bob"), "{out}");
+    assert!(!out.contains("alice-pw"), "no secret is shown");
+
+    let bootstrap = c.proxy_bootstrap();
+    let client = |mechanism: &str, user: &str, password: &str| {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &bootstrap)
+            .set("socket.timeout.ms", "5000");
+        sasl(&mut cfg, &pki.ca, mechanism, user, password);
+        cfg
+    };
+    // Users take effect on the proxy by watch: wait for the first login.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused(&client("PLAIN", "alice", "alice-pw")) {
+        assert!(Instant::now() < deadline, "alice never logs in");
+    }
+    for (i, (m, user, pw)) in [
+        ("PLAIN", "alice", "alice-pw"),
+        ("SCRAM-SHA-256", "alice", "alice-pw"),
+        ("SCRAM-SHA-512", "alice", "alice-pw"),
+        ("SCRAM-SHA-256", "bob", "bob-pw"),
+        ("PLAIN", "bob", "bob-pw"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cfg = client(m, user, pw);
+        let topic = format!("sasl-{i}");
+        produce(&cfg, &topic, 20)
+            .await
+            .unwrap_or_else(|e| panic!("{m} {user}: {e}"));
+        assert_eq!(consume(&cfg, &topic, 20), values(20), "{m} {user}");
+    }
+    // Wrong password, unknown user, a mechanism the user has none of: no
+    // answer, no data.
+    let metrics_before = c.proxies[0].http("/metrics").unwrap();
+    for (m, user, pw) in [
+        ("PLAIN", "alice", "nope"),
+        ("SCRAM-SHA-512", "alice", "nope"),
+        ("PLAIN", "mallory", "alice-pw"),
+        ("SCRAM-SHA-256", "mallory", "x"),
+        ("SCRAM-SHA-512", "bob", "bob-pw"),
+    ] {
+        assert!(refused(&client(m, user, pw)), "{m} {user} {pw}");
+    }
+    assert!(produce(
+        client("PLAIN", "alice", "nope").set("message.timeout.ms", "3000"),
+        "sasl-0",
+        1
+    )
+    .await
+    .is_err());
+    let metrics = c.proxies[0].http("/metrics").unwrap();
+    let failed = |t: &str, m: &str| {
+        metric(
+            t,
+            &format!(
+                "floe_proxy_sasl_authentications_total{{mechanism=\"{m}\",result=\"failed\"}}"
+            ),
+        )
+    };
+    assert!(failed(&metrics, "PLAIN") > failed(&metrics_before, "PLAIN"));
+    assert!(failed(&metrics, "SCRAM-SHA-512") > failed(&metrics_before, "SCRAM-SHA-512"));
+    assert!(c.proxies[0]
+        .log_text()
+        .contains("SASL authentication failed"));
+    // Nothing was written by them.
+    assert_eq!(
+        consume(&client("PLAIN", "alice", "alice-pw"), "sasl-0", 25).len(),
+        20
+    );
+
+    // kcat and kafka-python.
+    let ca = pki.ca.display().to_string();
+    let kcat_sasl = [
+        "-X",
+        "security.protocol=sasl_ssl",
+        "-X",
+        "sasl.mechanisms=SCRAM-SHA-512",
+        "-X",
+        "sasl.username=alice",
+        "-X",
+        "sasl.password=alice-pw",
+        "-X",
+        &format!("ssl.ca.location={ca}"),
+    ];
+    let input: String = (0..10).map(|i| format!("k{i}:w{i}\n")).collect();
+    let (ok, _, err) = kcat(
+        &[
+            &["-P", "-b", &bootstrap, "-t", "kcat-sasl", "-K:"][..],
+            &kcat_sasl,
+        ]
+        .concat(),
+        Some(&input),
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = kcat(
+        &[
+            &[
+                "-C",
+                "-b",
+                &bootstrap,
+                "-t",
+                "kcat-sasl",
+                "-e",
+                "-f",
+                "%k=%s\n",
+            ][..],
+            &kcat_sasl,
+        ]
+        .concat(),
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        (0..10).map(|i| format!("k{i}=w{i}\n")).collect::<String>()
+    );
+    let script = r#"
+import sys
+from kafka import KafkaProducer, KafkaConsumer, TopicPartition
+bootstrap, topic, ca, mechanism, user, password = sys.argv[1:7]
+extra = dict(security_protocol="SASL_SSL", ssl_cafile=ca, sasl_mechanism=mechanism,
+             sasl_plain_username=user, sasl_plain_password=password)
+p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", **extra)
+for i in range(10):
+    p.send(topic, value=("p%d" % i).encode(), partition=0).get(timeout=30)
+p.close()
+c = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                  enable_auto_commit=False, group_id=None, **extra)
+c.assign([TopicPartition(topic, 0)])
+got = []
+for _ in range(100):
+    for recs in c.poll(timeout_ms=200).values():
+        got += [r.value.decode() for r in recs]
+    if len(got) >= 10:
+        break
+assert got == ["p%d" % i for i in range(10)], got
+print("ok")
+"#;
+    for (topic, m, user, pw) in [
+        ("py-plain", "PLAIN", "alice", "alice-pw"),
+        ("py-scram256", "SCRAM-SHA-256", "bob", "bob-pw"),
+        ("py-scram512", "SCRAM-SHA-512", "alice", "alice-pw"),
+    ] {
+        let out = Command::new(python())
+            .args(["-c", script, &bootstrap, topic, &ca, m, user, pw])
+            .output()
+            .expect("kafka-python (FLOE_PYTHON)");
+        assert!(
+            out.status.success(),
+            "{m}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Re-authentication: a producer writing for longer than its 2 s
+    // session keeps going; the proxy counts its logins.
+    let ok_before = metric(
+        &c.proxies[0].http("/metrics").unwrap(),
+        "floe_proxy_sasl_authentications_total{mechanism=\"SCRAM-SHA-512\",result=\"ok\"}",
+    );
+    let long: FutureProducer = client("SCRAM-SHA-512", "alice", "alice-pw")
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    for i in 0..12 {
+        long.send(
+            FutureRecord::<(), _>::to("reauth")
+                .partition(0)
+                .payload(&format!("r{i}")),
+            Duration::from_secs(15),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ok_after = metric(
+        &c.proxies[0].http("/metrics").unwrap(),
+        "floe_proxy_sasl_authentications_total{mechanism=\"SCRAM-SHA-512\",result=\"ok\"}",
+    );
+    assert!(
+        ok_after >= ok_before + 3.0,
+        "logins while producing for 6 s with 2 s sessions: {ok_before} -> {ok_after}"
+    );
+
+    // Kafka's own user API (on the plaintext LOCAL listener): a user made
+    // with AlterUserScramCredentials logs in.
+    {
+        use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
+        use kafka_protocol::messages::{
+            AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, ApiKey,
+        };
+        use kafka_protocol::protocol::StrBytes;
+        let salt = b"e2e-salt-0123456".to_vec();
+        let salted = floe_kafka::sasl::salted_password(
+            floe_kafka::sasl::ScramMechanism::Sha256,
+            b"carol-pw",
+            &salt,
+            4096,
+        );
+        let mut raw = floe_e2e::RawClient::connect(&format!("127.0.0.1:{local_port}")).unwrap();
+        let resp: AlterUserScramCredentialsResponse = raw
+            .call(
+                ApiKey::AlterUserScramCredentials,
+                0,
+                &AlterUserScramCredentialsRequest::default().with_upsertions(vec![
+                    ScramCredentialUpsertion::default()
+                        .with_name(StrBytes::from_static_str("carol"))
+                        .with_mechanism(1)
+                        .with_iterations(4096)
+                        .with_salt(salt.into())
+                        .with_salted_password(salted.into()),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(resp.results[0].error_code, 0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused(&client("SCRAM-SHA-256", "carol", "carol-pw")) {
+        assert!(Instant::now() < deadline, "carol never logs in");
+    }
+
+    // Deleted: no more logins.
+    let (code, out, err) = c.floectl(0, &["user", "delete", "bob"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !refused(&client("SCRAM-SHA-256", "bob", "bob-pw")) {
+        assert!(Instant::now() < deadline, "bob still logs in");
+    }
+}
+
+/// Raw requests to a SASL_PLAINTEXT listener: a request before
+/// authentication, a malformed or wrong PLAIN message, an unknown
+/// mechanism and an oversized frame each close only their own connection
+/// (with an answer where Kafka gives one), while a good login on another
+/// connection goes on.
+#[test]
+fn bad_sasl_input_closes_only_its_own_connection() {
+    use kafka_protocol::messages::{
+        ApiKey, MetadataRequest, SaslAuthenticateRequest, SaslAuthenticateResponse,
+        SaslHandshakeRequest, SaslHandshakeResponse,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let sasl_port = free_port();
+    let s = Standalone::start_with_config(&format!(
+        "[[proxy.listeners]]\nname = \"SASL\"\nlisten = \"127.0.0.1:{sasl_port}\"\nprotocol = \"SASL_PLAINTEXT\"\n"
+    ))
+    .unwrap();
+    let addr = format!("127.0.0.1:{sasl_port}");
+    // A user, through Kafka's API on the plaintext listener.
+    {
+        use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
+        use kafka_protocol::messages::{
+            AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse,
+        };
+        let salt = b"e2e-salt-0123456".to_vec();
+        let salted = floe_kafka::sasl::salted_password(
+            floe_kafka::sasl::ScramMechanism::Sha512,
+            b"pw",
+            &salt,
+            4096,
+        );
+        let mut raw = floe_e2e::RawClient::connect(&s.bootstrap()).unwrap();
+        let resp: AlterUserScramCredentialsResponse = raw
+            .call(
+                ApiKey::AlterUserScramCredentials,
+                0,
+                &AlterUserScramCredentialsRequest::default().with_upsertions(vec![
+                    ScramCredentialUpsertion::default()
+                        .with_name(StrBytes::from_static_str("dave"))
+                        .with_mechanism(2)
+                        .with_iterations(4096)
+                        .with_salt(salt.into())
+                        .with_salted_password(salted.into()),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(resp.results[0].error_code, 0);
+    }
+    let handshake = |raw: &mut floe_e2e::RawClient, m: &str| -> SaslHandshakeResponse {
+        raw.call(
+            ApiKey::SaslHandshake,
+            1,
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_string(m.into())),
+        )
+        .unwrap()
+    };
+    let authenticate = |raw: &mut floe_e2e::RawClient, token: &[u8]| {
+        raw.call::<_, SaslAuthenticateResponse>(
+            ApiKey::SaslAuthenticate,
+            2,
+            &SaslAuthenticateRequest::default()
+                .with_auth_bytes(bytes::Bytes::copy_from_slice(token)),
+        )
+    };
+    // A good login holds its connection throughout.
+    let mut good = floe_e2e::RawClient::connect(&addr).unwrap();
+    assert_eq!(handshake(&mut good, "PLAIN").error_code, 0);
+    let ok = authenticate(&mut good, b"\0dave\0pw").unwrap();
+    assert_eq!(ok.error_code, 0);
+
+    // A request before authentication: closed.
+    let mut early = floe_e2e::RawClient::connect(&addr).unwrap();
+    assert!(early
+        .request(ApiKey::Metadata, 12, &MetadataRequest::default())
+        .is_err());
+    // Malformed PLAIN, and a wrong password: SASL_AUTHENTICATION_FAILED, closed.
+    for token in [&b"garbage-without-nuls"[..], b"\0dave\0wrong"] {
+        let mut raw = floe_e2e::RawClient::connect(&addr).unwrap();
+        assert_eq!(handshake(&mut raw, "PLAIN").error_code, 0);
+        let r = authenticate(&mut raw, token).unwrap();
+        assert_eq!(
+            r.error_code,
+            kafka_protocol::ResponseError::SaslAuthenticationFailed.code()
+        );
+        assert!(r.error_message.is_some());
+        assert!(raw.closed_by_server());
+    }
+    // A SCRAM final message with a forged nonce.
+    let mut raw = floe_e2e::RawClient::connect(&addr).unwrap();
+    assert_eq!(handshake(&mut raw, "SCRAM-SHA-512").error_code, 0);
+    let first = authenticate(&mut raw, b"n,,n=dave,r=abcdef").unwrap();
+    assert_eq!(first.error_code, 0);
+    let r = authenticate(&mut raw, b"c=biws,r=forged,p=AAAA").unwrap();
+    assert_eq!(
+        r.error_code,
+        kafka_protocol::ResponseError::SaslAuthenticationFailed.code()
+    );
+    assert!(raw.closed_by_server());
+    // An unknown mechanism: UNSUPPORTED_SASL_MECHANISM with the list.
+    let mut raw = floe_e2e::RawClient::connect(&addr).unwrap();
+    let h = handshake(&mut raw, "GSSAPI");
+    assert_eq!(
+        h.error_code,
+        kafka_protocol::ResponseError::UnsupportedSaslMechanism.code()
+    );
+    assert!(h.mechanisms.iter().any(|m| m.as_str() == "SCRAM-SHA-512"));
+    assert!(raw.closed_by_server());
+    // An oversized frame before authentication: closed.
+    let mut raw = floe_e2e::RawClient::connect(&addr).unwrap();
+    let mut big = ((1u32 << 20) as i32).to_be_bytes().to_vec();
+    big.extend(vec![0u8; 64]);
+    raw.send_raw(&big).unwrap();
+    assert!(raw.closed_by_server());
+    // The good connection still works, as dave.
+    let md: kafka_protocol::messages::MetadataResponse = good
+        .call(ApiKey::Metadata, 12, &MetadataRequest::default())
+        .unwrap();
+    assert!(!md.brokers.is_empty());
+    assert!(s.log_text().contains("SASL authentication failed"));
 }

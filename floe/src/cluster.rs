@@ -162,11 +162,13 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     // The first controller initialises the cluster; wait for it.
     let (cluster_id, pool) = cluster_identity(&*meta).await?;
     let pool = Arc::new(open_pool(&pool)?);
-    let listeners = floe_kafka::listener::plan(
+    let listeners = crate::plan_listeners(
         args.listen,
         args.advertise.as_deref(),
         config.protocol,
         config.tls.as_ref(),
+        config.sasl_mechanisms.clone(),
+        config.reauth_ms,
         &config.listeners,
     )?;
     let endpoints = floe_kafka::listener::endpoints(&listeners)?;
@@ -184,7 +186,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
         config,
         cluster_id.clone(),
         endpoints,
-        meta,
+        meta.clone(),
         pool,
         clock,
         metrics,
@@ -196,7 +198,8 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     // Bound only now: a broker restarted in place waits for its old lease
     // first, and a port that accepted connections without serving them
     // would hang proxies and probes instead of refusing them.
-    let bound = floe_kafka::listener::bind(&listeners, &shutdown).await?;
+    let users = crate::follow_users(meta.clone(), shutdown.child_token()).await?;
+    let bound = floe_kafka::listener::bind(&listeners, users, &shutdown).await?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
@@ -270,16 +273,19 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
     let meta = connect(&args.etcd).await?;
     let (cluster_id, pool) = cluster_identity(&*meta).await?;
     let pool = Arc::new(open_pool(&pool)?);
-    let listeners = floe_kafka::listener::plan(
+    let listeners = crate::plan_listeners(
         args.listen,
         args.advertise.as_deref(),
         config.protocol,
         config.tls.as_ref(),
+        config.sasl_mechanisms.clone(),
+        config.reauth_ms,
         &config.listeners,
     )?;
     let endpoints = floe_kafka::listener::endpoints(&listeners)?;
     let shutdown = CancellationToken::new();
-    let bound = floe_kafka::listener::bind(&listeners, &shutdown).await?;
+    let users = crate::follow_users(meta.clone(), shutdown.child_token()).await?;
+    let bound = floe_kafka::listener::bind(&listeners, users, &shutdown).await?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;

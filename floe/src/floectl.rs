@@ -62,6 +62,33 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Every user and its SCRAM mechanisms (never a secret).
+    List,
+    /// Set a user's password (creating the user): salted and hashed for
+    /// each mechanism, as Kafka's kafka-configs --add-config
+    /// 'SCRAM-SHA-512=[password=...]'.
+    Set {
+        name: String,
+        /// The password; read from standard input when not given.
+        #[arg(long)]
+        password: Option<String>,
+        /// SCRAM-SHA-256, SCRAM-SHA-512 (default: both).
+        #[arg(long = "mechanism")]
+        mechanisms: Vec<String>,
+        /// PBKDF2 iterations (4096-16384).
+        #[arg(long, default_value_t = 4096)]
+        iterations: u32,
+    },
+    /// Delete a user (or only some of its mechanisms).
+    Delete {
+        name: String,
+        #[arg(long = "mechanism")]
+        mechanisms: Vec<String>,
+    },
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     Table,
@@ -122,6 +149,12 @@ enum Command {
     Storage {
         #[command(subcommand)]
         op: StorageCmd,
+    },
+    /// SASL users (SCRAM credentials; PLAIN logins are checked against
+    /// them): list, set a password, delete.
+    User {
+        #[command(subcommand)]
+        op: UserCmd,
     },
     /// Move a partition to a broker (no data is copied); waits until the
     /// new owner writes it.
@@ -875,6 +908,96 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     .collect(),
             );
             Ok(out)
+        }
+        Command::User { op: UserCmd::List } => {
+            let l = client
+                .list_users(admin_pb::ListUsersRequest {})
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&l);
+            }
+            Ok(table(
+                &["USER", "MECHANISMS"],
+                l.users
+                    .iter()
+                    .map(|u| {
+                        vec![
+                            u.name.clone(),
+                            u.credentials
+                                .iter()
+                                .map(|c| format!("{} ({} iterations)", c.mechanism, c.iterations))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        ]
+                    })
+                    .collect(),
+            ))
+        }
+        Command::User {
+            op:
+                UserCmd::Set {
+                    name,
+                    password,
+                    mechanisms,
+                    iterations,
+                },
+        } => {
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(|e| fail(1, format!("reading the password: {e}")))?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            let u = client
+                .set_user_password(admin_pb::SetUserPasswordRequest {
+                    name,
+                    password,
+                    mechanisms,
+                    iterations,
+                })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&u);
+            }
+            Ok(format!(
+                "user {}: {}\n",
+                u.name,
+                u.credentials
+                    .iter()
+                    .map(|c| c.mechanism.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+        Command::User {
+            op: UserCmd::Delete { name, mechanisms },
+        } => {
+            let u = client
+                .delete_user(admin_pb::DeleteUserRequest { name, mechanisms })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&u);
+            }
+            Ok(if u.credentials.is_empty() {
+                format!("deleted user {}\n", u.name)
+            } else {
+                format!(
+                    "user {} keeps {}\n",
+                    u.name,
+                    u.credentials
+                        .iter()
+                        .map(|c| c.mechanism.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
         }
         Command::Groups => {
             let l = client

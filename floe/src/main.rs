@@ -267,15 +267,20 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let cluster_id = floe_controller::ensure_cluster_id(&*meta, clock.now_ms()).await?;
 
     let file_proxy = load_proxy_config(args.config.as_deref())?;
-    if config.protocol != Default::default() || config.tls.is_some() || !config.listeners.is_empty()
+    if config.protocol != Default::default()
+        || config.tls.is_some()
+        || config.sasl_mechanisms.is_some()
+        || !config.listeners.is_empty()
     {
         bail!("in standalone, clients talk to its proxy: set protocol, tls and listeners under [proxy], not [broker]");
     }
-    let listeners = floe_kafka::listener::plan(
+    let listeners = plan_listeners(
         args.listen,
         args.advertise.as_deref(),
         file_proxy.protocol,
         file_proxy.tls.as_ref(),
+        file_proxy.sasl_mechanisms.clone(),
+        file_proxy.reauth_ms,
         &file_proxy.listeners,
     )?;
     let endpoints = floe_kafka::listener::endpoints(&listeners)?;
@@ -283,7 +288,8 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     start_storage(&pool, &config, &shutdown);
     let metrics = Arc::new(Metrics::new());
-    let bound = floe_kafka::listener::bind(&listeners, &shutdown).await?;
+    let users = follow_users(meta.clone(), shutdown.child_token()).await?;
+    let bound = floe_kafka::listener::bind(&listeners, users, &shutdown).await?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
@@ -387,6 +393,45 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
 }
 
 /// HOST:PORT advertised to clients: `--advertise`, else the listen address.
+/// A process's Kafka listeners from its flags and its config section.
+pub(crate) fn plan_listeners(
+    listen: SocketAddr,
+    advertise: Option<&str>,
+    protocol: floe_kafka::listener::SecurityProtocol,
+    tls: Option<&floe_kafka::tls::TlsSettings>,
+    sasl_mechanisms: Option<Vec<String>>,
+    reauth_ms: Option<u64>,
+    extra: &[floe_kafka::listener::ListenerConfig],
+) -> Result<Vec<floe_kafka::listener::ListenerConfig>> {
+    let first = floe_kafka::listener::ListenerConfig {
+        name: String::new(),
+        listen,
+        advertise: advertise.map(str::to_string),
+        protocol,
+        tls: None,
+        sasl_mechanisms,
+        reauth_ms,
+    };
+    Ok(floe_kafka::listener::plan(first, tls, extra)?)
+}
+
+/// SASL users (`/floe/users/`), followed until `shutdown`.
+pub(crate) async fn follow_users(
+    meta: Arc<dyn MetadataStore>,
+    shutdown: CancellationToken,
+) -> Result<Arc<floe_kafka::sasl::UserStore>> {
+    let users = floe_kafka::sasl::UserStore::new();
+    floe_meta::Follower::start(
+        meta,
+        vec![floe_meta::keys::users_prefix()],
+        users.clone(),
+        shutdown,
+    )
+    .await
+    .context("following SASL users")?;
+    Ok(users)
+}
+
 pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");

@@ -67,6 +67,8 @@ pub trait Cluster: Send + Sync {
     /// Make the offsets topic if it does not exist (the first
     /// FindCoordinator for a group does).
     fn ensure_offsets_topic(&self) -> impl Future<Output = ()> + Send;
+    /// The metadata store (users and ACLs are written there).
+    fn metadata_store(&self) -> std::sync::Arc<dyn floe_meta::MetadataStore>;
     /// The node coordinating `group` now, at listener `listener`'s address.
     fn coordinator(&self, group: &str, listener: &str) -> Result<Node, ResponseError>;
 }
@@ -255,8 +257,8 @@ pub async fn find_coordinator<C: Cluster>(
 }
 
 /// Register the answers written here (Metadata, DescribeTopicPartitions,
-/// DescribeCluster, FindCoordinator) in a tier's handler table, over the
-/// tier's `Cluster`.
+/// DescribeCluster, FindCoordinator, and the SCRAM user APIs) in a tier's
+/// handler table, over the tier's `Cluster`.
 pub fn answers<S, X>(router: crate::dispatch::Router<S, X>) -> crate::dispatch::Router<S, X>
 where
     S: Cluster + 'static,
@@ -264,7 +266,8 @@ where
 {
     use crate::dispatch::Request;
     use floe_protocol::kafka_protocol::messages::{
-        ApiKey, DescribeClusterRequest, DescribeTopicPartitionsRequest,
+        AlterUserScramCredentialsRequest, ApiKey, DescribeClusterRequest,
+        DescribeTopicPartitionsRequest, DescribeUserScramCredentialsRequest,
     };
     use floe_protocol::responses::{
         describe_topic_partitions, metadata_for_describe_topic_partitions,
@@ -295,6 +298,18 @@ where
             ApiKey::FindCoordinator,
             |c: Arc<S>, _, r: Request, q: FindCoordinatorRequest| async move {
                 find_coordinator(&*c, q, r.version, &r.peer.listener).await
+            },
+        )
+        .inline(
+            ApiKey::DescribeUserScramCredentials,
+            |c: Arc<S>, _, _, q: DescribeUserScramCredentialsRequest| async move {
+                crate::users::describe(&crate::users::UserAdmin::new(c.metadata_store()), q).await
+            },
+        )
+        .concurrent(
+            ApiKey::AlterUserScramCredentials,
+            |c: Arc<S>, _, _, q: AlterUserScramCredentialsRequest| async move {
+                crate::users::alter(&crate::users::UserAdmin::new(c.metadata_store()), q).await
             },
         )
 }

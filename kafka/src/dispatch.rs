@@ -90,6 +90,10 @@ from_kind!(
     ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest,
     ConsumerGroupDescribe => ConsumerGroupDescribeRequest,
     DescribeTopicPartitions => DescribeTopicPartitionsRequest,
+    SaslHandshake => SaslHandshakeRequest,
+    SaslAuthenticate => SaslAuthenticateRequest,
+    DescribeUserScramCredentials => DescribeUserScramCredentialsRequest,
+    AlterUserScramCredentials => AlterUserScramCredentialsRequest,
 );
 
 type Handler<S, X> = Box<
@@ -116,7 +120,10 @@ impl<S: Send + Sync + 'static, X: Send + Sync + 'static> Default for Router<S, X
 }
 
 impl<S: Send + Sync + 'static, X: Send + Sync + 'static> Router<S, X> {
-    /// A table that answers ApiVersions (the same on every tier).
+    /// A table that answers ApiVersions (the same on every tier), and
+    /// SaslHandshake and SaslAuthenticate with ILLEGAL_SASL_STATE: they
+    /// reach the table only on a listener without SASL, or once the
+    /// connection authenticated (a SASL listener's gate takes them before).
     pub fn new() -> Self {
         Self {
             table: HashMap::new(),
@@ -125,6 +132,25 @@ impl<S: Send + Sync + 'static, X: Send + Sync + 'static> Router<S, X> {
             ApiKey::ApiVersions,
             |_, _, r, _: ApiVersionsRequest| async move {
                 floe_protocol::rules::api_versions(r.version, false)
+            },
+        )
+        .inline(
+            ApiKey::SaslHandshake,
+            |_, _, _, _: SaslHandshakeRequest| async move {
+                SaslHandshakeResponse::default()
+                    .with_error_code(floe_protocol::ResponseError::IllegalSaslState.code())
+            },
+        )
+        .inline(
+            ApiKey::SaslAuthenticate,
+            |_, _, _, _: SaslAuthenticateRequest| async move {
+                SaslAuthenticateResponse::default()
+                    .with_error_code(floe_protocol::ResponseError::IllegalSaslState.code())
+                    .with_error_message(Some(
+                        floe_protocol::kafka_protocol::protocol::StrBytes::from_static_str(
+                            "this listener does not authenticate with SASL",
+                        ),
+                    ))
             },
         )
     }

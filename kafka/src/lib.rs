@@ -6,6 +6,7 @@
 //! over a partition's log (Fetch, ListOffsets, OffsetForLeaderEpoch), and
 //! the Kafka error codes of the domain errors below the edge.
 
+pub mod authn;
 pub mod cluster;
 pub mod dispatch;
 pub mod errors;
@@ -15,5 +16,6 @@ pub mod read;
 pub mod read_suite;
 pub mod sasl;
 pub mod tls;
+pub mod users;
 
 pub use metrics::RequestMetrics;

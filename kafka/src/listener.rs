@@ -30,6 +30,9 @@ use crate::tls::{TlsServer, TlsSettings};
 /// How long a TLS client may take to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Largest frame a client may send before it has authenticated.
+pub const SASL_MAX_RECEIVE: usize = 512 << 10;
+
 /// The principal of a client that has not authenticated.
 pub const ANONYMOUS: &str = "User:ANONYMOUS";
 
@@ -85,14 +88,28 @@ pub struct ListenerConfig {
     /// TLS settings (SSL and SASL_SSL; default: the process's `tls`).
     #[serde(default)]
     pub tls: Option<TlsSettings>,
+    /// SASL mechanisms offered (SASL_PLAINTEXT and SASL_SSL; Kafka's
+    /// `sasl.enabled.mechanisms`; default: PLAIN, SCRAM-SHA-256,
+    /// SCRAM-SHA-512).
+    #[serde(default)]
+    pub sasl_mechanisms: Option<Vec<String>>,
+    /// How long a SASL session lasts before the client must
+    /// re-authenticate (Kafka's `connections.max.reauth.ms`; default: for
+    /// ever).
+    #[serde(default)]
+    pub reauth_ms: Option<u64>,
 }
 
-/// A listener ready to serve: its name, protocol and TLS.
+/// The SASL mechanisms of a listener with none configured.
+pub const DEFAULT_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// A listener ready to serve: its name, protocol, TLS and SASL.
 #[derive(Clone, Debug)]
 pub struct Listener {
     pub name: Arc<str>,
     pub protocol: SecurityProtocol,
     pub tls: Option<Arc<TlsServer>>,
+    pub sasl: Option<Arc<crate::authn::SaslSettings>>,
 }
 
 impl Listener {
@@ -102,6 +119,7 @@ impl Listener {
             name: Arc::from("PLAINTEXT"),
             protocol: SecurityProtocol::Plaintext,
             tls: None,
+            sasl: None,
         }
     }
 }
@@ -261,7 +279,7 @@ async fn accepted<S: KafkaService>(
     let Some(tls) = spec.tls.as_ref().filter(|_| spec.protocol.tls()) else {
         let peer = Arc::new(Peer::new(spec, addr, None));
         let (rd, wr) = stream.into_split();
-        return connection(rd, wr, peer, node, shutdown).await;
+        return connection(rd, wr, peer, spec.sasl.clone(), node, shutdown).await;
     };
     let handshake = tls.acceptor().accept(stream);
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
@@ -282,13 +300,14 @@ async fn accepted<S: KafkaService>(
     }
     let peer = Arc::new(Peer::new(spec, addr, principal));
     let (rd, wr) = tokio::io::split(stream);
-    connection(rd, wr, peer, node, shutdown).await
+    connection(rd, wr, peer, spec.sasl.clone(), node, shutdown).await
 }
 
 async fn connection<S, R, W>(
     mut rd: R,
     wr: W,
     peer: Arc<Peer>,
+    sasl: Option<Arc<crate::authn::SaslSettings>>,
     node: Arc<S>,
     shutdown: CancellationToken,
 ) -> Result<(), Close>
@@ -298,6 +317,17 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let limits = node.limits();
+    // A SASL listener without SASL settings lets nobody in.
+    let mut auth = peer.protocol.sasl().then(|| {
+        crate::authn::Authenticator::new(sasl.unwrap_or_else(|| {
+            Arc::new(crate::authn::SaslSettings {
+                mechanisms: Vec::new(),
+                reauth: None,
+                credentials: Arc::new(crate::sasl::UserStore::default()),
+                secret: crate::sasl::process_secret(),
+            })
+        }))
+    });
     let (tx, mut rx) = mpsc::channel::<Pending>(limits.max_inflight_per_connection.max(1));
     let writer = tokio::spawn(async move {
         let mut out = BufWriter::with_capacity(256 << 10, wr);
@@ -325,9 +355,14 @@ where
         }
         out.flush().await
     });
-    let max = limits.max_request_bytes;
     let session = node.session(&peer);
     let result = loop {
+        // Before authentication frames are held to Kafka's
+        // sasl.server.max.receive.size.
+        let max = match &auth {
+            Some(a) if !a.authenticated() => limits.max_request_bytes.min(SASL_MAX_RECEIVE),
+            _ => limits.max_request_bytes,
+        };
         let frame = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             f = read_frame(&mut rd, max) => f,
@@ -337,6 +372,23 @@ where
             Ok(None) => break Ok(()),
             Err(e) => break Err(Close::from(e)),
         };
+        if let Some(a) = auth.as_mut() {
+            use crate::authn::Gate;
+            match a.gate(&frame, &peer, node.metrics()) {
+                Gate::Pass => {}
+                Gate::Answer(b) => {
+                    if tx.send(ready(Some(b))).await.is_err() {
+                        break Ok(());
+                    }
+                    continue;
+                }
+                Gate::AnswerAndClose(b, why) => {
+                    let _ = tx.send(ready(Some(b))).await;
+                    break Err(why);
+                }
+                Gate::Close(why) => break Err(why),
+            }
+        }
         match node.dispatch(&session, &peer, frame).await {
             Ok(p) => {
                 if tx.send(p).await.is_err() {
@@ -464,6 +516,13 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::AlterConfigs => "AlterConfigs",
         ApiKey::DescribeProducers => "DescribeProducers",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
+        ApiKey::DescribeUserScramCredentials => "DescribeUserScramCredentials",
+        ApiKey::AlterUserScramCredentials => "AlterUserScramCredentials",
+        ApiKey::DescribeAcls => "DescribeAcls",
+        ApiKey::CreateAcls => "CreateAcls",
+        ApiKey::DeleteAcls => "DeleteAcls",
         _ => "Other",
     }
 }
@@ -491,19 +550,15 @@ pub enum ListenerError {
 /// configured ones; a TLS listener without TLS settings of its own takes
 /// the process's. Names and addresses must be distinct.
 pub fn plan(
-    listen: SocketAddr,
-    advertise: Option<&str>,
-    protocol: SecurityProtocol,
+    first: ListenerConfig,
     tls: Option<&TlsSettings>,
     extra: &[ListenerConfig],
 ) -> Result<Vec<ListenerConfig>, ListenerError> {
-    let mut all = vec![ListenerConfig {
-        name: protocol.name().to_string(),
-        listen,
-        advertise: advertise.map(str::to_string),
-        protocol,
-        tls: None,
-    }];
+    let mut first = first;
+    if first.name.is_empty() {
+        first.name = first.protocol.name().to_string();
+    }
+    let mut all = vec![first];
     all.extend(extra.iter().cloned());
     for (i, l) in all.iter_mut().enumerate() {
         let bad = |reason: String| ListenerError::Invalid {
@@ -535,6 +590,16 @@ pub fn plan(
             )));
         }
         advertised(l)?;
+        if let Some(names) = &l.sasl_mechanisms {
+            if let Some(unknown) = names
+                .iter()
+                .find(|n| crate::sasl::Mechanism::parse(n).is_none())
+            {
+                return Err(bad(format!(
+                    "unknown SASL mechanism {unknown:?} (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
+                )));
+            }
+        }
     }
     for (i, a) in all.iter().enumerate() {
         for b in &all[..i] {
@@ -589,13 +654,30 @@ pub fn endpoints(
 }
 
 /// Bind `listeners` (loading their TLS files; their reloaders run until
-/// `shutdown`).
+/// `shutdown`); SASL listeners check logins against `credentials`.
 pub async fn bind(
     listeners: &[ListenerConfig],
+    credentials: Arc<dyn crate::sasl::Credentials>,
     shutdown: &CancellationToken,
 ) -> Result<Vec<(Listener, TcpListener)>, ListenerError> {
     let mut out = Vec::with_capacity(listeners.len());
+    let secret = crate::sasl::process_secret();
     for l in listeners {
+        let sasl = l.protocol.sasl().then(|| {
+            let names: Vec<String> = l
+                .sasl_mechanisms
+                .clone()
+                .unwrap_or_else(|| DEFAULT_MECHANISMS.iter().map(|s| s.to_string()).collect());
+            Arc::new(crate::authn::SaslSettings {
+                mechanisms: names
+                    .iter()
+                    .filter_map(|n| crate::sasl::Mechanism::parse(n))
+                    .collect(),
+                reauth: l.reauth_ms.filter(|ms| *ms > 0).map(Duration::from_millis),
+                credentials: credentials.clone(),
+                secret: secret.clone(),
+            })
+        });
         let tls = match (&l.tls, l.protocol.tls()) {
             (Some(settings), true) => {
                 let server =
@@ -620,6 +702,7 @@ pub async fn bind(
                 name: Arc::from(l.name.as_str()),
                 protocol: l.protocol,
                 tls,
+                sasl,
             },
             socket,
         ));
@@ -810,6 +893,7 @@ mod tests {
             name: Arc::from("CLIENTS"),
             protocol: SecurityProtocol::Ssl,
             tls: Some(server.clone()),
+            sasl: None,
         };
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
@@ -932,12 +1016,18 @@ mod tests {
             advertise: None,
             protocol,
             tls: None,
+            sasl_mechanisms: None,
+            reauth_ms: None,
         };
-        let a: SocketAddr = "0.0.0.0:9093".parse().unwrap();
+        let first = |addr: &str, advertise: Option<&str>, protocol| ListenerConfig {
+            name: String::new(),
+            listen: addr.parse().unwrap(),
+            advertise: advertise.map(str::to_string),
+            ..extra("", 0, protocol)
+        };
+        let a = "0.0.0.0:9093";
         let all = plan(
-            a,
-            Some("kafka.example.com:9093"),
-            SecurityProtocol::Ssl,
+            first(a, Some("kafka.example.com:9093"), SecurityProtocol::Ssl),
             Some(&tls),
             &[extra("LOCAL", 9092, SecurityProtocol::Plaintext)],
         )
@@ -950,24 +1040,20 @@ mod tests {
             (e[0].host.as_str(), e[0].port, e[1].host.as_str(), e[1].port),
             ("kafka.example.com", 9093, "127.0.0.1", 9092)
         );
-        // SSL without TLS settings; a duplicate name; a duplicate address.
-        assert!(plan(a, None, SecurityProtocol::Ssl, None, &[]).is_err());
+        // SSL without TLS settings; a duplicate name; a duplicate address;
+        // a bad advertised address; an unknown SASL mechanism.
+        let plain = SecurityProtocol::Plaintext;
+        assert!(plan(first(a, None, SecurityProtocol::Ssl), None, &[]).is_err());
+        assert!(plan(first(a, None, plain), None, &[extra("PLAINTEXT", 1, plain)]).is_err());
         assert!(plan(
-            a,
+            first("127.0.0.1:5", None, plain),
             None,
-            SecurityProtocol::Plaintext,
-            None,
-            &[extra("PLAINTEXT", 1, SecurityProtocol::Plaintext)]
+            &[extra("X", 5, plain)]
         )
         .is_err());
-        assert!(plan(
-            "127.0.0.1:5".parse().unwrap(),
-            None,
-            SecurityProtocol::Plaintext,
-            None,
-            &[extra("X", 5, SecurityProtocol::Plaintext)]
-        )
-        .is_err());
-        assert!(plan(a, Some("no-port"), SecurityProtocol::Plaintext, None, &[]).is_err());
+        assert!(plan(first(a, Some("no-port"), plain), None, &[]).is_err());
+        let mut sasl = extra("S", 7, SecurityProtocol::SaslPlaintext);
+        sasl.sasl_mechanisms = Some(vec!["GSSAPI".into()]);
+        assert!(plan(first(a, None, plain), None, &[sasl]).is_err());
     }
 }

@@ -19,6 +19,13 @@ pub struct ApiLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabel {
+    pub mechanism: String,
+    /// "ok" or "failed".
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
     pub api: String,
     pub error: String,
@@ -33,6 +40,7 @@ pub struct RequestMetrics {
     bytes_out: Counter,
     pub connections: Gauge,
     pub connections_rejected: Counter,
+    authentications: Family<AuthLabel, Counter>,
     cache_hits: Gauge<u64, AtomicU64>,
     cache_misses: Gauge<u64, AtomicU64>,
     cache_bytes: Gauge<u64, AtomicU64>,
@@ -64,6 +72,7 @@ impl RequestMetrics {
             bytes_out: Counter::default(),
             connections: Gauge::default(),
             connections_rejected: Counter::default(),
+            authentications: Family::default(),
             cache_hits: Gauge::default(),
             cache_misses: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -103,6 +112,11 @@ impl RequestMetrics {
             "Connections closed at accept (max.connections)",
             m.connections_rejected.clone(),
         );
+        registry.register(
+            "sasl_authentications",
+            "SASL authentications, by mechanism and result",
+            m.authentications.clone(),
+        );
         registry.register("cache_hits", "Read cache hits", m.cache_hits.clone());
         registry.register("cache_misses", "Read cache misses", m.cache_misses.clone());
         registry.register(
@@ -138,6 +152,16 @@ impl RequestMetrics {
             .get_or_create(&ErrorLabel {
                 api: api.to_string(),
                 error: error.to_string(),
+            })
+            .inc();
+    }
+
+    /// A SASL authentication ended, with `ok` or not.
+    pub fn authentication(&self, mechanism: &str, ok: bool) {
+        self.authentications
+            .get_or_create(&AuthLabel {
+                mechanism: mechanism.to_string(),
+                result: if ok { "ok" } else { "failed" }.to_string(),
             })
             .inc();
     }

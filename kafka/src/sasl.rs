@@ -76,6 +76,11 @@ impl ScramMechanism {
         }
     }
 
+    /// Bytes of the mechanism's hash (and of a SaltedPassword).
+    pub fn digest_len(self) -> usize {
+        self.len()
+    }
+
     fn len(self) -> usize {
         match self {
             Self::Sha256 => 32,
@@ -187,7 +192,12 @@ impl ScramCredential {
 }
 
 /// SCRAM's Hi(): PBKDF2 with the mechanism's HMAC.
-pub fn salted_password(m: ScramMechanism, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+pub fn salted_password(
+    m: ScramMechanism,
+    password: &[u8],
+    salt: &[u8],
+    iterations: u32,
+) -> Vec<u8> {
     let mut out = vec![0u8; m.len()];
     pbkdf2::derive(
         m.pbkdf2(),
@@ -218,7 +228,11 @@ impl UserStore {
 
     fn put(map: &mut HashMap<String, Vec<ScramCredential>>, value: &[u8]) {
         if let Ok(u) = UserRecord::decode(value) {
-            let creds = u.scram.iter().filter_map(ScramCredential::from_record).collect();
+            let creds = u
+                .scram
+                .iter()
+                .filter_map(ScramCredential::from_record)
+                .collect();
             map.insert(u.name, creds);
         }
     }
@@ -230,7 +244,12 @@ impl UserStore {
             .read()
             .unwrap()
             .iter()
-            .map(|(n, c)| (n.clone(), c.iter().map(|c| (c.mechanism, c.iterations)).collect()))
+            .map(|(n, c)| {
+                (
+                    n.clone(),
+                    c.iter().map(|c| (c.mechanism, c.iterations)).collect(),
+                )
+            })
             .collect();
         v.sort();
         v
@@ -292,20 +311,23 @@ pub enum Step {
     Done { token: Vec<u8>, principal: String },
 }
 
+/// What SCRAM's final step checks against.
+struct ScramFinal {
+    mechanism: ScramMechanism,
+    user: String,
+    credential: ScramCredential,
+    /// The credential was made up (no such user): fail at the proof.
+    real: bool,
+    client_first_bare: String,
+    server_first: String,
+    nonce: String,
+    gs2_header: String,
+}
+
 enum State {
     Plain,
     ScramFirst(ScramMechanism),
-    ScramFinal {
-        mechanism: ScramMechanism,
-        user: String,
-        credential: ScramCredential,
-        /// The credential was made up (no such user): fail at the proof.
-        real: bool,
-        client_first_bare: String,
-        server_first: String,
-        nonce: String,
-        gs2_header: String,
-    },
+    ScramFinal(Box<ScramFinal>),
     Finished,
 }
 
@@ -342,21 +364,22 @@ impl SaslServer {
         match state {
             State::Plain => self.plain(token, creds),
             State::ScramFirst(m) => self.scram_first(m, token, creds),
-            State::ScramFinal {
-                mechanism,
-                user,
-                credential,
-                real,
-                client_first_bare,
-                server_first,
-                nonce,
-                gs2_header,
-            } => {
+            State::ScramFinal(f) => {
+                let ScramFinal {
+                    mechanism,
+                    user,
+                    credential,
+                    real,
+                    client_first_bare,
+                    server_first,
+                    nonce,
+                    gs2_header,
+                } = *f;
                 let final_msg = std::str::from_utf8(token)
                     .map_err(|_| SaslError::Protocol("client-final message is not UTF-8".into()))?;
-                let (without_proof, proof) = final_msg
-                    .rsplit_once(",p=")
-                    .ok_or_else(|| SaslError::Protocol("client-final message without a proof".into()))?;
+                let (without_proof, proof) = final_msg.rsplit_once(",p=").ok_or_else(|| {
+                    SaslError::Protocol("client-final message without a proof".into())
+                })?;
                 let mut attrs = without_proof.split(',');
                 let binding = attrs
                     .next()
@@ -380,9 +403,11 @@ impl SaslServer {
                 if proof.len() != signature.len() {
                     return Err(SaslError::BadCredentials);
                 }
-                let client_key: Vec<u8> = proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
-                let ok = verify_slices_are_equal(&hash(mechanism, &client_key), &credential.stored_key)
-                    .is_ok();
+                let client_key: Vec<u8> =
+                    proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+                let ok =
+                    verify_slices_are_equal(&hash(mechanism, &client_key), &credential.stored_key)
+                        .is_ok();
                 if !(ok && real) {
                     return Err(SaslError::BadCredentials);
                 }
@@ -462,17 +487,17 @@ impl SaslServer {
             .map_err(|_| SaslError::Protocol("client-first message is not UTF-8".into()))?;
         // gs2-header: "n," or "y," (no channel binding), then an optional
         // authzid "a=...", then ",".
-        let (flag, rest) = msg
-            .split_once(',')
-            .ok_or_else(|| SaslError::Protocol("client-first message without a gs2 header".into()))?;
+        let (flag, rest) = msg.split_once(',').ok_or_else(|| {
+            SaslError::Protocol("client-first message without a gs2 header".into())
+        })?;
         if flag != "n" && flag != "y" {
             return Err(SaslError::Protocol(
                 "channel binding is not supported".into(),
             ));
         }
-        let (authzid, bare) = rest
-            .split_once(',')
-            .ok_or_else(|| SaslError::Protocol("client-first message without a gs2 header".into()))?;
+        let (authzid, bare) = rest.split_once(',').ok_or_else(|| {
+            SaslError::Protocol("client-first message without a gs2 header".into())
+        })?;
         let gs2_header = format!("{flag},{authzid},");
         let mut user = None;
         let mut client_nonce = None;
@@ -482,14 +507,19 @@ impl SaslServer {
             } else if let Some(v) = attr.strip_prefix("r=") {
                 client_nonce = Some(v.to_string());
             } else if attr.starts_with("m=") {
-                return Err(SaslError::Protocol("mandatory extensions are not supported".into()));
+                return Err(SaslError::Protocol(
+                    "mandatory extensions are not supported".into(),
+                ));
             } else if attr.starts_with("tokenauth") {
-                return Err(SaslError::Protocol("delegation tokens are not supported".into()));
+                return Err(SaslError::Protocol(
+                    "delegation tokens are not supported".into(),
+                ));
             }
         }
-        let user = user.ok_or_else(|| SaslError::Protocol("client-first message without n=".into()))?;
-        let client_nonce =
-            client_nonce.ok_or_else(|| SaslError::Protocol("client-first message without r=".into()))?;
+        let user =
+            user.ok_or_else(|| SaslError::Protocol("client-first message without n=".into()))?;
+        let client_nonce = client_nonce
+            .ok_or_else(|| SaslError::Protocol("client-first message without r=".into()))?;
         if user.is_empty() || client_nonce.is_empty() || client_nonce.contains(',') {
             return Err(SaslError::Protocol("empty user name or nonce".into()));
         }
@@ -516,7 +546,7 @@ impl SaslServer {
             B64.encode(&credential.salt),
             credential.iterations
         );
-        self.state = State::ScramFinal {
+        self.state = State::ScramFinal(Box::new(ScramFinal {
             mechanism: m,
             user,
             credential,
@@ -525,7 +555,7 @@ impl SaslServer {
             server_first: server_first.clone(),
             nonce,
             gs2_header,
-        };
+        }));
         Ok(Step::Continue(server_first.into_bytes()))
     }
 }
@@ -580,7 +610,11 @@ mod tests {
             }
         }
         fn first(&mut self) -> Vec<u8> {
-            self.first_bare = format!("n={},r={}", self.user.replace('=', "=3D").replace(',', "=2C"), self.nonce);
+            self.first_bare = format!(
+                "n={},r={}",
+                self.user.replace('=', "=3D").replace(',', "=2C"),
+                self.nonce
+            );
             format!("n,,{}", self.first_bare).into_bytes()
         }
         fn last(&self, server_first: &[u8]) -> (Vec<u8>, Vec<u8>) {
@@ -605,7 +639,10 @@ mod tests {
             let sig = hmac(self.m, &stored, auth.as_bytes());
             let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
             let server_key = hmac(self.m, &salted, b"Server Key");
-            let expect = format!("v={}", B64.encode(hmac(self.m, &server_key, auth.as_bytes())));
+            let expect = format!(
+                "v={}",
+                B64.encode(hmac(self.m, &server_key, auth.as_bytes()))
+            );
             (
                 format!("{without},p={}", B64.encode(proof)).into_bytes(),
                 expect.into_bytes(),
@@ -682,7 +719,10 @@ mod tests {
                 panic!("a server-first message for anyone")
             };
             let sf = String::from_utf8(sf).unwrap();
-            sf.split(',').skip(1).map(str::to_string).collect::<Vec<_>>()
+            sf.split(',')
+                .skip(1)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
         };
         assert_eq!(first("ghost"), first("ghost"), "same salt every time");
         assert_eq!(first("ghost")[1], format!("i={MIN_ITERATIONS}"));
@@ -692,7 +732,8 @@ mod tests {
     #[test]
     fn plain_checks_the_password_against_the_scram_credential() {
         let users = store(&[("alice", "s3cret")]);
-        let login = |msg: &[u8]| SaslServer::new(Mechanism::Plain, process_secret()).step(msg, &*users);
+        let login =
+            |msg: &[u8]| SaslServer::new(Mechanism::Plain, process_secret()).step(msg, &*users);
         assert!(matches!(
             login(b"\0alice\0s3cret"),
             Ok(Step::Done { ref principal, .. }) if principal == "User:alice"
@@ -700,7 +741,13 @@ mod tests {
         assert!(login(b"alice\0alice\0s3cret").is_ok());
         assert_eq!(login(b"\0alice\0nope"), Err(SaslError::BadCredentials));
         assert_eq!(login(b"\0nobody\0s3cret"), Err(SaslError::BadCredentials));
-        for bad in [&b"alice"[..], b"\0alice", b"\0\0pw", b"bob\0alice\0s3cret", b"a\0b\0c\0d"] {
+        for bad in [
+            &b"alice"[..],
+            b"\0alice",
+            b"\0\0pw",
+            b"bob\0alice\0s3cret",
+            b"a\0b\0c\0d",
+        ] {
             assert!(matches!(login(bad), Err(SaslError::Protocol(_))), "{bad:?}");
         }
     }
@@ -720,7 +767,10 @@ mod tests {
             b"",
         ] {
             let mut s = SaslServer::new(m, process_secret());
-            assert!(matches!(s.step(bad, &*users), Err(SaslError::Protocol(_))), "{bad:?}");
+            assert!(
+                matches!(s.step(bad, &*users), Err(SaslError::Protocol(_))),
+                "{bad:?}"
+            );
         }
         // A final message with another nonce, or none at all.
         let mut c = Client::new(ScramMechanism::Sha256, "alice", "pw");
@@ -730,7 +780,10 @@ mod tests {
         };
         let (last, _) = c.last(&sf);
         let forged = String::from_utf8(last).unwrap().replace("r=fyko", "r=evil");
-        assert!(matches!(s.step(forged.as_bytes(), &*users), Err(SaslError::Protocol(_))));
+        assert!(matches!(
+            s.step(forged.as_bytes(), &*users),
+            Err(SaslError::Protocol(_))
+        ));
         // The exchange is over after a failure.
         assert!(s.step(b"anything", &*users).is_err());
         let mut s = SaslServer::new(m, process_secret());

@@ -266,6 +266,10 @@ impl Cluster for Proxy {
         Proxy::ensure_offsets_topic(self).await
     }
 
+    fn metadata_store(&self) -> std::sync::Arc<dyn floe_meta::MetadataStore> {
+        self.meta.clone()
+    }
+
     /// The proxy a group's key hashes to, once the group's offsets
     /// partition has an owner (every proxy forwards to it).
     fn coordinator(&self, group: &str, listener: &str) -> Result<Node, ResponseError> {

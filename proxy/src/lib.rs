@@ -40,6 +40,11 @@ pub struct ProxyConfig {
     pub protocol: floe_kafka::listener::SecurityProtocol,
     /// TLS of the SSL and SASL_SSL listeners without settings of their own.
     pub tls: Option<floe_kafka::tls::TlsSettings>,
+    /// SASL mechanisms of the `--listen` listener when it is SASL_*
+    /// (default: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
+    pub sasl_mechanisms: Option<Vec<String>>,
+    /// Session lifetime of SASL logins on it (connections.max.reauth.ms).
+    pub reauth_ms: Option<u64>,
     /// More Kafka listeners (Kafka's `listeners` with
     /// `listener.security.protocol.map`).
     pub listeners: Vec<floe_kafka::listener::ListenerConfig>,
@@ -77,6 +82,8 @@ impl Default for ProxyConfig {
             proxy_id: None,
             protocol: Default::default(),
             tls: None,
+            sasl_mechanisms: None,
+            reauth_ms: None,
             listeners: Vec::new(),
             max_request_bytes: 100 << 20,
             max_connections: 10_000,

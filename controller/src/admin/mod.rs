@@ -3,7 +3,8 @@
 //! and their partitions read from etcd at one revision, and partition moves
 //! carried out by the leading controller (a standby forwards them); topic
 //! admin (`topics`), rebalances and operations (`ops`), storage targets
-//! (`storage`), consumer groups (`groups`); the controller's own HTTP
+//! (`storage`), consumer groups (`groups`), SASL users (`users`); the
+//! controller's own HTTP
 //! endpoint and its state (`state`). The `floe` binary only starts it.
 
 pub mod groups;
@@ -11,6 +12,7 @@ pub mod ops;
 pub mod state;
 pub mod storage;
 pub mod topics;
+pub mod users;
 
 pub use state::{http, ControllerState, MoveFailure};
 
@@ -607,6 +609,22 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Reply<pb::StorageTargetStatus> {
         Ok(Response::new(
             storage::remove(&*self.state.meta, &r.into_inner().id).await?,
+        ))
+    }
+
+    async fn list_users(&self, _r: Request<pb::ListUsersRequest>) -> Reply<pb::UserList> {
+        Ok(Response::new(users::list(self.state.meta.clone()).await?))
+    }
+
+    async fn set_user_password(&self, r: Request<pb::SetUserPasswordRequest>) -> Reply<pb::User> {
+        Ok(Response::new(
+            users::set_password(self.state.meta.clone(), r.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_user(&self, r: Request<pb::DeleteUserRequest>) -> Reply<pb::User> {
+        Ok(Response::new(
+            users::delete(self.state.meta.clone(), r.into_inner()).await?,
         ))
     }
 }
