@@ -147,11 +147,20 @@ impl Cluster for Node {
     }
 }
 
-/// Topic `name`, created first if it does not exist and auto-creation is
-/// on (a producer may write to a topic before asking for metadata).
-pub(crate) async fn topic_or_create(node: &Node, name: &str) -> Result<TopicInfo, ResponseError> {
+/// Topic `name`, created first if it does not exist, auto-creation is on
+/// and `peer` may create it (a producer may write to a topic before asking
+/// for metadata).
+pub(crate) async fn topic_or_create(
+    node: &Node,
+    name: &str,
+    peer: &floe_kafka::listener::Peer,
+) -> Result<TopicInfo, ResponseError> {
+    use floe_kafka::acl::Operation::Create;
     if let Some(t) = Node::topic(node, name) {
         return Ok(t);
+    }
+    if !(peer.may_cluster(Create) || peer.may_topic(Create, name)) {
+        return Err(ResponseError::UnknownTopicOrPartition);
     }
     node.auto_create(&[name.to_string()])
         .await

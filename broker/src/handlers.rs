@@ -48,6 +48,7 @@ pub async fn produce(
     node: Arc<Node>,
     req: ProduceRequest,
     version: i16,
+    peer: &floe_kafka::listener::Peer,
 ) -> BoxFuture<'static, Option<ProduceResponse>> {
     type Pending = (
         String,
@@ -63,7 +64,7 @@ pub async fn produce(
         let info = if !matches!(acks, -1..=1) {
             Err(ResponseError::InvalidRequiredAcks)
         } else {
-            crate::cluster::topic_or_create(&node, &name).await
+            crate::cluster::topic_or_create(&node, &name, peer).await
         };
         for p in topic.partition_data {
             let r = match &info {
@@ -178,6 +179,7 @@ fn check_epoch(h: &PartitionHandle, requested: i32) -> Option<ResponseError> {
 /// A partition this broker writes, as a Fetch reads it: its log, and the
 /// metrics its reads count in.
 pub(crate) struct Owned {
+    topic: String,
     log: Arc<floe_storage::log::PartitionLog>,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -185,6 +187,10 @@ pub(crate) struct Owned {
 impl floe_kafka::read::Readable for Owned {
     fn log(&self) -> &floe_storage::log::PartitionLog {
         &self.log
+    }
+
+    fn topic(&self) -> &str {
+        &self.topic
     }
 
     fn past_end_is_out_of_range(&self, _waited_out: bool) -> bool {
@@ -212,8 +218,13 @@ impl floe_kafka::read::Readable for Owned {
     }
 }
 
-pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchResponse {
-    floe_kafka::read::fetch(&req, version, |topic, p| {
+pub async fn fetch(
+    node: Arc<Node>,
+    req: FetchRequest,
+    version: i16,
+    peer: &floe_kafka::listener::Peer,
+) -> FetchResponse {
+    floe_kafka::read::fetch(&req, version, peer, |topic, p| {
         let t = if version >= 13 {
             node.topic_by_id(topic.topic_id)
         } else {
@@ -236,6 +247,7 @@ pub async fn fetch(node: Arc<Node>, req: FetchRequest, version: i16) -> FetchRes
             return Err(e);
         }
         Ok(Owned {
+            topic: t.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
             log: h.log.clone(),
             metrics: node.metrics.clone(),
         })
@@ -890,6 +902,7 @@ mod tests {
         }
         fn readable(&self, log: Arc<floe_storage::log::PartitionLog>, _: bool, _: bool) -> Owned {
             Owned {
+                topic: "t".into(),
                 log,
                 metrics: self.0.clone(),
             }

@@ -51,7 +51,7 @@ type S = Arc<()>;
 /// A produce request: appended in order, answered when its batches are
 /// committed (or, with fault injection on, its answer lost).
 async fn produce(node: N, _: S, r: Request, q: ProduceRequest) -> Result<Pending, Close> {
-    let pending = handlers::produce(node.clone(), q, r.version).await;
+    let pending = handlers::produce(node.clone(), q, r.version, &r.peer).await;
     let every = node.config.faults.drop_produce_response_every;
     let n = node.produce_count.fetch_add(1, Ordering::Relaxed) + 1;
     let drop_response = every > 0 && n.is_multiple_of(every);
@@ -70,7 +70,7 @@ static ROUTER: LazyLock<Router<Node, ()>> = LazyLock::new(|| {
     cluster::answers(Router::new())
         .custom(ApiKey::Produce, produce)
         .concurrent(ApiKey::Fetch, |n: N, _: S, r, q: FetchRequest| async move {
-            let mut resp = handlers::fetch(n, q, r.version).await;
+            let mut resp = handlers::fetch(n, q, r.version, &r.peer).await;
             floe_protocol::responses::fetch_as_kafka_sends(&mut resp);
             resp
         })

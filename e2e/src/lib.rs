@@ -1136,6 +1136,37 @@ impl RawClient {
         })
     }
 
+    /// Connect to a SASL_PLAINTEXT listener and log in with PLAIN.
+    pub fn connect_sasl_plain(addr: &str, user: &str, password: &str) -> Result<Self> {
+        use kafka_protocol::messages::{
+            SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+            SaslHandshakeResponse,
+        };
+        let mut c = Self::connect(addr)?;
+        let h: SaslHandshakeResponse = c.call(
+            ApiKey::SaslHandshake,
+            1,
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+        )?;
+        if h.error_code != 0 {
+            bail!("SaslHandshake: error {}", h.error_code);
+        }
+        let a: SaslAuthenticateResponse = c.call(
+            ApiKey::SaslAuthenticate,
+            2,
+            &SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from(format!("\0{user}\0{password}"))),
+        )?;
+        if a.error_code != 0 {
+            bail!(
+                "SaslAuthenticate: error {} {:?}",
+                a.error_code,
+                a.error_message
+            );
+        }
+        Ok(c)
+    }
+
     /// Send raw bytes as they are.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         self.stream.write_all(bytes)?;

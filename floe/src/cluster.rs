@@ -199,7 +199,13 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     // first, and a port that accepted connections without serving them
     // would hang proxies and probes instead of refusing them.
     let users = crate::follow_users(meta.clone(), shutdown.child_token()).await?;
-    let bound = floe_kafka::listener::bind(&listeners, users, &shutdown).await?;
+    let az = crate::follow_acls(
+        meta.clone(),
+        &crate::load_authorizer_config(args.config.as_deref())?,
+        shutdown.child_token(),
+    )
+    .await?;
+    let bound = floe_kafka::listener::bind(&listeners, users, az.clone(), &shutdown).await?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
@@ -214,7 +220,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     let (mn, rn) = (node.clone(), node.clone());
     let http_task = tokio::spawn(http_server(
         http,
-        Arc::new(move || crate::broker_metrics(&mn)),
+        Arc::new(move || crate::with_authorizer_metrics(crate::broker_metrics(&mn), &az, "floe")),
         Arc::new(move || crate::broker_ready(&rn, false)),
         shutdown.child_token(),
     ));
@@ -285,7 +291,13 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
     let endpoints = floe_kafka::listener::endpoints(&listeners)?;
     let shutdown = CancellationToken::new();
     let users = crate::follow_users(meta.clone(), shutdown.child_token()).await?;
-    let bound = floe_kafka::listener::bind(&listeners, users, &shutdown).await?;
+    let az = crate::follow_acls(
+        meta.clone(),
+        &crate::load_authorizer_config(args.config.as_deref())?,
+        shutdown.child_token(),
+    )
+    .await?;
+    let bound = floe_kafka::listener::bind(&listeners, users, az.clone(), &shutdown).await?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
@@ -309,7 +321,7 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
     let (mp, rp) = (proxy.clone(), proxy.clone());
     let http_task = tokio::spawn(http_server(
         http,
-        Arc::new(move || mp.encode_metrics()),
+        Arc::new(move || crate::with_authorizer_metrics(mp.encode_metrics(), &az, "floe_proxy")),
         Arc::new(move || {
             let brokers = rp.view.brokers().len();
             if brokers > 0 {

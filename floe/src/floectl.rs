@@ -89,6 +89,42 @@ enum UserCmd {
     },
 }
 
+/// Which ACLs (empty: any).
+#[derive(clap::Args)]
+struct AclSelect {
+    /// TOPIC, GROUP, CLUSTER, TRANSACTIONAL_ID.
+    #[arg(long = "resource-type", default_value = "")]
+    resource_type: String,
+    /// The resource's name (the cluster's is kafka-cluster).
+    #[arg(long = "resource", default_value = "")]
+    resource_name: String,
+    /// LITERAL, PREFIXED (and ANY, MATCH to list or remove).
+    #[arg(long = "pattern", default_value = "")]
+    pattern_type: String,
+    /// User:NAME (User:* for everyone).
+    #[arg(long, default_value = "")]
+    principal: String,
+    #[arg(long, default_value = "")]
+    host: String,
+    /// READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, DESCRIBE_CONFIGS,
+    /// ALTER_CONFIGS, IDEMPOTENT_WRITE, CLUSTER_ACTION, ALL.
+    #[arg(long, default_value = "")]
+    operation: String,
+    /// ALLOW or DENY.
+    #[arg(long, default_value = "")]
+    permission: String,
+}
+
+#[derive(Subcommand)]
+enum AclCmd {
+    /// ACLs that match (all when nothing is given).
+    List(AclSelect),
+    /// Add an ACL (ALLOW, host * and LITERAL unless given).
+    Add(AclSelect),
+    /// Remove every ACL that matches.
+    Remove(AclSelect),
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     Table,
@@ -155,6 +191,11 @@ enum Command {
     User {
         #[command(subcommand)]
         op: UserCmd,
+    },
+    /// Kafka ACLs: list, add, remove (as kafka-acls.sh).
+    Acl {
+        #[command(subcommand)]
+        op: AclCmd,
     },
     /// Move a partition to a broker (no data is copied); waits until the
     /// new owner writes it.
@@ -998,6 +1039,70 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                         .join(", ")
                 )
             })
+        }
+        Command::Acl { op } => {
+            let (verb, sel) = match op {
+                AclCmd::List(s) => ("list", s),
+                AclCmd::Add(s) => ("add", s),
+                AclCmd::Remove(s) => ("remove", s),
+            };
+            let filter = admin_pb::AclFilter {
+                resource_type: sel.resource_type.clone(),
+                resource_name: sel.resource_name.clone(),
+                pattern_type: sel.pattern_type.clone(),
+                principal: sel.principal.clone(),
+                host: sel.host.clone(),
+                operation: sel.operation.clone(),
+                permission: sel.permission.clone(),
+            };
+            let acls = match verb {
+                "list" => client.list_acls(filter).await?.into_inner().acls,
+                "remove" => client.delete_acls(filter).await?.into_inner().acls,
+                _ => vec![client
+                    .create_acl(admin_pb::Acl {
+                        resource_type: sel.resource_type,
+                        resource_name: sel.resource_name,
+                        pattern_type: sel.pattern_type,
+                        principal: sel.principal,
+                        host: sel.host,
+                        operation: sel.operation,
+                        permission: sel.permission,
+                    })
+                    .await?
+                    .into_inner()],
+            };
+            if json_out {
+                return json(&admin_pb::AclList { acls });
+            }
+            let mut out = String::new();
+            if verb == "remove" {
+                out += &format!("removed {} ACLs\n", acls.len());
+            }
+            out += &table(
+                &[
+                    "PRINCIPAL",
+                    "PERMISSION",
+                    "OPERATION",
+                    "RESOURCE TYPE",
+                    "PATTERN",
+                    "RESOURCE",
+                    "HOST",
+                ],
+                acls.iter()
+                    .map(|a| {
+                        vec![
+                            a.principal.clone(),
+                            a.permission.clone(),
+                            a.operation.clone(),
+                            a.resource_type.clone(),
+                            a.pattern_type.clone(),
+                            a.resource_name.clone(),
+                            a.host.clone(),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(out)
         }
         Command::Groups => {
             let l = client

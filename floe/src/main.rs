@@ -177,6 +177,9 @@ struct FileConfig {
     proxy: floe_proxy::ProxyConfig,
     /// Test-only fault injection (see `floe_broker::Faults`).
     faults: Option<floe_broker::Faults>,
+    /// ACL checks of every Kafka request (docs/security.md).
+    #[serde(default)]
+    authorizer: floe_kafka::acl::AuthorizerConfig,
 }
 
 /// The environment variable that allows a `[faults]` section.
@@ -220,6 +223,46 @@ pub(crate) fn load_config(path: Option<&Path>) -> Result<BrokerConfig> {
 
 pub(crate) fn load_proxy_config(path: Option<&Path>) -> Result<floe_proxy::ProxyConfig> {
     Ok(load_file(path)?.proxy)
+}
+
+pub(crate) fn load_authorizer_config(
+    path: Option<&Path>,
+) -> Result<floe_kafka::acl::AuthorizerConfig> {
+    Ok(load_file(path)?.authorizer)
+}
+
+/// The ACLs (`/floe/acls/`), followed until `shutdown`, when the
+/// authorizer is on.
+pub(crate) async fn follow_acls(
+    meta: Arc<dyn MetadataStore>,
+    config: &floe_kafka::acl::AuthorizerConfig,
+    shutdown: CancellationToken,
+) -> Result<Option<Arc<floe_kafka::acl::Authorizer>>> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let az = floe_kafka::acl::Authorizer::new(config);
+    floe_meta::Follower::start(
+        meta,
+        vec![floe_meta::keys::acls_prefix()],
+        az.clone(),
+        shutdown,
+    )
+    .await
+    .context("following ACLs")?;
+    tracing::info!(super_users = ?config.super_users, "ACL authorizer on");
+    Ok(Some(az))
+}
+
+/// `text` (Prometheus, ending in `# EOF`) with the authorizer's counters.
+pub(crate) fn with_authorizer_metrics(
+    text: String,
+    az: &Option<Arc<floe_kafka::acl::Authorizer>>,
+    prefix: &str,
+) -> String {
+    let Some(az) = az else { return text };
+    let body = text.strip_suffix("# EOF\n").unwrap_or(&text);
+    format!("{body}{}# EOF\n", az.encode_metrics(prefix))
 }
 
 fn main() -> Result<()> {
@@ -289,7 +332,13 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     start_storage(&pool, &config, &shutdown);
     let metrics = Arc::new(Metrics::new());
     let users = follow_users(meta.clone(), shutdown.child_token()).await?;
-    let bound = floe_kafka::listener::bind(&listeners, users, &shutdown).await?;
+    let az = follow_acls(
+        meta.clone(),
+        &load_authorizer_config(args.config.as_deref())?,
+        shutdown.child_token(),
+    )
+    .await?;
+    let bound = floe_kafka::listener::bind(&listeners, users, az.clone(), &shutdown).await?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
@@ -371,7 +420,11 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
         Arc::new(move || {
             let broker = broker_metrics(&mn);
             let broker = broker.strip_suffix("# EOF\n").unwrap_or(&broker);
-            format!("{broker}{}", mp.encode_metrics())
+            with_authorizer_metrics(
+                format!("{broker}{}", mp.encode_metrics()),
+                &az,
+                "floe_proxy",
+            )
         }),
         Arc::new(move || broker_ready(&rn, true)),
         shutdown.child_token(),

@@ -20,6 +20,8 @@ use floe_protocol::kafka_protocol::messages::{
 use floe_protocol::kafka_protocol::protocol::StrBytes;
 use floe_protocol::ResponseError;
 
+use crate::listener::Peer;
+
 fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
 }
@@ -79,8 +81,10 @@ pub async fn metadata<C: Cluster>(
     c: &C,
     req: MetadataRequest,
     version: i16,
-    listener: &str,
+    peer: &Peer,
 ) -> MetadataResponse {
+    use crate::acl::Operation::{Create, Describe};
+    let listener = &*peer.listener;
     let mut resp = MetadataResponse::default();
     resp.brokers = c
         .nodes(listener)
@@ -100,9 +104,11 @@ pub async fn metadata<C: Cluster>(
         resp.controller_id = c.controller_id().into();
     }
     let auto_create = version < 4 || req.allow_auto_topic_creation;
+    // All topics: those the client may describe.
     let all = |c: &C| -> Vec<(Option<String>, Uuid)> {
         c.topics()
             .into_iter()
+            .filter(|t| peer.may_topic(Describe, &t.name))
             .map(|t| (Some(t.name), t.id))
             .collect()
     };
@@ -115,10 +121,14 @@ pub async fn metadata<C: Cluster>(
             .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
             .collect(),
     };
+    // Unknown topics are made only for a client that may describe and
+    // create them (CREATE on the cluster or on the topic).
+    let may_create = peer.may_cluster(Create);
     let missing: Vec<String> = wanted
         .iter()
         .filter_map(|(n, _)| n.clone())
         .filter(|n| c.topic(n).is_none() && valid_topic_name(n).is_ok())
+        .filter(|n| peer.may_topic(Describe, n) && (may_create || peer.may_topic(Create, n)))
         .collect();
     let created = if auto_create && !missing.is_empty() {
         c.auto_create(&missing).await
@@ -128,6 +138,16 @@ pub async fn metadata<C: Cluster>(
     for (name, id) in wanted {
         let mut topic = MetadataResponseTopic::default();
         let found = match &name {
+            Some(n) if !peer.may_topic(Describe, n) => Err(ResponseError::TopicAuthorizationFailed),
+            Some(n)
+                if c.topic(n).is_none()
+                    && auto_create
+                    && valid_topic_name(n).is_ok()
+                    && !created.contains_key(n) =>
+            {
+                // Not allowed to create it.
+                Err(ResponseError::TopicAuthorizationFailed)
+            }
             Some(n) => c.topic(n).ok_or_else(|| match created.get(n) {
                 Some(Err(e)) => *e,
                 // Made, not yet seen here: the client asks again.
@@ -135,7 +155,13 @@ pub async fn metadata<C: Cluster>(
                 None if valid_topic_name(n).is_err() => ResponseError::InvalidTopicException,
                 None => ResponseError::UnknownTopicOrPartition,
             }),
-            None => c.topic_by_id(id).ok_or(ResponseError::UnknownTopicId),
+            None => match c.topic_by_id(id) {
+                Some(t) if !peer.may_topic(Describe, &t.name) => {
+                    Err(ResponseError::TopicAuthorizationFailed)
+                }
+                Some(t) => Ok(t),
+                None => Err(ResponseError::UnknownTopicId),
+            },
         };
         topic.name = name.map(|n| TopicName(s(n)));
         match found {
@@ -207,8 +233,9 @@ pub async fn find_coordinator<C: Cluster>(
     c: &C,
     req: FindCoordinatorRequest,
     version: i16,
-    listener: &str,
+    peer: &Peer,
 ) -> FindCoordinatorResponse {
+    let listener = &*peer.listener;
     if req.key_type == 0 {
         c.ensure_offsets_topic().await;
     }
@@ -224,6 +251,11 @@ pub async fn find_coordinator<C: Cluster>(
             Err((
                 ResponseError::CoordinatorNotAvailable,
                 "transaction coordinators are not supported".to_string(),
+            ))
+        } else if !peer.may_group(crate::acl::Operation::Describe, &key) {
+            Err((
+                ResponseError::GroupAuthorizationFailed,
+                "Authorization failed.".to_string(),
             ))
         } else {
             c.coordinator(&key, listener)
@@ -277,14 +309,14 @@ where
         .inline(
             ApiKey::Metadata,
             |c: Arc<S>, _, r: Request, q: MetadataRequest| async move {
-                metadata(&*c, q, r.version, &r.peer.listener).await
+                metadata(&*c, q, r.version, &r.peer).await
             },
         )
         .inline(
             ApiKey::DescribeTopicPartitions,
             |c: Arc<S>, _, r: Request, q: DescribeTopicPartitionsRequest| async move {
                 let asked = metadata_for_describe_topic_partitions(&q);
-                let meta = metadata(&*c, asked, 12, &r.peer.listener).await;
+                let meta = metadata(&*c, asked, 12, &r.peer).await;
                 describe_topic_partitions(&q, meta)
             },
         )
@@ -297,13 +329,31 @@ where
         .inline(
             ApiKey::FindCoordinator,
             |c: Arc<S>, _, r: Request, q: FindCoordinatorRequest| async move {
-                find_coordinator(&*c, q, r.version, &r.peer.listener).await
+                find_coordinator(&*c, q, r.version, &r.peer).await
             },
         )
         .inline(
             ApiKey::DescribeUserScramCredentials,
             |c: Arc<S>, _, _, q: DescribeUserScramCredentialsRequest| async move {
                 crate::users::describe(&crate::users::UserAdmin::new(c.metadata_store()), q).await
+            },
+        )
+        .concurrent(
+            ApiKey::CreateAcls,
+            |c: Arc<S>, _, _, q: floe_protocol::kafka_protocol::messages::CreateAclsRequest| async move {
+                crate::acl::api::create(&crate::acl::AclAdmin::new(c.metadata_store()), q).await
+            },
+        )
+        .inline(
+            ApiKey::DescribeAcls,
+            |c: Arc<S>, _, _, q: floe_protocol::kafka_protocol::messages::DescribeAclsRequest| async move {
+                crate::acl::api::describe(&crate::acl::AclAdmin::new(c.metadata_store()), q).await
+            },
+        )
+        .concurrent(
+            ApiKey::DeleteAcls,
+            |c: Arc<S>, _, _, q: floe_protocol::kafka_protocol::messages::DeleteAclsRequest| async move {
+                crate::acl::api::delete(&crate::acl::AclAdmin::new(c.metadata_store()), q).await
             },
         )
         .concurrent(

@@ -22,7 +22,7 @@ use crate::listener::{api_name, decode_body, ready, request_head, respond, Close
 use crate::metrics::RequestMetrics;
 
 /// A request as its handler gets it (the body comes typed, beside it).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Request {
     pub api: ApiKey,
     pub version: i16,
@@ -32,12 +32,37 @@ pub struct Request {
     pub frame: Bytes,
     /// Who sent it, on which listener.
     pub peer: Arc<Peer>,
+    /// Parts the authorizer took out, to be put back with their errors
+    /// into the answer (`authz::guard`).
+    patch: Arc<std::sync::Mutex<Option<crate::authz::Patch>>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("api", &self.api)
+            .field("version", &self.version)
+            .field("correlation_id", &self.correlation_id)
+            .field("client_id", &self.client_id)
+            .field("peer", &self.peer)
+            .finish()
+    }
 }
 
 impl Request {
-    /// The answer `body`, encoded for this request.
-    pub fn respond<R: Encodable + Send + 'static>(&self, body: R) -> Option<Bytes> {
+    /// The answer `body`, encoded for this request (with the parts the
+    /// authorizer refused put back).
+    pub fn respond<R: Encodable + Send + 'static>(&self, mut body: R) -> Option<Bytes> {
+        if let Some(p) = self.patch.lock().unwrap().take() {
+            p(&mut body);
+        }
         respond(self.api, self.version, self.correlation_id, body)
+    }
+
+    /// Whether parts of the request were taken out (its frame is then not
+    /// what the handler was given).
+    pub fn patched(&self) -> bool {
+        self.patch.lock().unwrap().is_some()
     }
 }
 
@@ -92,6 +117,9 @@ from_kind!(
     DescribeTopicPartitions => DescribeTopicPartitionsRequest,
     SaslHandshake => SaslHandshakeRequest,
     SaslAuthenticate => SaslAuthenticateRequest,
+    DescribeAcls => DescribeAclsRequest,
+    CreateAcls => CreateAclsRequest,
+    DeleteAcls => DeleteAclsRequest,
     DescribeUserScramCredentials => DescribeUserScramCredentialsRequest,
     AlterUserScramCredentials => AlterUserScramCredentialsRequest,
 );
@@ -253,13 +281,28 @@ impl<S: Send + Sync + 'static, X: Send + Sync + 'static> Router<S, X> {
             .table
             .get(&api)
             .ok_or(Close::UnsupportedVersion(api, version))?;
-        let request = Request {
+        let mut request = Request {
             api,
             version,
             correlation_id,
             client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
             frame,
             peer: peer.clone(),
+            patch: Default::default(),
+        };
+        let kind = match crate::authz::guard(peer, version, kind) {
+            crate::authz::Guarded::Pass(kind, patch) => {
+                request.patch = Arc::new(std::sync::Mutex::new(patch));
+                kind
+            }
+            crate::authz::Guarded::Deny(answer) => {
+                let bytes = answer.encode_for(&request);
+                return Ok(async move {
+                    drop(timer);
+                    bytes
+                }
+                .boxed());
+            }
         };
         let pending = handler(s.clone(), x.clone(), request, kind).await?;
         Ok(async move {

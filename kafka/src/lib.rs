@@ -6,7 +6,9 @@
 //! over a partition's log (Fetch, ListOffsets, OffsetForLeaderEpoch), and
 //! the Kafka error codes of the domain errors below the edge.
 
+pub mod acl;
 pub mod authn;
+pub mod authz;
 pub mod cluster;
 pub mod dispatch;
 pub mod errors;

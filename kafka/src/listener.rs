@@ -110,6 +110,8 @@ pub struct Listener {
     pub protocol: SecurityProtocol,
     pub tls: Option<Arc<TlsServer>>,
     pub sasl: Option<Arc<crate::authn::SaslSettings>>,
+    /// The ACLs every request on it is checked against (None: no checks).
+    pub authorizer: Option<Arc<crate::acl::Authorizer>>,
 }
 
 impl Listener {
@@ -120,6 +122,7 @@ impl Listener {
             protocol: SecurityProtocol::Plaintext,
             tls: None,
             sasl: None,
+            authorizer: None,
         }
     }
 }
@@ -132,6 +135,8 @@ pub struct Peer {
     pub protocol: SecurityProtocol,
     pub addr: SocketAddr,
     principal: RwLock<Arc<str>>,
+    /// The ACLs its requests are checked against (None: no checks).
+    pub authorizer: Option<Arc<crate::acl::Authorizer>>,
 }
 
 impl Peer {
@@ -145,6 +150,7 @@ impl Peer {
                     .map(|p| format!("User:{p}"))
                     .unwrap_or_else(|| ANONYMOUS.to_string()),
             )),
+            authorizer: listener.authorizer.clone(),
         }
     }
 
@@ -658,6 +664,7 @@ pub fn endpoints(
 pub async fn bind(
     listeners: &[ListenerConfig],
     credentials: Arc<dyn crate::sasl::Credentials>,
+    authorizer: Option<Arc<crate::acl::Authorizer>>,
     shutdown: &CancellationToken,
 ) -> Result<Vec<(Listener, TcpListener)>, ListenerError> {
     let mut out = Vec::with_capacity(listeners.len());
@@ -703,6 +710,7 @@ pub async fn bind(
                 protocol: l.protocol,
                 tls,
                 sasl,
+                authorizer: authorizer.clone(),
             },
             socket,
         ));
@@ -894,6 +902,7 @@ mod tests {
             protocol: SecurityProtocol::Ssl,
             tls: Some(server.clone()),
             sasl: None,
+            authorizer: None,
         };
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();

@@ -22,6 +22,8 @@ use tokio::time::Instant;
 /// own partition or a proxy's followed one.
 pub trait Readable: Send + Sync {
     fn log(&self) -> &PartitionLog;
+    /// The topic's name (what ACLs name).
+    fn topic(&self) -> &str;
     /// False while the log has no state yet (a proxy's follower waiting for
     /// its first snapshot): answered empty, without an error.
     fn ready(&self) -> bool {
@@ -50,8 +52,16 @@ pub trait Readable: Send + Sync {
 pub async fn fetch<R: Readable>(
     req: &FetchRequest,
     version: i16,
+    peer: &crate::listener::Peer,
     resolve: impl Fn(&FetchTopic, &FetchPartition) -> Result<R, ResponseError>,
 ) -> FetchResponse {
+    // READ on each topic, decided once per request (by name; a topic named
+    // by id once it is resolved).
+    let mut readable: Vec<Option<bool>> = req
+        .topics
+        .iter()
+        .map(|t| (version < 13).then(|| peer.may_topic(crate::acl::Operation::Read, &t.topic)))
+        .collect();
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let max_bytes = if version >= 3 {
         req.max_bytes.max(0) as usize
@@ -68,7 +78,7 @@ pub async fn fetch<R: Readable>(
         }
         let mut total = 0usize;
         let waited_out = Instant::now() >= deadline;
-        for topic in &req.topics {
+        for (ti, topic) in req.topics.iter().enumerate() {
             let mut tr = FetchableTopicResponse::default();
             if version >= 13 {
                 tr.topic_id = topic.topic_id;
@@ -84,6 +94,12 @@ pub async fn fetch<R: Readable>(
                 if req.isolation_level == 1 {
                     pr.aborted_transactions = Some(Vec::new());
                 }
+                if readable[ti] == Some(false) {
+                    pr.error_code = ResponseError::TopicAuthorizationFailed.code();
+                    pr.records = Some(Bytes::new());
+                    tr.partitions.push(pr);
+                    continue;
+                }
                 let r = match resolve(topic, p) {
                     Ok(r) => r,
                     Err(e) => {
@@ -92,6 +108,16 @@ pub async fn fetch<R: Readable>(
                         continue;
                     }
                 };
+                if readable[ti].is_none() {
+                    let ok = peer.may_topic(crate::acl::Operation::Read, r.topic());
+                    readable[ti] = Some(ok);
+                    if !ok {
+                        pr.error_code = ResponseError::TopicAuthorizationFailed.code();
+                        pr.records = Some(Bytes::new());
+                        tr.partitions.push(pr);
+                        continue;
+                    }
+                }
                 watchers.push(r.log().subscribe());
                 pr.records = Some(Bytes::new());
                 if !r.ready() {
@@ -239,6 +265,9 @@ mod tests {
     impl Readable for Log {
         fn log(&self) -> &PartitionLog {
             &self.log
+        }
+        fn topic(&self) -> &str {
+            "t"
         }
         fn ready(&self) -> bool {
             self.ready

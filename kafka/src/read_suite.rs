@@ -127,7 +127,11 @@ async fn answer<S: Subject>(
     (ready, live): (bool, bool),
     req: &FetchRequest,
 ) -> PartitionData {
-    let resp = fetch(req, 12, |_, _| Ok(s.readable(log.clone(), ready, live))).await;
+    let peer = crate::listener::Peer::local();
+    let resp = fetch(req, 12, &peer, |_, _| {
+        Ok(s.readable(log.clone(), ready, live))
+    })
+    .await;
     resp.responses[0].partitions[0].clone()
 }
 
@@ -217,9 +221,13 @@ pub async fn a_follower_not_ready_is_empty_and_errors_come_from_resolving<S: Sub
         assert_eq!((p.error_code, p.high_watermark), (0, -1));
         assert_eq!(p.records.as_deref(), Some(&[][..]));
     }
-    let resp = fetch(&request(0, 0, 1, 1 << 20), 12, |_, _| -> Result<S::R, _> {
-        Err(ResponseError::FencedLeaderEpoch)
-    })
+    let peer = crate::listener::Peer::local();
+    let resp = fetch(
+        &request(0, 0, 1, 1 << 20),
+        12,
+        &peer,
+        |_, _| -> Result<S::R, _> { Err(ResponseError::FencedLeaderEpoch) },
+    )
     .await;
     let p = &resp.responses[0].partitions[0];
     assert_eq!(p.error_code, ResponseError::FencedLeaderEpoch.code());
@@ -236,7 +244,11 @@ pub async fn read_committed_gets_an_empty_aborted_list_and_sessions_are_refused<
     assert_eq!(p.aborted_transactions, Some(Vec::new()));
     assert_eq!(offsets(&p).len(), 10);
     req.session_id = 5;
-    let resp = fetch(&req, 12, |_, _| Ok(s.readable(log.clone(), true, true))).await;
+    let peer = crate::listener::Peer::local();
+    let resp = fetch(&req, 12, &peer, |_, _| {
+        Ok(s.readable(log.clone(), true, true))
+    })
+    .await;
     assert_eq!(
         resp.error_code,
         ResponseError::FetchSessionIdNotFound.code()

@@ -149,6 +149,17 @@ pub fn parse_user(key: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Kafka ACL bindings (`AclRecord`), one key per binding.
+pub fn acls_prefix() -> Bytes {
+    Bytes::from_static(b"/floe/acls/")
+}
+
+/// The key of an ACL binding, named by a digest of its fields (the same
+/// binding created twice is one key).
+pub fn acl(id: &str) -> Bytes {
+    Bytes::from(format!("/floe/acls/{id}"))
+}
+
 /// The controller election key (value: the leader's `ControllerRecord`).
 pub fn controller_leader() -> Bytes {
     Bytes::from_static(b"/floe/controller/leader")

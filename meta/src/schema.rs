@@ -518,3 +518,25 @@ pub struct ScramCredentialRecord {
     #[prost(bytes = "vec", tag = "5")]
     pub server_key: Vec<u8>,
 }
+
+/// A Kafka ACL binding: `/floe/acls/{id}`. Codes are Kafka's
+/// (ResourceType, PatternType, AclOperation, AclPermissionType).
+#[derive(Clone, PartialEq, Message)]
+pub struct AclRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(int32, tag = "2")]
+    pub resource_type: i32,
+    #[prost(string, tag = "3")]
+    pub resource_name: String,
+    #[prost(int32, tag = "4")]
+    pub pattern_type: i32,
+    #[prost(string, tag = "5")]
+    pub principal: String,
+    #[prost(string, tag = "6")]
+    pub host: String,
+    #[prost(int32, tag = "7")]
+    pub operation: i32,
+    #[prost(int32, tag = "8")]
+    pub permission: i32,
+}

@@ -29,6 +29,7 @@ const REPLAN_WAIT: Duration = Duration::from_secs(2);
 /// A followed partition, as a Fetch through this proxy reads it: its
 /// follower, and the metrics its reads count in.
 pub(crate) struct Followed {
+    topic: String,
     metrics: Arc<floe_kafka::RequestMetrics>,
     f: Arc<Follower>,
 }
@@ -36,6 +37,10 @@ pub(crate) struct Followed {
 impl floe_kafka::read::Readable for Followed {
     fn log(&self) -> &floe_storage::log::PartitionLog {
         &self.f.log
+    }
+
+    fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// First use: the owner's snapshot is on its way.
@@ -96,8 +101,13 @@ async fn read(f: &Follower, offset: i64, budget: usize, min_one: bool) -> Result
 }
 
 impl Proxy {
-    pub(crate) async fn fetch(self: Arc<Self>, req: FetchRequest, version: i16) -> FetchResponse {
-        floe_kafka::read::fetch(&req, version, |topic, p| {
+    pub(crate) async fn fetch(
+        self: Arc<Self>,
+        req: FetchRequest,
+        version: i16,
+        peer: &floe_kafka::listener::Peer,
+    ) -> FetchResponse {
+        floe_kafka::read::fetch(&req, version, peer, |topic, p| {
             let t = if version >= 13 {
                 self.view.topic_by_id(topic.topic_id)
             } else {
@@ -105,6 +115,7 @@ impl Proxy {
             };
             match self.follower(t.as_ref(), p.partition) {
                 Ok(f) => Ok(Followed {
+                    topic: t.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
                     metrics: self.requests.clone(),
                     f,
                 }),
@@ -204,6 +215,7 @@ mod tests {
         }
         fn readable(&self, log: Arc<PartitionLog>, ready: bool, live: bool) -> Followed {
             Followed {
+                topic: "t".into(),
                 metrics: self.0.clone(),
                 f: Arc::new(Follower::new(log, ready, live)),
             }

@@ -127,6 +127,10 @@ async fn produce(proxy: P, session: S, r: Request, q: ProduceRequest) -> Result<
         .iter()
         .map(|t| t.name.0.to_string())
         .filter(|n| proxy.view.topic(n).is_none() && valid_topic_name(n).is_ok())
+        .filter(|n| {
+            r.peer.may_cluster(floe_kafka::acl::Operation::Create)
+                || r.peer.may_topic(floe_kafka::acl::Operation::Create, n)
+        })
         .collect();
     if !unknown.is_empty() {
         proxy.auto_create(&unknown).await;
@@ -175,15 +179,59 @@ fn forwarded(proxy: P, session: S, r: Request, route: Route, wait_ms: Option<i32
     .boxed()
 }
 
-/// Register `api` as forwarded to the broker `route` picks for its request.
-fn forward<Q: FromKind + Send + 'static>(
+/// A request the authorizer took parts out of: encoded anew from what is
+/// left, forwarded, and its answer decoded to get the refused parts back.
+fn forwarded_typed<
+    Q: Encodable + Send + Sync + 'static,
+    R: Decodable + Encodable + Send + 'static,
+>(
+    proxy: P,
+    session: S,
+    r: Request,
+    q: Q,
+    route: Route,
+) -> Pending {
+    async move {
+        let name = api_name(r.api);
+        let answer = async {
+            let frame = encode_request(r.api, r.version, &r.client_id, &q)?.freeze();
+            let wait = proxy.config.forward_timeout_ms;
+            let resp = proxy
+                .forward(&session, route, r.api, r.version, frame, wait)
+                .await?;
+            decode_response::<R>(r.api, r.version, resp)
+        }
+        .await;
+        match answer {
+            Ok(resp) => r.respond(resp),
+            Err(e) => {
+                tracing::warn!(api = name, error = %e, "forwarding failed; closing the client connection");
+                proxy.requests.error(name, "Forward");
+                Some(Bytes::new())
+            }
+        }
+    }
+    .boxed()
+}
+
+/// Register `api` as forwarded to the broker `route` picks for its request
+/// (raw, unless the authorizer took parts of it out).
+fn forward<Q, R>(
     router: Router<Proxy, Session>,
     api: ApiKey,
     route: fn(&Q) -> (Route, Option<i32>),
-) -> Router<Proxy, Session> {
+) -> Router<Proxy, Session>
+where
+    Q: FromKind + Encodable + Send + Sync + 'static,
+    R: Decodable + Encodable + Send + 'static,
+{
     router.custom(api, move |p: P, s: S, r: Request, q: Q| {
         let (to, wait) = route(&q);
-        futures::future::ready(Ok(forwarded(p, s, r, to, wait)))
+        futures::future::ready(Ok(if r.patched() {
+            forwarded_typed::<Q, R>(p, s, r, q, to)
+        } else {
+            forwarded(p, s, r, to, wait)
+        }))
     })
 }
 
@@ -199,7 +247,7 @@ static ROUTER: LazyLock<Router<Proxy, Session>> = LazyLock::new(|| {
     let r = cluster::answers(Router::new())
         .custom(ApiKey::Produce, produce)
         .concurrent(ApiKey::Fetch, |p: P, _: S, r, q: FetchRequest| async move {
-            let mut resp = p.fetch(q, r.version).await;
+            let mut resp = p.fetch(q, r.version, &r.peer).await;
             floe_protocol::responses::fetch_as_kafka_sends(&mut resp);
             resp
         })
@@ -310,7 +358,11 @@ static ROUTER: LazyLock<Router<Proxy, Session>> = LazyLock::new(|| {
         .custom(ApiKey::OffsetFetch, |p: P, s: S, r: Request, q: OffsetFetchRequest| async move {
             if r.version < 8 {
                 let route = Route::Group(q.group_id.0.to_string());
-                return Ok(forwarded(p, s, r, route, None));
+                return Ok(if r.patched() {
+                    forwarded_typed::<_, OffsetFetchResponse>(p, s, r, q, route)
+                } else {
+                    forwarded(p, s, r, route, None)
+                });
             }
             Ok(async move {
                 let by_id = q.groups.clone();
@@ -338,40 +390,54 @@ static ROUTER: LazyLock<Router<Proxy, Session>> = LazyLock::new(|| {
             }
             .boxed())
         });
-    let r = forward(r, ApiKey::JoinGroup, |q: &JoinGroupRequest| {
+    let r = forward::<_, JoinGroupResponse>(r, ApiKey::JoinGroup, |q: &JoinGroupRequest| {
         let (route, _) = group(&q.group_id);
         (
             route,
             Some(q.rebalance_timeout_ms.max(q.session_timeout_ms)),
         )
     });
-    let r = forward(r, ApiKey::SyncGroup, |q: &SyncGroupRequest| {
+    let r = forward::<_, SyncGroupResponse>(r, ApiKey::SyncGroup, |q: &SyncGroupRequest| {
         group(&q.group_id)
     });
-    let r = forward(r, ApiKey::Heartbeat, |q: &HeartbeatRequest| {
+    let r = forward::<_, HeartbeatResponse>(r, ApiKey::Heartbeat, |q: &HeartbeatRequest| {
         group(&q.group_id)
     });
-    let r = forward(r, ApiKey::LeaveGroup, |q: &LeaveGroupRequest| {
+    let r = forward::<_, LeaveGroupResponse>(r, ApiKey::LeaveGroup, |q: &LeaveGroupRequest| {
         group(&q.group_id)
     });
-    let r = forward(r, ApiKey::OffsetCommit, |q: &OffsetCommitRequest| {
-        group(&q.group_id)
-    });
-    let r = forward(r, ApiKey::OffsetDelete, |q: &OffsetDeleteRequest| {
-        group(&q.group_id)
-    });
-    let r = forward(
+    let r =
+        forward::<_, OffsetCommitResponse>(r, ApiKey::OffsetCommit, |q: &OffsetCommitRequest| {
+            group(&q.group_id)
+        });
+    let r =
+        forward::<_, OffsetDeleteResponse>(r, ApiKey::OffsetDelete, |q: &OffsetDeleteRequest| {
+            group(&q.group_id)
+        });
+    let r = forward::<_, ConsumerGroupHeartbeatResponse>(
         r,
         ApiKey::ConsumerGroupHeartbeat,
         |q: &ConsumerGroupHeartbeatRequest| group(&q.group_id),
     );
-    let r = forward(r, ApiKey::InitProducerId, any::<InitProducerIdRequest>);
-    let r = forward(r, ApiKey::CreateTopics, any::<CreateTopicsRequest>);
-    let r = forward(r, ApiKey::DeleteTopics, any::<DeleteTopicsRequest>);
-    let r = forward(r, ApiKey::CreatePartitions, any::<CreatePartitionsRequest>);
-    let r = forward(r, ApiKey::DescribeConfigs, any::<DescribeConfigsRequest>);
-    let r = forward(r, ApiKey::AlterConfigs, any::<AlterConfigsRequest>);
-    forward(
+    let r = forward::<_, InitProducerIdResponse>(
+        r,
+        ApiKey::InitProducerId,
+        any::<InitProducerIdRequest>,
+    );
+    let r = forward::<_, CreateTopicsResponse>(r, ApiKey::CreateTopics, any::<CreateTopicsRequest>);
+    let r = forward::<_, DeleteTopicsResponse>(r, ApiKey::DeleteTopics, any::<DeleteTopicsRequest>);
+    let r = forward::<_, CreatePartitionsResponse>(
+        r,
+        ApiKey::CreatePartitions,
+        any::<CreatePartitionsRequest>,
+    );
+    let r = forward::<_, DescribeConfigsResponse>(
+        r,
+        ApiKey::DescribeConfigs,
+        any::<DescribeConfigsRequest>,
+    );
+    let r = forward::<_, AlterConfigsResponse>(r, ApiKey::AlterConfigs, any::<AlterConfigsRequest>);
+    forward::<_, IncrementalAlterConfigsResponse>(
         r,
         ApiKey::IncrementalAlterConfigs,
         any::<IncrementalAlterConfigsRequest>,

@@ -3,10 +3,12 @@
 //! and their partitions read from etcd at one revision, and partition moves
 //! carried out by the leading controller (a standby forwards them); topic
 //! admin (`topics`), rebalances and operations (`ops`), storage targets
-//! (`storage`), consumer groups (`groups`), SASL users (`users`); the
+//! (`storage`), consumer groups (`groups`), SASL users (`users`), ACLs
+//! (`acls`); the
 //! controller's own HTTP
 //! endpoint and its state (`state`). The `floe` binary only starts it.
 
+pub mod acls;
 pub mod groups;
 pub mod ops;
 pub mod state;
@@ -625,6 +627,23 @@ impl pb::admin_server::Admin for AdminService {
     async fn delete_user(&self, r: Request<pb::DeleteUserRequest>) -> Reply<pb::User> {
         Ok(Response::new(
             users::delete(self.state.meta.clone(), r.into_inner()).await?,
+        ))
+    }
+    async fn list_acls(&self, r: Request<pb::AclFilter>) -> Reply<pb::AclList> {
+        Ok(Response::new(
+            acls::list(self.state.meta.clone(), r.into_inner()).await?,
+        ))
+    }
+
+    async fn create_acl(&self, r: Request<pb::Acl>) -> Reply<pb::Acl> {
+        Ok(Response::new(
+            acls::create(self.state.meta.clone(), r.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_acls(&self, r: Request<pb::AclFilter>) -> Reply<pb::AclList> {
+        Ok(Response::new(
+            acls::delete(self.state.meta.clone(), r.into_inner()).await?,
         ))
     }
 }
