@@ -96,9 +96,13 @@ impl pb::tail_server::Tail for TailService {
 }
 
 /// Serve the tail push on `listener` until `shutdown`.
+/// Serve the tail push on `listener` until `shutdown`; with `tls` (the
+/// cluster's `[internal_tls]`) only holders of a certificate the cluster
+/// CA signed may subscribe.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Arc<Node>,
+    tls: Option<floe_kafka::tls::InternalTls>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     use tokio_stream::StreamExt;
@@ -110,7 +114,26 @@ pub async fn serve(
         }
         s
     });
-    if let Err(e) = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        let config = tls.pem().map(|pem| {
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(pem.cert, pem.key))
+                .client_ca_root(tonic::transport::Certificate::from_pem(pem.ca))
+        });
+        builder = match config.map(|c| builder.tls_config(c)) {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "tail push TLS; not serving");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tail push TLS files; not serving");
+                return;
+            }
+        };
+    }
+    if let Err(e) = builder
         .add_service(TailService::server(node))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await

@@ -255,6 +255,8 @@ impl Drop for Standalone {
 pub struct Etcd {
     host: String,
     pub client_port: u16,
+    /// How clients reach it when it is secured.
+    security: Option<floe_meta::EtcdSecurity>,
     child: Option<Child>,
     log: PathBuf,
     _tmp: tempfile::TempDir,
@@ -268,15 +270,115 @@ impl Etcd {
     /// An etcd whose client URL is on `host` (an address of this machine,
     /// e.g. the bridge of network namespaces a test made).
     pub fn start_on(host: &str) -> Result<Self> {
+        Self::launch(host, None)
+    }
+
+    /// An etcd serving clients over TLS only, with client-certificate
+    /// authentication and role-based access on: the certificates are made
+    /// in `pki` (one CA for etcd and the cluster, as a small installation
+    /// might), and user `floe` (password in `floe.etcd-password` there) may
+    /// read and write `/floe/` and nothing else. Returns it with the
+    /// `[etcd]` settings a Floe process needs.
+    pub fn start_secure(pki: &Path) -> Result<Self> {
+        let (cert, key) = TestPki::generate_peer_from(pki, "etcd-server")?;
+        let (client_cert, client_key) = TestPki::generate_peer_from(pki, "floe")?;
+        let password_file = pki.join("floe.etcd-password");
+        std::fs::write(&password_file, "s3cret-etcd-password\n")?;
+        let security = floe_meta::EtcdSecurity {
+            ca: Some(pki.join("ca.pem")),
+            cert: Some(client_cert),
+            key: Some(client_key),
+            user: Some("floe".into()),
+            password_file: Some(password_file),
+        };
+        let e = Self::launch("127.0.0.1", Some((cert, key, pki.join("ca.pem"), security)))?;
+        e.enable_auth()?;
+        Ok(e)
+    }
+
+    /// Users `root` and `floe` (role `floe`: read-write on `/floe/`), then
+    /// authentication on: from here on every request needs a user.
+    fn enable_auth(&self) -> Result<()> {
+        let security = self.security.clone().expect("a secured etcd");
+        let url = self.url();
+        // On a thread of its own: callers may be inside a runtime.
+        let setup = move || -> Result<()> {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async move {
+                    use etcd_client::Permission;
+                    let mut tls = etcd_client::TlsOptions::new().ca_certificate(
+                        etcd_client::Certificate::from_pem(std::fs::read(
+                            security.ca.as_ref().unwrap(),
+                        )?),
+                    );
+                    tls = tls.identity(etcd_client::Identity::from_pem(
+                        std::fs::read(security.cert.as_ref().unwrap())?,
+                        std::fs::read(security.key.as_ref().unwrap())?,
+                    ));
+                    let opts = etcd_client::ConnectOptions::new().with_tls(tls);
+                    let mut c = etcd_client::Client::connect([url], Some(opts)).await?;
+                    c.user_add("root", "root-password", None).await?;
+                    c.user_grant_role("root", "root").await?;
+                    c.role_add("floe").await?;
+                    c.role_grant_permission("floe", Permission::read_write("/floe/").with_prefix())
+                        .await?;
+                    let password =
+                        std::fs::read_to_string(security.password_file.as_ref().unwrap())?;
+                    c.user_add("floe", password.trim(), None).await?;
+                    c.user_grant_role("floe", "floe").await?;
+                    c.auth_enable().await?;
+                    anyhow::Ok(())
+                })
+        };
+        std::thread::spawn(setup)
+            .join()
+            .map_err(|_| anyhow::anyhow!("etcd auth set-up panicked"))?
+    }
+
+    /// How a Floe process reaches this etcd when it is secured (the
+    /// `[etcd]` section).
+    pub fn security(&self) -> floe_meta::EtcdSecurity {
+        self.security.clone().unwrap_or_default()
+    }
+
+    /// The `[etcd]` section of a Floe config file for this etcd (empty when
+    /// it is not secured).
+    pub fn config_toml(&self) -> String {
+        let Some(s) = &self.security else {
+            return String::new();
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().unwrap().display().to_string();
+        format!(
+            "\n[etcd]\nca = {:?}\ncert = {:?}\nkey = {:?}\nuser = \"floe\"\npassword_file = {:?}\n",
+            path(&s.ca),
+            path(&s.cert),
+            path(&s.key),
+            path(&s.password_file),
+        )
+    }
+
+    /// A client of this etcd through Floe's metadata layer.
+    pub async fn meta(&self) -> Result<floe_meta::EtcdStore> {
+        Ok(floe_meta::EtcdStore::connect_with(&[self.url()], &self.security()).await?)
+    }
+
+    fn launch(
+        host: &str,
+        tls: Option<(PathBuf, PathBuf, PathBuf, floe_meta::EtcdSecurity)>,
+    ) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let client_port = free_port();
         let peer_port = free_port();
+        let health_port = free_port();
         let log = tmp.path().join("etcd.log");
         let out = std::fs::File::create(&log)?;
-        let client = format!("http://{host}:{client_port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{host}:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let child = Command::new("etcd")
-            .arg("--name")
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
             .arg("floe-test")
             .arg("--data-dir")
             .arg(tmp.path().join("data"))
@@ -290,8 +392,23 @@ impl Etcd {
             .arg(&peer)
             .arg("--initial-cluster")
             .arg(format!("floe-test={peer}"))
+            // Health over plain HTTP apart from the client port.
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://{host}:{health_port}"))
             .arg("--log-level")
-            .arg("warn")
+            .arg("warn");
+        let mut security = None;
+        if let Some((cert, key, ca, s)) = tls {
+            cmd.arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--trusted-ca-file")
+                .arg(ca)
+                .arg("--client-cert-auth");
+            security = Some(s);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -300,13 +417,14 @@ impl Etcd {
         let mut e = Self {
             host: host.to_string(),
             client_port,
+            security,
             child: Some(child),
             log,
             _tmp: tmp,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if http_get_from(host, client_port, "/health", Duration::from_secs(2))
+            if http_get_from(host, health_port, "/health", Duration::from_secs(2))
                 .map(|b| b.contains("\"health\":\"true\""))
                 .unwrap_or(false)
             {
@@ -328,7 +446,12 @@ impl Etcd {
 
     /// The client URL, as given to `--etcd`.
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.host, self.client_port)
+        let scheme = if self.security.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}:{}", self.host, self.client_port)
     }
 }
 
@@ -674,6 +797,17 @@ impl Drop for Cluster {
 /// The admin API token every test cluster's controllers use.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 
+/// How many of each process a cluster starts with, and its storage.
+struct Layout<'a> {
+    brokers: usize,
+    controllers: usize,
+    lease_ttl_ms: u64,
+    storage_urls: &'a [String],
+    replicas: usize,
+    write_quorum: usize,
+    wrapper: &'a [&'a str],
+}
+
 /// A cluster on a real etcd: controllers and brokers as real processes,
 /// storage in a shared temporary directory. Everything is killed on drop,
 /// also when a test fails.
@@ -754,8 +888,81 @@ impl Cluster {
         write_quorum: usize,
         wrapper: &[&str],
     ) -> Result<Self> {
-        let etcd = Etcd::start()?;
+        let layout = Layout {
+            brokers,
+            controllers,
+            lease_ttl_ms,
+            storage_urls,
+            replicas,
+            write_quorum,
+            wrapper,
+        };
+        Self::assemble(
+            Etcd::start()?,
+            tempfile::tempdir()?,
+            layout,
+            extra_broker_toml,
+        )
+    }
+
+    /// A cluster with its internal traffic secured: every process holds a
+    /// certificate of one cluster CA (`[internal_tls]`), so brokers take
+    /// Kafka requests and tail subscriptions only over mutual TLS with
+    /// it; etcd is served over TLS with client certificates and user
+    /// authentication (see [`Etcd::start_secure`]); controllers take moves
+    /// only with the admin token. The PKI is in [`Cluster::pki`].
+    pub fn start_secure(
+        brokers: usize,
+        controllers: usize,
+        lease_ttl_ms: u64,
+        extra_broker_toml: &str,
+    ) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
+        let pki = tmp.path().join("pki");
+        std::fs::create_dir_all(&pki)?;
+        TestPki::generate(&pki)?;
+        let (cert, key) = TestPki::generate_peer_from(&pki, "floe-internal")?;
+        let etcd = Etcd::start_secure(&pki)?;
+        let toml = format!(
+            "{extra_broker_toml}\n[internal_tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n{}",
+            pki.join("ca.pem").display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+            etcd.config_toml(),
+        );
+        let layout = Layout {
+            brokers,
+            controllers,
+            lease_ttl_ms,
+            storage_urls: &[],
+            replicas: 1,
+            write_quorum: 1,
+            wrapper: &[],
+        };
+        Self::assemble(etcd, tmp, layout, &toml)
+    }
+
+    /// Where [`Cluster::start_secure`] made its certificates (`ca.pem`,
+    /// `ca.key`, `floe-internal.pem`/`.key`, ...).
+    pub fn pki(&self) -> PathBuf {
+        self.tmp.path().join("pki")
+    }
+
+    fn assemble(
+        etcd: Etcd,
+        tmp: tempfile::TempDir,
+        layout: Layout<'_>,
+        extra_broker_toml: &str,
+    ) -> Result<Self> {
+        let Layout {
+            brokers,
+            controllers,
+            lease_ttl_ms,
+            storage_urls,
+            replicas,
+            write_quorum,
+            wrapper,
+        } = layout;
         let storage = tmp.path().join("objects");
         std::fs::create_dir_all(&storage)?;
         let mut storage_args = Vec::new();
@@ -821,6 +1028,8 @@ impl Cluster {
                 format!("127.0.0.1:{admin_port}"),
                 "--admin-token-file".into(),
                 token_file.display().to_string(),
+                "--config".into(),
+                self.broker_toml.display().to_string(),
             ],
             log: self.tmp.path().join(format!("{name}.log")),
             name,
@@ -1002,9 +1211,10 @@ impl Cluster {
         let mut attempt = 0;
         loop {
             let leader = self.wait_leader(Duration::from_secs(30))?;
-            match http_post(
+            match http_post_with(
                 self.controllers[leader].http_port,
                 &format!("/v1/move?topic={topic}&partition={partition}&broker={broker}"),
+                Some(ADMIN_TOKEN),
             ) {
                 Ok(body) => return Ok(body.trim().parse()?),
                 Err(e) if attempt < 5 && e.to_string().contains(" 409 ") => {
@@ -1018,7 +1228,7 @@ impl Cluster {
 
     /// A client of the cluster's etcd (through Floe's own metadata layer).
     pub async fn meta(&self) -> Result<floe_meta::EtcdStore> {
-        Ok(floe_meta::EtcdStore::connect(&[self.etcd.url()]).await?)
+        self.etcd.meta().await
     }
 
     /// The state a partition's owner publishes in etcd, if it has one.
@@ -1057,11 +1267,17 @@ impl Cluster {
 }
 
 pub fn http_post(port: u16, path: &str) -> Result<String> {
+    http_post_with(port, path, None)
+}
+
+/// [`http_post`] with `Authorization: Bearer <token>`.
+pub fn http_post_with(port: u16, path: &str, token: Option<&str>) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
@@ -1492,6 +1708,18 @@ impl TestPki {
     /// by the CA [`TestPki::generate`] made in `dir`: (cert, key).
     pub fn generate_server_from(dir: &Path, cn: &str) -> Result<(PathBuf, PathBuf)> {
         issue(dir, cn, cn, SERVER_EXT)
+    }
+
+    /// A certificate for both ends of a TLS connection (server and client
+    /// use; 127.0.0.1) with subject `CN=cn`, signed by the CA in `dir`:
+    /// what one cluster process presents.
+    pub fn generate_peer_from(dir: &Path, cn: &str) -> Result<(PathBuf, PathBuf)> {
+        issue(
+            dir,
+            cn,
+            cn,
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
     }
 
     /// A client certificate with subject `CN=cn` signed by the CA in `dir`.

@@ -18,8 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{http_server, load_config, wait_for_signal, BrokerArgs, ControllerArgs, ProxyArgs};
 
-async fn connect(endpoints: &[String]) -> Result<Arc<dyn MetadataStore>> {
-    let store = EtcdStore::connect(endpoints)
+/// Connect to etcd with the `[etcd]` settings of the config file at
+/// `config`.
+async fn connect(
+    endpoints: &[String],
+    config: Option<&std::path::Path>,
+) -> Result<Arc<dyn MetadataStore>> {
+    let security = crate::load_etcd_security(config)?;
+    let store = EtcdStore::connect_with(endpoints, &security)
         .await
         .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
     Ok(Arc::new(store))
@@ -158,7 +164,8 @@ async fn read_pool(meta: &dyn MetadataStore) -> Result<Option<StoragePoolRecord>
 pub async fn broker(args: BrokerArgs) -> Result<()> {
     let mut config = load_config(args.config.as_deref())?;
     config.node_id = args.id;
-    let meta = connect(&args.etcd).await?;
+    let internal_tls = crate::load_internal_tls(args.config.as_deref())?;
+    let meta = connect(&args.etcd, args.config.as_deref()).await?;
     // The first controller initialises the cluster; wait for it.
     let (cluster_id, pool) = cluster_identity(&*meta).await?;
     let pool = Arc::new(open_pool(&pool)?);
@@ -170,6 +177,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
         config.sasl_mechanisms.clone(),
         config.reauth_ms,
         &config.listeners,
+        internal_tls.as_ref(),
     )?;
     let endpoints = floe_kafka::listener::endpoints(&listeners)?;
     let host = endpoints[0].host.clone();
@@ -215,6 +223,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     let tail_task = tokio::spawn(floe_broker::tail::serve(
         tail,
         node.clone(),
+        internal_tls.clone(),
         serve_token.clone(),
     ));
     let (mn, rn) = (node.clone(), node.clone());
@@ -276,7 +285,7 @@ async fn cluster_identity(meta: &dyn MetadataStore) -> Result<(String, StoragePo
 
 pub async fn proxy(args: ProxyArgs) -> Result<()> {
     let config = crate::load_proxy_config(args.config.as_deref())?;
-    let meta = connect(&args.etcd).await?;
+    let meta = connect(&args.etcd, args.config.as_deref()).await?;
     let (cluster_id, pool) = cluster_identity(&*meta).await?;
     let pool = Arc::new(open_pool(&pool)?);
     let listeners = crate::plan_listeners(
@@ -287,6 +296,7 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
         config.sasl_mechanisms.clone(),
         config.reauth_ms,
         &config.listeners,
+        None,
     )?;
     let endpoints = floe_kafka::listener::endpoints(&listeners)?;
     let shutdown = CancellationToken::new();
@@ -350,7 +360,7 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
 }
 
 pub async fn controller(args: ControllerArgs) -> Result<()> {
-    let meta = connect(&args.etcd).await?;
+    let meta = connect(&args.etcd, args.config.as_deref()).await?;
     let clock: SharedClock = Arc::new(SystemClock);
     let cluster_id = floe_controller::ensure_cluster_id(&*meta, clock.now_ms()).await?;
     if read_pool(&*meta).await?.is_none() {
@@ -429,7 +439,24 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
-    let state = Arc::new(ControllerState::new(meta.clone(), id.clone()));
+    let admin_token = match (&args.admin_token_file, std::env::var("FLOE_ADMIN_TOKEN")) {
+        (Some(f), _) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the admin token {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, Ok(t)) => Some(t.trim().to_string()),
+        (None, Err(_)) => None,
+    };
+    let admin_token = admin_token.filter(|t| !t.is_empty());
+    let internal_tls = crate::load_internal_tls(args.config.as_deref())?.map(Arc::new);
+    let state = Arc::new(ControllerState::new(
+        meta.clone(),
+        id.clone(),
+        admin_token.clone(),
+        internal_tls,
+    ));
     let shutdown = CancellationToken::new();
     spawn_pool_watch(meta.clone(), pool.clone(), shutdown.child_token());
     let lapsed = CancellationToken::new();
@@ -445,17 +472,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
         state.clone(),
         shutdown.clone(),
     ));
-    let admin_token = match (&args.admin_token_file, std::env::var("FLOE_ADMIN_TOKEN")) {
-        (Some(f), _) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading the admin token {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        (None, Ok(t)) => Some(t.trim().to_string()),
-        (None, Err(_)) => None,
-    };
-    let admin_task = match admin_token.filter(|t| !t.is_empty()) {
+    let admin_task = match admin_token {
         Some(token) => {
             let tls = floe_controller::admin::server_tls(
                 args.admin_tls_cert.as_deref(),

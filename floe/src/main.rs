@@ -91,6 +91,10 @@ struct ControllerArgs {
     /// etcd endpoints, comma-separated (http://host:port,...).
     #[arg(long, env = "FLOE_ETCD", value_delimiter = ',', required = true)]
     etcd: Vec<String>,
+    /// Config file (TOML); a controller reads its `[internal_tls]` (the
+    /// cluster identity it presents to brokers) and `[etcd]`.
+    #[arg(long, env = "FLOE_CONFIG")]
+    config: Option<PathBuf>,
     /// This controller's id (default: a random one).
     #[arg(long, env = "FLOE_CONTROLLER_ID")]
     id: Option<String>,
@@ -180,6 +184,11 @@ struct FileConfig {
     /// ACL checks of every Kafka request (docs/security.md).
     #[serde(default)]
     authorizer: floe_kafka::acl::AuthorizerConfig,
+    /// The cluster's identity for internal traffic (docs/security.md).
+    internal_tls: Option<floe_kafka::tls::InternalTls>,
+    /// How to reach a secured etcd (docs/security.md).
+    #[serde(default)]
+    etcd: floe_meta::EtcdSecurity,
 }
 
 /// The environment variable that allows a `[faults]` section.
@@ -222,7 +231,21 @@ pub(crate) fn load_config(path: Option<&Path>) -> Result<BrokerConfig> {
 }
 
 pub(crate) fn load_proxy_config(path: Option<&Path>) -> Result<floe_proxy::ProxyConfig> {
-    Ok(load_file(path)?.proxy)
+    let file = load_file(path)?;
+    Ok(floe_proxy::ProxyConfig {
+        internal_tls: file.internal_tls.map(std::sync::Arc::new),
+        ..file.proxy
+    })
+}
+
+pub(crate) fn load_etcd_security(path: Option<&Path>) -> Result<floe_meta::EtcdSecurity> {
+    Ok(load_file(path)?.etcd)
+}
+
+pub(crate) fn load_internal_tls(
+    path: Option<&Path>,
+) -> Result<Option<floe_kafka::tls::InternalTls>> {
+    Ok(load_file(path)?.internal_tls)
 }
 
 pub(crate) fn load_authorizer_config(
@@ -325,6 +348,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
         file_proxy.sasl_mechanisms.clone(),
         file_proxy.reauth_ms,
         &file_proxy.listeners,
+        None,
     )?;
     let endpoints = floe_kafka::listener::endpoints(&listeners)?;
 
@@ -410,6 +434,7 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let tail_task = tokio::spawn(floe_broker::tail::serve(
         tail,
         node.clone(),
+        None,
         serve_token.clone(),
     ));
     let servers = floe_kafka::listener::spawn_all(bound, proxy.clone(), serve_token.clone());
@@ -446,7 +471,10 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
 }
 
 /// HOST:PORT advertised to clients: `--advertise`, else the listen address.
-/// A process's Kafka listeners from its flags and its config section.
+/// A process's Kafka listeners from its flags and its config section;
+/// with `internal` (a broker with `[internal_tls]`) the `--listen` one is
+/// the cluster-internal listener: mutual TLS with the cluster CA.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn plan_listeners(
     listen: SocketAddr,
     advertise: Option<&str>,
@@ -455,15 +483,29 @@ pub(crate) fn plan_listeners(
     sasl_mechanisms: Option<Vec<String>>,
     reauth_ms: Option<u64>,
     extra: &[floe_kafka::listener::ListenerConfig],
+    internal: Option<&floe_kafka::tls::InternalTls>,
 ) -> Result<Vec<floe_kafka::listener::ListenerConfig>> {
-    let first = floe_kafka::listener::ListenerConfig {
-        name: String::new(),
-        listen,
-        advertise: advertise.map(str::to_string),
-        protocol,
-        tls: None,
-        sasl_mechanisms,
-        reauth_ms,
+    let first = match internal {
+        Some(i) => floe_kafka::listener::ListenerConfig {
+            name: "INTERNAL".into(),
+            listen,
+            advertise: advertise.map(str::to_string),
+            protocol: floe_kafka::listener::SecurityProtocol::Ssl,
+            tls: Some(i.server_settings()),
+            sasl_mechanisms: None,
+            reauth_ms: None,
+            internal: true,
+        },
+        None => floe_kafka::listener::ListenerConfig {
+            name: String::new(),
+            listen,
+            advertise: advertise.map(str::to_string),
+            protocol,
+            tls: None,
+            sasl_mechanisms,
+            reauth_ms,
+            internal: false,
+        },
     };
     Ok(floe_kafka::listener::plan(first, tls, extra)?)
 }

@@ -98,6 +98,12 @@ pub struct ListenerConfig {
     /// ever).
     #[serde(default)]
     pub reauth_ms: Option<u64>,
+    /// The cluster-internal listener (mutual TLS with the cluster CA,
+    /// `[internal_tls]`): its clients are Floe's own processes, trusted
+    /// with every request (their own checks were made where the client
+    /// is).
+    #[serde(skip)]
+    pub internal: bool,
 }
 
 /// The SASL mechanisms of a listener with none configured.
@@ -112,6 +118,8 @@ pub struct Listener {
     pub sasl: Option<Arc<crate::authn::SaslSettings>>,
     /// The ACLs every request on it is checked against (None: no checks).
     pub authorizer: Option<Arc<crate::acl::Authorizer>>,
+    /// Floe's own processes only (see `ListenerConfig::internal`).
+    pub internal: bool,
 }
 
 impl Listener {
@@ -123,6 +131,7 @@ impl Listener {
             tls: None,
             sasl: None,
             authorizer: None,
+            internal: false,
         }
     }
 }
@@ -137,6 +146,8 @@ pub struct Peer {
     principal: RwLock<Arc<str>>,
     /// The ACLs its requests are checked against (None: no checks).
     pub authorizer: Option<Arc<crate::acl::Authorizer>>,
+    /// A Floe process on the internal listener: trusted.
+    pub internal: bool,
 }
 
 impl Peer {
@@ -151,6 +162,7 @@ impl Peer {
                     .unwrap_or_else(|| ANONYMOUS.to_string()),
             )),
             authorizer: listener.authorizer.clone(),
+            internal: listener.internal,
         }
     }
 
@@ -711,6 +723,7 @@ pub async fn bind(
                 tls,
                 sasl,
                 authorizer: authorizer.clone(),
+                internal: l.internal,
             },
             socket,
         ));
@@ -903,6 +916,7 @@ mod tests {
             tls: Some(server.clone()),
             sasl: None,
             authorizer: None,
+            internal: false,
         };
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
@@ -1027,6 +1041,7 @@ mod tests {
             tls: None,
             sasl_mechanisms: None,
             reauth_ms: None,
+            internal: false,
         };
         let first = |addr: &str, advertise: Option<&str>, protocol| ListenerConfig {
             name: String::new(),

@@ -489,3 +489,89 @@ mod tests {
         assert_ne!(Arc::as_ptr(&server.config.read().unwrap()), before);
     }
 }
+
+/// The cluster's identity for internal traffic (`[internal_tls]`): one CA
+/// signs a certificate for every Floe process. With it a broker's Kafka
+/// listener (the one proxies use) and its tail push admit only holders of
+/// such a certificate (mutual TLS), and proxies and controllers present
+/// theirs when they connect to brokers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InternalTls {
+    /// The cluster CA (PEM).
+    pub ca: PathBuf,
+    /// This process's certificate chain (PEM; server and client).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+}
+
+impl InternalTls {
+    /// Server settings of an internal listener: this certificate, clients
+    /// must present one the cluster CA signed.
+    pub fn server_settings(&self) -> TlsSettings {
+        TlsSettings {
+            cert: Some(self.cert.clone()),
+            key: Some(self.key.clone()),
+            client_ca: Some(self.ca.clone()),
+            client_auth: Some(ClientAuth::Required),
+            principal_mapping_rules: Vec::new(),
+            reload_check_ms: None,
+        }
+    }
+
+    /// A client configuration trusting the cluster CA and presenting this
+    /// certificate (read from the files now: a rotated certificate is used
+    /// by the next connection).
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for c in certs(&self.ca)? {
+            roots.add(c).map_err(|e| file_err(&self.ca, e))?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs(&self.cert)?, key(&self.key)?)
+            .map_err(|e| TlsError::Config(format!("certificate and key: {e}")))?;
+        Ok(Arc::new(config))
+    }
+
+    /// The PEM files' contents (for tonic's TLS).
+    pub fn pem(&self) -> Result<Pem, TlsError> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| file_err(p, e));
+        Ok(Pem {
+            ca: read(&self.ca)?,
+            cert: read(&self.cert)?,
+            key: read(&self.key)?,
+        })
+    }
+
+    /// A TLS connection to `host` over `tcp`.
+    pub async fn connect(
+        &self,
+        tcp: tokio::net::TcpStream,
+        host: &str,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let config = self.client_config().map_err(std::io::Error::other)?;
+        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| std::io::Error::other(format!("server name {host:?}: {e}")))?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+    }
+}
+
+/// The contents of an [`InternalTls`]'s files.
+pub struct Pem {
+    pub ca: Vec<u8>,
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// Whether two secrets are equal, in time that does not depend on where
+/// they differ (for bearer tokens).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}

@@ -33,17 +33,103 @@ impl std::fmt::Debug for EtcdStore {
 /// Each request's deadline: a write that outlives it is `Indeterminate`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How to reach a secured etcd (`[etcd]` of the config file): TLS with
+/// the etcd cluster's CA and optionally a client certificate, and/or an
+/// etcd user (role-based access, `etcdctl auth enable`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdSecurity {
+    /// CA certificate(s) (PEM) that signed etcd's server certificate; with
+    /// it the endpoints are `https://`.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for etcd's `--client-cert-auth`.
+    pub cert: Option<std::path::PathBuf>,
+    /// Its key (PEM).
+    pub key: Option<std::path::PathBuf>,
+    /// etcd user name (with `password_file`, or FLOE_ETCD_PASSWORD).
+    pub user: Option<String>,
+    /// File holding that user's password.
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl EtcdSecurity {
+    /// The user and password, the password from `password_file` or, without
+    /// one, the environment variable `FLOE_ETCD_PASSWORD`.
+    fn credentials(&self) -> Result<Option<(String, String)>, MetaError> {
+        let Some(user) = &self.user else {
+            if self.password_file.is_some() {
+                return Err(MetaError::Invalid(
+                    "[etcd] password_file without user".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let password = match &self.password_file {
+            Some(f) => std::fs::read_to_string(f)
+                .map_err(|e| {
+                    MetaError::Invalid(format!("reading the etcd password {}: {e}", f.display()))
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            None => std::env::var("FLOE_ETCD_PASSWORD").map_err(|_| {
+                MetaError::Invalid(format!(
+                    "etcd user {user:?} without a password: set [etcd] password_file or FLOE_ETCD_PASSWORD"
+                ))
+            })?,
+        };
+        Ok(Some((user.clone(), password)))
+    }
+
+    fn tls(&self) -> Result<Option<etcd_client::TlsOptions>, MetaError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| MetaError::Invalid(format!("reading {}: {e}", p.display())))
+        };
+        let mut tls = match &self.ca {
+            Some(ca) => etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?)),
+            None if self.cert.is_some() => etcd_client::TlsOptions::new(),
+            None => return Ok(None),
+        };
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                tls = tls.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));
+            }
+            (None, None) => {}
+            _ => return Err(MetaError::Invalid("[etcd] cert and key go together".into())),
+        }
+        Ok(Some(tls))
+    }
+}
+
 impl EtcdStore {
     /// Connect to etcd at `endpoints` (`http://host:port`, or `host:port`).
     pub async fn connect(endpoints: &[String]) -> Result<Self, MetaError> {
+        Self::connect_with(endpoints, &EtcdSecurity::default()).await
+    }
+
+    /// [`EtcdStore::connect`] to a secured etcd (`https://` endpoints with
+    /// TLS).
+    pub async fn connect_with(
+        endpoints: &[String],
+        security: &EtcdSecurity,
+    ) -> Result<Self, MetaError> {
         if endpoints.is_empty() {
             return Err(MetaError::Invalid("no etcd endpoints given".into()));
         }
-        let opts = ConnectOptions::new()
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = security.tls()? {
+            opts = opts.with_tls(tls);
+        }
+        if let Some((user, password)) = security.credentials()? {
+            // etcd's tokens lapse (--auth-token-ttl): take a new one when
+            // a request finds it expired.
+            opts = opts.with_user(user, password).with_auto_token_refresh(true);
+        }
         let client = Client::connect(endpoints, Some(opts)).await.map_err(|e| {
             MetaError::Unavailable(format!("connecting to etcd {endpoints:?}: {e}"))
         })?;

@@ -16,7 +16,7 @@ pub mod store;
 pub mod topics;
 
 pub use embedded::EmbeddedStore;
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdSecurity, EtcdStore};
 pub use follow::{Follow, Follower};
 pub use store::{
     Condition, KeyValue, LeaseId, MetaError, MetadataStore, Op, Revision, Txn, TxnOutcome,

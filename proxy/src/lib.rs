@@ -74,6 +74,10 @@ pub struct ProxyConfig {
     /// own partitions, which the proxy holds until their next owner writes
     /// them (no client retry). Off: every partition is led by a proxy node.
     pub owner_nodes: bool,
+    /// The cluster's identity for connections to brokers (`[internal_tls]`
+    /// of the config file, not of `[proxy]`).
+    #[serde(skip)]
+    pub internal_tls: Option<Arc<floe_kafka::tls::InternalTls>>,
 }
 
 impl Default for ProxyConfig {
@@ -93,6 +97,7 @@ impl Default for ProxyConfig {
             lease_ttl_ms: 5_000,
             produce_hold_ms: 250,
             owner_nodes: true,
+            internal_tls: None,
         }
     }
 }
@@ -216,12 +221,13 @@ impl Proxy {
         let tails = Tails::new(
             view.clone(),
             pool,
+            config.internal_tls.clone(),
             cache,
             metrics.clone(),
             shutdown.child_token(),
         );
         let proxy = Arc::new(Self {
-            config,
+            config: config.clone(),
             cluster_id,
             record,
             view,
@@ -229,9 +235,9 @@ impl Proxy {
             requests: Arc::new(requests),
             metrics,
             lanes: Default::default(),
-            produce_pool: Default::default(),
+            produce_pool: upstream::Pool::new(config.internal_tls.clone()),
             broker_health: Default::default(),
-            admin_pool: Default::default(),
+            admin_pool: upstream::Pool::new(config.internal_tls.clone()),
             round_robin: AtomicUsize::new(0),
             lease,
             meta: meta.clone(),

@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use floe_common::PartitionId;
+use floe_kafka::tls::InternalTls;
 use floe_rpc::tail::{append_chunks, pb, snapshot_state, TailClient, MAX_MESSAGE_BYTES};
 use floe_storage::log::{LogState, PartitionLog};
 use floe_storage::{BlockCache, StoragePool};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::metrics::ProxyMetrics;
 use crate::view::View;
@@ -66,6 +67,8 @@ impl Follower {
 pub struct Tails {
     view: Arc<View>,
     pool: Arc<StoragePool>,
+    /// The cluster's identity: push streams then run over mutual TLS.
+    tls: Option<Arc<InternalTls>>,
     pub cache: BlockCache,
     metrics: Arc<ProxyMetrics>,
     followers: Mutex<HashMap<PartitionId, Arc<Follower>>>,
@@ -78,6 +81,7 @@ impl Tails {
     pub fn new(
         view: Arc<View>,
         pool: Arc<StoragePool>,
+        tls: Option<Arc<InternalTls>>,
         cache: BlockCache,
         metrics: Arc<ProxyMetrics>,
         shutdown: CancellationToken,
@@ -85,6 +89,7 @@ impl Tails {
         Arc::new(Self {
             view,
             pool,
+            tls,
             cache,
             metrics,
             followers: Default::default(),
@@ -123,8 +128,24 @@ impl Tails {
         if let Some(ch) = c.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
+        let endpoint = match &self.tls {
+            None => Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?,
+            Some(tls) => {
+                let pem = tls.pem().map_err(|e| e.to_string())?;
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                Endpoint::from_shared(format!("https://{addr}"))
+                    .map_err(|e| e.to_string())?
+                    .tls_config(
+                        ClientTlsConfig::new()
+                            .ca_certificate(Certificate::from_pem(pem.ca))
+                            .identity(Identity::from_pem(pem.cert, pem.key))
+                            .domain_name(host),
+                    )
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        let ch = endpoint
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use floe_kafka::tls::InternalTls;
 use floe_meta::schema::BrokerRecord;
 use floe_protocol::frame::{read_frame, PartsBuf};
 use floe_protocol::produce_frame::FrameParts;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -49,17 +50,20 @@ pub struct Conn {
     broker: i32,
     host: String,
     port: i32,
+    /// The cluster's identity, presented over TLS, when it has one.
+    tls: Option<Arc<InternalTls>>,
     tx: Mutex<Option<mpsc::UnboundedSender<Outgoing>>>,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Conn {
-    pub fn new(b: &BrokerRecord) -> Self {
+    pub fn new(b: &BrokerRecord, tls: Option<Arc<InternalTls>>) -> Self {
         Self {
             broker: b.broker_id,
             host: b.host.clone(),
             port: b.port,
+            tls,
             tx: Mutex::new(None),
         }
     }
@@ -97,24 +101,57 @@ impl Conn {
 
     fn spawn(&self) -> mpsc::UnboundedSender<Outgoing> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(self.broker, format!("{}:{}", self.host, self.port), rx));
+        tokio::spawn(connect_and_run(
+            self.broker,
+            self.host.clone(),
+            self.port,
+            self.tls.clone(),
+            rx,
+        ));
         tx
     }
 }
 
-async fn run(broker: i32, addr: String, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return fail_all(&mut rx, UpstreamError::Connect(broker, e.to_string())),
-        Err(_) => {
-            return fail_all(
-                &mut rx,
-                UpstreamError::Connect(broker, format!("connecting to {addr} timed out")),
-            )
+async fn connect_and_run(
+    broker: i32,
+    host: String,
+    port: i32,
+    tls: Option<Arc<InternalTls>>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let addr = format!("{host}:{port}");
+    let connect = async {
+        let tcp = TcpStream::connect(&addr).await?;
+        let _ = tcp.set_nodelay(true);
+        match &tls {
+            Some(tls) => Ok(Either::Tls(Box::new(tls.connect(tcp, &host).await?))),
+            None => Ok(Either::Plain(tcp)),
         }
     };
-    let _ = stream.set_nodelay(true);
-    let (mut rd, wr) = stream.into_split();
+    let stream: std::io::Result<Either> = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await
+    {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::other(format!(
+            "connecting to {addr} timed out"
+        ))),
+    };
+    match stream {
+        Ok(Either::Plain(s)) => run(broker, s, rx).await,
+        Ok(Either::Tls(s)) => run(broker, *s, rx).await,
+        Err(e) => fail_all(&mut rx, UpstreamError::Connect(broker, e.to_string())),
+    }
+}
+
+enum Either {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn run<S>(broker: i32, stream: S, mut rx: mpsc::UnboundedReceiver<Outgoing>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
     let pending: Arc<Mutex<HashMap<i32, Reply>>> = Default::default();
     let reader_pending = pending.clone();
     let mut reader = tokio::spawn(async move {
@@ -213,9 +250,19 @@ fn fail_all(rx: &mut mpsc::UnboundedReceiver<Outgoing>, err: UpstreamError) {
 #[derive(Default)]
 pub struct Pool {
     conns: Mutex<HashMap<i32, Arc<Conn>>>,
+    tls: Option<Arc<InternalTls>>,
 }
 
 impl Pool {
+    /// A pool whose connections present the cluster's identity over TLS
+    /// (brokers with `[internal_tls]` admit nothing else).
+    pub fn new(tls: Option<Arc<InternalTls>>) -> Self {
+        Self {
+            conns: Default::default(),
+            tls,
+        }
+    }
+
     /// The connection to broker `b` (a new one when the broker came back at
     /// another address; the old one drains what it has in flight).
     pub fn get(&self, b: &BrokerRecord) -> Arc<Conn> {
@@ -223,7 +270,7 @@ impl Pool {
         match c.get(&b.broker_id) {
             Some(conn) if conn.host == b.host && conn.port == b.port => conn.clone(),
             _ => {
-                let conn = Arc::new(Conn::new(b));
+                let conn = Arc::new(Conn::new(b, self.tls.clone()));
                 c.insert(b.broker_id, conn.clone());
                 conn
             }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
+use floe_kafka::tls::InternalTls;
 use floe_meta::schema::BrokerRecord;
 use floe_meta::{keys, MetadataStore};
 use floe_protocol::kafka_protocol::messages::{
@@ -20,8 +21,13 @@ use floe_rpc::admin as pb;
 
 const VERSION: i16 = 5;
 
-/// One ListGroups round trip to a broker's Kafka listener.
-async fn list_one(addr: &str) -> anyhow::Result<ListGroupsResponse> {
+/// One ListGroups round trip to a broker's Kafka listener (over mutual TLS
+/// with the cluster's identity when there is one).
+async fn list_one(
+    host: &str,
+    port: i32,
+    tls: Option<&InternalTls>,
+) -> anyhow::Result<ListGroupsResponse> {
     let api = ApiKey::ListGroups;
     let mut buf = BytesMut::new();
     buf.put_i32(0);
@@ -35,7 +41,11 @@ async fn list_one(addr: &str) -> anyhow::Result<ListGroupsResponse> {
     let len = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let tcp = tokio::net::TcpStream::connect((host, port as u16)).await?;
+        let mut s: Box<dyn Stream> = match tls {
+            Some(tls) => Box::new(tls.connect(tcp, host).await?),
+            None => Box::new(tcp),
+        };
         s.write_all(&buf).await?;
         let n = s.read_i32().await?;
         if !(0..=64 << 20).contains(&n) {
@@ -55,7 +65,13 @@ async fn list_one(addr: &str) -> anyhow::Result<ListGroupsResponse> {
     Ok(r)
 }
 
-pub async fn list(meta: &dyn MetadataStore) -> Result<pb::GroupList, Status> {
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
+
+pub async fn list(
+    meta: &dyn MetadataStore,
+    tls: Option<&InternalTls>,
+) -> Result<pb::GroupList, Status> {
     let (kvs, _) = meta
         .range(&keys::brokers_prefix())
         .await
@@ -65,12 +81,11 @@ pub async fn list(meta: &dyn MetadataStore) -> Result<pb::GroupList, Status> {
         .filter(|kv| keys::parse_broker(&kv.key).is_some())
         .filter_map(|kv| BrokerRecord::decode(kv.value.clone()).ok())
         .collect();
-    let answers = futures::future::join_all(brokers.iter().map(|b| async move {
-        (
-            b.broker_id,
-            list_one(&format!("{}:{}", b.host, b.port)).await,
-        )
-    }))
+    let answers = futures::future::join_all(
+        brokers
+            .iter()
+            .map(|b| async move { (b.broker_id, list_one(&b.host, b.port, tls).await) }),
+    )
     .await;
     let mut out = pb::GroupList::default();
     for (broker, answer) in answers {

@@ -1,8 +1,10 @@
-//! The controller process's state as its endpoints see it (its id, and
-//! the leading controller while this process leads), partition moves made
-//! through the leader (a standby forwards them to the leader's internal
-//! HTTP call), and the controller's HTTP endpoint: health, readiness,
-//! leadership and that internal move call.
+//! The controller process's state as its endpoints see it (its id, its
+//! credentials, and the leading controller while this process leads),
+//! partition moves made through the leader (a standby forwards them to the
+//! leader's internal HTTP call, with the admin token), and the controller's
+//! HTTP endpoint: health, readiness, leadership and that internal move
+//! call, which takes the admin token (loopback callers only when the
+//! controller has none).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,8 @@ use floe_meta::{keys, MetadataStore};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
+use floe_kafka::tls::{constant_time_eq, InternalTls};
+
 use crate::{Controller, MoveError};
 
 pub struct ControllerState {
@@ -20,14 +24,26 @@ pub struct ControllerState {
     /// Set while this process leads.
     leader: std::sync::RwLock<Option<Arc<Controller>>>,
     id: String,
+    /// The admin API's bearer token: `/v1/move` requires it, and a standby
+    /// presents it when it forwards a move.
+    token: Option<String>,
+    /// The cluster's identity, presented to brokers (ListGroups).
+    pub internal_tls: Option<Arc<InternalTls>>,
 }
 
 impl ControllerState {
-    pub fn new(meta: Arc<dyn MetadataStore>, id: String) -> Self {
+    pub fn new(
+        meta: Arc<dyn MetadataStore>,
+        id: String,
+        token: Option<String>,
+        internal_tls: Option<Arc<InternalTls>>,
+    ) -> Self {
         Self {
             meta,
             leader: Default::default(),
             id,
+            token: token.filter(|t| !t.is_empty()),
+            internal_tls,
         }
     }
 
@@ -71,7 +87,7 @@ pub async fn move_on_leader(
         "/v1/move?topic={topic}&partition={}&broker={broker}",
         p.partition
     );
-    match http_post(&record.http, &path).await {
+    match http_post(&record.http, &path, state.token.as_deref()).await {
         Ok((200, body)) => body
             .trim()
             .parse()
@@ -85,14 +101,16 @@ pub async fn move_on_leader(
     }
 }
 
-/// A minimal HTTP/1.1 POST (status, body) to a controller's internal API.
-async fn http_post(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+/// A minimal HTTP/1.1 POST (status, body) to a controller's internal API,
+/// with the admin token when there is one.
+async fn http_post(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::other("connect timed out"))??;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     s.write_all(
-        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")
             .as_bytes(),
     )
     .await?;
@@ -117,8 +135,11 @@ struct MoveRequest {
     broker: i32,
 }
 
-/// The controller's HTTP endpoint: health, whether it leads, and the
-/// internal move call (the operator-facing API is gRPC, in its own issue).
+/// The controller's HTTP endpoint: health, whether it leads (nothing that
+/// needs a credential), and the internal move call, which does: the admin
+/// token as `Authorization: Bearer`, or, on a controller without one, a
+/// caller on loopback. Operators move partitions through the admin API
+/// (`floectl move`); this call is how a standby hands a move to the leader.
 pub async fn http(
     listener: tokio::net::TcpListener,
     state: Arc<ControllerState>,
@@ -166,15 +187,64 @@ pub async fn http(
         .route(
             "/v1/move",
             post(
-                move |axum::extract::Query(q): axum::extract::Query<MoveRequest>| {
+                move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                    std::net::SocketAddr,
+                >,
+                      headers: axum::http::HeaderMap,
+                      axum::extract::Query(q): axum::extract::Query<MoveRequest>| {
                     let state = move_state.clone();
-                    async move { move_partition(&state, q).await }
+                    async move {
+                        let given = headers
+                            .get(axum::http::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok());
+                        if let Err(refused) = may_move(&state, peer, given) {
+                            return refused;
+                        }
+                        move_partition(&state, q).await
+                    }
                 },
             ),
         );
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let _ = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await;
+}
+
+/// Whether `peer`, presenting `authorization`, may move partitions: with
+/// the admin token (compared in constant time) when the controller has one,
+/// from loopback when it has none.
+fn may_move(
+    state: &ControllerState,
+    peer: std::net::SocketAddr,
+    authorization: Option<&str>,
+) -> Result<(), (axum::http::StatusCode, String)> {
+    use axum::http::StatusCode;
+    match &state.token {
+        Some(token) => {
+            let given = authorization
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                return Ok(());
+            }
+            tracing::warn!(%peer, token_given = authorization.is_some(), "move refused: missing or wrong bearer token");
+            Err((
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (the admin API's; or use floectl move)\n".into(),
+            ))
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => {
+            tracing::warn!(%peer, "move refused: this controller has no admin token, so only loopback callers may move");
+            Err((
+                StatusCode::FORBIDDEN,
+                "this controller has no admin token: moves are taken from loopback only\n".into(),
+            ))
+        }
+    }
 }
 
 async fn move_partition(
