@@ -213,7 +213,8 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
         shutdown.child_token(),
     )
     .await?;
-    let bound = floe_kafka::listener::bind(&listeners, users, az.clone(), &shutdown).await?;
+    let oauth = crate::oauth_validator(args.config.as_deref(), shutdown.child_token()).await?;
+    let bound = floe_kafka::listener::bind(&listeners, users, oauth, az.clone(), &shutdown).await?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
@@ -307,7 +308,8 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
         shutdown.child_token(),
     )
     .await?;
-    let bound = floe_kafka::listener::bind(&listeners, users, az.clone(), &shutdown).await?;
+    let oauth = crate::oauth_validator(args.config.as_deref(), shutdown.child_token()).await?;
+    let bound = floe_kafka::listener::bind(&listeners, users, oauth, az.clone(), &shutdown).await?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;

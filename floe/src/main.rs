@@ -189,6 +189,9 @@ struct FileConfig {
     /// How to reach a secured etcd (docs/security.md).
     #[serde(default)]
     etcd: floe_meta::EtcdSecurity,
+    /// OAUTHBEARER: where the identity provider's keys are and what a
+    /// token must say (docs/security.md).
+    oauthbearer: Option<floe_kafka::oauth::OAuthSettings>,
 }
 
 /// The environment variable that allows a `[faults]` section.
@@ -362,7 +365,8 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
         shutdown.child_token(),
     )
     .await?;
-    let bound = floe_kafka::listener::bind(&listeners, users, az.clone(), &shutdown).await?;
+    let oauth = oauth_validator(args.config.as_deref(), shutdown.child_token()).await?;
+    let bound = floe_kafka::listener::bind(&listeners, users, oauth, az.clone(), &shutdown).await?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener {}", args.http_listen))?;
@@ -508,6 +512,21 @@ pub(crate) fn plan_listeners(
         },
     };
     Ok(floe_kafka::listener::plan(first, tls, extra)?)
+}
+
+/// The OAUTHBEARER validator of `[oauthbearer]`, if the file has one
+/// (a JWKS URL is fetched before this returns, or retried in the
+/// background).
+pub(crate) async fn oauth_validator(
+    path: Option<&Path>,
+    shutdown: CancellationToken,
+) -> Result<Option<Arc<floe_kafka::oauth::OAuthValidator>>> {
+    let Some(settings) = load_file(path)?.oauthbearer else {
+        return Ok(None);
+    };
+    let v = floe_kafka::oauth::OAuthValidator::new(settings).context("[oauthbearer]")?;
+    v.start(shutdown).await;
+    Ok(Some(v))
 }
 
 /// SASL users (`/floe/users/`), followed until `shutdown`.

@@ -30,6 +30,8 @@ pub struct SaslSettings {
     /// Session lifetime (None: sessions do not expire).
     pub reauth: Option<Duration>,
     pub credentials: Arc<dyn Credentials>,
+    /// Validates OAUTHBEARER tokens (`[oauthbearer]`).
+    pub oauth: Option<Arc<crate::oauth::OAuthValidator>>,
     /// This process's secret for made-up credentials of unknown users.
     pub secret: Arc<[u8]>,
 }
@@ -115,7 +117,8 @@ impl Authenticator {
         metrics: &RequestMetrics,
         mechanism: Mechanism,
         principal: &str,
-    ) -> Result<(), SaslError> {
+        expires_ms: Option<i64>,
+    ) -> Result<Option<Duration>, SaslError> {
         if self.authenticated && *peer.principal() != *principal {
             return Err(SaslError::Protocol(
                 "re-authentication must keep the principal".into(),
@@ -123,12 +126,24 @@ impl Authenticator {
         }
         peer.set_principal(principal);
         self.authenticated = true;
-        self.expires = self.settings.reauth.map(|d| Instant::now() + d);
+        // The session lasts connections.max.reauth.ms, and no longer than
+        // the credential (a bearer token's expiry).
+        let credential_left = expires_ms.map(|at| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            Duration::from_millis((at - now).max(0) as u64)
+        });
+        let lifetime = match (self.settings.reauth, credential_left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.expires = lifetime.map(|d| Instant::now() + d);
         self.phase = Phase::Authenticated;
         metrics.authentication(mechanism.name(), true);
         tracing::debug!(peer = %peer.addr, listener = %peer.listener, principal,
             mechanism = mechanism.name(), "SASL authenticated");
-        Ok(())
+        Ok(lifetime)
     }
 
     /// Look at one frame of the connection before it is dispatched.
@@ -199,7 +214,12 @@ impl Authenticator {
                 Close::Authentication(format!("SASL mechanism {wanted:?} is not enabled here")),
             );
         };
-        let server = SaslServer::new(m, self.settings.secret.clone());
+        let server = match m {
+            Mechanism::OAuthBearer => {
+                SaslServer::oauth(self.settings.oauth.clone(), self.settings.secret.clone())
+            }
+            _ => SaslServer::new(m, self.settings.secret.clone()),
+        };
         self.phase = if version == 0 {
             Phase::Raw(server, m)
         } else {
@@ -266,14 +286,15 @@ impl Authenticator {
                     SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(token)),
                 ))
             }
-            Ok(Step::Done { token, principal }) => {
-                if let Err(e) = self.succeeded(peer, metrics, m, &principal) {
-                    return fail(self, e);
-                }
-                let lifetime = self
-                    .settings
-                    .reauth
-                    .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);
+            Ok(Step::Done {
+                token,
+                principal,
+                expires_ms,
+            }) => {
+                let lifetime = match self.succeeded(peer, metrics, m, &principal, expires_ms) {
+                    Ok(l) => l.map_or(0, |d| d.as_millis().clamp(1, i64::MAX as u128) as i64),
+                    Err(e) => return fail(self, e),
+                };
                 Gate::Answer(answer(
                     SaslAuthenticateResponse::default()
                         .with_auth_bytes(Bytes::from(token))
@@ -295,15 +316,17 @@ impl Authenticator {
                 self.phase = Phase::Raw(server, m);
                 Gate::Answer(raw_frame(&token))
             }
-            Ok(Step::Done { token, principal }) => {
-                match self.succeeded(peer, metrics, m, &principal) {
-                    Ok(()) => Gate::Answer(raw_frame(&token)),
-                    Err(e) => {
-                        self.failed(peer, metrics, m, &e);
-                        Gate::Close(Close::Authentication(e.to_string()))
-                    }
+            Ok(Step::Done {
+                token,
+                principal,
+                expires_ms,
+            }) => match self.succeeded(peer, metrics, m, &principal, expires_ms) {
+                Ok(_) => Gate::Answer(raw_frame(&token)),
+                Err(e) => {
+                    self.failed(peer, metrics, m, &e);
+                    Gate::Close(Close::Authentication(e.to_string()))
                 }
-            }
+            },
             Err(e) => {
                 // The legacy exchange has no way to carry an error: close.
                 self.failed(peer, metrics, m, &e);

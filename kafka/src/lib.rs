@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod errors;
 pub mod listener;
 pub mod metrics;
+pub mod oauth;
 pub mod read;
 pub mod read_suite;
 pub mod sasl;

@@ -342,6 +342,7 @@ where
                 mechanisms: Vec::new(),
                 reauth: None,
                 credentials: Arc::new(crate::sasl::UserStore::default()),
+                oauth: None,
                 secret: crate::sasl::process_secret(),
             })
         }))
@@ -614,7 +615,7 @@ pub fn plan(
                 .find(|n| crate::sasl::Mechanism::parse(n).is_none())
             {
                 return Err(bad(format!(
-                    "unknown SASL mechanism {unknown:?} (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
+                    "unknown SASL mechanism {unknown:?} (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER)"
                 )));
             }
         }
@@ -676,6 +677,7 @@ pub fn endpoints(
 pub async fn bind(
     listeners: &[ListenerConfig],
     credentials: Arc<dyn crate::sasl::Credentials>,
+    oauth: Option<Arc<crate::oauth::OAuthValidator>>,
     authorizer: Option<Arc<crate::acl::Authorizer>>,
     shutdown: &CancellationToken,
 ) -> Result<Vec<(Listener, TcpListener)>, ListenerError> {
@@ -687,16 +689,31 @@ pub async fn bind(
                 .sasl_mechanisms
                 .clone()
                 .unwrap_or_else(|| DEFAULT_MECHANISMS.iter().map(|s| s.to_string()).collect());
-            Arc::new(crate::authn::SaslSettings {
-                mechanisms: names
-                    .iter()
-                    .filter_map(|n| crate::sasl::Mechanism::parse(n))
-                    .collect(),
-                reauth: l.reauth_ms.filter(|ms| *ms > 0).map(Duration::from_millis),
-                credentials: credentials.clone(),
-                secret: secret.clone(),
-            })
+            let mechanisms: Vec<crate::sasl::Mechanism> = names
+                .iter()
+                .filter_map(|n| crate::sasl::Mechanism::parse(n))
+                .collect();
+            (mechanisms, l.reauth_ms)
         });
+        let sasl = match sasl {
+            Some((mechanisms, _))
+                if mechanisms.contains(&crate::sasl::Mechanism::OAuthBearer) && oauth.is_none() =>
+            {
+                return Err(ListenerError::Invalid {
+                    name: l.name.clone(),
+                    reason: "OAUTHBEARER needs [oauthbearer] jwks (the identity provider's keys)"
+                        .into(),
+                });
+            }
+            Some((mechanisms, reauth_ms)) => Some(Arc::new(crate::authn::SaslSettings {
+                mechanisms,
+                reauth: reauth_ms.filter(|ms| *ms > 0).map(Duration::from_millis),
+                credentials: credentials.clone(),
+                oauth: oauth.clone(),
+                secret: secret.clone(),
+            })),
+            None => None,
+        };
         let tls = match (&l.tls, l.protocol.tls()) {
             (Some(settings), true) => {
                 let server =

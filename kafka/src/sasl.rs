@@ -94,6 +94,8 @@ impl ScramMechanism {
 pub enum Mechanism {
     Plain,
     Scram(ScramMechanism),
+    /// A JWT bearer token (KIP-255), validated by [`crate::oauth`].
+    OAuthBearer,
 }
 
 impl Mechanism {
@@ -102,6 +104,7 @@ impl Mechanism {
             "PLAIN" => Some(Self::Plain),
             "SCRAM-SHA-256" => Some(Self::Scram(ScramMechanism::Sha256)),
             "SCRAM-SHA-512" => Some(Self::Scram(ScramMechanism::Sha512)),
+            "OAUTHBEARER" => Some(Self::OAuthBearer),
             _ => None,
         }
     }
@@ -110,6 +113,7 @@ impl Mechanism {
         match self {
             Self::Plain => "PLAIN",
             Self::Scram(m) => m.name(),
+            Self::OAuthBearer => "OAUTHBEARER",
         }
     }
 }
@@ -308,7 +312,13 @@ pub enum Step {
     /// Send this token and wait for the client's next.
     Continue(Vec<u8>),
     /// Authenticated as `principal` ("User:alice"); send this last token.
-    Done { token: Vec<u8>, principal: String },
+    /// A login that lapses (a bearer token's expiry; ms since the Unix
+    /// epoch) says when in `expires_ms`.
+    Done {
+        token: Vec<u8>,
+        principal: String,
+        expires_ms: Option<i64>,
+    },
 }
 
 /// What SCRAM's final step checks against.
@@ -326,6 +336,7 @@ struct ScramFinal {
 
 enum State {
     Plain,
+    OAuth(Option<Arc<crate::oauth::OAuthValidator>>),
     ScramFirst(ScramMechanism),
     ScramFinal(Box<ScramFinal>),
     Finished,
@@ -342,27 +353,55 @@ pub struct SaslServer {
 pub const MAX_TOKEN: usize = 8192;
 
 impl SaslServer {
-    /// An exchange for `mechanism`.
+    /// An exchange for `mechanism` (OAUTHBEARER: see
+    /// [`SaslServer::oauth`]).
     pub fn new(mechanism: Mechanism, secret: Arc<[u8]>) -> Self {
         let state = match mechanism {
             Mechanism::Plain => State::Plain,
             Mechanism::Scram(m) => State::ScramFirst(m),
+            Mechanism::OAuthBearer => State::OAuth(None),
         };
         Self { state, secret }
     }
 
+    /// An OAUTHBEARER exchange validating tokens with `validator` (None:
+    /// every login fails, as on a listener with no keys configured).
+    pub fn oauth(validator: Option<Arc<crate::oauth::OAuthValidator>>, secret: Arc<[u8]>) -> Self {
+        Self {
+            state: State::OAuth(validator),
+            secret,
+        }
+    }
+
     /// Feed the client's next token.
     pub fn step(&mut self, token: &[u8], creds: &dyn Credentials) -> Result<Step, SaslError> {
-        if token.len() > MAX_TOKEN {
+        let limit = match self.state {
+            State::OAuth(_) => crate::oauth::MAX_OAUTH_TOKEN,
+            _ => MAX_TOKEN,
+        };
+        if token.len() > limit {
             self.state = State::Finished;
             return Err(SaslError::Protocol(format!(
-                "a {}-byte token is over the limit of {MAX_TOKEN}",
+                "a {}-byte token is over the limit of {limit}",
                 token.len()
             )));
         }
         let state = std::mem::replace(&mut self.state, State::Finished);
         match state {
             State::Plain => self.plain(token, creds),
+            State::OAuth(validator) => {
+                let Some(validator) = validator else {
+                    return Err(SaslError::Protocol(
+                        "OAUTHBEARER has no keys configured here".into(),
+                    ));
+                };
+                let v = crate::oauth::authenticate(&validator, token)?;
+                Ok(Step::Done {
+                    token: Vec::new(),
+                    principal: v.principal,
+                    expires_ms: Some(v.expires_ms),
+                })
+            }
             State::ScramFirst(m) => self.scram_first(m, token, creds),
             State::ScramFinal(f) => {
                 let ScramFinal {
@@ -416,6 +455,7 @@ impl SaslServer {
                 Ok(Step::Done {
                     token: format!("v={}", B64.encode(server_signature)).into_bytes(),
                     principal: format!("User:{user}"),
+                    expires_ms: None,
                 })
             }
             State::Finished => Err(SaslError::Protocol("the exchange is over".into())),
@@ -471,6 +511,7 @@ impl SaslServer {
             Ok(Step::Done {
                 token: Vec::new(),
                 principal: format!("User:{user}"),
+                expires_ms: None,
             })
         } else {
             Err(SaslError::BadCredentials)
