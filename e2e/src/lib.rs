@@ -82,6 +82,8 @@ pub struct Standalone {
     pub port: u16,
     pub http_port: u16,
     config: Option<PathBuf>,
+    /// More flags for `floe standalone`.
+    args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -95,6 +97,11 @@ impl Standalone {
 
     /// Start with `toml` as its config file (e.g. "[broker]\nmax_connections = 2").
     pub fn start_with_config(toml: &str) -> Result<Self> {
+        Self::start_with_args(toml, &[])
+    }
+
+    /// [`Standalone::start_with_config`] with more flags (`args`).
+    pub fn start_with_args(toml: &str, args: &[&str]) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let data_dir = tmp.path().join("data");
         let config = if toml.is_empty() {
@@ -109,6 +116,7 @@ impl Standalone {
             port: free_port(),
             http_port: free_port(),
             config,
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             log: tmp.path().join("floe.log"),
             _tmp: Some(tmp),
@@ -144,6 +152,7 @@ impl Standalone {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
+        cmd.args(&self.args);
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", floe_bin().display()))?;

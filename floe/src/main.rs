@@ -170,6 +170,11 @@ struct StandaloneArgs {
     /// TOML config file ([broker] section: see docs/configuration.md).
     #[arg(long, env = "FLOE_CONFIG")]
     config: Option<PathBuf>,
+    /// Try security out: the Kafka listener becomes SASL_SSL with a
+    /// certificate made in <data-dir>/try-security/ and a SASL user
+    /// `admin` (its password printed at start). Not for production.
+    #[arg(long, env = "FLOE_TRY_SECURITY")]
+    try_security: bool,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -315,6 +320,7 @@ fn main() -> Result<()> {
 }
 
 mod cluster;
+mod tryout;
 
 async fn standalone(args: StandaloneArgs) -> Result<()> {
     let config = load_config(args.config.as_deref())?;
@@ -343,17 +349,48 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     {
         bail!("in standalone, clients talk to its proxy: set protocol, tls and listeners under [proxy], not [broker]");
     }
+    let try_out = if args.try_security {
+        if file_proxy.protocol != Default::default() || file_proxy.tls.is_some() {
+            bail!("--try-security sets the listener's protocol and certificate itself: remove protocol and tls from [proxy]");
+        }
+        let host = match &args.advertise {
+            Some(a) => a
+                .rsplit_once(':')
+                .map_or(a.as_str(), |(h, _)| h)
+                .to_string(),
+            None => args.listen.ip().to_string(),
+        };
+        let t = tryout::prepare(&data_dir, &host)?;
+        tryout::ensure_user(meta.clone(), &t).await?;
+        Some(t)
+    } else {
+        None
+    };
+    let (protocol, tls) = match &try_out {
+        Some(t) => (
+            floe_kafka::listener::SecurityProtocol::SaslSsl,
+            Some(floe_kafka::tls::TlsSettings {
+                cert: Some(t.cert.clone()),
+                key: Some(t.key.clone()),
+                ..Default::default()
+            }),
+        ),
+        None => (file_proxy.protocol, file_proxy.tls.clone()),
+    };
     let listeners = plan_listeners(
         args.listen,
         args.advertise.as_deref(),
-        file_proxy.protocol,
-        file_proxy.tls.as_ref(),
+        protocol,
+        tls.as_ref(),
         file_proxy.sasl_mechanisms.clone(),
         file_proxy.reauth_ms,
         &file_proxy.listeners,
         None,
     )?;
     let endpoints = floe_kafka::listener::endpoints(&listeners)?;
+    let bootstrap = endpoints.first().map_or(args.listen.to_string(), |e| {
+        format!("{}:{}", e.host, e.port)
+    });
 
     let shutdown = CancellationToken::new();
     start_storage(&pool, &config, &shutdown);
@@ -428,6 +465,10 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     )
     .await?;
     tracing::info!(listen = %args.listen, http = %args.http_listen, data_dir = %data_dir.display(), storage = %storage_url, cluster_id, "floe standalone started");
+    if let Some(t) = &try_out {
+        println!("{}", tryout::banner(t, &bootstrap));
+        tracing::warn!(dir = %t.dir.display(), "security try-out: SASL_SSL with a certificate and user made for trying; not for production");
+    }
 
     let serve_token = shutdown.child_token();
     let broker_server = tokio::spawn(floe_broker::server::serve(
