@@ -26,6 +26,10 @@ struct Cli {
     bootstrap: String,
     #[arg(long, default_value = "bench", global = true)]
     topic: String,
+    /// A librdkafka property for every client, as kcat's -X (repeatable),
+    /// e.g. -X security.protocol=sasl_ssl -X ssl.ca.location=ca.pem.
+    #[arg(short = 'X', long = "property", global = true, value_parser = property)]
+    properties: Vec<(String, String)>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -57,6 +61,14 @@ enum Cmd {
         records: u64,
         #[arg(long, default_value_t = 1)]
         partitions: i32,
+    },
+    /// Connection set-up: --connections clients one after another, each
+    /// connecting (with whatever TLS and SASL -X asks for) and fetching the
+    /// topic's metadata, then closing. Reports the time to the first
+    /// answer per connection.
+    Connect {
+        #[arg(long, default_value_t = 200)]
+        connections: u64,
     },
     /// End-to-end latency: produce at --rate, consume concurrently, measure
     /// the time from send to receive.
@@ -106,8 +118,27 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+fn property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+/// A client's configuration: the bootstrap address, Nagle off, and every
+/// -X property (a subcommand's own settings, such as acks, come after).
+fn client(cli: &Cli) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cli.bootstrap)
+        .set("socket.nagle.disable", "true");
+    for (k, v) in &cli.properties {
+        c.set(k, v);
+    }
+    c
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let base = client(&cli);
     match cli.cmd {
         Cmd::Produce {
             records,
@@ -123,9 +154,8 @@ fn main() -> Result<()> {
                 acked: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
             });
-            let producer: ThreadedProducer<Shared> = ClientConfig::new()
-                .set("bootstrap.servers", &cli.bootstrap)
-                .set("socket.nagle.disable", "true")
+            let producer: ThreadedProducer<Shared> = base
+                .clone()
                 .set("acks", &acks)
                 .set("batch.size", batch_bytes.to_string())
                 .set("message.max.bytes", (batch_bytes + 65536).to_string())
@@ -179,9 +209,8 @@ fn main() -> Result<()> {
             records,
             partitions,
         } => {
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &cli.bootstrap)
-                .set("socket.nagle.disable", "true")
+            let c: BaseConsumer = base
+                .clone()
                 .set("group.id", "floe-bench")
                 .set("enable.auto.commit", "false")
                 .set("fetch.max.bytes", "52428800")
@@ -195,20 +224,43 @@ fn main() -> Result<()> {
             c.assign(&tpl)?;
             let start = Instant::now();
             let (mut n, mut bytes) = (0u64, 0u64);
+            let mut first = None;
             let deadline = start + Duration::from_secs(600);
             while n < records && Instant::now() < deadline {
                 if let Some(m) = c.poll(Duration::from_millis(500)) {
                     let m = m?;
+                    first.get_or_insert_with(Instant::now);
                     n += 1;
                     bytes += m.payload_len() as u64;
                 }
             }
             let secs = start.elapsed().as_secs_f64();
+            // Without the start-up (metadata, offsets, the first fetch).
+            let streaming = first.map_or(secs, |f| f.elapsed().as_secs_f64());
             println!(
-                "consume: {n} records, {:.1} MB in {secs:.2} s: {:.0} records/s, {:.1} MB/s",
+                "consume: {n} records, {:.1} MB in {secs:.2} s: {:.0} records/s, {:.1} MB/s; from the first record {:.1} MB/s",
                 bytes as f64 / 1e6,
                 n as f64 / secs,
-                bytes as f64 / secs / 1e6
+                bytes as f64 / secs / 1e6,
+                bytes as f64 / streaming / 1e6
+            );
+        }
+        Cmd::Connect { connections } => {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+            let start = Instant::now();
+            for _ in 0..connections {
+                let t = Instant::now();
+                let c: BaseConsumer = base.create()?;
+                c.fetch_metadata(Some(&cli.topic), Duration::from_secs(30))?;
+                h.saturating_record(t.elapsed().as_micros() as u64);
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "connect: {} connections in {secs:.2} s; to first answer ms p50 {:.2} p99 {:.2} max {:.2}",
+                h.len(),
+                pct(&h, 0.5),
+                pct(&h, 0.99),
+                h.max() as f64 / 1000.0
             );
         }
         Cmd::EndToEnd {
@@ -216,9 +268,8 @@ fn main() -> Result<()> {
             record_size,
             rate,
         } => {
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &cli.bootstrap)
-                .set("socket.nagle.disable", "true")
+            let c: BaseConsumer = base
+                .clone()
                 .set("group.id", "floe-bench")
                 .set("fetch.wait.max.ms", "500")
                 .set("enable.auto.commit", "false")
@@ -232,9 +283,8 @@ fn main() -> Result<()> {
                 acked: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
             });
-            let producer: ThreadedProducer<Shared> = ClientConfig::new()
-                .set("bootstrap.servers", &cli.bootstrap)
-                .set("socket.nagle.disable", "true")
+            let producer: ThreadedProducer<Shared> = base
+                .clone()
                 .set("acks", "all")
                 .set("linger.ms", "0")
                 .create_with_context(Shared(ctx.clone()))?;
