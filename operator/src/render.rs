@@ -1,0 +1,658 @@
+//! The Kubernetes objects a `FloeCluster` stands for, as a pure function
+//! of its spec (and of the broker count the operator's plan allows): the
+//! same shape as the Helm chart's workloads (deploy/helm/floe), so a
+//! cluster installed either way looks the same — a broker StatefulSet
+//! whose ordinals are broker ids, controller and proxy Deployments, their
+//! Services and disruption budgets, the floe.toml ConfigMap and a
+//! ServiceAccount. Two differences, both because the operator drives them:
+//! brokers use the `OnDelete` update strategy (the operator restarts them
+//! one at a time, each only once the cluster writes every partition again)
+//! and every pod template carries `floe.dev/template-hash`, which tells
+//! the operator which pods run an old template.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::crd::{FloeCluster, Placement};
+
+/// Annotation on pod templates: a hash of the template without it.
+pub const TEMPLATE_HASH: &str = "floe.dev/template-hash";
+/// Ports, as in the chart.
+pub const BROKER_KAFKA_PORT: i32 = 9092;
+pub const BROKER_TAIL_PORT: i32 = 9093;
+pub const BROKER_HTTP_PORT: i32 = 9644;
+pub const CONTROLLER_HTTP_PORT: i32 = 9645;
+pub const PROXY_HTTP_PORT: i32 = 9646;
+pub const ADMIN_PORT: i32 = 9647;
+
+/// Names of a cluster's objects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// The chart's `floe.fullname`: the resource's name if it contains
+    /// "floe", else `<name>-floe`.
+    pub full: String,
+    pub instance: String,
+    pub namespace: String,
+}
+
+impl Names {
+    pub fn of(cr: &FloeCluster) -> Names {
+        let name = cr.metadata.name.clone().unwrap_or_default();
+        let mut full = if name.contains("floe") {
+            name.clone()
+        } else {
+            format!("{name}-floe")
+        };
+        full.truncate(50);
+        let full = full.trim_end_matches('-').to_string();
+        Names {
+            full,
+            instance: name,
+            namespace: cr
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+        }
+    }
+    pub fn broker(&self) -> String {
+        format!("{}-broker", self.full)
+    }
+    pub fn controller(&self) -> String {
+        format!("{}-controller", self.full)
+    }
+    pub fn proxy(&self) -> String {
+        format!("{}-proxy", self.full)
+    }
+    pub fn config(&self) -> String {
+        format!("{}-config", self.full)
+    }
+    /// The pod of broker `id`.
+    pub fn broker_pod(&self, id: i32) -> String {
+        format!("{}-broker-{id}", self.full)
+    }
+    /// Where the admin API answers inside the cluster.
+    pub fn admin_url(&self, port: i32) -> String {
+        format!("http://{}.{}.svc:{port}", self.controller(), self.namespace)
+    }
+}
+
+fn labels(n: &Names, component: Option<&str>) -> Value {
+    let mut l = json!({
+        "app.kubernetes.io/name": "floe",
+        "app.kubernetes.io/instance": n.instance,
+        "app.kubernetes.io/managed-by": "floe-operator",
+    });
+    if let Some(c) = component {
+        l["app.kubernetes.io/component"] = json!(c);
+    }
+    l
+}
+
+/// The labels that select a component's pods.
+pub fn selector(n: &Names, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "floe".to_string()),
+        ("app.kubernetes.io/instance".to_string(), n.instance.clone()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            component.to_string(),
+        ),
+    ])
+}
+
+/// `app.kubernetes.io/...=...,...` for a label selector query.
+pub fn selector_query(n: &Names, component: &str) -> String {
+    selector(n, component)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn metadata(cr: &FloeCluster, n: &Names, name: &str, component: Option<&str>) -> Value {
+    let mut m = json!({
+        "name": name,
+        "namespace": n.namespace,
+        "labels": labels(n, component),
+    });
+    if let Some(uid) = &cr.metadata.uid {
+        m["ownerReferences"] = json!([{
+            "apiVersion": "floe.dev/v1alpha1",
+            "kind": "FloeCluster",
+            "name": n.instance,
+            "uid": uid,
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }]);
+    }
+    m
+}
+
+fn common_env(cr: &FloeCluster) -> Vec<Value> {
+    vec![
+        json!({"name": "FLOE_ETCD", "value": cr.spec.etcd.endpoints.join(",")}),
+        json!({"name": "RUST_LOG", "value": cr.spec.log_level.as_deref().unwrap_or("info")}),
+        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+    ]
+}
+
+fn env_from(cr: &FloeCluster) -> Option<Value> {
+    cr.spec
+        .storage
+        .credentials_secret
+        .as_ref()
+        .map(|s| json!([{"secretRef": {"name": s}}]))
+}
+
+fn probes(c: &mut Value) {
+    c["livenessProbe"] = json!({
+        "httpGet": {"path": "/healthz", "port": "http"},
+        "periodSeconds": 10,
+        "failureThreshold": 6,
+    });
+    c["readinessProbe"] = json!({
+        "httpGet": {"path": "/readyz", "port": "http"},
+        "periodSeconds": 5,
+        "failureThreshold": 3,
+    });
+}
+
+fn pod_spec(
+    cr: &FloeCluster,
+    n: &Names,
+    component: &str,
+    placement: &Placement,
+    container: Value,
+    volumes: Value,
+) -> Value {
+    let sel = selector(n, component);
+    let mut spec = json!({
+        "serviceAccountName": n.full,
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "topologySpreadConstraints": [{
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": sel},
+        }],
+        "affinity": placement.affinity.as_ref().map_or_else(
+            || json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 100,
+                "podAffinityTerm": {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": sel},
+                },
+            }]}}),
+            |a| serde_json::to_value(a).expect("affinity serializes"),
+        ),
+        "containers": [container],
+        "volumes": volumes,
+    });
+    if !placement.node_selector.is_empty() {
+        spec["nodeSelector"] = json!(placement.node_selector);
+    }
+    if !placement.tolerations.is_empty() {
+        spec["tolerations"] = serde_json::to_value(&placement.tolerations).expect("serializes");
+    }
+    let _ = cr;
+    spec
+}
+
+fn container(
+    cr: &FloeCluster,
+    name: &str,
+    args: Vec<String>,
+    env: Vec<Value>,
+    ports: Value,
+    resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
+    mounts: Value,
+) -> Value {
+    let mut all_env = common_env(cr);
+    all_env.extend(env);
+    let mut c = json!({
+        "name": name,
+        "image": cr.spec.image,
+        "imagePullPolicy": cr.spec.image_pull_policy.as_deref().unwrap_or("IfNotPresent"),
+        "args": args,
+        "env": all_env,
+        "ports": ports,
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": mounts,
+    });
+    if let Some(e) = env_from(cr) {
+        c["envFrom"] = e;
+    }
+    if let Some(r) = resources {
+        c["resources"] = serde_json::to_value(r).expect("resources serialize");
+    }
+    probes(&mut c);
+    c
+}
+
+/// A pod template with its hash annotation (plus `extra` annotations).
+fn template(n: &Names, component: &str, spec: Value, extra: &[(&str, String)]) -> Value {
+    let mut annotations = serde_json::Map::new();
+    for (k, v) in extra {
+        annotations.insert((*k).into(), json!(v));
+    }
+    let mut t = json!({
+        "metadata": {"labels": labels(n, Some(component)), "annotations": annotations},
+        "spec": spec,
+    });
+    let hash = hash_hex(&t);
+    t["metadata"]["annotations"][TEMPLATE_HASH] = json!(hash);
+    t
+}
+
+fn hash_hex(v: &Value) -> String {
+    format!(
+        "{:08x}",
+        crc32c::crc32c(serde_json::to_string(v).expect("json").as_bytes())
+    )
+}
+
+/// floe.toml: `[broker]` and `[proxy]` from the spec's config maps.
+pub fn floe_toml(cr: &FloeCluster) -> String {
+    #[derive(serde::Serialize)]
+    struct File<'a> {
+        broker: &'a BTreeMap<String, Value>,
+        proxy: &'a BTreeMap<String, Value>,
+    }
+    let body = toml::to_string(&File {
+        broker: &cr.spec.brokers.config,
+        proxy: &cr.spec.proxies.config,
+    })
+    .unwrap_or_else(|e| format!("# spec.brokers.config or spec.proxies.config: {e}\n"));
+    format!("# Written by floe-operator from spec.brokers.config and spec.proxies.config.\n{body}")
+}
+
+fn controller_args(cr: &FloeCluster) -> Vec<String> {
+    let s = &cr.spec.storage;
+    let mut args = vec!["controller".to_string()];
+    // The pool is seeded from these once (while etcd has none); later
+    // target changes go through the admin API.
+    for t in &s.targets {
+        let mut url = t.url.clone();
+        let mut params = Vec::new();
+        if let Some(z) = &t.zone {
+            params.push(format!("zone={z}"));
+        }
+        if let Some(w) = t.weight {
+            params.push(format!("weight={w}"));
+        }
+        if !params.is_empty() {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&params.join("&"));
+        }
+        args.push(format!("--storage={url}"));
+    }
+    args.push(format!("--replicas={}", s.replicas));
+    args.push(format!("--write-quorum={}", s.write_quorum));
+    args.push(format!(
+        "--lease-ttl-ms={}",
+        cr.spec.lease_ttl_ms.unwrap_or(10_000)
+    ));
+    args
+}
+
+/// Every object of the cluster, with `brokers` broker pods.
+pub fn desired(cr: &FloeCluster, brokers: i32) -> Vec<Value> {
+    let n = Names::of(cr);
+    let spec = &cr.spec;
+    let admin_port = spec.admin.port.unwrap_or(ADMIN_PORT);
+    let config_toml = floe_toml(cr);
+    let config_hash = hash_hex(&json!(config_toml));
+    let config_volume = json!([{"name": "config", "configMap": {"name": n.config()}}]);
+    let config_mount = json!([{"name": "config", "mountPath": "/etc/floe", "readOnly": true}]);
+    let mut out = Vec::new();
+
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(cr, &n, &n.full, None),
+        "automountServiceAccountToken": false,
+    }));
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(cr, &n, &n.config(), None),
+        "data": {"floe.toml": config_toml},
+    }));
+
+    // Brokers.
+    let broker = container(
+        cr,
+        "broker",
+        vec!["broker".into()],
+        vec![
+            json!({"name": "FLOE_BROKER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}}),
+            json!({"name": "FLOE_LISTEN", "value": format!("0.0.0.0:{BROKER_KAFKA_PORT}")}),
+            json!({"name": "FLOE_ADVERTISE", "value": format!("$(POD_IP):{BROKER_KAFKA_PORT}")}),
+            json!({"name": "FLOE_TAIL_LISTEN", "value": format!("0.0.0.0:{BROKER_TAIL_PORT}")}),
+            json!({"name": "FLOE_HTTP_LISTEN", "value": format!("0.0.0.0:{BROKER_HTTP_PORT}")}),
+            json!({"name": "FLOE_CONFIG", "value": "/etc/floe/floe.toml"}),
+        ],
+        json!([
+            {"name": "kafka", "containerPort": BROKER_KAFKA_PORT},
+            {"name": "tail", "containerPort": BROKER_TAIL_PORT},
+            {"name": "http", "containerPort": BROKER_HTTP_PORT},
+        ]),
+        spec.brokers.resources.as_ref(),
+        config_mount.clone(),
+    );
+    let mut broker_pod = pod_spec(
+        cr,
+        &n,
+        "broker",
+        &spec.brokers.placement,
+        broker,
+        config_volume.clone(),
+    );
+    broker_pod["terminationGracePeriodSeconds"] =
+        json!(spec.brokers.termination_grace_period_seconds.unwrap_or(60));
+    out.push(json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(cr, &n, &n.broker(), Some("broker")),
+        "spec": {
+            "serviceName": n.broker(),
+            "replicas": brokers,
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "OnDelete"},
+            "selector": {"matchLabels": selector(&n, "broker")},
+            "template": template(&n, "broker", broker_pod, &[("checksum/config", config_hash.clone())]),
+        },
+    }));
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(cr, &n, &n.broker(), Some("broker")),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": selector(&n, "broker"),
+            "ports": [
+                {"name": "kafka", "port": BROKER_KAFKA_PORT, "targetPort": "kafka"},
+                {"name": "http", "port": BROKER_HTTP_PORT, "targetPort": "http"},
+            ],
+        },
+    }));
+    out.push(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(cr, &n, &n.broker(), Some("broker")),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(&n, "broker")}},
+    }));
+
+    // Controllers.
+    let controller = container(
+        cr,
+        "controller",
+        controller_args(cr),
+        vec![
+            json!({"name": "FLOE_CONTROLLER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+            json!({"name": "FLOE_HTTP_LISTEN", "value": format!("0.0.0.0:{CONTROLLER_HTTP_PORT}")}),
+            json!({"name": "FLOE_ADMIN_LISTEN", "value": format!("0.0.0.0:{admin_port}")}),
+            json!({"name": "FLOE_BALANCE_ON_JOIN", "value": spec.controllers.balance_on_join.to_string()}),
+            json!({"name": "FLOE_ADMIN_TOKEN_FILE", "value": "/etc/floe/admin/token"}),
+        ],
+        json!([
+            {"name": "http", "containerPort": CONTROLLER_HTTP_PORT},
+            {"name": "admin", "containerPort": admin_port},
+        ]),
+        spec.controllers.resources.as_ref(),
+        json!([{"name": "admin-token", "mountPath": "/etc/floe/admin", "readOnly": true}]),
+    );
+    let controller_pod = pod_spec(
+        cr,
+        &n,
+        "controller",
+        &spec.controllers.placement,
+        controller,
+        json!([{"name": "admin-token", "secret": {
+            "secretName": spec.admin.token_secret,
+            "items": [{"key": "token", "path": "token"}],
+        }}]),
+    );
+    out.push(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(cr, &n, &n.controller(), Some("controller")),
+        "spec": {
+            "replicas": spec.controllers.replicas,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "selector": {"matchLabels": selector(&n, "controller")},
+            "template": template(&n, "controller", controller_pod, &[]),
+        },
+    }));
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(cr, &n, &n.controller(), Some("controller")),
+        "spec": {
+            "selector": selector(&n, "controller"),
+            "ports": [
+                {"name": "admin", "port": admin_port, "targetPort": "admin"},
+                {"name": "http", "port": CONTROLLER_HTTP_PORT, "targetPort": "http"},
+            ],
+        },
+    }));
+
+    // Proxies.
+    let port = spec.proxies.port;
+    let proxy = container(
+        cr,
+        "proxy",
+        vec!["proxy".into()],
+        vec![
+            json!({"name": "FLOE_LISTEN", "value": format!("0.0.0.0:{port}")}),
+            json!({"name": "FLOE_ADVERTISE", "value": format!("$(POD_IP):{port}")}),
+            json!({"name": "FLOE_HTTP_LISTEN", "value": format!("0.0.0.0:{PROXY_HTTP_PORT}")}),
+            json!({"name": "FLOE_CONFIG", "value": "/etc/floe/floe.toml"}),
+        ],
+        json!([
+            {"name": "kafka", "containerPort": port},
+            {"name": "http", "containerPort": PROXY_HTTP_PORT},
+        ]),
+        spec.proxies.resources.as_ref(),
+        config_mount,
+    );
+    let mut proxy_pod = pod_spec(
+        cr,
+        &n,
+        "proxy",
+        &spec.proxies.placement,
+        proxy,
+        config_volume,
+    );
+    proxy_pod["terminationGracePeriodSeconds"] = json!(30);
+    out.push(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(cr, &n, &n.proxy(), Some("proxy")),
+        "spec": {
+            "replicas": spec.proxies.replicas,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "selector": {"matchLabels": selector(&n, "proxy")},
+            "template": template(&n, "proxy", proxy_pod, &[("checksum/config", config_hash)]),
+        },
+    }));
+    let mut svc_meta = metadata(cr, &n, &n.proxy(), Some("proxy"));
+    if !spec.proxies.service_annotations.is_empty() {
+        svc_meta["annotations"] = json!(spec.proxies.service_annotations);
+    }
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": svc_meta,
+        "spec": {
+            "type": spec.proxies.service_type.as_deref().unwrap_or("ClusterIP"),
+            "selector": selector(&n, "proxy"),
+            "ports": [
+                {"name": "kafka", "port": port, "targetPort": "kafka"},
+                {"name": "http", "port": PROXY_HTTP_PORT, "targetPort": "http"},
+            ],
+        },
+    }));
+    out.push(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(cr, &n, &n.proxy(), Some("proxy")),
+        "spec": {
+            "minAvailable": if spec.proxies.replicas > 1 { 1 } else { 0 },
+            "selector": {"matchLabels": selector(&n, "proxy")},
+        },
+    }));
+    out
+}
+
+/// The template hash the broker pods should carry.
+pub fn broker_template_hash(objects: &[Value]) -> Option<String> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == "StatefulSet")
+        .and_then(|o| o["spec"]["template"]["metadata"]["annotations"][TEMPLATE_HASH].as_str())
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::cluster;
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
+    /// Compares with operator/tests/golden/NAME.yaml (UPDATE_GOLDEN=1
+    /// writes it).
+    fn golden(name: &str, objects: &[Value]) {
+        let text: String = objects
+            .iter()
+            .map(|o| format!("---\n{}", serde_yaml_ng::to_string(o).unwrap()))
+            .collect();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(format!("{name}.yaml"));
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+        assert!(
+            want == text,
+            "{name}: rendered objects differ from {} (UPDATE_GOLDEN=1 rewrites it)",
+            path.display()
+        );
+    }
+
+    /// Every object parses as its Kubernetes type (unknown fields refused).
+    fn typed(objects: &[Value]) {
+        for o in objects {
+            let kind = o["kind"].as_str().unwrap();
+            let text = o.to_string();
+            let r = match kind {
+                "StatefulSet" => serde_json::from_str::<StatefulSet>(&text).map(drop),
+                "Deployment" => serde_json::from_str::<Deployment>(&text).map(drop),
+                "Service" => serde_json::from_str::<Service>(&text).map(drop),
+                "ConfigMap" => serde_json::from_str::<ConfigMap>(&text).map(drop),
+                "ServiceAccount" => serde_json::from_str::<ServiceAccount>(&text).map(drop),
+                "PodDisruptionBudget" => {
+                    serde_json::from_str::<PodDisruptionBudget>(&text).map(drop)
+                }
+                k => panic!("unexpected kind {k}"),
+            };
+            r.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_default_cluster_renders_as_the_golden_file() {
+        let cr = cluster("floe", crate::testing::spec());
+        let objects = desired(&cr, 3);
+        typed(&objects);
+        golden("default", &objects);
+        let kinds: Vec<&str> = objects
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ServiceAccount",
+                "ConfigMap",
+                "StatefulSet",
+                "Service",
+                "PodDisruptionBudget",
+                "Deployment",
+                "Service",
+                "Deployment",
+                "Service",
+                "PodDisruptionBudget"
+            ]
+        );
+        let sts = &objects[2];
+        assert_eq!(sts["metadata"]["name"], "floe-broker");
+        assert_eq!(sts["spec"]["replicas"], 3);
+        assert_eq!(sts["spec"]["updateStrategy"]["type"], "OnDelete");
+        // Every object is owned by the FloeCluster.
+        for o in &objects {
+            assert_eq!(o["metadata"]["ownerReferences"][0]["uid"], "uid-1", "{o}");
+        }
+    }
+
+    #[test]
+    fn a_tuned_cluster_renders_as_the_golden_file() {
+        let mut spec = crate::testing::spec();
+        spec.image = "registry.example.com/floe:0.2.0".into();
+        spec.proxies.replicas = 3;
+        spec.proxies.port = 19092;
+        spec.proxies.service_type = Some("LoadBalancer".into());
+        spec.brokers
+            .config
+            .insert("load_report_interval_ms".into(), json!(2000));
+        spec.brokers.placement.node_selector =
+            BTreeMap::from([("floe.dev/pool".to_string(), "brokers".to_string())]);
+        spec.storage.credentials_secret = Some("floe-s3".into());
+        spec.storage.targets[0].weight = Some(2);
+        spec.lease_ttl_ms = Some(6000);
+        let cr = cluster("prod", spec);
+        let objects = desired(&cr, 5);
+        typed(&objects);
+        golden("tuned", &objects);
+        assert_eq!(objects[2]["metadata"]["name"], "prod-floe-broker");
+        let args = &objects[5]["spec"]["template"]["spec"]["containers"][0]["args"];
+        assert_eq!(
+            args[1],
+            "--storage=s3://floe-a/c1?region=eu-west-1&zone=a&weight=2"
+        );
+        assert!(objects[1]["data"]["floe.toml"]
+            .as_str()
+            .unwrap()
+            .contains("[broker]\nload_report_interval_ms = 2000\n"));
+    }
+
+    #[test]
+    fn the_broker_template_hash_follows_the_image_and_only_what_pods_run() {
+        let cr = cluster("floe", crate::testing::spec());
+        let a = broker_template_hash(&desired(&cr, 3)).unwrap();
+        // The broker count is not part of the pods.
+        assert_eq!(broker_template_hash(&desired(&cr, 5)).unwrap(), a);
+        let mut cr2 = cr.clone();
+        cr2.spec.image = "ghcr.io/floe-streaming/floe:0.2.0".into();
+        assert_ne!(broker_template_hash(&desired(&cr2, 3)).unwrap(), a);
+        // A proxy-only change leaves brokers alone.
+        let mut cr3 = cr.clone();
+        cr3.spec.proxies.replicas = 4;
+        assert_eq!(broker_template_hash(&desired(&cr3, 3)).unwrap(), a);
+    }
+}
