@@ -3,8 +3,10 @@
 //! drains, upgrades and changes storage through the controller's admin
 //! API (docs/operator.md).
 
+pub mod admin;
 pub mod crd;
 pub mod plan;
+pub mod reconcile;
 pub mod render;
 pub mod validate;
 
