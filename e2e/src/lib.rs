@@ -817,6 +817,53 @@ struct Layout<'a> {
     wrapper: &'a [&'a str],
 }
 
+/// Starts Kafka processes (brokers, proxies) of a [`Cluster`] apart from
+/// its own lists, e.g. brokers whose ids are pod ordinals.
+#[derive(Clone)]
+pub struct BrokerSpawner {
+    etcd: String,
+    broker_toml: PathBuf,
+    dir: PathBuf,
+    wrapper: Vec<String>,
+}
+
+impl BrokerSpawner {
+    /// Broker `id` on fresh ports, answering /healthz when this returns;
+    /// its log is `broker-<id>-<run>.log` in the cluster's directory.
+    pub fn spawn(&self, id: i32, run: u32) -> Result<Proc> {
+        self.kafka_proc(
+            "broker",
+            format!("broker-{id}-{run}"),
+            &["--id", &id.to_string()],
+        )
+    }
+
+    fn kafka_proc(&self, role: &str, name: String, extra: &[&str]) -> Result<Proc> {
+        let (http_port, port) = (free_port(), free_port());
+        let mut args: Vec<String> = vec![role.into(), "--etcd".into(), self.etcd.clone()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend([
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--http-listen".into(),
+            format!("127.0.0.1:{http_port}"),
+            "--config".into(),
+            self.broker_toml.display().to_string(),
+        ]);
+        let mut p = Proc {
+            args,
+            log: self.dir.join(format!("{name}.log")),
+            name,
+            http_port,
+            port: Some(port),
+            child: None,
+            wrapper: self.wrapper.clone(),
+        };
+        p.spawn()?;
+        Ok(p)
+    }
+}
+
 /// A cluster on a real etcd: controllers and brokers as real processes,
 /// storage in a shared temporary directory. Everything is killed on drop,
 /// also when a test fails.
@@ -1064,28 +1111,18 @@ impl Cluster {
     /// Start a broker or proxy process (`role`) on fresh Kafka and HTTP
     /// ports with the cluster's etcd and config, plus `extra` flags.
     fn kafka_proc(&self, role: &str, name: String, extra: &[&str]) -> Result<Proc> {
-        let (http_port, port) = (free_port(), free_port());
-        let mut args: Vec<String> = vec![role.into(), "--etcd".into(), self.etcd.url()];
-        args.extend(extra.iter().map(|a| a.to_string()));
-        args.extend([
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--http-listen".into(),
-            format!("127.0.0.1:{http_port}"),
-            "--config".into(),
-            self.broker_toml.display().to_string(),
-        ]);
-        let mut p = Proc {
-            args,
-            log: self.tmp.path().join(format!("{name}.log")),
-            name,
-            http_port,
-            port: Some(port),
-            child: None,
+        self.broker_spawner().kafka_proc(role, name, extra)
+    }
+
+    /// What starts brokers of this cluster under ids of the caller's
+    /// choosing (the pods of a kubelet twin).
+    pub fn broker_spawner(&self) -> BrokerSpawner {
+        BrokerSpawner {
+            etcd: self.etcd.url(),
+            broker_toml: self.broker_toml.clone(),
+            dir: self.tmp.path().to_path_buf(),
             wrapper: self.wrapper.clone(),
-        };
-        p.spawn()?;
-        Ok(p)
+        }
     }
 
     /// Restart every controller with `extra` flags added (e.g.

@@ -216,6 +216,25 @@ impl Admin {
             Ok(id) => Ok(id),
             // Someone (or an earlier pass) got there first.
             Err(s) if s.code() == Code::AlreadyExists => Ok(None),
+            // A rebalance runs already (the controller's balance-on-join,
+            // or someone's): that one is followed instead.
+            Err(s)
+                if s.code() == Code::FailedPrecondition
+                    && matches!(action, Action::StartRebalance) =>
+            {
+                let ops = self
+                    .client
+                    .list_operations(pb::ListOperationsRequest {})
+                    .await
+                    .map_err(|s| self.err("listing operations", s))?
+                    .into_inner();
+                match ops.operations.into_iter().find(|o| {
+                    o.kind == "rebalance" && matches!(o.state.as_str(), "pending" | "running")
+                }) {
+                    Some(o) => Ok(Some(o.id)),
+                    None => Err(self.err(&what, s)),
+                }
+            }
             Err(s) => Err(self.err(&what, s)),
         }
     }

@@ -8,6 +8,8 @@ pub mod crd;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
+#[cfg(feature = "twin")]
+pub mod twin;
 pub mod validate;
 
 #[cfg(test)]
