@@ -37,8 +37,13 @@ NAMESPACE = "streaming"
 # kubernetes-validate's schemas' support window on some releases; two
 # versions apart that it has strict schemas for.
 KUBE_VERSIONS = ["1.30.0", "1.34.0"]
-# Kinds whose schemas are not Kubernetes' own (CRDs): checked for shape only.
-CRD_KINDS = {"ServiceMonitor"}
+# Kinds whose schemas are not Kubernetes' own (CRDs): ServiceMonitor is
+# checked for shape only; a FloeCluster against the chart's own CRD.
+CRD_KINDS = {"ServiceMonitor", "FloeCluster"}
+CRDS = CHART / "crds"
+# What the operator renders (operator/src/render.rs golden files): valid
+# Kubernetes objects as well.
+OPERATOR_GOLDEN = ROOT / "operator" / "tests" / "golden"
 
 # Value sets that must fail, and a piece of the message each must give.
 BAD = [
@@ -53,6 +58,10 @@ BAD = [
     ("R above the targets", {"storage": {"replicas": 2, "writeQuorum": 1}},
      "storage: replicas (2) needs at least that many targets (1 given)"),
     ("a typo", {"brokers": {"replicas": 3}}, "'brokers'"),
+    ("the operator with storage.env", {"operator": {"enabled": True}, "storage": {"env": {"A": "b"}}},
+     "operator: storage.env is not carried to a FloeCluster"),
+    ("the operator without an admin token", {"operator": {"enabled": True}, "admin": {"existingSecret": ""}},
+     "operator: the operator needs the admin token"),
 ]
 
 
@@ -129,6 +138,9 @@ def check(update: bool) -> None:
         kinds = sorted({d["kind"] for d in docs})
         for version in KUBE_VERSIONS:
             for d in docs:
+                if d["kind"] == "FloeCluster":
+                    check_floecluster(name, d)
+                    continue
                 if d["kind"] in CRD_KINDS:
                     if not d.get("apiVersion", "").startswith("monitoring.coreos.com/"):
                         fail(f"{name}: {d['kind']} of {d.get('apiVersion')}")
@@ -140,6 +152,7 @@ def check(update: bool) -> None:
                          f"{e.message} at {list(e.path)}")
         print(f"ok {name}: lint, golden, {len(docs)} manifests valid for Kubernetes "
               f"{' and '.join(KUBE_VERSIONS)} ({', '.join(kinds)})")
+    check_crds_and_operator_objects()
     base = sets["minimal-external-etcd"]
     for what, over, message in BAD:
         values = merge(base, over)
@@ -156,6 +169,47 @@ def check(update: bool) -> None:
         if want not in text:
             fail(f"NOTES.txt lacks {want!r}:\n{text}")
     print("ok NOTES.txt gives the bootstrap address and the first floectl command")
+
+
+def floecluster_schema() -> dict:
+    crd = yaml.safe_load((CRDS / "floeclusters.floe.dev.yaml").read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+    return version["schema"]["openAPIV3Schema"]
+
+
+def check_floecluster(name: str, doc: dict) -> None:
+    """A FloeCluster against the CRD's structural schema (jsonschema, which
+    kubernetes-validate brings; `nullable` and the x-kubernetes extensions
+    are Kubernetes' own and ignored here)."""
+    import jsonschema
+    if doc.get("apiVersion") != "floe.dev/v1alpha1":
+        fail(f"{name}: FloeCluster of {doc.get('apiVersion')}")
+    errors = sorted(jsonschema.Draft4Validator(floecluster_schema()).iter_errors(doc), key=str)
+    if errors:
+        e = errors[0]
+        fail(f"{name}: FloeCluster {doc['metadata']['name']}: {e.message} at {list(e.path)}")
+    if doc["spec"]["storage"]["writeQuorum"] > doc["spec"]["storage"]["replicas"]:
+        fail(f"{name}: FloeCluster with W > R")
+
+
+def check_crds_and_operator_objects() -> None:
+    crds = sorted(CRDS.glob("*.yaml"))
+    if not crds:
+        fail(f"no CRD in {CRDS}")
+    goldens = sorted(OPERATOR_GOLDEN.glob("*.yaml"))
+    if not goldens:
+        fail(f"no operator golden files in {OPERATOR_GOLDEN}")
+    for path in crds + goldens:
+        docs = documents(path.read_text())
+        for version in KUBE_VERSIONS:
+            for d in docs:
+                try:
+                    kubernetes_validate.validate(d, version, strict=True)
+                except kubernetes_validate.ValidationError as e:
+                    fail(f"{path.relative_to(ROOT)}: {d['kind']}/{d['metadata']['name']} for "
+                         f"Kubernetes {version}: {e.message} at {list(e.path)}")
+        print(f"ok {path.relative_to(ROOT)}: {len(docs)} manifests valid for Kubernetes "
+              f"{' and '.join(KUBE_VERSIONS)}")
 
 
 def pods(values_file: str) -> None:

@@ -49,7 +49,12 @@ fn the_chart_renders_lints_and_validates() {
         .arg(repo().join("deploy/test/chart.py"))
         .arg("check"));
     assert!(ok, "chart check failed:\n{out}\n{err}");
-    for set in ["minimal-external-etcd", "bundled-etcd", "multi-zone-irsa"] {
+    for set in [
+        "minimal-external-etcd",
+        "bundled-etcd",
+        "multi-zone-irsa",
+        "operator",
+    ] {
         assert!(
             out.lines()
                 .any(|l| l.starts_with(&format!("ok {set}: lint, golden,"))
@@ -61,7 +66,25 @@ fn the_chart_renders_lints_and_validates() {
         .lines()
         .filter(|l| l.starts_with("ok bad values"))
         .count();
-    assert_eq!(bad, 7, "every bad value set fails with its message:\n{out}");
+    assert_eq!(bad, 9, "every bad value set fails with its message:\n{out}");
+    // The operator's CRD and the objects it renders (its golden files) are
+    // valid Kubernetes objects too, and the chart's FloeCluster fits the CRD.
+    for file in [
+        "deploy/helm/floe/crds/floeclusters.floe.dev.yaml",
+        "operator/tests/golden/default.yaml",
+        "operator/tests/golden/tuned.yaml",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("ok {file}: "))
+                && l.contains("valid for Kubernetes 1.30.0 and 1.34.0")),
+            "{file} not validated:\n{out}"
+        );
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok operator: ") && l.contains("FloeCluster")),
+        "{out}"
+    );
     assert!(out.contains("ok NOTES.txt"), "{out}");
 }
 
@@ -568,11 +591,16 @@ async fn the_image_builds_and_floe_standalone_in_it_serves_kcat() {
     assert!(tar.wait().unwrap().success(), "tar of the runtime base");
     assert!(ok, "podman import: {out}{err}");
     made.images.push(base.clone());
-    // The BINARIES=prebuilt stage takes target/image/{floe,floectl}.
+    // The BINARIES=prebuilt stage takes target/image/{floe,floectl,floe-operator}.
     let staged = repo().join("target/image");
     std::fs::create_dir_all(&staged).unwrap();
     std::fs::copy(floe_bin(), staged.join("floe")).unwrap();
     std::fs::copy(floectl_bin(), staged.join("floectl")).unwrap();
+    std::fs::copy(
+        floe_bin().with_file_name("floe-operator"),
+        staged.join("floe-operator"),
+    )
+    .unwrap();
     let (ok, out, err) = run(Command::new("podman")
         .current_dir(repo())
         .args(["build", "--quiet", "-f", "deploy/docker/Dockerfile"])
@@ -624,7 +652,11 @@ async fn the_image_builds_and_floe_standalone_in_it_serves_kcat() {
     let container = podman(&["create", &image]);
     made.containers.push(container.clone());
     let root = PathBuf::from(podman(&["mount", &container]));
-    for bin in ["usr/local/bin/floe", "usr/local/bin/floectl"] {
+    for bin in [
+        "usr/local/bin/floe",
+        "usr/local/bin/floectl",
+        "usr/local/bin/floe-operator",
+    ] {
         assert!(root.join(bin).exists(), "{bin} in the image");
     }
     for shell in ["bin/sh", "usr/bin/sh", "bin/bash"] {

@@ -47,11 +47,14 @@ impl Kubelet {
     }
 
     fn tick(&mut self) -> anyhow::Result<()> {
-        let Some(sts) = self.twin.get("statefulsets", NS, "floe-broker") else {
-            return Ok(());
-        };
-        let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(0) as i32;
-        let template = sts["spec"]["template"].clone();
+        // No StatefulSet (deleted): no broker pods.
+        let sts = self.twin.get("statefulsets", NS, "floe-broker");
+        let replicas = sts
+            .as_ref()
+            .map_or(0, |s| s["spec"]["replicas"].as_i64().unwrap_or(0) as i32);
+        let template = sts
+            .as_ref()
+            .map_or(Value::Null, |s| s["spec"]["template"].clone());
         // Deleted pods, and pods the StatefulSet no longer has.
         for pod in self.twin.list("pods", NS) {
             let name = pod["metadata"]["name"].as_str().unwrap().to_string();
@@ -270,7 +273,10 @@ async fn the_operator_scales_in_and_out_and_upgrades_a_real_cluster_without_losi
         tokio::spawn(async move {
             let mut passes = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let cr: FloeCluster = serde_json::from_value(cluster_object(&twin)).unwrap();
+                let Some(cr) = twin.get("floeclusters", NS, "floe") else {
+                    break;
+                };
+                let cr: FloeCluster = serde_json::from_value(cr).unwrap();
                 match reconcile(Arc::new(cr), ctx.clone()).await {
                     Ok(o) => tokio::time::sleep(o.requeue.min(Duration::from_millis(300))).await,
                     Err(e) => {
@@ -461,6 +467,44 @@ async fn the_operator_scales_in_and_out_and_upgrades_a_real_cluster_without_losi
         assert_eq!(String::from_utf8_lossy(&got.1), *payload);
     }
     println!("{} acked records read back", acked.len());
+
+    // Deletion: proxies, then brokers (each stopped with SIGTERM), then
+    // controllers, and only then does the resource go.
+    set_spec(&twin, |s| s["storage"]["writeQuorum"] = json!(1));
+    let log_before = twin.log().len();
+    let started = now_ms();
+    let crs: floe_operator::kube::Api<FloeCluster> =
+        floe_operator::kube::Api::namespaced(twin.client(), NS);
+    crs.delete("floe", &Default::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while twin.get("floeclusters", NS, "floe").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the FloeCluster was not finalized: {:?}",
+            twin.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log: Vec<String> = twin.log()[log_before..].to_vec();
+    assert_eq!(
+        log,
+        vec![
+            "delete floeclusters/floe",
+            "delete deployments/floe-proxy",
+            "delete statefulsets/floe-broker",
+            "delete deployments/floe-controller",
+            "delete floeclusters/floe",
+        ],
+        "deletion order"
+    );
+    let stopped: BTreeSet<i32> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, what, _)| *t >= started && *what == "stopped")
+        .map(|(_, _, b)| *b)
+        .collect();
+    assert_eq!(stopped, BTreeSet::from([0, 1, 2, 3]));
 
     stop.store(true, Ordering::Relaxed);
     let passes = operator.await.unwrap();

@@ -50,6 +50,11 @@ pub struct FloeClusterSpec {
     /// loses its partitions this long after (default 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ttl_ms: Option<u64>,
+    /// An existing ServiceAccount for every pod (e.g. one annotated for
+    /// cloud IAM); without it the operator makes one named after the
+    /// cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
     /// `RUST_LOG` of every process (default `info`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,

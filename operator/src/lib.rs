@@ -3,6 +3,9 @@
 //! drains, upgrades and changes storage through the controller's admin
 //! API (docs/operator.md).
 
+/// The kube-rs this crate is built with (for tests driving the twin).
+pub use kube;
+
 pub mod admin;
 pub mod crd;
 pub mod plan;
@@ -49,6 +52,7 @@ pub(crate) mod testing {
                 endpoint: None,
             },
             lease_ttl_ms: None,
+            service_account_name: None,
             log_level: None,
         }
     }

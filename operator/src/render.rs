@@ -169,7 +169,7 @@ fn pod_spec(
 ) -> Value {
     let sel = selector(n, component);
     let mut spec = json!({
-        "serviceAccountName": n.full,
+        "serviceAccountName": cr.spec.service_account_name.as_deref().unwrap_or(&n.full),
         "securityContext": {
             "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
             "seccompProfile": {"type": "RuntimeDefault"},
@@ -199,7 +199,6 @@ fn pod_spec(
     if !placement.tolerations.is_empty() {
         spec["tolerations"] = serde_json::to_value(&placement.tolerations).expect("serializes");
     }
-    let _ = cr;
     spec
 }
 
@@ -315,12 +314,14 @@ pub fn desired(cr: &FloeCluster, brokers: i32) -> Vec<Value> {
     let config_mount = json!([{"name": "config", "mountPath": "/etc/floe", "readOnly": true}]);
     let mut out = Vec::new();
 
-    out.push(json!({
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": metadata(cr, &n, &n.full, None),
-        "automountServiceAccountToken": false,
-    }));
+    if spec.service_account_name.is_none() {
+        out.push(json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": metadata(cr, &n, &n.full, None),
+            "automountServiceAccountToken": false,
+        }));
+    }
     out.push(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -531,6 +532,7 @@ mod tests {
     use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
     use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use serde::Deserialize;
 
     /// Compares with operator/tests/golden/NAME.yaml (UPDATE_GOLDEN=1
     /// writes it).
@@ -639,6 +641,147 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("[broker]\nload_report_interval_ms = 2000\n"));
+    }
+
+    #[test]
+    fn an_iam_bound_pinned_cluster_renders_as_the_golden_file() {
+        let mut spec = crate::testing::spec();
+        spec.service_account_name = Some("floe-irsa".into());
+        spec.controllers.replicas = 3;
+        spec.brokers.placement.tolerations = vec![serde_json::from_value(json!({
+            "key": "dedicated", "operator": "Equal", "value": "floe", "effect": "NoSchedule"
+        }))
+        .unwrap()];
+        spec.proxies.placement.affinity = Some(
+            serde_json::from_value(json!({"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "edge", "operator": "In", "values": ["true"]}]}
+                ]}
+            }}))
+            .unwrap(),
+        );
+        spec.brokers.autoscaling = Some(crate::crd::Autoscaling {
+            min_brokers: 3,
+            max_brokers: 12,
+            target_bytes_in_per_broker: 50_000_000,
+            cooldown_seconds: None,
+        });
+        spec.log_level = Some("floe=debug,info".into());
+        let cr = cluster("floe-prod", spec);
+        let objects = desired(&cr, 3);
+        typed(&objects);
+        golden("iam-pinned", &objects);
+        // An existing ServiceAccount is used, not made.
+        assert!(!objects.iter().any(|o| o["kind"] == "ServiceAccount"));
+        for o in objects.iter().filter(|o| o["spec"]["template"].is_object()) {
+            assert_eq!(
+                o["spec"]["template"]["spec"]["serviceAccountName"],
+                "floe-irsa"
+            );
+        }
+        assert_eq!(objects[1]["metadata"]["name"], "floe-prod-broker");
+    }
+
+    /// The chart (deploy/helm/floe, its golden rendering of
+    /// ci/minimal-external-etcd.yaml) and the operator, given the same
+    /// cluster, run the same containers: one shape of the workloads.
+    #[test]
+    fn the_operator_runs_the_same_containers_as_the_chart() {
+        use k8s_openapi::api::core::v1::ResourceRequirements;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/helm/floe/golden/minimal-external-etcd.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let chart: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+            .filter_map(|d| Value::deserialize(d).ok())
+            .filter(|v| v.is_object())
+            .collect();
+        let resources =
+            |req_cpu: &str, req_mem: &str, lim_mem: &str| -> Option<ResourceRequirements> {
+                serde_json::from_value(json!({
+                    "requests": {"cpu": req_cpu, "memory": req_mem},
+                    "limits": {"memory": lim_mem},
+                }))
+                .ok()
+            };
+        let mut spec = crate::testing::spec();
+        spec.etcd.endpoints = vec!["http://etcd.infra.svc:2379".into()];
+        spec.storage.targets.truncate(1);
+        spec.storage.targets[0].url = "s3://floe-data/cluster-1?region=eu-west-1".into();
+        spec.storage.targets[0].zone = None;
+        spec.storage.replicas = 1;
+        spec.storage.write_quorum = 1;
+        spec.storage.credentials_secret = Some("floe-s3".into());
+        spec.brokers.resources = resources("1", "2Gi", "4Gi");
+        spec.controllers.resources = resources("100m", "128Mi", "512Mi");
+        spec.proxies.resources = resources("500m", "1Gi", "2Gi");
+        let ours = desired(&cluster("floe", spec), 3);
+        let find = |set: &[Value], kind: &str, name: &str| -> Value {
+            set.iter()
+                .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("no {kind} {name}"))
+        };
+        for (kind, name) in [
+            ("StatefulSet", "floe-broker"),
+            ("Deployment", "floe-controller"),
+            ("Deployment", "floe-proxy"),
+        ] {
+            let (a, b) = (find(&chart, kind, name), find(&ours, kind, name));
+            assert_eq!(
+                a["spec"]["replicas"], b["spec"]["replicas"],
+                "{name} replicas"
+            );
+            let (pa, pb) = (
+                &a["spec"]["template"]["spec"],
+                &b["spec"]["template"]["spec"],
+            );
+            for field in [
+                "serviceAccountName",
+                "securityContext",
+                "topologySpreadConstraints",
+                "affinity",
+                "volumes",
+                "terminationGracePeriodSeconds",
+            ] {
+                assert_eq!(pa[field], pb[field], "{name}: pod {field}");
+            }
+            let (ca, cb) = (&pa["containers"][0], &pb["containers"][0]);
+            assert!(
+                ca["env"].as_array().is_some_and(|e| e.len() >= 5) && ca["args"].is_array(),
+                "{name}: the chart's container did not parse: {ca}"
+            );
+            for field in [
+                "name",
+                "image",
+                "imagePullPolicy",
+                "args",
+                "env",
+                "envFrom",
+                "ports",
+                "livenessProbe",
+                "readinessProbe",
+                "resources",
+                "securityContext",
+                "volumeMounts",
+            ] {
+                assert_eq!(ca[field], cb[field], "{name}: container {field}");
+            }
+        }
+        for name in ["floe-broker", "floe-controller", "floe-proxy"] {
+            let (a, b) = (find(&chart, "Service", name), find(&ours, "Service", name));
+            for field in [
+                "clusterIP",
+                "publishNotReadyAddresses",
+                "type",
+                "selector",
+                "ports",
+            ] {
+                assert_eq!(
+                    a["spec"][field], b["spec"][field],
+                    "Service {name}: {field}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -151,3 +151,15 @@ readinessProbe:
   periodSeconds: 5
   failureThreshold: 3
 {{- end -}}
+
+{{/* A FloeCluster component's placement from the chart's values of it. */}}
+{{- define "floe.placement" -}}
+nodeSelector:
+  {{- toYaml (default (dict) .nodeSelector) | nindent 2 }}
+tolerations:
+  {{- toYaml (default (list) .tolerations) | nindent 2 }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
