@@ -199,7 +199,8 @@ fn operations(c: &Cluster) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_operator_scales_in_and_out_and_upgrades_a_real_cluster_without_losing_a_record() {
+async fn the_operator_scales_upgrades_and_moves_storage_of_a_real_cluster_without_losing_a_record()
+{
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let mut c = Cluster::start(0, 1, 3_000).unwrap();
@@ -433,6 +434,64 @@ async fn the_operator_scales_in_and_out_and_upgrades_a_real_cluster_without_losi
         );
     }
     println!("upgrade done in {} ms", now_ms() - started);
+
+    // Storage: a new target in the spec, the old one out of it: added,
+    // the old one drained (its segments repaired onto the new one), then
+    // removed from the pool.
+    let started = now_ms();
+    let objects2 = c.dir().join("objects2");
+    std::fs::create_dir_all(&objects2).unwrap();
+    let url2 = format!("file://{}", objects2.display());
+    set_spec(&twin, |s| {
+        s["storage"]["targets"] = json!([{"id": "t1", "url": url2}]);
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (code, out, err) = c.floectl(0, &["storage", "list", "-o", "json"]);
+        assert_eq!(code, 0, "{err}");
+        let pool: Value = serde_json::from_str(&out).unwrap();
+        let ids: Vec<&str> = pool["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap())
+            .collect();
+        if ids == ["t1"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "t0 not replaced by t1: {out}\n{}",
+            serde_json::to_string_pretty(&cluster_object(&twin)["status"]).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_ready(&twin, 4, Duration::from_secs(60), "storage replaced").await;
+    assert_eq!(cluster_object(&twin)["status"]["segmentsToRepair"], 0);
+    println!("storage target replaced in {} ms", now_ms() - started);
+
+    // A wrong admin token: Degraded, saying which Secret; the right one
+    // back: Ready again.
+    let secret = twin.get("secrets", NS, "floe-admin").unwrap();
+    let mut wrong = secret.clone();
+    wrong["stringData"]["token"] = json!("not-the-token");
+    twin.put("secrets", NS, wrong);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, reason, message) = condition(&cluster_object(&twin), "Degraded");
+        if status == "True" {
+            assert_eq!(reason, "AdminTokenRefused", "{message}");
+            assert!(message.contains("spec.admin.tokenSecret"), "{message}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Degraded condition for a wrong token"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    twin.put("secrets", NS, secret);
+    wait_ready(&twin, 4, Duration::from_secs(30), "the token restored").await;
 
     // A bad spec: Degraded, naming the field; nothing changes.
     let log_before = twin.log().len();
