@@ -495,13 +495,24 @@ async fn the_operator_scales_upgrades_and_moves_storage_of_a_real_cluster_withou
 
     // A bad spec: Degraded, naming the field; nothing changes.
     let log_before = twin.log().len();
-    set_spec(&twin, |s| s["storage"]["writeQuorum"] = json!(5));
+    let good_spec = cluster_object(&twin)["spec"].clone();
+    set_spec(&twin, |s| {
+        s["storage"]["writeQuorum"] = json!(5);
+        s["proxies"] = json!({"replicas": 0});
+        s["storage"]["targets"][0]["url"] = json!("gopher://bucket/floe");
+    });
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (status, reason, message) = condition(&cluster_object(&twin), "Degraded");
         if status == "True" {
             assert_eq!(reason, "InvalidSpec");
-            assert!(message.contains("spec.storage.writeQuorum"), "{message}");
+            for field in [
+                "spec.storage.writeQuorum",
+                "spec.proxies.replicas",
+                "spec.storage.targets[0].url",
+            ] {
+                assert!(message.contains(field), "{field} not named: {message}");
+            }
             break;
         }
         assert!(Instant::now() < deadline, "no Degraded condition for W > R");
@@ -529,7 +540,8 @@ async fn the_operator_scales_upgrades_and_moves_storage_of_a_real_cluster_withou
 
     // Deletion: proxies, then brokers (each stopped with SIGTERM), then
     // controllers, and only then does the resource go.
-    set_spec(&twin, |s| s["storage"]["writeQuorum"] = json!(1));
+    set_spec(&twin, |s| *s = good_spec);
+    wait_ready(&twin, 4, Duration::from_secs(30), "the spec fixed").await;
     let log_before = twin.log().len();
     let started = now_ms();
     let crs: floe_operator::kube::Api<FloeCluster> =
