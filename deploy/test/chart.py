@@ -112,6 +112,15 @@ def documents(text: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
+def validate(where: str, doc: dict, version: str) -> None:
+    """kubernetes-validate --strict of one manifest, failing with where it is."""
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        fail(f"{where}: {doc['kind']}/{doc['metadata']['name']} for Kubernetes {version}: "
+             f"{e.message} at {list(e.path)}")
+
+
 def check(update: bool) -> None:
     sets = value_sets()
     if len(sets) < 3:
@@ -145,11 +154,7 @@ def check(update: bool) -> None:
                     if not d.get("apiVersion", "").startswith("monitoring.coreos.com/"):
                         fail(f"{name}: {d['kind']} of {d.get('apiVersion')}")
                     continue
-                try:
-                    kubernetes_validate.validate(d, version, strict=True)
-                except kubernetes_validate.ValidationError as e:
-                    fail(f"{name}: {d['kind']}/{d['metadata']['name']} for Kubernetes {version}: "
-                         f"{e.message} at {list(e.path)}")
+                validate(name, d, version)
         print(f"ok {name}: lint, golden, {len(docs)} manifests valid for Kubernetes "
               f"{' and '.join(KUBE_VERSIONS)} ({', '.join(kinds)})")
     check_crds_and_operator_objects()
@@ -203,11 +208,7 @@ def check_crds_and_operator_objects() -> None:
         docs = documents(path.read_text())
         for version in KUBE_VERSIONS:
             for d in docs:
-                try:
-                    kubernetes_validate.validate(d, version, strict=True)
-                except kubernetes_validate.ValidationError as e:
-                    fail(f"{path.relative_to(ROOT)}: {d['kind']}/{d['metadata']['name']} for "
-                         f"Kubernetes {version}: {e.message} at {list(e.path)}")
+                validate(str(path.relative_to(ROOT)), d, version)
         print(f"ok {path.relative_to(ROOT)}: {len(docs)} manifests valid for Kubernetes "
               f"{' and '.join(KUBE_VERSIONS)}")
 
