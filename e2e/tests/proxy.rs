@@ -641,7 +641,17 @@ fn raw_produce(proxy: &str, topic: &str, partitions: i32, timeout_ms: i32) -> (V
                         PartitionProduceData::default()
                             .with_index(p)
                             .with_records(Some(bytes::Bytes::from(
-                                floe_protocol::batch::synthetic_batch(3, 16, 1_000),
+                                // Stamped now: a 1970 stamp is past the
+                                // default retention, and a sealed segment
+                                // of it could be deleted before it is read.
+                                floe_protocol::batch::synthetic_batch(
+                                    3,
+                                    16,
+                                    std::time::SystemTime::now()
+                                        .duration_since(std::time::UNIX_EPOCH)
+                                        .unwrap()
+                                        .as_millis() as i64,
+                                ),
                             )))
                     })
                     .collect(),
