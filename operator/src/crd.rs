@@ -186,13 +186,37 @@ impl Default for ProxySpec {
     }
 }
 
-/// The etcd Floe keeps its metadata in: one run and backed up outside
-/// this resource (an etcd operator, a managed etcd).
+/// The etcd Floe keeps its metadata in: external endpoints (an etcd run
+/// and backed up by its own operator, the usual choice in production), or
+/// one the operator runs beside the cluster (`managed`). One of the two.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdSpec {
     /// Client URLs, e.g. `http://etcd-0.etcd:2379`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedEtcd>,
+}
+
+/// An etcd the operator runs: a StatefulSet, one member and volume per pod,
+/// at most one member down at a time (a disruption budget).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedEtcd {
+    /// Members: 1, 3 or 5 (default 3).
+    #[serde(default = "three")]
+    pub replicas: i32,
+    /// Default `quay.io/coreos/etcd:v3.5.17`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Volume size per member (default `8Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

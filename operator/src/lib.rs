@@ -30,6 +30,7 @@ pub(crate) mod testing {
             proxies: ProxySpec::default(),
             etcd: EtcdSpec {
                 endpoints: vec!["http://etcd.infra.svc:2379".into()],
+                managed: None,
             },
             storage: StorageSpec {
                 targets: ["a", "b", "c"]

@@ -65,6 +65,9 @@ impl Names {
     pub fn proxy(&self) -> String {
         format!("{}-proxy", self.full)
     }
+    pub fn etcd(&self) -> String {
+        format!("{}-etcd", self.full)
+    }
     pub fn config(&self) -> String {
         format!("{}-config", self.full)
     }
@@ -130,9 +133,27 @@ fn metadata(cr: &FloeCluster, n: &Names, name: &str, component: Option<&str>) ->
     m
 }
 
+/// The etcd client URLs every process gets: the spec's, or the managed
+/// etcd's members.
+pub fn etcd_endpoints(cr: &FloeCluster) -> Vec<String> {
+    let n = Names::of(cr);
+    match &cr.spec.etcd.managed {
+        None => cr.spec.etcd.endpoints.clone(),
+        Some(m) => (0..m.replicas)
+            .map(|i| {
+                format!(
+                    "http://{etcd}-{i}.{etcd}.{ns}.svc:2379",
+                    etcd = n.etcd(),
+                    ns = n.namespace
+                )
+            })
+            .collect(),
+    }
+}
+
 fn common_env(cr: &FloeCluster) -> Vec<Value> {
     vec![
-        json!({"name": "FLOE_ETCD", "value": cr.spec.etcd.endpoints.join(",")}),
+        json!({"name": "FLOE_ETCD", "value": etcd_endpoints(cr).join(",")}),
         json!({"name": "RUST_LOG", "value": cr.spec.log_level.as_deref().unwrap_or("info")}),
         json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
     ]
@@ -329,6 +350,10 @@ pub fn desired(cr: &FloeCluster, brokers: i32) -> Vec<Value> {
         "data": {"floe.toml": config_toml},
     }));
 
+    if let Some(m) = &spec.etcd.managed {
+        out.extend(managed_etcd(cr, &n, m));
+    }
+
     // Brokers.
     let broker = container(
         cr,
@@ -516,11 +541,116 @@ pub fn desired(cr: &FloeCluster, brokers: i32) -> Vec<Value> {
     out
 }
 
+/// The managed etcd: a StatefulSet (a member and a volume per pod), its
+/// headless Service and a disruption budget of one — as the chart's
+/// bundled etcd.
+fn managed_etcd(cr: &FloeCluster, n: &Names, m: &crate::crd::ManagedEtcd) -> Vec<Value> {
+    let name = n.etcd();
+    let ns = &n.namespace;
+    let peers: Vec<String> = (0..m.replicas)
+        .map(|i| format!("{name}-{i}=http://{name}-{i}.{name}.{ns}.svc:2380"))
+        .collect();
+    let sel = selector(n, "etcd");
+    let mut container = json!({
+        "name": "etcd",
+        "image": m.image.as_deref().unwrap_or("quay.io/coreos/etcd:v3.5.17"),
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["etcd"],
+        "args": [
+            "--name=$(POD_NAME)",
+            "--data-dir=/var/lib/etcd",
+            "--listen-client-urls=http://0.0.0.0:2379",
+            format!("--advertise-client-urls=http://$(POD_NAME).{name}.{ns}.svc:2379"),
+            "--listen-peer-urls=http://0.0.0.0:2380",
+            format!("--initial-advertise-peer-urls=http://$(POD_NAME).{name}.{ns}.svc:2380"),
+            format!("--initial-cluster={}", peers.join(",")),
+            "--initial-cluster-state=new",
+            format!("--initial-cluster-token={name}"),
+        ],
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "ports": [
+            {"name": "client", "containerPort": 2379},
+            {"name": "peer", "containerPort": 2380},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "client"}, "periodSeconds": 5},
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/etcd"}],
+    });
+    if let Some(r) = &m.resources {
+        container["resources"] = serde_json::to_value(r).expect("resources serialize");
+    }
+    let mut claim = json!({
+        "metadata": {"name": "data"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": m.storage_size.as_deref().unwrap_or("8Gi")}},
+        },
+    });
+    if let Some(class) = &m.storage_class_name {
+        claim["spec"]["storageClassName"] = json!(class);
+    }
+    let pod = json!({
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "topologySpreadConstraints": [{
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": sel},
+        }],
+        "containers": [container],
+    });
+    vec![
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": metadata(cr, n, &name, Some("etcd")),
+            "spec": {
+                "serviceName": name,
+                "replicas": m.replicas,
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": sel},
+                "template": template(n, "etcd", pod, &[]),
+                "volumeClaimTemplates": [claim],
+            },
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(cr, n, &name, Some("etcd")),
+            "spec": {
+                "clusterIP": "None",
+                "publishNotReadyAddresses": true,
+                "selector": sel,
+                "ports": [
+                    {"name": "client", "port": 2379, "targetPort": "client"},
+                    {"name": "peer", "port": 2380, "targetPort": "peer"},
+                ],
+            },
+        }),
+        json!({
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": metadata(cr, n, &name, Some("etcd")),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": sel}},
+        }),
+    ]
+}
+
 /// The template hash the broker pods should carry.
 pub fn broker_template_hash(objects: &[Value]) -> Option<String> {
     objects
         .iter()
-        .find(|o| o["kind"] == "StatefulSet")
+        .find(|o| {
+            o["kind"] == "StatefulSet"
+                && o["metadata"]["labels"]["app.kubernetes.io/component"] == "broker"
+        })
         .and_then(|o| o["spec"]["template"]["metadata"]["annotations"][TEMPLATE_HASH].as_str())
         .map(str::to_string)
 }
@@ -667,19 +797,43 @@ mod tests {
             cooldown_seconds: None,
         });
         spec.log_level = Some("floe=debug,info".into());
+        spec.etcd.endpoints.clear();
+        spec.etcd.managed = Some(crate::crd::ManagedEtcd {
+            replicas: 3,
+            image: None,
+            storage_size: Some("20Gi".into()),
+            storage_class_name: Some("gp3".into()),
+            resources: None,
+        });
         let cr = cluster("floe-prod", spec);
         let objects = desired(&cr, 3);
         typed(&objects);
         golden("iam-pinned", &objects);
         // An existing ServiceAccount is used, not made.
         assert!(!objects.iter().any(|o| o["kind"] == "ServiceAccount"));
-        for o in objects.iter().filter(|o| o["spec"]["template"].is_object()) {
+        for o in objects.iter().filter(|o| {
+            o["spec"]["template"].is_object()
+                && o["metadata"]["labels"]["app.kubernetes.io/component"] != "etcd"
+        }) {
             assert_eq!(
                 o["spec"]["template"]["spec"]["serviceAccountName"],
                 "floe-irsa"
             );
         }
-        assert_eq!(objects[1]["metadata"]["name"], "floe-prod-broker");
+        // The managed etcd, and every process pointed at its members.
+        assert_eq!(objects[1]["metadata"]["name"], "floe-prod-etcd");
+        assert_eq!(
+            objects[1]["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+            "gp3"
+        );
+        let broker = objects
+            .iter()
+            .find(|o| o["metadata"]["name"] == "floe-prod-broker" && o["kind"] == "StatefulSet")
+            .unwrap();
+        assert_eq!(
+            broker["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+            "http://floe-prod-etcd-0.floe-prod-etcd.streaming.svc:2379,http://floe-prod-etcd-1.floe-prod-etcd.streaming.svc:2379,http://floe-prod-etcd-2.floe-prod-etcd.streaming.svc:2379"
+        );
     }
 
     /// The chart (deploy/helm/floe, its golden rendering of

@@ -97,11 +97,20 @@ pub fn validate(spec: &FloeClusterSpec) -> Vec<Invalid> {
             "must be at least 10 (a broker releases its partitions in that time)".into(),
         );
     }
-    if spec.etcd.endpoints.is_empty() {
-        bad(
-            "spec.etcd.endpoints",
-            "must list at least one etcd client URL".into(),
-        );
+    match (&spec.etcd.managed, spec.etcd.endpoints.is_empty()) {
+        (None, true) => bad(
+            "spec.etcd",
+            "set spec.etcd.endpoints (an external etcd) or spec.etcd.managed".into(),
+        ),
+        (Some(_), false) => bad(
+            "spec.etcd",
+            "set either spec.etcd.endpoints or spec.etcd.managed, not both".into(),
+        ),
+        (Some(m), true) if ![1, 3, 5].contains(&m.replicas) => bad(
+            "spec.etcd.managed.replicas",
+            format!("must be 1, 3 or 5, is {}", m.replicas),
+        ),
+        _ => {}
     }
     for (i, e) in spec.etcd.endpoints.iter().enumerate() {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -230,6 +239,25 @@ mod tests {
             vec!["spec.proxies.replicas", "spec.storage.targets[1].url"]
         );
         assert!(validate(&s)[1].message.contains("\"gopher\""));
+    }
+
+    #[test]
+    fn etcd_is_external_or_managed_with_an_odd_member_count() {
+        let mut s = spec();
+        s.etcd.endpoints.clear();
+        assert_eq!(fields(&s), vec!["spec.etcd"]);
+        s.etcd.managed = Some(crate::crd::ManagedEtcd {
+            replicas: 2,
+            image: None,
+            storage_size: None,
+            storage_class_name: None,
+            resources: None,
+        });
+        assert_eq!(fields(&s), vec!["spec.etcd.managed.replicas"]);
+        s.etcd.managed.as_mut().unwrap().replicas = 3;
+        assert_eq!(fields(&s), Vec::<String>::new());
+        s.etcd.endpoints = vec!["http://etcd:2379".into()];
+        assert_eq!(fields(&s), vec!["spec.etcd"]);
     }
 
     #[test]
