@@ -35,6 +35,8 @@ struct Kubelet {
     spawner: BrokerSpawner,
     procs: BTreeMap<i32, Proc>,
     ready: BTreeSet<i32>,
+    /// Started and not yet ready once: their first ready is an event.
+    fresh: BTreeSet<i32>,
     runs: u32,
     events: Events,
     proxies: i32,
@@ -76,6 +78,7 @@ impl Kubelet {
                 self.event("start", id);
                 let p = self.spawner.spawn(id, self.runs)?;
                 self.procs.insert(id, p);
+                self.fresh.insert(id);
                 let mut labels = template["metadata"]["labels"].clone();
                 labels["apps.kubernetes.io/pod-index"] = json!(id.to_string());
                 self.twin.put(
@@ -100,7 +103,7 @@ impl Kubelet {
                     json!(if ready { "True" } else { "False" });
                 self.twin.put("pods", NS, pod);
             }
-            if ready && !self.ready.contains(id) {
+            if ready && self.fresh.remove(id) {
                 self.events.lock().unwrap().push((now_ms(), "ready", *id));
             }
             if ready {
@@ -204,6 +207,10 @@ async fn the_operator_scales_upgrades_and_moves_storage_of_a_real_cluster_withou
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let mut c = Cluster::start(0, 1, 3_000).unwrap();
+    // Without balance-on-join, evening partitions after a scale-out is
+    // the operator's doing.
+    c.restart_controllers_with(&["--balance-on-join", "false"])
+        .unwrap();
     c.wait_leader(Duration::from_secs(20)).unwrap();
     c.add_proxy().unwrap();
     c.add_proxy().unwrap();
@@ -212,14 +219,17 @@ async fn the_operator_scales_upgrades_and_moves_storage_of_a_real_cluster_withou
     let pool: Value = serde_json::from_str(&out).unwrap();
     let target = &pool["targets"][0];
 
-    // The API-server twin holds the admin token's Secret and the cluster.
+    // The API-server twin holds the admin token's Secret (as a server
+    // keeps it: base64 under data) and the cluster.
+    use base64::Engine as _;
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
     let twin = Twin::new();
     twin.put(
         "secrets",
         NS,
         json!({"apiVersion": "v1", "kind": "Secret",
                "metadata": {"name": "floe-admin", "namespace": NS},
-               "stringData": {"token": ADMIN_TOKEN}}),
+               "data": {"token": b64(ADMIN_TOKEN)}}),
     );
     twin.put(
         "floeclusters",
@@ -249,6 +259,7 @@ async fn the_operator_scales_upgrades_and_moves_storage_of_a_real_cluster_withou
             spawner: c.broker_spawner(),
             procs: BTreeMap::new(),
             ready: BTreeSet::new(),
+            fresh: BTreeSet::new(),
             runs: 0,
             events: events.clone(),
             proxies: 2,
@@ -311,8 +322,15 @@ async fn the_operator_scales_upgrades_and_moves_storage_of_a_real_cluster_withou
     }
     let b = c.proxy_bootstrap();
     floe_e2e::create_topic(&b, "op", 12).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while partitions_per_broker(&c).values().sum::<i64>() < 12 {
+        assert!(
+            Instant::now() < deadline,
+            "the topic's partitions not all written"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     wait_ready(&twin, 4, Duration::from_secs(60), "the topic written").await;
-    assert_eq!(partitions_per_broker(&c).values().sum::<i64>(), 12);
 
     // A producer through the proxies for everything that follows.
     let producer: FutureProducer = floe_e2e::idempotent_producer(&b);
@@ -474,7 +492,7 @@ async fn the_operator_scales_upgrades_and_moves_storage_of_a_real_cluster_withou
     // back: Ready again.
     let secret = twin.get("secrets", NS, "floe-admin").unwrap();
     let mut wrong = secret.clone();
-    wrong["stringData"]["token"] = json!("not-the-token");
+    wrong["data"]["token"] = json!(b64("not-the-token"));
     twin.put("secrets", NS, wrong);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

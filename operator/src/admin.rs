@@ -200,6 +200,11 @@ impl Admin {
                 .drain_storage_target(pb::StorageTargetRequest { id: id.clone() })
                 .await
                 .map(|_| None),
+            Action::UndrainTarget(id) => self
+                .client
+                .undrain_storage_target(pb::StorageTargetRequest { id: id.clone() })
+                .await
+                .map(|_| None),
             Action::RemoveTarget(id) => self
                 .client
                 .remove_storage_target(pb::StorageTargetRequest { id: id.clone() })

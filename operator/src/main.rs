@@ -27,6 +27,16 @@ struct Cli {
 enum Cmd {
     /// Print the FloeCluster CustomResourceDefinition (YAML).
     Crd,
+    /// Delete the FloeClusters of a namespace and wait until they are gone
+    /// (the chart's pre-delete hook: the operator, still running, takes
+    /// the cluster down in order before Helm removes it).
+    DeleteClusters {
+        #[arg(long, env = "FLOE_OPERATOR_NAMESPACE")]
+        namespace: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
     /// Reconcile FloeClusters (in-cluster config, or the kubeconfig).
     Run {
         /// Only this namespace (default: every namespace).
@@ -38,6 +48,15 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Crd => print!("{}", floe_operator::crd::crd_yaml()),
+        Cmd::DeleteClusters {
+            namespace,
+            timeout_s,
+        } => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(delete_clusters(&namespace, Duration::from_secs(timeout_s)))?;
+        }
         Cmd::Run { namespace } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -53,6 +72,34 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn delete_clusters(namespace: &str, timeout: Duration) -> anyhow::Result<()> {
+    use kube::api::{DeleteParams, ListParams};
+    let client = Client::try_default().await?;
+    let crs = Api::<FloeCluster>::namespaced(client, namespace);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = crs.list(&ListParams::default()).await?.items;
+        if left.is_empty() {
+            println!("no FloeCluster left in {namespace}");
+            return Ok(());
+        }
+        for cr in &left {
+            let name = cr.metadata.name.clone().unwrap_or_default();
+            if cr.metadata.deletion_timestamp.is_none() {
+                println!("deleting FloeCluster {namespace}/{name}");
+                crs.delete(&name, &DeleteParams::default()).await?;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "FloeClusters still in {namespace} after {timeout:?}: {:?} (is floe-operator running?)",
+                left.iter().map(|c| c.metadata.name.clone().unwrap_or_default()).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 async fn run(namespace: Option<String>) -> anyhow::Result<()> {

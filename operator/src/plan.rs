@@ -118,6 +118,7 @@ pub enum Action {
     RestartBroker(i32),
     AddTarget(StorageTarget),
     DrainTarget(String),
+    UndrainTarget(String),
     RemoveTarget(String),
 }
 
@@ -151,7 +152,8 @@ pub fn wanted_brokers(spec: &FloeClusterSpec, seen: &Observed) -> (i32, bool) {
     let cooled = seen
         .since_last_scale_s
         .is_none_or(|s| s >= a.cooldown_seconds.unwrap_or(300));
-    if !cooled || seen.operation.is_some() || c.brokers.iter().any(|b| !b.load_reported) {
+    let busy = seen.operation.is_some() || c.operations.iter().any(|o| !o.finished());
+    if !cooled || busy || c.brokers.iter().any(|b| !b.load_reported) {
         return (current, false);
     }
     let total: f64 = c.brokers.iter().map(|b| b.bytes_in_per_sec).sum();
@@ -307,6 +309,9 @@ fn scale_out(o: &OperationStatus, wanted: i32, current: i32, c: &ClusterView, p:
     let mut o = o.clone();
     if wanted > current {
         p.broker_replicas = wanted;
+        // More asked for mid-way: the operation waits for them too.
+        let from = o.from_brokers.unwrap_or(current);
+        o.brokers = (from..wanted).collect();
     }
     let new = &o.brokers;
     let live: Vec<i32> = new
@@ -380,6 +385,24 @@ fn upgrade(
         };
         return;
     }
+    let mut o = previous
+        .cloned()
+        .unwrap_or_else(|| op("upgrade", String::new(), Vec::new(), current, now));
+    // An outdated pod that is not ready or not live serves nothing and
+    // will not become ready by waiting (a bad image, a crash loop, a
+    // rollback of either): it is replaced at once, one per pass.
+    if let Some(broken) = outdated
+        .iter()
+        .filter(|pod| !pod.terminating && (!pod.ready || c.broker(pod.ordinal).is_none()))
+        .map(|pod| pod.ordinal)
+        .max()
+    {
+        p.actions.push(Action::RestartBroker(broken));
+        o.brokers.push(broken);
+        o.phase = format!("replacing broker {broken}, which is not ready on its old template");
+        p.operation = Some(o);
+        return;
+    }
     // One at a time: every broker pod present, ready and live, every
     // partition writing, before the next restart.
     let settled = (0..current).all(|id| {
@@ -388,9 +411,6 @@ fn upgrade(
             .any(|pod| pod.ordinal == id && pod.ready && !pod.terminating)
             && c.broker(id).is_some()
     }) && c.all_writing();
-    let mut o = previous
-        .cloned()
-        .unwrap_or_else(|| op("upgrade", String::new(), Vec::new(), current, now));
     if !settled {
         o.phase =
             "waiting for every broker and partition to be back before the next restart".into();
@@ -422,7 +442,16 @@ fn storage(spec: &FloeClusterSpec, c: &ClusterView, p: &mut Plan) {
     }
     for t in &spec.storage.targets {
         match c.targets.iter().find(|have| have.id == t.id) {
-            None => p.actions.push(Action::AddTarget(t.clone())),
+            // The pool refuses a second target on a URL it has: say so.
+            None => match c.targets.iter().find(|have| have.url == t.url) {
+                Some(other) => p.problems.push(format!(
+                    "spec.storage.targets: {}'s url is target {} of the pool already (a new cluster's first targets are seeded as t0, t1, … in order); give it that id or another url",
+                    t.id, other.id
+                )),
+                None => p.actions.push(Action::AddTarget(t.clone())),
+            },
+            // Back in the spec while draining: it stays in the pool.
+            Some(have) if have.draining => p.actions.push(Action::UndrainTarget(t.id.clone())),
             Some(have) => {
                 let zone = t.zone.clone().unwrap_or_default();
                 if have.url != t.url || have.zone != zone {
@@ -722,6 +751,44 @@ mod tests {
         s.broker_pods = pods(3, HASH);
         let p = plan(&sp, &s, HASH, NOW);
         assert_eq!((p.actions, p.operation), (vec![], None));
+    }
+
+    #[test]
+    fn a_broken_outdated_broker_is_replaced_without_waiting_for_it() {
+        let sp = spec();
+        let mut s = seen(3, cluster(&[6, 6, 0]));
+        s.broker_pods = pods(3, "bad");
+        // Broker 2 runs a bad template and never got ready; 0 and 1 are
+        // outdated too but healthy.
+        s.broker_pods[2].ready = false;
+        s.cluster.as_mut().unwrap().brokers.truncate(2);
+        let p = plan(&sp, &s, HASH, NOW);
+        assert_eq!(p.actions, vec![Action::RestartBroker(2)]);
+        assert!(p.operation.unwrap().phase.contains("not ready"));
+    }
+
+    #[test]
+    fn a_url_the_pool_has_under_another_id_and_a_target_put_back_while_draining() {
+        let mut sp = spec();
+        sp.storage.targets[0].id = "t9".into();
+        let mut c = cluster(&[4, 4, 4]);
+        c.targets[1].draining = true;
+        let p = plan(&sp, &seen(3, c), HASH, NOW);
+        // t9 is t0's url: a problem, no call; t0 leaves the spec: drained;
+        // t1 is back in the spec while draining: undrained.
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::UndrainTarget("t1".into()),
+                Action::DrainTarget("t0".into())
+            ]
+        );
+        assert_eq!(p.problems.len(), 1);
+        assert!(
+            p.problems[0].contains("target t0 of the pool"),
+            "{:?}",
+            p.problems
+        );
     }
 
     #[test]

@@ -158,13 +158,36 @@ fn condition(
 async fn write_status(
     api: &Api<FloeCluster>,
     name: &str,
+    old: &FloeClusterStatus,
     status: &FloeClusterStatus,
 ) -> Result<(), Error> {
-    // A merge patch of the whole status; `operation: null` clears it.
+    // A merge patch merges maps, so what is gone is sent as null: a
+    // cleared operation, partition states no longer reported, an
+    // operation's fields that are empty now.
     let mut s = serde_json::to_value(status).map_err(|e| Error::Other(e.to_string()))?;
-    for key in ["operation", "segmentsToRepair", "lastScaleTime"] {
+    for key in [
+        "operation",
+        "segmentsToRepair",
+        "lastScaleTime",
+        "partitions",
+    ] {
         if s.get(key).is_none() {
             s[key] = Value::Null;
+        }
+    }
+    for state in old.partitions.keys() {
+        if !status.partitions.contains_key(state) {
+            if !s["partitions"].is_object() {
+                s["partitions"] = json!({});
+            }
+            s["partitions"][state] = Value::Null;
+        }
+    }
+    if s["operation"].is_object() {
+        for key in ["brokers", "controllerOperations", "fromBrokers"] {
+            if s["operation"].get(key).is_none() {
+                s["operation"][key] = Value::Null;
+            }
         }
     }
     api.patch_status(
@@ -186,12 +209,22 @@ async fn ready_replicas(client: &Client, ns: &str, name: &str) -> Result<i32, Er
 }
 
 /// One pass over `cr`.
-pub async fn reconcile(cr: Arc<FloeCluster>, ctx: Arc<Context>) -> Result<Outcome, Error> {
+pub async fn reconcile(cached: Arc<FloeCluster>, ctx: Arc<Context>) -> Result<Outcome, Error> {
     let client = &ctx.client;
-    let n = Names::of(&cr);
-    let ns = n.namespace.clone();
-    let name = cr.name_any();
+    let ns = cached.namespace().unwrap_or_else(|| "default".into());
+    let name = cached.name_any();
     let crs: Api<FloeCluster> = Api::namespaced(client.clone(), &ns);
+    // The resource as stored now, not as the watch cache last saw it: the
+    // previous pass's status (its operation) must be what this one starts
+    // from.
+    let Some(cr) = crs.get_opt(&name).await? else {
+        return Ok(Outcome {
+            requeue: Duration::from_secs(300),
+            settled: true,
+            actions: vec![],
+        });
+    };
+    let n = Names::of(&cr);
     if cr.metadata.deletion_timestamp.is_some() {
         return cleanup(&cr, &n, client, &crs).await;
     }
@@ -246,7 +279,7 @@ pub async fn reconcile(cr: Arc<FloeCluster>, ctx: Arc<Context>) -> Result<Outcom
                 &old.conditions,
             ),
         ];
-        write_status(&crs, &name, &status).await?;
+        write_status(&crs, &name, &old, &status).await?;
         return Ok(Outcome {
             requeue: Duration::from_secs(300),
             settled: false,
@@ -309,9 +342,19 @@ pub async fn reconcile(cr: Arc<FloeCluster>, ctx: Arc<Context>) -> Result<Outcom
     let probe = render::desired(&cr, 1);
     let hash = render::broker_template_hash(&probe).unwrap_or_default();
     let mut p = plan::plan(&cr.spec, &seen, &hash, &now);
-    apply(client, &ns, &render::desired(&cr, p.broker_replicas)).await?;
     let mut failures = Vec::new();
     let mut done = Vec::new();
+    if let Err(e) = apply(client, &ns, &render::desired(&cr, p.broker_replicas)).await {
+        // Nothing else moves while the objects cannot be applied (e.g. an
+        // immutable field changed); the status says why.
+        failures.push(AdminError {
+            reason: "KubernetesCallFailed",
+            message: format!("applying the cluster's objects: {e}"),
+        });
+        p.actions.clear();
+        p.operation = seen.operation.clone();
+        p.broker_replicas = seen.broker_replicas.unwrap_or(p.broker_replicas);
+    }
     for action in &p.actions {
         let r = match action {
             Action::RestartBroker(id) => Api::<Pod>::namespaced(client.clone(), &ns)
@@ -342,6 +385,12 @@ pub async fn reconcile(cr: Arc<FloeCluster>, ctx: Arc<Context>) -> Result<Outcom
                 failures.push(e);
             }
         }
+    }
+
+    // A call failed where the plan meant to finish the operation (e.g. the
+    // undrains ending a scale-in): it stays, so the next pass does it again.
+    if !failures.is_empty() && p.operation.is_none() && seen.operation.is_some() {
+        p.operation = seen.operation.clone();
     }
 
     // Status.
@@ -478,7 +527,7 @@ pub async fn reconcile(cr: Arc<FloeCluster>, ctx: Arc<Context>) -> Result<Outcom
             )
         },
     ];
-    write_status(&crs, &name, &status).await?;
+    write_status(&crs, &name, &old, &status).await?;
     let busy = p.operation.is_some() || !done.is_empty();
     Ok(Outcome {
         requeue: if busy || !ready {

@@ -330,7 +330,9 @@ pub fn desired(cr: &FloeCluster, brokers: i32) -> Vec<Value> {
     let spec = &cr.spec;
     let admin_port = spec.admin.port.unwrap_or(ADMIN_PORT);
     let config_toml = floe_toml(cr);
-    let config_hash = hash_hex(&json!(config_toml));
+    // Each workload restarts for its own section only.
+    let broker_config_hash = hash_hex(&json!(spec.brokers.config));
+    let proxy_config_hash = hash_hex(&json!(spec.proxies.config));
     let config_volume = json!([{"name": "config", "configMap": {"name": n.config()}}]);
     let config_mount = json!([{"name": "config", "mountPath": "/etc/floe", "readOnly": true}]);
     let mut out = Vec::new();
@@ -395,7 +397,7 @@ pub fn desired(cr: &FloeCluster, brokers: i32) -> Vec<Value> {
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "OnDelete"},
             "selector": {"matchLabels": selector(&n, "broker")},
-            "template": template(&n, "broker", broker_pod, &[("checksum/config", config_hash.clone())]),
+            "template": template(&n, "broker", broker_pod, &[("checksum/config", broker_config_hash)]),
         },
     }));
     out.push(json!({
@@ -509,7 +511,7 @@ pub fn desired(cr: &FloeCluster, brokers: i32) -> Vec<Value> {
             "replicas": spec.proxies.replicas,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "selector": {"matchLabels": selector(&n, "proxy")},
-            "template": template(&n, "proxy", proxy_pod, &[("checksum/config", config_hash)]),
+            "template": template(&n, "proxy", proxy_pod, &[("checksum/config", proxy_config_hash)]),
         },
     }));
     let mut svc_meta = metadata(cr, &n, &n.proxy(), Some("proxy"));
@@ -947,9 +949,20 @@ mod tests {
         let mut cr2 = cr.clone();
         cr2.spec.image = "ghcr.io/floe-streaming/floe:0.2.0".into();
         assert_ne!(broker_template_hash(&desired(&cr2, 3)).unwrap(), a);
-        // A proxy-only change leaves brokers alone.
+        // A proxy-only change leaves brokers alone, its config included.
         let mut cr3 = cr.clone();
         cr3.spec.proxies.replicas = 4;
+        cr3.spec
+            .proxies
+            .config
+            .insert("produce_hold_ms".into(), json!(250));
         assert_eq!(broker_template_hash(&desired(&cr3, 3)).unwrap(), a);
+        // A broker config change restarts brokers.
+        let mut cr4 = cr.clone();
+        cr4.spec
+            .brokers
+            .config
+            .insert("load_report_interval_ms".into(), json!(2000));
+        assert_ne!(broker_template_hash(&desired(&cr4, 3)).unwrap(), a);
     }
 }

@@ -4,7 +4,8 @@
 //! objects as JSON and answers the calls the operator makes — get, list
 //! with a label selector, server-side apply, merge patches (also of
 //! `/status`), delete — with Kubernetes' shapes and status codes. It is
-//! an approximation, and says where: apply replaces the applied fields
+//! an approximation, and says where: a StatefulSet's immutable fields
+//! are refused (422) as Kubernetes does; apply replaces the applied fields
 //! rather than tracking field managers; deleting a pod only marks it
 //! terminating (the test's kubelet twin finishes it, as a kubelet would);
 //! an object with finalizers is marked deleted until they are gone. Every
@@ -235,6 +236,25 @@ impl Twin {
                         }
                         Some(mut o) => {
                             let before = o.clone();
+                            // Fields Kubernetes refuses to change.
+                            if plural == "statefulsets" {
+                                for f in [
+                                    "selector",
+                                    "serviceName",
+                                    "volumeClaimTemplates",
+                                    "podManagementPolicy",
+                                ] {
+                                    if !patch["spec"][f].is_null()
+                                        && patch["spec"][f] != o["spec"][f]
+                                    {
+                                        return status(
+                                            StatusCode::UNPROCESSABLE_ENTITY,
+                                            "Invalid",
+                                            format!("StatefulSet.apps \"{name}\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden ({f})"),
+                                        );
+                                    }
+                                }
+                            }
                             for (k, v) in patch.as_object().into_iter().flatten() {
                                 if k == "metadata" {
                                     for (mk, mv) in v.as_object().into_iter().flatten() {
@@ -433,6 +453,13 @@ mod tests {
             twin.get("statefulsets", "ns", "a").unwrap()["status"]["replicas"],
             3
         );
+        let mut moved = obj2.clone();
+        moved["spec"]["serviceName"] = json!("b");
+        let e = sts
+            .patch("a", &pp, &Patch::Apply(&moved))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, kube::Error::Api(ref s) if s.code == 422), "{e}");
         sts.delete("a", &DeleteParams::default()).await.unwrap();
         assert!(sts.get_opt("a").await.unwrap().is_none());
         // A pod is only marked.
