@@ -200,12 +200,13 @@ impl floe_kafka::read::Readable for Owned {
     fn read(
         &self,
         offset: i64,
+        upper: i64,
         budget: usize,
         min_one: bool,
     ) -> futures::future::BoxFuture<'_, Result<Bytes, ReadError>> {
         async move {
             self.log
-                .read(offset, budget, min_one)
+                .read_until(offset, upper, budget, min_one)
                 .await
                 .map(|r| r.records)
         }
@@ -291,7 +292,7 @@ pub async fn list_offsets(
                     if version >= 4 {
                         pr.leader_epoch = h.log.offsets().2;
                     }
-                    list_offset(&h.log, p.timestamp, &mut pr).await;
+                    list_offset(&h.log, p.timestamp, req.isolation_level, &mut pr).await;
                 }
             }
             tr.partitions.push(pr);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use floe_protocol::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use floe_protocol::kafka_protocol::messages::fetch_response::{
-    FetchableTopicResponse, PartitionData,
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
 };
 use floe_protocol::kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
 use floe_protocol::kafka_protocol::messages::{FetchRequest, FetchResponse};
@@ -34,10 +34,12 @@ pub trait Readable: Send + Sync {
     /// (a proxy's pushed high watermark may trail the owner's by a moment).
     fn past_end_is_out_of_range(&self, waited_out: bool) -> bool;
     /// Read up to `budget` bytes of whole batches from `offset` (at least
-    /// one batch if `min_one`).
+    /// one batch if `min_one`), only batches starting before `upper` (the
+    /// last stable offset for read_committed).
     fn read(
         &self,
         offset: i64,
+        upper: i64,
         budget: usize,
         min_one: bool,
     ) -> BoxFuture<'_, Result<Bytes, ReadError>>;
@@ -125,9 +127,17 @@ pub async fn fetch<R: Readable>(
                     continue;
                 }
                 let (start, hw, _) = r.log().offsets();
+                let lso = r.log().last_stable_offset();
                 pr.high_watermark = hw;
-                pr.last_stable_offset = hw;
+                pr.last_stable_offset = lso;
                 pr.log_start_offset = start;
+                // read_committed: nothing at or past the last stable
+                // offset, and the aborted transactions of what is read.
+                let upper = if req.isolation_level == 1 {
+                    lso
+                } else {
+                    i64::MAX
+                };
                 if p.fetch_offset > hw {
                     if r.past_end_is_out_of_range(waited_out) {
                         pr.error_code = ResponseError::OffsetOutOfRange.code();
@@ -138,8 +148,21 @@ pub async fn fetch<R: Readable>(
                 let budget =
                     (p.partition_max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
                 if budget > 0 || total == 0 {
-                    match r.read(p.fetch_offset, budget, total == 0).await {
+                    match r.read(p.fetch_offset, upper, budget, total == 0).await {
                         Ok(records) => {
+                            if req.isolation_level == 1 && !records.is_empty() {
+                                pr.aborted_transactions = Some(
+                                    r.log()
+                                        .aborted_in(p.fetch_offset, upper)
+                                        .into_iter()
+                                        .map(|(producer_id, first_offset)| {
+                                            AbortedTransaction::default()
+                                                .with_producer_id(producer_id.into())
+                                                .with_first_offset(first_offset)
+                                        })
+                                        .collect(),
+                                );
+                            }
                             total += records.len();
                             r.served(records.len() as u64);
                             pr.records = Some(legacy_fetch(records, version));
@@ -185,16 +208,23 @@ pub fn legacy_fetch(records: Bytes, version: i16) -> Bytes {
     })
 }
 
-/// ListOffsets for one partition of `log`: the latest (-1), earliest (-2,
+/// ListOffsets for one partition of `log`: the latest (-1: the last
+/// stable offset for read_committed, `isolation_level` 1), earliest (-2,
 /// -4), max-timestamp (-3) or first-at-or-after-timestamp offset, into `pr`.
 pub async fn list_offset(
     log: &floe_storage::log::PartitionLog,
     timestamp: i64,
+    isolation_level: i8,
     pr: &mut ListOffsetsPartitionResponse,
 ) {
     let (start, hw, _) = log.offsets();
+    let latest = if isolation_level == 1 {
+        log.last_stable_offset()
+    } else {
+        hw
+    };
     let answer = match timestamp {
-        -1 => Ok(Some((hw, -1))),
+        -1 => Ok(Some((latest, -1))),
         -2 | -4 => Ok(Some((start, -1))),
         -3 => log.max_timestamp().await,
         ts if ts < 0 => {
@@ -281,12 +311,13 @@ mod tests {
         fn read(
             &self,
             offset: i64,
+            upper: i64,
             budget: usize,
             min_one: bool,
         ) -> BoxFuture<'_, Result<Bytes, ReadError>> {
             Box::pin(async move {
                 self.log
-                    .read(offset, budget, min_one)
+                    .read_until(offset, upper, budget, min_one)
                     .await
                     .map(|r| r.records)
             })

@@ -6,7 +6,8 @@
 //! proxy, and not decided by a proxy whose owner is gone; below the log
 //! start for both), the long poll woken by new records, a follower without
 //! its first snapshot, a partition the tier refuses (e.g. a fenced epoch),
-//! the isolation-level placeholder for transactions, and fetch sessions.
+//! read_committed bounded by the last stable offset with the aborted
+//! transactions it must drop, and fetch sessions.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -102,6 +103,7 @@ async fn log() -> (Arc<PartitionLog>, StorageTarget) {
         high_watermark: 0,
         leader_epoch: 1,
         segments,
+        ..Default::default()
     };
     let log = PartitionLog::new(id, state, BlockCache::new(16 << 20));
     add_chunk(&log, &t, 0, 10).await;
@@ -149,7 +151,7 @@ pub async fn run<S: Subject>(s: &S) {
     offsets_out_of_range(s).await;
     a_long_poll_wakes_when_records_arrive(s).await;
     a_follower_not_ready_is_empty_and_errors_come_from_resolving(s).await;
-    read_committed_gets_an_empty_aborted_list_and_sessions_are_refused(s).await;
+    read_committed_stops_at_the_last_stable_offset_and_sessions_are_refused(s).await;
 }
 
 pub async fn records_within_max_bytes_from_the_offset<S: Subject>(s: &S) {
@@ -235,14 +237,55 @@ pub async fn a_follower_not_ready_is_empty_and_errors_come_from_resolving<S: Sub
     assert_eq!(p.records.as_deref(), Some(&[][..]));
 }
 
-pub async fn read_committed_gets_an_empty_aborted_list_and_sessions_are_refused<S: Subject>(s: &S) {
+pub async fn read_committed_stops_at_the_last_stable_offset_and_sessions_are_refused<S: Subject>(
+    s: &S,
+) {
     let (log, _t) = log().await;
     let mut req = request(0, 0, 1, 1 << 20);
-    // (No transactions yet: read_committed sees every record.)
+    // No transaction: read_committed sees every record, the LSO is the HW.
     req.isolation_level = 1;
     let p = answer(s, &log, UP, &req).await;
     assert_eq!(p.aborted_transactions, Some(Vec::new()));
     assert_eq!(offsets(&p).len(), 10);
+    assert_eq!(p.last_stable_offset, 50);
+    // A transaction open from 25, one aborted over [10, 19]: read_committed
+    // gets the batches below 25 and the aborted one to drop;
+    // read_uncommitted everything, with the same LSO.
+    log.update(|st| {
+        st.first_unstable = Some(25);
+        st.aborted = Arc::new(BTreeMap::from([(
+            19,
+            floe_storage::log::AbortedTxn {
+                producer_id: 7,
+                first_offset: 10,
+            },
+        )]));
+    });
+    let p = answer(s, &log, UP, &req).await;
+    assert_eq!(offsets(&p), vec![0, 5, 10, 15, 20]);
+    assert_eq!((p.high_watermark, p.last_stable_offset), (50, 25));
+    let aborted = p.aborted_transactions.clone().unwrap();
+    assert_eq!(aborted.len(), 1);
+    assert_eq!((aborted[0].producer_id.0, aborted[0].first_offset), (7, 10));
+    // From past the abort marker the aborted one is not listed.
+    let mut later = request(20, 0, 1, 1 << 20);
+    later.isolation_level = 1;
+    let p = answer(s, &log, UP, &later).await;
+    assert_eq!(offsets(&p), vec![20]);
+    assert_eq!(p.aborted_transactions, Some(Vec::new()));
+    // At the LSO: nothing yet, and no error.
+    let mut at = request(25, 0, 1, 1 << 20);
+    at.isolation_level = 1;
+    let p = answer(s, &log, UP, &at).await;
+    assert_eq!((p.error_code, offsets(&p).len()), (0, 0));
+    let p = answer(s, &log, UP, &request(0, 0, 1, 1 << 20)).await;
+    assert_eq!(offsets(&p).len(), 10);
+    assert_eq!(p.last_stable_offset, 25);
+    assert!(p.aborted_transactions.unwrap_or_default().is_empty());
+    // The transaction ends: the LSO is the HW again.
+    log.update(|st| st.first_unstable = None);
+    let p = answer(s, &log, UP, &at).await;
+    assert_eq!(offsets(&p), vec![25, 30, 35, 40, 45]);
     req.session_id = 5;
     let peer = crate::listener::Peer::local();
     let resp = fetch(&req, 12, &peer, |_, _| {

@@ -58,10 +58,11 @@ impl floe_kafka::read::Readable for Followed {
     fn read(
         &self,
         offset: i64,
+        upper: i64,
         budget: usize,
         min_one: bool,
     ) -> futures::future::BoxFuture<'_, Result<Bytes, ReadError>> {
-        Box::pin(read(&self.f, offset, budget, min_one))
+        Box::pin(read(&self.f, offset, upper, budget, min_one))
     }
 
     fn served(&self, bytes: u64) {
@@ -87,11 +88,17 @@ impl Proxy {
 
 /// Read from a followed log; a chunk deleted under the read (its segment
 /// was sealed) is read again once the new state arrived.
-async fn read(f: &Follower, offset: i64, budget: usize, min_one: bool) -> Result<Bytes, ReadError> {
+async fn read(
+    f: &Follower,
+    offset: i64,
+    upper: i64,
+    budget: usize,
+    min_one: bool,
+) -> Result<Bytes, ReadError> {
     let give_up = Instant::now() + REPLAN_WAIT;
     let mut hw = f.log.subscribe();
     loop {
-        match f.log.read(offset, budget, min_one).await {
+        match f.log.read_until(offset, upper, budget, min_one).await {
             Err(ReadError::Storage(StorageError::NotFound(_))) if Instant::now() < give_up => {
                 let _ = tokio::time::timeout_at(give_up, hw.changed()).await;
             }
@@ -157,7 +164,8 @@ impl Proxy {
                 if version >= 4 {
                     pr.leader_epoch = -1;
                 }
-                floe_kafka::read::list_offset(&f.log, p.timestamp, &mut pr).await;
+                floe_kafka::read::list_offset(&f.log, p.timestamp, req.isolation_level, &mut pr)
+                    .await;
                 tr.partitions.push(pr);
             }
             resp.topics.push(tr);

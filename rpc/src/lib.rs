@@ -146,6 +146,9 @@ pub mod tail {
             high_watermark: snap.high_watermark,
             leader_epoch: snap.leader_epoch,
             segments,
+            // Transactions do not ride on the tail push yet: no
+            // transactional batch is accepted before they do.
+            ..Default::default()
         })
     }
 

@@ -75,6 +75,29 @@ pub struct LogState {
     pub high_watermark: Offset,
     pub leader_epoch: Epoch,
     pub segments: BTreeMap<Offset, SegmentView>,
+    /// The first offset of the oldest transaction still open (its end
+    /// marker not durable yet), if any: the last stable offset is the
+    /// smaller of it and the high watermark.
+    pub first_unstable: Option<Offset>,
+    /// Aborted transactions whose abort marker is durable, by the marker's
+    /// offset: what a read_committed fetch is told to drop.
+    pub aborted: Arc<BTreeMap<Offset, AbortedTxn>>,
+}
+
+/// A transaction that ended in an abort: its producer and first offset;
+/// the key it is kept under is its abort marker's offset (its last).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: Offset,
+}
+
+impl LogState {
+    /// The last stable offset (LSO): below it every transaction has ended.
+    pub fn last_stable_offset(&self) -> Offset {
+        self.first_unstable
+            .map_or(self.high_watermark, |f| f.min(self.high_watermark))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +303,25 @@ impl PartitionLog {
         (s.log_start_offset, s.high_watermark, s.leader_epoch)
     }
 
+    /// The last stable offset (the high watermark when no transaction is
+    /// open).
+    pub fn last_stable_offset(&self) -> Offset {
+        self.state.read().unwrap().last_stable_offset()
+    }
+
+    /// The aborted transactions a read_committed reader of `[from, upper)`
+    /// must know: those whose abort marker is at or after `from` and whose
+    /// first offset is before `upper`, in marker order, as (producer id,
+    /// first offset).
+    pub fn aborted_in(&self, from: Offset, upper: Offset) -> Vec<(i64, Offset)> {
+        let s = self.state.read().unwrap();
+        s.aborted
+            .range(from..)
+            .filter(|(_, a)| a.first_offset < upper)
+            .map(|(_, a)| (a.producer_id, a.first_offset))
+            .collect()
+    }
+
     pub fn snapshot(&self) -> LogState {
         self.state.read().unwrap().clone()
     }
@@ -350,6 +392,19 @@ impl PartitionLog {
         max_bytes: usize,
         min_one: bool,
     ) -> Result<ReadResult, ReadError> {
+        self.read_until(offset, Offset::MAX, max_bytes, min_one)
+            .await
+    }
+
+    /// [`PartitionLog::read`] of the batches that start before `upper` (a
+    /// read_committed fetch reads up to the last stable offset).
+    pub async fn read_until(
+        &self,
+        offset: Offset,
+        upper: Offset,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<ReadResult, ReadError> {
         let mut pieces = Pieces::default();
         let mut next = offset;
         // A reader that raced with a seal may find a chunk already deleted:
@@ -357,6 +412,9 @@ impl PartitionLog {
         let mut retries = 0;
         loop {
             let plan = self.plan(next)?;
+            if next >= upper {
+                break;
+            }
             let budget = max_bytes.saturating_sub(pieces.len());
             let got = match plan {
                 Plan::Empty => break,
@@ -365,13 +423,14 @@ impl PartitionLog {
                         &replicas,
                         &chunks,
                         next,
+                        upper,
                         budget,
                         min_one && pieces.is_empty(),
                     )
                     .await
                 }
                 Plan::Segment(seg) => {
-                    self.read_segment(&seg, next, budget, min_one && pieces.is_empty())
+                    self.read_segment(&seg, next, upper, budget, min_one && pieces.is_empty())
                         .await
                 }
             };
@@ -400,8 +459,15 @@ impl PartitionLog {
     }
 
     /// Take whole batches from `data` (which starts at a batch boundary):
-    /// skip those before `offset`, stop before exceeding `budget`.
-    fn take(data: &Pieces, offset: Offset, budget: usize, min_one: bool) -> (Pieces, Offset, bool) {
+    /// skip those before `offset`, stop before exceeding `budget` or at a
+    /// batch starting at `upper` or later.
+    fn take(
+        data: &Pieces,
+        offset: Offset,
+        upper: Offset,
+        budget: usize,
+        min_one: bool,
+    ) -> (Pieces, Offset, bool) {
         let mut start = None;
         let mut end = 0;
         let mut next = offset;
@@ -409,6 +475,10 @@ impl PartitionLog {
         for (pos, h) in data.batches() {
             if h.next_offset() <= offset {
                 continue;
+            }
+            if h.base_offset >= upper {
+                exhausted = false;
+                break;
             }
             let s = *start.get_or_insert(pos);
             let len = pos + h.total_len() - s;
@@ -438,6 +508,7 @@ impl PartitionLog {
         replicas: &ReplicaSet,
         chunks: &[ChunkRef],
         offset: Offset,
+        upper: Offset,
         budget: usize,
         min_one: bool,
     ) -> Result<(Pieces, Offset), StorageError> {
@@ -448,6 +519,7 @@ impl PartitionLog {
             let (bytes, after, exhausted) = Self::take(
                 &payload,
                 next,
+                upper,
                 budget - pieces.len(),
                 min_one && pieces.is_empty(),
             );
@@ -529,6 +601,7 @@ impl PartitionLog {
         &self,
         seg: &SealedSegment,
         offset: Offset,
+        upper: Offset,
         budget: usize,
         min_one: bool,
     ) -> Result<(Pieces, Offset), StorageError> {
@@ -553,7 +626,7 @@ impl PartitionLog {
                     if !min_one && h.total_len() > budget {
                         return Ok((Pieces::default(), offset));
                     }
-                    let (bytes, next, _) = Self::take(&span, offset, budget, min_one);
+                    let (bytes, next, _) = Self::take(&span, offset, upper, budget, min_one);
                     return Ok((bytes, next));
                 }
                 None => {
@@ -902,6 +975,7 @@ mod tests {
             high_watermark: 600,
             leader_epoch: 1,
             segments: BTreeMap::new(),
+            ..Default::default()
         };
         state.segments.insert(
             0,
@@ -942,6 +1016,19 @@ mod tests {
         assert_eq!(offsets(&r.records), vec![490, 495, 500, 505, 510]);
         let r = log.read(545, 3 * batch_len, true).await.unwrap();
         assert_eq!(offsets(&r.records), vec![545, 550, 555]);
+        // Up to a bound (a read_committed fetch's last stable offset): in
+        // the sealed segment, across into the chunks, and at the bound.
+        let r = log.read_until(480, 495, 1 << 20, true).await.unwrap();
+        assert_eq!(offsets(&r.records), vec![480, 485, 490]);
+        assert_eq!(r.next_offset, 495);
+        let r = log.read_until(490, 510, 1 << 20, true).await.unwrap();
+        assert_eq!(offsets(&r.records), vec![490, 495, 500, 505]);
+        assert!(log
+            .read_until(510, 510, 1 << 20, true)
+            .await
+            .unwrap()
+            .records
+            .is_empty());
         // A budget below one batch: nothing unless min_one (KIP-74).
         assert!(log.read(100, 10, false).await.unwrap().records.is_empty());
         assert_eq!(

@@ -671,6 +671,7 @@ pub(crate) async fn recover(
         high_watermark: next,
         leader_epoch: epoch,
         segments: BTreeMap::new(),
+        ..Default::default()
     };
     for r in sealed.values() {
         state.segments.insert(
