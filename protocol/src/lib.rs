@@ -3,6 +3,7 @@
 //! offset assignment by patching, iteration). Record batches stay bytes.
 
 pub mod batch;
+pub mod control;
 pub mod frame;
 pub mod legacy;
 pub mod legacy_api;

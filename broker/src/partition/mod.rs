@@ -5,6 +5,7 @@
 mod gc;
 mod producers;
 mod recovery;
+pub mod txn;
 mod writer;
 
 use std::sync::atomic::{AtomicI64, Ordering};

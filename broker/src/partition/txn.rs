@@ -1,0 +1,271 @@
+//! A partition's transactions as its writer keeps them: which producers
+//! have a transaction open here and from which offset, which end markers
+//! are appended but not yet durable, and — once a marker is durable — the
+//! transaction leaves the open set (and, if aborted, joins the aborted
+//! index readers are given). Pure bookkeeping: the writer feeds it batch
+//! headers as it assigns offsets and the high watermark as chunks become
+//! durable; recovery feeds it the same headers when it replays a log.
+//!
+//! A transaction counts as open until its end marker is *durable*, so the
+//! last stable offset never passes records whose abort is not yet on
+//! storage.
+
+use std::collections::BTreeMap;
+
+use floe_common::Offset;
+use floe_protocol::batch::BatchHeader;
+use floe_protocol::control::{Marker, MarkerKind};
+use floe_protocol::ResponseError;
+use floe_storage::log::AbortedTxn;
+
+/// A transaction open on this partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenTxn {
+    pub producer_epoch: i16,
+    pub first_offset: Offset,
+}
+
+/// An end marker appended, waiting to be durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ending {
+    producer_id: i64,
+    kind: MarkerKind,
+    first_offset: Offset,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Txns {
+    open: BTreeMap<i64, OpenTxn>,
+    /// By the marker's offset.
+    ending: BTreeMap<Offset, Ending>,
+}
+
+impl Txns {
+    /// Whether a transactional data batch of `h` may be appended: not
+    /// from an epoch older than the producer's open transaction
+    /// (INVALID_PRODUCER_EPOCH), not while that producer's previous
+    /// transaction is still ending here (CONCURRENT_TRANSACTIONS: its
+    /// marker is not durable yet).
+    pub fn check_batch(&self, h: &BatchHeader) -> Result<(), ResponseError> {
+        if let Some(o) = self.open.get(&h.producer_id) {
+            if h.producer_epoch < o.producer_epoch {
+                return Err(ResponseError::InvalidProducerEpoch);
+            }
+        }
+        if self.ending.values().any(|e| e.producer_id == h.producer_id) {
+            return Err(ResponseError::ConcurrentTransactions);
+        }
+        Ok(())
+    }
+
+    /// A transactional data batch of `h` was assigned `base_offset`: the
+    /// producer's transaction here starts there unless it is open already.
+    pub fn on_batch(&mut self, h: &BatchHeader, base_offset: Offset) {
+        if !h.is_transactional() || h.is_control() {
+            return;
+        }
+        let o = self.open.entry(h.producer_id).or_insert(OpenTxn {
+            producer_epoch: h.producer_epoch,
+            first_offset: base_offset,
+        });
+        o.producer_epoch = o.producer_epoch.max(h.producer_epoch);
+    }
+
+    /// Whether `marker` may be written: its epoch is not older than the
+    /// open transaction's (a zombie coordinator's or producer's marker is
+    /// refused with INVALID_PRODUCER_EPOCH). A marker for a producer with
+    /// nothing open here is accepted and changes nothing (the coordinator
+    /// retries markers; Kafka writes them regardless).
+    pub fn check_marker(&self, marker: &Marker) -> Result<(), ResponseError> {
+        match self.open.get(&marker.producer_id) {
+            Some(o) if marker.producer_epoch < o.producer_epoch => {
+                Err(ResponseError::InvalidProducerEpoch)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `marker` was assigned `offset`: its transaction ends once that
+    /// offset is durable.
+    pub fn on_marker(&mut self, marker: &Marker, offset: Offset) {
+        if let Some(o) = self.open.remove(&marker.producer_id) {
+            self.ending.insert(
+                offset,
+                Ending {
+                    producer_id: marker.producer_id,
+                    kind: marker.kind,
+                    first_offset: o.first_offset,
+                },
+            );
+        }
+    }
+
+    /// The high watermark reached `hw`: the transactions whose markers are
+    /// now durable end; the aborted ones, keyed by marker offset, for the
+    /// log's aborted index.
+    pub fn durable(&mut self, hw: Offset) -> Vec<(Offset, AbortedTxn)> {
+        let still = self.ending.split_off(&hw);
+        let ended = std::mem::replace(&mut self.ending, still);
+        ended
+            .into_iter()
+            .filter(|(_, e)| e.kind == MarkerKind::Abort)
+            .map(|(offset, e)| {
+                (
+                    offset,
+                    AbortedTxn {
+                        producer_id: e.producer_id,
+                        first_offset: e.first_offset,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The first offset of the oldest transaction not ended durably (the
+    /// last stable offset is the smaller of it and the high watermark).
+    pub fn first_unstable(&self) -> Option<Offset> {
+        self.open
+            .values()
+            .map(|o| o.first_offset)
+            .chain(self.ending.values().map(|e| e.first_offset))
+            .min()
+    }
+
+    /// Producers with a transaction open here: (producer id, epoch, first
+    /// offset), for DescribeProducers and the producer snapshot.
+    pub fn open(&self) -> impl Iterator<Item = (i64, OpenTxn)> + '_ {
+        self.open.iter().map(|(p, o)| (*p, *o))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floe_protocol::batch::{assign, Batches};
+    use floe_protocol::control::marker_batch;
+
+    fn txn_header(pid: i64, epoch: i16, offset: Offset) -> BatchHeader {
+        use floe_protocol::kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let r = Record {
+            transactional: true,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: pid,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: 0,
+            timestamp: 1_000,
+            key: None,
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: Default::default(),
+        };
+        let mut buf = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &[r],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        let mut b = buf.to_vec();
+        assign(&mut b, offset, 1, None);
+        Batches::new(&b).next().unwrap().1
+    }
+
+    fn marker(pid: i64, epoch: i16, kind: MarkerKind) -> Marker {
+        Marker {
+            producer_id: pid,
+            producer_epoch: epoch,
+            kind,
+            coordinator_epoch: 1,
+        }
+    }
+
+    /// Two producers interleaved: one commits, one aborts. The LSO holds
+    /// at the first open transaction until its marker is durable; only the
+    /// abort joins the aborted index, under its marker's offset.
+    #[test]
+    fn transactions_end_when_their_markers_are_durable() {
+        let mut t = Txns::default();
+        // p1 at 10, p2 at 11, p1 again at 12 (same transaction).
+        for (pid, off) in [(1, 10), (2, 11), (1, 12)] {
+            let h = txn_header(pid, 0, off);
+            t.check_batch(&h).unwrap();
+            t.on_batch(&h, off);
+        }
+        assert_eq!(t.first_unstable(), Some(10));
+        // p1 commits at 13: appended, not yet durable.
+        let c = marker(1, 0, MarkerKind::Commit);
+        t.check_marker(&c).unwrap();
+        t.on_marker(&c, 13);
+        assert_eq!(t.first_unstable(), Some(10), "open until durable");
+        // p1 cannot start its next transaction here before that.
+        assert_eq!(
+            t.check_batch(&txn_header(1, 1, 14)),
+            Err(ResponseError::ConcurrentTransactions)
+        );
+        // p2 aborts at 14.
+        let a = marker(2, 0, MarkerKind::Abort);
+        t.on_marker(&a, 14);
+        // Durable up to 14 (exclusive): the commit ends, the abort not yet.
+        assert_eq!(t.durable(14), vec![]);
+        assert_eq!(t.first_unstable(), Some(11));
+        // Durable past 14: the abort ends and is indexed.
+        assert_eq!(
+            t.durable(15),
+            vec![(
+                14,
+                AbortedTxn {
+                    producer_id: 2,
+                    first_offset: 11
+                }
+            )]
+        );
+        assert_eq!(t.first_unstable(), None);
+        assert_eq!(t.open().count(), 0);
+    }
+
+    #[test]
+    fn old_epochs_are_fenced_and_stray_markers_change_nothing() {
+        let mut t = Txns::default();
+        let h = txn_header(5, 3, 100);
+        t.on_batch(&h, 100);
+        // A zombie's batch and marker at an older epoch.
+        assert_eq!(
+            t.check_batch(&txn_header(5, 2, 101)),
+            Err(ResponseError::InvalidProducerEpoch)
+        );
+        assert_eq!(
+            t.check_marker(&marker(5, 2, MarkerKind::Abort)),
+            Err(ResponseError::InvalidProducerEpoch)
+        );
+        // A marker for a producer with nothing open here (a retried one).
+        let stray = marker(9, 0, MarkerKind::Commit);
+        t.check_marker(&stray).unwrap();
+        t.on_marker(&stray, 101);
+        assert_eq!(t.durable(200), vec![]);
+        assert_eq!(t.first_unstable(), Some(100));
+        // The producer's own marker (a bumped epoch is fine) ends it.
+        let end = marker(5, 4, MarkerKind::Abort);
+        t.check_marker(&end).unwrap();
+        t.on_marker(&end, 102);
+        assert_eq!(t.durable(103).len(), 1);
+        assert_eq!(t.first_unstable(), None);
+        // Non-transactional and control headers open nothing.
+        let mut b = marker_batch(&marker(7, 0, MarkerKind::Commit), 1).to_vec();
+        assign(&mut b, 200, 1, None);
+        let (_, mh) = Batches::new(&b).next().unwrap();
+        t.on_batch(&mh, 200);
+        let mut d = floe_protocol::batch::synthetic_batch(1, 4, 1);
+        assign(&mut d, 201, 1, None);
+        let (_, dh) = Batches::new(&d).next().unwrap();
+        t.on_batch(&dh, 201);
+        assert_eq!(t.first_unstable(), None);
+    }
+}
