@@ -175,6 +175,15 @@ pub(crate) enum Command {
     Append {
         records: Bytes,
         headers: Vec<BatchHeader>,
+        /// Transactional batches in it were verified with their
+        /// coordinator (KIP-890: the partition was added for that producer
+        /// id and epoch); unverified ones are refused.
+        verified: bool,
+        reply: oneshot::Sender<Result<Appended, AppendError>>,
+    },
+    /// Write a transaction's end marker (from its coordinator).
+    Marker {
+        marker: floe_protocol::control::Marker,
         reply: oneshot::Sender<Result<Appended, AppendError>>,
     },
     UpdateConfig(TopicConfig),
@@ -215,13 +224,50 @@ impl PartitionHandle {
         records: Bytes,
         headers: Vec<BatchHeader>,
     ) -> Result<oneshot::Receiver<Result<Appended, AppendError>>, AppendError> {
+        self.append(records, headers, false).await
+    }
+
+    /// [`PartitionHandle::submit`] of batches whose transactional ones the
+    /// transaction coordinator verified (KIP-890: this partition was added
+    /// to the producer's transaction at that epoch).
+    pub async fn submit_verified(
+        &self,
+        records: Bytes,
+        headers: Vec<BatchHeader>,
+    ) -> Result<oneshot::Receiver<Result<Appended, AppendError>>, AppendError> {
+        self.append(records, headers, true).await
+    }
+
+    async fn append(
+        &self,
+        records: Bytes,
+        headers: Vec<BatchHeader>,
+        verified: bool,
+    ) -> Result<oneshot::Receiver<Result<Appended, AppendError>>, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Append {
                 records,
                 headers,
+                verified,
                 reply,
             })
+            .await
+            .map_err(|_| AppendError::NotLeader)?;
+        Ok(rx)
+    }
+
+    /// Append a transaction's end marker; the receiver resolves once it is
+    /// durable — from then on the transaction has ended on this partition
+    /// (the last stable offset passes it; an abort is in the aborted
+    /// index).
+    pub async fn write_marker(
+        &self,
+        marker: floe_protocol::control::Marker,
+    ) -> Result<oneshot::Receiver<Result<Appended, AppendError>>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Marker { marker, reply })
             .await
             .map_err(|_| AppendError::NotLeader)?;
         Ok(rx)
@@ -519,5 +565,237 @@ mod append_error_tests {
         for (e, code) in cases {
             assert_eq!(e.code(), code, "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod transaction_tests {
+    //! Transactions on a real partition writer (embedded metadata store,
+    //! a memory storage target): verification, markers, the last stable
+    //! offset and the aborted index as readers see them.
+    use super::*;
+    use floe_common::{SystemClock, Uuid};
+    use floe_protocol::batch::{validate_for_produce, Batches};
+    use floe_protocol::control::{Marker, MarkerKind};
+    use floe_protocol::kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    use std::time::Duration;
+
+    async fn started() -> (PartitionHandle, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn MetadataStore> = Arc::new(
+            floe_meta::embedded::EmbeddedStore::open(dir.path().join("meta"))
+                .await
+                .unwrap(),
+        );
+        let ttl = Duration::from_secs(120);
+        let guard = Arc::new(LeaseGuard::new(meta.grant_lease(ttl).await.unwrap()));
+        guard.renewed(Instant::now(), ttl);
+        let pool = Arc::new(
+            StoragePool::new(
+                vec![floe_storage::StorageTarget::open("t0", "memory://").unwrap()],
+                1,
+                1,
+            )
+            .unwrap(),
+        );
+        let ctx = PartitionContext {
+            broker_id: 1,
+            session: 1,
+            meta: meta.clone(),
+            pool,
+            cache: BlockCache::new(16 << 20),
+            clock: Arc::new(SystemClock),
+            config: Arc::new(BrokerConfig::default()),
+            lease: guard,
+            metrics: Arc::new(Metrics::new()),
+            repair_pacer: Arc::new(crate::throttle::Pacer::new(0)),
+        };
+        let id = PartitionId::new(Uuid::from_u128(77), 0);
+        let assignment = AssignmentRecord {
+            format: FORMAT,
+            broker_id: 1,
+            epoch: 1,
+            broker_session: 1,
+        };
+        meta.txn(Txn::new().then(Op::put(keys::assignment(id), assignment.encode_to_vec())))
+            .await
+            .unwrap();
+        let config = TopicConfig::resolve(&Default::default(), &Default::default()).unwrap();
+        let (h, _) = start(ctx, id, 1, config).await.unwrap();
+        (h, dir)
+    }
+
+    /// A batch of `n` records of producer `pid` at `epoch` from sequence
+    /// `seq`, transactional or not.
+    fn batch(pid: i64, epoch: i16, seq: i32, n: i32, transactional: bool) -> Bytes {
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                transactional,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: pid,
+                producer_epoch: epoch,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: seq + i,
+                timestamp: 1_700_000_000_000,
+                key: None,
+                value: Some(Bytes::from(format!("{pid}-{}", seq + i))),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    }
+
+    async fn append(
+        h: &PartitionHandle,
+        b: Bytes,
+        verified: bool,
+    ) -> Result<Appended, AppendError> {
+        let headers = validate_for_produce(&b, usize::MAX).unwrap();
+        let rx = if verified {
+            h.submit_verified(b, headers).await?
+        } else {
+            h.submit(b, headers).await?
+        };
+        rx.await.unwrap()
+    }
+
+    async fn end(
+        h: &PartitionHandle,
+        pid: i64,
+        epoch: i16,
+        kind: MarkerKind,
+    ) -> Result<Appended, AppendError> {
+        let m = Marker {
+            producer_id: pid,
+            producer_epoch: epoch,
+            kind,
+            coordinator_epoch: 1,
+        };
+        h.write_marker(m).await?.await.unwrap()
+    }
+
+    fn code(r: Result<Appended, AppendError>) -> ResponseError {
+        match r {
+            Err(AppendError::Producer(c)) => c,
+            other => panic!("expected a producer error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn transactions_hold_the_last_stable_offset_until_their_markers_are_durable() {
+        let (h, _dir) = started().await;
+        // Unverified transactional batches are refused, nothing written.
+        assert_eq!(
+            code(append(&h, batch(10, 0, 0, 2, true), false).await),
+            ResponseError::InvalidTxnState
+        );
+        assert_eq!(h.log.offsets().1, 0);
+        // Producer 10 opens a transaction at 0; a plain record at 2;
+        // producer 11 opens one at 3.
+        assert_eq!(
+            append(&h, batch(10, 0, 0, 2, true), true)
+                .await
+                .unwrap()
+                .base_offset,
+            0
+        );
+        assert_eq!(
+            append(&h, batch(-1, -1, -1, 1, false), false)
+                .await
+                .unwrap()
+                .base_offset,
+            2
+        );
+        assert_eq!(
+            append(&h, batch(11, 0, 0, 1, true), true)
+                .await
+                .unwrap()
+                .base_offset,
+            3
+        );
+        assert_eq!(h.log.offsets().1, 4);
+        assert_eq!(h.log.last_stable_offset(), 0);
+        // read_committed sees nothing yet.
+        let r = h
+            .log
+            .read_until(0, h.log.last_stable_offset(), 1 << 20, true)
+            .await
+            .unwrap();
+        assert!(r.records.is_empty());
+        // 10 commits (marker at 4): the LSO moves to 11's first offset.
+        assert_eq!(
+            end(&h, 10, 0, MarkerKind::Commit)
+                .await
+                .unwrap()
+                .base_offset,
+            4
+        );
+        assert_eq!((h.log.offsets().1, h.log.last_stable_offset()), (5, 3));
+        // 11 aborts (marker at 5): everything is stable; the abort is
+        // indexed under its marker.
+        assert_eq!(
+            end(&h, 11, 0, MarkerKind::Abort).await.unwrap().base_offset,
+            5
+        );
+        assert_eq!((h.log.offsets().1, h.log.last_stable_offset()), (6, 6));
+        assert_eq!(h.log.aborted_in(0, 6), vec![(11, 3)]);
+        assert_eq!(h.log.aborted_in(6, 10), vec![]);
+        // The log holds the markers as control batches where they were
+        // assigned.
+        let r = h.log.read(0, 1 << 20, true).await.unwrap();
+        let kinds: Vec<(i64, bool)> = Batches::new(&r.records)
+            .map(|(_, b)| (b.base_offset, b.is_control()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![(0, false), (2, false), (3, false), (4, true), (5, true)]
+        );
+        assert_eq!(
+            floe_protocol::control::parse_marker(
+                &r.records[Batches::new(&r.records).nth(4).unwrap().0..]
+            ),
+            Some(Marker {
+                producer_id: 11,
+                producer_epoch: 0,
+                kind: MarkerKind::Abort,
+                coordinator_epoch: 1,
+            })
+        );
+        // A zombie's marker at an older epoch than the producer's own.
+        assert_eq!(
+            append(&h, batch(10, 1, 0, 1, true), true)
+                .await
+                .unwrap()
+                .base_offset,
+            6
+        );
+        assert_eq!(
+            code(end(&h, 10, 0, MarkerKind::Abort).await),
+            ResponseError::InvalidProducerEpoch
+        );
+        assert_eq!(h.log.last_stable_offset(), 6);
+        assert_eq!(
+            end(&h, 10, 1, MarkerKind::Commit)
+                .await
+                .unwrap()
+                .base_offset,
+            7
+        );
+        assert_eq!(h.log.last_stable_offset(), 8);
     }
 }

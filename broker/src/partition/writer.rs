@@ -97,6 +97,8 @@ struct Writer {
     /// Told to stop without releasing; answered once stopped.
     abandoned: Option<oneshot::Sender<()>>,
     producers: Producers,
+    /// Transactions open on this partition (`txn.rs`).
+    txns: super::txn::Txns,
     /// Segment switches since the last committed chunk.
     switches_in_a_row: u32,
     /// Checking and restoring the replicas of sealed segments.
@@ -176,6 +178,7 @@ pub(crate) fn spawn(
         state,
         abandoned: None,
         producers: recovered.producers,
+        txns: Default::default(),
         switches_in_a_row: 0,
         repair_task: None,
         last_repair: Instant::now(),
@@ -381,7 +384,8 @@ impl Writer {
                     self.repair_done(done).await.map(|_| None)
                 }
                 cmd = rx.recv(), if self.inflight.len() < max_inflight => match cmd {
-                    Some(Command::Append { records, headers, reply }) => self.append(records, headers, reply).await.map(|_| None),
+                    Some(Command::Append { records, headers, verified, reply }) => self.append(records, headers, verified, reply).await.map(|_| None),
+                    Some(Command::Marker { marker, reply }) => self.append_marker(marker, reply).await.map(|_| None),
                     Some(Command::UpdateConfig(c)) => {
                         self.config = c;
                         Ok(None)
@@ -424,7 +428,7 @@ impl Writer {
                 self.set_state(PartitionState::Releasing);
                 rx.close();
                 while let Ok(cmd) = rx.try_recv() {
-                    if let Command::Append { reply, .. } = cmd {
+                    if let Command::Append { reply, .. } | Command::Marker { reply, .. } = cmd {
                         let _ = reply.send(Err(AppendError::NotLeader));
                     }
                 }
@@ -444,7 +448,7 @@ impl Writer {
                 // Keep answering stragglers until every handle is gone.
                 while let Some(cmd) = rx.recv().await {
                     match cmd {
-                        Command::Append { reply, .. } => {
+                        Command::Append { reply, .. } | Command::Marker { reply, .. } => {
                             let _ = reply.send(Err(AppendError::NotLeader));
                         }
                         Command::Release(done) | Command::Abandon(done) => {
@@ -474,7 +478,7 @@ impl Writer {
                 }
                 while let Some(cmd) = rx.recv().await {
                     match cmd {
-                        Command::Append { reply, .. } => {
+                        Command::Append { reply, .. } | Command::Marker { reply, .. } => {
                             let _ = reply.send(Err(err.clone()));
                         }
                         Command::Release(done) | Command::Abandon(done) => {
@@ -518,6 +522,7 @@ impl Writer {
         &mut self,
         records: Bytes,
         headers: Vec<BatchHeader>,
+        verified: bool,
         reply: Reply,
     ) -> Result<(), Stop> {
         if !self.ctx.lease.is_valid() {
@@ -530,8 +535,17 @@ impl Writer {
         let mut duplicate = None;
         for h in headers.iter().filter(|h| h.producer_id >= 0) {
             if h.is_transactional() {
-                let _ = reply.send(Err(AppendError::Producer(ResponseError::InvalidTxnState)));
-                return Ok(());
+                // A transaction's batch joins only once its coordinator
+                // verified the partition was added (KIP-890).
+                let checked = if verified {
+                    self.txns.check_batch(h)
+                } else {
+                    Err(ResponseError::InvalidTxnState)
+                };
+                if let Err(code) = checked {
+                    let _ = reply.send(Err(AppendError::Producer(code)));
+                    return Ok(());
+                }
             }
             match self.producers.check(h) {
                 Ok(Verdict::Append) => {
@@ -580,6 +594,51 @@ impl Writer {
             }
             return Ok(());
         }
+        self.buffer_batches(records, headers, reply, now).await
+    }
+
+    /// A transaction's end marker, appended as a control batch like any
+    /// batch; the transaction ends here once it is durable.
+    async fn append_marker(
+        &mut self,
+        marker: floe_protocol::control::Marker,
+        reply: Reply,
+    ) -> Result<(), Stop> {
+        if !self.ctx.lease.is_valid() {
+            let _ = reply.send(Err(AppendError::NotLeader));
+            return Ok(());
+        }
+        // A marker at an epoch older than the producer's here is a
+        // zombie's (a fenced producer's coordinator round).
+        let stale = self
+            .producers
+            .epoch_of(marker.producer_id)
+            .is_some_and(|e| marker.producer_epoch < e);
+        let checked = if stale {
+            Err(ResponseError::InvalidProducerEpoch)
+        } else {
+            self.txns.check_marker(&marker)
+        };
+        if let Err(code) = checked {
+            let _ = reply.send(Err(AppendError::Producer(code)));
+            return Ok(());
+        }
+        let now = self.ctx.clock.now_ms();
+        let records = floe_protocol::control::marker_batch(&marker, now);
+        let headers: Vec<BatchHeader> = batch::Batches::new(&records).map(|(_, h)| h).collect();
+        self.txns.on_marker(&marker, self.next_offset);
+        self.buffer_batches(records, headers, reply, now).await
+    }
+
+    /// Copy checked batches into the filling chunk at the next offsets;
+    /// `reply` is answered once they are durable.
+    async fn buffer_batches(
+        &mut self,
+        records: Bytes,
+        headers: Vec<BatchHeader>,
+        reply: Reply,
+        now: i64,
+    ) -> Result<(), Stop> {
         let log_append_time =
             (self.config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
         let linger = self.ctx.config.chunk_linger();
@@ -603,7 +662,10 @@ impl Writer {
                 self.epoch,
                 log_append_time,
             );
-            self.producers.record(h, self.next_offset, now);
+            if !h.is_control() {
+                self.producers.record(h, self.next_offset, now);
+            }
+            self.txns.on_batch(h, self.next_offset);
             self.next_offset += h.records_count as i64;
             buffer.max_timestamp = buffer
                 .max_timestamp
@@ -843,11 +905,19 @@ impl Writer {
         let seg_base = flush.segment_base;
         let next = chunk.next_offset;
         let bytes = chunk.bytes;
+        // Transactions whose end markers are durable now end: the last
+        // stable offset moves with the high watermark, aborts are indexed.
+        let aborted = self.txns.durable(next);
+        let first_unstable = self.txns.first_unstable();
         let log_start = self.log.append_update(move |s| {
             if let Some(SegmentView::Open { chunks, .. }) = s.segments.get_mut(&seg_base) {
                 chunks.push(chunk);
             }
             s.high_watermark = next;
+            s.first_unstable = first_unstable;
+            if !aborted.is_empty() {
+                std::sync::Arc::make_mut(&mut s.aborted).extend(aborted);
+            }
             s.log_start_offset
         });
         self.ctx.metrics.bytes_in(bytes);
