@@ -257,6 +257,37 @@ pub struct ProducerSnapshotRecord {
     pub as_of_offset: i64,
     #[prost(message, repeated, tag = "3")]
     pub producers: Vec<ProducerStateRecord>,
+    /// Transactions open as of `as_of_offset` (those opened later are
+    /// found by replaying the log from it).
+    #[prost(message, repeated, tag = "4")]
+    pub open_txns: Vec<OpenTxnRecord>,
+    /// Aborted transactions whose abort marker is in a segment not sealed
+    /// yet and before `as_of_offset` (sealed segments keep their own).
+    #[prost(message, repeated, tag = "5")]
+    pub aborted: Vec<AbortedTxnRecord>,
+}
+
+/// A transaction open on a partition from `first_offset`.
+#[derive(Clone, PartialEq, Message)]
+pub struct OpenTxnRecord {
+    #[prost(int64, tag = "1")]
+    pub producer_id: i64,
+    #[prost(int32, tag = "2")]
+    pub epoch: i32,
+    #[prost(int64, tag = "3")]
+    pub first_offset: i64,
+}
+
+/// An aborted transaction: its producer, first offset and the offset of
+/// its abort marker (Kafka's transaction index entry).
+#[derive(Clone, PartialEq, Message)]
+pub struct AbortedTxnRecord {
+    #[prost(int64, tag = "1")]
+    pub producer_id: i64,
+    #[prost(int64, tag = "2")]
+    pub first_offset: i64,
+    #[prost(int64, tag = "3")]
+    pub marker_offset: i64,
 }
 
 /// `/floe/producer-ids`: producer ids below `next` are handed out.
@@ -321,6 +352,9 @@ pub struct SegmentRecord {
     /// Epoch of the writer that sealed it (part of the object key).
     #[prost(int32, tag = "11")]
     pub sealed_by_epoch: i32,
+    /// The aborted transactions whose abort marker is in this segment.
+    #[prost(message, repeated, tag = "12")]
+    pub aborted: Vec<AbortedTxnRecord>,
 }
 
 /// A partition's state as its owner last published it:

@@ -583,6 +583,12 @@ mod transaction_tests {
     use std::time::Duration;
 
     async fn started() -> (PartitionHandle, tempfile::TempDir) {
+        let (h, ctx, dir) = started_with_ctx().await;
+        drop(ctx);
+        (h, dir)
+    }
+
+    async fn started_with_ctx() -> (PartitionHandle, PartitionContext, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let meta: Arc<dyn MetadataStore> = Arc::new(
             floe_meta::embedded::EmbeddedStore::open(dir.path().join("meta"))
@@ -612,19 +618,26 @@ mod transaction_tests {
             metrics: Arc::new(Metrics::new()),
             repair_pacer: Arc::new(crate::throttle::Pacer::new(0)),
         };
+        let h = restart(&ctx, 1).await;
+        (h, ctx, dir)
+    }
+
+    /// (Re)start the test partition at `epoch`: assigned to us again, as
+    /// a new owner would take it.
+    async fn restart(ctx: &PartitionContext, epoch: Epoch) -> PartitionHandle {
         let id = PartitionId::new(Uuid::from_u128(77), 0);
         let assignment = AssignmentRecord {
             format: FORMAT,
             broker_id: 1,
-            epoch: 1,
+            epoch,
             broker_session: 1,
         };
-        meta.txn(Txn::new().then(Op::put(keys::assignment(id), assignment.encode_to_vec())))
+        ctx.meta
+            .txn(Txn::new().then(Op::put(keys::assignment(id), assignment.encode_to_vec())))
             .await
             .unwrap();
         let config = TopicConfig::resolve(&Default::default(), &Default::default()).unwrap();
-        let (h, _) = start(ctx, id, 1, config).await.unwrap();
-        (h, dir)
+        start(ctx.clone(), id, epoch, config).await.unwrap().0
     }
 
     /// A batch of `n` records of producer `pid` at `epoch` from sequence
@@ -694,6 +707,61 @@ mod transaction_tests {
             Err(AppendError::Producer(c)) => c,
             other => panic!("expected a producer error, got {other:?}"),
         }
+    }
+
+    /// Transactions survive a clean release (the checkpoint's open
+    /// transactions and aborted index) and an unclean end (the replay of
+    /// the chunks past the checkpoint), identical after each.
+    #[tokio::test]
+    async fn open_transactions_and_aborts_are_the_same_after_a_release_and_after_a_crash() {
+        let (h, ctx, _dir) = started_with_ctx().await;
+        append(&h, batch(11, 0, 0, 2, true), true).await.unwrap(); // 0..1
+        append(&h, batch(-1, -1, -1, 1, false), false)
+            .await
+            .unwrap(); // 2
+        end(&h, 11, 0, MarkerKind::Abort).await.unwrap(); // 3
+        append(&h, batch(12, 0, 0, 1, true), true).await.unwrap(); // 4, open
+        let before = (
+            h.log.offsets().1,
+            h.log.last_stable_offset(),
+            h.log.aborted_in(0, 100),
+        );
+        assert_eq!(before, (5, 4, vec![(11, 0)]));
+        // A clean release and a new owner.
+        h.release().await;
+        let h = restart(&ctx, 2).await;
+        let after = (
+            h.log.offsets().1,
+            h.log.last_stable_offset(),
+            h.log.aborted_in(0, 100),
+        );
+        assert_eq!(after, before, "after a clean release");
+        // More after it, then an unclean end: the new owner replays.
+        append(&h, batch(13, 0, 0, 1, true), true).await.unwrap(); // 5
+        end(&h, 13, 0, MarkerKind::Abort).await.unwrap(); // 6
+        end(&h, 12, 0, MarkerKind::Commit).await.unwrap(); // 7
+        append(&h, batch(14, 0, 0, 1, true), true).await.unwrap(); // 8, open
+        let before = (
+            h.log.offsets().1,
+            h.log.last_stable_offset(),
+            h.log.aborted_in(0, 100),
+        );
+        assert_eq!(before, (9, 8, vec![(11, 0), (13, 5)]));
+        h.abandon().await;
+        ctx.meta
+            .txn(Txn::new().then(Op::Delete(keys::owner(h.id))))
+            .await
+            .unwrap();
+        let h = restart(&ctx, 3).await;
+        let after = (
+            h.log.offsets().1,
+            h.log.last_stable_offset(),
+            h.log.aborted_in(0, 100),
+        );
+        assert_eq!(after, before, "after an unclean end");
+        // The recovered writer still knows who is open: 14's commit ends it.
+        end(&h, 14, 0, MarkerKind::Commit).await.unwrap();
+        assert_eq!(h.log.last_stable_offset(), h.log.offsets().1);
     }
 
     #[tokio::test]

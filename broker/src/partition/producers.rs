@@ -168,6 +168,9 @@ impl Producers {
             format: FORMAT,
             as_of_offset: as_of,
             producers,
+            // Transactions are added by the writer (`txn.rs`).
+            open_txns: Vec::new(),
+            aborted: Vec::new(),
         }
     }
 

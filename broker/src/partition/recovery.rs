@@ -64,6 +64,9 @@ pub(crate) struct Recovered {
     /// Idempotent producers: the checkpoint's snapshot plus every batch
     /// written after it.
     pub producers: Producers,
+    /// Transactions: those open at the checkpoint, then every batch and
+    /// marker written after it.
+    pub txns: super::txn::Txns,
     pub report: RecoveryReport,
 }
 
@@ -118,6 +121,9 @@ pub(crate) async fn consolidate(
         sealed_ms: ctx.clock.now_ms(),
         batch_count: summary.batch_count as i64,
         sealed_by_epoch: sealer_epoch,
+        // The writer adds the segment's aborted transactions when it
+        // records the seal.
+        aborted: Vec::new(),
     })
 }
 
@@ -585,6 +591,7 @@ pub(crate) async fn recover(
         None => ProducerSnapshotRecord::default(),
     };
     let mut producers = Producers::from_snapshot(&snapshot);
+    let mut txns = super::txn::Txns::from_saved(&snapshot.open_txns);
     let now_ms = ctx.clock.now_ms();
     // Read many at a time, applied in offset order (a cold cache after a
     // kill: one by one, hundreds of reads were most of a take-over).
@@ -606,9 +613,17 @@ pub(crate) async fn recover(
     .buffered(CHUNK_READS_IN_FLIGHT);
     while let Some(payload) = loads.next().await {
         let payload = payload?;
-        for (_, h) in Batches::new(&payload) {
-            if h.base_offset >= snapshot.as_of_offset {
+        for (pos, h) in Batches::new(&payload) {
+            if h.base_offset < snapshot.as_of_offset {
+                continue;
+            }
+            if floe_protocol::control::is_marker(&h) {
+                if let Some(m) = floe_protocol::control::parse_marker(&payload[pos..]) {
+                    txns.on_marker(&m, h.base_offset);
+                }
+            } else {
                 producers.record(&h, h.base_offset, now_ms);
+                txns.on_batch(&h, h.base_offset);
             }
         }
     }
@@ -673,6 +688,27 @@ pub(crate) async fn recover(
         segments: BTreeMap::new(),
         ..Default::default()
     };
+    // Aborted transactions: the sealed segments', the checkpoint's for
+    // the segments not sealed, and those replayed past it (all of it
+    // durable: it is below the recovered end).
+    let mut aborted: BTreeMap<Offset, floe_storage::log::AbortedTxn> = BTreeMap::new();
+    for a in sealed
+        .values()
+        .flat_map(|r| &r.aborted)
+        .chain(&snapshot.aborted)
+    {
+        aborted.insert(
+            a.marker_offset,
+            floe_storage::log::AbortedTxn {
+                producer_id: a.producer_id,
+                first_offset: a.first_offset,
+            },
+        );
+    }
+    txns.truncate(next);
+    aborted.extend(txns.durable(next));
+    state.aborted = Arc::new(aborted);
+    state.first_unstable = txns.first_unstable();
     for r in sealed.values() {
         state.segments.insert(
             r.base_offset,
@@ -716,6 +752,7 @@ pub(crate) async fn recover(
         open,
         pending,
         producers,
+        txns,
         report,
     })
 }

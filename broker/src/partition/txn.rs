@@ -136,6 +136,65 @@ impl Txns {
     pub fn open(&self) -> impl Iterator<Item = (i64, OpenTxn)> + '_ {
         self.open.iter().map(|(p, o)| (*p, *o))
     }
+
+    /// The transactions not ended durably — open, or with an end marker
+    /// not yet durable — as saved with a checkpoint: a replay from the
+    /// checkpoint's offset meets their markers again.
+    pub fn unended(&self) -> Vec<floe_meta::schema::OpenTxnRecord> {
+        let mut out: Vec<_> = self
+            .open
+            .iter()
+            .map(|(p, o)| floe_meta::schema::OpenTxnRecord {
+                producer_id: *p,
+                epoch: o.producer_epoch as i32,
+                first_offset: o.first_offset,
+            })
+            .chain(
+                self.ending
+                    .values()
+                    .map(|e| floe_meta::schema::OpenTxnRecord {
+                        producer_id: e.producer_id,
+                        epoch: -1,
+                        first_offset: e.first_offset,
+                    }),
+            )
+            .collect();
+        out.sort_by_key(|r| (r.first_offset, r.producer_id));
+        out
+    }
+
+    /// Recovery found the log ending at `end`: a transaction whose first
+    /// batch is not in it was never written here, and one whose end marker
+    /// is not in it is open again (its coordinator writes the marker anew).
+    pub fn truncate(&mut self, end: Offset) {
+        self.open.retain(|_, o| o.first_offset < end);
+        for (_, e) in self.ending.split_off(&end) {
+            if e.first_offset < end {
+                self.open.insert(
+                    e.producer_id,
+                    OpenTxn {
+                        producer_epoch: 0,
+                        first_offset: e.first_offset,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The state saved with a checkpoint, as recovery starts from it.
+    pub fn from_saved(open: &[floe_meta::schema::OpenTxnRecord]) -> Txns {
+        let mut t = Txns::default();
+        for r in open {
+            t.open.insert(
+                r.producer_id,
+                OpenTxn {
+                    producer_epoch: r.epoch.max(0) as i16,
+                    first_offset: r.first_offset,
+                },
+            );
+        }
+        t
+    }
 }
 
 #[cfg(test)]

@@ -178,7 +178,7 @@ pub(crate) fn spawn(
         state,
         abandoned: None,
         producers: recovered.producers,
-        txns: Default::default(),
+        txns: recovered.txns,
         switches_in_a_row: 0,
         repair_task: None,
         last_repair: Instant::now(),
@@ -1029,7 +1029,7 @@ impl Writer {
         &mut self,
         done: Result<Result<SegmentRecord, StorageError>, tokio::task::JoinError>,
     ) -> Result<(), Stop> {
-        let record = match done {
+        let mut record = match done {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 self.seal_failures += 1;
@@ -1054,6 +1054,9 @@ impl Writer {
                 s.segments.remove(&seg.record.base_offset);
             });
         } else {
+            // Its markers are durable: the aborted transactions whose
+            // abort marker it holds go with its record.
+            record.aborted = aborted_records(&self.log, record.base_offset, record.end_offset);
             let view = sealed_view(&self.ctx, self.id, &record)?;
             self.save_checkpoint(vec![Op::put(
                 keys::segment(self.id, record.base_offset),
@@ -1104,8 +1107,16 @@ impl Writer {
         ops: Vec<Op>,
         checkpoint: &CheckpointRecord,
     ) -> Result<(), Stop> {
-        // The producer state as of the checkpoint travels with it.
-        let producers = self.producers.snapshot(checkpoint.next_offset);
+        // The producer state as of the checkpoint travels with it, with the
+        // transactions not ended by then and the aborted ones of segments
+        // not sealed yet (sealed ones keep theirs in their records).
+        let mut producers = self.producers.snapshot(checkpoint.next_offset);
+        producers.open_txns = self.txns.unended();
+        let unsealed_from = self
+            .sealing
+            .front()
+            .map_or(self.open.record.base_offset, |s| s.record.base_offset);
+        producers.aborted = aborted_records(&self.log, unsealed_from, checkpoint.next_offset);
         let was_dirty = std::mem::take(&mut self.producers.dirty);
         let mut attempt = 0;
         loop {
@@ -1501,6 +1512,24 @@ impl Writer {
         self.commit_meta(vec![Op::delete(keys::owner(self.id))], &checkpoint)
             .await
     }
+}
+
+/// The log's aborted transactions whose marker is in `[from, to)`, as
+/// records.
+fn aborted_records(
+    log: &PartitionLog,
+    from: Offset,
+    to: Offset,
+) -> Vec<floe_meta::schema::AbortedTxnRecord> {
+    log.snapshot()
+        .aborted
+        .range(from..to)
+        .map(|(marker, a)| floe_meta::schema::AbortedTxnRecord {
+            producer_id: a.producer_id,
+            first_offset: a.first_offset,
+            marker_offset: *marker,
+        })
+        .collect()
 }
 
 #[cfg(test)]
