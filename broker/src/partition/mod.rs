@@ -589,6 +589,12 @@ mod transaction_tests {
     }
 
     async fn started_with_ctx() -> (PartitionHandle, PartitionContext, tempfile::TempDir) {
+        started_with_config(BrokerConfig::default()).await
+    }
+
+    async fn started_with_config(
+        config: BrokerConfig,
+    ) -> (PartitionHandle, PartitionContext, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let meta: Arc<dyn MetadataStore> = Arc::new(
             floe_meta::embedded::EmbeddedStore::open(dir.path().join("meta"))
@@ -613,7 +619,7 @@ mod transaction_tests {
             pool,
             cache: BlockCache::new(16 << 20),
             clock: Arc::new(SystemClock),
-            config: Arc::new(BrokerConfig::default()),
+            config: Arc::new(config),
             lease: guard,
             metrics: Arc::new(Metrics::new()),
             repair_pacer: Arc::new(crate::throttle::Pacer::new(0)),
@@ -761,6 +767,40 @@ mod transaction_tests {
         assert_eq!(after, before, "after an unclean end");
         // The recovered writer still knows who is open: 14's commit ends it.
         end(&h, 14, 0, MarkerKind::Commit).await.unwrap();
+        assert_eq!(h.log.last_stable_offset(), h.log.offsets().1);
+    }
+
+    /// A sealed segment keeps the aborted transactions whose marker it
+    /// holds in its record; a new owner reads them from there.
+    #[tokio::test]
+    async fn a_sealed_segment_carries_its_aborted_transactions() {
+        let (h, ctx, _dir) = started_with_config(BrokerConfig {
+            segment_max_chunks: 2,
+            ..BrokerConfig::default()
+        })
+        .await;
+        append(&h, batch(21, 0, 0, 1, true), true).await.unwrap(); // 0
+        end(&h, 21, 0, MarkerKind::Abort).await.unwrap(); // 1: segment [0, 2) full
+        append(&h, batch(-1, -1, -1, 1, false), false).await.unwrap(); // 2
+        append(&h, batch(-1, -1, -1, 1, false), false).await.unwrap(); // 3
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(
+            h.log.snapshot().segments.get(&0),
+            Some(floe_storage::log::SegmentView::Sealed(_))
+        ) {
+            assert!(Instant::now() < deadline, "segment 0 never sealed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let kv = ctx.meta.get(&keys::segment(h.id, 0)).await.unwrap().unwrap();
+        let record = floe_meta::schema::SegmentRecord::decode(kv.value).unwrap();
+        assert_eq!(record.aborted.len(), 1);
+        assert_eq!(
+            (record.aborted[0].producer_id, record.aborted[0].first_offset, record.aborted[0].marker_offset),
+            (21, 0, 1)
+        );
+        h.release().await;
+        let h = restart(&ctx, 2).await;
+        assert_eq!(h.log.aborted_in(0, 100), vec![(21, 0)]);
         assert_eq!(h.log.last_stable_offset(), h.log.offsets().1);
     }
 
