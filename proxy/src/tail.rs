@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use floe_common::PartitionId;
 use floe_kafka::tls::InternalTls;
-use floe_rpc::tail::{append_chunks, pb, snapshot_state, TailClient, MAX_MESSAGE_BYTES};
+use floe_rpc::tail::{
+    append_chunks, append_txns, pb, snapshot_state, TailClient, MAX_MESSAGE_BYTES,
+};
 use floe_storage::log::{LogState, PartitionLog};
 use floe_storage::{BlockCache, StoragePool};
 use tokio::sync::watch;
@@ -248,9 +250,11 @@ impl Tails {
                 }
                 Some(pb::log_update::Kind::Append(a)) => {
                     let (log_start, hw) = (a.log_start_offset, a.high_watermark);
+                    let (first_unstable, aborted) = append_txns(&a);
                     let chunks = append_chunks(a);
                     self.metrics.pushed_chunks.inc_by(chunks.len() as u64);
-                    f.log.apply_append(chunks, log_start, hw);
+                    f.log
+                        .apply_append(chunks, log_start, hw, first_unstable, aborted);
                 }
                 None => {}
             }

@@ -15,7 +15,9 @@ pub mod tail {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use floe_storage::log::{ChunkRef, LogState, SealedSegment, SegmentView, TailDelta};
+    use floe_storage::log::{
+        AbortedTxn, ChunkRef, LogState, SealedSegment, SegmentView, TailDelta,
+    };
     use floe_storage::{BlockCache, StorageError, StoragePool};
 
     /// Generated from proto/tail.proto.
@@ -60,9 +62,13 @@ pub mod tail {
                 chunks,
                 log_start,
                 high_watermark,
+                first_unstable,
+                aborted,
             } => pb::log_update::Kind::Append(pb::Append {
                 log_start_offset: log_start,
                 high_watermark,
+                first_unstable,
+                aborted: aborted.iter().map(aborted_pb).collect(),
                 chunks: chunks
                     .iter()
                     .map(|(base, c)| chunk_pb(*base, c, cache.get_object(&c.path)))
@@ -73,6 +79,12 @@ pub mod tail {
                     log_start_offset: s.log_start_offset,
                     high_watermark: s.high_watermark,
                     leader_epoch: s.leader_epoch,
+                    first_unstable: s.first_unstable,
+                    aborted: s
+                        .aborted
+                        .iter()
+                        .map(|(k, a)| aborted_pb(&(*k, *a)))
+                        .collect(),
                     ..Default::default()
                 };
                 for (base, seg) in &s.segments {
@@ -146,10 +158,36 @@ pub mod tail {
             high_watermark: snap.high_watermark,
             leader_epoch: snap.leader_epoch,
             segments,
-            // Transactions do not ride on the tail push yet: no
-            // transactional batch is accepted before they do.
-            ..Default::default()
+            first_unstable: snap.first_unstable,
+            aborted: Arc::new(snap.aborted.iter().map(aborted_entry).collect()),
         })
+    }
+
+    fn aborted_pb((marker, a): &(i64, AbortedTxn)) -> pb::AbortedTxn {
+        pb::AbortedTxn {
+            producer_id: a.producer_id,
+            first_offset: a.first_offset,
+            marker_offset: *marker,
+        }
+    }
+
+    fn aborted_entry(a: &pb::AbortedTxn) -> (i64, AbortedTxn) {
+        (
+            a.marker_offset,
+            AbortedTxn {
+                producer_id: a.producer_id,
+                first_offset: a.first_offset,
+            },
+        )
+    }
+
+    /// An append's transaction news: the first unstable offset and the
+    /// aborted transactions it indexes.
+    pub fn append_txns(a: &pb::Append) -> (Option<i64>, Vec<(i64, AbortedTxn)>) {
+        (
+            a.first_unstable,
+            a.aborted.iter().map(aborted_entry).collect(),
+        )
     }
 
     /// An append's chunks as (segment base, chunk, payload).

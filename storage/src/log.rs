@@ -716,6 +716,9 @@ pub struct TailCursor {
     log_start: Offset,
     high_watermark: Offset,
     leader_epoch: Epoch,
+    first_unstable: Option<Offset>,
+    /// The last abort marker shown.
+    aborted_last: Option<Offset>,
 }
 
 /// The change since a follower's cursor.
@@ -728,6 +731,10 @@ pub enum TailDelta {
         chunks: Vec<(Offset, ChunkRef)>,
         log_start: Offset,
         high_watermark: Offset,
+        /// The log's first unstable offset now, and the aborted
+        /// transactions indexed since the cursor last looked.
+        first_unstable: Option<Offset>,
+        aborted: Vec<(Offset, AbortedTxn)>,
     },
     Snapshot(LogState),
 }
@@ -756,6 +763,8 @@ impl TailCursor {
             log_start: s.log_start_offset,
             high_watermark: s.high_watermark,
             leader_epoch: s.leader_epoch,
+            first_unstable: s.first_unstable,
+            aborted_last: s.aborted.keys().next_back().copied(),
         }
     }
 }
@@ -789,10 +798,17 @@ impl PartitionLog {
                     }
                 }
             }
+            let aborted = s
+                .aborted
+                .range(cursor.aborted_last.map_or(Offset::MIN, |l| l + 1)..)
+                .map(|(k, a)| (*k, *a))
+                .collect();
             TailDelta::Append {
                 chunks,
                 log_start: s.log_start_offset,
                 high_watermark: s.high_watermark,
+                first_unstable: s.first_unstable,
+                aborted,
             }
         } else {
             TailDelta::Snapshot(s.clone())
@@ -808,6 +824,8 @@ impl PartitionLog {
         chunks: Vec<(Offset, ChunkRef, Option<Bytes>)>,
         log_start: Offset,
         high_watermark: Offset,
+        first_unstable: Option<Offset>,
+        aborted: Vec<(Offset, AbortedTxn)>,
     ) {
         self.update(|s| {
             for (base, c, payload) in chunks {
@@ -822,6 +840,11 @@ impl PartitionLog {
             }
             s.log_start_offset = s.log_start_offset.max(log_start);
             s.high_watermark = s.high_watermark.max(high_watermark);
+            // Shown with the chunks that made them so: never ahead of them.
+            s.first_unstable = first_unstable;
+            if !aborted.is_empty() {
+                Arc::make_mut(&mut s.aborted).extend(aborted);
+            }
         });
     }
 
@@ -1095,6 +1118,8 @@ mod tests {
                     chunks.into_iter().map(|(b, c)| (b, c, None)).collect(),
                     0,
                     650,
+                    None,
+                    Vec::new(),
                 );
             }
             other => panic!("expected an append, got {other:?}"),
@@ -1105,11 +1130,67 @@ mod tests {
         };
         assert_eq!(chunks.len(), 3);
         // The same append shown twice is applied once.
-        follower.apply_append(vec![(500, chunk, None)], 0, 650);
+        follower.apply_append(vec![(500, chunk.clone(), None)], 0, 650, None, Vec::new());
         let SegmentView::Open { chunks, .. } = &follower.snapshot().segments[&500] else {
             panic!("open segment");
         };
         assert_eq!(chunks.len(), 3);
+        // Transactions ride on appends: the first unstable offset and the
+        // aborts made durable with the chunk, each abort shown once.
+        let aborted = AbortedTxn {
+            producer_id: 9,
+            first_offset: 640,
+        };
+        let next = ChunkRef {
+            base_offset: 650,
+            next_offset: 660,
+            path: Arc::from("x/chunk-650"),
+            ..chunk.clone()
+        };
+        log.append_update(|s| {
+            if let Some(SegmentView::Open { chunks, .. }) = s.segments.get_mut(&500) {
+                chunks.push(next.clone());
+            }
+            s.high_watermark = 660;
+            s.first_unstable = Some(655);
+            Arc::make_mut(&mut s.aborted).insert(652, aborted);
+        });
+        match log.changes(&mut cursor) {
+            TailDelta::Append {
+                chunks,
+                log_start,
+                high_watermark,
+                first_unstable,
+                aborted: shown,
+            } => {
+                assert_eq!(
+                    (first_unstable, shown.clone()),
+                    (Some(655), vec![(652, aborted)])
+                );
+                follower.apply_append(
+                    chunks.into_iter().map(|(b, c)| (b, c, None)).collect(),
+                    log_start,
+                    high_watermark,
+                    first_unstable,
+                    shown,
+                );
+            }
+            other => panic!("expected an append, got {other:?}"),
+        }
+        assert_eq!(follower.last_stable_offset(), 655);
+        assert_eq!(follower.aborted_in(600, 700), vec![(9, 640)]);
+        log.append_update(|s| {
+            s.high_watermark = 660;
+            s.first_unstable = None;
+        });
+        match log.changes(&mut cursor) {
+            TailDelta::Append {
+                first_unstable,
+                aborted,
+                ..
+            } => assert_eq!((first_unstable, aborted), (None, vec![])),
+            other => panic!("expected an append, got {other:?}"),
+        }
         // Any other change, even one outside the last segments (a repair
         // moving a sealed segment's replicas, retention): a snapshot.
         log.update(|s| s.log_start_offset = 100);
@@ -1125,8 +1206,11 @@ mod tests {
         let TailDelta::Snapshot(now) = log.changes(&mut cursor) else {
             panic!("a removed segment needs a snapshot");
         };
+        // A snapshot carries them too.
+        assert_eq!(now.first_unstable, None);
+        assert_eq!(now.aborted.len(), 1);
         follower.replace(now);
-        assert_eq!(follower.offsets(), (500, 650, 1));
+        assert_eq!(follower.offsets(), (500, 660, 1));
         assert_eq!(follower.snapshot().segments.len(), 1);
     }
 

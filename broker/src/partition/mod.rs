@@ -781,8 +781,12 @@ mod transaction_tests {
         .await;
         append(&h, batch(21, 0, 0, 1, true), true).await.unwrap(); // 0
         end(&h, 21, 0, MarkerKind::Abort).await.unwrap(); // 1: segment [0, 2) full
-        append(&h, batch(-1, -1, -1, 1, false), false).await.unwrap(); // 2
-        append(&h, batch(-1, -1, -1, 1, false), false).await.unwrap(); // 3
+        append(&h, batch(-1, -1, -1, 1, false), false)
+            .await
+            .unwrap(); // 2
+        append(&h, batch(-1, -1, -1, 1, false), false)
+            .await
+            .unwrap(); // 3
         let deadline = Instant::now() + Duration::from_secs(20);
         while !matches!(
             h.log.snapshot().segments.get(&0),
@@ -791,11 +795,20 @@ mod transaction_tests {
             assert!(Instant::now() < deadline, "segment 0 never sealed");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let kv = ctx.meta.get(&keys::segment(h.id, 0)).await.unwrap().unwrap();
+        let kv = ctx
+            .meta
+            .get(&keys::segment(h.id, 0))
+            .await
+            .unwrap()
+            .unwrap();
         let record = floe_meta::schema::SegmentRecord::decode(kv.value).unwrap();
         assert_eq!(record.aborted.len(), 1);
         assert_eq!(
-            (record.aborted[0].producer_id, record.aborted[0].first_offset, record.aborted[0].marker_offset),
+            (
+                record.aborted[0].producer_id,
+                record.aborted[0].first_offset,
+                record.aborted[0].marker_offset
+            ),
             (21, 0, 1)
         );
         h.release().await;
