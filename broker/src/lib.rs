@@ -16,6 +16,7 @@ pub mod partition;
 pub mod server;
 pub mod tail;
 pub mod throttle;
+pub mod txn;
 
 pub use config::{BrokerConfig, Faults, TopicConfig};
 pub use metrics::Metrics;

@@ -1,0 +1,7 @@
+//! The transaction coordinator (KIP-98, KIP-890): what it keeps per
+//! `transactional.id` and the rules of its state machine (`metadata.rs`).
+//! The coordinator of an id is the owner of its `__transaction_state`
+//! partition (docs/design.md, "Coordinators"); its log, its markers and
+//! its Kafka APIs build on these rules.
+
+pub mod metadata;
