@@ -2,6 +2,7 @@
 //! `transactional.id` and the rules of its state machine (`metadata.rs`).
 //! The coordinator of an id is the owner of its `__transaction_state`
 //! partition (docs/design.md, "Coordinators"); its log, its markers and
-//! its Kafka APIs build on these rules.
+//! its Kafka APIs build on these rules and on its records (`log.rs`).
 
+pub mod log;
 pub mod metadata;
