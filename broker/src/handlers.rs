@@ -841,7 +841,8 @@ pub async fn alter_configs(node: &Node, req: AlterConfigsRequest) -> AlterConfig
     resp
 }
 
-/// DescribeProducers: the idempotent producers each partition knows.
+/// DescribeProducers: the idempotent and transactional producers each
+/// partition knows, with the start of each one's open transaction.
 pub async fn describe_producers(
     node: &Node,
     req: DescribeProducersRequest,
@@ -868,14 +869,14 @@ pub async fn describe_producers(
                     Ok(list) => {
                         pr.active_producers = list
                             .into_iter()
-                            .map(|(pid, epoch, last_seq, last_ms)| {
+                            .map(|p| {
                                 ProducerState::default()
-                                    .with_producer_id(pid.into())
-                                    .with_producer_epoch(epoch as i32)
-                                    .with_last_sequence(last_seq)
-                                    .with_last_timestamp(last_ms)
+                                    .with_producer_id(p.producer_id.into())
+                                    .with_producer_epoch(p.epoch as i32)
+                                    .with_last_sequence(p.last_sequence)
+                                    .with_last_timestamp(p.last_ms)
                                     .with_coordinator_epoch(-1)
-                                    .with_current_txn_start_offset(-1)
+                                    .with_current_txn_start_offset(p.txn_start_offset)
                             })
                             .collect()
                     }

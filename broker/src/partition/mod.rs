@@ -112,6 +112,17 @@ pub struct PartitionContext {
     pub repair_pacer: Arc<crate::throttle::Pacer>,
 }
 
+/// A producer as a partition knows it (DescribeProducers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub last_ms: i64,
+    /// The first offset of its transaction open here (-1: none).
+    pub txn_start_offset: Offset,
+}
+
 /// Result of a successful append.
 #[derive(Clone, Copy, Debug)]
 pub struct Appended {
@@ -187,8 +198,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Appended, AppendError>>,
     },
     UpdateConfig(TopicConfig),
-    /// (producer id, epoch, last sequence, last write ms) of each producer.
-    DescribeProducers(oneshot::Sender<Vec<(i64, i16, i32, i64)>>),
+    /// What the partition knows of each producer.
+    DescribeProducers(oneshot::Sender<Vec<ProducerInfo>>),
     /// Move the log start offset up to `offset` (-1: the high watermark).
     DeleteRecords(Offset, oneshot::Sender<Result<Offset, ResponseError>>),
     Release(oneshot::Sender<()>),
@@ -298,8 +309,8 @@ impl PartitionHandle {
         rx.await.unwrap_or(Err(ResponseError::NotLeaderOrFollower))
     }
 
-    /// The idempotent producers this partition knows.
-    pub async fn describe_producers(&self) -> Result<Vec<(i64, i16, i32, i64)>, ResponseError> {
+    /// The idempotent and transactional producers this partition knows.
+    pub async fn describe_producers(&self) -> Result<Vec<ProducerInfo>, ResponseError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::DescribeProducers(tx))
@@ -727,6 +738,15 @@ mod transaction_tests {
             .unwrap(); // 2
         end(&h, 11, 0, MarkerKind::Abort).await.unwrap(); // 3
         append(&h, batch(12, 0, 0, 1, true), true).await.unwrap(); // 4, open
+                                                                   // DescribeProducers shows 12's open transaction, not 11's ended one.
+        let starts: Vec<(i64, Offset)> = h
+            .describe_producers()
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| (p.producer_id, p.txn_start_offset))
+            .collect();
+        assert_eq!(starts, vec![(11, -1), (12, 4)]);
         let before = (
             h.log.offsets().1,
             h.log.last_stable_offset(),

@@ -392,7 +392,25 @@ impl Writer {
                     }
                     Some(Command::DeleteRecords(offset, reply)) => self.delete_records(offset, reply).await.map(|_| None),
                     Some(Command::DescribeProducers(reply)) => {
-                        let _ = reply.send(self.producers.describe());
+                        let open: std::collections::HashMap<i64, Offset> = self
+                            .txns
+                            .unended()
+                            .into_iter()
+                            .map(|t| (t.producer_id, t.first_offset))
+                            .collect();
+                        let list = self
+                            .producers
+                            .describe()
+                            .into_iter()
+                            .map(|(producer_id, epoch, last_sequence, last_ms)| super::ProducerInfo {
+                                producer_id,
+                                epoch,
+                                last_sequence,
+                                last_ms,
+                                txn_start_offset: open.get(&producer_id).copied().unwrap_or(-1),
+                            })
+                            .collect();
+                        let _ = reply.send(list);
                         Ok(None)
                     }
                     Some(Command::Release(done)) => Ok(Some(Some(done))),
