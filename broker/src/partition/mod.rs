@@ -835,6 +835,9 @@ mod transaction_tests {
         let h = restart(&ctx, 2).await;
         assert_eq!(h.log.aborted_in(0, 100), vec![(21, 0)]);
         assert_eq!(h.log.last_stable_offset(), h.log.offsets().1);
+        // Records deleted past the abort: its entry goes with them.
+        assert_eq!(h.delete_records(2).await, Ok(2));
+        assert_eq!(h.log.aborted_in(0, 100), vec![]);
     }
 
     #[tokio::test]

@@ -1431,6 +1431,12 @@ impl Writer {
                 s.segments.remove(&d.base_offset);
             }
             s.log_start_offset = new_start;
+            // No read starts below the log start: aborts indexed there are
+            // never asked for again.
+            if s.aborted.keys().next().is_some_and(|k| *k < new_start) {
+                let kept = Arc::make_mut(&mut s.aborted).split_off(&new_start);
+                s.aborted = Arc::new(kept);
+            }
         });
         self.save_checkpoint(ops).await?;
         for s in &doomed {
