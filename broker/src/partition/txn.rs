@@ -290,6 +290,91 @@ mod tests {
         assert_eq!(t.open().count(), 0);
     }
 
+    /// Random interleavings of four producers' batches, markers and the
+    /// high watermark's moves, against what must hold: the last stable
+    /// offset never passes a transaction whose end is not durable, and the
+    /// aborted index holds exactly the aborts whose markers are durable.
+    #[test]
+    fn the_lso_never_passes_an_unended_transaction_in_random_interleavings() {
+        use rand::{Rng, SeedableRng};
+        for seed in 0..400u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut t = Txns::default();
+            let mut next: Offset = 0;
+            let mut hw: Offset = 0;
+            // Model: per producer, the open transaction's first offset;
+            // ended ones as (marker offset, producer, abort?, first).
+            let mut open: std::collections::HashMap<i64, Offset> = Default::default();
+            let mut ended: Vec<(Offset, i64, bool, Offset)> = Vec::new();
+            let mut aborted: Vec<(Offset, AbortedTxn)> = Vec::new();
+            for _ in 0..60 {
+                let pid = rng.random_range(0..4i64);
+                match rng.random_range(0..3) {
+                    0 => {
+                        let h = txn_header(pid, 0, next);
+                        if t.check_batch(&h).is_ok() {
+                            t.on_batch(&h, next);
+                            open.entry(pid).or_insert(next);
+                            next += 1;
+                        } else {
+                            // Refused only while its last end is not durable.
+                            assert!(
+                                ended.iter().any(|(m, p, ..)| *p == pid && *m >= hw),
+                                "seed {seed}"
+                            );
+                        }
+                    }
+                    1 => {
+                        let kind = if rng.random_bool(0.5) {
+                            MarkerKind::Abort
+                        } else {
+                            MarkerKind::Commit
+                        };
+                        let m = marker(pid, 0, kind);
+                        t.check_marker(&m).unwrap();
+                        t.on_marker(&m, next);
+                        if let Some(first) = open.remove(&pid) {
+                            ended.push((next, pid, kind == MarkerKind::Abort, first));
+                        }
+                        next += 1;
+                    }
+                    _ => {
+                        hw = rng.random_range(hw..=next);
+                        aborted.extend(t.durable(hw));
+                    }
+                }
+                let lso = t.first_unstable().map_or(hw, |f| f.min(hw));
+                let unended_firsts = open
+                    .values()
+                    .copied()
+                    .chain(ended.iter().filter(|(m, ..)| *m >= hw).map(|e| e.3));
+                for first in unended_firsts {
+                    assert!(
+                        lso <= first.max(0),
+                        "seed {seed}: LSO {lso} passes a transaction from {first}"
+                    );
+                }
+                let mut want: Vec<(Offset, AbortedTxn)> = ended
+                    .iter()
+                    .filter(|(m, _, abort, _)| *abort && *m < hw)
+                    .map(|(m, p, _, first)| {
+                        (
+                            *m,
+                            AbortedTxn {
+                                producer_id: *p,
+                                first_offset: *first,
+                            },
+                        )
+                    })
+                    .collect();
+                want.sort_by_key(|(m, _)| *m);
+                let mut got = aborted.clone();
+                got.sort_by_key(|(m, _)| *m);
+                assert_eq!(got, want, "seed {seed}");
+            }
+        }
+    }
+
     #[test]
     fn old_epochs_are_fenced_and_stray_markers_change_nothing() {
         let mut t = Txns::default();
