@@ -167,6 +167,34 @@ fn env_from(cr: &FloeCluster) -> Option<Value> {
         .map(|s| json!([{"secretRef": {"name": s}}]))
 }
 
+/// Every pod's security context (non-root, the image's user), as the
+/// chart's `podSecurityContext`.
+fn pod_security() -> Value {
+    json!({
+        "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// Every container's security context, as the chart's `securityContext`.
+fn container_security() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+    })
+}
+
+/// A component's pods spread over zones where the scheduler can.
+fn zone_spread(sel: &BTreeMap<String, String>) -> Value {
+    json!([{
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": sel},
+    }])
+}
+
 fn probes(c: &mut Value) {
     c["livenessProbe"] = json!({
         "httpGet": {"path": "/healthz", "port": "http"},
@@ -191,16 +219,8 @@ fn pod_spec(
     let sel = selector(n, component);
     let mut spec = json!({
         "serviceAccountName": cr.spec.service_account_name.as_deref().unwrap_or(&n.full),
-        "securityContext": {
-            "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "topologySpreadConstraints": [{
-            "maxSkew": 1,
-            "topologyKey": "topology.kubernetes.io/zone",
-            "whenUnsatisfiable": "ScheduleAnyway",
-            "labelSelector": {"matchLabels": sel},
-        }],
+        "securityContext": pod_security(),
+        "topologySpreadConstraints": zone_spread(&sel),
         "affinity": placement.affinity.as_ref().map_or_else(
             || json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
                 "weight": 100,
@@ -241,11 +261,7 @@ fn container(
         "args": args,
         "env": all_env,
         "ports": ports,
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security(),
         "volumeMounts": mounts,
     });
     if let Some(e) = env_from(cr) {
@@ -575,11 +591,7 @@ fn managed_etcd(cr: &FloeCluster, n: &Names, m: &crate::crd::ManagedEtcd) -> Vec
             {"name": "peer", "containerPort": 2380},
         ],
         "readinessProbe": {"httpGet": {"path": "/health", "port": "client"}, "periodSeconds": 5},
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security(),
         "volumeMounts": [{"name": "data", "mountPath": "/var/lib/etcd"}],
     });
     if let Some(r) = &m.resources {
@@ -596,16 +608,8 @@ fn managed_etcd(cr: &FloeCluster, n: &Names, m: &crate::crd::ManagedEtcd) -> Vec
         claim["spec"]["storageClassName"] = json!(class);
     }
     let pod = json!({
-        "securityContext": {
-            "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "topologySpreadConstraints": [{
-            "maxSkew": 1,
-            "topologyKey": "topology.kubernetes.io/zone",
-            "whenUnsatisfiable": "ScheduleAnyway",
-            "labelSelector": {"matchLabels": sel},
-        }],
+        "securityContext": pod_security(),
+        "topologySpreadConstraints": zone_spread(&sel),
         "containers": [container],
     });
     vec![

@@ -309,6 +309,13 @@ impl PartitionLog {
         self.state.read().unwrap().last_stable_offset()
     }
 
+    /// The aborted transactions whose abort marker is in `[from, to)`, by
+    /// marker offset (what a sealed segment or a checkpoint records).
+    pub fn aborted_markers(&self, from: Offset, to: Offset) -> Vec<(Offset, AbortedTxn)> {
+        let s = self.state.read().unwrap();
+        s.aborted.range(from..to).map(|(k, a)| (*k, *a)).collect()
+    }
+
     /// The aborted transactions a read_committed reader of `[from, upper)`
     /// must know: those whose abort marker is at or after `from` and whose
     /// first offset is before `upper`, in marker order, as (producer id,

@@ -1545,13 +1545,12 @@ fn aborted_records(
     from: Offset,
     to: Offset,
 ) -> Vec<floe_meta::schema::AbortedTxnRecord> {
-    log.snapshot()
-        .aborted
-        .range(from..to)
+    log.aborted_markers(from, to)
+        .into_iter()
         .map(|(marker, a)| floe_meta::schema::AbortedTxnRecord {
             producer_id: a.producer_id,
             first_offset: a.first_offset,
-            marker_offset: *marker,
+            marker_offset: marker,
         })
         .collect()
 }
