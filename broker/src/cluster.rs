@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use floe_common::topic::{valid_topic_name, OFFSETS_TOPIC};
+use floe_common::topic::{valid_topic_name, TXN_TOPIC};
 use floe_common::{PartitionId, Uuid};
 use floe_kafka::cluster::{Cluster, Node as ClientNode, Topic};
 use floe_kafka::errors::topic_error;
@@ -111,18 +111,23 @@ impl Cluster for Node {
     }
 
     /// The controller then assigns its partitions like any topic's.
-    async fn ensure_offsets_topic(&self) {
-        if Node::topic(self, OFFSETS_TOPIC).is_some() {
+    async fn ensure_coordinator_topic(&self, topic: &'static str) {
+        if Node::topic(self, topic).is_some() {
             return;
         }
-        let partitions = self.config.offsets_topic_partitions.max(1);
+        let partitions = if topic == TXN_TOPIC {
+            self.config.transaction_topic_partitions
+        } else {
+            self.config.offsets_topic_partitions
+        }
+        .max(1);
         match self
-            .create_topic(OFFSETS_TOPIC, partitions, offsets_topic_configs(), false)
+            .create_topic(topic, partitions, offsets_topic_configs(), false)
             .await
         {
-            Ok(_) => tracing::info!(partitions, "created the offsets topic"),
+            Ok(_) => tracing::info!(topic, partitions, "created an internal topic"),
             Err(TopicError::AlreadyExists(_)) => {}
-            Err(e) => tracing::warn!(error = %e, "creating the offsets topic failed"),
+            Err(e) => tracing::warn!(topic, error = %e, "creating an internal topic failed"),
         }
     }
 
@@ -130,12 +135,17 @@ impl Cluster for Node {
         self.meta.clone()
     }
 
-    fn coordinator(&self, group: &str, listener: &str) -> Result<ClientNode, ResponseError> {
-        if group.is_empty() {
+    fn coordinator(
+        &self,
+        topic: &str,
+        key: &str,
+        listener: &str,
+    ) -> Result<ClientNode, ResponseError> {
+        if key.is_empty() {
             return Err(ResponseError::InvalidGroupId);
         }
-        let t = Node::topic(self, OFFSETS_TOPIC).ok_or(ResponseError::CoordinatorNotAvailable)?;
-        let p = PartitionId::new(t.id, partition_for(group, t.partitions));
+        let t = Node::topic(self, topic).ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let p = PartitionId::new(t.id, partition_for(key, t.partitions));
         let (broker, _) = self
             .leader_of(p)
             .ok_or(ResponseError::CoordinatorNotAvailable)?;

@@ -93,6 +93,20 @@ pub struct BrokerConfig {
     /// A group's coordinator is the owner of one of them; do not change it
     /// once groups exist.
     pub offsets_topic_partitions: i32,
+    /// Partitions of the internal `__transaction_state` topic, made when
+    /// the first transactional id looks for its coordinator
+    /// (transaction.state.log.num.partitions; fixed once transactions
+    /// exist).
+    pub transaction_topic_partitions: i32,
+    /// The longest transaction timeout a producer may ask for
+    /// (transaction.max.timeout.ms).
+    pub transaction_max_timeout_ms: i32,
+    /// A transactional id idle this long is forgotten
+    /// (transactional.id.expiration.ms).
+    pub transactional_id_expiration_ms: i64,
+    /// How often the coordinator looks for transactions past their
+    /// timeout (transaction.abort.timed.out.transaction.cleanup.interval.ms).
+    pub transaction_timeout_check_ms: u64,
     /// A new group waits this long for more members before its first
     /// rebalance completes (group.initial.rebalance.delay.ms).
     pub group_initial_rebalance_delay_ms: u64,
@@ -118,6 +132,10 @@ pub struct BrokerConfig {
     /// accepted only with `FLOE_FAULT_INJECTION=1`): never part of `[broker]`.
     #[serde(skip)]
     pub faults: Faults,
+    /// The cluster's identity for requests to other brokers (transaction
+    /// markers and verification): the config file's `[internal_tls]`.
+    #[serde(skip)]
+    pub internal_tls: Option<floe_kafka::tls::InternalTls>,
 }
 
 /// Failures a test injects into a broker (the config file's `[faults]`
@@ -176,6 +194,10 @@ impl Default for BrokerConfig {
             lease_ttl_ms: 10_000,
             topic_defaults: BTreeMap::new(),
             offsets_topic_partitions: 16,
+            transaction_topic_partitions: 16,
+            transaction_max_timeout_ms: 900_000,
+            transactional_id_expiration_ms: 7 * 24 * 3600 * 1000,
+            transaction_timeout_check_ms: 1_000,
             group_initial_rebalance_delay_ms: 3_000,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
@@ -184,6 +206,7 @@ impl Default for BrokerConfig {
             offsets_retention_ms: 7 * 24 * 3_600_000,
             offsets_compact_after_records: 10_000,
             faults: Faults::default(),
+            internal_tls: None,
         }
     }
 }

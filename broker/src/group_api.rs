@@ -234,12 +234,37 @@ fn no_commit() -> Committed {
 
 type Fetched = Result<Vec<(String, Vec<(i32, Option<Committed>)>)>, ResponseError>;
 
+/// A group's committed offsets; with `require_stable` (KIP-447), offsets
+/// pending in an open transaction are UNSTABLE_OFFSET_COMMIT (the client
+/// asks again once the transaction ended).
 async fn fetch_group(
     node: &Arc<Node>,
     group: &str,
     wanted: Option<Vec<(String, Vec<i32>)>>,
-) -> Fetched {
-    node.groups.fetch_offsets(&**node, group, wanted).await
+    require_stable: bool,
+) -> Result<Vec<(String, Vec<(i32, Result<Option<Committed>, ResponseError>)>)>, ResponseError> {
+    let fetched: Fetched = node.groups.fetch_offsets(&**node, group, wanted).await;
+    let unstable = if require_stable {
+        node.groups.unstable(&**node, group).await?
+    } else {
+        Default::default()
+    };
+    Ok(fetched?
+        .into_iter()
+        .map(|(t, parts)| {
+            let parts = parts
+                .into_iter()
+                .map(|(p, c)| {
+                    if unstable.contains(&(t.clone(), p)) {
+                        (p, Err(ResponseError::UnstableOffsetCommit))
+                    } else {
+                        (p, Ok(c))
+                    }
+                })
+                .collect();
+            (t, parts)
+        })
+        .collect())
 }
 
 pub async fn offset_fetch(
@@ -256,7 +281,7 @@ pub async fn offset_fetch(
                     .collect()
             });
             let mut rg = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-            match fetch_group(node, &g.group_id.0, wanted).await {
+            match fetch_group(node, &g.group_id.0, wanted, req.require_stable).await {
                 Err(e) => rg.error_code = e.code(),
                 Ok(topics) => {
                     for (t, parts) in topics {
@@ -267,8 +292,10 @@ pub async fn offset_fetch(
                                     parts
                                         .into_iter()
                                         .map(|(p, c)| {
-                                            let c = c.unwrap_or_else(no_commit);
+                                            let code = c.as_ref().err().map_or(0, |e| e.code());
+                                            let c = c.ok().flatten().unwrap_or_else(no_commit);
                                             OffsetFetchResponsePartitions::default()
+                                                .with_error_code(code)
                                                 .with_partition_index(p)
                                                 .with_committed_offset(c.offset)
                                                 .with_committed_leader_epoch(c.leader_epoch)
@@ -291,7 +318,14 @@ pub async fn offset_fetch(
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    match fetch_group(node, &req.group_id.0, wanted).await {
+    match fetch_group(
+        node,
+        &req.group_id.0,
+        wanted,
+        version >= 7 && req.require_stable,
+    )
+    .await
+    {
         Err(e) => resp.error_code = e.code(),
         Ok(topics) => {
             for (t, parts) in topics {
@@ -302,8 +336,10 @@ pub async fn offset_fetch(
                             parts
                                 .into_iter()
                                 .map(|(p, c)| {
-                                    let c = c.unwrap_or_else(no_commit);
+                                    let code = c.as_ref().err().map_or(0, |e| e.code());
+                                    let c = c.ok().flatten().unwrap_or_else(no_commit);
                                     OffsetFetchResponsePartition::default()
+                                        .with_error_code(code)
                                         .with_partition_index(p)
                                         .with_committed_offset(c.offset)
                                         .with_committed_leader_epoch(c.leader_epoch)

@@ -57,6 +57,7 @@ pub async fn produce(
         Option<String>,
     );
     let acks = req.acks;
+    let txn_id = req.transactional_id.as_ref().map(|t| t.0.to_string());
     let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
     let mut pending: Vec<Pending> = Vec::new();
     for topic in req.topic_data {
@@ -69,7 +70,7 @@ pub async fn produce(
         for p in topic.partition_data {
             let r = match &info {
                 Err(e) => Err((*e, None)),
-                Ok(t) => submit(&node, t, p.index, p.records, version).await,
+                Ok(t) => submit(&node, t, p.index, p.records, version, txn_id.as_deref()).await,
             };
             let (r, msg) = match r {
                 Ok(rx) => (Ok(rx), None),
@@ -133,11 +134,12 @@ type SubmitResult = Result<
 >;
 
 async fn submit(
-    node: &Node,
+    node: &Arc<Node>,
     t: &TopicInfo,
     index: i32,
     records: Option<Bytes>,
     version: i16,
+    txn_id: Option<&str>,
 ) -> SubmitResult {
     if index < 0 || index >= t.partitions {
         return Err((ResponseError::UnknownTopicOrPartition, None));
@@ -161,7 +163,36 @@ async fn submit(
         node.metrics.error("Produce", &format!("{:?}", e.code()));
         (e.code(), Some(e.to_string()))
     })?;
-    h.submit(records, headers)
+    let Some(txn) = headers.iter().find(|h| h.is_transactional()).copied() else {
+        return h
+            .submit(records, headers)
+            .await
+            .map_err(|e| (e.code(), Some(e.to_string())));
+    };
+    // A transaction's batch: verified with its coordinator before the
+    // producer's first batch of the transaction here (KIP-890), under a
+    // guard its end marker clears.
+    let Some(id) = txn_id.filter(|id| !id.is_empty()) else {
+        return Err((
+            ResponseError::InvalidTxnState,
+            Some("a transactional batch without a transactional id".into()),
+        ));
+    };
+    let (token, verified) = h.gate.guard(txn.producer_id, txn.producer_epoch);
+    if !verified {
+        let part = (t.name.clone(), index);
+        if let Err(e) =
+            crate::txn::api::verify(node, id, txn.producer_id, txn.producer_epoch, &part).await
+        {
+            h.gate.forget(txn.producer_id, token);
+            let msg = format!(
+                "transactional id {id:?}: partition {}-{index} is not in the producer's open transaction at epoch {}",
+                t.name, txn.producer_epoch
+            );
+            return Err((e, Some(msg)));
+        }
+    }
+    h.submit_verified(records, headers, token)
         .await
         .map_err(|e| (e.code(), Some(e.to_string())))
 }
@@ -626,15 +657,19 @@ pub async fn describe_configs(
 }
 
 /// InitProducerId: a new producer id (epoch 0), or, for a producer that
-/// gives its id and epoch (KIP-360), the same id with the epoch bumped.
-/// Transactional ids are not supported.
-pub async fn init_producer_id(node: &Node, req: InitProducerIdRequest) -> InitProducerIdResponse {
+/// gives its id and epoch (KIP-360), the same id with the epoch bumped; a
+/// transactional id's from its coordinator (`txn::api`).
+pub async fn init_producer_id(
+    node: &Arc<Node>,
+    req: InitProducerIdRequest,
+    version: i16,
+) -> InitProducerIdResponse {
+    if let Some(id) = req.transactional_id.as_ref().filter(|t| !t.is_empty()) {
+        return crate::txn::api::init_producer_id(node, &id.0, &req, version).await;
+    }
     let resp = InitProducerIdResponse::default()
         .with_producer_id((-1).into())
         .with_producer_epoch(-1);
-    if req.transactional_id.as_ref().is_some_and(|t| !t.is_empty()) {
-        return resp.with_error_code(ResponseError::CoordinatorNotAvailable.code());
-    }
     if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
         tracing::info!(
             producer_id = req.producer_id.0,

@@ -53,6 +53,17 @@ pub struct Metrics {
     pub tail_followers: Gauge,
     /// Log updates pushed to following proxies.
     pub tail_updates: Counter,
+    /// Transactions ended (markers durable everywhere), by outcome.
+    txn_ended: Family<OutcomeLabel, Counter>,
+    /// From the end's decision to its markers being durable.
+    txn_completion: Histogram,
+    /// Transactions aborted by the coordinator's timeout.
+    pub txn_timed_out: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -101,7 +112,25 @@ impl Metrics {
             segments_deleted: Counter::default(),
             tail_followers: Gauge::default(),
             tail_updates: Counter::default(),
+            txn_ended: Family::default(),
+            txn_completion: latency_histogram(),
+            txn_timed_out: Counter::default(),
         };
+        m.edge.registry.register(
+            "transactions_ended",
+            "Transactions this broker coordinated to their end (every marker durable), by outcome",
+            m.txn_ended.clone(),
+        );
+        m.edge.registry.register(
+            "transaction_markers_duration_seconds",
+            "Time from a transaction's decided end to its markers being durable on every partition",
+            m.txn_completion.clone(),
+        );
+        m.edge.registry.register(
+            "transactions_timed_out",
+            "Open transactions aborted by the coordinator after transaction.timeout.ms",
+            m.txn_timed_out.clone(),
+        );
         m.edge.registry.register(
             "storage_op_duration_seconds",
             "Object store operation latency",
@@ -213,6 +242,18 @@ impl Metrics {
                 state: last.name().to_string(),
             })
             .dec();
+    }
+
+    /// A transaction's markers are durable; `took` since its end was
+    /// decided.
+    pub fn txn_completed(&self, commit: bool, took: Duration) {
+        let outcome = if commit { "commit" } else { "abort" };
+        self.txn_ended
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.txn_completion.observe(took.as_secs_f64());
     }
 
     pub fn segment_sealed(&self) {

@@ -74,6 +74,8 @@ pub struct Node {
     record: BrokerRecord,
     /// The consumer groups this broker coordinates.
     pub groups: crate::group::Groups,
+    /// The transactions this broker coordinates.
+    pub txn: crate::txn::coordinator::Coordinator,
     /// Topic admin on the metadata store (configs over this broker's
     /// `topic_defaults`).
     pub topic_admin: TopicAdmin,
@@ -239,6 +241,7 @@ impl Node {
                 auto_create: config.auto_create_topics,
                 default_partitions: config.default_partitions,
                 offsets_partitions: config.offsets_topic_partitions.max(1),
+                txn_partitions: config.transaction_topic_partitions.max(1),
             }),
             listeners: endpoints,
         };
@@ -273,6 +276,9 @@ impl Node {
             shutdown,
             lease_lapsed: CancellationToken::new(),
             groups: Default::default(),
+            txn: crate::txn::coordinator::Coordinator::new(
+                config.internal_tls.clone().map(Arc::new),
+            ),
             topic_admin: TopicAdmin::new(
                 meta.clone(),
                 config.topic_defaults.clone(),

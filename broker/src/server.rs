@@ -14,7 +14,42 @@ pub use floe_kafka::listener::*;
 use floe_kafka::RequestMetrics;
 
 use crate::node::Node;
-use crate::{group_api, handlers};
+use crate::{group_api, handlers, txn};
+
+/// WriteTxnMarkers from a client: CLUSTER_AUTHORIZATION_FAILED for every
+/// partition, nothing written.
+fn deny_markers(q: WriteTxnMarkersRequest) -> WriteTxnMarkersResponse {
+    use write_txn_markers_response::*;
+    let code = floe_protocol::ResponseError::ClusterAuthorizationFailed.code();
+    WriteTxnMarkersResponse::default().with_markers(
+        q.markers
+            .into_iter()
+            .map(|m| {
+                WritableTxnMarkerResult::default()
+                    .with_producer_id(m.producer_id)
+                    .with_topics(
+                        m.topics
+                            .into_iter()
+                            .map(|t| {
+                                WritableTxnMarkerTopicResult::default()
+                                    .with_name(t.name)
+                                    .with_partitions(
+                                        t.partition_indexes
+                                            .into_iter()
+                                            .map(|p| {
+                                                WritableTxnMarkerPartitionResult::default()
+                                                    .with_partition_index(p)
+                                                    .with_error_code(code)
+                                            })
+                                            .collect(),
+                                    )
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
 
 impl KafkaService for Node {
     type Session = ();
@@ -116,9 +151,50 @@ static ROUTER: LazyLock<Router<Node, ()>> = LazyLock::new(|| {
         .inline(ApiKey::DeleteRecords, |n: N, _: S, _, q: DeleteRecordsRequest| async move {
             handlers::delete_records(&n, q).await
         })
-        .inline(ApiKey::InitProducerId, |n: N, _: S, _, q: InitProducerIdRequest| async move {
-            handlers::init_producer_id(&n, q).await
+        // A transactional id's may wait for its previous transaction's
+        // abort: off the ordered path.
+        .concurrent(ApiKey::InitProducerId, |n: N, _: S, r: Request, q: InitProducerIdRequest| async move {
+            handlers::init_producer_id(&n, q, r.version).await
         })
+        .concurrent(
+            ApiKey::AddPartitionsToTxn,
+            |n: N, _: S, r: Request, q: AddPartitionsToTxnRequest| async move {
+                txn::api::add_partitions_to_txn(&n, q, r.version).await
+            },
+        )
+        .concurrent(ApiKey::AddOffsetsToTxn, |n: N, _: S, r: Request, q: AddOffsetsToTxnRequest| async move {
+            txn::api::add_offsets_to_txn(&n, q, r.version).await
+        })
+        // Waits for the transaction's markers.
+        .concurrent(ApiKey::EndTxn, |n: N, _: S, r: Request, q: EndTxnRequest| async move {
+            txn::api::end_txn(&n, q, r.version).await
+        })
+        .concurrent(
+            ApiKey::TxnOffsetCommit,
+            |n: N, _: S, r: Request, q: TxnOffsetCommitRequest| async move {
+                txn::api::txn_offset_commit(&n, q, r.version).await
+            },
+        )
+        .concurrent(ApiKey::WriteTxnMarkers, |n: N, _: S, r: Request, q: WriteTxnMarkersRequest| async move {
+            if !r.peer.internal && r.peer.authorizer.is_some() {
+                // Only another broker (the internal listener) may end
+                // transactions.
+                return deny_markers(q);
+            }
+            txn::api::write_txn_markers(&n, q).await
+        })
+        .inline(
+            ApiKey::DescribeTransactions,
+            |n: N, _: S, _, q: DescribeTransactionsRequest| async move {
+                txn::api::describe_transactions(&n, q).await
+            },
+        )
+        .inline(
+            ApiKey::ListTransactions,
+            |n: N, _: S, r: Request, q: ListTransactionsRequest| async move {
+                txn::api::list_transactions(&n, q, r.version).await
+            },
+        )
         // Parks until the rebalance's join phase ends: off the ordered path.
         .concurrent(ApiKey::JoinGroup, |n: N, _: S, r: Request, q: JoinGroupRequest| async move {
             group_api::join_group(&n, q, r.version, r.client_id).await
@@ -177,6 +253,7 @@ mod tests {
         apis.sort_by_key(|a| *a as i16);
         let mut advertised: Vec<_> = floe_protocol::versions::IMPLEMENTED
             .iter()
+            .chain(floe_protocol::versions::INTERNAL)
             .map(|(a, _, _)| *a)
             .collect();
         advertised.sort_by_key(|a| *a as i16);

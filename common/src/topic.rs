@@ -3,8 +3,11 @@
 /// The internal topic holding committed offsets and consumer groups.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// The internal topic holding transaction coordinators' state.
+pub const TXN_TOPIC: &str = "__transaction_state";
+
 /// Topics Floe itself relies on: never deleted by an operator's request.
-pub const INTERNAL_TOPICS: &[&str] = &[OFFSETS_TOPIC];
+pub const INTERNAL_TOPICS: &[&str] = &[OFFSETS_TOPIC, TXN_TOPIC];
 
 /// Whether `name` is one of Floe's internal topics.
 pub fn is_internal(name: &str) -> bool {
@@ -47,6 +50,7 @@ mod tests {
             assert!(valid_topic_name(bad).is_err(), "{bad}");
         }
         assert!(is_internal("__consumer_offsets"));
+        assert!(is_internal("__transaction_state"));
         assert!(!is_internal("orders"));
     }
 }

@@ -165,6 +165,7 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     let mut config = load_config(args.config.as_deref())?;
     config.node_id = args.id;
     let internal_tls = crate::load_internal_tls(args.config.as_deref())?;
+    config.internal_tls = internal_tls.clone();
     let meta = connect(&args.etcd, args.config.as_deref()).await?;
     // The first controller initialises the cluster; wait for it.
     let (cluster_id, pool) = cluster_identity(&*meta).await?;

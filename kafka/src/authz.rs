@@ -678,6 +678,153 @@ pub fn guard(peer: &Peer, version: i16, kind: RequestKind) -> Guarded {
                 ),
             ))
         }
+        // Transactions: WRITE on the transactional id; adding partitions
+        // also WRITE on each topic, offsets READ on the group (Kafka's
+        // rules).
+        RequestKind::AddPartitionsToTxn(q) => {
+            let id_ok = if version <= 3 {
+                peer.may(
+                    Write,
+                    resource::TRANSACTIONAL_ID,
+                    &q.v3_and_below_transactional_id,
+                ) && q
+                    .v3_and_below_topics
+                    .iter()
+                    .all(|t| peer.may_topic(Write, &t.name))
+            } else {
+                // Verification between brokers: the internal listener only.
+                false
+            };
+            if id_ok {
+                return Guarded::Pass(RequestKind::AddPartitionsToTxn(q), None);
+            }
+            let code = if version <= 3
+                && !peer.may(
+                    Write,
+                    resource::TRANSACTIONAL_ID,
+                    &q.v3_and_below_transactional_id,
+                ) {
+                ResponseError::TransactionalIdAuthorizationFailed.code()
+            } else if version <= 3 {
+                TOPIC_DENIED
+            } else {
+                CLUSTER_DENIED
+            };
+            let results = |topics: &[add_partitions_to_txn_request::AddPartitionsToTxnTopic]| {
+                topics
+                    .iter()
+                    .map(|t| {
+                        add_partitions_to_txn_response::AddPartitionsToTxnTopicResult::default()
+                            .with_name(t.name.clone())
+                            .with_results_by_partition(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        add_partitions_to_txn_response::AddPartitionsToTxnPartitionResult::default()
+                                            .with_partition_index(*p)
+                                            .with_partition_error_code(code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let mut resp = AddPartitionsToTxnResponse::default();
+            if version <= 3 {
+                resp.results_by_topic_v3_and_below = results(&q.v3_and_below_topics);
+            } else {
+                resp.error_code = code;
+            }
+            Guarded::Deny(Box::new(resp))
+        }
+        RequestKind::AddOffsetsToTxn(q) => {
+            let code = if !peer.may(Write, resource::TRANSACTIONAL_ID, &q.transactional_id) {
+                ResponseError::TransactionalIdAuthorizationFailed.code()
+            } else if !peer.may_group(Read, &q.group_id) {
+                GROUP_DENIED
+            } else {
+                return Guarded::Pass(RequestKind::AddOffsetsToTxn(q), None);
+            };
+            Guarded::Deny(Box::new(
+                AddOffsetsToTxnResponse::default().with_error_code(code),
+            ))
+        }
+        RequestKind::EndTxn(q) => whole(
+            peer.may(Write, resource::TRANSACTIONAL_ID, &q.transactional_id),
+            RequestKind::EndTxn(q),
+            EndTxnResponse::default()
+                .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+                .with_producer_id((-1).into())
+                .with_producer_epoch(-1),
+        ),
+        RequestKind::TxnOffsetCommit(q) => {
+            let code = if !peer.may(Write, resource::TRANSACTIONAL_ID, &q.transactional_id) {
+                Some(ResponseError::TransactionalIdAuthorizationFailed.code())
+            } else if !peer.may_group(Read, &q.group_id) {
+                Some(GROUP_DENIED)
+            } else if q.topics.iter().any(|t| !peer.may_topic(Read, &t.name)) {
+                Some(TOPIC_DENIED)
+            } else {
+                None
+            };
+            let Some(code) = code else {
+                return Guarded::Pass(RequestKind::TxnOffsetCommit(q), None);
+            };
+            Guarded::Deny(Box::new(
+                TxnOffsetCommitResponse::default().with_topics(
+                    q.topics
+                        .iter()
+                        .map(|t| {
+                            txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
+                                .with_name(t.name.clone())
+                                .with_partitions(
+                                    t.partitions
+                                        .iter()
+                                        .map(|p| {
+                                            txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
+                                                .with_partition_index(p.partition_index)
+                                                .with_error_code(code)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                ),
+            ))
+        }
+        RequestKind::DescribeTransactions(mut q) => {
+            let (ok, denied): (Vec<_>, Vec<_>) = q
+                .transactional_ids
+                .into_iter()
+                .partition(|id| peer.may(Describe, resource::TRANSACTIONAL_ID, id));
+            q.transactional_ids = ok;
+            let p = (!denied.is_empty()).then(|| {
+                patch::<DescribeTransactionsResponse>(move |r| {
+                    for id in denied {
+                        r.transaction_states.push(
+                            describe_transactions_response::TransactionState::default()
+                                .with_transactional_id(id)
+                                .with_error_code(
+                                    ResponseError::TransactionalIdAuthorizationFailed.code(),
+                                )
+                                .with_producer_id((-1).into())
+                                .with_producer_epoch(-1),
+                        );
+                    }
+                })
+            });
+            Guarded::Pass(RequestKind::DescribeTransactions(q), p.flatten())
+        }
+        RequestKind::ListTransactions(q) => {
+            // Only the ids the client may describe.
+            let peer_view = PeerRef::of(peer);
+            let p = patch::<ListTransactionsResponse>(move |r| {
+                r.transaction_states.retain(|t| {
+                    peer_view.may(Describe, resource::TRANSACTIONAL_ID, &t.transactional_id)
+                })
+            });
+            Guarded::Pass(RequestKind::ListTransactions(q), p)
+        }
         // Checked where they are answered (Metadata, DescribeTopicPartitions,
         // FindCoordinator, Fetch), or open to every client (ApiVersions,
         // DescribeCluster, the SASL exchange).

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 
-use floe_common::topic::valid_topic_name;
+use floe_common::topic::{valid_topic_name, OFFSETS_TOPIC, TXN_TOPIC};
 use floe_common::{PartitionId, Uuid};
 use floe_protocol::kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use floe_protocol::kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -66,13 +66,15 @@ pub trait Cluster: Send + Sync {
         &self,
         names: &[String],
     ) -> impl Future<Output = HashMap<String, Result<(), ResponseError>>> + Send;
-    /// Make the offsets topic if it does not exist (the first
-    /// FindCoordinator for a group does).
-    fn ensure_offsets_topic(&self) -> impl Future<Output = ()> + Send;
+    /// Make a coordinator's internal topic (`__consumer_offsets`,
+    /// `__transaction_state`) if it does not exist (the first
+    /// FindCoordinator for a group or a transactional id does).
+    fn ensure_coordinator_topic(&self, topic: &'static str) -> impl Future<Output = ()> + Send;
     /// The metadata store (users and ACLs are written there).
     fn metadata_store(&self) -> std::sync::Arc<dyn floe_meta::MetadataStore>;
-    /// The node coordinating `group` now, at listener `listener`'s address.
-    fn coordinator(&self, group: &str, listener: &str) -> Result<Node, ResponseError>;
+    /// The node coordinating `key` now — the owner of its partition of
+    /// the internal `topic` — at listener `listener`'s address.
+    fn coordinator(&self, topic: &str, key: &str, listener: &str) -> Result<Node, ResponseError>;
 }
 
 /// The Metadata answer: nodes, and the topics asked for (all when none
@@ -226,9 +228,9 @@ pub fn describe_cluster<C: Cluster>(
     resp
 }
 
-/// The FindCoordinator answer: a group's coordinator per key (one key in
-/// top-level fields before v4). Transaction coordinators (key type 1) are
-/// not available yet.
+/// The FindCoordinator answer: per key, the coordinator of a group (key
+/// type 0) or a transactional id (key type 1); one key in top-level fields
+/// before v4.
 pub async fn find_coordinator<C: Cluster>(
     c: &C,
     req: FindCoordinatorRequest,
@@ -236,8 +238,13 @@ pub async fn find_coordinator<C: Cluster>(
     peer: &Peer,
 ) -> FindCoordinatorResponse {
     let listener = &*peer.listener;
-    if req.key_type == 0 {
-        c.ensure_offsets_topic().await;
+    let topic = match req.key_type {
+        0 => Some(OFFSETS_TOPIC),
+        1 => Some(TXN_TOPIC),
+        _ => None,
+    };
+    if let Some(t) = topic {
+        c.ensure_coordinator_topic(t).await;
     }
     let keys: Vec<StrBytes> = if version >= 4 {
         req.coordinator_keys
@@ -247,19 +254,36 @@ pub async fn find_coordinator<C: Cluster>(
     let mut resp = FindCoordinatorResponse::default();
     for key in keys {
         let mut coordinator = Coordinator::default().with_key(key.clone());
-        let found = if req.key_type != 0 {
-            Err((
-                ResponseError::CoordinatorNotAvailable,
-                "transaction coordinators are not supported".to_string(),
-            ))
-        } else if !peer.may_group(crate::acl::Operation::Describe, &key) {
-            Err((
+        let describe = crate::acl::Operation::Describe;
+        let found = match topic {
+            None => Err((
+                ResponseError::InvalidRequest,
+                format!("unknown coordinator key type {}", req.key_type),
+            )),
+            Some(OFFSETS_TOPIC) if !peer.may_group(describe, &key) => Err((
                 ResponseError::GroupAuthorizationFailed,
                 "Authorization failed.".to_string(),
-            ))
-        } else {
-            c.coordinator(&key, listener)
-                .map_err(|e| (e, format!("no coordinator for group {key:?} yet")))
+            )),
+            Some(TXN_TOPIC)
+                if !peer.may(describe, crate::acl::resource::TRANSACTIONAL_ID, &key) =>
+            {
+                Err((
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                    "Authorization failed.".to_string(),
+                ))
+            }
+            Some(TXN_TOPIC) if key.is_empty() => Err((
+                ResponseError::InvalidRequest,
+                "an empty transactional id".to_string(),
+            )),
+            Some(t) => c.coordinator(t, &key, listener).map_err(|e| {
+                let what = if t == TXN_TOPIC {
+                    "transactional id"
+                } else {
+                    "group"
+                };
+                (e, format!("no coordinator for {what} {key:?} yet"))
+            }),
         };
         match found {
             Ok(n) => {

@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod authn;
 pub mod authz;
+pub mod client;
 pub mod cluster;
 pub mod dispatch;
 pub mod errors;

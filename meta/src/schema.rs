@@ -96,6 +96,11 @@ pub struct TopicPolicy {
     /// the first FindCoordinator makes it.
     #[prost(int32, tag = "3")]
     pub offsets_partitions: i32,
+    /// transaction.state.log.num.partitions: the transaction state
+    /// topic's partitions when the first FindCoordinator for a
+    /// transactional id makes it (0 from brokers before transactions: 16).
+    #[prost(int32, tag = "4")]
+    pub txn_partitions: i32,
 }
 
 /// A drained broker: `/floe/drained/{id}` (not leased: it outlives restarts

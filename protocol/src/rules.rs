@@ -7,7 +7,7 @@ use kafka_protocol::messages::ApiVersionsResponse;
 
 use crate::{versions, ResponseError};
 
-pub use floe_common::topic::{valid_topic_name, OFFSETS_TOPIC};
+pub use floe_common::topic::{valid_topic_name, OFFSETS_TOPIC, TXN_TOPIC};
 
 /// The partition of the offsets topic that holds `group`: Kafka's choice
 /// (Utils.abs of the Java String hash of the id, modulo the count).

@@ -43,7 +43,18 @@ pub const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::CreateAcls, 1, 3),
     (ApiKey::DeleteAcls, 1, 3),
+    (ApiKey::AddPartitionsToTxn, 0, 5),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 5),
+    (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 2),
 ];
+
+/// APIs brokers answer each other on their internal listener and never
+/// advertise to clients (a proxy does not route them): transaction markers
+/// from a coordinator to a partition's owner.
+pub const INTERNAL: &[(ApiKey, i16, i16)] = &[(ApiKey::WriteTxnMarkers, 1, 1)];
 
 /// The advertised range of `api`, if Floe implements it.
 pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -59,6 +70,9 @@ pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
 
 pub fn is_supported(api: ApiKey, version: i16) -> bool {
     supported(api).is_some_and(|(lo, hi)| (lo..=hi).contains(&version))
+        || INTERNAL
+            .iter()
+            .any(|&(a, lo, hi)| a == api && (lo..=hi).contains(&version))
 }
 
 #[cfg(test)]
@@ -79,7 +93,16 @@ mod tests {
         assert!(is_supported(ApiKey::Fetch, 13));
         assert!(is_supported(ApiKey::Produce, 2), "a legacy version");
         assert!(!is_supported(ApiKey::JoinGroup, 10));
-        assert!(!is_supported(ApiKey::AddPartitionsToTxn, 0));
+        assert!(
+            is_supported(ApiKey::AddPartitionsToTxn, 4),
+            "KIP-890 verification"
+        );
+        assert!(is_supported(ApiKey::WriteTxnMarkers, 1), "between brokers");
+        assert_eq!(supported(ApiKey::WriteTxnMarkers), None, "never advertised");
+        assert!(
+            !is_supported(ApiKey::TxnOffsetCommit, 5),
+            "transaction version 2's implicit add"
+        );
     }
 
     /// docs/compatibility.md lists exactly what ApiVersions advertises.

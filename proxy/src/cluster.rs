@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use floe_common::topic::{valid_topic_name, OFFSETS_TOPIC};
+use floe_common::topic::{valid_topic_name, TXN_TOPIC};
 use floe_common::{PartitionId, Uuid};
 use floe_kafka::cluster::{Cluster, Node, Topic};
 use floe_kafka::errors::topic_error;
@@ -153,27 +153,32 @@ impl Proxy {
         out
     }
 
-    /// Make the offsets topic if it does not exist yet (the first
-    /// FindCoordinator for a group does), with a live broker's partition
-    /// count for it.
-    pub(crate) async fn ensure_offsets_topic(&self) {
-        if self.view.topic(OFFSETS_TOPIC).is_some() {
+    /// Make a coordinator's internal topic if it does not exist yet (the
+    /// first FindCoordinator for a group or a transactional id does), with
+    /// a live broker's partition count for it.
+    pub(crate) async fn ensure_coordinator_topic(&self, topic: &'static str) {
+        if self.view.topic(topic).is_some() {
             return;
         }
         let Some(p) = self.view.topic_policy() else {
             return;
         };
+        let partitions = if topic == TXN_TOPIC {
+            // Brokers from before transactions do not say: Floe's default.
+            if p.txn_partitions > 0 {
+                p.txn_partitions
+            } else {
+                16
+            }
+        } else {
+            p.offsets_partitions.max(1)
+        };
         let deadline = Instant::now() + SHOW_WAIT;
         if let Err(e) = self
-            .create_and_show(
-                OFFSETS_TOPIC,
-                p.offsets_partitions.max(1),
-                offsets_topic_configs(),
-                deadline,
-            )
+            .create_and_show(topic, partitions, offsets_topic_configs(), deadline)
             .await
         {
-            tracing::warn!(error = ?e, "could not make the offsets topic");
+            tracing::warn!(topic, error = ?e, "could not make an internal topic");
         }
     }
 
@@ -262,19 +267,19 @@ impl Cluster for Proxy {
         Proxy::auto_create(self, names).await
     }
 
-    async fn ensure_offsets_topic(&self) {
-        Proxy::ensure_offsets_topic(self).await
+    async fn ensure_coordinator_topic(&self, topic: &'static str) {
+        Proxy::ensure_coordinator_topic(self, topic).await
     }
 
     fn metadata_store(&self) -> std::sync::Arc<dyn floe_meta::MetadataStore> {
         self.meta.clone()
     }
 
-    /// The proxy a group's key hashes to, once the group's offsets
-    /// partition has an owner (every proxy forwards to it).
-    fn coordinator(&self, group: &str, listener: &str) -> Result<Node, ResponseError> {
-        self.group_owner(group)?;
-        let id = self.leader_for(group.as_bytes());
+    /// The proxy a coordinator's key hashes to, once the key's partition
+    /// of the internal topic has an owner (every proxy forwards to it).
+    fn coordinator(&self, topic: &str, key: &str, listener: &str) -> Result<Node, ResponseError> {
+        self.coordinator_owner(topic, key)?;
+        let id = self.leader_for(key.as_bytes());
         let (host, port) = self
             .proxy_brokers(listener)
             .into_iter()

@@ -20,7 +20,9 @@ use floe_protocol::kafka_protocol::messages::produce_request::{
 use floe_protocol::kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
-use floe_protocol::kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+use floe_protocol::kafka_protocol::messages::{
+    ApiKey, ProduceRequest, ProduceResponse, TopicName, TransactionalId,
+};
 use floe_protocol::ResponseError;
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
@@ -164,6 +166,9 @@ struct Part {
     id: Option<PartitionId>,
     /// acks sent upstream (acks=0 is forwarded as 1 and not answered).
     acks: i16,
+    /// The client's transactional id: the owner verifies a transaction's
+    /// first batch with the id's coordinator (KIP-890).
+    txn: Option<TransactionalId>,
 }
 
 /// Whether a part's batch is an idempotent producer's (it has a sequence).
@@ -230,6 +235,7 @@ impl Proxy {
         let timeout = Duration::from_millis(req.timeout_ms.clamp(0, 300_000) as u64);
         // Answer a little before the client gives up on the request.
         let deadline = Instant::now() + timeout.mul_f64(0.9);
+        let txn = req.transactional_id.clone();
         let mut parts = Vec::new();
         for t in req.topic_data {
             let name = t.name.0.to_string();
@@ -266,6 +272,7 @@ impl Proxy {
                     error,
                     id,
                     acks: if acks == 0 { 1 } else { acks },
+                    txn: txn.clone(),
                 });
             }
         }
@@ -355,6 +362,7 @@ impl Proxy {
                 }
             }
             let up = ProduceRequest::default()
+                .with_transactional_id(txn.clone())
                 .with_acks(if acks == 0 { 1 } else { acks })
                 .with_timeout_ms(req.timeout_ms)
                 .with_topic_data(topics);
@@ -872,6 +880,7 @@ impl Proxy {
         deadline: Instant,
     ) -> SharedAnswer {
         let one = ProduceRequest::default()
+            .with_transactional_id(part.txn.clone())
             .with_acks(part.acks)
             .with_timeout_ms(
                 (deadline - Instant::now())

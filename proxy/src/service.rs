@@ -21,7 +21,7 @@ use floe_protocol::kafka_protocol::messages::delete_records_response::{
 };
 use floe_protocol::kafka_protocol::messages::*;
 use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable};
-use floe_protocol::rules::{partition_for, OFFSETS_TOPIC};
+use floe_protocol::rules::{partition_for, OFFSETS_TOPIC, TXN_TOPIC};
 use floe_protocol::ResponseError;
 use futures::FutureExt;
 
@@ -110,8 +110,20 @@ impl KafkaService for Proxy {
 pub(crate) enum Route {
     /// The coordinator of this group.
     Group(String),
+    /// The coordinator of this transactional id.
+    Txn(String),
     /// Any live broker.
     Any,
+}
+
+impl Route {
+    /// The internal topic whose partition owners coordinate this route.
+    fn topic(&self) -> &'static str {
+        match self {
+            Route::Txn(_) => TXN_TOPIC,
+            _ => OFFSETS_TOPIC,
+        }
+    }
 }
 
 type P = Arc<Proxy>;
@@ -337,6 +349,69 @@ static ROUTER: LazyLock<Router<Proxy, Session>> = LazyLock::new(|| {
                 DeleteGroupsResponse::default().with_results(results)
             },
         )
+        .concurrent(
+            ApiKey::DescribeTransactions,
+            |p: P, _: S, r: Request, q: DescribeTransactionsRequest| async move {
+                let mut resp = DescribeTransactionsResponse::default();
+                for id in q.transactional_ids {
+                    let one = DescribeTransactionsRequest::default()
+                        .with_transactional_ids(vec![id.clone()]);
+                    let answer = p
+                        .call::<_, DescribeTransactionsResponse>(
+                            Route::Txn(id.0.to_string()),
+                            r.api,
+                            r.version,
+                            &r.client_id,
+                            &one,
+                        )
+                        .await;
+                    match answer {
+                        Ok(x) => resp.transaction_states.extend(x.transaction_states),
+                        Err(e) => resp.transaction_states.push(
+                            describe_transactions_response::TransactionState::default()
+                                .with_transactional_id(id)
+                                .with_error_code(e.code())
+                                .with_producer_id((-1).into())
+                                .with_producer_epoch(-1),
+                        ),
+                    }
+                }
+                resp
+            },
+        )
+        .concurrent(
+            ApiKey::ListTransactions,
+            |p: P, _: S, r: Request, q: ListTransactionsRequest| async move {
+                let mut resp = ListTransactionsResponse::default();
+                for b in p.view.brokers() {
+                    match p
+                        .call_broker::<_, ListTransactionsResponse>(
+                            &b,
+                            r.api,
+                            r.version,
+                            &r.client_id,
+                            &q,
+                        )
+                        .await
+                    {
+                        Ok(x) => {
+                            if x.error_code != 0 {
+                                resp.error_code = x.error_code;
+                            }
+                            resp.transaction_states.extend(x.transaction_states);
+                            resp.unknown_state_filters = x.unknown_state_filters;
+                        }
+                        Err(e) => {
+                            tracing::warn!(broker = b.broker_id, error = %e, "ListTransactions: a broker did not answer");
+                            resp.error_code = ResponseError::CoordinatorNotAvailable.code();
+                        }
+                    }
+                }
+                resp.transaction_states
+                    .sort_by(|a, b| a.transactional_id.0.cmp(&b.transactional_id.0));
+                resp
+            },
+        )
         .concurrent(ApiKey::ListGroups, |p: P, _: S, r: Request, q: ListGroupsRequest| async move {
             let mut resp = ListGroupsResponse::default();
             for b in p.view.brokers() {
@@ -419,10 +494,43 @@ static ROUTER: LazyLock<Router<Proxy, Session>> = LazyLock::new(|| {
         ApiKey::ConsumerGroupHeartbeat,
         |q: &ConsumerGroupHeartbeatRequest| group(&q.group_id),
     );
+    // A transactional id's producer id comes from its coordinator, which
+    // may first wait for the id's open transaction to be aborted.
     let r = forward::<_, InitProducerIdResponse>(
         r,
         ApiKey::InitProducerId,
-        any::<InitProducerIdRequest>,
+        |q: &InitProducerIdRequest| match q.transactional_id.as_ref().filter(|t| !t.is_empty()) {
+            Some(id) => (Route::Txn(id.0.to_string()), Some(TXN_WAIT_MS)),
+            None => (Route::Any, None),
+        },
+    );
+    let r = forward::<_, AddPartitionsToTxnResponse>(
+        r,
+        ApiKey::AddPartitionsToTxn,
+        |q: &AddPartitionsToTxnRequest| {
+            let id = q
+                .transactions
+                .first()
+                .map_or(&q.v3_and_below_transactional_id, |t| &t.transactional_id);
+            (Route::Txn(id.0.to_string()), None)
+        },
+    );
+    let r = forward::<_, AddOffsetsToTxnResponse>(
+        r,
+        ApiKey::AddOffsetsToTxn,
+        |q: &AddOffsetsToTxnRequest| (Route::Txn(q.transactional_id.0.to_string()), None),
+    );
+    // Answered once the transaction's markers are durable.
+    let r = forward::<_, EndTxnResponse>(r, ApiKey::EndTxn, |q: &EndTxnRequest| {
+        (
+            Route::Txn(q.transactional_id.0.to_string()),
+            Some(TXN_WAIT_MS),
+        )
+    });
+    let r = forward::<_, TxnOffsetCommitResponse>(
+        r,
+        ApiKey::TxnOffsetCommit,
+        |q: &TxnOffsetCommitRequest| group(&q.group_id),
     );
     let r = forward::<_, CreateTopicsResponse>(r, ApiKey::CreateTopics, any::<CreateTopicsRequest>);
     let r = forward::<_, DeleteTopicsResponse>(r, ApiKey::DeleteTopics, any::<DeleteTopicsRequest>);
@@ -443,6 +551,10 @@ static ROUTER: LazyLock<Router<Proxy, Session>> = LazyLock::new(|| {
         any::<IncrementalAlterConfigsRequest>,
     )
 });
+
+/// How long a transaction coordinator may take to answer EndTxn or
+/// InitProducerId (it waits up to 10 s for a transaction's markers).
+const TXN_WAIT_MS: i32 = 10_000;
 
 /// Requests that must not be applied twice (a lost answer is not retried).
 fn creates(api: ApiKey) -> bool {
@@ -495,6 +607,34 @@ fn coordinator_moved(api: ApiKey, version: i16, frame: &Bytes) -> bool {
                     .any(|p| moved(p.error_code))
             })
         }
+        ApiKey::TxnOffsetCommit => decode_response::<TxnOffsetCommitResponse>(api, version, f)
+            .is_ok_and(|r| {
+                r.topics
+                    .iter()
+                    .flat_map(|t| &t.partitions)
+                    .any(|p| moved(p.error_code))
+            }),
+        ApiKey::InitProducerId => decode_response::<InitProducerIdResponse>(api, version, f)
+            .is_ok_and(|r| moved(r.error_code)),
+        ApiKey::AddOffsetsToTxn => decode_response::<AddOffsetsToTxnResponse>(api, version, f)
+            .is_ok_and(|r| moved(r.error_code)),
+        ApiKey::EndTxn => {
+            decode_response::<EndTxnResponse>(api, version, f).is_ok_and(|r| moved(r.error_code))
+        }
+        ApiKey::AddPartitionsToTxn => {
+            decode_response::<AddPartitionsToTxnResponse>(api, version, f).is_ok_and(|r| {
+                moved(r.error_code)
+                    || r.results_by_topic_v3_and_below
+                        .iter()
+                        .chain(
+                            r.results_by_transaction
+                                .iter()
+                                .flat_map(|t| &t.topic_results),
+                        )
+                        .flat_map(|t| &t.results_by_partition)
+                        .any(|p| moved(p.partition_error_code))
+            })
+        }
         _ => false,
     }
 }
@@ -513,21 +653,26 @@ impl Proxy {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(brokers[n % brokers.len()].clone())
             }
-            Route::Group(g) => self.group_owner(g),
+            Route::Group(g) => self.coordinator_owner(OFFSETS_TOPIC, g),
+            Route::Txn(id) => self.coordinator_owner(TXN_TOPIC, id),
         }
     }
 
-    /// The broker coordinating `group` now: the owner of its offsets
-    /// partition.
-    pub(crate) fn group_owner(&self, group: &str) -> Result<BrokerRecord, ResponseError> {
-        if group.is_empty() {
+    /// The broker coordinating `key` now: the owner of its partition of
+    /// the internal `topic`.
+    pub(crate) fn coordinator_owner(
+        &self,
+        topic: &str,
+        key: &str,
+    ) -> Result<BrokerRecord, ResponseError> {
+        if key.is_empty() {
             return Err(ResponseError::InvalidGroupId);
         }
         let t = self
             .view
-            .topic(OFFSETS_TOPIC)
+            .topic(topic)
             .ok_or(ResponseError::CoordinatorNotAvailable)?;
-        let p = PartitionId::new(t.id, partition_for(group, t.partitions));
+        let p = PartitionId::new(t.id, partition_for(key, t.partitions));
         self.view
             .owner(p)
             .map(|(b, _)| b)
@@ -560,7 +705,7 @@ impl Proxy {
             let target = match self.target(&route) {
                 Err(ResponseError::InvalidGroupId) => self.target(&Route::Any),
                 Err(ResponseError::CoordinatorNotAvailable)
-                    if self.view.topic(OFFSETS_TOPIC).is_none() =>
+                    if self.view.topic(route.topic()).is_none() =>
                 {
                     self.target(&Route::Any)
                 }

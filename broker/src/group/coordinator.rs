@@ -44,6 +44,21 @@ impl Groups {
     /// NOT_COORDINATOR if another broker writes the group's partition.
     async fn shard(&self, host: &dyn GroupHost, group: &str) -> Resolved {
         let (p, handle) = host.offsets_partition(group)?;
+        Ok((self.load_shard(host, p, handle).await?, p))
+    }
+
+    /// The shard of offsets partition `p` (a transaction's marker).
+    async fn shard_at(&self, host: &dyn GroupHost, p: i32) -> Result<Arc<Shard>, ResponseError> {
+        let handle = host.offsets_partition_at(p)?;
+        self.load_shard(host, p, handle).await
+    }
+
+    async fn load_shard(
+        &self,
+        host: &dyn GroupHost,
+        p: i32,
+        handle: PartitionHandle,
+    ) -> Result<Arc<Shard>, ResponseError> {
         let shard = {
             let mut shards = self.shards.lock().unwrap();
             match shards.get(&p) {
@@ -80,7 +95,7 @@ impl Groups {
                 *st = Some(loaded);
             }
         }
-        Ok((shard, p))
+        Ok(shard)
     }
 
     pub async fn join(&self, host: &dyn GroupHost, req: JoinRequest) -> JoinOutcome {
@@ -468,57 +483,10 @@ impl Groups {
         };
         let mut guard = shard.state.lock().await;
         let st = guard.as_mut().expect("loaded");
-        if let Some(cg) = st.consumer.get(group) {
-            // A consumer-protocol group: the member's epoch is the
-            // generation (OffsetCommit v9+).
-            if generation >= 0 || !member_id.is_empty() {
-                let Some(m) = cg.members.get(member_id) else {
-                    return all(ResponseError::UnknownMemberId);
-                };
-                if generation != m.epoch {
-                    return all(ResponseError::StaleMemberEpoch);
-                }
-            } else if !cg.is_empty() {
-                return all(ResponseError::UnknownMemberId);
-            }
-        } else if let Some(g) = st.groups.get_mut(group) {
-            if generation >= 0 || !member_id.is_empty() {
-                if let Err(e) = g.check_member(member_id, instance_id) {
-                    return all(e);
-                }
-                if generation != g.generation {
-                    return all(ResponseError::IllegalGeneration);
-                }
-                if g.state == GroupState::CompletingRebalance {
-                    return all(ResponseError::RebalanceInProgress);
-                }
-                g.members.get_mut(member_id).expect("checked").last_seen = Instant::now();
-            } else if !g.members.is_empty() {
-                // A simple commit to a group with live members.
-                return all(ResponseError::UnknownMemberId);
-            }
-        } else if generation >= 0 {
-            return all(ResponseError::IllegalGeneration);
+        if let Err(e) = check_committer(st, group, member_id, instance_id, generation, false) {
+            return all(e);
         }
-        let mut results = Vec::with_capacity(offsets.len());
-        let mut records = Vec::new();
-        for (topic, partition, c) in &offsets {
-            let known = host
-                .partitions_of(topic)
-                .is_some_and(|n| *partition >= 0 && *partition < n);
-            if !known {
-                results.push(Some(ResponseError::UnknownTopicOrPartition));
-            } else if c
-                .metadata
-                .as_ref()
-                .is_some_and(|m| m.len() > MAX_OFFSET_METADATA)
-            {
-                results.push(Some(ResponseError::OffsetMetadataTooLarge));
-            } else {
-                results.push(None);
-                records.push((offset_key(group, topic, *partition), Some(offset_value(c))));
-            }
-        }
+        let (results, records) = offset_records(host, &offsets, |t, p| offset_key(group, t, p));
         if records.is_empty() {
             return results;
         }
@@ -539,6 +507,117 @@ impl Groups {
         )
         .await;
         results
+    }
+
+    /// TxnOffsetCommit: offsets committed in the transaction of
+    /// `producer_id`, pending until its marker reaches this partition
+    /// (`complete_txn`). The member is checked as for OffsetCommit when the
+    /// client gives its generation (KIP-447); the transaction coordinator
+    /// has verified the producer before this is called.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn txn_commit(
+        &self,
+        host: &dyn GroupHost,
+        group: &str,
+        producer_id: i64,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        offsets: Vec<(String, i32, Committed)>,
+    ) -> Vec<Option<ResponseError>> {
+        let all = |e: ResponseError| offsets.iter().map(|_| Some(e)).collect::<Vec<_>>();
+        let (shard, _) = match self.shard(host, group).await {
+            Ok(s) => s,
+            Err(e) => return all(e),
+        };
+        let mut guard = shard.state.lock().await;
+        let st = guard.as_mut().expect("loaded");
+        if let Err(e) = check_committer(st, group, member_id, instance_id, generation, true) {
+            return all(e);
+        }
+        let (results, records) =
+            offset_records(host, &offsets, |t, p| pending_key(producer_id, group, t, p));
+        if records.is_empty() {
+            return results;
+        }
+        if let Err(e) = append(&shard.handle, &records).await {
+            return all(e);
+        }
+        st.records += records.len() as u64;
+        let map = st
+            .pending
+            .entry(producer_id)
+            .or_default()
+            .entry(group.to_string())
+            .or_default();
+        for ((topic, partition, c), r) in offsets.into_iter().zip(&results) {
+            if r.is_none() {
+                map.insert((topic, partition), c);
+            }
+        }
+        results
+    }
+
+    /// A transaction's marker for offsets partition `partition`: the
+    /// offsets `producer_id` committed in it become committed offsets
+    /// (`commit`) or are dropped, in one batch. Nothing pending: nothing
+    /// to do (markers are retried).
+    pub async fn complete_txn(
+        &self,
+        host: &dyn GroupHost,
+        partition: i32,
+        producer_id: i64,
+        commit: bool,
+    ) -> Result<(), ResponseError> {
+        let shard = self.shard_at(host, partition).await?;
+        let mut guard = shard.state.lock().await;
+        let st = guard.as_mut().expect("loaded");
+        let Some(groups) = st.pending.get(&producer_id) else {
+            return Ok(());
+        };
+        let mut records = Vec::new();
+        for (g, m) in groups {
+            for ((t, p), c) in m {
+                if commit {
+                    records.push((offset_key(g, t, *p), Some(offset_value(c))));
+                }
+                records.push((pending_key(producer_id, g, t, *p), None));
+            }
+        }
+        append(&shard.handle, &records).await?;
+        st.records += records.len() as u64;
+        let groups = st.pending.remove(&producer_id).unwrap_or_default();
+        if commit {
+            for (g, m) in groups {
+                st.offsets.entry(g).or_default().extend(m);
+            }
+        }
+        compact(
+            &shard.handle,
+            st,
+            host.settings().offsets_compact_after_records,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// The partitions of `group` with offsets pending in an open
+    /// transaction (OffsetFetch with require_stable answers
+    /// UNSTABLE_OFFSET_COMMIT for them, KIP-447).
+    pub async fn unstable(
+        &self,
+        host: &dyn GroupHost,
+        group: &str,
+    ) -> Result<HashSet<(String, i32)>, ResponseError> {
+        let (shard, _) = self.shard(host, group).await?;
+        let guard = shard.state.lock().await;
+        let st = guard.as_ref().expect("loaded");
+        Ok(st
+            .pending
+            .values()
+            .filter_map(|groups| groups.get(group))
+            .flat_map(|m| m.keys().cloned())
+            .collect())
     }
 
     /// Committed offsets of `group` (all of them with `None`).
@@ -850,6 +929,90 @@ pub struct MemberView {
     pub client_id: String,
     pub metadata: Bytes,
     pub assignment: Bytes,
+}
+
+/// Whether a member may commit offsets to `group` (OffsetCommit,
+/// TxnOffsetCommit): the generation (a consumer-protocol member's epoch)
+/// and member of a live group, or a simple commit to a group without
+/// members. `txn`: a transactional commit without a generation (clients
+/// before KIP-447) is taken whatever the group's state.
+fn check_committer(
+    st: &mut ShardState,
+    group: &str,
+    member_id: &str,
+    instance_id: Option<&str>,
+    generation: i32,
+    txn: bool,
+) -> Result<(), ResponseError> {
+    let identified = generation >= 0 || !member_id.is_empty();
+    if txn && !identified {
+        return Ok(());
+    }
+    if let Some(cg) = st.consumer.get(group) {
+        // A consumer-protocol group: the member's epoch is the
+        // generation (OffsetCommit v9+).
+        if identified {
+            let Some(m) = cg.members.get(member_id) else {
+                return Err(ResponseError::UnknownMemberId);
+            };
+            if generation != m.epoch {
+                return Err(if txn {
+                    ResponseError::IllegalGeneration
+                } else {
+                    ResponseError::StaleMemberEpoch
+                });
+            }
+        } else if !cg.is_empty() {
+            return Err(ResponseError::UnknownMemberId);
+        }
+    } else if let Some(g) = st.groups.get_mut(group) {
+        if identified {
+            g.check_member(member_id, instance_id)?;
+            if generation != g.generation {
+                return Err(ResponseError::IllegalGeneration);
+            }
+            if g.state == GroupState::CompletingRebalance {
+                return Err(ResponseError::RebalanceInProgress);
+            }
+            g.members.get_mut(member_id).expect("checked").last_seen = Instant::now();
+        } else if !g.members.is_empty() {
+            // A simple commit to a group with live members.
+            return Err(ResponseError::UnknownMemberId);
+        }
+    } else if generation >= 0 {
+        return Err(ResponseError::IllegalGeneration);
+    }
+    Ok(())
+}
+
+/// Per offset, its error or none, and the records of the good ones
+/// (`key` of topic and partition).
+#[allow(clippy::type_complexity)]
+fn offset_records(
+    host: &dyn GroupHost,
+    offsets: &[(String, i32, Committed)],
+    key: impl Fn(&str, i32) -> Bytes,
+) -> (Vec<Option<ResponseError>>, Vec<(Bytes, Option<Bytes>)>) {
+    let mut results = Vec::with_capacity(offsets.len());
+    let mut records = Vec::new();
+    for (topic, partition, c) in offsets {
+        let known = host
+            .partitions_of(topic)
+            .is_some_and(|n| *partition >= 0 && *partition < n);
+        if !known {
+            results.push(Some(ResponseError::UnknownTopicOrPartition));
+        } else if c
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.len() > MAX_OFFSET_METADATA)
+        {
+            results.push(Some(ResponseError::OffsetMetadataTooLarge));
+        } else {
+            results.push(None);
+            records.push((key(topic, *partition), Some(offset_value(c))));
+        }
+    }
+    (results, records)
 }
 
 /// Session expiry and rebalance deadlines of a shard's groups, until the

@@ -18,6 +18,7 @@ pub use classic::{GroupState, JoinOutcome, JoinRequest, SyncOutcome};
 pub use coordinator::{GroupListing, GroupView, Groups, MemberView};
 pub use floe_protocol::rules::{partition_for, OFFSETS_TOPIC};
 pub use offsets_log::Committed;
+pub(crate) use offsets_log::{append as append_records, read_records};
 
 use crate::config::BrokerConfig;
 use crate::consumer_group::TopicMeta;
@@ -55,6 +56,9 @@ pub trait GroupHost: Send + Sync {
     /// COORDINATOR_NOT_AVAILABLE without an offsets topic, NOT_COORDINATOR
     /// when another broker writes that partition).
     fn offsets_partition(&self, group: &str) -> Result<(i32, PartitionHandle), ResponseError>;
+    /// Offsets partition `p`'s handle while this broker writes it
+    /// (NOT_COORDINATOR otherwise).
+    fn offsets_partition_at(&self, p: i32) -> Result<PartitionHandle, ResponseError>;
     /// Every topic (consumer-protocol subscriptions).
     fn topics(&self) -> Vec<TopicMeta>;
     /// The partition count of `topic`, if it exists (commits).
@@ -75,6 +79,14 @@ impl GroupHost for Node {
             .partition(PartitionId::new(topic.id, p))
             .ok_or(ResponseError::NotCoordinator)?;
         Ok((p, handle))
+    }
+
+    fn offsets_partition_at(&self, p: i32) -> Result<PartitionHandle, ResponseError> {
+        let topic = self
+            .topic(OFFSETS_TOPIC)
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        self.partition(PartitionId::new(topic.id, p))
+            .ok_or(ResponseError::NotCoordinator)
     }
 
     fn topics(&self) -> Vec<TopicMeta> {

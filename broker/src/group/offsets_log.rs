@@ -27,6 +27,9 @@ pub struct Committed {
     pub commit_ms: i64,
 }
 
+/// A group's offsets by (topic, partition).
+pub(crate) type GroupOffsets = BTreeMap<(String, i32), Committed>;
+
 #[derive(Default)]
 pub(crate) struct ShardState {
     pub(crate) groups: HashMap<String, Group>,
@@ -34,6 +37,10 @@ pub(crate) struct ShardState {
     pub(crate) consumer: HashMap<String, ConsumerGroup>,
     /// group → (topic, partition) → committed.
     pub(crate) offsets: HashMap<String, BTreeMap<(String, i32), Committed>>,
+    /// Offsets committed in a transaction not yet ended (TxnOffsetCommit,
+    /// KIP-98): producer id → group → (topic, partition) → offset. The
+    /// transaction's marker makes them committed offsets or drops them.
+    pub(crate) pending: HashMap<i64, BTreeMap<String, GroupOffsets>>,
     /// Records in the partition from its log start (what a replay reads).
     pub(crate) records: u64,
 }
@@ -69,6 +76,12 @@ pub(crate) async fn compact(handle: &PartitionHandle, st: &mut ShardState, after
             .iter()
             .map(|(name, g)| (consumer_key(name), Some(g.encode()))),
     );
+    records.extend(st.pending.iter().flat_map(|(pid, groups)| {
+        groups.iter().flat_map(move |(g, m)| {
+            m.iter()
+                .map(move |((t, p), c)| (pending_key(*pid, g, t, *p), Some(offset_value(c))))
+        })
+    }));
     let start = if records.is_empty() {
         handle.log.offsets().1
     } else {
@@ -207,6 +220,28 @@ pub(crate) fn offset_value(c: &Committed) -> Bytes {
         None => b.put_i32(-1),
     }
     b.freeze()
+}
+
+/// Record key of an offset committed in an open transaction: version 4,
+/// producer id, group, topic, partition (the value is an offset's).
+pub(crate) fn pending_key(producer_id: i64, group: &str, topic: &str, partition: i32) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u16(4);
+    b.put_i64(producer_id);
+    put_str(&mut b, group);
+    put_str(&mut b, topic);
+    b.put_i32(partition);
+    b.freeze()
+}
+
+pub(crate) fn parse_pending_key(mut k: Bytes) -> Option<(i64, String, String, i32)> {
+    if k.remaining() < 10 || k.get_u16() != 4 {
+        return None;
+    }
+    let pid = k.get_i64();
+    let g = get_str(&mut k)?;
+    let t = get_str(&mut k)?;
+    (k.remaining() >= 4).then(|| (pid, g, t, k.get_i32()))
 }
 
 /// Record key of a group's membership: version 2, group.
@@ -414,11 +449,13 @@ pub(crate) async fn append(
     }
 }
 
-/// Replay an offsets partition from its start to its high watermark.
-pub(crate) async fn load(handle: &PartitionHandle) -> Result<ShardState, ResponseError> {
-    let mut st = ShardState::default();
+/// Every record of an internal partition from its log start to its high
+/// watermark, in order, as (key, value): what a coordinator replays.
+pub(crate) async fn read_records(
+    handle: &PartitionHandle,
+    mut each: impl FnMut(Option<Bytes>, Option<Bytes>),
+) -> Result<(), ResponseError> {
     let (start, hw, _) = handle.log.offsets();
-    st.records = (hw - start).max(0) as u64;
     let mut next = start;
     while next < hw {
         let read = handle
@@ -436,49 +473,99 @@ pub(crate) async fn load(handle: &PartitionHandle) -> Result<ShardState, Respons
         next = next.max(read.next_offset);
         for set in sets {
             for r in set.records {
-                if let Some(g) = r.key.clone().and_then(parse_consumer_key) {
-                    match r
-                        .value
-                        .clone()
-                        .and_then(|v| ConsumerGroup::decode(v, Instant::now()))
-                    {
-                        Some(group) => st.consumer.insert(g, group),
-                        None => st.consumer.remove(&g),
-                    };
-                    continue;
-                }
-                if let Some(g) = r.key.clone().and_then(parse_group_key) {
-                    match r.value.clone().and_then(parse_group) {
-                        Some(group) => st.groups.insert(g, group),
-                        None => st.groups.remove(&g),
-                    };
-                    continue;
-                }
-                let Some((g, t, p)) = r.key.clone().and_then(parse_key) else {
-                    continue;
-                };
-                match r.value.clone() {
-                    Some(v) => {
-                        if let Some(c) = parse_value(v) {
-                            st.offsets.entry(g).or_default().insert((t, p), c);
-                        }
-                    }
-                    None => {
-                        if let Some(m) = st.offsets.get_mut(&g) {
-                            m.remove(&(t, p));
-                            if m.is_empty() {
-                                st.offsets.remove(&g);
-                            }
-                        }
-                    }
-                }
+                each(r.key, r.value);
             }
         }
         if next == before {
             break;
         }
     }
+    Ok(())
+}
+
+/// Replay an offsets partition from its start to its high watermark.
+pub(crate) async fn load(handle: &PartitionHandle) -> Result<ShardState, ResponseError> {
+    let mut st = ShardState::default();
+    let (start, hw, _) = handle.log.offsets();
+    st.records = (hw - start).max(0) as u64;
+    read_records(handle, |key, value| {
+        let r = Rec { key, value };
+        apply(&mut st, r);
+    })
+    .await?;
     Ok(st)
+}
+
+/// A record as `apply` reads it.
+struct Rec {
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+}
+
+/// One record of the offsets log, replayed into `st`.
+fn apply(st: &mut ShardState, r: Rec) {
+    if let Some(g) = r.key.clone().and_then(parse_consumer_key) {
+        match r
+            .value
+            .clone()
+            .and_then(|v| ConsumerGroup::decode(v, Instant::now()))
+        {
+            Some(group) => st.consumer.insert(g, group),
+            None => st.consumer.remove(&g),
+        };
+        return;
+    }
+    if let Some((pid, g, t, p)) = r.key.clone().and_then(parse_pending_key) {
+        match r.value.clone().and_then(parse_value) {
+            Some(c) => {
+                st.pending
+                    .entry(pid)
+                    .or_default()
+                    .entry(g)
+                    .or_default()
+                    .insert((t, p), c);
+            }
+            None => {
+                if let Some(groups) = st.pending.get_mut(&pid) {
+                    if let Some(m) = groups.get_mut(&g) {
+                        m.remove(&(t, p));
+                        if m.is_empty() {
+                            groups.remove(&g);
+                        }
+                    }
+                    if groups.is_empty() {
+                        st.pending.remove(&pid);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    if let Some(g) = r.key.clone().and_then(parse_group_key) {
+        match r.value.clone().and_then(parse_group) {
+            Some(group) => st.groups.insert(g, group),
+            None => st.groups.remove(&g),
+        };
+        return;
+    }
+    let Some((g, t, p)) = r.key.clone().and_then(parse_key) else {
+        return;
+    };
+    match r.value.clone() {
+        Some(v) => {
+            if let Some(c) = parse_value(v) {
+                st.offsets.entry(g).or_default().insert((t, p), c);
+            }
+        }
+        None => {
+            if let Some(m) = st.offsets.get_mut(&g) {
+                m.remove(&(t, p));
+                if m.is_empty() {
+                    st.offsets.remove(&g);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

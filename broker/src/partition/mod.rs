@@ -186,10 +186,12 @@ pub(crate) enum Command {
     Append {
         records: Bytes,
         headers: Vec<BatchHeader>,
-        /// Transactional batches in it were verified with their
-        /// coordinator (KIP-890: the partition was added for that producer
-        /// id and epoch); unverified ones are refused.
-        verified: bool,
+        /// The verification guard its transactional batches were verified
+        /// under (KIP-890: the coordinator said this partition was added
+        /// for that producer id and epoch; `TxnGate`). Without one, or
+        /// with one the producer's end marker cleared, a transactional
+        /// batch joins only a transaction already open here at its epoch.
+        guard: Option<u64>,
         reply: oneshot::Sender<Result<Appended, AppendError>>,
     },
     /// Write a transaction's end marker (from its coordinator).
@@ -214,6 +216,8 @@ pub struct PartitionHandle {
     pub id: PartitionId,
     pub epoch: Epoch,
     pub log: Arc<PartitionLog>,
+    /// Verification guards of transactional producers (KIP-890).
+    pub gate: Arc<txn::TxnGate>,
     tx: mpsc::Sender<Command>,
     state: watch::Receiver<PartitionState>,
 }
@@ -235,32 +239,34 @@ impl PartitionHandle {
         records: Bytes,
         headers: Vec<BatchHeader>,
     ) -> Result<oneshot::Receiver<Result<Appended, AppendError>>, AppendError> {
-        self.append(records, headers, false).await
+        self.append(records, headers, None).await
     }
 
     /// [`PartitionHandle::submit`] of batches whose transactional ones the
-    /// transaction coordinator verified (KIP-890: this partition was added
-    /// to the producer's transaction at that epoch).
+    /// transaction coordinator verified under `guard` (from
+    /// [`txn::TxnGate::guard`]; KIP-890: this partition was added to the
+    /// producer's transaction at that epoch).
     pub async fn submit_verified(
         &self,
         records: Bytes,
         headers: Vec<BatchHeader>,
+        guard: u64,
     ) -> Result<oneshot::Receiver<Result<Appended, AppendError>>, AppendError> {
-        self.append(records, headers, true).await
+        self.append(records, headers, Some(guard)).await
     }
 
     async fn append(
         &self,
         records: Bytes,
         headers: Vec<BatchHeader>,
-        verified: bool,
+        guard: Option<u64>,
     ) -> Result<oneshot::Receiver<Result<Appended, AppendError>>, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Append {
                 records,
                 headers,
-                verified,
+                guard,
                 reply,
             })
             .await
@@ -489,14 +495,18 @@ pub async fn start(
     let log = PartitionLog::new(id, recovered.state.clone(), ctx.cache.clone());
     let (tx, rx) = mpsc::channel(1024);
     set_state(PartitionState::Writing);
+    let gate = Arc::new(txn::TxnGate::default());
     let handle = PartitionHandle {
         id,
         epoch,
         log: log.clone(),
+        gate: gate.clone(),
         tx,
         state: state_rx,
     };
-    writer::spawn(ctx, id, epoch, owner, config, log, recovered, rx, state_tx);
+    writer::spawn(
+        ctx, id, epoch, owner, config, log, gate, recovered, rx, state_tx,
+    );
     Ok((handle, report))
 }
 
@@ -697,7 +707,10 @@ mod transaction_tests {
     ) -> Result<Appended, AppendError> {
         let headers = validate_for_produce(&b, usize::MAX).unwrap();
         let rx = if verified {
-            h.submit_verified(b, headers).await?
+            // The coordinator said yes for every producer in it.
+            let pid = headers[0].producer_id;
+            let (token, _) = h.gate.guard(pid, headers[0].producer_epoch);
+            h.submit_verified(b, headers, token).await?
         } else {
             h.submit(b, headers).await?
         };

@@ -10,7 +10,9 @@
 //! last stable offset never passes records whose abort is not yet on
 //! storage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use floe_common::Offset;
 use floe_protocol::batch::BatchHeader;
@@ -40,7 +42,63 @@ pub struct Txns {
     ending: BTreeMap<Offset, Ending>,
 }
 
+/// KIP-890 part 1, the verification guard: before a producer's first
+/// transactional batch of a transaction is taken here, the broker asks the
+/// transaction coordinator whether this partition was added. The guard is
+/// made *before* that question and cleared by the producer's end marker, so
+/// an answer that raced the transaction's end (the coordinator said yes,
+/// then the markers were written, then the batch arrived) is refused: the
+/// batch's guard is gone. Shared by the partition's handle (the produce
+/// path) and its writer (which checks and clears guards in log order).
+#[derive(Debug, Default)]
+pub struct TxnGate {
+    guards: Mutex<HashMap<i64, (i16, u64)>>,
+    next: AtomicU64,
+}
+
+impl TxnGate {
+    /// The guard of `producer_id` at `epoch`: the one already verified
+    /// (`true`) or a new one to verify (`false`).
+    pub fn guard(&self, producer_id: i64, epoch: i16) -> (u64, bool) {
+        let mut g = self.guards.lock().unwrap();
+        match g.get(&producer_id) {
+            Some(&(e, token)) if e == epoch => (token, true),
+            _ => {
+                let token = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+                g.insert(producer_id, (epoch, token));
+                (token, false)
+            }
+        }
+    }
+
+    /// Whether `token` is still the guard of `producer_id` at `epoch`.
+    pub fn holds(&self, producer_id: i64, epoch: i16, token: u64) -> bool {
+        self.guards.lock().unwrap().get(&producer_id) == Some(&(epoch, token))
+    }
+
+    /// The verification of `token` failed: forget it (unless replaced).
+    pub fn forget(&self, producer_id: i64, token: u64) {
+        let mut g = self.guards.lock().unwrap();
+        if g.get(&producer_id).is_some_and(|&(_, t)| t == token) {
+            g.remove(&producer_id);
+        }
+    }
+
+    /// The producer's transaction ended here (its marker was appended).
+    pub fn clear(&self, producer_id: i64) {
+        self.guards.lock().unwrap().remove(&producer_id);
+    }
+}
+
 impl Txns {
+    /// Whether `producer_id` has a transaction open here at `epoch` (its
+    /// later batches need no new verification).
+    pub fn is_open(&self, producer_id: i64, epoch: i16) -> bool {
+        self.open
+            .get(&producer_id)
+            .is_some_and(|o| o.producer_epoch == epoch)
+    }
+
     /// Whether a transactional data batch of `h` may be appended: not
     /// from an epoch older than the producer's open transaction
     /// (INVALID_PRODUCER_EPOCH), not while that producer's previous

@@ -99,6 +99,7 @@ struct Writer {
     producers: Producers,
     /// Transactions open on this partition (`txn.rs`).
     txns: super::txn::Txns,
+    gate: Arc<super::txn::TxnGate>,
     /// Segment switches since the last committed chunk.
     switches_in_a_row: u32,
     /// Checking and restoring the replicas of sealed segments.
@@ -123,6 +124,7 @@ pub(crate) fn spawn(
     owner: Bytes,
     config: TopicConfig,
     log: Arc<PartitionLog>,
+    gate: Arc<super::txn::TxnGate>,
     recovered: Recovered,
     rx: mpsc::Receiver<Command>,
     state: watch::Sender<PartitionState>,
@@ -179,6 +181,7 @@ pub(crate) fn spawn(
         abandoned: None,
         producers: recovered.producers,
         txns: recovered.txns,
+        gate,
         switches_in_a_row: 0,
         repair_task: None,
         last_repair: Instant::now(),
@@ -384,7 +387,7 @@ impl Writer {
                     self.repair_done(done).await.map(|_| None)
                 }
                 cmd = rx.recv(), if self.inflight.len() < max_inflight => match cmd {
-                    Some(Command::Append { records, headers, verified, reply }) => self.append(records, headers, verified, reply).await.map(|_| None),
+                    Some(Command::Append { records, headers, guard, reply }) => self.append(records, headers, guard, reply).await.map(|_| None),
                     Some(Command::Marker { marker, reply }) => self.append_marker(marker, reply).await.map(|_| None),
                     Some(Command::UpdateConfig(c)) => {
                         self.config = c;
@@ -540,7 +543,7 @@ impl Writer {
         &mut self,
         records: Bytes,
         headers: Vec<BatchHeader>,
-        verified: bool,
+        guard: Option<u64>,
         reply: Reply,
     ) -> Result<(), Stop> {
         if !self.ctx.lease.is_valid() {
@@ -553,8 +556,12 @@ impl Writer {
         let mut duplicate = None;
         for h in headers.iter().filter(|h| h.producer_id >= 0) {
             if h.is_transactional() {
-                // A transaction's batch joins only once its coordinator
-                // verified the partition was added (KIP-890).
+                // A transaction's batch joins only a transaction open here
+                // at its epoch, or under a guard its coordinator verified
+                // the partition was added with and no end marker cleared
+                // since (KIP-890).
+                let verified = self.txns.is_open(h.producer_id, h.producer_epoch)
+                    || guard.is_some_and(|g| self.gate.holds(h.producer_id, h.producer_epoch, g));
                 let checked = if verified {
                     self.txns.check_batch(h)
                 } else {
@@ -641,6 +648,10 @@ impl Writer {
             let _ = reply.send(Err(AppendError::Producer(code)));
             return Ok(());
         }
+        // Guards verified before this end belong to the transaction it
+        // ends: a batch still carrying one is late, not the next
+        // transaction's.
+        self.gate.clear(marker.producer_id);
         let now = self.ctx.clock.now_ms();
         let records = floe_protocol::control::marker_batch(&marker, now);
         let headers: Vec<BatchHeader> = batch::Batches::new(&records).map(|(_, h)| h).collect();

@@ -166,7 +166,7 @@ mod tests {
             parse(&r1.0, r1.1.as_deref()),
             Some(("app-a".to_string(), Some(a.clone())))
         );
-        a.end(7, 0, true, 4).unwrap();
+        a.end(7, 0, true, true, 4).unwrap();
         let r3 = record(&a);
         let t = tombstone("app-b");
         // Another key version (e.g. a control record's key) is skipped.

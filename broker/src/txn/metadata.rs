@@ -4,9 +4,13 @@
 //! with Kafka's error codes, so the coordinator only has to log the new
 //! state before it answers.
 //!
-//! KIP-890 part 2: every transaction ends with an epoch bump (EndTxn v5
-//! hands the producer its next epoch), so a batch or a marker from an
-//! ended transaction is fenced by epoch alone.
+//! KIP-890 part 2: for clients of EndTxn v5 every transaction ends with
+//! an epoch bump (the answer hands the producer its next epoch), so a
+//! batch or a marker from an ended transaction is fenced by epoch alone.
+//! Older clients (librdkafka, kafka-python, Java before transaction
+//! version 2) keep their epoch across transactions; their late batches are
+//! stopped by part 1, the partition's verification guard
+//! (`partition::TxnGate`).
 
 use std::collections::BTreeSet;
 
@@ -198,25 +202,28 @@ impl TxnMetadata {
     }
 
     /// EndTxn: commit or abort the open transaction. A retry of an end
-    /// already made (same epoch, same outcome) is answered again; ending
-    /// with nothing open, or the other way round, is INVALID_TXN_STATE.
+    /// already made (same outcome) is answered again (CONCURRENT_TRANSACTIONS
+    /// while its markers are on their way); ending with nothing open, or
+    /// the other way round, is INVALID_TXN_STATE. `bump` (EndTxn v5, the
+    /// transaction protocol of KIP-890 part 2): the end bumps the epoch and
+    /// the client carries on with the new one; older clients keep theirs.
     pub fn end(
         &mut self,
         producer_id: i64,
         epoch: i16,
         commit: bool,
+        bump: bool,
         now_ms: i64,
     ) -> Result<Then, ResponseError> {
-        // A retry after the end bumped the epoch: the client still holds
-        // the old one.
-        let retry_of_done = producer_id == self.producer_id
-            && epoch + 1 == self.producer_epoch
-            && matches!(
-                (self.state, commit),
-                (TxnState::CompleteCommit | TxnState::PrepareCommit, true)
-                    | (TxnState::CompleteAbort | TxnState::PrepareAbort, false)
-            );
-        if retry_of_done {
+        let same_outcome = matches!(
+            (self.state, commit),
+            (TxnState::CompleteCommit | TxnState::PrepareCommit, true)
+                | (TxnState::CompleteAbort | TxnState::PrepareAbort, false)
+        );
+        // A retry after the end: with a bump the client still holds the
+        // epoch before it.
+        let ended_epoch = if bump { epoch.saturating_add(1) } else { epoch };
+        if producer_id == self.producer_id && ended_epoch == self.producer_epoch && same_outcome {
             return Ok(if self.state.preparing() {
                 Then::Retry
             } else {
@@ -231,8 +238,9 @@ impl TxnMetadata {
                 } else {
                     TxnState::PrepareAbort
                 };
-                // KIP-890: the transaction's end bumps the epoch.
-                self.producer_epoch = epoch.saturating_add(1).min(MAX_EPOCH);
+                if bump {
+                    self.producer_epoch = epoch.saturating_add(1).min(MAX_EPOCH);
+                }
                 self.updated_ms = now_ms;
                 Ok(Then::WriteMarkers)
             }
@@ -307,11 +315,11 @@ mod tests {
             m.verify(1000, 1, &p("u", 1)),
             Err(ResponseError::InvalidTxnState)
         );
-        assert_eq!(m.end(1000, 1, true, 20), Ok(Then::WriteMarkers));
+        assert_eq!(m.end(1000, 1, true, true, 20), Ok(Then::WriteMarkers));
         assert_eq!((m.state, m.producer_epoch), (TxnState::PrepareCommit, 2));
         // While the markers are written: a retry of the same EndTxn waits,
         // a new AddPartitions is concurrent.
-        assert_eq!(m.end(1000, 1, true, 21), Ok(Then::Retry));
+        assert_eq!(m.end(1000, 1, true, true, 21), Ok(Then::Retry));
         assert_eq!(
             m.add_partitions(1000, 2, &[p("t", 0)], 21),
             Err(ResponseError::ConcurrentTransactions)
@@ -319,7 +327,7 @@ mod tests {
         m.complete(22);
         assert_eq!(m.state, TxnState::CompleteCommit);
         assert_eq!(
-            m.end(1000, 1, true, 23),
+            m.end(1000, 1, true, true, 23),
             Ok(Then::Answer),
             "a late retry is answered"
         );
@@ -334,9 +342,31 @@ mod tests {
             (m.state, m.partitions.len(), m.started_ms),
             (TxnState::Ongoing, 1, 30)
         );
-        assert_eq!(m.end(1000, 2, false, 31), Ok(Then::WriteMarkers));
+        assert_eq!(m.end(1000, 2, false, true, 31), Ok(Then::WriteMarkers));
         m.complete(32);
         assert_eq!((m.state, m.producer_epoch), (TxnState::CompleteAbort, 3));
+    }
+
+    #[test]
+    fn clients_before_end_txn_v5_keep_their_epoch_across_transactions() {
+        let mut m = TxnMetadata::new("app-1", 1000, 60_000, 0);
+        m.init_producer_id(60_000, None, 1, no_id).unwrap();
+        m.add_partitions(1000, 1, &[p("t", 0)], 10).unwrap();
+        assert_eq!(m.end(1000, 1, true, false, 20), Ok(Then::WriteMarkers));
+        assert_eq!((m.state, m.producer_epoch), (TxnState::PrepareCommit, 1));
+        assert_eq!(m.end(1000, 1, true, false, 21), Ok(Then::Retry));
+        m.complete(22);
+        // A retry after the end is answered again; the other outcome is not.
+        assert_eq!(m.end(1000, 1, true, false, 23), Ok(Then::Answer));
+        assert_eq!(
+            m.end(1000, 1, false, false, 23),
+            Err(ResponseError::InvalidTxnState)
+        );
+        m.add_partitions(1000, 1, &[p("u", 0)], 30).unwrap();
+        assert_eq!(
+            (m.state, m.partitions.len(), m.started_ms),
+            (TxnState::Ongoing, 1, 30)
+        );
     }
 
     #[test]
@@ -354,7 +384,10 @@ mod tests {
             m.add_partitions(1000, 0, &[p("t", 1)], 3),
             Err(ResponseError::ProducerFenced)
         );
-        assert_eq!(m.end(1000, 0, true, 3), Err(ResponseError::ProducerFenced));
+        assert_eq!(
+            m.end(1000, 0, true, true, 3),
+            Err(ResponseError::ProducerFenced)
+        );
         // The new one retries until the abort is complete.
         assert_eq!(m.init_producer_id(60_000, None, 3, no_id), Ok(Then::Retry));
         m.complete(4);
@@ -366,7 +399,10 @@ mod tests {
     fn bad_calls_get_kafkas_codes() {
         let mut m = TxnMetadata::new("app-1", 1000, 60_000, 0);
         // Ending with nothing open.
-        assert_eq!(m.end(1000, 0, true, 1), Err(ResponseError::InvalidTxnState));
+        assert_eq!(
+            m.end(1000, 0, true, true, 1),
+            Err(ResponseError::InvalidTxnState)
+        );
         // Another producer id, a stale epoch, a future epoch.
         assert_eq!(
             m.add_partitions(999, 0, &[p("t", 0)], 1),
@@ -388,9 +424,12 @@ mod tests {
         );
         // Commit after abort is not a retry.
         m.add_partitions(1000, 1, &[p("t", 0)], 3).unwrap();
-        m.end(1000, 1, false, 4).unwrap();
+        m.end(1000, 1, false, true, 4).unwrap();
         m.complete(5);
-        assert_eq!(m.end(1000, 1, true, 6), Err(ResponseError::ProducerFenced));
+        assert_eq!(
+            m.end(1000, 1, true, true, 6),
+            Err(ResponseError::ProducerFenced)
+        );
         // Timeouts against transaction.max.timeout.ms.
         assert_eq!(
             check_timeout(900_001, 900_000),

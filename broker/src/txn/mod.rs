@@ -4,5 +4,7 @@
 //! partition (docs/design.md, "Coordinators"); its log, its markers and
 //! its Kafka APIs build on these rules and on its records (`log.rs`).
 
+pub mod api;
+pub mod coordinator;
 pub mod log;
 pub mod metadata;

@@ -4,16 +4,12 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use floe_kafka::client::InternalClient;
 use floe_kafka::tls::InternalTls;
 use floe_meta::schema::BrokerRecord;
 use floe_meta::{keys, MetadataStore};
-use floe_protocol::kafka_protocol::messages::{
-    ApiKey, ListGroupsRequest, ListGroupsResponse, RequestHeader, ResponseHeader,
-};
-use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use floe_protocol::kafka_protocol::messages::{ApiKey, ListGroupsRequest, ListGroupsResponse};
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Status;
 
 use super::unavailable;
@@ -24,49 +20,20 @@ const VERSION: i16 = 5;
 /// One ListGroups round trip to a broker's Kafka listener (over mutual TLS
 /// with the cluster's identity when there is one).
 async fn list_one(
+    client: &InternalClient,
     host: &str,
     port: i32,
-    tls: Option<&InternalTls>,
 ) -> anyhow::Result<ListGroupsResponse> {
-    let api = ApiKey::ListGroups;
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(VERSION)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("floe-admin")))
-        .encode(&mut buf, api.request_header_version(VERSION))?;
-    ListGroupsRequest::default().encode(&mut buf, VERSION)?;
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    let exchange = async {
-        let tcp = tokio::net::TcpStream::connect((host, port as u16)).await?;
-        let mut s: Box<dyn Stream> = match tls {
-            Some(tls) => Box::new(tls.connect(tcp, host).await?),
-            None => Box::new(tcp),
-        };
-        s.write_all(&buf).await?;
-        let n = s.read_i32().await?;
-        if !(0..=64 << 20).contains(&n) {
-            anyhow::bail!("answer of {n} bytes");
-        }
-        let mut body = vec![0u8; n as usize];
-        s.read_exact(&mut body).await?;
-        anyhow::Ok(bytes::Bytes::from(body))
-    };
-    let mut body = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within 5 s"))??;
-    let h = ResponseHeader::decode(&mut body, api.response_header_version(VERSION))?;
-    anyhow::ensure!(h.correlation_id == 1, "answer to another request");
-    let r = ListGroupsResponse::decode(&mut body, VERSION)?;
-    anyhow::ensure!(!body.has_remaining(), "trailing bytes");
-    Ok(r)
+    Ok(client
+        .call(
+            (host, port),
+            ApiKey::ListGroups,
+            VERSION,
+            &ListGroupsRequest::default(),
+            Duration::from_secs(5),
+        )
+        .await?)
 }
-
-trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
 
 pub async fn list(
     meta: &dyn MetadataStore,
@@ -81,10 +48,12 @@ pub async fn list(
         .filter(|kv| keys::parse_broker(&kv.key).is_some())
         .filter_map(|kv| BrokerRecord::decode(kv.value.clone()).ok())
         .collect();
+    let client = InternalClient::new(tls.cloned().map(std::sync::Arc::new), "floe-admin");
+    let client = &client;
     let answers = futures::future::join_all(
         brokers
             .iter()
-            .map(|b| async move { (b.broker_id, list_one(&b.host, b.port, tls).await) }),
+            .map(|b| async move { (b.broker_id, list_one(client, &b.host, b.port).await) }),
     )
     .await;
     let mut out = pb::GroupList::default();
