@@ -276,3 +276,475 @@ async fn a_second_producer_fences_the_first_and_its_records_stay_invisible() {
     assert!(values(&all).contains(&"old-1"));
     assert!(!values(&all).contains(&"old-2"), "nothing after the fence");
 }
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.into())
+}
+
+/// A transactional batch of one record.
+fn txn_batch(pid: i64, epoch: i16, seq: i32, value: &str) -> bytes::Bytes {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let r = Record {
+        transactional: true,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: pid,
+        producer_epoch: epoch,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: seq,
+        timestamp: 1_700_000_000_000,
+        key: None,
+        value: Some(bytes::Bytes::from(value.to_string())),
+        headers: Default::default(),
+    };
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &[r],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+fn init(c: &mut RawClient, id: &str, timeout_ms: i32) -> InitProducerIdResponse {
+    c.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(s(id))))
+            .with_transaction_timeout_ms(timeout_ms)
+            .with_producer_id((-1).into())
+            .with_producer_epoch(-1),
+    )
+    .unwrap()
+}
+
+fn add_partitions(
+    c: &mut RawClient,
+    version: i16,
+    id: &str,
+    (pid, epoch): (i64, i16),
+    topic: &str,
+    p: i32,
+) -> i16 {
+    use add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+    let r: AddPartitionsToTxnResponse = c
+        .call(
+            ApiKey::AddPartitionsToTxn,
+            version,
+            &AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(TransactionalId(s(id)))
+                .with_v3_and_below_producer_id(ProducerId(pid))
+                .with_v3_and_below_producer_epoch(epoch)
+                .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                    .with_name(TopicName(s(topic)))
+                    .with_partitions(vec![p])]),
+        )
+        .unwrap();
+    r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+}
+
+fn produce(c: &mut RawClient, id: &str, topic: &str, batch: bytes::Bytes) -> i16 {
+    use produce_request::{PartitionProduceData, TopicProduceData};
+    let r: ProduceResponse = c
+        .call(
+            ApiKey::Produce,
+            9,
+            &ProduceRequest::default()
+                .with_transactional_id(Some(TransactionalId(s(id))))
+                .with_acks(-1)
+                .with_timeout_ms(10_000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(TopicName(s(topic)))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch))])]),
+        )
+        .unwrap();
+    r.responses[0].partition_responses[0].error_code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_transactional_requests_get_kafkas_codes_and_write_nothing() {
+    use kafka_protocol::error::ResponseError as E;
+    let s_ = Standalone::start().unwrap();
+    let b = s_.bootstrap();
+    create_topic(&b, "bad", 1).await;
+    let mut c = RawClient::connect(&b).unwrap();
+    // The coordinator's topic is made by the first FindCoordinator.
+    let deadline = Instant::now() + T;
+    loop {
+        let r: FindCoordinatorResponse = c
+            .call(
+                ApiKey::FindCoordinator,
+                3,
+                &FindCoordinatorRequest::default()
+                    .with_key(s("bad-1"))
+                    .with_key_type(1),
+            )
+            .unwrap();
+        if r.error_code == 0 {
+            assert_eq!(r.port, s_.port as i32);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no transaction coordinator: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A timeout above transaction.max.timeout.ms (15 min).
+    let r = init(&mut c, "bad-1", 900_001);
+    assert_eq!(r.error_code, E::InvalidTransactionTimeout.code());
+    let r = loop {
+        let r = init(&mut c, "bad-1", 60_000);
+        if r.error_code != E::CoordinatorLoadInProgress.code()
+            && r.error_code != E::NotCoordinator.code()
+        {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(r.error_code, 0);
+    let (pid, epoch) = (r.producer_id.0, r.producer_epoch);
+
+    // EndTxn with no transaction open.
+    let end: EndTxnResponse = c
+        .call(
+            ApiKey::EndTxn,
+            3,
+            &EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(s("bad-1")))
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_committed(true),
+        )
+        .unwrap();
+    assert_eq!(end.error_code, E::InvalidTxnState.code());
+
+    // A transactional batch for a partition not added to a transaction.
+    let hw = latest(&b, "bad", 0, 0);
+    assert_eq!(
+        produce(&mut c, "bad-1", "bad", txn_batch(pid, epoch, 0, "x")),
+        E::InvalidTxnState.code()
+    );
+    // An unknown partition cannot be added.
+    assert_eq!(
+        add_partitions(&mut c, 3, "bad-1", (pid, epoch), "bad", 7),
+        E::UnknownTopicOrPartition.code()
+    );
+
+    // A newer producer of the id fences this one: its stale epoch is
+    // PRODUCER_FENCED (INVALID_PRODUCER_EPOCH before v2, KIP-588).
+    let r2 = init(&mut c, "bad-1", 60_000);
+    assert_eq!((r2.error_code, r2.producer_id.0), (0, pid));
+    assert_eq!(r2.producer_epoch, epoch + 1);
+    assert_eq!(
+        add_partitions(&mut c, 3, "bad-1", (pid, epoch), "bad", 0),
+        E::ProducerFenced.code()
+    );
+    assert_eq!(
+        add_partitions(&mut c, 1, "bad-1", (pid, epoch), "bad", 0),
+        E::InvalidProducerEpoch.code()
+    );
+    // A producer id the id never had.
+    assert_eq!(
+        add_partitions(&mut c, 3, "bad-1", (pid + 100, 0), "bad", 0),
+        E::InvalidProducerIdMapping.code()
+    );
+    // The stale producer's batch, for a partition the new one added.
+    let current = (pid, epoch + 1);
+    assert_eq!(add_partitions(&mut c, 3, "bad-1", current, "bad", 0), 0);
+    assert_ne!(
+        produce(&mut c, "bad-1", "bad", txn_batch(pid, epoch, 0, "zombie")),
+        0,
+        "a fenced epoch's batch is refused"
+    );
+    assert_eq!(latest(&b, "bad", 0, 0), hw, "nothing was written");
+
+    // TxnOffsetCommit: without AddOffsetsToTxn the group's partition is not
+    // in the transaction; with it, a wrong generation of a live group is
+    // ILLEGAL_GENERATION.
+    let group = "bad-group";
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["bad"]).unwrap();
+    let deadline = Instant::now() + T;
+    while consumer.assignment().unwrap().count() == 0 {
+        assert!(Instant::now() < deadline, "the consumer never joined");
+        consumer.poll(Duration::from_millis(100));
+    }
+    let described: DescribeGroupsResponse = c
+        .call(
+            ApiKey::DescribeGroups,
+            5,
+            &DescribeGroupsRequest::default().with_groups(vec![GroupId(s(group))]),
+        )
+        .unwrap();
+    let member = described.groups[0].members[0].member_id.clone();
+    let commit = |c: &mut RawClient, generation: i32| -> i16 {
+        use txn_offset_commit_request::{
+            TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+        };
+        let r: TxnOffsetCommitResponse = c
+            .call(
+                ApiKey::TxnOffsetCommit,
+                3,
+                &TxnOffsetCommitRequest::default()
+                    .with_transactional_id(TransactionalId(s("bad-1")))
+                    .with_group_id(GroupId(s(group)))
+                    .with_producer_id(ProducerId(pid))
+                    .with_producer_epoch(epoch + 1)
+                    .with_generation_id(generation)
+                    .with_member_id(member.clone())
+                    .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                        .with_name(TopicName(s("bad")))
+                        .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(5)
+                            .with_committed_leader_epoch(-1)])]),
+            )
+            .unwrap();
+        r.topics[0].partitions[0].error_code
+    };
+    assert_eq!(commit(&mut c, 9_999), E::InvalidTxnState.code());
+    let add: AddOffsetsToTxnResponse = c
+        .call(
+            ApiKey::AddOffsetsToTxn,
+            3,
+            &AddOffsetsToTxnRequest::default()
+                .with_transactional_id(TransactionalId(s("bad-1")))
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch + 1)
+                .with_group_id(GroupId(s(group))),
+        )
+        .unwrap();
+    assert_eq!(add.error_code, 0);
+    assert_eq!(commit(&mut c, 9_999), E::IllegalGeneration.code());
+    let fetched: OffsetFetchResponse = c
+        .call(
+            ApiKey::OffsetFetch,
+            7,
+            &OffsetFetchRequest::default()
+                .with_group_id(GroupId(s(group)))
+                .with_require_stable(true)
+                .with_topics(Some(vec![
+                    offset_fetch_request::OffsetFetchRequestTopic::default()
+                        .with_name(TopicName(s("bad")))
+                        .with_partition_indexes(vec![0]),
+                ])),
+        )
+        .unwrap();
+    let p = &fetched.topics[0].partitions[0];
+    assert_eq!(
+        (p.error_code, p.committed_offset),
+        (0, -1),
+        "no offset committed, none pending"
+    );
+    // WriteTxnMarkers is not advertised to clients.
+    let versions: ApiVersionsResponse = c
+        .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+        .unwrap();
+    assert!(versions
+        .api_keys
+        .iter()
+        .all(|k| k.api_key != ApiKey::WriteTxnMarkers as i16));
+    assert!(versions
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::EndTxn as i16 && k.max_version == 5));
+}
+
+/// The consume-transform-produce loop of a Kafka Streams-like app in
+/// kafka-python: read `ctp-in` read_committed, write each record
+/// transformed to `ctp-out` and the consumed offsets in one transaction.
+/// It sleeps between flushing a transaction's records and committing it
+/// (a window for the test's kill -9), and stops after 6 s without input
+/// once it had some (a new member waits for the killed one's session to
+/// expire before the group gives it partitions).
+const TRANSFORMER: &str = r#"
+import sys, time
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata
+bs = sys.argv[1]
+c = KafkaConsumer("ctp-in", bootstrap_servers=bs, group_id="ctp",
+                  isolation_level="read_committed", enable_auto_commit=False,
+                  auto_offset_reset="earliest", session_timeout_ms=6000,
+                  heartbeat_interval_ms=1000)
+p = KafkaProducer(bootstrap_servers=bs, transactional_id="ctp-tx")
+p.init_transactions()
+print("ready", flush=True)
+idle, seen = time.time(), False
+while time.time() - idle < (6 if seen else 90):
+    batch = c.poll(timeout_ms=300, max_records=40)
+    if not batch:
+        continue
+    idle, seen = time.time(), True
+    p.begin_transaction()
+    offsets = {}
+    for tp, msgs in batch.items():
+        for m in msgs:
+            p.send("ctp-out", value=b"out-" + m.value, partition=m.partition)
+            offsets[tp] = OffsetAndMetadata(m.offset + 1, "", -1)
+    p.flush()
+    print("flushed", flush=True)
+    time.sleep(0.15)
+    p.send_offsets_to_transaction(offsets, c.group_metadata())
+    p.commit_transaction()
+    print("committed", flush=True)
+p.close()
+c.close()
+print("done", flush=True)
+"#;
+
+fn spawn_transformer(bootstrap: &str) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(python())
+        .args(["-c", TRANSFORMER, bootstrap])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, want: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l == want => return,
+            Ok(_) => {}
+            Err(e) => panic!("the transformer never printed {want:?}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_transform_produce_is_exactly_once_across_a_kill9_of_the_transformer() {
+    const N: usize = 600;
+    let s_ = Standalone::start().unwrap();
+    let b = s_.bootstrap();
+    create_topic(&b, "ctp-in", 2).await;
+    create_topic(&b, "ctp-out", 2).await;
+    let input = floe_e2e::idempotent_producer(&b);
+    for i in 0..N {
+        input
+            .send(
+                FutureRecord::<(), str>::to("ctp-in")
+                    .partition((i % 2) as i32)
+                    .payload(&format!("i{i:04}")),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    // Killed with SIGKILL after three transactions, while the fourth has
+    // its records flushed but is not committed.
+    let (mut first, rx) = spawn_transformer(&b);
+    wait_line(&rx, "ready", T);
+    for _ in 0..3 {
+        wait_line(&rx, "committed", T);
+    }
+    wait_line(&rx, "flushed", T);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let uncommitted_out: usize = (0..2)
+        .map(|p| latest(&b, "ctp-out", p, 0) - latest(&b, "ctp-out", p, 1))
+        .sum::<i64>() as usize;
+    assert!(
+        uncommitted_out > 0,
+        "the killed transformer left an open transaction"
+    );
+
+    // The next instance fences the dead one (its open transaction is
+    // aborted) and carries on from the committed offsets.
+    let (mut second, rx) = spawn_transformer(&b);
+    wait_line(&rx, "done", Duration::from_secs(120));
+    assert!(second.wait().unwrap().success());
+
+    let mut out = Vec::new();
+    for p in 0..2 {
+        let hw = latest(&b, "ctp-out", p, 0);
+        assert_eq!(latest(&b, "ctp-out", p, 1), hw, "no transaction left open");
+        out.extend(consume(
+            &b,
+            "ctp-out",
+            p,
+            "read_committed",
+            N,
+            Duration::from_secs(5),
+        ));
+    }
+    let got: Vec<&str> = values(&out);
+    let unique: std::collections::HashSet<&str> = got.iter().copied().collect();
+    assert_eq!(got.len(), N, "exactly one output per input");
+    assert_eq!(unique.len(), N, "no duplicate output");
+    for i in 0..N {
+        assert!(
+            unique.contains(format!("out-i{i:04}").as_str()),
+            "out-i{i:04}"
+        );
+    }
+    // Per partition, outputs keep the input's order.
+    for p in 0..2 {
+        let part = consume(
+            &b,
+            "ctp-out",
+            p,
+            "read_committed",
+            N,
+            Duration::from_secs(3),
+        );
+        let nums: Vec<usize> = part
+            .iter()
+            .map(|(_, v)| v.trim_start_matches("out-i").parse().unwrap())
+            .collect();
+        assert!(
+            nums.windows(2).all(|w| w[0] < w[1]),
+            "partition {p} in order"
+        );
+    }
+    // The group's committed offsets are the input's ends.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("group.id", "ctp")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("ctp-in", 0);
+    tpl.add_partition("ctp-in", 1);
+    let committed = c.committed_offsets(tpl, T).unwrap();
+    for p in 0..2 {
+        let end = latest(&b, "ctp-in", p, 0);
+        assert_eq!(
+            committed.find_partition("ctp-in", p).unwrap().offset(),
+            rdkafka::Offset::Offset(end),
+            "partition {p}'s committed offset"
+        );
+    }
+}
