@@ -748,3 +748,272 @@ async fn consume_transform_produce_is_exactly_once_across_a_kill9_of_the_transfo
         );
     }
 }
+
+/// What a transaction of the stream ended as, as its producer saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Committed,
+    Aborted,
+    /// The producer failed fatally around the end: all or nothing.
+    Unknown,
+}
+
+fn seeds(default: &str) -> Vec<u64> {
+    let spec = std::env::var("FLOE_TXN_SEEDS").unwrap_or_else(|_| default.to_string());
+    if let Some((a, b)) = spec.split_once('-') {
+        return (a.trim().parse().unwrap()..=b.trim().parse().unwrap()).collect();
+    }
+    spec.split(',').map(|s| s.trim().parse().unwrap()).collect()
+}
+
+const STREAM_PARTITIONS: i32 = 4;
+const PER_TXN: usize = 8;
+
+/// One transaction of the stream: `PER_TXN` records over the partitions,
+/// ended as `commit` says; its outcome as the producer saw it.
+async fn one_transaction(p: &FutureProducer, n: usize, commit: bool) -> Outcome {
+    use rdkafka::error::KafkaError;
+    let requires_abort = |e: &KafkaError| match e {
+        KafkaError::Transaction(r) => r.txn_requires_abort(),
+        _ => false,
+    };
+    let fatal = |e: &KafkaError| match e {
+        KafkaError::Transaction(r) => r.is_fatal(),
+        _ => false,
+    };
+    if let Err(e) = p.begin_transaction() {
+        panic!("begin_transaction: {e}");
+    }
+    let values: Vec<String> = (0..PER_TXN).map(|k| format!("t{n:05}-{k}")).collect();
+    let mut sends = Vec::new();
+    for (k, value) in values.iter().enumerate() {
+        let partition = ((n + k) % STREAM_PARTITIONS as usize) as i32;
+        sends.push(
+            p.send_result(
+                FutureRecord::<(), str>::to("txs")
+                    .partition(partition)
+                    .payload(value.as_str()),
+            ),
+        );
+    }
+    let mut failed = false;
+    for s in sends {
+        match s {
+            Ok(f) => failed |= !matches!(f.await, Ok(Ok(_))),
+            Err(_) => failed = true,
+        }
+    }
+    let end = |commit: bool| {
+        if commit {
+            p.commit_transaction(T)
+        } else {
+            p.abort_transaction(T)
+        }
+    };
+    let mut attempts = 0;
+    loop {
+        let want = commit && !failed;
+        match end(want) {
+            Ok(()) => {
+                return if want {
+                    Outcome::Committed
+                } else {
+                    Outcome::Aborted
+                }
+            }
+            Err(e) if fatal(&e) => return Outcome::Unknown,
+            Err(e) if requires_abort(&e) => {
+                failed = true;
+                if !want {
+                    return Outcome::Unknown;
+                }
+            }
+            Err(_) if attempts < 10 => attempts += 1,
+            Err(_) => return Outcome::Unknown,
+        }
+    }
+}
+
+/// Seeded faults while a producer streams transactions through the
+/// proxies: kill -9 (restarted at once) of the broker coordinating the
+/// transactional id and of a data partition's owner, planned moves of the
+/// coordinator's partition and of a data partition; meanwhile a second
+/// producer leaves transactions open to time out. Then read_committed
+/// through the proxies: every committed transaction whole, nothing of an
+/// aborted or timed-out one, all or nothing of one whose producer failed
+/// fatally at its end; and every partition's LSO reaches its high
+/// watermark (no hanging transaction).
+async fn stream_under_faults(seed: u64) {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let secs = std::env::var("FLOE_TXN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(25u64);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = floe_e2e::Cluster::start_with(
+        3,
+        1,
+        4_000,
+        "transaction_timeout_check_ms = 200\n[proxy]\nlease_ttl_ms = 3000\n",
+    )
+    .unwrap();
+    cluster.add_proxy().unwrap();
+    cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let bootstrap = cluster.proxy_bootstrap();
+    let brokers = cluster.bootstrap();
+    create_topic(&bootstrap, "txs", STREAM_PARTITIONS).await;
+    let id = format!("stream-{seed}");
+    let txn_partition = floe_e2e::offsets_partition(&id);
+    let mut producer = txn_producer(&bootstrap, &id);
+    producer.init_transactions(T).unwrap();
+    // Transactions left open by a producer that stops: aborted by the
+    // coordinator after their timeout.
+    let abandoner: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("transactional.id", format!("abandoned-{seed}"))
+        .set("transaction.timeout.ms", "3000")
+        .create()
+        .unwrap();
+    abandoner.init_transactions(T).unwrap();
+    abandoner.begin_transaction().unwrap();
+    for p in 0..STREAM_PARTITIONS {
+        abandoner
+            .send(
+                FutureRecord::<(), str>::to("txs")
+                    .partition(p)
+                    .payload("abandoned"),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    let owner = |topic: &str, p: i32| -> Option<i32> {
+        floe_e2e::leaders(&brokers, topic)
+            .get(&p)
+            .copied()
+            .flatten()
+    };
+    let started = Instant::now();
+    let mut next_fault = Instant::now() + Duration::from_millis(rng.random_range(1_500..3_000));
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut faults = Vec::new();
+    let mut kinds: Vec<u32> = Vec::new();
+    while started.elapsed() < Duration::from_secs(secs) {
+        if Instant::now() >= next_fault {
+            next_fault = Instant::now() + Duration::from_millis(rng.random_range(2_500..5_000));
+            // Every kind in each run, in a seeded order.
+            if kinds.is_empty() {
+                kinds = vec![0, 1, 2, 3];
+                for i in (1..kinds.len()).rev() {
+                    kinds.swap(i, rng.random_range(0..=i));
+                }
+            }
+            let kind = kinds.pop().unwrap();
+            let data_p = rng.random_range(0..STREAM_PARTITIONS);
+            let (topic, p) = if kind % 2 == 0 {
+                ("__transaction_state", txn_partition)
+            } else {
+                ("txs", data_p)
+            };
+            if let Some(b) = owner(topic, p) {
+                if kind < 2 {
+                    let i = b as usize - 1;
+                    cluster.brokers[i].stop_with("-KILL").unwrap();
+                    cluster.brokers[i].start_nowait().unwrap();
+                    faults.push(format!("kill -9 broker {b} (owner of {topic}-{p})"));
+                } else {
+                    let to = (b % 3) + 1;
+                    let r = cluster.move_partition(topic, p, to);
+                    faults.push(format!("move {topic}-{p} from {b} to {to}: {r:?}"));
+                }
+            }
+        }
+        let n = outcomes.len();
+        let commit = rng.random_range(0..10) < 8;
+        let outcome = one_transaction(&producer, n, commit).await;
+        if outcome == Outcome::Unknown {
+            // A fatal error: a new producer fences the old and goes on.
+            producer = txn_producer(&bootstrap, &id);
+            producer.init_transactions(T).unwrap();
+        }
+        outcomes.push(outcome);
+    }
+    drop(abandoner);
+    let committed = outcomes
+        .iter()
+        .filter(|o| **o == Outcome::Committed)
+        .count();
+    let unknown = outcomes.iter().filter(|o| **o == Outcome::Unknown).count();
+    eprintln!(
+        "seed {seed}: {} transactions ({committed} committed, {unknown} failed at their end), faults: {faults:#?}",
+        outcomes.len()
+    );
+    assert!(committed > 5, "the stream made progress: {outcomes:?}");
+
+    // No hanging transaction: every LSO reaches its high watermark.
+    let addr = bootstrap.split(',').next().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for p in 0..STREAM_PARTITIONS {
+        loop {
+            let (hw, lso) = (latest(&addr, "txs", p, 0), latest(&addr, "txs", p, 1));
+            if hw == lso {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: partition {p} LSO {lso} stays below HW {hw}; logs:\n{}",
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for p in 0..STREAM_PARTITIONS {
+        seen.extend(
+            consume(
+                &bootstrap,
+                "txs",
+                p,
+                "read_committed",
+                usize::MAX,
+                Duration::from_secs(5),
+            )
+            .into_iter()
+            .map(|(_, v)| v),
+        );
+    }
+    let mut by_txn: std::collections::BTreeMap<usize, usize> = Default::default();
+    for v in &seen {
+        assert_ne!(
+            v, "abandoned",
+            "seed {seed}: a timed-out transaction is invisible"
+        );
+        let n: usize = v[1..6].parse().unwrap();
+        *by_txn.entry(n).or_default() += 1;
+    }
+    for (n, o) in outcomes.iter().enumerate() {
+        let got = by_txn.get(&n).copied().unwrap_or(0);
+        match o {
+            Outcome::Committed => {
+                assert_eq!(got, PER_TXN, "seed {seed}: committed transaction {n} whole")
+            }
+            Outcome::Aborted => {
+                assert_eq!(got, 0, "seed {seed}: aborted transaction {n} invisible")
+            }
+            Outcome::Unknown => assert!(
+                got == 0 || got == PER_TXN,
+                "seed {seed}: transaction {n} all or nothing, saw {got}"
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_survive_kills_and_moves_of_coordinator_and_partitions() {
+    for seed in seeds("1,2") {
+        stream_under_faults(seed).await;
+    }
+}
