@@ -54,6 +54,11 @@ enum Cmd {
         rate: u64,
         #[arg(long, default_value = "none")]
         compression: String,
+        /// Produce in transactions of this many records each (0: none),
+        /// under the transactional id `floe-bench-<pid>`; reports the
+        /// commit latency (commit_transaction: the last flush and EndTxn).
+        #[arg(long, default_value_t = 0)]
+        transaction_records: u64,
     },
     /// Consume --records records from the beginning of every partition.
     Consume {
@@ -148,14 +153,21 @@ fn main() -> Result<()> {
             linger_ms,
             rate,
             compression,
+            transaction_records,
         } => {
             let ctx = Arc::new(Ctx {
                 latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
                 acked: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
             });
-            let producer: ThreadedProducer<Shared> = base
-                .clone()
+            let mut config = base.clone();
+            if transaction_records > 0 {
+                config.set(
+                    "transactional.id",
+                    format!("floe-bench-{}", std::process::id()),
+                );
+            }
+            let producer: ThreadedProducer<Shared> = config
                 .set("acks", &acks)
                 .set("batch.size", batch_bytes.to_string())
                 .set("message.max.bytes", (batch_bytes + 65536).to_string())
@@ -165,8 +177,20 @@ fn main() -> Result<()> {
                 .set("queue.buffering.max.messages", "1000000")
                 .create_with_context(Shared(ctx.clone()))?;
             let payload = vec![b'x'; record_size];
+            let mut commits = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+            if transaction_records > 0 {
+                producer.init_transactions(Duration::from_secs(30))?;
+            }
             let start = Instant::now();
             for i in 0..records {
+                if transaction_records > 0 && i % transaction_records == 0 {
+                    if i > 0 {
+                        let t = Instant::now();
+                        producer.commit_transaction(Duration::from_secs(60))?;
+                        commits.saturating_record(t.elapsed().as_micros() as u64);
+                    }
+                    producer.begin_transaction()?;
+                }
                 if rate > 0 {
                     let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
                     let now = Instant::now();
@@ -190,6 +214,11 @@ fn main() -> Result<()> {
                     }
                 }
             }
+            if transaction_records > 0 {
+                let t = Instant::now();
+                producer.commit_transaction(Duration::from_secs(60))?;
+                commits.saturating_record(t.elapsed().as_micros() as u64);
+            }
             producer.flush(Duration::from_secs(120))?;
             let secs = start.elapsed().as_secs_f64();
             let acked = ctx.acked.load(Ordering::Relaxed);
@@ -204,6 +233,16 @@ fn main() -> Result<()> {
                 pct(&h, 0.999),
                 h.max() as f64 / 1000.0
             );
+            if transaction_records > 0 {
+                println!(
+                    "transactions: {} of {transaction_records} records committed: {:.1} commits/s; commit ms p50 {:.2} p99 {:.2} max {:.2}",
+                    commits.len(),
+                    commits.len() as f64 / secs,
+                    pct(&commits, 0.5),
+                    pct(&commits, 0.99),
+                    commits.max() as f64 / 1000.0
+                );
+            }
         }
         Cmd::Consume {
             records,

@@ -289,6 +289,9 @@ impl Node {
             produce_count: Default::default(),
         });
         tokio::spawn(keep_alive(node.clone()));
+        tokio::spawn(crate::txn::coordinator::Coordinator::run(Arc::downgrade(
+            &node,
+        )));
         node.follow().await?;
         tokio::spawn(crate::load::run(
             node.clone(),

@@ -160,6 +160,48 @@ async fn committed_and_aborted_transactions_read_back_by_isolation_level() {
         "an open transaction's record is hidden: {seen:?}"
     );
 
+    // The open transaction as kafka-transactions.sh shows it.
+    let mut raw = RawClient::connect(&b).unwrap();
+    let listed: ListTransactionsResponse = raw
+        .call(
+            ApiKey::ListTransactions,
+            1,
+            &ListTransactionsRequest::default()
+                .with_state_filters(vec![StrBytes::from_static_str("Ongoing")])
+                .with_duration_filter(-1),
+        )
+        .unwrap();
+    let ids: Vec<&str> = listed
+        .transaction_states
+        .iter()
+        .map(|t| t.transactional_id.0.as_str())
+        .collect();
+    assert_eq!((listed.error_code, ids), (0, vec!["rd-1"]));
+    let described: DescribeTransactionsResponse = raw
+        .call(
+            ApiKey::DescribeTransactions,
+            0,
+            &DescribeTransactionsRequest::default().with_transactional_ids(vec![
+                TransactionalId(StrBytes::from_static_str("rd-1")),
+                TransactionalId(StrBytes::from_static_str("nobody")),
+            ]),
+        )
+        .unwrap();
+    let d = &described.transaction_states[0];
+    assert_eq!(
+        (d.error_code, d.transaction_state.as_str(), d.topics.len()),
+        (0, "Ongoing", 1)
+    );
+    assert_eq!(
+        (d.topics[0].topic.0.as_str(), d.topics[0].partitions.clone()),
+        ("tx", vec![0])
+    );
+    assert!(d.transaction_start_time_ms > 0 && d.transaction_timeout_ms == 60_000);
+    assert_eq!(
+        described.transaction_states[1].error_code,
+        kafka_protocol::error::ResponseError::TransactionalIdNotFound.code()
+    );
+
     // kafka-python, the same sequence, while librdkafka's transaction is
     // still open.
     let script = r#"
@@ -896,6 +938,14 @@ async fn stream_under_faults(seed: u64) {
             .copied()
             .flatten()
     };
+    // Its coordinator moves while nobody asks for the id again: the new
+    // one must still abort it on time.
+    let abandoned_p = floe_e2e::offsets_partition(&format!("abandoned-{seed}"));
+    if let Some(b) = owner("__transaction_state", abandoned_p) {
+        cluster
+            .move_partition("__transaction_state", abandoned_p, (b % 3) + 1)
+            .unwrap();
+    }
     let started = Instant::now();
     let mut next_fault = Instant::now() + Duration::from_millis(rng.random_range(1_500..3_000));
     let mut outcomes: Vec<Outcome> = Vec::new();
@@ -913,7 +963,7 @@ async fn stream_under_faults(seed: u64) {
             }
             let kind = kinds.pop().unwrap();
             let data_p = rng.random_range(0..STREAM_PARTITIONS);
-            let (topic, p) = if kind % 2 == 0 {
+            let (topic, p) = if kind.is_multiple_of(2) {
                 ("__transaction_state", txn_partition)
             } else {
                 ("txs", data_p)
@@ -926,8 +976,11 @@ async fn stream_under_faults(seed: u64) {
                     faults.push(format!("kill -9 broker {b} (owner of {topic}-{p})"));
                 } else {
                     let to = (b % 3) + 1;
-                    let r = cluster.move_partition(topic, p, to);
-                    faults.push(format!("move {topic}-{p} from {b} to {to}: {r:?}"));
+                    let r = match cluster.move_partition(topic, p, to) {
+                        Ok(epoch) => format!("epoch {epoch}"),
+                        Err(e) => format!("{}", e.to_string().lines().last().unwrap_or("")),
+                    };
+                    faults.push(format!("move {topic}-{p} from {b} to {to}: {r}"));
                 }
             }
         }

@@ -270,6 +270,19 @@ pub struct ProducerSnapshotRecord {
     /// yet and before `as_of_offset` (sealed segments keep their own).
     #[prost(message, repeated, tag = "5")]
     pub aborted: Vec<AbortedTxnRecord>,
+    /// Per producer, the coordinator epoch of the last marker written here
+    /// (a marker of an older coordinator is refused).
+    #[prost(message, repeated, tag = "6")]
+    pub coordinator_epochs: Vec<CoordinatorEpochRecord>,
+}
+
+/// The coordinator epoch of the last transaction marker of a producer.
+#[derive(Clone, PartialEq, Message)]
+pub struct CoordinatorEpochRecord {
+    #[prost(int64, tag = "1")]
+    pub producer_id: i64,
+    #[prost(int32, tag = "2")]
+    pub coordinator_epoch: i32,
 }
 
 /// A transaction open on a partition from `first_offset`.

@@ -739,6 +739,59 @@ mod transaction_tests {
         }
     }
 
+    /// KIP-890's verification guard: a batch verified before its
+    /// transaction's end marker, arriving after it, is refused (it would
+    /// open a transaction nothing ends); the next transaction's batch,
+    /// verified under a new guard, is taken; later batches of an open
+    /// transaction need no guard.
+    #[tokio::test]
+    async fn a_batch_verified_before_its_transactions_end_is_refused_after_it() {
+        let (h, _dir) = started().await;
+        let submit = |b: Bytes, guard: Option<u64>| {
+            let h = h.clone();
+            async move {
+                let headers = validate_for_produce(&b, usize::MAX).unwrap();
+                let rx = match guard {
+                    Some(g) => h.submit_verified(b, headers, g).await.unwrap(),
+                    None => h.submit(b, headers).await.unwrap(),
+                };
+                rx.await.unwrap()
+            }
+        };
+        let (first, known) = h.gate.guard(7, 0);
+        assert!(!known, "a new guard: ask the coordinator");
+        submit(batch(7, 0, 0, 1, true), Some(first)).await.unwrap();
+        // The same transaction goes on without asking again.
+        assert_eq!(h.gate.guard(7, 0), (first, true));
+        submit(batch(7, 0, 1, 1, true), None).await.unwrap();
+        // A batch verified now (the coordinator still says yes) ...
+        let (late, known) = h.gate.guard(7, 0);
+        assert!(known);
+        // ... but the transaction ends before it arrives.
+        end(&h, 7, 0, MarkerKind::Commit).await.unwrap();
+        let hw = h.log.offsets().1;
+        assert_eq!(
+            code(submit(batch(7, 0, 2, 1, true), Some(late)).await),
+            ResponseError::InvalidTxnState
+        );
+        assert_eq!(
+            code(submit(batch(7, 0, 2, 1, true), None).await),
+            ResponseError::InvalidTxnState
+        );
+        assert_eq!(h.log.offsets().1, hw, "nothing written");
+        assert_eq!(h.log.last_stable_offset(), hw, "no transaction left open");
+        // The next transaction (same epoch: a client before EndTxn v5)
+        // verifies afresh.
+        let (next, known) = h.gate.guard(7, 0);
+        assert!(!known && next != late);
+        submit(batch(7, 0, 2, 1, true), Some(next)).await.unwrap();
+        assert_eq!(h.log.last_stable_offset(), hw);
+        // A failed verification forgets its guard.
+        let (other, _) = h.gate.guard(8, 0);
+        h.gate.forget(8, other);
+        assert!(!h.gate.holds(8, 0, other));
+    }
+
     /// Transactions survive a clean release (the checkpoint's open
     /// transactions and aborted index) and an unclean end (the replay of
     /// the chunks past the checkpoint), identical after each.

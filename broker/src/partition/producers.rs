@@ -170,6 +170,7 @@ impl Producers {
             producers,
             // Transactions are added by the writer (`txn.rs`).
             open_txns: Vec::new(),
+            coordinator_epochs: Vec::new(),
             aborted: Vec::new(),
         }
     }

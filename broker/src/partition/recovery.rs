@@ -591,7 +591,7 @@ pub(crate) async fn recover(
         None => ProducerSnapshotRecord::default(),
     };
     let mut producers = Producers::from_snapshot(&snapshot);
-    let mut txns = super::txn::Txns::from_saved(&snapshot.open_txns);
+    let mut txns = super::txn::Txns::from_saved(&snapshot.open_txns, &snapshot.coordinator_epochs);
     let now_ms = ctx.clock.now_ms();
     // Read many at a time, applied in offset order (a cold cache after a
     // kill: one by one, hundreds of reads were most of a take-over).

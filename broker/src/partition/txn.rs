@@ -40,6 +40,11 @@ pub struct Txns {
     open: BTreeMap<i64, OpenTxn>,
     /// By the marker's offset.
     ending: BTreeMap<Offset, Ending>,
+    /// Per producer, the coordinator epoch of its last marker here: a
+    /// marker from an older coordinator (one that lost its partition and
+    /// still had markers on their way) is refused, so it cannot end the
+    /// producer's next transaction.
+    coordinators: BTreeMap<i64, i32>,
 }
 
 /// KIP-890 part 1, the verification guard: before a producer's first
@@ -135,6 +140,13 @@ impl Txns {
     /// nothing open here is accepted and changes nothing (the coordinator
     /// retries markers; Kafka writes them regardless).
     pub fn check_marker(&self, marker: &Marker) -> Result<(), ResponseError> {
+        if self
+            .coordinators
+            .get(&marker.producer_id)
+            .is_some_and(|&e| marker.coordinator_epoch < e)
+        {
+            return Err(ResponseError::TransactionCoordinatorFenced);
+        }
         match self.open.get(&marker.producer_id) {
             Some(o) if marker.producer_epoch < o.producer_epoch => {
                 Err(ResponseError::InvalidProducerEpoch)
@@ -146,6 +158,8 @@ impl Txns {
     /// `marker` was assigned `offset`: its transaction ends once that
     /// offset is durable.
     pub fn on_marker(&mut self, marker: &Marker, offset: Offset) {
+        let e = self.coordinators.entry(marker.producer_id).or_default();
+        *e = (*e).max(marker.coordinator_epoch);
         if let Some(o) = self.open.remove(&marker.producer_id) {
             self.ending.insert(
                 offset,
@@ -239,9 +253,37 @@ impl Txns {
         }
     }
 
+    /// Coordinator epochs to save with a checkpoint: those of producers
+    /// the partition still knows (`known`) or with a transaction open.
+    pub fn coordinator_epochs(
+        &mut self,
+        known: impl Fn(i64) -> bool,
+    ) -> Vec<floe_meta::schema::CoordinatorEpochRecord> {
+        let (open, ending) = (&self.open, &self.ending);
+        self.coordinators.retain(|p, _| {
+            known(*p) || open.contains_key(p) || ending.values().any(|e| e.producer_id == *p)
+        });
+        self.coordinators
+            .iter()
+            .map(|(p, e)| floe_meta::schema::CoordinatorEpochRecord {
+                producer_id: *p,
+                coordinator_epoch: *e,
+            })
+            .collect()
+    }
+
     /// The state saved with a checkpoint, as recovery starts from it.
-    pub fn from_saved(open: &[floe_meta::schema::OpenTxnRecord]) -> Txns {
-        let mut t = Txns::default();
+    pub fn from_saved(
+        open: &[floe_meta::schema::OpenTxnRecord],
+        coordinators: &[floe_meta::schema::CoordinatorEpochRecord],
+    ) -> Txns {
+        let mut t = Txns {
+            coordinators: coordinators
+                .iter()
+                .map(|r| (r.producer_id, r.coordinator_epoch))
+                .collect(),
+            ..Default::default()
+        };
         for r in open {
             t.open.insert(
                 r.producer_id,
@@ -431,6 +473,50 @@ mod tests {
                 assert_eq!(got, want, "seed {seed}");
             }
         }
+    }
+
+    #[test]
+    fn a_marker_of_an_older_coordinator_is_refused_also_after_a_checkpoint() {
+        let with_epoch = |pid, epoch, kind, coordinator_epoch| Marker {
+            coordinator_epoch,
+            ..marker(pid, epoch, kind)
+        };
+        let mut t = Txns::default();
+        t.on_batch(&txn_header(5, 0, 10), 10);
+        // The coordinator moved (epoch 4 to 7) while its abort was on its
+        // way; the new one's abort lands first.
+        let new = with_epoch(5, 0, MarkerKind::Abort, 7);
+        t.check_marker(&new).unwrap();
+        t.on_marker(&new, 11);
+        t.durable(12);
+        // The producer's next transaction (same epoch: no EndTxn v5).
+        t.on_batch(&txn_header(5, 0, 12), 12);
+        let late = with_epoch(5, 0, MarkerKind::Abort, 4);
+        assert_eq!(
+            t.check_marker(&late),
+            Err(ResponseError::TransactionCoordinatorFenced)
+        );
+        // Saved with a checkpoint and restored by recovery.
+        let saved = t.coordinator_epochs(|_| false);
+        assert_eq!(saved.len(), 1, "kept: a transaction is open");
+        let r = Txns::from_saved(&t.unended(), &saved);
+        assert_eq!(
+            r.check_marker(&late),
+            Err(ResponseError::TransactionCoordinatorFenced)
+        );
+        r.check_marker(&with_epoch(5, 0, MarkerKind::Commit, 7))
+            .unwrap();
+        // Forgotten with the producer once nothing is open.
+        let mut done = Txns::default();
+        done.on_marker(&new, 1);
+        done.durable(2);
+        let mut kept = done.clone();
+        assert!(done.coordinator_epochs(|_| false).is_empty());
+        assert_eq!(
+            kept.coordinator_epochs(|p| p == 5).len(),
+            1,
+            "kept while the partition knows the producer"
+        );
     }
 
     #[test]

@@ -1141,6 +1141,10 @@ impl Writer {
         // not sealed yet (sealed ones keep theirs in their records).
         let mut producers = self.producers.snapshot(checkpoint.next_offset);
         producers.open_txns = self.txns.unended();
+        let known = &self.producers;
+        producers.coordinator_epochs = self
+            .txns
+            .coordinator_epochs(|p| known.epoch_of(p).is_some());
         let unsealed_from = self
             .sealing
             .front()

@@ -109,7 +109,40 @@ impl Coordinator {
         let topic = node
             .topic(TXN_TOPIC)
             .ok_or(ResponseError::CoordinatorNotAvailable)?;
-        let p = partition_for(id, topic.partitions);
+        self.shard_at(node, partition_for(id, topic.partitions))
+            .await
+    }
+
+    /// Load, as soon as this broker writes it, every transaction state
+    /// partition: its unfinished ends are resumed and its open
+    /// transactions' timeouts kept even if no client asks for its ids
+    /// (an abandoned transaction would hold its partitions' LSO forever).
+    pub async fn run(node: std::sync::Weak<Node>) {
+        loop {
+            let Some(n) = node.upgrade() else { return };
+            let every = Duration::from_millis(n.config.transaction_timeout_check_ms.max(10));
+            if let Some(topic) = n.topic(TXN_TOPIC) {
+                for p in 0..topic.partitions {
+                    let writing = n
+                        .partition(PartitionId::new(topic.id, p))
+                        .is_some_and(|h| h.state() == PartitionState::Writing);
+                    if writing {
+                        if let Err(e) = n.txn.shard_at(&n, p).await {
+                            tracing::debug!(partition = p, error = ?e, "loading transaction state");
+                        }
+                    }
+                }
+            }
+            drop(n);
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// The shard of transaction state partition `p`, loaded if needed.
+    async fn shard_at(&self, node: &Arc<Node>, p: i32) -> Result<Arc<Shard>, ResponseError> {
+        let topic = node
+            .topic(TXN_TOPIC)
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
         let handle = node
             .partition(PartitionId::new(topic.id, p))
             .ok_or(ResponseError::NotCoordinator)?;
@@ -373,20 +406,8 @@ impl Coordinator {
             if h.state() != PartitionState::Writing {
                 continue;
             }
-            // Any id of this partition reaches its shard; load by index.
-            let shard = {
-                let shards = self.shards.lock().unwrap();
-                shards.get(&p).cloned()
-            };
-            let shard = match shard {
-                Some(s) if s.handle.epoch == h.epoch => s,
-                _ => match self
-                    .shard(node, &id_for_partition(p, topic.partitions))
-                    .await
-                {
-                    Ok(s) => s,
-                    Err(_) => continue,
-                },
+            let Ok(shard) = self.shard_at(node, p).await else {
+                continue;
             };
             let guard = shard.state.lock().await;
             if let Some(st) = guard.as_ref() {
@@ -395,14 +416,6 @@ impl Coordinator {
         }
         out
     }
-}
-
-/// An id whose partition is `p` of `n` (to reach a shard by index).
-fn id_for_partition(p: i32, n: i32) -> String {
-    (0u64..)
-        .map(|i| format!("__floe_shard_{i}"))
-        .find(|id| partition_for(id, n) == p)
-        .expect("some id hashes to every partition")
 }
 
 async fn fresh_id(node: &Node) -> Result<i64, ResponseError> {
