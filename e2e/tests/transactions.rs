@@ -978,7 +978,7 @@ async fn stream_under_faults(seed: u64) {
                     let to = (b % 3) + 1;
                     let r = match cluster.move_partition(topic, p, to) {
                         Ok(epoch) => format!("epoch {epoch}"),
-                        Err(e) => format!("{}", e.to_string().lines().last().unwrap_or("")),
+                        Err(e) => e.to_string(),
                     };
                     faults.push(format!("move {topic}-{p} from {b} to {to}: {r}"));
                 }
