@@ -5,7 +5,9 @@
 # new auto-created topic per run, interleaved run by run in one session:
 #   idempotent   enable.idempotence=true, no transactions;
 #   txn-100      transactions of 100 records (commit_transaction after each);
-#   txn-1000     transactions of 1000 records.
+#   txn-1000     transactions of 1000 records;
+#   txn-100-l0   transactions of 100 records with linger.ms=0 (a transaction
+#                is bounded by its records' round trip: no linger in it).
 # Reports throughput and, for transactions, the commit latency
 # (commit_transaction: the last records' flush, EndTxn, markers durable).
 #   cargo build --release -p floe -p floe-bench
@@ -36,12 +38,13 @@ curl -sf "127.0.0.1:$HTTP_PORT/readyz" >/dev/null || { cat "$DIR/floe.log"; exit
 B="--bootstrap 127.0.0.1:$PORT"
 
 for run in $(seq 1 "$RUNS"); do
-  for mode in idempotent txn-100 txn-1000; do
+  for mode in idempotent txn-100 txn-1000 txn-100-l0; do
     topic="tx-$mode-$run"
     case $mode in
       idempotent) extra=() ;;
       txn-100) extra=(--transaction-records 100) ;;
       txn-1000) extra=(--transaction-records 1000) ;;
+      txn-100-l0) extra=(--transaction-records 100 --linger-ms 0) ;;
     esac
     echo "run $run $mode: $("$BENCH" $B --topic "$topic" -X enable.idempotence=true \
       produce --records "$N" --record-size 1024 "${extra[@]}" | tr '\n' ' ')"
