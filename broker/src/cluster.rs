@@ -149,9 +149,7 @@ impl Cluster for Node {
         let (broker, _) = self
             .leader_of(p)
             .ok_or(ResponseError::CoordinatorNotAvailable)?;
-        self.brokers()
-            .into_iter()
-            .find(|b| b.broker_id == broker)
+        self.broker(broker)
             .map(|b| node_at(b, listener))
             .ok_or(ResponseError::CoordinatorNotAvailable)
     }

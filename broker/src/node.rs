@@ -523,6 +523,11 @@ impl Node {
         Ok(())
     }
 
+    /// Live broker `id`'s registration.
+    pub fn broker(&self, id: i32) -> Option<BrokerRecord> {
+        self.brokers().into_iter().find(|b| b.broker_id == id)
+    }
+
     /// Live brokers, by id.
     pub fn brokers(&self) -> Vec<BrokerRecord> {
         self.view

@@ -1070,3 +1070,54 @@ async fn transactions_survive_kills_and_moves_of_coordinator_and_partitions() {
         stream_under_faults(seed).await;
     }
 }
+
+/// transactional.id.expiration.ms: an id idle that long is forgotten (its
+/// next InitProducerId gets a new producer id); an id with a transaction
+/// open is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_transactional_ids_expire() {
+    use kafka_protocol::error::ResponseError as E;
+    let s_ = Standalone::start_with_config(
+        "[broker]\ntransactional_id_expiration_ms = 1500\ntransaction_timeout_check_ms = 100\n",
+    )
+    .unwrap();
+    let b = s_.bootstrap();
+    create_topic(&b, "exp", 1).await;
+    let open = txn_producer(&b, "exp-open");
+    open.init_transactions(T).unwrap();
+    open.begin_transaction().unwrap();
+    send(&open, "exp", 0, "kept open").await;
+    let mut c = RawClient::connect(&b).unwrap();
+    let first = init(&mut c, "exp-idle", 60_000);
+    assert_eq!(first.error_code, 0);
+    let describe = |c: &mut RawClient, id: &'static str| -> (i16, String) {
+        let r: DescribeTransactionsResponse = c
+            .call(
+                ApiKey::DescribeTransactions,
+                0,
+                &DescribeTransactionsRequest::default()
+                    .with_transactional_ids(vec![TransactionalId(StrBytes::from_static_str(id))]),
+            )
+            .unwrap();
+        let t = &r.transaction_states[0];
+        (t.error_code, t.transaction_state.to_string())
+    };
+    assert_eq!(describe(&mut c, "exp-idle"), (0, "Empty".to_string()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while describe(&mut c, "exp-idle").0 == 0 {
+        assert!(Instant::now() < deadline, "the idle id was never forgotten");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        describe(&mut c, "exp-idle").0,
+        E::TransactionalIdNotFound.code()
+    );
+    assert_eq!(describe(&mut c, "exp-open"), (0, "Ongoing".to_string()));
+    let again = init(&mut c, "exp-idle", 60_000);
+    assert_eq!(again.error_code, 0);
+    assert_ne!(
+        again.producer_id, first.producer_id,
+        "a forgotten id starts over with a new producer id"
+    );
+    open.commit_transaction(T).unwrap();
+}

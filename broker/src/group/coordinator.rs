@@ -476,37 +476,8 @@ impl Groups {
         generation: i32,
         offsets: Vec<(String, i32, Committed)>,
     ) -> Vec<Option<ResponseError>> {
-        let all = |e: ResponseError| offsets.iter().map(|_| Some(e)).collect::<Vec<_>>();
-        let (shard, _) = match self.shard(host, group).await {
-            Ok(s) => s,
-            Err(e) => return all(e),
-        };
-        let mut guard = shard.state.lock().await;
-        let st = guard.as_mut().expect("loaded");
-        if let Err(e) = check_committer(st, group, member_id, instance_id, generation, false) {
-            return all(e);
-        }
-        let (results, records) = offset_records(host, &offsets, |t, p| offset_key(group, t, p));
-        if records.is_empty() {
-            return results;
-        }
-        if let Err(e) = append(&shard.handle, &records).await {
-            return all(e);
-        }
-        st.records += records.len() as u64;
-        let map = st.offsets.entry(group.to_string()).or_default();
-        for ((topic, partition, c), r) in offsets.into_iter().zip(&results) {
-            if r.is_none() {
-                map.insert((topic, partition), c);
-            }
-        }
-        compact(
-            &shard.handle,
-            st,
-            host.settings().offsets_compact_after_records,
-        )
-        .await;
-        results
+        let member = (member_id, instance_id, generation);
+        self.commit_as(host, group, member, None, offsets).await
     }
 
     /// TxnOffsetCommit: offsets committed in the transaction of
@@ -514,15 +485,27 @@ impl Groups {
     /// (`complete_txn`). The member is checked as for OffsetCommit when the
     /// client gives its generation (KIP-447); the transaction coordinator
     /// has verified the producer before this is called.
-    #[allow(clippy::too_many_arguments)]
     pub async fn txn_commit(
         &self,
         host: &dyn GroupHost,
         group: &str,
         producer_id: i64,
-        member_id: &str,
-        instance_id: Option<&str>,
-        generation: i32,
+        member: (&str, Option<&str>, i32),
+        offsets: Vec<(String, i32, Committed)>,
+    ) -> Vec<Option<ResponseError>> {
+        self.commit_as(host, group, member, Some(producer_id), offsets)
+            .await
+    }
+
+    /// Offsets of `member` (id, instance id, generation) written to the
+    /// group's partition: committed, or pending in the transaction of
+    /// producer `txn`.
+    async fn commit_as(
+        &self,
+        host: &dyn GroupHost,
+        group: &str,
+        (member_id, instance_id, generation): (&str, Option<&str>, i32),
+        txn: Option<i64>,
         offsets: Vec<(String, i32, Committed)>,
     ) -> Vec<Option<ResponseError>> {
         let all = |e: ResponseError| offsets.iter().map(|_| Some(e)).collect::<Vec<_>>();
@@ -532,11 +515,14 @@ impl Groups {
         };
         let mut guard = shard.state.lock().await;
         let st = guard.as_mut().expect("loaded");
-        if let Err(e) = check_committer(st, group, member_id, instance_id, generation, true) {
+        let checked = check_committer(st, group, member_id, instance_id, generation, txn.is_some());
+        if let Err(e) = checked {
             return all(e);
         }
-        let (results, records) =
-            offset_records(host, &offsets, |t, p| pending_key(producer_id, group, t, p));
+        let (results, records) = offset_records(host, &offsets, |t, p| match txn {
+            Some(pid) => pending_key(pid, group, t, p),
+            None => offset_key(group, t, p),
+        });
         if records.is_empty() {
             return results;
         }
@@ -544,16 +530,27 @@ impl Groups {
             return all(e);
         }
         st.records += records.len() as u64;
-        let map = st
-            .pending
-            .entry(producer_id)
-            .or_default()
-            .entry(group.to_string())
-            .or_default();
+        let map = match txn {
+            Some(pid) => st
+                .pending
+                .entry(pid)
+                .or_default()
+                .entry(group.to_string())
+                .or_default(),
+            None => st.offsets.entry(group.to_string()).or_default(),
+        };
         for ((topic, partition, c), r) in offsets.into_iter().zip(&results) {
             if r.is_none() {
                 map.insert((topic, partition), c);
             }
+        }
+        if txn.is_none() {
+            compact(
+                &shard.handle,
+                st,
+                host.settings().offsets_compact_after_records,
+            )
+            .await;
         }
         results
     }

@@ -325,9 +325,7 @@ pub async fn txn_offset_commit(
                     &**node,
                     &req.group_id.0,
                     req.producer_id.0,
-                    &member,
-                    req.group_instance_id.as_deref(),
-                    generation,
+                    (&member, req.group_instance_id.as_deref(), generation),
                     flat,
                 )
                 .await
@@ -536,9 +534,7 @@ pub(crate) async fn verify(
             .map_err(retriable);
     }
     let b = node
-        .brokers()
-        .into_iter()
-        .find(|b| b.broker_id == broker)
+        .broker(broker)
         .ok_or(ResponseError::NotEnoughReplicas)?;
     let req = AddPartitionsToTxnRequest::default().with_transactions(vec![
         AddPartitionsToTxnTransaction::default()

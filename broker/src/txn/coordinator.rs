@@ -578,9 +578,7 @@ async fn send_markers(
     parts: &[TxnPartition],
 ) -> Result<Vec<TxnPartition>, String> {
     let broker = node
-        .brokers()
-        .into_iter()
-        .find(|r| r.broker_id == b)
+        .broker(b)
         .ok_or_else(|| format!("broker {b} is not registered"))?;
     let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = Default::default();
     for (t, p) in parts {
