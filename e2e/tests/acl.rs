@@ -4,7 +4,9 @@
 //! consumer group read it, a DENY beats an ALLOW, Metadata shows a client
 //! only the topics it may describe, a super user passes everything, an ACL
 //! added or removed (floectl, or Kafka's CreateAcls) applies on every
-//! proxy within a second, and every decision is counted and logged.
+//! proxy within a second, a transactional id needs WRITE on it
+//! (TRANSACTIONAL_ID_AUTHORIZATION_FAILED before), and every decision is
+//! counted and logged.
 //!
 //! Brokers see the proxies' forwarded requests as `User:ANONYMOUS` (the
 //! proxies reach them over plaintext), so that principal is a super user
@@ -318,6 +320,91 @@ async fn acls_decide_what_each_principal_may_do_on_every_proxy() {
             .call(ApiKey::DescribeAcls, 3, &DescribeAclsRequest::default())
             .unwrap();
         assert_eq!(d.error_code, 31, "CLUSTER_AUTHORIZATION_FAILED");
+    }
+
+    // Transactions: WRITE on the transactional id (alice has none yet),
+    // then on a prefix of ids; a transactional producer with that id works.
+    {
+        use kafka_protocol::messages::{
+            FindCoordinatorRequest, FindCoordinatorResponse, InitProducerIdRequest,
+            InitProducerIdResponse, TransactionalId,
+        };
+        const TIAF: i16 = 53; // TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+        let init = |addr: &str, id: &str| -> i16 {
+            let mut raw = RawClient::connect_sasl_plain(addr, "alice", "alice-pw").unwrap();
+            let r: InitProducerIdResponse = raw
+                .call(
+                    ApiKey::InitProducerId,
+                    4,
+                    &InitProducerIdRequest::default()
+                        .with_transactional_id(Some(TransactionalId(StrBytes::from_string(
+                            id.to_string(),
+                        ))))
+                        .with_transaction_timeout_ms(60_000)
+                        .with_producer_id((-1).into())
+                        .with_producer_epoch(-1),
+                )
+                .unwrap();
+            r.error_code
+        };
+        assert_eq!(init(&proxies[0], "alice-tx"), TIAF);
+        let mut raw = RawClient::connect_sasl_plain(&proxies[0], "alice", "alice-pw").unwrap();
+        let f: FindCoordinatorResponse = raw
+            .call(
+                ApiKey::FindCoordinator,
+                3,
+                &FindCoordinatorRequest::default()
+                    .with_key(StrBytes::from_static_str("alice-tx"))
+                    .with_key_type(1),
+            )
+            .unwrap();
+        assert_eq!(f.error_code, TIAF);
+        acl(&[
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "WRITE",
+            "--resource-type",
+            "TRANSACTIONAL_ID",
+            "--pattern",
+            "PREFIXED",
+            "--resource",
+            "alice-",
+        ]);
+        acl(&[
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "DESCRIBE",
+            "--resource-type",
+            "TRANSACTIONAL_ID",
+            "--pattern",
+            "PREFIXED",
+            "--resource",
+            "alice-",
+        ]);
+        until_everywhere(&proxies, Duration::from_secs(5), |p| {
+            init(p, "alice-tx") != TIAF
+        });
+        assert_eq!(init(&proxies[1], "bob-tx"), TIAF, "only her prefix");
+        let tx: FutureProducer = sasl(&bootstrap, "alice", "alice-pw")
+            .set("transactional.id", "alice-tx")
+            .create()
+            .unwrap();
+        use rdkafka::producer::Producer;
+        tx.init_transactions(Duration::from_secs(30)).unwrap();
+        tx.begin_transaction().unwrap();
+        tx.send(
+            FutureRecord::<(), _>::to("orders-eu")
+                .partition(0)
+                .payload("in-txn"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        tx.commit_transaction(Duration::from_secs(30)).unwrap();
     }
 
     // Every decision is counted and logged.
