@@ -55,6 +55,7 @@ pub async fn produce(
         i32,
         Result<tokio::sync::oneshot::Receiver<Result<Appended, AppendError>>, ResponseError>,
         Option<String>,
+        Vec<(i32, String)>,
     );
     let acks = req.acks;
     let txn_id = req.transactional_id.as_ref().map(|t| t.0.to_string());
@@ -69,20 +70,20 @@ pub async fn produce(
         };
         for p in topic.partition_data {
             let r = match &info {
-                Err(e) => Err((*e, None)),
+                Err(e) => Err(Refused::from(*e)),
                 Ok(t) => submit(&node, t, p.index, p.records, version, txn_id.as_deref()).await,
             };
-            let (r, msg) = match r {
-                Ok(rx) => (Ok(rx), None),
-                Err((e, m)) => (Err(e), m),
+            let (r, msg, record_errors) = match r {
+                Ok(rx) => (Ok(rx), None, Vec::new()),
+                Err(x) => (Err(x.code), x.message, x.records),
             };
-            pending.push((name.clone(), p.index, r, msg));
+            pending.push((name.clone(), p.index, r, msg, record_errors));
         }
     }
     async move {
         let mut resp = ProduceResponse::default();
         let deadline = tokio::time::Instant::now() + timeout;
-        for (name, index, r, msg) in pending {
+        for (name, index, r, msg, record_errors) in pending {
             let mut pr = PartitionProduceResponse::default()
                 .with_index(index)
                 .with_base_offset(-1);
@@ -107,6 +108,14 @@ pub async fn produce(
                     pr.error_code = e.code();
                     if version >= 8 {
                         pr.error_message = msg.map(s);
+                        pr.record_errors = record_errors
+                            .into_iter()
+                            .map(|(i, m)| {
+                                produce_response::BatchIndexAndErrorMessage::default()
+                                    .with_batch_index(i)
+                                    .with_batch_index_error_message(Some(s(m)))
+                            })
+                            .collect();
                     }
                 }
             }
@@ -128,10 +137,59 @@ pub async fn produce(
     .boxed()
 }
 
-type SubmitResult = Result<
-    tokio::sync::oneshot::Receiver<Result<Appended, AppendError>>,
-    (ResponseError, Option<String>),
->;
+/// Why a partition's records were not queued: Kafka's code, a message
+/// (Produce v8+), and the records at fault by index (KIP-467).
+struct Refused {
+    code: ResponseError,
+    message: Option<String>,
+    records: Vec<(i32, String)>,
+}
+
+impl From<ResponseError> for Refused {
+    fn from(code: ResponseError) -> Self {
+        Refused {
+            code,
+            message: None,
+            records: Vec::new(),
+        }
+    }
+}
+
+impl From<(ResponseError, Option<String>)> for Refused {
+    fn from((code, message): (ResponseError, Option<String>)) -> Self {
+        Refused {
+            code,
+            message,
+            records: Vec::new(),
+        }
+    }
+}
+
+type SubmitResult = Result<tokio::sync::oneshot::Receiver<Result<Appended, AppendError>>, Refused>;
+
+/// KIP-467 on a compacted topic: every record needs a key (control
+/// batches aside). The records without one, by index in the record set.
+fn keyless_records(records: &Bytes, topic: &str, index: i32) -> Vec<(i32, String)> {
+    use floe_protocol::kafka_protocol::records::RecordBatchDecoder;
+    let mut data = records.clone();
+    let Ok(sets) = RecordBatchDecoder::decode_all(&mut data) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    for set in sets {
+        for r in set.records {
+            if !r.control && r.key.is_none() {
+                out.push((
+                    i,
+                    format!("Compacted topic cannot accept message without key in topic partition {topic}-{index}."),
+                ));
+            }
+            i += 1;
+        }
+    }
+    out
+}
 
 async fn submit(
     node: &Arc<Node>,
@@ -142,10 +200,10 @@ async fn submit(
     txn_id: Option<&str>,
 ) -> SubmitResult {
     if index < 0 || index >= t.partitions {
-        return Err((ResponseError::UnknownTopicOrPartition, None));
+        return Err(ResponseError::UnknownTopicOrPartition.into());
     }
     let Some(h) = node.partition(PartitionId::new(t.id, index)) else {
-        return Err((ResponseError::NotLeaderOrFollower, None));
+        return Err(ResponseError::NotLeaderOrFollower.into());
     };
     let mut records = records.unwrap_or_default();
     if version < 3 {
@@ -163,11 +221,22 @@ async fn submit(
         node.metrics.error("Produce", &format!("{:?}", e.code()));
         (e.code(), Some(e.to_string()))
     })?;
+    if t.config.compact {
+        let keyless = keyless_records(&records, &t.name, index);
+        if !keyless.is_empty() {
+            node.metrics.error("Produce", "InvalidRecord");
+            return Err(Refused {
+                code: ResponseError::InvalidRecord,
+                message: Some("One or more records have been rejected".into()),
+                records: keyless,
+            });
+        }
+    }
     let Some(txn) = headers.iter().find(|h| h.is_transactional()).copied() else {
         return h
             .submit(records, headers)
             .await
-            .map_err(|e| (e.code(), Some(e.to_string())));
+            .map_err(|e| (e.code(), Some(e.to_string())).into());
     };
     // A transaction's batch: verified with its coordinator before the
     // producer's first batch of the transaction here (KIP-890), under a
@@ -176,7 +245,8 @@ async fn submit(
         return Err((
             ResponseError::InvalidTxnState,
             Some("a transactional batch without a transactional id".into()),
-        ));
+        )
+            .into());
     };
     let (token, verified) = h.gate.guard(txn.producer_id, txn.producer_epoch);
     if !verified {
@@ -189,12 +259,12 @@ async fn submit(
                 "transactional id {id:?}: partition {}-{index} is not in the producer's open transaction at epoch {}",
                 t.name, txn.producer_epoch
             );
-            return Err((e, Some(msg)));
+            return Err((e, Some(msg)).into());
         }
     }
     h.submit_verified(records, headers, token)
         .await
-        .map_err(|e| (e.code(), Some(e.to_string())))
+        .map_err(|e| (e.code(), Some(e.to_string())).into())
 }
 
 fn check_epoch(h: &PartitionHandle, requested: i32) -> Option<ResponseError> {
@@ -549,7 +619,9 @@ fn describe_topic(
             },
         };
         let config_type = match name {
-            "message.timestamp.type" | "cleanup.policy" => 2,
+            "message.timestamp.type" => 2,
+            "cleanup.policy" => 7,
+            "min.cleanable.dirty.ratio" => 6,
             "max.message.bytes" | "segment.bytes" => 3,
             _ => 5,
         };

@@ -30,7 +30,23 @@ pub struct TopicConfig {
     pub segment_ms: i64,
     pub max_message_bytes: usize,
     pub timestamp_type: TimestampType,
+    /// cleanup.policy as written (`delete`, `compact`, `compact,delete`).
     pub cleanup_policy: String,
+    /// The policy includes `delete`: sealed segments go by retention.
+    pub delete: bool,
+    /// The policy includes `compact`: the latest record of each key is kept
+    /// (records need keys, KIP-467).
+    pub compact: bool,
+    /// min.cleanable.dirty.ratio: compact once this share of the log is
+    /// not compacted yet.
+    pub min_cleanable_dirty_ratio: f64,
+    /// min.compaction.lag.ms: records younger than this stay uncompacted.
+    pub min_compaction_lag_ms: i64,
+    /// max.compaction.lag.ms: records older than this are compacted
+    /// whatever the dirty ratio.
+    pub max_compaction_lag_ms: i64,
+    /// delete.retention.ms: how long a tombstone outlives its compaction.
+    pub delete_retention_ms: i64,
     /// Per-topic R and W (0: the pool's).
     pub replicas: usize,
     pub write_quorum: usize,
@@ -68,7 +84,31 @@ pub const TOPIC_CONFIGS: &[(&str, &str, &str)] = &[
         "CreateTime",
         "CreateTime keeps the producer's timestamps; LogAppendTime stamps batches on append.",
     ),
-    ("cleanup.policy", "delete", "Only delete is supported."),
+    (
+        "cleanup.policy",
+        "delete",
+        "delete: sealed segments go by retention.ms/retention.bytes; compact: the latest record of each key is kept; compact,delete: both.",
+    ),
+    (
+        "min.cleanable.dirty.ratio",
+        "0.5",
+        "Compact a partition once this share of its log has not been compacted yet (0 to 1).",
+    ),
+    (
+        "min.compaction.lag.ms",
+        "0",
+        "Records younger than this are not compacted.",
+    ),
+    (
+        "max.compaction.lag.ms",
+        "9223372036854775807",
+        "Records older than this are compacted whatever the dirty ratio.",
+    ),
+    (
+        "delete.retention.ms",
+        "86400000",
+        "How long a tombstone (a null value) is kept after its key was compacted.",
+    ),
     (
         "floe.replicas",
         "0",
@@ -146,11 +186,38 @@ impl TopicConfig {
             }
         };
         let cleanup_policy = get("cleanup.policy");
-        if cleanup_policy != "delete" {
+        let (mut delete, mut compact) = (false, false);
+        for p in cleanup_policy.split(',').map(str::trim) {
+            match p {
+                "delete" => delete = true,
+                "compact" => compact = true,
+                _ => {
+                    return Err(ConfigError {
+                        name: "cleanup.policy".into(),
+                        value: cleanup_policy.clone(),
+                        reason: "must be delete, compact or compact,delete".into(),
+                    })
+                }
+            }
+        }
+        let ratio_text = get("min.cleanable.dirty.ratio");
+        let min_cleanable_dirty_ratio = ratio_text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| ConfigError {
+                name: "min.cleanable.dirty.ratio".into(),
+                value: ratio_text.clone(),
+                reason: "must be a number from 0 to 1".into(),
+            })?;
+        let min_compaction_lag_ms = int("min.compaction.lag.ms", 0)?;
+        let max_compaction_lag_ms = int("max.compaction.lag.ms", 1)?;
+        if max_compaction_lag_ms < min_compaction_lag_ms {
             return Err(ConfigError {
-                name: "cleanup.policy".into(),
-                value: cleanup_policy,
-                reason: "only delete is supported".into(),
+                name: "max.compaction.lag.ms".into(),
+                value: max_compaction_lag_ms.to_string(),
+                reason: format!("is below min.compaction.lag.ms {min_compaction_lag_ms}"),
             });
         }
         let replicas = int("floe.replicas", 0)? as usize;
@@ -172,6 +239,12 @@ impl TopicConfig {
             max_message_bytes: int("max.message.bytes", 0)? as usize,
             timestamp_type,
             cleanup_policy,
+            delete,
+            compact,
+            min_cleanable_dirty_ratio,
+            min_compaction_lag_ms,
+            max_compaction_lag_ms,
+            delete_retention_ms: int("delete.retention.ms", 0)?,
         })
     }
 }
@@ -462,6 +535,68 @@ mod tests {
         let mut u = BTreeMap::new();
         u.insert("no.such".to_string(), "1".to_string());
         assert!(TopicConfig::resolve(&none, &u).is_err());
+    }
+
+    #[test]
+    fn cleanup_policies_and_compaction_settings() {
+        let d = BTreeMap::new();
+        let o = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let c = TopicConfig::resolve(&d, &d).unwrap();
+        assert!(c.delete && !c.compact);
+        assert_eq!(c.min_cleanable_dirty_ratio, 0.5);
+        assert_eq!(c.delete_retention_ms, 86_400_000);
+        assert_eq!(c.max_compaction_lag_ms, i64::MAX);
+        let c = TopicConfig::resolve(&d, &o(&[("cleanup.policy", "compact")])).unwrap();
+        assert!(!c.delete && c.compact);
+        for both in ["compact,delete", "delete,compact", "delete, compact"] {
+            let c = TopicConfig::resolve(&d, &o(&[("cleanup.policy", both)])).unwrap();
+            assert!(c.delete && c.compact, "{both}");
+        }
+        let c = TopicConfig::resolve(
+            &d,
+            &o(&[
+                ("min.cleanable.dirty.ratio", "0.1"),
+                ("min.compaction.lag.ms", "1000"),
+                ("max.compaction.lag.ms", "60000"),
+                ("delete.retention.ms", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.min_cleanable_dirty_ratio,
+                c.min_compaction_lag_ms,
+                c.max_compaction_lag_ms,
+                c.delete_retention_ms
+            ),
+            (0.1, 1000, 60_000, 0)
+        );
+        for (name, bad) in [
+            ("cleanup.policy", "compactt"),
+            ("cleanup.policy", ""),
+            ("min.cleanable.dirty.ratio", "1.5"),
+            ("min.cleanable.dirty.ratio", "-0.1"),
+            ("min.cleanable.dirty.ratio", "half"),
+            ("delete.retention.ms", "-5"),
+            ("min.compaction.lag.ms", "-1"),
+        ] {
+            let e = TopicConfig::resolve(&d, &o(&[(name, bad)])).unwrap_err();
+            assert_eq!(e.name, name, "{name}={bad}");
+        }
+        let e = TopicConfig::resolve(
+            &d,
+            &o(&[
+                ("min.compaction.lag.ms", "100"),
+                ("max.compaction.lag.ms", "50"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.name, "max.compaction.lag.ms");
     }
 
     #[test]

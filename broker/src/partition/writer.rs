@@ -1472,6 +1472,10 @@ impl Writer {
     }
 
     async fn apply_retention(&mut self, now: i64) -> Result<(), Stop> {
+        // A compact-only topic keeps every key's latest record forever.
+        if !self.config.delete {
+            return Ok(());
+        }
         let state = self.log.snapshot();
         let mut total: u64 = state.segments.values().map(|s| s.bytes()).sum();
         let mut doomed = Vec::new();
