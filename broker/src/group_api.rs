@@ -232,8 +232,6 @@ fn no_commit() -> Committed {
     }
 }
 
-type Fetched = Result<Vec<(String, Vec<(i32, Option<Committed>)>)>, ResponseError>;
-
 /// A group's committed offsets; with `require_stable` (KIP-447), offsets
 /// pending in an open transaction are UNSTABLE_OFFSET_COMMIT (the client
 /// asks again once the transaction ended).
@@ -243,13 +241,11 @@ async fn fetch_group(
     wanted: Option<Vec<(String, Vec<i32>)>>,
     require_stable: bool,
 ) -> Result<Vec<(String, Vec<(i32, Result<Option<Committed>, ResponseError>)>)>, ResponseError> {
-    let fetched: Fetched = node.groups.fetch_offsets(&**node, group, wanted).await;
-    let unstable = if require_stable {
-        node.groups.unstable(&**node, group).await?
-    } else {
-        Default::default()
-    };
-    Ok(fetched?
+    let (fetched, mut unstable) = node.groups.fetch_offsets(&**node, group, wanted).await?;
+    if !require_stable {
+        unstable.clear();
+    }
+    Ok(fetched
         .into_iter()
         .map(|(t, parts)| {
             let parts = parts

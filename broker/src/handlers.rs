@@ -92,6 +92,11 @@ pub async fn produce(
                 Ok(rx) => match tokio::time::timeout_at(deadline, rx).await {
                     Err(_) => Err(ResponseError::RequestTimedOut),
                     Ok(Err(_)) => Err(ResponseError::NotLeaderOrFollower),
+                    // The producer's previous transaction is still ending
+                    // here: a retriable answer Produce clients know.
+                    Ok(Ok(Err(AppendError::Producer(ResponseError::ConcurrentTransactions)))) => {
+                        Err(ResponseError::NotEnoughReplicas)
+                    }
                     Ok(Ok(Err(e))) => Err(e.code()),
                     Ok(Ok(Ok(a))) => Ok(a),
                 },
@@ -259,12 +264,21 @@ async fn submit(
                 "transactional id {id:?}: partition {}-{index} is not in the producer's open transaction at epoch {}",
                 t.name, txn.producer_epoch
             );
+            // Produce's codes for these (KIP-588: a fenced producer's
+            // batch is INVALID_PRODUCER_EPOCH, which clients abort on).
+            let e = match e {
+                ResponseError::ProducerFenced => ResponseError::InvalidProducerEpoch,
+                e => e,
+            };
             return Err((e, Some(msg)).into());
         }
+        h.gate.verified(txn.producer_id, token);
     }
-    h.submit_verified(records, headers, token)
+    let rx = h
+        .submit_verified(records, headers, token)
         .await
-        .map_err(|e| (e.code(), Some(e.to_string())).into())
+        .map_err(|e| Refused::from((e.code(), Some(e.to_string()))))?;
+    Ok(rx)
 }
 
 fn check_epoch(h: &PartitionHandle, requested: i32) -> Option<ResponseError> {

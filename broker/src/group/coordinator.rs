@@ -489,12 +489,32 @@ impl Groups {
         &self,
         host: &dyn GroupHost,
         group: &str,
-        producer_id: i64,
+        (producer_id, guard): (i64, u64),
         member: (&str, Option<&str>, i32),
         offsets: Vec<(String, i32, Committed)>,
     ) -> Vec<Option<ResponseError>> {
-        self.commit_as(host, group, member, Some(producer_id), offsets)
+        self.commit_as(host, group, member, Some((producer_id, guard)), offsets)
             .await
+    }
+
+    /// The guard to verify a TxnOffsetCommit of `producer_id` under (one
+    /// already made for it is shared), before asking its coordinator.
+    pub async fn txn_guard(
+        &self,
+        host: &dyn GroupHost,
+        group: &str,
+        producer_id: i64,
+    ) -> Result<u64, ResponseError> {
+        let (shard, _) = self.shard(host, group).await?;
+        let mut guard = shard.state.lock().await;
+        let st = guard.as_mut().expect("loaded");
+        if let Some(t) = st.txn_guards.get(&producer_id) {
+            return Ok(*t);
+        }
+        st.txn_guard_seq += 1;
+        let t = st.txn_guard_seq;
+        st.txn_guards.insert(producer_id, t);
+        Ok(t)
     }
 
     /// Offsets of `member` (id, instance id, generation) written to the
@@ -505,7 +525,7 @@ impl Groups {
         host: &dyn GroupHost,
         group: &str,
         (member_id, instance_id, generation): (&str, Option<&str>, i32),
-        txn: Option<i64>,
+        txn: Option<(i64, u64)>,
         offsets: Vec<(String, i32, Committed)>,
     ) -> Vec<Option<ResponseError>> {
         let all = |e: ResponseError| offsets.iter().map(|_| Some(e)).collect::<Vec<_>>();
@@ -515,6 +535,13 @@ impl Groups {
         };
         let mut guard = shard.state.lock().await;
         let st = guard.as_mut().expect("loaded");
+        if let Some((pid, token)) = txn {
+            // The transaction ended since its coordinator said yes.
+            if st.txn_guards.get(&pid) != Some(&token) {
+                return all(ResponseError::InvalidTxnState);
+            }
+        }
+        let txn = txn.map(|(pid, _)| pid);
         let checked = check_committer(st, group, member_id, instance_id, generation, txn.is_some());
         if let Err(e) = checked {
             return all(e);
@@ -565,10 +592,17 @@ impl Groups {
         partition: i32,
         producer_id: i64,
         commit: bool,
+        coordinator_epoch: i32,
     ) -> Result<(), ResponseError> {
         let shard = self.shard_at(host, partition).await?;
         let mut guard = shard.state.lock().await;
         let st = guard.as_mut().expect("loaded");
+        let seen = st.txn_coordinators.entry(producer_id).or_insert(i32::MIN);
+        if coordinator_epoch < *seen {
+            return Err(ResponseError::TransactionCoordinatorFenced);
+        }
+        *seen = coordinator_epoch;
+        st.txn_guards.remove(&producer_id);
         let Some(groups) = st.pending.get(&producer_id) else {
             return Ok(());
         };
@@ -598,37 +632,34 @@ impl Groups {
         Ok(())
     }
 
-    /// The partitions of `group` with offsets pending in an open
-    /// transaction (OffsetFetch with require_stable answers
-    /// UNSTABLE_OFFSET_COMMIT for them, KIP-447).
-    pub async fn unstable(
-        &self,
-        host: &dyn GroupHost,
-        group: &str,
-    ) -> Result<HashSet<(String, i32)>, ResponseError> {
-        let (shard, _) = self.shard(host, group).await?;
-        let guard = shard.state.lock().await;
-        let st = guard.as_ref().expect("loaded");
-        Ok(st
-            .pending
-            .values()
-            .filter_map(|groups| groups.get(group))
-            .flat_map(|m| m.keys().cloned())
-            .collect())
-    }
-
-    /// Committed offsets of `group` (all of them with `None`).
+    /// Committed offsets of `group` (all of them with `None`), and the
+    /// partitions with offsets pending in an open transaction (OffsetFetch
+    /// with require_stable answers UNSTABLE_OFFSET_COMMIT for them,
+    /// KIP-447), read together.
+    #[allow(clippy::type_complexity)]
     pub async fn fetch_offsets(
         &self,
         host: &dyn GroupHost,
         group: &str,
         wanted: Option<Vec<(String, Vec<i32>)>>,
-    ) -> Result<Vec<(String, Vec<(i32, Option<Committed>)>)>, ResponseError> {
+    ) -> Result<
+        (
+            Vec<(String, Vec<(i32, Option<Committed>)>)>,
+            HashSet<(String, i32)>,
+        ),
+        ResponseError,
+    > {
         let (shard, _) = self.shard(host, group).await?;
         let guard = shard.state.lock().await;
         let st = guard.as_ref().expect("loaded");
         let map = st.offsets.get(group);
-        Ok(match wanted {
+        let unstable = st
+            .pending
+            .values()
+            .filter_map(|groups| groups.get(group))
+            .flat_map(|m| m.keys().cloned())
+            .collect();
+        let committed = match wanted {
             Some(w) => w
                 .into_iter()
                 .map(|(t, ps)| {
@@ -649,7 +680,8 @@ impl Groups {
                 }
                 by_topic.into_iter().collect()
             }
-        })
+        };
+        Ok((committed, unstable))
     }
 
     /// Every group this broker coordinates.

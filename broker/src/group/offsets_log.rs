@@ -41,6 +41,17 @@ pub(crate) struct ShardState {
     /// KIP-98): producer id → group → (topic, partition) → offset. The
     /// transaction's marker makes them committed offsets or drops them.
     pub(crate) pending: HashMap<i64, BTreeMap<String, GroupOffsets>>,
+    /// Per producer, the guard its TxnOffsetCommit was verified under with
+    /// the transaction's coordinator: made before the question, cleared
+    /// by the transaction's marker, so offsets verified before a
+    /// transaction ended cannot land after it (in memory: a new
+    /// coordinator of the group asks again).
+    pub(crate) txn_guards: HashMap<i64, u64>,
+    /// Per producer, the coordinator epoch of its last marker here: an
+    /// older coordinator's late marker is refused (in memory).
+    pub(crate) txn_coordinators: HashMap<i64, i32>,
+    /// The last guard token handed out.
+    pub(crate) txn_guard_seq: u64,
     /// Records in the partition from its log start (what a replay reads).
     pub(crate) records: u64,
 }

@@ -710,6 +710,7 @@ mod transaction_tests {
             // The coordinator said yes for every producer in it.
             let pid = headers[0].producer_id;
             let (token, _) = h.gate.guard(pid, headers[0].producer_epoch);
+            h.gate.verified(pid, token);
             h.submit_verified(b, headers, token).await?
         } else {
             h.submit(b, headers).await?
@@ -760,6 +761,14 @@ mod transaction_tests {
         };
         let (first, known) = h.gate.guard(7, 0);
         assert!(!known, "a new guard: ask the coordinator");
+        // While the question is out, another request asks too, and a batch
+        // under the unanswered guard is refused.
+        assert_eq!(h.gate.guard(7, 0), (first, false));
+        assert_eq!(
+            code(submit(batch(7, 0, 0, 1, true), Some(first)).await),
+            ResponseError::InvalidTxnState
+        );
+        h.gate.verified(7, first);
         submit(batch(7, 0, 0, 1, true), Some(first)).await.unwrap();
         // The same transaction goes on without asking again.
         assert_eq!(h.gate.guard(7, 0), (first, true));
@@ -784,6 +793,7 @@ mod transaction_tests {
         // verifies afresh.
         let (next, known) = h.gate.guard(7, 0);
         assert!(!known && next != late);
+        h.gate.verified(7, next);
         submit(batch(7, 0, 2, 1, true), Some(next)).await.unwrap();
         assert_eq!(h.log.last_stable_offset(), hw);
         // A failed verification forgets its guard.

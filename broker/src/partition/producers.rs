@@ -123,6 +123,19 @@ impl Producers {
         self.dirty = true;
     }
 
+    /// A transaction marker at `epoch` for `producer_id`: a known producer
+    /// at an older epoch moves to it (its sequences restart), so batches
+    /// of the older epoch are refused from now on.
+    pub fn fence(&mut self, producer_id: i64, epoch: i16) {
+        if let Some(e) = self.map.get_mut(&producer_id) {
+            if epoch > e.epoch {
+                e.epoch = epoch;
+                e.batches.clear();
+                self.dirty = true;
+            }
+        }
+    }
+
     /// Forget producers idle past the expiration, and the idlest beyond the
     /// count limit.
     pub fn expire(&mut self, now_ms: i64) {

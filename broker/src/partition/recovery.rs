@@ -619,6 +619,7 @@ pub(crate) async fn recover(
             }
             if floe_protocol::control::is_marker(&h) {
                 if let Some(m) = floe_protocol::control::parse_marker(&payload[pos..]) {
+                    producers.fence(m.producer_id, m.producer_epoch);
                     txns.on_marker(&m, h.base_offset);
                 }
             } else {

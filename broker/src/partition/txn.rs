@@ -57,34 +57,67 @@ pub struct Txns {
 /// path) and its writer (which checks and clears guards in log order).
 #[derive(Debug, Default)]
 pub struct TxnGate {
-    guards: Mutex<HashMap<i64, (i16, u64)>>,
+    guards: Mutex<HashMap<i64, Guard>>,
     next: AtomicU64,
 }
 
+/// A producer's guard: its epoch, its token, and whether the coordinator
+/// has answered yes under it (a guard still being asked about lets no
+/// batch in: each request that finds it pending asks on its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Guard {
+    epoch: i16,
+    token: u64,
+    verified: bool,
+}
+
 impl TxnGate {
-    /// The guard of `producer_id` at `epoch`: the one already verified
-    /// (`true`) or a new one to verify (`false`).
+    /// The guard of `producer_id` at `epoch`: one the coordinator already
+    /// verified (`true`), or one to verify now (`false`; an existing one
+    /// still being asked about is shared).
     pub fn guard(&self, producer_id: i64, epoch: i16) -> (u64, bool) {
         let mut g = self.guards.lock().unwrap();
         match g.get(&producer_id) {
-            Some(&(e, token)) if e == epoch => (token, true),
+            Some(x) if x.epoch == epoch => (x.token, x.verified),
             _ => {
                 let token = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-                g.insert(producer_id, (epoch, token));
+                g.insert(
+                    producer_id,
+                    Guard {
+                        epoch,
+                        token,
+                        verified: false,
+                    },
+                );
                 (token, false)
             }
         }
     }
 
-    /// Whether `token` is still the guard of `producer_id` at `epoch`.
+    /// The coordinator said yes under `token` (no effect if the guard was
+    /// cleared or replaced meanwhile).
+    pub fn verified(&self, producer_id: i64, token: u64) {
+        if let Some(x) = self.guards.lock().unwrap().get_mut(&producer_id) {
+            if x.token == token {
+                x.verified = true;
+            }
+        }
+    }
+
+    /// Whether `token` is still the verified guard of `producer_id` at
+    /// `epoch`.
     pub fn holds(&self, producer_id: i64, epoch: i16, token: u64) -> bool {
-        self.guards.lock().unwrap().get(&producer_id) == Some(&(epoch, token))
+        self.guards
+            .lock()
+            .unwrap()
+            .get(&producer_id)
+            .is_some_and(|x| x.epoch == epoch && x.token == token && x.verified)
     }
 
     /// The verification of `token` failed: forget it (unless replaced).
     pub fn forget(&self, producer_id: i64, token: u64) {
         let mut g = self.guards.lock().unwrap();
-        if g.get(&producer_id).is_some_and(|&(_, t)| t == token) {
+        if g.get(&producer_id).is_some_and(|x| x.token == token) {
             g.remove(&producer_id);
         }
     }

@@ -652,6 +652,10 @@ impl Writer {
         // ends: a batch still carrying one is late, not the next
         // transaction's.
         self.gate.clear(marker.producer_id);
+        // A marker at a newer epoch (a fencing abort) fences the producer's
+        // older epoch here too, whatever a late verification says.
+        self.producers
+            .fence(marker.producer_id, marker.producer_epoch);
         let now = self.ctx.clock.now_ms();
         let records = floe_protocol::control::marker_batch(&marker, now);
         let headers: Vec<BatchHeader> = batch::Batches::new(&records).map(|(_, h)| h).collect();

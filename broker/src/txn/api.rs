@@ -288,9 +288,14 @@ pub async fn txn_offset_commit(
             })
         })
         .collect();
-    let verified = match node.topic(OFFSETS_TOPIC) {
-        None => Err(ResponseError::CoordinatorNotAvailable),
-        Some(t) => {
+    let guard = node
+        .groups
+        .txn_guard(&**node, &req.group_id.0, req.producer_id.0)
+        .await;
+    let verified = match (node.topic(OFFSETS_TOPIC), &guard) {
+        (_, Err(e)) => Err(*e),
+        (None, _) => Err(ResponseError::CoordinatorNotAvailable),
+        (Some(t), Ok(_)) => {
             let part = (
                 OFFSETS_TOPIC.to_string(),
                 partition_for(&req.group_id.0, t.partitions),
@@ -324,7 +329,7 @@ pub async fn txn_offset_commit(
                 .txn_commit(
                     &**node,
                     &req.group_id.0,
-                    req.producer_id.0,
+                    (req.producer_id.0, guard.unwrap_or_default()),
                     (&member, req.group_instance_id.as_deref(), generation),
                     flat,
                 )

@@ -146,7 +146,11 @@ impl Coordinator {
         let handle = node
             .partition(PartitionId::new(topic.id, p))
             .ok_or(ResponseError::NotCoordinator)?;
-        if handle.state() != PartitionState::Writing {
+        // A broker whose lease lapsed keeps its partitions until told to
+        // release them; it must not answer from memory meanwhile (a
+        // verification it says yes to may be for a transaction the next
+        // coordinator already aborted).
+        if handle.state() != PartitionState::Writing || !node.ctx().lease.is_valid() {
             return Err(ResponseError::NotCoordinator);
         }
         let shard = {
@@ -642,7 +646,13 @@ pub(crate) async fn write_marker(
     if topic == OFFSETS_TOPIC {
         return node
             .groups
-            .complete_txn(&**node, p, marker.producer_id, commit)
+            .complete_txn(
+                &**node,
+                p,
+                marker.producer_id,
+                commit,
+                marker.coordinator_epoch,
+            )
             .await
             .map_err(|e| match e {
                 ResponseError::NotCoordinator => ResponseError::NotLeaderOrFollower,
@@ -706,16 +716,7 @@ async fn tick(node: Weak<Node>, shard: Weak<Shard>) {
             }
         }
         for mut m in aborts {
-            let fresh = if m.producer_epoch >= MAX_EPOCH {
-                match fresh_id(&node).await {
-                    Ok(id) => Some(id),
-                    Err(_) => continue,
-                }
-            } else {
-                None
-            };
-            let old = m.producer_id;
-            if m.expire(now, || fresh.unwrap_or(old)).is_none() {
+            if m.expire(now).is_none() {
                 continue;
             }
             if log(&shard.handle, &[record(&m)]).await.is_err() {

@@ -33,6 +33,8 @@ struct TxnValue {
     started_ms: i64,
     #[prost(int64, tag = "7")]
     updated_ms: i64,
+    #[prost(int32, tag = "8")]
+    last_epoch: i32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -91,6 +93,7 @@ pub fn record(m: &TxnMetadata) -> (Bytes, Option<Bytes>) {
             .collect(),
         started_ms: m.started_ms,
         updated_ms: m.updated_ms,
+        last_epoch: m.last_epoch as i32,
     };
     (key(&m.transactional_id), Some(v.encode_to_vec().into()))
 }
@@ -117,6 +120,7 @@ pub fn parse(key: &[u8], value: Option<&[u8]>) -> Option<(String, Option<TxnMeta
         transactional_id: id.clone(),
         producer_id: v.producer_id,
         producer_epoch: i16::try_from(v.producer_epoch).ok()?,
+        last_epoch: i16::try_from(v.last_epoch).ok()?,
         timeout_ms: v.timeout_ms,
         state: state_of(v.state)?,
         partitions: v

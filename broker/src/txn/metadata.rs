@@ -57,6 +57,9 @@ pub struct TxnMetadata {
     pub transactional_id: String,
     pub producer_id: i64,
     pub producer_epoch: i16,
+    /// The epoch before the last bump (-1: none): a client retrying an
+    /// InitProducerId whose answer it lost still gives it (KIP-360).
+    pub last_epoch: i16,
     pub timeout_ms: i32,
     pub state: TxnState,
     pub partitions: BTreeSet<TxnPartition>,
@@ -90,6 +93,7 @@ impl TxnMetadata {
             transactional_id: id.into(),
             producer_id,
             producer_epoch: 0,
+            last_epoch: -1,
             timeout_ms,
             state: TxnState::Empty,
             partitions: BTreeSet::new(),
@@ -116,9 +120,21 @@ impl TxnMetadata {
         if self.producer_epoch >= MAX_EPOCH {
             self.producer_id = fresh_id();
             self.producer_epoch = 0;
+            self.last_epoch = -1;
         } else {
+            self.last_epoch = self.producer_epoch;
             self.producer_epoch += 1;
         }
+    }
+
+    /// Fence the producer of the open transaction before aborting it: the
+    /// epoch goes up but the producer id stays, so the abort markers end
+    /// that producer's transaction (at the last epoch the fence uses
+    /// `i16::MAX`, which Kafka keeps for it; the next bump takes a new
+    /// id).
+    fn fence(&mut self) {
+        self.last_epoch = self.producer_epoch;
+        self.producer_epoch = self.producer_epoch.saturating_add(1);
     }
 
     /// InitProducerId for this id (an existing one): a new epoch fences
@@ -135,6 +151,14 @@ impl TxnMetadata {
         fresh_id: impl FnOnce() -> i64,
     ) -> Result<Then, ResponseError> {
         if let Some((pid, epoch)) = expected {
+            let settled = matches!(
+                self.state,
+                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+            );
+            if pid == self.producer_id && epoch == self.last_epoch && settled {
+                // A retry of a bump already made: its answer again.
+                return Ok(Then::Answer);
+            }
             if pid != self.producer_id || epoch != self.producer_epoch {
                 return Err(ResponseError::ProducerFenced);
             }
@@ -143,7 +167,7 @@ impl TxnMetadata {
             s if s.preparing() => Ok(Then::Retry),
             TxnState::Ongoing => {
                 // Fence the old producer and abort what it left open.
-                self.bump(fresh_id);
+                self.fence();
                 self.state = TxnState::PrepareAbort;
                 self.updated_ms = now_ms;
                 Ok(Then::WriteMarkers)
@@ -239,6 +263,7 @@ impl TxnMetadata {
                     TxnState::PrepareAbort
                 };
                 if bump {
+                    self.last_epoch = epoch;
                     self.producer_epoch = epoch.saturating_add(1).min(MAX_EPOCH);
                 }
                 self.updated_ms = now_ms;
@@ -261,9 +286,9 @@ impl TxnMetadata {
 
     /// The coordinator's timer: an open transaction past its timeout is
     /// aborted, its producer fenced by an epoch bump.
-    pub fn expire(&mut self, now_ms: i64, fresh_id: impl FnOnce() -> i64) -> Option<Then> {
+    pub fn expire(&mut self, now_ms: i64) -> Option<Then> {
         if self.state == TxnState::Ongoing && now_ms - self.started_ms > self.timeout_ms as i64 {
-            self.bump(fresh_id);
+            self.fence();
             self.state = TxnState::PrepareAbort;
             self.updated_ms = now_ms;
             Some(Then::WriteMarkers)
@@ -417,9 +442,10 @@ mod tests {
             m.add_partitions(1000, 5, &[p("t", 0)], 1),
             Err(ResponseError::InvalidProducerEpoch)
         );
-        // KIP-360 resume with the wrong pair.
+        // KIP-360 resume with the wrong pair (the epoch before the last
+        // bump is a retry, see below; an older one or another id is not).
         assert_eq!(
-            m.init_producer_id(60_000, Some((1000, 0)), 2, no_id),
+            m.init_producer_id(60_000, Some((999, 1)), 2, no_id),
             Err(ResponseError::ProducerFenced)
         );
         // Commit after abort is not a retry.
@@ -446,8 +472,8 @@ mod tests {
     fn an_expired_transaction_is_aborted_and_an_exhausted_epoch_gets_a_new_id() {
         let mut m = TxnMetadata::new("app-1", 1000, 1_000, 0);
         m.add_partitions(1000, 0, &[p("t", 0)], 100).unwrap();
-        assert_eq!(m.expire(1_000, no_id), None, "within its timeout");
-        assert_eq!(m.expire(1_101, no_id), Some(Then::WriteMarkers));
+        assert_eq!(m.expire(1_000), None, "within its timeout");
+        assert_eq!(m.expire(1_101), Some(Then::WriteMarkers));
         assert_eq!((m.state, m.producer_epoch), (TxnState::PrepareAbort, 1));
         m.complete(1_102);
         // At the last epoch, the next bump takes a new producer id.
@@ -457,5 +483,57 @@ mod tests {
             Ok(Then::Answer)
         );
         assert_eq!((m.producer_id, m.producer_epoch), (2000, 0));
+        // A transaction open at the last epoch is aborted under the same
+        // producer id (its markers must end it), at i16::MAX; only the
+        // next bump takes a new id.
+        let mut m = TxnMetadata::new("app-2", 3000, 60_000, 0);
+        m.producer_epoch = MAX_EPOCH;
+        m.add_partitions(3000, MAX_EPOCH, &[p("t", 0)], 1).unwrap();
+        assert_eq!(
+            m.init_producer_id(60_000, None, 2, no_id),
+            Ok(Then::WriteMarkers)
+        );
+        assert_eq!((m.producer_id, m.producer_epoch), (3000, i16::MAX));
+        m.complete(3);
+        assert_eq!(
+            m.init_producer_id(60_000, None, 4, || 4000),
+            Ok(Then::Answer)
+        );
+        assert_eq!((m.producer_id, m.producer_epoch), (4000, 0));
+    }
+
+    #[test]
+    fn a_retried_init_producer_id_gets_the_same_answer() {
+        // KIP-360: a client gives its producer id and epoch; it loses the
+        // answer and asks again with the same ones.
+        let mut m = TxnMetadata::new("app-1", 1000, 60_000, 0);
+        assert_eq!(
+            m.init_producer_id(60_000, Some((1000, 0)), 1, no_id),
+            Ok(Then::Answer)
+        );
+        assert_eq!(m.producer_epoch, 1);
+        assert_eq!(
+            m.init_producer_id(60_000, Some((1000, 0)), 2, no_id),
+            Ok(Then::Answer)
+        );
+        assert_eq!(m.producer_epoch, 1, "no second bump");
+        // With a transaction open: fenced and aborted; the retry once the
+        // abort is complete is answered with the fenced epoch.
+        m.add_partitions(1000, 1, &[p("t", 0)], 3).unwrap();
+        assert_eq!(
+            m.init_producer_id(60_000, Some((1000, 1)), 4, no_id),
+            Ok(Then::WriteMarkers)
+        );
+        m.complete(5);
+        assert_eq!(
+            m.init_producer_id(60_000, Some((1000, 1)), 6, no_id),
+            Ok(Then::Answer)
+        );
+        assert_eq!((m.producer_epoch, m.state), (2, TxnState::CompleteAbort));
+        // An epoch older than that is a zombie's.
+        assert_eq!(
+            m.init_producer_id(60_000, Some((1000, 0)), 7, no_id),
+            Err(ResponseError::ProducerFenced)
+        );
     }
 }
