@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod chunk;
 pub mod chunk_replicas;
+pub mod compact;
 pub mod conformance;
 pub mod error;
 pub mod faulty;

@@ -46,9 +46,28 @@ pub struct SegmentBuilder {
     since_index: usize,
     offset_index: Vec<(Offset, u64)>,
     time_index: Vec<(i64, Offset)>,
+    /// A compacted segment: batches may skip offsets, and its end is the
+    /// end of the segment it replaces, not its last batch's.
+    compacted_end: Option<Offset>,
 }
 
 impl SegmentBuilder {
+    /// The builder of a compacted segment replacing `[base_offset,
+    /// end_offset)`: its batches keep their offsets, with gaps between
+    /// them, and the segment still ends at `end_offset` (so the next
+    /// segment follows it).
+    pub fn compacted(
+        base_offset: Offset,
+        end_offset: Offset,
+        epoch: Epoch,
+        index_interval: usize,
+    ) -> Self {
+        Self {
+            compacted_end: Some(end_offset),
+            ..Self::new(base_offset, epoch, index_interval)
+        }
+    }
+
     pub fn new(base_offset: Offset, epoch: Epoch, index_interval: usize) -> Self {
         Self {
             base_offset,
@@ -61,6 +80,7 @@ impl SegmentBuilder {
             since_index: usize::MAX,
             offset_index: Vec::new(),
             time_index: Vec::new(),
+            compacted_end: None,
         }
     }
 
@@ -72,7 +92,11 @@ impl SegmentBuilder {
     pub fn add(&mut self, payload: &[u8]) -> Result<(), StorageError> {
         let mut it = Batches::new(payload);
         for (pos, h) in it.by_ref() {
-            if h.base_offset != self.next_offset {
+            let in_place = match self.compacted_end {
+                None => h.base_offset == self.next_offset,
+                Some(end) => h.base_offset >= self.next_offset && h.next_offset() <= end,
+            };
+            if !in_place {
                 return Err(StorageError::corrupt(
                     "segment",
                     format!(
@@ -123,8 +147,9 @@ impl SegmentBuilder {
         out.put_slice(MAGIC);
         out.put_u8(FORMAT);
         out.put_bytes(0, 3);
+        let end_offset = self.compacted_end.unwrap_or(self.next_offset);
         out.put_i64(self.base_offset);
-        out.put_i64(self.next_offset);
+        out.put_i64(end_offset);
         out.put_i32(self.epoch);
         out.put_u64(self.data_len);
         out.put_u32(self.offset_index.len() as u32);
@@ -137,7 +162,7 @@ impl SegmentBuilder {
         let tail = out.freeze();
         let summary = SegmentSummary {
             base_offset: self.base_offset,
-            end_offset: self.next_offset,
+            end_offset,
             epoch: self.epoch,
             data_bytes: self.data_len,
             object_bytes: self.data_len + tail.len() as u64,
@@ -259,6 +284,30 @@ pub(crate) mod tests {
             out.extend(b);
         }
         out
+    }
+
+    #[test]
+    fn a_compacted_segment_keeps_offsets_with_gaps_and_its_end() {
+        // Batches at 500, 520, 560 (of 10 records each) out of [500, 600).
+        let d = data(500, 10);
+        let kept: Vec<u8> = Batches::new(&d)
+            .filter(|(_, h)| [500, 520, 560].contains(&h.base_offset))
+            .flat_map(|(pos, h)| d[pos..pos + h.total_len()].to_vec())
+            .collect();
+        let mut b = SegmentBuilder::compacted(500, 600, 3, 1);
+        b.add(&kept).unwrap();
+        let (tail, summary) = b.finish();
+        assert_eq!((summary.end_offset, summary.batch_count), (600, 3));
+        let idx = SegmentIndex::parse("s", &tail).unwrap();
+        assert_eq!(idx.summary.end_offset, 600);
+        // A scan for a compacted-away offset starts at the batch before it.
+        let second = Batches::new(&kept).nth(1).unwrap().0 as u64;
+        assert_eq!(idx.position_for(530), second);
+        // Out of order, or past the end, is refused.
+        let mut b = SegmentBuilder::compacted(500, 550, 3, 1);
+        assert!(b.add(&kept).is_err(), "a batch past the segment's end");
+        let mut b = SegmentBuilder::new(500, 3, 1);
+        assert!(b.add(&kept).is_err(), "a plain segment has no gaps");
     }
 
     #[test]
