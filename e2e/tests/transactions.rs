@@ -111,6 +111,21 @@ fn latest(addr: &str, topic: &str, p: i32, isolation: i8) -> i64 {
     pr.offset
 }
 
+/// (high watermark, last stable offset) of partition `p` once `ok` holds
+/// for them, asked for up to 10 s (the last answers otherwise): a proxy
+/// answers ListOffsets from the log it follows, which trails the broker's
+/// by a tail push.
+fn offsets_when(addr: &str, topic: &str, p: i32, ok: impl Fn(i64, i64) -> bool) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (hw, lso) = (latest(addr, topic, p, 0), latest(addr, topic, p, 1));
+        if ok(hw, lso) || Instant::now() >= deadline {
+            return (hw, lso);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn values(v: &[(i64, String)]) -> Vec<&str> {
     v.iter().map(|(_, s)| s.as_str()).collect()
 }
@@ -143,15 +158,15 @@ async fn committed_and_aborted_transactions_read_back_by_isolation_level() {
 
     // An open transaction holds the last stable offset and hides its
     // records from read_committed until it ends.
-    let hw_before = latest(&b, "tx", 0, 0);
-    assert_eq!(latest(&b, "tx", 0, 1), hw_before, "nothing open yet");
+    let (hw_before, lso) = offsets_when(&b, "tx", 0, |hw, lso| hw == lso);
+    assert_eq!(lso, hw_before, "nothing open yet");
     p.begin_transaction().unwrap();
     send(&p, "tx", 0, "rd-open").await;
     let open_at = hw_before;
-    assert!(latest(&b, "tx", 0, 0) > open_at);
+    let (hw, lso) = offsets_when(&b, "tx", 0, |hw, _| hw > open_at);
+    assert!(hw > open_at);
     assert_eq!(
-        latest(&b, "tx", 0, 1),
-        open_at,
+        lso, open_at,
         "the LSO stays at the open transaction's first offset"
     );
     let seen = consume(&b, "tx", 0, "read_committed", 100, Duration::from_secs(3));
@@ -234,8 +249,8 @@ print("ok")
     // Still held by librdkafka's open transaction.
     assert_eq!(latest(&b, "tx", 0, 1), open_at);
     p.commit_transaction(T).unwrap();
-    let end = latest(&b, "tx", 0, 0);
-    assert_eq!(latest(&b, "tx", 0, 1), end, "the LSO caught up");
+    let (end, lso) = offsets_when(&b, "tx", 0, |hw, lso| hw == lso);
+    assert_eq!(lso, end, "the LSO caught up");
 
     let committed = consume(&b, "tx", 0, "read_committed", 14, Duration::from_secs(10));
     let mut c = values(&committed);
@@ -715,9 +730,16 @@ async fn consume_transform_produce_is_exactly_once_across_a_kill9_of_the_transfo
     wait_line(&rx, "flushed", T);
     first.kill().unwrap();
     first.wait().unwrap();
-    let uncommitted_out: usize = (0..2)
-        .map(|p| latest(&b, "ctp-out", p, 0) - latest(&b, "ctp-out", p, 1))
-        .sum::<i64>() as usize;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let uncommitted_out = loop {
+        let n: i64 = (0..2)
+            .map(|p| latest(&b, "ctp-out", p, 0) - latest(&b, "ctp-out", p, 1))
+            .sum();
+        if n > 0 || Instant::now() >= deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         uncommitted_out > 0,
         "the killed transformer left an open transaction"
@@ -731,8 +753,8 @@ async fn consume_transform_produce_is_exactly_once_across_a_kill9_of_the_transfo
 
     let mut out = Vec::new();
     for p in 0..2 {
-        let hw = latest(&b, "ctp-out", p, 0);
-        assert_eq!(latest(&b, "ctp-out", p, 1), hw, "no transaction left open");
+        let (hw, lso) = offsets_when(&b, "ctp-out", p, |hw, lso| hw == lso);
+        assert_eq!(lso, hw, "no transaction left open");
         out.extend(consume(
             &b,
             "ctp-out",
