@@ -59,6 +59,9 @@ pub struct Metrics {
     txn_completion: Histogram,
     /// Transactions aborted by the coordinator's timeout.
     pub txn_timed_out: Counter,
+    compaction_bytes: Counter,
+    compaction_kept: Counter,
+    compaction_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,7 +118,25 @@ impl Metrics {
             txn_ended: Family::default(),
             txn_completion: latency_histogram(),
             txn_timed_out: Counter::default(),
+            compaction_bytes: Counter::default(),
+            compaction_kept: Counter::default(),
+            compaction_dropped: Counter::default(),
         };
+        m.edge.registry.register(
+            "compaction_input_bytes",
+            "Bytes of sealed segments read and rewritten by compaction",
+            m.compaction_bytes.clone(),
+        );
+        m.edge.registry.register(
+            "compaction_kept_records",
+            "Records compaction kept (each key's latest, tombstones within delete.retention.ms)",
+            m.compaction_kept.clone(),
+        );
+        m.edge.registry.register(
+            "compaction_dropped_records",
+            "Records compaction removed (superseded, expired tombstones, aborted, keyless)",
+            m.compaction_dropped.clone(),
+        );
         m.edge.registry.register(
             "transactions_ended",
             "Transactions this broker coordinated to their end (every marker durable), by outcome",
@@ -254,6 +275,13 @@ impl Metrics {
             })
             .inc();
         self.txn_completion.observe(took.as_secs_f64());
+    }
+
+    /// A segment of `input_bytes` compacted.
+    pub fn compacted(&self, input_bytes: u64, kept: u64, dropped: u64) {
+        self.compaction_bytes.inc_by(input_bytes);
+        self.compaction_kept.inc_by(kept);
+        self.compaction_dropped.inc_by(dropped);
     }
 
     pub fn segment_sealed(&self) {

@@ -1,9 +1,11 @@
-//! Compacted topics (issue 21), what is built so far: `cleanup.policy`
-//! and the compaction settings as Kafka clients set and read them
-//! (librdkafka's and kafka-python's admin clients, DescribeConfigs with
-//! its sources), bad values refused with INVALID_CONFIG, and KIP-467's
-//! refusal of keyless records on a compacted topic as librdkafka reports
-//! it record by record.
+//! Compacted topics (issue 21): `cleanup.policy` and the compaction
+//! settings as Kafka clients set and read them (librdkafka's and
+//! kafka-python's admin clients, DescribeConfigs with its sources), bad
+//! values refused with INVALID_CONFIG, KIP-467's refusal of keyless records
+//! as librdkafka reports it record by record, and the compactor: 200,000
+//! records over 1,000 keys read back as each key's last value at original
+//! offsets, tombstones kept until delete.retention.ms and gone after, and
+//! `compact,delete` still trimmed by retention.
 
 use std::process::Command;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use rdkafka::admin::{
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 fn python() -> String {
@@ -182,4 +184,222 @@ async fn keyless_records_on_a_compacted_topic_are_refused_record_by_record() {
     .await
     .map_err(|(e, _)| e)
     .unwrap();
+}
+
+/// Everything a consumer reads from the start of partition 0: (offset,
+/// key, value), until `quiet` passes without a record.
+fn read_from_start(
+    bootstrap: &str,
+    topic: &str,
+    quiet: Duration,
+) -> Vec<(i64, String, Option<String>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "compaction-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < quiet {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push((
+                m.offset(),
+                String::from_utf8_lossy(m.key().unwrap_or_default()).to_string(),
+                m.payload().map(|v| String::from_utf8_lossy(v).to_string()),
+            ));
+            last = std::time::Instant::now();
+        }
+    }
+    out
+}
+
+fn metric(s: &Standalone, name: &str) -> f64 {
+    s.metric(name).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_topic_keeps_the_last_value_of_every_key() {
+    const N: usize = 200_000;
+    const KEYS: usize = 1_000;
+    let s = Standalone::start_with_config(
+        "[broker]\nretention_check_interval_ms = 300\nsegment_max_chunks = 16\n",
+    )
+    .unwrap();
+    let b = s.bootstrap();
+    let t = NewTopic::new("latest", 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("segment.bytes", "262144")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("delete.retention.ms", "4000");
+    assert!(admin(&b).create_topics(&[t], &opts()).await.unwrap()[0].is_ok());
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    // Key k gets values k-0, k-1, ... in turn; the last 10 keys end with a
+    // tombstone.
+    let mut futures = Vec::with_capacity(N);
+    for i in 0..N {
+        let k = format!("k{:04}", i % KEYS);
+        let v = format!("{k}-{}", i / KEYS);
+        futures.push(
+            p.send_result(FutureRecord::to("latest").partition(0).key(&k).payload(&v))
+                .map_err(|(e, _)| e)
+                .unwrap(),
+        );
+    }
+    for f in futures {
+        f.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    for k in 0..10 {
+        p.send(
+            FutureRecord::<str, str>::to("latest")
+                .partition(0)
+                .key(&format!("k{k:04}")),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    // Some more records so the tombstones' segment is sealed too.
+    for i in 0..5_000 {
+        let k = format!("k{:04}", 500 + i % 100);
+        p.send_result(
+            FutureRecord::to("latest")
+                .partition(0)
+                .key(&k)
+                .payload(&format!("{k}-late")),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let originals: std::collections::HashSet<i64> = (0..(N as i64 + 10 + 5_000)).collect();
+
+    // Compaction ran: far fewer records than written, and the tombstones
+    // are still there (delete.retention.ms has not passed for them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metric(&s, "floe_compaction_dropped_records_total") < (N / 2) as f64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no compaction: {}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let check = |records: &[(i64, String, Option<String>)], tombstones: bool| {
+        let offsets: Vec<i64> = records.iter().map(|r| r.0).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "offset order");
+        assert!(
+            offsets.iter().all(|o| originals.contains(o)),
+            "original offsets only"
+        );
+        let mut last: std::collections::HashMap<&str, Option<&str>> = Default::default();
+        for (_, k, v) in records {
+            last.insert(k, v.as_deref());
+        }
+        for k in 0..KEYS {
+            let key = format!("k{k:04}");
+            let want_last = if k < 10 {
+                None
+            } else if (500..600).contains(&k) {
+                Some(format!("{key}-late"))
+            } else {
+                Some(format!(
+                    "{key}-{}",
+                    (N - 1 - ((KEYS - 1 - k) % KEYS)) / KEYS
+                ))
+            };
+            match (&want_last, last.get(key.as_str())) {
+                (None, Some(None)) if tombstones => {}
+                (None, None) if !tombstones => {}
+                (Some(w), Some(Some(v))) => assert_eq!(w, v, "{key}"),
+                (w, got) => {
+                    panic!("{key}: want {w:?}, got {got:?} (tombstones kept: {tombstones})")
+                }
+            }
+        }
+    };
+    let before = read_from_start(&b, "latest", Duration::from_secs(3));
+    assert!(before.len() < N / 2, "compacted: {} records", before.len());
+    check(&before, true);
+    // Past delete.retention.ms the tombstones go too.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let after = read_from_start(&b, "latest", Duration::from_secs(2));
+        if after.iter().all(|r| r.2.is_some()) {
+            check(&after, false);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tombstones were never dropped"
+        );
+    }
+}
+
+/// `compact,delete`: compacted, and old segments still go by retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_delete_also_drops_by_retention() {
+    let s = Standalone::start_with_config(
+        "[broker]\nretention_check_interval_ms = 300\nsegment_max_chunks = 16\n",
+    )
+    .unwrap();
+    let b = s.bootstrap();
+    let t = NewTopic::new("both", 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact,delete")
+        .set("segment.bytes", "65536")
+        .set("retention.ms", "3000");
+    assert!(admin(&b).create_topics(&[t], &opts()).await.unwrap()[0].is_ok());
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for i in 0..20_000 {
+        let k = format!("k{}", i % 100);
+        p.send_result(
+            FutureRecord::to("both")
+                .partition(0)
+                .key(&k)
+                .payload(&format!("{i}")),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    // Retention moves the log start past the old segments.
+    let mut start = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while start == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .create()
+            .unwrap();
+        use rdkafka::consumer::Consumer;
+        start = c
+            .fetch_watermarks("both", 0, Duration::from_secs(5))
+            .unwrap()
+            .0;
+    }
+    assert!(start > 0, "records older than retention.ms are gone");
+    assert!(metric(&s, "floe_segments_deleted_total") >= 1.0);
 }

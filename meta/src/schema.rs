@@ -373,6 +373,15 @@ pub struct SegmentRecord {
     /// The aborted transactions whose abort marker is in this segment.
     #[prost(message, repeated, tag = "12")]
     pub aborted: Vec<AbortedTxnRecord>,
+    /// Times the segment was compacted (part of the object key; 0: as
+    /// sealed).
+    #[prost(uint32, tag = "13")]
+    pub compactions: u32,
+    /// The newest timestamp of a batch holding a tombstone compaction kept
+    /// (0: none): the segment is compacted again once it is older than
+    /// delete.retention.ms.
+    #[prost(int64, tag = "14")]
+    pub tombstones_until_ms: i64,
 }
 
 /// A partition's state as its owner last published it:

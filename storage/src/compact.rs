@@ -39,6 +39,9 @@ pub struct Compacted {
     pub kept_records: u64,
     pub dropped_records: u64,
     pub batches: u32,
+    /// The newest timestamp of a batch holding a kept tombstone (-1:
+    /// none): a later pass must run once it is past its horizon.
+    pub tombstones_until_ms: i64,
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StorageError {
@@ -88,7 +91,10 @@ pub fn compact(
     aborted: &dyn Fn(&BatchHeader) -> bool,
 ) -> Result<Compacted, StorageError> {
     let mut out = BytesMut::with_capacity(data.len());
-    let mut c = Compacted::default();
+    let mut c = Compacted {
+        tombstones_until_ms: -1,
+        ..Default::default()
+    };
     let mut it = Batches::new(data);
     for (pos, h) in it.by_ref() {
         let raw = &data[pos..pos + h.total_len()];
@@ -112,6 +118,9 @@ pub fn compact(
             let Some(k) = &r.key else { return false };
             latest.get(k) == Some(&r.offset) && !(r.value.is_none() && tombstones_expire)
         });
+        if records.iter().any(|r| r.value.is_none()) {
+            c.tombstones_until_ms = c.tombstones_until_ms.max(h.max_timestamp);
+        }
         c.kept_records += records.len() as u64;
         c.dropped_records += (total - records.len()) as u64;
         if records.is_empty() {
@@ -301,6 +310,7 @@ mod tests {
             vec![(1, Some("a".into()), None)],
             "the tombstone stays"
         );
+        assert_eq!(before.tombstones_until_ms, 2_001);
         let after = compact(
             &data,
             &latest,
@@ -314,6 +324,7 @@ mod tests {
             after.data.is_empty(),
             "past its horizon the tombstone goes too"
         );
+        assert_eq!(after.tombstones_until_ms, -1);
         assert_eq!((after.kept_records, after.dropped_records), (0, 4));
     }
 

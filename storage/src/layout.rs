@@ -46,8 +46,25 @@ pub fn segment(
     segment_epoch: Epoch,
     sealer_epoch: Epoch,
 ) -> Path {
+    compacted_segment(p, segment_base, segment_epoch, sealer_epoch, 0)
+}
+
+/// A segment object rewritten by its `generation`th compaction (0: the
+/// object its seal wrote, [`segment`]).
+pub fn compacted_segment(
+    p: PartitionId,
+    segment_base: Offset,
+    segment_epoch: Epoch,
+    sealer_epoch: Epoch,
+    generation: u32,
+) -> Path {
+    let suffix = if generation == 0 {
+        String::new()
+    } else {
+        format!(".c{generation}")
+    };
     Path::from(format!(
-        "{}/{}/{segment_base:020}-{segment_epoch}.{sealer_epoch}.seg",
+        "{}/{}/{segment_base:020}-{segment_epoch}.{sealer_epoch}{suffix}.seg",
         p.topic_id.simple(),
         p.partition
     ))

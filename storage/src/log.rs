@@ -450,6 +450,11 @@ impl PartitionLog {
                 Err(e) => return Err(e.into()),
             };
             if bytes.is_empty() {
+                if after > next {
+                    // Offsets compaction removed: step over them.
+                    next = after;
+                    continue;
+                }
                 break;
             }
             pieces.extend(bytes);
@@ -638,7 +643,10 @@ impl PartitionLog {
                 }
                 None => {
                     if pos + span.len() as u64 >= seg.data_bytes {
-                        return Ok((Pieces::default(), offset));
+                        // Nothing at or after `offset` here: compaction
+                        // removed the segment's tail; the read goes on at
+                        // the next segment.
+                        return Ok((Pieces::default(), seg.end_offset.max(offset)));
                     }
                     // The wanted batch starts at `tail` and was cut off.
                     let len = span.header_at(tail).map_or(HEADER_LEN, |h| h.total_len());

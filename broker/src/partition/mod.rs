@@ -2,6 +2,7 @@
 //! (Starting → Recovering → Writing → Releasing → Released, or Failed), the
 //! handle request handlers use, and the single writer task behind it.
 
+mod compactor;
 mod gc;
 mod producers;
 mod recovery;

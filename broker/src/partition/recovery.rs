@@ -79,7 +79,10 @@ pub(crate) fn sealed_view(
         base_offset: r.base_offset,
         end_offset: r.end_offset,
         epoch: r.epoch,
-        path: Arc::from(layout::segment(id, r.base_offset, r.epoch, r.sealed_by_epoch).as_ref()),
+        path: Arc::from(
+            layout::compacted_segment(id, r.base_offset, r.epoch, r.sealed_by_epoch, r.compactions)
+                .as_ref(),
+        ),
         data_bytes: r.data_bytes,
         object_bytes: r.object_bytes,
         max_timestamp: r.max_timestamp,
@@ -124,6 +127,8 @@ pub(crate) async fn consolidate(
         // The writer adds the segment's aborted transactions when it
         // records the seal.
         aborted: Vec::new(),
+        compactions: 0,
+        tombstones_until_ms: 0,
     })
 }
 

@@ -104,6 +104,8 @@ struct Writer {
     switches_in_a_row: u32,
     /// Checking and restoring the replicas of sealed segments.
     repair_task: Option<JoinHandle<Vec<Repaired>>>,
+    /// A compaction pass in the background (compacted topics).
+    compact_task: Option<CompactTask>,
     last_repair: Instant,
     /// The garbage collection of the partition's storage (`gc.rs`): the
     /// sweep running, when the next starts, and whether a failed delete
@@ -184,6 +186,7 @@ pub(crate) fn spawn(
         gate,
         switches_in_a_row: 0,
         repair_task: None,
+        compact_task: None,
         last_repair: Instant::now(),
         gc: None,
         gc_next: Instant::now() + first_gc(&ctx_config),
@@ -226,6 +229,17 @@ fn seal_retry_delay(failures: u32) -> Duration {
 pub(crate) struct Repaired {
     base_offset: Offset,
     replica_set: Vec<String>,
+}
+
+type CompactTask = JoinHandle<Result<Vec<super::compactor::Replacement>, StorageError>>;
+
+async fn compacted(
+    task: &mut Option<CompactTask>,
+) -> Result<Result<Vec<super::compactor::Replacement>, StorageError>, tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn repaired(task: &mut Option<JoinHandle<Vec<Repaired>>>) -> Vec<Repaired> {
@@ -385,6 +399,10 @@ impl Writer {
                 done = repaired(&mut self.repair_task) => {
                     self.repair_task = None;
                     self.repair_done(done).await.map(|_| None)
+                }
+                done = compacted(&mut self.compact_task) => {
+                    self.compact_task = None;
+                    self.compact_done(done).await.map(|_| None)
                 }
                 cmd = rx.recv(), if self.inflight.len() < max_inflight => match cmd {
                     Some(Command::Append { records, headers, guard, reply }) => self.append(records, headers, guard, reply).await.map(|_| None),
@@ -1197,6 +1215,128 @@ impl Writer {
     }
 
     /// segment.ms rolls, retention, periodic checkpoint.
+    /// Start a compaction pass over the sealed segments of a compacted
+    /// topic (the pass itself decides whether the log is dirty enough).
+    fn maybe_start_compaction(&mut self, now: i64) {
+        if !self.config.compact
+            || self.compact_task.is_some()
+            || self.repair_task.is_some()
+            || !self.ctx.lease.is_valid()
+        {
+            return;
+        }
+        let state = self.log.snapshot();
+        let sealed: Vec<_> = state
+            .segments
+            .values()
+            .map_while(|s| match s {
+                SegmentView::Sealed(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        let Some(last) = sealed.last() else { return };
+        let aborted = self
+            .log
+            .aborted_markers(sealed[0].base_offset, last.end_offset);
+        self.compact_task = Some(tokio::spawn(super::compactor::run(
+            self.ctx.clone(),
+            self.id,
+            self.config.clone(),
+            sealed,
+            aborted,
+            now,
+        )));
+    }
+
+    /// A compaction pass finished: its segments replace the ones they were
+    /// made from (those still in the log as they were), in one metadata
+    /// transaction under the lease; the old objects are deleted a little
+    /// later (readers that planned with them finish first).
+    async fn compact_done(
+        &mut self,
+        done: Result<
+            Result<Vec<super::compactor::Replacement>, StorageError>,
+            tokio::task::JoinError,
+        >,
+    ) -> Result<(), Stop> {
+        let replacements = match done {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(partition = %self.id, error = %e, "compaction failed; the next pass tries again");
+                return Ok(());
+            }
+            Err(e) => return Err(task_died(e)),
+        };
+        if replacements.is_empty() {
+            return Ok(());
+        }
+        let state = self.log.snapshot();
+        let mut ops = Vec::new();
+        let mut views = Vec::new();
+        let mut old = Vec::new();
+        let mut stale = Vec::new();
+        for r in replacements {
+            let current = match state.segments.get(&r.record.base_offset) {
+                Some(SegmentView::Sealed(s)) if s.path == r.old_path => s.clone(),
+                // Deleted by retention or rewritten meanwhile.
+                _ => {
+                    stale.push(r);
+                    continue;
+                }
+            };
+            ops.push(Op::put(
+                keys::segment(self.id, r.record.base_offset),
+                r.record.encode_to_vec(),
+            ));
+            self.ctx
+                .metrics
+                .compacted(r.input_bytes, r.kept_records, r.dropped_records);
+            views.push(sealed_view(&self.ctx, self.id, &r.record)?);
+            old.push(current);
+        }
+        if !ops.is_empty() {
+            self.save_checkpoint(ops).await?;
+            self.log.update(|s| {
+                for v in views {
+                    s.segments
+                        .insert(v.base_offset, SegmentView::Sealed(Arc::new(v)));
+                }
+            });
+            tracing::info!(partition = %self.id, segments = old.len(), "compacted segments");
+        }
+        let cache = self.ctx.cache.clone();
+        let gc_soon = self.gc_soon.clone();
+        let ctx = self.ctx.clone();
+        let id = self.id;
+        tokio::spawn(async move {
+            // Replaced objects go once readers that planned with them are
+            // done; objects of a replacement that lost its race go at once.
+            for r in stale {
+                let Ok(replicas) = ctx.pool.replica_set(&r.record.replica_set) else {
+                    continue;
+                };
+                let path = floe_storage::layout::compacted_segment(
+                    id,
+                    r.record.base_offset,
+                    r.record.epoch,
+                    r.record.sealed_by_epoch,
+                    r.record.compactions,
+                );
+                let _ = replicas.delete(&path).await;
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            for s in old {
+                let path = object_store::path::Path::from(s.path.as_ref());
+                cache.invalidate_object(&s.path);
+                if let Err(e) = s.replicas.delete(&path).await {
+                    gc_soon.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::warn!(%path, error = %e, "deleting a compacted-away segment object failed; garbage collection will remove it");
+                }
+            }
+        });
+        Ok(())
+    }
+
     async fn repair_done(&mut self, repaired: Vec<Repaired>) -> Result<(), Stop> {
         for r in repaired {
             let Some(kv) = self
@@ -1299,8 +1439,14 @@ impl Writer {
         let now = self.ctx.clock.now_ms();
         self.producers.expire(now);
         self.garbage_collection(now).await;
+        self.maybe_start_compaction(now);
         let every = Duration::from_millis(self.ctx.config.repair_interval_ms.max(100));
-        if self.repair_task.is_none() && self.last_repair.elapsed() >= every {
+        // Repair and compaction both rewrite sealed segment records: one
+        // at a time.
+        if self.repair_task.is_none()
+            && self.compact_task.is_none()
+            && self.last_repair.elapsed() >= every
+        {
             self.last_repair = Instant::now();
             let segments: Vec<_> = self
                 .log
