@@ -60,6 +60,10 @@ enum Cmd {
         /// records are acked: EndTxn, markers durable).
         #[arg(long, default_value_t = 0)]
         transaction_records: u64,
+        /// Give records keys from this many (k0..k{N-1}, in turn; 0: no
+        /// keys). Compacted topics need keys.
+        #[arg(long, default_value_t = 0)]
+        keys: u64,
     },
     /// Consume --records records from the beginning of every partition.
     Consume {
@@ -179,6 +183,7 @@ fn main() -> Result<()> {
             rate,
             compression,
             transaction_records,
+            keys,
         } => {
             let ctx = Arc::new(Ctx {
                 latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
@@ -221,11 +226,15 @@ fn main() -> Result<()> {
                         std::thread::sleep(due - now);
                     }
                 }
-                let mut rec = BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(
+                let key = (keys > 0).then(|| format!("k{}", i % keys));
+                let mut rec = BaseRecord::<str, [u8], Box<Instant>>::with_opaque_to(
                     &cli.topic,
                     Box::new(Instant::now()),
                 )
                 .payload(&payload[..]);
+                if let Some(k) = &key {
+                    rec = rec.key(k.as_str());
+                }
                 loop {
                     match producer.send(rec) {
                         Ok(()) => break,

@@ -62,6 +62,8 @@ pub struct Metrics {
     compaction_bytes: Counter,
     compaction_kept: Counter,
     compaction_dropped: Counter,
+    /// Wall time of compaction passes that rewrote segments.
+    pub compaction_seconds: Counter<f64, AtomicU64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,7 +123,13 @@ impl Metrics {
             compaction_bytes: Counter::default(),
             compaction_kept: Counter::default(),
             compaction_dropped: Counter::default(),
+            compaction_seconds: Counter::default(),
         };
+        m.edge.registry.register(
+            "compaction_seconds",
+            "Wall time of compaction passes that rewrote segments",
+            m.compaction_seconds.clone(),
+        );
         m.edge.registry.register(
             "compaction_input_bytes",
             "Bytes of sealed segments read and rewritten by compaction",

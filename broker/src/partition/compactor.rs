@@ -94,6 +94,7 @@ pub(crate) async fn run(
     if !(due || tombstones_due) {
         return Ok(Vec::new());
     }
+    let started = std::time::Instant::now();
     let is_aborted = |h: &BatchHeader| {
         h.is_transactional()
             && aborted.iter().any(|(marker, a)| {
@@ -170,5 +171,8 @@ pub(crate) async fn run(
             input_bytes: s.data_bytes,
         });
     }
+    ctx.metrics
+        .compaction_seconds
+        .inc_by(started.elapsed().as_secs_f64());
     Ok(out)
 }
