@@ -6,7 +6,8 @@
 #   delete    cleanup.policy=delete: nothing compacts;
 #   compact   cleanup.policy=compact, min.cleanable.dirty.ratio=0.1: the
 #             owner compacts sealed segments while the producer runs.
-# Reports produce latency (p50/p99) per mode and, for compact, the
+# Reports produce latency (p50/p99, the first 2 s of the producer left
+# out: its start-up stall is not the broker's) per mode and, for compact, the
 # compactor's input bytes and pass time from /metrics (MB/s of input per
 # second of pass; a pass runs on one core).
 #   cargo build --release -p floe -p floe-bench
@@ -55,7 +56,7 @@ PY
     "$BENCH" --bootstrap "127.0.0.1:$PORT" --topic "$topic" produce --records 10 --keys 10 >/dev/null
     b0=$(metric floe_compaction_input_bytes_total); s0=$(metric floe_compaction_seconds_total)
     out=$("$BENCH" --bootstrap "127.0.0.1:$PORT" --topic "$topic" -X enable.idempotence=true \
-      produce --records "$N" --record-size 1024 --rate "$RATE" --keys "$KEYS")
+      produce --records "$N" --record-size 1024 --rate "$RATE" --keys "$KEYS" --warmup-ms 2000)
     sleep 3
     b1=$(metric floe_compaction_input_bytes_total); s1=$(metric floe_compaction_seconds_total)
     echo "run $run $mode: $out; compaction input $(awk -v a="${b0:-0}" -v b="${b1:-0}" 'BEGIN{printf "%.1f", (b-a)/1e6}') MB in $(awk -v a="${s0:-0}" -v b="${s1:-0}" 'BEGIN{printf "%.2f", b-a}') s of passes"

@@ -64,6 +64,10 @@ enum Cmd {
         /// keys). Compacted topics need keys.
         #[arg(long, default_value_t = 0)]
         keys: u64,
+        /// Leave records sent in the first this-many ms out of the latency
+        /// figures (the producer's start-up).
+        #[arg(long, default_value_t = 0)]
+        warmup_ms: u64,
     },
     /// Consume --records records from the beginning of every partition.
     Consume {
@@ -96,6 +100,9 @@ struct Ctx {
     latency: Mutex<Histogram<u64>>,
     acked: AtomicU64,
     failed: AtomicU64,
+    /// Records sent before this are acked but not put in the latency
+    /// histogram (the producer's start-up: metadata, producer id).
+    measure_from: Instant,
 }
 
 #[derive(Clone)]
@@ -108,11 +115,13 @@ impl ProducerContext for Shared {
     fn delivery(&self, r: &DeliveryResult<'_>, sent: Box<Instant>) {
         match r {
             Ok(_) => {
-                self.0
-                    .latency
-                    .lock()
-                    .unwrap()
-                    .saturating_record(sent.elapsed().as_micros() as u64);
+                if *sent >= self.0.measure_from {
+                    self.0
+                        .latency
+                        .lock()
+                        .unwrap()
+                        .saturating_record(sent.elapsed().as_micros() as u64);
+                }
                 self.0.acked.fetch_add(1, Ordering::Relaxed);
             }
             Err((e, _)) => {
@@ -184,11 +193,13 @@ fn main() -> Result<()> {
             compression,
             transaction_records,
             keys,
+            warmup_ms,
         } => {
             let ctx = Arc::new(Ctx {
                 latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
                 acked: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
+                measure_from: Instant::now() + Duration::from_millis(warmup_ms),
             });
             let mut config = base.clone();
             if transaction_records > 0 {
@@ -351,6 +362,7 @@ fn main() -> Result<()> {
                 latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
                 acked: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
+                measure_from: Instant::now(),
             });
             let producer: ThreadedProducer<Shared> = base
                 .clone()
