@@ -63,7 +63,7 @@ fn compression_of(h: &BatchHeader) -> Result<Compression, StorageError> {
 /// a later record of a key replaces an earlier one. Control batches and
 /// batches `aborted` says belong to an aborted transaction are skipped.
 pub fn index_keys(
-    data: &[u8],
+    data: &Bytes,
     latest: &mut KeyOffsets,
     aborted: &dyn Fn(&BatchHeader) -> bool,
 ) -> Result<(), StorageError> {
@@ -71,7 +71,7 @@ pub fn index_keys(
         if h.is_control() || aborted(&h) {
             continue;
         }
-        let mut b = Bytes::copy_from_slice(&data[pos..pos + h.total_len()]);
+        let mut b = data.slice(pos..pos + h.total_len());
         for set in RecordBatchDecoder::decode_all(&mut b).map_err(corrupt)? {
             for r in set.records {
                 if let Some(k) = r.key {
@@ -85,7 +85,7 @@ pub fn index_keys(
 
 /// Rewrite `data` keeping what compaction keeps (see the module's doc).
 pub fn compact(
-    data: &[u8],
+    data: &Bytes,
     latest: &KeyOffsets,
     rules: Rules,
     aborted: &dyn Fn(&BatchHeader) -> bool,
@@ -107,7 +107,7 @@ pub fn compact(
             c.dropped_records += h.records_count.max(0) as u64;
             continue;
         }
-        let mut b = Bytes::copy_from_slice(raw);
+        let mut b = data.slice(pos..pos + h.total_len());
         let mut records = Vec::new();
         for set in RecordBatchDecoder::decode_all(&mut b).map_err(corrupt)? {
             records.extend(set.records);
@@ -226,6 +226,7 @@ mod tests {
         ));
         let whole = batch(&[(5, Some("d"), Some("d1"))], 1_000, Compression::None);
         data.extend(&whole);
+        let data = Bytes::from(data);
         let mut latest = KeyOffsets::new();
         index_keys(&data, &mut latest, &none).unwrap();
         assert_eq!(latest.len(), 4);
@@ -290,6 +291,7 @@ mod tests {
             Compression::None,
         ));
         let aborted = |h: &BatchHeader| h.base_offset == aborted_at;
+        let data = Bytes::from(data);
         let mut latest = KeyOffsets::new();
         index_keys(&data, &mut latest, &aborted).unwrap();
         assert!(
@@ -353,7 +355,7 @@ mod tests {
         let mut cut = batch(&[(0, Some("a"), Some("a1"))], 1_000, Compression::None);
         cut.truncate(cut.len() - 3);
         assert!(compact(
-            &cut,
+            &Bytes::from(cut),
             &latest,
             Rules {
                 tombstone_horizon_ms: 0
