@@ -342,6 +342,8 @@ async fn a_compacted_topic_keeps_the_last_value_of_every_key() {
         let after = read_from_start(&b, "latest", Duration::from_secs(2));
         if after.iter().all(|r| r.2.is_some()) {
             check(&after, false);
+            // Nothing changes any more: kafka-python reads the same.
+            kafka_python_reads_to_the_end(&b, &after);
             break;
         }
         assert!(
@@ -349,6 +351,82 @@ async fn a_compacted_topic_keeps_the_last_value_of_every_key() {
             "tombstones were never dropped"
         );
     }
+}
+
+/// Kafka Connect's KafkaBasedLog reads a compacted topic the way this
+/// script does: end offsets first, then poll until the position reaches
+/// them. kafka-python must see exactly the records librdkafka saw
+/// (`expected`), its position must land on the end offset although the
+/// offsets have gaps, and a seek into a compacted-away offset must resume
+/// at the next surviving record.
+fn kafka_python_reads_to_the_end(bootstrap: &str, expected: &[(i64, String, Option<String>)]) {
+    let script = r#"
+import sys, time
+from kafka import KafkaConsumer, TopicPartition
+tp = TopicPartition("latest", 0)
+c = KafkaConsumer(bootstrap_servers=sys.argv[1], enable_auto_commit=False, max_partition_fetch_bytes=1048576)
+c.assign([tp])
+c.seek_to_beginning(tp)
+end = c.end_offsets([tp])[tp]
+got = []
+deadline = time.time() + 60
+while c.position(tp) < end and time.time() < deadline:
+    for recs in c.poll(timeout_ms=500).values():
+        for r in recs:
+            got.append("%d %s %s" % (r.offset, r.key.decode(), "-" if r.value is None else r.value.decode()))
+print("end", end, "position", c.position(tp), "records", len(got))
+for g in got:
+    print("rec", g)
+gap = int(sys.argv[2])
+c.seek(tp, gap)
+first = None
+while first is None and time.time() < deadline:
+    for recs in c.poll(timeout_ms=500).values():
+        if recs and first is None:
+            first = recs[0].offset
+print("seek", gap, "first", first)
+"#;
+    // A compacted-away offset: the first hole between surviving offsets.
+    let gap = expected
+        .windows(2)
+        .find(|w| w[1].0 > w[0].0 + 1)
+        .map(|w| (w[0].0 + 1, w[1].0))
+        .expect("a compacted topic has gaps");
+    let out = Command::new(python())
+        .args(["-c", script, bootstrap, &gap.0.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "kafka-python: {}{}",
+        &text[..text.len().min(2000)],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(' ').collect();
+    let end: i64 = head[1].parse().unwrap();
+    assert_eq!(
+        head[3], head[1],
+        "position reaches the end offset: {head:?}"
+    );
+    assert!(end > expected.last().unwrap().0, "{head:?}");
+    let got: Vec<String> = lines
+        .clone()
+        .filter_map(|l| l.strip_prefix("rec ").map(str::to_string))
+        .collect();
+    let want: Vec<String> = expected
+        .iter()
+        .map(|(o, k, v)| format!("{o} {k} {}", v.as_deref().unwrap_or("-")))
+        .collect();
+    assert_eq!(got.len(), want.len(), "kafka-python record count");
+    assert!(got == want, "kafka-python reads what librdkafka read");
+    let seek = lines.find(|l| l.starts_with("seek ")).unwrap();
+    assert_eq!(
+        seek,
+        format!("seek {} first {}", gap.0, gap.1),
+        "a seek into a compacted-away offset resumes at the next record"
+    );
 }
 
 /// `compact,delete`: compacted, and old segments still go by retention.
