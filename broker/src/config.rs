@@ -56,6 +56,14 @@ pub struct BrokerConfig {
     /// (a storage target drained or down), over all its partitions; 0: no
     /// limit.
     pub repair_max_bytes_per_sec: u64,
+    /// Bytes per second this broker's compaction passes read, over all its
+    /// compacted partitions (log.cleaner.io.max.bytes.per.second); 0: no
+    /// limit.
+    pub compaction_max_bytes_per_sec: u64,
+    /// Memory one compaction pass may spend on its map of keys to latest
+    /// offsets (log.cleaner.dedupe.buffer.size): about 40 bytes a key; a
+    /// log with more keys is compacted a stretch of segments per pass.
+    pub compaction_buffer_bytes: u64,
     /// How often a partition's owner sweeps the partition's storage for
     /// objects nothing refers to (left by failed deletes, repairs,
     /// recoveries); 0: never.
@@ -152,6 +160,10 @@ pub struct Faults {
     /// write lease and recovering, as a slow recovery would (its state
     /// shows Recovering).
     pub recovery_delay_ms: u64,
+    /// The first partition writer of this process to reach this many
+    /// records stops as on an error it cannot ride out (once per process;
+    /// 0: never), to show that a failed writer's partition is taken again.
+    pub fail_writer_at_offset: i64,
 }
 
 impl Faults {
@@ -183,6 +195,8 @@ impl Default for BrokerConfig {
             storage_probe_interval_ms: 2_000,
             repair_interval_ms: 60_000,
             repair_max_bytes_per_sec: 0,
+            compaction_max_bytes_per_sec: 64 << 20,
+            compaction_buffer_bytes: 128 << 20,
             gc_interval_ms: 6 * 3_600_000,
             segment_max_chunks: 256,
             gc_min_age_ms: 600_000,

@@ -257,6 +257,9 @@ impl Node {
             lease: guard,
             metrics: metrics.clone(),
             repair_pacer: Arc::new(crate::throttle::Pacer::new(config.repair_max_bytes_per_sec)),
+            compaction_pacer: Arc::new(crate::throttle::Pacer::new(
+                config.compaction_max_bytes_per_sec,
+            )),
         };
         let node = Arc::new(Self {
             config: config.clone(),
@@ -628,6 +631,11 @@ impl Node {
                 None => w.remove(&p),
             };
         }
+        self.kick(p);
+    }
+
+    /// Converge partition `p` to its wanted state in the background.
+    fn kick(self: &Arc<Self>, p: PartitionId) {
         // One converging task per partition: a running one is told to look
         // again instead of a second one racing it.
         {
@@ -652,6 +660,74 @@ impl Node {
                 }
             }
         });
+    }
+
+    /// A writer that stops on an error it cannot ride out (a metadata
+    /// request refused, storage failing past its retries) leaves its
+    /// partition `Failed` while the assignment still names this broker, so
+    /// nothing else would ever start it again. After a pause (a persistent
+    /// error must not spin) the broker takes the partition again under the
+    /// next epoch: the assignment is rewritten for the same broker and
+    /// session with `epoch + 1`, conditioned on it being unchanged (the
+    /// controller's own moves bump it the same way, so a race just loses
+    /// the condition), and the assignment watch restarts the partition;
+    /// recovery under the new epoch fences what the failed writer left,
+    /// exactly as after a kill.
+    fn restart_when_failed(self: &Arc<Self>, p: PartitionId, handle: &PartitionHandle) {
+        let mut state = handle.state_watch();
+        let epoch = handle.epoch;
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                match *state.borrow_and_update() {
+                    PartitionState::Failed => break,
+                    PartitionState::Released => return,
+                    _ => {}
+                }
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(node) = node.upgrade() else { return };
+            if node.shutdown.is_cancelled() {
+                return;
+            }
+            match node.take_again(p, epoch).await {
+                Ok(true) => {
+                    tracing::warn!(partition = %p, failed_epoch = epoch, "a writer failed: took its partition again under the next epoch")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(partition = %p, epoch, error = %e, "could not take a failed partition again; the controller's next move will")
+                }
+            }
+        });
+    }
+
+    /// Bump the assignment of `p` from `epoch` to `epoch + 1` for this
+    /// broker and session; false when it no longer names us at `epoch`.
+    async fn take_again(&self, p: PartitionId, epoch: Epoch) -> Result<bool, MetaError> {
+        let key = keys::assignment(p);
+        let Some(kv) = self.meta.get(&key).await? else {
+            return Ok(false);
+        };
+        let a = AssignmentRecord::decode(kv.value.clone())
+            .map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        if a.broker_id != self.config.node_id
+            || a.broker_session != self.ctx().session
+            || a.epoch != epoch
+        {
+            return Ok(false);
+        }
+        let next = AssignmentRecord {
+            epoch: epoch + 1,
+            ..a
+        };
+        let txn = Txn::new()
+            .when(Condition::ModRevision(key.clone(), kv.mod_revision))
+            .then(Op::put(key, next.encode_to_vec()));
+        Ok(self.meta.txn(txn).await?.committed())
     }
 
     async fn converge(self: Arc<Self>, p: PartitionId) {
@@ -695,6 +771,7 @@ impl Node {
                     };
                     match partition::start(self.ctx(), p, e, config).await {
                         Ok((handle, _)) => {
+                            self.restart_when_failed(p, &handle);
                             self.partitions.write().unwrap().insert(p, handle);
                             continue;
                         }

@@ -596,3 +596,77 @@ async fn a_partition_whose_new_owner_is_slow_to_take_it_does_not_hold_up_the_oth
         .collect();
     assert_eq!(values, ["s0", "s1", "s2", "s3"]);
 }
+
+/// A partition writer that stops on an error it cannot ride out (the
+/// fault `fail_writer_at_offset`: the writer fails once it has 500
+/// records) is not left dead while the assignment still names its broker:
+/// the broker takes the partition again under the next epoch, recovery
+/// fences what the failed writer left, and an idempotent producer's
+/// records all land once, in order, at the offsets they were acked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_writer_is_taken_again_under_the_next_epoch() {
+    const COUNT: usize = 2_000;
+    let cluster =
+        Cluster::start_with(1, 1, 3_000, "[faults]\nfail_writer_at_offset = 500\n").unwrap();
+    cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = cluster.bootstrap();
+    create_topic(&b, "fails", 1).await;
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let mut acked = Vec::with_capacity(COUNT);
+    for chunk in (0..COUNT).collect::<Vec<_>>().chunks(100) {
+        let futures: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let v = format!("r{i:05}");
+                p.send_result(
+                    FutureRecord::<(), String>::to("fails")
+                        .partition(0)
+                        .payload(&v),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap()
+            })
+            .collect();
+        for (i, f) in chunk.iter().zip(futures) {
+            let d = f
+                .await
+                .unwrap()
+                .map_err(|(e, _)| e)
+                .unwrap_or_else(|e| panic!("record {i} failed: {e}"));
+            acked.push((*i, d.offset));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("partition writer stopped") && logs.contains("fault injection"),
+        "the fault fired:\n{logs}"
+    );
+    assert!(
+        logs.contains("took its partition again under the next epoch"),
+        "the broker took the partition again:\n{logs}"
+    );
+    let meta = cluster.meta().await.unwrap();
+    let st = Cluster::partition_state(&meta, "fails", 0)
+        .await
+        .unwrap()
+        .expect("a state");
+    assert_eq!((st.epoch, st.state.as_str()), (1, "writing"), "{st:?}");
+
+    let log = read_all(&b, "fails", 1);
+    let recs = &log[&0];
+    assert_eq!(recs.len(), COUNT, "every record once");
+    for (o, (offset, v)) in recs.iter().enumerate() {
+        assert_eq!(*offset, o as i64, "offsets dense");
+        assert_eq!(v, &format!("r{o:05}").into_bytes(), "in order, once");
+    }
+    for (i, offset) in acked {
+        assert_eq!(offset, i as i64, "record {i} acked at the offset it holds");
+    }
+}

@@ -2,7 +2,7 @@
 //! (Starting → Recovering → Writing → Releasing → Released, or Failed), the
 //! handle request handlers use, and the single writer task behind it.
 
-mod compactor;
+pub(crate) mod compactor;
 mod gc;
 mod producers;
 mod recovery;
@@ -111,6 +111,8 @@ pub struct PartitionContext {
     pub metrics: Arc<Metrics>,
     /// The broker-wide pace of replica repair copies.
     pub repair_pacer: Arc<crate::throttle::Pacer>,
+    /// The broker-wide pace of compaction reads.
+    pub compaction_pacer: Arc<crate::throttle::Pacer>,
 }
 
 /// A producer as a partition knows it (DescribeProducers).
@@ -446,6 +448,31 @@ pub async fn start(
             owner = held.value;
             break;
         }
+        if held.lease == Some(ctx.lease.lease)
+            && holder
+                .as_ref()
+                .is_some_and(|o| o.broker_id == ctx.broker_id && o.epoch < epoch)
+        {
+            // Our own writer of an earlier epoch that failed (a running
+            // one deletes its key when released, and the node releases it
+            // before starting the next epoch): take the key over.
+            let take = Txn::new()
+                .when(Condition::ValueEquals(keys::owner(id), held.value.clone()))
+                .when(Condition::ModRevision(
+                    keys::assignment(id),
+                    kv.mod_revision,
+                ))
+                .then(Op::put_with_lease(
+                    keys::owner(id),
+                    owner.clone(),
+                    ctx.lease.lease,
+                ));
+            match ctx.meta.txn(take).await {
+                Ok(o) if o.committed() => break,
+                Ok(_) | Err(MetaError::Indeterminate(_)) => continue,
+                Err(e) => return Err(fail(e.into())),
+            }
+        }
         if waiting_since.elapsed() > wait_limit {
             return Err(fail(StartError::OwnerBusy(
                 id,
@@ -645,6 +672,7 @@ mod transaction_tests {
             lease: guard,
             metrics: Arc::new(Metrics::new()),
             repair_pacer: Arc::new(crate::throttle::Pacer::new(0)),
+            compaction_pacer: Arc::new(crate::throttle::Pacer::new(0)),
         };
         let h = restart(&ctx, 1).await;
         (h, ctx, dir)
