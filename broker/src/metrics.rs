@@ -21,6 +21,22 @@ pub struct OpLabel {
     pub op: String,
 }
 
+/// One partition: its topic's id and its number.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub topic_id: String,
+    pub partition: i32,
+}
+
+impl PartitionLabel {
+    pub fn of(p: PartitionId) -> Self {
+        Self {
+            topic_id: p.topic_id.simple().to_string(),
+            partition: p.partition,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
@@ -64,6 +80,10 @@ pub struct Metrics {
     compaction_dropped: Counter,
     /// Wall time of compaction passes that rewrote segments.
     pub compaction_seconds: Counter<f64, AtomicU64>,
+    /// Per compacted partition this broker writes: bytes never compacted
+    /// over all sealed bytes, and the age of the oldest such record.
+    compaction_dirty_ratio: Family<PartitionLabel, Gauge<f64, AtomicU64>>,
+    compaction_lag: Family<PartitionLabel, Gauge<f64, AtomicU64>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,7 +144,19 @@ impl Metrics {
             compaction_kept: Counter::default(),
             compaction_dropped: Counter::default(),
             compaction_seconds: Counter::default(),
+            compaction_dirty_ratio: Family::default(),
+            compaction_lag: Family::default(),
         };
+        m.edge.registry.register(
+            "compaction_dirty_ratio",
+            "Per compacted partition: bytes of sealed segments never compacted over all sealed bytes (compared with min.cleanable.dirty.ratio)",
+            m.compaction_dirty_ratio.clone(),
+        );
+        m.edge.registry.register(
+            "compaction_lag_seconds",
+            "Per compacted partition: age of the oldest sealed record never compacted (0: none; compared with max.compaction.lag.ms)",
+            m.compaction_lag.clone(),
+        );
         m.edge.registry.register(
             "compaction_seconds",
             "Wall time of compaction passes that rewrote segments",
@@ -290,6 +322,28 @@ impl Metrics {
         self.compaction_bytes.inc_by(input_bytes);
         self.compaction_kept.inc_by(kept);
         self.compaction_dropped.inc_by(dropped);
+    }
+
+    /// A compacted partition's dirt as its last pass found it; None: the
+    /// partition left this broker (its series go).
+    pub(crate) fn compaction_dirt(
+        &self,
+        p: PartitionId,
+        dirt: Option<crate::partition::compactor::Dirt>,
+    ) {
+        let l = PartitionLabel::of(p);
+        match dirt {
+            Some(d) => {
+                self.compaction_dirty_ratio.get_or_create(&l).set(d.ratio);
+                self.compaction_lag
+                    .get_or_create(&l)
+                    .set(d.lag_ms as f64 / 1000.0);
+            }
+            None => {
+                self.compaction_dirty_ratio.remove(&l);
+                self.compaction_lag.remove(&l);
+            }
+        }
     }
 
     pub fn segment_sealed(&self) {

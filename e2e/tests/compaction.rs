@@ -481,3 +481,354 @@ async fn compact_delete_also_drops_by_retention() {
     assert!(start > 0, "records older than retention.ms are gone");
     assert!(metric(&s, "floe_segments_deleted_total") >= 1.0);
 }
+
+/// What the producer of the fault test knows of one record.
+#[derive(Clone, Debug, PartialEq)]
+struct Acked {
+    key: String,
+    /// None: a tombstone.
+    value: Option<String>,
+}
+
+/// One read of the whole partition from its start: the records seen and
+/// the high watermark the read went up to.
+struct Scan {
+    hw: i64,
+    records: Vec<(i64, String, Option<String>)>,
+}
+
+/// Read partition 0 of `topic` from the start up to its high watermark
+/// at the time of the call (None when it cannot within the time).
+fn scan(bootstrap: &str, topic: &str) -> Option<Scan> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "compaction-scan")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .create()
+        .ok()?;
+    let (_, hw) = c.fetch_watermarks(topic, 0, Duration::from_secs(5)).ok()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            if m.offset() >= hw {
+                return Some(Scan { hw, records });
+            }
+            records.push((
+                m.offset(),
+                String::from_utf8_lossy(m.key().unwrap_or_default()).to_string(),
+                m.payload().map(|v| String::from_utf8_lossy(v).to_string()),
+            ));
+            if m.offset() == hw - 1 {
+                return Some(Scan { hw, records });
+            }
+        }
+        let position = c
+            .position()
+            .ok()
+            .and_then(|p| p.find_partition(topic, 0).map(|e| e.offset()));
+        if let Some(rdkafka::Offset::Offset(o)) = position {
+            if o >= hw {
+                return Some(Scan { hw, records });
+            }
+        }
+    }
+    None
+}
+
+/// Check one scan against what was acked: records where they were acked,
+/// in order; every offset missing below the high watermark a record that
+/// compaction may drop (a later record of its key exists, or it is a
+/// tombstone); every key's latest record below the high watermark present
+/// (unless a tombstone that may have expired). Returns the offsets the
+/// scan shows gone.
+fn check_scan(
+    seed: u64,
+    n: usize,
+    s: &Scan,
+    acked: &std::collections::BTreeMap<i64, Acked>,
+) -> std::collections::BTreeSet<i64> {
+    let offsets: Vec<i64> = s.records.iter().map(|r| r.0).collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "seed {seed} scan {n}: offsets out of order"
+    );
+    let mut gone = std::collections::BTreeSet::new();
+    let mut next = 0;
+    let seen: std::collections::HashSet<i64> = offsets.iter().copied().collect();
+    // The last offset of each key below the scan's high watermark, among
+    // the acked records and the ones the scan saw.
+    let mut latest: std::collections::HashMap<&str, i64> = Default::default();
+    for (o, a) in acked.range(..s.hw) {
+        latest.insert(&a.key, *o);
+    }
+    for (o, k, v) in &s.records {
+        if let Some(a) = acked.get(o) {
+            assert_eq!(
+                (&a.key, &a.value),
+                (k, v),
+                "seed {seed} scan {n}: offset {o} holds another record than was acked"
+            );
+        }
+        let l = latest.entry(k).or_insert(*o);
+        *l = (*l).max(*o);
+    }
+    for (o, _, _) in &s.records {
+        for hole in next..*o {
+            gone.insert(hole);
+        }
+        next = o + 1;
+    }
+    for hole in &gone {
+        let Some(a) = acked.get(hole) else {
+            panic!("seed {seed} scan {n}: a hole at offset {hole}, which was never acked");
+        };
+        assert!(
+            a.value.is_none() || latest.get(a.key.as_str()).is_some_and(|l| l > hole),
+            "seed {seed} scan {n}: offset {hole} ({a:?}) is gone but is its key's latest record"
+        );
+    }
+    for (k, l) in &latest {
+        let a = acked.get(l);
+        if seen.contains(l) || *l >= next || a.is_some_and(|a| a.value.is_none()) {
+            continue;
+        }
+        panic!("seed {seed} scan {n}: key {k}'s latest record at {l} ({a:?}) is lost");
+    }
+    gone
+}
+
+async fn compaction_under_faults(seed: u64) {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    const TOPIC: &str = "changelog";
+    const KEYS: usize = 200;
+    let secs = std::env::var("FLOE_COMPACTION_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20u64);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cluster = floe_e2e::Cluster::start_with(
+        3,
+        1,
+        4_000,
+        "segment_max_chunks = 16\n[proxy]\nlease_ttl_ms = 3000\n",
+    )
+    .unwrap();
+    cluster.add_proxy().unwrap();
+    cluster.wait_leader(Duration::from_secs(20)).unwrap();
+    let bootstrap = cluster.proxy_bootstrap();
+    let brokers = cluster.bootstrap();
+    let t = NewTopic::new(TOPIC, 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("segment.bytes", "32768")
+        .set("segment.ms", "1500")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("delete.retention.ms", "3000");
+    let r = admin(&bootstrap)
+        .create_topics(&[t], &opts())
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "{r:?}");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .unwrap();
+
+    // Scans from the start, all along.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scans: Arc<Mutex<Vec<Scan>>> = Default::default();
+    let scanner = {
+        let (stop, scans, bootstrap) = (stop.clone(), scans.clone(), bootstrap.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Some(s) = scan(&bootstrap, TOPIC) {
+                    scans.lock().unwrap().push(s);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+
+    let mut acked: BTreeMap<i64, Acked> = BTreeMap::new();
+    let mut failed = 0;
+    let mut faults = Vec::new();
+    let started = std::time::Instant::now();
+    let mut next_fault =
+        std::time::Instant::now() + Duration::from_millis(rng.random_range(2_000..4_000));
+    let mut kinds: Vec<u32> = Vec::new();
+    let mut i = 0u64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        if std::time::Instant::now() >= next_fault {
+            next_fault =
+                std::time::Instant::now() + Duration::from_millis(rng.random_range(3_000..5_000));
+            if kinds.is_empty() {
+                kinds = if rng.random_bool(0.5) {
+                    vec![0, 1]
+                } else {
+                    vec![1, 0]
+                };
+            }
+            let kind = kinds.pop().unwrap();
+            if let Some(b) = floe_e2e::leaders(&brokers, TOPIC)[&0] {
+                if kind == 0 {
+                    let i = b as usize - 1;
+                    cluster.brokers[i].stop_with("-KILL").unwrap();
+                    cluster.brokers[i].start_nowait().unwrap();
+                    faults.push(format!("kill -9 broker {b}"));
+                } else {
+                    let to = (b % 3) + 1;
+                    let r = match cluster.move_partition(TOPIC, 0, to) {
+                        Ok(epoch) => format!("epoch {epoch}"),
+                        Err(e) => e.to_string(),
+                    };
+                    faults.push(format!("move from {b} to {to}: {r}"));
+                }
+            }
+        }
+        // A round of 200 records over the keys, some of them tombstones.
+        let mut round = Vec::new();
+        for _ in 0..200 {
+            let key = format!("key-{:03}", rng.random_range(0..KEYS));
+            let value = (!rng.random_ratio(1, 20)).then(|| format!("{key}={i}"));
+            i += 1;
+            let mut rec = FutureRecord::<String, String>::to(TOPIC)
+                .partition(0)
+                .key(&key);
+            if let Some(v) = &value {
+                rec = rec.payload(v);
+            }
+            let f = producer.send_result(rec).map_err(|(e, _)| e).unwrap();
+            round.push((key, value, f));
+        }
+        // A steady load rather than a flood: a few thousand records a second.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for (key, value, f) in round {
+            match f.await.unwrap() {
+                Ok(d) => {
+                    assert_eq!(d.partition, 0);
+                    let prev = acked.insert(d.offset, Acked { key, value });
+                    assert!(
+                        prev.is_none(),
+                        "seed {seed}: offset {} acked twice",
+                        d.offset
+                    );
+                }
+                Err((e, _)) => {
+                    if failed == 0 {
+                        eprintln!(
+                            "seed {seed}: at {:?} a record failed: {e}",
+                            started.elapsed()
+                        );
+                    }
+                    failed += 1
+                }
+            }
+        }
+    }
+    eprintln!(
+        "seed {seed}: {} records acked, {failed} failed, faults: {faults:#?}",
+        acked.len()
+    );
+    assert!(acked.len() > 2_000, "seed {seed}: the load made progress");
+    if failed > 0 {
+        let _ = std::fs::write("/tmp/compaction-fault-logs.txt", cluster.logs());
+    }
+    assert_eq!(
+        failed, 0,
+        "seed {seed}: an idempotent producer with a long timeout loses nothing"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    scanner.join().unwrap();
+
+    // Every scan made under faults against the model, and nothing a scan
+    // saw gone comes back in a later one.
+    let scans = std::mem::take(&mut *scans.lock().unwrap());
+    assert!(scans.len() >= 3, "seed {seed}: only {} scans", scans.len());
+    let mut gone = std::collections::BTreeSet::new();
+    for (n, s) in scans.iter().enumerate() {
+        for (o, _, _) in &s.records {
+            assert!(
+                !gone.contains(o),
+                "seed {seed} scan {n}: offset {o} came back"
+            );
+        }
+        gone.extend(check_scan(seed, n, s, &acked));
+    }
+    let compacted = gone.len();
+
+    // Once the last segment is sealed and compacted and the tombstones'
+    // delete.retention.ms has passed: exactly each key's last value.
+    let mut last: BTreeMap<&str, (i64, &Option<String>)> = BTreeMap::new();
+    for (o, a) in &acked {
+        last.insert(&a.key, (*o, &a.value));
+    }
+    let mut want: Vec<(i64, String, Option<String>)> = last
+        .iter()
+        .filter(|(_, (_, v))| v.is_some())
+        .map(|(k, (o, v))| (*o, k.to_string(), (*v).clone()))
+        .collect();
+    want.sort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut n = scans.len();
+    loop {
+        let Some(s) = scan(&bootstrap, TOPIC) else {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "seed {seed}: no final read"
+            );
+            continue;
+        };
+        for (o, _, _) in &s.records {
+            assert!(
+                !gone.contains(o),
+                "seed {seed} scan {n}: offset {o} came back"
+            );
+        }
+        gone.extend(check_scan(seed, n, &s, &acked));
+        n += 1;
+        if s.records == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seed {seed}: compaction never reached each key's last value: {} records, want {}; logs:\n{}",
+            s.records.len(),
+            want.len(),
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "seed {seed}: {n} scans, {compacted} offsets compacted away under faults, final {} records",
+        want.len()
+    );
+}
+
+/// Compaction while a producer writes, the partition moves and its owner
+/// (which runs the compactor) is killed with SIGKILL, checked against a
+/// model of what was acked. Seeds: `FLOE_COMPACTION_SEEDS` (e.g. `1-10`),
+/// seconds of load each: `FLOE_COMPACTION_SECS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_survives_load_moves_and_kill9_of_the_owner() {
+    let spec = std::env::var("FLOE_COMPACTION_SEEDS").unwrap_or_else(|_| "1".to_string());
+    let seeds: Vec<u64> = match spec.split_once('-') {
+        Some((a, b)) => (a.trim().parse().unwrap()..=b.trim().parse().unwrap()).collect(),
+        None => spec.split(',').map(|s| s.trim().parse().unwrap()).collect(),
+    };
+    for seed in seeds {
+        compaction_under_faults(seed).await;
+    }
+}

@@ -382,6 +382,11 @@ pub struct SegmentRecord {
     /// delete.retention.ms.
     #[prost(int64, tag = "14")]
     pub tombstones_until_ms: i64,
+    /// Epoch of the writer whose compaction wrote the object (part of the
+    /// object key, so two owners compacting the same segment around a
+    /// move never write one key).
+    #[prost(int32, tag = "15")]
+    pub compacted_by_epoch: i32,
 }
 
 /// A partition's state as its owner last published it:

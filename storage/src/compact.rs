@@ -1,6 +1,6 @@
-//! Log compaction's record-level work (issue 21; the compactor that runs it
-//! over a partition's sealed segments is being built): the latest offset of
-//! every key over a run of batches, and the batches rewritten keeping only
+//! Log compaction's record-level work (the compactor that runs it over a
+//! partition's sealed segments is the broker's `partition::compactor`): the
+//! latest offset of every key over a run of batches, and the batches rewritten keeping only
 //! what compaction keeps — each key's latest record, a tombstone (null
 //! value) only until its delete horizon, nothing of an aborted
 //! transaction, no keyless record — with every kept record at its original
@@ -20,8 +20,23 @@ use kafka_protocol::records::{
 
 use crate::error::StorageError;
 
+/// A key as the offset map holds it: its MD5 digest, as Kafka's cleaner
+/// does, so the map costs the same per key whatever the key's length and
+/// holds no reference to the bytes it was read from (a collision, at
+/// 2^-128, would only keep a superseded record).
+pub type KeyHash = [u8; 16];
+
 /// The latest offset of each key.
-pub type KeyOffsets = HashMap<Bytes, Offset>;
+pub type KeyOffsets = HashMap<KeyHash, Offset>;
+
+/// What one entry of [`KeyOffsets`] costs in memory, roughly (digest,
+/// offset, the table's own overhead): a pass sizes its map by it.
+pub const KEY_ENTRY_BYTES: usize = 40;
+
+pub fn key_hash(key: &[u8]) -> KeyHash {
+    use md5::Digest;
+    md5::Md5::digest(key).into()
+}
 
 /// What a compaction pass keeps besides each key's latest record.
 #[derive(Clone, Copy, Debug)]
@@ -60,12 +75,14 @@ fn compression_of(h: &BatchHeader) -> Result<Compression, StorageError> {
 }
 
 /// Add the keys of `data` (whole v2 batches in offset order) to `latest`:
-/// a later record of a key replaces an earlier one. Control batches and
-/// batches `aborted` says belong to an aborted transaction are skipped.
+/// a later record of a key replaces an earlier one, whose offset is passed
+/// to `superseded`. Control batches and batches `aborted` says belong to
+/// an aborted transaction are skipped.
 pub fn index_keys(
     data: &Bytes,
     latest: &mut KeyOffsets,
     aborted: &dyn Fn(&BatchHeader) -> bool,
+    superseded: &mut dyn FnMut(Offset),
 ) -> Result<(), StorageError> {
     for (pos, h) in Batches::new(data) {
         if h.is_control() || aborted(&h) {
@@ -75,7 +92,9 @@ pub fn index_keys(
         for set in RecordBatchDecoder::decode_all(&mut b).map_err(corrupt)? {
             for r in set.records {
                 if let Some(k) = r.key {
-                    latest.insert(k, r.offset);
+                    if let Some(old) = latest.insert(key_hash(&k), r.offset) {
+                        superseded(old);
+                    }
                 }
             }
         }
@@ -116,7 +135,7 @@ pub fn compact(
         let tombstones_expire = h.max_timestamp < rules.tombstone_horizon_ms;
         records.retain(|r| {
             let Some(k) = &r.key else { return false };
-            latest.get(k) == Some(&r.offset) && !(r.value.is_none() && tombstones_expire)
+            latest.get(&key_hash(k)) == Some(&r.offset) && !(r.value.is_none() && tombstones_expire)
         });
         if records.iter().any(|r| r.value.is_none()) {
             c.tombstones_until_ms = c.tombstones_until_ms.max(h.max_timestamp);
@@ -228,7 +247,7 @@ mod tests {
         data.extend(&whole);
         let data = Bytes::from(data);
         let mut latest = KeyOffsets::new();
-        index_keys(&data, &mut latest, &none).unwrap();
+        index_keys(&data, &mut latest, &none, &mut |_| {}).unwrap();
         assert_eq!(latest.len(), 4);
         let c = compact(
             &data,
@@ -293,9 +312,9 @@ mod tests {
         let aborted = |h: &BatchHeader| h.base_offset == aborted_at;
         let data = Bytes::from(data);
         let mut latest = KeyOffsets::new();
-        index_keys(&data, &mut latest, &aborted).unwrap();
+        index_keys(&data, &mut latest, &aborted, &mut |_| {}).unwrap();
         assert!(
-            !latest.contains_key(&Bytes::from_static(b"b")),
+            !latest.contains_key(&key_hash(b"b")),
             "aborted keys are not indexed"
         );
         let before = compact(

@@ -46,22 +46,25 @@ pub fn segment(
     segment_epoch: Epoch,
     sealer_epoch: Epoch,
 ) -> Path {
-    compacted_segment(p, segment_base, segment_epoch, sealer_epoch, 0)
+    compacted_segment(p, segment_base, segment_epoch, sealer_epoch, 0, 0)
 }
 
-/// A segment object rewritten by its `generation`th compaction (0: the
-/// object its seal wrote, [`segment`]).
+/// A segment object rewritten by its `generation`th compaction, written
+/// by the owner of epoch `compactor_epoch` (generation 0: the object its
+/// seal wrote, [`segment`]). A compaction that merged segments is named
+/// after the first.
 pub fn compacted_segment(
     p: PartitionId,
     segment_base: Offset,
     segment_epoch: Epoch,
     sealer_epoch: Epoch,
     generation: u32,
+    compactor_epoch: Epoch,
 ) -> Path {
     let suffix = if generation == 0 {
         String::new()
     } else {
-        format!(".c{generation}")
+        format!(".c{generation}.{compactor_epoch}")
     };
     Path::from(format!(
         "{}/{}/{segment_base:020}-{segment_epoch}.{sealer_epoch}{suffix}.seg",

@@ -80,8 +80,15 @@ pub(crate) fn sealed_view(
         end_offset: r.end_offset,
         epoch: r.epoch,
         path: Arc::from(
-            layout::compacted_segment(id, r.base_offset, r.epoch, r.sealed_by_epoch, r.compactions)
-                .as_ref(),
+            layout::compacted_segment(
+                id,
+                r.base_offset,
+                r.epoch,
+                r.sealed_by_epoch,
+                r.compactions,
+                r.compacted_by_epoch,
+            )
+            .as_ref(),
         ),
         data_bytes: r.data_bytes,
         object_bytes: r.object_bytes,
@@ -129,6 +136,7 @@ pub(crate) async fn consolidate(
         aborted: Vec::new(),
         compactions: 0,
         tombstones_until_ms: 0,
+        compacted_by_epoch: 0,
     })
 }
 

@@ -462,6 +462,10 @@ impl Writer {
                 Err(stop) => break Err(stop),
             }
         };
+        if let Some(t) = self.compact_task.take() {
+            t.abort();
+        }
+        self.ctx.metrics.compaction_dirt(self.id, None);
         match outcome {
             Ok(done) => {
                 self.set_state(PartitionState::Releasing);
@@ -1226,21 +1230,26 @@ impl Writer {
             return;
         }
         let state = self.log.snapshot();
+        // Nothing at or past the last stable offset: a transaction still
+        // open there may yet abort, and its records must not supersede
+        // anything.
+        let stable = state.last_stable_offset();
         let sealed: Vec<_> = state
             .segments
             .values()
             .map_while(|s| match s {
-                SegmentView::Sealed(s) => Some(s.clone()),
+                SegmentView::Sealed(s) if s.end_offset <= stable => Some(s.clone()),
                 _ => None,
             })
             .collect();
-        let Some(last) = sealed.last() else { return };
-        let aborted = self
-            .log
-            .aborted_markers(sealed[0].base_offset, last.end_offset);
+        let Some(first) = sealed.first() else { return };
+        // Every abort marker after the first segment: a transaction's
+        // records can be sealed long before its marker.
+        let aborted = self.log.aborted_markers(first.base_offset, Offset::MAX);
         self.compact_task = Some(tokio::spawn(super::compactor::run(
             self.ctx.clone(),
             self.id,
+            self.epoch,
             self.config.clone(),
             sealed,
             aborted,
@@ -1272,37 +1281,51 @@ impl Writer {
         }
         let state = self.log.snapshot();
         let mut ops = Vec::new();
-        let mut views = Vec::new();
+        let mut swapped = Vec::new();
         let mut old = Vec::new();
         let mut stale = Vec::new();
         for r in replacements {
-            let current = match state.segments.get(&r.record.base_offset) {
-                Some(SegmentView::Sealed(s)) if s.path == r.old_path => s.clone(),
-                // Deleted by retention or rewritten meanwhile.
-                _ => {
-                    stale.push(r);
-                    continue;
-                }
+            // Every segment it replaces still in the log as it was (not
+            // deleted by retention, not rewritten meanwhile).
+            let current: Option<Vec<_>> = r
+                .olds
+                .iter()
+                .map(|(base, path)| match state.segments.get(base) {
+                    Some(SegmentView::Sealed(s)) if s.path == *path => Some(s.clone()),
+                    _ => None,
+                })
+                .collect();
+            let Some(current) = current else {
+                stale.push(r);
+                continue;
             };
             ops.push(Op::put(
                 keys::segment(self.id, r.record.base_offset),
                 r.record.encode_to_vec(),
             ));
+            for (base, _) in &r.olds[1..] {
+                ops.push(Op::delete(keys::segment(self.id, *base)));
+            }
             self.ctx
                 .metrics
                 .compacted(r.input_bytes, r.kept_records, r.dropped_records);
-            views.push(sealed_view(&self.ctx, self.id, &r.record)?);
-            old.push(current);
+            let view = sealed_view(&self.ctx, self.id, &r.record)?;
+            swapped.push((r.olds.iter().map(|(b, _)| *b).collect::<Vec<_>>(), view));
+            old.extend(current);
         }
         if !ops.is_empty() {
             self.save_checkpoint(ops).await?;
+            let merged = swapped.len();
             self.log.update(|s| {
-                for v in views {
+                for (bases, v) in swapped {
+                    for b in bases {
+                        s.segments.remove(&b);
+                    }
                     s.segments
                         .insert(v.base_offset, SegmentView::Sealed(Arc::new(v)));
                 }
             });
-            tracing::info!(partition = %self.id, segments = old.len(), "compacted segments");
+            tracing::info!(partition = %self.id, segments = old.len(), into = merged, "compacted segments");
         }
         let cache = self.ctx.cache.clone();
         let gc_soon = self.gc_soon.clone();
@@ -1315,14 +1338,7 @@ impl Writer {
                 let Ok(replicas) = ctx.pool.replica_set(&r.record.replica_set) else {
                     continue;
                 };
-                let path = floe_storage::layout::compacted_segment(
-                    id,
-                    r.record.base_offset,
-                    r.record.epoch,
-                    r.record.sealed_by_epoch,
-                    r.record.compactions,
-                );
-                let _ = replicas.delete(&path).await;
+                let _ = replicas.delete(&r.path(id)).await;
             }
             tokio::time::sleep(Duration::from_secs(30)).await;
             for s in old {
@@ -1436,6 +1452,16 @@ impl Writer {
     }
 
     async fn housekeeping(&mut self) -> Result<(), Stop> {
+        let at = self.ctx.config.faults.fail_writer_at_offset;
+        if at > 0 && self.next_offset >= at {
+            static FAILED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !FAILED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Err(Stop::Failed(AppendError::Internal(
+                    "fault injection: fail_writer_at_offset".into(),
+                )));
+            }
+        }
         let now = self.ctx.clock.now_ms();
         self.producers.expire(now);
         self.garbage_collection(now).await;
