@@ -122,7 +122,12 @@ impl Cluster for Node {
         }
         .max(1);
         match self
-            .create_topic(topic, partitions, offsets_topic_configs(), false)
+            .create_topic(
+                topic,
+                partitions,
+                offsets_topic_configs(self.config.internal_topic_segment_bytes),
+                false,
+            )
             .await
         {
             Ok(_) => tracing::info!(topic, partitions, "created an internal topic"),

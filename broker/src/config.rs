@@ -131,11 +131,12 @@ pub struct BrokerConfig {
     /// Committed offsets of a group without members expire this long after
     /// their commit (offsets.retention.minutes, in ms).
     pub offsets_retention_ms: i64,
-    /// An offsets partition is compacted (live offsets written again, the
-    /// log start moved past the older records) once this many records have
-    /// been written since the last compaction and they outnumber the live
-    /// offsets twice; a new coordinator's replay is bounded by it.
-    pub offsets_compact_after_records: u64,
+    /// segment.bytes of the internal topics (`__consumer_offsets`,
+    /// `__transaction_state`) when they are made, as Kafka's
+    /// offsets.topic.segment.bytes: they are compacted, and a new
+    /// coordinator's replay reads the compacted segments and at most one
+    /// segment not yet compacted.
+    pub internal_topic_segment_bytes: u64,
     /// Fault injection for tests (the config file's `[faults]` section,
     /// accepted only with `FLOE_FAULT_INJECTION=1`): never part of `[broker]`.
     #[serde(skip)]
@@ -218,7 +219,7 @@ impl Default for BrokerConfig {
             group_consumer_heartbeat_interval_ms: 5_000,
             group_consumer_session_timeout_ms: 45_000,
             offsets_retention_ms: 7 * 24 * 3_600_000,
-            offsets_compact_after_records: 10_000,
+            internal_topic_segment_bytes: floe_meta::topics::INTERNAL_SEGMENT_BYTES,
             faults: Faults::default(),
             internal_tls: None,
         }

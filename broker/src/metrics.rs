@@ -80,6 +80,8 @@ pub struct Metrics {
     compaction_dropped: Counter,
     /// Wall time of compaction passes that rewrote segments.
     pub compaction_seconds: Counter<f64, AtomicU64>,
+    /// Time compaction reads waited for `compaction_max_bytes_per_sec`.
+    pub compaction_throttled_seconds: Counter<f64, AtomicU64>,
     /// Per compacted partition this broker writes: bytes never compacted
     /// over all sealed bytes, and the age of the oldest such record.
     compaction_dirty_ratio: Family<PartitionLabel, Gauge<f64, AtomicU64>>,
@@ -146,7 +148,13 @@ impl Metrics {
             compaction_seconds: Counter::default(),
             compaction_dirty_ratio: Family::default(),
             compaction_lag: Family::default(),
+            compaction_throttled_seconds: Counter::default(),
         };
+        m.edge.registry.register(
+            "compaction_throttled_seconds",
+            "Time compaction reads waited for compaction_max_bytes_per_sec",
+            m.compaction_throttled_seconds.clone(),
+        );
         m.edge.registry.register(
             "compaction_dirty_ratio",
             "Per compacted partition: bytes of sealed segments never compacted over all sealed bytes (compared with min.cleanable.dirty.ratio)",

@@ -242,6 +242,7 @@ impl Node {
                 default_partitions: config.default_partitions,
                 offsets_partitions: config.offsets_topic_partitions.max(1),
                 txn_partitions: config.transaction_topic_partitions.max(1),
+                internal_segment_bytes: config.internal_topic_segment_bytes,
             }),
             listeners: endpoints,
         };
@@ -565,6 +566,15 @@ impl Node {
                     .expect("defaults are valid")
             }
         };
+        let mut config = config;
+        if floe_common::topic::is_internal(&t.name) {
+            // The coordinators' changelogs are compacted whatever their
+            // record says (those made before compaction existed had no
+            // cleanup.policy): one compaction in Floe, the compactor's.
+            config.cleanup_policy = "compact".into();
+            config.compact = true;
+            config.delete = false;
+        }
         Some(TopicInfo {
             id,
             name: t.name,

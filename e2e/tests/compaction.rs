@@ -815,6 +815,41 @@ async fn compaction_under_faults(seed: u64) {
         "seed {seed}: {n} scans, {compacted} offsets compacted away under faults, final {} records",
         want.len()
     );
+
+    // floectl shows the partition's compaction: every sealed segment
+    // compacted, nothing dirty; the owner exports the same as metrics.
+    let (code, out, err) = cluster.floectl(0, &["partition", TOPIC, "0", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let c = &d["compaction"];
+    assert_eq!(c["cleanup_policy"], "compact", "{out}");
+    assert!(c["sealed_segments"].as_u64().unwrap() >= 1, "{out}");
+    assert_eq!(c["compacted_segments"], c["sealed_segments"], "{out}");
+    assert_eq!(c["dirty_bytes"], 0, "{out}");
+    assert_eq!(c["lag_ms"], 0, "{out}");
+    assert!(
+        d["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["compactions"].as_u64().unwrap() >= 2),
+        "segments compacted more than once: {out}"
+    );
+    let (code, table, _) = cluster.floectl(0, &["partition", TOPIC, "0"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("compaction (compact): ") && table.contains("COMPACTED"),
+        "{table}"
+    );
+    let owner = floe_e2e::leaders(&brokers, TOPIC)[&0].unwrap();
+    let metrics = cluster.brokers[owner as usize - 1]
+        .http("/metrics")
+        .unwrap();
+    let ratio = metrics
+        .lines()
+        .find(|l| l.starts_with("floe_compaction_dirty_ratio{"))
+        .unwrap_or_else(|| panic!("no dirty ratio on broker {owner}"));
+    assert!(ratio.ends_with(" 0") || ratio.ends_with(" 0.0"), "{ratio}");
 }
 
 /// Compaction while a producer writes, the partition moves and its owner
@@ -831,4 +866,70 @@ async fn compaction_survives_load_moves_and_kill9_of_the_owner() {
     for seed in seeds {
         compaction_under_faults(seed).await;
     }
+}
+
+/// `compaction_max_bytes_per_sec`: a broker's compaction reads no faster
+/// than its rate (each pass reads its segments twice, once to index the
+/// keys and once to rewrite them), waiting when it would; the lower bound
+/// on time holds however slow the machine is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_reads_no_faster_than_its_byte_rate() {
+    const RATE: f64 = 512.0 * 1024.0;
+    let s = Standalone::start_with_config(
+        "[broker]\nretention_check_interval_ms = 300\nsegment_max_chunks = 16\n\
+         compaction_max_bytes_per_sec = 524288\n",
+    )
+    .unwrap();
+    let b = s.bootstrap();
+    let t = NewTopic::new("paced", 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("segment.bytes", "131072")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        // Nothing compacts until the records are all in: one long pass,
+        // whose first window (the pacer's one burst) is a small part.
+        .set("min.compaction.lag.ms", "3000");
+    assert!(admin(&b).create_topics(&[t], &opts()).await.unwrap()[0].is_ok());
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    // Rounds of 250 records, so that chunks and segments stay small.
+    let value = "v".repeat(200);
+    for round in 0..40 {
+        for i in 0..250 {
+            let k = format!("k{}", (round * 250 + i) % 500);
+            p.send_result(
+                FutureRecord::to("paced")
+                    .partition(0)
+                    .key(&k)
+                    .payload(&value),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metric(&s, "floe_compaction_input_bytes_total") < 1_000_000.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "compaction did not get through the segments: {}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let input = metric(&s, "floe_compaction_input_bytes_total");
+    let secs = metric(&s, "floe_compaction_seconds_total");
+    let throttled = metric(&s, "floe_compaction_throttled_seconds_total");
+    // Two reads of every input byte.
+    assert!(
+        2.0 * input / secs <= RATE * 1.1,
+        "compaction read {:.0} B/s, over its rate of {RATE} B/s ({input} bytes in {secs:.2} s)",
+        2.0 * input / secs
+    );
+    assert!(
+        throttled > 1.0,
+        "the reads waited for the rate: {throttled} s"
+    );
 }

@@ -1250,8 +1250,39 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 high_watermark(&p),
                 p.checkpoint_next_offset
             );
+            if let Some(c) = &d.compaction {
+                out += &format!(
+                    "compaction ({}): {} of {} sealed segments compacted; dirty {} of {} bytes, ratio {:.3} (cleans at {}); lag {} (max {}); newest kept tombstone {}\n\n",
+                    c.cleanup_policy,
+                    c.compacted_segments,
+                    c.sealed_segments,
+                    c.dirty_bytes,
+                    c.sealed_bytes,
+                    c.dirty_ratio,
+                    c.min_cleanable_dirty_ratio,
+                    duration_ms(c.lag_ms),
+                    duration_ms(c.max_compaction_lag_ms),
+                    if c.tombstones_until_ms > 0 {
+                        format!(
+                            "{} ago (kept {})",
+                            duration_ms(now_ms() - c.tombstones_until_ms),
+                            duration_ms(c.delete_retention_ms)
+                        )
+                    } else {
+                        "none".to_string()
+                    },
+                );
+            }
             out += &table(
-                &["BASE", "END", "SEALED", "EPOCH", "BYTES", "REPLICAS"],
+                &[
+                    "BASE",
+                    "END",
+                    "SEALED",
+                    "EPOCH",
+                    "COMPACTED",
+                    "BYTES",
+                    "REPLICAS",
+                ],
                 d.segments
                     .iter()
                     .map(|s| {
@@ -1260,6 +1291,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                             s.end_offset.to_string(),
                             s.sealed.to_string(),
                             s.epoch.to_string(),
+                            s.compactions.to_string(),
                             s.bytes.to_string(),
                             s.replica_set.join(","),
                         ]
@@ -1638,4 +1670,22 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// A duration for a person: `850ms`, `12.5s`, `7m`, `3.2h`, `7d`.
+fn duration_ms(ms: i64) -> String {
+    let s = ms as f64 / 1000.0;
+    match ms {
+        i64::MIN..=999 => format!("{ms}ms"),
+        1_000..=59_999 => format!("{s:.1}s"),
+        60_000..=3_599_999 => format!("{:.0}m", s / 60.0),
+        3_600_000..=86_399_999 => format!("{:.1}h", s / 3600.0),
+        _ => format!("{:.0}d", s / 86400.0),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -101,6 +101,11 @@ pub struct TopicPolicy {
     /// transactional id makes it (0 from brokers before transactions: 16).
     #[prost(int32, tag = "4")]
     pub txn_partitions: i32,
+    /// offsets.topic.segment.bytes (and transaction.state.log.segment.bytes):
+    /// the segment size of both internal topics when made (0 from brokers
+    /// before compaction: [`crate::topics::INTERNAL_SEGMENT_BYTES`]).
+    #[prost(uint64, tag = "5")]
+    pub internal_segment_bytes: u64,
 }
 
 /// A drained broker: `/floe/drained/{id}` (not leased: it outlives restarts

@@ -249,12 +249,19 @@ impl TopicConfig {
     }
 }
 
-/// The config overrides of the offsets topic: committed offsets are kept
-/// until their group expires them, never by time or size.
-pub fn offsets_topic_configs() -> BTreeMap<String, String> {
+/// Kafka's offsets.topic.segment.bytes: 100 MiB.
+pub const INTERNAL_SEGMENT_BYTES: u64 = 100 << 20;
+
+/// The config overrides of the coordinators' internal topics (offsets and
+/// transaction state): compacted changelogs, each key's latest record
+/// kept until the coordinator writes its tombstone, never dropped by time
+/// or size.
+pub fn offsets_topic_configs(segment_bytes: u64) -> BTreeMap<String, String> {
     BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
         ("retention.ms".to_string(), "-1".to_string()),
         ("retention.bytes".to_string(), "-1".to_string()),
+        ("segment.bytes".to_string(), segment_bytes.to_string()),
     ])
 }
 

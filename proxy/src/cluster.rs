@@ -173,9 +173,18 @@ impl Proxy {
         } else {
             p.offsets_partitions.max(1)
         };
+        let segment_bytes = match p.internal_segment_bytes {
+            0 => floe_meta::topics::INTERNAL_SEGMENT_BYTES,
+            b => b,
+        };
         let deadline = Instant::now() + SHOW_WAIT;
         if let Err(e) = self
-            .create_and_show(topic, partitions, offsets_topic_configs(), deadline)
+            .create_and_show(
+                topic,
+                partitions,
+                offsets_topic_configs(segment_bytes),
+                deadline,
+            )
             .await
         {
             tracing::warn!(topic, error = ?e, "could not make an internal topic");

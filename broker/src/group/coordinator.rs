@@ -133,7 +133,6 @@ impl Groups {
                 if let Err(e) = append(&shard.handle, &[(consumer_key(&req.group), None)]).await {
                     return fail(e, req.member_id);
                 }
-                st.records += 1;
                 st.consumer.remove(&req.group);
                 tracing::info!(group = %req.group, "empty consumer group converted to a classic group");
             }
@@ -212,9 +211,6 @@ impl Groups {
                                 },
                                 skip_assignment: leader,
                             };
-                            if recorded.is_ok() {
-                                st.records += 1;
-                            }
                             return out;
                         }
                         g.remove_member(&old);
@@ -348,7 +344,6 @@ impl Groups {
                     g.prepare_rebalance(Instant::now(), Duration::ZERO);
                     return rx.await.unwrap_or_else(|_| fail(e));
                 }
-                st.records += 1;
                 g.state = GroupState::Stable;
                 tracing::info!(
                     group,
@@ -452,11 +447,8 @@ impl Groups {
                 g.state = GroupState::PreparingRebalance;
                 g.complete_join();
                 // Nobody left: the next coordinator must not restore members.
-                if append(&shard.handle, &[(group_key(group), None)])
-                    .await
-                    .is_ok()
-                {
-                    st.records += 1;
+                if let Err(e) = append(&shard.handle, &[(group_key(group), None)]).await {
+                    tracing::warn!(group, error = ?e, "recording an emptied group failed");
                 }
             } else {
                 g.maybe_complete_join(now);
@@ -556,7 +548,6 @@ impl Groups {
         if let Err(e) = append(&shard.handle, &records).await {
             return all(e);
         }
-        st.records += records.len() as u64;
         let map = match txn {
             Some(pid) => st
                 .pending
@@ -570,14 +561,6 @@ impl Groups {
             if r.is_none() {
                 map.insert((topic, partition), c);
             }
-        }
-        if txn.is_none() {
-            compact(
-                &shard.handle,
-                st,
-                host.settings().offsets_compact_after_records,
-            )
-            .await;
         }
         results
     }
@@ -616,19 +599,12 @@ impl Groups {
             }
         }
         append(&shard.handle, &records).await?;
-        st.records += records.len() as u64;
         let groups = st.pending.remove(&producer_id).unwrap_or_default();
         if commit {
             for (g, m) in groups {
                 st.offsets.entry(g).or_default().extend(m);
             }
         }
-        compact(
-            &shard.handle,
-            st,
-            host.settings().offsets_compact_after_records,
-        )
-        .await;
         Ok(())
     }
 
@@ -762,7 +738,6 @@ impl Groups {
         }
         if !records.is_empty() {
             append(&shard.handle, &records).await?;
-            st.records += records.len() as u64;
             if st.groups.remove(group).is_some() {
                 tracing::info!(group, "empty classic group converted to a consumer group");
             }
@@ -865,7 +840,6 @@ impl Groups {
                 if let Err(e) = append(&shard.handle, &[(consumer_key(group), None)]).await {
                     return Some(e);
                 }
-                st.records += 1;
                 st.consumer.remove(group);
                 return None;
             }
@@ -886,7 +860,6 @@ impl Groups {
             if let Err(e) = append(&shard.handle, &tombstones).await {
                 return Some(e);
             }
-            st.records += tombstones.len() as u64;
         }
         st.offsets.remove(group);
         st.groups.remove(group);
@@ -922,7 +895,6 @@ impl Groups {
             .collect();
         if !tombstones.is_empty() {
             append(&shard.handle, &tombstones).await?;
-            st.records += tombstones.len() as u64;
         }
         if let Some(m) = st.offsets.get_mut(group) {
             for (t, p) in &partitions {
@@ -1161,7 +1133,6 @@ async fn expire_consumer_members(
         .collect();
     // Not written: the members stay until the next tick tries again.
     if append(handle, &records).await.is_ok() {
-        st.records += records.len() as u64;
         for (n, g) in changed {
             st.consumer.insert(n, g);
         }

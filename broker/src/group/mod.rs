@@ -33,7 +33,6 @@ pub struct GroupSettings {
     pub group_max_session_timeout_ms: i32,
     pub group_consumer_session_timeout_ms: u64,
     pub offsets_retention_ms: i64,
-    pub offsets_compact_after_records: u64,
 }
 
 impl From<&BrokerConfig> for GroupSettings {
@@ -44,7 +43,6 @@ impl From<&BrokerConfig> for GroupSettings {
             group_max_session_timeout_ms: c.group_max_session_timeout_ms,
             group_consumer_session_timeout_ms: c.group_consumer_session_timeout_ms,
             offsets_retention_ms: c.offsets_retention_ms,
-            offsets_compact_after_records: c.offsets_compact_after_records,
         }
     }
 }

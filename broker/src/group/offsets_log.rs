@@ -2,8 +2,9 @@
 //! partition of `__consumer_offsets` (committed offsets, classic groups,
 //! consumer-protocol groups) with Kafka's key and value layouts, appended
 //! and waited on until durable, replayed into the state they describe when
-//! a coordinator takes the partition, compacted (live records written
-//! again, the log start moved past the rest) and expired.
+//! a coordinator takes the partition, and expired. The partition is a
+//! compacted topic: the compactor keeps each key's latest record, so a
+//! replay reads what a full one would conclude.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -52,67 +53,6 @@ pub(crate) struct ShardState {
     pub(crate) txn_coordinators: HashMap<i64, i32>,
     /// The last guard token handed out.
     pub(crate) txn_guard_seq: u64,
-    /// Records in the partition from its log start (what a replay reads).
-    pub(crate) records: u64,
-}
-
-impl ShardState {
-    pub(crate) fn live_offsets(&self) -> u64 {
-        self.offsets.values().map(|m| m.len() as u64).sum()
-    }
-}
-
-/// Write every live offset again and move the log start past the older
-/// records, so that a new coordinator's replay stays short.
-pub(crate) async fn compact(handle: &PartitionHandle, st: &mut ShardState, after: u64) {
-    if st.records < after.max(2 * st.live_offsets()) {
-        return;
-    }
-    let mut records: Vec<(Bytes, Option<Bytes>)> = st
-        .offsets
-        .iter()
-        .flat_map(|(g, m)| {
-            m.iter()
-                .map(move |((t, p), c)| (offset_key(g, t, *p), Some(offset_value(c))))
-        })
-        .collect();
-    records.extend(
-        st.groups
-            .iter()
-            .filter(|(_, g)| g.state == GroupState::Stable)
-            .map(|(name, g)| (group_key(name), Some(group_value(g)))),
-    );
-    records.extend(
-        st.consumer
-            .iter()
-            .map(|(name, g)| (consumer_key(name), Some(g.encode()))),
-    );
-    records.extend(st.pending.iter().flat_map(|(pid, groups)| {
-        groups.iter().flat_map(move |(g, m)| {
-            m.iter()
-                .map(move |((t, p), c)| (pending_key(*pid, g, t, *p), Some(offset_value(c))))
-        })
-    }));
-    let start = if records.is_empty() {
-        handle.log.offsets().1
-    } else {
-        match append(handle, &records).await {
-            Ok(base) => base,
-            Err(e) => {
-                tracing::warn!(partition = %handle.id, error = ?e, "compacting the offsets partition failed");
-                return;
-            }
-        }
-    };
-    match handle.delete_records(start).await {
-        Ok(_) => {
-            tracing::info!(partition = %handle.id, live = records.len(), replaced = st.records, "compacted the offsets partition");
-            st.records = records.len() as u64;
-        }
-        Err(e) => {
-            tracing::warn!(partition = %handle.id, error = ?e, "moving the offsets log start failed")
-        }
-    }
 }
 
 /// Tombstones for the offsets of member-less groups older than `retention_ms`.
@@ -158,7 +98,6 @@ pub(crate) async fn expire_offsets(
     if append(handle, &tombstones).await.is_err() {
         return;
     }
-    st.records += tombstones.len() as u64;
     for g in &emptied {
         st.consumer.remove(g);
     }
@@ -497,8 +436,6 @@ pub(crate) async fn read_records(
 /// Replay an offsets partition from its start to its high watermark.
 pub(crate) async fn load(handle: &PartitionHandle) -> Result<ShardState, ResponseError> {
     let mut st = ShardState::default();
-    let (start, hw, _) = handle.log.offsets();
-    st.records = (hw - start).max(0) as u64;
     read_records(handle, |key, value| {
         let r = Rec { key, value };
         apply(&mut st, r);

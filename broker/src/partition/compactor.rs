@@ -81,6 +81,13 @@ fn meta_err(e: impl std::fmt::Display) -> StorageError {
     StorageError::corrupt("segment record", e.to_string())
 }
 
+async fn pace(ctx: &PartitionContext, bytes: u64) {
+    let waited = ctx.compaction_pacer.acquire(bytes).await;
+    ctx.metrics
+        .compaction_throttled_seconds
+        .inc_by(waited.as_secs_f64());
+}
+
 /// The whole batches of `s`'s data from byte `pos` (a window of them, or
 /// the one batch there when it is larger than a window) and the position
 /// after them.
@@ -92,7 +99,7 @@ async fn read_batches(
 ) -> Result<(Bytes, u64), StorageError> {
     let end = s.data_bytes;
     let until = (pos + WINDOW).min(end);
-    ctx.compaction_pacer.acquire(until - pos).await;
+    pace(ctx, until - pos).await;
     let bytes = s.replicas.get_range(path, pos..until).await?;
     let mut it = Batches::new(&bytes);
     it.by_ref().for_each(drop);
@@ -116,7 +123,7 @@ async fn read_batches(
     if total <= 12 || pos + total > end {
         return Err(corrupt());
     }
-    ctx.compaction_pacer.acquire(total).await;
+    pace(ctx, total).await;
     let bytes = s.replicas.get_range(path, pos..pos + total).await?;
     Ok((bytes, pos + total))
 }

@@ -52,8 +52,6 @@ struct Shard {
 #[derive(Default)]
 struct ShardState {
     ids: HashMap<String, TxnMetadata>,
-    /// Records in the partition from its log start (what a replay reads).
-    records: u64,
 }
 
 /// What a listing of transactions shows of one id.
@@ -172,11 +170,7 @@ impl Coordinator {
         let mut st = shard.state.lock().await;
         if st.is_none() {
             let started = std::time::Instant::now();
-            let (start, hw, _) = shard.handle.log.offsets();
-            let mut loaded = ShardState {
-                records: (hw - start).max(0) as u64,
-                ..Default::default()
-            };
+            let mut loaded = ShardState::default();
             let mut all = Vec::new();
             read_records(&shard.handle, |k, v| {
                 if let Some(k) = k {
@@ -226,7 +220,6 @@ impl Coordinator {
                     let pid = fresh_id(node).await?;
                     let m = TxnMetadata::new(id, pid, timeout_ms, now);
                     log(&shard.handle, &[record(&m)]).await?;
-                    st.records += 1;
                     st.ids.insert(id.to_string(), m);
                     tracing::info!(
                         transactional_id = id,
@@ -247,7 +240,6 @@ impl Coordinator {
                 match then {
                     Then::Answer => {
                         log(&shard.handle, &[record(&m)]).await?;
-                        st.records += 1;
                         let out = (m.producer_id, m.producer_epoch);
                         st.ids.insert(id.to_string(), m);
                         return Ok(out);
@@ -255,7 +247,6 @@ impl Coordinator {
                     Then::Retry => completion(&shard, id),
                     Then::WriteMarkers => {
                         log(&shard.handle, &[record(&m)]).await?;
-                        st.records += 1;
                         tracing::info!(
                             transactional_id = id,
                             producer_id = m.producer_id,
@@ -309,7 +300,6 @@ impl Coordinator {
         let mut m = cur.clone();
         m.add_partitions(producer_id, epoch, partitions, now_ms())?;
         log(&shard.handle, &[record(&m)]).await?;
-        st.records += 1;
         st.ids.insert(id.to_string(), m);
         Ok(())
     }
@@ -366,7 +356,6 @@ impl Coordinator {
                 Then::Retry => (completion(&shard, id), false, out),
                 Then::WriteMarkers => {
                     log(&shard.handle, &[record(&m)]).await?;
-                    st.records += 1;
                     st.ids.insert(id.to_string(), m.clone());
                     (Some(start_completion(node, &shard, m)), true, out)
                 }
@@ -502,7 +491,6 @@ async fn complete(node: Arc<Node>, shard: Arc<Shard>, m: TxnMetadata) {
         done.complete(now_ms());
         match log(&shard.handle, &[record(&done)]).await {
             Ok(()) => {
-                st.records += 1;
                 st.ids.insert(id.clone(), done);
                 node.metrics.txn_completed(commit, started.elapsed());
                 break;
@@ -683,7 +671,8 @@ pub(crate) async fn write_marker(
 
 /// The shard's timer: transactions past their timeout are aborted (their
 /// producer fenced by an epoch bump), ids idle past
-/// `transactional.id.expiration.ms` forgotten, the log compacted; until
+/// `transactional.id.expiration.ms` forgotten (their tombstones let the
+/// compactor drop them); until
 /// the shard is dropped or its partition stops being written here.
 async fn tick(node: Weak<Node>, shard: Weak<Shard>) {
     let every = match node.upgrade() {
@@ -722,7 +711,6 @@ async fn tick(node: Weak<Node>, shard: Weak<Shard>) {
             if log(&shard.handle, &[record(&m)]).await.is_err() {
                 break;
             }
-            st.records += 1;
             tracing::info!(transactional_id = %m.transactional_id, producer_id = m.producer_id,
                 timeout_ms = m.timeout_ms, "a transaction timed out; aborting it");
             node.metrics.txn_timed_out.inc();
@@ -732,45 +720,11 @@ async fn tick(node: Weak<Node>, shard: Weak<Shard>) {
         if !gone.is_empty() {
             let records: Vec<_> = gone.iter().map(|id| tombstone(id)).collect();
             if log(&shard.handle, &records).await.is_ok() {
-                st.records += records.len() as u64;
                 for id in &gone {
                     tracing::info!(transactional_id = %id, "forgot an idle transactional id");
                     st.ids.remove(id);
                 }
             }
-        }
-        compact(&shard.handle, st).await;
-    }
-}
-
-/// Write every id's state again and move the log start past the older
-/// records once they outnumber the ids (a new coordinator's replay stays
-/// short). Ids with an end in progress are written too: their markers'
-/// completion is logged after.
-async fn compact(handle: &PartitionHandle, st: &mut ShardState) {
-    if st.records < 1000.max(4 * st.ids.len() as u64) {
-        return;
-    }
-    let records: Vec<_> = st.ids.values().map(record).collect();
-    let start = if records.is_empty() {
-        handle.log.offsets().1
-    } else {
-        match append_records(handle, &records).await {
-            Ok(base) => base,
-            Err(e) => {
-                tracing::warn!(partition = %handle.id, error = ?e, "compacting a transaction state partition failed");
-                return;
-            }
-        }
-    };
-    match handle.delete_records(start).await {
-        Ok(_) => {
-            tracing::info!(partition = %handle.id, live = records.len(), replaced = st.records,
-                "compacted a transaction state partition");
-            st.records = records.len() as u64;
-        }
-        Err(e) => {
-            tracing::warn!(partition = %handle.id, error = ?e, "moving a transaction state log start failed")
         }
     }
 }

@@ -189,6 +189,55 @@ fn live_brokers(kvs: &[KeyValue]) -> BTreeMap<i32, BrokerRecord> {
 }
 
 /// The topic record named `name` in a snapshot.
+/// The compaction of a partition of topic `t` from its sealed segments'
+/// records, computed as the owner's compactor does; None for a topic that
+/// is not compacted.
+fn compaction_state(
+    t: &TopicRecord,
+    segments: &[floe_meta::schema::SegmentRecord],
+) -> Option<pb::CompactionState> {
+    let config = floe_meta::topics::TopicConfig::resolve(&BTreeMap::new(), &t.configs).ok()?;
+    let internal = floe_common::topic::is_internal(&t.name);
+    if !config.compact && !internal {
+        return None;
+    }
+    let now = chrono_now_ms();
+    let sealed_bytes: u64 = segments.iter().map(|s| s.data_bytes).sum();
+    let dirty: Vec<_> = segments.iter().filter(|s| s.compactions == 0).collect();
+    let dirty_bytes: u64 = dirty.iter().map(|s| s.data_bytes).sum();
+    Some(pb::CompactionState {
+        cleanup_policy: if internal {
+            "compact".into()
+        } else {
+            config.cleanup_policy.clone()
+        },
+        sealed_segments: segments.len() as u32,
+        compacted_segments: (segments.len() - dirty.len()) as u32,
+        sealed_bytes,
+        dirty_bytes,
+        dirty_ratio: if sealed_bytes == 0 {
+            0.0
+        } else {
+            dirty_bytes as f64 / sealed_bytes as f64
+        },
+        min_cleanable_dirty_ratio: config.min_cleanable_dirty_ratio,
+        lag_ms: dirty.first().map_or(0, |s| (now - s.max_timestamp).max(0)),
+        max_compaction_lag_ms: config.max_compaction_lag_ms,
+        tombstones_until_ms: segments
+            .iter()
+            .map(|s| s.tombstones_until_ms)
+            .max()
+            .unwrap_or(0),
+        delete_retention_ms: config.delete_retention_ms,
+    })
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn find_topic(kvs: &[KeyValue], name: &str) -> Result<(TopicRecord, Uuid), Status> {
     let topic_key = keys::topic(name);
     let t = kvs
@@ -387,10 +436,12 @@ impl pb::admin_server::Admin for AdminService {
                         replica_set: s.replica_set.clone(),
                         bytes: s.object_bytes,
                         epoch: s.epoch,
+                        compactions: s.compactions,
                     })
                     .collect()
             })
             .unwrap_or_default();
+        let compaction = compaction_state(&t, f.map_or(&[][..], |f| &f.segments));
         if let Some(cp) = f.and_then(|f| f.checkpoint.as_ref()) {
             let open = &cp.open_segments;
             for (i, o) in open.iter().enumerate() {
@@ -404,6 +455,7 @@ impl pb::admin_server::Admin for AdminService {
                     replica_set: o.replica_set.clone(),
                     bytes: o.chunks.iter().map(|c| c.bytes).sum(),
                     epoch: o.epoch,
+                    compactions: 0,
                 });
             }
         }
@@ -417,6 +469,7 @@ impl pb::admin_server::Admin for AdminService {
                 &reported_offsets(&kvs),
             )),
             segments,
+            compaction,
         }))
     }
 
