@@ -75,14 +75,12 @@ fn compression_of(h: &BatchHeader) -> Result<Compression, StorageError> {
 }
 
 /// Add the keys of `data` (whole v2 batches in offset order) to `latest`:
-/// a later record of a key replaces an earlier one, whose offset is passed
-/// to `superseded`. Control batches and batches `aborted` says belong to
-/// an aborted transaction are skipped.
+/// a later record of a key replaces an earlier one. Control batches and
+/// batches `aborted` says belong to an aborted transaction are skipped.
 pub fn index_keys(
     data: &Bytes,
     latest: &mut KeyOffsets,
     aborted: &dyn Fn(&BatchHeader) -> bool,
-    superseded: &mut dyn FnMut(Offset),
 ) -> Result<(), StorageError> {
     for (pos, h) in Batches::new(data) {
         if h.is_control() || aborted(&h) {
@@ -92,14 +90,52 @@ pub fn index_keys(
         for set in RecordBatchDecoder::decode_all(&mut b).map_err(corrupt)? {
             for r in set.records {
                 if let Some(k) = r.key {
-                    if let Some(old) = latest.insert(key_hash(&k), r.offset) {
-                        superseded(old);
-                    }
+                    latest.insert(key_hash(&k), r.offset);
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Whether `key`'s record at `offset` is superseded: `latest` holds a
+/// later offset of the key. A key `latest` does not hold (the map covers
+/// only the segments a pass indexed) is not.
+fn superseded(latest: &KeyOffsets, key: &[u8], offset: Offset) -> bool {
+    latest.get(&key_hash(key)).is_some_and(|l| *l > offset)
+}
+
+/// How many records of `data` a pass with `latest` would drop as
+/// superseded or aborted (keyless records too): zero means rewriting it
+/// would change nothing but expired tombstones.
+pub fn droppable(
+    data: &Bytes,
+    latest: &KeyOffsets,
+    aborted: &dyn Fn(&BatchHeader) -> bool,
+) -> Result<u64, StorageError> {
+    let mut n = 0;
+    for (pos, h) in Batches::new(data) {
+        if h.is_control() {
+            continue;
+        }
+        if aborted(&h) {
+            n += h.records_count.max(0) as u64;
+            continue;
+        }
+        let mut b = data.slice(pos..pos + h.total_len());
+        for set in RecordBatchDecoder::decode_all(&mut b).map_err(corrupt)? {
+            n += set
+                .records
+                .iter()
+                .filter(|r| {
+                    r.key
+                        .as_ref()
+                        .is_none_or(|k| superseded(latest, k, r.offset))
+                })
+                .count() as u64;
+        }
+    }
+    Ok(n)
 }
 
 /// Rewrite `data` keeping what compaction keeps (see the module's doc).
@@ -135,7 +171,8 @@ pub fn compact(
         let tombstones_expire = h.max_timestamp < rules.tombstone_horizon_ms;
         records.retain(|r| {
             let Some(k) = &r.key else { return false };
-            latest.get(&key_hash(k)) == Some(&r.offset) && !(r.value.is_none() && tombstones_expire)
+            let expired = r.value.is_none() && tombstones_expire;
+            !(superseded(latest, k, r.offset) || expired)
         });
         if records.iter().any(|r| r.value.is_none()) {
             c.tombstones_until_ms = c.tombstones_until_ms.max(h.max_timestamp);
@@ -247,7 +284,7 @@ mod tests {
         data.extend(&whole);
         let data = Bytes::from(data);
         let mut latest = KeyOffsets::new();
-        index_keys(&data, &mut latest, &none, &mut |_| {}).unwrap();
+        index_keys(&data, &mut latest, &none).unwrap();
         assert_eq!(latest.len(), 4);
         let c = compact(
             &data,
@@ -295,6 +332,47 @@ mod tests {
         assert_eq!(again.data, c.data);
     }
 
+    /// A pass indexes only the dirty segments: a record whose key the map
+    /// does not hold stays, one the map holds a later offset of goes;
+    /// `droppable` counts exactly what `compact` drops.
+    #[test]
+    fn a_map_of_later_segments_drops_only_what_they_supersede() {
+        let clean = Bytes::from(batch(
+            &[
+                (0, Some("a"), Some("a1")),
+                (1, Some("b"), Some("b1")),
+                (2, Some("c"), Some("c1")),
+            ],
+            1_000,
+            Compression::None,
+        ));
+        let dirty = Bytes::from(batch(
+            &[(3, Some("a"), Some("a2")), (4, Some("d"), Some("d1"))],
+            1_000,
+            Compression::Lz4,
+        ));
+        let mut latest = KeyOffsets::new();
+        index_keys(&dirty, &mut latest, &none).unwrap();
+        assert_eq!(droppable(&clean, &latest, &none).unwrap(), 1);
+        assert_eq!(droppable(&dirty, &latest, &none).unwrap(), 0);
+        let rules = Rules {
+            tombstone_horizon_ms: 0,
+        };
+        let c = compact(&clean, &latest, rules, &none).unwrap();
+        assert_eq!(
+            read(&c.data),
+            vec![
+                (1, Some("b".into()), Some("b1".into())),
+                (2, Some("c".into()), Some("c1".into())),
+            ]
+        );
+        assert_eq!((c.kept_records, c.dropped_records), (2, 1));
+        // An empty map (a pass only for expired tombstones) keeps every
+        // keyed record.
+        let c = compact(&clean, &KeyOffsets::new(), rules, &none).unwrap();
+        assert_eq!(c.data, clean, "nothing to drop: the batch copied whole");
+    }
+
     #[test]
     fn tombstones_stay_until_their_horizon_and_keyless_or_aborted_records_go() {
         let mut data = batch(&[(0, Some("a"), Some("a1"))], 1_000, Compression::None);
@@ -312,7 +390,7 @@ mod tests {
         let aborted = |h: &BatchHeader| h.base_offset == aborted_at;
         let data = Bytes::from(data);
         let mut latest = KeyOffsets::new();
-        index_keys(&data, &mut latest, &aborted, &mut |_| {}).unwrap();
+        index_keys(&data, &mut latest, &aborted).unwrap();
         assert!(
             !latest.contains_key(&key_hash(b"b")),
             "aborted keys are not indexed"

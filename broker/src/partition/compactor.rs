@@ -21,7 +21,7 @@ use floe_meta::keys;
 use floe_meta::schema::SegmentRecord;
 use floe_meta::topics::TopicConfig;
 use floe_protocol::batch::{BatchHeader, Batches};
-use floe_storage::compact::{compact, index_keys, KeyOffsets, Rules, KEY_ENTRY_BYTES};
+use floe_storage::compact::{compact, droppable, index_keys, KeyOffsets, Rules, KEY_ENTRY_BYTES};
 use floe_storage::log::{AbortedTxn, SealedSegment};
 use floe_storage::segment::{SegmentBuilder, DEFAULT_INDEX_INTERVAL};
 use floe_storage::{layout, StorageError};
@@ -207,28 +207,45 @@ pub(crate) async fn run(
             })
     };
 
-    // Pass 1: the latest offset of every key, over as many segments as the
-    // map's budget holds; which segments hold records a later one
-    // supersedes.
-    let bases: Vec<Offset> = eligible.iter().map(|&i| sealed[i].base_offset).collect();
-    let mut superseded = vec![0u64; eligible.len()];
+    // Pass 1, as Kafka's cleaner: the latest offset of every key over the
+    // dirty segments (from the first never compacted), as many as the
+    // map's budget holds. The clean segments before them hold no key
+    // twice (each pass leaves them so), so only the dirty ones' keys can
+    // supersede their records.
+    let first_dirty = eligible
+        .iter()
+        .position(|&i| records[i].compactions == 0)
+        .unwrap_or(eligible.len());
     let mut latest = KeyOffsets::new();
     let max_keys = (ctx.config.compaction_buffer_bytes as usize / KEY_ENTRY_BYTES).max(1024);
-    let mut indexed = 0;
-    for (k, &i) in eligible.iter().enumerate() {
+    let mut indexed = first_dirty;
+    for (k, &i) in eligible.iter().enumerate().skip(first_dirty) {
         let s = &sealed[i];
         let path = Path::from(s.path.as_ref());
         let mut pos = 0;
         while pos < s.data_bytes {
             let (bytes, next) = read_batches(&ctx, s, &path, pos).await?;
-            index_keys(&bytes, &mut latest, &is_aborted, &mut |old| {
-                superseded[bases.partition_point(|b| *b <= old) - 1] += 1;
-            })?;
+            index_keys(&bytes, &mut latest, &is_aborted)?;
             pos = next;
         }
         indexed = k + 1;
         if latest.len() >= max_keys {
             break;
+        }
+    }
+    // Which clean segments the map supersedes records of (read, not
+    // rewritten, when it supersedes none).
+    let mut superseded = vec![0u64; indexed];
+    if !latest.is_empty() {
+        for (k, &i) in eligible.iter().enumerate().take(first_dirty) {
+            let s = &sealed[i];
+            let path = Path::from(s.path.as_ref());
+            let mut pos = 0;
+            while pos < s.data_bytes {
+                let (bytes, next) = read_batches(&ctx, s, &path, pos).await?;
+                superseded[k] += droppable(&bytes, &latest, &is_aborted)?;
+                pos = next;
+            }
         }
     }
 
