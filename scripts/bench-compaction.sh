@@ -9,9 +9,12 @@
 # Reports produce latency (p50/p99, the first 2 s of the producer left
 # out: its start-up stall is not the broker's) per mode and, for compact, the
 # compactor's input bytes and pass time from /metrics (MB/s of input per
-# second of pass; a pass runs on one core).
+# second of pass; a pass runs on one core, reads each input byte twice and
+# is paced at PACE bytes/s of reads: the broker's default 64 MiB/s, 0 for
+# none).
 #   cargo build --release -p floe -p floe-bench
 #   RUNS=3 scripts/bench-compaction.sh
+#   RUNS=3 PACE=0 scripts/bench-compaction.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLOE=${FLOE:-target/release/floe}
@@ -20,6 +23,7 @@ RUNS=${RUNS:-3}
 N=${N:-200000}
 RATE=${RATE:-10000}
 KEYS=${KEYS:-5000}
+PACE=${PACE:-67108864}
 PORT=29421 HTTP_PORT=29422
 DIR=/tmp/floe-bench-compaction
 
@@ -29,7 +33,7 @@ trap cleanup EXIT
 
 rm -rf "$DIR"
 mkdir -p "$DIR"
-printf '[broker]\nretention_check_interval_ms = 500\n' >"$DIR/floe.toml"
+printf '[broker]\nretention_check_interval_ms = 500\ncompaction_max_bytes_per_sec = %s\n' "$PACE" >"$DIR/floe.toml"
 "$FLOE" standalone --config "$DIR/floe.toml" --data-dir "$DIR/data" --listen "127.0.0.1:$PORT" \
   --http-listen "127.0.0.1:$HTTP_PORT" >"$DIR/floe.log" 2>&1 &
 pid=$!
@@ -59,6 +63,7 @@ PY
       produce --records "$N" --record-size 1024 --rate "$RATE" --keys "$KEYS" --warmup-ms 2000)
     sleep 3
     b1=$(metric floe_compaction_input_bytes_total); s1=$(metric floe_compaction_seconds_total)
-    echo "run $run $mode: $out; compaction input $(awk -v a="${b0:-0}" -v b="${b1:-0}" 'BEGIN{printf "%.1f", (b-a)/1e6}') MB in $(awk -v a="${s0:-0}" -v b="${s1:-0}" 'BEGIN{printf "%.2f", b-a}') s of passes"
+    dropped=$(metric floe_compaction_dropped_records_total)
+    echo "run $run $mode: $out; compaction input $(awk -v a="${b0:-0}" -v b="${b1:-0}" 'BEGIN{printf "%.1f", (b-a)/1e6}') MB in $(awk -v a="${s0:-0}" -v b="${s1:-0}" 'BEGIN{printf "%.2f", b-a}') s of passes (records dropped so far: ${dropped:-0})"
   done
 done
