@@ -128,6 +128,9 @@ pub struct BrokerConfig {
     /// A consumer-protocol member silent this long is removed and its
     /// partitions reassigned (group.consumer.session.timeout.ms).
     pub group_consumer_session_timeout_ms: u64,
+    /// How often the consumer lag of the groups this broker coordinates is
+    /// computed for `/metrics` (0: never).
+    pub consumer_lag_interval_ms: u64,
     /// Committed offsets of a group without members expire this long after
     /// their commit (offsets.retention.minutes, in ms).
     pub offsets_retention_ms: i64,
@@ -220,6 +223,7 @@ impl Default for BrokerConfig {
             group_consumer_session_timeout_ms: 45_000,
             offsets_retention_ms: 7 * 24 * 3_600_000,
             internal_topic_segment_bytes: floe_meta::topics::INTERNAL_SEGMENT_BYTES,
+            consumer_lag_interval_ms: 5_000,
             faults: Faults::default(),
             internal_tls: None,
         }

@@ -9,6 +9,7 @@ pub mod consumer_group;
 pub mod group;
 pub mod group_api;
 pub mod handlers;
+pub mod lag;
 pub mod load;
 pub mod metrics;
 pub mod node;

@@ -80,6 +80,8 @@ pub struct Metrics {
     compaction_dropped: Counter,
     /// Wall time of compaction passes that rewrote segments.
     pub compaction_seconds: Counter<f64, AtomicU64>,
+    /// Consumer lag of the groups this broker coordinates (`lag.rs`).
+    pub lag: crate::lag::Lag,
     /// Time compaction reads waited for `compaction_max_bytes_per_sec`.
     pub compaction_throttled_seconds: Counter<f64, AtomicU64>,
     /// Per compacted partition this broker writes: bytes never compacted
@@ -149,7 +151,9 @@ impl Metrics {
             compaction_dirty_ratio: Family::default(),
             compaction_lag: Family::default(),
             compaction_throttled_seconds: Counter::default(),
+            lag: Default::default(),
         };
+        m.lag.register(&mut m.edge.registry);
         m.edge.registry.register(
             "compaction_throttled_seconds",
             "Time compaction reads waited for compaction_max_bytes_per_sec",

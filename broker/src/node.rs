@@ -301,6 +301,12 @@ impl Node {
             node.clone(),
             Duration::from_millis(config.load_report_interval_ms.max(100)),
         ));
+        if config.consumer_lag_interval_ms > 0 {
+            tokio::spawn(crate::lag::run(
+                Arc::downgrade(&node),
+                Duration::from_millis(config.consumer_lag_interval_ms.max(100)),
+            ));
+        }
         Ok(node)
     }
 

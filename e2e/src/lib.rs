@@ -84,6 +84,8 @@ pub struct Standalone {
     config: Option<PathBuf>,
     /// More flags for `floe standalone`.
     args: Vec<String>,
+    /// More environment variables for it.
+    env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -102,6 +104,11 @@ impl Standalone {
 
     /// [`Standalone::start_with_config`] with more flags (`args`).
     pub fn start_with_args(toml: &str, args: &[&str]) -> Result<Self> {
+        Self::start_with_env(toml, args, &[])
+    }
+
+    /// [`Standalone::start_with_args`] with environment variables (`env`).
+    pub fn start_with_env(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let data_dir = tmp.path().join("data");
         let config = if toml.is_empty() {
@@ -117,6 +124,10 @@ impl Standalone {
             http_port: free_port(),
             config,
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             log: tmp.path().join("floe.log"),
             _tmp: Some(tmp),
@@ -153,6 +164,7 @@ impl Standalone {
             cmd.arg("--config").arg(c);
         }
         cmd.args(&self.args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", floe_bin().display()))?;

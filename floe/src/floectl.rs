@@ -140,6 +140,10 @@ enum Command {
     /// Consumer groups on every broker: classic and consumer-protocol
     /// (KIP-848), with state and coordinator.
     Groups,
+    /// One consumer group: state, members and their assignments, and per
+    /// partition the committed offset, the high watermark and the lag
+    /// (like kafka-consumer-groups.sh --describe).
+    Group { name: String },
     /// Topic admin: describe, create, delete, alter configs.
     Topic {
         #[command(subcommand)]
@@ -1102,6 +1106,76 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     })
                     .collect(),
             );
+            Ok(out)
+        }
+        Command::Group { name } => {
+            let d = client
+                .describe_group(admin_pb::DescribeGroupRequest { name })
+                .await?
+                .into_inner();
+            if json_out {
+                return json(&d);
+            }
+            let mut out = format!(
+                "group {}: {} ({} {}), coordinator {}, {} members, total lag {}\n\n",
+                d.name,
+                d.state,
+                d.protocol_type,
+                d.protocol,
+                d.coordinator,
+                d.members.len(),
+                d.total_lag
+            );
+            let known = |v: i64| {
+                if v < 0 {
+                    "-".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            out += &table(
+                &[
+                    "TOPIC",
+                    "PARTITION",
+                    "CURRENT-OFFSET",
+                    "LOG-END-OFFSET",
+                    "LAG",
+                    "MEMBER",
+                    "CLIENT",
+                ],
+                d.partitions
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.topic.clone(),
+                            p.partition.to_string(),
+                            known(p.committed_offset),
+                            known(p.high_watermark),
+                            known(p.lag),
+                            p.member_id.clone(),
+                            p.client_id.clone(),
+                        ]
+                    })
+                    .collect(),
+            );
+            if !d.members.is_empty() {
+                out += "\n";
+                out += &table(
+                    &["MEMBER", "INSTANCE", "CLIENT", "HOST", "ASSIGNMENT"],
+                    d.members
+                        .iter()
+                        .map(|m| {
+                            vec![
+                                m.member_id.clone(),
+                                m.instance_id.clone(),
+                                m.client_id.clone(),
+                                m.client_host.clone(),
+                                m.assignment.join(","),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
             Ok(out)
         }
         Command::Groups => {

@@ -660,6 +660,26 @@ impl Groups {
         Ok((committed, unstable))
     }
 
+    /// Every committed offset of the groups this broker coordinates:
+    /// (group, topic, partition, offset).
+    pub async fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        let shards: Vec<Arc<Shard>> = self.shards.lock().unwrap().values().cloned().collect();
+        let mut out = Vec::new();
+        for s in shards {
+            if s.handle.state() != PartitionState::Writing {
+                continue;
+            }
+            let guard = s.state.lock().await;
+            let Some(st) = guard.as_ref() else { continue };
+            for (g, m) in &st.offsets {
+                for ((t, p), c) in m {
+                    out.push((g.clone(), t.clone(), *p, c.offset));
+                }
+            }
+        }
+        out
+    }
+
     /// Every group this broker coordinates.
     pub async fn list(&self) -> Vec<GroupListing> {
         let shards: Vec<Arc<Shard>> = self.shards.lock().unwrap().values().cloned().collect();

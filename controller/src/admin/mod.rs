@@ -388,6 +388,20 @@ impl pb::admin_server::Admin for AdminService {
         ))
     }
 
+    async fn describe_group(
+        &self,
+        r: Request<pb::DescribeGroupRequest>,
+    ) -> Result<Response<pb::GroupDescription>, Status> {
+        Ok(Response::new(
+            groups::describe(
+                &*self.state.meta,
+                self.state.internal_tls.as_deref(),
+                &r.into_inner().name,
+            )
+            .await?,
+        ))
+    }
+
     async fn describe_topic(
         &self,
         request: Request<pb::DescribeTopicRequest>,
