@@ -82,6 +82,9 @@ pub struct Metrics {
     pub compaction_seconds: Counter<f64, AtomicU64>,
     /// Consumer lag of the groups this broker coordinates (`lag.rs`).
     pub lag: crate::lag::Lag,
+    /// The metadata store's requests (the store is wrapped with
+    /// `floe_meta::metered::Metered` over this).
+    pub meta: std::sync::Arc<floe_meta::metered::MetaMetrics>,
     /// Time compaction reads waited for `compaction_max_bytes_per_sec`.
     pub compaction_throttled_seconds: Counter<f64, AtomicU64>,
     /// Per compacted partition this broker writes: bytes never compacted
@@ -152,8 +155,10 @@ impl Metrics {
             compaction_lag: Family::default(),
             compaction_throttled_seconds: Counter::default(),
             lag: Default::default(),
+            meta: Default::default(),
         };
         m.lag.register(&mut m.edge.registry);
+        m.meta.register(&mut m.edge.registry);
         m.edge.registry.register(
             "compaction_throttled_seconds",
             "Time compaction reads waited for compaction_max_bytes_per_sec",

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod assignment;
 pub mod drain;
+pub mod metrics;
 pub mod operations;
 pub mod rebalance;
 
@@ -195,6 +196,10 @@ impl Controller {
                 .then(Op::put(key, record.encode_to_vec())),
         );
         if self.meta.txn(txn).await?.committed() {
+            crate::metrics::metrics()
+                .assignments
+                .get_or_create(&crate::metrics::KindLabel { kind: "move" })
+                .inc();
             tracing::info!(partition = %p, from = a.broker_id, to = broker, epoch = record.epoch, "moved partition");
             Ok(record.epoch)
         } else {
@@ -230,7 +235,14 @@ impl Controller {
                 _ = changes.0.notified() => {}
                 _ = resync.tick() => {}
             }
-            if let Err(e) = self.reconcile().await {
+            let m = crate::metrics::metrics();
+            let started = std::time::Instant::now();
+            let r = self.reconcile().await;
+            m.reconciles.inc();
+            m.reconcile_duration
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = r {
+                m.reconcile_errors.inc();
                 tracing::warn!(error = %e, "reconcile failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -344,6 +356,7 @@ impl Controller {
                 .load(std::sync::atomic::Ordering::SeqCst);
         self.recheck
             .store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut kind = "assign";
         if changes.is_empty() && balance_due && !settled {
             // A broker joined moments ago: look again shortly.
             self.recheck
@@ -356,6 +369,7 @@ impl Controller {
                 .collect();
             let (balanced, held) = assignment::balance(&partitions, &current, &live, &writing);
             changes = balanced;
+            kind = "balance";
             // Moves held back for partitions still recovering: look again
             // shortly (nothing we watch changes when a recovery ends).
             self.balance_due
@@ -381,6 +395,10 @@ impl Controller {
                     .then(Op::put(key, record.encode_to_vec())),
             );
             if self.meta.txn(txn).await?.committed() {
+                crate::metrics::metrics()
+                    .assignments
+                    .get_or_create(&crate::metrics::KindLabel { kind })
+                    .inc();
                 tracing::info!(partition = %change.partition, broker = change.broker, epoch = change.epoch, "assigned");
             }
         }

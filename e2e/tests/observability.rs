@@ -191,3 +191,79 @@ async fn a_stopped_group_lags_by_exactly_the_records_produced_since() {
         "{table}"
     );
 }
+
+/// A number from a Prometheus text line starting with `head` (0 when
+/// absent).
+fn value(metrics: &str, head: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(head))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The controller's /metrics: leadership, reconcile passes, assignments
+/// by kind (a new topic's partitions are assigned, a floectl move is a
+/// move with its duration), operations, and its etcd requests; brokers
+/// time their etcd requests too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_exports_leadership_reconciles_moves_and_etcd_latency() {
+    let c = Cluster::start(2, 1, 3_000).unwrap();
+    let leader = c.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = c.bootstrap();
+    create_topic(&b, "watched", 2).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let owner = loop {
+        if let Some(Some(o)) = floe_e2e::leaders(&b, "watched").get(&0) {
+            break *o;
+        }
+        assert!(Instant::now() < deadline, "no owner");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let to = 3 - owner;
+    let (code, _, err) = c.floectl(0, &["move", "watched", "0", "--to", &to.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let m = c.controllers[leader].http("/metrics").unwrap();
+    assert_eq!(value(&m, "floe_controller_leader "), 1.0, "{m}");
+    assert!(value(&m, "floe_controller_reconciles_total ") >= 1.0, "{m}");
+    assert!(
+        value(&m, "floe_controller_reconcile_duration_seconds_count ") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        value(&m, "floe_controller_assignments_total{kind=\"assign\"} ") >= 2.0,
+        "the new topic's partitions were assigned: {m}"
+    );
+    assert_eq!(
+        value(&m, "floe_controller_assignments_total{kind=\"move\"} "),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, "floe_controller_move_duration_seconds_count "),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        value(
+            &m,
+            "floe_metadata_request_duration_seconds_count{op=\"range\"} "
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        value(
+            &m,
+            "floe_metadata_request_duration_seconds_count{op=\"txn\"} "
+        ) >= 1.0,
+        "{m}"
+    );
+    let bm = c.brokers[0].http("/metrics").unwrap();
+    assert!(
+        value(
+            &bm,
+            "floe_metadata_request_duration_seconds_count{op=\"txn\"} "
+        ) >= 1.0,
+        "brokers time their etcd requests: {bm}"
+    );
+}

@@ -190,6 +190,8 @@ pub async fn broker(args: BrokerArgs) -> Result<()> {
     crate::start_storage(&pool, &config, &shutdown);
     spawn_pool_watch(meta.clone(), pool.clone(), shutdown.child_token());
     let metrics = Arc::new(Metrics::new());
+    let meta: Arc<dyn MetadataStore> =
+        Arc::new(floe_meta::metered::Metered::new(meta, metrics.meta.clone()));
     let clock: SharedClock = Arc::new(SystemClock);
     let node = Node::start(
         config,
@@ -363,7 +365,10 @@ pub async fn proxy(args: ProxyArgs) -> Result<()> {
 }
 
 pub async fn controller(args: ControllerArgs) -> Result<()> {
-    let meta = connect(&args.etcd, args.config.as_deref()).await?;
+    let meta: Arc<dyn MetadataStore> = Arc::new(floe_meta::metered::Metered::new(
+        connect(&args.etcd, args.config.as_deref()).await?,
+        floe_controller::metrics::metrics().meta.clone(),
+    ));
     let clock: SharedClock = Arc::new(SystemClock);
     let cluster_id = floe_controller::ensure_cluster_id(&*meta, clock.now_ms()).await?;
     if read_pool(&*meta).await?.is_none() {

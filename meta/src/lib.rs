@@ -11,6 +11,7 @@ pub mod embedded;
 pub mod etcd;
 pub mod follow;
 pub mod keys;
+pub mod metered;
 pub mod schema;
 pub mod store;
 pub mod topics;

@@ -586,6 +586,9 @@ impl pb::admin_server::Admin for AdminService {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        crate::metrics::metrics()
+            .move_duration
+            .observe(started.elapsed().as_secs_f64());
         Ok(Response::new(pb::MovePartitionResponse {
             epoch,
             took_ms: started.elapsed().as_millis() as u64,

@@ -50,6 +50,7 @@ impl ControllerState {
     /// This process leads now, as `c`.
     pub fn lead(&self, c: Arc<Controller>) {
         *self.leader.write().unwrap() = Some(c);
+        crate::metrics::metrics().leader.set(1);
     }
 }
 
@@ -150,8 +151,24 @@ pub async fn http(
     let leader_state = state.clone();
     let ready_state = state.clone();
     let move_state = state.clone();
+    let metrics_state = state.clone();
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let state = metrics_state.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        crate::metrics::encode(&*state.meta).await,
+                    )
+                }
+            }),
+        )
         // Serving once registered: a standby is ready too (it forwards
         // admin requests to the leader and takes over when it goes).
         .route(
