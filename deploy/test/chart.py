@@ -39,7 +39,7 @@ NAMESPACE = "streaming"
 KUBE_VERSIONS = ["1.30.0", "1.34.0"]
 # Kinds whose schemas are not Kubernetes' own (CRDs): ServiceMonitor is
 # checked for shape only; a FloeCluster against the chart's own CRD.
-CRD_KINDS = {"ServiceMonitor", "FloeCluster"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "FloeCluster"}
 CRDS = CHART / "crds"
 # What the operator renders (operator/src/render.rs golden files): valid
 # Kubernetes objects as well.

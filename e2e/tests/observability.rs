@@ -267,3 +267,228 @@ async fn the_controller_exports_leadership_reconciles_moves_and_etcd_latency() {
         "brokers time their etcd requests: {bm}"
     );
 }
+
+/// A real Prometheus (Debian's `prometheus`) scraping a running cluster —
+/// controller, brokers, proxy, each labelled with its `floe_role` as the
+/// Helm chart's ServiceMonitor labels them — while clients produce,
+/// consume, commit, compact and a partition moves: every query of the
+/// Grafana dashboard (deploy/grafana/floe-dashboard.json) returns series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_cluster_and_every_dashboard_query_returns_series() {
+    let prometheus = std::env::var("FLOE_PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
+    let mut c = Cluster::start_with(2, 1, 3_000, "consumer_lag_interval_ms = 500\n").unwrap();
+    c.add_proxy().unwrap();
+    let leader = c.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = c.bootstrap();
+    let proxy = c.proxy_bootstrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = |port: u16| format!("'127.0.0.1:{port}'");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n\
+         - job_name: floe-controller\n  static_configs:\n  - targets: [{}]\n    labels: {{floe_role: controller}}\n\
+         - job_name: floe-broker\n  static_configs:\n  - targets: [{}]\n    labels: {{floe_role: broker}}\n\
+         - job_name: floe-proxy\n  static_configs:\n  - targets: [{}]\n    labels: {{floe_role: proxy}}\n",
+        c.controllers
+            .iter()
+            .map(|p| target(p.http_port))
+            .collect::<Vec<_>>()
+            .join(", "),
+        c.brokers
+            .iter()
+            .map(|p| target(p.http_port))
+            .collect::<Vec<_>>()
+            .join(", "),
+        c.proxies
+            .iter()
+            .map(|p| target(p.http_port))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), &config).unwrap();
+    let port = floe_e2e::free_port();
+    let prom = std::process::Command::new(&prometheus)
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {prometheus} (Debian's prometheus package): {e}"));
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prometheus = Kill(prom);
+
+    // Traffic: produce and consume through the proxy (and a reader of
+    // the brokers themselves), a group that commits, a compacted topic, a
+    // planned move.
+    create_topic(&b, "dash", 2).await;
+    produce(&proxy, "dash", 0, 200).await;
+    produce(&proxy, "dash", 1, 200).await;
+    floe_e2e::read_all(&b, "dash", 2);
+    {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &proxy)
+            .set("group.id", "dashboard")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["dash"]).unwrap();
+        let mut n = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while n < 300 && Instant::now() < deadline {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
+                n += 1;
+            }
+        }
+        assert!(n >= 300, "consumed {n}");
+        consumer.commit_consumer_state(CommitMode::Sync).unwrap();
+    }
+    {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .create()
+            .unwrap();
+        let t = NewTopic::new("dash-compact", 1, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "compact")
+            .set("segment.bytes", "4096")
+            .set("min.cleanable.dirty.ratio", "0.01");
+        admin
+            .create_topics(&[t], &AdminOptions::new())
+            .await
+            .unwrap();
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .create()
+            .unwrap();
+        for round in 0..20 {
+            for i in 0..50 {
+                p.send(
+                    FutureRecord::to("dash-compact")
+                        .partition(0)
+                        .key(&format!("k{i}"))
+                        .payload(&format!("v{round}")),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+            }
+        }
+    }
+    let owner = floe_e2e::leaders(&b, "dash")[&0].unwrap();
+    let (code, _, err) = c.floectl(
+        leader,
+        &["move", "dash", "0", "--to", &(3 - owner).to_string()],
+    );
+    assert_eq!(code, 0, "{err}");
+    // More traffic while Prometheus takes a few more scrapes.
+    produce(&proxy, "dash", 0, 100).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/floe-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    let query = |expr: &str| -> serde_json::Value {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "--get", "--data-urlencode"])
+            .arg(format!("query={expr}"))
+            .arg(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    // Every target up, then every query with series (a few seconds more
+    // for rates that need two scrapes of a new series).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut empty: Vec<String> = exprs.clone();
+    loop {
+        let up = query("sum(up)");
+        let ups = up["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if ups >= 4.0 {
+            empty.retain(|e| {
+                query(e)["data"]["result"]
+                    .as_array()
+                    .is_none_or(|r| r.is_empty())
+            });
+            if empty.is_empty() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ups} targets up; queries without series: {empty:#?}\nprometheus log: {}",
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The alert rules (deploy/prometheus/floe-alerts.yaml) are valid and
+/// pass their unit tests under Debian's promtool: every alert fires when
+/// it should and stays quiet when it should not
+/// (deploy/prometheus/floe-alerts.test.yaml).
+#[test]
+fn promtool_checks_and_unit_tests_every_alert() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus");
+    let promtool = std::env::var("FLOE_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("running {promtool} (Debian's prometheus package): {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?}:\n{text}");
+        text
+    };
+    let check = run(&["check", "rules", "floe-alerts.yaml"]);
+    assert!(check.contains("SUCCESS: 9 rules found"), "{check}");
+    let rules = std::fs::read_to_string(format!("{dir}/floe-alerts.yaml")).unwrap();
+    let tests = std::fs::read_to_string(format!("{dir}/floe-alerts.test.yaml")).unwrap();
+    // Every alert has a unit test.
+    for alert in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!("alertname: {alert}")),
+            "no unit test for {alert}"
+        );
+    }
+    let out = run(&["test", "rules", "floe-alerts.test.yaml"]);
+    assert!(out.contains("SUCCESS"), "{out}");
+}

@@ -170,6 +170,9 @@ impl Proxy {
         cache: BlockCache,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, MetaError> {
+        let metrics = Arc::new(ProxyMetrics::default());
+        let meta: Arc<dyn MetadataStore> =
+            Arc::new(floe_meta::metered::Metered::new(meta, metrics.meta.clone()));
         let Some(first) = endpoints.first() else {
             return Err(MetaError::Invalid("a proxy needs a Kafka listener".into()));
         };
@@ -216,7 +219,6 @@ impl Proxy {
         }
         let view = View::follow(meta.clone(), shutdown.child_token()).await?;
         let mut requests = Metrics::with_prefix("floe_proxy");
-        let metrics = Arc::new(ProxyMetrics::default());
         metrics.register(&mut requests.registry);
         let tails = Tails::new(
             view.clone(),

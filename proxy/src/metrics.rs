@@ -23,10 +23,14 @@ pub struct ProxyMetrics {
     pub group_forwarded: Counter,
     pub storage_reads: Gauge<u64, AtomicU64>,
     pub cache_hit_ratio: Gauge<f64, AtomicU64>,
+    /// The metadata store's requests (the proxy's store is wrapped with
+    /// `floe_meta::metered::Metered` over this).
+    pub meta: std::sync::Arc<floe_meta::metered::MetaMetrics>,
 }
 
 impl ProxyMetrics {
     pub fn register(&self, r: &mut Registry) {
+        self.meta.register(r);
         r.register(
             "followed_partitions",
             "Partitions this proxy follows (tail push streams to owners)",
