@@ -1,6 +1,9 @@
 //! Observability as operators expect it (issue 22): logs as JSON for log
 //! pipelines (`FLOE_LOG_FORMAT=json`), consumer lag per group and
-//! partition in `/metrics`.
+//! partition in `/metrics` and `floectl group`, the controller's and the
+//! metadata store's metrics, the alert rules under promtool, the dashboard
+//! against a real Prometheus scraping a cluster, and OpenTelemetry traces
+//! from proxy to broker to storage received by a test OTLP collector.
 
 use std::time::{Duration, Instant};
 
@@ -491,4 +494,291 @@ fn promtool_checks_and_unit_tests_every_alert() {
     }
     let out = run(&["test", "rules", "floe-alerts.test.yaml"]);
     assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// A test OTLP collector: the trace service of `opentelemetry-proto`,
+/// keeping every span it is sent.
+mod otlp {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+    #[derive(Clone, Debug)]
+    pub struct Got {
+        pub service: String,
+        pub name: String,
+        pub trace_id: Vec<u8>,
+        pub span_id: Vec<u8>,
+        pub parent: Vec<u8>,
+        pub nanos: u64,
+        pub attributes: Vec<(String, String)>,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct Receiver {
+        pub spans: Arc<Mutex<Vec<Got>>>,
+    }
+
+    fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+        match v.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            Some(Value::IntValue(i)) => i.to_string(),
+            Some(Value::BoolValue(b)) => b.to_string(),
+            Some(Value::DoubleValue(d)) => d.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            r: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut spans = self.spans.lock().unwrap();
+            for rs in r.into_inner().resource_spans {
+                let service = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .map(|a| text(&a.value))
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for s in ss.spans {
+                        spans.push(Got {
+                            service: service.clone(),
+                            name: s.name,
+                            trace_id: s.trace_id,
+                            span_id: s.span_id,
+                            parent: s.parent_span_id,
+                            nanos: s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
+                            attributes: s
+                                .attributes
+                                .iter()
+                                .map(|a| (a.key.clone(), text(&a.value)))
+                                .collect(),
+                        });
+                    }
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// Serve on a free loopback port until the test ends.
+    pub async fn start() -> (String, Receiver) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = Receiver::default();
+        let service = TraceServiceServer::new(r.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await;
+        });
+        (format!("http://{addr}"), r)
+    }
+}
+
+/// OpenTelemetry traces (OTLP/gRPC to a test collector): one produce
+/// through a proxy is one trace, in which the broker's Produce span is a
+/// child of the proxy's (the context rides in the forwarded request's
+/// header) and the storage writes of its chunk are children of the
+/// broker's; a slow storage target is the long span; with sampling off
+/// (`OTEL_TRACES_SAMPLER=always_off`) nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_produce_through_a_proxy_is_one_trace_from_proxy_to_broker_to_storage() {
+    let (endpoint, collector) = otlp::start().await;
+    let endpoint_env = format!("OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}");
+    let mut c = Cluster::start_wrapped(
+        1,
+        1,
+        3_000,
+        "",
+        &[],
+        1,
+        1,
+        &["env", &endpoint_env, "OTEL_BSP_SCHEDULE_DELAY=100"],
+    )
+    .unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    create_topic(&c.bootstrap(), "traced", 1).await;
+    let proxy = c.proxy_bootstrap();
+    produce(&proxy, "traced", 0, 1).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (proxy_span, broker_span, puts) = loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        let found = spans
+            .iter()
+            .filter(|s| s.service == "floe-proxy" && s.name == "Produce")
+            .find_map(|p| {
+                let b = spans.iter().find(|b| {
+                    b.service == "floe-broker"
+                        && b.name == "Produce"
+                        && b.trace_id == p.trace_id
+                        && b.parent == p.span_id
+                })?;
+                let puts: Vec<otlp::Got> = spans
+                    .iter()
+                    .filter(|s| {
+                        s.name == "storage.put" && s.trace_id == b.trace_id && s.parent == b.span_id
+                    })
+                    .cloned()
+                    .collect();
+                (!puts.is_empty()).then(|| (p.clone(), b.clone(), puts))
+            });
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no proxy → broker → storage trace among {} spans: {:#?}",
+            spans.len(),
+            spans
+                .iter()
+                .map(|s| (&s.service, &s.name, hex(&s.trace_id), hex(&s.parent)))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(proxy_span.parent.is_empty(), "the proxy's span is the root");
+    assert!(
+        broker_span
+            .attributes
+            .iter()
+            .any(|(k, v)| k == "kafka.client_id" && !v.is_empty()),
+        "{broker_span:?}"
+    );
+    assert!(
+        puts.iter().all(|p| p
+            .attributes
+            .iter()
+            .any(|(k, v)| k == "storage.path" && v.ends_with(".chunk"))),
+        "{puts:?}"
+    );
+    assert!(
+        broker_span.nanos >= puts[0].nanos,
+        "the put inside the request"
+    );
+    drop(c);
+
+    // A slow storage target (the fault-injecting store: 400 ms on every
+    // request) among three, W = 2: its replica writes are the long spans
+    // of the produce's trace; the other two answer the quorum.
+    let (endpoint, collector) = otlp::start().await;
+    let endpoint_env = format!("OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}");
+    let dirs = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = (0..3)
+        .map(|i| {
+            let d = dirs.path().join(format!("t{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let slow = if i == 2 {
+                "?floe_latency_p50_ms=400&floe_latency_p99_ms=400"
+            } else {
+                ""
+            };
+            format!("file://{}{slow}", d.display())
+        })
+        .collect();
+    let mut c = Cluster::start_wrapped(
+        1,
+        1,
+        3_000,
+        "",
+        &urls,
+        3,
+        2,
+        &["env", &endpoint_env, "OTEL_BSP_SCHEDULE_DELAY=100"],
+    )
+    .unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let (code, out, err) = c.floectl(0, &["storage", "list", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let pool: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let slow_id = pool["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["url"].as_str().unwrap().contains("floe_latency"))
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .expect("the slow target");
+    create_topic(&c.bootstrap(), "slow", 1).await;
+    produce(&c.proxy_bootstrap(), "slow", 0, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let target_of = |s: &otlp::Got| {
+        s.attributes
+            .iter()
+            .find(|(k, _)| k == "storage.target")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        // The produce's broker span and its replica writes.
+        let found = spans
+            .iter()
+            .filter(|b| b.service == "floe-broker" && b.name == "Produce" && !b.parent.is_empty())
+            .find_map(|b| {
+                let puts: Vec<&otlp::Got> = spans
+                    .iter()
+                    .filter(|s| s.name == "storage.put" && s.parent == b.span_id)
+                    .collect();
+                (puts.len() >= 3).then_some(puts)
+            });
+        if let Some(puts) = found {
+            let longest = puts.iter().max_by_key(|s| s.nanos).unwrap();
+            assert_eq!(target_of(longest), slow_id, "{puts:#?}");
+            assert!(longest.nanos >= 350_000_000, "{puts:#?}");
+            assert!(
+                puts.iter()
+                    .filter(|s| target_of(s) != slow_id)
+                    .all(|s| s.nanos < longest.nanos / 2),
+                "the others are quick: {puts:#?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no produce trace with three replica writes among {} spans",
+            spans.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(c);
+
+    // Sampling off: spans are neither made nor sent.
+    let (endpoint, quiet) = otlp::start().await;
+    let s = Standalone::start_with_env(
+        "",
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .unwrap();
+    create_topic(&s.bootstrap(), "untraced", 1).await;
+    produce(&s.bootstrap(), "untraced", 0, 5).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        quiet.spans.lock().unwrap().is_empty(),
+        "spans sent with sampling off"
+    );
+    assert!(!s.log_text().contains("OpenTelemetry traces on"));
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

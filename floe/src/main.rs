@@ -296,53 +296,33 @@ pub(crate) fn with_authorizer_metrics(
     format!("{body}{}# EOF\n", az.encode_metrics(prefix))
 }
 
-/// Logs to stderr, filtered by `FLOE_LOG` (or `RUST_LOG`; default info),
-/// as `FLOE_LOG_FORMAT` says: `text` (the default; colours only on a
-/// terminal) or `json` (one object a line: timestamp, level, target, the
-/// event's fields flattened, and the spans it happened in, for log
-/// pipelines).
-fn init_logging() -> Result<()> {
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_from_env("FLOE_LOG")
-            .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-            .unwrap_or_else(|_| "info".into())
-    };
-    match std::env::var("FLOE_LOG_FORMAT").as_deref() {
-        Ok("json") => tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(true)
-            .with_env_filter(filter())
-            .with_writer(std::io::stderr)
-            .init(),
-        Ok("text") | Ok("") | Err(std::env::VarError::NotPresent) => tracing_subscriber::fmt()
-            .with_env_filter(filter())
-            .with_writer(std::io::stderr)
-            // Colours only on a terminal: files and container logs get plain text.
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        Ok(other) => anyhow::bail!("FLOE_LOG_FORMAT must be text or json, not {other:?}"),
-        Err(e) => anyhow::bail!("FLOE_LOG_FORMAT: {e}"),
-    }
-    Ok(())
-}
-
 fn main() -> Result<()> {
-    init_logging()?;
+    // Checked first: a bad value is an error even for --help.
+    let format = telemetry::log_format()?;
     let cli = Cli::parse();
+    let role = match &cli.command {
+        Command::Standalone(_) => "standalone",
+        Command::Broker(_) => "broker",
+        Command::Controller(_) => "controller",
+        Command::Proxy(_) => "proxy",
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command {
-        Command::Standalone(args) => rt.block_on(standalone(args)),
-        Command::Broker(args) => rt.block_on(cluster::broker(args)),
-        Command::Controller(args) => rt.block_on(cluster::controller(args)),
-        Command::Proxy(args) => rt.block_on(cluster::proxy(args)),
-    }
+    rt.block_on(async move {
+        // Dropped last: spans of the shutdown are flushed too.
+        let _telemetry = telemetry::init(format, role)?;
+        match cli.command {
+            Command::Standalone(args) => standalone(args).await,
+            Command::Broker(args) => cluster::broker(args).await,
+            Command::Controller(args) => cluster::controller(args).await,
+            Command::Proxy(args) => cluster::proxy(args).await,
+        }
+    })
 }
 
 mod cluster;
+mod telemetry;
 mod tryout;
 
 async fn standalone(args: StandaloneArgs) -> Result<()> {

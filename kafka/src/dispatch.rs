@@ -17,6 +17,7 @@ use floe_protocol::kafka_protocol::messages::*;
 use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable};
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use tracing::Instrument;
 
 use crate::listener::{api_name, decode_body, ready, request_head, respond, Close, Peer, Pending};
 use crate::metrics::RequestMetrics;
@@ -311,12 +312,21 @@ impl<S: Send + Sync + 'static, X: Send + Sync + 'static> Router<S, X> {
                 .boxed());
             }
         };
-        let pending = handler(s.clone(), x.clone(), request, kind).await?;
+        let span = crate::trace::request_span(
+            api_name(api),
+            version,
+            &request.client_id,
+            &header.unknown_tagged_fields,
+        );
+        let pending = handler(s.clone(), x.clone(), request, kind)
+            .instrument(span.clone())
+            .await?;
         Ok(async move {
             let answer = pending.await;
             drop(timer);
             answer
         }
+        .instrument(span)
         .boxed())
     }
 }

@@ -20,6 +20,7 @@ pub mod read;
 pub mod read_suite;
 pub mod sasl;
 pub mod tls;
+pub mod trace;
 pub mod users;
 
 pub use metrics::RequestMetrics;

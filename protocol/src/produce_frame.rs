@@ -71,12 +71,14 @@ fn array_len(b: &mut BytesMut, n: usize, flexible: bool) {
     }
 }
 
-/// `req` at `version` with `client_id`, in parts. Versions 3 to 12 (those
+/// `req` at `version` with `client_id` and the header's tagged fields
+/// `header_tags` (e.g. a trace context), in parts. Versions 3 to 12 (those
 /// that name topics); a request carrying tagged fields Floe does not know
 /// is encoded whole by the codec instead.
 pub fn produce_parts(
     version: i16,
     client_id: &str,
+    header_tags: std::collections::BTreeMap<i32, bytes::Bytes>,
     req: &ProduceRequest,
 ) -> Result<FrameParts, String> {
     let unknown = !req.unknown_tagged_fields.is_empty()
@@ -92,6 +94,7 @@ pub fn produce_parts(
         .with_request_api_version(version)
         .with_correlation_id(0)
         .with_client_id(Some(StrBytes::from_string(client_id.to_string())))
+        .with_unknown_tagged_fields(header_tags)
         .encode(&mut b, ApiKey::Produce.request_header_version(version))
         .map_err(|e| e.to_string())?;
     if !(3..=12).contains(&version) || unknown {
@@ -206,7 +209,7 @@ mod tests {
         ];
         for version in 3..=12 {
             for req in &cases {
-                let parts = produce_parts(version, "client-1", req).unwrap();
+                let parts = produce_parts(version, "client-1", Default::default(), req).unwrap();
                 assert_eq!(parts.join(), whole(version, req), "v{version}");
                 assert_eq!(parts.len(), whole(version, req).len());
             }
@@ -216,7 +219,7 @@ mod tests {
     #[test]
     fn records_are_carried_not_copied() {
         let req = request(&[Some(vec![4; 1000])], None);
-        let parts = produce_parts(9, "client-1", &req).unwrap();
+        let parts = produce_parts(9, "client-1", Default::default(), &req).unwrap();
         let sent = req.topic_data[0].partition_data[0]
             .records
             .as_ref()
@@ -235,7 +238,7 @@ mod tests {
         let mut req = request(&[Some(vec![1])], None);
         req.unknown_tagged_fields
             .insert(5, Bytes::from_static(b"zz"));
-        let parts = produce_parts(9, "client-1", &req).unwrap();
+        let parts = produce_parts(9, "client-1", Default::default(), &req).unwrap();
         assert_eq!(parts.parts.len(), 1);
         assert_eq!(parts.join(), whole(9, &req));
     }

@@ -28,6 +28,7 @@ use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::upstream::{decode_response, UpstreamError};
 use crate::Proxy;
@@ -414,6 +415,8 @@ impl Proxy {
                         .await;
                     (part.topic, r)
                 }
+                // Retries and re-sends stay in the request's trace.
+                .in_current_span()
                 .boxed(),
             );
             tasks.push((topic, index, flags, handle));
@@ -630,7 +633,12 @@ impl Proxy {
     ) -> SharedAnswer {
         let broker = owner.broker_id;
         // The client's record sets go out as the bytes they arrived in.
-        let frame = floe_protocol::produce_frame::produce_parts(version, client_id, req);
+        let frame = floe_protocol::produce_frame::produce_parts(
+            version,
+            client_id,
+            floe_kafka::trace::header_tags(),
+            req,
+        );
         let rx = frame.map(|f| self.produce_pool.get(owner).send_parts(f));
         let awaiting = self.broker_health.sent(broker, owner.started_ms);
         async move {

@@ -292,7 +292,10 @@ pub fn encode_request<R: floe_protocol::kafka_protocol::protocol::Encodable>(
         .with_request_api_key(api as i16)
         .with_request_api_version(version)
         .with_correlation_id(0)
-        .with_client_id(Some(StrBytes::from_string(client_id.to_string())));
+        .with_client_id(Some(StrBytes::from_string(client_id.to_string())))
+        // The trace context of the request being served, for the broker's
+        // span (flexible header versions carry it).
+        .with_unknown_tagged_fields(floe_kafka::trace::header_tags());
     header
         .encode(&mut buf, api.request_header_version(version))
         .map_err(|e| e.to_string())?;

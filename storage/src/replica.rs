@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -71,14 +72,26 @@ impl ReplicaSet {
                 let t = t.clone();
                 let path = path.clone();
                 let data = data.clone();
-                tokio::spawn(async move {
-                    let r = create_or_match(&t, &path, data).await;
-                    if matches!(r, Err(ref e) if !matches!(e, object_store::Error::AlreadyExists { .. })) {
-                        // New segments avoid it until a probe sees it answer.
-                        t.up.store(false, std::sync::atomic::Ordering::SeqCst);
+                // One span per replica write, under the caller's (a produce
+                // request's, when traced): a slow target is the long one.
+                let span = tracing::info_span!(
+                    "storage.put",
+                    otel.kind = "client",
+                    storage.target = %t.id,
+                    storage.path = %path,
+                    storage.bytes = data.len(),
+                );
+                tokio::spawn(
+                    async move {
+                        let r = create_or_match(&t, &path, data).await;
+                        if matches!(r, Err(ref e) if !matches!(e, object_store::Error::AlreadyExists { .. })) {
+                            // New segments avoid it until a probe sees it answer.
+                            t.up.store(false, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        (t.id, r)
                     }
-                    (t.id, r)
-                })
+                    .instrument(span),
+                )
             })
             .collect();
         let total = self.targets.len();

@@ -196,6 +196,9 @@ pub(crate) enum Command {
         /// batch joins only a transaction already open here at its epoch.
         guard: Option<u64>,
         reply: oneshot::Sender<Result<Appended, AppendError>>,
+        /// The request's span (its chunk's storage writes are traced
+        /// under it).
+        span: tracing::Span,
     },
     /// Write a transaction's end marker (from its coordinator).
     Marker {
@@ -271,6 +274,7 @@ impl PartitionHandle {
                 headers,
                 guard,
                 reply,
+                span: tracing::Span::current(),
             })
             .await
             .map_err(|_| AppendError::NotLeader)?;

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use bytes::{Bytes, BytesMut};
 use floe_common::{Epoch, Offset, PartitionId};
@@ -62,6 +63,9 @@ struct Buffer {
     batches: u32,
     waiters: Vec<Waiter>,
     deadline: tokio::time::Instant,
+    /// The span of the request whose batch opened the chunk: its storage
+    /// writes are traced under it.
+    span: tracing::Span,
 }
 
 struct Flush {
@@ -405,7 +409,7 @@ impl Writer {
                     self.compact_done(done).await.map(|_| None)
                 }
                 cmd = rx.recv(), if self.inflight.len() < max_inflight => match cmd {
-                    Some(Command::Append { records, headers, guard, reply }) => self.append(records, headers, guard, reply).await.map(|_| None),
+                    Some(Command::Append { records, headers, guard, reply, span }) => self.append(records, headers, guard, reply, span).await.map(|_| None),
                     Some(Command::Marker { marker, reply }) => self.append_marker(marker, reply).await.map(|_| None),
                     Some(Command::UpdateConfig(c)) => {
                         self.config = c;
@@ -567,6 +571,7 @@ impl Writer {
         headers: Vec<BatchHeader>,
         guard: Option<u64>,
         reply: Reply,
+        span: tracing::Span,
     ) -> Result<(), Stop> {
         if !self.ctx.lease.is_valid() {
             let _ = reply.send(Err(AppendError::NotLeader));
@@ -641,7 +646,8 @@ impl Writer {
             }
             return Ok(());
         }
-        self.buffer_batches(records, headers, reply, now).await
+        self.buffer_batches(records, headers, reply, now, span)
+            .await
     }
 
     /// A transaction's end marker, appended as a control batch like any
@@ -682,7 +688,8 @@ impl Writer {
         let records = floe_protocol::control::marker_batch(&marker, now);
         let headers: Vec<BatchHeader> = batch::Batches::new(&records).map(|(_, h)| h).collect();
         self.txns.on_marker(&marker, self.next_offset);
-        self.buffer_batches(records, headers, reply, now).await
+        self.buffer_batches(records, headers, reply, now, tracing::Span::current())
+            .await
     }
 
     /// Copy checked batches into the filling chunk at the next offsets;
@@ -693,6 +700,7 @@ impl Writer {
         headers: Vec<BatchHeader>,
         reply: Reply,
         now: i64,
+        span: tracing::Span,
     ) -> Result<(), Stop> {
         let log_append_time =
             (self.config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
@@ -704,6 +712,7 @@ impl Writer {
             batches: 0,
             waiters: Vec::new(),
             deadline: tokio::time::Instant::now() + linger,
+            span: span.clone(),
         });
         let base_offset = self.next_offset;
         let mut pos = 0;
@@ -760,6 +769,7 @@ impl Writer {
             max_timestamp,
             batches,
             waiters,
+            span,
             ..
         } = buffer;
         chunk::seal_buffer(
@@ -787,7 +797,7 @@ impl Writer {
             path: Arc::from(path.as_ref()),
             bytes: payload_len,
         };
-        let task = self.spawn_put(path, data.clone());
+        let task = self.spawn_put(path, data.clone(), span);
         self.inflight.push_back(Flush {
             chunk,
             segment_base: self.open.record.base_offset,
@@ -805,6 +815,7 @@ impl Writer {
         &self,
         path: object_store::path::Path,
         put_data: Bytes,
+        span: tracing::Span,
     ) -> JoinHandle<Result<PutOutcome, StorageError>> {
         let replicas = self.open.replicas.clone();
         let metrics = self.ctx.metrics.clone();
@@ -839,7 +850,7 @@ impl Writer {
                     other => return other,
                 }
             }
-        })
+        }.instrument(span))
     }
 
     /// A chunk of the open segment could not reach its write quorum: seal
@@ -903,7 +914,7 @@ impl Writer {
         self.show_open_segment();
         for f in redo {
             let path = layout::chunk(self.id, base, self.epoch, f.chunk.base_offset);
-            let task = self.spawn_put(path.clone(), f.data.clone());
+            let task = self.spawn_put(path.clone(), f.data.clone(), tracing::Span::none());
             self.inflight.push_back(Flush {
                 chunk: ChunkRef {
                     path: Arc::from(path.as_ref()),
