@@ -670,6 +670,85 @@ async fn one_produce_through_a_proxy_is_one_trace_from_proxy_to_broker_to_storag
         broker_span.nanos >= puts[0].nanos,
         "the put inside the request"
     );
+    // Metadata requests made while serving a request are its children
+    // (CreateTopics writes the topic record); a partition's recovery is
+    // an operation of its own, its metadata reads under it.
+    let spans = collector.spans.lock().unwrap().clone();
+    let create = spans
+        .iter()
+        .find(|s| s.service == "floe-broker" && s.name == "CreateTopics")
+        .expect("a CreateTopics span");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "metadata.txn" && s.parent == create.span_id),
+        "CreateTopics's metadata transaction: {:#?}",
+        spans
+            .iter()
+            .map(|s| (&s.service, &s.name))
+            .collect::<Vec<_>>()
+    );
+    let recover = spans
+        .iter()
+        .find(|s| s.name == "partition.recover" && s.parent.is_empty())
+        .expect("a recovery span");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name.starts_with("metadata.") && s.parent == recover.span_id),
+        "recovery's metadata reads"
+    );
+    // A client's own trace (the `traceparent` header of its first record,
+    // as OpenTelemetry's Kafka instrumentations write it) is the parent.
+    {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &proxy)
+            .create()
+            .unwrap();
+        p.send(
+            FutureRecord::<(), str>::to("traced")
+                .partition(0)
+                .payload("with a trace")
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                })),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    let client_trace = [
+        0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80, 0x31,
+        0x9c,
+    ];
+    let client_span = [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        let proxy_span = spans.iter().find(|s| {
+            s.service == "floe-proxy"
+                && s.name == "Produce"
+                && s.trace_id == client_trace
+                && s.parent == client_span
+        });
+        if let Some(ps) = proxy_span {
+            assert!(
+                spans.iter().any(|b| b.service == "floe-broker"
+                    && b.trace_id == client_trace
+                    && b.parent == ps.span_id),
+                "the broker's span continues the client's trace"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no span under the client's traceparent"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(c);
 
     // A slow storage target (the fault-injecting store: 400 ms on every

@@ -7,7 +7,7 @@
 //! `OTEL_TRACES_SAMPLER=always_off`. Sampling: `OTEL_TRACES_SAMPLER` and
 //! `OTEL_TRACES_SAMPLER_ARG` as the SDK reads them, parent-based ratio
 //! sampling (ratio 1) when unset, so a client's sampled `traceparent`
-//! decides. Resource: `service.name` is `floe-{role}` unless
+//! (its produce's first record header) decides. Resource: `service.name` is `floe-{role}` unless
 //! `OTEL_SERVICE_NAME` says otherwise, plus `OTEL_RESOURCE_ATTRIBUTES`.
 //! Batching: `OTEL_BSP_*`.
 
@@ -131,6 +131,7 @@ pub fn init(format: LogFormat, role: &str) -> Result<Telemetry> {
         .with(traces)
         .init();
     if provider.is_some() {
+        floe_kafka::trace::enable();
         tracing::info!(role, "OpenTelemetry traces on (OTLP/gRPC)");
     }
     Ok(Telemetry { provider })

@@ -312,11 +312,20 @@ impl<S: Send + Sync + 'static, X: Send + Sync + 'static> Router<S, X> {
                 .boxed());
             }
         };
+        let first_records = match &kind {
+            RequestKind::Produce(p) => p
+                .topic_data
+                .first()
+                .and_then(|t| t.partition_data.first())
+                .and_then(|p| p.records.as_ref()),
+            _ => None,
+        };
         let span = crate::trace::request_span(
             api_name(api),
             version,
             &request.client_id,
             &header.unknown_tagged_fields,
+            first_records,
         );
         let pending = handler(s.clone(), x.clone(), request, kind)
             .instrument(span.clone())

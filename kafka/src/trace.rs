@@ -53,14 +53,45 @@ pub fn parent_of(tags: &BTreeMap<i32, Bytes>) -> Option<opentelemetry::Context> 
     cx.span().span_context().is_valid().then_some(cx)
 }
 
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Called once traces are exported: requests may then be looked into for
+/// a client's trace context.
+pub fn enable() {
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The trace context a client put in the `traceparent` header of the
+/// first record of a produce (as OpenTelemetry's Kafka instrumentations
+/// do): only the first batch is decoded, and only when traces are on.
+pub fn parent_from_records(records: &Bytes) -> Option<opentelemetry::Context> {
+    if !ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let (pos, h) = floe_protocol::batch::Batches::new(records).next()?;
+    let mut first = records.slice(pos..pos + h.total_len());
+    let sets =
+        floe_protocol::kafka_protocol::records::RecordBatchDecoder::decode_all(&mut first).ok()?;
+    let r = sets.first()?.records.first()?;
+    let (_, v) = r
+        .headers
+        .iter()
+        .find(|(k, _)| k.as_str() == "traceparent")?;
+    let mut tags = BTreeMap::new();
+    tags.insert(TRACE_TAG, v.clone()?);
+    parent_of(&tags)
+}
+
 /// The span of one Kafka request served here, a child of the trace the
 /// request header carries (a proxy's request span, for a request the proxy
-/// forwarded).
+/// forwarded), else of the one its first record carries (`records`: a
+/// produce's first record set).
 pub fn request_span(
     api: &'static str,
     version: i16,
     client_id: &str,
     tags: &BTreeMap<i32, Bytes>,
+    records: Option<&Bytes>,
 ) -> tracing::Span {
     let span = tracing::info_span!(
         "kafka.request",
@@ -70,7 +101,7 @@ pub fn request_span(
         kafka.version = version,
         kafka.client_id = client_id,
     );
-    if let Some(parent) = parent_of(tags) {
+    if let Some(parent) = parent_of(tags).or_else(|| records.and_then(parent_from_records)) {
         let _ = span.set_parent(parent);
     }
     span

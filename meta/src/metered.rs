@@ -2,7 +2,8 @@
 //! records each request's latency and failures by operation
 //! (`floe_metadata_request_duration_seconds{op}`,
 //! `floe_metadata_request_errors_total{op,error}`), for the controller,
-//! brokers and proxies alike. A txn that does not commit is not an error
+//! brokers and proxies alike, and traces it as a `metadata.request` span
+//! when it runs within a traced operation. A txn that does not commit is not an error
 //! (its conditions failed, as asked); an `Indeterminate` answer is.
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tracing::Instrument;
 
 use crate::store::{
     KeyValue, LeaseId, MetaError, MetadataStore, Revision, Txn, TxnOutcome, WatchStream,
@@ -112,7 +114,21 @@ impl Metered {
 macro_rules! timed {
     ($self:ident, $op:literal, $call:expr) => {{
         let started = Instant::now();
-        let r = $call.await;
+        // A span only within a traced operation (a request, a recovery):
+        // the background keep-alives and watches would be traces of
+        // their own every second.
+        let r = if tracing::Span::current().is_none() {
+            $call.await
+        } else {
+            $call
+                .instrument(tracing::info_span!(
+                    "metadata.request",
+                    otel.name = concat!("metadata.", $op),
+                    otel.kind = "client",
+                    metadata.op = $op,
+                ))
+                .await
+        };
         $self.metrics.record($op, started.elapsed(), &r);
         r
     }};

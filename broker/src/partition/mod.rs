@@ -12,6 +12,7 @@ mod writer;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use floe_common::{Epoch, Offset, PartitionId, SharedClock};
@@ -508,7 +509,19 @@ pub async fn start(
     }
 
     // Step 2: checkpoint and recovery.
-    let recovered = match recovery::recover(&ctx, id, epoch, &owner, &config).await {
+    // Traced as an operation of its own (a root span: nothing asked for
+    // it but an assignment), its metadata reads as children.
+    let span = tracing::info_span!(
+        parent: None,
+        "partition.recover",
+        partition = %id,
+        epoch,
+        broker = ctx.broker_id,
+    );
+    let recovered = match recovery::recover(&ctx, id, epoch, &owner, &config)
+        .instrument(span)
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             let e = fail(e);

@@ -535,6 +535,14 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::MovePartitionRequest>,
     ) -> Result<Response<pb::MovePartitionResponse>, Status> {
         let r = request.into_inner();
+        let span = tracing::info_span!(
+            "controller.move",
+            topic = %r.topic,
+            partition = r.partition,
+            to = r.broker
+        );
+        use tracing::Instrument;
+        async move {
         let started = Instant::now();
         let timeout = Duration::from_millis(if r.timeout_ms == 0 {
             30_000
@@ -593,6 +601,9 @@ impl pb::admin_server::Admin for AdminService {
             epoch,
             took_ms: started.elapsed().as_millis() as u64,
         }))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn plan_rebalance(&self, r: Request<pb::RebalanceRequest>) -> Reply<pb::RebalancePlan> {
