@@ -147,7 +147,7 @@ async fn a_stopped_group_lags_by_exactly_the_records_produced_since() {
         "{m}"
     );
     let describe = || {
-        let (code, out, err) = c.floectl(0, &["group", "lagging", "-o", "json"]);
+        let (code, out, err) = c.floectl(0, &["group", "describe", "lagging", "-o", "json"]);
         assert_eq!(code, 0, "{err}");
         let d: serde_json::Value = serde_json::from_str(&out).unwrap();
         let lags: Vec<(i64, i64, i64, i64)> = d["partitions"]
@@ -167,6 +167,9 @@ async fn a_stopped_group_lags_by_exactly_the_records_produced_since() {
     };
     let (d, lags) = describe();
     assert_eq!(lags, vec![(0, 50, 80, 30), (1, 50, 57, 7)], "{d}");
+    let (code, out, _) = c.floectl(0, &["group", "list", "-o", "json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"lagging\""), "{out}");
     assert_eq!(d["total_lag"], 37, "{d}");
     assert_eq!(d["state"], "Empty", "{d}");
 
@@ -746,6 +749,56 @@ async fn one_produce_through_a_proxy_is_one_trace_from_proxy_to_broker_to_storag
         assert!(
             Instant::now() < deadline,
             "no span under the client's traceparent"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Over the admin gRPC: a caller's `traceparent` metadata is the
+    // parent of the controller's move span.
+    {
+        let channel = tonic::transport::Endpoint::from_shared(c.admin_url(0))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut admin = floe_rpc::admin::admin_client::AdminClient::with_interceptor(
+            channel,
+            |mut r: tonic::Request<()>| {
+                let bearer = format!("Bearer {}", floe_e2e::ADMIN_TOKEN);
+                r.metadata_mut()
+                    .insert("authorization", bearer.parse().unwrap());
+                r.metadata_mut().insert(
+                    "traceparent",
+                    "00-1af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-01"
+                        .parse()
+                        .unwrap(),
+                );
+                Ok(r)
+            },
+        );
+        admin
+            .move_partition(floe_rpc::admin::MovePartitionRequest {
+                topic: "traced".into(),
+                partition: 0,
+                broker: 1,
+                timeout_ms: 0,
+            })
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        if spans.iter().any(|s| {
+            s.service == "floe-controller"
+                && s.name == "controller.move"
+                && hex(&s.trace_id) == "1af7651916cd43dd8448eb211c80319c"
+                && hex(&s.parent) == "c7ad6b7169203331"
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no controller.move span under the caller's traceparent"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -140,10 +140,16 @@ enum Command {
     /// Consumer groups on every broker: classic and consumer-protocol
     /// (KIP-848), with state and coordinator.
     Groups,
-    /// One consumer group: state, members and their assignments, and per
-    /// partition the committed offset, the high watermark and the lag
-    /// (like kafka-consumer-groups.sh --describe).
-    Group { name: String },
+    /// Consumer groups: `list` (as `groups`), `describe NAME` (state,
+    /// members and their assignments, and per partition the committed
+    /// offset, the high watermark and the lag, like
+    /// kafka-consumer-groups.sh --describe), or just `group NAME`.
+    Group {
+        /// `list`, `describe`, or a group's name.
+        what: String,
+        /// The group, after `describe`.
+        name: Option<String>,
+    },
     /// Topic admin: describe, create, delete, alter configs.
     Topic {
         #[command(subcommand)]
@@ -874,7 +880,11 @@ async fn run(cli: Cli) -> Result<String, Failure> {
     });
     let mut client: Client = AdminClient::with_interceptor(channel, auth);
     let json_out = cli.output == Output::Json;
-    match cli.command {
+    let command = match cli.command {
+        Command::Group { what, name: None } if what == "list" => Command::Groups,
+        c => c,
+    };
+    match command {
         Command::Status => {
             let s = client
                 .get_cluster_status(admin_pb::ClusterStatusRequest {})
@@ -1108,7 +1118,18 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             );
             Ok(out)
         }
-        Command::Group { name } => {
+        Command::Group { what, name } => {
+            let name = match (what.as_str(), name) {
+                ("describe", Some(name)) => name,
+                ("describe", None) => return Err(fail(1, "usage: floectl group describe NAME")),
+                (group, None) => group.to_string(),
+                (_, Some(_)) => {
+                    return Err(fail(
+                        1,
+                        "usage: floectl group list | group describe NAME | group NAME",
+                    ))
+                }
+            };
             let d = client
                 .describe_group(admin_pb::DescribeGroupRequest { name })
                 .await?

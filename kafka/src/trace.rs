@@ -53,6 +53,17 @@ pub fn parent_of(tags: &BTreeMap<i32, Bytes>) -> Option<opentelemetry::Context> 
     cx.span().span_context().is_valid().then_some(cx)
 }
 
+/// Make `span` a child of the W3C `traceparent` given (e.g. an admin
+/// gRPC request's metadata); nothing when there is none or it is garbage.
+pub fn adopt(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(tp) = traceparent else { return };
+    let mut tags = BTreeMap::new();
+    tags.insert(TRACE_TAG, Bytes::copy_from_slice(tp.as_bytes()));
+    if let Some(parent) = parent_of(&tags) {
+        let _ = span.set_parent(parent);
+    }
+}
+
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Called once traces are exported: requests may then be looked into for

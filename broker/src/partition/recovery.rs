@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use floe_common::{Epoch, Offset, PartitionId};
@@ -548,7 +549,12 @@ pub(crate) async fn recover(
             listed_chain(id, seg)?
         } else {
             let (chunks, repairs) =
-                chain_and_fence(id, seg, &replicas, epoch, checkpoint.next_offset, limit).await?;
+                chain_and_fence(id, seg, &replicas, epoch, checkpoint.next_offset, limit)
+                    .instrument(tracing::info_span!(
+                        "recovery.chain_and_fence",
+                        segment = seg.base_offset
+                    ))
+                    .await?;
             if !repairs.is_empty() {
                 to_repair.push((replicas.clone(), repairs));
             }

@@ -534,6 +534,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::MovePartitionRequest>,
     ) -> Result<Response<pb::MovePartitionResponse>, Status> {
+        // A caller's trace (W3C `traceparent` in the gRPC metadata, as
+        // OpenTelemetry's gRPC instrumentations send it) continues here.
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let r = request.into_inner();
         let span = tracing::info_span!(
             "controller.move",
@@ -541,6 +548,7 @@ impl pb::admin_server::Admin for AdminService {
             partition = r.partition,
             to = r.broker
         );
+        floe_kafka::trace::adopt(&span, traceparent.as_deref());
         use tracing::Instrument;
         async move {
         let started = Instant::now();
