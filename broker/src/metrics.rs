@@ -82,6 +82,12 @@ pub struct Metrics {
     pub compaction_seconds: Counter<f64, AtomicU64>,
     /// Consumer lag of the groups this broker coordinates (`lag.rs`).
     pub lag: crate::lag::Lag,
+    /// Bytes and records appended per partition this broker writes
+    /// (series go when the partition leaves).
+    partition_bytes_in: Family<crate::lag::TopicPartitionLabel, Counter>,
+    partition_records_in: Family<crate::lag::TopicPartitionLabel, Counter>,
+    /// Topic names by id, for partition labels (the node's catalogue).
+    topic_names: std::sync::RwLock<std::collections::HashMap<floe_common::Uuid, String>>,
     /// The metadata store's requests (the store is wrapped with
     /// `floe_meta::metered::Metered` over this).
     pub meta: std::sync::Arc<floe_meta::metered::MetaMetrics>,
@@ -156,7 +162,20 @@ impl Metrics {
             compaction_throttled_seconds: Counter::default(),
             lag: Default::default(),
             meta: Default::default(),
+            partition_bytes_in: Family::default(),
+            partition_records_in: Family::default(),
+            topic_names: Default::default(),
         };
+        m.edge.registry.register(
+            "partition_bytes_in",
+            "Bytes appended per partition this broker writes (Kafka's BytesInPerSec per topic and partition)",
+            m.partition_bytes_in.clone(),
+        );
+        m.edge.registry.register(
+            "partition_records_in",
+            "Records (offsets) appended per partition this broker writes",
+            m.partition_records_in.clone(),
+        );
         m.lag.register(&mut m.edge.registry);
         m.meta.register(&mut m.edge.registry);
         m.edge.registry.register(
@@ -332,6 +351,42 @@ impl Metrics {
             })
             .inc();
         self.txn_completion.observe(took.as_secs_f64());
+    }
+
+    /// Topic `id` is called `name` (labels of partition series).
+    pub fn name_topic(&self, id: floe_common::Uuid, name: &str) {
+        self.topic_names
+            .write()
+            .unwrap()
+            .insert(id, name.to_string());
+    }
+
+    fn partition_label(&self, p: PartitionId) -> crate::lag::TopicPartitionLabel {
+        let topic = self
+            .topic_names
+            .read()
+            .unwrap()
+            .get(&p.topic_id)
+            .cloned()
+            .unwrap_or_else(|| p.topic_id.simple().to_string());
+        crate::lag::TopicPartitionLabel {
+            topic,
+            partition: p.partition,
+        }
+    }
+
+    /// A chunk of `bytes` holding `records` offsets made durable in `p`.
+    pub fn partition_in(&self, p: PartitionId, bytes: u64, records: u64) {
+        let l = self.partition_label(p);
+        self.partition_bytes_in.get_or_create(&l).inc_by(bytes);
+        self.partition_records_in.get_or_create(&l).inc_by(records);
+    }
+
+    /// `p` is no longer written here.
+    pub fn partition_gone(&self, p: PartitionId) {
+        let l = self.partition_label(p);
+        self.partition_bytes_in.remove(&l);
+        self.partition_records_in.remove(&l);
     }
 
     /// A segment of `input_bytes` compacted.

@@ -601,6 +601,7 @@ impl Node {
         };
         let (id, config) = (info.id, info.config.clone());
         {
+            self.metrics.name_topic(id, &info.name);
             let mut c = self.catalog.write().unwrap();
             c.by_id.insert(id, info.name.clone());
             c.by_name.insert(info.name.clone(), info);

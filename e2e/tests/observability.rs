@@ -142,6 +142,23 @@ async fn a_stopped_group_lags_by_exactly_the_records_produced_since() {
     produce(&b, "events", 0, 30).await;
     produce(&b, "events", 1, 7).await;
     let m = wait_lag(vec![(0, 30), (1, 7)]);
+    // Partition-level records and bytes in, by topic name.
+    for (p, n) in [(0, 80.0), (1, 57.0)] {
+        assert_eq!(
+            value(
+                &m,
+                &format!("floe_partition_records_in_total{{topic=\"events\",partition=\"{p}\"}} ")
+            ),
+            n,
+            "{m}"
+        );
+        assert!(
+            value(
+                &m,
+                &format!("floe_partition_bytes_in_total{{topic=\"events\",partition=\"{p}\"}} ")
+            ) > n * 2.0
+        );
+    }
     assert!(
         m.contains("floe_consumer_group_committed_offset{group=\"lagging\",topic=\"events\",partition=\"0\"} 50"),
         "{m}"
@@ -196,6 +213,57 @@ async fn a_stopped_group_lags_by_exactly_the_records_produced_since() {
         table.contains("LOG-END-OFFSET") && table.contains("total lag 47"),
         "{table}"
     );
+}
+
+/// JSON log lines written inside a traced span carry its trace and span
+/// ids, the same the collector receives for that span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_carry_the_trace_of_their_span() {
+    let (endpoint, collector) = otlp::start().await;
+    let s = Standalone::start_with_env(
+        "",
+        &[],
+        &[
+            ("FLOE_LOG_FORMAT", "json"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .unwrap();
+    create_topic(&s.bootstrap(), "logged", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = s.log_text();
+        let line = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["message"] == "recovered after a clean release"
+                    && v["partition"].as_str().is_some_and(|p| p.ends_with("/0"))
+                    && v.get("trace_id").is_some()
+            });
+        if let Some(v) = line {
+            let (trace, span) = (
+                v["trace_id"].as_str().unwrap().to_string(),
+                v["span_id"].as_str().unwrap().to_string(),
+            );
+            assert_eq!((trace.len(), span.len()), (32, 16), "{v}");
+            let spans = collector.spans.lock().unwrap().clone();
+            if spans.iter().any(|s| {
+                s.name == "partition.recover"
+                    && hex(&s.trace_id) == trace
+                    && hex(&s.span_id) == span
+            }) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery log line with the ids of its span: {}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A number from a Prometheus text line starting with `head` (0 when

@@ -1,5 +1,6 @@
 //! Logs and traces of a Floe process: `tracing` events to stderr as text
-//! or JSON lines (`FLOE_LOG_FORMAT`, filtered by `FLOE_LOG`), and spans to
+//! or JSON lines (`FLOE_LOG_FORMAT`, filtered by `FLOE_LOG`; a JSON line
+//! carries the `trace_id` and `span_id` of its span), and spans to
 //! an OpenTelemetry collector over OTLP/gRPC when the standard environment
 //! asks for it — off by default. On when `OTEL_TRACES_EXPORTER=otlp` or an
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is
@@ -58,6 +59,49 @@ pub fn traces_wanted() -> bool {
     env("OTEL_TRACES_SAMPLER").as_deref() != Some("always_off")
 }
 
+/// A JSON line formatter that adds the OpenTelemetry `trace_id` and
+/// `span_id` of the span the event happened in (when traces are on and
+/// the span is recorded), so a log line leads to its trace.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let current = tracing::Span::current();
+        if !current.is_none() {
+            let cx = current.context();
+            let sc = cx.span().span_context().clone();
+            if sc.is_valid() {
+                if let Ok(serde_json::Value::Object(mut m)) =
+                    serde_json::from_str::<serde_json::Value>(line.trim_end())
+                {
+                    m.insert("trace_id".into(), sc.trace_id().to_string().into());
+                    m.insert("span_id".into(), sc.span_id().to_string().into());
+                    return writeln!(writer, "{}", serde_json::Value::Object(m));
+                }
+            }
+        }
+        writer.write_str(&line)
+    }
+}
+
 /// What must live as long as the process: the tracer provider, flushed
 /// when dropped.
 pub struct Telemetry {
@@ -83,10 +127,14 @@ pub fn init(format: LogFormat, role: &str) -> Result<Telemetry> {
         .unwrap_or_else(|_| "info".into());
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(true)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(WithTraceIds(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(true),
+            ))
             .with_writer(std::io::stderr)
             .with_filter(filter)
             .boxed(),

@@ -130,8 +130,9 @@ async fn read_batches(
 
 /// One pass over `sealed` (the partition's sealed segments below its last
 /// stable offset, in offset order) at `now_ms` by the writer of `epoch`;
-/// nothing to replace when the log is not dirty enough. `aborted`: the
-/// aborted transactions whose markers are in the log.
+/// nothing to replace when the log is not dirty enough. `hold_last`: the
+/// last of them is measured but not compacted (nothing follows it yet).
+/// `aborted`: the aborted transactions whose markers are in the log.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     ctx: PartitionContext,
@@ -139,6 +140,7 @@ pub(crate) async fn run(
     epoch: Epoch,
     config: TopicConfig,
     sealed: Vec<Arc<SealedSegment>>,
+    hold_last: bool,
     aborted: Vec<(Offset, AbortedTxn)>,
     now_ms: i64,
 ) -> Result<Vec<Replacement>, StorageError> {
@@ -177,7 +179,8 @@ pub(crate) async fn run(
     };
     ctx.metrics.compaction_dirt(id, Some(dirt));
     // Only segments older than min.compaction.lag.ms are compacted.
-    let eligible: Vec<usize> = (0..sealed.len())
+    let limit = sealed.len() - usize::from(hold_last && !sealed.is_empty());
+    let eligible: Vec<usize> = (0..limit)
         .take_while(|&i| now_ms - sealed[i].max_timestamp >= config.min_compaction_lag_ms)
         .collect();
     if eligible.is_empty() {

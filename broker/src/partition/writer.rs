@@ -470,6 +470,7 @@ impl Writer {
             t.abort();
         }
         self.ctx.metrics.compaction_dirt(self.id, None);
+        self.ctx.metrics.partition_gone(self.id);
         match outcome {
             Ok(done) => {
                 self.set_state(PartitionState::Releasing);
@@ -971,6 +972,7 @@ impl Writer {
         let seg_base = flush.segment_base;
         let next = chunk.next_offset;
         let bytes = chunk.bytes;
+        let records = (chunk.next_offset - chunk.base_offset).max(0) as u64;
         // Transactions whose end markers are durable now end: the last
         // stable offset moves with the high watermark, aborts are indexed.
         let aborted = self.txns.durable(next);
@@ -988,6 +990,7 @@ impl Writer {
         });
         self.ctx.metrics.bytes_in(bytes);
         self.ctx.metrics.load.add_in(self.id, bytes);
+        self.ctx.metrics.partition_in(self.id, bytes, records);
         if !self.duplicates.is_empty() {
             let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.duplicates)
                 .into_iter()
@@ -1253,6 +1256,14 @@ impl Writer {
                 _ => None,
             })
             .collect();
+        // As Kafka never cleans the active segment: a last segment that
+        // nothing follows (rolled idle by segment.ms) stays as written
+        // until a record arrives after it, so the log's last offset —
+        // where consumers' positions end, librdkafka's included — is never
+        // compacted away.
+        let hold_last = sealed
+            .last()
+            .is_some_and(|s| s.end_offset >= state.high_watermark);
         let Some(first) = sealed.first() else { return };
         // Every abort marker after the first segment: a transaction's
         // records can be sealed long before its marker.
@@ -1263,6 +1274,7 @@ impl Writer {
             self.epoch,
             self.config.clone(),
             sealed,
+            hold_last,
             aborted,
             now,
         )));
