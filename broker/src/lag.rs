@@ -15,12 +15,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use floe_common::PartitionId;
-use floe_protocol::kafka_protocol::messages::list_offsets_request::{
-    ListOffsetsPartition, ListOffsetsTopic,
-};
-use floe_protocol::kafka_protocol::messages::{
-    ApiKey, BrokerId, ListOffsetsRequest, ListOffsetsResponse, TopicName,
-};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -229,51 +223,16 @@ async fn high_watermarks(
             for (t, p) in parts {
                 by_topic.entry(t).or_default().push(p);
             }
-            let req = ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_topics(
-                    by_topic
-                        .into_iter()
-                        .map(|(t, ps)| {
-                            ListOffsetsTopic::default()
-                                .with_name(TopicName(t.into()))
-                                .with_partitions(
-                                    ps.into_iter()
-                                        .map(|p| {
-                                            ListOffsetsPartition::default()
-                                                .with_partition_index(p)
-                                                .with_timestamp(-1)
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                );
-            let resp: ListOffsetsResponse = node
-                .txn
+            node.txn
                 .client
-                .call(
+                .latest_offsets(
                     (&broker.host, broker.port),
-                    ApiKey::ListOffsets,
-                    7,
-                    &req,
+                    by_topic,
                     Duration::from_secs(5),
                 )
                 .await
                 .inspect_err(|e| tracing::debug!(broker = b, error = %e, "ListOffsets for consumer lag failed"))
-                .ok()?;
-            Some(
-                resp.topics
-                    .into_iter()
-                    .flat_map(|t| {
-                        let name = t.name.0.to_string();
-                        t.partitions
-                            .into_iter()
-                            .filter(|p| p.error_code == 0 && p.offset >= 0)
-                            .map(move |p| ((name.clone(), p.partition_index), p.offset))
-                    })
-                    .collect::<Vec<_>>(),
-            )
+                .ok()
         }
     });
     for answer in futures::future::join_all(asks).await.into_iter().flatten() {

@@ -141,4 +141,57 @@ impl InternalClient {
         }
         Ok(r)
     }
+
+    /// The log end offsets (high watermarks) of `partitions` — topic →
+    /// partition numbers — asked of the broker at `addr` with one
+    /// ListOffsets (latest); partitions it answers with an error are left
+    /// out.
+    pub async fn latest_offsets(
+        &self,
+        addr: (&str, i32),
+        partitions: std::collections::BTreeMap<String, Vec<i32>>,
+        timeout: Duration,
+    ) -> Result<Vec<((String, i32), i64)>, CallError> {
+        use floe_protocol::kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        use floe_protocol::kafka_protocol::messages::{
+            BrokerId, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+        };
+        use floe_protocol::kafka_protocol::protocol::StrBytes;
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(
+                partitions
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        ListOffsetsTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(t)))
+                            .with_partitions(
+                                ps.into_iter()
+                                    .map(|p| {
+                                        ListOffsetsPartition::default()
+                                            .with_partition_index(p)
+                                            .with_timestamp(-1)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            );
+        let resp: ListOffsetsResponse = self
+            .call(addr, ApiKey::ListOffsets, 7, &req, timeout)
+            .await?;
+        Ok(resp
+            .topics
+            .into_iter()
+            .flat_map(|t| {
+                let name = t.name.0.to_string();
+                t.partitions
+                    .into_iter()
+                    .filter(|p| p.error_code == 0 && p.offset >= 0)
+                    .map(move |p| ((name.clone(), p.partition_index), p.offset))
+            })
+            .collect())
+    }
 }

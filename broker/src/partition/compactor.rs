@@ -56,15 +56,7 @@ pub(crate) struct Replacement {
 impl Replacement {
     /// The object the replacement wrote.
     pub(crate) fn path(&self, id: PartitionId) -> Path {
-        let r = &self.record;
-        layout::compacted_segment(
-            id,
-            r.base_offset,
-            r.epoch,
-            r.sealed_by_epoch,
-            r.compactions,
-            r.compacted_by_epoch,
-        )
+        super::recovery::object_path(id, &self.record)
     }
 }
 

@@ -71,6 +71,19 @@ pub(crate) struct Recovered {
     pub report: RecoveryReport,
 }
 
+/// The object a sealed segment's record names (as sealed, or as its
+/// last compaction wrote it).
+pub(crate) fn object_path(id: PartitionId, r: &SegmentRecord) -> object_store::path::Path {
+    layout::compacted_segment(
+        id,
+        r.base_offset,
+        r.epoch,
+        r.sealed_by_epoch,
+        r.compactions,
+        r.compacted_by_epoch,
+    )
+}
+
 pub(crate) fn sealed_view(
     ctx: &PartitionContext,
     id: PartitionId,
@@ -80,17 +93,7 @@ pub(crate) fn sealed_view(
         base_offset: r.base_offset,
         end_offset: r.end_offset,
         epoch: r.epoch,
-        path: Arc::from(
-            layout::compacted_segment(
-                id,
-                r.base_offset,
-                r.epoch,
-                r.sealed_by_epoch,
-                r.compactions,
-                r.compacted_by_epoch,
-            )
-            .as_ref(),
-        ),
+        path: Arc::from(object_path(id, r).as_ref()),
         data_bytes: r.data_bytes,
         object_bytes: r.object_bytes,
         max_timestamp: r.max_timestamp,

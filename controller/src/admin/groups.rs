@@ -285,21 +285,17 @@ pub async fn describe(
 }
 
 /// The high watermarks of `wanted`: their owners from a Metadata answer
-/// of the broker at `via`, then one ListOffsets (latest) per owner.
+/// of the broker at `via`, then one ListOffsets (latest) per owner
+/// (`InternalClient::latest_offsets`, as the brokers' lag export).
 async fn high_watermarks(
     client: &InternalClient,
     via: (&str, i32),
     wanted: &[(String, i32)],
 ) -> Result<BTreeMap<(String, i32), i64>, Status> {
-    use floe_protocol::kafka_protocol::messages::list_offsets_request::{
-        ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
-    };
     use floe_protocol::kafka_protocol::messages::metadata_request::{
         MetadataRequest, MetadataRequestTopic,
     };
-    use floe_protocol::kafka_protocol::messages::{
-        BrokerId, ListOffsetsResponse, MetadataResponse, TopicName,
-    };
+    use floe_protocol::kafka_protocol::messages::{MetadataResponse, TopicName};
     use floe_protocol::kafka_protocol::protocol::StrBytes;
 
     let mut out = BTreeMap::new();
@@ -351,39 +347,8 @@ async fn high_watermarks(
         let Some((host, port)) = addr.get(&leader) else {
             continue;
         };
-        let req = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(
-                topics
-                    .into_iter()
-                    .map(|(t, ps)| {
-                        ListOffsetsTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(t)))
-                            .with_partitions(
-                                ps.into_iter()
-                                    .map(|p| {
-                                        ListOffsetsPartition::default()
-                                            .with_partition_index(p)
-                                            .with_timestamp(-1)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            );
-        match client
-            .call::<_, ListOffsetsResponse>((host, *port), ApiKey::ListOffsets, 7, &req, TIMEOUT)
-            .await
-        {
-            Ok(r) => {
-                for t in r.topics {
-                    for p in t.partitions {
-                        if p.error_code == 0 && p.offset >= 0 {
-                            out.insert((t.name.0.to_string(), p.partition_index), p.offset);
-                        }
-                    }
-                }
-            }
+        match client.latest_offsets((host, *port), topics, TIMEOUT).await {
+            Ok(answers) => out.extend(answers),
             Err(e) => {
                 tracing::warn!(broker = leader, error = %e, "ListOffsets for a group's lag failed")
             }
