@@ -171,8 +171,12 @@ pub fn init(format: LogFormat, role: &str) -> Result<Telemetry> {
     let traces = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("floe"))
-            // Spans only (requests, storage writes): events stay in the logs.
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+            // Spans only, down to debug (a request's and its storage
+            // writes' spans are debug, so they cost nothing while traces
+            // are off and the logs stay at info); events stay in the logs.
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.is_span() && *m.level() <= tracing::Level::DEBUG
+            }))
     });
     tracing_subscriber::registry()
         .with(logs)

@@ -104,7 +104,9 @@ pub fn request_span(
     tags: &BTreeMap<i32, Bytes>,
     records: Option<&Bytes>,
 ) -> tracing::Span {
-    let span = tracing::info_span!(
+    // Debug level: no cost while traces are off (the OpenTelemetry layer
+    // is the only one that takes spans at this level).
+    let span = tracing::debug_span!(
         "kafka.request",
         otel.name = api,
         otel.kind = "server",

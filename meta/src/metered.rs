@@ -121,7 +121,7 @@ macro_rules! timed {
             $call.await
         } else {
             $call
-                .instrument(tracing::info_span!(
+                .instrument(tracing::debug_span!(
                     "metadata.request",
                     otel.name = concat!("metadata.", $op),
                     otel.kind = "client",

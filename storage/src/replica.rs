@@ -74,7 +74,7 @@ impl ReplicaSet {
                 let data = data.clone();
                 // One span per replica write, under the caller's (a produce
                 // request's, when traced): a slow target is the long one.
-                let span = tracing::info_span!(
+                let span = tracing::debug_span!(
                     "storage.put",
                     otel.kind = "client",
                     storage.target = %t.id,
