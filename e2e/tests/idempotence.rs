@@ -643,7 +643,15 @@ async fn a_failed_writer_is_taken_again_under_the_next_epoch() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let logs = cluster.logs();
+    // The fault fires on the append that finds the log at offset 500, so
+    // the records after it were acked by the writer of the next epoch;
+    // the log lines may still be on their way to the file.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut logs = cluster.logs();
+    while !logs.contains("took its partition again") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        logs = cluster.logs();
+    }
     assert!(
         logs.contains("partition writer stopped") && logs.contains("fault injection"),
         "the fault fired:\n{logs}"

@@ -578,6 +578,10 @@ impl Writer {
             let _ = reply.send(Err(AppendError::NotLeader));
             return Ok(());
         }
+        if let Some(e) = self.injected_failure() {
+            let _ = reply.send(Err(e.clone()));
+            return Err(Stop::Failed(e));
+        }
         let now = self.ctx.clock.now_ms();
         // Idempotent producers: a retried batch is answered with its
         // original offsets, a gap or an old epoch with Kafka's error.
@@ -1474,17 +1478,24 @@ impl Writer {
         Ok(())
     }
 
-    async fn housekeeping(&mut self) -> Result<(), Stop> {
+    /// The fault `fail_writer_at_offset`: the first append that finds the
+    /// log at or past that offset stops the writer (once per process), in
+    /// the middle of a produce load rather than at a timer's whim.
+    fn injected_failure(&self) -> Option<AppendError> {
         let at = self.ctx.config.faults.fail_writer_at_offset;
         if at > 0 && self.next_offset >= at {
             static FAILED: std::sync::atomic::AtomicBool =
                 std::sync::atomic::AtomicBool::new(false);
             if !FAILED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                return Err(Stop::Failed(AppendError::Internal(
+                return Some(AppendError::Internal(
                     "fault injection: fail_writer_at_offset".into(),
-                )));
+                ));
             }
         }
+        None
+    }
+
+    async fn housekeeping(&mut self) -> Result<(), Stop> {
         let now = self.ctx.clock.now_ms();
         self.producers.expire(now);
         self.garbage_collection(now).await;
