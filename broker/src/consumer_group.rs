@@ -10,7 +10,8 @@
 //! partition before anyone learns of a change.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use floe_common::Uuid;

@@ -173,9 +173,7 @@ pub async fn offset_commit(
     req: OffsetCommitRequest,
     version: i16,
 ) -> OffsetCommitResponse {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = floe_common::wall_ms();
     let mut flat = Vec::new();
     for t in &req.topics {
         for p in &t.partitions {

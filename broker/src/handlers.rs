@@ -175,25 +175,15 @@ type SubmitResult = Result<tokio::sync::oneshot::Receiver<Result<Appended, Appen
 /// KIP-467 on a compacted topic: every record needs a key (control
 /// batches aside). The records without one, by index in the record set.
 fn keyless_records(records: &Bytes, topic: &str, index: i32) -> Vec<(i32, String)> {
-    use floe_protocol::kafka_protocol::records::RecordBatchDecoder;
-    let mut data = records.clone();
-    let Ok(sets) = RecordBatchDecoder::decode_all(&mut data) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut i = 0;
-    for set in sets {
-        for r in set.records {
-            if !r.control && r.key.is_none() {
-                out.push((
-                    i,
-                    format!("Compacted topic cannot accept message without key in topic partition {topic}-{index}."),
-                ));
-            }
-            i += 1;
-        }
-    }
-    out
+    floe_protocol::batch::keyless_records(records)
+        .into_iter()
+        .map(|i| {
+            (
+                i,
+                format!("Compacted topic cannot accept message without key in topic partition {topic}-{index}."),
+            )
+        })
+        .collect()
 }
 
 async fn submit(

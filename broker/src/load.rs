@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use floe_common::PartitionId;
 use floe_meta::schema::{LoadRecord, PartitionLoad, FORMAT};

@@ -3,7 +3,8 @@
 //! retiring storage under load does not crowd out produce and fetch.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Spaces copies so that, over time, at most `bytes_per_sec` are copied
 /// (0: no limit). A copy starts when the bytes before it have had their

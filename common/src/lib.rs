@@ -53,6 +53,7 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    #[allow(clippy::disallowed_methods)] // the one reading of the real wall clock
     fn now_ms(&self) -> i64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -90,6 +91,25 @@ impl Clock for ManualClock {
 }
 
 pub type SharedClock = Arc<dyn Clock>;
+
+static WALL_CLOCK: std::sync::OnceLock<SharedClock> = std::sync::OnceLock::new();
+
+/// Wall time for code that is not handed a [`Clock`] (timestamps of
+/// coordinator records, operations, offset commits): the process's wall
+/// clock — the real one, unless a simulation installed its own with
+/// [`set_wall_clock`].
+pub fn wall_ms() -> i64 {
+    match WALL_CLOCK.get() {
+        Some(c) => c.now_ms(),
+        None => SystemClock.now_ms(),
+    }
+}
+
+/// Install the process's wall clock (a simulation's, before anything reads
+/// it); false if one was installed already.
+pub fn set_wall_clock(clock: SharedClock) -> bool {
+    WALL_CLOCK.set(clock).is_ok()
+}
 
 /// An error and its sources on one line (tonic's own message is only the
 /// outermost, e.g. "transport error"), without repeating a message a

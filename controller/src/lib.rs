@@ -53,7 +53,7 @@ pub struct Controller {
     /// The last pass held moves back: reconcile again soon.
     recheck: std::sync::atomic::AtomicBool,
     /// When each live broker session was first seen.
-    joined: std::sync::Mutex<HashMap<(i32, i64), std::time::Instant>>,
+    joined: std::sync::Mutex<HashMap<(i32, i64), tokio::time::Instant>>,
     /// How long a broker session must have been live before balancing
     /// gives it partitions (milliseconds).
     balance_settle_ms: std::sync::atomic::AtomicU64,
@@ -83,8 +83,8 @@ pub const DEFAULT_BALANCE_SETTLE: Duration = Duration::from_secs(3);
 /// still being taken over and its clients' connections still carry what
 /// was held for it.
 fn settled(
-    joined: &HashMap<(i32, i64), std::time::Instant>,
-    now: std::time::Instant,
+    joined: &HashMap<(i32, i64), tokio::time::Instant>,
+    now: tokio::time::Instant,
     settle: Duration,
 ) -> bool {
     joined.values().all(|t| now.duration_since(*t) >= settle)
@@ -236,7 +236,7 @@ impl Controller {
                 _ = resync.tick() => {}
             }
             let m = crate::metrics::metrics();
-            let started = std::time::Instant::now();
+            let started = tokio::time::Instant::now();
             let r = self.reconcile().await;
             m.reconciles.inc();
             m.reconcile_duration
@@ -337,7 +337,7 @@ impl Controller {
             self.balance_due.load(std::sync::atomic::Ordering::SeqCst)
         };
         let settled = {
-            let at = std::time::Instant::now();
+            let at = tokio::time::Instant::now();
             let mut joined = self.joined.lock().unwrap();
             joined.retain(|s, _| now.contains(s));
             for s in &now {
@@ -476,7 +476,7 @@ fn base64_id(id: Uuid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use tokio::time::Instant;
 
     #[test]
     fn balancing_waits_until_every_session_has_been_live_for_the_settle_time() {

@@ -8,7 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use floe_common::{PartitionId, Uuid};
 use floe_meta::schema::{
@@ -40,9 +41,7 @@ pub(crate) fn corrupt(e: impl std::fmt::Display) -> MetaError {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    floe_common::wall_ms()
 }
 
 /// Where partitions are, their measured load and the brokers that may take

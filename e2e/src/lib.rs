@@ -2,6 +2,8 @@
 //! loopback ports with their own data directories, kills them with real
 //! signals, and speaks raw Kafka protocol for the tests that need to send
 //! what no well-behaved client would.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -11,6 +11,8 @@
 //! Brokers see the proxies' forwarded requests as `User:ANONYMOUS` (the
 //! proxies reach them over plaintext), so that principal is a super user
 //! here: the proxies, where clients are, enforce.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,7 @@
 //! Bad input gets Kafka's error code or a logged connection close; the
 //! broker keeps serving everyone else and stores nothing corrupt.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use bytes::Bytes;
 use floe_e2e::{RawClient, Standalone};

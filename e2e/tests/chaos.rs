@@ -21,6 +21,8 @@
 //! (an hour; `FLOE_CHAOS_HEALTHY_MAX_MS` / `FLOE_CHAOS_FAULTY_MAX_MS` set
 //! the stall bounds asserted, `FLOE_CHAOS_LOGS=dir` keeps every process's
 //! log per seed).
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;

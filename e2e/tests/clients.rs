@@ -1,5 +1,7 @@
 //! Real Kafka clients against `floe standalone`: librdkafka (the `rdkafka`
 //! crate, a current librdkafka) and Debian's kcat (librdkafka 2.0.2).
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};

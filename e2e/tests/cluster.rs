@@ -1,6 +1,8 @@
 //! A cluster on a real etcd: controllers elect a leader, partitions spread
 //! over brokers and follow brokers that join, fail or get moves; clients
 //! see the real owner in Metadata and keep producing and consuming.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -6,6 +6,8 @@
 //! records over 1,000 keys read back as each key's last value at original
 //! offsets, tombstones kept until delete.retention.ms and gone after, and
 //! `compact,delete` still trimmed by retention.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::process::Command;
 use std::time::Duration;

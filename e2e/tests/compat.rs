@@ -3,6 +3,8 @@
 //! its `auto.offset.reset`, with librdkafka (the `rdkafka` crate) and with
 //! kafka-python, against `floe standalone`, through a proxy and directly
 //! against a broker of a cluster.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -5,6 +5,8 @@
 //! committed offsets survives a planned move and a kill -9 of its
 //! coordinator; classic and consumer groups side by side in ListGroups and
 //! `floectl groups`.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,6 +7,8 @@
 //! for what Floe's containers see (their args, their environment with the
 //! downward API's pod IP, name and pod-index label, their mounted config
 //! files, their own network stack), and says so in each step.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
 //! Invariant 2 (an acked record is never lost) and 3 (dense offsets, no
 //! duplicates) across kill -9 of `floe standalone` during a produce stream.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};

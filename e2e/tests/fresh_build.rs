@@ -10,6 +10,8 @@
 //! release code generation that would cost CI minutes. The two packages
 //! with proto build scripts are cleaned first, so their scripts really run
 //! every time.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

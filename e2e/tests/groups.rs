@@ -2,6 +2,8 @@
 //! members, rebalances as members leave and join (eager and cooperative
 //! assignors), every record consumed once with committed offsets, and a
 //! restarted group resuming where it committed.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,6 +2,8 @@
 //! enable.idempotence retries requests whose responses are lost (fault
 //! injection on the brokers), across a planned move and a kill -9 of a
 //! broker; every record lands exactly once, in order.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -7,6 +7,8 @@
 //! process without the cluster certificate cannot produce to a broker,
 //! subscribe to a broker's tail push, move a partition through a
 //! controller's HTTP endpoint, or use etcd.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

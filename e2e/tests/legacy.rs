@@ -4,6 +4,8 @@
 //! requests of the old versions, against a broker and through a proxy. What
 //! they write is read back by a current client as v2 batches, and what a
 //! current client writes is read by them as old message sets.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

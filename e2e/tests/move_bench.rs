@@ -10,6 +10,8 @@
 //! - write pause: the longest gap between two consecutive acks seen by a
 //!   librdkafka producer writing to the partition one record at a time
 //!   through the move (what an application feels, including its re-route).
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

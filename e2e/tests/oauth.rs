@@ -8,6 +8,8 @@
 //! OIDC support, so it cannot present a signed token) are refused with no
 //! data written; a session lasts no longer than its token, and librdkafka
 //! re-authenticates with a fresh one while it produces.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::process::Command;
 use std::sync::Arc;

@@ -4,6 +4,8 @@
 //! metadata store's metrics, the alert rules under promtool, the dashboard
 //! against a real Prometheus scraping a cluster, and OpenTelemetry traces
 //! from proxy to broker to storage received by a test OTLP collector.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

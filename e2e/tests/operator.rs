@@ -6,6 +6,8 @@
 //! process when its pod is deleted or scaled away (SIGTERM, as a kubelet),
 //! and reports readiness from the broker's /readyz. A producer writes
 //! through the proxies the whole time.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};

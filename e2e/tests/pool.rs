@@ -3,6 +3,8 @@
 //! mid-stream costs no acked record, new segments avoid it, old segments
 //! are read from the other replicas, and once the target is replaced the
 //! repair restores R replicas of every segment.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

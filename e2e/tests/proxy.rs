@@ -3,6 +3,8 @@
 //! and a rolling restart of every broker are invisible to them, catch-up
 //! reads never reach a broker, and a proxy killed with -9 leaves the clients
 //! to carry on through the other.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -8,6 +8,8 @@
 //! 2. The produce latency bump of moves: a producer writing one record
 //!    every 2 ms through a proxy while a partition is moved `MOVES` times,
 //!    then while every broker is restarted in turn.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

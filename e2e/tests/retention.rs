@@ -1,5 +1,7 @@
 //! Segment rolls by size and by time, retention by bytes and by time
 //! (objects and metadata go), and OFFSET_OUT_OF_RANGE below the log start.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

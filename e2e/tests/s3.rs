@@ -1,5 +1,7 @@
 //! The storage conformance suite against a real S3-compatible server
 //! (moto), as the memory and filesystem backends pass it in unit tests.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use floe_e2e::Moto;
 use floe_storage::StorageTarget;

@@ -2,6 +2,8 @@
 //! rebalance under produce load through proxies, and storage targets added,
 //! drained (with repair progress) and removed while data stays readable.
 //! Every JSON answer is checked against what etcd holds.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,6 +5,8 @@
 //! with no data; a new server certificate served without a restart while
 //! open connections carry on; a client that stalls in the handshake
 //! closed after the deadline, alone.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::Write;
 use std::path::Path;

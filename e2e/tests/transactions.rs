@@ -7,6 +7,8 @@
 //! Kafka's error codes with nothing written; and a cluster whose
 //! coordinator's and data partitions' owners are killed and moved during a
 //! stream of transactions (seeded; `FLOE_TXN_SEEDS` runs more).
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::process::Command;
 use std::time::{Duration, Instant};

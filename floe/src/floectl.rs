@@ -2,6 +2,9 @@
 //! tables by default, `-o json` for scripts; clear errors and distinct exit
 //! codes (2 unreachable controller or failed TLS, 3 refused token, 4 not
 //! found, 1 other); TLS and mutual TLS for https:// controllers.
+// A command-line program, timing its calls in real time: outside the time
+// seam.
+#![allow(clippy::disallowed_methods)]
 
 use floe_rpc::admin as admin_pb;
 

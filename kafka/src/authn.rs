@@ -10,7 +10,8 @@
 //! connection as the same principal, and a request after expiry closes it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use floe_protocol::kafka_protocol::messages::{
@@ -129,9 +130,7 @@ impl Authenticator {
         // The session lasts connections.max.reauth.ms, and no longer than
         // the credential (a bearer token's expiry).
         let credential_left = expires_ms.map(|at| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            let now = floe_common::wall_ms();
             Duration::from_millis((at - now).max(0) as u64)
         });
         let lifetime = match (self.settings.reauth, credential_left) {

@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use floe_protocol::kafka_protocol::messages::*;
-use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable};
+use floe_protocol::kafka_protocol::protocol::Encodable;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tracing::Instrument;
 
-use crate::listener::{api_name, decode_body, ready, request_head, respond, Close, Peer, Pending};
+use crate::listener::{api_name, decode_frame, ready, request_head, respond, Close, Peer, Pending};
 use crate::metrics::RequestMetrics;
 
 /// A request as its handler gets it (the body comes typed, beside it).
@@ -280,11 +280,7 @@ impl<S: Send + Sync + 'static, X: Send + Sync + 'static> Router<S, X> {
             Err(answer) => return answer,
         };
         let timer = metrics.timer(api_name(api));
-        let mut rest = frame.clone();
-        let header = RequestHeader::decode(&mut rest, api.request_header_version(version))
-            .map_err(|e| Close::Malformed(api, version, e.to_string()))?;
-        let kind =
-            decode_body(api, version, &mut rest).map_err(|e| Close::Malformed(api, version, e))?;
+        let (header, kind) = decode_frame(&frame, api, version)?;
         let handler = self
             .table
             .get(&api)
@@ -344,6 +340,7 @@ impl<S: Send + Sync + 'static, X: Send + Sync + 'static> Router<S, X> {
 mod tests {
     use super::*;
     use bytes::{BufMut, BytesMut};
+    use floe_protocol::kafka_protocol::protocol::Decodable;
     use floe_protocol::kafka_protocol::protocol::StrBytes;
 
     fn frame<R: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &R) -> Bytes {

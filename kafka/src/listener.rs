@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use floe_protocol::frame::{read_frame, FrameError};
 use floe_protocol::kafka_protocol::messages::*;
-use floe_protocol::kafka_protocol::protocol::Encodable;
+use floe_protocol::kafka_protocol::protocol::{Decodable, Encodable};
 use floe_protocol::{legacy_api, versions};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -464,6 +464,22 @@ pub fn decode_body(api: ApiKey, version: i16, frame: &mut Bytes) -> Result<Reque
     } else {
         RequestKind::decode(api, frame, version).map_err(|e| e.to_string())
     }
+}
+
+/// The header and body of a request frame whose head [`request_head`]
+/// accepted as `api` at `version`: what every tier's dispatch decodes
+/// before a handler runs (and what the `kafka_request` fuzz target feeds).
+pub fn decode_frame(
+    frame: &Bytes,
+    api: ApiKey,
+    version: i16,
+) -> Result<(RequestHeader, RequestKind), Close> {
+    let mut rest = frame.clone();
+    let header = RequestHeader::decode(&mut rest, api.request_header_version(version))
+        .map_err(|e| Close::Malformed(api, version, e.to_string()))?;
+    let kind =
+        decode_body(api, version, &mut rest).map_err(|e| Close::Malformed(api, version, e))?;
+    Ok((header, kind))
 }
 
 pub fn ready(b: Option<Bytes>) -> Pending {

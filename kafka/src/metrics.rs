@@ -133,7 +133,7 @@ impl RequestMetrics {
     pub fn timer(&self, api: &'static str) -> RequestTimer {
         RequestTimer {
             api,
-            started: std::time::Instant::now(),
+            started: tokio::time::Instant::now(),
             requests: self.requests.clone(),
             latency: self.latency.clone(),
         }
@@ -191,7 +191,7 @@ impl RequestMetrics {
 /// One request being timed (see [`RequestMetrics::timer`]).
 pub struct RequestTimer {
     api: &'static str,
-    started: std::time::Instant,
+    started: tokio::time::Instant,
     requests: Family<ApiLabel, Counter>,
     latency: Family<ApiLabel, Histogram>,
 }

@@ -8,7 +8,8 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
@@ -122,9 +123,7 @@ const ALGORITHMS: &[Algorithm] = &[
 ];
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    floe_common::wall_ms()
 }
 
 impl OAuthValidator {
@@ -563,7 +562,9 @@ mod tests {
         let (k2, j2) = keypair("k2");
         let v = validator(dir.path(), std::slice::from_ref(&j1));
         assert!(authenticate(&v, &message(&token(&k2, "k2", claims("bob", 600)))).is_err());
-        // A later modification time (file systems may keep whole seconds).
+        // A later modification time (file systems may keep whole seconds):
+        // real time, which the file system's clock follows.
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_millis(1100));
         std::fs::write(
             dir.path().join("jwks.json"),

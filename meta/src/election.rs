@@ -71,7 +71,7 @@ pub async fn keep_lease_alive(
     lease: LeaseId,
     ttl: std::time::Duration,
     stop: impl std::future::Future<Output = ()>,
-    mut renewed: impl FnMut(std::time::Instant, std::time::Duration),
+    mut renewed: impl FnMut(tokio::time::Instant, std::time::Duration),
 ) -> bool {
     let mut tick = tokio::time::interval(ttl / 4);
     tokio::pin!(stop);
@@ -80,7 +80,7 @@ pub async fn keep_lease_alive(
             _ = &mut stop => return false,
             _ = tick.tick() => {}
         }
-        let sent = std::time::Instant::now();
+        let sent = tokio::time::Instant::now();
         match store.keep_alive(lease).await {
             Ok(granted) => renewed(sent, granted),
             Err(MetaError::LeaseNotFound(_)) => return true,

@@ -7,7 +7,8 @@
 //! (its conditions failed, as asked); an `Indeterminate` answer is.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -78,7 +78,7 @@ async fn delete_clusters(namespace: &str, timeout: Duration) -> anyhow::Result<(
     use kube::api::{DeleteParams, ListParams};
     let client = Client::try_default().await?;
     let crs = Api::<FloeCluster>::namespaced(client, namespace);
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let left = crs.list(&ListParams::default()).await?.items;
         if left.is_empty() {
@@ -92,7 +92,7 @@ async fn delete_clusters(namespace: &str, timeout: Duration) -> anyhow::Result<(
                 crs.delete(&name, &DeleteParams::default()).await?;
             }
         }
-        if std::time::Instant::now() > deadline {
+        if tokio::time::Instant::now() > deadline {
             anyhow::bail!(
                 "FloeClusters still in {namespace} after {timeout:?}: {:?} (is floe-operator running?)",
                 left.iter().map(|c| c.metadata.name.clone().unwrap_or_default()).collect::<Vec<_>>()

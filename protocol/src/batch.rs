@@ -214,6 +214,28 @@ pub fn validate_for_produce(
     Ok(out)
 }
 
+/// The indexes (in the request, from 0) of the records without a key in
+/// `records` (validated batches): a compacted topic refuses them, as
+/// Kafka does. Batches that do not decode count no records.
+pub fn keyless_records(records: &bytes::Bytes) -> Vec<i32> {
+    use kafka_protocol::records::RecordBatchDecoder;
+    let mut data = records.clone();
+    let Ok(sets) = RecordBatchDecoder::decode_all(&mut data) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    for set in sets {
+        for r in set.records {
+            if !r.control && r.key.is_none() {
+                out.push(i);
+            }
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Assign offsets to a validated batch in place: the base offset and the
 /// partition leader epoch (both outside the CRC). With `log_append_time`,
 /// also mark the batch LogAppendTime with that max timestamp and recompute

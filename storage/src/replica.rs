@@ -571,7 +571,7 @@ mod tests {
             hang_rate: 1.0,
             ..Default::default()
         });
-        let t = std::time::Instant::now();
+        let t = tokio::time::Instant::now();
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), set.get_range(&p, 0..5))
             .await
             .expect("a hung replica does not hang the read")

@@ -4,7 +4,8 @@
 //! writes what it decides to the offsets log.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use floe_protocol::ResponseError;

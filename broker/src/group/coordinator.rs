@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use floe_common::Uuid;
@@ -1109,9 +1110,7 @@ async fn tick(
         expire_consumer_members(&shard.handle, st, now, consumer_session).await;
         if last_retention.elapsed() >= retention_every {
             last_retention = Instant::now();
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            let now_ms = floe_common::wall_ms();
             expire_offsets(&shard.handle, st, retention_ms, now_ms).await;
         }
     }

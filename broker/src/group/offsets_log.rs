@@ -7,7 +7,8 @@
 //! replay reads what a full one would conclude.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use floe_protocol::batch::validate_for_produce;
@@ -350,9 +351,7 @@ pub(crate) async fn append(
     handle: &PartitionHandle,
     records: &[(Bytes, Option<Bytes>)],
 ) -> Result<i64, ResponseError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = floe_common::wall_ms();
     let recs: Vec<Record> = records
         .iter()
         .enumerate()

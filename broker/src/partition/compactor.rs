@@ -192,7 +192,7 @@ pub(crate) async fn run(
     if !(due || eligible.iter().any(|&i| tombstones_due(&records[i]))) {
         return Ok(Vec::new());
     }
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let is_aborted = |h: &BatchHeader| {
         h.is_transactional()
             && aborted.iter().any(|(marker, a)| {

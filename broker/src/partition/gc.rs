@@ -182,9 +182,6 @@ mod tests {
     }
 
     fn chrono_now_ms() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64
+        floe_common::wall_ms()
     }
 }

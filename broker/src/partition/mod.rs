@@ -11,7 +11,7 @@ mod writer;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use bytes::Bytes;

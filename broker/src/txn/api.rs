@@ -37,9 +37,7 @@ fn s(v: impl Into<String>) -> StrBytes {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    floe_common::wall_ms()
 }
 
 /// PRODUCER_FENCED is newer than some request versions (KIP-588): their

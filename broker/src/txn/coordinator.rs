@@ -70,9 +70,7 @@ pub struct Coordinator {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    floe_common::wall_ms()
 }
 
 async fn log(
@@ -169,7 +167,7 @@ impl Coordinator {
         };
         let mut st = shard.state.lock().await;
         if st.is_none() {
-            let started = std::time::Instant::now();
+            let started = tokio::time::Instant::now();
             let mut loaded = ShardState::default();
             let mut all = Vec::new();
             read_records(&shard.handle, |k, v| {
@@ -454,7 +452,7 @@ async fn complete(node: Arc<Node>, shard: Arc<Shard>, m: TxnMetadata) {
         },
         coordinator_epoch: shard.handle.epoch,
     };
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut left: Vec<TxnPartition> = m.partitions.iter().cloned().collect();
     let mut backoff = Duration::from_millis(20);
     let finish = |done: bool| {

@@ -20,7 +20,8 @@ pub use state::{http, ControllerState, MoveFailure};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use floe_common::{Clock, PartitionId, Uuid};
 use floe_meta::schema::{
@@ -36,6 +37,14 @@ use floe_rpc::admin as pb;
 
 pub struct AdminService {
     state: Arc<ControllerState>,
+}
+
+impl AdminService {
+    /// The service over a controller's state (what [`server`] serves; the
+    /// admin fuzz target calls it directly).
+    pub fn new(state: Arc<ControllerState>) -> Self {
+        Self { state }
+    }
 }
 
 /// A metadata store failure as the admin API answers it.
@@ -233,9 +242,7 @@ fn compaction_state(
 }
 
 fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    floe_common::wall_ms()
 }
 
 fn find_topic(kvs: &[KeyValue], name: &str) -> Result<(TopicRecord, Uuid), Status> {
@@ -856,7 +863,7 @@ pub async fn serve(
             "missing or wrong bearer token (floectl: --token, --token-file or FLOE_ADMIN_TOKEN)",
         ))
     };
-    let service = pb::admin_server::AdminServer::with_interceptor(AdminService { state }, check);
+    let service = pb::admin_server::AdminServer::with_interceptor(AdminService::new(state), check);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     if let Err(e) = server
         .add_service(service)
