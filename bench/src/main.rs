@@ -1,6 +1,8 @@
 //! `floe-bench`: produce and consume load in the spirit of Kafka's
 //! kafka-producer-perf-test and kafka-consumer-perf-test, on librdkafka.
 //! Reports throughput (records/s, MB/s) and latency percentiles.
+// A load generator measuring real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

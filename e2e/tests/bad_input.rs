@@ -89,6 +89,42 @@ fn malformed_unknown_and_unsupported_requests_close_only_their_connection() {
     assert!(s.wait_log("unknown API key 9999"));
 }
 
+/// Found by the `kafka_request` fuzz target: a request whose array count
+/// is far beyond its frame (a 20-byte CreateAcls v1 declaring 2^31 ACL
+/// creations; a Metadata v0 declaring 54 million topics) made the decoder
+/// ask for hundreds of gigabytes up front, and the process aborted. Now
+/// the frame is malformed: its connection closes, nothing else notices.
+#[test]
+fn array_counts_beyond_the_frame_close_only_their_connection() {
+    let s = Standalone::start().unwrap();
+    let frames: [&[u8]; 2] = [
+        // CreateAcls v1, correlation 30, client id "\0", 0x65656400 creations.
+        &[
+            0, 0x1e, 0, 1, 0, 0, 0, 0x1e, 0, 1, 0, 0x65, 0x65, 0x64, 0, 0, 0, 0,
+        ],
+        // Metadata v0, correlation 1, no client id, 0x033c0c00 topics.
+        &[
+            0, 3, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0x03, 0x3c, 0x0c, 0x00, 0xb6,
+        ],
+    ];
+    for frame in frames {
+        let mut raw = RawClient::connect(&s.bootstrap()).unwrap();
+        let mut sized = (frame.len() as i32).to_be_bytes().to_vec();
+        sized.extend_from_slice(frame);
+        raw.send_raw(&sized).unwrap();
+        assert!(
+            raw.closed_by_server(),
+            "a malformed frame closes its connection"
+        );
+        still_serving(&s);
+    }
+    assert!(
+        s.wait_log("exceeds the"),
+        "the refusal says why:\n{}",
+        s.log_text()
+    );
+}
+
 #[test]
 fn oversized_requests_and_too_many_connections_are_refused() {
     let s = Standalone::start_with_config(

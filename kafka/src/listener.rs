@@ -462,7 +462,9 @@ pub fn decode_body(api: ApiKey, version: i16, frame: &mut Bytes) -> Result<Reque
     if legacy_api::is_legacy(api, version) {
         legacy_api::decode_request(api, version, frame)
     } else {
-        RequestKind::decode(api, frame, version).map_err(|e| e.to_string())
+        // `{:#}`: the codec's error with its causes ("... body: Array
+        // length 1701143552 exceeds the 3 bytes left").
+        RequestKind::decode(api, frame, version).map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -476,7 +478,7 @@ pub fn decode_frame(
 ) -> Result<(RequestHeader, RequestKind), Close> {
     let mut rest = frame.clone();
     let header = RequestHeader::decode(&mut rest, api.request_header_version(version))
-        .map_err(|e| Close::Malformed(api, version, e.to_string()))?;
+        .map_err(|e| Close::Malformed(api, version, format!("{e:#}")))?;
     let kind =
         decode_body(api, version, &mut rest).map_err(|e| Close::Malformed(api, version, e))?;
     Ok((header, kind))

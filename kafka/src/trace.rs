@@ -80,9 +80,8 @@ pub fn parent_from_records(records: &Bytes) -> Option<opentelemetry::Context> {
         return None;
     }
     let (pos, h) = floe_protocol::batch::Batches::new(records).next()?;
-    let mut first = records.slice(pos..pos + h.total_len());
-    let sets =
-        floe_protocol::kafka_protocol::records::RecordBatchDecoder::decode_all(&mut first).ok()?;
+    let first = records.slice(pos..pos + h.total_len());
+    let sets = floe_protocol::records::decode_all(&first).ok()?;
     let r = sets.first()?.records.first()?;
     let (_, v) = r
         .headers

@@ -6,7 +6,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 use crate::batch::{BatchHeader, Batches};
@@ -81,7 +81,7 @@ pub fn parse_marker(batch: &[u8]) -> Option<Marker> {
         return None;
     }
     let mut bytes = Bytes::copy_from_slice(&batch[..h.total_len()]);
-    let set = RecordBatchDecoder::decode(&mut bytes).ok()?;
+    let set = crate::records::decode_next(&mut bytes).ok()?;
     let record = set.records.first()?;
     let (mut key, mut value) = (record.key.clone()?, record.value.clone()?);
     if key.len() < 4 || value.len() < 6 {
@@ -134,9 +134,9 @@ mod tests {
                 (42, 4_001, 7, 1)
             );
             assert_eq!(parse_marker(&b), Some(m));
-            // kafka-protocol's own decoder sees a control record.
+            // The codec's decoder sees a control record.
             let mut bytes = Bytes::from(b);
-            let set = RecordBatchDecoder::decode(&mut bytes).unwrap();
+            let set = crate::records::decode_next(&mut bytes).unwrap();
             assert!(set.records[0].control && set.records[0].transactional);
         }
         // A data batch is not a marker.

@@ -6,7 +6,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy};
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 use crate::batch::{BatchError, BatchHeader};
@@ -277,7 +277,7 @@ pub fn downconvert(batches: &[u8], magic: i8) -> Result<Bytes, BatchError> {
             continue;
         }
         let mut one = Bytes::copy_from_slice(&rest[..len]);
-        let set = RecordBatchDecoder::decode(&mut one)
+        let set = crate::records::decode_next(&mut one)
             .map_err(|e| corrupt(format!("stored batch at {}: {e}", h.base_offset)))?;
         for r in set.records.iter().filter(|r| !r.control) {
             write_message(&mut out, magic, r);
@@ -377,7 +377,9 @@ mod tests {
         assert_eq!(h[0].records_count, 3);
         assert_eq!(h[0].producer_id, -1);
         assert_eq!(h[0].base_sequence, -1, "not idempotent");
-        let records = RecordBatchDecoder::decode(&mut v2.clone()).unwrap().records;
+        let records = crate::records::decode_next(&mut v2.clone())
+            .unwrap()
+            .records;
         let got: Vec<_> = records
             .iter()
             .map(|r| (r.offset, r.timestamp, r.key.clone(), r.value.clone()))
@@ -408,7 +410,7 @@ mod tests {
     #[test]
     fn magic_0_gets_the_append_time_and_gzip_is_kept() {
         let v2 = upconvert(&set(0, 2), 42).unwrap();
-        let rs = RecordBatchDecoder::decode(&mut v2.clone()).unwrap();
+        let rs = crate::records::decode_next(&mut v2.clone()).unwrap();
         assert!(rs
             .records
             .iter()
@@ -426,7 +428,7 @@ mod tests {
         let v2 = upconvert(&wrapped, 0).unwrap();
         let h = BatchHeader::parse(&v2).unwrap();
         assert_eq!(h.attributes & 0x07, 1, "gzip, as sent");
-        let rs = RecordBatchDecoder::decode(&mut v2.clone()).unwrap();
+        let rs = crate::records::decode_next(&mut v2.clone()).unwrap();
         assert_eq!(rs.records[1].value.as_deref(), Some(&b"v1"[..]));
     }
 

@@ -14,9 +14,7 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 use floe_common::Offset;
 use floe_protocol::batch::{BatchHeader, Batches};
-use kafka_protocol::records::{
-    Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-};
+use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
 
 use crate::error::StorageError;
 
@@ -86,8 +84,8 @@ pub fn index_keys(
         if h.is_control() || aborted(&h) {
             continue;
         }
-        let mut b = data.slice(pos..pos + h.total_len());
-        for set in RecordBatchDecoder::decode_all(&mut b).map_err(corrupt)? {
+        let b = data.slice(pos..pos + h.total_len());
+        for set in floe_protocol::records::decode_all(&b).map_err(corrupt)? {
             for r in set.records {
                 if let Some(k) = r.key {
                     latest.insert(key_hash(&k), r.offset);
@@ -122,8 +120,8 @@ pub fn droppable(
             n += h.records_count.max(0) as u64;
             continue;
         }
-        let mut b = data.slice(pos..pos + h.total_len());
-        for set in RecordBatchDecoder::decode_all(&mut b).map_err(corrupt)? {
+        let b = data.slice(pos..pos + h.total_len());
+        for set in floe_protocol::records::decode_all(&b).map_err(corrupt)? {
             n += set
                 .records
                 .iter()
@@ -162,9 +160,9 @@ pub fn compact(
             c.dropped_records += h.records_count.max(0) as u64;
             continue;
         }
-        let mut b = data.slice(pos..pos + h.total_len());
+        let b = data.slice(pos..pos + h.total_len());
         let mut records = Vec::new();
-        for set in RecordBatchDecoder::decode_all(&mut b).map_err(corrupt)? {
+        for set in floe_protocol::records::decode_all(&b).map_err(corrupt)? {
             records.extend(set.records);
         }
         let total = records.len();
@@ -247,8 +245,7 @@ mod tests {
     }
 
     fn read(data: &Bytes) -> Vec<(i64, Option<String>, Option<String>)> {
-        let mut b = data.clone();
-        RecordBatchDecoder::decode_all(&mut b)
+        floe_protocol::records::decode_all(data)
             .unwrap()
             .into_iter()
             .flat_map(|s| s.records)

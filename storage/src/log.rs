@@ -879,7 +879,7 @@ fn first_at_or_after(data: &Pieces, ts: i64, log_start: Offset) -> Option<(Offse
             return Some((h.base_offset.max(log_start), h.max_timestamp));
         }
         let mut batch = data.slice(pos..pos + h.total_len()).join();
-        match kafka_protocol::records::RecordBatchDecoder::decode(&mut batch) {
+        match floe_protocol::records::decode_next(&mut batch) {
             Ok(set) => {
                 for r in set.records {
                     if r.offset >= log_start && r.timestamp >= ts {

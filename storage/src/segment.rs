@@ -233,13 +233,16 @@ impl SegmentIndex {
             .map(|(o, p)| (o, p as u64))
             .collect();
         let times = (0..n_time).map(|i| pair((n_off + i) * 16)).collect();
+        let object_bytes = data_bytes
+            .checked_add(tail.len() as u64)
+            .ok_or_else(|| StorageError::corrupt(key, "segment footer: data length overflows"))?;
         Ok(Self {
             summary: SegmentSummary {
                 base_offset,
                 end_offset,
                 epoch,
                 data_bytes,
-                object_bytes: data_bytes + tail.len() as u64,
+                object_bytes,
                 max_timestamp,
                 batch_count,
             },
@@ -284,6 +287,24 @@ pub(crate) mod tests {
             out.extend(b);
         }
         out
+    }
+
+    /// Found by the `segment` fuzz target: a footer (with good CRCs)
+    /// whose data length is near u64::MAX overflowed the object's size.
+    #[test]
+    fn a_footer_whose_data_length_overflows_is_corrupt() {
+        let d = data(0, 2);
+        let mut b = SegmentBuilder::new(0, 1, 1);
+        for (pos, h) in Batches::new(&d) {
+            b.add(&d[pos..pos + h.total_len()]).unwrap();
+        }
+        let mut tail = b.finish().0.to_vec();
+        let f = tail.len() - FOOTER_LEN;
+        tail[f + 28..f + 36].copy_from_slice(&u64::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&tail[f..f + 60]);
+        tail[f + 60..].copy_from_slice(&crc.to_be_bytes());
+        let e = SegmentIndex::parse("k", &tail).unwrap_err();
+        assert!(e.to_string().contains("data length overflows"), "{e}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use floe_protocol::batch::validate_for_produce;
 use floe_protocol::ResponseError;
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
 use super::classic::{Group, GroupState, Member};
@@ -412,11 +412,11 @@ pub(crate) async fn read_records(
             .read(next, 4 << 20, true)
             .await
             .map_err(|_| ResponseError::CoordinatorLoadInProgress)?;
-        let mut data = read.records.clone();
+        let data = read.records.clone();
         if data.is_empty() {
             break;
         }
-        let sets = RecordBatchDecoder::decode_all(&mut data)
+        let sets = floe_protocol::records::decode_all(&data)
             .map_err(|_| ResponseError::CoordinatorLoadInProgress)?;
         let before = next;
         next = next.max(read.next_offset);
