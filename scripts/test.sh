@@ -75,3 +75,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 # e2e tests start the real `floe` binary: build it first.
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast "$@"
+# The fuzz targets (docs/fuzzing.md): built with coverage instrumentation,
+# the committed corpus replayed, then each target fuzzed for 15 s.
+bash scripts/fuzz.sh ci

@@ -1,0 +1,7 @@
+//! Fuzz target `chunk`: see `floe_fuzz::chunk`.
+#![no_main]
+
+#[global_allocator]
+static ALLOC: floe_fuzz::Bounded = floe_fuzz::Bounded;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| floe_fuzz::chunk(data));

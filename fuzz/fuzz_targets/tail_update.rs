@@ -1,0 +1,7 @@
+//! Fuzz target `tail_update`: see `floe_fuzz::tail_update`.
+#![no_main]
+
+#[global_allocator]
+static ALLOC: floe_fuzz::Bounded = floe_fuzz::Bounded;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| floe_fuzz::tail_update(data));
