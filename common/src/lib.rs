@@ -1,6 +1,7 @@
 //! Shared vocabulary of every Floe crate: partition identities, offsets and
-//! epochs, Kafka's topic naming rules, and the `Clock` seam that leases,
-//! lingers and retention read time from.
+//! epochs, Kafka's topic naming rules, the `Clock` seam that leases,
+//! lingers and retention read time from, and the seam of the randomness
+//! that decides behaviour (replica sets, ids), which a simulation seeds.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -111,6 +112,42 @@ pub fn set_wall_clock(clock: SharedClock) -> bool {
     WALL_CLOCK.set(clock).is_ok()
 }
 
+static SEEDED: std::sync::OnceLock<std::sync::Mutex<rand::rngs::StdRng>> =
+    std::sync::OnceLock::new();
+
+/// A random number for choices that shape behaviour — replica sets, the
+/// ids of topics, clusters, operations and group members — from the OS,
+/// unless a simulation seeded the process with [`set_random_seed`], so a
+/// run replays from its seed. (Secrets — SCRAM nonces and salts, a
+/// process's secret — take the OS's randomness directly, always.)
+pub fn random_u64() -> u64 {
+    use rand::RngCore;
+    match SEEDED.get() {
+        Some(rng) => rng.lock().unwrap_or_else(|e| e.into_inner()).next_u64(),
+        #[allow(clippy::disallowed_methods)] // the seam's one draw from the OS
+        None => rand::random(),
+    }
+}
+
+/// A version-4 UUID from [`random_u64`].
+pub fn new_uuid() -> Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&random_u64().to_le_bytes());
+    bytes[8..].copy_from_slice(&random_u64().to_le_bytes());
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// Seed the process's behaviour-shaping randomness (a simulation, before
+/// anything draws from it); false if it was seeded already.
+pub fn set_random_seed(seed: u64) -> bool {
+    use rand::SeedableRng;
+    SEEDED
+        .set(std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(
+            seed,
+        )))
+        .is_ok()
+}
+
 /// An error and its sources on one line (tonic's own message is only the
 /// outermost, e.g. "transport error"), without repeating a message a
 /// wrapper already quoted.
@@ -131,6 +168,25 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A seeded process replays its choices: the draws are the seed's
+    /// own sequence (nextest runs each test in a process of its own).
+    #[test]
+    fn a_seeded_process_draws_the_seeds_sequence() {
+        use rand::{RngCore, SeedableRng};
+        assert!(set_random_seed(42));
+        assert!(!set_random_seed(7), "seeded once");
+        let mut expected = rand::rngs::StdRng::seed_from_u64(42);
+        assert_eq!(random_u64(), expected.next_u64());
+        assert_eq!(random_u64(), expected.next_u64());
+        let u = new_uuid();
+        assert_eq!(u.get_version_num(), 4);
+        let (a, b) = (expected.next_u64(), expected.next_u64());
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&a.to_le_bytes());
+        bytes[8..].copy_from_slice(&b.to_le_bytes());
+        assert_eq!(u, uuid::Builder::from_random_bytes(bytes).into_uuid());
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {

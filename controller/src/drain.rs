@@ -75,7 +75,11 @@ pub async fn start(
         }
     }
     on_broker.sort_by_key(|p| (p.topic_id, p.partition));
-    let id = format!("dr-{}-{}", now, &Uuid::new_v4().simple().to_string()[..6]);
+    let id = format!(
+        "dr-{}-{}",
+        now,
+        &floe_common::new_uuid().simple().to_string()[..6]
+    );
     let empty = on_broker.is_empty();
     let record = OperationRecord {
         format: FORMAT,

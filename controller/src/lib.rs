@@ -445,7 +445,7 @@ pub async fn ensure_cluster_id(meta: &dyn MetadataStore, now_ms: i64) -> Result<
             .map_err(|e| MetaError::Corrupt(e.to_string()))?;
         return Ok(r.cluster_id);
     }
-    let id = base64_id(Uuid::new_v4());
+    let id = base64_id(floe_common::new_uuid());
     let r = floe_meta::schema::ClusterRecord {
         format: FORMAT,
         cluster_id: id.clone(),

@@ -172,7 +172,11 @@ pub async fn prepare_rebalance(
         None => Condition::Missing(keys::operation_active()),
     };
     let now = now_ms();
-    let id = format!("rb-{}-{}", now, &Uuid::new_v4().simple().to_string()[..6]);
+    let id = format!(
+        "rb-{}-{}",
+        now,
+        &floe_common::new_uuid().simple().to_string()[..6]
+    );
     let state = if plan.moves.is_empty() {
         "done"
     } else {

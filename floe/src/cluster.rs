@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use floe_broker::{Metrics, Node};
-use floe_common::{SharedClock, SystemClock, Uuid};
+use floe_common::{SharedClock, SystemClock};
 use floe_controller::admin::ControllerState;
 use floe_controller::Controller;
 use floe_meta::schema::{ControllerRecord, StoragePoolRecord, StorageTargetRecord, FORMAT};
@@ -420,7 +420,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
     let id = args
         .id
         .clone()
-        .unwrap_or_else(|| Uuid::new_v4().simple().to_string()[..12].to_string());
+        .unwrap_or_else(|| floe_common::new_uuid().simple().to_string()[..12].to_string());
     let ttl = Duration::from_millis(args.lease_ttl_ms.max(1_000));
     let lease = meta.grant_lease(ttl).await?;
     let record = ControllerRecord {

@@ -75,6 +75,8 @@ pub(crate) fn prepare(data_dir: &Path, host: &str) -> Result<TryOut> {
         Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
         _ => {
             use rand::distr::{Alphanumeric, SampleString};
+            // A secret: the OS's randomness, never a simulation's seed.
+            #[allow(clippy::disallowed_methods)]
             let p = Alphanumeric.sample_string(&mut rand::rng(), 24);
             write_private(&t.password_file, format!("{p}\n").as_bytes())?;
             p

@@ -394,7 +394,7 @@ impl TopicAdmin {
         self.resolve(&overrides)?;
         let record = TopicRecord {
             format: FORMAT,
-            id: Uuid::new_v4().as_bytes().to_vec(),
+            id: floe_common::new_uuid().as_bytes().to_vec(),
             name: name.to_string(),
             partitions,
             configs: overrides,

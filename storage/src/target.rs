@@ -95,7 +95,7 @@ impl StorageTarget {
         };
         let id = id.into();
         let store: Arc<dyn ObjectStore> = if inject {
-            let f = crate::faulty::FaultyStore::new(id.clone(), store, rand::rng().random());
+            let f = crate::faulty::FaultyStore::new(id.clone(), store, floe_common::random_u64());
             f.set_faults(faults);
             f
         } else {
@@ -248,7 +248,7 @@ impl StoragePool {
         replicas: usize,
         write_quorum: usize,
     ) -> Result<Self, StorageError> {
-        Self::with_seed(targets, replicas, write_quorum, rand::rng().random())
+        Self::with_seed(targets, replicas, write_quorum, floe_common::random_u64())
     }
 
     /// A pool whose replica-set choices replay from `seed` (tests).

@@ -12,7 +12,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use floe_common::Uuid;
 use floe_protocol::ResponseError;
 use tokio::sync::oneshot;
 
@@ -157,7 +156,7 @@ impl Groups {
             }
             let mut member_id = req.member_id.clone();
             if member_id.is_empty() {
-                member_id = format!("{}-{}", req.client_id, Uuid::new_v4());
+                member_id = format!("{}-{}", req.client_id, floe_common::new_uuid());
                 if let Some(i) = &req.instance_id {
                     // A static member coming back replaces its old self. In
                     // a stable group, with the same protocols, it takes over
@@ -752,7 +751,7 @@ impl Groups {
                 host.settings().group_consumer_session_timeout_ms,
             ),
         };
-        let answer = g.heartbeat(&h, &topics, timing, || Uuid::new_v4().to_string())?;
+        let answer = g.heartbeat(&h, &topics, timing, || floe_common::new_uuid().to_string())?;
         let now = g.encode();
         if was.as_ref() != Some(&now) {
             records.push((consumer_key(group), Some(now)));
