@@ -168,6 +168,10 @@ pub struct Faults {
     /// records stops as on an error it cannot ride out (once per process;
     /// 0: never), to show that a failed writer's partition is taken again.
     pub fail_writer_at_offset: i64,
+    /// A broken broker, for the simulation's test that its checkers catch
+    /// one: producers are acked when their batch is buffered, before it
+    /// is durable on W replicas (a crash then loses acked records).
+    pub ack_before_durable: bool,
 }
 
 impl Faults {

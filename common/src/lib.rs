@@ -112,18 +112,22 @@ pub fn set_wall_clock(clock: SharedClock) -> bool {
     WALL_CLOCK.set(clock).is_ok()
 }
 
-static SEEDED: std::sync::OnceLock<std::sync::Mutex<rand::rngs::StdRng>> =
-    std::sync::OnceLock::new();
+thread_local! {
+    /// The seeded generator of a simulation running on this thread.
+    static SEEDED: std::cell::RefCell<Option<rand::rngs::StdRng>> =
+        const { std::cell::RefCell::new(None) };
+}
 
 /// A random number for choices that shape behaviour — replica sets, the
 /// ids of topics, clusters, operations and group members — from the OS,
-/// unless a simulation seeded the process with [`set_random_seed`], so a
-/// run replays from its seed. (Secrets — SCRAM nonces and salts, a
+/// unless a simulation running on this thread seeded it with
+/// [`set_random_seed`], so a run replays from its seed. (Secrets — SCRAM nonces and salts, a
 /// process's secret — take the OS's randomness directly, always.)
 pub fn random_u64() -> u64 {
     use rand::RngCore;
-    match SEEDED.get() {
-        Some(rng) => rng.lock().unwrap_or_else(|e| e.into_inner()).next_u64(),
+    let seeded = SEEDED.with(|s| s.borrow_mut().as_mut().map(|rng| rng.next_u64()));
+    match seeded {
+        Some(n) => n,
         #[allow(clippy::disallowed_methods)] // the seam's one draw from the OS
         None => rand::random(),
     }
@@ -137,15 +141,12 @@ pub fn new_uuid() -> Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
-/// Seed the process's behaviour-shaping randomness (a simulation, before
-/// anything draws from it); false if it was seeded already.
-pub fn set_random_seed(seed: u64) -> bool {
+/// Seed this thread's behaviour-shaping randomness: a simulation does at
+/// the start of each run (its hosts all run on the thread that drives it;
+/// runs on other threads keep their own seeds).
+pub fn set_random_seed(seed: u64) {
     use rand::SeedableRng;
-    SEEDED
-        .set(std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(
-            seed,
-        )))
-        .is_ok()
+    SEEDED.with(|s| *s.borrow_mut() = Some(rand::rngs::StdRng::seed_from_u64(seed)));
 }
 
 /// An error and its sources on one line (tonic's own message is only the
@@ -174,8 +175,9 @@ mod tests {
     #[test]
     fn a_seeded_process_draws_the_seeds_sequence() {
         use rand::{RngCore, SeedableRng};
-        assert!(set_random_seed(42));
-        assert!(!set_random_seed(7), "seeded once");
+        set_random_seed(7);
+        let _ = random_u64();
+        set_random_seed(42);
         let mut expected = rand::rngs::StdRng::seed_from_u64(42);
         assert_eq!(random_u64(), expected.next_u64());
         assert_eq!(random_u64(), expected.next_u64());

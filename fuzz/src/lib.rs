@@ -151,8 +151,7 @@ pub fn fix_segment_crcs(buf: &mut [u8]) {
 /// record's `traceparent` lookup do.
 pub fn kafka_request(data: &[u8]) {
     static METRICS: OnceLock<floe_kafka::metrics::RequestMetrics> = OnceLock::new();
-    let metrics =
-        METRICS.get_or_init(|| floe_kafka::metrics::RequestMetrics::with_prefix("fuzz"));
+    let metrics = METRICS.get_or_init(|| floe_kafka::metrics::RequestMetrics::with_prefix("fuzz"));
     floe_kafka::trace::enable();
     let frame = Bytes::copy_from_slice(data);
     let (api, version, _) = match floe_kafka::listener::request_head(&frame, metrics) {
@@ -216,7 +215,12 @@ pub fn record_batches(data: &[u8]) {
     let mut count = 0usize;
     for (at, h) in floe_protocol::batch::Batches::new(&records) {
         let batch = &records[at..at + h.total_len()];
-        let _ = (h.last_offset(), h.next_offset(), h.timestamp_type(), h.compression());
+        let _ = (
+            h.last_offset(),
+            h.next_offset(),
+            h.timestamp_type(),
+            h.compression(),
+        );
         if floe_protocol::control::is_marker(&h) {
             let _ = floe_protocol::control::parse_marker(batch);
         }
@@ -376,8 +380,13 @@ pub fn tail_update(data: &[u8]) {
 /// its own (a fresh one every 2,000 inputs, so a long run stays small).
 fn admin_service() -> Arc<floe_controller::admin::AdminService> {
     use std::sync::Mutex;
-    static SVC: Mutex<Option<(Arc<floe_controller::admin::AdminService>, u32, tempfile::TempDir)>> =
-        Mutex::new(None);
+    static SVC: Mutex<
+        Option<(
+            Arc<floe_controller::admin::AdminService>,
+            u32,
+            tempfile::TempDir,
+        )>,
+    > = Mutex::new(None);
     let mut slot = SVC.lock().unwrap();
     if let Some((svc, uses, _)) = slot.as_mut() {
         *uses += 1;
@@ -453,7 +462,11 @@ pub fn admin_request(data: &[u8]) {
             &'a AdminService,
             tonic::Request<M>,
         ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>> + Send + 'a>,
+            Box<
+                dyn std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>
+                    + Send
+                    + 'a,
+            >,
         >,
     {
         let m = match M::decode(body) {
@@ -461,7 +474,11 @@ pub fn admin_request(data: &[u8]) {
             Err(e) => return explained("admin message", e),
         };
         let out = runtime().block_on(async {
-            tokio::time::timeout(std::time::Duration::from_secs(10), f(svc, tonic::Request::new(m))).await
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                f(svc, tonic::Request::new(m)),
+            )
+            .await
         });
         match out.expect("an admin call on a local store does not hang") {
             Ok(_) => {}

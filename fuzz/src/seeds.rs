@@ -3,12 +3,10 @@
 //! writes them under `fuzz/corpus/<target>/`).
 
 use bytes::{Bytes, BytesMut};
-use floe_protocol::kafka_protocol::messages::{
-    ApiKey, RequestHeader, RequestKind, TopicName,
-};
 use floe_protocol::kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
+use floe_protocol::kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, TopicName};
 use floe_protocol::kafka_protocol::protocol::{Encodable, StrBytes};
 use floe_protocol::kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
@@ -131,7 +129,11 @@ fn kafka_requests() -> Vec<(String, Vec<u8>)> {
                     }
                     set.freeze()
                 } else {
-                    Bytes::from(floe_protocol::batch::synthetic_batch(2, 8, 1_700_000_000_000))
+                    Bytes::from(floe_protocol::batch::synthetic_batch(
+                        2,
+                        8,
+                        1_700_000_000_000,
+                    ))
                 };
                 let req = ProduceRequest::default()
                     .with_acks(-1)
@@ -142,7 +144,10 @@ fn kafka_requests() -> Vec<(String, Vec<u8>)> {
                             .with_index(0)
                             .with_records(Some(records))])]);
                 let mut frame = h.clone();
-                if RequestKind::Produce(req).encode(&mut frame, version).is_ok() {
+                if RequestKind::Produce(req)
+                    .encode(&mut frame, version)
+                    .is_ok()
+                {
                     out.push((format!("Produce-v{version}-records"), frame.to_vec()));
                 }
             }
@@ -263,11 +268,9 @@ fn tail_updates() -> Vec<(String, Vec<u8>)> {
         max_timestamp: 0,
         path: format!("t/0/{base:020}.chunk"),
         bytes: 100,
-        payload: Some(Bytes::from(chunk_of(&floe_protocol::batch::synthetic_batch(
-            (next - base) as i32,
-            4,
-            0,
-        )))),
+        payload: Some(Bytes::from(chunk_of(
+            &floe_protocol::batch::synthetic_batch((next - base) as i32, 4, 0),
+        ))),
     };
     let snapshot = pb::LogUpdate {
         kind: Some(pb::log_update::Kind::Snapshot(pb::Snapshot {
@@ -344,8 +347,22 @@ fn admin_requests() -> Vec<(String, Vec<u8>)> {
     let msgs: Vec<(u8, &str, Vec<u8>)> = vec![
         (0, "create-topic", topic.encode_to_vec()),
         (1, "alter-configs", alter.encode_to_vec()),
-        (2, "delete-topic", DeleteTopicRequest { name: "orders".into() }.encode_to_vec()),
-        (3, "describe-topic", DescribeTopicRequest { name: "orders".into() }.encode_to_vec()),
+        (
+            2,
+            "delete-topic",
+            DeleteTopicRequest {
+                name: "orders".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            3,
+            "describe-topic",
+            DescribeTopicRequest {
+                name: "orders".into(),
+            }
+            .encode_to_vec(),
+        ),
         (
             4,
             "describe-partition",
@@ -368,9 +385,21 @@ fn admin_requests() -> Vec<(String, Vec<u8>)> {
         (6, "create-acl", acl.encode_to_vec()),
         (7, "delete-acls", AclFilter::default().encode_to_vec()),
         (8, "list-acls", AclFilter::default().encode_to_vec()),
-        (9, "get-operation", OperationRequest { id: "op-1".into() }.encode_to_vec()),
-        (10, "plan-rebalance", RebalanceRequest::default().encode_to_vec()),
-        (11, "list-topics", ListTopicsRequest::default().encode_to_vec()),
+        (
+            9,
+            "get-operation",
+            OperationRequest { id: "op-1".into() }.encode_to_vec(),
+        ),
+        (
+            10,
+            "plan-rebalance",
+            RebalanceRequest::default().encode_to_vec(),
+        ),
+        (
+            11,
+            "list-topics",
+            ListTopicsRequest::default().encode_to_vec(),
+        ),
     ];
     msgs.into_iter()
         .map(|(which, name, body)| (name.to_string(), prefixed(which, &body)))

@@ -265,6 +265,26 @@ pub async fn serve_on<S: KafkaService>(
     }
 }
 
+/// Serve one plaintext connection over any stream (a simulation's
+/// network, whose streams are not the OS's), as the PLAINTEXT listener
+/// serves an accepted one.
+pub async fn serve_connection<S, R, W>(
+    rd: R,
+    wr: W,
+    addr: SocketAddr,
+    node: Arc<S>,
+    shutdown: CancellationToken,
+) -> Result<(), Close>
+where
+    S: KafkaService,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let spec = Listener::plaintext();
+    let peer = Arc::new(Peer::new(&spec, addr, None));
+    connection(rd, wr, peer, None, node, shutdown).await
+}
+
 /// Why a connection was closed.
 #[derive(Debug, thiserror::Error)]
 pub enum Close {

@@ -3,7 +3,7 @@
 //! redb file; leases and watch history live in memory, so keys bound to a
 //! lease do not outlive the process that held it (as in etcd after the TTL).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,7 +53,8 @@ impl StoredKv {
 #[derive(Debug)]
 struct Lease {
     ttl: Duration,
-    deadline: Instant,
+    /// On the store's own clock ([`Inner::now`]).
+    deadline: Duration,
     keys: BTreeSet<Bytes>,
 }
 
@@ -61,7 +62,9 @@ struct Lease {
 struct State {
     revision: Revision,
     next_lease: LeaseId,
-    leases: HashMap<LeaseId, Lease>,
+    /// Ordered, so that leases that lapse together end in one order
+    /// (a simulation's runs replay).
+    leases: BTreeMap<LeaseId, Lease>,
     history: VecDeque<WatchEvent>,
     /// Events with a revision below this are no longer in `history`.
     history_floor: Revision,
@@ -69,8 +72,31 @@ struct State {
 
 struct Inner {
     db: Database,
+    /// Operations run on the caller's task, not on blocking threads (the
+    /// in-memory store of a simulation, whose runs must not depend on
+    /// thread timing).
+    inline: bool,
+    /// The store's clock for lease deadlines: monotonic time since it
+    /// opened, or a simulation's (whose hosts' runtimes each have a clock
+    /// of their own, while the store is one).
+    clock: StoreClock,
     state: Mutex<State>,
     events: broadcast::Sender<WatchEvent>,
+}
+
+/// Where a store reads the time its leases run on.
+enum StoreClock {
+    Monotonic(Instant),
+    Given(Arc<dyn Fn() -> Duration + Send + Sync>),
+}
+
+impl Inner {
+    fn now(&self) -> Duration {
+        match &self.clock {
+            StoreClock::Monotonic(opened) => opened.elapsed(),
+            StoreClock::Given(f) => f(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -98,24 +124,40 @@ impl EmbeddedStore {
             .await
             .map_err(io_err)?
             .map_err(io_err)?;
+        Self::start(db, false, StoreClock::Monotonic(Instant::now())).await
+    }
+
+    /// A store held in memory whose operations run inline, on the caller's
+    /// task, and whose leases run on `clock` (time elapsed, read wherever
+    /// the caller runs): what a deterministic simulation runs on (nothing
+    /// survives the process).
+    pub async fn in_memory(
+        clock: Arc<dyn Fn() -> Duration + Send + Sync>,
+    ) -> Result<Self, MetaError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(io_err)?;
+        Self::start(db, true, StoreClock::Given(clock)).await
+    }
+
+    async fn start(db: Database, inline: bool, clock: StoreClock) -> Result<Self, MetaError> {
         let (events, _) = broadcast::channel(16_384);
         let store = EmbeddedStore {
             inner: Arc::new(Inner {
                 db,
+                inline,
+                clock,
                 state: Mutex::new(State {
                     revision: 0,
                     next_lease: 1,
-                    leases: HashMap::new(),
+                    leases: BTreeMap::new(),
                     history: VecDeque::new(),
                     history_floor: 1,
                 }),
                 events,
             }),
         };
-        let inner = store.inner.clone();
-        tokio::task::spawn_blocking(move || inner.recover())
-            .await
-            .map_err(io_err)??;
+        store.blocking(|inner| inner.recover()).await?;
         let weak = Arc::downgrade(&store.inner);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -123,18 +165,17 @@ impl EmbeddedStore {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let expired: Vec<LeaseId> = {
+                    let now = inner.now();
                     let st = inner.state.lock().unwrap();
-                    let now = Instant::now();
                     st.leases
                         .iter()
                         .filter(|(_, l)| l.deadline <= now)
                         .map(|(id, _)| *id)
                         .collect()
                 };
+                let store = EmbeddedStore { inner };
                 for id in expired {
-                    let inner = inner.clone();
-                    let r = tokio::task::spawn_blocking(move || inner.end_lease(id)).await;
-                    if let Ok(Err(e)) = r {
+                    if let Err(e) = store.blocking(move |inner| inner.end_lease(id)).await {
                         tracing::warn!(lease = id, error = %e, "expiring lease failed");
                     }
                 }
@@ -148,6 +189,9 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&Inner) -> Result<T, MetaError> + Send + 'static,
     ) -> Result<T, MetaError> {
+        if self.inner.inline {
+            return f(&self.inner);
+        }
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
             .await
@@ -413,7 +457,7 @@ impl MetadataStore for EmbeddedStore {
             id,
             Lease {
                 ttl,
-                deadline: Instant::now() + ttl,
+                deadline: self.inner.now() + ttl,
                 keys: BTreeSet::new(),
             },
         );
@@ -421,10 +465,11 @@ impl MetadataStore for EmbeddedStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, MetaError> {
+        let now = self.inner.now();
         let mut st = self.inner.state.lock().unwrap();
         match st.leases.get_mut(&lease) {
-            Some(l) if l.deadline > Instant::now() => {
-                l.deadline = Instant::now() + l.ttl;
+            Some(l) if l.deadline > now => {
+                l.deadline = now + l.ttl;
                 Ok(l.ttl)
             }
             _ => Err(MetaError::LeaseNotFound(lease)),

@@ -743,6 +743,17 @@ impl Writer {
             buffer.batches += 1;
             pos += len;
         }
+        let reply = if self.ctx.config.faults.ack_before_durable {
+            // The broken variant: acked now; the flush answers no one.
+            let _ = reply.send(Ok(Appended {
+                base_offset,
+                log_append_time: log_append_time.unwrap_or(-1),
+                log_start_offset: self.log.offsets().0,
+            }));
+            tokio::sync::oneshot::channel().0
+        } else {
+            reply
+        };
         buffer.waiters.push(Waiter {
             reply,
             base_offset,
