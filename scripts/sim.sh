@@ -7,7 +7,7 @@
 #   scripts/sim.sh --seed 17 -v         ... with the brokers' warnings
 #   scripts/sim.sh --seeds 1-10000      many seeds: a summary, failing seeds
 #   scripts/sim.sh --seed 3 --broken ack-before-durable
-#   scripts/sim.sh ci                   CI: FLOE_SIM_SEEDS (default 1-20)
+#   scripts/sim.sh ci                   CI: FLOE_SIM_SEEDS (default 1-200)
 #                                       must hold, seed 7 must replay, and a
 #                                       broken broker must be caught
 set -euo pipefail

@@ -78,7 +78,7 @@ cargo nextest run --workspace --no-fail-fast "$@"
 # The fuzz targets (docs/fuzzing.md): built with coverage instrumentation,
 # the committed corpus replayed, then each target fuzzed for 15 s.
 bash scripts/fuzz.sh ci
-# The deterministic simulation (docs/simulation.md): FLOE_SIM_SEEDS (20)
+# The deterministic simulation (docs/simulation.md): FLOE_SIM_SEEDS (200)
 # seeds hold every invariant, a seed replays exactly, a broken broker is
 # caught.
 bash scripts/sim.sh ci

@@ -76,6 +76,14 @@ fn main() {
                 println!("exit {e}");
             }
         }
+        if runs % 250 == 0 && !verbose {
+            println!(
+                "... {runs} seeds, {} failed, {faults} faults, {records} acked records, {:.1} simulated hours, {:.0} s",
+                failed.len(),
+                simulated.as_secs_f64() / 3600.0,
+                started.elapsed().as_secs_f64()
+            );
+        }
         if !r.ok() {
             println!("seed {seed}: {} violation(s):", r.violations.len());
             for v in r.violations.iter().take(10) {

@@ -3,7 +3,7 @@
 //! must be caught within the same budget.
 
 fn seeds() -> std::ops::RangeInclusive<u64> {
-    let spec = std::env::var("FLOE_SIM_SEEDS").unwrap_or_else(|_| "1-20".into());
+    let spec = std::env::var("FLOE_SIM_SEEDS").unwrap_or_else(|_| "1-200".into());
     let (a, b) = spec.split_once('-').unwrap_or((&spec, &spec));
     a.parse().expect("FLOE_SIM_SEEDS=A-B")..=b.parse().expect("FLOE_SIM_SEEDS=A-B")
 }
