@@ -1,7 +1,9 @@
 //! A fault-injecting `ObjectStore` wrapper for tests and benchmarks: latency
 //! drawn from a log-normal distribution fitted to a p50 and a p99, an error
-//! rate, a hang rate (requests that never answer), and a switch that takes
-//! the whole target away and brings it back.
+//! rate, a hang rate (requests that never answer), faults after the fact
+//! (a write that landed but whose answer was lost; a write that timed out
+//! for its caller yet lands later), and a switch that takes the whole target
+//! away and brings it back.
 
 use std::fmt;
 use std::ops::Range;
@@ -31,6 +33,21 @@ pub struct Faults {
     pub error_rate: f64,
     /// Share of requests that never answer, 0..=1.
     pub hang_rate: f64,
+    /// Share of writes (puts, copies) that are applied but answer with an
+    /// error, as when the connection drops after the store committed: the
+    /// caller cannot tell it from a write that never happened.
+    pub lost_answer_rate: f64,
+    /// Share of puts that answer with an error (the caller's timeout) and
+    /// land later, 100 ms to 2 s after, as a request stuck in a queue does;
+    /// a conditional create is judged when it lands.
+    pub late_rate: f64,
+}
+
+/// What happens to one write, decided before it is made.
+enum WriteFate {
+    Now,
+    AnswerLost,
+    Late(Duration),
 }
 
 pub struct FaultyStore {
@@ -103,6 +120,27 @@ impl FaultyStore {
         Duration::from_secs_f64((mu + sigma * z).exp().min(60.0))
     }
 
+    /// Apply the faults to one write: wait, hang or fail as any request,
+    /// then decide whether it lands as asked, lands with its answer lost,
+    /// or lands late.
+    async fn before_write(&self) -> Result<WriteFate> {
+        self.before().await?;
+        let f = self.faults.read().unwrap().clone();
+        if f.lost_answer_rate == 0.0 && f.late_rate == 0.0 {
+            return Ok(WriteFate::Now);
+        }
+        let mut rng = self.rng.lock().unwrap();
+        if rng.random::<f64>() < f.lost_answer_rate {
+            return Ok(WriteFate::AnswerLost);
+        }
+        if rng.random::<f64>() < f.late_rate {
+            return Ok(WriteFate::Late(Duration::from_millis(
+                rng.random_range(100..2_000),
+            )));
+        }
+        Ok(WriteFate::Now)
+    }
+
     /// Apply the faults to one request: wait, hang, or fail.
     async fn before(&self) -> Result<()> {
         if self.is_down() {
@@ -140,8 +178,22 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        self.before().await?;
-        self.inner.put_opts(location, payload, opts).await
+        match self.before_write().await? {
+            WriteFate::Now => self.inner.put_opts(location, payload, opts).await,
+            WriteFate::AnswerLost => {
+                self.inner.put_opts(location, payload, opts).await?;
+                Err(injected("the put landed but its answer was lost"))
+            }
+            WriteFate::Late(after) => {
+                let inner = self.inner.clone();
+                let location = location.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = inner.put_opts(&location, payload, opts).await;
+                });
+                Err(injected("the put timed out (it lands later)"))
+            }
+        }
     }
 
     async fn put_multipart_opts(
@@ -192,8 +244,13 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.before().await?;
-        self.inner.copy_opts(from, to, options).await
+        match self.before_write().await? {
+            WriteFate::AnswerLost => {
+                self.inner.copy_opts(from, to, options).await?;
+                Err(injected("the copy landed but its answer was lost"))
+            }
+            _ => self.inner.copy_opts(from, to, options).await,
+        }
     }
 }
 
@@ -233,6 +290,53 @@ mod tests {
         });
         let hung = tokio::time::timeout(Duration::from_millis(200), f.get(&p)).await;
         assert!(hung.is_err(), "a hang never answers");
+    }
+
+    #[tokio::test]
+    async fn writes_can_land_with_their_answer_lost_or_late() {
+        let f = FaultyStore::new("t", Arc::new(InMemory::new()), 5);
+        f.set_faults(Faults {
+            lost_answer_rate: 1.0,
+            ..Default::default()
+        });
+        let p = Path::from("lost");
+        let e = f.put(&p, PutPayload::from_static(b"x")).await.unwrap_err();
+        assert!(e.to_string().contains("answer was lost"), "{e}");
+        f.set_faults(Faults::default());
+        assert_eq!(f.get(&p).await.unwrap().bytes().await.unwrap(), "x");
+        // A conditional create that lands late is judged when it lands: a
+        // key created in between wins.
+        f.set_faults(Faults {
+            late_rate: 1.0,
+            ..Default::default()
+        });
+        let (a, b) = (Path::from("late"), Path::from("raced"));
+        let create = || PutOptions::from(object_store::PutMode::Create);
+        let e = f
+            .put_opts(&a, PutPayload::from_static(b"late"), create())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("lands later"), "{e}");
+        f.put_opts(&b, PutPayload::from_static(b"late"), create())
+            .await
+            .unwrap_err();
+        f.set_faults(Faults::default());
+        assert!(f.get(&a).await.is_err(), "not landed yet");
+        f.put_opts(&b, PutPayload::from_static(b"first"), create())
+            .await
+            .unwrap();
+        // It lands within 2 s (polled for longer: a loaded machine runs
+        // timers late).
+        let mut landed = None;
+        for _ in 0..100 {
+            if let Ok(r) = f.get(&a).await {
+                landed = Some(r.bytes().await.unwrap());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(landed.as_deref(), Some(&b"late"[..]));
+        assert_eq!(f.get(&b).await.unwrap().bytes().await.unwrap(), "first");
     }
 
     #[test]

@@ -36,7 +36,8 @@ impl StorageTarget {
         let mut parsed = url::Url::parse(url)
             .map_err(|e| StorageError::Invalid(format!("storage URL {url:?}: {e}")))?;
         // Fault injection for benchmarks and tests: `floe_latency_p50_ms`,
-        // `floe_latency_p99_ms`, `floe_error_rate` on any target.
+        // `floe_latency_p99_ms`, `floe_error_rate`, `floe_lost_answer_rate`,
+        // `floe_late_rate` on any target.
         let mut faults = crate::faulty::Faults::default();
         let mut inject = false;
         let mut rest = Vec::new();
@@ -56,6 +57,14 @@ impl StorageTarget {
                 }
                 "floe_error_rate" => {
                     faults.error_rate = num(&v)?;
+                    inject = true;
+                }
+                "floe_lost_answer_rate" => {
+                    faults.lost_answer_rate = num(&v)?;
+                    inject = true;
+                }
+                "floe_late_rate" => {
+                    faults.late_rate = num(&v)?;
                     inject = true;
                 }
                 _ => rest.push((k.to_string(), v.to_string())),
