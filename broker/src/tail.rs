@@ -95,7 +95,6 @@ impl pb::tail_server::Tail for TailService {
     }
 }
 
-/// Serve the tail push on `listener` until `shutdown`.
 /// Serve the tail push on `listener` until `shutdown`; with `tls` (the
 /// cluster's `[internal_tls]`) only holders of a certificate the cluster
 /// CA signed may subscribe.
@@ -114,6 +113,27 @@ pub async fn serve(
         }
         s
     });
+    serve_incoming(incoming, node, tls, shutdown).await
+}
+
+/// [`serve`] on connections from any source (the deterministic
+/// simulation's network).
+pub async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    node: Arc<Node>,
+    tls: Option<floe_kafka::tls::InternalTls>,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         let config = tls.pem().map(|pem| {

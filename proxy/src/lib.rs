@@ -78,6 +78,10 @@ pub struct ProxyConfig {
     /// of the config file, not of `[proxy]`).
     #[serde(skip)]
     pub internal_tls: Option<Arc<floe_kafka::tls::InternalTls>>,
+    /// How connections to brokers are opened when not over TCP (the
+    /// deterministic simulation's network); never set by a config file.
+    #[serde(skip)]
+    pub dialer: Option<upstream::Dialer>,
 }
 
 impl Default for ProxyConfig {
@@ -98,6 +102,7 @@ impl Default for ProxyConfig {
             produce_hold_ms: 250,
             owner_nodes: true,
             internal_tls: None,
+            dialer: None,
         }
     }
 }
@@ -224,6 +229,7 @@ impl Proxy {
             view.clone(),
             pool,
             config.internal_tls.clone(),
+            config.dialer.clone(),
             cache,
             metrics.clone(),
             shutdown.child_token(),
@@ -237,9 +243,9 @@ impl Proxy {
             requests: Arc::new(requests),
             metrics,
             lanes: Default::default(),
-            produce_pool: upstream::Pool::new(config.internal_tls.clone()),
+            produce_pool: upstream::Pool::new(config.internal_tls.clone(), config.dialer.clone()),
             broker_health: Default::default(),
-            admin_pool: upstream::Pool::new(config.internal_tls.clone()),
+            admin_pool: upstream::Pool::new(config.internal_tls.clone(), config.dialer.clone()),
             round_robin: AtomicUsize::new(0),
             lease,
             meta: meta.clone(),

@@ -76,7 +76,7 @@ impl KafkaService for Proxy {
         Arc::new(Session {
             listener: peer.listener.clone(),
             connection: Arc::new(Connection::on(peer.listener.clone())),
-            pool: Pool::new(self.config.internal_tls.clone()),
+            pool: Pool::new(self.config.internal_tls.clone(), self.config.dialer.clone()),
         })
     }
 

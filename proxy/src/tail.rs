@@ -72,6 +72,7 @@ pub struct Tails {
     pool: Arc<StoragePool>,
     /// The cluster's identity: push streams then run over mutual TLS.
     tls: Option<Arc<InternalTls>>,
+    dialer: Option<crate::upstream::Dialer>,
     pub cache: BlockCache,
     metrics: Arc<ProxyMetrics>,
     followers: Mutex<HashMap<PartitionId, Arc<Follower>>>,
@@ -85,6 +86,7 @@ impl Tails {
         view: Arc<View>,
         pool: Arc<StoragePool>,
         tls: Option<Arc<InternalTls>>,
+        dialer: Option<crate::upstream::Dialer>,
         cache: BlockCache,
         metrics: Arc<ProxyMetrics>,
         shutdown: CancellationToken,
@@ -93,6 +95,7 @@ impl Tails {
             view,
             pool,
             tls,
+            dialer,
             cache,
             metrics,
             followers: Default::default(),
@@ -148,12 +151,23 @@ impl Tails {
                     .map_err(|e| e.to_string())?
             }
         };
-        let ch = endpoint
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(10));
+        let ch = match &self.dialer {
+            None => endpoint.connect_lazy(),
+            Some(d) => {
+                let (d, addr) = (d.clone(), addr.to_string());
+                endpoint.connect_with_connector_lazy(tower::service_fn(
+                    move |_: tonic::transport::Uri| {
+                        let (d, addr) = (d.clone(), addr.clone());
+                        async move { d.dial(addr).await.map(hyper_util::rt::TokioIo::new) }
+                    },
+                ))
+            }
+        };
         c.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

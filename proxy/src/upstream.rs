@@ -18,6 +18,30 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+/// A byte stream to a broker, whatever carries it.
+pub trait BrokerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> BrokerIo for T {}
+
+type DialFuture = futures::future::BoxFuture<'static, std::io::Result<Box<dyn BrokerIo>>>;
+
+/// How the proxy opens connections to brokers (Kafka and the tail push)
+/// when not over TCP: the deterministic simulation dials over its own
+/// network. `None` in every deployment.
+#[derive(Clone)]
+pub struct Dialer(pub Arc<dyn Fn(String) -> DialFuture + Send + Sync>);
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dialer")
+    }
+}
+
+impl Dialer {
+    pub async fn dial(&self, addr: String) -> std::io::Result<Box<dyn BrokerIo>> {
+        (self.0)(addr).await
+    }
+}
+
 /// Why an upstream request got no answer.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -52,18 +76,20 @@ pub struct Conn {
     port: i32,
     /// The cluster's identity, presented over TLS, when it has one.
     tls: Option<Arc<InternalTls>>,
+    dialer: Option<Dialer>,
     tx: Mutex<Option<mpsc::UnboundedSender<Outgoing>>>,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Conn {
-    pub fn new(b: &BrokerRecord, tls: Option<Arc<InternalTls>>) -> Self {
+    pub fn new(b: &BrokerRecord, tls: Option<Arc<InternalTls>>, dialer: Option<Dialer>) -> Self {
         Self {
             broker: b.broker_id,
             host: b.host.clone(),
             port: b.port,
             tls,
+            dialer,
             tx: Mutex::new(None),
         }
     }
@@ -106,6 +132,7 @@ impl Conn {
             self.host.clone(),
             self.port,
             self.tls.clone(),
+            self.dialer.clone(),
             rx,
         ));
         tx
@@ -117,15 +144,24 @@ async fn connect_and_run(
     host: String,
     port: i32,
     tls: Option<Arc<InternalTls>>,
+    dialer: Option<Dialer>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
 ) {
     let addr = format!("{host}:{port}");
     let connect = async {
+        if let Some(d) = &dialer {
+            if tls.is_some() {
+                return Err(std::io::Error::other(
+                    "internal TLS needs TCP connections, not a custom dialer",
+                ));
+            }
+            return Ok(Either::Plain(d.dial(addr.clone()).await?));
+        }
         let tcp = TcpStream::connect(&addr).await?;
         let _ = tcp.set_nodelay(true);
         match &tls {
             Some(tls) => Ok(Either::Tls(Box::new(tls.connect(tcp, &host).await?))),
-            None => Ok(Either::Plain(tcp)),
+            None => Ok(Either::Plain(Box::new(tcp))),
         }
     };
     let stream: std::io::Result<Either> = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await
@@ -143,7 +179,7 @@ async fn connect_and_run(
 }
 
 enum Either {
-    Plain(TcpStream),
+    Plain(Box<dyn BrokerIo>),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
@@ -251,15 +287,18 @@ fn fail_all(rx: &mut mpsc::UnboundedReceiver<Outgoing>, err: UpstreamError) {
 pub struct Pool {
     conns: Mutex<HashMap<i32, Arc<Conn>>>,
     tls: Option<Arc<InternalTls>>,
+    dialer: Option<Dialer>,
 }
 
 impl Pool {
     /// A pool whose connections present the cluster's identity over TLS
-    /// (brokers with `[internal_tls]` admit nothing else).
-    pub fn new(tls: Option<Arc<InternalTls>>) -> Self {
+    /// (brokers with `[internal_tls]` admit nothing else), or go through
+    /// `dialer`.
+    pub fn new(tls: Option<Arc<InternalTls>>, dialer: Option<Dialer>) -> Self {
         Self {
             conns: Default::default(),
             tls,
+            dialer,
         }
     }
 
@@ -270,7 +309,7 @@ impl Pool {
         match c.get(&b.broker_id) {
             Some(conn) if conn.host == b.host && conn.port == b.port => conn.clone(),
             _ => {
-                let conn = Arc::new(Conn::new(b, self.tls.clone()));
+                let conn = Arc::new(Conn::new(b, self.tls.clone(), self.dialer.clone()));
                 c.insert(b.broker_id, conn.clone());
                 conn
             }
