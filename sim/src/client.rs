@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{
@@ -233,6 +233,48 @@ pub async fn produce(
     Ok(p.base_offset)
 }
 
+/// One Fetch of `partition` from `offset`, as a consumer makes it: the
+/// records from `offset` below the high watermark, as (offset, value), and
+/// the high watermark.
+pub async fn fetch(
+    conn: &mut Conn,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(Vec<(i64, Bytes)>, i64), String> {
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(100)
+        .with_min_bytes(1)
+        .with_max_bytes(4 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])]);
+    let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, &req).await?;
+    let p = resp
+        .responses
+        .first()
+        .and_then(|t| t.partitions.first())
+        .ok_or("an empty fetch answer")?;
+    if p.error_code != 0 {
+        return Err(format!("fetch error {}", p.error_code));
+    }
+    let hw = p.high_watermark;
+    let records = p.records.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for set in floe_protocol::records::decode_all(&records).map_err(|e| e.to_string())? {
+        for r in set.records {
+            if r.offset >= offset && r.offset < hw {
+                out.push((r.offset, r.value.unwrap_or_default()));
+            }
+        }
+    }
+    Ok((out, hw))
+}
+
 /// Every record of `partition` from offset 0 up to its high watermark,
 /// as (offset, value).
 pub async fn read_all(
@@ -243,47 +285,17 @@ pub async fn read_all(
     let mut out = Vec::new();
     let mut next = 0i64;
     loop {
-        let req = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(100)
-            .with_min_bytes(1)
-            .with_max_bytes(4 << 20)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
-                    .with_fetch_offset(next)
-                    .with_partition_max_bytes(1 << 20)])]);
-        let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, &req).await?;
-        let p = resp
-            .responses
-            .first()
-            .and_then(|t| t.partitions.first())
-            .ok_or("an empty fetch answer")?;
-        if p.error_code != 0 {
-            return Err(format!("fetch error {}", p.error_code));
-        }
-        let hw = p.high_watermark;
-        let records = p.records.clone().unwrap_or_default();
+        let (records, hw) = fetch(conn, topic, partition, next).await?;
         if next >= hw {
             return Ok(out);
         }
-        let mut last = next;
-        for set in floe_protocol::records::decode_all(&records).map_err(|e| e.to_string())? {
-            for r in set.records {
-                if r.offset >= next && r.offset < hw {
-                    out.push((r.offset, r.value.unwrap_or_default()));
-                    last = r.offset + 1;
-                }
-            }
-        }
-        if last == next {
-            // Nothing new below the high watermark: the read is stuck.
+        let Some(&(last, _)) = records.last() else {
+            // Nothing below the high watermark: the read is stuck.
             return Err(format!(
                 "partition {partition}: no record at {next} below the high watermark {hw}"
             ));
-        }
-        next = last;
-        let _ = records.remaining();
+        };
+        out.extend(records);
+        next = last + 1;
     }
 }

@@ -75,6 +75,13 @@ fn main() {
             for e in &r.exits {
                 println!("exit {e}");
             }
+            for e in &r.sre {
+                println!("{e}");
+            }
+            println!(
+                "{} writer commits checked, {} records consumed",
+                r.commits, r.consumed
+            );
         }
         if runs % 250 == 0 && !verbose {
             println!(

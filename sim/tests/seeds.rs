@@ -34,6 +34,9 @@ fn a_seed_replays_exactly() {
     let b = floe_sim::run(&floe_sim::Options::new(7));
     assert_eq!(a.faults, b.faults, "the same faults at the same times");
     assert_eq!(a.history, b.history, "the same acks at the same offsets");
+    assert_eq!(a.sre, b.sre, "the same moves, drains and rebalances");
+    assert_eq!(a.consumed, b.consumed, "the consumer read the same");
+    assert_eq!(a.commits, b.commits, "the writers committed the same");
     assert_eq!(a.sim_elapsed, b.sim_elapsed);
 }
 
