@@ -136,6 +136,7 @@ enum Sre {
 #[derive(Clone, Debug)]
 enum Undo {
     Heal(String),
+    HealPair(String, String),
     Resume(String),
     MetaHeal(String),
     StorageHeal(String),
@@ -144,10 +145,11 @@ enum Undo {
 }
 
 impl Undo {
-    fn host(&self) -> Option<&str> {
+    fn hosts(&self) -> Vec<&str> {
         match self {
-            Undo::Heal(h) | Undo::Resume(h) | Undo::MetaHeal(h) | Undo::StorageHeal(h) => Some(h),
-            _ => None,
+            Undo::Heal(h) | Undo::Resume(h) | Undo::MetaHeal(h) | Undo::StorageHeal(h) => vec![h],
+            Undo::HealPair(a, b) => vec![a, b],
+            _ => Vec::new(),
         }
     }
 }
@@ -465,6 +467,7 @@ pub fn run(o: &Options) -> Report {
                         sim.repair(h.as_str(), x.as_str());
                     }
                 }
+                Undo::HealPair(a, b) => sim.repair(a.as_str(), b.as_str()),
                 Undo::Resume(h) => {
                     world.gates[&h].paused.store(false, Ordering::SeqCst);
                     for x in others(&h) {
@@ -483,12 +486,12 @@ pub fn run(o: &Options) -> Report {
         next_fault = now + Duration::from_millis(faults_rng.random_range(1_500..4_000));
         let victim = broker_name(faults_rng.random_range(1..=o.brokers));
         let busy = |h: &str, down: &BTreeMap<String, Duration>, undo: &[(Duration, Undo)]| {
-            down.contains_key(h) || undo.iter().any(|(_, u)| u.host() == Some(h))
+            down.contains_key(h) || undo.iter().any(|(_, u)| u.hosts().contains(&h))
         };
         if busy(&victim, &down, &undo) {
             continue;
         }
-        let fault = faults_rng.random_range(0..if o.proxies > 0 { 22 } else { 20 });
+        let fault = faults_rng.random_range(0..if o.proxies > 0 { 23 } else { 21 });
         let f = match fault {
             // kill -9 and an immediate restart in place.
             0..=3 => {
@@ -632,13 +635,30 @@ pub fn run(o: &Options) -> Report {
                 world.sre.lock().unwrap().push_back(Sre::Rebalance);
                 "rebalance".to_string()
             }
+            // A partition between two hosts only (a broker and a proxy, two
+            // brokers, a controller and a broker, ...).
+            20 => {
+                let mut pool: Vec<String> = CONTROLLERS.iter().map(|c| c.to_string()).collect();
+                pool.extend((1..=o.brokers).map(broker_name));
+                pool.extend((1..=o.proxies).map(proxy_name));
+                let a = pool.remove(faults_rng.random_range(0..pool.len()));
+                let b = pool.remove(faults_rng.random_range(0..pool.len()));
+                if busy(&a, &down, &undo) || busy(&b, &down, &undo) {
+                    continue;
+                }
+                sim.partition(a.as_str(), b.as_str());
+                let for_ms = faults_rng.random_range(1_000..6_000);
+                let f = format!("partition {a} from {b} for {for_ms} ms");
+                undo.push((now + Duration::from_millis(for_ms), Undo::HealPair(a, b)));
+                f
+            }
             // A proxy restarted in place, or down for a while.
             _ => {
                 let p = proxy_name(faults_rng.random_range(1..=o.proxies));
                 if busy(&p, &down, &undo) {
                     continue;
                 }
-                if fault == 20 {
+                if fault == 21 {
                     sim.bounce(p.as_str());
                     format!("bounce {p}")
                 } else {
