@@ -212,10 +212,57 @@ pub fn validate_for_produce(
                 "clients may not produce control batches".into(),
             ));
         }
+        if h.compression() == 0 {
+            check_record_framing(&batch[HEADER_LEN..], h.records_count)?;
+        }
         out.push(h);
         pos += len;
     }
     Ok(out)
+}
+
+/// An uncompressed batch's records must be exactly `count` length-prefixed
+/// records filling the batch, as Kafka's validator finds when it iterates
+/// them (fewer or more bytes: CORRUPT_MESSAGE). Only the lengths are read,
+/// so this costs a few varints per record; compressed batches are not
+/// decompressed on the write path, and their framing is checked by readers.
+fn check_record_framing(mut records: &[u8], count: i32) -> Result<(), BatchError> {
+    for i in 0..count {
+        let len = read_varint(&mut records).ok_or_else(|| {
+            BatchError::Corrupt(format!(
+                "record {i} of {count}: no length (the batch ends first)"
+            ))
+        })?;
+        if len < 0 || len as usize > records.len() {
+            return Err(BatchError::Corrupt(format!(
+                "record {i} of {count} claims {len} bytes, {} remain in the batch",
+                records.len()
+            )));
+        }
+        records = &records[len as usize..];
+    }
+    if !records.is_empty() {
+        return Err(BatchError::Corrupt(format!(
+            "{} bytes follow the batch's {count} records",
+            records.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A zigzag varint (Kafka's record fields), advancing `buf`; `None` when it
+/// runs past the end or beyond 5 bytes.
+fn read_varint(buf: &mut &[u8]) -> Option<i64> {
+    let mut raw: u64 = 0;
+    for i in 0..5 {
+        let (&b, rest) = buf.split_first()?;
+        *buf = rest;
+        raw |= ((b & 0x7f) as u64) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(((raw >> 1) as i64) ^ -((raw & 1) as i64));
+        }
+    }
+    None
 }
 
 /// The indexes (in the request, from 0) of the records without a key in
@@ -367,6 +414,41 @@ mod tests {
         );
         let offsets: Vec<_> = Batches::new(&two).map(|(_, h)| h.base_offset).collect();
         assert_eq!(offsets, vec![100, 103]);
+    }
+
+    /// A batch whose header and CRC are right but whose records do not fill
+    /// it as counted: corrupt, as Kafka's validator finds.
+    #[test]
+    fn record_framing_must_match_the_count() {
+        let reframe = |mut b: Vec<u8>, count: i32, extra: &[u8]| {
+            b.extend_from_slice(extra);
+            let len = (b.len() - LOG_OVERHEAD) as i32;
+            b[8..12].copy_from_slice(&len.to_be_bytes());
+            b[57..61].copy_from_slice(&count.to_be_bytes());
+            b[23..27].copy_from_slice(&(count - 1).to_be_bytes());
+            let crc = crc32c::crc32c(&b[CRC_START..]);
+            b[17..21].copy_from_slice(&crc.to_be_bytes());
+            b
+        };
+        let good = synthetic_batch(3, 5, 0);
+        assert!(validate_for_produce(&reframe(good.clone(), 3, &[]), 1 << 20).is_ok());
+        // Claims 4 records, holds 3.
+        let e = validate_for_produce(&reframe(good.clone(), 4, &[]), 1 << 20).unwrap_err();
+        assert_eq!(e.code(), ResponseError::CorruptMessage, "{e}");
+        assert!(e.to_string().contains("record 3 of 4"), "{e}");
+        // Claims 2 records, holds 3.
+        let e = validate_for_produce(&reframe(good.clone(), 2, &[]), 1 << 20).unwrap_err();
+        assert_eq!(e.code(), ResponseError::CorruptMessage, "{e}");
+        assert!(
+            e.to_string().contains("follow the batch's 2 records"),
+            "{e}"
+        );
+        // A record length beyond the batch.
+        let e = validate_for_produce(&reframe(good.clone(), 4, &[0x7e]), 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("claims 63 bytes"), "{e}");
+        // A negative length.
+        let e = validate_for_produce(&reframe(good, 4, &[0x01]), 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("claims -1 bytes"), "{e}");
     }
 
     #[test]
