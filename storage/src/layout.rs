@@ -5,6 +5,8 @@
 //! `{topic_id}/{partition}/{segment_base:020}-{segment_epoch}.{sealer_epoch}.seg`
 //! is the consolidated segment. Keys are predictable from offsets alone: the
 //! next chunk of a segment lives at the segment's next offset.
+//! `wal/{broker}/{stream:020}/{seq:020}.wal` is object `seq` of a broker's
+//! WAL stream (`crate::wal`): the next key of a stream is predictable too.
 
 use floe_common::{Epoch, Offset, PartitionId};
 use object_store::path::Path;
@@ -73,6 +75,38 @@ pub fn compacted_segment(
     ))
 }
 
+/// Object `id.seq` of a broker's WAL stream.
+pub fn wal(id: crate::wal::WalId) -> Path {
+    Path::from(format!(
+        "wal/{}/{:020}/{:020}.wal",
+        id.broker, id.stream, id.seq
+    ))
+}
+
+/// Every object of one WAL stream.
+pub fn wal_stream_prefix(broker: i32, stream: i64) -> Path {
+    Path::from(format!("wal/{broker}/{stream:020}"))
+}
+
+/// The id a WAL object key names, if `path` is one.
+pub fn wal_id(path: &Path) -> Option<crate::wal::WalId> {
+    let mut parts = path.parts();
+    if parts.next()?.as_ref() != "wal" {
+        return None;
+    }
+    let broker = parts.next()?.as_ref().parse().ok()?;
+    let stream = parts.next()?.as_ref().parse().ok()?;
+    let seq = parts.next()?.as_ref().strip_suffix(".wal")?.parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(crate::wal::WalId {
+        broker,
+        stream,
+        seq,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +120,30 @@ mod tests {
         assert!(k.prefix_matches(&chunk_prefix(p, 100, 3)));
         assert!(!k.prefix_matches(&chunk_prefix(p, 100, 4)));
         assert_eq!(chunk_base(&segment(p, 100, 3, 4)), None);
+    }
+
+    #[test]
+    fn wal_keys_round_trip_sort_by_seq_and_nest() {
+        use crate::wal::WalId;
+        let id = |seq| WalId {
+            broker: 3,
+            stream: 17,
+            seq,
+        };
+        let k = wal(id(9));
+        assert_eq!(
+            k.as_ref(),
+            "wal/3/00000000000000000017/00000000000000000009.wal"
+        );
+        assert_eq!(wal_id(&k), Some(id(9)));
+        assert!(
+            wal(id(9)).as_ref() < wal(id(10)).as_ref(),
+            "keys list in seq order"
+        );
+        assert!(k.prefix_matches(&wal_stream_prefix(3, 17)));
+        assert!(!k.prefix_matches(&wal_stream_prefix(3, 18)));
+        let p = PartitionId::new(Uuid::from_u128(42), 1);
+        assert_eq!(wal_id(&chunk(p, 100, 3, 12345)), None);
+        assert_eq!(wal_id(&Path::from("wal/3/17/9.wal/x")), None);
     }
 }

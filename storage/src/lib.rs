@@ -14,6 +14,7 @@ pub mod log;
 pub mod replica;
 pub mod segment;
 pub mod target;
+pub mod wal;
 
 pub use cache::BlockCache;
 pub use error::StorageError;
