@@ -1,0 +1,389 @@
+//! A broker's WAL stream (docs/design.md, "Shared WAL objects"): the chunks
+//! every partition writer hands in are gathered into one WAL object per
+//! flush — bounded by `linger` and `max_bytes` — written with conditional
+//! create at the stream's next key on a freshly drawn replica set, and
+//! acknowledged **in stream order**: a chunk's answer comes only once its
+//! object and every earlier object of the stream are durable on W targets,
+//! so what a stream acknowledged is always a gap-free prefix of it. An
+//! object that cannot be made durable (its key taken by a fence, or too
+//! many targets failing after retries) ends the stream: it and everything
+//! after it is answered with an error and the caller opens a new stream.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::wal::{ChunkMeta, WalBuilder, WalEntry, WalId};
+use crate::{layout, PutOutcome, StorageError, StoragePool};
+
+/// How a stream flushes.
+#[derive(Clone, Copy, Debug)]
+pub struct WalConfig {
+    /// How long the first chunk of an object waits for company.
+    pub linger: Duration,
+    /// An object is flushed once its chunks reach this many bytes.
+    pub max_bytes: usize,
+    /// Objects written at once (the next is gathered meanwhile).
+    pub max_in_flight: usize,
+    /// Attempts of one object's write before the stream gives up.
+    pub attempts: u32,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(100),
+            max_bytes: 8 << 20,
+            max_in_flight: 4,
+            attempts: 3,
+        }
+    }
+}
+
+/// Where a durable chunk is: what a partition's metadata keeps of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalChunkRef {
+    pub id: WalId,
+    pub entry: WalEntry,
+    /// The targets the object was written to.
+    pub replica_set: Vec<String>,
+}
+
+/// Why a chunk was not made durable by this stream (the stream is over).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum WalError {
+    /// The stream's next key is taken: a recovering owner fenced it.
+    #[error("WAL stream was fenced at {0:?}")]
+    Fenced(WalId),
+    /// An object could not reach its write quorum.
+    #[error("WAL object {0:?} could not be made durable: {1}")]
+    Failed(WalId, StorageError),
+    /// The stream ended before this chunk was written.
+    #[error("WAL stream ended: {0}")]
+    Ended(String),
+}
+
+type Reply = oneshot::Sender<Result<WalChunkRef, WalError>>;
+
+struct Submit {
+    meta: ChunkMeta,
+    payload: Bytes,
+    reply: Reply,
+}
+
+/// A handle on a running stream; cloned by every partition writer.
+#[derive(Clone)]
+pub struct WalStream {
+    tx: mpsc::UnboundedSender<Submit>,
+    pub broker: i32,
+    pub stream: i64,
+}
+
+impl WalStream {
+    /// Start stream `stream` of `broker` at seq `first_seq`, writing to
+    /// `pool`'s targets.
+    pub fn start(
+        pool: Arc<StoragePool>,
+        broker: i32,
+        stream: i64,
+        first_seq: i64,
+        config: WalConfig,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, broker, stream, first_seq, config, rx));
+        Self { tx, broker, stream }
+    }
+
+    /// Hand in one chunk (whole batches with their offsets); the answer
+    /// comes once it is durable in stream order, or the stream ended.
+    pub async fn append(&self, meta: ChunkMeta, payload: Bytes) -> Result<WalChunkRef, WalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Submit {
+                meta,
+                payload,
+                reply,
+            })
+            .map_err(|_| WalError::Ended("the stream task is gone".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(WalError::Ended("the stream task is gone".into())))
+    }
+}
+
+struct InFlight {
+    id: WalId,
+    replica_set: Vec<String>,
+    chunks: Vec<(WalEntry, Reply)>,
+    task: JoinHandle<Result<PutOutcome, StorageError>>,
+}
+
+async fn run(
+    pool: Arc<StoragePool>,
+    broker: i32,
+    stream: i64,
+    first_seq: i64,
+    config: WalConfig,
+    mut rx: mpsc::UnboundedReceiver<Submit>,
+) {
+    let mut next_seq = first_seq;
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let mut gathering: Vec<Submit> = Vec::new();
+    let mut gathered_bytes = 0usize;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut closed = false;
+    let end = loop {
+        let full = gathered_bytes >= config.max_bytes;
+        let due = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
+        if !gathering.is_empty() && (full || due || closed) && inflight.len() < config.max_in_flight
+        {
+            let id = WalId {
+                broker,
+                stream,
+                seq: next_seq,
+            };
+            next_seq += 1;
+            inflight.push_back(write(&pool, id, std::mem::take(&mut gathering), config));
+            gathered_bytes = 0;
+            deadline = None;
+            continue;
+        }
+        if closed && gathering.is_empty() && inflight.is_empty() {
+            return;
+        }
+        let sleep_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + config.linger);
+        tokio::select! {
+            biased;
+            done = async { (&mut inflight.front_mut().expect("guarded").task).await }, if !inflight.is_empty() => {
+                let f = inflight.pop_front().expect("guarded");
+                let error = match done {
+                    Ok(Ok(PutOutcome::Created)) => {
+                        for (entry, reply) in f.chunks {
+                            let _ = reply.send(Ok(WalChunkRef {
+                                id: f.id,
+                                entry,
+                                replica_set: f.replica_set.clone(),
+                            }));
+                        }
+                        continue;
+                    }
+                    Ok(Ok(PutOutcome::AlreadyExists)) => WalError::Fenced(f.id),
+                    Ok(Err(e)) => WalError::Failed(f.id, e),
+                    Err(e) => WalError::Failed(f.id, StorageError::Unavailable(e.to_string())),
+                };
+                break (f, error);
+            }
+            s = rx.recv(), if !closed && !full => match s {
+                Some(s) => {
+                    gathered_bytes += s.payload.len();
+                    gathering.push(s);
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.linger);
+                }
+                None => closed = true,
+            },
+            _ = tokio::time::sleep_until(sleep_until),
+                if deadline.is_some() && inflight.len() < config.max_in_flight => {}
+        }
+    };
+    // The stream is over: the failed object, every later one and every
+    // chunk not yet written get the error; so does anything handed in
+    // from now on (the channel closes when this returns).
+    let (failed, error) = end;
+    tracing::warn!(broker, stream, seq = failed.id.seq, error = %error, "WAL stream ended");
+    for (_, reply) in failed.chunks {
+        let _ = reply.send(Err(error.clone()));
+    }
+    for f in inflight {
+        f.task.abort();
+        for (_, reply) in f.chunks {
+            let _ = reply.send(Err(WalError::Ended(error.to_string())));
+        }
+    }
+    rx.close();
+    for s in gathering {
+        let _ = s.reply.send(Err(WalError::Ended(error.to_string())));
+    }
+    while let Some(s) = rx.recv().await {
+        let _ = s.reply.send(Err(WalError::Ended(error.to_string())));
+    }
+}
+
+/// Build object `id` of `chunks` and start writing it to a fresh replica
+/// set, retrying a failed write (an identical retry counts the replicas
+/// that already hold it).
+fn write(pool: &StoragePool, id: WalId, chunks: Vec<Submit>, config: WalConfig) -> InFlight {
+    let mut b = WalBuilder::with_capacity(chunks.iter().map(|s| s.payload.len()).sum());
+    let mut out = Vec::with_capacity(chunks.len());
+    for s in chunks {
+        let entry = b.push(s.meta, &s.payload);
+        out.push((entry, s.reply));
+    }
+    let (object, _) = b.finish(id);
+    let replicas = pool.choose_replica_set();
+    let replica_set = replicas.ids();
+    let path = layout::wal(id);
+    let task = tokio::spawn(async move {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match replicas.put_create(&path, object.clone()).await {
+                Err(StorageError::Unavailable(e) | StorageError::Indeterminate(e))
+                    if attempt < config.attempts =>
+                {
+                    tracing::warn!(%path, attempt, error = %e, "WAL object put failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    });
+    InFlight {
+        id,
+        replica_set,
+        chunks: out,
+        task,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{self, WalKind};
+    use crate::StorageTarget;
+    use floe_common::{PartitionId, Uuid};
+
+    fn pool() -> Arc<StoragePool> {
+        let targets = (0..3)
+            .map(|i| StorageTarget::open(format!("t{i}"), "memory://").unwrap())
+            .collect();
+        Arc::new(StoragePool::with_seed(targets, 3, 2, 9).unwrap())
+    }
+
+    fn meta(partition: i32, base: i64, n: i64) -> ChunkMeta {
+        ChunkMeta {
+            partition: PartitionId::new(Uuid::from_u128(7), partition),
+            segment_base: 0,
+            segment_epoch: 1,
+            epoch: 1,
+            base_offset: base,
+            next_offset: base + n,
+            max_timestamp: 0,
+            batch_count: 1,
+        }
+    }
+
+    fn payload(n: i32) -> Bytes {
+        Bytes::from(floe_protocol::batch::synthetic_batch(n, 16, 0))
+    }
+
+    async fn objects(pool: &StoragePool) -> Vec<String> {
+        let mut keys: Vec<String> = crate::ReplicaSet::new(pool.targets().to_vec(), 2)
+            .list(&object_store::path::Path::from("wal"))
+            .await
+            .unwrap()
+            .into_keys()
+            .map(|p| p.to_string())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_of_many_partitions_share_one_object_and_read_back() {
+        let pool = pool();
+        let config = WalConfig {
+            linger: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let s = WalStream::start(pool.clone(), 4, 1, 0, config);
+        let writes = (0..10).map(|p| {
+            let s = s.clone();
+            async move { s.append(meta(p, 100, 2), payload(2)).await }
+        });
+        let refs: Vec<WalChunkRef> = futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        // One flush: one object, seq 0, holding all ten chunks.
+        assert!(refs
+            .iter()
+            .all(|r| r.id.seq == 0 && r.replica_set.len() == 3));
+        assert_eq!(
+            objects(&pool).await,
+            vec![layout::wal(refs[0].id).to_string()]
+        );
+        let set = pool.replica_set(&refs[0].replica_set).unwrap();
+        for r in &refs {
+            let chunk = set
+                .get_range(&layout::wal(r.id), r.entry.range())
+                .await
+                .unwrap();
+            wal::verify_chunk("k", &r.entry, &chunk).unwrap();
+            assert_eq!(chunk, payload(2));
+        }
+        let whole = set.get(&layout::wal(refs[0].id)).await.unwrap();
+        let (footer, entries) = wal::decode("k", &whole, refs[0].id).unwrap();
+        assert_eq!(footer.kind, WalKind::Data);
+        assert_eq!(entries.len(), 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn objects_are_cut_by_bytes_and_keep_stream_order() {
+        let pool = pool();
+        let one = payload(50).len();
+        let config = WalConfig {
+            linger: Duration::from_secs(30),
+            max_bytes: one * 2,
+            ..Default::default()
+        };
+        let s = WalStream::start(pool.clone(), 4, 2, 5, config);
+        let mut answers = Vec::new();
+        for i in 0..6 {
+            let s = s.clone();
+            answers.push(tokio::spawn(async move {
+                s.append(meta(i % 2, i as i64 * 50, 50), payload(50)).await
+            }));
+        }
+        let mut seqs = Vec::new();
+        for a in answers {
+            seqs.push(a.await.unwrap().unwrap().id.seq);
+        }
+        seqs.sort();
+        // Two chunks an object (the byte bound, not the 30 s linger),
+        // numbered from the stream's first seq without gaps.
+        assert_eq!(seqs, vec![5, 5, 6, 6, 7, 7]);
+        assert_eq!(objects(&pool).await.len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fence_at_the_next_key_ends_the_stream_and_nothing_after_is_acked() {
+        let pool = pool();
+        // A recovering owner fenced seq 1 on every target.
+        let fence_id = WalId {
+            broker: 4,
+            stream: 3,
+            seq: 1,
+        };
+        let all = crate::ReplicaSet::new(pool.targets().to_vec(), 3);
+        all.put_create(&layout::wal(fence_id), wal::encode_fence(fence_id))
+            .await
+            .unwrap();
+        let config = WalConfig {
+            linger: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let s = WalStream::start(pool.clone(), 4, 3, 0, config);
+        let first = s.append(meta(0, 0, 2), payload(2)).await.unwrap();
+        assert_eq!(first.id.seq, 0);
+        let e = s.append(meta(0, 2, 2), payload(2)).await.unwrap_err();
+        assert!(matches!(e, WalError::Fenced(WalId { seq: 1, .. })), "{e}");
+        // The stream is over: later chunks are refused, never written.
+        let e = s.append(meta(1, 0, 2), payload(2)).await.unwrap_err();
+        assert!(matches!(e, WalError::Ended(_)), "{e}");
+        assert_eq!(objects(&pool).await.len(), 2, "seq 0 and the fence only");
+    }
+}
