@@ -245,6 +245,32 @@ pub fn parse_broker(key: &[u8]) -> Option<i32> {
         .ok()
 }
 
+/// Every broker's WAL streams (`WalStreamRecord`, issue 24): recovery and
+/// garbage collection find a dead broker's streams here.
+pub fn wal_streams_prefix() -> Bytes {
+    Bytes::from_static(b"/floe/wal-streams/")
+}
+
+/// One broker's WAL streams, in stream order.
+pub fn broker_wal_streams_prefix(broker: i32) -> Bytes {
+    Bytes::from(format!("/floe/wal-streams/{broker}/"))
+}
+
+/// A WAL stream, recorded before its first object and kept (no lease) until
+/// nothing names it.
+pub fn wal_stream(broker: i32, stream: i64) -> Bytes {
+    Bytes::from(format!("/floe/wal-streams/{broker}/{stream:020}"))
+}
+
+/// (broker, stream) of a [`wal_stream`] key.
+pub fn parse_wal_stream(key: &[u8]) -> Option<(i32, i64)> {
+    let rest = std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix("/floe/wal-streams/")?;
+    let (broker, stream) = rest.split_once('/')?;
+    Some((broker.parse().ok()?, stream.parse().ok()?))
+}
+
 fn parse_partition_key(key: &[u8], leaf: &str) -> Option<PartitionId> {
     let s = std::str::from_utf8(key).ok()?;
     let rest = s
@@ -273,5 +299,15 @@ mod tests {
         assert_ne!(owner(p), assignment(p));
         assert_eq!(parse_assignment(&assignment(p)), Some(p));
         assert_eq!(parse_assignment(&owner(p)), None);
+    }
+
+    #[test]
+    fn wal_stream_keys_sort_by_stream_and_parse_back() {
+        assert!(wal_stream(2, 9) < wal_stream(2, 10));
+        assert!(wal_stream(2, 9).starts_with(&broker_wal_streams_prefix(2)));
+        assert!(!wal_stream(21, 9).starts_with(&broker_wal_streams_prefix(2)));
+        assert!(broker_wal_streams_prefix(2).starts_with(&wal_streams_prefix()));
+        assert_eq!(parse_wal_stream(&wal_stream(2, 9)), Some((2, 9)));
+        assert_eq!(parse_wal_stream(&broker(2)), None);
     }
 }

@@ -229,6 +229,49 @@ pub struct ChunkRecord {
     /// Payload bytes (the object minus its header).
     #[prost(uint64, tag = "4")]
     pub bytes: u64,
+    /// Set when the chunk lies in a shared WAL object (issue 24) rather
+    /// than in an object of its own.
+    #[prost(message, optional, tag = "5")]
+    pub wal: Option<WalRefRecord>,
+}
+
+/// Where a chunk lies in a shared WAL object: the object (broker, stream,
+/// seq), the chunk's byte range in it, and the object's replica set.
+#[derive(Clone, PartialEq, Message)]
+pub struct WalRefRecord {
+    #[prost(int32, tag = "1")]
+    pub broker_id: i32,
+    #[prost(int64, tag = "2")]
+    pub stream: i64,
+    #[prost(int64, tag = "3")]
+    pub seq: i64,
+    #[prost(uint64, tag = "4")]
+    pub pos: u64,
+    #[prost(uint32, tag = "5")]
+    pub len: u32,
+    #[prost(uint32, tag = "6")]
+    pub payload_crc: u32,
+    #[prost(string, repeated, tag = "7")]
+    pub replica_set: Vec<String>,
+}
+
+/// A broker's WAL stream: `/floe/wal-streams/{broker}/{stream:020}`.
+#[derive(Clone, PartialEq, Message)]
+pub struct WalStreamRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(int32, tag = "2")]
+    pub broker_id: i32,
+    #[prost(int64, tag = "3")]
+    pub stream: i64,
+    /// The broker session (its registration's revision) that opened it.
+    #[prost(int64, tag = "4")]
+    pub session: i64,
+    /// The seq of its first object.
+    #[prost(int64, tag = "5")]
+    pub first_seq: i64,
+    #[prost(int64, tag = "6")]
+    pub created_ms: i64,
 }
 
 /// One batch of an idempotent producer, as deduplication needs it.

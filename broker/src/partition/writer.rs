@@ -1753,6 +1753,7 @@ impl Writer {
                         next_offset: c.next_offset,
                         max_timestamp: c.max_timestamp,
                         bytes: c.bytes,
+                        wal: None,
                     })
                     .collect(),
                 _ => Vec::new(),
