@@ -42,19 +42,10 @@ pub enum WalKind {
     Fence,
 }
 
-/// One partition's chunk in a WAL object.
+/// One partition's chunk in a WAL object: what it is, and where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WalEntry {
-    pub partition: PartitionId,
-    pub segment_base: Offset,
-    pub segment_epoch: Epoch,
-    /// Epoch of the writer that appended the chunk.
-    pub epoch: Epoch,
-    pub base_offset: Offset,
-    /// One past the chunk's last offset.
-    pub next_offset: Offset,
-    pub max_timestamp: i64,
-    pub batch_count: u32,
+    pub meta: ChunkMeta,
     pub payload_crc: u32,
     /// Where the chunk's batches are in the object.
     pub pos: u64,
@@ -91,14 +82,16 @@ pub struct WalBuilder {
     entries: Vec<WalEntry>,
 }
 
-/// What a chunk appended to a [`WalBuilder`] is, besides its batches.
-#[derive(Clone, Copy, Debug)]
+/// What a chunk in a WAL object is, besides its batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkMeta {
     pub partition: PartitionId,
     pub segment_base: Offset,
     pub segment_epoch: Epoch,
+    /// Epoch of the writer that appended the chunk.
     pub epoch: Epoch,
     pub base_offset: Offset,
+    /// One past the chunk's last offset.
     pub next_offset: Offset,
     pub max_timestamp: i64,
     pub batch_count: u32,
@@ -116,14 +109,7 @@ impl WalBuilder {
     /// returns its entry, byte range included.
     pub fn push(&mut self, meta: ChunkMeta, payload: &[u8]) -> WalEntry {
         let entry = WalEntry {
-            partition: meta.partition,
-            segment_base: meta.segment_base,
-            segment_epoch: meta.segment_epoch,
-            epoch: meta.epoch,
-            base_offset: meta.base_offset,
-            next_offset: meta.next_offset,
-            max_timestamp: meta.max_timestamp,
-            batch_count: meta.batch_count,
+            meta,
             payload_crc: crc32c::crc32c(payload),
             pos: self.buf.len() as u64,
             len: payload.len() as u32,
@@ -180,18 +166,19 @@ pub fn encode_fence(id: WalId) -> Bytes {
 }
 
 fn put_entry(out: &mut BytesMut, e: &WalEntry) {
-    out.put_slice(e.partition.topic_id.as_bytes());
-    out.put_i32(e.partition.partition);
-    out.put_i32(e.segment_epoch);
-    out.put_i64(e.segment_base);
-    out.put_i64(e.base_offset);
-    out.put_i64(e.next_offset);
-    out.put_i64(e.max_timestamp);
-    out.put_u32(e.batch_count);
+    let m = &e.meta;
+    out.put_slice(m.partition.topic_id.as_bytes());
+    out.put_i32(m.partition.partition);
+    out.put_i32(m.segment_epoch);
+    out.put_i64(m.segment_base);
+    out.put_i64(m.base_offset);
+    out.put_i64(m.next_offset);
+    out.put_i64(m.max_timestamp);
+    out.put_u32(m.batch_count);
     out.put_u32(e.payload_crc);
     out.put_u64(e.pos);
     out.put_u32(e.len);
-    out.put_i32(e.epoch);
+    out.put_i32(m.epoch);
 }
 
 fn put_footer(out: &mut BytesMut, f: &WalFooter) {
@@ -312,20 +299,22 @@ pub fn decode_index(
     let mut out = Vec::with_capacity(footer.entries as usize);
     for e in index.chunks_exact(ENTRY_LEN) {
         let entry = WalEntry {
-            partition: PartitionId {
-                topic_id: Uuid::from_bytes(be(e, 0)),
-                partition: i32::from_be_bytes(be(e, 16)),
+            meta: ChunkMeta {
+                partition: PartitionId {
+                    topic_id: Uuid::from_bytes(be(e, 0)),
+                    partition: i32::from_be_bytes(be(e, 16)),
+                },
+                segment_epoch: i32::from_be_bytes(be(e, 20)),
+                segment_base: i64::from_be_bytes(be(e, 24)),
+                base_offset: i64::from_be_bytes(be(e, 32)),
+                next_offset: i64::from_be_bytes(be(e, 40)),
+                max_timestamp: i64::from_be_bytes(be(e, 48)),
+                batch_count: u32::from_be_bytes(be(e, 56)),
+                epoch: i32::from_be_bytes(be(e, 76)),
             },
-            segment_epoch: i32::from_be_bytes(be(e, 20)),
-            segment_base: i64::from_be_bytes(be(e, 24)),
-            base_offset: i64::from_be_bytes(be(e, 32)),
-            next_offset: i64::from_be_bytes(be(e, 40)),
-            max_timestamp: i64::from_be_bytes(be(e, 48)),
-            batch_count: u32::from_be_bytes(be(e, 56)),
             payload_crc: u32::from_be_bytes(be(e, 60)),
             pos: u64::from_be_bytes(be(e, 64)),
             len: u32::from_be_bytes(be(e, 72)),
-            epoch: i32::from_be_bytes(be(e, 76)),
         };
         if entry
             .pos
@@ -336,16 +325,16 @@ pub fn decode_index(
                 key,
                 format!(
                     "chunk of {} at {}+{} runs into the index at {}",
-                    entry.partition, entry.pos, entry.len, footer.index_pos
+                    entry.meta.partition, entry.pos, entry.len, footer.index_pos
                 ),
             ));
         }
-        if entry.next_offset < entry.base_offset {
+        if entry.meta.next_offset < entry.meta.base_offset {
             return Err(StorageError::corrupt(
                 key,
                 format!(
                     "chunk of {} ends at {} before it starts at {}",
-                    entry.partition, entry.next_offset, entry.base_offset
+                    entry.meta.partition, entry.meta.next_offset, entry.meta.base_offset
                 ),
             ));
         }
@@ -388,7 +377,7 @@ pub fn verify_chunk(key: &str, entry: &WalEntry, payload: &Bytes) -> Result<(), 
             key,
             format!(
                 "chunk of {} is {} bytes, the index says {}",
-                entry.partition,
+                entry.meta.partition,
                 payload.len(),
                 entry.len
             ),
@@ -397,7 +386,7 @@ pub fn verify_chunk(key: &str, entry: &WalEntry, payload: &Bytes) -> Result<(), 
     if crc32c::crc32c(payload) != entry.payload_crc {
         return Err(StorageError::corrupt(
             key,
-            format!("chunk of {} checksum mismatch", entry.partition),
+            format!("chunk of {} checksum mismatch", entry.meta.partition),
         ));
     }
     Ok(())

@@ -234,13 +234,13 @@ mod tests {
         old.append(meta(0, 0), payload()).await.unwrap();
         old.append(meta(1, 0), payload()).await.unwrap();
         old.append(meta(0, 2), payload()).await.unwrap();
-        let scan = scan_and_fence(&pool, 2, 1, 9, 0, |e| e.partition == p(0))
+        let scan = scan_and_fence(&pool, 2, 1, 9, 0, |e| e.meta.partition == p(0))
             .await
             .unwrap();
         let got: Vec<(i64, i64)> = scan
             .chunks
             .iter()
-            .map(|c| (c.id.seq, c.entry.base_offset))
+            .map(|c| (c.id.seq, c.entry.meta.base_offset))
             .collect();
         assert_eq!(got, vec![(0, 0), (2, 2)]);
         assert_eq!(scan.end, 3);
@@ -248,7 +248,7 @@ mod tests {
         let e = old.append(meta(0, 4), payload()).await.unwrap_err();
         assert!(matches!(e, WalError::Fenced(WalId { seq: 3, .. })), "{e}");
         // Another recoverer (partition 1) reaches the same end.
-        let again = scan_and_fence(&pool, 2, 1, 9, 0, |e| e.partition == p(1))
+        let again = scan_and_fence(&pool, 2, 1, 9, 0, |e| e.meta.partition == p(1))
             .await
             .unwrap();
         assert_eq!(again.end, 3);
