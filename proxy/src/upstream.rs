@@ -155,13 +155,13 @@ async fn connect_and_run(
                     "internal TLS needs TCP connections, not a custom dialer",
                 ));
             }
-            return Ok(Either::Plain(d.dial(addr.clone()).await?));
+            return Ok(Either::Dialed(d.dial(addr.clone()).await?));
         }
         let tcp = TcpStream::connect(&addr).await?;
         let _ = tcp.set_nodelay(true);
         match &tls {
             Some(tls) => Ok(Either::Tls(Box::new(tls.connect(tcp, &host).await?))),
-            None => Ok(Either::Plain(Box::new(tcp))),
+            None => Ok(Either::Plain(tcp)),
         }
     };
     let stream: std::io::Result<Either> = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await
@@ -173,13 +173,16 @@ async fn connect_and_run(
     };
     match stream {
         Ok(Either::Plain(s)) => run(broker, s, rx).await,
+        Ok(Either::Dialed(s)) => run(broker, s, rx).await,
         Ok(Either::Tls(s)) => run(broker, *s, rx).await,
         Err(e) => fail_all(&mut rx, UpstreamError::Connect(broker, e.to_string())),
     }
 }
 
 enum Either {
-    Plain(Box<dyn BrokerIo>),
+    Plain(TcpStream),
+    /// Through a [`Dialer`] (the simulation): boxed, off the TCP path.
+    Dialed(Box<dyn BrokerIo>),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 

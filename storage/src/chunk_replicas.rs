@@ -414,7 +414,6 @@ async fn settle_with(
 mod tests {
     use super::*;
     use crate::faulty::FaultyStore;
-    use object_store::memory::InMemory;
     use std::sync::Arc;
 
     fn tally(data: usize, fence: usize, absent: usize, unavailable: usize) -> Tally {
@@ -470,14 +469,7 @@ mod tests {
     }
 
     fn three() -> (Vec<Arc<FaultyStore>>, ReplicaSet) {
-        let stores: Vec<Arc<FaultyStore>> = (0..3)
-            .map(|i| FaultyStore::new(format!("t{i}"), Arc::new(InMemory::new()), i))
-            .collect();
-        let targets = stores
-            .iter()
-            .enumerate()
-            .map(|(i, s)| StorageTarget::from_store(format!("t{i}"), s.clone()))
-            .collect();
+        let (stores, targets) = crate::faulty::test_targets(3);
         (stores, ReplicaSet::new(targets, 2))
     }
 

@@ -254,6 +254,27 @@ impl ObjectStore for FaultyStore {
     }
 }
 
+/// `n` memory targets `t0`, `t1`, ... behind fault-injecting stores, for
+/// tests: the stores (to inject faults) and the targets.
+#[cfg(test)]
+pub(crate) fn test_targets(n: u64) -> (Vec<Arc<FaultyStore>>, Vec<crate::StorageTarget>) {
+    let stores: Vec<Arc<FaultyStore>> = (0..n)
+        .map(|i| {
+            FaultyStore::new(
+                format!("t{i}"),
+                Arc::new(object_store::memory::InMemory::new()),
+                i,
+            )
+        })
+        .collect();
+    let targets = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| crate::StorageTarget::from_store(format!("t{i}"), s.clone()))
+        .collect();
+    (stores, targets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

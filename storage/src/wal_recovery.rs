@@ -175,23 +175,14 @@ mod tests {
     use crate::faulty::FaultyStore;
     use crate::wal::ChunkMeta;
     use crate::wal_stream::{WalConfig, WalError, WalStream};
-    use crate::StorageTarget;
     use bytes::Bytes;
     use floe_common::{PartitionId, Uuid};
-    use object_store::memory::InMemory;
     use object_store::{ObjectStoreExt, PutPayload};
     use std::sync::Arc;
     use std::time::Duration;
 
     fn faulty_pool() -> (Arc<StoragePool>, Vec<Arc<FaultyStore>>) {
-        let stores: Vec<Arc<FaultyStore>> = (0..3)
-            .map(|i| FaultyStore::new(format!("t{i}"), Arc::new(InMemory::new()), i))
-            .collect();
-        let targets = stores
-            .iter()
-            .enumerate()
-            .map(|(i, s)| StorageTarget::from_store(format!("t{i}"), s.clone()))
-            .collect();
+        let (stores, targets) = crate::faulty::test_targets(3);
         (
             Arc::new(StoragePool::with_seed(targets, 3, 2, 5).unwrap()),
             stores,
