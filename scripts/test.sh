@@ -11,6 +11,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Disk: a clean clone (CI) builds everything once, so incremental
+# compilation data would only take gigabytes; say how much room there is,
+# because a full disk shows up as unrelated test failures.
+if [ ! -d target/debug ] && [ -z "${CARGO_INCREMENTAL:-}" ]; then
+  export CARGO_INCREMENTAL=0
+fi
+free_disk() { df -h --output=avail . | tail -1 | tr -d ' '; }
+echo "disk before the suite: $(free_disk) free"
+trap 'echo "disk at the end: $(free_disk) free"' EXIT
+
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
