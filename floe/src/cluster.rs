@@ -104,6 +104,7 @@ fn apply_pool(pool: &Arc<StoragePool>, value: Bytes) {
             Some(h) => {
                 let mut kept = h.clone();
                 kept.draining = Arc::new(std::sync::atomic::AtomicBool::new(t.draining));
+                kept.marker = Arc::new(std::sync::RwLock::new(t.marker.clone()));
                 wanted.push(kept);
             }
             None => match StorageTarget::from_record(t) {
@@ -149,6 +150,7 @@ fn seed_target(i: usize, spec: &str) -> Result<StorageTargetRecord> {
         zone,
         weight,
         draining: false,
+        marker: String::new(),
     })
 }
 
@@ -375,7 +377,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
         if args.storage.is_empty() {
             tracing::info!("the cluster has no storage pool yet and no --storage was given; waiting for another controller to seed it");
         } else {
-            let record = StoragePoolRecord {
+            let mut record = StoragePoolRecord {
                 format: FORMAT,
                 targets: args
                     .storage
@@ -388,11 +390,20 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
             };
             // Validate before anyone else reads it: a valid pool whose
             // targets all answer.
-            open_pool(&record)
-                .context("the --storage pool")?
+            let opened = open_pool(&record).context("the --storage pool")?;
+            opened
                 .check_reachable(Duration::from_secs(10))
                 .await
                 .context("the --storage pool")?;
+            // Each target gets its identity marker before the record names
+            // it (a controller seeding at the same time writes the same).
+            for (t, r) in opened.targets().iter().zip(record.targets.iter_mut()) {
+                let marker = floe_storage::marker_for(&cluster_id, &t.id, 1);
+                t.write_marker(&marker, false)
+                    .await
+                    .context("the --storage pool")?;
+                r.marker = marker;
+            }
             let seeded = meta
                 .txn(
                     Txn::new()

@@ -471,6 +471,13 @@ pub struct StorageTargetRecord {
     /// replicas it holds to other targets; removable once it holds none.
     #[prost(bool, tag = "5")]
     pub draining: bool,
+    /// The identity marker the target holds at `_floe/target` (written when
+    /// it joined the pool); empty for a target never marked. A target whose
+    /// marker is missing or different has lost its contents (a new disk, a
+    /// recreated bucket) or is another one: its "absent" answers are not
+    /// trusted until it is marked again (docs/storage.md, "Lost targets").
+    #[prost(string, tag = "6")]
+    pub marker: String,
 }
 
 /// The storage pool: `/floe/storage`.

@@ -361,6 +361,23 @@ impl Wipeable {
         })
     }
 
+    /// Put the target's identity marker in place (before the run, with no
+    /// fault in the way).
+    pub fn mark(&self, marker: &str) {
+        let store = self.store();
+        let marker = bytes::Bytes::from(marker.to_string());
+        futures::executor::block_on(async move {
+            use object_store::ObjectStoreExt;
+            store
+                .put(
+                    &object_store::path::Path::from(floe_storage::MARKER_KEY),
+                    marker.into(),
+                )
+                .await
+                .expect("a memory store takes a put")
+        });
+    }
+
     pub fn wipe(&self) {
         *self.inner.write().unwrap() = Arc::new(object_store::memory::InMemory::new());
     }

@@ -226,13 +226,15 @@ impl World {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                floe_storage::StorageTarget::from_store(
+                let t = floe_storage::StorageTarget::from_store(
                     format!("t{i}"),
                     Arc::new(GatedStore {
                         inner: f.clone(),
                         gate: gate.clone(),
                     }),
-                )
+                );
+                *t.marker.write().unwrap() = target_marker(i);
+                t
             })
             .collect();
         Arc::new(
@@ -240,6 +242,13 @@ impl World {
                 .expect("a pool of three targets"),
         )
     }
+}
+
+/// Target `i`'s identity marker, written when the run starts (as a
+/// controller seeding the pool does) and lost with the target's contents
+/// when it is wiped.
+fn target_marker(i: usize) -> String {
+    floe_storage::marker_for("sim", &format!("t{i}"), 1)
 }
 
 /// Faults every target injects all the time: object-store latency (median
@@ -294,6 +303,9 @@ pub fn run(o: &Options) -> Report {
     gate::reset();
     let mut faults_rng = rand::rngs::StdRng::seed_from_u64(o.seed ^ 0x5eed_fa17);
     let wipeable: Vec<Arc<Wipeable>> = (0..3).map(|_| Wipeable::new()).collect();
+    for (i, w) in wipeable.iter().enumerate() {
+        w.mark(&target_marker(i));
+    }
     let faulty = wipeable
         .iter()
         .enumerate()
@@ -720,6 +732,7 @@ async fn seed_cluster(meta: &dyn MetadataStore, world: &World) -> Result<(), Str
                 id: format!("t{i}"),
                 url: "memory://".into(),
                 weight: 1,
+                marker: target_marker(i),
                 ..Default::default()
             })
             .collect(),

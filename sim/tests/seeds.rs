@@ -62,16 +62,15 @@ fn the_checkers_catch_a_broker_that_acks_before_durable() {
 }
 
 /// Found by the 10,000-seed run (docs/benchmarks.md, "Simulation"): a
-/// storage target replaced by an empty one under the same name is trusted
-/// by recovery's listing quorum (R−W+1 replicas). A chunk acked on it and
-/// one other target, its third write not yet done, is then listed on one
-/// replica only; a recovery that lists the empty target and the one
-/// without the chunk ends the chain there and fences it, and every acked
-/// record after it is lost. Ignored until targets carry an identity marker
-/// (a target that lost it is not counted toward quorums and is repaired),
-/// the fix this regression case waits for.
+/// storage target replaced by an empty one under the same name was
+/// trusted by recovery's decision (R−W+1 replicas answering "absent"). A
+/// chunk acked on it and one other target, its third write not yet done,
+/// was then held by one replica only; a recovery that heard an error from
+/// that one and "absent" from the other two ended the chain there and
+/// fenced it, and every acked record after it was lost. Fixed by identity
+/// markers: a target whose marker is gone is lost, and its "absent" is no
+/// answer (docs/storage.md, "Lost targets").
 #[test]
-#[ignore = "open bug: a wiped storage target is trusted by recovery (docs/simulation.md)"]
 fn seed_4534_a_wiped_target_must_not_end_a_chain_early() {
     let r = floe_sim::run(&floe_sim::Options::new(4534));
     assert!(r.ok(), "{:#?}", r.violations);

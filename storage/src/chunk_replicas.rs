@@ -50,7 +50,13 @@ pub async fn probe(target: &StorageTarget, key: &Path) -> Held {
                 Held::Unavailable
             }
         },
-        Err(object_store::Error::NotFound { .. }) => Held::Absent,
+        // A lost target (emptied, replaced) says "not found" for what it
+        // held: its absence counts only while its identity marker is there.
+        Err(object_store::Error::NotFound { .. }) if target.absence_trusted().await => Held::Absent,
+        Err(object_store::Error::NotFound { .. }) => {
+            tracing::debug!(%key, target_id = %target.id, "not found on a target without its identity marker: no answer");
+            Held::Unavailable
+        }
         Err(e) => {
             // Counted as unreachable in the decision, whose outcome says so;
             // one line per key and target would flood the log during an
@@ -588,5 +594,66 @@ mod tests {
         for t in set.targets() {
             assert_eq!(probe(t, &next).await, Held::Fence);
         }
+    }
+
+    /// Seed 4534's sequence at one key: data acked on t0 and t1, then t1
+    /// is replaced by an empty target under the same name, and recovery
+    /// runs while t0 does not answer. t1's "not found" must not count:
+    /// with t2 alone empty, the key is undecided, never fenced; once t0
+    /// answers, the data is in the log. Marked anew, t1 is trusted again.
+    #[tokio::test]
+    async fn a_target_that_lost_its_contents_cannot_end_the_chain() {
+        let (stores, set) = three();
+        for t in set.targets() {
+            let marker = crate::marker_for("c1", &t.id, 1);
+            t.write_marker(&marker, false).await.unwrap();
+            *t.marker.write().unwrap() = marker;
+        }
+        let key = Path::from("p/0/seg/00000000000000000018.chunk");
+        let data = data_chunk(18, 3);
+        for t in &set.targets()[..2] {
+            t.store
+                .put(&key, PutPayload::from_bytes(data.clone()))
+                .await
+                .unwrap();
+        }
+        // t1 wiped: its chunk and its marker gone.
+        let t1 = &set.targets()[1];
+        t1.store.delete(&key).await.unwrap();
+        t1.store
+            .delete(&Path::from(crate::MARKER_KEY))
+            .await
+            .unwrap();
+        stores[0].set_down(true);
+        assert_eq!(probe(t1, &key).await, Held::Unavailable);
+        assert!(t1.is_lost());
+        assert!(!t1.takes_new_replicas());
+        let fence = chunk::encode_fence(2, 18);
+        let s = settle(&set, &key, 18, fence.clone()).await.unwrap();
+        assert!(matches!(s, Settled::Undecided(_)), "{s:?}");
+        for t in &set.targets()[1..] {
+            assert_ne!(probe(t, &key).await, Held::Fence, "{} fenced", t.id);
+        }
+        stores[0].set_down(false);
+        let s = settle(&set, &key, 18, fence).await.unwrap();
+        assert!(
+            matches!(s, Settled::InLog(h) if h.next_offset == 21),
+            "{s:?}"
+        );
+        assert_eq!(read(&set, &key, 18).await.unwrap().2, data);
+
+        // Another cluster's target is refused; the operator marks t1 anew.
+        let foreign = crate::marker_for("c2", &t1.id, 1);
+        let e = set.targets()[2]
+            .write_marker(&foreign, true)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("another identity marker"), "{e}");
+        let again = crate::marker_for("c1", &t1.id, 2);
+        t1.write_marker(&again, true).await.unwrap();
+        *t1.marker.write().unwrap() = again;
+        assert_eq!(t1.check_marker().await, crate::MarkerCheck::Ours);
+        assert!(!t1.is_lost());
+        assert_eq!(crate::marker_incarnation(&t1.expected_marker()), 2);
     }
 }

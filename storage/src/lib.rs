@@ -21,4 +21,6 @@ pub mod wal_stream;
 pub use cache::BlockCache;
 pub use error::StorageError;
 pub use replica::{PutOutcome, ReplicaSet};
-pub use target::{StoragePool, StorageTarget};
+pub use target::{
+    marker_for, marker_incarnation, MarkerCheck, StoragePool, StorageTarget, MARKER_KEY,
+};

@@ -26,6 +26,41 @@ pub struct StorageTarget {
     /// Drained by an operator: new segments avoid it and repairs move its
     /// replicas elsewhere. Shared by every clone of the target.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The identity marker the pool record says this target holds (empty:
+    /// never marked, not checked). Shared by every clone of the target.
+    pub marker: Arc<std::sync::RwLock<String>>,
+    /// Found without its marker (or with another's): it lost its contents
+    /// or is another target. Its "absent" answers are not trusted and new
+    /// replica sets avoid it until its marker is back. Shared by clones.
+    pub lost: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Where a target keeps its identity marker.
+pub const MARKER_KEY: &str = "_floe/target";
+
+/// What [`StorageTarget::check_marker`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MarkerCheck {
+    /// The marker the pool record names, or none is expected.
+    Ours,
+    /// No marker, or another one: the target is lost.
+    Lost(String),
+    /// No answer: nothing is known.
+    Unknown(String),
+}
+
+/// The marker a target gets when it joins pool `cluster` (a new one each
+/// time it is marked again: `incarnation`).
+pub fn marker_for(cluster: &str, id: &str, incarnation: u64) -> String {
+    format!("floe-target cluster={cluster} target={id} incarnation={incarnation}")
+}
+
+/// The incarnation a marker made by [`marker_for`] carries (0 if none).
+pub fn marker_incarnation(marker: &str) -> u64 {
+    marker
+        .rsplit_once("incarnation=")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
 }
 
 impl StorageTarget {
@@ -118,6 +153,8 @@ impl StorageTarget {
             store,
             up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             draining: Default::default(),
+            marker: Default::default(),
+            lost: Default::default(),
         })
     }
 
@@ -133,6 +170,7 @@ impl StorageTarget {
         target
             .draining
             .store(t.draining, std::sync::atomic::Ordering::SeqCst);
+        *target.marker.write().unwrap() = t.marker.clone();
         Ok(target)
     }
 
@@ -146,6 +184,8 @@ impl StorageTarget {
             store,
             up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             draining: Default::default(),
+            marker: Default::default(),
+            lost: Default::default(),
         }
     }
 
@@ -157,9 +197,26 @@ impl StorageTarget {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The marker the pool record names (empty: not checked).
+    pub fn expected_marker(&self) -> String {
+        self.marker.read().unwrap().clone()
+    }
+
     /// A metadata read of a probe key within `timeout` ("not found" is an
-    /// answer): Ok if the target answers, else why not.
+    /// answer): Ok if the target answers, else why not. A target with a
+    /// marker also has it checked (see [`Self::check_marker`]).
     pub async fn probe(&self, timeout: std::time::Duration) -> Result<(), String> {
+        if !self.expected_marker().is_empty() {
+            return match tokio::time::timeout(timeout, self.check_marker()).await {
+                Ok(MarkerCheck::Ours) | Ok(MarkerCheck::Lost(_)) => Ok(()),
+                Ok(MarkerCheck::Unknown(e)) => Err(format!("unreachable: {e}")),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            };
+        }
         let key = object_store::path::Path::from("_floe/probe");
         match tokio::time::timeout(timeout, self.store.head(&key)).await {
             Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
@@ -168,9 +225,101 @@ impl StorageTarget {
         }
     }
 
-    /// Whether new replicas may go here: up and not draining.
+    /// Read the target's identity marker and compare it with the one the
+    /// pool record names; a target found without it is marked lost (and
+    /// one found with it again, after an operator marked it anew, is
+    /// trusted again). Without an expected marker: [`MarkerCheck::Ours`].
+    pub async fn check_marker(&self) -> MarkerCheck {
+        let expected = self.expected_marker();
+        if expected.is_empty() {
+            return MarkerCheck::Ours;
+        }
+        let key = object_store::path::Path::from(MARKER_KEY);
+        let found = match self.store.get(&key).await {
+            Ok(r) => match r.bytes().await {
+                Ok(b) => Some(b),
+                Err(e) => return MarkerCheck::Unknown(e.to_string()),
+            },
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return MarkerCheck::Unknown(e.to_string()),
+        };
+        let check = match found {
+            Some(b) if b.as_ref() == expected.as_bytes() => MarkerCheck::Ours,
+            Some(b) => MarkerCheck::Lost(format!(
+                "it holds another identity marker ({:?}, {expected:?} expected)",
+                String::from_utf8_lossy(&b)
+            )),
+            None => MarkerCheck::Lost(format!(
+                "its identity marker {MARKER_KEY} is gone (a new disk or a recreated bucket?)"
+            )),
+        };
+        // Only if the record still names the same marker (it may have been
+        // marked anew meanwhile).
+        if self.expected_marker() == expected {
+            match &check {
+                MarkerCheck::Lost(why) => {
+                    if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        tracing::error!(target_id = %self.id, url = %self.url, why = %why, "storage target lost its contents: its empty answers are not trusted and new segments avoid it until an operator marks it again (docs/storage.md, \"Lost targets\")");
+                    }
+                }
+                MarkerCheck::Ours => {
+                    if self.lost.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        tracing::info!(target_id = %self.id, "storage target holds its identity marker again; trusted again");
+                    }
+                }
+                MarkerCheck::Unknown(_) => {}
+            }
+        }
+        check
+    }
+
+    /// Whether this target's "not found" may be counted as the key being
+    /// absent: not if it is lost or its marker cannot be confirmed now (a
+    /// read of the marker, so a target emptied a moment ago is caught even
+    /// before the next probe).
+    pub async fn absence_trusted(&self) -> bool {
+        if self.is_lost() {
+            return false;
+        }
+        matches!(self.check_marker().await, MarkerCheck::Ours)
+    }
+
+    /// Write this target's marker (`marker`) when it joins the pool or is
+    /// marked anew. Refused if it holds another cluster's marker, unless
+    /// `replace` (an operator marking a lost target anew).
+    pub async fn write_marker(&self, marker: &str, replace: bool) -> Result<(), StorageError> {
+        let key = object_store::path::Path::from(MARKER_KEY);
+        match self.store.get(&key).await {
+            Ok(r) => {
+                let b = r.bytes().await.map_err(StorageError::from_object_store)?;
+                if b.as_ref() == marker.as_bytes() {
+                    return Ok(());
+                }
+                let theirs = String::from_utf8_lossy(&b).to_string();
+                let same_cluster = marker
+                    .split_whitespace()
+                    .nth(1)
+                    .is_some_and(|c| theirs.split_whitespace().nth(1) == Some(c));
+                if !replace || !same_cluster {
+                    return Err(StorageError::Invalid(format!(
+                        "storage target {} ({}) holds another identity marker ({theirs:?}): it belongs to another cluster or pool; use an empty bucket or directory",
+                        self.id, self.url
+                    )));
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(StorageError::from_object_store(e)),
+        }
+        self.store
+            .put(&key, object_store::PutPayload::from(marker.to_string()))
+            .await
+            .map_err(StorageError::from_object_store)?;
+        Ok(())
+    }
+
+    /// Whether new replicas may go here: up, not draining and not lost.
     pub fn takes_new_replicas(&self) -> bool {
-        self.is_up() && !self.is_draining()
+        self.is_up() && !self.is_draining() && !self.is_lost()
     }
 }
 
@@ -320,6 +469,10 @@ impl StoragePool {
                 Some(t) => {
                     t.draining
                         .store(w.is_draining(), std::sync::atomic::Ordering::SeqCst);
+                    let marker = w.expected_marker();
+                    if *t.marker.read().unwrap() != marker {
+                        *t.marker.write().unwrap() = marker;
+                    }
                     next.push(t.clone());
                 }
                 None => {
@@ -386,7 +539,7 @@ impl StoragePool {
             // Not enough healthy targets: take the others too, healthy
             // (then draining) first.
             let mut rest: Vec<&StorageTarget> = targets.iter().filter(|t| !usable(t)).collect();
-            rest.sort_by_key(|t| (!t.is_up(), t.is_draining()));
+            rest.sort_by_key(|t| (!t.is_up(), t.is_lost(), t.is_draining()));
             candidates.extend(rest);
         }
         let mut chosen: Vec<StorageTarget> = Vec::with_capacity(replicas);

@@ -64,7 +64,11 @@ pub async fn scan_and_fence(
     for (t, listing) in targets.iter().zip(all.list_each(&prefix).await) {
         match listing {
             Ok(keys) => {
-                answered += 1;
+                // A lost target's listing shows what it holds, but its
+                // silence about a key proves nothing.
+                if t.absence_trusted().await {
+                    answered += 1;
+                }
                 for path in keys.keys() {
                     if let Some(id) = layout::wal_id(path) {
                         holders.entry(id.seq).or_default().insert(t.id.clone());

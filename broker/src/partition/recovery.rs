@@ -1083,6 +1083,78 @@ mod tests {
         }
     }
 
+    /// Seed 4534 (docs/simulation.md), at the recovery level: chunks 4
+    /// and 6 acked on t0 and t1 while t2 refused writes; t1 is then
+    /// replaced by an empty target under the same name (its identity
+    /// marker gone with its contents); the owner dies; recovery runs while
+    /// t0 does not answer. t1's "not found" is no answer, so recovery
+    /// waits instead of ending the chain at 4; with t0 back it keeps 4 and
+    /// 6 and copies them to t2, and every record reads back.
+    #[tokio::test]
+    async fn a_target_replaced_by_an_empty_one_cannot_cut_acked_chunks() {
+        use object_store::ObjectStoreExt;
+        let (stores, set) = three_targets(300);
+        for t in set.targets() {
+            let marker = floe_storage::marker_for("c", &t.id, 1);
+            t.write_marker(&marker, false).await.unwrap();
+            *t.marker.write().unwrap() = marker;
+        }
+        let id = PartitionId::new(Uuid::from_u128(4534), 3);
+        let seg = OpenSegmentRecord {
+            base_offset: 0,
+            epoch: 2,
+            replica_set: set.ids(),
+            ..Default::default()
+        };
+        for base in [0, 2] {
+            let key = layout::chunk(id, 0, 2, base);
+            set.put_create(&key, data_chunk(2, base, 2)).await.unwrap();
+        }
+        stores[2].set_down(true);
+        for base in [4, 6] {
+            let key = layout::chunk(id, 0, 2, base);
+            assert_eq!(
+                set.put_create(&key, data_chunk(2, base, 2)).await.unwrap(),
+                PutOutcome::Created,
+                "acked on t0 and t1"
+            );
+        }
+        stores[2].set_down(false);
+        // t1 wiped: every object gone, its marker too.
+        let t1 = &set.targets()[1];
+        let all: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(t1.store.list(None))
+            .await
+            .unwrap();
+        assert!(all.len() >= 5, "four chunks and the marker");
+        for o in all {
+            t1.store.delete(&o.location).await.unwrap();
+        }
+        stores[0].set_down(true);
+        match chain_and_fence(id, &seg, &set, 3, 4, Offset::MAX).await {
+            Err(StartError::Storage(StorageError::Unavailable(_))) => {}
+            other => panic!("recovery must wait, not end the chain at 4: {other:?}"),
+        }
+        assert!(t1.is_lost());
+        for t in set.targets() {
+            assert_ne!(
+                chunk_replicas::probe(t, &layout::chunk(id, 0, 2, 4)).await,
+                chunk_replicas::Held::Fence,
+                "{} fenced at an acked chunk",
+                t.id
+            );
+        }
+        stores[0].set_down(false);
+        let (chain, repairs) = chain_and_fence(id, &seg, &set, 3, 4, Offset::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            chain.iter().map(|c| c.base_offset).collect::<Vec<_>>(),
+            [0, 2, 4, 6]
+        );
+        assert_eq!(repair_chunks(set.clone(), repairs).await, 2);
+        read_all(&stores, &set, &chain, 8).await;
+    }
+
     /// Acked chunks (below the checkpoint's next offset) found beside a
     /// fence on one replica are kept whichever replica's header is read
     /// first, and a roll's next segment bounds the walk: a chunk the old

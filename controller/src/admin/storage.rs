@@ -82,16 +82,56 @@ async fn usage(
     Ok((held, to_repair))
 }
 
-/// "up", or why a metadata read of the probe key failed now.
+/// "up", "lost: why" (its identity marker is gone or another), or why a
+/// metadata read of the probe key failed now.
 async fn probe(t: &StorageTargetRecord) -> String {
     let target = match floe_storage::StorageTarget::from_record(t) {
         Ok(t) => t,
         Err(e) => return format!("cannot open: {e:#}"),
     };
     match target.probe(Duration::from_secs(2)).await {
+        Ok(()) if target.is_lost() => match target.check_marker().await {
+            floe_storage::MarkerCheck::Lost(why) => format!("lost: {why}"),
+            _ => "up".into(),
+        },
         Ok(()) => "up".into(),
         Err(e) => e,
     }
+}
+
+/// The cluster's id (markers name it).
+async fn cluster_id(meta: &dyn MetadataStore) -> Result<String, Status> {
+    let kv = meta
+        .get(&keys::cluster())
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Status::failed_precondition("the cluster has no id yet"))?;
+    Ok(floe_meta::schema::ClusterRecord::decode(kv.value)
+        .map_err(|e| Status::internal(format!("cluster record: {e}")))?
+        .cluster_id)
+}
+
+/// Write `t`'s identity marker (a new incarnation after the last one) and
+/// note it in `t`: before the record names the target (add) or names it
+/// as trusted again (undrain of a lost target).
+async fn mark(
+    meta: &dyn MetadataStore,
+    t: &mut StorageTargetRecord,
+    replace: bool,
+) -> Result<(), Status> {
+    let cluster = cluster_id(meta).await?;
+    let marker = floe_storage::marker_for(
+        &cluster,
+        &t.id,
+        floe_storage::marker_incarnation(&t.marker) + 1,
+    );
+    let target = floe_storage::StorageTarget::from_record(t)
+        .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+    target.write_marker(&marker, replace).await.map_err(|e| {
+        Status::failed_precondition(format!("marking storage target {}: {e:#}", t.id))
+    })?;
+    t.marker = marker;
+    Ok(())
 }
 
 fn status(
@@ -172,12 +212,13 @@ pub async fn add(
             r.url, t.id
         )));
     }
-    let record = StorageTargetRecord {
+    let mut record = StorageTargetRecord {
         id: r.id.clone(),
         url: r.url.clone(),
         zone: (!r.zone.is_empty()).then_some(r.zone),
         weight: r.weight.max(1),
         draining: false,
+        marker: String::new(),
     };
     let health = probe(&record).await;
     if health != "up" {
@@ -186,6 +227,7 @@ pub async fn add(
             record.id, record.url
         )));
     }
+    mark(meta, &mut record, false).await?;
     pool.targets.push(record);
     write(meta, &pool, rev).await?;
     tracing::info!(target_id = %r.id, url = %r.url, "storage target added");
@@ -212,6 +254,23 @@ pub async fn set_draining(
                 "draining {id} would leave {staying} targets for {} replicas; add a target first",
                 pool.replicas
             )));
+        }
+    }
+    if !draining {
+        // A target that lost its contents is trusted again only once the
+        // drain moved every replica it held elsewhere: then it holds
+        // nothing anyone counts on, and it gets a new marker.
+        let t = pool.targets.iter_mut().find(|t| t.id == id).unwrap();
+        let health = probe(t).await;
+        if let Some(why) = health.strip_prefix("lost: ") {
+            let (held, _) = usage(meta, &[]).await?;
+            if let Some((n, _)) = held.get(id).filter(|(n, _)| *n > 0) {
+                return Err(Status::failed_precondition(format!(
+                    "storage target {id} lost its contents ({why}); it still appears in {n} segment replica sets: drain it (floectl storage drain {id} --wait) and undrain it once the drain is done, to mark it anew"
+                )));
+            }
+            mark(meta, t, true).await?;
+            tracing::warn!(target_id = %id, marker = %t.marker, "a storage target that lost its contents was marked anew after its drain");
         }
     }
     for t in pool.targets.iter_mut().filter(|t| t.id == id) {
