@@ -583,6 +583,117 @@ async fn storage_targets_are_added_drained_with_progress_and_removed_without_los
     assert_all_readable(&b, "st", 4, &acked);
 }
 
+/// A storage target emptied under load (a new disk, a recreated bucket:
+/// here its directory deleted and made again): its identity marker goes
+/// with its contents, so `floectl storage list` shows it lost; undraining
+/// it is refused while segments still name it; a drain moves them off
+/// (copied from the replicas that kept them); undrain then marks it anew
+/// and it is healthy again. No acked record is lost on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_target_emptied_under_load_is_lost_until_drained_and_marked_anew() {
+    let dirs = tempfile::tempdir().unwrap();
+    let url = |t: &str| format!("file://{}", dirs.path().join(t).display());
+    let urls: Vec<String> = ["t0", "t1", "t2"].iter().map(|t| url(t)).collect();
+    let mut c = Cluster::start_with_pool(
+        2,
+        1,
+        3_000,
+        "storage_probe_interval_ms = 300\n",
+        &urls,
+        2,
+        2,
+    )
+    .unwrap();
+    c.add_proxy().unwrap();
+    c.wait_leader(Duration::from_secs(20)).unwrap();
+    let b = c.proxy_bootstrap();
+    floe_e2e::create_topic_with(&b, "lost", 4, &[("segment.bytes", "65536")]).await;
+    let meta = c.meta().await.unwrap();
+
+    // Every target holds the marker its pool record names.
+    let pool = pool_record(&meta).await;
+    for t in &pool.targets {
+        assert!(t.marker.contains(&format!("target={}", t.id)), "{t:?}");
+        let on_disk =
+            std::fs::read_to_string(dirs.path().join(&t.id).join("_floe/target")).unwrap();
+        assert_eq!(on_disk, t.marker, "{}", t.id);
+    }
+
+    let load = Load::start(&b, "lost", 4, 1024, 400);
+    let wait_acked = |n: usize| {
+        let load = &load;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while load.acked() < n {
+                assert!(Instant::now() < deadline, "producing stalled");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_acked(1_000).await;
+    assert!(held_per_target(&meta).await.get("t1").copied().unwrap_or(0) > 0);
+
+    // t1 loses everything: its directory swapped for an empty one at once
+    // (deleting it file by file would race the writers).
+    let t1_dir = dirs.path().join("t1");
+    std::fs::rename(&t1_dir, dirs.path().join("t1-old")).unwrap();
+    std::fs::create_dir_all(&t1_dir).unwrap();
+    let _ = std::fs::remove_dir_all(dirs.path().join("t1-old"));
+    let t = targets_json(&c);
+    let health = t["t1"]["health"].as_str().unwrap().to_string();
+    assert!(
+        health.starts_with("lost: ") && health.contains("identity marker"),
+        "{health}"
+    );
+    assert_eq!(t["t0"]["health"], "up");
+    assert_eq!(t["t2"]["health"], "up");
+    let acked_at_wipe = load.acked();
+    wait_acked(acked_at_wipe + 500).await;
+
+    // Not trusted again while segments still name it.
+    let (code, _, err) = c.floectl(0, &["storage", "undrain", "t1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("lost its contents") && err.contains("drain it"),
+        "{err}"
+    );
+
+    let (code, out, err) = c.floectl(0, &["storage", "drain", "t1", "--wait"]);
+    assert_eq!(
+        code,
+        0,
+        "{out}{err}\nbroker logs:\n{}",
+        c.brokers.iter().map(|b| b.log_text()).collect::<String>()
+    );
+    assert_eq!(held_per_target(&meta).await.get("t1"), None);
+    let (code, out, err) = c.floectl(0, &["storage", "undrain", "t1", "-o", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(parse(&out)["health"], "up", "{out}");
+    let marker = pool_record(&meta)
+        .await
+        .targets
+        .into_iter()
+        .find(|t| t.id == "t1")
+        .unwrap()
+        .marker;
+    assert!(marker.ends_with("incarnation=2"), "{marker}");
+    assert_eq!(
+        std::fs::read_to_string(t1_dir.join("_floe/target")).unwrap(),
+        marker
+    );
+    // Brokers see the new marker and place new segments on t1 again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held_per_target(&meta).await.get("t1").copied().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no new segment went to t1");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (acked, failed) = load.finish().await;
+    assert!(failed.is_empty(), "sends failed: {failed:?}");
+    c.proxies[0].restart().unwrap();
+    assert_all_readable(&b, "lost", 4, &acked);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_rebalance_stops_after_the_moves_in_flight() {
     let mut c = Cluster::start_with(2, 1, 3_000, "load_report_interval_ms = 1000\n").unwrap();
