@@ -398,6 +398,9 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
             // Each target gets its identity marker before the record names
             // it (a controller seeding at the same time writes the same).
             for (t, r) in opened.targets().iter().zip(record.targets.iter_mut()) {
+                if !floe_storage::markable(&r.url) {
+                    continue;
+                }
                 let marker = floe_storage::marker_for(&cluster_id, &t.id, 1);
                 t.write_marker(&marker, false)
                     .await

@@ -22,5 +22,5 @@ pub use cache::BlockCache;
 pub use error::StorageError;
 pub use replica::{PutOutcome, ReplicaSet};
 pub use target::{
-    marker_for, marker_incarnation, MarkerCheck, StoragePool, StorageTarget, MARKER_KEY,
+    markable, marker_for, marker_incarnation, MarkerCheck, StoragePool, StorageTarget, MARKER_KEY,
 };

@@ -55,6 +55,13 @@ pub fn marker_for(cluster: &str, id: &str, incarnation: u64) -> String {
     format!("floe-target cluster={cluster} target={id} incarnation={incarnation}")
 }
 
+/// Whether a target at `url` gets an identity marker: not `memory://`,
+/// whose store is each process's own (a marker written by the controller
+/// would be missing from every other process's).
+pub fn markable(url: &str) -> bool {
+    !url.starts_with("memory:")
+}
+
 /// The incarnation a marker made by [`marker_for`] carries (0 if none).
 pub fn marker_incarnation(marker: &str) -> u64 {
     marker

@@ -227,7 +227,9 @@ pub async fn add(
             record.id, record.url
         )));
     }
-    mark(meta, &mut record, false).await?;
+    if floe_storage::markable(&record.url) {
+        mark(meta, &mut record, false).await?;
+    }
     pool.targets.push(record);
     write(meta, &pool, rev).await?;
     tracing::info!(target_id = %r.id, url = %r.url, "storage target added");
