@@ -56,6 +56,7 @@ pub struct FaultyStore {
     faults: RwLock<Faults>,
     down: AtomicBool,
     rng: Mutex<StdRng>,
+    gets: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for FaultyStore {
@@ -90,7 +91,13 @@ impl FaultyStore {
             faults: RwLock::new(Faults::default()),
             down: AtomicBool::new(false),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            gets: Default::default(),
         })
+    }
+
+    /// GET requests made so far (whole or ranged), answered or not.
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::SeqCst)
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -206,11 +213,13 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
         self.before().await?;
         self.inner.get_opts(location, options).await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
         self.before().await?;
         self.inner.get_ranges(location, ranges).await
     }

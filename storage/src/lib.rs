@@ -15,6 +15,7 @@ pub mod replica;
 pub mod segment;
 pub mod target;
 pub mod wal;
+pub mod wal_read;
 pub mod wal_recovery;
 pub mod wal_stream;
 
