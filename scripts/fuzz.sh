@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TARGETS=(kafka_request record_batches legacy_message_set chunk segment tail_update admin_request sasl)
+TARGETS=(kafka_request record_batches legacy_message_set chunk segment wal tail_update admin_request sasl)
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 OUT="$PWD/target/fuzz"
 BIN="$OUT/$HOST/release"

@@ -125,6 +125,39 @@ pub fn fix_chunk_crcs(buf: &mut [u8]) {
     buf[48..52].copy_from_slice(&header.to_be_bytes());
 }
 
+/// Make a shared WAL object's CRCs right (storage/src/wal.rs): each
+/// entry's payload CRC over its byte range (where that range lies before
+/// the index), the index's and the footer's.
+pub fn fix_wal_crcs(buf: &mut [u8]) {
+    use floe_storage::wal::{ENTRY_LEN, FOOTER_LEN};
+    if buf.len() < FOOTER_LEN {
+        return;
+    }
+    let f = buf.len() - FOOTER_LEN;
+    let index_pos = u64::from_be_bytes(buf[f..f + 8].try_into().unwrap());
+    let entries = u32::from_be_bytes(buf[f + 8..f + 12].try_into().unwrap()) as u64;
+    if index_pos.checked_add(entries * ENTRY_LEN as u64) == Some(f as u64) {
+        let index_pos = index_pos as usize;
+        for i in 0..entries as usize {
+            let e = index_pos + i * ENTRY_LEN;
+            let pos = u64::from_be_bytes(buf[e + 64..e + 72].try_into().unwrap());
+            let len = u32::from_be_bytes(buf[e + 72..e + 76].try_into().unwrap()) as u64;
+            if pos
+                .checked_add(len)
+                .is_some_and(|end| end <= index_pos as u64)
+            {
+                fix_batch_crcs(&mut buf[pos as usize..(pos + len) as usize]);
+                let crc = crc32c(&buf[pos as usize..(pos + len) as usize]);
+                buf[e + 60..e + 64].copy_from_slice(&crc.to_be_bytes());
+            }
+        }
+        let index = crc32c(&buf[index_pos..f]);
+        buf[f + 12..f + 16].copy_from_slice(&index.to_be_bytes());
+    }
+    let footer = crc32c(&buf[f..f + 40]);
+    buf[f + 40..f + 44].copy_from_slice(&footer.to_be_bytes());
+}
+
 /// Make a segment tail's CRCs right: the index's (footer bytes 56..60)
 /// and the footer's (bytes 60..64 over its first 60).
 pub fn fix_segment_crcs(buf: &mut [u8]) {
@@ -301,6 +334,75 @@ pub fn segment(data: &[u8]) {
             }
         }
         Err(e) => explained("segment", e),
+    }
+}
+
+/// A shared WAL object read back from a storage target (issue 24): the
+/// footer alone (recovery's ranged read), the index, the whole object, and
+/// every chunk range the index names, as a reader checks it.
+pub fn wal(data: &[u8]) {
+    use floe_storage::wal::{self, WalId, FOOTER_LEN};
+    let Some((fix, rest)) = split_flag(data) else {
+        return;
+    };
+    let mut buf = rest.to_vec();
+    if fix {
+        fix_wal_crcs(&mut buf);
+    }
+    // The id the key would name: the footer's own (so the rest is checked),
+    // and one it does not name.
+    let named = if buf.len() >= FOOTER_LEN {
+        let f = &buf[buf.len() - FOOTER_LEN..];
+        WalId {
+            broker: i32::from_be_bytes(f[16..20].try_into().unwrap()),
+            stream: i64::from_be_bytes(f[20..28].try_into().unwrap()),
+            seq: i64::from_be_bytes(f[28..36].try_into().unwrap()),
+        }
+    } else {
+        WalId {
+            broker: 0,
+            stream: 0,
+            seq: 0,
+        }
+    };
+    let other = WalId {
+        seq: named.seq.wrapping_add(1),
+        ..named
+    };
+    if buf.len() >= FOOTER_LEN {
+        let tail = &buf[buf.len() - FOOTER_LEN..];
+        match wal::decode_footer("fuzz", tail, buf.len() as u64, named) {
+            Ok(footer) => {
+                let r = footer.index_range();
+                assert!(r.end + FOOTER_LEN as u64 == buf.len() as u64);
+                if let Err(e) =
+                    wal::decode_index("fuzz", &footer, &buf[r.start as usize..r.end as usize])
+                {
+                    explained("WAL index", e);
+                }
+            }
+            Err(e) => explained("WAL footer", e),
+        }
+        assert!(wal::decode_footer("fuzz", tail, buf.len() as u64, other).is_err());
+    }
+    let whole = Bytes::from(buf);
+    match wal::decode("fuzz", &whole, named) {
+        Ok((footer, entries)) => {
+            assert_eq!(entries.len(), footer.entries as usize);
+            for e in &entries {
+                let r = e.range();
+                assert!(r.end <= footer.index_pos, "a chunk inside the index");
+                let payload = whole.slice(r.start as usize..r.end as usize);
+                match wal::verify_chunk("fuzz", e, &payload) {
+                    Ok(()) => {}
+                    Err(err) => {
+                        assert!(!fix, "fixed CRCs still fail: {err}");
+                        explained("WAL chunk", err);
+                    }
+                }
+            }
+        }
+        Err(e) => explained("WAL object", e),
     }
 }
 

@@ -49,6 +49,9 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
         "fence".into(),
         prefixed(0, &floe_storage::chunk::encode_fence(3, 100)),
     ));
+    for (name, object) in wal_objects() {
+        out.push(("wal", name, prefixed(1, &object)));
+    }
     for (name, msgs) in tail_updates() {
         out.push(("tail_update", name, msgs));
     }
@@ -244,6 +247,48 @@ fn assigned(b: &[u8]) -> (Vec<u8>, i64, u32) {
     (v, next, count)
 }
 
+/// Shared WAL objects as a broker's flush writes them: chunks of several
+/// partitions (every batch shape of [`batches`]), and a fence.
+fn wal_objects() -> Vec<(String, Vec<u8>)> {
+    use floe_storage::wal::{encode_fence, ChunkMeta, WalBuilder, WalId};
+    let id = WalId {
+        broker: 2,
+        stream: 7,
+        seq: 41,
+    };
+    let mut builder = WalBuilder::with_capacity(1 << 16);
+    let mut next = 0i64;
+    for (i, (_, b)) in batches().into_iter().take(6).enumerate() {
+        let count = floe_protocol::batch::Batches::new(&b).count() as u32;
+        let end = next + 10;
+        builder.push(
+            ChunkMeta {
+                partition: floe_common::PartitionId::new(
+                    floe_common::Uuid::from_u128(9),
+                    i as i32 % 3,
+                ),
+                segment_epoch: 1,
+                segment_base: 0,
+                base_offset: next,
+                next_offset: end,
+                max_timestamp: 1_700_000_000_000,
+                batch_count: count,
+                epoch: 1,
+            },
+            &b,
+        );
+        next = end;
+    }
+    let (object, _) = builder.finish(id);
+    vec![
+        ("flush-of-six-chunks".into(), object.to_vec()),
+        (
+            "fence".into(),
+            encode_fence(WalId { seq: 42, ..id }).to_vec(),
+        ),
+    ]
+}
+
 fn chunk_of(b: &[u8]) -> Vec<u8> {
     let (v, next, count) = assigned(b);
     floe_storage::chunk::encode_data(1, 0, next, 0, count, &v).to_vec()
@@ -436,13 +481,14 @@ fn sasl_exchanges() -> Vec<(String, Vec<u8>)> {
 /// Keep the corpus's producer honest: it must make something for every
 /// target.
 #[doc(hidden)]
-pub fn targets() -> [&'static str; 8] {
+pub fn targets() -> [&'static str; 9] {
     [
         "kafka_request",
         "record_batches",
         "legacy_message_set",
         "chunk",
         "segment",
+        "wal",
         "tail_update",
         "admin_request",
         "sasl",
