@@ -18,6 +18,7 @@ pub mod server;
 pub mod tail;
 pub mod throttle;
 pub mod txn;
+pub mod wal;
 
 pub use config::{BrokerConfig, Faults, TopicConfig};
 pub use metrics::Metrics;

@@ -1,0 +1,264 @@
+//! The broker's shared WAL (issue 24; docs/design.md, "Shared WAL
+//! objects"): which stream it writes now, registered in the metadata store
+//! before its first object so that recovery can find it after the broker
+//! died, and a new stream, registered the same way, whenever the current
+//! one dies (a fence at its next key, an object that cannot reach W). The
+//! partition writers hand their chunks in through [`BrokerWal::append`];
+//! a chunk the dead stream did not make durable comes back as
+//! [`WalAppendError::Reopened`], for the writer to hand in again (to the
+//! new stream), as it rewrites chunks to a new segment today.
+//!
+//! Not yet used by the partition writer: the shared layout is being built
+//! (docs/design.md says which pieces exist).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use floe_meta::schema::{WalStreamRecord, FORMAT};
+use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn};
+use floe_storage::wal::ChunkMeta;
+use floe_storage::wal_stream::{WalChunkRef, WalConfig, WalError, WalStream};
+use floe_storage::StoragePool;
+use prost::Message;
+use tokio::sync::Mutex;
+
+/// Why a chunk was not appended.
+#[derive(Debug, thiserror::Error)]
+pub enum WalAppendError {
+    /// The stream it went to died before making it durable; a new stream
+    /// is open now: hand the chunk in again.
+    #[error("the WAL stream {dead} ended ({why}); stream {next} is open: append again")]
+    Reopened { dead: i64, next: i64, why: WalError },
+    /// No new stream could be registered (the metadata store is away).
+    #[error("no WAL stream could be opened: {0}")]
+    Metadata(#[from] MetaError),
+}
+
+/// A broker session's WAL: the open stream, replaced when it dies.
+pub struct BrokerWal {
+    meta: Arc<dyn MetadataStore>,
+    pool: Arc<StoragePool>,
+    broker: i32,
+    session: i64,
+    config: WalConfig,
+    now_ms: Arc<dyn Fn() -> i64 + Send + Sync>,
+    current: Mutex<WalStream>,
+}
+
+impl BrokerWal {
+    /// Open a new stream for broker `broker`'s session `session` (its
+    /// registration's revision): the next stream number after every one
+    /// the broker registered before, registered before its first object.
+    pub async fn open(
+        meta: Arc<dyn MetadataStore>,
+        pool: Arc<StoragePool>,
+        broker: i32,
+        session: i64,
+        config: WalConfig,
+        now_ms: Arc<dyn Fn() -> i64 + Send + Sync>,
+    ) -> Result<Self, MetaError> {
+        let stream = register(&*meta, broker, session, now_ms()).await?;
+        let current = WalStream::start(pool.clone(), broker, stream, 0, config);
+        Ok(Self {
+            meta,
+            pool,
+            broker,
+            session,
+            config,
+            now_ms,
+            current: Mutex::new(current),
+        })
+    }
+
+    /// The stream written now.
+    pub async fn stream(&self) -> i64 {
+        self.current.lock().await.stream
+    }
+
+    /// Hand in one chunk; the answer comes once it is durable in stream
+    /// order. If the stream died first, a new one is opened (once, however
+    /// many chunks the dead one fails) and the chunk comes back
+    /// [`WalAppendError::Reopened`].
+    pub async fn append(
+        &self,
+        meta: ChunkMeta,
+        payload: Bytes,
+    ) -> Result<WalChunkRef, WalAppendError> {
+        let stream = self.current.lock().await.clone();
+        match stream.append(meta, payload).await {
+            Ok(r) => Ok(r),
+            Err(why) => {
+                let mut current = self.current.lock().await;
+                if current.stream == stream.stream {
+                    let next =
+                        register(&*self.meta, self.broker, self.session, (self.now_ms)()).await?;
+                    tracing::warn!(broker = self.broker, dead = stream.stream, next, error = %why, "WAL stream ended; opened a new one");
+                    *current =
+                        WalStream::start(self.pool.clone(), self.broker, next, 0, self.config);
+                }
+                Err(WalAppendError::Reopened {
+                    dead: stream.stream,
+                    next: current.stream,
+                    why,
+                })
+            }
+        }
+    }
+}
+
+/// The streams broker `broker` registered, in order.
+pub async fn streams(
+    meta: &dyn MetadataStore,
+    broker: i32,
+) -> Result<Vec<WalStreamRecord>, MetaError> {
+    let (kvs, _) = meta.range(&keys::broker_wal_streams_prefix(broker)).await?;
+    let mut out = Vec::with_capacity(kvs.len());
+    for kv in kvs {
+        let r = WalStreamRecord::decode(kv.value)
+            .map_err(|e| MetaError::Corrupt(format!("WAL stream record: {e}")))?;
+        out.push(r);
+    }
+    out.sort_by_key(|r| r.stream);
+    Ok(out)
+}
+
+/// Register the broker's next stream: one past the last registered,
+/// created only if no other process took that number meanwhile (a broker
+/// restarted in place races its old self only until the old lease lapses,
+/// but the condition makes any race harmless).
+async fn register(
+    meta: &dyn MetadataStore,
+    broker: i32,
+    session: i64,
+    now_ms: i64,
+) -> Result<i64, MetaError> {
+    loop {
+        let next = streams(meta, broker)
+            .await?
+            .last()
+            .map(|r| r.stream + 1)
+            .unwrap_or(0);
+        let record = WalStreamRecord {
+            format: FORMAT,
+            broker_id: broker,
+            stream: next,
+            session,
+            first_seq: 0,
+            created_ms: now_ms,
+        };
+        let key = keys::wal_stream(broker, next);
+        let txn = Txn::new()
+            .when(Condition::Missing(key.clone()))
+            .then(Op::put(key, record.encode_to_vec()));
+        if meta.txn(txn).await?.committed() {
+            return Ok(next);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floe_common::{PartitionId, Uuid};
+    use floe_storage::faulty::FaultyStore;
+    use floe_storage::StorageTarget;
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+    use std::time::Duration;
+
+    fn meta_of(base: i64) -> ChunkMeta {
+        ChunkMeta {
+            partition: PartitionId::new(Uuid::from_u128(24), 0),
+            segment_epoch: 1,
+            segment_base: 0,
+            base_offset: base,
+            next_offset: base + 1,
+            max_timestamp: 0,
+            batch_count: 1,
+            epoch: 1,
+        }
+    }
+
+    /// Streams are registered in order, before their first object; a
+    /// fence at the stream's next key (a recovering owner's) ends it: the
+    /// chunk comes back "append again", one new stream is registered, and
+    /// the chunk handed in again is durable there. A second session of the
+    /// broker continues the numbering.
+    #[tokio::test]
+    async fn a_fenced_stream_is_replaced_by_a_newly_registered_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn MetadataStore> = Arc::new(
+            floe_meta::embedded::EmbeddedStore::open(dir.path().join("meta"))
+                .await
+                .unwrap(),
+        );
+        let stores: Vec<Arc<FaultyStore>> = (0..3)
+            .map(|i| FaultyStore::new(format!("t{i}"), Arc::new(InMemory::new()), i))
+            .collect();
+        let targets = stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StorageTarget::from_store(format!("t{i}"), s.clone()))
+            .collect();
+        let pool = Arc::new(StoragePool::with_seed(targets, 2, 2, 3).unwrap());
+        let config = WalConfig {
+            linger: Duration::from_millis(5),
+            ..Default::default()
+        };
+        let clock: Arc<dyn Fn() -> i64 + Send + Sync> = Arc::new(|| 1_000);
+        let wal = BrokerWal::open(meta.clone(), pool.clone(), 7, 100, config, clock.clone())
+            .await
+            .unwrap();
+        assert_eq!(wal.stream().await, 0);
+        let first = wal
+            .append(meta_of(0), Bytes::from_static(b"zero"))
+            .await
+            .unwrap();
+        assert_eq!((first.id.stream, first.id.seq), (0, 0));
+
+        // A recoverer fences seq 1 of stream 0 on every target.
+        let fence_id = floe_storage::wal::WalId {
+            broker: 7,
+            stream: 0,
+            seq: 1,
+        };
+        let path = floe_storage::layout::wal(fence_id);
+        for s in &stores {
+            s.put(&path, floe_storage::wal::encode_fence(fence_id).into())
+                .await
+                .unwrap();
+        }
+        match wal.append(meta_of(1), Bytes::from_static(b"one")).await {
+            Err(WalAppendError::Reopened {
+                dead: 0, next: 1, ..
+            }) => {}
+            other => panic!("the fenced stream must end: {other:?}"),
+        }
+        let again = wal
+            .append(meta_of(1), Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        assert_eq!((again.id.stream, again.id.seq), (1, 0));
+        let got = floe_storage::wal_read::read_chunks(&pool, &[first, again])
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            [Bytes::from_static(b"zero"), Bytes::from_static(b"one")]
+        );
+
+        let listed = streams(&*meta, 7).await.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|r| (r.stream, r.session))
+                .collect::<Vec<_>>(),
+            [(0, 100), (1, 100)]
+        );
+        let next_session = BrokerWal::open(meta.clone(), pool, 7, 200, config, clock)
+            .await
+            .unwrap();
+        assert_eq!(next_session.stream().await, 2);
+        assert!(streams(&*meta, 8).await.unwrap().is_empty(), "per broker");
+    }
+}
