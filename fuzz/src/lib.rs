@@ -138,18 +138,25 @@ pub fn fix_wal_crcs(buf: &mut [u8]) {
     let entries = u32::from_be_bytes(buf[f + 8..f + 12].try_into().unwrap()) as u64;
     if index_pos.checked_add(entries * ENTRY_LEN as u64) == Some(f as u64) {
         let index_pos = index_pos as usize;
-        for i in 0..entries as usize {
-            let e = index_pos + i * ENTRY_LEN;
-            let pos = u64::from_be_bytes(buf[e + 64..e + 72].try_into().unwrap());
-            let len = u32::from_be_bytes(buf[e + 72..e + 76].try_into().unwrap()) as u64;
-            if pos
-                .checked_add(len)
-                .is_some_and(|end| end <= index_pos as u64)
-            {
-                fix_batch_crcs(&mut buf[pos as usize..(pos + len) as usize]);
-                let crc = crc32c(&buf[pos as usize..(pos + len) as usize]);
-                buf[e + 60..e + 64].copy_from_slice(&crc.to_be_bytes());
-            }
+        let ranges: Vec<(usize, std::ops::Range<usize>)> = (0..entries as usize)
+            .filter_map(|i| {
+                let e = index_pos + i * ENTRY_LEN;
+                let pos = u64::from_be_bytes(buf[e + 64..e + 72].try_into().unwrap());
+                let len = u32::from_be_bytes(buf[e + 72..e + 76].try_into().unwrap()) as u64;
+                let end = pos
+                    .checked_add(len)
+                    .filter(|end| *end <= index_pos as u64)?;
+                Some((e, pos as usize..end as usize))
+            })
+            .collect();
+        // Batches first, CRCs after: ranges may overlap, and fixing one
+        // range's batches may change another's bytes.
+        for (_, r) in &ranges {
+            fix_batch_crcs(&mut buf[r.clone()]);
+        }
+        for (e, r) in ranges {
+            let crc = crc32c(&buf[r]);
+            buf[e + 60..e + 64].copy_from_slice(&crc.to_be_bytes());
         }
         let index = crc32c(&buf[index_pos..f]);
         buf[f + 12..f + 16].copy_from_slice(&index.to_be_bytes());
