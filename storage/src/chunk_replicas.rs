@@ -649,6 +649,13 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("another identity marker"), "{e}");
+        // So is this cluster's marker of another target.
+        let other_target = crate::marker_for("c1", &t1.id, 3);
+        let e = set.targets()[2]
+            .write_marker(&other_target, true)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("another identity marker"), "{e}");
         let again = crate::marker_for("c1", &t1.id, 2);
         t1.write_marker(&again, true).await.unwrap();
         *t1.marker.write().unwrap() = again;

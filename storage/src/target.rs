@@ -292,8 +292,10 @@ impl StorageTarget {
     }
 
     /// Write this target's marker (`marker`) when it joins the pool or is
-    /// marked anew. Refused if it holds another cluster's marker, unless
-    /// `replace` (an operator marking a lost target anew).
+    /// marked anew. Refused if it holds another marker, unless `replace`
+    /// and that marker is an earlier incarnation of the same target of the
+    /// same cluster (a lost target marked anew after its drain, a removed
+    /// target added again).
     pub async fn write_marker(&self, marker: &str, replace: bool) -> Result<(), StorageError> {
         let key = object_store::path::Path::from(MARKER_KEY);
         match self.store.get(&key).await {
@@ -303,11 +305,17 @@ impl StorageTarget {
                     return Ok(());
                 }
                 let theirs = String::from_utf8_lossy(&b).to_string();
-                let same_cluster = marker
-                    .split_whitespace()
-                    .nth(1)
-                    .is_some_and(|c| theirs.split_whitespace().nth(1) == Some(c));
-                if !replace || !same_cluster {
+                // Cluster and target named alike: an earlier incarnation
+                // of this very target (lost, or removed and added again).
+                let owner = |m: &str| -> Vec<String> {
+                    m.split_whitespace()
+                        .skip(1)
+                        .take(2)
+                        .map(String::from)
+                        .collect()
+                };
+                let same_target = owner(marker).len() == 2 && owner(marker) == owner(&theirs);
+                if !replace || !same_target {
                     return Err(StorageError::Invalid(format!(
                         "storage target {} ({}) holds another identity marker ({theirs:?}): it belongs to another cluster or pool; use an empty bucket or directory",
                         self.id, self.url

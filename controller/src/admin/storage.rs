@@ -228,7 +228,10 @@ pub async fn add(
         )));
     }
     if floe_storage::markable(&record.url) {
-        mark(meta, &mut record, false).await?;
+        // An earlier incarnation of this target (removed, so it held
+        // nothing anyone counts on) is marked anew; anything else's marker
+        // is refused.
+        mark(meta, &mut record, true).await?;
     }
     pool.targets.push(record);
     write(meta, &pool, rev).await?;
