@@ -14,8 +14,10 @@ cd "$(dirname "$0")/.."
 # Disk: a clean clone (CI) builds everything once, so incremental
 # compilation data would only take gigabytes; say how much room there is,
 # because a full disk shows up as unrelated test failures.
-if [ ! -d target/debug ] && [ -z "${CARGO_INCREMENTAL:-}" ]; then
-  export CARGO_INCREMENTAL=0
+FRESH_CLONE=0
+if [ ! -d target/debug ]; then
+  FRESH_CLONE=1
+  if [ -z "${CARGO_INCREMENTAL:-}" ]; then export CARGO_INCREMENTAL=0; fi
 fi
 free_disk() { df -h --output=avail . | tail -1 | tr -d ' '; }
 echo "disk before the suite: $(free_disk) free"
@@ -85,6 +87,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 # e2e tests start the real `floe` binary: build it first.
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast "$@"
+# On a clean clone nothing reads the debug build again: the fuzz and
+# simulation builds below get its room.
+if [ "$FRESH_CLONE" = 1 ]; then rm -rf target/debug; fi
 # The fuzz targets (docs/fuzzing.md): built with coverage instrumentation,
 # the committed corpus replayed, then each target fuzzed for 15 s.
 bash scripts/fuzz.sh ci
