@@ -15,6 +15,7 @@ pub mod drain;
 pub mod metrics;
 pub mod operations;
 pub mod rebalance;
+pub mod wal_gc;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -387,6 +387,22 @@ pub struct CheckpointRecord {
     pub clean: bool,
     #[prost(int64, tag = "7")]
     pub saved_ms: i64,
+    /// With shared WAL objects (issue 24): where the owner's WAL stream
+    /// stood when this checkpoint was saved; every chunk it writes after
+    /// lies at or past it, so garbage collection keeps everything from it.
+    #[prost(message, optional, tag = "8")]
+    pub wal_start: Option<WalPositionRecord>,
+}
+
+/// A position in a broker's WAL streams: object `seq` of stream `stream`.
+#[derive(Clone, Copy, PartialEq, Eq, Message)]
+pub struct WalPositionRecord {
+    #[prost(int32, tag = "1")]
+    pub broker_id: i32,
+    #[prost(int64, tag = "2")]
+    pub stream: i64,
+    #[prost(int64, tag = "3")]
+    pub seq: i64,
 }
 
 /// A sealed segment: `/floe/partitions/{topic_id}/{p}/segments/{base:020}`.

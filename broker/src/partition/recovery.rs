@@ -679,6 +679,7 @@ pub(crate) async fn recover(
         open_segments,
         clean: false,
         saved_ms: now,
+        wal_start: None,
     };
     let txn = Txn::new()
         .when(Condition::ValueEquals(keys::owner(id), owner.clone()))

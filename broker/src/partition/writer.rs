@@ -1180,6 +1180,7 @@ impl Writer {
             open_segments,
             clean: false,
             saved_ms: self.ctx.clock.now_ms(),
+            wal_start: None,
         };
         self.commit_meta(ops, &checkpoint).await?;
         self.checkpoint = checkpoint;
@@ -1774,6 +1775,7 @@ impl Writer {
             open_segments,
             clean: true,
             saved_ms: self.ctx.clock.now_ms(),
+            wal_start: None,
         };
         self.commit_meta(vec![Op::delete(keys::owner(self.id))], &checkpoint)
             .await
