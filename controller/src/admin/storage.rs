@@ -89,13 +89,18 @@ async fn probe(t: &StorageTargetRecord) -> String {
         Ok(t) => t,
         Err(e) => return format!("cannot open: {e:#}"),
     };
-    match target.probe(Duration::from_secs(2)).await {
-        Ok(()) if target.is_lost() => match target.check_marker().await {
-            floe_storage::MarkerCheck::Lost(why) => format!("lost: {why}"),
-            _ => "up".into(),
-        },
-        Ok(()) => "up".into(),
-        Err(e) => e,
+    if target.expected_marker().is_empty() {
+        return match target.probe(Duration::from_secs(2)).await {
+            Ok(()) => "up".into(),
+            Err(e) => e,
+        };
+    }
+    // A marked target: the marker read is the probe.
+    match tokio::time::timeout(Duration::from_secs(2), target.check_marker()).await {
+        Ok(floe_storage::MarkerCheck::Ours) => "up".into(),
+        Ok(floe_storage::MarkerCheck::Lost(why)) => format!("lost: {why}"),
+        Ok(floe_storage::MarkerCheck::Unknown(e)) => format!("unreachable: {e}"),
+        Err(_) => "no answer within 2s".into(),
     }
 }
 
