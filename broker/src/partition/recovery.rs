@@ -923,6 +923,17 @@ mod tests {
         (stores, ReplicaSet::new(targets, 2))
     }
 
+    /// The open segment at offset 0 of epoch 2 on `set`, as the tests'
+    /// checkpoints name it.
+    fn epoch_2_segment(set: &ReplicaSet) -> OpenSegmentRecord {
+        OpenSegmentRecord {
+            base_offset: 0,
+            epoch: 2,
+            replica_set: set.ids(),
+            ..Default::default()
+        }
+    }
+
     /// Every offset of `chain` read back through the cache-less path, with
     /// each single replica down in turn: the records are there, dense.
     async fn read_all(
@@ -962,12 +973,7 @@ mod tests {
     async fn an_acked_chunk_on_two_of_three_survives_recovery_with_one_unreachable() {
         let (stores, set) = three_targets(100);
         let id = PartitionId::new(Uuid::from_u128(14), 10);
-        let seg = OpenSegmentRecord {
-            base_offset: 0,
-            epoch: 2,
-            replica_set: set.ids(),
-            ..Default::default()
-        };
+        let seg = epoch_2_segment(&set);
         for base in [0, 2] {
             let key = layout::chunk(id, 0, 2, base);
             assert_eq!(
@@ -1101,12 +1107,7 @@ mod tests {
             *t.marker.write().unwrap() = marker;
         }
         let id = PartitionId::new(Uuid::from_u128(4534), 3);
-        let seg = OpenSegmentRecord {
-            base_offset: 0,
-            epoch: 2,
-            replica_set: set.ids(),
-            ..Default::default()
-        };
+        let seg = epoch_2_segment(&set);
         for base in [0, 2] {
             let key = layout::chunk(id, 0, 2, base);
             set.put_create(&key, data_chunk(2, base, 2)).await.unwrap();
@@ -1164,12 +1165,7 @@ mod tests {
     async fn acked_chunks_beside_fences_are_kept_and_segments_do_not_overlap() {
         let (stores, set) = three_targets(300);
         let id = PartitionId::new(Uuid::from_u128(15), 0);
-        let seg = OpenSegmentRecord {
-            base_offset: 0,
-            epoch: 2,
-            replica_set: set.ids(),
-            ..Default::default()
-        };
+        let seg = epoch_2_segment(&set);
         for base in [0, 2, 4] {
             let key = layout::chunk(id, 0, 2, base);
             for (i, t) in set.targets().iter().enumerate() {
