@@ -96,6 +96,16 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         rate: u64,
     },
+    /// An OpenTelemetry collector for trace benchmarks: serves OTLP/gRPC's
+    /// trace service on --listen, counts the spans it is sent and writes
+    /// the count to --count-file after every export (the tracing
+    /// benchmark reads it to show what a run exported).
+    OtlpSink {
+        #[arg(long, default_value = "127.0.0.1:4317")]
+        listen: String,
+        #[arg(long)]
+        count_file: String,
+    },
 }
 
 struct Ctx {
@@ -185,6 +195,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let base = client(&cli);
     match cli.cmd {
+        Cmd::OtlpSink { listen, count_file } => otlp::serve(&listen, count_file)?,
         Cmd::Produce {
             records,
             record_size,
@@ -430,4 +441,65 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The trace service of an OTLP collector that only counts spans.
+mod otlp {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+
+    struct Counter {
+        spans: AtomicU64,
+        file: String,
+    }
+
+    #[derive(Clone)]
+    struct Sink(Arc<Counter>);
+
+    #[tonic::async_trait]
+    impl TraceService for Sink {
+        async fn export(
+            &self,
+            r: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let n: usize = r
+                .into_inner()
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .map(|ss| ss.spans.len())
+                .sum();
+            let total = self.0.spans.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+            std::fs::write(&self.0.file, format!("{total}\n"))
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// Serve until killed.
+    pub fn serve(listen: &str, file: String) -> anyhow::Result<()> {
+        std::fs::write(&file, "0\n")?;
+        let addr = listen.parse()?;
+        let sink = Sink(Arc::new(Counter {
+            spans: AtomicU64::new(0),
+            file,
+        }));
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async move {
+                tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(sink))
+                    .serve(addr)
+                    .await
+            })?;
+        Ok(())
+    }
 }
