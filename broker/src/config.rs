@@ -79,6 +79,22 @@ pub struct BrokerConfig {
     /// uploads whose record is not saved yet). Failed deletes schedule a
     /// sweep this long after them.
     pub gc_min_age_ms: u64,
+    /// Where chunks go (issue 24): `wal` gathers the chunks of every
+    /// partition the broker writes into one shared WAL object per flush
+    /// (PUTs per second independent of the partition count: for object
+    /// stores); `partition` writes one object per chunk on the segment's
+    /// replicas (for local disks); `auto` (the default) picks `wal` when
+    /// any storage target is an object store (s3://, gs://, az://).
+    pub chunk_layout: ChunkLayout,
+    /// How long the first chunk of a WAL object waits for company.
+    pub wal_linger_ms: u64,
+    /// A WAL object is flushed once its chunks reach this many bytes.
+    pub wal_bytes: u64,
+    /// WAL objects being written at once by the broker.
+    pub wal_max_in_flight: u64,
+    /// Chunks one partition may have handed to the WAL and not yet
+    /// durable (the shared layout's max_inflight_flushes).
+    pub wal_inflight_chunks: usize,
     /// How often the broker publishes its measured load (bytes in and out
     /// per partition) for the controller's rebalance planner.
     pub load_report_interval_ms: u64,
@@ -207,6 +223,11 @@ impl Default for BrokerConfig {
             compaction_buffer_bytes: 128 << 20,
             gc_interval_ms: 6 * 3_600_000,
             segment_max_chunks: 256,
+            chunk_layout: ChunkLayout::Auto,
+            wal_linger_ms: 100,
+            wal_bytes: 8 << 20,
+            wal_max_in_flight: 4,
+            wal_inflight_chunks: 128,
             gc_min_age_ms: 600_000,
             load_report_interval_ms: 5_000,
             read_hedge_ms: 100,
@@ -238,4 +259,38 @@ impl BrokerConfig {
     pub fn chunk_linger(&self) -> Duration {
         Duration::from_millis(self.chunk_linger_ms)
     }
+
+    /// Whether chunks go to shared WAL objects over a pool of these
+    /// targets' URLs.
+    pub fn shared_wal<'a>(&self, urls: impl IntoIterator<Item = &'a str>) -> bool {
+        match self.chunk_layout {
+            ChunkLayout::Wal => true,
+            ChunkLayout::Partition => false,
+            ChunkLayout::Auto => urls.into_iter().any(|u| {
+                ["s3://", "s3a://", "gs://", "az://", "azure://", "abfs://"]
+                    .iter()
+                    .any(|p| u.starts_with(p))
+            }),
+        }
+    }
+
+    /// How the broker's WAL streams flush.
+    pub fn wal_config(&self) -> floe_storage::wal_stream::WalConfig {
+        floe_storage::wal_stream::WalConfig {
+            linger: Duration::from_millis(self.wal_linger_ms),
+            max_bytes: self.wal_bytes.max(1) as usize,
+            max_in_flight: self.wal_max_in_flight.max(1) as usize,
+            ..Default::default()
+        }
+    }
+}
+
+/// Where a broker's chunks go (`chunk_layout`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkLayout {
+    #[default]
+    Auto,
+    Wal,
+    Partition,
 }

@@ -248,6 +248,7 @@ impl Node {
             listeners: endpoints,
         };
         let (guard, session) = register(&*meta, &record, lease_ttl(&config)).await?;
+        let wal = open_wal(&meta, &pool, &config, session, &clock).await?;
         let ctx = PartitionContext {
             broker_id: config.node_id,
             session,
@@ -262,6 +263,7 @@ impl Node {
             compaction_pacer: Arc::new(crate::throttle::Pacer::new(
                 config.compaction_max_bytes_per_sec,
             )),
+            wal,
         };
         let node = Arc::new(Self {
             config: config.clone(),
@@ -517,10 +519,36 @@ impl Node {
                 }
             }
         };
+        // A new session writes a new WAL stream (the old one is fenced by
+        // whoever recovers the partitions the old session lost).
+        let wal = {
+            let ctx = self.ctx();
+            match ctx.wal {
+                Some(_) => {
+                    let mut delay = Duration::from_millis(100);
+                    loop {
+                        match open_wal(&self.meta, &ctx.pool, &self.config, session, &ctx.clock)
+                            .await
+                        {
+                            Ok(w) => break w,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "opening a WAL stream for the new session failed; retrying");
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(Duration::from_secs(2));
+                            }
+                        }
+                    }
+                }
+                None => None,
+            }
+        };
         {
             let mut ctx = self.ctx.write().unwrap();
             ctx.session = session;
             ctx.lease = guard;
+            if wal.is_some() {
+                ctx.wal = wal;
+            }
         }
         // Assignments are per session: none of the old ones apply any more.
         let reloaded = match self.follower.get() {
@@ -1057,4 +1085,35 @@ mod tests {
             assert!(ttl(ms).as_millis() as u64 + 500 <= ms, "{ms}");
         }
     }
+}
+
+/// The broker session's shared WAL, when chunks go to shared WAL objects
+/// (`chunk_layout`).
+async fn open_wal(
+    meta: &Arc<dyn MetadataStore>,
+    pool: &Arc<StoragePool>,
+    config: &BrokerConfig,
+    session: i64,
+    clock: &SharedClock,
+) -> Result<Option<Arc<crate::wal::BrokerWal>>, MetaError> {
+    if !config.shared_wal(pool.targets().iter().map(|t| t.url.as_str())) {
+        return Ok(None);
+    }
+    let clock = clock.clone();
+    let wal = crate::wal::BrokerWal::open(
+        meta.clone(),
+        pool.clone(),
+        config.node_id,
+        session,
+        config.wal_config(),
+        Arc::new(move || clock.now_ms()),
+    )
+    .await?;
+    let stream = wal.stream().await;
+    tracing::info!(
+        stream,
+        linger_ms = config.wal_linger_ms,
+        "chunks go to shared WAL objects"
+    );
+    Ok(Some(Arc::new(wal)))
 }

@@ -7,18 +7,18 @@
 //! a chunk the dead stream did not make durable comes back as
 //! [`WalAppendError::Reopened`], for the writer to hand in again (to the
 //! new stream), as it rewrites chunks to a new segment today.
-//!
-//! Not yet used by the partition writer: the shared layout is being built
-//! (docs/design.md says which pieces exist).
+//! Also the conversions between a chunk's place in a WAL object as the
+//! partition's log keeps it and as its checkpoint records it.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use floe_meta::schema::{WalStreamRecord, FORMAT};
+use floe_meta::schema::{ChunkRecord, WalPositionRecord, WalRefRecord, WalStreamRecord, FORMAT};
 use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn};
-use floe_storage::wal::ChunkMeta;
+use floe_storage::log::{ChunkRef, WalPlace};
+use floe_storage::wal::{ChunkMeta, WalId};
 use floe_storage::wal_stream::{WalChunkRef, WalConfig, WalError, WalStream};
-use floe_storage::StoragePool;
+use floe_storage::{StorageError, StoragePool};
 use prost::Message;
 use tokio::sync::Mutex;
 
@@ -75,6 +75,23 @@ impl BrokerWal {
         self.current.lock().await.stream
     }
 
+    /// Where a chunk handed in from now on will land at the earliest: the
+    /// current stream and the seq of its next object (a later stream, if
+    /// this one dies first). A writer's checkpoint names it as the point
+    /// recovery scans the broker's streams from.
+    pub async fn position(&self) -> WalPositionRecord {
+        let current = self.current.lock().await;
+        WalPositionRecord {
+            broker_id: self.broker,
+            stream: current.stream,
+            seq: current.next_seq(),
+        }
+    }
+
+    pub fn broker(&self) -> i32 {
+        self.broker
+    }
+
     /// Hand in one chunk; the answer comes once it is durable in stream
     /// order. If the stream died first, a new one is opened (once, however
     /// many chunks the dead one fails) and the chunk comes back
@@ -104,6 +121,71 @@ impl BrokerWal {
             }
         }
     }
+}
+
+/// A chunk's record in a checkpoint, with its place in a WAL object when
+/// it lies in one.
+pub fn chunk_record(c: &ChunkRef) -> ChunkRecord {
+    ChunkRecord {
+        base_offset: c.base_offset,
+        next_offset: c.next_offset,
+        max_timestamp: c.max_timestamp,
+        bytes: c.bytes,
+        wal: c.wal.as_ref().map(|w| WalRefRecord {
+            broker_id: w.id.broker,
+            stream: w.id.stream,
+            seq: w.id.seq,
+            pos: w.pos,
+            len: w.len,
+            payload_crc: w.payload_crc,
+            replica_set: w.replicas.ids(),
+        }),
+    }
+}
+
+/// A chunk a WAL stream made durable, as the partition's log keeps it.
+pub fn chunk_ref(pool: &StoragePool, r: &WalChunkRef) -> Result<ChunkRef, StorageError> {
+    let m = &r.entry.meta;
+    Ok(ChunkRef {
+        base_offset: m.base_offset,
+        next_offset: m.next_offset,
+        max_timestamp: m.max_timestamp,
+        path: WalPlace::cache_key(r.id, r.entry.pos),
+        bytes: r.entry.len as u64,
+        wal: Some(Arc::new(WalPlace {
+            id: r.id,
+            pos: r.entry.pos,
+            len: r.entry.len,
+            payload_crc: r.entry.payload_crc,
+            replicas: pool.replica_set(&r.replica_set)?,
+        })),
+    })
+}
+
+/// A listed chunk of a WAL segment, from its checkpoint record.
+pub fn listed_chunk(pool: &StoragePool, c: &ChunkRecord) -> Result<Option<ChunkRef>, StorageError> {
+    let Some(w) = &c.wal else {
+        return Ok(None);
+    };
+    let id = WalId {
+        broker: w.broker_id,
+        stream: w.stream,
+        seq: w.seq,
+    };
+    Ok(Some(ChunkRef {
+        base_offset: c.base_offset,
+        next_offset: c.next_offset,
+        max_timestamp: c.max_timestamp,
+        path: WalPlace::cache_key(id, w.pos),
+        bytes: c.bytes,
+        wal: Some(Arc::new(WalPlace {
+            id,
+            pos: w.pos,
+            len: w.len,
+            payload_crc: w.payload_crc,
+            replicas: pool.replica_set(&w.replica_set)?,
+        })),
+    }))
 }
 
 /// The streams broker `broker` registered, in order.

@@ -460,8 +460,10 @@ pub fn tail_update(data: &[u8]) {
             Some(pb::log_update::Kind::Append(a)) => {
                 let (log_start, hw) = (a.log_start_offset, a.high_watermark);
                 let (first_unstable, aborted) = append_txns(&a);
-                let chunks = append_chunks(a);
-                log.apply_append(chunks, log_start, hw, first_unstable, aborted);
+                match append_chunks(a, pool()) {
+                    Ok(chunks) => log.apply_append(chunks, log_start, hw, first_unstable, aborted),
+                    Err(e) => explained("append", e),
+                }
             }
             None => {}
         }

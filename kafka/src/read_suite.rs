@@ -75,6 +75,7 @@ async fn add_chunk(log: &PartitionLog, t: &StorageTarget, base: i64, n: usize) {
         max_timestamp: 1_000,
         path: Arc::from(path.as_ref()),
         bytes: payload.len() as u64,
+        wal: None,
     };
     log.append_update(|s| {
         if let Some(SegmentView::Open { chunks, .. }) = s.segments.get_mut(&0) {

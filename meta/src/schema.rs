@@ -214,6 +214,12 @@ pub struct OpenSegmentRecord {
     pub chunks_listed: bool,
     #[prost(message, repeated, tag = "6")]
     pub chunks: Vec<ChunkRecord>,
+    /// Its chunks go to the writer's shared WAL objects (issue 24): then
+    /// `chunks` lists the committed ones in every checkpoint, and a
+    /// recovery after an unclean end finds the rest from the checkpoint's
+    /// `wal_start` on.
+    #[prost(bool, tag = "7")]
+    pub wal: bool,
 }
 
 /// One committed chunk of an unsealed segment (its key is derived from the

@@ -266,7 +266,7 @@ impl Tails {
                 Some(pb::log_update::Kind::Append(a)) => {
                     let (log_start, hw) = (a.log_start_offset, a.high_watermark);
                     let (first_unstable, aborted) = append_txns(&a);
-                    let chunks = append_chunks(a);
+                    let chunks = append_chunks(a, &self.pool).map_err(|e| e.to_string())?;
                     self.metrics.pushed_chunks.inc_by(chunks.len() as u64);
                     f.log
                         .apply_append(chunks, log_start, hw, first_unstable, aborted);

@@ -16,8 +16,9 @@ pub mod tail {
 
     use bytes::Bytes;
     use floe_storage::log::{
-        AbortedTxn, ChunkRef, LogState, SealedSegment, SegmentView, TailDelta,
+        AbortedTxn, ChunkRef, LogState, SealedSegment, SegmentView, TailDelta, WalPlace,
     };
+    use floe_storage::wal::WalId;
     use floe_storage::{BlockCache, StorageError, StoragePool};
 
     /// Generated from proto/tail.proto.
@@ -41,17 +42,41 @@ pub mod tail {
             path: c.path.to_string(),
             bytes: c.bytes,
             payload,
+            wal: c.wal.as_ref().map(|w| pb::WalPlace {
+                broker: w.id.broker,
+                stream: w.id.stream,
+                seq: w.id.seq,
+                pos: w.pos,
+                len: w.len,
+                payload_crc: w.payload_crc,
+                replicas: w.replicas.ids(),
+            }),
         }
     }
 
-    fn chunk_ref(c: &pb::Chunk) -> ChunkRef {
-        ChunkRef {
+    fn chunk_ref(c: &pb::Chunk, pool: &StoragePool) -> Result<ChunkRef, StorageError> {
+        let wal = match &c.wal {
+            Some(w) => Some(Arc::new(WalPlace {
+                id: WalId {
+                    broker: w.broker,
+                    stream: w.stream,
+                    seq: w.seq,
+                },
+                pos: w.pos,
+                len: w.len,
+                payload_crc: w.payload_crc,
+                replicas: pool.replica_set(&w.replicas)?,
+            })),
+            None => None,
+        };
+        Ok(ChunkRef {
             base_offset: c.base_offset,
             next_offset: c.next_offset,
             max_timestamp: c.max_timestamp,
             path: Arc::from(c.path.as_str()),
             bytes: c.bytes,
-        }
+            wal,
+        })
     }
 
     /// A change of a log as sent to followers (`None`: nothing to send).
@@ -149,7 +174,11 @@ pub mod tail {
                     base_offset: o.base_offset,
                     epoch: o.epoch,
                     replicas: pool.replica_set(&o.replicas)?,
-                    chunks: o.chunks.iter().map(chunk_ref).collect(),
+                    chunks: o
+                        .chunks
+                        .iter()
+                        .map(|c| chunk_ref(c, pool))
+                        .collect::<Result<_, _>>()?,
                 },
             );
         }
@@ -190,13 +219,17 @@ pub mod tail {
         )
     }
 
-    /// An append's chunks as (segment base, chunk, payload).
-    pub fn append_chunks(a: pb::Append) -> Vec<(i64, ChunkRef, Option<Bytes>)> {
+    /// An append's chunks as (segment base, chunk, payload), their WAL
+    /// objects' replica sets resolved in `pool`.
+    pub fn append_chunks(
+        a: pb::Append,
+        pool: &StoragePool,
+    ) -> Result<Vec<(i64, ChunkRef, Option<Bytes>)>, StorageError> {
         a.chunks
             .into_iter()
             .map(|c| {
-                let r = chunk_ref(&c);
-                (c.segment_base, r, c.payload)
+                let r = chunk_ref(&c, pool)?;
+                Ok((c.segment_base, r, c.payload))
             })
             .collect()
     }

@@ -24,8 +24,32 @@ pub struct ChunkRef {
     pub base_offset: Offset,
     pub next_offset: Offset,
     pub max_timestamp: i64,
+    /// The chunk's own object, or (when `wal` is set) the key its payload
+    /// is cached under: [`WalPlace::cache_key`].
     pub path: Arc<str>,
     pub bytes: u64,
+    /// Set when the chunk lies in a shared WAL object (issue 24).
+    pub wal: Option<Arc<WalPlace>>,
+}
+
+/// Where a chunk lies in a shared WAL object: the object, the byte range
+/// of its batches there, their CRC32C (from the object's index), and the
+/// targets the object was written to.
+#[derive(Clone, Debug)]
+pub struct WalPlace {
+    pub id: crate::wal::WalId,
+    pub pos: u64,
+    pub len: u32,
+    pub payload_crc: u32,
+    pub replicas: ReplicaSet,
+}
+
+impl WalPlace {
+    /// The key a chunk of a WAL object is cached under (and named by in
+    /// logs): the object's path and the chunk's position in it.
+    pub fn cache_key(id: crate::wal::WalId, pos: u64) -> Arc<str> {
+        Arc::from(format!("{}#{pos}", crate::layout::wal(id)).as_str())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -905,6 +929,11 @@ pub async fn load_chunk(
     if let Some(b) = cache.get_object(&c.path) {
         return Ok(b);
     }
+    if let Some(w) = &c.wal {
+        let payload = crate::wal_read::read_one(w).await?;
+        cache.put_object(c.path.clone(), payload.clone());
+        return Ok(payload);
+    }
     // Never a fence or a missing copy for the data another replica holds.
     let (_, payload, _) =
         crate::chunk_replicas::read(replicas, &Path::from(c.path.as_ref()), c.base_offset).await?;
@@ -920,6 +949,7 @@ pub fn chunk_ref(path: &Path, h: &chunk::ChunkHeader, bytes: u64) -> ChunkRef {
         max_timestamp: h.max_timestamp,
         path: Arc::from(path.as_ref()),
         bytes,
+        wal: None,
     }
 }
 
@@ -1006,6 +1036,7 @@ mod tests {
                 max_timestamp: 1_000 + (base + 49) * 10,
                 path: Arc::from(path.as_ref()),
                 bytes: payload.len() as u64,
+                wal: None,
             });
         }
         let mut state = LogState {
@@ -1112,6 +1143,7 @@ mod tests {
             max_timestamp: 0,
             path: Arc::from("x/chunk-600"),
             bytes: 10,
+            wal: None,
         };
         log.append_update(|s| {
             if let Some(SegmentView::Open { chunks, .. }) = s.segments.get_mut(&500) {

@@ -690,6 +690,11 @@ impl StoragePool {
     }
 
     /// The replica set recorded for an existing segment.
+    /// The pool's default write quorum (what WAL objects are written with).
+    pub fn write_quorum(&self) -> usize {
+        self.write_quorum
+    }
+
     pub fn replica_set(&self, ids: &[String]) -> Result<ReplicaSet, StorageError> {
         let mut chosen = Vec::with_capacity(ids.len());
         let targets = self.targets();

@@ -372,22 +372,26 @@ pub fn decode(
 
 /// Verify one chunk's batches, read from the object at `entry.range()`.
 pub fn verify_chunk(key: &str, entry: &WalEntry, payload: &Bytes) -> Result<(), StorageError> {
-    if payload.len() != entry.len as usize {
+    verify_range(key, entry.len, entry.payload_crc, payload).map_err(|e| match e {
+        StorageError::Corrupt { key, reason } => StorageError::Corrupt {
+            key,
+            reason: format!("{reason} (a chunk of {})", entry.meta.partition),
+        },
+        e => e,
+    })
+}
+
+/// Verify bytes read from a WAL object against the length and CRC32C its
+/// index gave for them.
+pub fn verify_range(key: &str, len: u32, crc: u32, payload: &Bytes) -> Result<(), StorageError> {
+    if payload.len() != len as usize {
         return Err(StorageError::corrupt(
             key,
-            format!(
-                "chunk of {} is {} bytes, the index says {}",
-                entry.meta.partition,
-                payload.len(),
-                entry.len
-            ),
+            format!("chunk is {} bytes, the index says {len}", payload.len()),
         ));
     }
-    if crc32c::crc32c(payload) != entry.payload_crc {
-        return Err(StorageError::corrupt(
-            key,
-            format!("chunk of {} checksum mismatch", entry.meta.partition),
-        ));
+    if crc32c::crc32c(payload) != crc {
+        return Err(StorageError::corrupt(key, "chunk checksum mismatch"));
     }
     Ok(())
 }

@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use object_store::path::Path;
 use object_store::ObjectStoreExt;
 
+use crate::log::WalPlace;
 use crate::replica::worst;
 use crate::wal::{self, WalId};
 use crate::wal_stream::WalChunkRef;
-use crate::{layout, StorageError, StoragePool};
+use crate::{layout, ReplicaSet, StorageError, StoragePool};
 
 /// Chunks of one object closer than this are fetched by one GET (the
 /// bytes between them are read and dropped): a request costs about as
@@ -76,22 +76,45 @@ async fn read_group(
     group: &[usize],
 ) -> Result<Vec<Bytes>, StorageError> {
     let first = &refs[group[0]];
-    let path = layout::wal(first.id);
-    let start = first.entry.pos;
-    let end = group
+    let replicas = pool.replica_set(&first.replica_set)?;
+    let entries: Vec<(u64, u32, u32)> = group
         .iter()
-        .map(|i| refs[*i].entry.range().end)
+        .map(|i| {
+            let e = &refs[*i].entry;
+            (e.pos, e.len, e.payload_crc)
+        })
+        .collect();
+    read_ranges(&replicas, first.id, entries).await
+}
+
+/// One chunk of a WAL object, as a partition's log names it.
+pub async fn read_one(place: &WalPlace) -> Result<Bytes, StorageError> {
+    let mut got = read_ranges(
+        &place.replicas,
+        place.id,
+        vec![(place.pos, place.len, place.payload_crc)],
+    )
+    .await?;
+    Ok(got.pop().expect("one chunk read"))
+}
+
+/// The chunks (position, length, CRC32C) of object `id`, sorted by
+/// position, by one ranged GET from `replicas` (hedged), each checked.
+async fn read_ranges(
+    replicas: &ReplicaSet,
+    id: WalId,
+    entries: Vec<(u64, u32, u32)>,
+) -> Result<Vec<Bytes>, StorageError> {
+    let path = layout::wal(id);
+    let start = entries.first().map(|e| e.0).unwrap_or(0);
+    let end = entries
+        .iter()
+        .map(|(pos, len, _)| pos + *len as u64)
         .max()
         .unwrap_or(start);
-    let replicas = pool.replica_set(&first.replica_set)?;
-    let entries: Vec<(u64, wal::WalEntry)> = group
-        .iter()
-        .map(|i| (refs[*i].entry.pos - start, refs[*i].entry))
-        .collect();
     let (got, failed) = replicas
         .hedged(|t| {
-            let (path, entries): (Path, Vec<(u64, wal::WalEntry)>) =
-                (path.clone(), entries.clone());
+            let (path, entries) = (path.clone(), entries.clone());
             async move {
                 let span = t
                     .store
@@ -106,9 +129,10 @@ async fn read_group(
                 }
                 entries
                     .iter()
-                    .map(|(at, e)| {
-                        let b = span.slice(*at as usize..(*at + e.len as u64) as usize);
-                        wal::verify_chunk(path.as_ref(), e, &b).map(|()| b)
+                    .map(|(pos, len, crc)| {
+                        let at = (pos - start) as usize;
+                        let b = span.slice(at..at + *len as usize);
+                        wal::verify_range(path.as_ref(), *len, *crc, &b).map(|()| b)
                     })
                     .collect::<Result<Vec<Bytes>, StorageError>>()
             }

@@ -10,6 +10,7 @@
 //! after it is answered with an error and the caller opens a new stream.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +82,8 @@ pub struct WalStream {
     tx: mpsc::UnboundedSender<Submit>,
     pub broker: i32,
     pub stream: i64,
+    /// The seq the next object flushed will get.
+    next_seq: Arc<AtomicI64>,
 }
 
 impl WalStream {
@@ -94,8 +97,21 @@ impl WalStream {
         config: WalConfig,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, broker, stream, first_seq, config, rx));
-        Self { tx, broker, stream }
+        let next_seq = Arc::new(AtomicI64::new(first_seq));
+        tokio::spawn(run(pool, broker, stream, next_seq.clone(), config, rx));
+        Self {
+            tx,
+            broker,
+            stream,
+            next_seq,
+        }
+    }
+
+    /// The seq the next object flushed will get: a chunk handed in from
+    /// now on lands in an object at this seq or later (what a writer's
+    /// checkpoint names as the point recovery scans from).
+    pub fn next_seq(&self) -> i64 {
+        self.next_seq.load(Ordering::Acquire)
     }
 
     /// Hand in one chunk (whole batches with their offsets); the answer
@@ -125,11 +141,11 @@ async fn run(
     pool: Arc<StoragePool>,
     broker: i32,
     stream: i64,
-    first_seq: i64,
+    next_seq_shared: Arc<AtomicI64>,
     config: WalConfig,
     mut rx: mpsc::UnboundedReceiver<Submit>,
 ) {
-    let mut next_seq = first_seq;
+    let mut next_seq = next_seq_shared.load(Ordering::Acquire);
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut gathering: Vec<Submit> = Vec::new();
     let mut gathered_bytes = 0usize;
@@ -146,6 +162,7 @@ async fn run(
                 seq: next_seq,
             };
             next_seq += 1;
+            next_seq_shared.store(next_seq, Ordering::Release);
             inflight.push_back(write(&pool, id, std::mem::take(&mut gathering), config));
             gathered_bytes = 0;
             deadline = None;

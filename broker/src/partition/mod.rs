@@ -114,6 +114,8 @@ pub struct PartitionContext {
     pub repair_pacer: Arc<crate::throttle::Pacer>,
     /// The broker-wide pace of compaction reads.
     pub compaction_pacer: Arc<crate::throttle::Pacer>,
+    /// The broker's shared WAL, when chunks go to shared WAL objects.
+    pub wal: Option<Arc<crate::wal::BrokerWal>>,
 }
 
 /// A producer as a partition knows it (DescribeProducers).
@@ -690,6 +692,7 @@ mod transaction_tests {
             metrics: Arc::new(Metrics::new()),
             repair_pacer: Arc::new(crate::throttle::Pacer::new(0)),
             compaction_pacer: Arc::new(crate::throttle::Pacer::new(0)),
+            wal: None,
         };
         let h = restart(&ctx, 1).await;
         (h, ctx, dir)
@@ -1063,5 +1066,188 @@ mod transaction_tests {
             7
         );
         assert_eq!(h.log.last_stable_offset(), 8);
+    }
+}
+
+#[cfg(test)]
+mod wal_tests {
+    //! The partition writer over the broker's shared WAL (issue 24): a
+    //! real writer, the embedded metadata store, three memory targets.
+    use super::*;
+    use floe_common::{SystemClock, Uuid};
+    use floe_meta::schema::CheckpointRecord;
+    use floe_protocol::batch::{synthetic_batch, validate_for_produce, Batches};
+    use floe_storage::log::SegmentView;
+    use std::time::Duration;
+
+    async fn wal_ctx(dir: &tempfile::TempDir) -> PartitionContext {
+        let meta: Arc<dyn MetadataStore> = Arc::new(
+            floe_meta::embedded::EmbeddedStore::open(dir.path().join("meta"))
+                .await
+                .unwrap(),
+        );
+        let ttl = Duration::from_secs(120);
+        let guard = Arc::new(LeaseGuard::new(meta.grant_lease(ttl).await.unwrap()));
+        guard.renewed(Instant::now(), ttl);
+        let targets = (0..3)
+            .map(|i| floe_storage::StorageTarget::open(format!("t{i}"), "memory://").unwrap())
+            .collect();
+        let pool = Arc::new(StoragePool::new(targets, 2, 2).unwrap());
+        let config = BrokerConfig {
+            chunk_layout: crate::config::ChunkLayout::Wal,
+            wal_linger_ms: 5,
+            ..Default::default()
+        };
+        let wal = crate::wal::BrokerWal::open(
+            meta.clone(),
+            pool.clone(),
+            1,
+            1,
+            config.wal_config(),
+            Arc::new(|| 1_000),
+        )
+        .await
+        .unwrap();
+        PartitionContext {
+            broker_id: 1,
+            session: 1,
+            meta,
+            pool,
+            cache: BlockCache::new(16 << 20),
+            clock: Arc::new(SystemClock),
+            config: Arc::new(config),
+            lease: guard,
+            metrics: Arc::new(Metrics::new()),
+            repair_pacer: Arc::new(crate::throttle::Pacer::new(0)),
+            compaction_pacer: Arc::new(crate::throttle::Pacer::new(0)),
+            wal: Some(Arc::new(wal)),
+        }
+    }
+
+    async fn restart(ctx: &PartitionContext, epoch: Epoch) -> PartitionHandle {
+        restart_report(ctx, epoch).await.0
+    }
+
+    async fn restart_report(
+        ctx: &PartitionContext,
+        epoch: Epoch,
+    ) -> (PartitionHandle, RecoveryReport) {
+        let id = PartitionId::new(Uuid::from_u128(78), 0);
+        let assignment = AssignmentRecord {
+            format: FORMAT,
+            broker_id: 1,
+            epoch,
+            broker_session: 1,
+        };
+        ctx.meta
+            .txn(Txn::new().then(Op::put(keys::assignment(id), assignment.encode_to_vec())))
+            .await
+            .unwrap();
+        let config = TopicConfig::resolve(&Default::default(), &Default::default()).unwrap();
+        start(ctx.clone(), id, epoch, config).await.unwrap()
+    }
+
+    /// `n` batches of 3 records each, produced one after another; their
+    /// base offsets.
+    async fn produce(h: &PartitionHandle, n: usize) -> Vec<Offset> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let b = Bytes::from(synthetic_batch(3, 40 + i, 1_700_000_000_000));
+            let headers = validate_for_produce(&b, usize::MAX).unwrap();
+            let rx = h.submit(b, headers).await.unwrap();
+            out.push(rx.await.unwrap().unwrap().base_offset);
+        }
+        out
+    }
+
+    /// Every batch's base offset, read through a cold cache (from the WAL
+    /// objects or the sealed segments, not from memory).
+    async fn bases(h: &PartitionHandle) -> Vec<Offset> {
+        let r = h.log.read(0, 64 << 20, true).await.unwrap();
+        Batches::new(&r.records)
+            .map(|(_, b)| b.base_offset)
+            .collect()
+    }
+
+    fn cold(ctx: &PartitionContext) -> PartitionContext {
+        PartitionContext {
+            cache: BlockCache::new(16 << 20),
+            ..ctx.clone()
+        }
+    }
+
+    fn wal_chunks(h: &PartitionHandle) -> usize {
+        h.log
+            .snapshot()
+            .segments
+            .values()
+            .map(|s| match s {
+                SegmentView::Open { chunks, .. } => {
+                    chunks.iter().filter(|c| c.wal.is_some()).count()
+                }
+                SegmentView::Sealed(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Chunks go to shared WAL objects and read back from them; a clean
+    /// release hands their places over in the checkpoint (no scan); after
+    /// an unclean end the new owner finds the chunks written since the
+    /// last checkpoint in the old writer's stream, fences the stream (the
+    /// writer sharing it hands its chunk in again to a new stream), and
+    /// every acked record reads back at its offset.
+    #[tokio::test]
+    async fn wal_chunks_survive_a_release_and_an_unclean_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = wal_ctx(&dir).await;
+        let h = restart(&ctx, 1).await;
+        let mut want = produce(&h, 5).await;
+        assert_eq!(want, vec![0, 3, 6, 9, 12]);
+        assert!(wal_chunks(&h) >= 1, "chunks lie in WAL objects");
+
+        h.release().await;
+        let checkpoint = CheckpointRecord::decode(
+            ctx.meta
+                .get(&keys::checkpoint(h.id))
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+        )
+        .unwrap();
+        let seg = checkpoint.open_segments.last().unwrap();
+        assert!(seg.wal && seg.chunks_listed);
+        assert!(seg.chunks.iter().all(|c| c.wal.is_some()));
+        assert!(checkpoint.wal_start.is_some());
+
+        let ctx2 = cold(&ctx);
+        let h = restart(&ctx2, 2).await;
+        assert_eq!(bases(&h).await, want, "after a clean release");
+        want.extend(produce(&h, 4).await);
+        assert_eq!(want[5..], [15, 18, 21, 24]);
+        // Killed: no release, the owner key goes as the lease would.
+        h.abandon().await;
+        ctx.meta
+            .txn(Txn::new().then(Op::Delete(keys::owner(h.id))))
+            .await
+            .unwrap();
+        let stream_before = ctx.wal.as_ref().unwrap().stream().await;
+        let ctx3 = cold(&ctx);
+        let (h, report) = restart_report(&ctx3, 3).await;
+        assert!(!report.clean);
+        assert_eq!(
+            report.offsets_past_checkpoint, 12,
+            "the four batches since the checkpoint came from the scan"
+        );
+        assert_eq!(bases(&h).await, want, "after an unclean end");
+        // The recovery fenced the stream the (shared) WAL wrote: the next
+        // chunk goes to a new stream, handed in again, and is acked.
+        want.extend(produce(&h, 2).await);
+        assert_eq!(want[9..], [27, 30]);
+        assert!(ctx.wal.as_ref().unwrap().stream().await > stream_before);
+        let h4ctx = cold(&ctx);
+        h.release().await;
+        let h = restart(&h4ctx, 4).await;
+        assert_eq!(bases(&h).await, want, "after the fenced stream's successor");
     }
 }

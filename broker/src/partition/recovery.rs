@@ -25,9 +25,9 @@ use floe_protocol::batch::Batches;
 use floe_storage::chunk;
 use floe_storage::chunk_replicas::{self, Settled};
 use floe_storage::log::load_chunk;
-use floe_storage::log::{ChunkRef, LogState, SealedSegment, SegmentView};
+use floe_storage::log::{ChunkRef, LogState, SealedSegment, SegmentView, WalPlace};
 use floe_storage::segment::{SegmentBuilder, DEFAULT_INDEX_INTERVAL};
-use floe_storage::{layout, BlockCache, ReplicaSet, StorageError};
+use floe_storage::{layout, wal_recovery, BlockCache, ReplicaSet, StorageError, StoragePool};
 use futures::StreamExt;
 use object_store::path::Path;
 use prost::Message;
@@ -212,6 +212,7 @@ async fn chain_and_fence(
         max_timestamp: h.max_timestamp,
         path: Arc::from(path.as_ref()),
         bytes: h.payload_len as u64,
+        wal: None,
     };
 
     // Every replica's listing, then headers many at a time: the acked part
@@ -456,7 +457,11 @@ async fn repair_chunks(replicas: ReplicaSet, repairs: Vec<ChunkRepair>) -> usize
 }
 
 /// The chunk chain a clean release recorded for `seg`, checked contiguous.
-fn listed_chain(id: PartitionId, seg: &OpenSegmentRecord) -> Result<Vec<ChunkRef>, StartError> {
+fn listed_chain(
+    pool: &StoragePool,
+    id: PartitionId,
+    seg: &OpenSegmentRecord,
+) -> Result<Vec<ChunkRef>, StartError> {
     let mut expected = seg.base_offset;
     let mut out = Vec::with_capacity(seg.chunks.len());
     for c in &seg.chunks {
@@ -466,15 +471,100 @@ fn listed_chain(id: PartitionId, seg: &OpenSegmentRecord) -> Result<Vec<ChunkRef
                 seg.base_offset, c.base_offset, c.next_offset
             )));
         }
-        let path = layout::chunk(id, seg.base_offset, seg.epoch, c.base_offset);
-        out.push(ChunkRef {
-            base_offset: c.base_offset,
-            next_offset: c.next_offset,
-            max_timestamp: c.max_timestamp,
-            path: Arc::from(path.as_ref()),
-            bytes: c.bytes,
-        });
+        if let Some(r) = crate::wal::listed_chunk(pool, c)? {
+            out.push(r);
+        } else {
+            let path = layout::chunk(id, seg.base_offset, seg.epoch, c.base_offset);
+            out.push(ChunkRef {
+                base_offset: c.base_offset,
+                next_offset: c.next_offset,
+                max_timestamp: c.max_timestamp,
+                path: Arc::from(path.as_ref()),
+                bytes: c.bytes,
+                wal: None,
+            });
+        }
         expected = c.next_offset;
+    }
+    Ok(out)
+}
+
+/// Walk the previous writer's WAL streams from the checkpoint's
+/// `wal_start` on (docs/design.md, "Shared WAL objects", unclean end),
+/// fencing each at its first absent object, and keep this partition's
+/// chunks of the checkpoint's epoch by base offset. A chunk found twice
+/// (handed in again after its first stream died) keeps the later copy.
+async fn scan_wal(
+    ctx: &PartitionContext,
+    id: PartitionId,
+    checkpoint: &CheckpointRecord,
+) -> Result<BTreeMap<Offset, ChunkRef>, StartError> {
+    let Some(start) = checkpoint.wal_start else {
+        return Err(StartError::Corrupt(
+            "a checkpoint with WAL segments names no wal_start".into(),
+        ));
+    };
+    let streams = crate::wal::streams(&*ctx.meta, start.broker_id).await?;
+    let mut found = BTreeMap::new();
+    for s in streams.iter().filter(|s| s.stream >= start.stream) {
+        let from = if s.stream == start.stream {
+            start.seq
+        } else {
+            s.first_seq
+        };
+        let scan = wal_recovery::scan_and_fence(
+            &ctx.pool,
+            ctx.pool.write_quorum(),
+            start.broker_id,
+            s.stream,
+            from,
+            |e| e.meta.partition == id && e.meta.epoch == checkpoint.epoch,
+        )
+        .await?;
+        for c in scan.chunks {
+            let m = c.entry.meta;
+            found.insert(
+                m.base_offset,
+                ChunkRef {
+                    base_offset: m.base_offset,
+                    next_offset: m.next_offset,
+                    max_timestamp: m.max_timestamp,
+                    path: WalPlace::cache_key(c.id, c.entry.pos),
+                    bytes: c.entry.len as u64,
+                    wal: Some(Arc::new(WalPlace {
+                        id: c.id,
+                        pos: c.entry.pos,
+                        len: c.entry.len,
+                        payload_crc: c.entry.payload_crc,
+                        replicas: ctx.pool.replica_set(&c.holders)?,
+                    })),
+                },
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// A WAL segment's chain after an unclean end: the chunks its checkpoint
+/// listed (committed then), continued by those the scan found, from the
+/// segment base while the offsets follow on, up to `limit`.
+fn wal_chain(
+    pool: &StoragePool,
+    id: PartitionId,
+    seg: &OpenSegmentRecord,
+    found: &BTreeMap<Offset, ChunkRef>,
+    limit: Offset,
+) -> Result<Vec<ChunkRef>, StartError> {
+    let mut out = listed_chain(pool, id, seg)?;
+    let mut expected = out.last().map_or(seg.base_offset, |c| c.next_offset);
+    while expected < limit {
+        match found.get(&expected) {
+            Some(c) if c.next_offset > c.base_offset => {
+                out.push(c.clone());
+                expected = c.next_offset;
+            }
+            _ => break,
+        }
     }
     Ok(out)
 }
@@ -541,6 +631,9 @@ pub(crate) async fn recover(
         .filter(|s| !sealed.contains_key(&s.base_offset))
         .collect();
     open_segments.sort_by_key(|s| s.base_offset);
+    // Shared WAL layout after an unclean end: the chunks written since the
+    // checkpoint are in the old writer's WAL streams from `wal_start` on.
+    let mut wal_found: Option<BTreeMap<Offset, ChunkRef>> = None;
     for (i, seg) in open_segments.iter().enumerate() {
         // A roll or a switch ended this segment where the next one starts.
         let limit = open_segments
@@ -549,7 +642,24 @@ pub(crate) async fn recover(
         let replicas = ctx.pool.replica_set(&seg.replica_set)?;
         let chunks = if checkpoint.clean && seg.chunks_listed {
             // A clean release listed the whole chain and wrote nothing after.
-            listed_chain(id, seg)?
+            listed_chain(&ctx.pool, id, seg)?
+        } else if seg.wal {
+            if wal_found.is_none() {
+                let scan_started = Instant::now();
+                let found = scan_wal(ctx, id, &checkpoint)
+                    .instrument(tracing::info_span!("recovery.wal_scan"))
+                    .await?;
+                tracing::info!(partition = %id, chunks = found.len(), took_ms = scan_started.elapsed().as_millis() as u64,
+                    "scanned the previous writer's WAL streams");
+                wal_found = Some(found);
+            }
+            wal_chain(
+                &ctx.pool,
+                id,
+                seg,
+                wal_found.as_ref().expect("scanned"),
+                limit,
+            )?
         } else {
             let (chunks, repairs) =
                 chain_and_fence(id, seg, &replicas, epoch, checkpoint.next_offset, limit)
@@ -577,10 +687,16 @@ pub(crate) async fn recover(
             }
             next = next.max(end);
             pending.push(PendingSeal {
-                // The list served its purpose; checkpoints stay small.
+                // The list served its purpose; checkpoints stay small. A
+                // WAL segment's list stays: its chunks may lie in another
+                // broker's objects, which no later scan would look at.
                 record: OpenSegmentRecord {
                     chunks_listed: false,
-                    chunks: Vec::new(),
+                    chunks: if seg.wal {
+                        chunks.iter().map(crate::wal::chunk_record).collect()
+                    } else {
+                        Vec::new()
+                    },
                     ..(*seg).clone()
                 },
                 replicas,
@@ -665,7 +781,12 @@ pub(crate) async fn recover(
         epoch,
         replica_set: replicas.ids(),
         created_ms: now,
+        wal: ctx.wal.is_some(),
         ..Default::default()
+    };
+    let wal_start = match &ctx.wal {
+        Some(wal) => Some(wal.position().await),
+        None => None,
     };
     // Still-unsealed segments stay listed until the writer seals them.
     let mut open_segments: Vec<OpenSegmentRecord> =
@@ -679,7 +800,7 @@ pub(crate) async fn recover(
         open_segments,
         clean: false,
         saved_ms: now,
-        wal_start: None,
+        wal_start,
     };
     let txn = Txn::new()
         .when(Condition::ValueEquals(keys::owner(id), owner.clone()))

@@ -11,11 +11,15 @@ use tracing::Instrument;
 
 use bytes::{Bytes, BytesMut};
 use floe_common::{Epoch, Offset, PartitionId};
-use floe_meta::schema::{CheckpointRecord, ChunkRecord, OpenSegmentRecord, SegmentRecord, FORMAT};
+use floe_meta::schema::{
+    CheckpointRecord, ChunkRecord, OpenSegmentRecord, SegmentRecord, WalPositionRecord, FORMAT,
+};
 use floe_meta::{keys, Condition, MetaError, Op, Txn, TxnOutcome};
 use floe_protocol::batch::{self, BatchHeader};
 use floe_storage::chunk;
 use floe_storage::log::{ChunkRef, PartitionLog, SegmentView};
+use floe_storage::wal::ChunkMeta;
+use floe_storage::wal_stream::WalChunkRef;
 use floe_storage::{layout, PutOutcome, ReplicaSet, StorageError};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -76,7 +80,20 @@ struct Flush {
     data: Bytes,
     payload: Bytes,
     waiters: Vec<Waiter>,
-    task: JoinHandle<Result<PutOutcome, StorageError>>,
+    task: JoinHandle<Result<Landed, StorageError>>,
+    /// Shared WAL layout: what the chunk is, to hand it in again, and the
+    /// earliest place in the broker's WAL it can land.
+    wal: Option<(ChunkMeta, WalPositionRecord)>,
+}
+
+/// Where a flushed chunk went.
+enum Landed {
+    /// Its own object, on the open segment's replicas.
+    Put(PutOutcome),
+    /// A shared WAL object.
+    Wal(WalChunkRef),
+    /// The WAL stream it went to died first; a new one is open.
+    Reopened(String),
 }
 
 struct Writer {
@@ -203,10 +220,32 @@ pub(crate) fn spawn(
     tokio::spawn(w.run(rx));
 }
 
+/// Hand a chunk to the broker's WAL; the answer once its object (and every
+/// earlier one of the stream) is durable.
+fn spawn_wal_append(
+    wal: Arc<crate::wal::BrokerWal>,
+    meta: ChunkMeta,
+    payload: Bytes,
+    span: tracing::Span,
+) -> JoinHandle<Result<Landed, StorageError>> {
+    tokio::spawn(
+        async move {
+            match wal.append(meta, payload).await {
+                Ok(r) => Ok(Landed::Wal(r)),
+                Err(e @ crate::wal::WalAppendError::Reopened { .. }) => {
+                    Ok(Landed::Reopened(e.to_string()))
+                }
+                Err(e) => Err(StorageError::Unavailable(e.to_string())),
+            }
+        }
+        .instrument(span),
+    )
+}
+
 /// Await the front flush, if any (pending forever otherwise).
 async fn front(
     inflight: &mut VecDeque<Flush>,
-) -> Result<Result<PutOutcome, StorageError>, tokio::task::JoinError> {
+) -> Result<Result<Landed, StorageError>, tokio::task::JoinError> {
     match inflight.front_mut() {
         Some(f) => (&mut f.task).await,
         None => std::future::pending().await,
@@ -381,7 +420,13 @@ impl Writer {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_housekeeping = Instant::now();
         let outcome: Result<Option<oneshot::Sender<()>>, Stop> = loop {
-            let max_inflight = self.ctx.config.max_inflight_flushes.max(1);
+            // A chunk handed to the shared WAL waits for the broker's next
+            // object (wal_linger_ms): many may be on their way at once.
+            let max_inflight = if self.ctx.wal.is_some() {
+                self.ctx.config.wal_inflight_chunks.max(1)
+            } else {
+                self.ctx.config.max_inflight_flushes.max(1)
+            };
             // Group commit: with nothing being written and nothing queued,
             // the filling chunk goes now rather than at its linger deadline.
             if self.ctx.config.flush_when_idle
@@ -813,15 +858,37 @@ impl Writer {
             max_timestamp,
             path: Arc::from(path.as_ref()),
             bytes: payload_len,
+            wal: None,
         };
-        let task = self.spawn_put(path, data.clone(), span);
+        let payload = data.slice(chunk::HEADER_LEN..);
+        let (task, wal) = match self.ctx.wal.clone() {
+            Some(wal) => {
+                let meta = ChunkMeta {
+                    partition: self.id,
+                    segment_base: self.open.record.base_offset,
+                    segment_epoch: self.open.record.epoch,
+                    epoch: self.epoch,
+                    base_offset: base,
+                    next_offset: self.next_offset,
+                    max_timestamp,
+                    batch_count: batches,
+                };
+                let from = wal.position().await;
+                (
+                    spawn_wal_append(wal, meta, payload.clone(), span),
+                    Some((meta, from)),
+                )
+            }
+            None => (self.spawn_put(path, data.clone(), span), None),
+        };
         self.inflight.push_back(Flush {
             chunk,
             segment_base: self.open.record.base_offset,
-            payload: data.slice(chunk::HEADER_LEN..),
+            payload,
             data,
             waiters,
             task,
+            wal,
         });
         Ok(())
     }
@@ -833,7 +900,7 @@ impl Writer {
         path: object_store::path::Path,
         put_data: Bytes,
         span: tracing::Span,
-    ) -> JoinHandle<Result<PutOutcome, StorageError>> {
+    ) -> JoinHandle<Result<Landed, StorageError>> {
         let replicas = self.open.replicas.clone();
         let metrics = self.ctx.metrics.clone();
         let timeout = Duration::from_millis(self.ctx.config.chunk_put_timeout_ms.max(1));
@@ -864,7 +931,7 @@ impl Writer {
                     }
                     // (A retry finding its own earlier attempt's object on a
                     // replica counts that replica: put_create compares.)
-                    other => return other,
+                    other => return other.map(Landed::Put),
                 }
             }
         }.instrument(span))
@@ -942,26 +1009,98 @@ impl Writer {
                 payload: f.payload,
                 waiters: f.waiters,
                 task,
+                wal: None,
             });
         }
         Ok(())
     }
 
+    /// The WAL stream a chunk went to died before making it durable (a
+    /// fence at its next key, an object short of W): hand that chunk and
+    /// every later one in flight in again, in order, to the broker's new
+    /// stream. A later chunk may already be in the new stream, ahead of
+    /// this one: recovery keeps one copy of a chunk found twice, and acks
+    /// still go in offset order.
+    async fn wal_reappend(&mut self, failed: Flush, why: &str) -> Result<(), Stop> {
+        let Some(wal) = self.ctx.wal.clone() else {
+            return Err(Stop::Failed(AppendError::Storage(
+                StorageError::Unavailable(why.to_string()),
+            )));
+        };
+        tracing::warn!(partition = %self.id, at = failed.chunk.base_offset, error = why,
+            "the WAL stream ended before the chunk was durable: handing it in again");
+        let mut redo = vec![failed];
+        for f in self.inflight.drain(..) {
+            f.task.abort();
+            redo.push(f);
+        }
+        for mut f in redo {
+            let (meta, _) = f.wal.expect("a WAL flush");
+            let from = wal.position().await;
+            f.task = spawn_wal_append(wal.clone(), meta, f.payload.clone(), tracing::Span::none());
+            f.wal = Some((meta, from));
+            self.inflight.push_back(f);
+        }
+        Ok(())
+    }
+
+    /// The earliest place in the broker's WAL where a chunk of this
+    /// partition not yet committed can be: recovery after an unclean end
+    /// scans from there (the committed ones are listed in the checkpoint).
+    async fn wal_start(&self) -> Option<WalPositionRecord> {
+        let wal = self.ctx.wal.as_ref()?;
+        let now = wal.position().await;
+        Some(
+            self.inflight
+                .iter()
+                .filter_map(|f| f.wal.map(|(_, from)| from))
+                .fold(now, |a, b| {
+                    if (b.stream, b.seq) < (a.stream, a.seq) {
+                        b
+                    } else {
+                        a
+                    }
+                }),
+        )
+    }
+
     async fn flush_done(
         &mut self,
-        done: Result<Result<PutOutcome, StorageError>, tokio::task::JoinError>,
+        done: Result<Result<Landed, StorageError>, tokio::task::JoinError>,
     ) -> Result<(), Stop> {
-        let flush = self.inflight.pop_front().expect("a flush completed");
+        let mut flush = self.inflight.pop_front().expect("a flush completed");
         match done {
-            Ok(Ok(PutOutcome::Created)) => {}
-            Ok(Ok(PutOutcome::AlreadyExists)) => {
+            Ok(Ok(Landed::Put(PutOutcome::Created))) => {}
+            Ok(Ok(Landed::Wal(r))) => match super::super::wal::chunk_ref(&self.ctx.pool, &r) {
+                Ok(c) => flush.chunk = c,
+                Err(e) => {
+                    let e = AppendError::Storage(e);
+                    for w in flush.waiters {
+                        let _ = w.reply.send(Err(e.clone()));
+                    }
+                    return Err(Stop::Failed(e));
+                }
+            },
+            Ok(Ok(Landed::Reopened(why))) if self.switches_in_a_row < MAX_SWITCHES_IN_A_ROW => {
+                self.switches_in_a_row += 1;
+                return self.wal_reappend(flush, &why).await;
+            }
+            Ok(Ok(Landed::Reopened(why))) => {
+                let e = AppendError::Storage(StorageError::Unavailable(why));
+                for w in flush.waiters {
+                    let _ = w.reply.send(Err(e.clone()));
+                }
+                return Err(Stop::Failed(e));
+            }
+            Ok(Ok(Landed::Put(PutOutcome::AlreadyExists))) => {
                 for w in flush.waiters {
                     let _ = w.reply.send(Err(AppendError::NotLeader));
                 }
                 return Err(Stop::Fenced);
             }
             Ok(Err(StorageError::Unavailable(e) | StorageError::Indeterminate(e)))
-                if flush.segment_base == self.open.record.base_offset
+                if flush.wal.is_none()
+                    && flush.segment_base == self.open.record.base_offset
                     && self.switches_in_a_row < MAX_SWITCHES_IN_A_ROW =>
             {
                 self.switches_in_a_row += 1;
@@ -1044,6 +1183,7 @@ impl Writer {
             epoch: self.epoch,
             replica_set: replicas.ids(),
             created_ms: self.ctx.clock.now_ms(),
+            wal: self.ctx.wal.is_some(),
             ..Default::default()
         };
         let old = std::mem::replace(
@@ -1168,10 +1308,12 @@ impl Writer {
 
     /// Save the checkpoint (and `ops`) only while we still own the partition.
     async fn save_checkpoint(&mut self, ops: Vec<Op>) -> Result<(), Stop> {
+        let wal_start = self.wal_start().await;
         let (log_start, hw, _) = self.log.offsets();
         let mut open_segments: Vec<OpenSegmentRecord> =
             self.sealing.iter().map(|s| s.record.clone()).collect();
         open_segments.push(self.open.record.clone());
+        self.list_wal_chunks(&mut open_segments);
         let checkpoint = CheckpointRecord {
             format: FORMAT,
             epoch: self.epoch,
@@ -1180,12 +1322,30 @@ impl Writer {
             open_segments,
             clean: false,
             saved_ms: self.ctx.clock.now_ms(),
-            wal_start: None,
+            wal_start,
         };
         self.commit_meta(ops, &checkpoint).await?;
         self.checkpoint = checkpoint;
         self.checkpoint_saved = Instant::now();
         Ok(())
+    }
+
+    /// Shared WAL layout: a checkpoint lists the committed chunks of every
+    /// WAL segment (their objects may be another broker's, from before a
+    /// move), so that recovery needs to scan only from `wal_start` on.
+    fn list_wal_chunks(&self, open_segments: &mut [OpenSegmentRecord]) {
+        if !open_segments.iter().any(|s| s.wal) {
+            return;
+        }
+        let snapshot = self.log.snapshot();
+        for seg in open_segments.iter_mut().filter(|s| s.wal) {
+            seg.chunks = match snapshot.segments.get(&seg.base_offset) {
+                Some(SegmentView::Open { chunks, .. }) => {
+                    chunks.iter().map(super::super::wal::chunk_record).collect()
+                }
+                _ => Vec::new(),
+            };
+        }
     }
 
     async fn commit_meta(
@@ -1747,16 +1907,9 @@ impl Writer {
         let listed: Vec<Vec<ChunkRecord>> = open_segments
             .iter()
             .map(|seg| match snapshot.segments.get(&seg.base_offset) {
-                Some(SegmentView::Open { chunks, .. }) => chunks
-                    .iter()
-                    .map(|c| ChunkRecord {
-                        base_offset: c.base_offset,
-                        next_offset: c.next_offset,
-                        max_timestamp: c.max_timestamp,
-                        bytes: c.bytes,
-                        wal: None,
-                    })
-                    .collect(),
+                Some(SegmentView::Open { chunks, .. }) => {
+                    chunks.iter().map(super::super::wal::chunk_record).collect()
+                }
                 _ => Vec::new(),
             })
             .collect();
@@ -1766,6 +1919,7 @@ impl Writer {
                 seg.chunks = chunks;
             }
         }
+        let wal_start = self.wal_start().await;
         let (log_start, hw, _) = self.log.offsets();
         let checkpoint = CheckpointRecord {
             format: FORMAT,
@@ -1775,7 +1929,7 @@ impl Writer {
             open_segments,
             clean: true,
             saved_ms: self.ctx.clock.now_ms(),
-            wal_start: None,
+            wal_start,
         };
         self.commit_meta(vec![Op::delete(keys::owner(self.id))], &checkpoint)
             .await
