@@ -95,6 +95,15 @@ pub struct BrokerConfig {
     /// Chunks one partition may have handed to the WAL and not yet
     /// durable (the shared layout's max_inflight_flushes).
     pub wal_inflight_chunks: usize,
+    /// The open segment of a partition on the shared WAL is sealed (its
+    /// chunks consolidated into a segment object of its own) once it is
+    /// this old, whatever segment.ms says, so that slow partitions do not
+    /// keep WAL objects alive.
+    pub wal_max_age_ms: u64,
+    /// An idle partition on the shared WAL re-saves its checkpoint this
+    /// often, so that the position it names in the broker's WAL moves on
+    /// and older WAL objects can be collected.
+    pub wal_idle_checkpoint_ms: u64,
     /// How often the broker publishes its measured load (bytes in and out
     /// per partition) for the controller's rebalance planner.
     pub load_report_interval_ms: u64,
@@ -228,6 +237,8 @@ impl Default for BrokerConfig {
             wal_bytes: 8 << 20,
             wal_max_in_flight: 4,
             wal_inflight_chunks: 128,
+            wal_max_age_ms: 600_000,
+            wal_idle_checkpoint_ms: 120_000,
             gc_min_age_ms: 600_000,
             load_report_interval_ms: 5_000,
             read_hedge_ms: 100,

@@ -40,6 +40,8 @@ pub struct ControllerMetrics {
     pub reconcile_duration: Histogram,
     pub assignments: Family<KindLabel, Counter>,
     pub move_duration: Histogram,
+    pub wal_gc_passes: Counter,
+    pub wal_objects_deleted: Counter,
 }
 
 /// This process's controller metrics.
@@ -54,6 +56,8 @@ pub fn metrics() -> &'static ControllerMetrics {
         assignments: Family::default(),
         // 10 ms to ~80 s: a planned move takes well under a second.
         move_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+        wal_gc_passes: Counter::default(),
+        wal_objects_deleted: Counter::default(),
     });
     &M
 }
@@ -92,6 +96,16 @@ pub async fn encode(meta: &dyn MetadataStore) -> String {
         "controller_move_duration_seconds",
         "Planned moves through the admin API, from the request to the new owner writing",
         m.move_duration.clone(),
+    );
+    r.register(
+        "controller_wal_gc_passes",
+        "Garbage collection passes over the shared WAL objects",
+        m.wal_gc_passes.clone(),
+    );
+    r.register(
+        "controller_wal_objects_deleted",
+        "Shared WAL objects deleted once no partition needed them (every range consolidated or dropped by retention)",
+        m.wal_objects_deleted.clone(),
     );
     let operations: Family<OperationLabel, Gauge> = Family::default();
     if let Ok((kvs, _)) = meta.range(&keys::operations_prefix()).await {

@@ -8,13 +8,200 @@
 //! it is deleted once older than the grace period, which covers a writer
 //! whose first checkpoint was saved after the checkpoints were read.
 //!
-//! Pure decisions over what was read; not yet run by the controller (the
-//! writer does not write WAL objects yet).
+//! The leading controller runs a pass every `wal_gc_interval_ms`: the
+//! stream registry first, then every checkpoint, then a listing of `wal/`
+//! on every target; objects before the watermarks go from every target
+//! holding them, and registry entries of streams wholly before their
+//! broker's watermark (never a broker's last one) go too. The order makes
+//! it safe against writers running meanwhile: a checkpoint saved after
+//! the read names a position at or past what the read saw for the same
+//! partition, or (a partition's first checkpoint) its broker's current
+//! stream, which is at or past the last one the registry showed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use floe_meta::schema::CheckpointRecord;
+use floe_meta::{keys, MetaError, Op, Txn};
 use floe_storage::wal::WalId;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::Controller;
+
+/// What one collection pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcPass {
+    /// WAL objects listed (distinct ids over all targets).
+    pub listed: usize,
+    /// Objects deleted (distinct ids; each from every target listing it).
+    pub deleted: usize,
+    /// Registry entries of streams deleted.
+    pub streams_deleted: usize,
+}
+
+impl Controller {
+    /// Collect WAL objects every `every` until `stop`, objects younger
+    /// than `grace` never (docs/design.md, "Shared WAL objects").
+    pub async fn run_wal_gc(
+        self: Arc<Self>,
+        every: Duration,
+        grace: Duration,
+        stop: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.wal_gc_pass(grace).await {
+                Ok(p) if p.deleted > 0 || p.streams_deleted > 0 => {
+                    tracing::info!(
+                        listed = p.listed,
+                        deleted = p.deleted,
+                        streams_deleted = p.streams_deleted,
+                        "deleted WAL objects no partition needs"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "WAL garbage collection failed; retrying at the next pass")
+                }
+            }
+        }
+    }
+
+    /// One pass of the WAL garbage collection.
+    pub async fn wal_gc_pass(&self, grace: Duration) -> Result<GcPass, MetaError> {
+        let m = crate::metrics::metrics();
+        let (stream_kvs, _) = self.meta.range(&keys::wal_streams_prefix()).await?;
+        let read_ms = floe_common::wall_ms();
+        let (partition_kvs, _) = self.meta.range(&keys::partitions_prefix()).await?;
+        let mut checkpoints = Vec::new();
+        for kv in &partition_kvs {
+            if keys::parse_checkpoint(&kv.key).is_some() {
+                checkpoints.push(
+                    CheckpointRecord::decode(kv.value.clone())
+                        .map_err(|e| MetaError::Corrupt(format!("checkpoint: {e}")))?,
+                );
+            }
+        }
+        let marks = low_watermarks(&checkpoints);
+        // Every target's listing: an object is deleted from each target
+        // that holds it; its age is its newest copy's.
+        let targets = self.pool.targets().to_vec();
+        let mut holders: BTreeMap<WalId, (i64, Vec<usize>)> = BTreeMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            let mut listing = t.store.list(Some(&"wal".into()));
+            while let Some(o) = listing.next().await {
+                let o = match o {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::debug!(target_id = %t.id, error = %e, "listing WAL objects failed");
+                        break;
+                    }
+                };
+                if let Some(id) = floe_storage::layout::wal_id(&o.location) {
+                    let e = holders.entry(id).or_insert((i64::MIN, Vec::new()));
+                    e.0 = e.0.max(o.last_modified.timestamp_millis());
+                    e.1.push(i);
+                }
+            }
+        }
+        let listed: Vec<Listed> = holders
+            .iter()
+            .map(|(id, (ms, _))| Listed {
+                id: *id,
+                last_modified_ms: *ms,
+            })
+            .collect();
+        let gone = deletable(&listed, &marks, read_ms, grace.as_millis() as i64);
+        let mut pass = GcPass {
+            listed: listed.len(),
+            ..Default::default()
+        };
+        for id in &gone {
+            let path = floe_storage::layout::wal(*id);
+            let mut ok = true;
+            for &i in &holders[id].1 {
+                if let Err(e) = targets[i].store.delete(&path).await {
+                    if !matches!(e, object_store::Error::NotFound { .. }) {
+                        tracing::debug!(target_id = %targets[i].id, %path, error = %e, "deleting a WAL object failed");
+                        ok = false;
+                    }
+                }
+            }
+            if ok {
+                pass.deleted += 1;
+            }
+        }
+        m.wal_objects_deleted.inc_by(pass.deleted as u64);
+        // The registry: streams wholly before their broker's watermark, or
+        // of a broker nothing names, except each broker's last stream.
+        let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+        let registered: Vec<(i32, i64)> = stream_kvs
+            .iter()
+            .filter_map(|kv| keys::parse_wal_stream(&kv.key))
+            .collect();
+        for (b, s) in &registered {
+            let l = last.entry(*b).or_insert(*s);
+            *l = (*l).max(*s);
+        }
+        let mut txn = Txn::new();
+        let mut ops = 0;
+        for (b, s) in registered {
+            let before = match marks.get(&b) {
+                Some((stream, _)) => s < *stream,
+                None => s < last[&b],
+            };
+            if before && !wal_objects_remain(&holders, b, s) {
+                txn = txn.then(Op::delete(keys::wal_stream(b, s)));
+                ops += 1;
+                if ops == 64 {
+                    self.meta
+                        .txn(self.guarded(std::mem::take(&mut txn)))
+                        .await?;
+                    pass.streams_deleted += ops;
+                    ops = 0;
+                }
+            }
+        }
+        if ops > 0 {
+            self.meta.txn(self.guarded(txn)).await?;
+            pass.streams_deleted += ops;
+        }
+        m.wal_gc_passes.inc();
+        Ok(pass)
+    }
+}
+
+/// Whether a listing showed an object of stream `stream` of `broker` that
+/// this pass did not delete.
+fn wal_objects_remain(
+    holders: &BTreeMap<WalId, (i64, Vec<usize>)>,
+    broker: i32,
+    stream: i64,
+) -> bool {
+    // (Deleted ones are still in `holders`: a registry entry goes at the
+    // pass after its last object, which keeps the two steps apart.)
+    holders
+        .range(
+            WalId {
+                broker,
+                stream,
+                seq: i64::MIN,
+            }..=WalId {
+                broker,
+                stream,
+                seq: i64::MAX,
+            },
+        )
+        .next()
+        .is_some()
+}
 
 /// (stream, seq): positions compare in stream order.
 pub type Position = (i64, i64);
@@ -145,6 +332,111 @@ mod tests {
         let gone = deletable(&listed, &marks, read, grace);
         let ids: Vec<(i32, i64, i64)> = gone.iter().map(|i| (i.broker, i.stream, i.seq)).collect();
         assert_eq!(ids, [(1, 2, 40), (1, 3, 6), (2, 0, 3), (3, 0, 0)]);
+    }
+
+    /// A pass over a real store and pool: WAL objects of two brokers, one
+    /// partition's checkpoint naming broker 1's stream 0 at seq 3 (a
+    /// listed chunk) and stream 1 at seq 1 (its wal_start). Nothing goes
+    /// within the grace; past it, what lies before broker 1's watermark
+    /// and all of broker 2's (named by nothing) goes from every target;
+    /// once the segment is consolidated (the checkpoint lists no chunk)
+    /// stream 0 goes, and at the next pass its registry entry; a broker's
+    /// last stream stays registered.
+    #[tokio::test]
+    async fn a_pass_deletes_what_no_checkpoint_needs_from_every_target() {
+        use floe_common::{PartitionId, Uuid};
+        use floe_meta::schema::WalStreamRecord;
+        use floe_meta::MetadataStore;
+        use floe_storage::wal::ChunkMeta;
+        use floe_storage::wal_stream::{WalConfig, WalStream};
+        use floe_storage::{StoragePool, StorageTarget};
+
+        let (_dir, meta) = crate::operations::tests::store().await;
+        let meta: Arc<dyn MetadataStore> = Arc::new(meta);
+        let targets = (0..3)
+            .map(|i| StorageTarget::open(format!("t{i}"), "memory://").unwrap())
+            .collect();
+        let pool = Arc::new(StoragePool::new(targets, 2, 2).unwrap());
+        let p = PartitionId::new(Uuid::from_u128(5), 0);
+        let config = WalConfig {
+            linger: Duration::from_millis(1),
+            ..Default::default()
+        };
+        for (broker, stream, objects) in [(1, 0, 5), (1, 1, 3), (2, 0, 2)] {
+            let record = WalStreamRecord {
+                broker_id: broker,
+                stream,
+                ..Default::default()
+            };
+            meta.txn(Txn::new().then(Op::put(
+                keys::wal_stream(broker, stream),
+                record.encode_to_vec(),
+            )))
+            .await
+            .unwrap();
+            let w = WalStream::start(pool.clone(), broker, stream, 0, config);
+            for i in 0..objects {
+                let m = ChunkMeta {
+                    partition: p,
+                    segment_base: 0,
+                    segment_epoch: 1,
+                    epoch: 1,
+                    base_offset: i,
+                    next_offset: i + 1,
+                    max_timestamp: 0,
+                    batch_count: 1,
+                };
+                let r = w.append(m, bytes::Bytes::from_static(b"x")).await.unwrap();
+                assert_eq!((r.id.stream, r.id.seq), (stream, i));
+            }
+        }
+        let save = |c: CheckpointRecord| {
+            let meta = meta.clone();
+            async move {
+                meta.txn(Txn::new().then(Op::put(keys::checkpoint(p), c.encode_to_vec())))
+                    .await
+                    .unwrap();
+            }
+        };
+        save(checkpoint(Some((1, 1, 1)), vec![chunk_at(1, 0, 3)])).await;
+        let c = Controller::new(meta.clone(), pool.clone());
+        let left = |pool: Arc<StoragePool>| async move {
+            let mut out = std::collections::BTreeSet::new();
+            for t in pool.targets().iter() {
+                let listed: Vec<_> = t.store.list(Some(&"wal".into())).collect().await;
+                for o in listed {
+                    let id = floe_storage::layout::wal_id(&o.unwrap().location).unwrap();
+                    out.insert((id.broker, id.stream, id.seq));
+                }
+            }
+            out.into_iter().collect::<Vec<_>>()
+        };
+        let all = left(pool.clone()).await;
+        assert_eq!(all.len(), 10);
+
+        let pass = c.wal_gc_pass(Duration::from_secs(3600)).await.unwrap();
+        assert_eq!((pass.listed, pass.deleted), (10, 0), "all within the grace");
+
+        let pass = c.wal_gc_pass(Duration::ZERO).await.unwrap();
+        assert_eq!((pass.deleted, pass.streams_deleted), (5, 0));
+        assert_eq!(
+            left(pool.clone()).await,
+            [(1, 0, 3), (1, 0, 4), (1, 1, 0), (1, 1, 1), (1, 1, 2)]
+        );
+
+        // Consolidated: the checkpoint names only where the writer stands.
+        save(checkpoint(Some((1, 1, 1)), vec![])).await;
+        let pass = c.wal_gc_pass(Duration::ZERO).await.unwrap();
+        assert_eq!((pass.deleted, pass.streams_deleted), (3, 0));
+        assert_eq!(left(pool.clone()).await, [(1, 1, 1), (1, 1, 2)]);
+        let pass = c.wal_gc_pass(Duration::ZERO).await.unwrap();
+        assert_eq!((pass.deleted, pass.streams_deleted), (0, 1));
+        let (kvs, _) = meta.range(&keys::wal_streams_prefix()).await.unwrap();
+        let registered: Vec<(i32, i64)> = kvs
+            .iter()
+            .filter_map(|kv| keys::parse_wal_stream(&kv.key))
+            .collect();
+        assert_eq!(registered, [(1, 1), (2, 0)], "each broker's last stays");
     }
 
     /// Positions compare in stream order: a later stream's first object is

@@ -530,6 +530,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
 
     let balance_on_join = args.balance_on_join;
     let balance_settle = Duration::from_millis(args.balance_settle_ms);
+    let wal_gc = args.wal_gc;
     let campaign = {
         let meta = meta.clone();
         let state = state.clone();
@@ -551,6 +552,7 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
             state.lead(c.clone());
             tokio::spawn(c.clone().run_operations(id.clone(), token.clone()));
             tokio::spawn(c.clone().run_drain_tracking(id.clone(), token.clone()));
+            wal_gc.spawn(c.clone(), token.clone());
             c.run(token).await
         })
     };

@@ -147,6 +147,31 @@ struct ControllerArgs {
     /// once.
     #[arg(long, env = "FLOE_BALANCE_SETTLE_MS", default_value_t = 3_000)]
     balance_settle_ms: u64,
+    #[command(flatten)]
+    wal_gc: WalGcArgs,
+}
+
+/// The garbage collection of shared WAL objects (chunk_layout = "wal").
+#[derive(clap::Args, Clone, Copy)]
+struct WalGcArgs {
+    /// How often the leading controller deletes WAL objects no partition
+    /// needs any more.
+    #[arg(long, env = "FLOE_WAL_GC_INTERVAL_MS", default_value_t = 60_000)]
+    wal_gc_interval_ms: u64,
+    /// WAL objects younger than this are never deleted (a reader holding
+    /// an older list of a partition's chunks has this long to read them).
+    #[arg(long, env = "FLOE_WAL_DELETE_GRACE_MS", default_value_t = 300_000)]
+    wal_delete_grace_ms: u64,
+}
+
+impl WalGcArgs {
+    fn spawn(self, c: std::sync::Arc<Controller>, stop: tokio_util::sync::CancellationToken) {
+        tokio::spawn(c.run_wal_gc(
+            std::time::Duration::from_millis(self.wal_gc_interval_ms.max(1)),
+            std::time::Duration::from_millis(self.wal_delete_grace_ms),
+            stop,
+        ));
+    }
 }
 
 #[derive(clap::Args)]
@@ -170,6 +195,8 @@ struct StandaloneArgs {
     /// TOML config file ([broker] section: see docs/configuration.md).
     #[arg(long, env = "FLOE_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    wal_gc: WalGcArgs,
     /// Try security out: the Kafka listener becomes SASL_SSL with a
     /// certificate made in <data-dir>/try-security/ and a SASL user
     /// `admin` (its password printed at start). Not for production.
@@ -421,6 +448,8 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
     let tail_addr = format!("127.0.0.1:{}", tail.local_addr()?.port());
 
     let controller = Controller::new(meta.clone(), pool.clone());
+    args.wal_gc
+        .spawn(controller.clone(), shutdown.child_token());
     let controller_task = tokio::spawn(controller.run(shutdown.child_token()));
     // The client-facing limits are the proxy's: one config for both.
     let proxy_config = floe_proxy::ProxyConfig {

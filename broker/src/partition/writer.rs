@@ -1405,6 +1405,17 @@ impl Writer {
         let every = Duration::from_millis(self.ctx.config.checkpoint_interval_ms);
         if hw != self.checkpoint.next_offset && self.checkpoint_saved.elapsed() >= every {
             self.save_checkpoint(Vec::new()).await?;
+        } else if let Some(wal) = &self.ctx.wal {
+            // An idle partition's checkpoint names where the broker's WAL
+            // stood when it was saved, which pins every WAL object since:
+            // moved on now and then, so the garbage collection can go on.
+            let idle = Duration::from_millis(self.ctx.config.wal_idle_checkpoint_ms);
+            if self.checkpoint_saved.elapsed() >= idle
+                && self.inflight.is_empty()
+                && self.checkpoint.wal_start != Some(wal.position().await)
+            {
+                self.save_checkpoint(Vec::new()).await?;
+            }
         }
         Ok(())
     }
@@ -1697,7 +1708,17 @@ impl Writer {
                 self.id,
             )));
         }
-        if self.open.bytes > 0 && now - self.open.record.created_ms >= self.config.segment_ms {
+        // segment.ms, and on the shared WAL layout wal_max_age_ms: a slow
+        // partition's chunks are consolidated into its own segment object
+        // soon enough that they do not pin WAL objects for long.
+        let max_age = match self.ctx.wal {
+            Some(_) => self
+                .config
+                .segment_ms
+                .min(self.ctx.config.wal_max_age_ms.min(i64::MAX as u64) as i64),
+            None => self.config.segment_ms,
+        };
+        if self.open.bytes > 0 && now - self.open.record.created_ms >= max_age {
             self.start_flush().await?;
             if self.open.bytes > 0 {
                 let base = self.next_offset;
