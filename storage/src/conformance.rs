@@ -189,6 +189,134 @@ pub async fn run(store: Arc<dyn ObjectStore>, run: &str) -> Result<(), String> {
         outcome == PutOutcome::AlreadyExists,
         "a write that meets a fence on R-W+1 replicas cannot reach W",
     )?;
+
+    layouts(&sub).await
+}
+
+/// Both chunk layouts (docs/storage.md) over a pool of three targets
+/// carved out of the backend, R=3, W=2: what a partition writes reads back
+/// whole, and what fences a dead writer holds against its late writes.
+async fn layouts(sub: &dyn Fn(&str) -> StorageTarget) -> Result<(), String> {
+    use crate::wal::ChunkMeta;
+    use crate::wal_stream::{WalConfig, WalError, WalStream};
+    use floe_common::{PartitionId, Uuid};
+
+    let err = |e: crate::StorageError| e.to_string();
+    let p = PartitionId::new(Uuid::from_u128(0xC0F), 0);
+    // Four chunks of one batch of ten records each, at offsets 0, 10, ...
+    let payloads: Vec<Bytes> = (0..4)
+        .map(|i| {
+            let mut b = floe_protocol::batch::synthetic_batch(10, 30 + i * 10, 1_000);
+            floe_protocol::batch::assign(&mut b, i as i64 * 10, 1, None);
+            Bytes::from(b)
+        })
+        .collect();
+
+    // One object per chunk on the segment's replicas; a fence at the next
+    // chunk key on R-W+1 of them keeps a late chunk from W.
+    let set = ReplicaSet::new(vec![sub("p1"), sub("p2"), sub("p3")], 2);
+    let mut base = 0;
+    for (i, data) in payloads.iter().enumerate() {
+        let key = crate::layout::chunk(p, 0, 1, base);
+        let object = crate::chunk::encode_data(1, base, base + 10, i as i64, 1, data);
+        let put = set.put_create(&key, object).await.map_err(err)?;
+        check(put == PutOutcome::Created, "a chunk object is created")?;
+        let (h, back, _) = crate::chunk_replicas::read(&set, &key, base)
+            .await
+            .map_err(err)?;
+        check(
+            back == *data && h.next_offset == base + 10,
+            "a chunk reads back whole with its offsets",
+        )?;
+        base += 10;
+    }
+    let next = crate::layout::chunk(p, 0, 1, base);
+    for t in &set.targets()[..2] {
+        create(&*t.store, &next, b"fence").await?;
+    }
+    let late = crate::chunk::encode_data(1, base, base + 10, 0, 1, b"late");
+    check(
+        set.put_create(&next, late).await.map_err(err)? == PutOutcome::AlreadyExists,
+        "partition layout: a late chunk meets the fence",
+    )?;
+
+    // Shared WAL objects: chunks of two partitions in one stream, read
+    // back by range; a recovery's scan keeps one partition's chunks in
+    // order and fences the stream, after which the stream acks nothing.
+    let pool = Arc::new(
+        crate::StoragePool::new(vec![sub("w1"), sub("w2"), sub("w3")], 3, 2)
+            .map_err(err)?,
+    );
+    let config = WalConfig {
+        linger: std::time::Duration::from_millis(2),
+        ..Default::default()
+    };
+    let stream = WalStream::start(pool.clone(), 1, 0, 0, config);
+    let other = PartitionId::new(Uuid::from_u128(0xC0F), 1);
+    let mut refs = Vec::new();
+    for (i, data) in payloads.iter().enumerate() {
+        for partition in [p, other] {
+            let meta = ChunkMeta {
+                partition,
+                segment_base: 0,
+                segment_epoch: 1,
+                epoch: 1,
+                base_offset: i as i64 * 10,
+                next_offset: i as i64 * 10 + 10,
+                max_timestamp: i as i64,
+                batch_count: 1,
+            };
+            let r = stream
+                .append(meta, data.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            if partition == p {
+                refs.push(r);
+            }
+        }
+    }
+    let back = crate::wal_read::read_chunks(&pool, &refs)
+        .await
+        .map_err(err)?;
+    check(back == payloads, "WAL chunks read back whole by range")?;
+    let scan = crate::wal_recovery::scan_and_fence(&pool, 2, 1, 0, 0, |e| {
+        e.meta.partition == p
+    })
+    .await
+    .map_err(err)?;
+    let found: Vec<i64> = scan.chunks.iter().map(|c| c.entry.meta.base_offset).collect();
+    check(
+        found == [0, 10, 20, 30],
+        &format!("a scan keeps one partition's chunks in order: {found:?}"),
+    )?;
+    let meta = ChunkMeta {
+        partition: p,
+        segment_base: 0,
+        segment_epoch: 1,
+        epoch: 1,
+        base_offset: 40,
+        next_offset: 50,
+        max_timestamp: 0,
+        batch_count: 1,
+    };
+    match stream.append(meta, Bytes::from_static(b"late")).await {
+        Err(WalError::Fenced(id)) if id.seq == scan.end => {}
+        other => {
+            return Err(format!(
+                "WAL layout: a late object must meet the fence at seq {}: {other:?}",
+                scan.end
+            ))
+        }
+    }
+    let again = crate::wal_recovery::scan_and_fence(&pool, 2, 1, 0, 0, |e| {
+        e.meta.partition == p
+    })
+    .await
+    .map_err(err)?;
+    check(
+        again == scan,
+        "a second scan of a fenced stream finds the same chunks and end",
+    )?;
     Ok(())
 }
 
