@@ -178,6 +178,7 @@ impl Metrics {
         );
         m.lag.register(&mut m.edge.registry);
         m.meta.register(&mut m.edge.registry);
+        floe_storage::counted::register(&mut m.edge.registry);
         m.edge.registry.register(
             "compaction_throttled_seconds",
             "Time compaction reads waited for compaction_max_bytes_per_sec",

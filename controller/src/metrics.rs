@@ -140,6 +140,7 @@ pub async fn encode(meta: &dyn MetadataStore) -> String {
         );
     }
     m.meta.register(&mut r);
+    floe_storage::counted::register(&mut r);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String");
     out

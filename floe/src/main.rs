@@ -460,6 +460,8 @@ async fn standalone(args: StandaloneArgs) -> Result<()> {
         max_inflight_per_connection: config.max_inflight_per_connection,
         // One broker behind the proxy: owner nodes would only add a node.
         owner_nodes: false,
+        // The broker's /metrics has the process's storage requests.
+        storage_request_metrics: false,
         ..file_proxy
     };
     // Only the proxy connects to the broker (a handful of connections per

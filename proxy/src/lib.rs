@@ -82,6 +82,11 @@ pub struct ProxyConfig {
     /// deterministic simulation's network); never set by a config file.
     #[serde(skip)]
     pub dialer: Option<upstream::Dialer>,
+    /// Export the process's storage request counts as
+    /// `floe_proxy_storage_requests_total` (off in a standalone, whose
+    /// broker exports the same counts).
+    #[serde(skip)]
+    pub storage_request_metrics: bool,
 }
 
 impl Default for ProxyConfig {
@@ -103,6 +108,7 @@ impl Default for ProxyConfig {
             owner_nodes: true,
             internal_tls: None,
             dialer: None,
+            storage_request_metrics: true,
         }
     }
 }
@@ -225,6 +231,9 @@ impl Proxy {
         let view = View::follow(meta.clone(), shutdown.child_token()).await?;
         let mut requests = Metrics::with_prefix("floe_proxy");
         metrics.register(&mut requests.registry);
+        if config.storage_request_metrics {
+            floe_storage::counted::register(&mut requests.registry);
+        }
         let tails = Tails::new(
             view.clone(),
             pool,

@@ -244,8 +244,7 @@ async fn layouts(sub: &dyn Fn(&str) -> StorageTarget) -> Result<(), String> {
     // back by range; a recovery's scan keeps one partition's chunks in
     // order and fences the stream, after which the stream acks nothing.
     let pool = Arc::new(
-        crate::StoragePool::new(vec![sub("w1"), sub("w2"), sub("w3")], 3, 2)
-            .map_err(err)?,
+        crate::StoragePool::new(vec![sub("w1"), sub("w2"), sub("w3")], 3, 2).map_err(err)?,
     );
     let config = WalConfig {
         linger: std::time::Duration::from_millis(2),
@@ -279,12 +278,14 @@ async fn layouts(sub: &dyn Fn(&str) -> StorageTarget) -> Result<(), String> {
         .await
         .map_err(err)?;
     check(back == payloads, "WAL chunks read back whole by range")?;
-    let scan = crate::wal_recovery::scan_and_fence(&pool, 2, 1, 0, 0, |e| {
-        e.meta.partition == p
-    })
-    .await
-    .map_err(err)?;
-    let found: Vec<i64> = scan.chunks.iter().map(|c| c.entry.meta.base_offset).collect();
+    let scan = crate::wal_recovery::scan_and_fence(&pool, 2, 1, 0, 0, |e| e.meta.partition == p)
+        .await
+        .map_err(err)?;
+    let found: Vec<i64> = scan
+        .chunks
+        .iter()
+        .map(|c| c.entry.meta.base_offset)
+        .collect();
     check(
         found == [0, 10, 20, 30],
         &format!("a scan keeps one partition's chunks in order: {found:?}"),
@@ -308,11 +309,9 @@ async fn layouts(sub: &dyn Fn(&str) -> StorageTarget) -> Result<(), String> {
             ))
         }
     }
-    let again = crate::wal_recovery::scan_and_fence(&pool, 2, 1, 0, 0, |e| {
-        e.meta.partition == p
-    })
-    .await
-    .map_err(err)?;
+    let again = crate::wal_recovery::scan_and_fence(&pool, 2, 1, 0, 0, |e| e.meta.partition == p)
+        .await
+        .map_err(err)?;
     check(
         again == scan,
         "a second scan of a fenced stream finds the same chunks and end",

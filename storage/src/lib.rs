@@ -7,6 +7,7 @@ pub mod chunk;
 pub mod chunk_replicas;
 pub mod compact;
 pub mod conformance;
+pub mod counted;
 pub mod error;
 pub mod faulty;
 pub mod layout;

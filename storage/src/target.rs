@@ -152,6 +152,8 @@ impl StorageTarget {
         } else {
             store
         };
+        // Counted outside the faults: a request the store fails is billed.
+        let store = crate::counted::Counted::wrap(id.clone(), store);
         Ok(Self {
             id,
             url: url.to_string(),
