@@ -70,6 +70,11 @@ enum Cmd {
         /// figures (the producer's start-up).
         #[arg(long, default_value_t = 0)]
         warmup_ms: u64,
+        /// Create the topic first with this many partitions (0: leave it
+        /// to auto-creation). Give records keys (--keys) to spread them
+        /// over the partitions.
+        #[arg(long, default_value_t = 0)]
+        create_partitions: i32,
     },
     /// Consume --records records from the beginning of every partition.
     Consume {
@@ -169,6 +174,28 @@ fn commit(
     Ok(())
 }
 
+/// Create `topic` with `partitions` partitions (an existing one is left
+/// as it is).
+fn create_topic(base: &ClientConfig, topic: &str, partitions: i32) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = base.create()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = rt.block_on(admin.create_topics(
+        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => bail!("creating topic {t}: {e}"),
+        }
+    }
+    Ok(())
+}
+
 fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -207,7 +234,11 @@ fn main() -> Result<()> {
             transaction_records,
             keys,
             warmup_ms,
+            create_partitions,
         } => {
+            if create_partitions > 0 {
+                create_topic(&base, &cli.topic, create_partitions)?;
+            }
             let ctx = Arc::new(Ctx {
                 latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?),
                 acked: AtomicU64::new(0),

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Object-store cost (docs/benchmarks.md, "Shared WAL objects"; issue 24):
+# one broker, one controller and a real etcd over three storage targets
+# with S3-like latency (fault-injecting store: p50 20 ms, p99 100 ms per
+# request), R=3 W=2. The same total produce rate (RATE records/s of 1 KiB,
+# acks=all, keyed so that they spread over every partition) into topics
+# of 1, 100 and 1,000 partitions, once with chunk_layout = "wal" and once
+# with "partition". Per run: PUT requests per second and per GB ingested
+# (floe_storage_requests_total{op="put"} on the broker, every replica's
+# PUT counted), GETs, and the producer's latency.
+#   cargo build --release -p floe -p floe-bench
+#   RUNS=3 scripts/bench-wal.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FLOE=${FLOE:-target/release/floe}
+BENCH=${BENCH:-target/release/floe-bench}
+RUNS=${RUNS:-3}
+RATE=${RATE:-20000}
+SECS=${SECS:-20}
+PARTITIONS=${PARTITIONS:-"1 100 1000"}
+LAYOUTS=${LAYOUTS:-"wal partition"}
+LINGER=${LINGER:-100}
+S3="floe_latency_p50_ms=20&floe_latency_p99_ms=100"
+ETCD=127.0.0.1:24890 BROKER=127.0.0.1:24902 BHTTP=127.0.0.1:24903
+T=$(mktemp -d /tmp/floe-bench-wal.XXXX)
+pids=()
+stop_all() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+trap 'stop_all; rm -rf "$T"' EXIT
+
+# counter OP: the broker's requests of kind OP to all targets so far.
+counter() {
+  curl -s "http://$BHTTP/metrics" |
+    awk -v op="$1" '$1 ~ /^floe_storage_requests_total\{/ && $1 ~ ("op=\"" op "\"") {s += $2} END {print s + 0}'
+}
+
+start() { # LAYOUT
+  local dir=$T/$1
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  etcd --data-dir "$dir/etcd" --listen-client-urls "http://$ETCD" --advertise-client-urls "http://$ETCD" \
+    --listen-peer-urls http://127.0.0.1:24891 >"$dir/etcd.log" 2>&1 &
+  pids+=($!)
+  sleep 1.5
+  "$FLOE" controller --etcd "http://$ETCD" --replicas 3 --write-quorum 2 \
+    --storage "file://$dir/a?$S3" --storage "file://$dir/b?$S3" --storage "file://$dir/c?$S3" \
+    --http-listen 127.0.0.1:24901 --admin-listen 127.0.0.1:24904 >"$dir/controller.log" 2>&1 &
+  pids+=($!)
+  printf '[broker]\nchunk_layout = "%s"\nwal_linger_ms = %s\n' "$1" "$LINGER" >"$dir/broker.toml"
+  "$FLOE" broker --etcd "http://$ETCD" --id 1 --listen "$BROKER" --http-listen "$BHTTP" \
+    --config "$dir/broker.toml" >"$dir/broker.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    curl -sf "http://$BHTTP/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  "$BENCH" --bootstrap "$BROKER" --topic warm produce --records 20000 >/dev/null
+}
+
+echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores; RATE=$RATE records/s of 1 KiB for SECS=$SECS; R=3 W=2; store p50 20 ms p99 100 ms; wal_linger_ms=$LINGER; RUNS=$RUNS"
+for layout in $LAYOUTS; do
+  start "$layout"
+  for run in $(seq 1 "$RUNS"); do
+    for p in $PARTITIONS; do
+      topic="t$p-$run"
+      "$BENCH" --bootstrap "$BROKER" --topic "$topic" produce --records 1 --create-partitions "$p" >/dev/null
+      sleep 1
+      puts=$(counter put) gets=$(counter get) t0=$(date +%s.%N)
+      out=$("$BENCH" --bootstrap "$BROKER" --topic "$topic" produce --records $((RATE * SECS)) \
+        --record-size 1024 --rate "$RATE" --keys 100000 --warmup-ms 1000)
+      t1=$(date +%s.%N)
+      dputs=$(($(counter put) - puts)) dgets=$(($(counter get) - gets))
+      secs=$(echo "$t1 - $t0" | bc -l)
+      gb=$(echo "$RATE * $SECS * 1024 / 1000000000" | bc -l)
+      printf '%s partitions=%s run=%s: PUTs %d (%.1f/s, %.0f per GB), GETs %d | %s\n' \
+        "$layout" "$p" "$run" "$dputs" "$(echo "$dputs / $secs" | bc -l)" "$(echo "$dputs / $gb" | bc -l)" \
+        "$dgets" "$out"
+    done
+  done
+  stop_all
+done
