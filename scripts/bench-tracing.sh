@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 FLOE=${FLOE:-target/release/floe}
 BENCH=${BENCH:-target/release/floe-bench}
 RUNS=${RUNS:-5}
-N=${N:-300000}
+N=${N:-2000000}
 RATE=${RATE:-5000}
 SECS=${SECS:-10}
 PORT=29511 HTTP_PORT=29512 OTLP_PORT=29513

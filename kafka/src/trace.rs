@@ -74,21 +74,20 @@ pub fn enable() {
 
 /// The trace context a client put in the `traceparent` header of the
 /// first record of a produce (as OpenTelemetry's Kafka instrumentations
-/// do): only the first batch is decoded, and only when traces are on.
+/// do), only when traces are on: that record's lengths are read in place
+/// (a compressed batch's record is not looked into: decompressing every
+/// produce for it cost more than the traces).
 pub fn parent_from_records(records: &Bytes) -> Option<opentelemetry::Context> {
     if !ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
     let (pos, h) = floe_protocol::batch::Batches::new(records).next()?;
-    let first = records.slice(pos..pos + h.total_len());
-    let sets = floe_protocol::records::decode_all(&first).ok()?;
-    let r = sets.first()?.records.first()?;
-    let (_, v) = r
-        .headers
-        .iter()
-        .find(|(k, _)| k.as_str() == "traceparent")?;
+    let v = floe_protocol::batch::first_record_header(
+        &records[pos..pos + h.total_len()],
+        "traceparent",
+    )?;
     let mut tags = BTreeMap::new();
-    tags.insert(TRACE_TAG, v.clone()?);
+    tags.insert(TRACE_TAG, Bytes::copy_from_slice(v));
     parent_of(&tags)
 }
 

@@ -265,6 +265,67 @@ fn read_varint(buf: &mut &[u8]) -> Option<i64> {
     None
 }
 
+/// A zigzag varlong (a record's timestamp delta), advancing `buf`.
+fn read_varlong(buf: &mut &[u8]) -> Option<i64> {
+    let mut raw: u64 = 0;
+    for i in 0..10 {
+        let (&b, rest) = buf.split_first()?;
+        *buf = rest;
+        raw |= ((b & 0x7f) as u64) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(((raw >> 1) as i64) ^ -((raw & 1) as i64));
+        }
+    }
+    None
+}
+
+/// The value of header `name` of the first record of `batch` (a whole v2
+/// batch), read in place: nothing is decoded but that record's lengths.
+/// `None` for a compressed batch (not decompressed for this), a record
+/// without that header, or bytes that do not frame.
+pub fn first_record_header<'a>(batch: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let h = BatchHeader::parse(batch)?;
+    if h.compression() != 0 || h.records_count < 1 || batch.len() < HEADER_LEN {
+        return None;
+    }
+    let mut buf = &batch[HEADER_LEN..];
+    let len = read_varint(&mut buf)?;
+    if len < 0 || len as usize > buf.len() {
+        return None;
+    }
+    let mut r = &buf[..len as usize];
+    let take = |r: &mut &'a [u8], n: i64| -> Option<&'a [u8]> {
+        if n < 0 || n as usize > r.len() {
+            return None;
+        }
+        let (a, b) = r.split_at(n as usize);
+        *r = b;
+        Some(a)
+    };
+    take(&mut r, 1)?; // attributes
+    read_varlong(&mut r)?; // timestamp delta
+    read_varint(&mut r)?; // offset delta
+    let key = read_varint(&mut r)?;
+    if key > 0 {
+        take(&mut r, key)?;
+    }
+    let value = read_varint(&mut r)?;
+    if value > 0 {
+        take(&mut r, value)?;
+    }
+    let headers = read_varint(&mut r)?;
+    for _ in 0..headers.max(0) {
+        let k = read_varint(&mut r)?;
+        let k = take(&mut r, k)?;
+        let v = read_varint(&mut r)?;
+        let v = if v < 0 { &[][..] } else { take(&mut r, v)? };
+        if k == name.as_bytes() {
+            return Some(v);
+        }
+    }
+    None
+}
+
 /// The indexes (in the request, from 0) of the records without a key in
 /// `records` (validated batches): a compacted topic refuses them, as
 /// Kafka does. Batches that do not decode count no records.
@@ -385,6 +446,66 @@ fn put_varint(b: &mut BytesMut, v: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first record's header is found in place; later records' and
+    /// other names are not; a compressed batch is not looked into; a
+    /// batch cut short is `None`, never a panic.
+    #[test]
+    fn the_first_records_header_is_read_in_place() {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let record = |i: i64, header: &'static [u8]| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            sequence: -1,
+            timestamp: 1_700_000_000_000 + i,
+            key: Some(bytes::Bytes::from_static(b"k")),
+            value: Some(bytes::Bytes::from(vec![b'v'; 300])),
+            headers: [
+                ("a".into(), None),
+                (
+                    "traceparent".into(),
+                    Some(bytes::Bytes::from_static(header)),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let encode = |compression| {
+            let mut buf = bytes::BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut buf,
+                &[record(0, b"first"), record(1, b"second")],
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression,
+                },
+            )
+            .unwrap();
+            buf.freeze()
+        };
+        let plain = encode(Compression::None);
+        assert_eq!(
+            first_record_header(&plain, "traceparent"),
+            Some(&b"first"[..])
+        );
+        assert_eq!(first_record_header(&plain, "a"), Some(&b""[..]));
+        assert_eq!(first_record_header(&plain, "missing"), None);
+        assert_eq!(
+            first_record_header(&encode(Compression::Gzip), "traceparent"),
+            None
+        );
+        for cut in [0, 30, 61, 70, 100] {
+            assert_eq!(first_record_header(&plain[..cut], "traceparent"), None);
+        }
+    }
 
     #[test]
     fn validates_and_assigns() {
