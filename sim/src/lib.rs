@@ -56,9 +56,22 @@ pub struct Options {
     pub faults: bool,
     /// A deliberately broken variant, to show the checkers catch it.
     pub broken: Option<Broken>,
+    /// Where the brokers' chunks go.
+    pub layout: Layout,
+}
+
+/// The brokers' chunk layout (`chunk_layout`, docs/storage.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// One object per chunk on the segment's replicas.
+    Partition,
+    /// Shared WAL objects, every partition of a broker in one stream.
+    Wal,
 }
 
 impl Options {
+    /// Seed `seed`'s run; odd seeds run the shared WAL layout, even ones
+    /// the per-partition layout, so that any range of seeds tries both.
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
@@ -69,6 +82,11 @@ impl Options {
             records_per_batch: 3,
             faults: true,
             broken: None,
+            layout: if seed % 2 == 1 {
+                Layout::Wal
+            } else {
+                Layout::Partition
+            },
         }
     }
 }
@@ -391,10 +409,10 @@ pub fn run(o: &Options) -> Report {
     }
     for id in 1..=o.brokers {
         let world = world.clone();
-        let broken = o.broken;
+        let (broken, layout) = (o.broken, o.layout);
         sim.host(broker_name(id), move || {
             let world = world.clone();
-            exits_on_error(world.clone(), "broker", broker(world, id, broken))
+            exits_on_error(world.clone(), "broker", broker(world, id, broken, layout))
         });
     }
     for id in 1..=o.proxies {
@@ -820,7 +838,12 @@ async fn controller(world: Arc<World>, name: &'static str) -> HostResult {
 }
 
 /// A broker host: register, follow the assignments, serve Kafka on :9092.
-async fn broker(world: Arc<World>, id: i32, broken: Option<Broken>) -> HostResult {
+async fn broker(
+    world: Arc<World>,
+    id: i32,
+    broken: Option<Broken>,
+    layout: Layout,
+) -> HostResult {
     let meta = world.host_meta(&broker_name(id)).await;
     let cluster_id = loop {
         if let Some(c) = world.cluster_id.get() {
@@ -835,6 +858,12 @@ async fn broker(world: Arc<World>, id: i32, broken: Option<Broken>) -> HostResul
         ..Default::default()
     };
     config.faults.ack_before_durable = broken == Some(Broken::AckBeforeDurable);
+    if layout == Layout::Wal {
+        config.chunk_layout = floe_broker::config::ChunkLayout::Wal;
+        // The simulated store answers in milliseconds (a local disk's
+        // latency): a short linger, as on such a store.
+        config.wal_linger_ms = 10;
+    }
     let endpoints = vec![floe_meta::schema::Endpoint {
         name: "PLAINTEXT".into(),
         host: broker_name(id),

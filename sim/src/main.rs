@@ -3,6 +3,9 @@
 //!   floe-sim --seed 17                 one seed, its faults and history
 //!   floe-sim --seeds 1-1000            many, a summary, failing seeds
 //!   floe-sim --seed 17 --broken ack-before-durable
+//!   floe-sim --seeds 1-1000 --layout wal   every seed on shared WAL objects
+//!                                          (default: odd seeds wal, even
+//!                                          ones per-partition chunks)
 
 /// Log lines stamped with the simulation's elapsed time (real time would
 /// differ between two runs of one seed).
@@ -21,6 +24,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut seeds = 1..=1u64;
     let mut broken = None;
+    let mut layout = None;
     let mut verbose = false;
     let mut i = 0;
     while i < args.len() {
@@ -40,6 +44,14 @@ fn main() {
                 broken = Some(match args[i + 1].as_str() {
                     "ack-before-durable" => floe_sim::Broken::AckBeforeDurable,
                     other => panic!("unknown broken variant {other}"),
+                });
+                i += 1;
+            }
+            "--layout" => {
+                layout = Some(match args[i + 1].as_str() {
+                    "wal" => floe_sim::Layout::Wal,
+                    "partition" => floe_sim::Layout::Partition,
+                    other => panic!("unknown layout {other} (wal or partition)"),
                 });
                 i += 1;
             }
@@ -63,6 +75,9 @@ fn main() {
     for seed in seeds {
         let mut o = floe_sim::Options::new(seed);
         o.broken = broken;
+        if let Some(l) = layout {
+            o.layout = l;
+        }
         let r = floe_sim::run(&o);
         runs += 1;
         faults += r.faults.len();
@@ -96,11 +111,16 @@ fn main() {
             for v in r.violations.iter().take(10) {
                 println!("  {v}");
             }
-            let extra = if broken.is_some() {
-                " --broken ack-before-durable"
+            let mut extra = if broken.is_some() {
+                " --broken ack-before-durable".to_string()
             } else {
-                ""
+                String::new()
             };
+            match layout {
+                Some(floe_sim::Layout::Wal) => extra.push_str(" --layout wal"),
+                Some(floe_sim::Layout::Partition) => extra.push_str(" --layout partition"),
+                None => {}
+            }
             println!("  reproduce: scripts/sim.sh --seed {seed}{extra}");
             failed.push(seed);
         }
