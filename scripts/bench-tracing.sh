@@ -5,10 +5,11 @@
 # counting collector (`floe-bench otlp-sink`). One standalone per mode and
 # run (the OTEL_* environment is read at start-up), modes interleaved run
 # by run so all share the machine's state. Per run:
-#  1. throughput: N records of 1 KiB, acks=all, unthrottled;
-#  2. latency: RATE records/s of 1 KiB for SECS seconds with linger 0 (a
+#  1. latency: RATE records/s of 1 KiB for SECS seconds with linger 0 (a
 #     request or two per record: the per-request span cost at its worst),
-#     p50/p99 of the send-to-ack time;
+#     p50/p99 of the send-to-ack time (first, so that no background work
+#     of the throughput run, sealing gigabytes, falls into it);
+#  2. throughput: N records of 1 KiB, acks=all, unthrottled;
 # and the spans the collector received for the run.
 #   cargo build --release -p floe -p floe-bench
 #   RUNS=5 scripts/bench-tracing.sh
@@ -66,11 +67,11 @@ for run in $(seq 1 "$RUNS"); do
     start "$mode"
     before=$(spans)
     "$BENCH" $B --topic warm produce --records 20000 >/dev/null
-    tput=$("$BENCH" $B --topic "tput" produce --records "$N" --record-size 1024)
     lat=$("$BENCH" $B --topic "lat" produce --records $((RATE * SECS)) --record-size 1024 \
       --rate "$RATE" --linger-ms 0 --warmup-ms 1000)
+    tput=$("$BENCH" $B --topic "tput" produce --records "$N" --record-size 1024)
     stop
     sleep 1 # the last export of a stopped process
-    echo "run $run $mode: $tput | $lat | spans $(($(spans) - before))"
+    echo "run $run $mode: $lat | $tput | spans $(($(spans) - before))"
   done
 done
