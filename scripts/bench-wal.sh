@@ -29,12 +29,17 @@ stop_all() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
 }
-trap 'stop_all; rm -rf "$T"' EXIT
+trap 'stop_all; [ -n "${KEEP:-}" ] || rm -rf "$T"' EXIT
 
 # counter OP: the broker's requests of kind OP to all targets so far.
 counter() {
   curl -s "http://$BHTTP/metrics" |
     awk -v op="$1" '$1 ~ /^floe_storage_requests_total\{/ && $1 ~ ("op=\"" op "\"") {s += $2} END {print s + 0}'
+}
+
+# sealed: segments the broker sealed so far (each is R segment PUTs).
+sealed() {
+  curl -s "http://$BHTTP/metrics" | awk '$1 == "floe_segments_sealed_total" {s += $2} END {print s + 0}'
 }
 
 start() { # LAYOUT
@@ -49,7 +54,7 @@ start() { # LAYOUT
     --storage "file://$dir/a?$S3" --storage "file://$dir/b?$S3" --storage "file://$dir/c?$S3" \
     --http-listen 127.0.0.1:24901 --admin-listen 127.0.0.1:24904 >"$dir/controller.log" 2>&1 &
   pids+=($!)
-  printf '[broker]\nchunk_layout = "%s"\nwal_linger_ms = %s\n' "$1" "$LINGER" >"$dir/broker.toml"
+  printf '[broker]\nchunk_layout = "%s"\nwal_linger_ms = %s\nmax_inflight_per_connection = 2048\n' "$1" "$LINGER" >"$dir/broker.toml"
   "$FLOE" broker --etcd "http://$ETCD" --id 1 --listen "$BROKER" --http-listen "$BHTTP" \
     --config "$dir/broker.toml" >"$dir/broker.log" 2>&1 &
   pids+=($!)
@@ -68,16 +73,22 @@ for layout in $LAYOUTS; do
       topic="t$p-$run"
       "$BENCH" --bootstrap "$BROKER" --topic "$topic" produce --records 1 --create-partitions "$p" >/dev/null
       sleep 1
-      puts=$(counter put) gets=$(counter get) t0=$(date +%s.%N)
-      out=$("$BENCH" --bootstrap "$BROKER" --topic "$topic" produce --records $((RATE * SECS)) \
+      puts=$(counter put) gets=$(counter get) seals=$(sealed) t0=$(date +%s.%N)
+      # librdkafka sends one partition per produce request
+      # (confluentinc/librdkafka#1700; Java's producer packs a broker's
+      # partitions into one): with many partitions, requests in flight
+      # bound how often each partition can send while requests wait for
+      # their WAL object, so the client and the broker allow many.
+      out=$("$BENCH" --bootstrap "$BROKER" --topic "$topic" -X max.in.flight.requests.per.connection=1000 \
+        produce --records $((RATE * SECS)) \
         --record-size 1024 --rate "$RATE" --keys 100000 --warmup-ms 1000)
       t1=$(date +%s.%N)
-      dputs=$(($(counter put) - puts)) dgets=$(($(counter get) - gets))
+      dputs=$(($(counter put) - puts)) dgets=$(($(counter get) - gets)) dseals=$(($(sealed) - seals))
       secs=$(echo "$t1 - $t0" | bc -l)
       gb=$(echo "$RATE * $SECS * 1024 / 1000000000" | bc -l)
-      printf '%s partitions=%s run=%s: PUTs %d (%.1f/s, %.0f per GB), GETs %d | %s\n' \
+      printf '%s partitions=%s run=%s: PUTs %d (%.1f/s, %.0f per GB), segments sealed %d, GETs %d | %s\n' \
         "$layout" "$p" "$run" "$dputs" "$(echo "$dputs / $secs" | bc -l)" "$(echo "$dputs / $gb" | bc -l)" \
-        "$dgets" "$out"
+        "$dseals" "$dgets" "$out"
     done
   done
   stop_all
