@@ -19,10 +19,41 @@ fn b(s: &str) -> Bytes {
 pub async fn run(store: Arc<dyn MetadataStore>) {
     get_put_delete(&*store).await;
     range_by_prefix(&*store).await;
+    large_range(&*store).await;
     compare_and_swap(&*store).await;
     leases(&*store).await;
     watches(&*store).await;
     election(&*store).await;
+}
+
+/// A prefix holding more than one gRPC message (4 MiB) of values reads
+/// back whole, in key order, at one revision; keys just past the prefix
+/// are not in it.
+async fn large_range(s: &dyn MetadataStore) {
+    let value = Bytes::from(vec![b'v'; 8 << 10]);
+    let n = 1_100;
+    for first in (0..n).step_by(100) {
+        let mut txn = Txn::new();
+        for i in first..(first + 100).min(n) {
+            txn = txn.then(Op::put(format!("/conf/large/{i:05}"), value.clone()));
+        }
+        s.txn(txn).await.unwrap();
+    }
+    let last = s.put(b"/conf/largf", b("after")).await.unwrap();
+    let (kvs, rev) = s.range(b"/conf/large/").await.unwrap();
+    assert_eq!(kvs.len(), n, "every key of a range larger than a message");
+    assert!(rev >= last, "the range is at a revision past the last put");
+    for (i, kv) in kvs.iter().enumerate() {
+        assert_eq!(kv.key, Bytes::from(format!("/conf/large/{i:05}")));
+        assert_eq!(kv.value.len(), value.len());
+    }
+    s.txn(
+        Txn::new()
+            .then(Op::DeletePrefix(Bytes::from_static(b"/conf/large/")))
+            .then(Op::delete(Bytes::from_static(b"/conf/largf"))),
+    )
+    .await
+    .unwrap();
 }
 
 async fn get_put_delete(s: &dyn MetadataStore) {

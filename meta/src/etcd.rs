@@ -150,6 +150,22 @@ impl EtcdStore {
 
 /// Map a client error: `write` says whether the request may have been
 /// applied although we saw an error.
+/// Keys asked for at most per page of a range.
+const RANGE_PAGE: usize = 512;
+
+/// The end of `prefix`'s range: the prefix with its last byte below 0xff
+/// raised by one (etcd's `with_prefix`); "\0" (every key) for none.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 fn map_err(e: etcd_client::Error, write: bool) -> MetaError {
     use etcd_client::Error as E;
     if e.to_string().contains("lease not found") {
@@ -233,15 +249,43 @@ impl MetadataStore for EtcdStore {
         Ok(resp.kvs().first().map(kv))
     }
 
+    /// In pages at one revision (the first page's): a prefix of thousands
+    /// of partitions' records is larger than a gRPC message may be (4 MiB
+    /// by default). A page too large for one message is asked again at
+    /// half the size.
     async fn range(&self, prefix: &[u8]) -> Result<(Vec<KeyValue>, Revision), MetaError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| map_err(e, false))?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok((resp.kvs().iter().map(kv).collect(), rev))
+        let end = prefix_end(prefix);
+        let mut from = prefix.to_vec();
+        let mut out = Vec::new();
+        let mut rev: Revision = 0;
+        let mut page = RANGE_PAGE;
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(page as i64);
+            if rev != 0 {
+                opts = opts.with_revision(rev);
+            }
+            let resp = match self.client.kv_client().get(from.clone(), Some(opts)).await {
+                Ok(r) => r,
+                Err(e) if page > 1 && e.to_string().contains("message length too large") => {
+                    page /= 2;
+                    continue;
+                }
+                Err(e) => return Err(map_err(e, false)),
+            };
+            if rev == 0 {
+                rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            out.extend(resp.kvs().iter().map(kv));
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((out, rev)),
+            }
+        }
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaError> {
