@@ -15,8 +15,13 @@
 //! split into partitions of a faulty broker (killed or stopped: allowed
 //! the lease TTL plus a little) and all others (allowed a short hold).
 //!
-//! In CI: two seeds of 40 s each, with loose stall bounds for a loaded
-//! machine. The long run (figures in docs/benchmarks.md):
+//! Odd seeds write chunks per partition, even seeds into shared WAL
+//! objects (`chunk_layout = "wal"`, issue 24), with the controller's WAL
+//! garbage collection every 2 s and a 5 s grace, so that readers race the
+//! deletes; `FLOE_CHAOS_LAYOUT=wal|partition` forces one.
+//!
+//! In CI: two seeds of 40 s each (one per layout), with loose stall
+//! bounds for a loaded machine. The long run (figures in docs/benchmarks.md):
 //! `cargo build -p floe --bins && FLOE_CHAOS_SEEDS=1-20 FLOE_CHAOS_SECS=150 cargo test -p floe-e2e --test chaos -- --ignored chaos_many_seeds --nocapture`
 //! (an hour; `FLOE_CHAOS_HEALTHY_MAX_MS` / `FLOE_CHAOS_FAULTY_MAX_MS` set
 //! the stall bounds asserted, `FLOE_CHAOS_LOGS=dir` keeps every process's
@@ -508,8 +513,135 @@ fn consume_all(bootstrap: &str, expected: &HashMap<i32, i64>) -> HashMap<i32, Ve
     got
 }
 
+/// The chunk layout seed `seed` runs: `FLOE_CHAOS_LAYOUT`, else shared
+/// WAL objects for even seeds.
+fn layout(seed: u64) -> &'static str {
+    match std::env::var("FLOE_CHAOS_LAYOUT").as_deref() {
+        Ok("wal") => "wal",
+        Ok("partition") => "partition",
+        _ if seed % 2 == 0 => "wal",
+        _ => "partition",
+    }
+}
+
+/// The WAL objects of the targets' directories: (id, age).
+fn wal_listing(targets: &[PathBuf]) -> Vec<(usize, floe_storage::wal::WalId, Duration)> {
+    let mut out = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let root = t.join("wal");
+        let Ok(brokers) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for b in brokers.flatten() {
+            for s in std::fs::read_dir(b.path()).into_iter().flatten().flatten() {
+                for o in std::fs::read_dir(s.path()).into_iter().flatten().flatten() {
+                    let rel = o.path();
+                    let rel = rel.strip_prefix(t).unwrap().to_string_lossy().to_string();
+                    let path = object_store::path::Path::from(rel);
+                    if let Some(id) = floe_storage::layout::wal_id(&path) {
+                        let age = o
+                            .metadata()
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .and_then(|m| m.elapsed().ok())
+                            .unwrap_or_default();
+                        out.push((i, id, age));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The shared WAL's garbage collection, checked against the metadata once
+/// the load stopped: every chunk a checkpoint names is still in its
+/// object on one of its targets (nothing referenced was deleted), and
+/// within a few collection passes no object older than the grace is
+/// left before its broker's low watermark (nothing unreferenced stays).
+/// Returns the objects left.
+async fn wal_objects_settle(
+    meta: &floe_meta::EtcdStore,
+    targets: &[PathBuf],
+    problems: &mut Vec<String>,
+) -> usize {
+    use floe_meta::MetadataStore;
+    use prost::Message as _;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (kvs, _) = meta
+            .range(&floe_meta::keys::partitions_prefix())
+            .await
+            .unwrap();
+        let checkpoints: Vec<floe_meta::schema::CheckpointRecord> = kvs
+            .iter()
+            .filter(|kv| floe_meta::keys::parse_checkpoint(&kv.key).is_some())
+            .map(|kv| floe_meta::schema::CheckpointRecord::decode(kv.value.clone()).unwrap())
+            .collect();
+        let listed = wal_listing(targets);
+        let held: std::collections::HashSet<(usize, floe_storage::wal::WalId)> =
+            listed.iter().map(|(i, id, _)| (*i, *id)).collect();
+        let mut missing = Vec::new();
+        for c in &checkpoints {
+            for seg in &c.open_segments {
+                for chunk in &seg.chunks {
+                    let Some(w) = &chunk.wal else { continue };
+                    let id = floe_storage::wal::WalId {
+                        broker: w.broker_id,
+                        stream: w.stream,
+                        seq: w.seq,
+                    };
+                    let somewhere = w.replica_set.iter().any(|t| {
+                        t.strip_prefix('t')
+                            .and_then(|n| n.parse::<usize>().ok())
+                            .is_some_and(|i| held.contains(&(i, id)))
+                    });
+                    if !somewhere {
+                        missing.push(format!("{id:?} (chunk at {})", chunk.base_offset));
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            problems.push(format!(
+                "WAL objects a checkpoint names were deleted: {:?}",
+                &missing[..missing.len().min(10)]
+            ));
+            return listed.len();
+        }
+        let marks = floe_controller::wal_gc::low_watermarks(&checkpoints);
+        // Older than the grace (5 s) and two passes (2 s each), with slack.
+        let stale: Vec<_> = listed
+            .iter()
+            .filter(|(_, id, age)| {
+                *age > Duration::from_secs(12)
+                    && marks
+                        .get(&id.broker)
+                        .is_none_or(|w| (id.stream, id.seq) < *w)
+            })
+            .collect();
+        if stale.is_empty() {
+            return listed.len();
+        }
+        if Instant::now() > deadline {
+            problems.push(format!(
+                "{} WAL objects no checkpoint needs were left behind, e.g. {:?}",
+                stale.len(),
+                &stale[..stale.len().min(5)]
+            ));
+            return listed.len();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 async fn run(seed: u64) {
     let s = settings();
+    let layout = layout(seed);
+    println!("seed {seed}: chunk_layout = {layout}");
+    // The controllers started below read these (children inherit them).
+    std::env::set_var("FLOE_WAL_GC_INTERVAL_MS", "2000");
+    std::env::set_var("FLOE_WAL_DELETE_GRACE_MS", "5000");
     let tmp = tempfile::tempdir().unwrap();
     let targets: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("t{i}"))).collect();
     for t in &targets {
@@ -526,7 +658,7 @@ async fn run(seed: u64) {
         &format!(
             // Garbage collection sweeps every few seconds: whatever it
             // deletes, the checker must still read every acked record.
-            "chunk_put_timeout_ms = 2000\ngc_interval_ms = 5000\ngc_min_age_ms = 5000\n[proxy]\nlease_ttl_ms = 3000\n{}",
+            "chunk_put_timeout_ms = 2000\ngc_interval_ms = 5000\ngc_min_age_ms = 5000\nchunk_layout = \"{layout}\"\nwal_linger_ms = 10\nwal_idle_checkpoint_ms = 3000\n[proxy]\nlease_ttl_ms = 3000\n{}",
             std::env::var("FLOE_CHAOS_PROXY_TOML").unwrap_or_default()
         ),
         &urls,
@@ -755,6 +887,22 @@ async fn run(seed: u64) {
                 ));
             }
         }
+    }
+    if layout == "wal" {
+        let kept = wal_objects_settle(&meta, &targets, &mut problems).await;
+        let deleted: f64 = cluster
+            .controllers
+            .iter()
+            .filter_map(|c| {
+                let m = c.http("/metrics").ok()?;
+                m.lines()
+                    .find(|l| l.starts_with("floe_controller_wal_objects_deleted_total"))
+                    .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            })
+            .sum();
+        report += &format!(
+            "  WAL objects at the end: {kept} kept (each at or past its broker's low watermark), {deleted} deleted by the controller\n"
+        );
     }
     let st = stalls(&produced.acked, &faults, &samples, t0);
     let fmt = |s: Option<(u64, i32, f64)>| {

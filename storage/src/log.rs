@@ -941,6 +941,40 @@ pub async fn load_chunk(
     Ok(payload)
 }
 
+/// The payloads of `chunks` (of one open segment on `replicas`), in their
+/// order: from the cache where it has them; chunks in WAL objects read
+/// together per object (one ranged GET for neighbours, not one each);
+/// chunk objects one by one.
+pub async fn load_chunks(
+    cache: &BlockCache,
+    replicas: &ReplicaSet,
+    chunks: &[ChunkRef],
+) -> Result<Vec<Bytes>, StorageError> {
+    let mut out: Vec<Option<Bytes>> = chunks.iter().map(|c| cache.get_object(&c.path)).collect();
+    let missing_wal: Vec<usize> = (0..chunks.len())
+        .filter(|i| out[*i].is_none() && chunks[*i].wal.is_some())
+        .collect();
+    if !missing_wal.is_empty() {
+        let places: Vec<&WalPlace> = missing_wal
+            .iter()
+            .map(|i| chunks[*i].wal.as_deref().expect("filtered"))
+            .collect();
+        let got = crate::wal_read::read_places(&places).await?;
+        for (i, b) in missing_wal.into_iter().zip(got) {
+            cache.put_object(chunks[i].path.clone(), b.clone());
+            out[i] = Some(b);
+        }
+    }
+    let mut done = Vec::with_capacity(chunks.len());
+    for (c, b) in chunks.iter().zip(out) {
+        done.push(match b {
+            Some(b) => b,
+            None => load_chunk(cache, replicas, c).await?,
+        });
+    }
+    Ok(done)
+}
+
 /// Rebuild a chunk reference from its decoded header (recovery).
 pub fn chunk_ref(path: &Path, h: &chunk::ChunkHeader, bytes: u64) -> ChunkRef {
     ChunkRef {

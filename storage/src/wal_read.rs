@@ -87,6 +87,53 @@ async fn read_group(
     read_ranges(&replicas, first.id, entries).await
 }
 
+/// Chunks of WAL objects as a partition's log names them, in their order:
+/// those of one object are read together, with as few ranged GETs as
+/// [`COALESCE_GAP`] allows (a partition's chunks gathered into one object
+/// lie side by side).
+pub async fn read_places(places: &[&WalPlace]) -> Result<Vec<Bytes>, StorageError> {
+    let mut by_object: BTreeMap<WalId, Vec<usize>> = BTreeMap::new();
+    for (i, p) in places.iter().enumerate() {
+        by_object.entry(p.id).or_default().push(i);
+    }
+    let mut reads: Vec<Vec<usize>> = Vec::new();
+    for (_, mut idx) in by_object {
+        idx.sort_by_key(|i| places[*i].pos);
+        let mut group: Vec<usize> = Vec::new();
+        let mut end = 0u64;
+        for i in idx {
+            let p = places[i];
+            if !group.is_empty() && p.pos > end.saturating_add(COALESCE_GAP) {
+                reads.push(std::mem::take(&mut group));
+            }
+            end = end.max(p.pos + p.len as u64);
+            group.push(i);
+        }
+        if !group.is_empty() {
+            reads.push(group);
+        }
+    }
+    let results = futures::future::join_all(reads.iter().map(|group| {
+        let first = places[group[0]];
+        let entries = group
+            .iter()
+            .map(|i| (places[*i].pos, places[*i].len, places[*i].payload_crc))
+            .collect();
+        read_ranges(&first.replicas, first.id, entries)
+    }))
+    .await;
+    let mut out: Vec<Option<Bytes>> = vec![None; places.len()];
+    for (group, got) in reads.iter().zip(results) {
+        for (i, b) in group.iter().zip(got?) {
+            out[*i] = Some(b);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|b| b.expect("every chunk read"))
+        .collect())
+}
+
 /// One chunk of a WAL object, as a partition's log names it.
 pub async fn read_one(place: &WalPlace) -> Result<Bytes, StorageError> {
     let mut got = read_ranges(

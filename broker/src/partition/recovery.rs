@@ -115,10 +115,13 @@ pub(crate) async fn consolidate(
     let path = layout::segment(id, seg.base_offset, seg.epoch, sealer_epoch);
     let mut upload = replicas.upload(&path).await?;
     let mut builder = SegmentBuilder::new(seg.base_offset, seg.epoch, DEFAULT_INDEX_INTERVAL);
-    for c in chunks {
-        let payload = floe_storage::log::load_chunk(cache, replicas, c).await?;
-        builder.add(&payload)?;
-        upload.write(payload).await?;
+    // A window of chunks at a time: chunks in WAL objects are read
+    // together per object when the cache lacks them.
+    for window in chunks.chunks(CONSOLIDATE_WINDOW) {
+        for payload in floe_storage::log::load_chunks(cache, replicas, window).await? {
+            builder.add(&payload)?;
+            upload.write(payload).await?;
+        }
     }
     let (tail, summary) = builder.finish();
     upload.write(tail).await?;
@@ -568,6 +571,10 @@ fn wal_chain(
     }
     Ok(out)
 }
+
+/// Chunks a seal loads at once (read together per WAL object when not
+/// cached).
+const CONSOLIDATE_WINDOW: usize = 64;
 
 /// Keys of the uncertain edge settled at once during recovery.
 const SETTLES_IN_FLIGHT: usize = 16;
