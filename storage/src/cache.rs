@@ -1,5 +1,10 @@
 //! The process-wide read cache: verified chunk payloads, fixed-size blocks of
 //! segment objects and parsed segment indexes, bounded by bytes (moka).
+//! Data is evicted least recently used first: a log's newest bytes are the
+//! ones its consumers read next. (moka's default, TinyLFU, admits a new
+//! entry only when it was asked for more often than what it would evict:
+//! once full, newly written chunks — asked for once — were not kept, so
+//! tail reads and seals went to storage.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,6 +39,7 @@ impl BlockCache {
         Self {
             data: Cache::builder()
                 .max_capacity(max_bytes)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .weigher(|_k: &(Arc<str>, u64), v: &Bytes| v.len().min(u32::MAX as usize) as u32)
                 .build(),
             indexes: Cache::builder()
@@ -102,5 +108,27 @@ impl BlockCache {
 impl SegmentIndex {
     pub(crate) fn entries(&self) -> usize {
         self.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full cache keeps what was written last: each new chunk pushes
+    /// out the oldest, never itself.
+    #[test]
+    fn a_full_cache_keeps_the_newest_chunks() {
+        let cache = BlockCache::new(1 << 20);
+        let chunk = Bytes::from(vec![7u8; 64 << 10]);
+        for i in 0..200 {
+            let key: Arc<str> = Arc::from(format!("p/chunk-{i}").as_str());
+            cache.put_object(key.clone(), chunk.clone());
+            cache.data.run_pending_tasks();
+            assert!(cache.get_object(&key).is_some(), "chunk {i} was not kept");
+        }
+        let oldest: Arc<str> = Arc::from("p/chunk-0");
+        assert!(cache.get_object(&oldest).is_none(), "the oldest went");
+        assert!(cache.weighted_bytes() <= 1 << 20);
     }
 }
