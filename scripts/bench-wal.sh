@@ -66,10 +66,12 @@ start() { # LAYOUT
 }
 
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores; RATE=$RATE records/s of 1 KiB for SECS=$SECS; R=3 W=2; store p50 20 ms p99 100 ms; wal_linger_ms=$LINGER; RUNS=$RUNS"
-for layout in $LAYOUTS; do
-  start "$layout"
-  for run in $(seq 1 "$RUNS"); do
+# A fresh cluster per layout, run and partition count: every run starts
+# with the same empty pool and cache, and the disk holds one run's data.
+for run in $(seq 1 "$RUNS"); do
+  for layout in $LAYOUTS; do
     for p in $PARTITIONS; do
+      start "$layout"
       topic="t$p-$run"
       "$BENCH" --bootstrap "$BROKER" --topic "$topic" produce --records 1 --create-partitions "$p" >/dev/null
       sleep 1
@@ -89,7 +91,8 @@ for layout in $LAYOUTS; do
       printf '%s partitions=%s run=%s: PUTs %d (%.1f/s, %.0f per GB), segments sealed %d, GETs %d | %s\n' \
         "$layout" "$p" "$run" "$dputs" "$(echo "$dputs / $secs" | bc -l)" "$(echo "$dputs / $gb" | bc -l)" \
         "$dseals" "$dgets" "$out"
+      stop_all
+      rm -rf "${T:?}/$layout"
     done
   done
-  stop_all
 done
