@@ -1063,30 +1063,6 @@ async fn keep_alive(node: Arc<Node>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_lease_with_etcds_expiry_check_fits_in_lease_ttl_ms() {
-        let ttl = |ms| {
-            lease_ttl(&BrokerConfig {
-                lease_ttl_ms: ms,
-                ..Default::default()
-            })
-        };
-        assert_eq!(ttl(10_000), Duration::from_secs(9));
-        assert_eq!(ttl(6_000), Duration::from_secs(5));
-        assert_eq!(ttl(6_499), Duration::from_secs(5));
-        assert_eq!(ttl(6_500), Duration::from_secs(6));
-        assert_eq!(ttl(3_000), Duration::from_secs(2));
-        assert_eq!(ttl(500), Duration::from_secs(1));
-        for ms in (1_500..60_000).step_by(250) {
-            assert!(ttl(ms).as_millis() as u64 + 500 <= ms, "{ms}");
-        }
-    }
-}
-
 /// The broker session's shared WAL, when chunks go to shared WAL objects
 /// (`chunk_layout`).
 async fn open_wal(
@@ -1116,4 +1092,28 @@ async fn open_wal(
         "chunks go to shared WAL objects"
     );
     Ok(Some(Arc::new(wal)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_with_etcds_expiry_check_fits_in_lease_ttl_ms() {
+        let ttl = |ms| {
+            lease_ttl(&BrokerConfig {
+                lease_ttl_ms: ms,
+                ..Default::default()
+            })
+        };
+        assert_eq!(ttl(10_000), Duration::from_secs(9));
+        assert_eq!(ttl(6_000), Duration::from_secs(5));
+        assert_eq!(ttl(6_499), Duration::from_secs(5));
+        assert_eq!(ttl(6_500), Duration::from_secs(6));
+        assert_eq!(ttl(3_000), Duration::from_secs(2));
+        assert_eq!(ttl(500), Duration::from_secs(1));
+        for ms in (1_500..60_000).step_by(250) {
+            assert!(ttl(ms).as_millis() as u64 + 500 <= ms, "{ms}");
+        }
+    }
 }

@@ -519,7 +519,7 @@ fn layout(seed: u64) -> &'static str {
     match std::env::var("FLOE_CHAOS_LAYOUT").as_deref() {
         Ok("wal") => "wal",
         Ok("partition") => "partition",
-        _ if seed % 2 == 0 => "wal",
+        _ if seed.is_multiple_of(2) => "wal",
         _ => "partition",
     }
 }

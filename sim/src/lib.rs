@@ -838,12 +838,7 @@ async fn controller(world: Arc<World>, name: &'static str) -> HostResult {
 }
 
 /// A broker host: register, follow the assignments, serve Kafka on :9092.
-async fn broker(
-    world: Arc<World>,
-    id: i32,
-    broken: Option<Broken>,
-    layout: Layout,
-) -> HostResult {
+async fn broker(world: Arc<World>, id: i32, broken: Option<Broken>, layout: Layout) -> HostResult {
     let meta = world.host_meta(&broker_name(id)).await;
     let cluster_id = loop {
         if let Some(c) = world.cluster_id.get() {
