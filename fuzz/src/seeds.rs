@@ -316,6 +316,7 @@ fn tail_updates() -> Vec<(String, Vec<u8>)> {
         payload: Some(Bytes::from(chunk_of(
             &floe_protocol::batch::synthetic_batch((next - base) as i32, 4, 0),
         ))),
+        wal: None,
     };
     let snapshot = pb::LogUpdate {
         kind: Some(pb::log_update::Kind::Snapshot(pb::Snapshot {

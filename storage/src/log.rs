@@ -335,7 +335,12 @@ impl PartitionLog {
 
     /// The aborted transactions whose abort marker is in `[from, to)`, by
     /// marker offset (what a sealed segment or a checkpoint records).
+    /// Empty when `from` is not before `to` (a follower's state may say
+    /// so: found by the tail_update fuzz target).
     pub fn aborted_markers(&self, from: Offset, to: Offset) -> Vec<(Offset, AbortedTxn)> {
+        if from >= to {
+            return Vec::new();
+        }
         let s = self.state.read().unwrap();
         s.aborted.range(from..to).map(|(k, a)| (*k, *a)).collect()
     }
@@ -991,6 +996,28 @@ pub fn chunk_ref(path: &Path, h: &chunk::ChunkHeader, bytes: u64) -> ChunkRef {
 mod tests {
     use super::*;
     use floe_protocol::batch::Batches;
+
+    /// An inverted range (a follower's log start past its high watermark)
+    /// has no aborted transactions, rather than a panic.
+    #[test]
+    fn aborted_markers_of_an_inverted_range_are_none() {
+        let mut state = LogState::default();
+        Arc::make_mut(&mut state.aborted).insert(
+            5,
+            AbortedTxn {
+                producer_id: 1,
+                first_offset: 3,
+            },
+        );
+        let log = PartitionLog::new(
+            PartitionId::new(floe_common::Uuid::from_u128(1), 0),
+            state,
+            BlockCache::new(1 << 20),
+        );
+        assert!(log.aborted_markers(9, 2).is_empty());
+        assert!(log.aborted_markers(5, 5).is_empty());
+        assert_eq!(log.aborted_markers(0, 9).len(), 1);
+    }
 
     #[test]
     fn pieces_read_batches_across_part_edges_as_one_buffer_would() {

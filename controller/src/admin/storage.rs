@@ -43,6 +43,28 @@ async fn write(
     }
 }
 
+/// Chunks of unsealed segments that partitions' checkpoints name in a
+/// shared WAL object one of whose targets is `id`.
+async fn wal_chunks_on(meta: &dyn MetadataStore, id: &str) -> Result<usize, Status> {
+    let (kvs, _) = meta
+        .range(&keys::partitions_prefix())
+        .await
+        .map_err(unavailable)?;
+    let mut n = 0;
+    for kv in kvs.iter().filter(|kv| kv.key.ends_with(b"/checkpoint")) {
+        if let Ok(c) = CheckpointRecord::decode(kv.value.clone()) {
+            n += c
+                .open_segments
+                .iter()
+                .flat_map(|o| &o.chunks)
+                .filter_map(|ch| ch.wal.as_ref())
+                .filter(|w| w.replica_set.iter().any(|t| t == id))
+                .count();
+        }
+    }
+    Ok(n)
+}
+
 /// Per target: segment replicas held and bytes of the sealed ones; and the
 /// segments with a replica on a target in `leaving`.
 async fn usage(
@@ -307,8 +329,86 @@ pub async fn remove(meta: &dyn MetadataStore, id: &str) -> Result<pb::StorageTar
             "storage target {id} still holds {n} segment replicas; wait for the drain to finish"
         )));
     }
+    let wal = wal_chunks_on(meta, id).await?;
+    if wal > 0 {
+        return Err(Status::failed_precondition(format!(
+            "storage target {id} still holds shared WAL objects that {wal} chunks of unsealed segments name; wait for their segments to be sealed (at most wal_max_age_ms) and try again"
+        )));
+    }
     pool.targets.retain(|t| t.id != id);
     write(meta, &pool, rev).await?;
     tracing::info!(target_id = %id, "storage target removed");
     Ok(status(&t, "removed".into(), None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floe_common::{PartitionId, Uuid};
+    use floe_meta::schema::{ChunkRecord, OpenSegmentRecord, WalRefRecord};
+
+    /// A drained target that still holds a WAL object a checkpoint names
+    /// is not removed (the partition's recovery would find the object's
+    /// target unknown); once the segment is sealed (the checkpoint names
+    /// no chunk there), it is.
+    #[tokio::test]
+    async fn a_target_holding_named_wal_objects_is_not_removed() {
+        let (_dir, meta) = crate::operations::tests::store().await;
+        let target = |id: &str, draining: bool| StorageTargetRecord {
+            id: id.into(),
+            url: "memory://".into(),
+            draining,
+            ..Default::default()
+        };
+        let pool = StoragePoolRecord {
+            targets: vec![target("t0", false), target("t1", true)],
+            replicas: 1,
+            write_quorum: 1,
+            ..Default::default()
+        };
+        meta.txn(Txn::new().then(Op::put(keys::storage_pool(), pool.encode_to_vec())))
+            .await
+            .unwrap();
+        let p = PartitionId::new(Uuid::from_u128(3), 0);
+        let checkpoint = |chunks: Vec<ChunkRecord>| CheckpointRecord {
+            open_segments: vec![OpenSegmentRecord {
+                replica_set: vec!["t0".into()],
+                wal: true,
+                chunks,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let on_t1 = ChunkRecord {
+            wal: Some(WalRefRecord {
+                broker_id: 1,
+                replica_set: vec!["t0".into(), "t1".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        meta.txn(Txn::new().then(Op::put(
+            keys::checkpoint(p),
+            checkpoint(vec![on_t1]).encode_to_vec(),
+        )))
+        .await
+        .unwrap();
+        let e = remove(&meta, "t1").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            e.message().contains("shared WAL objects that 1 chunks"),
+            "{}",
+            e.message()
+        );
+
+        meta.txn(Txn::new().then(Op::put(
+            keys::checkpoint(p),
+            checkpoint(vec![]).encode_to_vec(),
+        )))
+        .await
+        .unwrap();
+        remove(&meta, "t1").await.unwrap();
+        let (pool, _) = read(&meta).await.unwrap();
+        assert_eq!(pool.targets.len(), 1);
+    }
 }
