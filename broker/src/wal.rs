@@ -16,9 +16,9 @@ use bytes::Bytes;
 use floe_meta::schema::{ChunkRecord, WalPositionRecord, WalRefRecord, WalStreamRecord, FORMAT};
 use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn};
 use floe_storage::log::{ChunkRef, WalPlace};
-use floe_storage::wal::{ChunkMeta, WalId};
+use floe_storage::wal::{ChunkMeta, WalEntry, WalId};
 use floe_storage::wal_stream::{WalChunkRef, WalConfig, WalError, WalStream};
-use floe_storage::{StorageError, StoragePool};
+use floe_storage::{ReplicaSet, StorageError, StoragePool};
 use prost::Message;
 use tokio::sync::Mutex;
 
@@ -145,21 +145,27 @@ pub fn chunk_record(c: &ChunkRef) -> ChunkRecord {
 
 /// A chunk a WAL stream made durable, as the partition's log keeps it.
 pub fn chunk_ref(pool: &StoragePool, r: &WalChunkRef) -> Result<ChunkRef, StorageError> {
-    let m = &r.entry.meta;
-    Ok(ChunkRef {
+    Ok(wal_chunk(r.id, &r.entry, pool.replica_set(&r.replica_set)?))
+}
+
+/// The chunk `entry` of WAL object `id` on `replicas`, as the partition's
+/// log keeps it.
+pub fn wal_chunk(id: WalId, entry: &WalEntry, replicas: ReplicaSet) -> ChunkRef {
+    let m = &entry.meta;
+    ChunkRef {
         base_offset: m.base_offset,
         next_offset: m.next_offset,
         max_timestamp: m.max_timestamp,
-        path: WalPlace::cache_key(r.id, r.entry.pos),
-        bytes: r.entry.len as u64,
+        path: WalPlace::cache_key(id, entry.pos),
+        bytes: entry.len as u64,
         wal: Some(Arc::new(WalPlace {
-            id: r.id,
-            pos: r.entry.pos,
-            len: r.entry.len,
-            payload_crc: r.entry.payload_crc,
-            replicas: pool.replica_set(&r.replica_set)?,
+            id,
+            pos: entry.pos,
+            len: entry.len,
+            payload_crc: entry.payload_crc,
+            replicas,
         })),
-    })
+    }
 }
 
 /// A listed chunk of a WAL segment, from its checkpoint record.

@@ -29,62 +29,19 @@ pub async fn read_chunks(
     pool: &StoragePool,
     refs: &[WalChunkRef],
 ) -> Result<Vec<Bytes>, StorageError> {
-    let mut by_object: BTreeMap<WalId, Vec<usize>> = BTreeMap::new();
-    for (i, r) in refs.iter().enumerate() {
-        by_object.entry(r.id).or_default().push(i);
-    }
-    let mut out: Vec<Option<Bytes>> = vec![None; refs.len()];
-    let mut reads = Vec::new();
-    for (_, mut idx) in by_object {
-        idx.sort_by_key(|i| refs[*i].entry.pos);
-        let mut group: Vec<usize> = Vec::new();
-        let mut end = 0u64;
-        for i in idx {
-            let r = &refs[i].entry;
-            if !group.is_empty() && r.pos > end.saturating_add(COALESCE_GAP) {
-                reads.push(std::mem::take(&mut group));
-            }
-            end = if group.is_empty() {
-                r.range().end
-            } else {
-                end.max(r.range().end)
-            };
-            group.push(i);
-        }
-        if !group.is_empty() {
-            reads.push(group);
-        }
-    }
-    let results =
-        futures::future::join_all(reads.iter().map(|group| read_group(pool, refs, group))).await;
-    for (group, got) in reads.iter().zip(results) {
-        for (i, b) in group.iter().zip(got?) {
-            out[*i] = Some(b);
-        }
-    }
-    Ok(out
-        .into_iter()
-        .map(|b| b.expect("every chunk read"))
-        .collect())
-}
-
-/// One ranged GET covering the chunks `group` of one object (sorted by
-/// position), sliced and checked.
-async fn read_group(
-    pool: &StoragePool,
-    refs: &[WalChunkRef],
-    group: &[usize],
-) -> Result<Vec<Bytes>, StorageError> {
-    let first = &refs[group[0]];
-    let replicas = pool.replica_set(&first.replica_set)?;
-    let entries: Vec<(u64, u32, u32)> = group
+    let places = refs
         .iter()
-        .map(|i| {
-            let e = &refs[*i].entry;
-            (e.pos, e.len, e.payload_crc)
+        .map(|r| {
+            Ok(WalPlace {
+                id: r.id,
+                pos: r.entry.pos,
+                len: r.entry.len,
+                payload_crc: r.entry.payload_crc,
+                replicas: pool.replica_set(&r.replica_set)?,
+            })
         })
-        .collect();
-    read_ranges(&replicas, first.id, entries).await
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    read_places(&places.iter().collect::<Vec<_>>()).await
 }
 
 /// Chunks of WAL objects as a partition's log names them, in their order:

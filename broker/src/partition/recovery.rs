@@ -25,7 +25,7 @@ use floe_protocol::batch::Batches;
 use floe_storage::chunk;
 use floe_storage::chunk_replicas::{self, Settled};
 use floe_storage::log::load_chunk;
-use floe_storage::log::{ChunkRef, LogState, SealedSegment, SegmentView, WalPlace};
+use floe_storage::log::{ChunkRef, LogState, SealedSegment, SegmentView};
 use floe_storage::segment::{SegmentBuilder, DEFAULT_INDEX_INTERVAL};
 use floe_storage::{layout, wal_recovery, BlockCache, ReplicaSet, StorageError, StoragePool};
 use futures::StreamExt;
@@ -525,23 +525,10 @@ async fn scan_wal(
         )
         .await?;
         for c in scan.chunks {
-            let m = c.entry.meta;
+            let replicas = ctx.pool.replica_set(&c.holders)?;
             found.insert(
-                m.base_offset,
-                ChunkRef {
-                    base_offset: m.base_offset,
-                    next_offset: m.next_offset,
-                    max_timestamp: m.max_timestamp,
-                    path: WalPlace::cache_key(c.id, c.entry.pos),
-                    bytes: c.entry.len as u64,
-                    wal: Some(Arc::new(WalPlace {
-                        id: c.id,
-                        pos: c.entry.pos,
-                        len: c.entry.len,
-                        payload_crc: c.entry.payload_crc,
-                        replicas: ctx.pool.replica_set(&c.holders)?,
-                    })),
-                },
+                c.entry.meta.base_offset,
+                crate::wal::wal_chunk(c.id, &c.entry, replicas),
             );
         }
     }
