@@ -636,13 +636,56 @@ mod append_error_tests {
     }
 }
 
+/// A partition context for tests: an embedded metadata store in `dir`
+/// with a long lease held, broker 1, session 1, `pool`, and the broker's
+/// WAL when `wal` opens one.
+#[cfg(test)]
+pub(crate) async fn test_context(
+    dir: &tempfile::TempDir,
+    pool: Arc<StoragePool>,
+    config: BrokerConfig,
+    wal: Option<floe_storage::wal_stream::WalConfig>,
+) -> PartitionContext {
+    use std::time::Duration;
+    let meta: Arc<dyn MetadataStore> = Arc::new(
+        floe_meta::embedded::EmbeddedStore::open(dir.path().join("meta"))
+            .await
+            .unwrap(),
+    );
+    let ttl = Duration::from_secs(120);
+    let guard = Arc::new(LeaseGuard::new(meta.grant_lease(ttl).await.unwrap()));
+    guard.renewed(Instant::now(), ttl);
+    let wal = match wal {
+        Some(c) => Some(Arc::new(
+            crate::wal::BrokerWal::open(meta.clone(), pool.clone(), 1, 1, c, Arc::new(|| 1_000))
+                .await
+                .unwrap(),
+        )),
+        None => None,
+    };
+    PartitionContext {
+        broker_id: 1,
+        session: 1,
+        meta,
+        pool,
+        cache: BlockCache::new(16 << 20),
+        clock: Arc::new(floe_common::SystemClock),
+        config: Arc::new(config),
+        lease: guard,
+        metrics: Arc::new(Metrics::new()),
+        repair_pacer: Arc::new(crate::throttle::Pacer::new(0)),
+        compaction_pacer: Arc::new(crate::throttle::Pacer::new(0)),
+        wal,
+    }
+}
+
 #[cfg(test)]
 mod transaction_tests {
     //! Transactions on a real partition writer (embedded metadata store,
     //! a memory storage target): verification, markers, the last stable
     //! offset and the aborted index as readers see them.
     use super::*;
-    use floe_common::{SystemClock, Uuid};
+    use floe_common::Uuid;
     use floe_protocol::batch::{validate_for_produce, Batches};
     use floe_protocol::control::{Marker, MarkerKind};
     use floe_protocol::kafka_protocol::records::{
@@ -664,14 +707,6 @@ mod transaction_tests {
         config: BrokerConfig,
     ) -> (PartitionHandle, PartitionContext, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let meta: Arc<dyn MetadataStore> = Arc::new(
-            floe_meta::embedded::EmbeddedStore::open(dir.path().join("meta"))
-                .await
-                .unwrap(),
-        );
-        let ttl = Duration::from_secs(120);
-        let guard = Arc::new(LeaseGuard::new(meta.grant_lease(ttl).await.unwrap()));
-        guard.renewed(Instant::now(), ttl);
         let pool = Arc::new(
             StoragePool::new(
                 vec![floe_storage::StorageTarget::open("t0", "memory://").unwrap()],
@@ -680,20 +715,7 @@ mod transaction_tests {
             )
             .unwrap(),
         );
-        let ctx = PartitionContext {
-            broker_id: 1,
-            session: 1,
-            meta: meta.clone(),
-            pool,
-            cache: BlockCache::new(16 << 20),
-            clock: Arc::new(SystemClock),
-            config: Arc::new(config),
-            lease: guard,
-            metrics: Arc::new(Metrics::new()),
-            repair_pacer: Arc::new(crate::throttle::Pacer::new(0)),
-            compaction_pacer: Arc::new(crate::throttle::Pacer::new(0)),
-            wal: None,
-        };
+        let ctx = test_context(&dir, pool, config, None).await;
         let h = restart(&ctx, 1).await;
         (h, ctx, dir)
     }
@@ -1074,21 +1096,12 @@ mod wal_tests {
     //! The partition writer over the broker's shared WAL (issue 24): a
     //! real writer, the embedded metadata store, three memory targets.
     use super::*;
-    use floe_common::{SystemClock, Uuid};
+    use floe_common::Uuid;
     use floe_meta::schema::CheckpointRecord;
     use floe_protocol::batch::{synthetic_batch, validate_for_produce, Batches};
     use floe_storage::log::SegmentView;
-    use std::time::Duration;
 
     async fn wal_ctx(dir: &tempfile::TempDir) -> PartitionContext {
-        let meta: Arc<dyn MetadataStore> = Arc::new(
-            floe_meta::embedded::EmbeddedStore::open(dir.path().join("meta"))
-                .await
-                .unwrap(),
-        );
-        let ttl = Duration::from_secs(120);
-        let guard = Arc::new(LeaseGuard::new(meta.grant_lease(ttl).await.unwrap()));
-        guard.renewed(Instant::now(), ttl);
         let targets = (0..3)
             .map(|i| floe_storage::StorageTarget::open(format!("t{i}"), "memory://").unwrap())
             .collect();
@@ -1098,30 +1111,8 @@ mod wal_tests {
             wal_linger_ms: 5,
             ..Default::default()
         };
-        let wal = crate::wal::BrokerWal::open(
-            meta.clone(),
-            pool.clone(),
-            1,
-            1,
-            config.wal_config(),
-            Arc::new(|| 1_000),
-        )
-        .await
-        .unwrap();
-        PartitionContext {
-            broker_id: 1,
-            session: 1,
-            meta,
-            pool,
-            cache: BlockCache::new(16 << 20),
-            clock: Arc::new(SystemClock),
-            config: Arc::new(config),
-            lease: guard,
-            metrics: Arc::new(Metrics::new()),
-            repair_pacer: Arc::new(crate::throttle::Pacer::new(0)),
-            compaction_pacer: Arc::new(crate::throttle::Pacer::new(0)),
-            wal: Some(Arc::new(wal)),
-        }
+        let wal = config.wal_config();
+        test_context(dir, pool, config, Some(wal)).await
     }
 
     async fn restart(ctx: &PartitionContext, epoch: Epoch) -> PartitionHandle {
