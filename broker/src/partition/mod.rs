@@ -679,6 +679,28 @@ pub(crate) async fn test_context(
     }
 }
 
+/// (Re)start partition `id` at `epoch` under a test context: assigned to
+/// broker 1 again, as a new owner would take it.
+#[cfg(test)]
+pub(crate) async fn test_start(
+    ctx: &PartitionContext,
+    id: PartitionId,
+    epoch: Epoch,
+) -> (PartitionHandle, RecoveryReport) {
+    let assignment = AssignmentRecord {
+        format: FORMAT,
+        broker_id: 1,
+        epoch,
+        broker_session: 1,
+    };
+    ctx.meta
+        .txn(Txn::new().then(Op::put(keys::assignment(id), assignment.encode_to_vec())))
+        .await
+        .unwrap();
+    let config = TopicConfig::resolve(&Default::default(), &Default::default()).unwrap();
+    start(ctx.clone(), id, epoch, config).await.unwrap()
+}
+
 #[cfg(test)]
 mod transaction_tests {
     //! Transactions on a real partition writer (embedded metadata store,
@@ -723,19 +745,9 @@ mod transaction_tests {
     /// (Re)start the test partition at `epoch`: assigned to us again, as
     /// a new owner would take it.
     async fn restart(ctx: &PartitionContext, epoch: Epoch) -> PartitionHandle {
-        let id = PartitionId::new(Uuid::from_u128(77), 0);
-        let assignment = AssignmentRecord {
-            format: FORMAT,
-            broker_id: 1,
-            epoch,
-            broker_session: 1,
-        };
-        ctx.meta
-            .txn(Txn::new().then(Op::put(keys::assignment(id), assignment.encode_to_vec())))
+        test_start(ctx, PartitionId::new(Uuid::from_u128(77), 0), epoch)
             .await
-            .unwrap();
-        let config = TopicConfig::resolve(&Default::default(), &Default::default()).unwrap();
-        start(ctx.clone(), id, epoch, config).await.unwrap().0
+            .0
     }
 
     /// A batch of `n` records of producer `pid` at `epoch` from sequence
@@ -1123,19 +1135,7 @@ mod wal_tests {
         ctx: &PartitionContext,
         epoch: Epoch,
     ) -> (PartitionHandle, RecoveryReport) {
-        let id = PartitionId::new(Uuid::from_u128(78), 0);
-        let assignment = AssignmentRecord {
-            format: FORMAT,
-            broker_id: 1,
-            epoch,
-            broker_session: 1,
-        };
-        ctx.meta
-            .txn(Txn::new().then(Op::put(keys::assignment(id), assignment.encode_to_vec())))
-            .await
-            .unwrap();
-        let config = TopicConfig::resolve(&Default::default(), &Default::default()).unwrap();
-        start(ctx.clone(), id, epoch, config).await.unwrap()
+        test_start(ctx, PartitionId::new(Uuid::from_u128(78), 0), epoch).await
     }
 
     /// `n` batches of 3 records each, produced one after another; their
