@@ -86,7 +86,8 @@ pub struct BrokerConfig {
     /// replicas (for local disks); `auto` (the default) picks `wal` when
     /// any storage target is an object store (s3://, gs://, az://).
     pub chunk_layout: ChunkLayout,
-    /// How long the first chunk of a WAL object waits for company.
+    /// How long the first chunk of a WAL object waits for company; under
+    /// steady load the broker's objects are cut one per this interval.
     pub wal_linger_ms: u64,
     /// A WAL object is flushed once its chunks reach this many bytes.
     pub wal_bytes: u64,

@@ -487,6 +487,25 @@ impl Drop for Etcd {
     }
 }
 
+/// Where a test cluster keeps its data unless the test names its
+/// targets: `FLOE_E2E_STORAGE=s3` gives every such cluster its own moto
+/// server (one bucket), so the suite runs on an object store and brokers
+/// take the shared WAL layout (`chunk_layout = "auto"`); `file` (the
+/// default) a directory of the cluster's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultStorage {
+    File,
+    S3,
+}
+
+pub fn default_storage() -> DefaultStorage {
+    match std::env::var("FLOE_E2E_STORAGE").as_deref() {
+        Ok("s3") => DefaultStorage::S3,
+        Ok("file") | Ok("") | Err(_) => DefaultStorage::File,
+        Ok(other) => panic!("FLOE_E2E_STORAGE={other}: expected `file` or `s3`"),
+    }
+}
+
 /// A real S3-compatible server (moto's `moto_server`, from PyPI
 /// `moto[server]`) on a free loopback port, with one bucket; killed when
 /// dropped. `FLOE_MOTO_SERVER` names the binary if it is not on PATH.
@@ -892,7 +911,10 @@ pub struct Cluster {
     storage_args: Vec<String>,
     /// What every Floe process runs under (see [`Proc`]).
     wrapper: Vec<String>,
-    // Dropped last: processes first, then etcd, then the files.
+    /// The S3-compatible server of the default storage target when
+    /// `FLOE_E2E_STORAGE=s3` (see [`default_storage`]).
+    _moto: Option<Moto>,
+    // Dropped last: processes first, then storage, etcd, the files.
     pub etcd: Etcd,
     tmp: tempfile::TempDir,
 }
@@ -1036,10 +1058,16 @@ impl Cluster {
         let storage = tmp.path().join("objects");
         std::fs::create_dir_all(&storage)?;
         let mut storage_args = Vec::new();
-        let urls: Vec<String> = if storage_urls.is_empty() {
-            vec![format!("file://{}", storage.display())]
-        } else {
+        let mut moto = None;
+        let urls: Vec<String> = if !storage_urls.is_empty() {
             storage_urls.to_vec()
+        } else if default_storage() == DefaultStorage::S3 {
+            let m = Moto::start("floe-e2e")?;
+            let url = m.url("objects");
+            moto = Some(m);
+            vec![url]
+        } else {
+            vec![format!("file://{}", storage.display())]
         };
         for u in urls {
             storage_args.push("--storage".to_string());
@@ -1065,6 +1093,7 @@ impl Cluster {
             broker_toml,
             storage_args,
             wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
+            _moto: moto,
             etcd,
             tmp,
         };

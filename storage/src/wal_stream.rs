@@ -150,6 +150,12 @@ async fn run(
     let mut gathering: Vec<Submit> = Vec::new();
     let mut gathered_bytes = 0usize;
     let mut deadline: Option<tokio::time::Instant> = None;
+    // Objects cut by the linger are paced from the previous one's
+    // deadline, not from when the next chunk happened to come: under
+    // steady load a stream writes one object every `linger` however many
+    // partitions feed it and however late a busy machine wakes it (the
+    // gap between a cut and the next chunk would otherwise add up).
+    let mut next_cut: Option<tokio::time::Instant> = None;
     let mut closed = false;
     let end = loop {
         let full = gathered_bytes >= config.max_bytes;
@@ -165,6 +171,11 @@ async fn run(
             next_seq_shared.store(next_seq, Ordering::Release);
             inflight.push_back(write(&pool, id, std::mem::take(&mut gathering), config));
             gathered_bytes = 0;
+            let now = tokio::time::Instant::now();
+            next_cut = Some(match deadline {
+                Some(d) if d <= now => (d + config.linger).max(now),
+                _ => now + config.linger,
+            });
             deadline = None;
             continue;
         }
@@ -197,7 +208,13 @@ async fn run(
                 Some(s) => {
                     gathered_bytes += s.payload.len();
                     gathering.push(s);
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.linger);
+                    deadline.get_or_insert_with(|| {
+                        let now = tokio::time::Instant::now();
+                        match next_cut {
+                            Some(n) if n > now => n,
+                            _ => now + config.linger,
+                        }
+                    });
                 }
                 None => closed = true,
             },
@@ -346,6 +363,42 @@ mod tests {
         let (footer, entries) = wal::decode("k", &whole, refs[0].id).unwrap();
         assert_eq!(footer.kind, WalKind::Data);
         assert_eq!(entries.len(), 10);
+    }
+
+    /// Under steady load the linger paces objects from one deadline to the
+    /// next: a chunk every 30 ms with a 100 ms linger makes one object per
+    /// 100 ms, not one per 100 ms plus the wait for the next chunk after a
+    /// cut (which made a busy broker write fewer, fuller objects than the
+    /// linger promises, and more so the later it woke).
+    #[tokio::test(start_paused = true)]
+    async fn steady_load_makes_one_object_per_linger() {
+        let pool = pool();
+        let config = WalConfig {
+            linger: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let s = WalStream::start(pool.clone(), 4, 5, 0, config);
+        let mut answers = Vec::new();
+        let start = tokio::time::Instant::now();
+        for i in 0..67 {
+            tokio::time::sleep_until(start + Duration::from_millis(30 * i)).await;
+            let s = s.clone();
+            answers.push(tokio::spawn(async move {
+                s.append(meta(0, i as i64 * 2, 2), payload(2)).await
+            }));
+        }
+        let mut seqs = Vec::new();
+        for a in answers {
+            seqs.push(a.await.unwrap().unwrap().id.seq);
+        }
+        // 2 s of chunks: objects at 100, 200, ... 2,000 ms, the last one
+        // also taking the chunk of 1,980 ms.
+        assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "{seqs:?}");
+        let objects = seqs.last().unwrap() + 1;
+        assert_eq!(objects, 20, "{seqs:?}");
+        // Each object holds the chunks of its 100 ms.
+        let per_object = seqs.iter().filter(|&&q| q == 3).count();
+        assert!((3..=4).contains(&per_object), "{seqs:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
