@@ -10,12 +10,19 @@
 # PUT counted), GETs, and the producer's latency.
 #   cargo build --release -p floe -p floe-bench
 #   RUNS=3 scripts/bench-wal.sh
+# PUTs per GB once objects fill (issue 24's ~130 x R): a rate above
+# wal_bytes per linger, e.g. 16 KiB records at 6,000/s (98 MB/s):
+#   RUNS=3 RATE=6000 RECORD=16384 PARTITIONS="1 100" LAYOUTS=wal scripts/bench-wal.sh
+# PUT-class requests are counted apart: single PUTs (WAL objects, chunks)
+# and every request of the segment seals' multipart uploads (start, each
+# part, completion), all billed alike by an object store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLOE=${FLOE:-target/release/floe}
 BENCH=${BENCH:-target/release/floe-bench}
 RUNS=${RUNS:-3}
 RATE=${RATE:-20000}
+RECORD=${RECORD:-1024}
 SECS=${SECS:-20}
 PARTITIONS=${PARTITIONS:-"1 100 1000"}
 LAYOUTS=${LAYOUTS:-"wal partition"}
@@ -65,7 +72,7 @@ start() { # LAYOUT
   "$BENCH" --bootstrap "$BROKER" --topic warm produce --records 20000 >/dev/null
 }
 
-echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores; RATE=$RATE records/s of 1 KiB for SECS=$SECS; R=3 W=2; store p50 20 ms p99 100 ms; wal_linger_ms=$LINGER; RUNS=$RUNS"
+echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores; RATE=$RATE records/s of RECORD=$RECORD bytes for SECS=$SECS; R=3 W=2; store p50 20 ms p99 100 ms; wal_linger_ms=$LINGER; RUNS=$RUNS"
 # A fresh cluster per layout, run and partition count: every run starts
 # with the same empty pool and cache, and the disk holds one run's data.
 for run in $(seq 1 "$RUNS"); do
@@ -76,6 +83,7 @@ for run in $(seq 1 "$RUNS"); do
       "$BENCH" --bootstrap "$BROKER" --topic "$topic" produce --records 1 --create-partitions "$p" >/dev/null
       sleep 1
       puts=$(counter put) gets=$(counter get) seals=$(sealed) t0=$(date +%s.%N)
+      mp=$(($(counter multipart) + $(counter part) + $(counter complete)))
       # librdkafka sends one partition per produce request
       # (confluentinc/librdkafka#1700; Java's producer packs a broker's
       # partitions into one): with many partitions, requests in flight
@@ -83,14 +91,16 @@ for run in $(seq 1 "$RUNS"); do
       # their WAL object, so the client and the broker allow many.
       out=$("$BENCH" --bootstrap "$BROKER" --topic "$topic" -X max.in.flight.requests.per.connection=1000 \
         produce --records $((RATE * SECS)) \
-        --record-size 1024 --rate "$RATE" --keys 100000 --warmup-ms 1000)
+        --record-size "$RECORD" --rate "$RATE" --keys 100000 --warmup-ms 1000)
       t1=$(date +%s.%N)
       dputs=$(($(counter put) - puts)) dgets=$(($(counter get) - gets)) dseals=$(($(sealed) - seals))
+      dmp=$(($(counter multipart) + $(counter part) + $(counter complete) - mp))
       secs=$(echo "$t1 - $t0" | bc -l)
-      gb=$(echo "$RATE * $SECS * 1024 / 1000000000" | bc -l)
-      printf '%s partitions=%s run=%s: PUTs %d (%.1f/s, %.0f per GB), segments sealed %d, GETs %d | %s\n' \
+      gb=$(echo "$RATE * $SECS * $RECORD / 1000000000" | bc -l)
+      all=$((dputs + dmp))
+      printf '%s partitions=%s run=%s: PUTs %d (%.1f/s, %.0f per GB), segments sealed %d (%d upload requests), all PUT-class %d (%.1f/s, %.0f per GB), GETs %d | %s\n' \
         "$layout" "$p" "$run" "$dputs" "$(echo "$dputs / $secs" | bc -l)" "$(echo "$dputs / $gb" | bc -l)" \
-        "$dseals" "$dgets" "$out"
+        "$dseals" "$dmp" "$all" "$(echo "$all / $secs" | bc -l)" "$(echo "$all / $gb" | bc -l)" "$dgets" "$out"
       stop_all
       rm -rf "${T:?}/$layout"
     done

@@ -248,7 +248,7 @@ impl Node {
             listeners: endpoints,
         };
         let (guard, session) = register(&*meta, &record, lease_ttl(&config)).await?;
-        let wal = open_wal(&meta, &pool, &config, session, &clock).await?;
+        let wal = open_wal(&meta, &pool, &config, session, &clock, &metrics).await?;
         let ctx = PartitionContext {
             broker_id: config.node_id,
             session,
@@ -527,8 +527,15 @@ impl Node {
                 Some(_) => {
                     let mut delay = Duration::from_millis(100);
                     loop {
-                        match open_wal(&self.meta, &ctx.pool, &self.config, session, &ctx.clock)
-                            .await
+                        match open_wal(
+                            &self.meta,
+                            &ctx.pool,
+                            &self.config,
+                            session,
+                            &ctx.clock,
+                            &self.metrics,
+                        )
+                        .await
                         {
                             Ok(w) => break w,
                             Err(e) => {
@@ -1071,11 +1078,13 @@ async fn open_wal(
     config: &BrokerConfig,
     session: i64,
     clock: &SharedClock,
+    metrics: &Arc<Metrics>,
 ) -> Result<Option<Arc<crate::wal::BrokerWal>>, MetaError> {
     if !config.shared_wal(pool.targets().iter().map(|t| t.url.as_str())) {
         return Ok(None);
     }
     let clock = clock.clone();
+    let metrics = metrics.clone();
     let wal = crate::wal::BrokerWal::open(
         meta.clone(),
         pool.clone(),
@@ -1083,6 +1092,9 @@ async fn open_wal(
         session,
         config.wal_config(),
         Arc::new(move || clock.now_ms()),
+        Some(Arc::new(move |took, ok| {
+            metrics.storage_op("wal_put", took, ok)
+        })),
     )
     .await?;
     let stream = wal.stream().await;

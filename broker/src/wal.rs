@@ -17,7 +17,7 @@ use floe_meta::schema::{ChunkRecord, WalPositionRecord, WalRefRecord, WalStreamR
 use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn};
 use floe_storage::log::{ChunkRef, WalPlace};
 use floe_storage::wal::{ChunkMeta, WalEntry, WalId};
-use floe_storage::wal_stream::{WalChunkRef, WalConfig, WalError, WalStream};
+use floe_storage::wal_stream::{WalChunkRef, WalConfig, WalError, WalObserver, WalStream};
 use floe_storage::{ReplicaSet, StorageError, StoragePool};
 use prost::Message;
 use tokio::sync::Mutex;
@@ -42,6 +42,8 @@ pub struct BrokerWal {
     session: i64,
     config: WalConfig,
     now_ms: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// Told of every object write (the broker's storage metrics).
+    observer: Option<WalObserver>,
     current: Mutex<WalStream>,
 }
 
@@ -56,9 +58,11 @@ impl BrokerWal {
         session: i64,
         config: WalConfig,
         now_ms: Arc<dyn Fn() -> i64 + Send + Sync>,
+        observer: Option<WalObserver>,
     ) -> Result<Self, MetaError> {
         let stream = register(&*meta, broker, session, now_ms()).await?;
-        let current = WalStream::start(pool.clone(), broker, stream, 0, config);
+        let current =
+            WalStream::start_observed(pool.clone(), broker, stream, 0, config, observer.clone());
         Ok(Self {
             meta,
             pool,
@@ -66,6 +70,7 @@ impl BrokerWal {
             session,
             config,
             now_ms,
+            observer,
             current: Mutex::new(current),
         })
     }
@@ -86,6 +91,13 @@ impl BrokerWal {
             stream: current.stream,
             seq: current.next_seq(),
         }
+    }
+
+    /// When the current stream's object being gathered is cut (see
+    /// [`WalStream::gathering_until`]); None while nothing is gathered or
+    /// the stream is being replaced.
+    pub fn gathering_until(&self) -> Option<tokio::time::Instant> {
+        self.current.try_lock().ok()?.gathering_until()
     }
 
     pub fn broker(&self) -> i32 {
@@ -110,8 +122,14 @@ impl BrokerWal {
                     let next =
                         register(&*self.meta, self.broker, self.session, (self.now_ms)()).await?;
                     tracing::warn!(broker = self.broker, dead = stream.stream, next, error = %why, "WAL stream ended; opened a new one");
-                    *current =
-                        WalStream::start(self.pool.clone(), self.broker, next, 0, self.config);
+                    *current = WalStream::start_observed(
+                        self.pool.clone(),
+                        self.broker,
+                        next,
+                        0,
+                        self.config,
+                        self.observer.clone(),
+                    );
                 }
                 Err(WalAppendError::Reopened {
                     dead: stream.stream,
@@ -294,9 +312,17 @@ mod tests {
             ..Default::default()
         };
         let clock: Arc<dyn Fn() -> i64 + Send + Sync> = Arc::new(|| 1_000);
-        let wal = BrokerWal::open(meta.clone(), pool.clone(), 7, 100, config, clock.clone())
-            .await
-            .unwrap();
+        let wal = BrokerWal::open(
+            meta.clone(),
+            pool.clone(),
+            7,
+            100,
+            config,
+            clock.clone(),
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(wal.stream().await, 0);
         let first = wal
             .append(meta_of(0), Bytes::from_static(b"zero"))
@@ -343,7 +369,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(0, 100), (1, 100)]
         );
-        let next_session = BrokerWal::open(meta.clone(), pool, 7, 200, config, clock)
+        let next_session = BrokerWal::open(meta.clone(), pool, 7, 200, config, clock, None)
             .await
             .unwrap();
         assert_eq!(next_session.stream().await, 2);

@@ -90,6 +90,8 @@ pub struct Standalone {
     env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
+    /// Its storage server when it runs on S3 (see [`DefaultStorage`]).
+    _moto: Option<Moto>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -113,6 +115,18 @@ impl Standalone {
     pub fn start_with_env(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let data_dir = tmp.path().join("data");
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut toml = toml.to_string();
+        let mut moto = None;
+        let names_storage = args
+            .iter()
+            .any(|a| a == "--storage" || a.starts_with("--storage="));
+        if standalone_storage() == DefaultStorage::S3 && !names_storage {
+            let m = Moto::start("floe-e2e")?;
+            args.extend(["--storage".to_string(), m.url("objects")]);
+            toml = with_test_wal_linger(&toml);
+            moto = Some(m);
+        }
         let config = if toml.is_empty() {
             None
         } else {
@@ -125,13 +139,14 @@ impl Standalone {
             port: free_port(),
             http_port: free_port(),
             config,
-            args: args.iter().map(|a| a.to_string()).collect(),
+            args,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             child: None,
             log: tmp.path().join("floe.log"),
+            _moto: moto,
             _tmp: Some(tmp),
         };
         s.spawn()?;
@@ -261,6 +276,22 @@ impl Standalone {
 
     pub fn objects_dir(&self) -> PathBuf {
         self.data_dir.join("objects")
+    }
+
+    /// Keys of the storage objects whose name ends in `suffix`, on whichever
+    /// storage it runs (its directory, or the bucket of its S3 server).
+    pub fn object_keys(&self, suffix: &str) -> Result<Vec<String>> {
+        match &self._moto {
+            Some(m) => Ok(m
+                .keys("objects/")?
+                .into_iter()
+                .filter(|k| k.ends_with(suffix))
+                .collect()),
+            None => Ok(files_with_suffix(&self.objects_dir(), suffix)
+                .into_iter()
+                .map(|p| p.display().to_string())
+                .collect()),
+        }
     }
 }
 
@@ -487,23 +518,52 @@ impl Drop for Etcd {
     }
 }
 
-/// Where a test cluster keeps its data unless the test names its
-/// targets: `FLOE_E2E_STORAGE=s3` gives every such cluster its own moto
-/// server (one bucket), so the suite runs on an object store and brokers
-/// take the shared WAL layout (`chunk_layout = "auto"`); `file` (the
-/// default) a directory of the cluster's.
+/// Where a test cluster or standalone keeps its data unless the test
+/// names its targets. Clusters run on an object store by default — each
+/// its own moto server (one bucket), so brokers take the shared WAL
+/// layout (`chunk_layout = "auto"`), as in production on S3 — and a
+/// standalone on its data directory, as `floe standalone` does out of the
+/// box. `FLOE_E2E_STORAGE=s3` puts every standalone on S3 too (the whole
+/// suite on the shared layout); `FLOE_E2E_STORAGE=file` every cluster on
+/// a directory (per-partition chunks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DefaultStorage {
     File,
     S3,
 }
 
-pub fn default_storage() -> DefaultStorage {
+/// `toml` with the shared WAL's linger at 5 ms, as for a low-latency
+/// store (docs/operations.md): a loopback S3 server answers in a few ms,
+/// and the default 100 ms would make every acked produce of the suite
+/// wait a tenth of a second.
+fn with_test_wal_linger(toml: &str) -> String {
+    const LINE: &str = "wal_linger_ms = 5\n";
+    match toml.find("[broker]\n") {
+        Some(i) => {
+            let at = i + "[broker]\n".len();
+            format!("{}{LINE}{}", &toml[..at], &toml[at..])
+        }
+        None => format!("{toml}\n[broker]\n{LINE}"),
+    }
+}
+
+fn storage_mode() -> Option<DefaultStorage> {
     match std::env::var("FLOE_E2E_STORAGE").as_deref() {
-        Ok("s3") => DefaultStorage::S3,
-        Ok("file") | Ok("") | Err(_) => DefaultStorage::File,
+        Ok("s3") => Some(DefaultStorage::S3),
+        Ok("file") => Some(DefaultStorage::File),
+        Ok("") | Err(_) => None,
         Ok(other) => panic!("FLOE_E2E_STORAGE={other}: expected `file` or `s3`"),
     }
+}
+
+/// The default storage of a test cluster (see [`DefaultStorage`]).
+pub fn cluster_storage() -> DefaultStorage {
+    storage_mode().unwrap_or(DefaultStorage::S3)
+}
+
+/// The default storage of a test standalone (see [`DefaultStorage`]).
+pub fn standalone_storage() -> DefaultStorage {
+    storage_mode().unwrap_or(DefaultStorage::File)
 }
 
 /// A real S3-compatible server (moto's `moto_server`, from PyPI
@@ -583,6 +643,45 @@ impl Moto {
         let fresh = Self::start_on(&self.bucket, self.port)?;
         *self = fresh;
         Ok(())
+    }
+
+    /// Every key under `prefix` in the bucket (ListObjectsV2, all pages).
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut path = format!("/{}?list-type=2&prefix={prefix}", self.bucket);
+            if let Some(t) = &token {
+                path.push_str(&format!("&continuation-token={}", url_escape(t)));
+            }
+            let body = self.get_body(&path)?;
+            keys.extend(xml_values(&body, "Key"));
+            token = xml_values(&body, "NextContinuationToken")
+                .into_iter()
+                .next();
+            if token.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    fn get_body(&self, path: &str) -> Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            self.port
+        )?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)?;
+        let (head, body) = raw
+            .split_once("\r\n\r\n")
+            .context("moto answered without a body")?;
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+        }
+        Ok(body.to_string())
     }
 
     /// A bodiless request; the status code.
@@ -911,8 +1010,8 @@ pub struct Cluster {
     storage_args: Vec<String>,
     /// What every Floe process runs under (see [`Proc`]).
     wrapper: Vec<String>,
-    /// The S3-compatible server of the default storage target when
-    /// `FLOE_E2E_STORAGE=s3` (see [`default_storage`]).
+    /// The S3-compatible server of its default storage target (see
+    /// [`DefaultStorage`]).
     _moto: Option<Moto>,
     // Dropped last: processes first, then storage, etcd, the files.
     pub etcd: Etcd,
@@ -1061,7 +1160,7 @@ impl Cluster {
         let mut moto = None;
         let urls: Vec<String> = if !storage_urls.is_empty() {
             storage_urls.to_vec()
-        } else if default_storage() == DefaultStorage::S3 {
+        } else if cluster_storage() == DefaultStorage::S3 {
             let m = Moto::start("floe-e2e")?;
             let url = m.url("objects");
             moto = Some(m);
@@ -1080,12 +1179,13 @@ impl Cluster {
             write_quorum.to_string(),
         ]);
         let broker_toml = tmp.path().join("broker.toml");
-        std::fs::write(
-            &broker_toml,
-            format!(
-                "[broker]\nlease_ttl_ms = {lease_ttl_ms}\nretention_check_interval_ms = 1000\n{extra_broker_toml}"
-            ),
-        )?;
+        let mut toml = format!(
+            "[broker]\nlease_ttl_ms = {lease_ttl_ms}\nretention_check_interval_ms = 1000\n{extra_broker_toml}"
+        );
+        if moto.is_some() {
+            toml = with_test_wal_linger(&toml);
+        }
+        std::fs::write(&broker_toml, toml)?;
         let mut c = Self {
             controllers: Vec::new(),
             brokers: Vec::new(),
@@ -1406,6 +1506,32 @@ pub fn http_get_from(host: &str, port: u16, path: &str, timeout: Duration) -> Re
 }
 
 /// Files under `dir` whose name ends with `suffix`.
+/// The text of every `<tag>...</tag>` in `xml`, in order.
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        rest = &rest[i + open.len()..];
+        let Some(j) = rest.find(&close) else { break };
+        out.push(rest[..j].to_string());
+        rest = &rest[j + close.len()..];
+    }
+    out
+}
+
+/// `s` with everything but unreserved URL characters percent-encoded.
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

@@ -308,6 +308,12 @@ async fn a_drained_broker_is_emptied_under_load_and_stopped_with_nothing_lost() 
     // Nothing left on it: kill -9 costs nothing.
     c.brokers[1].stop_with("-KILL").unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // Enough load to mean something whatever the store's latency (one
+    // send at a time: on S3 each waits for a WAL object).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() <= 100 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     let failed = failed.lock().unwrap().clone();

@@ -593,6 +593,19 @@ mod otlp {
         pub attributes: Vec<(String, String)>,
     }
 
+    /// Whether a span whose parent is `parent` is a storage write of
+    /// `request`'s: per-partition chunks are written under the request's
+    /// span; a shared WAL object (S3 targets) under its `wal.write`, a
+    /// child of the first request whose chunk is in it.
+    pub fn under(spans: &[Got], parent: &[u8], request: &Got) -> bool {
+        parent == request.span_id.as_slice()
+            || spans.iter().any(|w| {
+                w.name == "wal.write"
+                    && w.span_id.as_slice() == parent
+                    && w.parent == request.span_id
+            })
+    }
+
     #[derive(Clone, Default)]
     pub struct Receiver {
         pub spans: Arc<Mutex<Vec<Got>>>,
@@ -704,7 +717,9 @@ async fn one_produce_through_a_proxy_is_one_trace_from_proxy_to_broker_to_storag
                 let puts: Vec<otlp::Got> = spans
                     .iter()
                     .filter(|s| {
-                        s.name == "storage.put" && s.trace_id == b.trace_id && s.parent == b.span_id
+                        s.name == "storage.put"
+                            && s.trace_id == b.trace_id
+                            && otlp::under(&spans, &s.parent, b)
                     })
                     .cloned()
                     .collect();
@@ -733,10 +748,10 @@ async fn one_produce_through_a_proxy_is_one_trace_from_proxy_to_broker_to_storag
         "{broker_span:?}"
     );
     assert!(
-        puts.iter().all(|p| p
-            .attributes
-            .iter()
-            .any(|(k, v)| k == "storage.path" && v.ends_with(".chunk"))),
+        puts.iter()
+            .all(|p| p.attributes.iter().any(
+                |(k, v)| k == "storage.path" && (v.ends_with(".chunk") || v.ends_with(".wal"))
+            )),
         "{puts:?}"
     );
     assert!(
@@ -807,18 +822,19 @@ async fn one_produce_through_a_proxy_is_one_trace_from_proxy_to_broker_to_storag
                 && s.trace_id == client_trace
                 && s.parent == client_span
         });
-        if let Some(ps) = proxy_span {
-            assert!(
-                spans.iter().any(|b| b.service == "floe-broker"
-                    && b.trace_id == client_trace
-                    && b.parent == ps.span_id),
-                "the broker's span continues the client's trace"
-            );
+        // Each process exports on its own schedule: wait for both.
+        let broker_continues = proxy_span.is_some_and(|ps| {
+            spans.iter().any(|b| {
+                b.service == "floe-broker" && b.trace_id == client_trace && b.parent == ps.span_id
+            })
+        });
+        if broker_continues {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "no span under the client's traceparent"
+            "no proxy span under the client's traceparent with the broker's span under it (proxy span found: {})",
+            proxy_span.is_some()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -934,7 +950,7 @@ async fn one_produce_through_a_proxy_is_one_trace_from_proxy_to_broker_to_storag
             .find_map(|b| {
                 let puts: Vec<&otlp::Got> = spans
                     .iter()
-                    .filter(|s| s.name == "storage.put" && s.parent == b.span_id)
+                    .filter(|s| s.name == "storage.put" && otlp::under(&spans, &s.parent, b))
                     .collect();
                 (puts.len() >= 3).then_some(puts)
             });

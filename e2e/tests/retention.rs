@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use floe_e2e::{files_with_suffix, RawClient, Standalone};
+use floe_e2e::{RawClient, Standalone};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -105,7 +105,7 @@ async fn size_rolls_and_byte_retention_delete_old_segments() {
     wait_until(
         "segment objects to be deleted",
         Duration::from_secs(20),
-        || files_with_suffix(&s.objects_dir(), ".seg").len() <= 5,
+        || s.object_keys(".seg").unwrap().len() <= 5,
     );
     // Settled: the log start stays put over several retention passes.
     let mut lo = watermarks(&b, "sized").0;

@@ -24,8 +24,8 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabel {
     pub target: String,
     /// put (single PUTs, conditional creates included), multipart (an
-    /// upload started; its parts are not counted apart), get (whole or
-    /// ranged), list, delete, copy.
+    /// upload started), part (one part of an upload), complete (an upload
+    /// finished), abort, get (whole or ranged), list, delete, copy.
     pub op: &'static str,
 }
 
@@ -35,7 +35,7 @@ static REQUESTS: LazyLock<Family<RequestLabel, Counter>> = LazyLock::new(Family:
 pub fn register(registry: &mut Registry) {
     registry.register(
         "storage_requests",
-        "Requests made to each storage target, by kind (put, multipart, get, list, delete, copy): what an object store bills",
+        "Requests made to each storage target, by kind (put, multipart, part, complete, abort, get, list, delete, copy): what an object store bills",
         REQUESTS.clone(),
     );
 }
@@ -79,6 +79,32 @@ fn count(target: &str, op: &'static str) {
         .inc();
 }
 
+/// A multipart upload whose parts and completion are counted too: on an
+/// object store each is a billed request like a PUT.
+#[derive(Debug)]
+struct CountedUpload {
+    target: String,
+    inner: Box<dyn MultipartUpload>,
+}
+
+#[async_trait]
+impl MultipartUpload for CountedUpload {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        count(&self.target, "part");
+        self.inner.put_part(data)
+    }
+
+    async fn complete(&mut self) -> Result<PutResult> {
+        count(&self.target, "complete");
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        count(&self.target, "abort");
+        self.inner.abort().await
+    }
+}
+
 impl std::fmt::Display for Counted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.inner)
@@ -103,7 +129,11 @@ impl ObjectStore for Counted {
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
         self.count("multipart");
-        self.inner.put_multipart_opts(location, opts).await
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(CountedUpload {
+            target: self.target.clone(),
+            inner,
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
@@ -167,15 +197,44 @@ mod tests {
         store.get_range(&p, 0..1).await.unwrap();
         let _: Vec<_> = store.list(Some(&"a".into())).collect().await;
         store.delete(&p).await.unwrap();
-        let got: Vec<(&str, u64)> = ["put", "get", "list", "delete", "copy"]
-            .into_iter()
-            .map(|op| (op, requests("counted-test", op)))
-            .collect();
+        // An upload of three parts: one request to start it, one a part,
+        // one to finish it.
+        let mut up = store.put_multipart(&"a/c".into()).await.unwrap();
+        for part in [b"1", b"2", b"3"] {
+            up.put_part(PutPayload::from_static(part)).await.unwrap();
+        }
+        up.complete().await.unwrap();
+        assert_eq!(
+            store
+                .get(&"a/c".into())
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+            "123"
+        );
+        let got: Vec<(&str, u64)> = [
+            "put",
+            "multipart",
+            "part",
+            "complete",
+            "get",
+            "list",
+            "delete",
+            "copy",
+        ]
+        .into_iter()
+        .map(|op| (op, requests("counted-test", op)))
+        .collect();
         assert_eq!(
             got,
             [
                 ("put", 2),
-                ("get", 2),
+                ("multipart", 1),
+                ("part", 3),
+                ("complete", 1),
+                ("get", 3),
                 ("list", 1),
                 ("delete", 1),
                 ("copy", 0)

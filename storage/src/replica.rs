@@ -287,7 +287,7 @@ impl ReplicaSet {
                 .put_multipart(path)
                 .await
                 .map_err(StorageError::from_object_store)?;
-            let mut w = WriteMultipart::new_with_chunk_size(up, 8 << 20);
+            let mut w = WriteMultipart::new_with_chunk_size(up, UPLOAD_PART_BYTES);
             let mut stream = got.into_stream();
             let mut n = 0u64;
             while let Some(part) = stream.next().await {
@@ -326,7 +326,7 @@ impl ReplicaSet {
         };
         for t in candidates {
             match t.store.put_multipart(path).await {
-                Ok(u) => writers.push(WriteMultipart::new_with_chunk_size(u, 8 << 20)),
+                Ok(u) => writers.push(WriteMultipart::new_with_chunk_size(u, UPLOAD_PART_BYTES)),
                 Err(e) => {
                     tracing::warn!(target_id = %t.id, %path, error = %e, "starting an upload failed");
                     last = Some(e.to_string());
@@ -392,6 +392,17 @@ pub(crate) fn worst(path: &Path, errors: impl IntoIterator<Item = StorageError>)
         .unwrap_or_else(|| StorageError::NotFound(path.to_string()))
 }
 
+/// Part size of multipart uploads (segment seals, compaction, repair
+/// copies). Every part is a billed request on an object store: 32 MiB
+/// parts make a consolidated GB cost ~30 requests per replica on top of
+/// the WAL objects' ~120 (docs/storage.md, "Cost model"); 8 MiB parts
+/// cost as much again as the WAL itself.
+pub const UPLOAD_PART_BYTES: usize = 32 << 20;
+
+/// Parts of one replica's upload in flight while the next fills: an
+/// upload holds at most (1 + this) parts per replica in memory.
+const UPLOAD_PARTS_IN_FLIGHT: usize = 1;
+
 /// A large object being written to every replica of a set.
 pub struct ReplicatedUpload {
     writers: Vec<WriteMultipart>,
@@ -405,7 +416,7 @@ impl ReplicatedUpload {
     pub async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
         let mut failed = Vec::new();
         for (i, w) in self.writers.iter_mut().enumerate() {
-            match w.wait_for_capacity(4).await {
+            match w.wait_for_capacity(UPLOAD_PARTS_IN_FLIGHT).await {
                 Ok(()) => w.put(data.clone()),
                 Err(e) => {
                     tracing::warn!(path = %self.path, error = %e, "a replica of an upload failed");

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::wal::{ChunkMeta, WalBuilder, WalEntry, WalId};
 use crate::{layout, PutOutcome, StorageError, StoragePool};
@@ -70,10 +71,17 @@ pub enum WalError {
 
 type Reply = oneshot::Sender<Result<WalChunkRef, WalError>>;
 
+/// Told of every object a stream writes: how long its write took (to W
+/// copies, retries included, or to giving up) and whether it was made
+/// durable — a broker's `floe_storage_op_duration_seconds{op="wal_put"}`.
+pub type WalObserver = Arc<dyn Fn(Duration, bool) + Send + Sync>;
+
 struct Submit {
     meta: ChunkMeta,
     payload: Bytes,
     reply: Reply,
+    /// The span the chunk was handed in under (its first request's).
+    span: tracing::Span,
 }
 
 /// A handle on a running stream; cloned by every partition writer.
@@ -84,6 +92,9 @@ pub struct WalStream {
     pub stream: i64,
     /// The seq the next object flushed will get.
     next_seq: Arc<AtomicI64>,
+    /// When the object being gathered is cut by the linger, or after a cut
+    /// the earliest the next one can be (None: before the first object).
+    gathering: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl WalStream {
@@ -96,15 +107,47 @@ impl WalStream {
         first_seq: i64,
         config: WalConfig,
     ) -> Self {
+        Self::start_observed(pool, broker, stream, first_seq, config, None)
+    }
+
+    /// [`WalStream::start`], telling `observer` of every object write.
+    pub fn start_observed(
+        pool: Arc<StoragePool>,
+        broker: i32,
+        stream: i64,
+        first_seq: i64,
+        config: WalConfig,
+        observer: Option<WalObserver>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let next_seq = Arc::new(AtomicI64::new(first_seq));
-        tokio::spawn(run(pool, broker, stream, next_seq.clone(), config, rx));
+        let gathering = Arc::new(std::sync::Mutex::new(None));
+        tokio::spawn(run(
+            pool,
+            broker,
+            stream,
+            (next_seq.clone(), gathering.clone()),
+            (config, observer),
+            rx,
+        ));
         Self {
             tx,
             broker,
             stream,
             next_seq,
+            gathering,
         }
+    }
+
+    /// When the object now being gathered will be cut by the linger, or
+    /// after a cut the earliest the next one will be (a moment in the past
+    /// once the stream sits idle): a partition writer holds its filling chunk until just
+    /// before then, so that it hands in one chunk per object rather than
+    /// one per `chunk_linger_ms` (fewer index entries, checkpoint entries
+    /// and segment rolls; the same latency, as every chunk waits for the
+    /// cut anyway).
+    pub fn gathering_until(&self) -> Option<tokio::time::Instant> {
+        *self.gathering.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The seq the next object flushed will get: a chunk handed in from
@@ -123,6 +166,7 @@ impl WalStream {
                 meta,
                 payload,
                 reply,
+                span: tracing::Span::current(),
             })
             .map_err(|_| WalError::Ended("the stream task is gone".into()))?;
         rx.await
@@ -141,10 +185,16 @@ async fn run(
     pool: Arc<StoragePool>,
     broker: i32,
     stream: i64,
-    next_seq_shared: Arc<AtomicI64>,
-    config: WalConfig,
+    (next_seq_shared, gathering_shared): (
+        Arc<AtomicI64>,
+        Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    ),
+    (config, observer): (WalConfig, Option<WalObserver>),
     mut rx: mpsc::UnboundedReceiver<Submit>,
 ) {
+    let publish = |deadline: Option<tokio::time::Instant>| {
+        *gathering_shared.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+    };
     let mut next_seq = next_seq_shared.load(Ordering::Acquire);
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut gathering: Vec<Submit> = Vec::new();
@@ -158,8 +208,18 @@ async fn run(
     let mut next_cut: Option<tokio::time::Instant> = None;
     let mut closed = false;
     let end = loop {
-        let full = gathered_bytes >= config.max_bytes;
+        let mut full = gathered_bytes >= config.max_bytes;
         let due = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
+        if due && !closed {
+            // Chunks handed in for this object just before its deadline
+            // (writers hold theirs until then) still go in it.
+            while !full {
+                let Ok(s) = rx.try_recv() else { break };
+                gathered_bytes += s.payload.len();
+                gathering.push(s);
+                full = gathered_bytes >= config.max_bytes;
+            }
+        }
         if !gathering.is_empty() && (full || due || closed) && inflight.len() < config.max_in_flight
         {
             let id = WalId {
@@ -169,7 +229,13 @@ async fn run(
             };
             next_seq += 1;
             next_seq_shared.store(next_seq, Ordering::Release);
-            inflight.push_back(write(&pool, id, std::mem::take(&mut gathering), config));
+            inflight.push_back(write(
+                &pool,
+                id,
+                std::mem::take(&mut gathering),
+                config,
+                observer.clone(),
+            ));
             gathered_bytes = 0;
             let now = tokio::time::Instant::now();
             next_cut = Some(match deadline {
@@ -177,6 +243,10 @@ async fn run(
                 _ => now + config.linger,
             });
             deadline = None;
+            // The next object is cut no earlier than this (see next_cut):
+            // writers hold their chunks until just before it even while
+            // nothing is gathered yet.
+            publish(next_cut);
             continue;
         }
         if closed && gathering.is_empty() && inflight.is_empty() {
@@ -208,13 +278,15 @@ async fn run(
                 Some(s) => {
                     gathered_bytes += s.payload.len();
                     gathering.push(s);
-                    deadline.get_or_insert_with(|| {
+                    if deadline.is_none() {
                         let now = tokio::time::Instant::now();
-                        match next_cut {
+                        let d = match next_cut {
                             Some(n) if n > now => n,
                             _ => now + config.linger,
-                        }
-                    });
+                        };
+                        deadline = Some(d);
+                        publish(Some(d));
+                    }
                 }
                 None => closed = true,
             },
@@ -226,6 +298,7 @@ async fn run(
     // chunk not yet written get the error; so does anything handed in
     // from now on (the channel closes when this returns).
     let (failed, error) = end;
+    publish(None);
     tracing::warn!(broker, stream, seq = failed.id.seq, error = %error, "WAL stream ended");
     for (_, reply) in failed.chunks {
         let _ = reply.send(Err(error.clone()));
@@ -248,8 +321,33 @@ async fn run(
 /// Build object `id` of `chunks` and start writing it to a fresh replica
 /// set, retrying a failed write (an identical retry counts the replicas
 /// that already hold it).
-fn write(pool: &StoragePool, id: WalId, chunks: Vec<Submit>, config: WalConfig) -> InFlight {
-    let mut b = WalBuilder::with_capacity(chunks.iter().map(|s| s.payload.len()).sum());
+fn write(
+    pool: &StoragePool,
+    id: WalId,
+    chunks: Vec<Submit>,
+    config: WalConfig,
+    observer: Option<WalObserver>,
+) -> InFlight {
+    let bytes: usize = chunks.iter().map(|s| s.payload.len()).sum();
+    // The object's write is traced under its first chunk's request and
+    // linked (follows-from) to every other one's: one object serves many.
+    let first = chunks
+        .first()
+        .map(|s| s.span.clone())
+        .unwrap_or_else(tracing::Span::none);
+    let span = tracing::debug_span!(
+        parent: &first,
+        "wal.write",
+        wal.broker = id.broker,
+        wal.stream = id.stream,
+        wal.seq = id.seq,
+        wal.chunks = chunks.len(),
+        wal.bytes = bytes,
+    );
+    for s in chunks.iter().skip(1) {
+        span.follows_from(&s.span);
+    }
+    let mut b = WalBuilder::with_capacity(bytes);
     let mut out = Vec::with_capacity(chunks.len());
     for s in chunks {
         let entry = b.push(s.meta, &s.payload);
@@ -259,21 +357,32 @@ fn write(pool: &StoragePool, id: WalId, chunks: Vec<Submit>, config: WalConfig) 
     let replicas = pool.choose_replica_set();
     let replica_set = replicas.ids();
     let path = layout::wal(id);
-    let task = tokio::spawn(async move {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match replicas.put_create(&path, object.clone()).await {
-                Err(StorageError::Unavailable(e) | StorageError::Indeterminate(e))
-                    if attempt < config.attempts =>
-                {
-                    tracing::warn!(%path, attempt, error = %e, "WAL object put failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+    let task = tokio::spawn(
+        async move {
+            let started = tokio::time::Instant::now();
+            let mut attempt = 0;
+            let outcome = loop {
+                attempt += 1;
+                match replicas.put_create(&path, object.clone()).await {
+                    Err(StorageError::Unavailable(e) | StorageError::Indeterminate(e))
+                        if attempt < config.attempts =>
+                    {
+                        tracing::warn!(%path, attempt, error = %e, "WAL object put failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    }
+                    other => break other,
                 }
-                other => return other,
+            };
+            if let Some(observe) = observer {
+                observe(
+                    started.elapsed(),
+                    matches!(outcome, Ok(PutOutcome::Created)),
+                );
             }
+            outcome
         }
-    });
+        .instrument(span),
+    );
     InFlight {
         id,
         replica_set,

@@ -657,9 +657,17 @@ pub(crate) async fn test_context(
     guard.renewed(Instant::now(), ttl);
     let wal = match wal {
         Some(c) => Some(Arc::new(
-            crate::wal::BrokerWal::open(meta.clone(), pool.clone(), 1, 1, c, Arc::new(|| 1_000))
-                .await
-                .unwrap(),
+            crate::wal::BrokerWal::open(
+                meta.clone(),
+                pool.clone(),
+                1,
+                1,
+                c,
+                Arc::new(|| 1_000),
+                None,
+            )
+            .await
+            .unwrap(),
         )),
         None => None,
     };
@@ -1179,6 +1187,68 @@ mod wal_tests {
                 SegmentView::Sealed(_) => 0,
             })
             .sum()
+    }
+
+    /// A partition busier than its chunk linger hands in one chunk per WAL
+    /// object, not one per `chunk_linger_ms`: batches every 5 ms with a
+    /// 100 ms WAL linger gather into one chunk per object, two when a
+    /// batch comes in the last moments before the cut (it goes at once
+    /// rather than wait a whole linger), three in the first object (the
+    /// first batch's chunk started it); before: one chunk a batch, forty
+    /// over a handful of objects.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_partition_hands_in_one_chunk_per_wal_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let targets = (0..3)
+            .map(|i| floe_storage::StorageTarget::open(format!("t{i}"), "memory://").unwrap())
+            .collect();
+        let pool = Arc::new(StoragePool::new(targets, 2, 2).unwrap());
+        let config = BrokerConfig {
+            chunk_layout: crate::config::ChunkLayout::Wal,
+            wal_linger_ms: 100,
+            ..Default::default()
+        };
+        let wal = config.wal_config();
+        let ctx = test_context(&dir, pool, config, Some(wal)).await;
+        let h = restart(&ctx, 1).await;
+        let mut acks = Vec::new();
+        for i in 0..40 {
+            let b = Bytes::from(synthetic_batch(3, 40 + i, 1_700_000_000_000));
+            let headers = validate_for_produce(&b, usize::MAX).unwrap();
+            acks.push(h.submit(b, headers).await.unwrap());
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let mut bases_acked = Vec::new();
+        for a in acks {
+            bases_acked.push(a.await.unwrap().unwrap().base_offset);
+        }
+        assert_eq!(bases_acked, (0..40).map(|i| i * 3).collect::<Vec<_>>());
+        let snapshot = h.log.snapshot();
+        let places: Vec<(i64, i64)> = snapshot
+            .segments
+            .values()
+            .flat_map(|s| match s {
+                SegmentView::Open { chunks, .. } => chunks
+                    .iter()
+                    .filter_map(|c| c.wal.as_ref().map(|w| (w.id.stream, w.id.seq)))
+                    .collect(),
+                SegmentView::Sealed(_) => Vec::new(),
+            })
+            .collect();
+        let objects: std::collections::BTreeSet<_> = places.iter().collect();
+        assert!(
+            places.len() <= 2 * objects.len() + 1,
+            "{} chunks in {} WAL objects: {places:?}",
+            places.len(),
+            objects.len()
+        );
+        assert_eq!(bases(&cold_start(&ctx, &h).await).await, bases_acked);
+    }
+
+    /// `h` released and taken again through a cold cache.
+    async fn cold_start(ctx: &PartitionContext, h: &PartitionHandle) -> PartitionHandle {
+        h.release().await;
+        restart(&cold(ctx), 2).await
     }
 
     /// Chunks go to shared WAL objects and read back from them; a clean

@@ -433,6 +433,7 @@ impl Writer {
                 && self.inflight.is_empty()
                 && self.buffer.is_some()
                 && rx.is_empty()
+                && self.wal_hold().is_none()
             {
                 if let Err(stop) = self.start_flush().await {
                     break Err(stop);
@@ -492,7 +493,18 @@ impl Writer {
                     None => Ok(Some(None)),
                 },
                 // A lingering chunk waits for a free flush slot like any other.
-                _ = async { tokio::time::sleep_until(linger.unwrap()).await }, if linger.is_some() && self.inflight.len() < max_inflight => self.start_flush().await.map(|_| None),
+                _ = async { tokio::time::sleep_until(linger.unwrap()).await }, if linger.is_some() && self.inflight.len() < max_inflight => match self.wal_hold() {
+                    // The broker's WAL object is still gathering: hand
+                    // this chunk in just before it is cut, with whatever
+                    // else comes meanwhile.
+                    Some(until) => {
+                        if let Some(b) = self.buffer.as_mut() {
+                            b.deadline = until;
+                        }
+                        Ok(None)
+                    }
+                    None => self.start_flush().await.map(|_| None),
+                },
                 _ = tick.tick() => {
                     let every = Duration::from_millis(self.ctx.config.retention_check_interval_ms);
                     if last_housekeeping.elapsed() >= every {
@@ -811,6 +823,18 @@ impl Writer {
     }
 
     /// Flush the filling chunk: to a new segment first if the open one is full.
+    /// On the shared WAL, while the broker's next object is being
+    /// gathered: the moment just before it is cut (a few ms, so that a
+    /// chunk handed in then reaches the stream in time), if still ahead.
+    /// Until then the filling chunk waits and takes in more batches: one
+    /// chunk per partition per WAL object.
+    fn wal_hold(&self) -> Option<tokio::time::Instant> {
+        let cut = self.ctx.wal.as_ref()?.gathering_until()?;
+        let margin = Duration::from_millis((self.ctx.config.wal_linger_ms / 20).max(2));
+        let until = cut.checked_sub(margin)?;
+        (until > tokio::time::Instant::now()).then_some(until)
+    }
+
     async fn start_flush(&mut self) -> Result<(), Stop> {
         let Some(buffer) = self.buffer.take() else {
             return Ok(());
