@@ -100,6 +100,16 @@ impl BrokerWal {
         self.current.try_lock().ok()?.gathering_until()
     }
 
+    /// [`WalStream::hold`] on the current stream (None while it is being
+    /// replaced: the chunk then goes at once).
+    pub fn hold(
+        &self,
+        margin: std::time::Duration,
+        registered: Option<i64>,
+    ) -> Option<floe_storage::wal_stream::Hold> {
+        self.current.try_lock().ok()?.hold(margin, registered)
+    }
+
     pub fn broker(&self) -> i32 {
         self.broker
     }
@@ -112,9 +122,10 @@ impl BrokerWal {
         &self,
         meta: ChunkMeta,
         payload: Bytes,
+        held: Option<i64>,
     ) -> Result<WalChunkRef, WalAppendError> {
         let stream = self.current.lock().await.clone();
-        match stream.append(meta, payload).await {
+        match stream.append_held(meta, payload, held).await {
             Ok(r) => Ok(r),
             Err(why) => {
                 let mut current = self.current.lock().await;
@@ -325,7 +336,7 @@ mod tests {
         .unwrap();
         assert_eq!(wal.stream().await, 0);
         let first = wal
-            .append(meta_of(0), Bytes::from_static(b"zero"))
+            .append(meta_of(0), Bytes::from_static(b"zero"), None)
             .await
             .unwrap();
         assert_eq!((first.id.stream, first.id.seq), (0, 0));
@@ -342,14 +353,17 @@ mod tests {
                 .await
                 .unwrap();
         }
-        match wal.append(meta_of(1), Bytes::from_static(b"one")).await {
+        match wal
+            .append(meta_of(1), Bytes::from_static(b"one"), None)
+            .await
+        {
             Err(WalAppendError::Reopened {
                 dead: 0, next: 1, ..
             }) => {}
             other => panic!("the fenced stream must end: {other:?}"),
         }
         let again = wal
-            .append(meta_of(1), Bytes::from_static(b"one"))
+            .append(meta_of(1), Bytes::from_static(b"one"), None)
             .await
             .unwrap();
         assert_eq!((again.id.stream, again.id.seq), (1, 0));

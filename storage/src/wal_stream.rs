@@ -82,6 +82,8 @@ struct Submit {
     reply: Reply,
     /// The span the chunk was handed in under (its first request's).
     span: tracing::Span,
+    /// The object its writer held it for (see [`WalStream::hold`]).
+    held: Option<i64>,
 }
 
 /// A handle on a running stream; cloned by every partition writer.
@@ -92,9 +94,30 @@ pub struct WalStream {
     pub stream: i64,
     /// The seq the next object flushed will get.
     next_seq: Arc<AtomicI64>,
-    /// When the object being gathered is cut by the linger, or after a cut
-    /// the earliest the next one can be (None: before the first object).
-    gathering: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    /// What writers see of the object being gathered.
+    gate: Arc<std::sync::Mutex<Gate>>,
+}
+
+/// What a writer does with its filling chunk (see [`WalStream::hold`]);
+/// either way the stream counts on it for object `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Keep it until then, taking in more batches.
+    Until(tokio::time::Instant, i64),
+    /// Hand it in now: the cut is near.
+    Now(i64),
+}
+
+/// The object being gathered, as writers see it (see [`WalStream::hold`]).
+#[derive(Debug, Default)]
+struct Gate {
+    /// When it is cut by the linger, or after a cut the earliest the next
+    /// one can be (None: before the first object).
+    deadline: Option<tokio::time::Instant>,
+    /// The seq it will get.
+    seq: i64,
+    /// Writers that said they hold a chunk for it.
+    holding: usize,
 }
 
 impl WalStream {
@@ -121,12 +144,15 @@ impl WalStream {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let next_seq = Arc::new(AtomicI64::new(first_seq));
-        let gathering = Arc::new(std::sync::Mutex::new(None));
+        let gate = Arc::new(std::sync::Mutex::new(Gate {
+            seq: first_seq,
+            ..Default::default()
+        }));
         tokio::spawn(run(
             pool,
             broker,
             stream,
-            (next_seq.clone(), gathering.clone()),
+            (next_seq.clone(), gate.clone()),
             (config, observer),
             rx,
         ));
@@ -135,7 +161,7 @@ impl WalStream {
             broker,
             stream,
             next_seq,
-            gathering,
+            gate,
         }
     }
 
@@ -147,7 +173,39 @@ impl WalStream {
     /// and segment rolls; the same latency, as every chunk waits for the
     /// cut anyway).
     pub fn gathering_until(&self) -> Option<tokio::time::Instant> {
-        *self.gathering.lock().unwrap_or_else(|e| e.into_inner())
+        self.gate.lock().unwrap_or_else(|e| e.into_inner()).deadline
+    }
+
+    /// A writer about to hold its filling chunk for the object being
+    /// gathered: when to hand it in (`margin` before the cut), if that is
+    /// still ahead, and the object's seq, to pass to
+    /// [`WalStream::append_held`]. The first call for a seq (`registered`
+    /// is the seq the writer last got) counts the writer as holding; at its
+    /// deadline the stream waits for the writers it counted — a thousand
+    /// partitions handing in at once take a moment on a busy machine —
+    /// for at most a quarter of the linger, rather than leave the late
+    /// ones a whole linger for the next object.
+    ///
+    /// Past that moment but before the cut the writer is counted all the
+    /// same and told to hand in now ([`Hold::Now`]), so that what came to
+    /// a partition before the cut is in the object however busy the
+    /// machine; after the cut (nothing gathered, or the next object not
+    /// due yet) it holds for the next one.
+    pub fn hold(&self, margin: Duration, registered: Option<i64>) -> Option<Hold> {
+        let mut gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let cut = gate.deadline?;
+        let now = tokio::time::Instant::now();
+        if cut <= now {
+            return None;
+        }
+        if registered != Some(gate.seq) {
+            gate.holding += 1;
+        }
+        let seq = gate.seq;
+        Some(match cut.checked_sub(margin) {
+            Some(until) if until > now => Hold::Until(until, seq),
+            _ => Hold::Now(seq),
+        })
     }
 
     /// The seq the next object flushed will get: a chunk handed in from
@@ -160,6 +218,17 @@ impl WalStream {
     /// Hand in one chunk (whole batches with their offsets); the answer
     /// comes once it is durable in stream order, or the stream ended.
     pub async fn append(&self, meta: ChunkMeta, payload: Bytes) -> Result<WalChunkRef, WalError> {
+        self.append_held(meta, payload, None).await
+    }
+
+    /// [`WalStream::append`] of a chunk held for object `held` (the seq
+    /// [`WalStream::hold`] gave).
+    pub async fn append_held(
+        &self,
+        meta: ChunkMeta,
+        payload: Bytes,
+        held: Option<i64>,
+    ) -> Result<WalChunkRef, WalError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Submit {
@@ -167,6 +236,7 @@ impl WalStream {
                 payload,
                 reply,
                 span: tracing::Span::current(),
+                held,
             })
             .map_err(|_| WalError::Ended("the stream task is gone".into()))?;
         rx.await
@@ -185,15 +255,27 @@ async fn run(
     pool: Arc<StoragePool>,
     broker: i32,
     stream: i64,
-    (next_seq_shared, gathering_shared): (
-        Arc<AtomicI64>,
-        Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
-    ),
+    (next_seq_shared, gate): (Arc<AtomicI64>, Arc<std::sync::Mutex<Gate>>),
     (config, observer): (WalConfig, Option<WalObserver>),
     mut rx: mpsc::UnboundedReceiver<Submit>,
 ) {
-    let publish = |deadline: Option<tokio::time::Instant>| {
-        *gathering_shared.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+    let gate =
+        |f: &mut dyn FnMut(&mut Gate)| f(&mut gate.lock().unwrap_or_else(|e| e.into_inner()));
+    let publish = |deadline: Option<tokio::time::Instant>| gate(&mut |g| g.deadline = deadline);
+    // A chunk held for the object being gathered has come.
+    let arrived = |s: &Submit| {
+        if let Some(held) = s.held {
+            gate(&mut |g| {
+                if g.seq == held {
+                    g.holding = g.holding.saturating_sub(1);
+                }
+            });
+        }
+    };
+    let holding = || {
+        let mut n = 0;
+        gate(&mut |g| n = g.holding);
+        n
     };
     let mut next_seq = next_seq_shared.load(Ordering::Acquire);
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
@@ -210,14 +292,37 @@ async fn run(
     let end = loop {
         let mut full = gathered_bytes >= config.max_bytes;
         let due = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
-        if due && !closed {
-            // Chunks handed in for this object just before its deadline
-            // (writers hold theirs until then) still go in it.
-            while !full {
-                let Ok(s) = rx.try_recv() else { break };
-                gathered_bytes += s.payload.len();
-                gathering.push(s);
-                full = gathered_bytes >= config.max_bytes;
+        if due && !closed && !full && inflight.len() < config.max_in_flight {
+            // Writers hold their chunks until just before the deadline and
+            // hand them in together; on a busy machine (a thousand
+            // partitions waking at once) some come a little late. Wait for
+            // those that said they hold one (see `WalStream::hold`) — at
+            // most a quarter of the linger past the deadline, in case one
+            // went away — and take in whatever else is queued. The next
+            // deadline stays paced from this one's.
+            let cap = deadline.expect("due") + config.linger / 4;
+            loop {
+                let until = if holding() > 0 {
+                    cap
+                } else {
+                    tokio::time::Instant::now()
+                };
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(s)) => {
+                        arrived(&s);
+                        gathered_bytes += s.payload.len();
+                        gathering.push(s);
+                        if gathered_bytes >= config.max_bytes {
+                            full = true;
+                            break;
+                        }
+                    }
+                    Ok(None) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
         }
         if !gathering.is_empty() && (full || due || closed) && inflight.len() < config.max_in_flight
@@ -246,7 +351,11 @@ async fn run(
             // The next object is cut no earlier than this (see next_cut):
             // writers hold their chunks until just before it even while
             // nothing is gathered yet.
-            publish(next_cut);
+            gate(&mut |g| {
+                g.deadline = next_cut;
+                g.seq = next_seq;
+                g.holding = 0;
+            });
             continue;
         }
         if closed && gathering.is_empty() && inflight.is_empty() {
@@ -276,6 +385,7 @@ async fn run(
             }
             s = rx.recv(), if !closed && !full => match s {
                 Some(s) => {
+                    arrived(&s);
                     gathered_bytes += s.payload.len();
                     gathering.push(s);
                     if deadline.is_none() {
@@ -508,6 +618,72 @@ mod tests {
         // Each object holds the chunks of its 100 ms.
         let per_object = seqs.iter().filter(|&&q| q == 3).count();
         assert!((3..=4).contains(&per_object), "{seqs:?}");
+    }
+
+    /// A writer that said it holds a chunk for the object being gathered
+    /// is waited for at the cut when it comes a little late (a busy
+    /// machine), up to a quarter of the linger; one that never comes
+    /// delays the cut by that much at most; the pace stays.
+    #[tokio::test(start_paused = true)]
+    async fn the_cut_waits_for_writers_holding_a_chunk_for_it() {
+        let pool = pool();
+        let config = WalConfig {
+            linger: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let s = WalStream::start(pool.clone(), 4, 6, 0, config);
+        let t0 = tokio::time::Instant::now();
+        let first = {
+            let s = s.clone();
+            tokio::spawn(async move { s.append(meta(0, 0, 2), payload(2)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let cut = s.gathering_until().expect("gathering");
+        assert_eq!(cut - t0, Duration::from_millis(100));
+        let Some(Hold::Until(until, 0)) = s.hold(Duration::from_millis(5), None) else {
+            panic!("a hold for object 0 until 95 ms");
+        };
+        assert_eq!(until - t0, Duration::from_millis(95));
+        // Asked again, the same writer is not counted twice; within the
+        // margin it hands in at once.
+        assert_eq!(
+            s.hold(Duration::from_millis(5), Some(0)),
+            Some(Hold::Until(until, 0))
+        );
+        assert_eq!(
+            s.hold(Duration::from_millis(95), Some(0)),
+            Some(Hold::Now(0))
+        );
+        // It hands in 10 ms after the deadline: still in object 0.
+        tokio::time::sleep_until(t0 + Duration::from_millis(110)).await;
+        let late = s
+            .append_held(meta(1, 0, 2), payload(2), Some(0))
+            .await
+            .unwrap();
+        assert_eq!(late.id.seq, 0);
+        assert_eq!(first.await.unwrap().unwrap().id.seq, 0);
+        // The next object is still due at 200 ms (paced from 100 ms).
+        assert_eq!(
+            s.gathering_until().map(|d| d - t0),
+            Some(Duration::from_millis(200))
+        );
+        // A holder that never comes: the cut waits a quarter of the linger.
+        let next = {
+            let s = s.clone();
+            tokio::spawn(async move { s.append(meta(0, 2, 2), payload(2)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(s.hold(Duration::from_millis(5), Some(0)).is_some());
+        let r = next.await.unwrap().unwrap();
+        assert_eq!(r.id.seq, 1);
+        assert!(
+            tokio::time::Instant::now() - t0 >= Duration::from_millis(225),
+            "waited for the holder"
+        );
+        assert_eq!(
+            s.gathering_until().map(|d| d - t0),
+            Some(Duration::from_millis(300))
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

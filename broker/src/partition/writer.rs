@@ -98,6 +98,9 @@ enum Landed {
 
 struct Writer {
     ctx: PartitionContext,
+    /// The WAL object this writer told the stream it holds a chunk for
+    /// (see `wal_hold`); cleared when the chunk is handed in.
+    wal_held: Option<i64>,
     id: PartitionId,
     epoch: Epoch,
     owner: Bytes,
@@ -179,6 +182,7 @@ pub(crate) fn spawn(
         })
         .collect();
     let mut w = Writer {
+        wal_held: None,
         ctx,
         id,
         epoch,
@@ -226,11 +230,12 @@ fn spawn_wal_append(
     wal: Arc<crate::wal::BrokerWal>,
     meta: ChunkMeta,
     payload: Bytes,
+    held: Option<i64>,
     span: tracing::Span,
 ) -> JoinHandle<Result<Landed, StorageError>> {
     tokio::spawn(
         async move {
-            match wal.append(meta, payload).await {
+            match wal.append(meta, payload, held).await {
                 Ok(r) => Ok(Landed::Wal(r)),
                 Err(e @ crate::wal::WalAppendError::Reopened { .. }) => {
                     Ok(Landed::Reopened(e.to_string()))
@@ -828,11 +833,21 @@ impl Writer {
     /// chunk handed in then reaches the stream in time), if still ahead.
     /// Until then the filling chunk waits and takes in more batches: one
     /// chunk per partition per WAL object.
-    fn wal_hold(&self) -> Option<tokio::time::Instant> {
-        let cut = self.ctx.wal.as_ref()?.gathering_until()?;
+    fn wal_hold(&mut self) -> Option<tokio::time::Instant> {
+        use floe_storage::wal_stream::Hold;
         let margin = Duration::from_millis((self.ctx.config.wal_linger_ms / 20).max(2));
-        let until = cut.checked_sub(margin)?;
-        (until > tokio::time::Instant::now()).then_some(until)
+        // Either way the stream now counts on this writer's chunk for the
+        // object and waits for it at the cut (the hand-in names it).
+        match self.ctx.wal.as_ref()?.hold(margin, self.wal_held)? {
+            Hold::Until(until, seq) => {
+                self.wal_held = Some(seq);
+                Some(until)
+            }
+            Hold::Now(seq) => {
+                self.wal_held = Some(seq);
+                None
+            }
+        }
     }
 
     async fn start_flush(&mut self) -> Result<(), Stop> {
@@ -899,7 +914,7 @@ impl Writer {
                 };
                 let from = wal.position().await;
                 (
-                    spawn_wal_append(wal, meta, payload.clone(), span),
+                    spawn_wal_append(wal, meta, payload.clone(), self.wal_held.take(), span),
                     Some((meta, from)),
                 )
             }
@@ -1061,7 +1076,13 @@ impl Writer {
         for mut f in redo {
             let (meta, _) = f.wal.expect("a WAL flush");
             let from = wal.position().await;
-            f.task = spawn_wal_append(wal.clone(), meta, f.payload.clone(), tracing::Span::none());
+            f.task = spawn_wal_append(
+                wal.clone(),
+                meta,
+                f.payload.clone(),
+                None,
+                tracing::Span::none(),
+            );
             f.wal = Some((meta, from));
             self.inflight.push_back(f);
         }
