@@ -261,13 +261,15 @@ async fn scale_out_rebalance_evens_partitions_and_load_under_traffic() {
     );
 
     // The plan (a dry run changes nothing): 30 moves to the new brokers; a
-    // swap between old ones may follow when measurement noise leaves a
-    // broker just outside the ±10% band.
+    // few swaps between old ones may follow when measurement noise leaves
+    // a broker just outside the ±10% band (on S3 targets a partition's
+    // bytes land in bursts, one WAL object at a time, so its measured
+    // rate is noisier).
     let (code, out, err) = c.floectl(0, &["rebalance", "--dry-run", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let plan = parse(&out);
     let planned = plan["moves"].as_array().unwrap();
-    assert!((30..=32).contains(&planned.len()), "{plan}");
+    assert!((30..=34).contains(&planned.len()), "{plan}");
     // Net 30 partitions to the new brokers (a noise swap may involve one).
     let onto_new = |field: &str| {
         planned

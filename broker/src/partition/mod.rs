@@ -1293,6 +1293,22 @@ mod wal_tests {
             .await
             .unwrap();
         let stream_before = ctx.wal.as_ref().unwrap().stream().await;
+        // The same broker id back as a new process (a later session) has
+        // a stream of its own before the recovery: it never wrote this
+        // epoch, so the recovery leaves it alone.
+        let later = crate::wal::BrokerWal::open(
+            ctx.meta.clone(),
+            ctx.pool.clone(),
+            1,
+            2,
+            ctx.config.wal_config(),
+            Arc::new(|| 1_000),
+            None,
+        )
+        .await
+        .unwrap();
+        let later_stream = later.stream().await;
+        assert!(later_stream > stream_before);
         let ctx3 = cold(&ctx);
         let (h, report) = restart_report(&ctx3, 3).await;
         assert!(!report.clean);
@@ -1301,6 +1317,19 @@ mod wal_tests {
             "the four batches since the checkpoint came from the scan"
         );
         assert_eq!(bases(&h).await, want, "after an unclean end");
+        let meta = |base: Offset| floe_storage::wal::ChunkMeta {
+            partition: PartitionId::new(Uuid::from_u128(79), 0),
+            segment_base: 0,
+            segment_epoch: 1,
+            epoch: 1,
+            base_offset: base,
+            next_offset: base + 3,
+            max_timestamp: 0,
+            batch_count: 1,
+        };
+        let b = Bytes::from(synthetic_batch(3, 40, 1_700_000_000_000));
+        let r = later.append(meta(0), b.clone(), None).await.unwrap();
+        assert_eq!((r.id.stream, r.id.seq), (later_stream, 0), "not fenced");
         // The recovery fenced the stream the (shared) WAL wrote: the next
         // chunk goes to a new stream, handed in again, and is acked.
         want.extend(produce(&h, 2).await);

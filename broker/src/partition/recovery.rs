@@ -508,8 +508,21 @@ async fn scan_wal(
         ));
     };
     let streams = crate::wal::streams(&*ctx.meta, start.broker_id).await?;
+    // The partition's chunks of this epoch went to streams of one broker
+    // session: the one that opened `wal_start`'s stream (it and the
+    // streams it opened after a stream died). A later session of the same
+    // broker id (a new process, or the same after its lease lapsed) never
+    // wrote this epoch, and its streams are alive: scanning them would
+    // fence a live writer for nothing.
+    let session = streams
+        .iter()
+        .find(|s| s.stream == start.stream)
+        .map(|s| s.session);
     let mut found = BTreeMap::new();
-    for s in streams.iter().filter(|s| s.stream >= start.stream) {
+    for s in streams
+        .iter()
+        .filter(|s| s.stream >= start.stream && session.is_none_or(|x| s.session == x))
+    {
         let from = if s.stream == start.stream {
             start.seq
         } else {
