@@ -1122,13 +1122,17 @@ mod wal_tests {
     use floe_storage::log::SegmentView;
 
     async fn wal_ctx(dir: &tempfile::TempDir) -> PartitionContext {
+        wal_ctx_with_linger(dir, 5).await
+    }
+
+    async fn wal_ctx_with_linger(dir: &tempfile::TempDir, linger_ms: u64) -> PartitionContext {
         let targets = (0..3)
             .map(|i| floe_storage::StorageTarget::open(format!("t{i}"), "memory://").unwrap())
             .collect();
         let pool = Arc::new(StoragePool::new(targets, 2, 2).unwrap());
         let config = BrokerConfig {
             chunk_layout: crate::config::ChunkLayout::Wal,
-            wal_linger_ms: 5,
+            wal_linger_ms: linger_ms,
             ..Default::default()
         };
         let wal = config.wal_config();
@@ -1199,17 +1203,7 @@ mod wal_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_busy_partition_hands_in_one_chunk_per_wal_object() {
         let dir = tempfile::tempdir().unwrap();
-        let targets = (0..3)
-            .map(|i| floe_storage::StorageTarget::open(format!("t{i}"), "memory://").unwrap())
-            .collect();
-        let pool = Arc::new(StoragePool::new(targets, 2, 2).unwrap());
-        let config = BrokerConfig {
-            chunk_layout: crate::config::ChunkLayout::Wal,
-            wal_linger_ms: 100,
-            ..Default::default()
-        };
-        let wal = config.wal_config();
-        let ctx = test_context(&dir, pool, config, Some(wal)).await;
+        let ctx = wal_ctx_with_linger(&dir, 100).await;
         let h = restart(&ctx, 1).await;
         let mut acks = Vec::new();
         for i in 0..40 {
