@@ -827,12 +827,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Flush the filling chunk: to a new segment first if the open one is full.
     /// On the shared WAL, while the broker's next object is being
     /// gathered: the moment just before it is cut (a few ms, so that a
-    /// chunk handed in then reaches the stream in time), if still ahead.
-    /// Until then the filling chunk waits and takes in more batches: one
-    /// chunk per partition per WAL object.
+    /// chunk handed in then reaches the stream in time), if still ahead;
+    /// None to hand the chunk in now. Until then the filling chunk waits
+    /// and takes in more batches: one chunk per partition per WAL object.
     fn wal_hold(&mut self) -> Option<tokio::time::Instant> {
         use floe_storage::wal_stream::Hold;
         let margin = Duration::from_millis((self.ctx.config.wal_linger_ms / 20).max(2));
@@ -850,6 +849,7 @@ impl Writer {
         }
     }
 
+    /// Flush the filling chunk: to a new segment first if the open one is full.
     async fn start_flush(&mut self) -> Result<(), Stop> {
         let Some(buffer) = self.buffer.take() else {
             return Ok(());
