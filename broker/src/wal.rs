@@ -20,7 +20,7 @@ use floe_storage::wal::{ChunkMeta, WalEntry, WalId};
 use floe_storage::wal_stream::{WalChunkRef, WalConfig, WalError, WalObserver, WalStream};
 use floe_storage::{ReplicaSet, StorageError, StoragePool};
 use prost::Message;
-use tokio::sync::Mutex;
+use std::sync::RwLock;
 
 /// Why a chunk was not appended.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,13 @@ pub struct BrokerWal {
     now_ms: Arc<dyn Fn() -> i64 + Send + Sync>,
     /// Told of every object write (the broker's storage metrics).
     observer: Option<WalObserver>,
-    current: Mutex<WalStream>,
+    /// The stream written now: read on every hand-in by every partition,
+    /// so a plain lock held only to clone a handle (a thousand writers
+    /// handing in at one cut queued on an async mutex).
+    current: RwLock<WalStream>,
+    /// Held while a dead stream is replaced (one new stream however many
+    /// hand-ins it failed).
+    reopening: tokio::sync::Mutex<()>,
 }
 
 impl BrokerWal {
@@ -71,13 +77,21 @@ impl BrokerWal {
             config,
             now_ms,
             observer,
-            current: Mutex::new(current),
+            current: RwLock::new(current),
+            reopening: tokio::sync::Mutex::new(()),
         })
     }
 
     /// The stream written now.
     pub async fn stream(&self) -> i64 {
-        self.current.lock().await.stream
+        self.current().stream
+    }
+
+    fn current(&self) -> WalStream {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Where a chunk handed in from now on will land at the earliest: the
@@ -85,7 +99,7 @@ impl BrokerWal {
     /// this one dies first). A writer's checkpoint names it as the point
     /// recovery scans the broker's streams from.
     pub async fn position(&self) -> WalPositionRecord {
-        let current = self.current.lock().await;
+        let current = self.current();
         WalPositionRecord {
             broker_id: self.broker,
             stream: current.stream,
@@ -94,20 +108,18 @@ impl BrokerWal {
     }
 
     /// When the current stream's object being gathered is cut (see
-    /// [`WalStream::gathering_until`]); None while nothing is gathered or
-    /// the stream is being replaced.
+    /// [`WalStream::gathering_until`]); None while nothing is gathered.
     pub fn gathering_until(&self) -> Option<tokio::time::Instant> {
-        self.current.try_lock().ok()?.gathering_until()
+        self.current().gathering_until()
     }
 
-    /// [`WalStream::hold`] on the current stream (None while it is being
-    /// replaced: the chunk then goes at once).
+    /// [`WalStream::hold`] on the current stream.
     pub fn hold(
         &self,
         margin: std::time::Duration,
         registered: Option<i64>,
     ) -> Option<floe_storage::wal_stream::Hold> {
-        self.current.try_lock().ok()?.hold(margin, registered)
+        self.current().hold(margin, registered)
     }
 
     pub fn broker(&self) -> i32 {
@@ -124,27 +136,28 @@ impl BrokerWal {
         payload: Bytes,
         held: Option<i64>,
     ) -> Result<WalChunkRef, WalAppendError> {
-        let stream = self.current.lock().await.clone();
+        let stream = self.current();
         match stream.append_held(meta, payload, held).await {
             Ok(r) => Ok(r),
             Err(why) => {
-                let mut current = self.current.lock().await;
-                if current.stream == stream.stream {
+                let _reopening = self.reopening.lock().await;
+                if self.current().stream == stream.stream {
                     let next =
                         register(&*self.meta, self.broker, self.session, (self.now_ms)()).await?;
                     tracing::warn!(broker = self.broker, dead = stream.stream, next, error = %why, "WAL stream ended; opened a new one");
-                    *current = WalStream::start_observed(
-                        self.pool.clone(),
-                        self.broker,
-                        next,
-                        0,
-                        self.config,
-                        self.observer.clone(),
-                    );
+                    *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                        WalStream::start_observed(
+                            self.pool.clone(),
+                            self.broker,
+                            next,
+                            0,
+                            self.config,
+                            self.observer.clone(),
+                        );
                 }
                 Err(WalAppendError::Reopened {
                     dead: stream.stream,
-                    next: current.stream,
+                    next: self.current().stream,
                     why,
                 })
             }
