@@ -49,6 +49,28 @@ sealed() {
   curl -s "http://$BHTTP/metrics" | awk '$1 == "floe_segments_sealed_total" {s += $2} END {print s + 0}'
 }
 
+# produce_buckets: the broker's Produce latency histogram, "le count" lines.
+produce_buckets() {
+  curl -s "http://$BHTTP/metrics" |
+    awk '$1 ~ /^floe_kafka_request_duration_seconds_bucket\{/ && $1 ~ /api="Produce"/ {
+      match($1, /le="[^"]*"/); print substr($1, RSTART + 4, RLENGTH - 5), $2 }'
+}
+
+# quantiles BEFORE AFTER: the broker-side Produce p50 and p99 of the
+# requests between two bucket snapshots, as the bucket bounds they lie
+# under (exact, if coarse: the buckets double).
+quantiles() {
+  join <(echo "$1" | sort -k1,1) <(echo "$2" | sort -k1,1) | sort -g -k1,1 |
+    awk '{ le[NR] = $1; c[NR] = $3 - $2 } END {
+      n = c[NR]; out = ""
+      for (qi = 1; qi <= 2; qi++) {
+        q = (qi == 1 ? 0.5 : 0.99) * n
+        for (i = 1; i <= NR && c[i] < q; i++) {}
+        out = out sprintf("%s <= %.1f", (qi == 1 ? "p50" : ", p99"), le[i] * 1000)
+      }
+      printf "broker Produce ms %s (%d requests)", out, n }'
+}
+
 start() { # LAYOUT
   local dir=$T/$1
   rm -rf "$dir"
@@ -61,7 +83,7 @@ start() { # LAYOUT
     --storage "file://$dir/a?$S3" --storage "file://$dir/b?$S3" --storage "file://$dir/c?$S3" \
     --http-listen 127.0.0.1:24901 --admin-listen 127.0.0.1:24904 >"$dir/controller.log" 2>&1 &
   pids+=($!)
-  printf '[broker]\nchunk_layout = "%s"\nwal_linger_ms = %s\nmax_inflight_per_connection = 2048\n' "$1" "$LINGER" >"$dir/broker.toml"
+  printf '[broker]\nchunk_layout = "%s"\nwal_linger_ms = %s\nmax_inflight_per_connection = %s\n' "$1" "$LINGER" "${BROKER_INFLIGHT:-2048}" >"$dir/broker.toml"
   "$FLOE" broker --etcd "http://$ETCD" --id 1 --listen "$BROKER" --http-listen "$BHTTP" \
     --config "$dir/broker.toml" >"$dir/broker.log" 2>&1 &
   pids+=($!)
@@ -84,23 +106,25 @@ for run in $(seq 1 "$RUNS"); do
       sleep 1
       puts=$(counter put) gets=$(counter get) seals=$(sealed) t0=$(date +%s.%N)
       mp=$(($(counter multipart) + $(counter part) + $(counter complete)))
+      hist0=$(produce_buckets)
       # librdkafka sends one partition per produce request
       # (confluentinc/librdkafka#1700; Java's producer packs a broker's
       # partitions into one): with many partitions, requests in flight
       # bound how often each partition can send while requests wait for
       # their WAL object, so the client and the broker allow many.
-      out=$("$BENCH" --bootstrap "$BROKER" --topic "$topic" -X max.in.flight.requests.per.connection=1000 \
+      out=$("$BENCH" --bootstrap "$BROKER" --topic "$topic" -X max.in.flight.requests.per.connection=${CLIENT_INFLIGHT:-1000} \
         produce --records $((RATE * SECS)) \
         --record-size "$RECORD" --rate "$RATE" --keys 100000 --warmup-ms 1000)
       t1=$(date +%s.%N)
       dputs=$(($(counter put) - puts)) dgets=$(($(counter get) - gets)) dseals=$(($(sealed) - seals))
       dmp=$(($(counter multipart) + $(counter part) + $(counter complete) - mp))
+      broker_latency=$(quantiles "$hist0" "$(produce_buckets)")
       secs=$(echo "$t1 - $t0" | bc -l)
       gb=$(echo "$RATE * $SECS * $RECORD / 1000000000" | bc -l)
       all=$((dputs + dmp))
-      printf '%s partitions=%s run=%s: PUTs %d (%.1f/s, %.0f per GB), segments sealed %d (%d upload requests), all PUT-class %d (%.1f/s, %.0f per GB), GETs %d | %s\n' \
+      printf '%s partitions=%s run=%s: PUTs %d (%.1f/s, %.0f per GB), segments sealed %d (%d upload requests), all PUT-class %d (%.1f/s, %.0f per GB), GETs %d | %s | %s\n' \
         "$layout" "$p" "$run" "$dputs" "$(echo "$dputs / $secs" | bc -l)" "$(echo "$dputs / $gb" | bc -l)" \
-        "$dseals" "$dmp" "$all" "$(echo "$all / $secs" | bc -l)" "$(echo "$all / $gb" | bc -l)" "$dgets" "$out"
+        "$dseals" "$dmp" "$all" "$(echo "$all / $secs" | bc -l)" "$(echo "$all / $gb" | bc -l)" "$dgets" "$out" "$broker_latency"
       stop_all
       rm -rf "${T:?}/$layout"
     done

@@ -8,12 +8,17 @@
 //! [`WalAppendError::Reopened`], for the writer to hand in again (to the
 //! new stream), as it rewrites chunks to a new segment today.
 //! Also the conversions between a chunk's place in a WAL object as the
-//! partition's log keeps it and as its checkpoint records it.
+//! partition's log keeps it and as its checkpoint records it, and the
+//! paging of a WAL segment's chunk list in the metadata store.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use floe_meta::schema::{ChunkRecord, WalPositionRecord, WalRefRecord, WalStreamRecord, FORMAT};
+use floe_common::PartitionId;
+use floe_meta::schema::{
+    ChunkPageRecord, ChunkPageRef, ChunkRecord, OpenSegmentRecord, WalPositionRecord, WalRefRecord,
+    WalStreamRecord, FORMAT,
+};
 use floe_meta::{keys, Condition, MetaError, MetadataStore, Op, Txn};
 use floe_storage::log::{ChunkRef, WalPlace};
 use floe_storage::wal::{ChunkMeta, WalEntry, WalId};
@@ -208,6 +213,117 @@ pub fn wal_chunk(id: WalId, entry: &WalEntry, replicas: ReplicaSet) -> ChunkRef 
             replicas,
         })),
     }
+}
+
+/// Chunk records per page of a WAL segment's list (about 10 KB).
+pub const PAGE_CHUNKS: usize = 128;
+
+/// Page out the list of WAL segment `seg` of partition `id`: `seg.chunks`
+/// holds its committed chunks from the base on (or from some point before
+/// the end of its pages); whole pages of them past `seg.pages` become new
+/// pages (returned as the puts to save with the checkpoint, and named in
+/// `seg.pages`), and `seg.chunks` keeps the rest. A page once written is
+/// never rewritten: the list only grows at its end.
+pub fn page_out(id: PartitionId, seg: &mut OpenSegmentRecord) -> Vec<Op> {
+    if !seg.wal {
+        return Vec::new();
+    }
+    let paged_until = seg.pages.last().map_or(seg.base_offset, |p| p.next_offset);
+    let mut tail: Vec<ChunkRecord> = std::mem::take(&mut seg.chunks)
+        .into_iter()
+        .filter(|c| c.base_offset >= paged_until)
+        .collect();
+    let mut ops = Vec::new();
+    while tail.len() >= PAGE_CHUNKS {
+        let rest = tail.split_off(PAGE_CHUNKS);
+        let page = std::mem::replace(&mut tail, rest);
+        let mut low: std::collections::BTreeMap<i32, (i64, i64)> = Default::default();
+        for w in page.iter().filter_map(|c| c.wal.as_ref()) {
+            let at = (w.stream, w.seq);
+            low.entry(w.broker_id)
+                .and_modify(|l| *l = (*l).min(at))
+                .or_insert(at);
+        }
+        let first_offset = page[0].base_offset;
+        seg.pages.push(ChunkPageRef {
+            first_offset,
+            next_offset: page[page.len() - 1].next_offset,
+            chunks: page.len() as u32,
+            wal_low: low
+                .into_iter()
+                .map(|(broker_id, (stream, seq))| WalPositionRecord {
+                    broker_id,
+                    stream,
+                    seq,
+                })
+                .collect(),
+        });
+        ops.push(Op::put(
+            keys::chunk_page(id, seg.base_offset, first_offset),
+            ChunkPageRecord { chunks: page }.encode_to_vec(),
+        ));
+    }
+    seg.chunks = tail;
+    ops
+}
+
+/// Page in the list of WAL segment `seg` of partition `id`: its pages'
+/// chunks put back before `seg.chunks` (one range read per segment with
+/// pages). A page missing or not as its reference says is an error (the
+/// metadata does not hold what the checkpoint that names it promised).
+pub async fn page_in(
+    meta: &dyn MetadataStore,
+    id: PartitionId,
+    seg: &mut OpenSegmentRecord,
+) -> Result<(), PageError> {
+    if seg.pages.is_empty() {
+        return Ok(());
+    }
+    let (kvs, _) = meta
+        .range(&keys::chunk_pages_prefix(id, seg.base_offset))
+        .await?;
+    let found: std::collections::HashMap<Bytes, Bytes> =
+        kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    let mut chunks = Vec::new();
+    for p in &seg.pages {
+        let key = keys::chunk_page(id, seg.base_offset, p.first_offset);
+        let value = found.get(&key).ok_or_else(|| {
+            PageError::Corrupt(format!(
+                "segment {}: chunk page {} is missing",
+                seg.base_offset, p.first_offset
+            ))
+        })?;
+        let page = ChunkPageRecord::decode(value.clone())
+            .map_err(|e| PageError::Corrupt(e.to_string()))?;
+        let first = page.chunks.first().map(|c| c.base_offset);
+        let next = page.chunks.last().map(|c| c.next_offset);
+        if page.chunks.len() != p.chunks as usize
+            || first != Some(p.first_offset)
+            || next != Some(p.next_offset)
+        {
+            return Err(PageError::Corrupt(format!(
+                "segment {}: chunk page {} holds {} chunks {first:?}..{next:?}, its reference says {} chunks to {}",
+                seg.base_offset,
+                p.first_offset,
+                page.chunks.len(),
+                p.chunks,
+                p.next_offset
+            )));
+        }
+        chunks.extend(page.chunks);
+    }
+    chunks.append(&mut seg.chunks);
+    seg.chunks = chunks;
+    Ok(())
+}
+
+/// Why a segment's chunk pages could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error(transparent)]
+    Metadata(#[from] MetaError),
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 /// A listed chunk of a WAL segment, from its checkpoint record.

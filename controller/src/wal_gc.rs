@@ -226,6 +226,10 @@ pub fn low_watermarks<'a>(
                     note(w.broker_id, (w.stream, w.seq));
                 }
             }
+            // The chunks of its list's pages, by their least positions.
+            for w in s.pages.iter().flat_map(|p| &p.wal_low) {
+                note(w.broker_id, (w.stream, w.seq));
+            }
         }
     }
     out
@@ -332,6 +336,54 @@ mod tests {
         let gone = deletable(&listed, &marks, read, grace);
         let ids: Vec<(i32, i64, i64)> = gone.iter().map(|i| (i.broker, i.stream, i.seq)).collect();
         assert_eq!(ids, [(1, 2, 40), (1, 3, 6), (2, 0, 3), (3, 0, 0)]);
+    }
+
+    /// A WAL segment whose list is paged names its pages' chunks by their
+    /// least positions: a paged chunk of broker 1 (stream 2, seq 5) and
+    /// one of broker 3 hold their objects as a listed chunk would; without
+    /// the pages' positions the objects would be collected under them.
+    #[test]
+    fn paged_chunks_hold_their_objects() {
+        use floe_meta::schema::ChunkPageRef;
+        let mut paged = checkpoint(Some((2, 0, 9)), vec![chunk_at(1, 3, 1)]);
+        paged.open_segments[0].pages = vec![
+            ChunkPageRef {
+                wal_low: vec![
+                    WalPositionRecord {
+                        broker_id: 1,
+                        stream: 2,
+                        seq: 5,
+                    },
+                    WalPositionRecord {
+                        broker_id: 3,
+                        stream: 0,
+                        seq: 7,
+                    },
+                ],
+                ..Default::default()
+            },
+            ChunkPageRef {
+                wal_low: vec![WalPositionRecord {
+                    broker_id: 1,
+                    stream: 2,
+                    seq: 9,
+                }],
+                ..Default::default()
+            },
+        ];
+        let marks = low_watermarks([&paged]);
+        assert_eq!(marks[&1], (2, 5));
+        assert_eq!(marks[&2], (0, 9));
+        assert_eq!(marks[&3], (0, 7));
+        let listed = [
+            obj(1, 2, 4, 0),
+            obj(1, 2, 5, 0),
+            obj(3, 0, 6, 0),
+            obj(3, 0, 7, 0),
+        ];
+        let gone = deletable(&listed, &marks, 100_000, 10_000);
+        let ids: Vec<(i32, i64, i64)> = gone.iter().map(|i| (i.broker, i.stream, i.seq)).collect();
+        assert_eq!(ids, [(1, 2, 4), (3, 0, 6)]);
     }
 
     /// A pass over a real store and pool: WAL objects of two brokers, one

@@ -573,11 +573,37 @@ async fn wal_objects_settle(
             .range(&floe_meta::keys::partitions_prefix())
             .await
             .unwrap();
-        let checkpoints: Vec<floe_meta::schema::CheckpointRecord> = kvs
-            .iter()
-            .filter(|kv| floe_meta::keys::parse_checkpoint(&kv.key).is_some())
-            .map(|kv| floe_meta::schema::CheckpointRecord::decode(kv.value.clone()).unwrap())
-            .collect();
+        // Checkpoints with their WAL segments' lists paged in (one read:
+        // the pages a checkpoint names are in the same snapshot).
+        let by_key: std::collections::HashMap<&[u8], &bytes::Bytes> =
+            kvs.iter().map(|kv| (kv.key.as_ref(), &kv.value)).collect();
+        let mut checkpoints: Vec<floe_meta::schema::CheckpointRecord> = Vec::new();
+        for kv in &kvs {
+            let Some(p) = floe_meta::keys::parse_checkpoint(&kv.key) else {
+                continue;
+            };
+            let mut c = floe_meta::schema::CheckpointRecord::decode(kv.value.clone()).unwrap();
+            for seg in c.open_segments.iter_mut() {
+                let mut chunks = Vec::new();
+                for page in &seg.pages {
+                    let key = floe_meta::keys::chunk_page(p, seg.base_offset, page.first_offset);
+                    match by_key.get(key.as_ref()) {
+                        Some(v) => chunks.extend(
+                            floe_meta::schema::ChunkPageRecord::decode((*v).clone())
+                                .unwrap()
+                                .chunks,
+                        ),
+                        None => problems.push(format!(
+                            "{p:?}: the checkpoint names chunk page {} of segment {}, which is missing",
+                            page.first_offset, seg.base_offset
+                        )),
+                    }
+                }
+                chunks.append(&mut seg.chunks);
+                seg.chunks = chunks;
+            }
+            checkpoints.push(c);
+        }
         let listed = wal_listing(targets);
         let held: std::collections::HashSet<(usize, floe_storage::wal::WalId)> =
             listed.iter().map(|(i, id, _)| (*i, *id)).collect();

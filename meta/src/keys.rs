@@ -57,6 +57,30 @@ pub fn segment(p: PartitionId, base_offset: i64) -> Bytes {
     Bytes::from(format!("{}segments/{base_offset:020}", partition_prefix(p)))
 }
 
+/// The chunk-list pages of the unsealed WAL segment at `segment_base`
+/// (deleted with the segment's seal).
+pub fn chunk_pages_prefix(p: PartitionId, segment_base: i64) -> Bytes {
+    Bytes::from(format!(
+        "{}chunk-pages/{segment_base:020}/",
+        partition_prefix(p)
+    ))
+}
+
+/// The chunk-list page of that segment whose first chunk is at
+/// `first_offset`.
+pub fn chunk_page(p: PartitionId, segment_base: i64, first_offset: i64) -> Bytes {
+    Bytes::from(format!(
+        "{}chunk-pages/{segment_base:020}/{first_offset:020}",
+        partition_prefix(p)
+    ))
+}
+
+/// Whether `key` is a chunk-list page (of any partition).
+pub fn is_chunk_page(key: &[u8]) -> bool {
+    key.starts_with(b"/floe/partitions/")
+        && std::str::from_utf8(key).is_ok_and(|k| k.contains("/chunk-pages/"))
+}
+
 pub fn brokers_prefix() -> Bytes {
     Bytes::from_static(b"/floe/brokers/")
 }

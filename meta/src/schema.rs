@@ -220,6 +220,39 @@ pub struct OpenSegmentRecord {
     /// `wal_start` on.
     #[prost(bool, tag = "7")]
     pub wal: bool,
+    /// A WAL segment's committed chunks from its base on, in pages of
+    /// their own keys (`keys::chunk_page`), each written once; `chunks`
+    /// then holds only those after the last page. A checkpoint stays small
+    /// however long the segment lives (it seals by size and age, not by
+    /// chunk count), and each chunk's record is written to the metadata
+    /// store about once.
+    #[prost(message, repeated, tag = "8")]
+    pub pages: Vec<ChunkPageRef>,
+}
+
+/// One page of a WAL segment's chunk list, as its checkpoint names it.
+#[derive(Clone, PartialEq, Message)]
+pub struct ChunkPageRef {
+    /// The base offset of its first chunk (also its key's last part).
+    #[prost(int64, tag = "1")]
+    pub first_offset: i64,
+    /// The offset after its last chunk: the next page or the checkpoint's
+    /// own list starts there.
+    #[prost(int64, tag = "2")]
+    pub next_offset: i64,
+    #[prost(uint32, tag = "3")]
+    pub chunks: u32,
+    /// Per broker, the least WAL position its chunks lie at: what garbage
+    /// collection must keep, known without reading the page.
+    #[prost(message, repeated, tag = "4")]
+    pub wal_low: Vec<WalPositionRecord>,
+}
+
+/// A page of chunk records (`keys::chunk_page`).
+#[derive(Clone, PartialEq, Message)]
+pub struct ChunkPageRecord {
+    #[prost(message, repeated, tag = "1")]
+    pub chunks: Vec<ChunkRecord>,
 }
 
 /// One committed chunk of an unsealed segment (its key is derived from the

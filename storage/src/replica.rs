@@ -314,35 +314,31 @@ impl ReplicaSet {
     }
 
     /// Start a streamed upload of one large object to every replica that
-    /// is up and answers (at least W of them).
+    /// is up (at least W of them; all when fewer are up). Nothing is sent
+    /// until a part's worth has come: an object smaller than one part is
+    /// one PUT per replica at [`ReplicatedUpload::finish`] rather than
+    /// three requests (start, part, completion) — most seals of a broker
+    /// writing many slow partitions.
     pub async fn upload(&self, path: &Path) -> Result<ReplicatedUpload, StorageError> {
-        let mut writers = Vec::with_capacity(self.targets.len());
-        let mut last = None;
         let up: Vec<&StorageTarget> = self.targets.iter().filter(|t| t.is_up()).collect();
-        let candidates = if up.len() >= self.write_quorum {
-            up
+        let candidates: Vec<StorageTarget> = if up.len() >= self.write_quorum {
+            up.into_iter().cloned().collect()
         } else {
-            self.targets.iter().collect()
+            self.targets.clone()
         };
-        for t in candidates {
-            match t.store.put_multipart(path).await {
-                Ok(u) => writers.push(WriteMultipart::new_with_chunk_size(u, UPLOAD_PART_BYTES)),
-                Err(e) => {
-                    tracing::warn!(target_id = %t.id, %path, error = %e, "starting an upload failed");
-                    last = Some(e.to_string());
-                }
-            }
-        }
-        if writers.len() < self.write_quorum {
+        if candidates.len() < self.write_quorum {
             return Err(StorageError::Unavailable(format!(
-                "upload of {path}: {} replicas started, {} needed: {}",
-                writers.len(),
-                self.write_quorum,
-                last.unwrap_or_default()
+                "upload of {path}: {} replicas, {} needed",
+                candidates.len(),
+                self.write_quorum
             )));
         }
         Ok(ReplicatedUpload {
-            writers,
+            state: UploadState::Gathering {
+                targets: candidates,
+                held: Vec::new(),
+                len: 0,
+            },
             write_quorum: self.write_quorum,
             path: path.clone(),
         })
@@ -405,17 +401,73 @@ const UPLOAD_PARTS_IN_FLIGHT: usize = 1;
 
 /// A large object being written to every replica of a set.
 pub struct ReplicatedUpload {
-    writers: Vec<WriteMultipart>,
+    state: UploadState,
     write_quorum: usize,
     path: Path,
+}
+
+enum UploadState {
+    /// Less than a part so far: held, nothing sent.
+    Gathering {
+        targets: Vec<StorageTarget>,
+        held: Vec<Bytes>,
+        len: usize,
+    },
+    /// A multipart upload per replica.
+    Writing(Vec<WriteMultipart>),
 }
 
 impl ReplicatedUpload {
     /// Add bytes on every replica; a replica that fails drops out, as long
     /// as W remain.
     pub async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
+        if let UploadState::Gathering { targets, held, len } = &mut self.state {
+            if *len + data.len() < UPLOAD_PART_BYTES {
+                *len += data.len();
+                held.push(data);
+                return Ok(());
+            }
+            // A part's worth: the multipart uploads start.
+            let mut writers = Vec::with_capacity(targets.len());
+            let mut last = None;
+            for t in targets.iter() {
+                match t.store.put_multipart(&self.path).await {
+                    Ok(u) => {
+                        writers.push(WriteMultipart::new_with_chunk_size(u, UPLOAD_PART_BYTES))
+                    }
+                    Err(e) => {
+                        tracing::warn!(target_id = %t.id, path = %self.path, error = %e, "starting an upload failed");
+                        last = Some(e.to_string());
+                    }
+                }
+            }
+            if writers.len() < self.write_quorum {
+                let started = writers.len();
+                for w in writers {
+                    drop(w.abort().await);
+                }
+                return Err(StorageError::Unavailable(format!(
+                    "upload of {}: {started} replicas started, {} needed: {}",
+                    self.path,
+                    self.write_quorum,
+                    last.unwrap_or_default()
+                )));
+            }
+            let earlier = std::mem::take(held);
+            self.state = UploadState::Writing(writers);
+            for b in earlier {
+                self.write_parts(b).await?;
+            }
+        }
+        self.write_parts(data).await
+    }
+
+    async fn write_parts(&mut self, data: Bytes) -> Result<(), StorageError> {
+        let UploadState::Writing(writers) = &mut self.state else {
+            unreachable!("parts are written once the uploads started");
+        };
         let mut failed = Vec::new();
-        for (i, w) in self.writers.iter_mut().enumerate() {
+        for (i, w) in writers.iter_mut().enumerate() {
             match w.wait_for_capacity(UPLOAD_PARTS_IN_FLIGHT).await {
                 Ok(()) => w.put(data.clone()),
                 Err(e) => {
@@ -425,14 +477,14 @@ impl ReplicatedUpload {
             }
         }
         for i in failed.into_iter().rev() {
-            let w = self.writers.remove(i);
+            let w = writers.remove(i);
             drop(w.abort().await);
         }
-        if self.writers.len() < self.write_quorum {
+        if writers.len() < self.write_quorum {
             return Err(StorageError::Unavailable(format!(
                 "upload of {}: {} replicas left, {} needed",
                 self.path,
-                self.writers.len(),
+                writers.len(),
                 self.write_quorum
             )));
         }
@@ -441,8 +493,30 @@ impl ReplicatedUpload {
 
     /// Complete the upload; succeeds once W replicas have the object.
     pub async fn finish(self) -> Result<(), StorageError> {
-        let total = self.writers.len();
-        let results = futures::future::join_all(self.writers.into_iter().map(|w| w.finish())).await;
+        let path = &self.path;
+        let (total, results): (usize, Vec<Result<(), String>>) = match self.state {
+            UploadState::Gathering { targets, held, .. } => {
+                let payload: PutPayload = held.into_iter().collect();
+                let puts = targets.iter().map(|t| {
+                    let payload = payload.clone();
+                    async move {
+                        t.store
+                            .put(path, payload)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                });
+                (targets.len(), futures::future::join_all(puts).await)
+            }
+            UploadState::Writing(writers) => (
+                writers.len(),
+                futures::future::join_all(writers.into_iter().map(|w| async move {
+                    w.finish().await.map(|_| ()).map_err(|e| e.to_string())
+                }))
+                .await,
+            ),
+        };
         let ok = results.iter().filter(|r| r.is_ok()).count();
         if ok >= self.write_quorum {
             Ok(())
@@ -450,11 +524,9 @@ impl ReplicatedUpload {
             let err = results
                 .into_iter()
                 .find_map(|r| r.err())
-                .map(|e| e.to_string())
                 .unwrap_or_default();
             Err(StorageError::Unavailable(format!(
-                "upload of {}: {ok} of {total} replicas completed: {err}",
-                self.path
+                "upload of {path}: {ok} of {total} replicas completed: {err}"
             )))
         }
     }
@@ -463,6 +535,46 @@ impl ReplicatedUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An object smaller than a part is one PUT per replica (not a start,
+    /// a part and a completion); a larger one goes in parts; both read
+    /// back whole from every replica.
+    #[tokio::test]
+    async fn a_small_upload_is_one_put_per_replica() {
+        use crate::counted::requests;
+        let targets: Vec<StorageTarget> = (0..3)
+            .map(|i| StorageTarget::open(format!("upl-{i}"), "memory://").unwrap())
+            .collect();
+        let set = ReplicaSet::new(targets.clone(), 2);
+        let count = |op| {
+            (0..3)
+                .map(|i| requests(&format!("upl-{i}"), op))
+                .sum::<u64>()
+        };
+        let small: Path = "seg/small".into();
+        let mut up = set.upload(&small).await.unwrap();
+        up.write(Bytes::from_static(b"hello ")).await.unwrap();
+        up.write(Bytes::from_static(b"world")).await.unwrap();
+        up.finish().await.unwrap();
+        assert_eq!((count("put"), count("multipart"), count("part")), (3, 0, 0));
+
+        let large: Path = "seg/large".into();
+        let mut up = set.upload(&large).await.unwrap();
+        up.write(Bytes::from(vec![7u8; UPLOAD_PART_BYTES - 1]))
+            .await
+            .unwrap();
+        up.write(Bytes::from(vec![8u8; 2])).await.unwrap();
+        up.finish().await.unwrap();
+        assert_eq!((count("put"), count("multipart")), (3, 3));
+        assert!(count("part") >= 3 && count("complete") == 3);
+        for t in &targets {
+            let got = t.store.get(&small).await.unwrap().bytes().await.unwrap();
+            assert_eq!(&got[..], b"hello world");
+            let got = t.store.get(&large).await.unwrap().bytes().await.unwrap();
+            assert_eq!(got.len(), UPLOAD_PART_BYTES + 1);
+            assert_eq!((got[0], got[UPLOAD_PART_BYTES]), (7, 8));
+        }
+    }
 
     #[tokio::test]
     async fn conditional_create_is_exclusive() {

@@ -1126,14 +1126,24 @@ mod wal_tests {
     }
 
     async fn wal_ctx_with_linger(dir: &tempfile::TempDir, linger_ms: u64) -> PartitionContext {
+        wal_ctx_with(
+            dir,
+            BrokerConfig {
+                wal_linger_ms: linger_ms,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    async fn wal_ctx_with(dir: &tempfile::TempDir, config: BrokerConfig) -> PartitionContext {
         let targets = (0..3)
             .map(|i| floe_storage::StorageTarget::open(format!("t{i}"), "memory://").unwrap())
             .collect();
         let pool = Arc::new(StoragePool::new(targets, 2, 2).unwrap());
         let config = BrokerConfig {
             chunk_layout: crate::config::ChunkLayout::Wal,
-            wal_linger_ms: linger_ms,
-            ..Default::default()
+            ..config
         };
         let wal = config.wal_config();
         test_context(dir, pool, config, Some(wal)).await
@@ -1333,5 +1343,122 @@ mod wal_tests {
         h.release().await;
         let h = restart(&h4ctx, 4).await;
         assert_eq!(bases(&h).await, want, "after the fenced stream's successor");
+    }
+
+    async fn checkpoint_of(ctx: &PartitionContext, id: PartitionId) -> CheckpointRecord {
+        let kv = ctx.meta.get(&keys::checkpoint(id)).await.unwrap().unwrap();
+        CheckpointRecord::decode(kv.value).unwrap()
+    }
+
+    async fn pages_stored(ctx: &PartitionContext, id: PartitionId, base: Offset) -> usize {
+        let (kvs, _) = ctx
+            .meta
+            .range(&keys::chunk_pages_prefix(id, base))
+            .await
+            .unwrap();
+        kvs.len()
+    }
+
+    /// A WAL segment is not rolled by chunk count (300 chunks, past
+    /// segment_max_chunks' 256, stay in one segment): its checkpoint keeps
+    /// whole pages of its list under keys of their own, each written once,
+    /// and only the rest itself (a checkpoint of a few KB, not one growing
+    /// with the segment). A clean release and an unclean end both read the
+    /// whole list back through the pages; the seal deletes them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_wal_segment_keeps_its_list_in_pages() {
+        use crate::wal::PAGE_CHUNKS;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = wal_ctx_with(
+            &dir,
+            BrokerConfig {
+                wal_linger_ms: 1,
+                checkpoint_interval_ms: 20,
+                ..Default::default()
+            },
+        )
+        .await;
+        let h = restart(&ctx, 1).await;
+        let id = h.id;
+        let mut want = produce(&h, 300).await;
+        assert_eq!(wal_chunks(&h), 300, "one chunk a batch");
+        h.release().await;
+        let c = checkpoint_of(&ctx, id).await;
+        assert_eq!(c.open_segments.len(), 1, "not rolled by chunk count");
+        let seg = &c.open_segments[0];
+        assert!(seg.chunks_listed);
+        assert_eq!(seg.pages.len(), 300 / PAGE_CHUNKS);
+        assert_eq!(seg.chunks.len(), 300 % PAGE_CHUNKS);
+        assert_eq!(seg.pages[1].first_offset, seg.pages[0].next_offset);
+        assert_eq!(seg.chunks[0].base_offset, seg.pages[1].next_offset);
+        assert_eq!(pages_stored(&ctx, id, 0).await, 2);
+        let size = c.encode_to_vec().len();
+        assert!(size < 8 << 10, "the checkpoint holds {size} bytes");
+
+        // A clean release: the whole list from pages and checkpoint, no
+        // scan. The segment is then sealed, and its pages go with it.
+        let h = restart(&cold(&ctx), 2).await;
+        assert_eq!(bases(&h).await, want, "after a clean release");
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while ctx.meta.get(&keys::segment(id, 0)).await.unwrap().is_none()
+            || pages_stored(&ctx, id, 0).await > 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the segment was not sealed, or its pages stayed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+
+        // Killed with a checkpoint of pages behind it: the recovery pages
+        // the list in and finds the rest in the WAL.
+        want.extend(produce(&h, 300).await);
+        let base = want[300];
+        while checkpoint_of(&ctx, id)
+            .await
+            .open_segments
+            .last()
+            .is_none_or(|s| s.pages.len() < 2)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint with pages was saved"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        want.extend(produce(&h, 20).await);
+        h.abandon().await;
+        ctx.meta
+            .txn(Txn::new().then(Op::Delete(keys::owner(id))))
+            .await
+            .unwrap();
+        let (h, report) = restart_report(&cold(&ctx), 3).await;
+        assert!(!report.clean);
+        assert_eq!(bases(&h).await, want, "after an unclean end");
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while ctx
+            .meta
+            .get(&keys::segment(id, base))
+            .await
+            .unwrap()
+            .is_none()
+            || pages_stored(&ctx, id, base).await > 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the segment was not sealed, or its pages stayed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(checkpoint_of(&ctx, id)
+            .await
+            .open_segments
+            .iter()
+            .all(|s| s.base_offset != base));
+        assert_eq!(
+            bases(&cold_start(&ctx, &h).await).await,
+            want,
+            "from the sealed segment"
+        );
     }
 }

@@ -602,7 +602,7 @@ pub(crate) async fn recover(
     config: &crate::config::TopicConfig,
 ) -> Result<Recovered, StartError> {
     let started = Instant::now();
-    let checkpoint = match ctx.meta.get(&keys::checkpoint(id)).await? {
+    let mut checkpoint = match ctx.meta.get(&keys::checkpoint(id)).await? {
         Some(kv) => {
             CheckpointRecord::decode(kv.value).map_err(|e| StartError::Corrupt(e.to_string()))?
         }
@@ -612,6 +612,15 @@ pub(crate) async fn recover(
             ..Default::default()
         },
     };
+    // A WAL segment's list from its base: its pages, then the rest.
+    for seg in checkpoint.open_segments.iter_mut() {
+        crate::wal::page_in(&*ctx.meta, id, seg)
+            .await
+            .map_err(|e| match e {
+                crate::wal::PageError::Metadata(e) => StartError::from(e),
+                crate::wal::PageError::Corrupt(why) => StartError::Corrupt(why),
+            })?;
+    }
     let (kvs, _) = ctx.meta.range(&keys::segments_prefix(id)).await?;
     let mut sealed: BTreeMap<Offset, SegmentRecord> = BTreeMap::new();
     for kv in kvs {
@@ -795,7 +804,25 @@ pub(crate) async fn recover(
         Some(wal) => Some(wal.position().await),
         None => None,
     };
-    // Still-unsealed segments stay listed until the writer seals them.
+    // Still-unsealed segments stay listed until the writer seals them (a
+    // WAL segment's list paged: the pages it had stay, the chunks found
+    // since may make new ones); the pages of segments dropped or found
+    // sealed go.
+    let mut page_ops = Vec::new();
+    for p in pending.iter_mut() {
+        page_ops.extend(crate::wal::page_out(id, &mut p.record));
+    }
+    for seg in checkpoint.open_segments.iter().filter(|s| s.wal) {
+        if !pending
+            .iter()
+            .any(|p| p.record.base_offset == seg.base_offset)
+        {
+            page_ops.push(Op::DeletePrefix(keys::chunk_pages_prefix(
+                id,
+                seg.base_offset,
+            )));
+        }
+    }
     let mut open_segments: Vec<OpenSegmentRecord> =
         pending.iter().map(|p| p.record.clone()).collect();
     open_segments.push(open.clone());
@@ -809,12 +836,14 @@ pub(crate) async fn recover(
         saved_ms: now,
         wal_start,
     };
-    let txn = Txn::new()
-        .when(Condition::ValueEquals(keys::owner(id), owner.clone()))
-        .then(Op::put(
-            keys::checkpoint(id),
-            new_checkpoint.encode_to_vec(),
-        ));
+    let mut txn = Txn::new().when(Condition::ValueEquals(keys::owner(id), owner.clone()));
+    for op in page_ops {
+        txn = txn.then(op);
+    }
+    let txn = txn.then(Op::put(
+        keys::checkpoint(id),
+        new_checkpoint.encode_to_vec(),
+    ));
     if ctx.meta.txn(txn).await? == TxnOutcome::Mismatch {
         return Err(StartError::NotAssigned(id));
     }

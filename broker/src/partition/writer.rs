@@ -856,8 +856,17 @@ impl Writer {
         };
         let payload_len = (buffer.buf.len() - chunk::HEADER_LEN) as u64;
         // Full: by size, or by chunk count (what a recovery after an unclean
-        // end reads the headers of, and a clean release lists).
-        let max_chunks = self.ctx.config.segment_max_chunks;
+        // end reads the headers of, and a clean release lists). Not a WAL
+        // segment by count: its list is paged, its recovery scans the WAL
+        // objects and reads no header, and a segment sealed every few
+        // hundred chunks would make a busy broker's consolidation cost
+        // more requests than its WAL (it seals by size, segment.ms and
+        // wal_max_age_ms).
+        let max_chunks = if self.open.record.wal {
+            0
+        } else {
+            self.ctx.config.segment_max_chunks
+        };
         if self.open.bytes > 0
             && (self.open.bytes + payload_len > self.config.segment_bytes
                 || (max_chunks > 0 && self.open.chunks >= max_chunks))
@@ -1317,9 +1326,18 @@ impl Writer {
             .sealing
             .pop_front()
             .expect("a segment was being sealed");
+        // A WAL segment's chunk pages go with its checkpoint entry.
+        let pages: Vec<Op> = if seg.record.wal {
+            vec![Op::DeletePrefix(keys::chunk_pages_prefix(
+                self.id,
+                seg.record.base_offset,
+            ))]
+        } else {
+            Vec::new()
+        };
         if record.batch_count == 0 {
             // Nothing was committed to it: no segment to record.
-            self.save_checkpoint(Vec::new()).await?;
+            self.save_checkpoint(pages).await?;
             self.log.update(|s| {
                 s.segments.remove(&seg.record.base_offset);
             });
@@ -1328,11 +1346,12 @@ impl Writer {
             // abort marker it holds go with its record.
             record.aborted = aborted_records(&self.log, record.base_offset, record.end_offset);
             let view = sealed_view(&self.ctx, self.id, &record)?;
-            self.save_checkpoint(vec![Op::put(
+            let mut ops = pages;
+            ops.push(Op::put(
                 keys::segment(self.id, record.base_offset),
                 record.encode_to_vec(),
-            )])
-            .await?;
+            ));
+            self.save_checkpoint(ops).await?;
             self.log.update(|s| {
                 s.segments
                     .insert(record.base_offset, SegmentView::Sealed(Arc::new(view)));
@@ -1359,6 +1378,10 @@ impl Writer {
             self.sealing.iter().map(|s| s.record.clone()).collect();
         open_segments.push(self.open.record.clone());
         self.list_wal_chunks(&mut open_segments);
+        let mut ops = ops;
+        for seg in open_segments.iter_mut() {
+            ops.extend(super::super::wal::page_out(self.id, seg));
+        }
         let checkpoint = CheckpointRecord {
             format: FORMAT,
             epoch: self.epoch,
@@ -1370,9 +1393,26 @@ impl Writer {
             wal_start,
         };
         self.commit_meta(ops, &checkpoint).await?;
+        self.note_pages(&checkpoint);
         self.checkpoint = checkpoint;
         self.checkpoint_saved = Instant::now();
         Ok(())
+    }
+
+    /// The chunk pages `checkpoint` (now saved) names are written: later
+    /// checkpoints page on from them.
+    fn note_pages(&mut self, checkpoint: &CheckpointRecord) {
+        for saved in checkpoint.open_segments.iter().filter(|s| s.wal) {
+            for seg in self
+                .sealing
+                .iter_mut()
+                .chain(std::iter::once(&mut self.open))
+            {
+                if seg.record.base_offset == saved.base_offset {
+                    seg.record.pages.clone_from(&saved.pages);
+                }
+            }
+        }
     }
 
     /// Shared WAL layout: a checkpoint lists the committed chunks of every
@@ -1968,7 +2008,9 @@ impl Writer {
             open_segments.push(self.open.record.clone());
         }
         // Every chunk is committed now: hand their list over, so that the
-        // next owner needs no listing (within a bound on the record size).
+        // next owner needs no listing (within a bound on the record size;
+        // a WAL segment's list always, paged: without it the next owner
+        // would scan, and fence, this broker's live WAL stream).
         let snapshot = self.log.snapshot();
         let listed: Vec<Vec<ChunkRecord>> = open_segments
             .iter()
@@ -1979,10 +2021,18 @@ impl Writer {
                 _ => Vec::new(),
             })
             .collect();
-        if listed.iter().map(Vec::len).sum::<usize>() <= MAX_HANDED_OVER_CHUNKS {
-            for (seg, chunks) in open_segments.iter_mut().zip(listed) {
+        let unpaged: usize = open_segments
+            .iter()
+            .zip(&listed)
+            .filter(|(seg, _)| !seg.wal)
+            .map(|(_, l)| l.len())
+            .sum();
+        let mut ops = vec![Op::delete(keys::owner(self.id))];
+        for (seg, chunks) in open_segments.iter_mut().zip(listed) {
+            if seg.wal || unpaged <= MAX_HANDED_OVER_CHUNKS {
                 seg.chunks_listed = true;
                 seg.chunks = chunks;
+                ops.extend(super::super::wal::page_out(self.id, seg));
             }
         }
         let wal_start = self.wal_start().await;
@@ -1997,8 +2047,7 @@ impl Writer {
             saved_ms: self.ctx.clock.now_ms(),
             wal_start,
         };
-        self.commit_meta(vec![Op::delete(keys::owner(self.id))], &checkpoint)
-            .await
+        self.commit_meta(ops, &checkpoint).await
     }
 }
 

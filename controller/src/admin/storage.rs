@@ -6,7 +6,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use floe_meta::schema::{CheckpointRecord, SegmentRecord, StoragePoolRecord, StorageTargetRecord};
+use floe_meta::schema::{
+    CheckpointRecord, ChunkPageRecord, ChunkRecord, SegmentRecord, StoragePoolRecord,
+    StorageTargetRecord,
+};
 use floe_meta::{keys, Condition, MetadataStore, Op, Txn};
 use prost::Message;
 use tonic::Status;
@@ -44,22 +47,40 @@ async fn write(
 }
 
 /// Chunks of unsealed segments that partitions' checkpoints name in a
-/// shared WAL object one of whose targets is `id`.
+/// shared WAL object one of whose targets is `id` (in the checkpoint's
+/// own list or in the chunk pages it names).
 async fn wal_chunks_on(meta: &dyn MetadataStore, id: &str) -> Result<usize, Status> {
     let (kvs, _) = meta
         .range(&keys::partitions_prefix())
         .await
         .map_err(unavailable)?;
+    let on_target = |chunks: &[ChunkRecord]| {
+        chunks
+            .iter()
+            .filter_map(|ch| ch.wal.as_ref())
+            .filter(|w| w.replica_set.iter().any(|t| t == id))
+            .count()
+    };
     let mut n = 0;
-    for kv in kvs.iter().filter(|kv| kv.key.ends_with(b"/checkpoint")) {
+    let mut pages = std::collections::HashSet::new();
+    for kv in &kvs {
+        let Some(p) = keys::parse_checkpoint(&kv.key) else {
+            continue;
+        };
         if let Ok(c) = CheckpointRecord::decode(kv.value.clone()) {
-            n += c
-                .open_segments
-                .iter()
-                .flat_map(|o| &o.chunks)
-                .filter_map(|ch| ch.wal.as_ref())
-                .filter(|w| w.replica_set.iter().any(|t| t == id))
-                .count();
+            for o in &c.open_segments {
+                n += on_target(&o.chunks);
+                pages.extend(
+                    o.pages
+                        .iter()
+                        .map(|pg| keys::chunk_page(p, o.base_offset, pg.first_offset)),
+                );
+            }
+        }
+    }
+    for kv in kvs.iter().filter(|kv| pages.contains(&kv.key)) {
+        if let Ok(page) = ChunkPageRecord::decode(kv.value.clone()) {
+            n += on_target(&page.chunks);
         }
     }
     Ok(n)
