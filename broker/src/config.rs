@@ -69,7 +69,8 @@ pub struct BrokerConfig {
     /// recoveries); 0: never.
     pub gc_interval_ms: u64,
     /// Roll the open segment after this many chunks (0: by size and age
-    /// only): bounds what a recovery after an unclean end reads (one header
+    /// only; never a WAL segment, whose list is paged and whose recovery
+    /// reads no header): bounds what a recovery after an unclean end reads (one header
     /// per chunk), which is most of a take-over after a broker dies: under
     /// the chaos test's load (small chunks, 2 cores shared by the whole
     /// cluster) 540 chunks took 0.8-1.4 s to recover. Also keeps partitions
@@ -101,6 +102,10 @@ pub struct BrokerConfig {
     /// this old, whatever segment.ms says, so that slow partitions do not
     /// keep WAL objects alive.
     pub wal_max_age_ms: u64,
+    /// Chunk records per page of a WAL segment's list in the metadata
+    /// store (about 80 bytes each): a checkpoint holds fewer than this,
+    /// the rest lies in pages written once each.
+    pub wal_chunk_page: usize,
     /// An idle partition on the shared WAL re-saves its checkpoint this
     /// often, so that the position it names in the broker's WAL moves on
     /// and older WAL objects can be collected.
@@ -239,6 +244,7 @@ impl Default for BrokerConfig {
             wal_max_in_flight: 4,
             wal_inflight_chunks: 128,
             wal_max_age_ms: 600_000,
+            wal_chunk_page: 128,
             wal_idle_checkpoint_ms: 120_000,
             gc_min_age_ms: 600_000,
             load_report_interval_ms: 5_000,

@@ -215,16 +215,15 @@ pub fn wal_chunk(id: WalId, entry: &WalEntry, replicas: ReplicaSet) -> ChunkRef 
     }
 }
 
-/// Chunk records per page of a WAL segment's list (about 10 KB).
-pub const PAGE_CHUNKS: usize = 128;
-
-/// Page out the list of WAL segment `seg` of partition `id`: `seg.chunks`
+/// Page out the list of WAL segment `seg` of partition `id`, `per_page`
+/// chunk records a page (`wal_chunk_page`): `seg.chunks`
 /// holds its committed chunks from the base on (or from some point before
 /// the end of its pages); whole pages of them past `seg.pages` become new
 /// pages (returned as the puts to save with the checkpoint, and named in
 /// `seg.pages`), and `seg.chunks` keeps the rest. A page once written is
 /// never rewritten: the list only grows at its end.
-pub fn page_out(id: PartitionId, seg: &mut OpenSegmentRecord) -> Vec<Op> {
+pub fn page_out(id: PartitionId, seg: &mut OpenSegmentRecord, per_page: usize) -> Vec<Op> {
+    let per_page = per_page.max(1);
     if !seg.wal {
         return Vec::new();
     }
@@ -234,8 +233,8 @@ pub fn page_out(id: PartitionId, seg: &mut OpenSegmentRecord) -> Vec<Op> {
         .filter(|c| c.base_offset >= paged_until)
         .collect();
     let mut ops = Vec::new();
-    while tail.len() >= PAGE_CHUNKS {
-        let rest = tail.split_off(PAGE_CHUNKS);
+    while tail.len() >= per_page {
+        let rest = tail.split_off(per_page);
         let page = std::mem::replace(&mut tail, rest);
         let mut low: std::collections::BTreeMap<i32, (i64, i64)> = Default::default();
         for w in page.iter().filter_map(|c| c.wal.as_ref()) {

@@ -535,15 +535,20 @@ pub enum DefaultStorage {
 /// `toml` with the shared WAL's linger at 5 ms, as for a low-latency
 /// store (docs/operations.md): a loopback S3 server answers in a few ms,
 /// and the default 100 ms would make every acked produce of the suite
-/// wait a tenth of a second.
+/// wait a tenth of a second. And pages of 16 chunk records, so that the
+/// suite's short-lived segments page their lists (the default 128 would
+/// rarely be reached). A setting the test made itself stays.
 fn with_test_wal_linger(toml: &str) -> String {
-    const LINE: &str = "wal_linger_ms = 5\n";
+    let lines: String = ["wal_linger_ms = 5\n", "wal_chunk_page = 16\n"]
+        .into_iter()
+        .filter(|l| !toml.contains(l.split(' ').next().unwrap()))
+        .collect();
     match toml.find("[broker]\n") {
         Some(i) => {
             let at = i + "[broker]\n".len();
-            format!("{}{LINE}{}", &toml[..at], &toml[at..])
+            format!("{}{lines}{}", &toml[..at], &toml[at..])
         }
-        None => format!("{toml}\n[broker]\n{LINE}"),
+        None => format!("{toml}\n[broker]\n{lines}"),
     }
 }
 

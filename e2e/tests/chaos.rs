@@ -684,7 +684,7 @@ async fn run(seed: u64) {
         &format!(
             // Garbage collection sweeps every few seconds: whatever it
             // deletes, the checker must still read every acked record.
-            "chunk_put_timeout_ms = 2000\ngc_interval_ms = 5000\ngc_min_age_ms = 5000\nchunk_layout = \"{layout}\"\nwal_linger_ms = 10\nwal_idle_checkpoint_ms = 3000\n[proxy]\nlease_ttl_ms = 3000\n{}",
+            "chunk_put_timeout_ms = 2000\ngc_interval_ms = 5000\ngc_min_age_ms = 5000\nchunk_layout = \"{layout}\"\nwal_linger_ms = 10\nwal_chunk_page = 8\nwal_idle_checkpoint_ms = 3000\n[proxy]\nlease_ttl_ms = 3000\n{}",
             std::env::var("FLOE_CHAOS_PROXY_TOML").unwrap_or_default()
         ),
         &urls,

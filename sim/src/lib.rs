@@ -858,6 +858,10 @@ async fn broker(world: Arc<World>, id: i32, broken: Option<Broken>, layout: Layo
         // The simulated store answers in milliseconds (a local disk's
         // latency): a short linger, as on such a store.
         config.wal_linger_ms = 10;
+        // A few chunks a page: the seeds' few hundred records page their
+        // segments' lists, so recoveries and seals under faults read and
+        // drop pages.
+        config.wal_chunk_page = 4;
     }
     let endpoints = vec![floe_meta::schema::Endpoint {
         name: "PLAINTEXT".into(),

@@ -1367,13 +1367,14 @@ mod wal_tests {
     /// whole list back through the pages; the seal deletes them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_wal_segment_keeps_its_list_in_pages() {
-        use crate::wal::PAGE_CHUNKS;
+        const PAGE_CHUNKS: usize = 128;
         let dir = tempfile::tempdir().unwrap();
         let ctx = wal_ctx_with(
             &dir,
             BrokerConfig {
                 wal_linger_ms: 1,
                 checkpoint_interval_ms: 20,
+                wal_chunk_page: PAGE_CHUNKS,
                 ..Default::default()
             },
         )

@@ -810,7 +810,11 @@ pub(crate) async fn recover(
     // sealed go.
     let mut page_ops = Vec::new();
     for p in pending.iter_mut() {
-        page_ops.extend(crate::wal::page_out(id, &mut p.record));
+        page_ops.extend(crate::wal::page_out(
+            id,
+            &mut p.record,
+            ctx.config.wal_chunk_page,
+        ));
     }
     for seg in checkpoint.open_segments.iter().filter(|s| s.wal) {
         if !pending

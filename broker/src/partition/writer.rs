@@ -1380,7 +1380,11 @@ impl Writer {
         self.list_wal_chunks(&mut open_segments);
         let mut ops = ops;
         for seg in open_segments.iter_mut() {
-            ops.extend(super::super::wal::page_out(self.id, seg));
+            ops.extend(super::super::wal::page_out(
+                self.id,
+                seg,
+                self.ctx.config.wal_chunk_page,
+            ));
         }
         let checkpoint = CheckpointRecord {
             format: FORMAT,
@@ -2032,7 +2036,11 @@ impl Writer {
             if seg.wal || unpaged <= MAX_HANDED_OVER_CHUNKS {
                 seg.chunks_listed = true;
                 seg.chunks = chunks;
-                ops.extend(super::super::wal::page_out(self.id, seg));
+                ops.extend(super::super::wal::page_out(
+                    self.id,
+                    seg,
+                    self.ctx.config.wal_chunk_page,
+                ));
             }
         }
         let wal_start = self.wal_start().await;
