@@ -13,6 +13,10 @@
 # PUTs per GB once objects fill (issue 24's ~130 x R): a rate above
 # wal_bytes per linger, e.g. 16 KiB records at 6,000/s (98 MB/s):
 #   RUNS=3 RATE=6000 RECORD=16384 PARTITIONS="1 100" LAYOUTS=wal scripts/bench-wal.sh
+# BROKER_TOML adds broker settings (e.g. BROKER_TOML='wal_max_age_ms = 30000\n'
+# seals every partition's segment within a 60 s run: consolidation's
+# steady-state cost, scaled down in time). CLIENT_INFLIGHT and
+# BROKER_INFLIGHT change the requests in flight per connection.
 # PUT-class requests are counted apart: single PUTs (WAL objects, chunks)
 # and every request of the segment seals' multipart uploads (start, each
 # part, completion), all billed alike by an object store.
@@ -84,6 +88,7 @@ start() { # LAYOUT
     --http-listen 127.0.0.1:24901 --admin-listen 127.0.0.1:24904 >"$dir/controller.log" 2>&1 &
   pids+=($!)
   printf '[broker]\nchunk_layout = "%s"\nwal_linger_ms = %s\nmax_inflight_per_connection = %s\n' "$1" "$LINGER" "${BROKER_INFLIGHT:-2048}" >"$dir/broker.toml"
+  printf '%b' "${BROKER_TOML:-}" >>"$dir/broker.toml"
   "$FLOE" broker --etcd "http://$ETCD" --id 1 --listen "$BROKER" --http-listen "$BHTTP" \
     --config "$dir/broker.toml" >"$dir/broker.log" 2>&1 &
   pids+=($!)

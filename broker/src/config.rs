@@ -102,6 +102,9 @@ pub struct BrokerConfig {
     /// this old, whatever segment.ms says, so that slow partitions do not
     /// keep WAL objects alive.
     pub wal_max_age_ms: u64,
+    /// Segments a broker consolidates (seals) at once; the rest wait
+    /// their turn.
+    pub seal_concurrency: usize,
     /// Chunk records per page of a WAL segment's list in the metadata
     /// store (about 80 bytes each): a checkpoint holds fewer than this,
     /// the rest lies in pages written once each.
@@ -245,6 +248,7 @@ impl Default for BrokerConfig {
             wal_inflight_chunks: 128,
             wal_max_age_ms: 600_000,
             wal_chunk_page: 128,
+            seal_concurrency: 4,
             wal_idle_checkpoint_ms: 120_000,
             gc_min_age_ms: 600_000,
             load_report_interval_ms: 5_000,

@@ -263,6 +263,7 @@ impl Node {
             compaction_pacer: Arc::new(crate::throttle::Pacer::new(
                 config.compaction_max_bytes_per_sec,
             )),
+            seals: Arc::new(tokio::sync::Semaphore::new(config.seal_concurrency.max(1))),
             wal,
         };
         let node = Arc::new(Self {

@@ -116,6 +116,10 @@ pub struct PartitionContext {
     pub compaction_pacer: Arc<crate::throttle::Pacer>,
     /// The broker's shared WAL, when chunks go to shared WAL objects.
     pub wal: Option<Arc<crate::wal::BrokerWal>>,
+    /// Turns for segment seals (consolidations), `seal_concurrency` of
+    /// them broker-wide: a thousand partitions due at once take turns
+    /// instead of taking the machine from the produce path.
+    pub seals: Arc<tokio::sync::Semaphore>,
 }
 
 /// A producer as a partition knows it (DescribeProducers).
@@ -671,6 +675,7 @@ pub(crate) async fn test_context(
         )),
         None => None,
     };
+    let config_seals = config.seal_concurrency.max(1);
     PartitionContext {
         broker_id: 1,
         session: 1,
@@ -683,6 +688,7 @@ pub(crate) async fn test_context(
         metrics: Arc::new(Metrics::new()),
         repair_pacer: Arc::new(crate::throttle::Pacer::new(0)),
         compaction_pacer: Arc::new(crate::throttle::Pacer::new(0)),
+        seals: Arc::new(tokio::sync::Semaphore::new(config_seals)),
         wal,
     }
 }

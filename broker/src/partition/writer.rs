@@ -1299,6 +1299,8 @@ impl Writer {
             if chunks.is_empty() {
                 return Ok(SegmentRecord::default());
             }
+            // A bounded number at once per broker (seal_concurrency).
+            let _turn = ctx.seals.clone().acquire_owned().await;
             let cache = ctx.cache.clone();
             consolidate(&ctx, id, &record, &replicas, &chunks, &cache, epoch).await
         }));
@@ -1800,11 +1802,19 @@ impl Writer {
         // segment.ms, and on the shared WAL layout wal_max_age_ms: a slow
         // partition's chunks are consolidated into its own segment object
         // soon enough that they do not pin WAL objects for long.
+        // Up to a fifth sooner, by segment: partitions whose segments began
+        // together (a broker's start, a mass move) do not all seal at once.
         let max_age = match self.ctx.wal {
-            Some(_) => self
-                .config
-                .segment_ms
-                .min(self.ctx.config.wal_max_age_ms.min(i64::MAX as u64) as i64),
+            Some(_) => {
+                use std::hash::{Hash, Hasher};
+                let wal_age = self.ctx.config.wal_max_age_ms.min(i64::MAX as u64) as i64;
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (self.id, self.open.record.base_offset).hash(&mut h);
+                let spread = (h.finish() % 1000) as i64;
+                self.config
+                    .segment_ms
+                    .min(wal_age - wal_age / 5 * spread / 1000)
+            }
             None => self.config.segment_ms,
         };
         if self.open.bytes > 0 && now - self.open.record.created_ms >= max_age {
