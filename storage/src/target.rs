@@ -387,6 +387,9 @@ fn open_s3(parsed: &url::Url, url: &str) -> Result<Arc<dyn ObjectStore>, Storage
     })
 }
 
+/// WAL object indexes a pool keeps for recoveries (a few KB each).
+const WAL_INDEXES_KEPT: usize = 4096;
+
 /// All storage targets of the cluster, with the replication settings.
 #[derive(Debug)]
 pub struct StoragePool {
@@ -398,7 +401,15 @@ pub struct StoragePool {
     rng: Mutex<StdRng>,
     /// Probe interval and stop token once probes run (new targets get one).
     probes: Mutex<Option<(std::time::Duration, tokio_util::sync::CancellationToken)>>,
+    /// Indexes of WAL data objects read by recoveries' scans, so that the
+    /// partitions of one dead broker recovered together read each of its
+    /// objects once, not once per partition (a data object at a key never
+    /// changes: it is created once, copies alike).
+    wal_indexes: Mutex<std::collections::HashMap<crate::wal::WalId, WalIndexCell>>,
 }
+
+/// One WAL object's index, read once by whichever scan comes first.
+pub(crate) type WalIndexCell = Arc<tokio::sync::OnceCell<Arc<Vec<crate::wal::WalEntry>>>>;
 
 impl StoragePool {
     /// The pool as recorded in the metadata store, opened with this
@@ -464,7 +475,19 @@ impl StoragePool {
             write_quorum,
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             probes: Mutex::new(None),
+            wal_indexes: Mutex::new(Default::default()),
         })
+    }
+
+    /// The cell for WAL object `id`'s index (see `wal_indexes`).
+    pub(crate) fn wal_index(&self, id: crate::wal::WalId) -> WalIndexCell {
+        let mut kept = self.wal_indexes.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= WAL_INDEXES_KEPT && !kept.contains_key(&id) {
+            // Recoveries are rare and short: starting over now and then
+            // costs a few reads, and keeps the map small.
+            kept.clear();
+        }
+        kept.entry(id).or_default().clone()
     }
 
     /// The targets now.
