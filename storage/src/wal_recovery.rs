@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::wal::{self, WalEntry, WalId, WalKind};
 use crate::{layout, PutOutcome, ReplicaSet, StorageError, StoragePool};
+use futures::StreamExt;
 use object_store::ObjectStoreExt;
 
 /// One chunk a scan kept.
@@ -32,6 +33,11 @@ pub struct StreamScan {
     pub chunks: Vec<FoundChunk>,
     pub end: i64,
 }
+
+/// WAL objects a scan reads at once ahead of its walk, and at most in
+/// all before it (the rest one at a time, as the walk comes to them).
+const READS_AHEAD: usize = 32;
+const MAX_READ_AHEAD: usize = 1024;
 
 /// Times one key is looked at again when a fence meets an object that
 /// landed after the listing.
@@ -95,6 +101,38 @@ pub async fn scan_and_fence(
                 .unwrap_or_default()
         ))
     };
+    // Read ahead, many at once, the objects the listing shows standing
+    // (data on W targets) from `from_seq` until its first gap: the walk
+    // below then finds them read. One read at a time over a few hundred
+    // objects took seconds on an S3 server (a take-over's whole budget).
+    // What this reads is only shared content; every decision is the
+    // walk's, and a read that failed here is tried again there.
+    let mut ahead = Vec::new();
+    for (seq, here) in holders.range(from_seq..) {
+        if *seq != from_seq + ahead.len() as i64 || ahead.len() >= MAX_READ_AHEAD {
+            break;
+        }
+        let data: Vec<String> = here
+            .iter()
+            .filter(|(_, h)| **h == Held::Data)
+            .map(|(t, _)| t.clone())
+            .collect();
+        if data.len() < write_quorum {
+            break;
+        }
+        ahead.push((*seq, data));
+    }
+    futures::stream::iter(ahead.into_iter().map(|(seq, data)| async move {
+        let id = WalId {
+            broker,
+            stream,
+            seq,
+        };
+        let _ = read_data_once(pool, &layout::wal(id), id, &data).await;
+    }))
+    .buffer_unordered(READS_AHEAD)
+    .collect::<Vec<()>>()
+    .await;
     let mut chunks = Vec::new();
     let mut seq = from_seq;
     let mut relooks = 0;
