@@ -89,14 +89,17 @@ impl BrokerWal {
 
     /// The stream written now.
     pub async fn stream(&self) -> i64 {
-        self.current().stream
+        self.with_current(|s| s.stream)
     }
 
+    /// A handle on the current stream (for a hand-in, which awaits).
     fn current(&self) -> WalStream {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.with_current(WalStream::clone)
+    }
+
+    /// `f` on the current stream, under the lock only as long as `f`.
+    fn with_current<R>(&self, f: impl FnOnce(&WalStream) -> R) -> R {
+        f(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Where a chunk handed in from now on will land at the earliest: the
@@ -104,18 +107,17 @@ impl BrokerWal {
     /// this one dies first). A writer's checkpoint names it as the point
     /// recovery scans the broker's streams from.
     pub async fn position(&self) -> WalPositionRecord {
-        let current = self.current();
-        WalPositionRecord {
+        self.with_current(|current| WalPositionRecord {
             broker_id: self.broker,
             stream: current.stream,
             seq: current.next_seq(),
-        }
+        })
     }
 
     /// When the current stream's object being gathered is cut (see
     /// [`WalStream::gathering_until`]); None while nothing is gathered.
     pub fn gathering_until(&self) -> Option<tokio::time::Instant> {
-        self.current().gathering_until()
+        self.with_current(|s| s.gathering_until())
     }
 
     /// [`WalStream::hold`] on the current stream.
@@ -124,7 +126,7 @@ impl BrokerWal {
         margin: std::time::Duration,
         registered: Option<i64>,
     ) -> Option<floe_storage::wal_stream::Hold> {
-        self.current().hold(margin, registered)
+        self.with_current(|s| s.hold(margin, registered))
     }
 
     pub fn broker(&self) -> i32 {
@@ -146,7 +148,7 @@ impl BrokerWal {
             Ok(r) => Ok(r),
             Err(why) => {
                 let _reopening = self.reopening.lock().await;
-                if self.current().stream == stream.stream {
+                if self.with_current(|s| s.stream) == stream.stream {
                     let next =
                         register(&*self.meta, self.broker, self.session, (self.now_ms)()).await?;
                     tracing::warn!(broker = self.broker, dead = stream.stream, next, error = %why, "WAL stream ended; opened a new one");
@@ -162,7 +164,7 @@ impl BrokerWal {
                 }
                 Err(WalAppendError::Reopened {
                     dead: stream.stream,
-                    next: self.current().stream,
+                    next: self.with_current(|s| s.stream),
                     why,
                 })
             }

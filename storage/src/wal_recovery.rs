@@ -112,11 +112,7 @@ pub async fn scan_and_fence(
         if *seq != from_seq + ahead.len() as i64 || ahead.len() >= MAX_READ_AHEAD {
             break;
         }
-        let data: Vec<String> = here
-            .iter()
-            .filter(|(_, h)| **h == Held::Data)
-            .map(|(t, _)| t.clone())
-            .collect();
+        let data = data_holders(here);
         if data.len() < write_quorum {
             break;
         }
@@ -145,11 +141,7 @@ pub async fn scan_and_fence(
         let path = layout::wal(id);
         let here = holders.get(&seq).cloned().unwrap_or_default();
         let fences = here.values().filter(|h| **h == Held::Fence).count();
-        let data: Vec<String> = here
-            .iter()
-            .filter(|(_, h)| **h == Held::Data)
-            .map(|(t, _)| t.clone())
-            .collect();
+        let data = data_holders(&here);
         // The decision at one key (docs/design.md, "Shared WAL objects"):
         // a fence on N−W+1 targets leaves the old writer at most W−1, so
         // whatever data lies beside it was never acknowledged; data on W
@@ -250,6 +242,14 @@ pub async fn scan_and_fence(
             }
         }
     }
+}
+
+/// The targets holding data (not a fence) at one key, as listed.
+fn data_holders(here: &BTreeMap<String, Held>) -> Vec<String> {
+    here.iter()
+        .filter(|(_, h)| **h == Held::Data)
+        .map(|(t, _)| t.clone())
+        .collect()
 }
 
 /// What one target holds at one key of a stream.
