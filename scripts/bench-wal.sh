@@ -7,7 +7,7 @@
 # of 1, 100 and 1,000 partitions, once with chunk_layout = "wal" and once
 # with "partition". Per run: PUT requests per second and per GB ingested
 # (floe_storage_requests_total{op="put"} on the broker, every replica's
-# PUT counted), GETs, and the producer's latency.
+# PUT counted), GETs, the producer's latency and the broker's RSS at the end.
 #   cargo build --release -p floe -p floe-bench
 #   RUNS=3 scripts/bench-wal.sh
 # PUTs per GB once objects fill (issue 24's ~130 x R): a rate above
@@ -17,6 +17,12 @@
 # seals every partition's segment within a 60 s run: consolidation's
 # steady-state cost, scaled down in time). CLIENT_INFLIGHT and
 # BROKER_INFLIGHT change the requests in flight per connection.
+# CLIENT=packed produces with floe-bench's packed-produce instead of
+# librdkafka: one Produce request per 5-ms linger carrying every
+# partition's records, as Kafka's Java producer packs a broker's
+# partitions (librdkafka sends one partition per request,
+# confluentinc/librdkafka#1700), so the latency at 1,000 partitions is the
+# broker's and not the client's queue.
 # PUT-class requests are counted apart: single PUTs (WAL objects, chunks)
 # and every request of the segment seals' multipart uploads (start, each
 # part, completion), all billed alike by an object store.
@@ -92,6 +98,7 @@ start() { # LAYOUT
   "$FLOE" broker --etcd "http://$ETCD" --id 1 --listen "$BROKER" --http-listen "$BHTTP" \
     --config "$dir/broker.toml" >"$dir/broker.log" 2>&1 &
   pids+=($!)
+  BROKER_PID=$!
   for _ in $(seq 1 100); do
     curl -sf "http://$BHTTP/readyz" >/dev/null 2>&1 && break
     sleep 0.2
@@ -99,7 +106,7 @@ start() { # LAYOUT
   "$BENCH" --bootstrap "$BROKER" --topic warm produce --records 20000 >/dev/null
 }
 
-echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores; RATE=$RATE records/s of RECORD=$RECORD bytes for SECS=$SECS; R=3 W=2; store p50 20 ms p99 100 ms; wal_linger_ms=$LINGER; RUNS=$RUNS"
+echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores; client ${CLIENT:-librdkafka}; RATE=$RATE records/s of RECORD=$RECORD bytes for SECS=$SECS; R=3 W=2; store p50 20 ms p99 100 ms; wal_linger_ms=$LINGER; RUNS=$RUNS"
 # A fresh cluster per layout, run and partition count: every run starts
 # with the same empty pool and cache, and the disk holds one run's data.
 for run in $(seq 1 "$RUNS"); do
@@ -117,19 +124,26 @@ for run in $(seq 1 "$RUNS"); do
       # partitions into one): with many partitions, requests in flight
       # bound how often each partition can send while requests wait for
       # their WAL object, so the client and the broker allow many.
-      out=$("$BENCH" --bootstrap "$BROKER" --topic "$topic" -X max.in.flight.requests.per.connection=${CLIENT_INFLIGHT:-1000} \
-        produce --records $((RATE * SECS)) \
-        --record-size "$RECORD" --rate "$RATE" --keys 100000 --warmup-ms 1000)
+      if [ "${CLIENT:-librdkafka}" = packed ]; then
+        out=$("$BENCH" --bootstrap "$BROKER" --topic "$topic" packed-produce --records $((RATE * SECS)) \
+          --record-size "$RECORD" --rate "$RATE" --partitions "$p" --warmup-ms 1000 \
+          --max-in-flight "${CLIENT_INFLIGHT:-100}")
+      else
+        out=$("$BENCH" --bootstrap "$BROKER" --topic "$topic" -X max.in.flight.requests.per.connection=${CLIENT_INFLIGHT:-1000} \
+          produce --records $((RATE * SECS)) \
+          --record-size "$RECORD" --rate "$RATE" --keys 100000 --warmup-ms 1000)
+      fi
       t1=$(date +%s.%N)
       dputs=$(($(counter put) - puts)) dgets=$(($(counter get) - gets)) dseals=$(($(sealed) - seals))
       dmp=$(($(counter multipart) + $(counter part) + $(counter complete) - mp))
       broker_latency=$(quantiles "$hist0" "$(produce_buckets)")
+      rss_mb=$(awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$BROKER_PID/status")
       secs=$(echo "$t1 - $t0" | bc -l)
       gb=$(echo "$RATE * $SECS * $RECORD / 1000000000" | bc -l)
       all=$((dputs + dmp))
-      printf '%s partitions=%s run=%s: PUTs %d (%.1f/s, %.0f per GB), segments sealed %d (%d upload requests), all PUT-class %d (%.1f/s, %.0f per GB), GETs %d | %s | %s\n' \
+      printf '%s partitions=%s run=%s: PUTs %d (%.1f/s, %.0f per GB), segments sealed %d (%d upload requests), all PUT-class %d (%.1f/s, %.0f per GB), GETs %d | %s | %s, broker RSS %s MB\n' \
         "$layout" "$p" "$run" "$dputs" "$(echo "$dputs / $secs" | bc -l)" "$(echo "$dputs / $gb" | bc -l)" \
-        "$dseals" "$dmp" "$all" "$(echo "$all / $secs" | bc -l)" "$(echo "$all / $gb" | bc -l)" "$dgets" "$out" "$broker_latency"
+        "$dseals" "$dmp" "$all" "$(echo "$all / $secs" | bc -l)" "$(echo "$all / $gb" | bc -l)" "$dgets" "$out" "$broker_latency" "$rss_mb"
       stop_all
       rm -rf "${T:?}/$layout"
     done
