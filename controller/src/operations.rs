@@ -25,6 +25,9 @@ use crate::rebalance::{self, Placement, Plan, Settings};
 use crate::{Controller, MoveError};
 
 pub const REBALANCE: &str = "rebalance";
+/// One partition moved through the admin API (`floectl move`, the
+/// console), recorded once it is over.
+pub const MOVE: &str = "move";
 
 /// Finished operations kept for `floectl op list`.
 const KEEP_FINISHED: usize = 20;
@@ -227,6 +230,64 @@ pub async fn prepare_rebalance(
         txn = txn.then(op);
     }
     Ok(PreparedStart { record, txn })
+}
+
+/// A move made through the admin API, as it ended.
+pub struct MoveOutcome {
+    pub id: PartitionId,
+    /// The broker assigned before (-1: none).
+    pub from: i32,
+    pub to: i32,
+    /// "done" or "failed".
+    pub status: &'static str,
+    pub detail: String,
+    pub started_ms: i64,
+    pub took_ms: u64,
+}
+
+/// Record a finished move as an operation of kind [`MOVE`] (with the
+/// newest finished operations kept, as for rebalances and drains), so that
+/// moves show with the other operations, and who moved what stays on
+/// record.
+pub async fn record_move(meta: &dyn MetadataStore, m: &MoveOutcome) -> Result<(), MetaError> {
+    let (kvs, _) = meta.range(&keys::operations_prefix()).await?;
+    let now = now_ms();
+    let id = format!(
+        "mv-{}-{}",
+        now,
+        &floe_common::new_uuid().simple().to_string()[..6]
+    );
+    let record = OperationRecord {
+        format: FORMAT,
+        id: id.clone(),
+        kind: MOVE.into(),
+        state: m.status.into(),
+        created_ms: m.started_ms,
+        started_ms: m.started_ms,
+        finished_ms: now,
+        max_in_flight: 1,
+        moves: vec![PlannedMove {
+            topic_id: m.id.topic_id.as_bytes().to_vec(),
+            partition: m.id.partition,
+            from: m.from,
+            to: m.to,
+            load: 0,
+            status: m.status.into(),
+            detail: m.detail.clone(),
+            took_ms: m.took_ms,
+        }],
+        detail: m.detail.clone(),
+        executor: String::new(),
+        broker: 0,
+    };
+    let mut txn = Txn::new()
+        .when(Condition::Missing(keys::operation(&id)))
+        .then(Op::put(keys::operation(&id), record.encode_to_vec()));
+    for op in prune_finished(&kvs) {
+        txn = txn.then(op);
+    }
+    meta.txn(txn).await?;
+    Ok(())
 }
 
 /// Deletions that keep the newest finished operations (room for one more)

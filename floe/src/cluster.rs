@@ -511,15 +511,31 @@ pub async fn controller(args: ControllerArgs) -> Result<()> {
                 (Some(_), Some(_)) => "token over mutual TLS",
             };
             tracing::info!(admin = %args.admin_listen, security, "admin API listening");
+            let console = args.console.then(|| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                tracing::info!(console = %format!("{scheme}://{}/console/", args.admin_listen), "web console on");
+                floe_controller::console::Console::new(
+                    state.clone(),
+                    token.clone(),
+                    floe_controller::console::Options {
+                        refresh: Duration::from_millis(args.console_refresh_ms.max(100)),
+                        secure_cookie: tls.is_some(),
+                    },
+                )
+            });
             Some(tokio::spawn(floe_controller::admin::serve(
                 server,
                 listener,
                 state.clone(),
                 token,
+                console,
                 shutdown.clone(),
             )))
         }
         None => {
+            if args.console {
+                anyhow::bail!("--console needs the admin API: give it a token (--admin-token-file or FLOE_ADMIN_TOKEN)");
+            }
             tracing::warn!(
                 "admin API disabled: no token (set --admin-token-file or FLOE_ADMIN_TOKEN)"
             );

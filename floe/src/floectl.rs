@@ -1402,7 +1402,10 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             op: TopicCmd::Describe { name },
         } => {
             let d = client
-                .describe_topic(admin_pb::DescribeTopicRequest { name })
+                .describe_topic(admin_pb::DescribeTopicRequest {
+                    name,
+                    segments: false,
+                })
                 .await?
                 .into_inner();
             if json_out {

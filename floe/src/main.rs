@@ -136,6 +136,15 @@ struct ControllerArgs {
     /// certificate signed by one of them (mutual TLS), besides the token.
     #[arg(long, env = "FLOE_ADMIN_TLS_CLIENT_CA", requires = "admin_tls_cert")]
     admin_tls_client_ca: Option<PathBuf>,
+    /// Serve the web console on the admin listener (/console/, behind the
+    /// admin token: a login sets a session cookie; over the admin API's
+    /// TLS when it has one). Needs the admin API.
+    #[arg(long, env = "FLOE_CONSOLE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    console: bool,
+    /// How often an open console page is rendered anew and sent when it
+    /// changed.
+    #[arg(long, env = "FLOE_CONSOLE_REFRESH_MS", default_value_t = 1_000)]
+    console_refresh_ms: u64,
     /// Even out partition counts as soon as a broker joins (false: brokers
     /// that join take only new and orphaned partitions until an operator
     /// runs `floectl rebalance`).

@@ -406,6 +406,7 @@ fn admin_requests() -> Vec<(String, Vec<u8>)> {
             "describe-topic",
             DescribeTopicRequest {
                 name: "orders".into(),
+                segments: true,
             }
             .encode_to_vec(),
         ),

@@ -128,9 +128,17 @@ fn visible_state(f: Option<&PartitionFacts>, live: &BTreeMap<i32, BrokerRecord>)
     }
 }
 
-/// What the brokers' load reports say of each partition they write:
-/// (reporting broker, high watermark, reported at ms).
-type Reported = HashMap<PartitionId, (i32, i64, i64)>;
+/// What a broker's load report says of one partition it writes.
+struct Report {
+    broker: i32,
+    high_watermark: i64,
+    reported_ms: i64,
+    bytes_in_per_sec: u64,
+    bytes_out_per_sec: u64,
+}
+
+/// The brokers' load reports, by partition.
+type Reported = HashMap<PartitionId, Report>;
 
 /// The brokers' load reports in a snapshot.
 fn load_records(kvs: &[KeyValue]) -> impl Iterator<Item = floe_meta::schema::LoadRecord> + '_ {
@@ -146,7 +154,13 @@ fn reported_offsets(kvs: &[KeyValue]) -> Reported {
             if let Ok(topic) = Uuid::from_slice(&p.topic_id) {
                 out.insert(
                     PartitionId::new(topic, p.partition),
-                    (l.broker_id, p.high_watermark, l.reported_ms),
+                    Report {
+                        broker: l.broker_id,
+                        high_watermark: p.high_watermark,
+                        reported_ms: l.reported_ms,
+                        bytes_in_per_sec: p.bytes_in_per_sec,
+                        bytes_out_per_sec: p.bytes_out_per_sec,
+                    },
                 );
             }
         }
@@ -154,20 +168,61 @@ fn reported_offsets(kvs: &[KeyValue]) -> Reported {
     out
 }
 
+/// A partition's segments, oldest first: the sealed ones, then the open
+/// ones its last checkpoint names (each ending where the next begins, the
+/// last at the checkpoint's end).
+fn segment_details(f: Option<&PartitionFacts>) -> Vec<pb::SegmentDetail> {
+    let Some(f) = f else {
+        return Vec::new();
+    };
+    let mut segments: Vec<pb::SegmentDetail> = f
+        .segments
+        .iter()
+        .map(|s| pb::SegmentDetail {
+            base_offset: s.base_offset,
+            end_offset: s.end_offset,
+            sealed: true,
+            replica_set: s.replica_set.clone(),
+            bytes: s.object_bytes,
+            epoch: s.epoch,
+            compactions: s.compactions,
+        })
+        .collect();
+    if let Some(cp) = &f.checkpoint {
+        let open = &cp.open_segments;
+        for (i, o) in open.iter().enumerate() {
+            let end = open.get(i + 1).map_or(cp.next_offset, |n| n.base_offset);
+            segments.push(pb::SegmentDetail {
+                base_offset: o.base_offset,
+                end_offset: end,
+                sealed: false,
+                replica_set: o.replica_set.clone(),
+                bytes: o.chunks.iter().map(|c| c.bytes).sum(),
+                epoch: o.epoch,
+                compactions: 0,
+            });
+        }
+    }
+    segments.sort_by_key(|s| s.base_offset);
+    segments
+}
+
 fn partition_detail(
     id: PartitionId,
     f: Option<&PartitionFacts>,
     brokers: &BTreeMap<i32, BrokerRecord>,
     reported: &Reported,
+    with_segments: bool,
 ) -> pb::PartitionDetail {
     let owner = f
         .and_then(|f| f.owner.as_ref())
         .filter(|o| brokers.contains_key(&o.broker_id));
     let cp = f.and_then(|f| f.checkpoint.as_ref());
     // Only the current owner's report counts (a former owner's is stale).
-    let hw = reported
+    let report = reported
         .get(&id)
-        .filter(|(b, _, _)| owner.is_some_and(|o| o.broker_id == *b));
+        .filter(|r| owner.is_some_and(|o| o.broker_id == r.broker));
+    let segments = segment_details(f);
     let p = id.partition;
     pb::PartitionDetail {
         partition: p,
@@ -181,10 +236,17 @@ fn partition_detail(
         checkpoint_next_offset: cp.map_or(0, |c| c.next_offset),
         sealed_segments: f.map_or(0, |f| f.segments.len() as u32),
         open_segments: cp.map_or(0, |c| c.open_segments.len() as u32),
-        high_watermark: hw.map_or(-1, |(_, hw, _)| *hw),
-        high_watermark_age_ms: hw.map_or(0, |(_, _, at)| {
-            floe_common::SystemClock.now_ms().saturating_sub(*at).max(0) as u64
+        high_watermark: report.map_or(-1, |r| r.high_watermark),
+        high_watermark_age_ms: report.map_or(0, |r| {
+            floe_common::SystemClock
+                .now_ms()
+                .saturating_sub(r.reported_ms)
+                .max(0) as u64
         }),
+        bytes_in_per_sec: report.map_or(0, |r| r.bytes_in_per_sec),
+        bytes_out_per_sec: report.map_or(0, |r| r.bytes_out_per_sec),
+        bytes: segments.iter().map(|s| s.bytes).sum(),
+        segments: if with_segments { segments } else { Vec::new() },
     }
 }
 
@@ -413,7 +475,8 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::TopicDetail>, Status> {
-        let name = request.into_inner().name;
+        let r = request.into_inner();
+        let name = r.name;
         let kvs = snapshot(&*self.state.meta).await?;
         let (t, id) = find_topic(&kvs, &name)?;
         let brokers = live_brokers(&kvs);
@@ -422,7 +485,7 @@ impl pb::admin_server::Admin for AdminService {
         let partitions = (0..t.partitions)
             .map(|p| {
                 let pid = PartitionId::new(id, p);
-                partition_detail(pid, facts.get(&pid), &brokers, &reported)
+                partition_detail(pid, facts.get(&pid), &brokers, &reported, r.segments)
             })
             .collect();
         Ok(Response::new(pb::TopicDetail {
@@ -446,41 +509,8 @@ impl pb::admin_server::Admin for AdminService {
         }
         let facts = partition_facts(&kvs);
         let f = facts.get(&PartitionId::new(id, r.partition));
-        let mut segments: Vec<pb::SegmentDetail> = f
-            .map(|f| {
-                f.segments
-                    .iter()
-                    .map(|s| pb::SegmentDetail {
-                        base_offset: s.base_offset,
-                        end_offset: s.end_offset,
-                        sealed: true,
-                        replica_set: s.replica_set.clone(),
-                        bytes: s.object_bytes,
-                        epoch: s.epoch,
-                        compactions: s.compactions,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let segments = segment_details(f);
         let compaction = compaction_state(&t, f.map_or(&[][..], |f| &f.segments));
-        if let Some(cp) = f.and_then(|f| f.checkpoint.as_ref()) {
-            let open = &cp.open_segments;
-            for (i, o) in open.iter().enumerate() {
-                // An open segment ends where the next begins; the last at
-                // the checkpoint's end.
-                let end = open.get(i + 1).map_or(cp.next_offset, |n| n.base_offset);
-                segments.push(pb::SegmentDetail {
-                    base_offset: o.base_offset,
-                    end_offset: end,
-                    sealed: false,
-                    replica_set: o.replica_set.clone(),
-                    bytes: o.chunks.iter().map(|c| c.bytes).sum(),
-                    epoch: o.epoch,
-                    compactions: 0,
-                });
-            }
-        }
-        segments.sort_by_key(|s| s.base_offset);
         Ok(Response::new(pb::PartitionSegments {
             topic: r.topic,
             partition: Some(partition_detail(
@@ -488,6 +518,7 @@ impl pb::admin_server::Admin for AdminService {
                 f,
                 &live_brokers(&kvs),
                 &reported_offsets(&kvs),
+                false,
             )),
             segments,
             compaction,
@@ -558,64 +589,63 @@ impl pb::admin_server::Admin for AdminService {
         floe_kafka::trace::adopt(&span, traceparent.as_deref());
         use tracing::Instrument;
         async move {
-        let started = Instant::now();
-        let timeout = Duration::from_millis(if r.timeout_ms == 0 {
-            30_000
-        } else {
-            r.timeout_ms as u64
-        });
-        let meta = self.state.meta.clone();
-        let Some(t) = meta
-            .get(&keys::topic(&r.topic))
-            .await
-            .map_err(unavailable)?
-            .and_then(|kv| decode::<TopicRecord>(&kv))
-        else {
-            return Err(Status::not_found(format!("unknown topic {:?}", r.topic)));
-        };
-        if r.partition < 0 || r.partition >= t.partitions {
-            return Err(Status::not_found(format!(
-                "topic {:?} has no partition {}",
-                r.topic, r.partition
-            )));
-        }
-        let id = PartitionId::new(
-            Uuid::from_slice(&t.id).map_err(|_| Status::internal("bad topic id"))?,
-            r.partition,
-        );
-        let epoch = match state::move_on_leader(&self.state, id, &r.topic, r.broker).await {
-            Ok(e) => e,
-            Err(state::MoveFailure::NotFound(m)) => return Err(Status::not_found(m)),
-            Err(state::MoveFailure::Retry(m)) => return Err(Status::unavailable(m)),
-        };
-        // Answer once the new owner writes.
-        loop {
-            let writing = meta
-                .get(&keys::partition_state(id))
+            let started = Instant::now();
+            let timeout = Duration::from_millis(if r.timeout_ms == 0 {
+                30_000
+            } else {
+                r.timeout_ms as u64
+            });
+            let meta = self.state.meta.clone();
+            let Some(t) = meta
+                .get(&keys::topic(&r.topic))
                 .await
                 .map_err(unavailable)?
-                .and_then(|kv| decode::<PartitionStateRecord>(&kv))
-                .is_some_and(|s| {
-                    s.broker_id == r.broker && s.epoch >= epoch && s.state == "writing"
-                });
-            if writing {
-                break;
-            }
-            if started.elapsed() > timeout {
-                return Err(Status::deadline_exceeded(format!(
-                    "partition {} of {:?} was assigned to broker {} at epoch {epoch} but is not written there after {timeout:?}",
-                    r.partition, r.topic, r.broker
+                .and_then(|kv| decode::<TopicRecord>(&kv))
+            else {
+                return Err(Status::not_found(format!("unknown topic {:?}", r.topic)));
+            };
+            if r.partition < 0 || r.partition >= t.partitions {
+                return Err(Status::not_found(format!(
+                    "topic {:?} has no partition {}",
+                    r.topic, r.partition
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        crate::metrics::metrics()
-            .move_duration
-            .observe(started.elapsed().as_secs_f64());
-        Ok(Response::new(pb::MovePartitionResponse {
-            epoch,
-            took_ms: started.elapsed().as_millis() as u64,
-        }))
+            let id = PartitionId::new(
+                Uuid::from_slice(&t.id).map_err(|_| Status::internal("bad topic id"))?,
+                r.partition,
+            );
+            // Recorded as a finished operation of kind "move" (what
+            // `floectl op list` and the console's operations page show).
+            let from = meta
+                .get(&keys::assignment(id))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|kv| decode::<AssignmentRecord>(&kv))
+                .map_or(-1, |a| a.broker_id);
+            let started_ms = crate::operations::now_ms();
+            let outcome = self.move_and_wait(id, &r, timeout, started).await;
+            let (status, detail) = match &outcome {
+                Ok(m) => (
+                    "done",
+                    format!("written by broker {} at epoch {}", r.broker, m.epoch),
+                ),
+                Err(e) => ("failed", e.message().to_string()),
+            };
+            let took_ms = started.elapsed().as_millis() as u64;
+            let moved = crate::operations::MoveOutcome {
+                id,
+                from,
+                to: r.broker,
+                status,
+                detail,
+                started_ms,
+                took_ms,
+            };
+            if let Err(e) = crate::operations::record_move(&*meta, &moved).await {
+                tracing::warn!(error = %e, "recording a move as an operation failed");
+            }
+            outcome.map(Response::new)
         }
         .instrument(span)
         .await
@@ -816,6 +846,53 @@ pub fn server_tls(
     Ok(Some(tls))
 }
 
+impl AdminService {
+    /// Move partition `id` to `r.broker` through the leader and wait until
+    /// the new owner writes it (or `timeout`).
+    async fn move_and_wait(
+        &self,
+        id: PartitionId,
+        r: &pb::MovePartitionRequest,
+        timeout: Duration,
+        started: Instant,
+    ) -> Result<pb::MovePartitionResponse, Status> {
+        let meta = &self.state.meta;
+        let epoch = match state::move_on_leader(&self.state, id, &r.topic, r.broker).await {
+            Ok(e) => e,
+            Err(state::MoveFailure::NotFound(m)) => return Err(Status::not_found(m)),
+            Err(state::MoveFailure::Retry(m)) => return Err(Status::unavailable(m)),
+        };
+        // Answer once the new owner writes.
+        loop {
+            let writing = meta
+                .get(&keys::partition_state(id))
+                .await
+                .map_err(unavailable)?
+                .and_then(|kv| decode::<PartitionStateRecord>(&kv))
+                .is_some_and(|s| {
+                    s.broker_id == r.broker && s.epoch >= epoch && s.state == "writing"
+                });
+            if writing {
+                break;
+            }
+            if started.elapsed() > timeout {
+                return Err(Status::deadline_exceeded(format!(
+                    "partition {} of {:?} was assigned to broker {} at epoch {epoch} but is not written there after {timeout:?}",
+                    r.partition, r.topic, r.broker
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        crate::metrics::metrics()
+            .move_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(pb::MovePartitionResponse {
+            epoch,
+            took_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}
+
 /// A gRPC server for the admin API, with TLS if configured. Bad
 /// certificates or keys are refused here, at startup.
 pub fn server(
@@ -834,12 +911,15 @@ pub fn server(
 }
 
 /// Serve the admin API on `listener` until `shutdown`; requests without
-/// `authorization: Bearer <token>` are refused (and logged).
+/// `authorization: Bearer <token>` are refused (and logged). With a
+/// `console`, the web console is served beside it (HTTP/1.1 accepted too,
+/// for browsers on plaintext).
 pub async fn serve(
-    mut server: tonic::transport::Server,
+    server: tonic::transport::Server,
     listener: tokio::net::TcpListener,
     state: Arc<ControllerState>,
     token: String,
+    console: Option<Arc<crate::console::Console>>,
     shutdown: CancellationToken,
 ) {
     let check = move |req: Request<()>| -> Result<Request<()>, Status> {
@@ -865,8 +945,15 @@ pub async fn serve(
     };
     let service = pb::admin_server::AdminServer::with_interceptor(AdminService::new(state), check);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (mut server, routes) = match console {
+        Some(console) => (
+            server.accept_http1(true),
+            tonic::service::Routes::from(console.router()).add_service(service),
+        ),
+        None => (server, tonic::service::Routes::new(service)),
+    };
     if let Err(e) = server
-        .add_service(service)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
     {

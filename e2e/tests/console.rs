@@ -1,0 +1,469 @@
+//! The web console in a real browser: Debian's headless Chromium, driven
+//! over WebDriver (chromedriver, through fantoccini), against a real
+//! cluster (etcd, three storage targets on moto's S3, two replicas a
+//! segment, two brokers, a proxy, a controller started with `--console`).
+//! An unauthenticated browser gets the login page and no data; the
+//! cluster page lists every broker and storage target as the
+//! admin API does; a move made with floectl shows on the operations page
+//! and as the new owner on the topic page without a reload; a drain
+//! started from the console (through its confirmation step) drains the
+//! broker, as the admin API then says. Each page's screenshot is written
+//! to `FLOE_CONSOLE_SCREENSHOTS` (default `target/console-screenshots`);
+//! the ones in docs/console/ come from this test.
+// Tests run real processes in real time: outside the time seam.
+#![allow(clippy::disallowed_methods)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use floe_e2e::{free_port, Cluster, Moto, ADMIN_TOKEN};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+/// chromedriver on a free port, killed (by PID) when dropped.
+struct ChromeDriver {
+    child: Child,
+    port: u16,
+}
+
+impl ChromeDriver {
+    fn start() -> Self {
+        let port = free_port();
+        let bin = std::env::var("FLOE_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+        let child = Command::new(&bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting {bin} (Debian: apt install chromium chromium-driver): {e}")
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        let chromium =
+            std::env::var("FLOE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1400,1000",
+                         "--no-first-run", "--no-default-browser-check"],
+            }),
+        );
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a WebDriver session with headless Chromium")
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn screenshots_dir() -> PathBuf {
+    let dir = std::env::var("FLOE_CONSOLE_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots")
+        });
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn screenshot(b: &Client, name: &str) {
+    let png = b.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(screenshots_dir().join(format!("{name}.png")), png).unwrap();
+}
+
+/// The page's load time, set once by console.js: unchanged means the
+/// page was not reloaded.
+async fn loaded_at(b: &Client) -> serde_json::Value {
+    let v = b
+        .execute("return window.floeLoadedAt;", vec![])
+        .await
+        .unwrap();
+    assert!(v.is_number(), "console.js ran: {v}");
+    v
+}
+
+/// Wait (up to `secs`) until `f` answers Some.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The text of the first element matching `css`, if any.
+async fn text_of(b: &Client, css: &str) -> Option<String> {
+    let e = b.find(Locator::Css(css)).await.ok()?;
+    e.text().await.ok()
+}
+
+/// Click the element matching `css`, found anew if a live update replaced
+/// it between finding and clicking.
+async fn click(b: &Client, css: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = b.find(Locator::Css(css)).await;
+        match found {
+            Ok(e) => match e.click().await {
+                Ok(()) => return,
+                Err(err) if Instant::now() < deadline => {
+                    eprintln!("clicking {css}: {err}; again");
+                }
+                Err(err) => panic!("clicking {css}: {err}"),
+            },
+            Err(err) if Instant::now() < deadline => eprintln!("finding {css}: {err}; again"),
+            Err(err) => panic!("finding {css}: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
+    // Three targets (prefixes of one S3 server), two replicas a segment:
+    // the topic page draws each segment's own pair.
+    let moto = Moto::start("console").unwrap();
+    let urls: Vec<String> = ["a", "b", "c"].iter().map(|p| moto.url(p)).collect();
+    let mut c = Cluster::start_with_pool(2, 1, 3_000, "", &urls, 2, 2).unwrap();
+    c.add_proxy().unwrap();
+    c.restart_controllers_with(&["--console", "--console-refresh-ms", "300"])
+        .unwrap();
+    c.wait_leader(Duration::from_secs(30)).unwrap();
+    let base = c.admin_url(0);
+    floe_e2e::create_topic(&c.proxy_bootstrap(), "orders", 4).await;
+
+    // Some records and a committed group, for the groups pages.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", c.proxy_bootstrap())
+        .create()
+        .unwrap();
+    for i in 0..20 {
+        producer
+            .send(
+                FutureRecord::to("orders")
+                    .partition(i % 4)
+                    .key(&format!("k{i}"))
+                    .payload(&format!("order {i}")),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", c.proxy_bootstrap())
+        .set("group.id", "billing")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["orders"]).unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+        .await
+        .expect("a record for the group")
+        .unwrap();
+    consumer.commit_message(&first, CommitMode::Sync).unwrap();
+    // It leaves the group now, while every broker serves (closing it
+    // later, with its coordinator drained away, can block): the group
+    // stays, empty, with its committed offset.
+    drop(first);
+    consumer.unsubscribe();
+    drop(consumer);
+
+    eprintln!("console test: group committed");
+    let driver = ChromeDriver::start();
+    eprintln!("console test: started chromedriver");
+    let b = driver.browser().await;
+    eprintln!("console test: browser session");
+
+    // Unauthenticated: the login page, and no data anywhere.
+    b.goto(&format!("{base}/console/topics/orders"))
+        .await
+        .unwrap();
+    assert!(b
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with("/console/login"));
+    let source = b.source().await.unwrap();
+    assert!(source.contains("Floe console"), "{source}");
+    for secret in ["orders", "billing", &c.brokers[0].port.unwrap().to_string()] {
+        assert!(!source.contains(secret), "login page shows {secret:?}");
+    }
+    b.goto(&format!("{base}/console/events?page=/console/"))
+        .await
+        .unwrap();
+    let events = b.source().await.unwrap();
+    assert!(events.contains("log in first"), "{events}");
+    assert!(!events.contains("orders"));
+    b.goto(&format!("{base}/console/")).await.unwrap();
+    screenshot(&b, "login").await;
+
+    // A wrong token is refused.
+    eprintln!("console test: login page checked");
+    b.find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys("not-the-token")
+        .await
+        .unwrap();
+    b.find(Locator::Css("#login button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        text_of(&b, "#login-error").await.as_deref(),
+        Some("Wrong token.")
+    );
+    b.find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN_TOKEN)
+        .await
+        .unwrap();
+    b.find(Locator::Css("#login button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // The cluster page: every broker and target the admin API knows.
+    eprintln!("console test: logged in");
+    let (code, out, err) = c.floectl(0, &["status", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let status = json(&out);
+    let brokers: Vec<i64> = status["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(brokers.len(), 2, "{out}");
+    let (code, out, err) = c.floectl(0, &["storage", "list", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let targets: Vec<String> = json(&out)["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!targets.is_empty(), "{out}");
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#brokers"))
+        .await
+        .expect("the cluster page after logging in");
+    for id in &brokers {
+        let row = text_of(&b, &format!("#brokers tr[data-broker=\"{id}\"]"))
+            .await
+            .unwrap_or_else(|| panic!("broker {id} listed"));
+        assert!(row.contains("serving"), "{row}");
+    }
+    assert_eq!(
+        b.find_all(Locator::Css("#brokers tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        brokers.len()
+    );
+    for t in &targets {
+        assert!(
+            text_of(&b, &format!("#targets tr[data-target=\"{t}\"]"))
+                .await
+                .is_some(),
+            "target {t} listed"
+        );
+    }
+    assert_eq!(
+        b.find_all(Locator::Css("#targets tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        targets.len()
+    );
+    assert_eq!(
+        text_of(&b, "#cluster-id").await.unwrap(),
+        status["cluster_id"].as_str().unwrap()
+    );
+    screenshot(&b, "cluster").await;
+
+    // Groups.
+    eprintln!("console test: cluster page checked");
+    b.goto(&format!("{base}/console/groups")).await.unwrap();
+    let groups = eventually(10, "the group listed", || async {
+        text_of(&b, "#groups")
+            .await
+            .filter(|t| t.contains("billing"))
+    })
+    .await;
+    assert!(groups.contains("billing"), "{groups}");
+    screenshot(&b, "groups").await;
+    b.goto(&format!("{base}/console/groups/billing"))
+        .await
+        .unwrap();
+    let lag = text_of(&b, "#lag").await.unwrap();
+    assert!(lag.contains("orders"), "{lag}");
+    screenshot(&b, "group").await;
+
+    // The topic page in this window, the operations page in another.
+    eprintln!("console test: groups checked");
+    let topic_window = b.window().await.unwrap();
+    b.goto(&format!("{base}/console/topics/orders"))
+        .await
+        .unwrap();
+    let owner_css = "#partitions tr[data-partition=\"0\"] td.owner";
+    let before: i64 = eventually(30, "partition 0 owned", || async {
+        text_of(&b, owner_css).await?.trim().parse().ok()
+    })
+    .await;
+    let topic_loaded = loaded_at(&b).await;
+    let ops_window = b.new_window(false).await.unwrap().handle;
+    b.switch_to_window(ops_window.clone()).await.unwrap();
+    b.goto(&format!("{base}/console/operations")).await.unwrap();
+    let ops_loaded = loaded_at(&b).await;
+    // Give the page's event stream a moment to be open.
+    eventually(10, "the operations page live", || async {
+        text_of(&b, "#live-status").await.filter(|s| s == "live")
+    })
+    .await;
+
+    let to = *brokers.iter().find(|id| **id != before).unwrap();
+    eprintln!("console test: pages open");
+    let (code, out, err) = c.floectl(0, &["move", "orders", "0", "--to", &to.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let label = format!("orders/0: broker {before} → {to}");
+    let row = eventually(20, "the move on the operations page", || async {
+        text_of(&b, "#operations tr[data-kind=\"move\"]")
+            .await
+            .filter(|t| t.contains(&label))
+    })
+    .await;
+    assert!(row.contains("done"), "{row}");
+    assert_eq!(
+        loaded_at(&b).await,
+        ops_loaded,
+        "the operations page reloaded"
+    );
+    screenshot(&b, "operations").await;
+
+    b.switch_to_window(topic_window).await.unwrap();
+    eventually(20, "the new owner on the topic page", || async {
+        text_of(&b, owner_css)
+            .await
+            .filter(|t| t.trim() == to.to_string())
+    })
+    .await;
+    assert_eq!(loaded_at(&b).await, topic_loaded, "the topic page reloaded");
+    let grid = b
+        .find_all(Locator::Css("table.replicas td.replica"))
+        .await
+        .unwrap();
+    assert!(!grid.is_empty(), "segments drawn over the targets");
+    screenshot(&b, "topic").await;
+
+    // A drain from the console, through its confirmation step.
+    eprintln!("console test: move seen");
+    let drained = to;
+    b.goto(&format!("{base}/console/")).await.unwrap();
+    eprintln!("console test: cluster page again");
+    click(
+        &b,
+        &format!("#brokers tr[data-broker=\"{drained}\"] button[data-action=\"drain-broker\"]"),
+    )
+    .await;
+    let question = text_of(&b, "#question").await.unwrap();
+    eprintln!("console test: confirm page");
+    assert!(
+        question.contains(&format!("Drain broker {drained}?")),
+        "{question}"
+    );
+    screenshot(&b, "confirm").await;
+    // Nothing happened yet.
+    let (_, out, _) = c.floectl(0, &["status", "-o", "json"]);
+    let of = |out: &str, id: i64| {
+        json(out)["brokers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(of(&out, drained)["drained"], false, "{out}");
+    click(&b, "#confirm-button").await;
+    eprintln!("console test: confirmed");
+    let note = text_of(&b, "#note").await.unwrap();
+    eprintln!("console test: note");
+    assert!(
+        note.contains(&format!("Draining broker {drained}")),
+        "{note}"
+    );
+    let moved_off = eventually(30, "the broker drained", || async {
+        let (code, out, _) = c.floectl(0, &["status", "-o", "json"]);
+        (code == 0).then_some(())?;
+        let b = of(&out, drained);
+        (b["drained"] == true && b["partitions"].as_u64() == Some(0)).then_some(b)
+    })
+    .await;
+    assert_eq!(moved_off["drained"], true);
+    // The console shows it too, without a reload.
+    eprintln!("console test: drained per admin API");
+    let row_css = format!("#brokers tr[data-broker=\"{drained}\"] td.state");
+    eventually(20, "the drain on the cluster page", || async {
+        text_of(&b, &row_css).await.filter(|s| s == "drained")
+    })
+    .await;
+    screenshot(&b, "cluster-drained").await;
+    eprintln!("console test: drained on page");
+
+    // Logging out ends the session: the pages ask to log in again.
+    click(&b, "form.logout button").await;
+    eprintln!("console test: logged out");
+    b.goto(&format!("{base}/console/operations")).await.unwrap();
+    assert!(b
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with("/console/login"));
+    eprintln!("console test: login asked again");
+    b.close().await.unwrap();
+    eprintln!("console test: browser closed");
+}
