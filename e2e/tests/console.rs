@@ -49,18 +49,27 @@ impl ChromeDriver {
         Self { child, port }
     }
 
-    async fn browser(&self) -> Client {
+    /// A browser session; `trust_any` accepts any server certificate (the
+    /// test CA's, for the TLS test).
+    async fn browser(&self, trust_any: bool) -> Client {
         let mut caps = serde_json::Map::new();
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1400,1000",
+            "--no-first-run",
+            "--no-default-browser-check",
+        ];
+        if trust_any {
+            args.push("--ignore-certificate-errors");
+        }
         let chromium =
             std::env::var("FLOE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         caps.insert(
             "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": chromium,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1400,1000",
-                         "--no-first-run", "--no-default-browser-check"],
-            }),
+            serde_json::json!({ "binary": chromium, "args": args }),
         );
         ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
@@ -205,7 +214,7 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
     eprintln!("console test: group committed");
     let driver = ChromeDriver::start();
     eprintln!("console test: started chromedriver");
-    let b = driver.browser().await;
+    let b = driver.browser(false).await;
     eprintln!("console test: browser session");
 
     // Unauthenticated: the login page, and no data anywhere.
@@ -466,4 +475,62 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
     eprintln!("console test: login asked again");
     b.close().await.unwrap();
     eprintln!("console test: browser closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_over_the_admin_apis_tls() {
+    let mut c = Cluster::start(1, 1, 3_000).unwrap();
+    let pki = floe_e2e::TestPki::generate(c.dir()).unwrap();
+    c.restart_controllers_with(&[
+        "--admin-tls-cert",
+        &pki.server_cert.display().to_string(),
+        "--admin-tls-key",
+        &pki.server_key.display().to_string(),
+        "--console",
+    ])
+    .unwrap();
+    c.wait_leader(Duration::from_secs(30)).unwrap();
+    let base = c.admin_url(0);
+    assert!(base.starts_with("https://"), "{base}");
+
+    let driver = ChromeDriver::start();
+    let b = driver.browser(true).await;
+    b.goto(&format!("{base}/console/")).await.unwrap();
+    assert!(b
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with("/console/login"));
+    b.find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN_TOKEN)
+        .await
+        .unwrap();
+    click(&b, "#login button").await;
+    // The session cookie is Secure and came back over TLS: the cluster page.
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#brokers tr[data-broker=\"1\"]"))
+        .await
+        .expect("the cluster page over TLS");
+    let cookies = b.get_all_cookies().await.unwrap();
+    let session = cookies
+        .iter()
+        .find(|k| k.name() == floe_controller::console::COOKIE)
+        .expect("the session cookie");
+    assert_eq!(session.secure(), Some(true));
+    assert_eq!(session.http_only(), Some(true));
+    // The page's event stream works over TLS too.
+    eventually(10, "the page live over TLS", || async {
+        text_of(&b, "#live-status").await.filter(|s| s == "live")
+    })
+    .await;
+    // Plain HTTP to the TLS listener gets no page.
+    let plain = base.replacen("https://", "http://", 1);
+    b.goto(&format!("{plain}/console/")).await.ok();
+    let source = b.source().await.unwrap_or_default();
+    assert!(!source.contains("brokers"), "{source}");
+    b.close().await.unwrap();
 }
