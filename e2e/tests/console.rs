@@ -378,7 +378,7 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
     assert_eq!(code, 0, "{out}{err}");
 
     let label = format!("orders/0: broker {before} → {to}");
-    let row = eventually(20, "the move on the operations page", || async {
+    let row = eventually(30, "the move on the operations page", || async {
         text_of(&b, "#operations tr[data-kind=\"move\"]")
             .await
             .filter(|t| t.contains(&label))
@@ -393,7 +393,7 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
     screenshot(&b, "operations").await;
 
     b.switch_to_window(topic_window).await.unwrap();
-    eventually(20, "the new owner on the topic page", || async {
+    eventually(30, "the new owner on the topic page", || async {
         text_of(&b, owner_css)
             .await
             .filter(|t| t.trim() == to.to_string())
@@ -438,13 +438,16 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
     assert_eq!(of(&out, drained)["drained"], false, "{out}");
     click(&b, "#confirm-button").await;
     eprintln!("console test: confirmed");
-    let note = text_of(&b, "#note").await.unwrap();
+    let note = eventually(30, "the drain's note", || async {
+        text_of(&b, "#note").await
+    })
+    .await;
     eprintln!("console test: note");
     assert!(
         note.contains(&format!("Draining broker {drained}")),
         "{note}"
     );
-    let moved_off = eventually(30, "the broker drained", || async {
+    let moved_off = eventually(90, "the broker drained", || async {
         let (code, out, _) = c.floectl(0, &["status", "-o", "json"]);
         (code == 0).then_some(())?;
         let b = of(&out, drained);
@@ -455,7 +458,7 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
     // The console shows it too, without a reload.
     eprintln!("console test: drained per admin API");
     let row_css = format!("#brokers tr[data-broker=\"{drained}\"] td.state");
-    eventually(20, "the drain on the cluster page", || async {
+    eventually(30, "the drain on the cluster page", || async {
         text_of(&b, &row_css).await.filter(|s| s == "drained")
     })
     .await;
