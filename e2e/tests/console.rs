@@ -7,9 +7,11 @@
 //! admin API does; a move made with floectl shows on the operations page
 //! and as the new owner on the topic page without a reload; a drain
 //! started from the console (through its confirmation step) drains the
-//! broker, as the admin API then says. Each page's screenshot is written
-//! to `FLOE_CONSOLE_SCREENSHOTS` (default `target/console-screenshots`);
-//! the ones in docs/console/ come from this test.
+//! broker, as the admin API then says (and an undrain, a storage target's
+//! drain and undrain and a rebalance, each confirmed, likewise). Each
+//! page's screenshot is written to `FLOE_CONSOLE_SCREENSHOTS` (default
+//! `target/console-screenshots`); the ones in docs/console/ come from this
+//! test. A second test serves the console over the admin API's TLS.
 // Tests run real processes in real time: outside the time seam.
 #![allow(clippy::disallowed_methods)]
 
@@ -464,6 +466,77 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
     .await;
     screenshot(&b, "cluster-drained").await;
     eprintln!("console test: drained on page");
+
+    // Undrain it, drain and undrain a storage target, start a rebalance:
+    // each through its confirmation, each seen by the admin API.
+    click(
+        &b,
+        &format!("#brokers tr[data-broker=\"{drained}\"] button[data-action=\"undrain-broker\"]"),
+    )
+    .await;
+    click(&b, "#confirm-button").await;
+    eventually(30, "the broker undrained", || async {
+        let (code, out, _) = c.floectl(0, &["status", "-o", "json"]);
+        (code == 0 && of(&out, drained)["drained"] == false).then_some(())
+    })
+    .await;
+    let target = &targets[0];
+    click(
+        &b,
+        &format!("#targets tr[data-target=\"{target}\"] button[data-action=\"drain-target\"]"),
+    )
+    .await;
+    let question = text_of(&b, "#question").await.unwrap();
+    assert!(
+        question.contains(&format!("Drain storage target {target}?")),
+        "{question}"
+    );
+    click(&b, "#confirm-button").await;
+    let target_draining = |c: &Cluster, target: &str| -> Option<bool> {
+        let (code, out, _) = c.floectl(0, &["storage", "list", "-o", "json"]);
+        (code == 0).then_some(())?;
+        let v = json(&out);
+        let t = v["targets"]
+            .as_array()?
+            .iter()
+            .find(|t| t["id"] == target)?
+            .clone();
+        t["draining"].as_bool()
+    };
+    eventually(30, "the target draining", || async {
+        (target_draining(&c, target) == Some(true)).then_some(())
+    })
+    .await;
+    click(
+        &b,
+        &format!("#targets tr[data-target=\"{target}\"] button[data-action=\"undrain-target\"]"),
+    )
+    .await;
+    click(&b, "#confirm-button").await;
+    eventually(30, "the target in use again", || async {
+        (target_draining(&c, target) == Some(false)).then_some(())
+    })
+    .await;
+    b.goto(&format!("{base}/console/operations")).await.unwrap();
+    click(&b, "button[data-action=\"rebalance\"]").await;
+    let question = text_of(&b, "#question").await.unwrap();
+    assert!(question.contains("Start a rebalance"), "{question}");
+    click(&b, "#confirm-button").await;
+    let note = eventually(30, "the rebalance's note", || async {
+        text_of(&b, "#note").await
+    })
+    .await;
+    assert!(note.starts_with("Rebalance "), "{note}");
+    let (code, out, err) = c.floectl(0, &["op", "list", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        json(&out)["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["kind"] == "rebalance"),
+        "{out}"
+    );
 
     // Logging out ends the session: the pages ask to log in again.
     click(&b, "form.logout button").await;
