@@ -158,6 +158,17 @@ async fn click(b: &Client, css: &str) {
     }
 }
 
+/// Fill the login form with `token` and send it.
+async fn log_in(b: &Client, token: &str) {
+    b.find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    click(b, "#login button").await;
+}
+
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
@@ -245,34 +256,12 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
 
     // A wrong token is refused.
     eprintln!("console test: login page checked");
-    b.find(Locator::Css("input[name=token]"))
-        .await
-        .unwrap()
-        .send_keys("not-the-token")
-        .await
-        .unwrap();
-    b.find(Locator::Css("#login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&b, "not-the-token").await;
     assert_eq!(
         text_of(&b, "#login-error").await.as_deref(),
         Some("Wrong token.")
     );
-    b.find(Locator::Css("input[name=token]"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_TOKEN)
-        .await
-        .unwrap();
-    b.find(Locator::Css("#login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&b, ADMIN_TOKEN).await;
 
     // The cluster page: every broker and target the admin API knows.
     eprintln!("console test: logged in");
@@ -578,13 +567,7 @@ async fn the_console_is_served_over_the_admin_apis_tls() {
         .unwrap()
         .path()
         .ends_with("/console/login"));
-    b.find(Locator::Css("input[name=token]"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_TOKEN)
-        .await
-        .unwrap();
-    click(&b, "#login button").await;
+    log_in(&b, ADMIN_TOKEN).await;
     // The session cookie is Secure and came back over TLS: the cluster page.
     b.wait()
         .at_most(Duration::from_secs(10))

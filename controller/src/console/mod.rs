@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -80,12 +80,12 @@ impl Console {
         axum::Router::new()
             .route("/", get(|| async { Redirect::to("/console/") }))
             .route("/console", get(|| async { Redirect::to("/console/") }))
-            .route("/console/", get(cluster_page))
-            .route("/console/topics", get(topics_page))
-            .route("/console/topics/{topic}", get(topic_page))
-            .route("/console/groups", get(groups_page))
-            .route("/console/groups/{group}", get(group_page))
-            .route("/console/operations", get(operations_page))
+            .route("/console/", get(page))
+            .route("/console/topics", get(page))
+            .route("/console/topics/{topic}", get(page))
+            .route("/console/groups", get(page))
+            .route("/console/groups/{group}", get(page))
+            .route("/console/operations", get(page))
             .route("/console/events", get(events))
             .route("/console/confirm", get(confirm))
             .route("/console/actions", post(act))
@@ -104,12 +104,7 @@ impl Console {
                     )
                 }),
             )
-            .fallback(|| async {
-                (
-                    StatusCode::NOT_FOUND,
-                    Html(pages::message("Not found", "There is no such page.").into_string()),
-                )
-            })
+            .fallback(not_found)
             .with_state(self)
     }
 
@@ -458,54 +453,24 @@ struct NoteQuery {
     note: Option<String>,
 }
 
-async fn cluster_page(
+/// Every page: which one is in the path.
+async fn page(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     Query(q): Query<NoteQuery>,
 ) -> Response {
-    c.page(&headers, Page::Cluster, q.note).await
+    match Page::parse(uri.path()) {
+        Some(p) => c.page(&headers, p, q.note).await,
+        None => not_found().await.into_response(),
+    }
 }
 
-async fn topics_page(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Query(q): Query<NoteQuery>,
-) -> Response {
-    c.page(&headers, Page::Topics, q.note).await
-}
-
-async fn topic_page(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Path(topic): Path<String>,
-    Query(q): Query<NoteQuery>,
-) -> Response {
-    c.page(&headers, Page::Topic(topic), q.note).await
-}
-
-async fn groups_page(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Query(q): Query<NoteQuery>,
-) -> Response {
-    c.page(&headers, Page::Groups, q.note).await
-}
-
-async fn group_page(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Path(group): Path<String>,
-    Query(q): Query<NoteQuery>,
-) -> Response {
-    c.page(&headers, Page::Group(group), q.note).await
-}
-
-async fn operations_page(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    Query(q): Query<NoteQuery>,
-) -> Response {
-    c.page(&headers, Page::Operations, q.note).await
+async fn not_found() -> (StatusCode, Html<String>) {
+    (
+        StatusCode::NOT_FOUND,
+        Html(pages::message("Not found", "There is no such page.").into_string()),
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -699,4 +664,172 @@ async fn logout(
         Redirect::to("/console/login"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request as HttpRequest;
+    use tower::ServiceExt;
+
+    async fn console() -> (tempfile::TempDir, axum::Router) {
+        let (dir, meta) = crate::operations::tests::store().await;
+        let state = Arc::new(ControllerState::new(
+            Arc::new(meta),
+            "c1".into(),
+            Some("sesame".into()),
+            None,
+        ));
+        let console = Console::new(
+            state,
+            "sesame".into(),
+            Options {
+                refresh: Duration::from_millis(100),
+                secure_cookie: false,
+            },
+        );
+        (dir, console.router())
+    }
+
+    async fn send(app: &axum::Router, req: HttpRequest<Body>) -> (StatusCode, HeaderMap, String) {
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    fn get(path: &str, cookie: Option<&str>) -> HttpRequest<Body> {
+        let mut b = HttpRequest::get(path);
+        if let Some(c) = cookie {
+            b = b.header(header::COOKIE, format!("{COOKIE}={c}"));
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    fn post(path: &str, form: &str, cookie: Option<&str>) -> HttpRequest<Body> {
+        let mut b = HttpRequest::post(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(c) = cookie {
+            b = b.header(header::COOKIE, format!("other=1; {COOKIE}={c}"));
+        }
+        b.body(Body::from(form.to_string())).unwrap()
+    }
+
+    fn location(h: &HeaderMap) -> &str {
+        h.get(header::LOCATION).unwrap().to_str().unwrap()
+    }
+
+    #[tokio::test]
+    async fn nothing_without_a_session_and_no_action_without_its_form_token() {
+        let (_dir, app) = console().await;
+        // No session: pages send to the login, the event stream refuses.
+        for path in [
+            "/console/",
+            "/console/topics/t",
+            "/console/operations",
+            "/console/confirm?action=rebalance",
+        ] {
+            let (status, h, body) = send(&app, get(path, None)).await;
+            assert_eq!(status, StatusCode::SEE_OTHER, "{path}");
+            assert_eq!(location(&h), "/console/login", "{path}");
+            assert!(body.is_empty(), "{path}: {body}");
+        }
+        let (status, _, _) = send(&app, get("/console/events?page=/console/", None)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, h, _) = send(
+            &app,
+            post(
+                "/console/actions",
+                "action=undrain-broker&broker=3",
+                Some("forged"),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, location(&h)),
+            (StatusCode::SEE_OTHER, "/console/login")
+        );
+
+        // A wrong token: no cookie.
+        let (status, h, _) = send(&app, post("/console/login", "token=open", None)).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(location(&h), "/console/login?failed=1");
+        assert!(h.get(header::SET_COOKIE).is_none());
+
+        // The token: a session cookie, HttpOnly and SameSite=Strict.
+        let (_, h, _) = send(&app, post("/console/login", "token=sesame", None)).await;
+        let set = h
+            .get(header::SET_COOKIE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+        let id = set
+            .strip_prefix(&format!("{COOKIE}="))
+            .and_then(|s| s.split(';').next())
+            .unwrap()
+            .to_string();
+        assert_eq!(id.len(), 64);
+        let (status, _, body) = send(&app, get("/console/", Some(&id))).await;
+        assert_eq!(status, StatusCode::OK);
+        let csrf = body
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap()
+            .to_string();
+        assert_eq!(csrf.len(), 64);
+        let (status, _, _) = send(&app, get("/console/nope", Some(&id))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // The confirmation page acts on nothing; its form carries the token.
+        let (status, _, body) = send(
+            &app,
+            get("/console/confirm?action=undrain-broker&broker=3", Some(&id)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("Undrain broker 3?"), "{body}");
+        assert!(body.contains(&csrf));
+
+        // Without the form token, or with another, the action is refused.
+        for form in [
+            "action=undrain-broker&broker=3",
+            "action=undrain-broker&broker=3&csrf=0000",
+        ] {
+            let (status, _, body) = send(&app, post("/console/actions", form, Some(&id))).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{form}: {body}");
+        }
+        // With it, the action is done and said.
+        let form = format!("action=undrain-broker&broker=3&csrf={csrf}");
+        let (status, h, _) = send(&app, post("/console/actions", &form, Some(&id))).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(location(&h), "/console/?note=Broker%203%20undrained%2E");
+        let (status, _, body) =
+            send(&app, get("/console/confirm?action=frobnicate", Some(&id))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("unknown action"), "{body}");
+
+        // Logging out ends the session.
+        let (status, _, _) = send(
+            &app,
+            post("/console/logout", &format!("csrf={csrf}"), Some(&id)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let (status, h, _) = send(&app, get("/console/", Some(&id))).await;
+        assert_eq!(
+            (status, location(&h)),
+            (StatusCode::SEE_OTHER, "/console/login")
+        );
+    }
 }
