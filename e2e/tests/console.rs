@@ -158,6 +158,27 @@ async fn click(b: &Client, css: &str) {
     }
 }
 
+/// Click the action button matching `css` until its confirmation page
+/// shows (a live update may replace the button as it is clicked); the
+/// question it asks.
+async fn confirmation(b: &Client, css: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        click(b, css).await;
+        let asked = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < asked {
+            if let Some(q) = text_of(b, "#question").await {
+                return q;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no confirmation after clicking {css}"
+        );
+    }
+}
+
 /// Fill the login form with `token` and send it.
 async fn log_in(b: &Client, token: &str) {
     b.find(Locator::Css("input[name=token]"))
@@ -403,12 +424,11 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
     let drained = to;
     b.goto(&format!("{base}/console/")).await.unwrap();
     eprintln!("console test: cluster page again");
-    click(
+    let question = confirmation(
         &b,
         &format!("#brokers tr[data-broker=\"{drained}\"] button[data-action=\"drain-broker\"]"),
     )
     .await;
-    let question = text_of(&b, "#question").await.unwrap();
     eprintln!("console test: confirm page");
     assert!(
         question.contains(&format!("Drain broker {drained}?")),
@@ -458,7 +478,7 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
 
     // Undrain it, drain and undrain a storage target, start a rebalance:
     // each through its confirmation, each seen by the admin API.
-    click(
+    confirmation(
         &b,
         &format!("#brokers tr[data-broker=\"{drained}\"] button[data-action=\"undrain-broker\"]"),
     )
@@ -470,12 +490,11 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
     })
     .await;
     let target = &targets[0];
-    click(
+    let question = confirmation(
         &b,
         &format!("#targets tr[data-target=\"{target}\"] button[data-action=\"drain-target\"]"),
     )
     .await;
-    let question = text_of(&b, "#question").await.unwrap();
     assert!(
         question.contains(&format!("Drain storage target {target}?")),
         "{question}"
@@ -496,19 +515,22 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
         (target_draining(&c, target) == Some(true)).then_some(())
     })
     .await;
-    click(
+    let question = confirmation(
         &b,
         &format!("#targets tr[data-target=\"{target}\"] button[data-action=\"undrain-target\"]"),
     )
     .await;
+    assert!(
+        question.contains(&format!("Undrain storage target {target}?")),
+        "{question}"
+    );
     click(&b, "#confirm-button").await;
     eventually(30, "the target in use again", || async {
         (target_draining(&c, target) == Some(false)).then_some(())
     })
     .await;
     b.goto(&format!("{base}/console/operations")).await.unwrap();
-    click(&b, "button[data-action=\"rebalance\"]").await;
-    let question = text_of(&b, "#question").await.unwrap();
+    let question = confirmation(&b, "button[data-action=\"rebalance\"]").await;
     assert!(question.contains("Start a rebalance"), "{question}");
     click(&b, "#confirm-button").await;
     let note = eventually(30, "the rebalance's note", || async {

@@ -55,6 +55,9 @@ struct Session {
     /// Sent with every action's form: a page elsewhere cannot act.
     csrf: String,
     expires: Instant,
+    /// What the last action did, shown once on the next page (kept here,
+    /// not in the URL, so no link can put words on the console).
+    note: Option<String>,
 }
 
 fn random_id() -> String {
@@ -141,6 +144,7 @@ impl Console {
             Session {
                 csrf: random_id(),
                 expires: now + SESSION_TTL,
+                note: None,
             },
         );
         id
@@ -215,10 +219,26 @@ impl Console {
         })
     }
 
-    async fn page(&self, headers: &HeaderMap, page: Page, note: Option<String>) -> Response {
+    /// Keep `note` for the session's next page.
+    fn tell(&self, headers: &HeaderMap, note: String) {
+        if let Some(id) = cookie(headers) {
+            if let Some(s) = self.sessions.lock().unwrap().get_mut(&id) {
+                s.note = Some(note);
+            }
+        }
+    }
+
+    /// The session's note, once.
+    fn take_note(&self, headers: &HeaderMap) -> Option<String> {
+        let id = cookie(headers)?;
+        self.sessions.lock().unwrap().get_mut(&id)?.note.take()
+    }
+
+    async fn page(&self, headers: &HeaderMap, page: Page) -> Response {
         let Some(session) = self.session(headers) else {
             return Redirect::to("/console/login").into_response();
         };
+        let note = self.take_note(headers);
         let live = self.live(&page).await;
         Html(pages::layout(&page, live, &session.csrf, note.as_deref()).into_string())
             .into_response()
@@ -448,20 +468,10 @@ impl ActionForm {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct NoteQuery {
-    note: Option<String>,
-}
-
 /// Every page: which one is in the path.
-async fn page(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Query(q): Query<NoteQuery>,
-) -> Response {
+async fn page(State(c): State<Arc<Console>>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
     match Page::parse(uri.path()) {
-        Some(p) => c.page(&headers, p, q.note).await,
+        Some(p) => c.page(&headers, p).await,
         None => not_found().await.into_response(),
     }
 }
@@ -600,7 +610,8 @@ async fn act(
             format!("Failed: {}", s.message())
         }
     };
-    Redirect::to(&format!("{}?note={}", back.path(), pages::encode(&note))).into_response()
+    c.tell(&headers, note);
+    Redirect::to(&back.path()).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -813,7 +824,13 @@ mod tests {
         let form = format!("action=undrain-broker&broker=3&csrf={csrf}");
         let (status, h, _) = send(&app, post("/console/actions", &form, Some(&id))).await;
         assert_eq!(status, StatusCode::SEE_OTHER);
-        assert_eq!(location(&h), "/console/?note=Broker%203%20undrained%2E");
+        assert_eq!(location(&h), "/console/");
+        // Said once, on the next page; a note in the URL is not shown.
+        let (_, _, body) = send(&app, get("/console/?note=Evil", Some(&id))).await;
+        assert!(body.contains("Broker 3 undrained."), "{body}");
+        assert!(!body.contains("Evil"));
+        let (_, _, body) = send(&app, get("/console/", Some(&id))).await;
+        assert!(!body.contains("Broker 3 undrained."));
         let (status, _, body) =
             send(&app, get("/console/confirm?action=frobnicate", Some(&id))).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
