@@ -286,6 +286,13 @@ pub async fn read_all(
     let mut next = 0i64;
     loop {
         let (records, hw) = fetch(conn, topic, partition, next).await?;
+        if hw < 0 {
+            // Not known yet (a proxy whose follower of the partition has
+            // no snapshot from the owner yet answers -1): ask again.
+            return Err(format!(
+                "partition {partition}: high watermark not known yet"
+            ));
+        }
         if next >= hw {
             return Ok(out);
         }
