@@ -76,9 +76,9 @@ impl Page {
 /// once it differs from the version the page was rendered with.
 pub fn version(html: &str) -> String {
     use std::hash::{Hash, Hasher};
-    // SipHash with fixed keys: the same in every process.
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new();
+    // The same in this process (a page's events come from the controller
+    // that rendered it; elsewhere the section is merely sent once more).
+    let mut h = std::hash::DefaultHasher::new();
     html.hash(&mut h);
     format!("{:016x}", h.finish())
 }
