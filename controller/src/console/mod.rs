@@ -1,10 +1,11 @@
 //! The web console (`--console`): server-rendered pages of the cluster,
-//! its topics, groups and operations, kept live by server-sent events, and
-//! the common operations behind a confirmation step. Every figure and
-//! every action goes through the admin API's own handlers
-//! ([`AdminService`], called in process: no second implementation of
-//! cluster state). Served on the admin listener, over its TLS, behind its
-//! token: a login with the token sets a session cookie.
+//! its topics, groups and operations, kept live (server-sent events over
+//! HTTP/2, conditional GETs over HTTP/1.1), and the common operations
+//! behind a confirmation step. Every figure and every action goes through
+//! the admin API's own handlers ([`AdminService`], called in process: no
+//! second implementation of cluster state). Served on the admin
+//! listener, over its TLS, behind its token: a login with the token sets
+//! a session cookie.
 
 pub mod pages;
 
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Form, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -90,6 +91,7 @@ impl Console {
             .route("/console/groups/{group}", get(page))
             .route("/console/operations", get(page))
             .route("/console/events", get(events))
+            .route("/console/live", get(live_section))
             .route("/console/confirm", get(confirm))
             .route("/console/actions", post(act))
             .route("/console/login", get(login_page).post(login))
@@ -240,7 +242,8 @@ impl Console {
         };
         let note = self.take_note(headers);
         let live = self.live(&page).await;
-        Html(pages::layout(&page, live, &session.csrf, note.as_deref()).into_string())
+        let refresh = self.options.refresh;
+        Html(pages::layout(&page, live, &session.csrf, note.as_deref(), refresh).into_string())
             .into_response()
     }
 
@@ -540,7 +543,12 @@ async fn events(
                 continue;
             }
             if w.last.as_ref() != Some(&html) {
-                let event = Event::default().event("live").data(html.as_str());
+                // The id is the section's version: a page shown again
+                // asks with it, and gets the section only if it changed.
+                let event = Event::default()
+                    .event("live")
+                    .id(pages::version(&html))
+                    .data(html.as_str());
                 w.last = Some(html);
                 return Some((Ok(event), w));
             }
@@ -549,6 +557,45 @@ async fn events(
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct LiveQuery {
+    page: String,
+}
+
+/// A page's live section now, for a page that asks again every refresh
+/// (over HTTP/1.1, where a held event stream would take one of the
+/// browser's six connections to the host): 304 while it is the version
+/// the page holds (its ETag).
+async fn live_section(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Query(q): Query<LiveQuery>,
+) -> Response {
+    if c.session(&headers).is_none() {
+        return (StatusCode::UNAUTHORIZED, "log in first\n").into_response();
+    }
+    let Some(page) = Page::parse(&q.page) else {
+        return (StatusCode::NOT_FOUND, "no such page\n").into_response();
+    };
+    let html = c.live(&page).await.into_string();
+    let etag = format!("\"{}\"", pages::version(&html));
+    let held = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut resp = if held {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Html(html).into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    resp
 }
 
 async fn confirm(
@@ -733,6 +780,88 @@ mod tests {
 
     fn location(h: &HeaderMap) -> &str {
         h.get(header::LOCATION).unwrap().to_str().unwrap()
+    }
+
+    /// A session's id, logged in with the token.
+    async fn logged_in(app: &axum::Router) -> String {
+        let (_, h, _) = send(app, post("/console/login", "token=sesame", None)).await;
+        let set = h.get(header::SET_COOKIE).unwrap().to_str().unwrap();
+        set.strip_prefix(&format!("{COOKIE}="))
+            .and_then(|s| s.split(';').next())
+            .unwrap()
+            .to_string()
+    }
+
+    /// The first event `path` sends within a second (keep-alive comments
+    /// come only every 15 s), if any.
+    async fn first_event(app: &axum::Router, path: &str, session: &str) -> Option<String> {
+        use futures::StreamExt;
+        let resp = app.clone().oneshot(get(path, Some(session))).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body().into_data_stream();
+        let mut text = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while !text.contains("\n\n") {
+            let data = tokio::time::timeout_at(deadline, body.next())
+                .await
+                .ok()??;
+            text.push_str(&String::from_utf8_lossy(&data.unwrap()));
+        }
+        Some(text)
+    }
+
+    #[tokio::test]
+    async fn a_page_asking_again_gets_its_section_only_if_it_changed() {
+        let (_dir, app) = console().await;
+        let id = logged_in(&app).await;
+        let (_, _, page) = send(&app, get("/console/operations", Some(&id))).await;
+        let version = page
+            .split("data-version=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap()
+            .to_string();
+        assert_eq!(version.len(), 16, "{page}");
+        let events = "/console/events?page=/console/operations";
+        // Without a version: the section at once, its version as the id
+        // (what the page asks with when it is shown again).
+        let first = first_event(&app, events, &id).await.expect("an event");
+        assert!(first.starts_with("event: live\n"), "{first}");
+        assert!(first.contains(&format!("\nid: {version}\n")), "{first}");
+        assert!(first.contains("No operations yet."), "{first}");
+        // With the version it holds: nothing until the section changes.
+        let same = first_event(&app, &format!("{events}&version={version}"), &id).await;
+        assert_eq!(same, None);
+        // With an older one: the section.
+        let older = first_event(&app, &format!("{events}&version=0123456789abcdef"), &id).await;
+        assert!(older.is_some_and(|e| e.contains(&format!("\nid: {version}\n"))));
+
+        // A page that asks every refresh (over HTTP/1.1): the section with
+        // its version as ETag, 304 while it holds that version.
+        let ask = |tag: Option<&str>, session: Option<&str>| {
+            let mut r = get("/console/live?page=/console/operations", session);
+            if let Some(t) = tag {
+                r.headers_mut()
+                    .insert(header::IF_NONE_MATCH, HeaderValue::from_str(t).unwrap());
+            }
+            r
+        };
+        let (status, h, body) = send(&app, ask(None, Some(&id))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(h[header::ETAG], format!("\"{version}\"").as_str());
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+        assert!(body.contains("No operations yet."), "{body}");
+        assert!(!body.contains("<html"), "the section only: {body}");
+        let (status, _, body) = send(&app, ask(Some(&format!("\"{version}\"")), Some(&id))).await;
+        assert_eq!((status, body.as_str()), (StatusCode::NOT_MODIFIED, ""));
+        let (status, _, _) = send(&app, ask(Some("\"0123456789abcdef\""), Some(&id))).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, body) = send(&app, ask(None, None)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(!body.contains("operations"), "{body}");
+        let (status, _, _) =
+            send(&app, get("/console/live?page=/console/nowhere", Some(&id))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

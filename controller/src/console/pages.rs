@@ -95,9 +95,15 @@ pub fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// A whole page: the navigation, the live section (replaced by server-sent
-/// events while the page is open) and the script that does it.
-pub fn layout(page: &Page, live: Markup, csrf: &str, note: Option<&str>) -> Markup {
+/// A whole page: the navigation, the live section (replaced while the
+/// page is shown, at most every `refresh`) and the script that does it.
+pub fn layout(
+    page: &Page,
+    live: Markup,
+    csrf: &str,
+    note: Option<&str>,
+    refresh: std::time::Duration,
+) -> Markup {
     let section = page.section();
     let version = version(&live.0);
     html! {
@@ -128,7 +134,8 @@ pub fn layout(page: &Page, live: Markup, csrf: &str, note: Option<&str>) -> Mark
                     p.note #note { (note) }
                 }
                 h1 { (page.title()) }
-                main #live data-page=(page.path()) data-version=(version) { (live) }
+                main #live data-page=(page.path()) data-version=(version)
+                    data-refresh-ms=(refresh.as_millis()) { (live) }
                 script src="/console/assets/console.js" {}
             }
         }
