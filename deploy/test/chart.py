@@ -62,6 +62,8 @@ BAD = [
      "operator: storage.env is not carried to a FloeCluster"),
     ("the operator without an admin token", {"operator": {"enabled": True}, "admin": {"existingSecret": ""}},
      "operator: the operator needs the admin token"),
+    ("the console without the admin API", {"admin": {"console": True, "existingSecret": ""}},
+     "admin: the console needs the admin API: set admin.token or admin.existingSecret"),
 ]
 
 
@@ -173,7 +175,12 @@ def check(update: bool) -> None:
     for want in ("floe-proxy.streaming.svc:9092", "floectl --controller http://127.0.0.1:9647 status"):
         if want not in text:
             fail(f"NOTES.txt lacks {want!r}:\n{text}")
-    print("ok NOTES.txt gives the bootstrap address and the first floectl command")
+    if "/console/" in text:
+        fail(f"NOTES.txt names a console that is off:\n{text}")
+    text = notes(sets["bundled-etcd"])
+    if "http://127.0.0.1:9647/console/" not in text:
+        fail(f"NOTES.txt lacks the console's address:\n{text}")
+    print("ok NOTES.txt gives the bootstrap address, the first floectl command and the console")
 
 
 def floecluster_schema() -> dict:

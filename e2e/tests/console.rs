@@ -15,6 +15,7 @@
 // Tests run real processes in real time: outside the time seam.
 #![allow(clippy::disallowed_methods)]
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,7 +26,9 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-/// chromedriver on a free port, killed (by PID) when dropped.
+/// chromedriver on a free port, in a process group of its own (its id is
+/// chromedriver's PID): dropped, the group is killed, so the Chromium it
+/// started goes too even when a failed test never ended its session.
 struct ChromeDriver {
     child: Child,
     port: u16,
@@ -37,6 +40,7 @@ impl ChromeDriver {
         let bin = std::env::var("FLOE_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
         let child = Command::new(&bin)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -83,6 +87,11 @@ impl ChromeDriver {
 
 impl Drop for ChromeDriver {
     fn drop(&mut self) {
+        // The group this test made for chromedriver, named by its PID.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -68,7 +68,10 @@ fn the_chart_renders_lints_and_validates() {
         .lines()
         .filter(|l| l.starts_with("ok bad values"))
         .count();
-    assert_eq!(bad, 9, "every bad value set fails with its message:\n{out}");
+    assert_eq!(
+        bad, 10,
+        "every bad value set fails with its message:\n{out}"
+    );
     // The operator's CRD and the objects it renders (its golden files) are
     // valid Kubernetes objects too, and the chart's FloeCluster fits the CRD.
     for file in [
@@ -305,7 +308,7 @@ async fn the_charts_processes_run_in_their_own_hosts_and_serve_a_kafka_client() 
          \x20   - url: file://{d}/t1\n      zone: zone-b\n\
          \x20   - url: file://{d}/t2\n      zone: zone-c\n\
          \x20 replicas: 3\n  writeQuorum: 2\n\
-         admin:\n  token: {token}\n\
+         admin:\n  token: {token}\n  console: true\n\
          controller:\n  replicas: 2\n\
          broker:\n  replicas: 3\n  config:\n    lease_ttl_ms: 6000\n\
          proxy:\n  replicas: 2\n  config:\n    lease_ttl_ms: 3000\n",
@@ -499,6 +502,16 @@ async fn the_charts_processes_run_in_their_own_hosts_and_serve_a_kafka_client() 
         .collect();
     assert_eq!(zones, ["zone-a", "zone-b", "zone-c"], "{out}");
     assert_eq!(pool["replicas"], 3, "{out}");
+    // admin.console: the web console's login page on the same port.
+    let login = http_get_from(
+        &controller.ip,
+        9647,
+        "/console/login",
+        Duration::from_secs(10),
+    )
+    .expect("the console's login page");
+    assert!(login.contains("Floe console"), "{login}");
+    assert!(login.contains("name=\"token\""), "{login}");
     drop(pods);
     drop(etcd);
 }

@@ -18,48 +18,96 @@ impl tracing_subscriber::fmt::time::FormatTime for SimTime {
     }
 }
 
+const USAGE: &str = "usage: floe-sim [--seed N | --seeds A-B] [--layout wal|partition] \
+[--broken ack-before-durable] [-v]
+
+  --seed N        run one seed and print its faults and history
+  --seeds A-B     run seeds A to B (inclusive) and print a summary
+  --layout L      every seed on shared WAL objects (wal) or per-partition
+                  chunks (partition); default: odd seeds wal, even partition
+  --broken V      run a deliberately broken broker (the checker must fail)
+  -v              log (RUST_LOG, default warn)";
+
+/// What the command line asks for.
+struct Args {
+    seeds: std::ops::RangeInclusive<u64>,
+    broken: Option<floe_sim::Broken>,
+    layout: Option<floe_sim::Layout>,
+    verbose: bool,
+}
+
+/// The command line read, or what is wrong with it (`Ok(None)`: --help).
+fn parse(args: &[String]) -> Result<Option<Args>, String> {
+    let mut a = Args {
+        seeds: 1..=1,
+        broken: None,
+        layout: None,
+        verbose: false,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .map(String::as_str)
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--seed" => {
+                let v = value()?;
+                let s: u64 = v.parse().map_err(|_| format!("--seed {v}: not a seed"))?;
+                a.seeds = s..=s;
+                a.verbose = true;
+            }
+            "--seeds" => {
+                let v = value()?;
+                let range = v
+                    .split_once('-')
+                    .and_then(|(x, y)| Some((x.parse::<u64>().ok()?, y.parse::<u64>().ok()?)))
+                    .filter(|(x, y)| x <= y);
+                let (x, y) = range.ok_or_else(|| format!("--seeds {v}: not a range A-B"))?;
+                a.seeds = x..=y;
+            }
+            "--broken" => {
+                a.broken = Some(match value()? {
+                    "ack-before-durable" => floe_sim::Broken::AckBeforeDurable,
+                    other => return Err(format!("--broken {other}: unknown variant")),
+                });
+            }
+            "--layout" => {
+                a.layout = Some(match value()? {
+                    "wal" => floe_sim::Layout::Wal,
+                    "partition" => floe_sim::Layout::Partition,
+                    other => return Err(format!("--layout {other}: wal or partition")),
+                });
+            }
+            "-v" => a.verbose = true,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(Some(a))
+}
+
 // A command-line program timing itself in real time: outside the time seam.
 #[allow(clippy::disallowed_methods)]
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut seeds = 1..=1u64;
-    let mut broken = None;
-    let mut layout = None;
-    let mut verbose = false;
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--seed" => {
-                let s: u64 = args[i + 1].parse().expect("--seed N");
-                seeds = s..=s;
-                verbose = true;
-                i += 1;
-            }
-            "--seeds" => {
-                let (a, b) = args[i + 1].split_once('-').expect("--seeds A-B");
-                seeds = a.parse().expect("A")..=b.parse().expect("B");
-                i += 1;
-            }
-            "--broken" => {
-                broken = Some(match args[i + 1].as_str() {
-                    "ack-before-durable" => floe_sim::Broken::AckBeforeDurable,
-                    other => panic!("unknown broken variant {other}"),
-                });
-                i += 1;
-            }
-            "--layout" => {
-                layout = Some(match args[i + 1].as_str() {
-                    "wal" => floe_sim::Layout::Wal,
-                    "partition" => floe_sim::Layout::Partition,
-                    other => panic!("unknown layout {other} (wal or partition)"),
-                });
-                i += 1;
-            }
-            "-v" => verbose = true,
-            other => panic!("unknown argument {other}"),
+    let Args {
+        seeds,
+        broken,
+        layout,
+        verbose,
+    } = match parse(&args) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return;
         }
-        i += 1;
-    }
+        Err(e) => {
+            eprintln!("floe-sim: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
     if verbose {
         let _ = tracing_subscriber::fmt()
             .with_timer(SimTime)
@@ -135,5 +183,36 @@ fn main() {
     );
     if !failed.is_empty() {
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn the_command_line_is_read_or_refused_with_a_reason() {
+        let a = parse(&args("--seeds 5-9 --layout wal")).unwrap().unwrap();
+        assert_eq!(
+            (a.seeds, a.layout, a.verbose),
+            (5..=9, Some(floe_sim::Layout::Wal), false)
+        );
+        let a = parse(&args("--seed 17")).unwrap().unwrap();
+        assert_eq!((a.seeds, a.verbose), (17..=17, true));
+        assert!(parse(&args("--help")).unwrap().is_none());
+        for (bad, why) in [
+            ("--seed", "--seed needs a value"),
+            ("--seed x", "--seed x: not a seed"),
+            ("--seeds 9-5", "--seeds 9-5: not a range A-B"),
+            ("--layout disk", "--layout disk: wal or partition"),
+            ("--broken lying", "--broken lying: unknown variant"),
+            ("--frobnicate", "unknown argument --frobnicate"),
+        ] {
+            assert_eq!(parse(&args(bad)).err().as_deref(), Some(why), "{bad}");
+        }
     }
 }
