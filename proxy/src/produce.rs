@@ -1121,44 +1121,88 @@ impl Connection {
     /// write them, with no client retry.
     fn others_wait_on_trouble(&self, proxy: &Proxy, me: u64, hold: Duration) -> bool {
         let now = Instant::now();
-        let troubled = |b: i32| b < 0 || proxy.broker_health.in_trouble(b, hold);
         let mut open: std::collections::HashSet<PartitionId> = Default::default();
-        {
-            let produces = self.produces.lock().unwrap();
-            // Requests of other kinds, and produces already answered
-            // (waiting for their turn), are healthy answers held up.
-            if self.outstanding.load(Ordering::SeqCst) > produces.len() {
+        let produces = self.produces.lock().unwrap();
+        // A part waiting on a broker one of mine waits on is held by what
+        // holds me (answering me would not answer it sooner), even before
+        // that broker counts as in trouble: mine can have been held twice
+        // the hold (a hand-over) a moment before its broker has gone twice
+        // the hold without answering anything.
+        let mine: Vec<i32> = produces
+            .get(&me)
+            .map(|(_, parts)| {
+                parts
+                    .iter()
+                    .filter(|f| !f.settled.load(Ordering::SeqCst))
+                    .map(|f| f.target.load(Ordering::SeqCst))
+                    .filter(|t| *t >= 0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let troubled =
+            |b: i32| b < 0 || mine.contains(&b) || proxy.broker_health.in_trouble(b, hold);
+        // Requests of other kinds, and produces already answered (waiting
+        // for their turn), are healthy answers held up.
+        if self.outstanding.load(Ordering::SeqCst) > produces.len() {
+            tracing::debug!(
+                outstanding = self.outstanding.load(Ordering::SeqCst),
+                produces = produces.len(),
+                "held produce: other requests wait behind it"
+            );
+            return false;
+        }
+        for (id, (arrived, parts)) in produces.iter() {
+            let mut held = true;
+            for f in parts.iter() {
+                if f.settled.load(Ordering::SeqCst) {
+                    held = false;
+                    continue;
+                }
+                if let Some(p) = f.id {
+                    open.insert(p);
+                }
+                if !troubled(f.target.load(Ordering::SeqCst)) && now - *arrived < hold * 2 {
+                    held = false;
+                }
+            }
+            if *id != me && !held {
+                tracing::debug!(
+                    other = id,
+                    age_ms = (now - *arrived).as_millis() as u64,
+                    "held produce: another request on the connection is not held by trouble"
+                );
                 return false;
             }
-            for (id, (arrived, parts)) in produces.iter() {
-                let mut held = true;
-                for f in parts.iter() {
-                    if f.settled.load(Ordering::SeqCst) {
-                        held = false;
-                        continue;
-                    }
-                    if let Some(p) = f.id {
-                        open.insert(p);
-                    }
-                    if !troubled(f.target.load(Ordering::SeqCst)) && now - *arrived < hold * 2 {
-                        held = false;
-                    }
-                }
-                if *id != me && !held {
-                    return false;
-                }
-            }
         }
+        drop(produces);
+        self.all_seen_held(proxy, &open, troubled, now)
+    }
+
+    /// Whether every partition produced to on this connection lately has a
+    /// part open here or is owned by a broker `troubled` says holds it (or
+    /// by none).
+    fn all_seen_held(
+        &self,
+        proxy: &Proxy,
+        open: &std::collections::HashSet<PartitionId>,
+        troubled: impl Fn(i32) -> bool,
+        now: Instant,
+    ) -> bool {
         let seen = self.seen.lock().unwrap();
-        seen.iter()
+        let healthy = seen
+            .iter()
             .filter(|(_, t)| now - **t < SEEN_FOR)
-            .all(|(p, _)| {
-                open.contains(p)
-                    || match proxy.view.owner(*p) {
-                        Some((b, _)) => troubled(b.broker_id),
-                        None => true,
+            .find(|(p, _)| {
+                !open.contains(p)
+                    && match proxy.view.owner(**p) {
+                        Some((b, _)) => !troubled(b.broker_id),
+                        None => false,
                     }
-            })
+            });
+        if let Some((p, _)) = healthy {
+            tracing::debug!(partition = %p, "held produce: a healthy partition produced to here lately");
+        }
+        healthy.is_none()
     }
 }
 
