@@ -264,6 +264,10 @@ pub struct AdminSpec {
     /// controllers' Service (an operator outside the cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Serve the web console on the admin port, at `/console/` (login
+    /// with the admin token; off by default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub console: bool,
 }
 
 /// What the operator saw and is doing.

@@ -51,6 +51,7 @@ pub(crate) mod testing {
                 token_secret: "floe-admin".into(),
                 port: None,
                 endpoint: None,
+                console: false,
             },
             lease_ttl_ms: None,
             service_account_name: None,

@@ -438,17 +438,21 @@ pub fn desired(cr: &FloeCluster, brokers: i32) -> Vec<Value> {
     }));
 
     // Controllers.
+    let mut controller_env = vec![
+        json!({"name": "FLOE_CONTROLLER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        json!({"name": "FLOE_HTTP_LISTEN", "value": format!("0.0.0.0:{CONTROLLER_HTTP_PORT}")}),
+        json!({"name": "FLOE_ADMIN_LISTEN", "value": format!("0.0.0.0:{admin_port}")}),
+        json!({"name": "FLOE_BALANCE_ON_JOIN", "value": spec.controllers.balance_on_join.to_string()}),
+        json!({"name": "FLOE_ADMIN_TOKEN_FILE", "value": "/etc/floe/admin/token"}),
+    ];
+    if spec.admin.console {
+        controller_env.push(json!({"name": "FLOE_CONSOLE", "value": "true"}));
+    }
     let controller = container(
         cr,
         "controller",
         controller_args(cr),
-        vec![
-            json!({"name": "FLOE_CONTROLLER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
-            json!({"name": "FLOE_HTTP_LISTEN", "value": format!("0.0.0.0:{CONTROLLER_HTTP_PORT}")}),
-            json!({"name": "FLOE_ADMIN_LISTEN", "value": format!("0.0.0.0:{admin_port}")}),
-            json!({"name": "FLOE_BALANCE_ON_JOIN", "value": spec.controllers.balance_on_join.to_string()}),
-            json!({"name": "FLOE_ADMIN_TOKEN_FILE", "value": "/etc/floe/admin/token"}),
-        ],
+        controller_env,
         json!([
             {"name": "http", "containerPort": CONTROLLER_HTTP_PORT},
             {"name": "admin", "containerPort": admin_port},
@@ -763,11 +767,19 @@ mod tests {
         spec.storage.credentials_secret = Some("floe-s3".into());
         spec.storage.targets[0].weight = Some(2);
         spec.lease_ttl_ms = Some(6000);
+        spec.admin.console = true;
         let cr = cluster("prod", spec);
         let objects = desired(&cr, 5);
         typed(&objects);
         golden("tuned", &objects);
         assert_eq!(objects[2]["metadata"]["name"], "prod-floe-broker");
+        let env = &objects[5]["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array()
+                .unwrap()
+                .contains(&json!({"name": "FLOE_CONSOLE", "value": "true"})),
+            "admin.console: {env}"
+        );
         let args = &objects[5]["spec"]["template"]["spec"]["containers"][0]["args"];
         assert_eq!(
             args[1],
