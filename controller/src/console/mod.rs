@@ -493,6 +493,19 @@ struct EventsQuery {
     version: Option<String>,
 }
 
+/// The page whose live section a request asks for: 401 without a
+/// session, 404 for no such page.
+fn live_page(
+    c: &Console,
+    headers: &HeaderMap,
+    page: &str,
+) -> Result<Page, (StatusCode, &'static str)> {
+    if c.session(headers).is_none() {
+        return Err((StatusCode::UNAUTHORIZED, "log in first\n"));
+    }
+    Page::parse(page).ok_or((StatusCode::NOT_FOUND, "no such page\n"))
+}
+
 /// Server-sent events for one open page: its live section whenever it
 /// changed (rendered every `refresh`), `logout` once the session ends.
 async fn events(
@@ -500,11 +513,9 @@ async fn events(
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Response {
-    if c.session(&headers).is_none() {
-        return (StatusCode::UNAUTHORIZED, "log in first\n").into_response();
-    }
-    let Some(page) = Page::parse(&q.page) else {
-        return (StatusCode::NOT_FOUND, "no such page\n").into_response();
+    let page = match live_page(&c, &headers, &q.page) {
+        Ok(page) => page,
+        Err(refused) => return refused.into_response(),
     };
     struct Watch {
         c: Arc<Console>,
@@ -573,11 +584,9 @@ async fn live_section(
     headers: HeaderMap,
     Query(q): Query<LiveQuery>,
 ) -> Response {
-    if c.session(&headers).is_none() {
-        return (StatusCode::UNAUTHORIZED, "log in first\n").into_response();
-    }
-    let Some(page) = Page::parse(&q.page) else {
-        return (StatusCode::NOT_FOUND, "no such page\n").into_response();
+    let page = match live_page(&c, &headers, &q.page) {
+        Ok(page) => page,
+        Err(refused) => return refused.into_response(),
     };
     let html = c.live(&page).await.into_string();
     let etag = format!("\"{}\"", pages::version(&html));
