@@ -188,6 +188,14 @@ async fn confirmation(b: &Client, css: &str) -> String {
     }
 }
 
+/// Click the action button matching `css`, check that its confirmation
+/// asks `asks`, and confirm.
+async fn confirmed(b: &Client, css: &str, asks: &str) {
+    let question = confirmation(b, css).await;
+    assert!(question.contains(asks), "{question}");
+    click(b, "#confirm-button").await;
+}
+
 /// Fill the login form with `token` and send it.
 async fn log_in(b: &Client, token: &str) {
     b.find(Locator::Css("input[name=token]"))
@@ -528,28 +536,24 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
 
     // Undrain it, drain and undrain a storage target, start a rebalance:
     // each through its confirmation, each seen by the admin API.
-    confirmation(
+    confirmed(
         &b,
         &format!("#brokers tr[data-broker=\"{drained}\"] button[data-action=\"undrain-broker\"]"),
+        &format!("Undrain broker {drained}?"),
     )
     .await;
-    click(&b, "#confirm-button").await;
     eventually(30, "the broker undrained", || async {
         let (code, out, _) = c.floectl(0, &["status", "-o", "json"]);
         (code == 0 && of(&out, drained)["drained"] == false).then_some(())
     })
     .await;
     let target = &targets[0];
-    let question = confirmation(
+    confirmed(
         &b,
         &format!("#targets tr[data-target=\"{target}\"] button[data-action=\"drain-target\"]"),
+        &format!("Drain storage target {target}?"),
     )
     .await;
-    assert!(
-        question.contains(&format!("Drain storage target {target}?")),
-        "{question}"
-    );
-    click(&b, "#confirm-button").await;
     let target_draining = |c: &Cluster, target: &str| -> Option<bool> {
         let (code, out, _) = c.floectl(0, &["storage", "list", "-o", "json"]);
         (code == 0).then_some(())?;
@@ -565,24 +569,18 @@ async fn the_console_shows_the_cluster_live_and_drains_a_broker() {
         (target_draining(&c, target) == Some(true)).then_some(())
     })
     .await;
-    let question = confirmation(
+    confirmed(
         &b,
         &format!("#targets tr[data-target=\"{target}\"] button[data-action=\"undrain-target\"]"),
+        &format!("Undrain storage target {target}?"),
     )
     .await;
-    assert!(
-        question.contains(&format!("Undrain storage target {target}?")),
-        "{question}"
-    );
-    click(&b, "#confirm-button").await;
     eventually(30, "the target in use again", || async {
         (target_draining(&c, target) == Some(false)).then_some(())
     })
     .await;
     b.goto(&format!("{base}/console/operations")).await.unwrap();
-    let question = confirmation(&b, "button[data-action=\"rebalance\"]").await;
-    assert!(question.contains("Start a rebalance"), "{question}");
-    click(&b, "#confirm-button").await;
+    confirmed(&b, "button[data-action=\"rebalance\"]", "Start a rebalance").await;
     let note = eventually(30, "the rebalance's note", || async {
         text_of(&b, "#note").await
     })
